@@ -1,0 +1,11 @@
+//! claude-relay: a self-hosted AI API relay on Pingora.
+//!
+//! Module map (see `docs/architecture.md`): `config` reads and validates `relay.yaml`; `server`
+//! assembles the Pingora server; `proxy` is the client-facing relay (routes, body facts, dispatch,
+//! streaming); `providers` knows how each upstream kind is addressed and authenticated; `scheduler`
+//! picks accounts; `store` persists state; `usage` turns tokens into money and statistics; `admin`
+//! serves the management API; `metrics` the Prometheus registry.
+
+pub mod secrets;
+pub mod store;
+pub mod usage;

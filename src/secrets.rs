@@ -1,0 +1,197 @@
+//! Secret handling: sealing credentials at rest (AES-256-GCM), hashing client keys (HMAC-SHA256),
+//! generating client keys, and masking secrets for display.
+//!
+//! One 32-byte server secret feeds both uses through domain-separated derivations, so a leaked
+//! key hash says nothing about the sealing key and vice versa.
+
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The prefix of every client key the relay issues.
+pub const CLIENT_KEY_PREFIX: &str = "cr_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret_key must be at least 32 characters (or 64 hex digits)")]
+    WeakKey,
+    #[error("sealed value cannot be opened: wrong secret_key or corrupted data")]
+    Open,
+    #[error("sealed value is malformed")]
+    Malformed,
+}
+
+/// A credential sealed with AES-256-GCM: `v1:` + base64(nonce ‖ ciphertext ‖ tag).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(pub String);
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sealed(..)")
+    }
+}
+
+/// The server's secret material, derived from the configured `secret_key`.
+#[derive(Clone)]
+pub struct Secrets {
+    seal: Aes256Gcm,
+    key_hmac: HmacSha256,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets(..)")
+    }
+}
+
+/// Domain-separated sub-key: SHA-256(label ‖ 0 ‖ secret).
+fn derive(secret: &[u8], label: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(label);
+    h.update([0u8]);
+    h.update(secret);
+    h.finalize().into()
+}
+
+impl Secrets {
+    /// Builds the secrets from the configured key: 64 hex digits are taken as 32 raw bytes, anything
+    /// else of at least 32 characters is used as a passphrase.
+    pub fn new(secret_key: &str) -> Result<Self, SecretError> {
+        let raw: Vec<u8> = match hex::decode(secret_key) {
+            Ok(b) if b.len() == 32 => b,
+            _ if secret_key.len() >= 32 => secret_key.as_bytes().to_vec(),
+            _ => return Err(SecretError::WeakKey),
+        };
+        let seal_key = derive(&raw, b"claude-relay/seal/v1");
+        let hash_key = derive(&raw, b"claude-relay/client-key-hash/v1");
+        let seal = Aes256Gcm::new_from_slice(&seal_key).map_err(|_| SecretError::WeakKey)?;
+        let key_hmac = <HmacSha256 as Mac>::new_from_slice(&hash_key).map_err(|_| SecretError::WeakKey)?;
+        Ok(Secrets { seal, key_hmac })
+    }
+
+    /// A fresh random secret key (64 hex digits) for first start.
+    pub fn generate_key() -> String {
+        let mut b = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        hex::encode(b)
+    }
+
+    pub fn seal(&self, plaintext: &str) -> Sealed {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        // Encryption with a valid key and nonce only fails for absurd lengths (> 64 GiB).
+        let ct = self
+            .seal
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.as_bytes(), aad: b"claude-relay" })
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(12 + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Sealed(format!("v1:{}", B64.encode(out)))
+    }
+
+    pub fn open(&self, sealed: &Sealed) -> Result<String, SecretError> {
+        let b64 = sealed.0.strip_prefix("v1:").ok_or(SecretError::Malformed)?;
+        let raw = B64.decode(b64).map_err(|_| SecretError::Malformed)?;
+        if raw.len() < 12 + 16 {
+            return Err(SecretError::Malformed);
+        }
+        let (nonce, ct) = raw.split_at(12);
+        let pt = self
+            .seal
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: b"claude-relay" })
+            .map_err(|_| SecretError::Open)?;
+        String::from_utf8(pt).map_err(|_| SecretError::Malformed)
+    }
+
+    /// The keyed hash under which a client key is stored and looked up.
+    pub fn hash_client_key(&self, plaintext: &str) -> [u8; 32] {
+        let mut mac = self.key_hmac.clone();
+        mac.update(plaintext.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    pub fn hash_client_key_hex(&self, plaintext: &str) -> String {
+        hex::encode(self.hash_client_key(plaintext))
+    }
+}
+
+/// A new client key: `cr_` + 64 hex digits from the OS random source.
+pub fn generate_client_key() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("{CLIENT_KEY_PREFIX}{}", hex::encode(b))
+}
+
+/// A random opaque token (admin sessions, OAuth state): 64 hex digits.
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// SHA-256 hex of a token, for storing bearer tokens by hash.
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// A display form of a secret that reveals only its shape: `sk-ant-api03-…9xQk`.
+pub fn mask(secret: &str) -> String {
+    let n = secret.chars().count();
+    if n <= 8 {
+        return "…".to_string();
+    }
+    let head: String = secret.chars().take(if n > 20 { 10 } else { 3 }).collect();
+    let tail: String = secret.chars().skip(n - 4).collect();
+    format!("{head}…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trip_and_tamper() {
+        let s = Secrets::new(&Secrets::generate_key()).unwrap();
+        let sealed = s.seal("sk-ant-api03-secret");
+        assert!(!sealed.0.contains("secret"));
+        assert_eq!(s.open(&sealed).unwrap(), "sk-ant-api03-secret");
+        let other = Secrets::new(&Secrets::generate_key()).unwrap();
+        assert!(matches!(other.open(&sealed), Err(SecretError::Open)));
+        let mut bad = sealed.0.clone();
+        bad.push('A');
+        assert!(s.open(&Sealed(bad)).is_err());
+    }
+
+    #[test]
+    fn weak_keys_are_refused() {
+        assert!(Secrets::new("short").is_err());
+        assert!(Secrets::new("a-passphrase-that-is-long-enough-1234").is_ok());
+    }
+
+    #[test]
+    fn client_keys_have_the_documented_shape_and_hash_stably() {
+        let k = generate_client_key();
+        assert_eq!(k.len(), 3 + 64);
+        assert!(k.starts_with("cr_") && k[3..].chars().all(|c| c.is_ascii_hexdigit()));
+        let s = Secrets::new(&"ab".repeat(32)).unwrap();
+        assert_eq!(s.hash_client_key_hex(&k), s.hash_client_key_hex(&k));
+        assert_ne!(s.hash_client_key_hex(&k), s.hash_client_key_hex("cr_other"));
+    }
+
+    #[test]
+    fn mask_hides_the_middle() {
+        assert_eq!(mask("sk-ant-api03-abcdefghijklmnop"), "sk-ant-api…mnop");
+        assert_eq!(mask("short"), "…");
+    }
+}

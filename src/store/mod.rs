@@ -1,0 +1,355 @@
+//! Persistent state behind one domain-level trait.
+//!
+//! The [`Store`] trait speaks in the relay's own terms (API keys, accounts, usage buckets, admin
+//! sessions), never in raw key/value operations, so each backend is free to lay its data out the way
+//! that suits it. Two backends implement it:
+//! - [`embedded::EmbeddedStore`]: the default, a single crash-safe file under the data directory
+//!   (redb), nothing to install;
+//! - [`redis::RedisStore`]: what several relay instances share.
+//!
+//! Both pass the same contract suite in [`contract`]. Only this module knows key names in Redis or
+//! table names in the embedded file.
+
+pub mod contract;
+pub mod embedded;
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::secrets::Sealed;
+
+/// Errors from a store backend. The message never contains secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A client API key as persisted. The plaintext key is never stored: only its keyed hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Stable identifier (a UUID for keys created through the admin API).
+    pub id: String,
+    pub name: String,
+    /// Hex HMAC-SHA256 of the plaintext key under the server secret.
+    pub key_hash: String,
+    /// A short, non-secret hint for display, e.g. `cr_3f9a…b71c`.
+    #[serde(default)]
+    pub hint: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Fields added by later features are kept here verbatim so older and newer relays can share one
+    /// store without losing each other's data.
+    #[serde(default, flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// What kind of upstream an account is, and so how it is addressed and authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccountKind {
+    /// An Anthropic API key (Console) for the Anthropic API or any Anthropic-compatible base URL.
+    ClaudeConsole,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::ClaudeConsole => "claude-console",
+        }
+    }
+}
+
+/// An upstream account as persisted. Its credential is sealed (AES-256-GCM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: AccountKind,
+    pub base_url: String,
+    /// The sealed credential (for `claude-console`, the API key).
+    pub secret: Sealed,
+    /// Lower numbers are tried first.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// When set, the only models this account serves (names as the client sends them).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Requested model name → upstream model name.
+    #[serde(default)]
+    pub model_map: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    #[serde(default, flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+pub fn default_priority() -> u32 {
+    50
+}
+
+/// Which subject a usage bucket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dimension {
+    Key,
+    Account,
+    Model,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 3] = [Dimension::Key, Dimension::Account, Dimension::Model];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Key => "key",
+            Dimension::Account => "account",
+            Dimension::Model => "model",
+        }
+    }
+}
+
+/// Time granularity of a usage bucket. `Total` is the all-time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+    Month,
+    Total,
+}
+
+impl Granularity {
+    pub const ALL: [Granularity; 5] = [
+        Granularity::Minute,
+        Granularity::Hour,
+        Granularity::Day,
+        Granularity::Month,
+        Granularity::Total,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+            Granularity::Month => "month",
+            Granularity::Total => "total",
+        }
+    }
+
+    /// How long buckets of this granularity are kept before they expire by themselves.
+    pub fn retention(self) -> Option<Duration> {
+        const DAY: u64 = 86_400;
+        match self {
+            Granularity::Minute => Some(Duration::from_secs(2 * DAY)),
+            Granularity::Hour => Some(Duration::from_secs(31 * DAY)),
+            Granularity::Day => Some(Duration::from_secs(400 * DAY)),
+            Granularity::Month => Some(Duration::from_secs(5 * 366 * DAY)),
+            Granularity::Total => None,
+        }
+    }
+
+    /// The start (Unix seconds, UTC) of the bucket that contains `ts`. Months are calendar months.
+    pub fn bucket_start(self, ts: i64) -> i64 {
+        use chrono::{Datelike, TimeZone, Utc};
+        match self {
+            Granularity::Minute => ts - ts.rem_euclid(60),
+            Granularity::Hour => ts - ts.rem_euclid(3_600),
+            Granularity::Day => ts - ts.rem_euclid(86_400),
+            Granularity::Month => match Utc.timestamp_opt(ts, 0).single() {
+                Some(t) => Utc
+                    .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+                    .single()
+                    .map_or(0, |m| m.timestamp()),
+                None => 0,
+            },
+            Granularity::Total => 0,
+        }
+    }
+
+    /// The start of the bucket after the one starting at `start`.
+    pub fn next_bucket(self, start: i64) -> i64 {
+        use chrono::{Datelike, TimeZone, Utc};
+        match self {
+            Granularity::Minute => start + 60,
+            Granularity::Hour => start + 3_600,
+            Granularity::Day => start + 86_400,
+            Granularity::Month => match Utc.timestamp_opt(start, 0).single() {
+                Some(t) => {
+                    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
+                    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().map_or(i64::MAX, |n| n.timestamp())
+                }
+                None => i64::MAX,
+            },
+            Granularity::Total => i64::MAX,
+        }
+    }
+}
+
+/// Counters of one usage bucket. Cost is kept in integer nano-USD so that sums are exact and
+/// Redis `HINCRBY` can add them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounters {
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_5m_tokens: u64,
+    pub cache_write_1h_tokens: u64,
+    /// Cost of the requests whose model had a price, in nano-USD (1e-9 USD).
+    pub cost_nanos: u64,
+    /// Requests whose cost is unknown (no price for the model). Their tokens are still counted.
+    pub unpriced_requests: u64,
+}
+
+impl UsageCounters {
+    pub fn add(&mut self, o: &UsageCounters) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cache_read_tokens += o.cache_read_tokens;
+        self.cache_write_5m_tokens += o.cache_write_5m_tokens;
+        self.cache_write_1h_tokens += o.cache_write_1h_tokens;
+        self.cost_nanos += o.cost_nanos;
+        self.unpriced_requests += o.unpriced_requests;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == UsageCounters::default()
+    }
+
+    /// The field names and values, in a fixed order (the Redis hash field names).
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
+        [
+            ("requests", self.requests),
+            ("errors", self.errors),
+            ("input_tokens", self.input_tokens),
+            ("output_tokens", self.output_tokens),
+            ("cache_read_tokens", self.cache_read_tokens),
+            ("cache_write_5m_tokens", self.cache_write_5m_tokens),
+            ("cache_write_1h_tokens", self.cache_write_1h_tokens),
+            ("cost_nanos", self.cost_nanos),
+            ("unpriced_requests", self.unpriced_requests),
+        ]
+    }
+
+    /// Sets one field by its name (see [`UsageCounters::fields`]); unknown names are ignored.
+    pub fn set_field(&mut self, name: &str, v: u64) {
+        match name {
+            "requests" => self.requests = v,
+            "errors" => self.errors = v,
+            "input_tokens" => self.input_tokens = v,
+            "output_tokens" => self.output_tokens = v,
+            "cache_read_tokens" => self.cache_read_tokens = v,
+            "cache_write_5m_tokens" => self.cache_write_5m_tokens = v,
+            "cache_write_1h_tokens" => self.cache_write_1h_tokens = v,
+            "cost_nanos" => self.cost_nanos = v,
+            "unpriced_requests" => self.unpriced_requests = v,
+            _ => {}
+        }
+    }
+}
+
+/// Identifies one usage bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketKey {
+    pub dimension: Dimension,
+    /// Key id, account id or model name.
+    pub subject: String,
+    pub granularity: Granularity,
+    /// Bucket start, Unix seconds UTC (0 for `Total`).
+    pub start: i64,
+}
+
+/// An admin session, found by the SHA-256 of its bearer token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminSession {
+    pub username: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; a session is valid strictly before this instant.
+    pub expires_at: i64,
+}
+
+/// The domain-level store. Every method is cancel-safe from the caller's point of view: a dropped
+/// future leaves the store consistent (each write is atomic on its own).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name for logs and health (`embedded` or `redis`).
+    fn backend(&self) -> &'static str;
+
+    /// A cheap round trip that proves the backend answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- API keys ---
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Creates or replaces the key with this id. Fails with `Conflict` if another key has the
+    /// same `key_hash`.
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    /// Returns whether a key was deleted.
+    async fn delete_api_key(&self, id: &str) -> StoreResult<bool>;
+    /// Records when keys were last used, `(key id, unix seconds)`; a later time wins.
+    async fn touch_api_keys(&self, uses: &[(String, i64)]) -> StoreResult<()>;
+    /// Last-use times for every key that has one.
+    async fn api_key_last_used(&self) -> StoreResult<BTreeMap<String, i64>>;
+
+    // --- accounts ---
+    async fn list_accounts(&self) -> StoreResult<Vec<AccountRecord>>;
+    async fn get_account(&self, id: &str) -> StoreResult<Option<AccountRecord>>;
+    async fn put_account(&self, account: &AccountRecord) -> StoreResult<()>;
+    async fn delete_account(&self, id: &str) -> StoreResult<bool>;
+
+    // --- usage statistics ---
+    /// Adds the counters to their buckets. Buckets expire by themselves after their granularity's
+    /// retention, counted from the end of the bucket.
+    async fn add_usage(&self, batch: &[(BucketKey, UsageCounters)]) -> StoreResult<()>;
+    /// Buckets of one subject and granularity whose start lies in `[from, to)`, ascending by
+    /// start. Missing buckets are simply absent.
+    async fn usage_series(
+        &self,
+        dimension: Dimension,
+        subject: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<(i64, UsageCounters)>>;
+    /// The all-time totals of every subject of a dimension.
+    async fn usage_totals(&self, dimension: Dimension) -> StoreResult<BTreeMap<String, UsageCounters>>;
+    /// Removes expired buckets now (the Redis backend relies on TTLs and may do nothing).
+    async fn purge_expired_usage(&self, now: i64) -> StoreResult<u64>;
+
+    // --- admin sessions ---
+    async fn put_session(&self, token_hash: &str, session: &AdminSession) -> StoreResult<()>;
+    async fn get_session(&self, token_hash: &str, now: i64) -> StoreResult<Option<AdminSession>>;
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+
+    // --- change notification ---
+    /// Tells every instance sharing this store that keys or accounts changed.
+    async fn publish_change(&self) -> StoreResult<()>;
+    /// A receiver that yields once per change published by any instance (including this one).
+    fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<()>;
+}

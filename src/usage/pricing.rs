@@ -1,0 +1,1 @@
+//! The model price table and cost computation.

@@ -1,0 +1,1 @@
+//! Incremental usage parsing of Anthropic responses (SSE and JSON).

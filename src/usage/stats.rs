@@ -1,0 +1,1 @@
+//! Statistics aggregation and the batch writer.
