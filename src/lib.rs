@@ -9,3 +9,11 @@
 pub mod secrets;
 pub mod store;
 pub mod usage;
+pub mod config;
+pub mod metrics;
+pub mod providers;
+pub mod proxy;
+pub mod scheduler;
+pub mod state;
+pub mod admin;
+pub mod server;

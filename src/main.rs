@@ -1,1 +1,103 @@
-fn main() {}
+//! The `claude-relay` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use claude_relay::config::Config;
+
+#[derive(Parser)]
+#[command(name = "claude-relay", version, about = "Self-hosted AI API relay for Claude Code, Codex, Gemini CLI and the SDKs")]
+struct Cli {
+    /// Config file (default: conf/relay.yaml when it exists, else built-in defaults).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Take over the listening sockets of a running instance (zero-downtime upgrade).
+    #[arg(long, short = 'u')]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Run,
+    /// Validate the config and exit.
+    CheckConfig,
+    /// Print a new client key (`cr_` + 64 hex digits) and its hash for `key_hash:`.
+    NewKey,
+    /// Print the `key_hash:` of an existing client key, read from standard input.
+    HashKey,
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
+    let path = path.or_else(|| {
+        let p = PathBuf::from("conf/relay.yaml");
+        p.exists().then_some(p)
+    });
+    match path {
+        Some(p) => Config::load(&p).map_err(|e| format!("{}: {e}", p.display())),
+        None => Config::defaults(&|k| std::env::var(k).ok()).map_err(|e| e.to_string()),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match load_config(cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("claude-relay: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => claude_relay::server::run(config, cli.upgrade).map_err(|e| e.to_string()),
+        Command::CheckConfig => {
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::NewKey => key_command(&config, None),
+        Command::HashKey => {
+            let mut line = String::new();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(_) => key_command(&config, Some(line.trim().to_string())),
+                Err(e) => Err(format!("cannot read standard input: {e}")),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("claude-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn key_command(config: &Config, key: Option<String>) -> Result<(), String> {
+    let secret = claude_relay::server::secret_key(config).map_err(|e| e.to_string())?;
+    let secrets = claude_relay::secrets::Secrets::new(&secret).map_err(|e| e.to_string())?;
+    let key = key.unwrap_or_else(claude_relay::secrets::generate_client_key);
+    if key.is_empty() {
+        return Err("no key given on standard input".into());
+    }
+    if config.secret_key.is_none() {
+        eprintln!(
+            "note: hashed with the generated secret key in {}; a `key_hash:` entry also needs `secret_key` in the config",
+            config.data_dir.display()
+        );
+    }
+    println!("key:      {key}");
+    println!("key_hash: {}", secrets.hash_client_key_hex(&key));
+    Ok(())
+}

@@ -1,1 +1,308 @@
+//! The relay's request filter chain.
+//!
+//! A [`Filter`] is a policy that runs at fixed phases of a relayed request. Every phase is a trait
+//! method with a no-op default, so a filter implements only what it needs:
+//!
+//! ```text
+//!  request head ──► on_headers  (once; before the body is read: key auth, client, IP, permissions)
+//!  body parsed  ──► on_request  (once; the body's facts are known: models, rates, spend, leases)
+//!  upstream attempts (the dispatch's failover loop; filters do not run per attempt yet)
+//!  finished     ──► on_complete (once, after the last attempt: usage, charging)
+//! ```
+//!
+//! A filter refuses a request by returning a [`Rejection`]; the chain stops at the first one, so
+//! `?` short-circuits, and the relay renders it in the caller's API dialect. A rejection never
+//! reaches an upstream.
+//!
+//! Filters are built by name from a [`Registry`] and ordered by the `filters:` list of the config.
+//! A custom plugin is any type implementing [`Filter`], registered under its own name with
+//! [`Registry::register`] before the chain is built.
 
+use std::any::Any;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+/// A client key as the filters see it: the runtime form of a stored key record.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub enabled: bool,
+}
+
+/// Finds the client key a caller presented. Implemented by the relay over its in-memory snapshot.
+pub trait KeyDirectory: Send + Sync {
+    fn find(&self, presented: &str) -> Option<Arc<ClientKey>>;
+}
+
+/// Which upstream family an endpoint belongs to (for permissions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Claude,
+    Gemini,
+    OpenAI,
+}
+
+/// What the filters know about the route of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteInfo {
+    pub service: Service,
+    /// A stable endpoint name, e.g. `messages`, `count_tokens`, `models`.
+    pub endpoint: &'static str,
+}
+
+/// What the relay parsed from the request body, once.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub max_tokens: Option<u64>,
+}
+
+/// The class of a refusal; the relay maps it to the dialect's error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    InvalidRequest,
+    Authentication,
+    Permission,
+    NotFound,
+    RateLimited,
+    Billing,
+}
+
+/// A refusal: the HTTP status, its class, a message for the caller, and a low-cardinality reason
+/// for metrics.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub status: u16,
+    pub kind: RejectKind,
+    pub message: String,
+    /// Seconds until a retry may succeed (sent as `retry-after`).
+    pub retry_after: Option<u64>,
+    /// Metrics label, e.g. `missing_key`, `invalid_key`, `disabled_key`.
+    pub reason: &'static str,
+}
+
+impl Rejection {
+    pub fn new(status: u16, kind: RejectKind, reason: &'static str, message: impl Into<String>) -> Self {
+        Rejection { status, kind, message: message.into(), retry_after: None, reason }
+    }
+}
+
+/// The view of a request a filter gets in one phase.
+pub struct FilterContext<'a> {
+    pub route: RouteInfo,
+    pub headers: &'a http::HeaderMap,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    pub client_ip: Option<IpAddr>,
+    /// Set by the key authentication filter; later filters read it.
+    pub key: Option<Arc<ClientKey>>,
+    /// Present from the request phase on.
+    pub facts: Option<&'a RequestFacts>,
+    /// Values a filter keeps alive until the request ends (leases, guards). Dropped after
+    /// `on_complete`, also when the request fails or the client disconnects.
+    pub holds: &'a mut Vec<Box<dyn Any + Send + Sync>>,
+}
+
+/// What a filter sees once the request is over.
+pub struct CompletionContext<'a> {
+    pub route: RouteInfo,
+    pub key: Option<&'a Arc<ClientKey>>,
+    pub facts: Option<&'a RequestFacts>,
+    /// The status sent to the client (0 when nothing was sent).
+    pub status: u16,
+}
+
+#[async_trait]
+pub trait Filter: Send + Sync {
+    /// The name this filter is registered and configured under.
+    fn name(&self) -> &str;
+
+    /// Runs once, before the request body is read.
+    async fn on_headers(&self, _cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// Runs once, after the body was read and parsed.
+    async fn on_request(&self, _cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// Runs once after the last upstream attempt, whatever the outcome.
+    async fn on_complete(&self, _cx: &CompletionContext<'_>) {}
+}
+
+/// The filters of the relay in their configured order.
+#[derive(Clone, Default)]
+pub struct Chain {
+    filters: Vec<Arc<dyn Filter>>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Chain {
+    pub fn new(filters: Vec<Arc<dyn Filter>>) -> Self {
+        Chain { filters }
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.filters.iter().map(|f| f.name()).collect()
+    }
+
+    pub async fn run_headers(&self, cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
+        for f in &self.filters {
+            f.on_headers(cx).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn run_request(&self, cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
+        for f in &self.filters {
+            f.on_request(cx).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn run_complete(&self, cx: &CompletionContext<'_>) {
+        for f in &self.filters {
+            f.on_complete(cx).await;
+        }
+    }
+}
+
+/// What built-in and custom filters may be built from.
+#[derive(Clone)]
+pub struct FilterDeps {
+    pub keys: Arc<dyn KeyDirectory>,
+}
+
+type Factory = Box<dyn Fn(&FilterDeps) -> Result<Arc<dyn Filter>, String> + Send + Sync>;
+
+/// Filter factories by name. [`Registry::with_builtins`] knows the relay's own filters.
+pub struct Registry {
+    factories: HashMap<String, Factory>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Registry { factories: HashMap::new() }
+    }
+
+    pub fn with_builtins() -> Self {
+        let mut r = Registry::empty();
+        r.register("key_auth", |deps| Ok(Arc::new(KeyAuth::new(deps.keys.clone())) as Arc<dyn Filter>));
+        r
+    }
+
+    /// Adds (or replaces) a filter factory under `name`.
+    pub fn register<F>(&mut self, name: &str, factory: F)
+    where
+        F: Fn(&FilterDeps) -> Result<Arc<dyn Filter>, String> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.to_string(), Box::new(factory));
+    }
+
+    pub fn knows(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
+    /// Builds the chain in the given order. `key_auth` must come first: every later filter relies
+    /// on knowing the key.
+    pub fn build(&self, order: &[String], deps: &FilterDeps) -> Result<Chain, String> {
+        if order.first().map(String::as_str) != Some("key_auth") {
+            return Err("the filter chain must start with `key_auth`".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut filters = Vec::with_capacity(order.len());
+        for name in order {
+            if !seen.insert(name.as_str()) {
+                return Err(format!("filter `{name}` is listed twice"));
+            }
+            let factory = self.factories.get(name).ok_or_else(|| {
+                let mut known: Vec<&str> = self.factories.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                format!("unknown filter `{name}` (known: {})", known.join(", "))
+            })?;
+            filters.push(factory(deps).map_err(|e| format!("filter `{name}`: {e}"))?);
+        }
+        Ok(Chain::new(filters))
+    }
+}
+
+/// Where a caller's key is found, in order; the first present wins.
+pub fn presented_key<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+        h.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+    }
+    if let Some(k) = header(headers, "x-api-key") {
+        return Some(k);
+    }
+    if let Some(a) = header(headers, "authorization") {
+        let k = a
+            .strip_prefix("Bearer ")
+            .or_else(|| a.strip_prefix("bearer "))
+            .unwrap_or(a)
+            .trim();
+        if !k.is_empty() {
+            return Some(k);
+        }
+    }
+    if let Some(k) = header(headers, "x-goog-api-key") {
+        return Some(k);
+    }
+    if let Some(k) = header(headers, "api-key") {
+        return Some(k);
+    }
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("key="))
+        .filter(|k| !k.is_empty())
+}
+
+/// Authenticates the caller by its key and records the key for later filters.
+pub struct KeyAuth {
+    keys: Arc<dyn KeyDirectory>,
+}
+
+impl KeyAuth {
+    pub fn new(keys: Arc<dyn KeyDirectory>) -> Self {
+        KeyAuth { keys }
+    }
+}
+
+#[async_trait]
+impl Filter for KeyAuth {
+    fn name(&self) -> &str {
+        "key_auth"
+    }
+
+    async fn on_headers(&self, cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
+        let Some(presented) = presented_key(cx.headers, cx.query) else {
+            return Err(Rejection::new(
+                401,
+                RejectKind::Authentication,
+                "missing_key",
+                "Missing API key: send it in x-api-key or Authorization: Bearer",
+            ));
+        };
+        let Some(key) = self.keys.find(presented) else {
+            return Err(Rejection::new(401, RejectKind::Authentication, "invalid_key", "Invalid API key"));
+        };
+        if !key.enabled {
+            return Err(Rejection::new(401, RejectKind::Authentication, "disabled_key", "API key is disabled"));
+        }
+        cx.key = Some(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,931 @@
-//! The embedded store (redb).
+//! The embedded store (redb): one crash-safe file, `relay.redb`, under the data directory.
+//!
+//! redb is synchronous, so every transaction runs on Tokio's blocking pool and the async methods
+//! never block the runtime. Each method is one transaction: a write either commits whole or not at
+//! all, and a caller that drops the future leaves the store consistent (the transaction still
+//! finishes on the blocking pool).
+//!
+//! Tables:
+//! - `api_keys`: key id → JSON [`ApiKeyRecord`]
+//! - `api_key_hashes`: key hash → key id (the unique index behind `put_api_key`'s `Conflict`)
+//! - `api_key_last_used`: key id → Unix seconds
+//! - `accounts`: account id → JSON [`AccountRecord`]
+//! - `usage`: encoded [`BucketKey`] → varint counters (see [`encode_bucket_key`])
+//! - `usage_expiry`: expiry ‖ encoded bucket key → () (what `purge_expired_usage` scans)
+//! - `admin_sessions`: token hash → JSON [`AdminSession`]
+//! - `meta`: `schema_version` → 1
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use super::{
+    AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store,
+    StoreError, StoreResult, UsageCounters,
+};
+
+/// The file name inside the data directory.
+pub const FILE_NAME: &str = "relay.redb";
+
+const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const KEYS: TableDefinition<&str, &str> = TableDefinition::new("api_keys");
+const KEY_HASHES: TableDefinition<&str, &str> = TableDefinition::new("api_key_hashes");
+const KEY_LAST_USED: TableDefinition<&str, i64> = TableDefinition::new("api_key_last_used");
+const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
+const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage");
+const USAGE_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("usage_expiry");
+const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("admin_sessions");
+
+/// Change notifications kept for a slow receiver before it sees `Lagged` (it then simply reloads).
+const CHANGE_CHANNEL_CAPACITY: usize = 64;
+
+/// The embedded backend. Cheap to share behind an `Arc<dyn Store>`.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: PathBuf,
+    changes: broadcast::Sender<()>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) `dir/relay.redb`. Blocking: call it at start-up, not on the hot
+    /// path. Fails with `Unavailable` if another process holds the file.
+    pub fn open(dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                "{} is already open in another process",
+                path.display()
+            )),
+            other => db_err_at(&path, other),
+        })?;
+        init_schema(&db).map_err(|e| match e {
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        })?;
+        let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path,
+            changes,
+        })
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs one transaction on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
+    }
+}
+
+/// Creates every table so that read transactions can open them, and records the schema version.
+fn init_schema(db: &Database) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let version = meta
+            .get("schema_version")
+            .map_err(db_err)?
+            .map(|g| g.value());
+        match version {
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(db_err)?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Corrupt(format!(
+                    "the store was written by a newer relay (schema {v}, this relay knows {SCHEMA_VERSION})"
+                )));
+            }
+            Some(_) => {}
+        }
+        txn.open_table(KEYS).map_err(db_err)?;
+        txn.open_table(KEY_HASHES).map_err(db_err)?;
+        txn.open_table(KEY_LAST_USED).map_err(db_err)?;
+        txn.open_table(ACCOUNTS).map_err(db_err)?;
+        txn.open_table(USAGE).map_err(db_err)?;
+        txn.open_table(USAGE_EXPIRY).map_err(db_err)?;
+        txn.open_table(SESSIONS).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(m) => StoreError::Corrupt(m),
+        other => StoreError::Unavailable(format!("embedded store: {other}")),
+    }
+}
+
+fn db_err_at(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    match db_err(e) {
+        StoreError::Unavailable(m) => StoreError::Unavailable(format!("{}: {m}", path.display())),
+        other => other,
+    }
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode {what}: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, id: &str, s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what} {id:?}: {e}")))
+}
+
+/// Just the field `put_api_key` and `delete_api_key` need from the previous record; lenient so a
+/// damaged record can still be replaced.
+#[derive(Deserialize)]
+struct KeyHashOnly {
+    key_hash: String,
+}
+
+fn old_key_hash(json: &str) -> Option<String> {
+    serde_json::from_str::<KeyHashOnly>(json)
+        .ok()
+        .map(|k| k.key_hash)
+}
+
+/// Decodes every value of a JSON table. A record this relay cannot read (for example one written
+/// by a newer relay with a kind it does not know) is skipped with a warning, so that one record
+/// does not take every other one down with it.
+fn list_json<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &str>,
+    what: &str,
+) -> StoreResult<Vec<T>> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let t = txn.open_table(table).map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in t.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        match serde_json::from_str(v.value()) {
+            Ok(rec) => out.push(rec),
+            Err(e) => {
+                tracing::warn!(id = k.value(), error = %e, "skipping unreadable {what} record")
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &str>,
+    what: &str,
+    id: &str,
+) -> StoreResult<Option<T>> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let t = txn.open_table(table).map_err(db_err)?;
+    let got = t.get(id).map_err(db_err)?;
+    match got {
+        Some(g) => from_json(what, id, g.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    // --- API keys ---
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        // Table order is id order.
+        self.run(|db| list_json(db, KEYS, "api key")).await
+    }
+
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let id = id.to_owned();
+        self.run(move |db| get_json(db, KEYS, "api key", &id)).await
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        let json = to_json("api key", key)?;
+        let id = key.id.clone();
+        let hash = key.key_hash.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+                let mut hashes = txn.open_table(KEY_HASHES).map_err(db_err)?;
+                let owner = hashes
+                    .get(hash.as_str())
+                    .map_err(db_err)?
+                    .map(|g| g.value().to_owned());
+                if let Some(owner) = owner {
+                    // An index entry whose key is gone is stale, not a conflict.
+                    if owner != id && keys.get(owner.as_str()).map_err(db_err)?.is_some() {
+                        return Err(StoreError::Conflict(format!(
+                            "api key {owner:?} already has this key hash"
+                        )));
+                    }
+                }
+                let previous = keys
+                    .get(id.as_str())
+                    .map_err(db_err)?
+                    .and_then(|g| old_key_hash(g.value()));
+                if let Some(old_hash) = previous.filter(|h| *h != hash) {
+                    let points_here = hashes
+                        .get(old_hash.as_str())
+                        .map_err(db_err)?
+                        .is_some_and(|g| g.value() == id);
+                    if points_here {
+                        hashes.remove(old_hash.as_str()).map_err(db_err)?;
+                    }
+                }
+                keys.insert(id.as_str(), json.as_str()).map_err(db_err)?;
+                hashes.insert(hash.as_str(), id.as_str()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_api_key(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let deleted = {
+                let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+                let removed = keys
+                    .remove(id.as_str())
+                    .map_err(db_err)?
+                    .map(|g| g.value().to_owned());
+                match removed {
+                    None => false,
+                    Some(json) => {
+                        let mut hashes = txn.open_table(KEY_HASHES).map_err(db_err)?;
+                        if let Some(hash) = old_key_hash(&json) {
+                            let points_here = hashes
+                                .get(hash.as_str())
+                                .map_err(db_err)?
+                                .is_some_and(|g| g.value() == id);
+                            if points_here {
+                                hashes.remove(hash.as_str()).map_err(db_err)?;
+                            }
+                        }
+                        let mut last_used = txn.open_table(KEY_LAST_USED).map_err(db_err)?;
+                        last_used.remove(id.as_str()).map_err(db_err)?;
+                        true
+                    }
+                }
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn touch_api_keys(&self, uses: &[(String, i64)]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let uses = uses.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let keys = txn.open_table(KEYS).map_err(db_err)?;
+                let mut last_used = txn.open_table(KEY_LAST_USED).map_err(db_err)?;
+                for (id, at) in &uses {
+                    // A use reported after the key was deleted must not bring back a stray entry.
+                    if keys.get(id.as_str()).map_err(db_err)?.is_none() {
+                        continue;
+                    }
+                    let current = last_used
+                        .get(id.as_str())
+                        .map_err(db_err)?
+                        .map(|g| g.value());
+                    if current.is_none_or(|c| c < *at) {
+                        last_used.insert(id.as_str(), *at).map_err(db_err)?;
+                    }
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn api_key_last_used(&self) -> StoreResult<BTreeMap<String, i64>> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(KEY_LAST_USED).map_err(db_err)?;
+            let mut out = BTreeMap::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                out.insert(k.value().to_owned(), v.value());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    // --- accounts ---
+
+    async fn list_accounts(&self) -> StoreResult<Vec<AccountRecord>> {
+        self.run(|db| list_json(db, ACCOUNTS, "account")).await
+    }
+
+    async fn get_account(&self, id: &str) -> StoreResult<Option<AccountRecord>> {
+        let id = id.to_owned();
+        self.run(move |db| get_json(db, ACCOUNTS, "account", &id))
+            .await
+    }
+
+    async fn put_account(&self, account: &AccountRecord) -> StoreResult<()> {
+        let json = to_json("account", account)?;
+        let id = account.id.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(ACCOUNTS)
+                .map_err(db_err)?
+                .insert(id.as_str(), json.as_str())
+                .map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let deleted = txn
+                .open_table(ACCOUNTS)
+                .map_err(db_err)?
+                .remove(id.as_str())
+                .map_err(db_err)?
+                .is_some();
+            txn.commit().map_err(db_err)?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    // --- usage statistics ---
+
+    async fn add_usage(&self, batch: &[(BucketKey, UsageCounters)]) -> StoreResult<()> {
+        let merged = merge_usage_batch(batch, now_unix());
+        if merged.is_empty() {
+            return Ok(());
+        }
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                let mut expiry = txn.open_table(USAGE_EXPIRY).map_err(db_err)?;
+                for (bk, add) in &merged {
+                    let key =
+                        encode_bucket_key(bk.dimension, bk.granularity, &bk.subject, bk.start)?;
+                    let current = usage
+                        .get(key.as_slice())
+                        .map_err(db_err)?
+                        .map(|g| decode_counters(g.value()));
+                    let mut counters = match current {
+                        Some(c) => c?,
+                        None => {
+                            if let Some(exp) = bucket_expiry(bk.granularity, bk.start) {
+                                expiry
+                                    .insert(expiry_key(exp, &key).as_slice(), ())
+                                    .map_err(db_err)?;
+                            }
+                            UsageCounters::default()
+                        }
+                    };
+                    counters.add(add);
+                    usage
+                        .insert(key.as_slice(), encode_counters(&counters).as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn usage_series(
+        &self,
+        dimension: Dimension,
+        subject: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<(i64, UsageCounters)>> {
+        // Same range rules (and the same cap) as the Redis backend, although a range scan would not
+        // need the cap: callers should not see the backends differ.
+        let starts = series_bucket_starts(granularity, from, to)?;
+        let (Some(first), Some(last)) = (starts.first().copied(), starts.last().copied()) else {
+            return Ok(Vec::new());
+        };
+        let lo = encode_bucket_key(dimension, granularity, subject, first)?;
+        let hi = encode_bucket_key(dimension, granularity, subject, last)?;
+        let now = now_unix();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(USAGE).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.range(lo.as_slice()..=hi.as_slice()).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let start = decode_bucket_key(k.value())?.start;
+                // Expired but not yet purged: invisible, as it is in Redis.
+                if bucket_expiry(granularity, start).is_some_and(|exp| exp < now) {
+                    continue;
+                }
+                out.push((start, decode_counters(v.value())?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn usage_totals(
+        &self,
+        dimension: Dimension,
+    ) -> StoreResult<BTreeMap<String, UsageCounters>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(USAGE).map_err(db_err)?;
+            let lo = [
+                dimension_code(dimension),
+                granularity_code(Granularity::Total),
+            ];
+            let hi = [
+                dimension_code(dimension),
+                granularity_code(Granularity::Total) + 1,
+            ];
+            let mut out = BTreeMap::new();
+            for row in t.range(lo.as_slice()..hi.as_slice()).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let bk = decode_bucket_key(k.value())?;
+                out.entry(bk.subject)
+                    .or_insert_with(UsageCounters::default)
+                    .add(&decode_counters(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes buckets whose end + retention lies before `now`. Also sweeps admin sessions that
+    /// expired by `now` (they are not counted in the result).
+    async fn purge_expired_usage(&self, now: i64) -> StoreResult<u64> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let purged = {
+                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                let mut expiry = txn.open_table(USAGE_EXPIRY).map_err(db_err)?;
+                let bound = sortable_i64(now);
+                let mut expired = Vec::new();
+                for row in expiry.range(..bound.as_slice()).map_err(db_err)? {
+                    let (k, _) = row.map_err(db_err)?;
+                    expired.push(k.value().to_vec());
+                }
+                let mut purged = 0u64;
+                for k in &expired {
+                    expiry.remove(k.as_slice()).map_err(db_err)?;
+                    if let Some(bucket) = k.get(8..)
+                        && usage.remove(bucket).map_err(db_err)?.is_some()
+                    {
+                        purged += 1;
+                    }
+                }
+
+                let mut sessions = txn.open_table(SESSIONS).map_err(db_err)?;
+                let mut stale = Vec::new();
+                for row in sessions.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    match serde_json::from_str::<AdminSession>(v.value()) {
+                        Ok(s) if s.expires_at > now => {}
+                        _ => stale.push(k.value().to_owned()),
+                    }
+                }
+                for k in &stale {
+                    sessions.remove(k.as_str()).map_err(db_err)?;
+                }
+                purged
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(purged)
+        })
+        .await
+    }
+
+    // --- admin sessions ---
+
+    async fn put_session(&self, token_hash: &str, session: &AdminSession) -> StoreResult<()> {
+        let json = to_json("session", session)?;
+        let hash = token_hash.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(SESSIONS)
+                .map_err(db_err)?
+                .insert(hash.as_str(), json.as_str())
+                .map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_session(&self, token_hash: &str, now: i64) -> StoreResult<Option<AdminSession>> {
+        let hash = token_hash.to_owned();
+        self.run(move |db| {
+            let found: Option<AdminSession> = get_json(db, SESSIONS, "session", &hash)?;
+            match found {
+                Some(s) if s.expires_at > now => Ok(Some(s)),
+                Some(_) => {
+                    // Expired: remove it lazily, unless it was replaced in the meantime.
+                    let txn = db.begin_write().map_err(db_err)?;
+                    {
+                        let mut t = txn.open_table(SESSIONS).map_err(db_err)?;
+                        let still_expired = t
+                            .get(hash.as_str())
+                            .map_err(db_err)?
+                            .map(|g| {
+                                serde_json::from_str::<AdminSession>(g.value())
+                                    .map(|s| s.expires_at <= now)
+                            })
+                            .is_some_and(|r| r.unwrap_or(true));
+                        if still_expired {
+                            t.remove(hash.as_str()).map_err(db_err)?;
+                        }
+                    }
+                    txn.commit().map_err(db_err)?;
+                    Ok(None)
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
+        let hash = token_hash.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(SESSIONS)
+                .map_err(db_err)?
+                .remove(hash.as_str())
+                .map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    // --- change notification ---
+
+    async fn publish_change(&self) -> StoreResult<()> {
+        // No receiver is not an error: nobody needs to reload.
+        let _ = self.changes.send(());
+        Ok(())
+    }
+
+    fn subscribe_changes(&self) -> broadcast::Receiver<()> {
+        self.changes.subscribe()
+    }
+}
+
+// --- helpers shared with the Redis backend ---
+//
+// They describe bucket arithmetic rather than anything redb-specific; they live here because the
+// store module's own file belongs to the trait.
+
+/// The most buckets one `usage_series` call may span.
+pub(crate) const MAX_SERIES_BUCKETS: usize = 2_000;
+
+/// Timestamps are clamped to ±2^40 s (±34,000 years) so bucket arithmetic cannot overflow.
+const TS_LIMIT: i64 = 1 << 40;
+
+pub(crate) fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The instant after which a bucket is gone: its end plus its granularity's retention (`None` for
+/// buckets kept forever).
+pub(crate) fn bucket_expiry(granularity: Granularity, start: i64) -> Option<i64> {
+    let retention = i64::try_from(granularity.retention()?.as_secs()).unwrap_or(i64::MAX);
+    Some(granularity.next_bucket(start).saturating_add(retention))
+}
+
+/// The starts of the buckets of `granularity` that lie in `[from, to)`, ascending. Errors when the
+/// range spans more than [`MAX_SERIES_BUCKETS`] buckets.
+pub(crate) fn series_bucket_starts(
+    granularity: Granularity,
+    from: i64,
+    to: i64,
+) -> StoreResult<Vec<i64>> {
+    let from = from.clamp(-TS_LIMIT, TS_LIMIT);
+    let to = to.clamp(-TS_LIMIT, TS_LIMIT.saturating_add(1));
+    let mut out = Vec::new();
+    if from >= to {
+        return Ok(out);
+    }
+    let mut start = granularity.bucket_start(from);
+    if start < from {
+        start = granularity.next_bucket(start);
+    }
+    while start < to {
+        if out.len() == MAX_SERIES_BUCKETS {
+            // No variant of StoreError names a caller mistake; Conflict is the closest (a 4xx).
+            return Err(StoreError::Conflict(format!(
+                "usage range too large: more than {MAX_SERIES_BUCKETS} {} buckets; narrow the range or use a coarser granularity",
+                granularity.as_str()
+            )));
+        }
+        out.push(start);
+        let next = granularity.next_bucket(start);
+        if next <= start {
+            break;
+        }
+        start = next;
+    }
+    Ok(out)
+}
+
+/// Sums a batch by bucket (a batch may name one bucket twice), aligns starts to their bucket, and
+/// drops empty counters and buckets that are already expired at `now` (Redis would delete them as
+/// soon as their `EXPIREAT` lies in the past; both backends behave the same).
+pub(crate) fn merge_usage_batch(
+    batch: &[(BucketKey, UsageCounters)],
+    now: i64,
+) -> BTreeMap<BucketKey, UsageCounters> {
+    let mut merged: BTreeMap<BucketKey, UsageCounters> = BTreeMap::new();
+    for (bk, c) in batch {
+        if c.is_zero() {
+            continue;
+        }
+        let start = bk
+            .granularity
+            .bucket_start(bk.start.clamp(-TS_LIMIT, TS_LIMIT));
+        if bucket_expiry(bk.granularity, start).is_some_and(|exp| exp < now) {
+            continue;
+        }
+        let key = BucketKey {
+            start,
+            ..bk.clone()
+        };
+        merged.entry(key).or_default().add(c);
+    }
+    merged
+}
+
+// --- encodings ---
+
+fn dimension_code(d: Dimension) -> u8 {
+    match d {
+        Dimension::Key => 0,
+        Dimension::Account => 1,
+        Dimension::Model => 2,
+    }
+}
+
+fn dimension_from_code(c: u8) -> Option<Dimension> {
+    Dimension::ALL.into_iter().find(|d| dimension_code(*d) == c)
+}
+
+fn granularity_code(g: Granularity) -> u8 {
+    match g {
+        Granularity::Minute => 0,
+        Granularity::Hour => 1,
+        Granularity::Day => 2,
+        Granularity::Month => 3,
+        Granularity::Total => 4,
+    }
+}
+
+fn granularity_from_code(c: u8) -> Option<Granularity> {
+    Granularity::ALL
+        .into_iter()
+        .find(|g| granularity_code(*g) == c)
+}
+
+/// Big-endian with the sign bit flipped: byte order equals numeric order.
+fn sortable_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn from_sortable_i64(b: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(b) ^ (1 << 63)) as i64
+}
+
+/// `dimension(1) ‖ granularity(1) ‖ subject length(4, BE) ‖ subject ‖ start(8, sortable)`.
+///
+/// The length prefix keeps subjects unambiguous whatever bytes they contain, and the series of one
+/// (dimension, granularity, subject) is a contiguous range ordered by start; all `Total` buckets of
+/// a dimension are the contiguous range under the two-byte prefix.
+fn encode_bucket_key(
+    d: Dimension,
+    g: Granularity,
+    subject: &str,
+    start: i64,
+) -> StoreResult<Vec<u8>> {
+    let len = u32::try_from(subject.len())
+        .map_err(|_| StoreError::Conflict("usage subject is longer than 4 GiB".to_string()))?;
+    let mut k = Vec::with_capacity(14 + subject.len());
+    k.push(dimension_code(d));
+    k.push(granularity_code(g));
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(subject.as_bytes());
+    k.extend_from_slice(&sortable_i64(start));
+    Ok(k)
+}
+
+fn decode_bucket_key(k: &[u8]) -> StoreResult<BucketKey> {
+    let bad = || StoreError::Corrupt("malformed usage bucket key".to_string());
+    let (&[d, g], rest) = k.split_first_chunk::<2>().ok_or_else(bad)?;
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| bad())?;
+    let subject = rest.get(..len).ok_or_else(bad)?;
+    let start: [u8; 8] = rest
+        .get(len..)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(bad)?;
+    Ok(BucketKey {
+        dimension: dimension_from_code(d).ok_or_else(bad)?,
+        subject: String::from_utf8(subject.to_vec()).map_err(|_| bad())?,
+        granularity: granularity_from_code(g).ok_or_else(bad)?,
+        start: from_sortable_i64(start),
+    })
+}
+
+fn expiry_key(expiry: i64, bucket_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + bucket_key.len());
+    k.extend_from_slice(&sortable_i64(expiry));
+    k.extend_from_slice(bucket_key);
+    k
+}
+
+/// The counters as LEB128 varints in [`UsageCounters::fields`] order: most are small, so a bucket
+/// takes a dozen bytes instead of 72. A shorter value (from an older relay) reads as zeros for the
+/// missing fields; extra trailing values (from a newer one) are ignored.
+fn encode_counters(c: &UsageCounters) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    for (_, mut v) in c.fields() {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    out
+}
+
+fn decode_counters(b: &[u8]) -> StoreResult<UsageCounters> {
+    let mut c = UsageCounters::default();
+    let mut pos = 0;
+    for (name, _) in UsageCounters::default().fields() {
+        if pos >= b.len() {
+            break;
+        }
+        let mut v: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let byte = *b
+                .get(pos)
+                .ok_or_else(|| StoreError::Corrupt("truncated usage counters".to_string()))?;
+            pos += 1;
+            if shift >= 64 {
+                return Err(StoreError::Corrupt(
+                    "usage counter overflows 64 bits".to_string(),
+                ));
+            }
+            v |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        c.set_field(name, v);
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_round_trip_compactly() {
+        let mut c = UsageCounters {
+            requests: 3,
+            input_tokens: 1_234_567,
+            cost_nanos: u64::MAX,
+            ..Default::default()
+        };
+        let enc = encode_counters(&c);
+        assert!(enc.len() < 30, "{} bytes", enc.len());
+        assert_eq!(decode_counters(&enc).unwrap(), c);
+        assert_eq!(decode_counters(&[]).unwrap(), UsageCounters::default());
+        // A value from an older relay with fewer fields.
+        c = UsageCounters {
+            requests: 5,
+            errors: 1,
+            ..Default::default()
+        };
+        assert_eq!(decode_counters(&encode_counters(&c)[..2]).unwrap(), c);
+        assert!(decode_counters(&[0x80]).is_err());
+    }
+
+    #[test]
+    fn bucket_keys_sort_by_start_and_round_trip() {
+        let a =
+            encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus", -3_600).unwrap();
+        let b = encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus", 0).unwrap();
+        let c =
+            encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus", 3_600).unwrap();
+        assert!(a < b && b < c);
+        let other =
+            encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus:x", 0).unwrap();
+        assert_ne!(b, other);
+        let bk = decode_bucket_key(&c).unwrap();
+        assert_eq!(bk.subject, "claude:opus");
+        assert_eq!(bk.start, 3_600);
+        assert_eq!(bk.granularity, Granularity::Hour);
+        assert_eq!(bk.dimension, Dimension::Model);
+        assert!(decode_bucket_key(&c[..c.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn series_starts_are_half_open_and_capped() {
+        assert_eq!(
+            series_bucket_starts(Granularity::Minute, 60, 180).unwrap(),
+            vec![60, 120]
+        );
+        assert_eq!(
+            series_bucket_starts(Granularity::Minute, 61, 181).unwrap(),
+            vec![120, 180]
+        );
+        assert_eq!(
+            series_bucket_starts(Granularity::Total, 0, 1).unwrap(),
+            vec![0]
+        );
+        assert!(
+            series_bucket_starts(Granularity::Total, 1, i64::MAX)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            series_bucket_starts(Granularity::Minute, 10, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(series_bucket_starts(Granularity::Minute, 0, 60 * 2_001).is_err());
+        assert!(series_bucket_starts(Granularity::Day, i64::MIN, i64::MAX).is_err());
+        // 2024-01-15 .. 2024-03-15: February and March start in range.
+        let m = series_bucket_starts(Granularity::Month, 1_705_276_800, 1_710_460_800).unwrap();
+        assert_eq!(m, vec![1_706_745_600, 1_709_251_200]);
+    }
+
+    #[tokio::test]
+    async fn embedded_store_passes_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        super::super::contract::run_all(&store).await.unwrap();
+    }
+}

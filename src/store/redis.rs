@@ -1,1 +1,667 @@
-//! The Redis store.
+//! The Redis store: what several relay instances share (Redis 6 or later).
+//!
+//! Key layout, every name under a configurable prefix `{p}` (default `relay:`):
+//!
+//! | key                                   | type    | content                                      |
+//! |---------------------------------------|---------|----------------------------------------------|
+//! | `{p}keys`                             | hash    | key id → JSON [`ApiKeyRecord`]                |
+//! | `{p}keyhash`                          | hash    | key hash → key id (unique index)             |
+//! | `{p}key_last_used`                    | hash    | key id → Unix seconds                        |
+//! | `{p}accounts`                         | hash    | account id → JSON [`AccountRecord`]           |
+//! | `{p}u:{dim}:{gran}:{start}:{subject}` | hash    | usage counters ([`UsageCounters::fields`])   |
+//! | `{p}u:subjects:{dim}`                 | set     | subjects that have a `total` bucket          |
+//! | `{p}session:{token hash}`             | string  | JSON [`AdminSession`], `EXPIREAT` its expiry  |
+//! | `{p}changes`                          | channel | pub/sub: keys or accounts changed            |
+//!
+//! `{dim}` is `key|account|model`, `{gran}` `minute|hour|day|month|total`, `{start}` the bucket
+//! start in Unix seconds (`0` for `total`). The subject (a key id, account id or model name, which
+//! may contain `:`) comes last, so the name is unambiguous without escaping. A usage bucket has an
+//! `EXPIREAT` of its end plus its granularity's retention; `total` buckets never expire.
+//!
+//! Writes that must stay consistent run as Lua scripts (`lua/*.lua`, next to this file) or as one
+//! `MULTI`/`EXEC` pipeline, so each trait method is atomic and costs one round trip (usage totals:
+//! two).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use super::embedded::{bucket_expiry, merge_usage_batch, now_unix, series_bucket_starts};
+use super::{
+    AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store,
+    StoreError, StoreResult, UsageCounters,
+};
+
+/// The prefix used when none is configured.
+pub const DEFAULT_PREFIX: &str = "relay:";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Generous next to the client's 500 ms default: a usage flush or a long series is one big pipeline.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+const RECONNECT_RETRIES: usize = 4;
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+
+const SUBSCRIBER_MIN_BACKOFF: Duration = Duration::from_millis(200);
+const SUBSCRIBER_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the subscriber proves its connection is alive (a silent network loss sends no FIN).
+const SUBSCRIBER_HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+const CHANGE_CHANNEL_CAPACITY: usize = 64;
+
+/// The Redis backend.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    changes: broadcast::Sender<()>,
+    scripts: Scripts,
+    _subscriber: AbortOnDrop,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Scripts {
+    put_api_key: Script,
+    delete_api_key: Script,
+    touch_api_keys: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            put_api_key: Script::new(include_str!("lua/put_api_key.lua")),
+            delete_api_key: Script::new(include_str!("lua/delete_api_key.lua")),
+            touch_api_keys: Script::new(include_str!("lua/touch_api_keys.lua")),
+        }
+    }
+}
+
+/// Stops the change subscriber when the store goes away.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode {what}: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, id: &str, s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what} {id:?}: {e}")))
+}
+
+/// Decodes the values of a JSON hash, sorted by id. Unreadable records are skipped with a warning
+/// (as in the embedded store) so one record a newer relay wrote cannot hide all the others.
+fn decode_all<T: serde::de::DeserializeOwned>(what: &str, rows: HashMap<String, String>) -> Vec<T> {
+    let rows: BTreeMap<String, String> = rows.into_iter().collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, json) in rows {
+        match serde_json::from_str(&json) {
+            Ok(rec) => out.push(rec),
+            Err(e) => tracing::warn!(id = %id, error = %e, "skipping unreadable {what} record"),
+        }
+    }
+    out
+}
+
+fn parse_counters(key: &str, fields: HashMap<String, String>) -> StoreResult<UsageCounters> {
+    let mut c = UsageCounters::default();
+    for (name, value) in fields {
+        let v: u64 = value.parse().map_err(|_| {
+            StoreError::Corrupt(format!("usage bucket {key:?}: field {name} = {value:?}"))
+        })?;
+        c.set_field(&name, v);
+    }
+    Ok(c)
+}
+
+impl RedisStore {
+    /// Connects with the default key prefix `relay:`.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with_prefix(url, DEFAULT_PREFIX).await
+    }
+
+    /// Connects with a key prefix (every key and the change channel live under it). Fails with
+    /// `Unavailable` if Redis does not answer, so a bad URL stops the start. The change
+    /// subscription is in place when this returns: no change published afterwards is missed.
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> StoreResult<Self> {
+        // The URL may hold a password: never echo it.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL: {:?}", e.kind())))?;
+        let client = Client::open(info.clone()).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)?;
+
+        // Push messages need RESP3 (Redis 6+); the subscriber has its own connection.
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let sub_client = Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
+        let channel = format!("{prefix}changes");
+        let subscription = Subscription::open(&sub_client, &channel)
+            .await
+            .map_err(unavailable)?;
+        let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
+        let task = tokio::spawn(run_subscriber(
+            sub_client,
+            channel,
+            subscription,
+            changes.clone(),
+        ));
+
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+            changes,
+            scripts: Scripts::new(),
+            _subscriber: AbortOnDrop(task),
+        })
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Seconds until a usage bucket expires (`None` if it never does); `NotFound` if it does not
+    /// exist. For tests and diagnostics.
+    pub async fn usage_bucket_ttl(&self, key: &BucketKey) -> StoreResult<Option<i64>> {
+        let name = self.usage_key(
+            key.dimension,
+            key.granularity,
+            key.granularity.bucket_start(key.start),
+            &key.subject,
+        );
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&name)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        match ttl {
+            -2 => Err(StoreError::NotFound),
+            -1 => Ok(None),
+            t => Ok(Some(t)),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn usage_key(&self, d: Dimension, g: Granularity, start: i64, subject: &str) -> String {
+        format!(
+            "{}u:{}:{}:{start}:{subject}",
+            self.prefix,
+            d.as_str(),
+            g.as_str()
+        )
+    }
+
+    fn subjects_key(&self, d: Dimension) -> String {
+        format!("{}u:subjects:{}", self.prefix, d.as_str())
+    }
+
+    fn session_key(&self, token_hash: &str) -> String {
+        format!("{}session:{token_hash}", self.prefix)
+    }
+
+    /// A handle on the shared multiplexed connection (cheap to clone; reconnects by itself).
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn hget_json<T: serde::de::DeserializeOwned>(
+        &self,
+        hash: &str,
+        what: &str,
+        id: &str,
+    ) -> StoreResult<Option<T>> {
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(self.key(hash))
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        json.map(|j| from_json(what, id, &j)).transpose()
+    }
+
+    async fn hgetall_json<T: serde::de::DeserializeOwned>(
+        &self,
+        hash: &str,
+        what: &str,
+    ) -> StoreResult<Vec<T>> {
+        let rows: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key(hash))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(decode_all(what, rows))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    // --- API keys ---
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.hgetall_json("keys", "api key").await
+    }
+
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        self.hget_json("keys", "api key", id).await
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        let json = to_json("api key", key)?;
+        let reply: Vec<String> = self
+            .scripts
+            .put_api_key
+            .key(self.key("keys"))
+            .key(self.key("keyhash"))
+            .arg(&key.id)
+            .arg(&key.key_hash)
+            .arg(json)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [ok] if ok == "ok" => Ok(()),
+            [c, owner] if c == "conflict" => Err(StoreError::Conflict(format!(
+                "api key {owner:?} already has this key hash"
+            ))),
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected reply from put_api_key script: {other:?}"
+            ))),
+        }
+    }
+
+    async fn delete_api_key(&self, id: &str) -> StoreResult<bool> {
+        let deleted: i64 = self
+            .scripts
+            .delete_api_key
+            .key(self.key("keys"))
+            .key(self.key("keyhash"))
+            .key(self.key("key_last_used"))
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted == 1)
+    }
+
+    async fn touch_api_keys(&self, uses: &[(String, i64)]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.scripts.touch_api_keys.key(self.key("key_last_used"));
+        invocation.key(self.key("keys"));
+        for (id, at) in uses {
+            invocation.arg(id).arg(*at);
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn api_key_last_used(&self) -> StoreResult<BTreeMap<String, i64>> {
+        let rows: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(self.key("key_last_used"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().collect())
+    }
+
+    // --- accounts ---
+
+    async fn list_accounts(&self) -> StoreResult<Vec<AccountRecord>> {
+        self.hgetall_json("accounts", "account").await
+    }
+
+    async fn get_account(&self, id: &str) -> StoreResult<Option<AccountRecord>> {
+        self.hget_json("accounts", "account", id).await
+    }
+
+    async fn put_account(&self, account: &AccountRecord) -> StoreResult<()> {
+        let json = to_json("account", account)?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.key("accounts"))
+            .arg(&account.id)
+            .arg(json)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn delete_account(&self, id: &str) -> StoreResult<bool> {
+        let n: i64 = redis::cmd("HDEL")
+            .arg(self.key("accounts"))
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    // --- usage statistics ---
+
+    async fn add_usage(&self, batch: &[(BucketKey, UsageCounters)]) -> StoreResult<()> {
+        let merged = merge_usage_batch(batch, now_unix());
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (bk, c) in &merged {
+            let name = self.usage_key(bk.dimension, bk.granularity, bk.start, &bk.subject);
+            for (field, v) in c.fields() {
+                if v == 0 {
+                    continue;
+                }
+                let v = i64::try_from(v).map_err(|_| {
+                    StoreError::Conflict(format!(
+                        "usage counter {field} = {v} exceeds the Redis integer range"
+                    ))
+                })?;
+                pipe.cmd("HINCRBY").arg(&name).arg(field).arg(v).ignore();
+            }
+            match bucket_expiry(bk.granularity, bk.start) {
+                Some(at) => {
+                    pipe.cmd("EXPIREAT").arg(&name).arg(at).ignore();
+                }
+                None => {
+                    pipe.cmd("SADD")
+                        .arg(self.subjects_key(bk.dimension))
+                        .arg(&bk.subject)
+                        .ignore();
+                }
+            }
+        }
+        let _: () = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn usage_series(
+        &self,
+        dimension: Dimension,
+        subject: &str,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<(i64, UsageCounters)>> {
+        let starts = series_bucket_starts(granularity, from, to)?;
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = starts
+            .iter()
+            .map(|s| self.usage_key(dimension, granularity, *s, subject))
+            .collect();
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HGETALL").arg(name);
+        }
+        let rows: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for ((start, name), fields) in starts.into_iter().zip(&names).zip(rows) {
+            if !fields.is_empty() {
+                out.push((start, parse_counters(name, fields)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn usage_totals(
+        &self,
+        dimension: Dimension,
+    ) -> StoreResult<BTreeMap<String, UsageCounters>> {
+        let subjects: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.subjects_key(dimension))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if subjects.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let names: Vec<String> = subjects
+            .iter()
+            .map(|s| self.usage_key(dimension, Granularity::Total, 0, s))
+            .collect();
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HGETALL").arg(name);
+        }
+        let rows: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut out = BTreeMap::new();
+        for ((subject, name), fields) in subjects.into_iter().zip(&names).zip(rows) {
+            if !fields.is_empty() {
+                out.insert(subject, parse_counters(name, fields)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Redis expires buckets by their `EXPIREAT`: nothing to do.
+    async fn purge_expired_usage(&self, _now: i64) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    // --- admin sessions ---
+
+    async fn put_session(&self, token_hash: &str, session: &AdminSession) -> StoreResult<()> {
+        let json = to_json("session", session)?;
+        let name = self.session_key(token_hash);
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&name)
+            .arg(json)
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&name)
+            .arg(session.expires_at)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_session(&self, token_hash: &str, now: i64) -> StoreResult<Option<AdminSession>> {
+        let json: Option<String> = redis::cmd("GET")
+            .arg(self.session_key(token_hash))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let Some(json) = json else { return Ok(None) };
+        let session: AdminSession = from_json("session", "(token hash)", &json)?;
+        // Redis expires it by wall clock; the caller's clock decides too.
+        Ok((session.expires_at > now).then_some(session))
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.session_key(token_hash))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    // --- change notification ---
+
+    async fn publish_change(&self) -> StoreResult<()> {
+        // Our own subscriber receives it too, so local receivers hear it exactly once.
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.key("changes"))
+            .arg("changed")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn subscribe_changes(&self) -> broadcast::Receiver<()> {
+        self.changes.subscribe()
+    }
+}
+
+// --- the change subscriber ---
+
+/// A RESP3 connection subscribed to the change channel; messages arrive as pushes.
+struct Subscription {
+    conn: MultiplexedConnection,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+}
+
+impl Subscription {
+    async fn open(client: &Client, channel: &str) -> redis::RedisResult<Self> {
+        let (tx, pushes) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_push_sender(tx);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        conn.subscribe(channel).await?;
+        Ok(Subscription { conn, pushes })
+    }
+
+    /// Forwards each change message until the connection is lost.
+    async fn forward(&mut self, changes: &broadcast::Sender<()>) {
+        let mut health = tokio::time::interval(SUBSCRIBER_HEALTH_INTERVAL);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        health.tick().await;
+        loop {
+            tokio::select! {
+                push = self.pushes.recv() => match push {
+                    Some(PushInfo { kind: PushKind::Message, .. }) => {
+                        let _ = changes.send(());
+                    }
+                    Some(PushInfo { kind: PushKind::Disconnection, .. }) | None => return,
+                    Some(_) => {}
+                },
+                _ = health.tick() => {
+                    let pong: redis::RedisResult<redis::Value> = redis::cmd("PING").query_async(&mut self.conn).await;
+                    if let Err(e) = pong {
+                        tracing::warn!(error = %e, "redis change subscription failed its health check");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs until aborted (when the store is dropped): forwards changes, and when the connection drops
+/// resubscribes with exponential backoff. After a reconnection it reports one change, since changes
+/// published while it was away were missed and receivers should reload.
+async fn run_subscriber(
+    client: Client,
+    channel: String,
+    mut subscription: Subscription,
+    changes: broadcast::Sender<()>,
+) {
+    loop {
+        subscription.forward(&changes).await;
+        tracing::warn!(channel = %channel, "redis change subscription lost; reconnecting");
+        let mut backoff = SUBSCRIBER_MIN_BACKOFF;
+        subscription = loop {
+            tokio::time::sleep(backoff).await;
+            match Subscription::open(&client, &channel).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis change subscription: reconnect failed");
+                    backoff = (backoff * 2).min(SUBSCRIBER_MAX_BACKOFF);
+                }
+            }
+        };
+        tracing::info!(channel = %channel, "redis change subscription restored");
+        let _ = changes.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse_and_reject_garbage() {
+        let mut fields = HashMap::new();
+        fields.insert("requests".to_string(), "7".to_string());
+        fields.insert("cost_nanos".to_string(), "123".to_string());
+        fields.insert("future_field".to_string(), "1".to_string());
+        let c = parse_counters("k", fields).unwrap();
+        assert_eq!(c.requests, 7);
+        assert_eq!(c.cost_nanos, 123);
+        let mut bad = HashMap::new();
+        bad.insert("requests".to_string(), "-1".to_string());
+        assert!(matches!(
+            parse_counters("k", bad),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn unreadable_records_are_skipped_not_fatal() {
+        let mut rows = HashMap::new();
+        rows.insert(
+            "b".to_string(),
+            r#"{"username":"b","created_at":1,"expires_at":2}"#.to_string(),
+        );
+        rows.insert("a".to_string(), "{not json".to_string());
+        let out: Vec<AdminSession> = decode_all("session", rows);
+        assert_eq!(out.len(), 1);
+    }
+}

@@ -1,1 +1,714 @@
 //! The model price table and cost computation.
+//!
+//! Prices come from `conf/pricing.json` (generated from LiteLLM's table by
+//! `scripts/gen-pricing.py`), in USD per token. Costs are integer nano-USD so that sums never
+//! drift. Model names as sent by clients and upstreams vary (`claude-sonnet-4-5-20250929`,
+//! `us.anthropic.claude-sonnet-4-5-20250929-v1:0`, `claude-sonnet-4-5@20250929`,
+//! `claude-opus-4-1[1m]`); every normalised alias is computed once at load, so a lookup is one or
+//! two hash probes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::TokenUsage;
+
+/// Fallback prices, as multiples of the input price, for models whose entry lacks them.
+const CACHE_READ_RATIO: f64 = 0.1;
+const CACHE_WRITE_5M_RATIO: f64 = 1.25;
+const CACHE_WRITE_1H_RATIO: f64 = 2.0;
+
+/// Threshold of the `*_above_200k` keys; other thresholds are written `*_above_<N>k`.
+pub const LONG_CONTEXT_THRESHOLD_200K: u64 = 200_000;
+
+/// Prices of one model, USD per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: Option<f64>,
+    pub cache_write_5m: Option<f64>,
+    pub cache_write_1h: Option<f64>,
+    /// Prices once the prompt is long (Claude and Gemini above 200k tokens, GPT-5 above 272k).
+    pub long_context: Option<LongContextPrice>,
+}
+
+/// The long-context tier of a model: applies to a request whose prompt-side tokens
+/// ([`TokenUsage::total_input`]) exceed `above_tokens`, for each token kind it prices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongContextPrice {
+    pub above_tokens: u64,
+    pub input: Option<f64>,
+    pub output: Option<f64>,
+    pub cache_read: Option<f64>,
+    pub cache_write_5m: Option<f64>,
+    pub cache_write_1h: Option<f64>,
+}
+
+impl ModelPrice {
+    /// Cost of `u` in nano-USD (1e-9 USD), rounded to the nearest unit.
+    pub fn cost_nanos(&self, u: &TokenUsage) -> u64 {
+        Rates::of(self).cost_nanos(u)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PricingError {
+    #[error("cannot read pricing file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pricing table is not valid JSON of the expected shape: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("pricing table, model {model:?}: {reason}")]
+    Model { model: String, reason: String },
+}
+
+/// Every model's price, with its name aliases resolved at load.
+#[derive(Debug, Clone)]
+pub struct PricingTable {
+    source: Option<String>,
+    entries: Vec<Entry>,
+    /// Table names and their normalised aliases → index into `entries`.
+    index: HashMap<Box<str>, Alias>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    name: Box<str>,
+    price: ModelPrice,
+    rates: Rates,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Alias {
+    entry: usize,
+    rank: Rank,
+}
+
+/// How an index name relates to its entry; a lower rank wins when two entries claim a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    /// The entry's own name in the table.
+    Exact,
+    /// The entry's name normalised (prefixes, regions, version suffixes, `@date` removed).
+    Normalised,
+    /// The undated name of the only dated entry of that model.
+    UniqueDated,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricingFile {
+    #[serde(rename = "_source", default)]
+    source: Option<String>,
+    models: HashMap<String, HashMap<String, f64>>,
+}
+
+impl PricingTable {
+    /// Parses the `conf/pricing.json` format.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, PricingError> {
+        let file: PricingFile = serde_json::from_slice(bytes)?;
+        let mut models: Vec<(String, HashMap<String, f64>)> = file.models.into_iter().collect();
+        // Sorted, so that alias ties resolve the same way on every load.
+        models.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut entries = Vec::with_capacity(models.len());
+        for (name, fields) in models {
+            let price = parse_model(&name, &fields)?;
+            let rates = Rates::of(&price);
+            entries.push(Entry {
+                name: name.into_boxed_str(),
+                price,
+                rates,
+            });
+        }
+        let index = build_index(&entries);
+        Ok(PricingTable {
+            source: file.source,
+            entries,
+            index,
+        })
+    }
+
+    /// Reads a pricing file in the `conf/pricing.json` format.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, PricingError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| PricingError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&bytes)
+    }
+
+    /// The table compiled into the binary, used when no pricing file is configured.
+    pub fn builtin() -> Result<Self, PricingError> {
+        Self::from_json(include_bytes!("../../conf/pricing.json"))
+    }
+
+    /// The `_source` note of the file.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// Number of priced models (table entries, not aliases).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The price of `model`: its exact table entry, else the entry its normalised name resolves to
+    /// (see the module docs), else `None`.
+    pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
+        self.resolve(model).map(|e| &e.price)
+    }
+
+    /// The table name `model` resolves to, for logs and the admin panel.
+    pub fn resolved_name(&self, model: &str) -> Option<&str> {
+        self.resolve(model).map(|e| &*e.name)
+    }
+
+    /// Cost of `u` for `model` in nano-USD (1e-9 USD), rounded to nearest; `None` when the model
+    /// has no price.
+    pub fn cost_nanos(&self, model: &str, u: &TokenUsage) -> Option<u64> {
+        self.resolve(model).map(|e| e.rates.cost_nanos(u))
+    }
+
+    fn resolve(&self, model: &str) -> Option<&Entry> {
+        if let Some(alias) = self.index.get(model) {
+            return self.entries.get(alias.entry);
+        }
+        let normalised = normalise(model);
+        if let Some(alias) = self.index.get(normalised.as_str()) {
+            return self.entries.get(alias.entry);
+        }
+        // A dated name falls back to its undated entry, but not to another date of it.
+        let undated = strip_date(&normalised)?;
+        match self.index.get(undated) {
+            Some(alias) if alias.rank <= Rank::Normalised => self.entries.get(alias.entry),
+            _ => None,
+        }
+    }
+}
+
+/// Which token kind a pricing field prices.
+#[derive(Clone, Copy)]
+enum Kind {
+    Input,
+    Output,
+    CacheRead,
+    CacheWrite5m,
+    CacheWrite1h,
+}
+
+fn kind_of(field: &str) -> Option<Kind> {
+    Some(match field {
+        "input" => Kind::Input,
+        "output" => Kind::Output,
+        "cache_read" => Kind::CacheRead,
+        "cache_write_5m" => Kind::CacheWrite5m,
+        "cache_write_1h" => Kind::CacheWrite1h,
+        _ => return None,
+    })
+}
+
+fn parse_model(name: &str, fields: &HashMap<String, f64>) -> Result<ModelPrice, PricingError> {
+    let err = |reason: String| PricingError::Model {
+        model: name.to_owned(),
+        reason,
+    };
+    let mut base = [None; 5];
+    let mut tier = [None; 5];
+    let mut threshold: Option<u64> = None;
+    for (field, &value) in fields {
+        if !value.is_finite() || value < 0.0 {
+            return Err(err(format!("{field} must be a non-negative number")));
+        }
+        let (kind, slot) = match field.split_once("_above_") {
+            None => (kind_of(field), &mut base),
+            Some((kind, above)) => {
+                let thousands = above
+                    .strip_suffix('k')
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| err(format!("unknown field {field:?}")))?;
+                let above_tokens = thousands.saturating_mul(1000);
+                if threshold.is_some_and(|t| t != above_tokens) {
+                    return Err(err("more than one long-context threshold".to_owned()));
+                }
+                threshold = Some(above_tokens);
+                (kind_of(kind), &mut tier)
+            }
+        };
+        let kind = kind.ok_or_else(|| err(format!("unknown field {field:?}")))?;
+        slot[kind as usize] = Some(value);
+    }
+    let [input, output, cache_read, cache_write_5m, cache_write_1h] = base;
+    let input = input.ok_or_else(|| err("missing field \"input\"".to_owned()))?;
+    let output = output.ok_or_else(|| err("missing field \"output\"".to_owned()))?;
+    let long_context = threshold.map(|above_tokens| {
+        let [input, output, cache_read, cache_write_5m, cache_write_1h] = tier;
+        LongContextPrice {
+            above_tokens,
+            input,
+            output,
+            cache_read,
+            cache_write_5m,
+            cache_write_1h,
+        }
+    });
+    Ok(ModelPrice {
+        input,
+        output,
+        cache_read,
+        cache_write_5m,
+        cache_write_1h,
+        long_context,
+    })
+}
+
+/// A model's prices resolved for computing: nano-USD per token, fallbacks applied.
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    base: [f64; 5],
+    /// Threshold and the rates above it.
+    long: Option<(u64, [f64; 5])>,
+}
+
+impl Rates {
+    fn of(p: &ModelPrice) -> Self {
+        let base = resolve_rates(
+            p.input,
+            p.output,
+            [p.cache_read, p.cache_write_5m, p.cache_write_1h],
+        );
+        let long = p.long_context.as_ref().map(|lc| {
+            let input = lc.input.unwrap_or(p.input);
+            // A kind the tier does not price keeps its base price; a kind priced nowhere falls
+            // back to a ratio of the tier's input price.
+            let rates = resolve_rates(
+                input,
+                lc.output.unwrap_or(p.output),
+                [
+                    lc.cache_read.or(p.cache_read),
+                    lc.cache_write_5m.or(p.cache_write_5m),
+                    lc.cache_write_1h.or(p.cache_write_1h),
+                ],
+            );
+            (lc.above_tokens, rates)
+        });
+        Rates { base, long }
+    }
+
+    fn cost_nanos(&self, u: &TokenUsage) -> u64 {
+        let rates = match self.long {
+            Some((above, ref long)) if u.total_input() > above => long,
+            _ => &self.base,
+        };
+        let tokens = [
+            u.input,
+            u.output,
+            u.cache_read,
+            u.cache_write_5m,
+            u.cache_write_1h,
+        ];
+        let total: f64 = tokens
+            .iter()
+            .zip(rates)
+            .map(|(&t, &rate)| t as f64 * rate)
+            .sum();
+        // Saturating conversion; f64 is exact for integers up to 2^53 nano-USD (9M USD).
+        total.round() as u64
+    }
+}
+
+fn resolve_rates(input: f64, output: f64, cache: [Option<f64>; 3]) -> [f64; 5] {
+    let [read, write_5m, write_1h] = cache;
+    [
+        nanos(input),
+        nanos(output),
+        nanos(read.unwrap_or(input * CACHE_READ_RATIO)),
+        nanos(write_5m.unwrap_or(input * CACHE_WRITE_5M_RATIO)),
+        nanos(write_1h.unwrap_or(input * CACHE_WRITE_1H_RATIO)),
+    ]
+}
+
+/// USD per token → nano-USD per token, rounded to 1e-6 nano so that binary noise such as
+/// `3.75e-6 * 1e9 = 3750.0000000000005` does not tip a rounding.
+fn nanos(usd_per_token: f64) -> f64 {
+    (usd_per_token * 1e15).round() / 1e6
+}
+
+fn build_index(entries: &[Entry]) -> HashMap<Box<str>, Alias> {
+    let mut index: HashMap<Box<str>, Alias> = HashMap::with_capacity(entries.len() * 3);
+    for (i, e) in entries.iter().enumerate() {
+        claim(&mut index, entries, &e.name, i, Rank::Exact);
+    }
+    for (i, e) in entries.iter().enumerate() {
+        claim(&mut index, entries, &normalise(&e.name), i, Rank::Normalised);
+    }
+    // Undated name → its dated names, counting distinct dated names rather than entries: the
+    // same snapshot listed by several providers is still one candidate.
+    let mut dated: HashMap<Box<str>, Vec<Box<str>>> = HashMap::new();
+    for name in index.keys() {
+        if let Some(undated) = strip_date(name) {
+            dated.entry(undated.into()).or_default().push(name.clone());
+        }
+    }
+    for (undated, names) in dated {
+        if let [only] = names.as_slice()
+            && let Some(&Alias { entry, .. }) = index.get(only)
+        {
+            claim(&mut index, entries, &undated, entry, Rank::UniqueDated);
+        }
+    }
+    index
+}
+
+/// Points `name` at entry `i` unless a better claim holds it: a lower rank, then (for names
+/// normalised from several entries, such as `us.` and `eu.` variants of one Bedrock model) the
+/// shorter table name, which is the one without a region or platform prefix.
+fn claim(index: &mut HashMap<Box<str>, Alias>, entries: &[Entry], name: &str, i: usize, rank: Rank) {
+    let key = |a: &Alias| {
+        let n = entries.get(a.entry).map_or("", |e| &*e.name);
+        (a.rank, n.len(), n)
+    };
+    let new = Alias { entry: i, rank };
+    match index.get_mut(name) {
+        None => {
+            index.insert(name.into(), new);
+        }
+        Some(old) => {
+            if key(&new) < key(old) {
+                *old = new;
+            }
+        }
+    }
+}
+
+/// The canonical form of a model name: lower case, without a `[1m]`-style suffix, a provider or
+/// platform path (`anthropic/`, `bedrock/us-east-1/`, `vertex_ai/`), a Bedrock region and vendor
+/// prefix (`us.anthropic.`), a Bedrock version suffix (`-v1:0`), or a Vertex `@default`; a Vertex
+/// `@20250929` becomes `-20250929`.
+fn normalise(model: &str) -> String {
+    let mut s = model.trim();
+    if s.ends_with(']')
+        && let Some(open) = s.rfind('[')
+    {
+        s = &s[..open];
+    }
+    if let Some(slash) = s.rfind('/') {
+        s = &s[slash + 1..];
+    }
+    let mut out = s.to_ascii_lowercase();
+    if let Some(pos) = out.find("anthropic.")
+        && (pos == 0 || out.as_bytes().get(pos - 1) == Some(&b'.'))
+    {
+        out.drain(..pos + "anthropic.".len());
+    }
+    if let Some(at) = out.find('@') {
+        let suffix = out[at + 1..].to_owned();
+        out.truncate(at);
+        if is_digits(&suffix, 8) {
+            out.push('-');
+            out.push_str(&suffix);
+        }
+    }
+    let kept = strip_version(&out).len();
+    out.truncate(kept);
+    out
+}
+
+/// Removes a Bedrock version suffix: `-v1:0`, `-v1`, `-v1:0:200k`; not from `claude-v2:1` or
+/// `claude-instant-v1`, where the version is the model's name (a real base names a number).
+fn strip_version(s: &str) -> &str {
+    let Some(pos) = s.rfind("-v") else {
+        return s;
+    };
+    let rest = &s[pos + 2..];
+    let mut parts = rest.split(':');
+    let version_ok = parts
+        .next()
+        .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    let tail_ok = parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let base = &s[..pos];
+    if version_ok && tail_ok && base.bytes().any(|b| b.is_ascii_digit()) {
+        base
+    } else {
+        s
+    }
+}
+
+/// The name without its date or `-latest` suffix (`-20250929`, `-2024-08-06`), if it has one.
+fn strip_date(s: &str) -> Option<&str> {
+    if let Some(base) = s.strip_suffix("-latest") {
+        return Some(base);
+    }
+    let (base, tail) = s.rsplit_once('-')?;
+    if is_digits(tail, 8) {
+        return Some(base);
+    }
+    // ISO form: <base>-YYYY-MM-DD.
+    let b = s.as_bytes();
+    let n = b.len();
+    let iso = n > 11
+        && b[n - 11] == b'-'
+        && b[n - 6] == b'-'
+        && b[n - 3] == b'-'
+        && [n - 10..n - 6, n - 5..n - 3, n - 2..n]
+            .into_iter()
+            .all(|r| b[r].iter().all(u8::is_ascii_digit));
+    if iso { s.get(..n - 11) } else { None }
+}
+
+fn is_digits(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn builtin() -> PricingTable {
+        PricingTable::builtin().unwrap()
+    }
+
+    fn usage(input: u64, output: u64, read: u64, w5m: u64, w1h: u64) -> TokenUsage {
+        TokenUsage {
+            input,
+            output,
+            cache_read: read,
+            cache_write_5m: w5m,
+            cache_write_1h: w1h,
+        }
+    }
+
+    #[test]
+    fn builtin_table_loads() {
+        let t = builtin();
+        assert!(t.len() > 500, "{} models", t.len());
+        assert!(t.source().unwrap().contains("LiteLLM"));
+    }
+
+    #[test]
+    fn sonnet_4_5_prices_match_the_source_table() {
+        let t = builtin();
+        let p = t.lookup("claude-sonnet-4-5").unwrap();
+        assert_eq!(p.input, 3e-6);
+        assert_eq!(p.output, 1.5e-5);
+        assert_eq!(p.cache_read, Some(3e-7));
+        assert_eq!(p.cache_write_5m, Some(3.75e-6));
+        assert_eq!(p.cache_write_1h, Some(6e-6));
+        let lc = p.long_context.as_ref().unwrap();
+        assert_eq!(lc.above_tokens, 200_000);
+        assert_eq!(lc.input, Some(6e-6));
+        assert_eq!(lc.output, Some(2.25e-5));
+        assert_eq!(lc.cache_read, Some(6e-7));
+        assert_eq!(lc.cache_write_5m, Some(7.5e-6));
+        assert_eq!(lc.cache_write_1h, Some(1.2e-5));
+    }
+
+    #[test]
+    fn cost_of_every_token_kind() {
+        // 1000×3000 + 500×15000 + 2000×300 + 400×3750 + 100×6000 nano-USD.
+        let cost = builtin().cost_nanos("claude-sonnet-4-5", &usage(1000, 500, 2000, 400, 100));
+        assert_eq!(cost, Some(13_200_000));
+    }
+
+    #[test]
+    fn long_context_tier_applies_above_200k_prompt_tokens() {
+        let t = builtin();
+        // Exactly 200k prompt tokens: base prices. 150000×3000 + 1000×15000 + 50000×300.
+        let at = usage(150_000, 1000, 50_000, 0, 0);
+        assert_eq!(at.total_input(), 200_000);
+        assert_eq!(t.cost_nanos("claude-sonnet-4-5", &at), Some(480_000_000));
+        // One more: every kind at the tier. 150000×6000 + 1000×22500 + 50001×600.
+        let above = usage(150_000, 1000, 50_001, 0, 0);
+        assert_eq!(t.cost_nanos("claude-sonnet-4-5", &above), Some(952_500_600));
+        // Cache writes count towards the threshold and take their tier prices.
+        let writes = usage(1, 0, 0, 150_000, 50_000);
+        // 1×6000 + 150000×7500 + 50000×12000.
+        assert_eq!(t.cost_nanos("claude-sonnet-4-5", &writes), Some(1_725_006_000));
+    }
+
+    #[test]
+    fn models_without_a_tier_keep_base_prices_on_long_prompts() {
+        // claude-opus-4-5: 5e-6 in, 2.5e-5 out, no long-context tier.
+        let cost = builtin().cost_nanos("claude-opus-4-5", &usage(300_000, 10, 0, 0, 0));
+        assert_eq!(cost, Some(300_000 * 5000 + 10 * 25_000));
+    }
+
+    #[test]
+    fn other_thresholds_than_200k() {
+        let t = PricingTable::from_json(
+            br#"{"models":{"m":{"input":1e-6,"output":2e-6,"input_above_272k":2e-6,"output_above_272k":3e-6}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.lookup("m").unwrap().long_context.as_ref().unwrap().above_tokens, 272_000);
+        assert_eq!(t.cost_nanos("m", &usage(272_000, 1, 0, 0, 0)), Some(272_000 * 1000 + 2000));
+        // Above: input and output at the tier, cache read falls back to 0.1× the tier input.
+        assert_eq!(
+            t.cost_nanos("m", &usage(272_000, 1, 1, 0, 0)),
+            Some(272_000 * 2000 + 3000 + 200)
+        );
+    }
+
+    #[test]
+    fn missing_cache_prices_fall_back_to_ratios_of_input() {
+        let t = PricingTable::from_json(br#"{"models":{"m":{"input":1e-6,"output":2e-6}}}"#)
+            .unwrap();
+        // 1×1000 + 1×2000 + 10×100 + 10×1250 + 10×2000.
+        assert_eq!(t.cost_nanos("m", &usage(1, 1, 10, 10, 10)), Some(36_500));
+        // claude-opus-4-1 (Bedrock entry) has no 1h write price: 2× 1.5e-5 input.
+        let opus = builtin().cost_nanos("claude-opus-4-1", &usage(0, 0, 0, 0, 1000));
+        assert_eq!(opus, Some(1000 * 30_000));
+    }
+
+    #[test]
+    fn cost_rounds_to_the_nearest_nano() {
+        let t = PricingTable::from_json(br#"{"models":{"m":{"input":2.5e-10,"output":0}}}"#)
+            .unwrap();
+        assert_eq!(t.cost_nanos("m", &usage(1, 0, 0, 0, 0)), Some(0));
+        assert_eq!(t.cost_nanos("m", &usage(2, 0, 0, 0, 0)), Some(1));
+        assert_eq!(t.cost_nanos("m", &usage(3, 0, 0, 0, 0)), Some(1));
+        assert_eq!(t.cost_nanos("m", &usage(6, 0, 0, 0, 0)), Some(2));
+        assert_eq!(t.cost_nanos("m", &TokenUsage::default()), Some(0));
+    }
+
+    #[test]
+    fn unknown_model_has_no_price() {
+        let t = builtin();
+        assert!(t.lookup("no-such-model").is_none());
+        assert_eq!(t.cost_nanos("no-such-model", &usage(1, 1, 0, 0, 0)), None);
+        assert_eq!(t.cost_nanos("", &usage(1, 1, 0, 0, 0)), None);
+    }
+
+    #[track_caller]
+    fn resolves(t: &PricingTable, model: &str, expected: &str) {
+        assert_eq!(t.resolved_name(model), Some(expected), "{model}");
+    }
+
+    #[test]
+    fn name_normalisation() {
+        let t = builtin();
+        resolves(&t, "claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929");
+        resolves(&t, "anthropic/claude-sonnet-4-5", "claude-sonnet-4-5");
+        resolves(&t, "CLAUDE-SONNET-4-5", "claude-sonnet-4-5");
+        resolves(&t, "claude-sonnet-4-5[1m]", "claude-sonnet-4-5");
+        resolves(&t, "claude-sonnet-4-5@20250929", "claude-sonnet-4-5-20250929");
+        // A Bedrock id the table lists is priced as listed (regional endpoints cost 10% more).
+        resolves(
+            &t,
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        );
+        let us = t.lookup("us.anthropic.claude-sonnet-4-5-20250929-v1:0").unwrap();
+        assert_eq!(us.input, 3.3e-6);
+        // One it does not list falls back to the first-party model.
+        resolves(
+            &t,
+            "ca.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "claude-sonnet-4-5-20250929",
+        );
+        resolves(
+            &t,
+            "bedrock/anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        );
+        // A model listed only on Bedrock: its normalised names prefer the entry without region.
+        let opus = "anthropic.claude-opus-4-1-20250805-v1:0";
+        resolves(&t, "claude-opus-4-1-20250805", opus);
+        resolves(&t, "claude-opus-4-1", opus);
+        resolves(&t, "claude-opus-4-1[1m]", opus);
+        resolves(&t, "claude-opus-4-1@20250805", opus);
+        resolves(&t, "vertex_ai/claude-opus-4-1@20250805", opus);
+        // A newer snapshot of a model with an undated entry takes that entry...
+        resolves(&t, "claude-sonnet-4-5-20991231", "claude-sonnet-4-5");
+        resolves(&t, "gpt-4o-2099-01-01", "gpt-4o");
+        // ...but is not priced as another snapshot.
+        assert!(t.lookup("claude-opus-4-1-20990101").is_none());
+        resolves(&t, "gemini-2.5-pro", "gemini/gemini-2.5-pro");
+        resolves(&t, "vertex_ai/claude-sonnet-4-5@default", "claude-sonnet-4-5");
+    }
+
+    #[test]
+    fn undated_name_needs_exactly_one_dated_entry() {
+        let t = PricingTable::from_json(
+            br#"{"models":{
+                "claude-x-20240101":{"input":1e-6,"output":1e-6},
+                "claude-x-20240601":{"input":2e-6,"output":2e-6},
+                "us.anthropic.claude-y-20240101-v1:0":{"input":3e-6,"output":3e-6},
+                "eu.anthropic.claude-y-20240101-v1:0":{"input":4e-6,"output":4e-6}}}"#,
+        )
+        .unwrap();
+        assert!(t.lookup("claude-x").is_none());
+        resolves(&t, "claude-x-20240601", "claude-x-20240601");
+        // Two entries with one dated name: still one candidate; the tie goes to the shorter,
+        // then alphabetically first name.
+        resolves(&t, "claude-y", "eu.anthropic.claude-y-20240101-v1:0");
+        resolves(&t, "claude-y-20240101", "eu.anthropic.claude-y-20240101-v1:0");
+    }
+
+    #[test]
+    fn normalise_cases() {
+        assert_eq!(normalise("us.anthropic.claude-3-haiku-20240307-v1:0"), "claude-3-haiku-20240307");
+        assert_eq!(normalise("anthropic.claude-v2:1"), "claude-v2:1");
+        assert_eq!(normalise("anthropic.claude-instant-v1"), "claude-instant-v1");
+        assert_eq!(normalise("global.anthropic.claude-opus-4-6-v1"), "claude-opus-4-6");
+        assert_eq!(normalise("anthropic.claude-3-sonnet-20240229-v1:0:200k"), "claude-3-sonnet-20240229");
+        assert_eq!(normalise("claude-opus-4-1[1m]"), "claude-opus-4-1");
+        assert_eq!(normalise("vertex_ai/claude-sonnet-4-5@20250929"), "claude-sonnet-4-5-20250929");
+        assert_eq!(normalise("claude-sonnet-4-6@default"), "claude-sonnet-4-6");
+        assert_eq!(normalise("gpt-4o"), "gpt-4o");
+        assert_eq!(normalise("gpt-5-v2"), "gpt-5");
+        assert_eq!(normalise("my-anthropic.model"), "my-anthropic.model");
+        assert_eq!(normalise("é/ü[x]"), "ü");
+        assert_eq!(strip_date("gpt-4o-2024-08-06"), Some("gpt-4o"));
+        assert_eq!(strip_date("claude-3-5-haiku-latest"), Some("claude-3-5-haiku"));
+        assert_eq!(strip_date("claude-sonnet-4-5-20250929"), Some("claude-sonnet-4-5"));
+        assert_eq!(strip_date("claude-sonnet-4-5"), None);
+        assert_eq!(strip_date("x-2024-08-0a"), None);
+        assert_eq!(strip_date("ü2024-08-06"), None);
+    }
+
+    #[test]
+    fn malformed_tables_are_rejected() {
+        let bad: &[&[u8]] = &[
+            b"not json",
+            br#"{"models":{"m":{"input":1e-6}}}"#,
+            br#"{"models":{"m":{"output":1e-6}}}"#,
+            br#"{"models":{"m":{"input":-1e-6,"output":1e-6}}}"#,
+            br#"{"models":{"m":{"input":1e-6,"output":1e-6,"price":1}}}"#,
+            br#"{"models":{"m":{"input":1e-6,"output":1e-6,"input_above_xk":1}}}"#,
+            br#"{"models":{"m":{"input":1e-6,"output":1e-6,"bogus_above_200k":1}}}"#,
+            br#"{"models":{"m":{"input":1e-6,"output":1e-6,"input_above_200k":1,"output_above_100k":1}}}"#,
+            br#"{"models":{"m":{"input":"1e-6","output":1e-6}}}"#,
+            br#"{"models":{},"extra":1}"#,
+            br#"{"_source":"x"}"#,
+        ];
+        for b in bad {
+            assert!(PricingTable::from_json(b).is_err(), "{}", String::from_utf8_lossy(b));
+        }
+        let err = PricingTable::from_json(br#"{"models":{"m":{"input":1e-6}}}"#).unwrap_err();
+        assert!(err.to_string().contains("\"m\""), "{err}");
+        assert!(PricingTable::from_json(br#"{"models":{}}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn load_reads_a_file_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pricing.json");
+        std::fs::write(&path, br#"{"models":{"m":{"input":1e-6,"output":2e-6}}}"#).unwrap();
+        assert_eq!(PricingTable::load(&path).unwrap().len(), 1);
+        let missing = dir.path().join("missing.json");
+        let err = PricingTable::load(&missing).unwrap_err();
+        assert!(matches!(err, PricingError::Io { .. }));
+        assert!(err.to_string().contains("missing.json"));
+    }
+}

@@ -1,0 +1,104 @@
+use super::*;
+
+struct Dir(Vec<ClientKey>);
+impl KeyDirectory for Dir {
+    fn find(&self, presented: &str) -> Option<Arc<ClientKey>> {
+        self.0.iter().find(|k| &*k.id == presented).cloned().map(Arc::new)
+    }
+}
+
+fn deps() -> FilterDeps {
+    FilterDeps {
+        keys: Arc::new(Dir(vec![
+            ClientKey { id: "good".into(), name: "a".into(), enabled: true },
+            ClientKey { id: "off".into(), name: "b".into(), enabled: false },
+        ])),
+    }
+}
+
+fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, v.parse().unwrap());
+    }
+    h
+}
+
+async fn run(chain: &Chain, h: &http::HeaderMap, q: Option<&str>) -> Result<Option<Arc<ClientKey>>, Rejection> {
+    let mut holds = Vec::new();
+    let mut cx = FilterContext {
+        route: RouteInfo { service: Service::Claude, endpoint: "messages" },
+        headers: h,
+        query: q,
+        client_ip: None,
+        key: None,
+        facts: None,
+        holds: &mut holds,
+    };
+    chain.run_headers(&mut cx).await?;
+    Ok(cx.key)
+}
+
+#[test]
+fn key_location_order() {
+    let h = headers(&[("authorization", "Bearer b"), ("x-api-key", "a")]);
+    assert_eq!(presented_key(&h, None), Some("a"));
+    let h = headers(&[("authorization", "Bearer b"), ("x-goog-api-key", "g")]);
+    assert_eq!(presented_key(&h, None), Some("b"));
+    let h = headers(&[("x-goog-api-key", "g"), ("api-key", "z")]);
+    assert_eq!(presented_key(&h, None), Some("g"));
+    let h = headers(&[("api-key", "z")]);
+    assert_eq!(presented_key(&h, Some("key=q")), Some("z"));
+    assert_eq!(presented_key(&headers(&[]), Some("alt=sse&key=q")), Some("q"));
+    assert_eq!(presented_key(&headers(&[("x-api-key", "  ")]), None), None);
+}
+
+#[tokio::test]
+async fn key_auth_accepts_and_refuses() {
+    let chain = Registry::with_builtins().build(&["key_auth".into()], &deps()).unwrap();
+    let ok = run(&chain, &headers(&[("x-api-key", "good")]), None).await.unwrap();
+    assert_eq!(ok.unwrap().name.as_ref(), "a");
+    let e = run(&chain, &headers(&[]), None).await.unwrap_err();
+    assert_eq!((e.status, e.reason), (401, "missing_key"));
+    let e = run(&chain, &headers(&[("x-api-key", "nope")]), None).await.unwrap_err();
+    assert_eq!((e.status, e.reason), (401, "invalid_key"));
+    let e = run(&chain, &headers(&[("x-api-key", "off")]), None).await.unwrap_err();
+    assert_eq!((e.status, e.reason), (401, "disabled_key"));
+}
+
+struct DenyHeader;
+#[async_trait]
+impl Filter for DenyHeader {
+    fn name(&self) -> &str {
+        "deny_header"
+    }
+    async fn on_headers(&self, cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
+        if cx.headers.contains_key("x-forbidden") {
+            return Err(Rejection::new(403, RejectKind::Permission, "header_rule", "forbidden header"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn custom_filters_register_by_name_and_run_in_order() {
+    let mut reg = Registry::with_builtins();
+    reg.register("deny_header", |_| Ok(Arc::new(DenyHeader) as Arc<dyn Filter>));
+    let chain = reg.build(&["key_auth".into(), "deny_header".into()], &deps()).unwrap();
+    assert_eq!(chain.names(), vec!["key_auth", "deny_header"]);
+    let e = run(&chain, &headers(&[("x-api-key", "good"), ("x-forbidden", "1")]), None).await.unwrap_err();
+    assert_eq!(e.status, 403);
+    // key_auth runs first, so an unauthenticated caller learns nothing about later rules.
+    let e = run(&chain, &headers(&[("x-forbidden", "1")]), None).await.unwrap_err();
+    assert_eq!(e.status, 401);
+}
+
+#[test]
+fn chain_building_errors_are_clear() {
+    let reg = Registry::with_builtins();
+    assert!(reg.build(&["nope".into()], &deps()).unwrap_err().contains("start with `key_auth`"));
+    let e = reg.build(&["key_auth".into(), "nope".into()], &deps()).unwrap_err();
+    assert!(e.contains("unknown filter `nope`"), "{e}");
+    let e = reg.build(&["key_auth".into(), "key_auth".into()], &deps()).unwrap_err();
+    assert!(e.contains("twice"), "{e}");
+}

@@ -1,0 +1,91 @@
+//! The admin service: a JSON API (with an OpenAPI document), `/health` and `/metrics`, on its own
+//! listener (default `127.0.0.1:3001`), run by axum inside a Pingora background service.
+//!
+//! Authentication: `POST /admin/api/login` with the admin username and password returns a bearer
+//! token. Sessions live in the store (so every instance accepts them), expire after
+//! `admin.session_ttl` of inactivity and slide on use. Failed logins are limited per client IP.
+
+mod auth;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::secrets::Secrets;
+use crate::server::Reloader;
+use crate::server::anyhow_lite;
+use crate::state::Snapshot;
+use crate::store::Store;
+use crate::usage::pricing::PricingTable;
+
+pub use auth::{LoginLimiter, hash_password, verify_password};
+
+/// The admin user's name and argon2 password hash.
+pub struct Credentials {
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// What admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub config: Arc<Config>,
+    pub secrets: Arc<Secrets>,
+    pub store: Arc<dyn Store>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub reloader: Reloader,
+    pub metrics: Arc<Metrics>,
+    pub pricing: Arc<PricingTable>,
+    pub credentials: Arc<Credentials>,
+    pub login_limiter: Arc<LoginLimiter>,
+    /// The store's runtime: store calls that must finish even if the admin runtime stops.
+    pub store_rt: tokio::runtime::Handle,
+}
+
+/// The background service that serves the admin router.
+pub struct AdminService {
+    state: AdminState,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+impl AdminService {
+    pub fn new(state: AdminState, listener: std::net::TcpListener) -> Self {
+        AdminService { state, listener: std::sync::Mutex::new(Some(listener)) }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let listener = match std_listener.set_nonblocking(true).and_then(|_| tokio::net::TcpListener::from_std(std_listener)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener unusable");
+                return;
+            }
+        };
+        let app = routes::router(self.state.clone());
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin service stopped with an error");
+        }
+    }
+}
+
+impl From<argon2::password_hash::Error> for anyhow_lite::Error {
+    fn from(e: argon2::password_hash::Error) -> Self {
+        anyhow_lite::Error(format!("password hashing: {e}"))
+    }
+}

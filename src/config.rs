@@ -1,0 +1,564 @@
+//! `relay.yaml`: the configuration file, `${VAR}` substitution from the environment, environment
+//! overrides, and validation at start.
+//!
+//! Loading runs in two steps (the raw file shape with `deny_unknown_fields`, then [`Config::validate`])
+//! so that a bad value stops the start with a message naming the key and the reason.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::store::AccountKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// A duration written as `250ms`, `10s`, `5m`, `1h` or `30d` (a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 10s, 5m, 1h"))?;
+        let secs = match unit.trim() {
+            "ms" => n / 1000.0,
+            "" | "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            "d" => n * 86400.0,
+            u => return Err(format!("unknown duration unit `{u}` (use ms, s, m, h or d)")),
+        };
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(format!("`{s}` is not a valid duration"));
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::S(s) => Dur::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The file as written. Every section is optional; absent means the default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address of the client-facing relay listener.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Where the relay keeps its generated secret key and admin password (and the embedded store,
+    /// unless `store.path` says otherwise).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Seals stored secrets and keys the client-key hash. Generated into the data directory when
+    /// absent (single instance); required with the redis backend.
+    #[serde(default)]
+    pub secret_key: Option<String>,
+    /// Worker threads of the relay listener.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Largest accepted request body; larger bodies get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Path of the price table (conf/pricing.json format); the built-in table when absent.
+    #[serde(default)]
+    pub pricing: Option<PathBuf>,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// How long in-flight requests may run on after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    #[serde(default)]
+    pub stats: StatsConfig,
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Filter chain order; the default chain when absent.
+    #[serde(default)]
+    pub filters: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    #[serde(default = "default_admin_user")]
+    pub username: String,
+    /// Plaintext password (usually `${RELAY_ADMIN_PASSWORD}`); hashed at start, never kept.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// An argon2 PHC string instead of a plaintext password.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Idle lifetime of an admin session; each use extends it.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl: Dur,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            username: default_admin_user(),
+            password: None,
+            password_hash: None,
+            session_ttl: default_session_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// Directory of the embedded store.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `redis://` or `rediss://` URL of the redis backend.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { backend: StoreBackend::Embedded, path: None, url: None, prefix: default_redis_prefix() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP and TLS connection setup to an upstream.
+    #[serde(default = "default_connect")]
+    pub connect: Dur,
+    /// From the request sent to the upstream's response head.
+    #[serde(default = "default_head")]
+    pub response_head: Dur,
+    /// Longest silence between two chunks of a streamed response.
+    #[serde(default = "default_idle")]
+    pub stream_idle: Dur,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig { connect: default_connect(), response_head: default_head(), stream_idle: default_idle() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// How often aggregated usage is written to the store.
+    #[serde(default = "default_flush")]
+    pub flush_interval: Dur,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig { flush_interval: default_flush() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub kind: AccountKind,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default = "crate::store::default_priority")]
+    pub priority: u32,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub model_map: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    /// The plaintext key (usually `${ALICE_KEY}`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Or its hash, as printed by `claude-relay hash-key`.
+    #[serde(default)]
+    pub key_hash: Option<String>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:3000".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:3001".into()
+}
+fn default_admin_user() -> String {
+    "admin".into()
+}
+fn default_session_ttl() -> Dur {
+    Dur(Duration::from_secs(12 * 3600))
+}
+fn default_redis_prefix() -> String {
+    "relay:".into()
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+}
+fn default_max_body() -> usize {
+    32 * 1024 * 1024
+}
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_connect() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_head() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_idle() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_flush() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_true() -> bool {
+    true
+}
+
+pub const DEFAULT_ANTHROPIC_BASE: &str = "https://api.anthropic.com";
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub data_dir: PathBuf,
+    pub secret_key: Option<String>,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub pricing: Option<PathBuf>,
+    pub timeouts: TimeoutsConfig,
+    pub shutdown_grace: Duration,
+    pub stats: StatsConfig,
+    pub accounts: Vec<AccountConfig>,
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub filters: Vec<String>,
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of the YAML tree; `$${` is a literal `${`.
+fn substitute(v: &mut serde_yaml_ng::Value, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::String(s) if s.contains("${") => {
+            *s = substitute_str(s, env).map_err(|r| invalid(path, r))?;
+        }
+        Value::Sequence(seq) => {
+            for (i, item) in seq.iter_mut().enumerate() {
+                substitute(item, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let name = k.as_str().unwrap_or("?");
+                let p = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+                substitute(item, &p, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if i > 0 && rest.as_bytes()[i - 1] == b'$' {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}').ok_or_else(|| format!("unterminated `${{` in `{s}`"))? + i;
+        let expr = &rest[i + 2..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{expr}}}` is not a valid variable reference"));
+        }
+        match (env(name), default) {
+            (Some(v), _) if !v.is_empty() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            (Some(_), None) => return Err(format!("environment variable {name} is empty")),
+            (None, None) => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Config {
+    /// Reads, substitutes and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_yaml(&text, &|k| std::env::var(k).ok())
+    }
+
+    /// The configuration used when no file exists: every default.
+    pub fn defaults(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::from_yaml("{}", env)
+    }
+
+    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        if value.is_null() {
+            value = serde_yaml_ng::Value::Mapping(Default::default());
+        }
+        substitute(&mut value, "", env)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(if key == "." { "(top level)".to_string() } else { key }, e.into_inner().to_string())
+        })?;
+        Config::validate(raw, env)
+    }
+
+    fn validate(mut raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        // Environment overrides, for containers and systemd units.
+        if let Some(v) = env("RELAY_LISTEN") {
+            raw.listen = v;
+        }
+        if let Some(v) = env("RELAY_ADMIN_LISTEN") {
+            raw.admin.listen = v;
+        }
+        if let Some(v) = env("RELAY_DATA_DIR") {
+            raw.data_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("RELAY_REDIS_URL") {
+            raw.store.backend = StoreBackend::Redis;
+            raw.store.url = Some(v);
+        }
+        if raw.secret_key.is_none() {
+            raw.secret_key = env("RELAY_SECRET_KEY").filter(|s| !s.is_empty());
+        }
+        if raw.admin.password.is_none() && raw.admin.password_hash.is_none() {
+            raw.admin.password = env("RELAY_ADMIN_PASSWORD").filter(|s| !s.is_empty());
+        }
+
+        let listen: SocketAddr =
+            raw.listen.parse().map_err(|_| invalid("listen", format!("`{}` is not an address like 0.0.0.0:3000", raw.listen)))?;
+        let admin_listen: SocketAddr = raw.admin.listen.parse().map_err(|_| {
+            invalid("admin.listen", format!("`{}` is not an address like 127.0.0.1:3001", raw.admin.listen))
+        })?;
+        if listen == admin_listen {
+            return Err(invalid("admin.listen", "must differ from `listen`"));
+        }
+        if raw.admin.username.trim().is_empty() {
+            return Err(invalid("admin.username", "must not be empty"));
+        }
+        if let Some(p) = &raw.admin.password
+            && p.len() < 8
+        {
+            return Err(invalid("admin.password", "must be at least 8 characters"));
+        }
+        if let Some(h) = &raw.admin.password_hash
+            && !h.starts_with("$argon2")
+        {
+            return Err(invalid("admin.password_hash", "must be an argon2 PHC string ($argon2id$...)"));
+        }
+        if raw.admin.session_ttl.0 < Duration::from_secs(60) {
+            return Err(invalid("admin.session_ttl", "must be at least 1m"));
+        }
+        if raw.threads == 0 || raw.threads > 256 {
+            return Err(invalid("threads", "must be between 1 and 256"));
+        }
+        if raw.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if let Some(k) = &raw.secret_key {
+            crate::secrets::Secrets::new(k).map_err(|e| invalid("secret_key", e.to_string()))?;
+        }
+        match raw.store.backend {
+            StoreBackend::Redis => {
+                let url = raw.store.url.as_deref().unwrap_or("");
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(invalid("store.url", "the redis backend needs a redis:// or rediss:// URL"));
+                }
+                if raw.secret_key.is_none() {
+                    return Err(invalid(
+                        "secret_key",
+                        "is required with the redis backend: every instance sharing the store must use the same key",
+                    ));
+                }
+            }
+            StoreBackend::Embedded => {
+                if raw.store.url.is_some() {
+                    return Err(invalid("store.url", "only applies to `backend: redis`"));
+                }
+            }
+        }
+        for (name, d) in [
+            ("timeouts.connect", raw.timeouts.connect),
+            ("timeouts.response_head", raw.timeouts.response_head),
+            ("timeouts.stream_idle", raw.timeouts.stream_idle),
+            ("stats.flush_interval", raw.stats.flush_interval),
+        ] {
+            if d.0.is_zero() {
+                return Err(invalid(name, "must be greater than zero"));
+            }
+        }
+
+        let mut names = std::collections::HashSet::new();
+        for (i, a) in raw.accounts.iter_mut().enumerate() {
+            let key = |f: &str| format!("accounts[{i}].{f}");
+            if a.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !names.insert(a.name.clone()) {
+                return Err(invalid(key("name"), format!("duplicate account name `{}`", a.name)));
+            }
+            let base = a.base_url.get_or_insert_with(|| DEFAULT_ANTHROPIC_BASE.to_string());
+            crate::providers::UpstreamBase::parse(base).map_err(|r| invalid(key("base_url"), r))?;
+            match a.kind {
+                AccountKind::ClaudeConsole => match a.api_key.as_deref() {
+                    Some(k) if !k.trim().is_empty() => {}
+                    _ => return Err(invalid(key("api_key"), "is required for kind claude-console")),
+                },
+            }
+            if let Some(m) = &a.models
+                && m.iter().any(|s| s.trim().is_empty())
+            {
+                return Err(invalid(key("models"), "model names must not be empty"));
+            }
+            for (from, to) in &a.model_map {
+                if from.trim().is_empty() || to.trim().is_empty() {
+                    return Err(invalid(key("model_map"), "model names must not be empty"));
+                }
+            }
+        }
+
+        let mut key_names = std::collections::HashSet::new();
+        for (i, k) in raw.api_keys.iter().enumerate() {
+            let key = |f: &str| format!("api_keys[{i}].{f}");
+            if k.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if !key_names.insert(k.name.clone()) {
+                return Err(invalid(key("name"), format!("duplicate key name `{}`", k.name)));
+            }
+            match (&k.key, &k.key_hash) {
+                (Some(p), None) => {
+                    if p.len() < 16 {
+                        return Err(invalid(key("key"), "must be at least 16 characters"));
+                    }
+                }
+                (None, Some(h)) => {
+                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(invalid(key("key_hash"), "must be 64 hex digits (see `claude-relay hash-key`)"));
+                    }
+                    if raw.secret_key.is_none() {
+                        return Err(invalid(
+                            key("key_hash"),
+                            "needs `secret_key` in the config: the hash is keyed by it",
+                        ));
+                    }
+                }
+                (Some(_), Some(_)) => return Err(invalid(key("key"), "give either `key` or `key_hash`, not both")),
+                (None, None) => return Err(invalid(key("key"), "one of `key` or `key_hash` is required")),
+            }
+        }
+
+        let filters = match raw.filters {
+            Some(f) => f,
+            None => vec!["key_auth".to_string()],
+        };
+
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let mut store = raw.store;
+        if store.backend == StoreBackend::Embedded && store.path.is_none() {
+            store.path = Some(data_dir.clone());
+        }
+
+        Ok(Config {
+            listen,
+            admin_listen,
+            admin: raw.admin,
+            store,
+            data_dir,
+            secret_key: raw.secret_key,
+            threads: raw.threads,
+            max_body_bytes: raw.max_body_bytes,
+            pricing: raw.pricing,
+            timeouts: raw.timeouts,
+            shutdown_grace: raw.shutdown_grace.0,
+            stats: raw.stats,
+            accounts: raw.accounts,
+            api_keys: raw.api_keys,
+            filters,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,112 @@
+//! The Prometheus registry and every metric the relay exports on the admin listener's `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// All metrics of one relay process. Label values come from small closed sets (endpoints,
+/// statuses, reasons, token kinds) or from model names the price table knows, so cardinality stays
+/// bounded whatever clients send.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub upstream_latency: HistogramVec,
+    pub upstream_ttfb: HistogramVec,
+    pub overhead: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub cost_usd_nanos: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub store_latency: HistogramVec,
+    pub usage_events_dropped: prometheus::IntCounter,
+    pub upstream_errors: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+const STORE_BUCKETS: &[f64] = &[0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("relay_requests_total", "Client requests by endpoint and response status"),
+            &["endpoint", "status"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new("relay_rejections_total", "Requests refused by the relay, by reason"),
+            &["reason"],
+        )?;
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new("relay_upstream_duration_seconds", "Time from sending upstream to the end of its response")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["endpoint"],
+        )?;
+        let upstream_ttfb = HistogramVec::new(
+            HistogramOpts::new("relay_upstream_ttfb_seconds", "Time from sending upstream to its response head")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["endpoint"],
+        )?;
+        let overhead = HistogramVec::new(
+            HistogramOpts::new("relay_overhead_seconds", "Relay's own time per request: total minus upstream time")
+                .buckets(OVERHEAD_BUCKETS.to_vec()),
+            &["endpoint"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new("relay_tokens_total", "Tokens by kind and model"),
+            &["kind", "model"],
+        )?;
+        let cost_usd_nanos = IntCounterVec::new(
+            Opts::new("relay_cost_nano_usd_total", "Cost of served requests in nano-USD (1e-9 USD), by model"),
+            &["model"],
+        )?;
+        let in_flight = IntGauge::new("relay_in_flight_requests", "Client requests being served now")?;
+        let store_latency = HistogramVec::new(
+            HistogramOpts::new("relay_store_duration_seconds", "Latency of store operations").buckets(STORE_BUCKETS.to_vec()),
+            &["op"],
+        )?;
+        let usage_events_dropped = prometheus::IntCounter::new(
+            "relay_usage_events_dropped_total",
+            "Usage events the statistics pipeline could not take (its queue was full)",
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("relay_upstream_errors_total", "Upstream failures by class"),
+            &["class"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(upstream_ttfb.clone()))?;
+        registry.register(Box::new(overhead.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(cost_usd_nanos.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(store_latency.clone()))?;
+        registry.register(Box::new(usage_events_dropped.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            rejections,
+            upstream_latency,
+            upstream_ttfb,
+            overhead,
+            tokens,
+            cost_usd_nanos,
+            in_flight,
+            store_latency,
+            usage_events_dropped,
+            upstream_errors,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format except on invalid metric data.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,224 @@
+//! The relay's error type and its rendering in the caller's dialect.
+//!
+//! Every refusal becomes one response: the right status, the dialect's JSON shape (Anthropic
+//! `{"type":"error","error":{"type","message"}}`, OpenAI `{"error":{"message","type","code"}}`,
+//! Gemini `{"error":{"code","message","status"}}`), `retry-after` where it helps, and
+//! `x-relay-error-source` saying whether the relay or the upstream refused.
+
+use bytes::Bytes;
+use filters::{RejectKind, Rejection};
+use pingora::http::ResponseHeader;
+
+use super::route::Dialect;
+
+/// Who refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Relay,
+    Upstream,
+}
+
+impl ErrorSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Relay => "relay",
+            ErrorSource::Upstream => "upstream",
+        }
+    }
+}
+
+/// Errors the relay answers with. `reason()` is the low-cardinality metrics label.
+#[derive(Debug, Clone)]
+pub enum RelayError {
+    Rejected(Rejection),
+    BadRequest(String),
+    NotFound(String),
+    MethodNotAllowed(&'static str),
+    PayloadTooLarge(usize),
+    NoAccount(String),
+    UpstreamUnreachable(String),
+    UpstreamTimeout(String),
+    UpstreamProtocol(String),
+    Internal(String),
+}
+
+impl RelayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RelayError::Rejected(r) => r.status,
+            RelayError::BadRequest(_) => 400,
+            RelayError::NotFound(_) => 404,
+            RelayError::MethodNotAllowed(_) => 405,
+            RelayError::PayloadTooLarge(_) => 413,
+            RelayError::NoAccount(_) => 503,
+            RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) => 502,
+            RelayError::UpstreamTimeout(_) => 504,
+            RelayError::Internal(_) => 500,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RelayError::Rejected(r) => r.reason,
+            RelayError::BadRequest(_) => "bad_request",
+            RelayError::NotFound(_) => "not_found",
+            RelayError::MethodNotAllowed(_) => "method_not_allowed",
+            RelayError::PayloadTooLarge(_) => "body_too_large",
+            RelayError::NoAccount(_) => "no_account",
+            RelayError::UpstreamUnreachable(_) => "upstream_unreachable",
+            RelayError::UpstreamTimeout(_) => "upstream_timeout",
+            RelayError::UpstreamProtocol(_) => "upstream_protocol",
+            RelayError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            RelayError::Rejected(r) => r.message.clone(),
+            RelayError::BadRequest(m) | RelayError::NotFound(m) | RelayError::Internal(m) => m.clone(),
+            RelayError::MethodNotAllowed(allowed) => format!("Method not allowed here; use {allowed}"),
+            RelayError::PayloadTooLarge(limit) => format!("Request body is larger than the relay's limit of {limit} bytes"),
+            RelayError::NoAccount(model) => format!("No upstream account is available to serve model `{model}`"),
+            RelayError::UpstreamUnreachable(m) => format!("Upstream unreachable: {m}"),
+            RelayError::UpstreamTimeout(m) => format!("Upstream timed out: {m}"),
+            RelayError::UpstreamProtocol(m) => format!("Upstream answered badly: {m}"),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            RelayError::Rejected(r) => match r.kind {
+                RejectKind::InvalidRequest => Kind::InvalidRequest,
+                RejectKind::Authentication => Kind::Authentication,
+                RejectKind::Permission => Kind::Permission,
+                RejectKind::NotFound => Kind::NotFound,
+                RejectKind::RateLimited => Kind::RateLimited,
+                RejectKind::Billing => Kind::Billing,
+            },
+            RelayError::BadRequest(_) | RelayError::MethodNotAllowed(_) => Kind::InvalidRequest,
+            RelayError::NotFound(_) => Kind::NotFound,
+            RelayError::PayloadTooLarge(_) => Kind::TooLarge,
+            RelayError::NoAccount(_) => Kind::Unavailable,
+            RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) | RelayError::UpstreamTimeout(_) => {
+                Kind::Upstream
+            }
+            RelayError::Internal(_) => Kind::Internal,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            RelayError::Rejected(r) => r.retry_after,
+            RelayError::NoAccount(_) => Some(30),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    InvalidRequest,
+    Authentication,
+    Permission,
+    NotFound,
+    TooLarge,
+    RateLimited,
+    Billing,
+    Unavailable,
+    Upstream,
+    Internal,
+}
+
+fn anthropic_type(k: Kind) -> &'static str {
+    match k {
+        Kind::InvalidRequest => "invalid_request_error",
+        Kind::Authentication => "authentication_error",
+        Kind::Permission => "permission_error",
+        Kind::NotFound => "not_found_error",
+        Kind::TooLarge => "request_too_large",
+        Kind::RateLimited => "rate_limit_error",
+        Kind::Billing => "billing_error",
+        Kind::Unavailable => "overloaded_error",
+        Kind::Upstream | Kind::Internal => "api_error",
+    }
+}
+
+fn openai_type(k: Kind) -> (&'static str, &'static str) {
+    match k {
+        Kind::InvalidRequest => ("invalid_request_error", "invalid_request"),
+        Kind::Authentication => ("authentication_error", "invalid_api_key"),
+        Kind::Permission => ("permission_error", "permission_denied"),
+        Kind::NotFound => ("invalid_request_error", "not_found"),
+        Kind::TooLarge => ("invalid_request_error", "request_too_large"),
+        Kind::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
+        Kind::Billing => ("insufficient_quota", "insufficient_quota"),
+        Kind::Unavailable => ("server_error", "no_upstream_available"),
+        Kind::Upstream => ("server_error", "upstream_error"),
+        Kind::Internal => ("server_error", "internal_error"),
+    }
+}
+
+fn gemini_status(k: Kind) -> &'static str {
+    match k {
+        Kind::InvalidRequest => "INVALID_ARGUMENT",
+        Kind::Authentication => "UNAUTHENTICATED",
+        Kind::Permission => "PERMISSION_DENIED",
+        Kind::NotFound => "NOT_FOUND",
+        Kind::TooLarge => "INVALID_ARGUMENT",
+        Kind::RateLimited | Kind::Billing => "RESOURCE_EXHAUSTED",
+        Kind::Unavailable | Kind::Upstream => "UNAVAILABLE",
+        Kind::Internal => "INTERNAL",
+    }
+}
+
+/// The JSON body of an error in a dialect.
+pub fn error_body(dialect: Dialect, err: &RelayError) -> Bytes {
+    let message = err.message();
+    let kind = err.kind();
+    let v = match dialect {
+        Dialect::Anthropic => serde_json::json!({
+            "type": "error",
+            "error": { "type": anthropic_type(kind), "message": message },
+        }),
+        Dialect::OpenAI => {
+            let (t, code) = openai_type(kind);
+            serde_json::json!({ "error": { "message": message, "type": t, "code": code } })
+        }
+        Dialect::Gemini => serde_json::json!({
+            "error": { "code": err.status(), "message": message, "status": gemini_status(kind) },
+        }),
+    };
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// The response head of an error.
+pub fn error_head(err: &RelayError, body_len: usize, source: ErrorSource) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(err.status(), Some(4))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body_len.to_string())?;
+    h.insert_header("x-relay-error-source", source.as_str())?;
+    if let Some(s) = err.retry_after() {
+        h.insert_header("retry-after", s.to_string())?;
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_per_dialect() {
+        let e = RelayError::PayloadTooLarge(10);
+        let a: serde_json::Value = serde_json::from_slice(&error_body(Dialect::Anthropic, &e)).unwrap();
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "request_too_large");
+        let o: serde_json::Value = serde_json::from_slice(&error_body(Dialect::OpenAI, &e)).unwrap();
+        assert_eq!(o["error"]["code"], "request_too_large");
+        let g: serde_json::Value = serde_json::from_slice(&error_body(Dialect::Gemini, &e)).unwrap();
+        assert_eq!(g["error"]["code"], 413);
+        assert_eq!(g["error"]["status"], "INVALID_ARGUMENT");
+        assert_eq!(RelayError::NoAccount("m".into()).status(), 503);
+        assert_eq!(RelayError::UpstreamTimeout("x".into()).status(), 504);
+    }
+}

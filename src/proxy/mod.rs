@@ -1,0 +1,372 @@
+//! The client-facing relay: a Pingora [`ProxyHttp`] whose `request_filter` answers every request.
+//!
+//! Header-only endpoints (probe, health, models) answer locally. Body-carrying endpoints run the
+//! filter chain, read and parse the body once, then hand over to [`dispatch`], which owns the
+//! upstream attempts and streams the answer back.
+
+mod body;
+mod dispatch;
+pub mod error;
+mod headers;
+mod peer;
+mod rewrite;
+pub mod route;
+mod settle;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use filters::{Chain, ClientKey, FilterContext};
+use pingora::connectors::http::Connector;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
+use crate::secrets::Secrets;
+use crate::state::Snapshot;
+use crate::store::Store;
+use crate::usage::pricing::PricingTable;
+use crate::usage::stats::UsageSink;
+use error::{ErrorSource, RelayError, error_body, error_head};
+pub use peer::Peers;
+use route::{Endpoint, Route};
+
+/// Everything the relay path needs, shared by all requests.
+pub struct Relay {
+    pub config: Arc<Config>,
+    pub secrets: Arc<Secrets>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub scheduler: Arc<Scheduler>,
+    pub store: Arc<dyn Store>,
+    pub pricing: Arc<PricingTable>,
+    pub usage: UsageSink,
+    pub metrics: Arc<Metrics>,
+    pub chain: Chain,
+    pub connector: Connector,
+    pub peers: Peers,
+}
+
+/// The Pingora service.
+pub struct RelayProxy(pub Arc<Relay>);
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    route: Option<Route>,
+    key: Option<Arc<ClientKey>>,
+    /// Time spent waiting on upstreams (for the overhead histogram).
+    upstream_time: Duration,
+    status: u16,
+    client_disconnected: bool,
+    settle: Option<settle::Settle>,
+    holds: Vec<Box<dyn Any + Send + Sync>>,
+    in_flight: Option<InFlight>,
+}
+
+struct InFlight(prometheus::IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl RequestCtx {
+    fn new() -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            route: None,
+            key: None,
+            upstream_time: Duration::ZERO,
+            status: 0,
+            client_disconnected: false,
+            settle: None,
+            holds: Vec::new(),
+            in_flight: None,
+        }
+    }
+}
+
+/// Writes a complete JSON response.
+async fn respond_json(session: &mut Session, status: u16, body: Bytes) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(status, Some(2))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(h), head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Answers with an error in the route's dialect.
+async fn respond_error(
+    relay: &Relay,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: &RelayError,
+    source: ErrorSource,
+) -> pingora::Result<()> {
+    let dialect = ctx.route.map_or(route::Dialect::Anthropic, |r| r.dialect);
+    let body = error_body(dialect, err);
+    let head = error_head(err, body.len(), source)?;
+    relay.metrics.rejections.with_label_values(&[err.reason()]).inc();
+    if let Some(s) = ctx.settle.as_mut() {
+        s.is_error = true;
+    }
+    ctx.status = err.status();
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+impl RelayProxy {
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
+        let relay = &*self.0;
+        let route = {
+            let req = session.req_header();
+            route::classify(&req.method, req.uri.path())
+        };
+        ctx.route = Some(route);
+        match route.endpoint {
+            Endpoint::Probe => {
+                let mut h = ResponseHeader::build(200, Some(1))?;
+                h.insert_header("content-length", "0")?;
+                ctx.status = 200;
+                return session.write_response_header(Box::new(h), true).await;
+            }
+            Endpoint::Health => {
+                ctx.status = 200;
+                return respond_json(session, 200, Bytes::from_static(br#"{"status":"ok"}"#)).await;
+            }
+            Endpoint::NotFound => {
+                let path = session.req_header().uri.path().to_string();
+                let e = RelayError::NotFound(format!("No such endpoint: {path}"));
+                return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await;
+            }
+            Endpoint::MethodNotAllowed(allowed) => {
+                return respond_error(relay, session, ctx, &RelayError::MethodNotAllowed(allowed), ErrorSource::Relay)
+                    .await;
+            }
+            Endpoint::Messages | Endpoint::CountTokens | Endpoint::Models => {}
+        }
+
+        relay.metrics.in_flight.inc();
+        ctx.in_flight = Some(InFlight(relay.metrics.in_flight.clone()));
+
+        // Phase 1: filters that need only the head (key auth first).
+        let rejection = {
+            let req = session.req_header();
+            let mut cx = FilterContext {
+                route: route.info(),
+                headers: &req.headers,
+                query: req.uri.query(),
+                client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                key: None,
+                facts: None,
+                holds: &mut ctx.holds,
+            };
+            let r = relay.chain.run_headers(&mut cx).await;
+            ctx.key = cx.key.take();
+            r.err()
+        };
+        if let Some(rej) = rejection {
+            return respond_error(relay, session, ctx, &RelayError::Rejected(rej), ErrorSource::Relay).await;
+        }
+
+        if route.endpoint == Endpoint::Models {
+            ctx.status = 200;
+            let body = models_body(relay);
+            return respond_json(session, 200, body).await;
+        }
+
+        // Phase 2: the body, bounded.
+        let body = match read_body(relay, session).await {
+            Ok(b) => b,
+            Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
+        };
+        let parsed = match body::parse(&body, true) {
+            Ok(p) => p,
+            Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
+        };
+        let rejection = {
+            let req = session.req_header();
+            let mut cx = FilterContext {
+                route: route.info(),
+                headers: &req.headers,
+                query: req.uri.query(),
+                client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                key: ctx.key.clone(),
+                facts: Some(&parsed.facts),
+                holds: &mut ctx.holds,
+            };
+            relay.chain.run_request(&mut cx).await.err()
+        };
+        if let Some(rej) = rejection {
+            return respond_error(relay, session, ctx, &RelayError::Rejected(rej), ErrorSource::Relay).await;
+        }
+
+        // count_tokens is free upstream and is not billed or counted as usage.
+        if route.endpoint == Endpoint::Messages
+            && let Some(key) = &ctx.key
+        {
+            ctx.settle = Some(settle::Settle::new(
+                relay.usage.clone(),
+                relay.pricing.clone(),
+                relay.metrics.clone(),
+                key.id.clone(),
+                parsed.facts.model.clone().unwrap_or_default(),
+            ));
+        }
+        dispatch::run(relay, session, ctx, body, &parsed).await
+    }
+}
+
+/// Reads the whole request body, answering `Expect: 100-continue` and refusing bodies over the
+/// limit (early, from `content-length`, when the client announces it).
+async fn read_body(relay: &Relay, session: &mut Session) -> Result<Bytes, RelayError> {
+    let limit = relay.config.max_body_bytes;
+    let req = session.req_header();
+    let announced = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(RelayError::PayloadTooLarge(limit));
+    }
+    let expects_continue = req
+        .headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue && !session.is_http2() {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|e| RelayError::BadRequest(format!("cannot answer Expect: {e}")))?;
+    }
+    let mut buf = BytesMut::with_capacity(announced.unwrap_or(8 * 1024).min(limit));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(RelayError::PayloadTooLarge(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(RelayError::BadRequest(format!("cannot read the request body: {e}"))),
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// `GET /v1/models` in the Anthropic list shape: models the accounts are configured for, or, when
+/// some account serves any model, the Claude models the price table knows plus mapped aliases.
+fn models_body(relay: &Relay) -> Bytes {
+    let snap = relay.snapshot.load();
+    let ids: Vec<String> = match snap.pool.advertised_models() {
+        Some(list) => list,
+        None => {
+            let mut set: std::collections::BTreeSet<String> = std::collections::BTreeSet::new(); // PRICING_MODELS
+            set.extend(snap.pool.mapped_models());
+            set.into_iter().collect()
+        }
+    };
+    let data: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| {
+            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+        })
+        .collect();
+    let v = serde_json::json!({
+        "data": data,
+        "has_more": false,
+        "first_id": ids.first(),
+        "last_id": ids.last(),
+    });
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+#[async_trait]
+impl ProxyHttp for RelayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
+        self.handle(session, ctx).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<Box<HttpPeer>> {
+        // Every request is answered in `request_filter`; the pipeline's own upstream is never used.
+        Err(pingora::Error::explain(pingora::ErrorType::InternalError, "relay answers in request_filter"))
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut Self::CTX) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        // Once a response has started, the only honest signal left is closing the connection.
+        if session.response_written().is_some() || ctx.client_disconnected {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        }
+        let err = RelayError::Internal(format!("relay error: {:?}", e.etype()));
+        let _ = respond_error(&self.0, session, ctx, &err, ErrorSource::Relay).await;
+        FailToProxy { error_code: 500, can_reuse_downstream: false }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &pingora::Error) -> bool {
+        ctx.client_disconnected
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Self::CTX) {
+        let endpoint = ctx.route.map_or("unknown", |r| r.endpoint.name());
+        let status = session.response_written().map_or(ctx.status, |h| h.status.as_u16());
+        let m = &self.0.metrics;
+        m.requests.with_label_values(&[endpoint, status_label(status)]).inc();
+        let total = ctx.start.elapsed();
+        m.overhead.with_label_values(&[endpoint]).observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
+        // Settle now rather than whenever the context is dropped.
+        ctx.settle.take();
+        ctx.holds.clear();
+        ctx.in_flight.take();
+    }
+}
+
+fn status_label(s: u16) -> &'static str {
+    match s {
+        0 => "0",
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        529 => "529",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

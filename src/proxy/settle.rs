@@ -1,0 +1,78 @@
+//! Settling a request: whatever way it ends (success, error, client disconnect, shutdown), the
+//! guard's `Drop` prices the usage seen so far and sends one [`UsageEvent`] to the statistics
+//! pipeline, and updates the token and cost metrics.
+
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::usage::pricing::PricingTable;
+use crate::usage::stats::UsageSink;
+use crate::usage::{TokenUsage, UsageEvent};
+
+pub struct Settle {
+    sink: UsageSink,
+    pricing: Arc<PricingTable>,
+    metrics: Arc<Metrics>,
+    key_id: Arc<str>,
+    requested_model: String,
+    pub account_id: Option<Arc<str>>,
+    pub upstream_model: Option<String>,
+    pub usage: TokenUsage,
+    pub is_error: bool,
+}
+
+impl Settle {
+    pub fn new(
+        sink: UsageSink,
+        pricing: Arc<PricingTable>,
+        metrics: Arc<Metrics>,
+        key_id: Arc<str>,
+        requested_model: String,
+    ) -> Self {
+        Settle {
+            sink,
+            pricing,
+            metrics,
+            key_id,
+            requested_model,
+            account_id: None,
+            upstream_model: None,
+            usage: TokenUsage::default(),
+            is_error: false,
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        let model: Arc<str> = self.upstream_model.as_deref().unwrap_or(&self.requested_model).into();
+        let priced = self.pricing.lookup(&model).is_some();
+        let cost = self.pricing.cost_nanos(&model, &self.usage);
+        // Metrics label only names models the price table knows, so label sets stay bounded.
+        let label = if priced { &*model } else { "other" };
+        let u = &self.usage;
+        for (kind, n) in [
+            ("input", u.input),
+            ("output", u.output),
+            ("cache_read", u.cache_read),
+            ("cache_write_5m", u.cache_write_5m),
+            ("cache_write_1h", u.cache_write_1h),
+        ] {
+            if n > 0 {
+                self.metrics.tokens.with_label_values(&[kind, label]).inc_by(n);
+            }
+        }
+        if let Some(c) = cost {
+            self.metrics.cost_usd_nanos.with_label_values(&[label]).inc_by(c);
+        }
+        self.sink.record(UsageEvent {
+            at: chrono::Utc::now().timestamp(),
+            key_id: self.key_id.clone(),
+            account_id: self.account_id.clone(),
+            model,
+            usage: self.usage,
+            cost_nanos: cost,
+            is_error: self.is_error,
+        });
+    }
+}

@@ -1,0 +1,226 @@
+//! Account selection. This module alone decides which account serves a request.
+//!
+//! Selection reads only the in-memory snapshot: the accounts sorted by priority (lower first),
+//! and among the best eligible priority the least recently used one. It costs no store round trip
+//! whatever the number of accounts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderName, HeaderValue};
+
+use crate::providers::UpstreamBase;
+use crate::store::AccountKind;
+
+/// Where an account or key was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `relay.yaml`: read-only through the admin API.
+    Config,
+    /// Created through the admin API and kept in the store.
+    Admin,
+}
+
+/// An account ready to serve: its credential is open and its header precomputed.
+#[derive(Debug)]
+pub struct Account {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub kind: AccountKind,
+    pub base: UpstreamBase,
+    pub auth: (HeaderName, HeaderValue),
+    pub priority: u32,
+    pub enabled: bool,
+    pub models: Option<HashSet<String>>,
+    pub model_map: HashMap<String, String>,
+    pub source: Source,
+    /// Use stamp for least-recently-used ordering; shared across snapshot rebuilds.
+    last_used: Arc<AtomicU64>,
+}
+
+impl Account {
+    /// Whether this account may serve the model the client asked for.
+    pub fn serves(&self, model: &str) -> bool {
+        match &self.models {
+            None => true,
+            Some(allowed) => allowed.contains(model) || self.model_map.contains_key(model),
+        }
+    }
+
+    /// The model name to send upstream for the client's model.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map.get(model).map_or(model, String::as_str)
+    }
+}
+
+/// What an [`Account`] is built from.
+pub struct AccountSpec {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub kind: AccountKind,
+    pub base: UpstreamBase,
+    pub auth: (HeaderName, HeaderValue),
+    pub priority: u32,
+    pub enabled: bool,
+    pub models: Option<Vec<String>>,
+    pub model_map: std::collections::BTreeMap<String, String>,
+    pub source: Source,
+}
+
+/// The scheduler's own state that outlives snapshots (use stamps).
+#[derive(Default)]
+pub struct Scheduler {
+    stamps: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    clock: AtomicU64,
+}
+
+impl Scheduler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds the pool for a new snapshot, keeping each account's use stamp.
+    pub fn pool(&self, specs: Vec<AccountSpec>) -> AccountPool {
+        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        let live: HashSet<Arc<str>> = specs.iter().map(|s| s.id.clone()).collect();
+        stamps.retain(|id, _| live.contains(id));
+        let mut accounts: Vec<Arc<Account>> = specs
+            .into_iter()
+            .map(|s| {
+                let last_used = stamps.entry(s.id.clone()).or_default().clone();
+                Arc::new(Account {
+                    id: s.id,
+                    name: s.name,
+                    kind: s.kind,
+                    base: s.base,
+                    auth: s.auth,
+                    priority: s.priority,
+                    enabled: s.enabled,
+                    models: s.models.map(|m| m.into_iter().collect()),
+                    model_map: s.model_map.into_iter().collect(),
+                    source: s.source,
+                    last_used,
+                })
+            })
+            .collect();
+        accounts.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
+        AccountPool { accounts }
+    }
+
+    fn next_stamp(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Picks the account for a request: the best priority among enabled accounts that serve the
+    /// model and were not tried yet, and within it the least recently used. Marks it used.
+    pub fn pick(&self, pool: &AccountPool, model: &str, tried: &[Arc<str>]) -> Option<Arc<Account>> {
+        let mut best: Option<&Arc<Account>> = None;
+        for a in &pool.accounts {
+            if let Some(b) = best
+                && a.priority > b.priority
+            {
+                break; // sorted by priority: nothing better follows
+            }
+            if !a.enabled || !a.serves(model) || tried.iter().any(|t| *t == a.id) {
+                continue;
+            }
+            match best {
+                Some(b) if b.last_used.load(Ordering::Relaxed) <= a.last_used.load(Ordering::Relaxed) => {}
+                _ => best = Some(a),
+            }
+        }
+        let chosen = best?;
+        chosen.last_used.store(self.next_stamp(), Ordering::Relaxed);
+        Some(chosen.clone())
+    }
+}
+
+/// The accounts of one snapshot, sorted by priority.
+#[derive(Debug, Default)]
+pub struct AccountPool {
+    accounts: Vec<Arc<Account>>,
+}
+
+impl AccountPool {
+    pub fn all(&self) -> &[Arc<Account>] {
+        &self.accounts
+    }
+
+    /// Model names clients may ask for, when known from allowlists and maps; `None` when some
+    /// enabled account serves any model.
+    pub fn advertised_models(&self) -> Option<Vec<String>> {
+        let mut out = std::collections::BTreeSet::new();
+        for a in self.accounts.iter().filter(|a| a.enabled) {
+            match &a.models {
+                None => return None,
+                Some(m) => out.extend(m.iter().cloned()),
+            }
+            out.extend(a.model_map.keys().cloned());
+        }
+        Some(out.into_iter().collect())
+    }
+
+    /// Keys of `model_map`s of enabled accounts (aliases clients may use).
+    pub fn mapped_models(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for a in self.accounts.iter().filter(|a| a.enabled) {
+            out.extend(a.model_map.keys().cloned());
+        }
+        out.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, priority: u32, models: Option<Vec<&str>>) -> AccountSpec {
+        AccountSpec {
+            id: name.into(),
+            name: name.into(),
+            kind: AccountKind::ClaudeConsole,
+            base: UpstreamBase::parse("http://127.0.0.1:1").unwrap(),
+            auth: (http::header::AUTHORIZATION, HeaderValue::from_static("Bearer x")),
+            priority,
+            enabled: true,
+            models: models.map(|m| m.into_iter().map(String::from).collect()),
+            model_map: [("alias".to_string(), "real".to_string())].into_iter().collect(),
+            source: Source::Config,
+        }
+    }
+
+    #[test]
+    fn priority_then_least_recently_used() {
+        let s = Scheduler::new();
+        let pool = s.pool(vec![spec("b", 10, None), spec("c", 20, None), spec("a", 10, None)]);
+        let picks: Vec<String> = (0..4).map(|_| s.pick(&pool, "m", &[]).unwrap().name.to_string()).collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+        let tried: Vec<Arc<str>> = vec!["a".into(), "b".into()];
+        assert_eq!(&*s.pick(&pool, "m", &tried).unwrap().name, "c");
+        let all: Vec<Arc<str>> = vec!["a".into(), "b".into(), "c".into()];
+        assert!(s.pick(&pool, "m", &all).is_none());
+    }
+
+    #[test]
+    fn model_allowlists_and_maps() {
+        let s = Scheduler::new();
+        let pool = s.pool(vec![spec("x", 1, Some(vec!["only"])), spec("y", 5, None)]);
+        assert_eq!(&*s.pick(&pool, "only", &[]).unwrap().name, "x");
+        assert_eq!(&*s.pick(&pool, "alias", &[]).unwrap().name, "x");
+        assert_eq!(&*s.pick(&pool, "other", &[]).unwrap().name, "y");
+        assert_eq!(pool.all()[0].upstream_model("alias"), "real");
+        assert_eq!(pool.all()[0].upstream_model("only"), "only");
+        assert_eq!(pool.advertised_models(), None);
+    }
+
+    #[test]
+    fn stamps_survive_rebuilds() {
+        let s = Scheduler::new();
+        let pool = s.pool(vec![spec("a", 1, None), spec("b", 1, None)]);
+        assert_eq!(&*s.pick(&pool, "m", &[]).unwrap().name, "a");
+        let pool = s.pool(vec![spec("a", 1, None), spec("b", 1, None)]);
+        assert_eq!(&*s.pick(&pool, "m", &[]).unwrap().name, "b");
+    }
+}

@@ -1,0 +1,276 @@
+//! Assembles the relay: bootstrap of the data directory (secret key, admin password), the store,
+//! the snapshot and its reloads, the statistics writer, and the Pingora server with the relay
+//! listener and the admin service.
+//!
+//! The store and the statistics writer live on a small runtime of their own that outlives
+//! Pingora's services, so usage recorded while the server shuts down (requests cut at the end of
+//! the grace period settle when their tasks are dropped) is still written after `run` returns.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow_lite::{Context, Result};
+use arc_swap::ArcSwap;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+
+use crate::admin::{AdminService, AdminState, Credentials};
+use crate::config::{Config, StoreBackend};
+use crate::metrics::Metrics;
+use crate::proxy::{Peers, Relay, RelayProxy};
+use crate::scheduler::Scheduler;
+use crate::secrets::Secrets;
+use crate::state::{Snapshot, SnapshotKeys};
+use crate::store::Store;
+use crate::usage::pricing::PricingTable;
+
+/// A tiny error helper for start-up code: a message with context, shown to the operator.
+pub mod anyhow_lite {
+    #[derive(Debug)]
+    pub struct Error(pub String);
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Error {}
+    pub type Result<T> = std::result::Result<T, Error>;
+    pub trait Context<T> {
+        fn context(self, what: impl std::fmt::Display) -> Result<T>;
+    }
+    impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+        fn context(self, what: impl std::fmt::Display) -> Result<T> {
+            self.map_err(|e| Error(format!("{what}: {e}")))
+        }
+    }
+}
+
+/// Reads the secret key from the config, or from (or into) `data_dir/secret.key`.
+pub fn secret_key(config: &Config) -> Result<String> {
+    if let Some(k) = &config.secret_key {
+        return Ok(k.clone());
+    }
+    let path = config.data_dir.join("secret.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_string());
+    }
+    std::fs::create_dir_all(&config.data_dir).context(format!("cannot create data directory {}", config.data_dir.display()))?;
+    let k = Secrets::generate_key();
+    write_private(&path, &k)?;
+    tracing::info!(path = %path.display(), "generated a new secret key");
+    Ok(k)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .context(format!("cannot create {}", path.display()))?;
+    f.write_all(contents.as_bytes()).context(format!("cannot write {}", path.display()))?;
+    f.sync_all().context(format!("cannot write {}", path.display()))
+}
+
+/// The admin credentials: from the config (hashed now), or generated at first start into
+/// `data_dir/admin.json` (hash only) with the password printed once.
+pub fn admin_credentials(config: &Config) -> Result<Credentials> {
+    let username = config.admin.username.clone();
+    if let Some(h) = &config.admin.password_hash {
+        return Ok(Credentials { username, password_hash: h.clone() });
+    }
+    if let Some(p) = &config.admin.password {
+        return Ok(Credentials { username, password_hash: crate::admin::hash_password(p)? });
+    }
+    let path = config.data_dir.join("admin.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let v: serde_json::Value = serde_json::from_str(&text).context(format!("{} is corrupt", path.display()))?;
+        let hash = v["password_hash"].as_str().unwrap_or_default().to_string();
+        if !hash.starts_with("$argon2") {
+            return Err(anyhow_lite::Error(format!("{} has no password_hash", path.display())));
+        }
+        return Ok(Credentials { username, password_hash: hash });
+    }
+    std::fs::create_dir_all(&config.data_dir).context(format!("cannot create data directory {}", config.data_dir.display()))?;
+    let password = crate::secrets::random_token()[..24].to_string();
+    let hash = crate::admin::hash_password(&password)?;
+    write_private(&path, &serde_json::json!({ "password_hash": hash }).to_string())?;
+    // Printed once, on first start; only its hash is kept.
+    println!("claude-relay: generated admin password for user `{username}`: {password}");
+    println!("claude-relay: it is shown only now; its hash is in {}", path.display());
+    Ok(Credentials { username, password_hash: hash })
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    Ok(match config.store.backend {
+        StoreBackend::Embedded => {
+            let dir = config.store.path.clone().unwrap_or_else(|| config.data_dir.clone());
+            Arc::new(
+                crate::store::embedded::EmbeddedStore::open(&dir)
+                    .context(format!("cannot open the embedded store in {}", dir.display()))?,
+            )
+        }
+        StoreBackend::Redis => {
+            let url = config.store.url.clone().unwrap_or_default();
+            Arc::new(
+                crate::store::redis::RedisStore::connect_with_prefix(&url, &config.store.prefix)
+                    .await
+                    .context("cannot connect to Redis (store.url)")?,
+            )
+        }
+    })
+}
+
+/// Re-reads keys and accounts from the store into the snapshot.
+#[derive(Clone)]
+pub struct Reloader {
+    pub config: Arc<Config>,
+    pub secrets: Arc<Secrets>,
+    pub scheduler: Arc<Scheduler>,
+    pub store: Arc<dyn Store>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Reloader {
+    pub async fn reload(&self) -> Result<()> {
+        crate::state::reload(&self.config, &self.secrets, &self.scheduler, &*self.store, &self.snapshot)
+            .await
+            .context("reloading keys and accounts")
+    }
+
+    /// Follows change notifications from every instance, with a periodic reload as a safety net.
+    async fn follow(self) {
+        let mut rx = self.store.subscribe_changes();
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = rx.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return },
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.reload().await {
+                tracing::warn!(error = %e, "snapshot reload failed; keeping the previous one");
+            }
+        }
+    }
+}
+
+fn check_bindable(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).context(format!("cannot listen on {addr} ({what})"))
+}
+
+/// Runs the relay until a shutdown signal; returns after the final statistics flush.
+pub fn run(config: Config, upgrade: bool) -> Result<()> {
+    let config = Arc::new(config);
+    let secrets = Arc::new(Secrets::new(&secret_key(&config)?).context("secret_key")?);
+    let credentials = admin_credentials(&config)?;
+    let pricing = Arc::new(match &config.pricing {
+        Some(p) => PricingTable::load(p).context(format!("cannot load the price table {}", p.display()))?,
+        None => PricingTable::builtin().context("built-in price table")?,
+    });
+    let metrics = Arc::new(Metrics::new().context("metrics registry")?);
+
+    // The store's own runtime: it outlives Pingora's services so the last usage is written.
+    let store_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("relay-store")
+        .enable_all()
+        .build()
+        .context("cannot start the store runtime")?;
+    let store = store_rt.block_on(open_store(&config))?;
+    store_rt.block_on(store.ping()).context(format!("the {} store does not answer", store.backend()))?;
+
+    let scheduler = Arc::new(Scheduler::new());
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let reloader = Reloader {
+        config: config.clone(),
+        secrets: secrets.clone(),
+        scheduler: scheduler.clone(),
+        store: store.clone(),
+        snapshot: snapshot.clone(),
+    };
+    store_rt.block_on(reloader.reload())?;
+    store_rt.spawn(reloader.clone().follow());
+    if store.backend() == "embedded" {
+        let s = store.clone();
+        store_rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                if let Err(e) = s.purge_expired_usage(chrono::Utc::now().timestamp()).await {
+                    tracing::warn!(error = %e, "purging expired usage failed");
+                }
+            }
+        });
+    }
+
+    let (usage_sink, writer) =
+        crate::usage::stats::pipeline(store.clone(), metrics.clone(), config.stats.flush_interval.0);
+    let (stats_stop, _stats_task) = writer.start(store_rt.handle());
+
+    let keys = Arc::new(SnapshotKeys { secrets: secrets.clone(), snapshot: snapshot.clone() });
+    let chain = filters::Registry::with_builtins()
+        .build(&config.filters, &filters::FilterDeps { keys })
+        .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
+
+    let relay = Arc::new(Relay {
+        config: config.clone(),
+        secrets: secrets.clone(),
+        snapshot: snapshot.clone(),
+        scheduler: scheduler.clone(),
+        store: store.clone(),
+        pricing: pricing.clone(),
+        usage: usage_sink,
+        metrics: metrics.clone(),
+        chain,
+        connector: pingora::connectors::http::Connector::new(None),
+        peers: Peers::new(config.timeouts.connect.0),
+    });
+
+    // Fail fast, with the key's name, when a port is taken.
+    drop(check_bindable(config.listen, "listen")?);
+    let admin_listener = check_bindable(config.admin_listen, "admin.listen")?;
+
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upstream_keepalive_pool_size: 512,
+        ..ServerConf::default()
+    };
+    let opt = Opt { upgrade, daemon: false, nocapture: false, test: false, conf: None };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, RelayProxy(relay), "relay");
+    proxy.add_tcp(&config.listen.to_string());
+    server.add_service(proxy);
+
+    let admin_state = AdminState {
+        config: config.clone(),
+        secrets,
+        store: store.clone(),
+        snapshot,
+        reloader,
+        metrics,
+        pricing,
+        credentials: Arc::new(credentials),
+        login_limiter: Default::default(),
+        store_rt: store_rt.handle().clone(),
+    };
+    let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
+    server.add_service(admin);
+
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, store = store.backend(), "claude-relay starting");
+    server.run(RunArgs::default());
+
+    tracing::info!("server stopped; writing the last usage statistics");
+    store_rt.block_on(stats_stop.stop());
+    store_rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The relay's shared state: the hot-path snapshot of keys and accounts (lock-free reads, replaced
+//! whole on reload), the store, pricing, the usage sink and metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use filters::{ClientKey, KeyDirectory};
+
+use crate::config::Config;
+use crate::providers::{UpstreamBase, anthropic_console};
+use crate::scheduler::{AccountPool, AccountSpec, Scheduler, Source};
+use crate::secrets::Secrets;
+use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, Store, StoreError};
+
+/// Keys and accounts as the hot path reads them.
+#[derive(Default)]
+pub struct Snapshot {
+    keys_by_hash: HashMap<[u8; 32], Arc<ClientKey>>,
+    pub keys: Vec<(Arc<ClientKey>, Source, String /* hint */, i64 /* created */)>,
+    pub pool: AccountPool,
+}
+
+impl Snapshot {
+    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&Arc<ClientKey>> {
+        self.keys_by_hash.get(hash)
+    }
+}
+
+/// Looks keys up in the current snapshot; what the `key_auth` filter uses.
+pub struct SnapshotKeys {
+    pub secrets: Arc<Secrets>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl KeyDirectory for SnapshotKeys {
+    fn find(&self, presented: &str) -> Option<Arc<ClientKey>> {
+        // Keys are long random strings; anything absurdly long is refused before hashing.
+        if presented.len() > 512 {
+            return None;
+        }
+        let h = self.secrets.hash_client_key(presented);
+        self.snapshot.load().key_by_hash(&h).cloned()
+    }
+}
+
+/// The id under which a key or account from `relay.yaml` is known (stable across restarts).
+pub fn config_id(name: &str) -> String {
+    format!("config.{name}")
+}
+
+/// Builds a snapshot from the config and the store's records.
+pub fn build_snapshot(
+    config: &Config,
+    secrets: &Secrets,
+    scheduler: &Scheduler,
+    keys: Vec<ApiKeyRecord>,
+    accounts: Vec<AccountRecord>,
+) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for k in &config.api_keys {
+        let hash = match (&k.key, &k.key_hash) {
+            (Some(p), _) => secrets.hash_client_key(p),
+            (None, Some(h)) => {
+                let mut out = [0u8; 32];
+                if hex::decode_to_slice(h, &mut out).is_err() {
+                    continue;
+                }
+                out
+            }
+            (None, None) => continue,
+        };
+        let hint = k.key.as_deref().map(crate::secrets::mask).unwrap_or_else(|| "(hash)".into());
+        let ck = Arc::new(ClientKey { id: config_id(&k.name).into(), name: k.name.as_str().into(), enabled: k.enabled });
+        snap.keys_by_hash.insert(hash, ck.clone());
+        snap.keys.push((ck, Source::Config, hint, 0));
+    }
+    for r in keys {
+        let mut hash = [0u8; 32];
+        if hex::decode_to_slice(&r.key_hash, &mut hash).is_err() {
+            tracing::warn!(key = %r.id, "stored key has a malformed hash; skipped");
+            continue;
+        }
+        if snap.keys_by_hash.contains_key(&hash) {
+            tracing::warn!(key = %r.id, "stored key duplicates a configured key; the configured one wins");
+            continue;
+        }
+        let ck = Arc::new(ClientKey { id: r.id.as_str().into(), name: r.name.as_str().into(), enabled: r.enabled });
+        snap.keys_by_hash.insert(hash, ck.clone());
+        snap.keys.push((ck, Source::Admin, r.hint.clone(), r.created_at));
+    }
+
+    let mut specs = Vec::new();
+    for a in &config.accounts {
+        let base = a.base_url.as_deref().unwrap_or(crate::config::DEFAULT_ANTHROPIC_BASE);
+        let Ok(base) = UpstreamBase::parse(base) else { continue };
+        let secret = a.api_key.as_deref().unwrap_or_default();
+        let Ok(auth) = auth_for(a.kind, secret) else {
+            tracing::warn!(account = %a.name, "configured account has an unusable credential; skipped");
+            continue;
+        };
+        specs.push(AccountSpec {
+            id: config_id(&a.name).into(),
+            name: a.name.as_str().into(),
+            kind: a.kind,
+            base,
+            auth,
+            priority: a.priority,
+            enabled: a.enabled,
+            models: a.models.clone(),
+            model_map: a.model_map.clone(),
+            source: Source::Config,
+        });
+    }
+    for r in accounts {
+        let Ok(base) = UpstreamBase::parse(&r.base_url) else {
+            tracing::warn!(account = %r.id, "stored account has an invalid base_url; skipped");
+            continue;
+        };
+        let secret = match secrets.open(&r.secret) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(account = %r.id, error = %e, "cannot open stored account secret; skipped");
+                continue;
+            }
+        };
+        let Ok(auth) = auth_for(r.kind, &secret) else { continue };
+        specs.push(AccountSpec {
+            id: r.id.as_str().into(),
+            name: r.name.as_str().into(),
+            kind: r.kind,
+            base,
+            auth,
+            priority: r.priority,
+            enabled: r.enabled,
+            models: r.models,
+            model_map: r.model_map,
+            source: Source::Admin,
+        });
+    }
+    snap.pool = scheduler.pool(specs);
+    snap
+}
+
+fn auth_for(kind: AccountKind, secret: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    match kind {
+        AccountKind::ClaudeConsole => anthropic_console::auth_header(secret),
+    }
+}
+
+/// Loads keys and accounts from the store and swaps in a new snapshot.
+pub async fn reload(
+    config: &Config,
+    secrets: &Secrets,
+    scheduler: &Scheduler,
+    store: &dyn Store,
+    target: &ArcSwap<Snapshot>,
+) -> Result<(), StoreError> {
+    let keys = store.list_api_keys().await?;
+    let accounts = store.list_accounts().await?;
+    target.store(Arc::new(build_snapshot(config, secrets, scheduler, keys, accounts)));
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Runs the store contract (`claude_relay::store::contract`) on both backends, plus what only one
+//! backend can show: the embedded file survives a reopen; two Redis instances on one prefix share
+//! data and hear each other's changes.
+//!
+//! The Redis tests need a Redis 6+ at `redis://127.0.0.1:6379/` (or `RELAY_TEST_REDIS_URL`). They
+//! fail, not skip, when it is unreachable. Each uses a random key prefix and deletes its keys.
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+use claude_relay::store::contract;
+use claude_relay::store::embedded::EmbeddedStore;
+use claude_relay::store::redis::RedisStore;
+use claude_relay::store::{AdminSession, BucketKey, Dimension, Granularity, Store, UsageCounters};
+
+fn redis_url() -> String {
+    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string())
+}
+
+fn random_prefix() -> String {
+    format!("relay-test-{}:", uuid::Uuid::new_v4().simple())
+}
+
+async fn connect_redis(prefix: &str) -> RedisStore {
+    let url = redis_url();
+    match RedisStore::connect_with_prefix(&url, prefix).await {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "Redis is not reachable at {url} ({e}). The Redis store tests need a Redis 6+ server: start one \
+             (e.g. `redis-server` or `docker run -p 6379:6379 redis:7`) or point RELAY_TEST_REDIS_URL at one."
+        ),
+    }
+}
+
+/// Deletes every key under `prefix` (the prefix is ours and has no glob characters).
+async fn delete_prefix(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
+async fn count_prefix(prefix: &str) -> usize {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.len()
+}
+
+#[tokio::test]
+async fn embedded_store_passes_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.backend(), "embedded");
+    contract::run_all(&store).await.unwrap();
+}
+
+#[tokio::test]
+async fn embedded_store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let key = contract::sample_key("persisted", "persisted-hash");
+    let day = BucketKey {
+        dimension: Dimension::Key,
+        subject: "persisted".to_string(),
+        granularity: Granularity::Day,
+        start: Granularity::Day.bucket_start(now),
+    };
+    let usage = UsageCounters {
+        requests: 4,
+        output_tokens: 400,
+        ..Default::default()
+    };
+    let session = AdminSession {
+        username: "admin".to_string(),
+        created_at: now,
+        expires_at: now + 3_600,
+    };
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(store.path().ends_with("relay.redb"));
+        store.put_api_key(&key).await.unwrap();
+        store
+            .touch_api_keys(&[("persisted".to_string(), now)])
+            .await
+            .unwrap();
+        store.add_usage(&[(day.clone(), usage)]).await.unwrap();
+        store.put_session("token-hash", &session).await.unwrap();
+        // A second open of the same file while the first is alive is refused, not corrupting.
+        assert!(EmbeddedStore::open(dir.path()).is_err());
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.get_api_key("persisted").await.unwrap(),
+        Some(key.clone())
+    );
+    assert_eq!(
+        store.api_key_last_used().await.unwrap().get("persisted"),
+        Some(&now)
+    );
+    assert_eq!(
+        store
+            .usage_series(
+                Dimension::Key,
+                "persisted",
+                Granularity::Day,
+                day.start,
+                day.start + 1
+            )
+            .await
+            .unwrap(),
+        vec![(day.start, usage)]
+    );
+    assert_eq!(
+        store.get_session("token-hash", now).await.unwrap(),
+        Some(session)
+    );
+    // The hash index survived too.
+    assert!(
+        store
+            .put_api_key(&contract::sample_key("other", "persisted-hash"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn embedded_store_concurrent_usage_adds_are_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    concurrent_adds(store).await;
+}
+
+async fn concurrent_adds(store: std::sync::Arc<dyn Store>) {
+    let now = chrono::Utc::now().timestamp();
+    let bk = BucketKey {
+        dimension: Dimension::Model,
+        subject: "concurrent".to_string(),
+        granularity: Granularity::Hour,
+        start: Granularity::Hour.bucket_start(now),
+    };
+    let one = UsageCounters {
+        requests: 1,
+        input_tokens: 10,
+        ..Default::default()
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let bk = bk.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                store
+                    .add_usage(&[
+                        (bk.clone(), one),
+                        (
+                            BucketKey {
+                                granularity: Granularity::Total,
+                                start: 0,
+                                ..bk.clone()
+                            },
+                            one,
+                        ),
+                    ])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let series = store
+        .usage_series(
+            Dimension::Model,
+            "concurrent",
+            Granularity::Hour,
+            bk.start,
+            bk.start + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        series,
+        vec![(
+            bk.start,
+            UsageCounters {
+                requests: 80,
+                input_tokens: 800,
+                ..Default::default()
+            }
+        )]
+    );
+    let totals = store.usage_totals(Dimension::Model).await.unwrap();
+    assert_eq!(totals.get("concurrent").map(|c| c.requests), Some(80));
+}
+
+#[tokio::test]
+async fn redis_store_passes_the_contract() {
+    let prefix = random_prefix();
+    let store = connect_redis(&prefix).await;
+    assert_eq!(store.backend(), "redis");
+    let result = contract::run_all(&store).await;
+    let ttls = contract::redis_ttls(&store).await;
+    let used = count_prefix(&prefix).await;
+    delete_prefix(&prefix).await;
+    assert_eq!(count_prefix(&prefix).await, 0, "cleanup left keys behind");
+    result.unwrap();
+    ttls.unwrap();
+    assert!(used > 0, "the contract wrote nothing under {prefix}");
+}
+
+#[tokio::test]
+async fn redis_store_concurrent_usage_adds_are_not_lost() {
+    let prefix = random_prefix();
+    let store = std::sync::Arc::new(connect_redis(&prefix).await);
+    let outcome = tokio::spawn(concurrent_adds(store)).await;
+    delete_prefix(&prefix).await;
+    outcome.unwrap();
+}
+
+#[tokio::test]
+async fn redis_instances_on_one_prefix_share_data_and_changes() {
+    let prefix = random_prefix();
+    let a = connect_redis(&prefix).await;
+    let b = connect_redis(&prefix).await;
+    let other = connect_redis(&random_prefix()).await;
+
+    let outcome = async {
+        let mut rx_a = a.subscribe_changes();
+        let mut rx_b = b.subscribe_changes();
+        let mut rx_other = other.subscribe_changes();
+
+        a.put_api_key(&contract::sample_key("shared", "shared-hash"))
+            .await
+            .unwrap();
+        a.publish_change().await.unwrap();
+        contract::expect_change(&mut rx_b, "b hears a's change")
+            .await
+            .unwrap();
+        contract::expect_change(&mut rx_a, "a hears its own change")
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get_api_key("shared").await.unwrap().map(|k| k.key_hash),
+            Some("shared-hash".to_string())
+        );
+        // The hash index is shared too.
+        assert!(
+            b.put_api_key(&contract::sample_key("clash", "shared-hash"))
+                .await
+                .is_err()
+        );
+
+        b.publish_change().await.unwrap();
+        contract::expect_change(&mut rx_a, "a hears b's change")
+            .await
+            .unwrap();
+        contract::expect_change(&mut rx_b, "b hears its own change")
+            .await
+            .unwrap();
+
+        // Another prefix is another relay cluster: it hears nothing.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), rx_other.recv())
+                .await
+                .is_err(),
+            "a store on another prefix received our change"
+        );
+        assert_eq!(other.get_api_key("shared").await.unwrap(), None);
+    };
+    // Clean up even when an assertion fails.
+    let outcome = std::panic::AssertUnwindSafe(outcome).catch_unwind().await;
+    delete_prefix(&prefix).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn redis_connect_to_nothing_fails_clearly() {
+    // A port nobody listens on: connecting must fail with Unavailable, not hang or panic.
+    let started = std::time::Instant::now();
+    let err = RedisStore::connect_with_prefix("redis://127.0.0.1:1/", &random_prefix())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, claude_relay::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
