@@ -300,23 +300,62 @@ pub struct Config {
     pub filters: Vec<String>,
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}` in every string of the YAML tree; `$${` is a literal `${`.
-fn substitute(v: &mut serde_yaml_ng::Value, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+/// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
+/// anywhere, including inside flow mappings like `{ key: ${ALICE_KEY} }`), then substituted in the
+/// parsed strings, so a value's characters can never change the YAML's structure.
+const PLACEHOLDER: &str = "__relay_env_";
+
+fn protect(text: &str) -> Result<(String, Vec<String>), ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut refs = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        if i > 0 && rest.as_bytes()[i - 1] == b'$' {
+            out.push_str(&rest[..i + 2]);
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}').ok_or_else(|| ConfigError::Yaml("unterminated `${` in the config".into()))? + i;
+        out.push_str(&format!("{PLACEHOLDER}{}__", refs.len()));
+        refs.push(rest[i..=end].to_string());
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok((out, refs))
+}
+
+fn substitute(
+    v: &mut serde_yaml_ng::Value,
+    path: &str,
+    refs: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
     use serde_yaml_ng::Value;
     match v {
-        Value::String(s) if s.contains("${") => {
-            *s = substitute_str(s, env).map_err(|r| invalid(path, r))?;
+        Value::String(s) if s.contains(PLACEHOLDER) || s.contains("$${") => {
+            let mut restored = s.clone();
+            for (i, r) in refs.iter().enumerate().rev() {
+                restored = restored.replace(&format!("{PLACEHOLDER}{i}__"), r);
+            }
+            let whole = refs.iter().any(|r| *r == restored);
+            let value = substitute_str(&restored, env).map_err(|r| invalid(path, r))?;
+            // A value that is nothing but one reference takes the type it reads as (numbers, booleans).
+            *v = match (whole, serde_yaml_ng::from_str::<Value>(&value)) {
+                (true, Ok(parsed @ (Value::Number(_) | Value::Bool(_)))) => parsed,
+                _ => Value::String(value),
+            };
         }
         Value::Sequence(seq) => {
             for (i, item) in seq.iter_mut().enumerate() {
-                substitute(item, &format!("{path}[{i}]"), env)?;
+                substitute(item, &format!("{path}[{i}]"), refs, env)?;
             }
         }
         Value::Mapping(m) => {
             for (k, item) in m.iter_mut() {
                 let name = k.as_str().unwrap_or("?");
                 let p = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
-                substitute(item, &p, env)?;
+                substitute(item, &p, refs, env)?;
             }
         }
         _ => {}
@@ -370,12 +409,13 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let (protected, refs) = protect(text)?;
         let mut value: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+            serde_yaml_ng::from_str(&protected).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         if value.is_null() {
             value = serde_yaml_ng::Value::Mapping(Default::default());
         }
-        substitute(&mut value, "", env)?;
+        substitute(&mut value, "", &refs, env)?;
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             invalid(if key == "." { "(top level)".to_string() } else { key }, e.into_inner().to_string())

@@ -5,6 +5,8 @@
 //! The Redis tests need a Redis 6+ at `redis://127.0.0.1:6379/` (or `RELAY_TEST_REDIS_URL`). They
 //! fail, not skip, when it is unreachable. Each uses a random key prefix and deletes its keys.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -296,6 +298,43 @@ async fn redis_instances_on_one_prefix_share_data_and_changes() {
         assert_eq!(other.get_api_key("shared").await.unwrap(), None);
     };
     // Clean up even when an assertion fails.
+    let outcome = std::panic::AssertUnwindSafe(outcome).catch_unwind().await;
+    delete_prefix(&prefix).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn redis_change_subscription_survives_a_killed_connection() {
+    let prefix = random_prefix();
+    let a = connect_redis(&prefix).await;
+    let b = connect_redis(&prefix).await;
+    let outcome = async {
+        let mut rx = a.subscribe_changes();
+        let id = a
+            .change_subscriber_client_id()
+            .expect("CLIENT ID of the subscriber connection");
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        // The subscriber reconnects and reports one change (it may have missed some).
+        contract::expect_change(&mut rx, "change reported after resubscribing")
+            .await
+            .unwrap();
+        assert_ne!(a.change_subscriber_client_id(), Some(id));
+        b.publish_change().await.unwrap();
+        contract::expect_change(&mut rx, "change delivered on the new connection")
+            .await
+            .unwrap();
+    };
     let outcome = std::panic::AssertUnwindSafe(outcome).catch_unwind().await;
     delete_prefix(&prefix).await;
     if let Err(panic) = outcome {

@@ -1,30 +1,59 @@
-//! The admin router.
+//! The admin router, and what every admin handler shares: the error shape, authentication, JSON
+//! bodies with precise 400s, and the write path that makes a change visible before answering.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::AdminState;
 use super::auth::verify_password;
+use super::{accounts, keys, usage};
 use crate::secrets::{random_token, sha256_hex};
-use crate::store::AdminSession;
+use crate::store::{AdminSession, StoreError};
+
+/// The OpenAPI 3.1 description of every route below.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/admin/api/openapi.json", get(openapi))
         .route("/admin/api/login", post(login))
         .route("/admin/api/logout", post(logout))
+        .route("/admin/api/keys", get(keys::list).post(keys::create))
+        .route(
+            "/admin/api/keys/{id}",
+            get(keys::get).patch(keys::update).delete(keys::delete),
+        )
+        .route(
+            "/admin/api/accounts",
+            get(accounts::list).post(accounts::create),
+        )
+        .route(
+            "/admin/api/accounts/{id}",
+            get(accounts::get)
+                .patch(accounts::update)
+                .delete(accounts::delete),
+        )
+        .route("/admin/api/usage", get(usage::series))
+        .route("/admin/api/usage/summary", get(usage::summary))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
 }
 
 /// An admin API error: `{"error":{"type","message"}}` with its status.
+#[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for ApiError {
@@ -35,12 +64,135 @@ impl IntoResponse for ApiError {
 }
 
 pub fn unauthorized() -> ApiError {
-    ApiError(StatusCode::UNAUTHORIZED, "authentication_error", "missing, invalid or expired admin session".into())
+    ApiError(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "missing, invalid or expired admin session".into(),
+    )
 }
 
-pub fn store_error(e: crate::store::StoreError) -> ApiError {
+pub fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        message.into(),
+    )
+}
+
+pub fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        format!("no {what} with id `{id}`"),
+    )
+}
+
+pub fn conflict(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::CONFLICT, "conflict_error", message.into())
+}
+
+/// The answer to a write on something defined in `relay.yaml`.
+pub fn read_only(what: &str, id: &str) -> ApiError {
+    conflict(format!(
+        "{what} `{id}` is defined in the configuration file and is read-only here; \
+         change it in relay.yaml and restart"
+    ))
+}
+
+pub fn store_error(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "admin store operation failed");
-    ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string())
+    match e {
+        StoreError::Conflict(m) => conflict(m),
+        e => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_error",
+            e.to_string(),
+        ),
+    }
+}
+
+/// Parses a JSON request body, answering 400 with the path of the offending field.
+pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad_request("a JSON object body is required"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            bad_request(format!("invalid body: {inner}"))
+        } else {
+            bad_request(format!("invalid body at `{path}`: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| bad_request(format!("invalid body: {e}")))?;
+    Ok(value)
+}
+
+/// A display name of a key or account: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no control
+/// characters.
+pub fn valid_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(bad_request("`name` must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(bad_request(format!(
+            "`name` must be at most {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad_request("`name` must not contain control characters"));
+    }
+    Ok(name.to_string())
+}
+
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// Admin writes of this instance run one at a time, so a name check and the write that follows
+/// it cannot interleave with another write, and reloads finish in the order of the writes.
+static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs one admin write and makes it visible before the caller answers: the change is announced
+/// to every instance sharing the store and this instance's snapshot is reloaded, so the relay
+/// serves the new state from the moment the client sees the response.
+///
+/// The write runs on the store's runtime: a client that disconnects, or an admin service that
+/// stops, cannot cut it between the store write and the reload.
+pub async fn write<T, F, Fut>(state: &AdminState, change: F) -> Result<T, ApiError>
+where
+    F: FnOnce(AdminState) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, ApiError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let st = state.clone();
+    let task = state.store_rt.spawn(async move {
+        let _one_at_a_time = WRITES.lock().await;
+        let out = change(st.clone()).await?;
+        // The write is durable from here on; failures below delay its visibility but do not
+        // undo it, so the caller still gets its result (a created key's plaintext must not be
+        // lost). Other instances also reload every 30 s.
+        if let Err(e) = st.store.publish_change().await {
+            tracing::warn!(error = %e, "admin change saved but not announced to other instances");
+        }
+        if let Err(e) = st.reloader.reload().await {
+            tracing::warn!(error = %e, "admin change saved but this instance could not reload yet");
+        }
+        Ok(out)
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "admin write task failed");
+            Err(ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "the change could not be completed".into(),
+            ))
+        }
+    }
 }
 
 /// Checks the bearer token and slides the session's expiry. Returns the username.
@@ -54,21 +206,54 @@ pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Str
         .ok_or_else(unauthorized)?;
     let hash = sha256_hex(token);
     let now = chrono::Utc::now().timestamp();
-    let mut session = state.store.get_session(&hash, now).await.map_err(store_error)?.ok_or_else(unauthorized)?;
+    let mut session = state
+        .store
+        .get_session(&hash, now)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(unauthorized)?;
     let ttl = state.config.admin.session_ttl.0.as_secs() as i64;
     // Slide the expiry, at most once a minute per session to keep writes rare.
     if session.expires_at - now < ttl - 60 {
         session.expires_at = now + ttl;
-        state.store.put_session(&hash, &session).await.map_err(store_error)?;
+        state
+            .store
+            .put_session(&hash, &session)
+            .await
+            .map_err(store_error)?;
     }
     Ok(session.username)
+}
+
+async fn no_route() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        "no such admin endpoint (see /admin/api/openapi.json)".into(),
+    )
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method not allowed on this endpoint (see /admin/api/openapi.json)".into(),
+    )
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn health(State(state): State<AdminState>) -> Response {
     let t = std::time::Instant::now();
     let store = state.store.ping().await;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
-    state.metrics.store_latency.with_label_values(&["ping"]).observe(ms / 1000.0);
+    state
+        .metrics
+        .store_latency
+        .with_label_values(&["ping"])
+        .observe(ms / 1000.0);
     let snap = state.snapshot.load();
     let accounts = snap.pool.all();
     let enabled = accounts.iter().filter(|a| a.enabled).count();
@@ -84,12 +269,20 @@ async fn health(State(state): State<AdminState>) -> Response {
         "accounts": { "total": accounts.len(), "enabled": enabled },
         "keys": snap.keys.len(),
     });
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -105,14 +298,18 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let ip = peer.ip();
     if let Some(wait) = state.login_limiter.locked(ip) {
-        let mut r = ApiError(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "too many failed logins; try later".into())
-            .into_response();
+        let mut r = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "too many failed logins; try later".into(),
+        )
+        .into_response();
         if let Ok(v) = wait.to_string().parse() {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
         return Ok(r);
     }
-    let Json(body) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_request_error", e.body_text()))?;
+    let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
     let creds = state.credentials.clone();
     let password = body.password;
     // argon2 is deliberately slow: keep it off the async workers.
@@ -121,21 +318,138 @@ async fn login(
         .unwrap_or(false);
     if !ok || body.username != state.credentials.username {
         state.login_limiter.fail(ip);
-        return Err(ApiError(StatusCode::UNAUTHORIZED, "authentication_error", "wrong username or password".into()));
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "wrong username or password".into(),
+        ));
     }
     state.login_limiter.succeed(ip);
     let token = random_token();
     let now = chrono::Utc::now().timestamp();
     let ttl = state.config.admin.session_ttl.0.as_secs() as i64;
-    let session = AdminSession { username: body.username, created_at: now, expires_at: now + ttl };
-    state.store.put_session(&sha256_hex(&token), &session).await.map_err(store_error)?;
+    let session = AdminSession {
+        username: body.username,
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    state
+        .store
+        .put_session(&sha256_hex(&token), &session)
+        .await
+        .map_err(store_error)?;
     Ok(Json(serde_json::json!({"token": token, "expires_in": ttl})).into_response())
 }
 
-async fn logout(State(state): State<AdminState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+async fn logout(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
     authenticate(&state, &headers).await?;
-    if let Some(t) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
-        state.store.delete_session(&sha256_hex(t.trim())).await.map_err(store_error)?;
+    if let Some(t) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        state
+            .store
+            .delete_session(&sha256_hex(t.trim()))
+            .await
+            .map_err(store_error)?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(method, path)` of every route in [`router`], read from this file's source so that a
+    /// route added without documentation fails the test below.
+    fn routed() -> Vec<(String, String)> {
+        let src = include_str!("routes.rs");
+        let start = src.find("pub fn router(").unwrap();
+        let end = start + src[start..].find(".fallback(").unwrap();
+        let mut out = Vec::new();
+        for chunk in src[start..end].split(".route(").skip(1) {
+            let path = chunk.split('"').nth(1).unwrap().to_string();
+            for m in ["get", "post", "put", "patch", "delete"] {
+                if chunk.contains(&format!("{m}(")) {
+                    out.push((m.to_string(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_documents_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        let routes = routed();
+        assert!(routes.len() >= 16, "route parsing broke: {routes:?}");
+        for (m, p) in &routes {
+            assert!(
+                doc["paths"][p][m].is_object(),
+                "{} {p} is routed but not in openapi.json",
+                m.to_uppercase()
+            );
+        }
+        let paths = doc["paths"].as_object().unwrap();
+        for (p, item) in paths {
+            for m in item.as_object().unwrap().keys() {
+                if m == "parameters" {
+                    continue;
+                }
+                assert!(
+                    routes.iter().any(|(rm, rp)| rm == m && rp == p),
+                    "openapi.json documents {} {p}, which is not routed",
+                    m.to_uppercase()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn openapi_references_resolve() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let text = OPENAPI;
+        for part in text.split("\"$ref\": \"").skip(1) {
+            let r = part.split('"').next().unwrap();
+            let pointer = r.strip_prefix('#').unwrap();
+            assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
+        }
+    }
+
+    #[test]
+    fn json_bodies_give_precise_errors() {
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct B {
+            name: String,
+        }
+        let e = json_body::<B>(&Bytes::from_static(b"{\"name\":\"a\",\"x\":1}")).unwrap_err();
+        assert_eq!(e.0, StatusCode::BAD_REQUEST);
+        assert!(e.2.contains("unknown field `x`"), "{}", e.2);
+        let e = json_body::<B>(&Bytes::from_static(b"{\"name\":3}")).unwrap_err();
+        assert!(e.2.contains("`name`"), "{}", e.2);
+        assert!(json_body::<B>(&Bytes::from_static(b"")).is_err());
+        assert!(json_body::<B>(&Bytes::from_static(b"{\"name\":\"a\"} x")).is_err());
+        assert_eq!(
+            json_body::<B>(&Bytes::from_static(b" {\"name\":\"a\"} "))
+                .unwrap()
+                .name,
+            "a"
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(valid_name("  team a ").unwrap(), "team a");
+        assert!(valid_name("   ").is_err());
+        assert!(valid_name(&"x".repeat(MAX_NAME_CHARS)).is_ok());
+        assert!(valid_name(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
+        assert!(valid_name("a\nb").is_err());
+    }
 }

@@ -847,6 +847,7 @@ fn decode_counters(b: &[u8]) -> StoreResult<UsageCounters> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

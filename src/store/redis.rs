@@ -23,6 +23,8 @@
 //! two).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -60,6 +62,8 @@ pub struct RedisStore {
     prefix: String,
     changes: broadcast::Sender<()>,
     scripts: Scripts,
+    /// The Redis `CLIENT ID` of the change subscriber's current connection (-1 if unknown).
+    subscriber_id: Arc<AtomicI64>,
     _subscriber: AbortOnDrop,
 }
 
@@ -164,7 +168,8 @@ impl RedisStore {
             .set_protocol(ProtocolVersion::RESP3);
         let sub_client = Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
         let channel = format!("{prefix}changes");
-        let subscription = Subscription::open(&sub_client, &channel)
+        let subscriber_id = Arc::new(AtomicI64::new(-1));
+        let subscription = Subscription::open(&sub_client, &channel, &subscriber_id)
             .await
             .map_err(unavailable)?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
@@ -173,6 +178,7 @@ impl RedisStore {
             channel,
             subscription,
             changes.clone(),
+            Arc::clone(&subscriber_id),
         ));
 
         Ok(RedisStore {
@@ -180,6 +186,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             changes,
             scripts: Scripts::new(),
+            subscriber_id,
             _subscriber: AbortOnDrop(task),
         })
     }
@@ -187,6 +194,13 @@ impl RedisStore {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The Redis `CLIENT ID` of the connection that listens for changes, if known (the server may
+    /// refuse `CLIENT ID` under a restrictive ACL). For tests and diagnostics: killing that client
+    /// must not stop change delivery for more than a reconnection.
+    pub fn change_subscriber_client_id(&self) -> Option<i64> {
+        Some(self.subscriber_id.load(Ordering::Relaxed)).filter(|id| *id >= 0)
     }
 
     /// Seconds until a usage bucket expires (`None` if it never does); `NotFound` if it does not
@@ -565,7 +579,11 @@ struct Subscription {
 }
 
 impl Subscription {
-    async fn open(client: &Client, channel: &str) -> redis::RedisResult<Self> {
+    async fn open(
+        client: &Client,
+        channel: &str,
+        client_id: &AtomicI64,
+    ) -> redis::RedisResult<Self> {
         let (tx, pushes) = mpsc::unbounded_channel();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -575,6 +593,10 @@ impl Subscription {
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         conn.subscribe(channel).await?;
+        // Diagnostics only: a restrictive ACL may refuse CLIENT, which must not stop the relay.
+        let id: redis::RedisResult<i64> =
+            redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await;
+        client_id.store(id.unwrap_or(-1), Ordering::Relaxed);
         Ok(Subscription { conn, pushes })
     }
 
@@ -612,6 +634,7 @@ async fn run_subscriber(
     channel: String,
     mut subscription: Subscription,
     changes: broadcast::Sender<()>,
+    client_id: Arc<AtomicI64>,
 ) {
     loop {
         subscription.forward(&changes).await;
@@ -619,7 +642,7 @@ async fn run_subscriber(
         let mut backoff = SUBSCRIBER_MIN_BACKOFF;
         subscription = loop {
             tokio::time::sleep(backoff).await;
-            match Subscription::open(&client, &channel).await {
+            match Subscription::open(&client, &channel, &client_id).await {
                 Ok(s) => break s,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis change subscription: reconnect failed");
@@ -633,6 +656,7 @@ async fn run_subscriber(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

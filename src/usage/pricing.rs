@@ -4,8 +4,13 @@
 //! `scripts/gen-pricing.py`), in USD per token. Costs are integer nano-USD so that sums never
 //! drift. Model names as sent by clients and upstreams vary (`claude-sonnet-4-5-20250929`,
 //! `us.anthropic.claude-sonnet-4-5-20250929-v1:0`, `claude-sonnet-4-5@20250929`,
-//! `claude-opus-4-1[1m]`); every normalised alias is computed once at load, so a lookup is one or
-//! two hash probes.
+//! `claude-opus-4-1[1m]`); every normalised alias is computed once at load, so a lookup is at most
+//! four hash probes and never a scan.
+//!
+//! File format: `{"_source": "...", "models": {"<name>": {"input": .., "output": .., "cache_read":
+//! .., "cache_write_5m": .., "cache_write_1h": .., "input_above_200k": .., ...}}}`. `input` and
+//! `output` are required; a long-context tier is `<kind>_above_<N>k` (N thousand prompt tokens:
+//! 200 for Claude and Gemini, 272 for GPT-5.x), one threshold per model.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,9 +23,6 @@ use super::TokenUsage;
 const CACHE_READ_RATIO: f64 = 0.1;
 const CACHE_WRITE_5M_RATIO: f64 = 1.25;
 const CACHE_WRITE_1H_RATIO: f64 = 2.0;
-
-/// Threshold of the `*_above_200k` keys; other thresholds are written `*_above_<N>k`.
-pub const LONG_CONTEXT_THRESHOLD_200K: u64 = 200_000;
 
 /// Prices of one model, USD per token.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,8 +164,11 @@ impl PricingTable {
         self.entries.is_empty()
     }
 
-    /// The price of `model`: its exact table entry, else the entry its normalised name resolves to
-    /// (see the module docs), else `None`.
+    /// The price of `model`: its exact table entry; else the entry of the name without case,
+    /// `[1m]` suffix or provider path (`bedrock/us.anthropic.…-v1:0` keeps its regional price);
+    /// else of its fully normalised name (region, vendor, version and `@date` forms, and the
+    /// undated name of a model with a single dated entry); else, for a dated name, of its undated
+    /// name; else `None`.
     pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
         self.resolve(model).map(|e| &e.price)
     }
@@ -183,8 +188,16 @@ impl PricingTable {
         if let Some(alias) = self.index.get(model) {
             return self.entries.get(alias.entry);
         }
-        let normalised = normalise(model);
-        if let Some(alias) = self.index.get(normalised.as_str()) {
+        let plain = strip_decoration(model);
+        if plain != model
+            && let Some(alias) = self.index.get(plain.as_str())
+        {
+            return self.entries.get(alias.entry);
+        }
+        let normalised = normalise(&plain);
+        if normalised != plain
+            && let Some(alias) = self.index.get(normalised.as_str())
+        {
             return self.entries.get(alias.entry);
         }
         // A dated name falls back to its undated entry, but not to another date of it.
@@ -305,8 +318,12 @@ impl Rates {
     }
 
     fn cost_nanos(&self, u: &TokenUsage) -> u64 {
+        // As `TokenUsage::total_input`, but upstream numbers must not be able to overflow it.
+        let prompt = [u.input, u.cache_read, u.cache_write_5m, u.cache_write_1h]
+            .into_iter()
+            .fold(0u64, u64::saturating_add);
         let rates = match self.long {
-            Some((above, ref long)) if u.total_input() > above => long,
+            Some((above, ref long)) if prompt > above => long,
             _ => &self.base,
         };
         let tokens = [
@@ -349,7 +366,13 @@ fn build_index(entries: &[Entry]) -> HashMap<Box<str>, Alias> {
         claim(&mut index, entries, &e.name, i, Rank::Exact);
     }
     for (i, e) in entries.iter().enumerate() {
-        claim(&mut index, entries, &normalise(&e.name), i, Rank::Normalised);
+        claim(
+            &mut index,
+            entries,
+            &normalise(&e.name),
+            i,
+            Rank::Normalised,
+        );
     }
     // Undated name → its dated names, counting distinct dated names rather than entries: the
     // same snapshot listed by several providers is still one candidate.
@@ -372,7 +395,13 @@ fn build_index(entries: &[Entry]) -> HashMap<Box<str>, Alias> {
 /// Points `name` at entry `i` unless a better claim holds it: a lower rank, then (for names
 /// normalised from several entries, such as `us.` and `eu.` variants of one Bedrock model) the
 /// shorter table name, which is the one without a region or platform prefix.
-fn claim(index: &mut HashMap<Box<str>, Alias>, entries: &[Entry], name: &str, i: usize, rank: Rank) {
+fn claim(
+    index: &mut HashMap<Box<str>, Alias>,
+    entries: &[Entry],
+    name: &str,
+    i: usize,
+    rank: Rank,
+) {
     let key = |a: &Alias| {
         let n = entries.get(a.entry).map_or("", |e| &*e.name);
         (a.rank, n.len(), n)
@@ -390,11 +419,10 @@ fn claim(index: &mut HashMap<Box<str>, Alias>, entries: &[Entry], name: &str, i:
     }
 }
 
-/// The canonical form of a model name: lower case, without a `[1m]`-style suffix, a provider or
-/// platform path (`anthropic/`, `bedrock/us-east-1/`, `vertex_ai/`), a Bedrock region and vendor
-/// prefix (`us.anthropic.`), a Bedrock version suffix (`-v1:0`), or a Vertex `@default`; a Vertex
-/// `@20250929` becomes `-20250929`.
-fn normalise(model: &str) -> String {
+/// A model name without what never names a different price: surrounding space, letter case, a
+/// `[1m]`-style suffix, and a provider or platform path (`anthropic/`, `bedrock/us-east-1/`,
+/// `vertex_ai/`). A Bedrock id stays whole, since regional endpoints are priced apart.
+fn strip_decoration(model: &str) -> String {
     let mut s = model.trim();
     if s.ends_with(']')
         && let Some(open) = s.rfind('[')
@@ -404,7 +432,14 @@ fn normalise(model: &str) -> String {
     if let Some(slash) = s.rfind('/') {
         s = &s[slash + 1..];
     }
-    let mut out = s.to_ascii_lowercase();
+    s.to_ascii_lowercase()
+}
+
+/// The canonical form of a model name: [`strip_decoration`], then without a Bedrock region and
+/// vendor prefix (`us.anthropic.`), a Bedrock version suffix (`-v1:0`), or a Vertex `@default`;
+/// a Vertex `@20250929` becomes `-20250929`.
+fn normalise(model: &str) -> String {
+    let mut out = strip_decoration(model);
     if let Some(pos) = out.find("anthropic.")
         && (pos == 0 || out.as_bytes().get(pos - 1) == Some(&b'.'))
     {
@@ -534,7 +569,10 @@ mod tests {
         // Cache writes count towards the threshold and take their tier prices.
         let writes = usage(1, 0, 0, 150_000, 50_000);
         // 1×6000 + 150000×7500 + 50000×12000.
-        assert_eq!(t.cost_nanos("claude-sonnet-4-5", &writes), Some(1_725_006_000));
+        assert_eq!(
+            t.cost_nanos("claude-sonnet-4-5", &writes),
+            Some(1_725_006_000)
+        );
     }
 
     #[test]
@@ -550,8 +588,19 @@ mod tests {
             br#"{"models":{"m":{"input":1e-6,"output":2e-6,"input_above_272k":2e-6,"output_above_272k":3e-6}}}"#,
         )
         .unwrap();
-        assert_eq!(t.lookup("m").unwrap().long_context.as_ref().unwrap().above_tokens, 272_000);
-        assert_eq!(t.cost_nanos("m", &usage(272_000, 1, 0, 0, 0)), Some(272_000 * 1000 + 2000));
+        assert_eq!(
+            t.lookup("m")
+                .unwrap()
+                .long_context
+                .as_ref()
+                .unwrap()
+                .above_tokens,
+            272_000
+        );
+        assert_eq!(
+            t.cost_nanos("m", &usage(272_000, 1, 0, 0, 0)),
+            Some(272_000 * 1000 + 2000)
+        );
         // Above: input and output at the tier, cache read falls back to 0.1× the tier input.
         assert_eq!(
             t.cost_nanos("m", &usage(272_000, 1, 1, 0, 0)),
@@ -561,8 +610,8 @@ mod tests {
 
     #[test]
     fn missing_cache_prices_fall_back_to_ratios_of_input() {
-        let t = PricingTable::from_json(br#"{"models":{"m":{"input":1e-6,"output":2e-6}}}"#)
-            .unwrap();
+        let t =
+            PricingTable::from_json(br#"{"models":{"m":{"input":1e-6,"output":2e-6}}}"#).unwrap();
         // 1×1000 + 1×2000 + 10×100 + 10×1250 + 10×2000.
         assert_eq!(t.cost_nanos("m", &usage(1, 1, 10, 10, 10)), Some(36_500));
         // claude-opus-4-1 (Bedrock entry) has no 1h write price: 2× 1.5e-5 input.
@@ -572,13 +621,22 @@ mod tests {
 
     #[test]
     fn cost_rounds_to_the_nearest_nano() {
-        let t = PricingTable::from_json(br#"{"models":{"m":{"input":2.5e-10,"output":0}}}"#)
-            .unwrap();
+        let t =
+            PricingTable::from_json(br#"{"models":{"m":{"input":2.5e-10,"output":0}}}"#).unwrap();
         assert_eq!(t.cost_nanos("m", &usage(1, 0, 0, 0, 0)), Some(0));
         assert_eq!(t.cost_nanos("m", &usage(2, 0, 0, 0, 0)), Some(1));
         assert_eq!(t.cost_nanos("m", &usage(3, 0, 0, 0, 0)), Some(1));
         assert_eq!(t.cost_nanos("m", &usage(6, 0, 0, 0, 0)), Some(2));
         assert_eq!(t.cost_nanos("m", &TokenUsage::default()), Some(0));
+    }
+
+    #[test]
+    fn absurd_token_counts_do_not_overflow() {
+        let huge = usage(u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX);
+        assert_eq!(
+            builtin().cost_nanos("claude-sonnet-4-5", &huge),
+            Some(u64::MAX)
+        );
     }
 
     #[test]
@@ -597,18 +655,28 @@ mod tests {
     #[test]
     fn name_normalisation() {
         let t = builtin();
-        resolves(&t, "claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929");
+        resolves(
+            &t,
+            "claude-sonnet-4-5-20250929",
+            "claude-sonnet-4-5-20250929",
+        );
         resolves(&t, "anthropic/claude-sonnet-4-5", "claude-sonnet-4-5");
         resolves(&t, "CLAUDE-SONNET-4-5", "claude-sonnet-4-5");
         resolves(&t, "claude-sonnet-4-5[1m]", "claude-sonnet-4-5");
-        resolves(&t, "claude-sonnet-4-5@20250929", "claude-sonnet-4-5-20250929");
+        resolves(
+            &t,
+            "claude-sonnet-4-5@20250929",
+            "claude-sonnet-4-5-20250929",
+        );
         // A Bedrock id the table lists is priced as listed (regional endpoints cost 10% more).
         resolves(
             &t,
             "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
             "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
         );
-        let us = t.lookup("us.anthropic.claude-sonnet-4-5-20250929-v1:0").unwrap();
+        let us = t
+            .lookup("us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+            .unwrap();
         assert_eq!(us.input, 3.3e-6);
         // One it does not list falls back to the first-party model.
         resolves(
@@ -620,6 +688,11 @@ mod tests {
             &t,
             "bedrock/anthropic.claude-sonnet-4-5-20250929-v1:0",
             "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        );
+        resolves(
+            &t,
+            "bedrock/us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
         );
         // A model listed only on Bedrock: its normalised names prefer the entry without region.
         let opus = "anthropic.claude-opus-4-1-20250805-v1:0";
@@ -634,7 +707,11 @@ mod tests {
         // ...but is not priced as another snapshot.
         assert!(t.lookup("claude-opus-4-1-20990101").is_none());
         resolves(&t, "gemini-2.5-pro", "gemini/gemini-2.5-pro");
-        resolves(&t, "vertex_ai/claude-sonnet-4-5@default", "claude-sonnet-4-5");
+        resolves(
+            &t,
+            "vertex_ai/claude-sonnet-4-5@default",
+            "claude-sonnet-4-5",
+        );
     }
 
     #[test]
@@ -652,26 +729,51 @@ mod tests {
         // Two entries with one dated name: still one candidate; the tie goes to the shorter,
         // then alphabetically first name.
         resolves(&t, "claude-y", "eu.anthropic.claude-y-20240101-v1:0");
-        resolves(&t, "claude-y-20240101", "eu.anthropic.claude-y-20240101-v1:0");
+        resolves(
+            &t,
+            "claude-y-20240101",
+            "eu.anthropic.claude-y-20240101-v1:0",
+        );
     }
 
     #[test]
     fn normalise_cases() {
-        assert_eq!(normalise("us.anthropic.claude-3-haiku-20240307-v1:0"), "claude-3-haiku-20240307");
+        assert_eq!(
+            normalise("us.anthropic.claude-3-haiku-20240307-v1:0"),
+            "claude-3-haiku-20240307"
+        );
         assert_eq!(normalise("anthropic.claude-v2:1"), "claude-v2:1");
-        assert_eq!(normalise("anthropic.claude-instant-v1"), "claude-instant-v1");
-        assert_eq!(normalise("global.anthropic.claude-opus-4-6-v1"), "claude-opus-4-6");
-        assert_eq!(normalise("anthropic.claude-3-sonnet-20240229-v1:0:200k"), "claude-3-sonnet-20240229");
+        assert_eq!(
+            normalise("anthropic.claude-instant-v1"),
+            "claude-instant-v1"
+        );
+        assert_eq!(
+            normalise("global.anthropic.claude-opus-4-6-v1"),
+            "claude-opus-4-6"
+        );
+        assert_eq!(
+            normalise("anthropic.claude-3-sonnet-20240229-v1:0:200k"),
+            "claude-3-sonnet-20240229"
+        );
         assert_eq!(normalise("claude-opus-4-1[1m]"), "claude-opus-4-1");
-        assert_eq!(normalise("vertex_ai/claude-sonnet-4-5@20250929"), "claude-sonnet-4-5-20250929");
+        assert_eq!(
+            normalise("vertex_ai/claude-sonnet-4-5@20250929"),
+            "claude-sonnet-4-5-20250929"
+        );
         assert_eq!(normalise("claude-sonnet-4-6@default"), "claude-sonnet-4-6");
         assert_eq!(normalise("gpt-4o"), "gpt-4o");
         assert_eq!(normalise("gpt-5-v2"), "gpt-5");
         assert_eq!(normalise("my-anthropic.model"), "my-anthropic.model");
         assert_eq!(normalise("é/ü[x]"), "ü");
         assert_eq!(strip_date("gpt-4o-2024-08-06"), Some("gpt-4o"));
-        assert_eq!(strip_date("claude-3-5-haiku-latest"), Some("claude-3-5-haiku"));
-        assert_eq!(strip_date("claude-sonnet-4-5-20250929"), Some("claude-sonnet-4-5"));
+        assert_eq!(
+            strip_date("claude-3-5-haiku-latest"),
+            Some("claude-3-5-haiku")
+        );
+        assert_eq!(
+            strip_date("claude-sonnet-4-5-20250929"),
+            Some("claude-sonnet-4-5")
+        );
         assert_eq!(strip_date("claude-sonnet-4-5"), None);
         assert_eq!(strip_date("x-2024-08-0a"), None);
         assert_eq!(strip_date("ü2024-08-06"), None);
@@ -693,11 +795,19 @@ mod tests {
             br#"{"_source":"x"}"#,
         ];
         for b in bad {
-            assert!(PricingTable::from_json(b).is_err(), "{}", String::from_utf8_lossy(b));
+            assert!(
+                PricingTable::from_json(b).is_err(),
+                "{}",
+                String::from_utf8_lossy(b)
+            );
         }
         let err = PricingTable::from_json(br#"{"models":{"m":{"input":1e-6}}}"#).unwrap_err();
         assert!(err.to_string().contains("\"m\""), "{err}");
-        assert!(PricingTable::from_json(br#"{"models":{}}"#).unwrap().is_empty());
+        assert!(
+            PricingTable::from_json(br#"{"models":{}}"#)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -206,10 +206,10 @@ impl SseUsageParser {
             if self.event == Event::MessageStop {
                 self.saw_message_stop = true;
             }
-        } else if let Some(data) = line.strip_prefix(b"data:") {
-            if self.event.data_matters() {
-                self.data(data);
-            }
+        } else if let Some(data) = line.strip_prefix(b"data:")
+            && self.event.data_matters()
+        {
+            self.data(data);
         }
     }
 

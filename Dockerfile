@@ -1,0 +1,18 @@
+# Multi-stage build: a Rust builder, then a small non-root runtime image.
+FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --bin claude-relay && strip target/release/claude-relay
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home /data relay && mkdir -p /data /etc/claude-relay && chown relay /data
+COPY --from=build /src/target/release/claude-relay /usr/local/bin/claude-relay
+COPY conf/relay.yaml /etc/claude-relay/relay.yaml
+USER relay
+WORKDIR /data
+ENV RELAY_DATA_DIR=/data RELAY_LISTEN=0.0.0.0:3000 RELAY_ADMIN_LISTEN=0.0.0.0:3001
+EXPOSE 3000 3001
+VOLUME ["/data"]
+ENTRYPOINT ["/usr/local/bin/claude-relay", "--config", "/etc/claude-relay/relay.yaml"]

@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Load test of claude-relay against a local mock upstream (Python 3 standard library only).
+
+Started by run.sh, which builds the binaries and installs wrk. This script:
+  1. starts the mock upstream and the relay (temp config, embedded store in a temp dir),
+  2. runs wrk for every (stream, concurrency) both direct to the mock and through the relay,
+  3. runs the slow-stream test (many concurrent streams, 100 ms between chunks) through the relay,
+  4. prints a Markdown report and writes it to --out.
+
+Everything listens on 127.0.0.1 only, and every wrk run is bounded in time.
+"""
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LUA = os.path.join(HERE, "post.lua")
+SECRET = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+API_KEY = "cr_" + "1b" * 32
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, what, timeout=30.0, proc=None, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    tail = ""
+    if log and os.path.exists(log):
+        with open(log, errors="replace") as f:
+            tail = "".join(f.readlines()[-30:])
+    sys.exit(f"loadtest: {what} did not become ready\n{tail}")
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def request_body(stream):
+    return ('{"model":"claude-sonnet-4-5","max_tokens":64,"stream":%s,'
+            '"messages":[{"role":"user","content":"hello there"}]}' % ("true" if stream else "false")).encode()
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the ")" the fields start at field 3 (state); utime is field 14, stime 15.
+    return int(fields[11]) + int(fields[12])
+
+
+def status_kb(pid, name):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss(pid):
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False when not permitted."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+METRIC_RE = re.compile(r'^relay_requests_total\{([^}]*)\}\s+([0-9.eE+-]+)$')
+
+
+def relay_statuses(admin_url):
+    """relay_requests_total by status (all endpoints), or None when /metrics is unavailable."""
+    try:
+        code, body, _ = http("GET", admin_url + "/metrics", timeout=5)
+    except OSError:
+        return None
+    if code != 200:
+        return None
+    out = collections.Counter()
+    for line in body.decode(errors="replace").splitlines():
+        m = METRIC_RE.match(line.strip())
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        out[labels.get("status", "?")] += int(float(m.group(2)))
+    return out
+
+
+def in_flight(admin_url):
+    try:
+        code, body, _ = http("GET", admin_url + "/metrics", timeout=5)
+    except OSError:
+        return None
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("relay_in_flight_requests "):
+            return int(float(line.split()[1]))
+    return None
+
+
+class LogTail:
+    """Reads the relay log from where it was last read."""
+
+    def __init__(self, path):
+        self.path = path
+        self.pos = 0
+
+    def new_lines(self):
+        with open(self.path, errors="replace") as f:
+            f.seek(self.pos)
+            text = f.read()
+            self.pos = f.tell()
+        return [l for l in text.splitlines() if l.strip()]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TS = re.compile(r"^\S*\d{4}-\d\d-\d\dT[0-9:.]+Z\s+")
+
+
+def summarize_log(lines, limit=12):
+    """Distinct WARN/ERROR lines with counts (timestamps stripped)."""
+    c = collections.Counter()
+    for l in lines:
+        l = TS.sub("", ANSI.sub("", l))
+        if "WARN" in l or "ERROR" in l or "panicked" in l:
+            c[l[:300]] += 1
+    return c.most_common(limit)
+
+
+def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10):
+    env = dict(os.environ, LOAD_STREAM="true" if stream else "false", LOAD_API_KEY=API_KEY,
+               LOAD_CHUNK_DELAY_MS=str(chunk_delay_ms or ""))
+    cmd = ["wrk", "-t", "1", "-c", str(conc), "-d", f"{seconds}s", "--timeout", f"{timeout_s}s",
+           "-s", LUA, url]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
+    for line in p.stdout.splitlines():
+        if line.startswith("LOADJSON "):
+            return json.loads(line[len("LOADJSON "):])
+    sys.exit(f"loadtest: wrk gave no result (exit {p.returncode})\n{p.stdout}\n{p.stderr}")
+
+
+def fmt_ms(us):
+    return f"{us / 1000:.2f}"
+
+
+def fmt_int(n):
+    return f"{n:,}"
+
+
+def fmt_statuses(c):
+    if c is None:
+        return "n/a"
+    return ", ".join(f"{k}×{fmt_int(v)}" for k, v in sorted(c.items())) or "none"
+
+
+def errors_of(r):
+    parts = []
+    for k in ("connect", "read", "write", "timeout"):
+        if r[k]:
+            parts.append(f"{k} {r[k]}")
+    if r["status"]:
+        parts.append(f"non-2xx {r['status']}")
+    return sum(r[k] for k in ("connect", "read", "write", "timeout", "status")), ", ".join(parts)
+
+
+class Proc:
+    def __init__(self, cmd, log, env=None):
+        self.log = log
+        self.logf = open(log, "wb")
+        self.p = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  env=env, start_new_session=True)
+        self.pid = self.p.pid
+
+    def stop(self, grace=15.0):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.logf.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--relay-bin", required=True)
+    ap.add_argument("--mock-bin", required=True)
+    ap.add_argument("--out", default=os.path.join(HERE, "last-run.md"))
+    ap.add_argument("--duration", type=int, default=5, help="seconds per measured run")
+    ap.add_argument("--concurrency", default="1,50,200")
+    ap.add_argument("--slow-conc", type=int, default=1000)
+    ap.add_argument("--slow-duration", type=int, default=10)
+    ap.add_argument("--slow-delay-ms", type=int, default=100)
+    ap.add_argument("--relay-threads", type=int, default=2)
+    ap.add_argument("--mock-threads", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (config, relay log)")
+    args = ap.parse_args()
+    concs = [int(c) for c in args.concurrency.split(",")]
+
+    tmp = tempfile.mkdtemp(prefix="relay-load-")
+    mock_port, relay_port, admin_port = free_port(), free_port(), free_port()
+    mock_url = f"http://127.0.0.1:{mock_port}"
+    relay_url = f"http://127.0.0.1:{relay_port}"
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    data = os.path.join(tmp, "data")
+    conf = os.path.join(tmp, "relay.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""listen: 127.0.0.1:{relay_port}
+admin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: load-test-admin-password }}
+secret_key: {SECRET}
+threads: {args.relay_threads}
+data_dir: {data}
+store: {{ backend: embedded, path: {data} }}
+shutdown_grace: 2s
+api_keys:
+  - {{ name: load, key: {API_KEY} }}
+accounts:
+  - {{ name: mock, kind: claude-console, base_url: "{mock_url}", api_key: sk-ant-api03-load-test }}
+""")
+
+    mock = relay = None
+    try:
+        mock = Proc([args.mock_bin, "--listen", f"127.0.0.1:{mock_port}", "--threads", str(args.mock_threads)],
+                    os.path.join(tmp, "mock.log"))
+        wait_for(lambda: socket.create_connection(("127.0.0.1", mock_port), 1).close() is None,
+                 "mock upstream", proc=mock.p, log=mock.log)
+        relay_log = os.path.join(tmp, "relay.log")
+        relay = Proc([args.relay_bin, "--config", conf], relay_log,
+                     env=dict(os.environ, RELAY_LOG=os.environ.get("RELAY_LOG", "warn")))
+        wait_for(lambda: http("GET", relay_url + "/health", timeout=2)[0] == 200, "relay", proc=relay.p, log=relay_log)
+        wait_for(lambda: http("GET", admin_url + "/health", timeout=2)[0] in (200, 503), "relay admin",
+                 proc=relay.p, log=relay_log)
+        log = LogTail(relay_log)
+        rss_fresh = status_kb(relay.pid, "VmRSS")
+
+        # Smoke: both modes answer 200 both ways before anything is measured.
+        hdr = {"content-type": "application/json", "x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+        for base in (mock_url, relay_url):
+            for stream in (False, True):
+                code, body, h = http("POST", base + "/v1/messages", request_body(stream), hdr)
+                if code != 200:
+                    sys.exit(f"loadtest: smoke request to {base} (stream={stream}) got {code}: {body[:500]!r}\n"
+                             + "\n".join(log.new_lines()[-30:]))
+                if stream and b"message_stop" not in body:
+                    sys.exit(f"loadtest: smoke stream from {base} is incomplete: {body[-300:]!r}")
+
+        rows = []
+        log_notes = collections.Counter()
+        can_reset = reset_peak_rss(relay.pid)
+        for stream in (False, True):
+            for conc in concs:
+                for target, base, proc in (("direct (mock)", mock_url, mock), ("relay", relay_url, relay)):
+                    is_relay = proc is relay
+                    if is_relay:
+                        reset_peak_rss(relay.pid)
+                        before_status = relay_statuses(admin_url)
+                    t0 = cpu_ticks(proc.pid)
+                    r = run_wrk(base + "/v1/messages", conc, args.duration, stream)
+                    t1 = cpu_ticks(proc.pid)
+                    row = dict(target=target, stream=stream, conc=conc, r=r,
+                               cpu_us=((t1 - t0) / CLK_TCK * 1e6 / r["requests"]) if r["requests"] else None)
+                    if is_relay:
+                        after_status = relay_statuses(admin_url)
+                        row["statuses"] = (after_status - before_status) if (after_status is not None
+                                                                             and before_status is not None) else None
+                        row["hwm_kb"] = status_kb(relay.pid, "VmHWM")
+                        lines = summarize_log(log.new_lines())
+                        row["log"] = lines
+                        for l, n in lines:
+                            log_notes[l] += n
+                    rows.append(row)
+                    err_n, err_s = errors_of(r)
+                    print(f"  {target:14} stream={str(stream).lower():5} c={conc:<4} "
+                          f"{r['requests'] / (r['duration_us'] / 1e6):>9.0f} req/s  p50 {fmt_ms(r['p50_us'])} ms  "
+                          f"p99 {fmt_ms(r['p99_us'])} ms  errors {err_n}", file=sys.stderr, flush=True)
+                    time.sleep(1)
+
+        # Slow streams: many concurrent long-lived streams through the relay.
+        rss_before_slow = status_kb(relay.pid, "VmRSS")
+        reset_peak_rss(relay.pid)
+        before_status = relay_statuses(admin_url)
+        samples = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(0.5):
+                try:
+                    samples.append((status_kb(relay.pid, "VmRSS"), in_flight(admin_url)))
+                except OSError:
+                    pass
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        t0 = cpu_ticks(relay.pid)
+        slow = run_wrk(relay_url + "/v1/messages", args.slow_conc, args.slow_duration, True,
+                       chunk_delay_ms=args.slow_delay_ms, timeout_s=15)
+        t1 = cpu_ticks(relay.pid)
+        stop.set()
+        th.join()
+        time.sleep(1)
+        after_status = relay_statuses(admin_url)
+        slow_statuses = (after_status - before_status) if (after_status is not None and before_status is not None) else None
+        slow_hwm = status_kb(relay.pid, "VmHWM")
+        slow_log = summarize_log(log.new_lines())
+        for l, n in slow_log:
+            log_notes[l] += n
+        max_in_flight = max((s[1] for s in samples if s[1] is not None), default=None)
+    finally:
+        for p in (relay, mock):
+            if p is not None:
+                p.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ---- report ----
+    def commit():
+        try:
+            return subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True).stdout.strip() or "?"
+        except OSError:
+            return "?"
+
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0].split(" [")[0]
+    out = []
+    w = out.append
+    w(f"# claude-relay load test, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
+    w("")
+    w(f"Commit `{commit()}` (plus uncommitted changes, if any); {os.cpu_count()} CPUs; load average at the end "
+      f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}. Load generator: {wrk_version}, 1 thread, keep-alive. "
+      f"Relay: release build, `threads: {args.relay_threads}`, `RELAY_LOG={os.environ.get('RELAY_LOG', 'warn')}`, "
+      f"embedded store. Mock: `examples/mock_upstream.rs`, {args.mock_threads} worker thread(s). "
+      f"{args.duration} s per row. Generator, mock and relay share the same machine.")
+    w("")
+    w("| target | stream | conc | req/s | p50 ms | p99 ms | errors | CPU µs/req | peak RSS MB | relay statuses |")
+    w("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
+    for row in rows:
+        r = row["r"]
+        rps = r["requests"] / (r["duration_us"] / 1e6)
+        err_n, err_s = errors_of(r)
+        relay_row = row["target"] == "relay"
+        cpu = f"{row['cpu_us']:.0f}" if row["cpu_us"] is not None else "–"
+        if not relay_row:
+            cpu = f"({cpu} mock)"
+        if relay_row:
+            rss, statuses = f"{row['hwm_kb'] / 1024:.1f}", fmt_statuses(row.get("statuses"))
+        else:
+            rss, statuses = "–", "–"
+        errs = f"{err_n} ({err_s})" if err_s else f"{err_n}"
+        w(f"| {row['target']} | {'yes' if row['stream'] else 'no'} | {row['conc']} | {fmt_int(round(rps))} | "
+          f"{fmt_ms(r['p50_us'])} | {fmt_ms(r['p99_us'])} | {errs} | {cpu} | {rss} | {statuses} |")
+    w("")
+    if 1 in concs:
+        w("**Added p50 latency at concurrency 1** (relay p50 − direct p50):")
+        w("")
+        for stream in (False, True):
+            d = next(x for x in rows if x["conc"] == 1 and x["stream"] == stream and x["target"] != "relay")
+            rl = next(x for x in rows if x["conc"] == 1 and x["stream"] == stream and x["target"] == "relay")
+            w(f"- {'streaming' if stream else 'non-streaming'}: {rl['r']['p50_us'] / 1000:.3f} − "
+              f"{d['r']['p50_us'] / 1000:.3f} = **{(rl['r']['p50_us'] - d['r']['p50_us']) / 1000:.3f} ms**")
+        w("")
+    err_n, err_s = errors_of(slow)
+    w(f"**Slow streams through the relay**: {args.slow_conc} concurrent streams, mock sends ~13 chunks "
+      f"{args.slow_delay_ms} ms apart (~{12 * args.slow_delay_ms / 1000:.1f} s per stream), {args.slow_duration} s.")
+    w("")
+    w("| streams | completed | req/s | p50 ms | p99 ms | errors | max in flight (sampled) | relay RSS before MB | "
+      "relay peak RSS MB | CPU µs/req | relay statuses |")
+    w("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
+    slow_cpu = (t1 - t0) / CLK_TCK * 1e6 / slow["requests"] if slow["requests"] else 0
+    w(f"| {args.slow_conc} | {fmt_int(slow['requests'])} | {slow['requests'] / (slow['duration_us'] / 1e6):.0f} | "
+      f"{fmt_ms(slow['p50_us'])} | {fmt_ms(slow['p99_us'])} | {err_n}{' (' + err_s + ')' if err_s else ''} | "
+      f"{max_in_flight if max_in_flight is not None else 'n/a'} | {rss_before_slow / 1024:.1f} | "
+      f"{slow_hwm / 1024:.1f} | {slow_cpu:.0f} | {fmt_statuses(slow_statuses)} |")
+    w("")
+    w(f"Relay RSS right after start: {rss_fresh / 1024:.1f} MB. Peak RSS is VmHWM, "
+      + ("reset (`/proc/PID/clear_refs` = 5) before each relay row, so each row shows its own peak "
+         "(memory the allocator kept from earlier rows is included)." if can_reset else
+         "cumulative since start (this kernel refused the reset)."))
+    w("")
+    if log_notes:
+        w("Relay WARN/ERROR log lines during the measured runs (distinct, with counts):")
+        w("")
+        w("```")
+        for l, n in log_notes.most_common(15):
+            w(f"{n:>7} × {l}")
+        w("```")
+    else:
+        w("The relay logged no WARN/ERROR lines during the measured runs.")
+    w("")
+    text = "\n".join(out)
+    print(text)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"\n(written to {os.path.relpath(args.out)})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+-- wrk script for the relay load test: one fixed Messages request, settings from the environment.
+--   LOAD_STREAM           true | false (the body's "stream")
+--   LOAD_API_KEY          sent as x-api-key
+--   LOAD_CHUNK_DELAY_MS   when set, sent as x-mock-chunk-delay-ms (slow-stream mode of the mock)
+-- At the end it prints one line `LOADJSON {...}` that loadtest.py reads.
+
+local stream = os.getenv("LOAD_STREAM") or "false"
+wrk.method = "POST"
+wrk.body = '{"model":"claude-sonnet-4-5","max_tokens":64,"stream":' .. stream ..
+  ',"messages":[{"role":"user","content":"hello there"}]}'
+wrk.headers["content-type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.headers["x-api-key"] = os.getenv("LOAD_API_KEY") or ""
+local delay = os.getenv("LOAD_CHUNK_DELAY_MS")
+if delay ~= nil and delay ~= "" then
+  wrk.headers["x-mock-chunk-delay-ms"] = delay
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'LOADJSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
+    '"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end

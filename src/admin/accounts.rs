@@ -1,0 +1,354 @@
+//! Upstream accounts: list, create, read, update (including replacing the credential), delete.
+//! Accounts from `relay.yaml` are listed and read-only.
+//!
+//! The credential is sealed before it reaches the store and is never sent back: answers show
+//! only its masked form (`sk-ant-api…9xQk`).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+
+use super::AdminState;
+use super::routes::{
+    ApiError, authenticate, bad_request, conflict, json_body, not_found, read_only, store_error,
+    valid_name, write,
+};
+use crate::config::{AccountConfig, DEFAULT_ANTHROPIC_BASE};
+use crate::providers::{UpstreamBase, anthropic_console};
+use crate::secrets;
+use crate::state::config_id;
+use crate::store::{AccountKind, AccountRecord, StoreError, default_priority};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAccount {
+    name: String,
+    kind: AccountKind,
+    #[serde(default)]
+    base_url: Option<String>,
+    api_key: String,
+    #[serde(default)]
+    priority: Option<u32>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    models: Option<Vec<String>>,
+    #[serde(default)]
+    model_map: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateAccount {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    kind: Option<AccountKind>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    priority: Option<u32>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// Absent: unchanged; `null`: every model; a list: only those.
+    #[serde(default, deserialize_with = "present")]
+    models: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    model_map: Option<BTreeMap<String, String>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+fn valid_base_url(url: &str) -> Result<String, ApiError> {
+    let url = url.trim();
+    UpstreamBase::parse(url).map_err(|r| bad_request(format!("`base_url`: {r}")))?;
+    Ok(url.to_string())
+}
+
+fn valid_api_key(kind: AccountKind, key: &str) -> Result<String, ApiError> {
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(bad_request("`api_key` must not be empty"));
+    }
+    match kind {
+        AccountKind::ClaudeConsole => {
+            anthropic_console::auth_header(key).map_err(|r| bad_request(format!("`api_key`: {r}")))?;
+        }
+    }
+    Ok(key.to_string())
+}
+
+fn valid_models(models: &Option<Vec<String>>) -> Result<(), ApiError> {
+    if let Some(m) = models
+        && m.iter().any(|s| s.trim().is_empty())
+    {
+        return Err(bad_request("`models`: model names must not be empty"));
+    }
+    Ok(())
+}
+
+fn valid_model_map(map: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if map.iter().any(|(f, t)| f.trim().is_empty() || t.trim().is_empty()) {
+        return Err(bad_request("`model_map`: model names must not be empty"));
+    }
+    Ok(())
+}
+
+fn config_view(a: &AccountConfig) -> Value {
+    json!({
+        "id": config_id(&a.name),
+        "name": a.name,
+        "kind": a.kind,
+        "base_url": a.base_url.as_deref().unwrap_or(DEFAULT_ANTHROPIC_BASE),
+        "priority": a.priority,
+        "enabled": a.enabled,
+        "models": a.models,
+        "model_map": a.model_map,
+        "source": "config",
+        "api_key": a.api_key.as_deref().map(secrets::mask),
+        "created_at": null,
+    })
+}
+
+fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
+    let mut v = json!({
+        "id": r.id,
+        "name": r.name,
+        "kind": r.kind,
+        "base_url": r.base_url,
+        "priority": r.priority,
+        "enabled": r.enabled,
+        "models": r.models,
+        "model_map": r.model_map,
+        "source": "admin",
+        "api_key": null,
+        "created_at": r.created_at,
+    });
+    match state.secrets.open(&r.secret) {
+        Ok(k) => v["api_key"] = Value::String(secrets::mask(&k)),
+        Err(e) => {
+            // The relay skips such an account too; say why instead of failing the whole list.
+            tracing::warn!(account = %r.id, error = %e, "stored account secret cannot be opened");
+            v["error"] = Value::String(e.to_string());
+        }
+    }
+    v
+}
+
+fn config_account<'a>(state: &'a AdminState, id: &str) -> Option<&'a AccountConfig> {
+    state
+        .config
+        .accounts
+        .iter()
+        .find(|a| config_id(&a.name) == id)
+}
+
+/// Refuses a name that a configured account or another stored account already has.
+async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result<(), ApiError> {
+    let taken = state.config.accounts.iter().any(|a| a.name == name)
+        || state
+            .store
+            .list_accounts()
+            .await
+            .map_err(store_error)?
+            .iter()
+            .any(|a| a.name == name && a.id != except);
+    if taken {
+        return Err(conflict(format!("an account named `{name}` already exists")));
+    }
+    Ok(())
+}
+
+pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let mut stored = state.store.list_accounts().await.map_err(store_error)?;
+    stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
+    let accounts: Vec<Value> = state
+        .config
+        .accounts
+        .iter()
+        .map(config_view)
+        .chain(stored.iter().map(|r| stored_view(&state, r)))
+        .collect();
+    Ok(Json(json!({ "accounts": accounts })).into_response())
+}
+
+pub async fn get(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    if let Some(a) = config_account(&state, &id) {
+        return Ok(Json(config_view(a)).into_response());
+    }
+    match state.store.get_account(&id).await.map_err(store_error)? {
+        Some(r) => Ok(Json(stored_view(&state, &r)).into_response()),
+        None => Err(not_found("account", &id)),
+    }
+}
+
+pub async fn create(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let req: CreateAccount = json_body(&body)?;
+    let name = valid_name(&req.name)?;
+    let base_url = valid_base_url(req.base_url.as_deref().unwrap_or(DEFAULT_ANTHROPIC_BASE))?;
+    let api_key = valid_api_key(req.kind, &req.api_key)?;
+    valid_models(&req.models)?;
+    valid_model_map(&req.model_map)?;
+    let record = AccountRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        kind: req.kind,
+        base_url,
+        secret: state.secrets.seal(&api_key),
+        priority: req.priority.unwrap_or_else(default_priority),
+        enabled: req.enabled.unwrap_or(true),
+        models: req.models,
+        model_map: req.model_map,
+        created_at: chrono::Utc::now().timestamp(),
+        extra: BTreeMap::new(),
+    };
+    let record = write(&state, move |st| async move {
+        check_name_free(&st, &record.name, &record.id).await?;
+        st.store.put_account(&record).await.map_err(store_error)?;
+        Ok(record)
+    })
+    .await?;
+    tracing::info!(account = %record.id, name = %record.name, "admin created an account");
+    Ok((StatusCode::CREATED, Json(stored_view(&state, &record))).into_response())
+}
+
+pub async fn update(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    if config_account(&state, &id).is_some() {
+        return Err(read_only("account", &id));
+    }
+    let req: UpdateAccount = json_body(&body)?;
+    let name = req.name.as_deref().map(valid_name).transpose()?;
+    let base_url = req.base_url.as_deref().map(valid_base_url).transpose()?;
+    if let Some(m) = &req.models {
+        valid_models(m)?;
+    }
+    if let Some(m) = &req.model_map {
+        valid_model_map(m)?;
+    }
+    let record = write(&state, move |st| async move {
+        let mut r = st
+            .store
+            .get_account(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| not_found("account", &id))?;
+        if let Some(name) = name {
+            check_name_free(&st, &name, &r.id).await?;
+            r.name = name;
+        }
+        if let Some(kind) = req.kind {
+            r.kind = kind;
+        }
+        if let Some(key) = &req.api_key {
+            r.secret = st.secrets.seal(&valid_api_key(r.kind, key)?);
+        }
+        if let Some(base_url) = base_url {
+            r.base_url = base_url;
+        }
+        if let Some(p) = req.priority {
+            r.priority = p;
+        }
+        if let Some(e) = req.enabled {
+            r.enabled = e;
+        }
+        if let Some(m) = req.models {
+            r.models = m;
+        }
+        if let Some(m) = req.model_map {
+            r.model_map = m;
+        }
+        st.store.put_account(&r).await.map_err(store_error)?;
+        Ok(r)
+    })
+    .await?;
+    tracing::info!(account = %record.id, enabled = record.enabled, "admin updated an account");
+    Ok(Json(stored_view(&state, &record)).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authenticate(&state, &headers).await?;
+    if config_account(&state, &id).is_some() {
+        return Err(read_only("account", &id));
+    }
+    let target = id.clone();
+    write(&state, move |st| async move {
+        match st.store.delete_account(&target).await {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(StoreError::NotFound) => Err(not_found("account", &target)),
+            Err(e) => Err(store_error(e)),
+        }
+    })
+    .await?;
+    tracing::info!(account = %id, "admin deleted an account");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_urls_are_validated() {
+        assert!(valid_api_key(AccountKind::ClaudeConsole, "  ").is_err());
+        assert!(valid_api_key(AccountKind::ClaudeConsole, "sk-ant\nx").is_err());
+        assert_eq!(
+            valid_api_key(AccountKind::ClaudeConsole, " sk-ant-api03-x ").unwrap(),
+            "sk-ant-api03-x"
+        );
+        assert!(valid_base_url("ftp://x").is_err());
+        assert!(valid_base_url("not a url").is_err());
+        assert_eq!(
+            valid_base_url(" http://127.0.0.1:9/p ").unwrap(),
+            "http://127.0.0.1:9/p"
+        );
+        assert!(valid_models(&Some(vec!["".into()])).is_err());
+        assert!(valid_models(&None).is_ok());
+        let mut m = BTreeMap::new();
+        m.insert("a".to_string(), " ".to_string());
+        assert!(valid_model_map(&m).is_err());
+    }
+
+    #[test]
+    fn patch_tells_null_models_from_absent() {
+        let u: UpdateAccount = serde_json::from_str(r#"{"models":null}"#).unwrap();
+        assert_eq!(u.models, Some(None));
+        let u: UpdateAccount = serde_json::from_str(r#"{}"#).unwrap();
+        assert_eq!(u.models, None);
+        let u: UpdateAccount = serde_json::from_str(r#"{"models":["m"]}"#).unwrap();
+        assert_eq!(u.models, Some(Some(vec!["m".to_string()])));
+        assert!(serde_json::from_str::<UpdateAccount>(r#"{"secret":"x"}"#).is_err());
+        assert!(serde_json::from_str::<CreateAccount>(r#"{"name":"a","kind":"bedrock","api_key":"k"}"#).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! Client API keys: list, create (the plaintext is shown once, in the creation answer), read,
+//! rename, enable or disable, delete. Keys from `relay.yaml` are listed and read-only.
+//!
+//! Answers never contain a key's hash or plaintext (except that one creation answer): only its
+//! non-secret hint.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AdminState;
+use super::routes::{
+    ApiError, authenticate, conflict, json_body, not_found, read_only, store_error, valid_name,
+    write,
+};
+use crate::config::ApiKeyConfig;
+use crate::secrets;
+use crate::state::config_id;
+use crate::store::{ApiKeyRecord, StoreError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateKey {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+fn config_view(k: &ApiKeyConfig, last_used: &BTreeMap<String, i64>) -> Value {
+    let id = config_id(&k.name);
+    let hint = k
+        .key
+        .as_deref()
+        .map(secrets::mask)
+        .unwrap_or_else(|| "(hash)".into());
+    json!({
+        "id": id,
+        "name": k.name,
+        "hint": hint,
+        "enabled": k.enabled,
+        "source": "config",
+        "created_at": null,
+        "last_used_at": last_used.get(&id),
+    })
+}
+
+fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "hint": r.hint,
+        "enabled": r.enabled,
+        "source": "admin",
+        "created_at": r.created_at,
+        "last_used_at": last_used.get(&r.id),
+    })
+}
+
+fn config_key<'a>(state: &'a AdminState, id: &str) -> Option<&'a ApiKeyConfig> {
+    state
+        .config
+        .api_keys
+        .iter()
+        .find(|k| config_id(&k.name) == id)
+}
+
+/// Refuses a name that a configured key or another stored key already has.
+async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result<(), ApiError> {
+    let taken = state.config.api_keys.iter().any(|k| k.name == name)
+        || state
+            .store
+            .list_api_keys()
+            .await
+            .map_err(store_error)?
+            .iter()
+            .any(|k| k.name == name && k.id != except);
+    if taken {
+        return Err(conflict(format!("a key named `{name}` already exists")));
+    }
+    Ok(())
+}
+
+pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let last_used = state.store.api_key_last_used().await.map_err(store_error)?;
+    let mut stored = state.store.list_api_keys().await.map_err(store_error)?;
+    stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
+    let keys: Vec<Value> = state
+        .config
+        .api_keys
+        .iter()
+        .map(|k| config_view(k, &last_used))
+        .chain(stored.iter().map(|r| stored_view(r, &last_used)))
+        .collect();
+    Ok(Json(json!({ "keys": keys })).into_response())
+}
+
+pub async fn get(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let last_used = state.store.api_key_last_used().await.map_err(store_error)?;
+    if let Some(k) = config_key(&state, &id) {
+        return Ok(Json(config_view(k, &last_used)).into_response());
+    }
+    match state.store.get_api_key(&id).await.map_err(store_error)? {
+        Some(r) => Ok(Json(stored_view(&r, &last_used)).into_response()),
+        None => Err(not_found("key", &id)),
+    }
+}
+
+pub async fn create(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let req: CreateKey = json_body(&body)?;
+    let name = valid_name(&req.name)?;
+    let plaintext = secrets::generate_client_key();
+    let record = ApiKeyRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        key_hash: state.secrets.hash_client_key_hex(&plaintext),
+        hint: secrets::mask(&plaintext),
+        enabled: req.enabled.unwrap_or(true),
+        created_at: chrono::Utc::now().timestamp(),
+        extra: BTreeMap::new(),
+    };
+    let record = write(&state, move |st| async move {
+        check_name_free(&st, &record.name, &record.id).await?;
+        st.store.put_api_key(&record).await.map_err(store_error)?;
+        Ok(record)
+    })
+    .await?;
+    tracing::info!(key = %record.id, name = %record.name, "admin created a client key");
+    let mut view = stored_view(&record, &BTreeMap::new());
+    view["key"] = Value::String(plaintext);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+pub async fn update(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    if config_key(&state, &id).is_some() {
+        return Err(read_only("key", &id));
+    }
+    let req: UpdateKey = json_body(&body)?;
+    let name = req.name.as_deref().map(valid_name).transpose()?;
+    let record = write(&state, move |st| async move {
+        let mut r = st
+            .store
+            .get_api_key(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| not_found("key", &id))?;
+        if let Some(name) = name {
+            check_name_free(&st, &name, &r.id).await?;
+            r.name = name;
+        }
+        if let Some(enabled) = req.enabled {
+            r.enabled = enabled;
+        }
+        st.store.put_api_key(&r).await.map_err(store_error)?;
+        Ok(r)
+    })
+    .await?;
+    tracing::info!(key = %record.id, enabled = record.enabled, "admin updated a client key");
+    let last_used = state.store.api_key_last_used().await.unwrap_or_default();
+    Ok(Json(stored_view(&record, &last_used)).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authenticate(&state, &headers).await?;
+    if config_key(&state, &id).is_some() {
+        return Err(read_only("key", &id));
+    }
+    let target = id.clone();
+    write(&state, move |st| async move {
+        match st.store.delete_api_key(&target).await {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(StoreError::NotFound) => Err(not_found("key", &target)),
+            Err(e) => Err(store_error(e)),
+        }
+    })
+    .await?;
+    tracing::info!(key = %id, "admin deleted a client key");
+    Ok(StatusCode::NO_CONTENT)
+}

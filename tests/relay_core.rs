@@ -1,0 +1,457 @@
+//! The relay core through real interfaces: the `claude-relay` binary on random ports, a mock
+//! Anthropic upstream on a socket, real HTTP clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::mock::{MockUpstream, json_for, stream_for};
+use support::{ALICE, RelayProcess, account_yaml, eventually};
+
+const BODY_STREAM: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const BODY_JSON: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+async fn relay_with(mock: &MockUpstream, extra: &str) -> RelayProcess {
+    RelayProcess::start(&format!("accounts:\n{}{extra}", account_yaml("main", &mock.url(), ""))).await
+}
+
+async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
+    let text = client().get(format!("{}/metrics", relay.admin())).send().await.ok()?.text().await.ok()?;
+    text.lines().find(|l| l.starts_with(line_prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn streams_byte_identical_with_credentials_swapped() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "").await;
+    let r = client()
+        .post(format!("{}/api/v1/messages?beta=true", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("authorization", format!("Bearer {ALICE}"))
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "claude-code-20250219,interleaved-thinking-2025-05-14")
+        .header("x-claude-code-session-id", "sess-1")
+        .header("x-unknown-header", "kept")
+        .header("accept-encoding", "gzip, br")
+        .body(BODY_STREAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert_eq!(r.headers()["request-id"], "req_mock");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(&body[..], &stream_for("claude-sonnet-4-5", false)[..]);
+
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.path_and_query, "/v1/messages?beta=true");
+    assert_eq!(s.header("x-api-key").as_deref(), Some("sk-ant-api03-upstream-main"));
+    assert_eq!(s.header("authorization"), None, "client credentials must not travel upstream");
+    assert_eq!(s.header("anthropic-beta").as_deref(), Some("claude-code-20250219,interleaved-thinking-2025-05-14"));
+    assert_eq!(s.header("anthropic-version").as_deref(), Some("2023-06-01"));
+    assert_eq!(s.header("x-claude-code-session-id").as_deref(), Some("sess-1"));
+    assert_eq!(s.header("x-unknown-header").as_deref(), Some("kept"));
+    assert_eq!(s.header("accept-encoding").as_deref(), Some("identity"));
+    assert_eq!(&s.body[..], BODY_STREAM.as_bytes(), "body must pass untouched");
+}
+
+#[tokio::test]
+async fn every_prefix_and_key_location_works() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "").await;
+    let c = client();
+    for prefix in ["", "/api", "/claude"] {
+        let r = c
+            .post(format!("{}{prefix}/v1/messages", relay.base()))
+            .bearer_auth(ALICE)
+            .body(BODY_JSON)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "prefix {prefix:?}");
+    }
+    for (h, v) in [("x-goog-api-key", ALICE.to_string()), ("api-key", ALICE.to_string())] {
+        let r = c.post(format!("{}/v1/messages", relay.base())).header(h, v).body(BODY_JSON).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{h}");
+    }
+    let r = c.post(format!("{}/v1/messages?key={ALICE}&beta=true", relay.base())).body(BODY_JSON).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let last = mock.seen().pop().unwrap();
+    assert_eq!(last.path_and_query, "/v1/messages?beta=true", "the relay key must not travel in the query");
+    assert_eq!(mock.hits(), 6);
+}
+
+#[tokio::test]
+async fn non_streaming_answer_and_count_tokens() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "").await;
+    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_JSON).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v, json_for("claude-sonnet-4-5"));
+
+    let r = client()
+        .post(format!("{}/api/v1/messages/count_tokens", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(r#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["input_tokens"], 42);
+    assert_eq!(mock.seen()[1].path_and_query, "/v1/messages/count_tokens");
+}
+
+#[tokio::test]
+async fn refusals_are_anthropic_shaped_and_never_reach_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "max_body_bytes: 100000\n").await;
+    let c = client();
+    let url = format!("{}/v1/messages", relay.base());
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (c.post(&url).body(BODY_JSON), 401, "authentication_error"),
+        (c.post(&url).header("x-api-key", "cr_wrong_key_0000000000").body(BODY_JSON), 401, "authentication_error"),
+        (c.post(&url).header("x-api-key", ALICE).body("{not json"), 400, "invalid_request_error"),
+        (c.post(&url).header("x-api-key", ALICE).body(r#"{"messages":[]}"#), 400, "invalid_request_error"),
+        (c.post(&url).header("x-api-key", ALICE).body("[1,2]"), 400, "invalid_request_error"),
+        (c.post(&url).header("x-api-key", ALICE).body("x".repeat(200_000)), 413, "request_too_large"),
+        (c.post(format!("{}/v1/nothing", relay.base())).header("x-api-key", ALICE), 404, "not_found_error"),
+        (c.get(&url).header("x-api-key", ALICE), 405, "invalid_request_error"),
+    ];
+    for (req, status, kind) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(r.headers()["x-relay-error-source"], "relay");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], kind, "{v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(mock.hits(), 0, "no refusal may contact the upstream");
+    // A streamed (chunked, no content-length) oversized body is refused too.
+    let big = futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b' '; 10_000])));
+    let r = c.post(&url).header("x-api-key", ALICE).body(reqwest::Body::wrap_stream(big)).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let text = metric(&relay, "relay_rejections_total{reason=\"invalid_key\"}").await;
+    assert_eq!(text, Some(1.0));
+}
+
+#[tokio::test]
+async fn upstream_trouble_maps_to_502_503_504_and_errors_pass_through() {
+    // No account serves the model: 503.
+    let relay = RelayProcess::start("").await;
+    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_JSON).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-relay-error-source"], "relay");
+    assert!(r.headers().contains_key("retry-after"));
+    drop(relay);
+
+    // Unreachable upstream: 502.
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let relay = RelayProcess::start(&format!("accounts:\n{}", account_yaml("dead", &dead, ""))).await;
+    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_JSON).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "api_error");
+    drop(relay);
+
+    // Slow upstream: 504 after the response-head timeout.
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "timeouts: { response_head: 1s }\n").await;
+    let t = Instant::now();
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("x-mock-delay-ms", "5000")
+        .body(BODY_JSON)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(t.elapsed() < Duration::from_secs(4));
+
+    // An upstream error is passed through with its status, retry-after and body.
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("x-mock-status", "429")
+        .body(BODY_JSON)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert_eq!(r.headers()["x-relay-error-source"], "upstream");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(v["request_id"], "req_mock");
+}
+
+#[tokio::test]
+async fn a_connect_failure_moves_to_the_next_account() {
+    let mock = MockUpstream::start().await;
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let extra = format!(
+        "accounts:\n{}{}",
+        account_yaml("first", &dead, ", priority: 1"),
+        account_yaml("second", &mock.url(), ", priority: 2")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_STREAM).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.unwrap()[..], &stream_for("claude-sonnet-4-5", false)[..]);
+    assert_eq!(mock.seen()[0].header("x-api-key").as_deref(), Some("sk-ant-api03-upstream-second"));
+}
+
+#[tokio::test]
+async fn model_map_rewrites_only_the_model_and_the_client_sees_its_own_name() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(
+        &mock,
+        "",
+    )
+    .await;
+    drop(relay);
+    let extra = format!(
+        "accounts:\n{}",
+        account_yaml("main", &mock.url(), ", model_map: { claude-sonnet-4-5: claude-sonnet-4-5-20250929 }")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let body = r#"{"model":"claude-sonnet-4-5", "stream":true,"messages":[{"role":"system","content":"sys"},{"role":"user","content":"hi"}],"unknown_field":{"model":"x"}}"#;
+    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.bytes().await.unwrap();
+    assert_eq!(&got[..], &stream_for("claude-sonnet-4-5", false)[..], "the client sees the name it asked for");
+    let sent = &mock.seen()[0].body;
+    assert_eq!(
+        String::from_utf8_lossy(sent),
+        body.replacen("\"claude-sonnet-4-5\"", "\"claude-sonnet-4-5-20250929\"", 1),
+        "only the top-level model changes"
+    );
+    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_JSON).send().await.unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "claude-sonnet-4-5");
+    assert_eq!(mock.seen()[1].json()["model"], "claude-sonnet-4-5-20250929");
+    // Usage is recorded under the upstream model, which the price table knows.
+    let out = eventually(|| async {
+        metric(&relay, "relay_tokens_total{kind=\"output\",model=\"claude-sonnet-4-5-20250929\"}").await.filter(|v| *v >= 14.0)
+    })
+    .await;
+    assert_eq!(out, 14.0);
+}
+
+#[tokio::test]
+async fn recorded_client_requests_replay_untouched() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "").await;
+    let c = client();
+    let mut replayed = 0;
+    for name in ["claude", "claude-tool", "claude-interactive-tui", "sdk-anthropic", "sdk-anthropic-bearer"] {
+        for (method, path, query, headers, body) in support::fixture(name) {
+            if method != "POST" || !path.ends_with("/v1/messages") && !path.ends_with("/count_tokens") {
+                continue;
+            }
+            let body = body.unwrap();
+            let mut url = format!("{}{path}", relay.base());
+            if !query.is_empty() {
+                url.push('?');
+                url.push_str(&query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
+            }
+            let mut req = c.post(&url);
+            for (k, v) in &headers {
+                let k = k.to_ascii_lowercase();
+                if ["host", "content-length", "connection", "x-api-key", "authorization"].contains(&k.as_str()) || k.starts_with("x-mock") {
+                    continue;
+                }
+                req = req.header(&k, v);
+            }
+            let had_bearer = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+            req = if had_bearer { req.bearer_auth(ALICE) } else { req.header("x-api-key", ALICE) };
+            let r = req.body(body.clone()).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{name} {path}");
+            let _ = r.bytes().await.unwrap();
+            let seen = mock.seen().pop().unwrap();
+            assert_eq!(seen.body.len(), body.len(), "{name}: body length");
+            assert!(seen.body == body.as_bytes(), "{name}: body must pass byte for byte");
+            for (k, v) in &headers {
+                let k = k.to_ascii_lowercase();
+                if k.starts_with("anthropic-") || k.starts_with("x-stainless-") || k == "user-agent" || k == "x-app" || k == "x-claude-code-session-id" {
+                    assert_eq!(seen.header(&k).as_deref(), Some(v.as_str()), "{name}: header {k}");
+                }
+            }
+            assert_eq!(seen.header("x-api-key").as_deref(), Some("sk-ant-api03-upstream-main"));
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= 6, "replayed only {replayed} recorded requests");
+}
+
+#[tokio::test]
+async fn local_endpoints_answer_without_upstream() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "").await;
+    let c = client();
+    for p in ["/", "/api"] {
+        let r = c.head(format!("{}{p}", relay.base())).send().await.unwrap();
+        assert_eq!(r.status(), 200, "HEAD {p}");
+    }
+    let r = c.get(format!("{}/v1/models", relay.base())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c.get(format!("{}/api/v1/models", relay.base())).header("x-api-key", ALICE).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["has_more"], false);
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"claude-sonnet-4-5"), "{ids:?}");
+    assert!(v["data"][0]["type"] == "model");
+    assert_eq!(mock.hits(), 0);
+}
+
+#[tokio::test]
+async fn large_bodies_and_expect_continue() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "").await;
+    for size in [70_000usize, 1_100_000, 5_000_000] {
+        let filler = "a".repeat(size);
+        let body = format!(r#"{{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{{"role":"user","content":"{filler}"}}]}}"#);
+        let t = Instant::now();
+        // curl sends Expect: 100-continue for large bodies; do the same by hand.
+        let r = client()
+            .post(format!("{}/v1/messages", relay.base()))
+            .header("x-api-key", ALICE)
+            .header("expect", "100-continue")
+            .body(body.clone())
+            .send()
+            .await;
+        let r = r.unwrap();
+        assert_eq!(r.status(), 200, "size {size}");
+        assert!(t.elapsed() < Duration::from_millis(900), "size {size} took {:?}", t.elapsed());
+        assert_eq!(mock.seen().pop().unwrap().body.len(), body.len());
+    }
+}
+
+#[tokio::test]
+async fn usage_is_recorded_per_key_account_and_model_with_cost() {
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "").await;
+    for body in [BODY_STREAM, BODY_JSON] {
+        let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    let input = eventually(|| async {
+        metric(&relay, "relay_tokens_total{kind=\"input\",model=\"claude-sonnet-4-5\"}").await.filter(|v| *v >= 42.0)
+    })
+    .await;
+    assert_eq!(input, 42.0);
+    assert_eq!(metric(&relay, "relay_tokens_total{kind=\"output\",model=\"claude-sonnet-4-5\"}").await, Some(14.0));
+    assert_eq!(metric(&relay, "relay_tokens_total{kind=\"cache_read\",model=\"claude-sonnet-4-5\"}").await, Some(6.0));
+    assert_eq!(metric(&relay, "relay_tokens_total{kind=\"cache_write_5m\",model=\"claude-sonnet-4-5\"}").await, Some(10.0));
+    // 2 × (21×3e-6 + 7×15e-6 + 3×0.3e-6 + 5×3.75e-6) = 2 × 187.65e-6 USD = 375,300 nano-USD
+    assert_eq!(metric(&relay, "relay_cost_nano_usd_total{model=\"claude-sonnet-4-5\"}").await, Some(375_300.0));
+    assert!(metric(&relay, "relay_requests_total{endpoint=\"messages\",status=\"200\"}").await == Some(2.0));
+    let text = client().get(format!("{}/metrics", relay.admin())).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "relay_upstream_duration_seconds_bucket",
+        "relay_upstream_ttfb_seconds_bucket",
+        "relay_overhead_seconds_bucket",
+        "relay_in_flight_requests",
+        "relay_store_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+}
+
+/// Reads the persisted usage totals of a stopped relay's embedded store.
+async fn stored_totals(dir: &std::path::Path) -> std::collections::BTreeMap<String, claude_relay::store::UsageCounters> {
+    use claude_relay::store::{Dimension, Store, embedded::EmbeddedStore};
+    let store = EmbeddedStore::open(&dir.join("data")).unwrap();
+    store.usage_totals(Dimension::Key).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_is_still_billed_for_what_was_seen() {
+    let mock = MockUpstream::start().await;
+    let mut relay = relay_with(&mock, "").await;
+    let mut r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("x-mock-chunk", "400")
+        .header("x-mock-chunk-delay-ms", "300")
+        .body(BODY_STREAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(r); // the client goes away after message_start
+    let input = eventually(|| async {
+        metric(&relay, "relay_tokens_total{kind=\"input\",model=\"claude-sonnet-4-5\"}").await
+    })
+    .await;
+    assert_eq!(input, 21.0, "input tokens of message_start are counted");
+    relay.stop();
+    let totals = stored_totals(relay.dir.path()).await;
+    let alice = &totals["config.alice"];
+    assert_eq!((alice.requests, alice.input_tokens, alice.cache_read_tokens), (1, 21, 3));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_streams_and_keeps_their_usage() {
+    let mock = MockUpstream::start().await;
+    let mut relay = relay_with(&mock, "").await;
+    let url = format!("{}/v1/messages", relay.base());
+    let slow = tokio::spawn(async move {
+        let r = client()
+            .post(url)
+            .header("x-api-key", ALICE)
+            .header("x-mock-chunk", "100")
+            .header("x-mock-chunk-delay-ms", "100")
+            .body(BODY_STREAM)
+            .send()
+            .await
+            .unwrap();
+        r.bytes().await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.signal("TERM");
+    let body = slow.await.unwrap();
+    assert_eq!(&body[..], &stream_for("claude-sonnet-4-5", false)[..], "the in-flight stream completes");
+    assert!(relay.wait().success());
+    let totals = stored_totals(relay.dir.path()).await;
+    let alice = &totals["config.alice"];
+    assert_eq!((alice.requests, alice.input_tokens, alice.output_tokens), (1, 21, 7));
+    assert!(alice.cost_nanos > 0);
+}
+
+#[test]
+fn bad_config_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (yaml, needle) in [
+        ("listen: nowhere\n", "listen"),
+        ("accounts:\n  - { name: a, kind: claude-console }\n", "accounts[0].api_key"),
+        ("accounts:\n  - { name: a, kind: claude-console, api_key: k, priority: high }\n", "accounts[0].priority"),
+        ("nonsense_key: 1\n", "nonsense_key"),
+        ("api_keys:\n  - { name: a, key: ${RELAY_TEST_UNSET_VAR} }\n", "RELAY_TEST_UNSET_VAR"),
+        ("store: { backend: redis, url: \"redis://127.0.0.1:6379\" }\n", "secret_key"),
+    ] {
+        let conf = dir.path().join("bad.yaml");
+        std::fs::write(&conf, yaml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_claude-relay"))
+            .args(["--config", conf.to_str().unwrap(), "check-config"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{yaml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "`{yaml}` → {err}");
+    }
+}

@@ -1,0 +1,199 @@
+//! A mock Anthropic upstream on a real socket, speaking the recorded formats
+//! (`shared/fixtures/responses/`). Behaviour is steered per request by `x-mock-*` headers, which
+//! the relay forwards like any unknown header:
+//! - `x-mock-status: N`: answer N with an Anthropic error body (and `retry-after: 7` on 429)
+//! - `x-mock-delay-ms: N`: wait before the response head
+//! - `x-mock-chunk: N` / `x-mock-chunk-delay-ms: N`: split the SSE answer into N-byte writes
+//! - `x-mock-truncate: N`: send only the first N bytes of the stream, then close
+//! - `x-mock-stall-after: N`: send N bytes, then stay silent
+//! It records every request it receives (method, path, headers, body).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+
+pub const SSE: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream.sse");
+pub const SSE_TOOL: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream-tool-use.sse");
+/// The model name inside the golden streams.
+pub const GOLDEN_MODEL: &str = "claude-sonnet-4-5";
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap_or("").to_string())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Default)]
+pub struct MockState {
+    pub seen: Mutex<Vec<Seen>>,
+    /// Answer every request with this status (overrides `x-mock-status`).
+    pub fixed_status: Mutex<Option<u16>>,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl MockUpstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+    pub fn hits(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+    pub fn set_status(&self, s: Option<u16>) {
+        *self.state.fixed_status.lock().unwrap() = s;
+    }
+
+    pub async fn start() -> MockUpstream {
+        let state = Arc::new(MockState::default());
+        let app = Router::new()
+            .fallback(handle)
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        MockUpstream { addr, state, shutdown: Some(tx) }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn num(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// The golden stream with the model replaced by the one requested (as the real API echoes it).
+pub fn stream_for(model: &str, tool: bool) -> Vec<u8> {
+    let golden = String::from_utf8_lossy(if tool { SSE_TOOL } else { SSE }).to_string();
+    golden.replace(&format!("\"model\":\"{GOLDEN_MODEL}\""), &format!("\"model\":{}", serde_json::to_string(model).unwrap())).into_bytes()
+}
+
+/// A non-streaming answer with the same usage as the golden stream.
+pub fn json_for(model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello from mock upstream!"}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 21, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 3,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 5, "ephemeral_1h_input_tokens": 0},
+                  "output_tokens": 7}
+    })
+}
+
+async fn handle(State(state): State<Arc<MockState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    state.seen.lock().unwrap().push(Seen {
+        method: method.to_string(),
+        path_and_query: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers: headers.clone(),
+        body: body.clone(),
+    });
+    if let Some(ms) = num(&headers, "x-mock-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let fixed = *state.fixed_status.lock().unwrap();
+    if let Some(status) = fixed.or_else(|| num(&headers, "x-mock-status").map(|s| s as u16)) {
+        let kind = match status {
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            401 => "authentication_error",
+            400 => "invalid_request_error",
+            _ => "api_error",
+        };
+        let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": format!("mock {status}")}, "request_id": "req_mock"});
+        let mut r = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+        if status == 429 {
+            r.headers_mut().insert("retry-after", "7".parse().unwrap());
+        }
+        r.headers_mut().insert("request-id", "req_mock".parse().unwrap());
+        return r;
+    }
+    let path = uri.path();
+    if path.ends_with("/v1/messages/count_tokens") {
+        return axum::Json(serde_json::json!({"input_tokens": 42})).into_response();
+    }
+    if !path.ends_with("/v1/messages") {
+        return (StatusCode::NOT_FOUND, "mock: unknown path").into_response();
+    }
+    let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let model = req["model"].as_str().unwrap_or("unknown").to_string();
+    if req["stream"].as_bool() != Some(true) {
+        let mut r = axum::Json(json_for(&model)).into_response();
+        r.headers_mut().insert("request-id", "req_mock".parse().unwrap());
+        return r;
+    }
+    let tool = headers.contains_key("x-mock-tool");
+    let mut full = stream_for(&model, tool);
+    if let Some(n) = num(&headers, "x-mock-truncate") {
+        full.truncate(n as usize);
+    }
+    let stall_after = num(&headers, "x-mock-stall-after").map(|n| n as usize);
+    let chunk = num(&headers, "x-mock-chunk").unwrap_or(full.len().max(1) as u64).max(1) as usize;
+    let delay = Duration::from_millis(num(&headers, "x-mock-chunk-delay-ms").unwrap_or(0));
+    let mut parts: Vec<Bytes> = Vec::new();
+    let limit = stall_after.unwrap_or(full.len()).min(full.len());
+    for c in full[..limit].chunks(chunk) {
+        parts.push(Bytes::copy_from_slice(c));
+    }
+    let stall = stall_after.is_some();
+    let s = stream::unfold((parts.into_iter(), true), move |(mut it, first)| async move {
+        if !first && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match it.next() {
+            Some(b) => Some((Ok::<Bytes, std::io::Error>(b), (it, false))),
+            None if stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                None
+            }
+            None => None,
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .header("cache-control", "no-cache")
+        .header("request-id", "req_mock")
+        .header("anthropic-ratelimit-unified-status", "allowed")
+        .body(Body::from_stream(s))
+        .unwrap()
+}

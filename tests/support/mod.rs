@@ -1,0 +1,190 @@
+//! Test support: the real `claude-relay` binary on random ports with a temporary config and data
+//! directory, and a mock upstream on a real socket.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod mock;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+/// A client key present in every test config as `alice`.
+pub const ALICE: &str = "cr_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct RelayProcess {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl RelayProcess {
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    pub fn admin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts the relay with the common settings plus `extra` YAML (accounts, more keys...).
+    /// `extra` may contain `api_keys_extra:`-free YAML; the `alice` key is always present unless
+    /// `extra` defines `api_keys:` itself.
+    pub async fn start(extra: &str) -> RelayProcess {
+        Self::start_in(tempfile::tempdir().unwrap(), extra, &[]).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> RelayProcess {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut yaml = format!(
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: {ADMIN_PASSWORD} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\nstats: {{ flush_interval: 200ms }}\nshutdown_grace: 5s\n",
+            dir.path().join("data").display()
+        );
+        if !extra.contains("api_keys:") {
+            yaml.push_str(&format!("api_keys:\n  - {{ name: alice, key: {ALICE} }}\n"));
+        }
+        yaml.push_str(extra);
+        if !extra.contains("store:") {
+            yaml.push_str(&format!("store: {{ backend: embedded, path: {} }}\n", dir.path().join("data").display()));
+        }
+        let conf = dir.path().join("relay.yaml");
+        std::fs::write(&conf, yaml).unwrap();
+        let log = dir.path().join("relay.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_claude-relay"));
+        cmd.arg("--config").arg(&conf).stdout(logf.try_clone().unwrap()).stderr(logf).stdin(Stdio::null());
+        cmd.env("RELAY_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let p = RelayProcess { child: Some(child), port, admin_port, dir, log };
+        p.wait_ready().await;
+        p
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let relay = client.get(format!("{}/health", self.base())).send().await;
+            let admin = client.get(format!("{}/health", self.admin())).send().await;
+            if relay.is_ok_and(|r| r.status() == 200) && admin.is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("relay did not become ready; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit (returns its exit status).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait()
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("relay did not exit; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Logs into the admin API and returns a bearer token.
+    pub async fn admin_token(&self) -> String {
+        let r: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/admin/api/login", self.admin()))
+            .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["token"].as_str().expect("login token").to_string()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One console account named `main` pointing at `url`.
+pub fn account_yaml(name: &str, url: &str, extra: &str) -> String {
+    format!("  - {{ name: {name}, kind: claude-console, base_url: \"{url}\", api_key: sk-ant-api03-upstream-{name}{extra} }}\n")
+}
+
+/// Polls `f` until it returns `Some`, for up to 10 s.
+pub async fn eventually<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("condition not reached within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Raw fixture lines from `shared/fixtures/NAME.jsonl`: (method, path, query, headers, raw body).
+pub fn fixture(name: &str) -> Vec<(String, String, Vec<(String, String)>, Vec<(String, String)>, Option<String>)> {
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        method: String,
+        path: String,
+        #[serde(default)]
+        query: serde_json::Map<String, serde_json::Value>,
+        headers: serde_json::Map<String, serde_json::Value>,
+        #[serde(borrow, default)]
+        body: Option<&'a serde_json::value::RawValue>,
+    }
+    let path = format!("{}/../shared/fixtures/{name}.jsonl", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let line: Line<'_> = serde_json::from_str(l).unwrap();
+            let q = line.query.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect();
+            let h = line.headers.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect();
+            (line.method, line.path, q, h, line.body.map(|b| b.get().to_string()))
+        })
+        .collect()
+}
