@@ -338,7 +338,7 @@ fn substitute(
             for (i, r) in refs.iter().enumerate().rev() {
                 restored = restored.replace(&format!("{PLACEHOLDER}{i}__"), r);
             }
-            let whole = refs.iter().any(|r| *r == restored);
+            let whole = refs.contains(&restored);
             let value = substitute_str(&restored, env).map_err(|r| invalid(path, r))?;
             // A value that is nothing but one reference takes the type it reads as (numbers, booleans).
             *v = match (whole, serde_yaml_ng::from_str::<Value>(&value)) {

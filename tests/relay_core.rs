@@ -136,8 +136,9 @@ async fn refusals_are_anthropic_shaped_and_never_reach_the_upstream() {
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     assert_eq!(mock.hits(), 0, "no refusal may contact the upstream");
-    // A streamed (chunked, no content-length) oversized body is refused too.
-    let big = futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b' '; 10_000])));
+    // A streamed (chunked, no content-length) oversized body is refused too, once the relay has
+    // read past the limit.
+    let big = futures_util::stream::iter((0..11).map(|_| Ok::<_, std::io::Error>(vec![b' '; 10_000])));
     let r = c.post(&url).header("x-api-key", ALICE).body(reqwest::Body::wrap_stream(big)).send().await.unwrap();
     assert_eq!(r.status(), 413);
     let text = metric(&relay, "relay_rejections_total{reason=\"invalid_key\"}").await;

@@ -95,11 +95,18 @@ async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result
     Ok(())
 }
 
-pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let last_used = state.store.api_key_last_used().await.map_err(store_error)?;
     let mut stored = state.store.list_api_keys().await.map_err(store_error)?;
-    stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
+    stored.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     let keys: Vec<Value> = state
         .config
         .api_keys

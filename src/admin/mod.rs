@@ -66,15 +66,28 @@ pub struct AdminService {
 
 impl AdminService {
     pub fn new(state: AdminState, listener: std::net::TcpListener) -> Self {
-        AdminService { state, listener: std::sync::Mutex::new(Some(listener)) }
+        AdminService {
+            state,
+            listener: std::sync::Mutex::new(Some(listener)),
+        }
     }
 }
 
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-        let listener = match std_listener.set_nonblocking(true).and_then(|_| tokio::net::TcpListener::from_std(std_listener)) {
+        let Some(std_listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::TcpListener::from_std(std_listener))
+        {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "admin listener unusable");
@@ -82,11 +95,14 @@ impl BackgroundService for AdminService {
             }
         };
         let app = routes::router(self.state.clone());
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin service stopped with an error");
         }

@@ -53,19 +53,30 @@ fn parse_dimension(s: Option<&str>) -> Result<Dimension, ApiError> {
     Dimension::ALL
         .into_iter()
         .find(|d| d.as_str() == s)
-        .ok_or_else(|| bad_request(format!("`dimension` must be key, account or model, not `{s}`")))
+        .ok_or_else(|| {
+            bad_request(format!(
+                "`dimension` must be key, account or model, not `{s}`"
+            ))
+        })
 }
 
 fn parse_granularity(s: Option<&str>) -> Result<Granularity, ApiError> {
-    let Some(s) = s else { return Ok(Granularity::Hour) };
-    [Granularity::Minute, Granularity::Hour, Granularity::Day, Granularity::Month]
-        .into_iter()
-        .find(|g| g.as_str() == s)
-        .ok_or_else(|| {
-            bad_request(format!(
-                "`granularity` must be minute, hour, day or month, not `{s}`"
-            ))
-        })
+    let Some(s) = s else {
+        return Ok(Granularity::Hour);
+    };
+    [
+        Granularity::Minute,
+        Granularity::Hour,
+        Granularity::Day,
+        Granularity::Month,
+    ]
+    .into_iter()
+    .find(|g| g.as_str() == s)
+    .ok_or_else(|| {
+        bad_request(format!(
+            "`granularity` must be minute, hour, day or month, not `{s}`"
+        ))
+    })
 }
 
 /// The starts of the buckets that overlap `[from, to)`, or an error past [`MAX_BUCKETS`].
@@ -195,7 +206,11 @@ mod tests {
 
     #[test]
     fn counters_render_every_field_and_cost() {
-        let c = UsageCounters { requests: 3, cost_nanos: 1_500_000_000, ..Default::default() };
+        let c = UsageCounters {
+            requests: 3,
+            cost_nanos: 1_500_000_000,
+            ..Default::default()
+        };
         let m = counters_json(&c);
         for (name, _) in c.fields() {
             assert!(m.contains_key(name), "{name}");

@@ -65,7 +65,7 @@ pub(super) async fn run(
         let path = account.base.path_and_query(route.endpoint.upstream_path(), query.as_deref());
         let req =
             headers::upstream_request(session.req_header(), &path, &account.base.host_header, &account.auth, out_body.len())?;
-        let rename = (upstream_model != model).then(|| (upstream_model.as_str(), model.as_str()));
+        let rename = (upstream_model != model).then_some((upstream_model.as_str(), model.as_str()));
         match attempt(relay, session, ctx, &account, req, out_body, route.endpoint, rename).await {
             Ok(()) => return Ok(()),
             Err(AttemptError::Retryable(e)) => {

@@ -6,6 +6,7 @@
 //! - `x-mock-chunk: N` / `x-mock-chunk-delay-ms: N`: split the SSE answer into N-byte writes
 //! - `x-mock-truncate: N`: send only the first N bytes of the stream, then close
 //! - `x-mock-stall-after: N`: send N bytes, then stay silent
+//!
 //! It records every request it receives (method, path, headers, body).
 #![allow(dead_code)]
 

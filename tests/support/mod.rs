@@ -165,7 +165,10 @@ where
 }
 
 /// Raw fixture lines from `shared/fixtures/NAME.jsonl`: (method, path, query, headers, raw body).
-pub fn fixture(name: &str) -> Vec<(String, String, Vec<(String, String)>, Vec<(String, String)>, Option<String>)> {
+/// One recorded request: method, path, query pairs, header pairs, raw JSON body.
+pub type FixtureRequest = (String, String, Vec<(String, String)>, Vec<(String, String)>, Option<String>);
+
+pub fn fixture(name: &str) -> Vec<FixtureRequest> {
     #[derive(serde::Deserialize)]
     struct Line<'a> {
         method: String,
