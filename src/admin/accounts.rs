@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 
 use super::AdminState;
 use super::routes::{
-    ApiError, authenticate, bad_request, conflict, json_body, not_found, read_only, store_error,
-    valid_name, write,
+    ApiError, authenticate, bad_request, conflict, json_body, not_found, read_only, store_error, valid_name, write,
 };
 use crate::config::{AccountConfig, DEFAULT_ANTHROPIC_BASE};
 use crate::providers::{UpstreamBase, anthropic_console};
@@ -83,8 +82,7 @@ fn valid_api_key(kind: AccountKind, key: &str) -> Result<String, ApiError> {
     }
     match kind {
         AccountKind::ClaudeConsole => {
-            anthropic_console::auth_header(key)
-                .map_err(|r| bad_request(format!("`api_key`: {r}")))?;
+            anthropic_console::auth_header(key).map_err(|r| bad_request(format!("`api_key`: {r}")))?;
         }
     }
     Ok(key.to_string())
@@ -100,10 +98,7 @@ fn valid_models(models: &Option<Vec<String>>) -> Result<(), ApiError> {
 }
 
 fn valid_model_map(map: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    if map
-        .iter()
-        .any(|(f, t)| f.trim().is_empty() || t.trim().is_empty())
-    {
+    if map.iter().any(|(f, t)| f.trim().is_empty() || t.trim().is_empty()) {
         return Err(bad_request("`model_map`: model names must not be empty"));
     }
     Ok(())
@@ -151,11 +146,7 @@ fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
 }
 
 fn config_account<'a>(state: &'a AdminState, id: &str) -> Option<&'a AccountConfig> {
-    state
-        .config
-        .accounts
-        .iter()
-        .find(|a| config_id(&a.name) == id)
+    state.config.accounts.iter().find(|a| config_id(&a.name) == id)
 }
 
 /// Refuses a name that a configured account or another stored account already has.
@@ -169,24 +160,15 @@ async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result
             .iter()
             .any(|a| a.name == name && a.id != except);
     if taken {
-        return Err(conflict(format!(
-            "an account named `{name}` already exists"
-        )));
+        return Err(conflict(format!("an account named `{name}` already exists")));
     }
     Ok(())
 }
 
-pub async fn list(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let mut stored = state.store.list_accounts().await.map_err(store_error)?;
-    stored.sort_by(|a, b| {
-        a.created_at
-            .cmp(&b.created_at)
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
     let accounts: Vec<Value> = state
         .config
         .accounts
@@ -212,11 +194,7 @@ pub async fn get(
     }
 }
 
-pub async fn create(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let req: CreateAccount = json_body(&body)?;
     let name = valid_name(&req.name)?;
@@ -362,9 +340,6 @@ mod tests {
         let u: UpdateAccount = serde_json::from_str(r#"{"models":["m"]}"#).unwrap();
         assert_eq!(u.models, Some(Some(vec!["m".to_string()])));
         assert!(serde_json::from_str::<UpdateAccount>(r#"{"secret":"x"}"#).is_err());
-        assert!(
-            serde_json::from_str::<CreateAccount>(r#"{"name":"a","kind":"bedrock","api_key":"k"}"#)
-                .is_err()
-        );
+        assert!(serde_json::from_str::<CreateAccount>(r#"{"name":"a","kind":"bedrock","api_key":"k"}"#).is_err());
     }
 }

@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 
 use super::AdminState;
 use super::routes::{
-    ApiError, authenticate, conflict, json_body, not_found, read_only, store_error, valid_name,
-    write,
+    ApiError, authenticate, conflict, json_body, not_found, read_only, store_error, valid_name, write,
 };
 use crate::config::ApiKeyConfig;
 use crate::secrets;
@@ -43,11 +42,7 @@ struct UpdateKey {
 
 fn config_view(k: &ApiKeyConfig, last_used: &BTreeMap<String, i64>) -> Value {
     let id = config_id(&k.name);
-    let hint = k
-        .key
-        .as_deref()
-        .map(secrets::mask)
-        .unwrap_or_else(|| "(hash)".into());
+    let hint = k.key.as_deref().map(secrets::mask).unwrap_or_else(|| "(hash)".into());
     json!({
         "id": id,
         "name": k.name,
@@ -72,11 +67,7 @@ fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
 }
 
 fn config_key<'a>(state: &'a AdminState, id: &str) -> Option<&'a ApiKeyConfig> {
-    state
-        .config
-        .api_keys
-        .iter()
-        .find(|k| config_id(&k.name) == id)
+    state.config.api_keys.iter().find(|k| config_id(&k.name) == id)
 }
 
 /// Refuses a name that a configured key or another stored key already has.
@@ -95,18 +86,11 @@ async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result
     Ok(())
 }
 
-pub async fn list(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let last_used = state.store.api_key_last_used().await.map_err(store_error)?;
     let mut stored = state.store.list_api_keys().await.map_err(store_error)?;
-    stored.sort_by(|a, b| {
-        a.created_at
-            .cmp(&b.created_at)
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
     let keys: Vec<Value> = state
         .config
         .api_keys
@@ -133,11 +117,7 @@ pub async fn get(
     }
 }
 
-pub async fn create(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let req: CreateKey = json_body(&body)?;
     let name = valid_name(&req.name)?;

@@ -76,12 +76,7 @@ impl AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(std_listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
         let listener = match std_listener
@@ -95,14 +90,11 @@ impl BackgroundService for AdminService {
             }
         };
         let app = routes::router(self.state.clone());
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin service stopped with an error");
         }

@@ -35,15 +35,10 @@ pub fn router(state: AdminState) -> Router {
             "/admin/api/keys/{id}",
             get(keys::get).patch(keys::update).delete(keys::delete),
         )
-        .route(
-            "/admin/api/accounts",
-            get(accounts::list).post(accounts::create),
-        )
+        .route("/admin/api/accounts", get(accounts::list).post(accounts::create))
         .route(
             "/admin/api/accounts/{id}",
-            get(accounts::get)
-                .patch(accounts::update)
-                .delete(accounts::delete),
+            get(accounts::get).patch(accounts::update).delete(accounts::delete),
         )
         .route("/admin/api/usage", get(usage::series))
         .route("/admin/api/usage/summary", get(usage::summary))
@@ -72,11 +67,7 @@ pub fn unauthorized() -> ApiError {
 }
 
 pub fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        message.into(),
-    )
+    ApiError(StatusCode::BAD_REQUEST, "invalid_request_error", message.into())
 }
 
 pub fn not_found(what: &str, id: &str) -> ApiError {
@@ -103,11 +94,7 @@ pub fn store_error(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "admin store operation failed");
     match e {
         StoreError::Conflict(m) => conflict(m),
-        e => ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_error",
-            e.to_string(),
-        ),
+        e => ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string()),
     }
 }
 
@@ -126,8 +113,7 @@ pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             bad_request(format!("invalid body at `{path}`: {inner}"))
         }
     })?;
-    de.end()
-        .map_err(|e| bad_request(format!("invalid body: {e}")))?;
+    de.end().map_err(|e| bad_request(format!("invalid body: {e}")))?;
     Ok(value)
 }
 
@@ -216,11 +202,7 @@ pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Str
     // Slide the expiry, at most once a minute per session to keep writes rare.
     if session.expires_at - now < ttl - 60 {
         session.expires_at = now + ttl;
-        state
-            .store
-            .put_session(&hash, &session)
-            .await
-            .map_err(store_error)?;
+        state.store.put_session(&hash, &session).await.map_err(store_error)?;
     }
     Ok(session.username)
 }
@@ -341,10 +323,7 @@ async fn login(
     Ok(Json(serde_json::json!({"token": token, "expires_in": ttl})).into_response())
 }
 
-async fn logout(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
+async fn logout(State(state): State<AdminState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     authenticate(&state, &headers).await?;
     if let Some(t) = headers
         .get(header::AUTHORIZATION)
@@ -437,9 +416,7 @@ mod tests {
         assert!(json_body::<B>(&Bytes::from_static(b"")).is_err());
         assert!(json_body::<B>(&Bytes::from_static(b"{\"name\":\"a\"} x")).is_err());
         assert_eq!(
-            json_body::<B>(&Bytes::from_static(b" {\"name\":\"a\"} "))
-                .unwrap()
-                .name,
+            json_body::<B>(&Bytes::from_static(b" {\"name\":\"a\"} ")).unwrap().name,
             "a"
         );
     }

@@ -53,11 +53,7 @@ fn parse_dimension(s: Option<&str>) -> Result<Dimension, ApiError> {
     Dimension::ALL
         .into_iter()
         .find(|d| d.as_str() == s)
-        .ok_or_else(|| {
-            bad_request(format!(
-                "`dimension` must be key, account or model, not `{s}`"
-            ))
-        })
+        .ok_or_else(|| bad_request(format!("`dimension` must be key, account or model, not `{s}`")))
 }
 
 fn parse_granularity(s: Option<&str>) -> Result<Granularity, ApiError> {
@@ -72,11 +68,7 @@ fn parse_granularity(s: Option<&str>) -> Result<Granularity, ApiError> {
     ]
     .into_iter()
     .find(|g| g.as_str() == s)
-    .ok_or_else(|| {
-        bad_request(format!(
-            "`granularity` must be minute, hour, day or month, not `{s}`"
-        ))
-    })
+    .ok_or_else(|| bad_request(format!("`granularity` must be minute, hour, day or month, not `{s}`")))
 }
 
 /// The starts of the buckets that overlap `[from, to)`, or an error past [`MAX_BUCKETS`].
@@ -109,11 +101,7 @@ pub async fn series(
     let granularity = parse_granularity(q.granularity.as_deref())?;
 
     let Some(id) = q.id else {
-        let totals = state
-            .store
-            .usage_totals(dimension)
-            .await
-            .map_err(store_error)?;
+        let totals = state.store.usage_totals(dimension).await.map_err(store_error)?;
         return Ok(Json(json!({
             "dimension": dimension.as_str(),
             "totals_by_subject": by_subject(&totals),
@@ -169,10 +157,7 @@ pub async fn series(
 
 /// `GET /admin/api/usage/summary`: all-time totals of every subject of every dimension, the grand
 /// total, and display names of the keys and accounts that still exist.
-pub async fn summary(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn summary(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let mut by_dimension = Map::new();
     let mut grand = UsageCounters::default();

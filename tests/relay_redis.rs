@@ -1,0 +1,102 @@
+//! The relay on the redis backend: two instances sharing one real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use claude_relay::store::{Dimension, Store, redis::RedisStore};
+use support::mock::MockUpstream;
+use support::{ALICE, RelayProcess, account_yaml, eventually};
+
+fn redis_url() -> String {
+    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+fn prefix() -> String {
+    format!("relaytest:{}:", uuid::Uuid::new_v4().simple())
+}
+
+async fn cleanup(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut c).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_instances_share_keys_accounts_and_usage_through_redis() {
+    let p = prefix();
+    let mock = MockUpstream::start().await;
+    let extra = format!(
+        "store: {{ backend: redis, url: \"{}\", prefix: \"{p}\" }}\naccounts:\n{}",
+        redis_url(),
+        account_yaml("main", &mock.url(), "")
+    );
+    let a = RelayProcess::start(&extra).await;
+    let b = RelayProcess::start(&extra).await;
+    let c = reqwest::Client::new();
+
+    // A key created through instance A's admin API works on instance B at once (pub/sub reload).
+    let token = a.admin_token().await;
+    let created: serde_json::Value = c
+        .post(format!("{}/admin/api/keys", a.admin()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "shared"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().expect("plaintext key once").to_string();
+    let status = eventually(|| {
+        let c = c.clone();
+        let url = format!("{}/v1/messages", b.base());
+        let key = key.clone();
+        async move {
+            let r = c
+                .post(url)
+                .header("x-api-key", key)
+                .body(r#"{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#)
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(200)
+        }
+    })
+    .await;
+    assert_eq!(status, 200);
+
+    // Both instances record usage into the same Redis.
+    for relay in [&a, &b] {
+        let r = c
+            .post(format!("{}/v1/messages", relay.base()))
+            .header("x-api-key", ALICE)
+            .body(r#"{"model":"claude-sonnet-4-5","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    let store = RedisStore::connect_with_prefix(&redis_url(), &p).await.unwrap();
+    let alice = eventually(|| async {
+        let t = store.usage_totals(Dimension::Key).await.ok()?;
+        t.get("config.alice").filter(|c| c.requests == 2).copied()
+    })
+    .await;
+    assert_eq!((alice.input_tokens, alice.output_tokens, alice.cache_read_tokens), (42, 14, 6));
+    let models = store.usage_totals(Dimension::Model).await.unwrap();
+    assert_eq!(models["claude-sonnet-4-5"].requests, 3);
+    // The admin session from A is valid on B: sessions live in the store.
+    let r = c.get(format!("{}/admin/api/keys", b.admin())).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    drop(a);
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cleanup(&p).await;
+}
