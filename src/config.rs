@@ -24,7 +24,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 /// A duration written as `250ms`, `10s`, `5m`, `1h` or `30d` (a bare number is seconds).
@@ -36,7 +39,9 @@ impl Dur {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 10s, 5m, 1h"))?;
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 10s, 5m, 1h"))?;
         let secs = match unit.trim() {
             "ms" => n / 1000.0,
             "" | "s" => n,
@@ -159,7 +164,12 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { backend: StoreBackend::Embedded, path: None, url: None, prefix: default_redis_prefix() }
+        StoreConfig {
+            backend: StoreBackend::Embedded,
+            path: None,
+            url: None,
+            prefix: default_redis_prefix(),
+        }
     }
 }
 
@@ -187,7 +197,11 @@ pub struct TimeoutsConfig {
 
 impl Default for TimeoutsConfig {
     fn default() -> Self {
-        TimeoutsConfig { connect: default_connect(), response_head: default_head(), stream_idle: default_idle() }
+        TimeoutsConfig {
+            connect: default_connect(),
+            response_head: default_head(),
+            stream_idle: default_idle(),
+        }
     }
 }
 
@@ -201,7 +215,9 @@ pub struct StatsConfig {
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        StatsConfig { flush_interval: default_flush() }
+        StatsConfig {
+            flush_interval: default_flush(),
+        }
     }
 }
 
@@ -316,7 +332,10 @@ fn protect(text: &str) -> Result<(String, Vec<String>), ConfigError> {
             continue;
         }
         out.push_str(&rest[..i]);
-        let end = rest[i..].find('}').ok_or_else(|| ConfigError::Yaml("unterminated `${` in the config".into()))? + i;
+        let end = rest[i..]
+            .find('}')
+            .ok_or_else(|| ConfigError::Yaml("unterminated `${` in the config".into()))?
+            + i;
         out.push_str(&format!("{PLACEHOLDER}{}__", refs.len()));
         refs.push(rest[i..=end].to_string());
         rest = &rest[end + 1..];
@@ -354,7 +373,11 @@ fn substitute(
         Value::Mapping(m) => {
             for (k, item) in m.iter_mut() {
                 let name = k.as_str().unwrap_or("?");
-                let p = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+                let p = if path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{path}.{name}")
+                };
                 substitute(item, &p, refs, env)?;
             }
         }
@@ -374,7 +397,10 @@ pub fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
             continue;
         }
         out.push_str(&rest[..i]);
-        let end = rest[i..].find('}').ok_or_else(|| format!("unterminated `${{` in `{s}`"))? + i;
+        let end = rest[i..]
+            .find('}')
+            .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?
+            + i;
         let expr = &rest[i + 2..end];
         let (name, default) = match expr.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -398,8 +424,10 @@ pub fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
 impl Config {
     /// Reads, substitutes and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Config::from_yaml(&text, &|k| std::env::var(k).ok())
     }
 
@@ -418,7 +446,10 @@ impl Config {
         substitute(&mut value, "", &refs, env)?;
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            invalid(if key == "." { "(top level)".to_string() } else { key }, e.into_inner().to_string())
+            invalid(
+                if key == "." { "(top level)".to_string() } else { key },
+                e.into_inner().to_string(),
+            )
         })?;
         Config::validate(raw, env)
     }
@@ -445,10 +476,17 @@ impl Config {
             raw.admin.password = env("RELAY_ADMIN_PASSWORD").filter(|s| !s.is_empty());
         }
 
-        let listen: SocketAddr =
-            raw.listen.parse().map_err(|_| invalid("listen", format!("`{}` is not an address like 0.0.0.0:3000", raw.listen)))?;
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("`{}` is not an address like 0.0.0.0:3000", raw.listen),
+            )
+        })?;
         let admin_listen: SocketAddr = raw.admin.listen.parse().map_err(|_| {
-            invalid("admin.listen", format!("`{}` is not an address like 127.0.0.1:3001", raw.admin.listen))
+            invalid(
+                "admin.listen",
+                format!("`{}` is not an address like 127.0.0.1:3001", raw.admin.listen),
+            )
         })?;
         if listen == admin_listen {
             return Err(invalid("admin.listen", "must differ from `listen`"));
@@ -464,7 +502,10 @@ impl Config {
         if let Some(h) = &raw.admin.password_hash
             && !h.starts_with("$argon2")
         {
-            return Err(invalid("admin.password_hash", "must be an argon2 PHC string ($argon2id$...)"));
+            return Err(invalid(
+                "admin.password_hash",
+                "must be an argon2 PHC string ($argon2id$...)",
+            ));
         }
         if raw.admin.session_ttl.0 < Duration::from_secs(60) {
             return Err(invalid("admin.session_ttl", "must be at least 1m"));
@@ -482,7 +523,10 @@ impl Config {
             StoreBackend::Redis => {
                 let url = raw.store.url.as_deref().unwrap_or("");
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(invalid("store.url", "the redis backend needs a redis:// or rediss:// URL"));
+                    return Err(invalid(
+                        "store.url",
+                        "the redis backend needs a redis:// or rediss:// URL",
+                    ));
                 }
                 if raw.secret_key.is_none() {
                     return Err(invalid(
@@ -554,7 +598,10 @@ impl Config {
                 }
                 (None, Some(h)) => {
                     if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(invalid(key("key_hash"), "must be 64 hex digits (see `claude-relay hash-key`)"));
+                        return Err(invalid(
+                            key("key_hash"),
+                            "must be 64 hex digits (see `claude-relay hash-key`)",
+                        ));
                     }
                     if raw.secret_key.is_none() {
                         return Err(invalid(

@@ -20,7 +20,10 @@ api_keys:
 fn the_documented_shape_loads_with_env_substitution() {
     let e = env(&[
         ("RELAY_ADMIN_PASSWORD", "pw: with, {yaml} chars"),
-        ("RELAY_SECRET_KEY", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+        (
+            "RELAY_SECRET_KEY",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
         ("ANTHROPIC_API_KEY", "sk-ant-api03-x"),
         ("ALICE_KEY", "cr_0123456789abcdef0123"),
     ]);
@@ -28,7 +31,10 @@ fn the_documented_shape_loads_with_env_substitution() {
     assert_eq!(c.listen.to_string(), "0.0.0.0:3000");
     assert_eq!(c.admin.password.as_deref(), Some("pw: with, {yaml} chars"));
     assert_eq!(c.accounts[0].api_key.as_deref(), Some("sk-ant-api03-x"));
-    assert_eq!(c.accounts[0].model_map["claude-sonnet-4-5"], "claude-sonnet-4-5-20250929");
+    assert_eq!(
+        c.accounts[0].model_map["claude-sonnet-4-5"],
+        "claude-sonnet-4-5-20250929"
+    );
     assert_eq!(c.api_keys[0].key.as_deref(), Some("cr_0123456789abcdef0123"));
     assert_eq!(c.store.path.as_deref(), Some(std::path::Path::new("./data")));
 }
@@ -37,20 +43,34 @@ fn the_documented_shape_loads_with_env_substitution() {
 fn errors_name_the_key() {
     let e = env(&[]);
     let err = Config::from_yaml(CONTRACT, &e).unwrap_err().to_string();
-    assert!(err.contains("admin.password") && err.contains("RELAY_ADMIN_PASSWORD"), "{err}");
+    assert!(
+        err.contains("admin.password") && err.contains("RELAY_ADMIN_PASSWORD"),
+        "{err}"
+    );
     let err = Config::from_yaml("threads: many\n", &e).unwrap_err().to_string();
     assert!(err.contains("threads"), "{err}");
-    let err = Config::from_yaml("timeouts: { connect: 5x }\n", &e).unwrap_err().to_string();
-    assert!(err.contains("timeouts.connect") && err.contains("unit"), "{err}");
-    let err = Config::from_yaml("accounts:\n  - { name: a, kind: claude-console, api_key: k, base_url: ftp://x }\n", &e)
+    let err = Config::from_yaml("timeouts: { connect: 5x }\n", &e)
         .unwrap_err()
         .to_string();
+    assert!(err.contains("timeouts.connect") && err.contains("unit"), "{err}");
+    let err = Config::from_yaml(
+        "accounts:\n  - { name: a, kind: claude-console, api_key: k, base_url: ftp://x }\n",
+        &e,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("accounts[0].base_url"), "{err}");
-    let err = Config::from_yaml("accounts:\n  - { name: a, kind: nope, api_key: k }\n", &e).unwrap_err().to_string();
+    let err = Config::from_yaml("accounts:\n  - { name: a, kind: nope, api_key: k }\n", &e)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("accounts[0].kind"), "{err}");
-    let err = Config::from_yaml("api_keys:\n  - { name: a, key: short }\n", &e).unwrap_err().to_string();
+    let err = Config::from_yaml("api_keys:\n  - { name: a, key: short }\n", &e)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("api_keys[0].key"), "{err}");
-    let err = Config::from_yaml("api_keys:\n  - { name: a, key_hash: abc }\n", &e).unwrap_err().to_string();
+    let err = Config::from_yaml("api_keys:\n  - { name: a, key_hash: abc }\n", &e)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("api_keys[0].key_hash"), "{err}");
 }
 

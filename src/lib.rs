@@ -6,14 +6,14 @@
 //! picks accounts; `store` persists state; `usage` turns tokens into money and statistics; `admin`
 //! serves the management API; `metrics` the Prometheus registry.
 
-pub mod secrets;
-pub mod store;
-pub mod usage;
+pub mod admin;
 pub mod config;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
 pub mod scheduler;
-pub mod state;
-pub mod admin;
+pub mod secrets;
 pub mod server;
+pub mod state;
+pub mod store;
+pub mod usage;

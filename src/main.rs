@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use claude_relay::config::Config;
 
 #[derive(Parser)]
-#[command(name = "claude-relay", version, about = "Self-hosted AI API relay for Claude Code, Codex, Gemini CLI and the SDKs")]
+#[command(
+    name = "claude-relay",
+    version,
+    about = "Self-hosted AI API relay for Claude Code, Codex, Gemini CLI and the SDKs"
+)]
 struct Cli {
     /// Config file (default: conf/relay.yaml when it exists, else built-in defaults).
     #[arg(long, short = 'c', global = true)]
@@ -47,7 +51,10 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {

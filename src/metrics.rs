@@ -1,8 +1,6 @@
 //! The Prometheus registry and every metric the relay exports on the admin listener's `/metrics`.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// All metrics of one relay process. Label values come from small closed sets (endpoints,
 /// statuses, reasons, token kinds) or from model names the price table knows, so cardinality stays
@@ -22,17 +20,24 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
-const STORE_BUCKETS: &[f64] = &[0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+const STORE_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("relay_requests_total", "Client requests by endpoint and response status"),
+            Opts::new(
+                "relay_requests_total",
+                "Client requests by endpoint and response status",
+            ),
             &["endpoint", "status"],
         )?;
         let rejections = IntCounterVec::new(
@@ -40,18 +45,27 @@ impl Metrics {
             &["reason"],
         )?;
         let upstream_latency = HistogramVec::new(
-            HistogramOpts::new("relay_upstream_duration_seconds", "Time from sending upstream to the end of its response")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "relay_upstream_duration_seconds",
+                "Time from sending upstream to the end of its response",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
         let upstream_ttfb = HistogramVec::new(
-            HistogramOpts::new("relay_upstream_ttfb_seconds", "Time from sending upstream to its response head")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "relay_upstream_ttfb_seconds",
+                "Time from sending upstream to its response head",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
         let overhead = HistogramVec::new(
-            HistogramOpts::new("relay_overhead_seconds", "Relay's own time per request: total minus upstream time")
-                .buckets(OVERHEAD_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "relay_overhead_seconds",
+                "Relay's own time per request: total minus upstream time",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
         let tokens = IntCounterVec::new(
@@ -59,12 +73,16 @@ impl Metrics {
             &["kind", "model"],
         )?;
         let cost_usd_nanos = IntCounterVec::new(
-            Opts::new("relay_cost_nano_usd_total", "Cost of served requests in nano-USD (1e-9 USD), by model"),
+            Opts::new(
+                "relay_cost_nano_usd_total",
+                "Cost of served requests in nano-USD (1e-9 USD), by model",
+            ),
             &["model"],
         )?;
         let in_flight = IntGauge::new("relay_in_flight_requests", "Client requests being served now")?;
         let store_latency = HistogramVec::new(
-            HistogramOpts::new("relay_store_duration_seconds", "Latency of store operations").buckets(STORE_BUCKETS.to_vec()),
+            HistogramOpts::new("relay_store_duration_seconds", "Latency of store operations")
+                .buckets(STORE_BUCKETS.to_vec()),
             &["op"],
         )?;
         let usage_events_dropped = prometheus::IntCounter::new(

@@ -92,7 +92,13 @@ impl Secrets {
         // Encryption with a valid key and nonce only fails for absurd lengths (> 64 GiB).
         let ct = self
             .seal
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.as_bytes(), aad: b"claude-relay" })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: b"claude-relay",
+                },
+            )
             .unwrap_or_default();
         let mut out = Vec::with_capacity(12 + ct.len());
         out.extend_from_slice(&nonce);
@@ -109,7 +115,13 @@ impl Secrets {
         let (nonce, ct) = raw.split_at(12);
         let pt = self
             .seal
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: b"claude-relay" })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: b"claude-relay",
+                },
+            )
             .map_err(|_| SecretError::Open)?;
         String::from_utf8(pt).map_err(|_| SecretError::Malformed)
     }

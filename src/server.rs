@@ -57,7 +57,8 @@ pub fn secret_key(config: &Config) -> Result<String> {
     if let Ok(k) = std::fs::read_to_string(&path) {
         return Ok(k.trim().to_string());
     }
-    std::fs::create_dir_all(&config.data_dir).context(format!("cannot create data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .context(format!("cannot create data directory {}", config.data_dir.display()))?;
     let k = Secrets::generate_key();
     write_private(&path, &k)?;
     tracing::info!(path = %path.display(), "generated a new secret key");
@@ -73,7 +74,8 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .context(format!("cannot create {}", path.display()))?;
-    f.write_all(contents.as_bytes()).context(format!("cannot write {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .context(format!("cannot write {}", path.display()))?;
     f.sync_all().context(format!("cannot write {}", path.display()))
 }
 
@@ -82,10 +84,16 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 pub fn admin_credentials(config: &Config) -> Result<Credentials> {
     let username = config.admin.username.clone();
     if let Some(h) = &config.admin.password_hash {
-        return Ok(Credentials { username, password_hash: h.clone() });
+        return Ok(Credentials {
+            username,
+            password_hash: h.clone(),
+        });
     }
     if let Some(p) = &config.admin.password {
-        return Ok(Credentials { username, password_hash: crate::admin::hash_password(p)? });
+        return Ok(Credentials {
+            username,
+            password_hash: crate::admin::hash_password(p)?,
+        });
     }
     let path = config.data_dir.join("admin.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -94,16 +102,23 @@ pub fn admin_credentials(config: &Config) -> Result<Credentials> {
         if !hash.starts_with("$argon2") {
             return Err(anyhow_lite::Error(format!("{} has no password_hash", path.display())));
         }
-        return Ok(Credentials { username, password_hash: hash });
+        return Ok(Credentials {
+            username,
+            password_hash: hash,
+        });
     }
-    std::fs::create_dir_all(&config.data_dir).context(format!("cannot create data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .context(format!("cannot create data directory {}", config.data_dir.display()))?;
     let password = crate::secrets::random_token()[..24].to_string();
     let hash = crate::admin::hash_password(&password)?;
     write_private(&path, &serde_json::json!({ "password_hash": hash }).to_string())?;
     // Printed once, on first start; only its hash is kept.
     println!("claude-relay: generated admin password for user `{username}`: {password}");
     println!("claude-relay: it is shown only now; its hash is in {}", path.display());
-    Ok(Credentials { username, password_hash: hash })
+    Ok(Credentials {
+        username,
+        password_hash: hash,
+    })
 }
 
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
@@ -138,9 +153,15 @@ pub struct Reloader {
 
 impl Reloader {
     pub async fn reload(&self) -> Result<()> {
-        crate::state::reload(&self.config, &self.secrets, &self.scheduler, &*self.store, &self.snapshot)
-            .await
-            .context("reloading keys and accounts")
+        crate::state::reload(
+            &self.config,
+            &self.secrets,
+            &self.scheduler,
+            &*self.store,
+            &self.snapshot,
+        )
+        .await
+        .context("reloading keys and accounts")
     }
 
     /// Follows change notifications from every instance, with a periodic reload as a safety net.
@@ -183,7 +204,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .build()
         .context("cannot start the store runtime")?;
     let store = store_rt.block_on(open_store(&config))?;
-    store_rt.block_on(store.ping()).context(format!("the {} store does not answer", store.backend()))?;
+    store_rt
+        .block_on(store.ping())
+        .context(format!("the {} store does not answer", store.backend()))?;
 
     let scheduler = Arc::new(Scheduler::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
@@ -213,7 +236,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         crate::usage::stats::pipeline(store.clone(), metrics.clone(), config.stats.flush_interval.0);
     let (stats_stop, _stats_task) = writer.start(store_rt.handle());
 
-    let keys = Arc::new(SnapshotKeys { secrets: secrets.clone(), snapshot: snapshot.clone() });
+    let keys = Arc::new(SnapshotKeys {
+        secrets: secrets.clone(),
+        snapshot: snapshot.clone(),
+    });
     let chain = filters::Registry::with_builtins()
         .build(&config.filters, &filters::FilterDeps { keys })
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
@@ -243,7 +269,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         upstream_keepalive_pool_size: 512,
         ..ServerConf::default()
     };
-    let opt = Opt { upgrade, daemon: false, nocapture: false, test: false, conf: None };
+    let opt = Opt {
+        upgrade,
+        daemon: false,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 

@@ -70,8 +70,16 @@ pub fn build_snapshot(
             }
             (None, None) => continue,
         };
-        let hint = k.key.as_deref().map(crate::secrets::mask).unwrap_or_else(|| "(hash)".into());
-        let ck = Arc::new(ClientKey { id: config_id(&k.name).into(), name: k.name.as_str().into(), enabled: k.enabled });
+        let hint = k
+            .key
+            .as_deref()
+            .map(crate::secrets::mask)
+            .unwrap_or_else(|| "(hash)".into());
+        let ck = Arc::new(ClientKey {
+            id: config_id(&k.name).into(),
+            name: k.name.as_str().into(),
+            enabled: k.enabled,
+        });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Config, hint, 0));
     }
@@ -85,7 +93,11 @@ pub fn build_snapshot(
             tracing::warn!(key = %r.id, "stored key duplicates a configured key; the configured one wins");
             continue;
         }
-        let ck = Arc::new(ClientKey { id: r.id.as_str().into(), name: r.name.as_str().into(), enabled: r.enabled });
+        let ck = Arc::new(ClientKey {
+            id: r.id.as_str().into(),
+            name: r.name.as_str().into(),
+            enabled: r.enabled,
+        });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Admin, r.hint.clone(), r.created_at));
     }

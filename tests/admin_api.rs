@@ -321,6 +321,22 @@ async fn created_key_is_shown_once_and_works_at_once() {
 
     // The configured key was untouched by all this.
     assert_eq!(relay_status(&relay, ALICE).await, 200);
+
+    // Only the key's hash was ever stored, and the log does not hold it either.
+    let mut files = Vec::new();
+    files_under(&relay.dir.path().join("data"), &mut files);
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !contains(&bytes, &key.as_bytes()[3..]),
+            "{} holds the plaintext client key",
+            f.display()
+        );
+    }
+    assert!(
+        !relay.log_text().contains(&key[3..]),
+        "the log holds the plaintext client key"
+    );
 }
 
 fn uuid_like(s: &str) -> bool {
@@ -461,7 +477,7 @@ async fn account_created_through_the_api_serves_at_once_and_its_key_stays_secret
     assert_eq!(created.json["enabled"], true);
     assert_eq!(created.json["models"], Value::Null);
     assert_eq!(created.json["base_url"], mock.url().as_str());
-    assert_eq!(created.json["api_key"], "sk-ant-api…4b4a");
+    assert_eq!(created.json["api_key"], "sk-ant-api…5b4a");
 
     // The relay uses it for the very next request, with the account's credential.
     assert_eq!(relay_status(&relay, ALICE).await, 200);
@@ -480,7 +496,7 @@ async fn account_created_through_the_api_serves_at_once_and_its_key_stays_secret
         assert_eq!(a.status, 200, "{}", a.text);
         assert!(!a.text.contains(secret), "secret leaked by {path}: {}", a.text);
         assert!(!a.text.contains("created-through-admin"), "{}", a.text);
-        assert!(a.text.contains("sk-ant-api…4b4a"), "{}", a.text);
+        assert!(a.text.contains("sk-ant-api…5b4a"), "{}", a.text);
     }
 
     // Nothing under the data directory holds the plaintext credential.
@@ -495,6 +511,11 @@ async fn account_created_through_the_api_serves_at_once_and_its_key_stays_secret
             f.display()
         );
     }
+
+    assert!(
+        !relay.log_text().contains(secret),
+        "the log holds the plaintext upstream key"
+    );
 
     // Replacing the credential takes effect at once too.
     let secret2 = "sk-ant-api03-replacement-key-0000aaaa1111";

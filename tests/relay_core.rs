@@ -9,11 +9,15 @@ use std::time::{Duration, Instant};
 use support::mock::{MockUpstream, json_for, stream_for};
 use support::{ALICE, RelayProcess, account_yaml, eventually};
 
-const BODY_STREAM: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const BODY_STREAM: &str =
+    r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 const BODY_JSON: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 async fn relay_with(mock: &MockUpstream, extra: &str) -> RelayProcess {
@@ -21,8 +25,18 @@ async fn relay_with(mock: &MockUpstream, extra: &str) -> RelayProcess {
 }
 
 async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
-    let text = client().get(format!("{}/metrics", relay.admin())).send().await.ok()?.text().await.ok()?;
-    text.lines().find(|l| l.starts_with(line_prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    let text = client()
+        .get(format!("{}/metrics", relay.admin()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
@@ -43,7 +57,12 @@ async fn streams_byte_identical_with_credentials_swapped() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     assert_eq!(r.headers()["request-id"], "req_mock");
     let body = r.bytes().await.unwrap();
     assert_eq!(&body[..], &stream_for("claude-sonnet-4-5", false)[..]);
@@ -53,8 +72,15 @@ async fn streams_byte_identical_with_credentials_swapped() {
     let s = &seen[0];
     assert_eq!(s.path_and_query, "/v1/messages?beta=true");
     assert_eq!(s.header("x-api-key").as_deref(), Some("sk-ant-api03-upstream-main"));
-    assert_eq!(s.header("authorization"), None, "client credentials must not travel upstream");
-    assert_eq!(s.header("anthropic-beta").as_deref(), Some("claude-code-20250219,interleaved-thinking-2025-05-14"));
+    assert_eq!(
+        s.header("authorization"),
+        None,
+        "client credentials must not travel upstream"
+    );
+    assert_eq!(
+        s.header("anthropic-beta").as_deref(),
+        Some("claude-code-20250219,interleaved-thinking-2025-05-14")
+    );
     assert_eq!(s.header("anthropic-version").as_deref(), Some("2023-06-01"));
     assert_eq!(s.header("x-claude-code-session-id").as_deref(), Some("sess-1"));
     assert_eq!(s.header("x-unknown-header").as_deref(), Some("kept"));
@@ -78,13 +104,27 @@ async fn every_prefix_and_key_location_works() {
         assert_eq!(r.status(), 200, "prefix {prefix:?}");
     }
     for (h, v) in [("x-goog-api-key", ALICE.to_string()), ("api-key", ALICE.to_string())] {
-        let r = c.post(format!("{}/v1/messages", relay.base())).header(h, v).body(BODY_JSON).send().await.unwrap();
+        let r = c
+            .post(format!("{}/v1/messages", relay.base()))
+            .header(h, v)
+            .body(BODY_JSON)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{h}");
     }
-    let r = c.post(format!("{}/v1/messages?key={ALICE}&beta=true", relay.base())).body(BODY_JSON).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v1/messages?key={ALICE}&beta=true", relay.base()))
+        .body(BODY_JSON)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let last = mock.seen().pop().unwrap();
-    assert_eq!(last.path_and_query, "/v1/messages?beta=true", "the relay key must not travel in the query");
+    assert_eq!(
+        last.path_and_query, "/v1/messages?beta=true",
+        "the relay key must not travel in the query"
+    );
     assert_eq!(mock.hits(), 6);
 }
 
@@ -92,7 +132,13 @@ async fn every_prefix_and_key_location_works() {
 async fn non_streaming_answer_and_count_tokens() {
     let mock = MockUpstream::start().await;
     let relay = relay_with(&mock, "").await;
-    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_JSON).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(BODY_JSON)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v, json_for("claude-sonnet-4-5"));
@@ -118,12 +164,39 @@ async fn refusals_are_anthropic_shaped_and_never_reach_the_upstream() {
     let url = format!("{}/v1/messages", relay.base());
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (c.post(&url).body(BODY_JSON), 401, "authentication_error"),
-        (c.post(&url).header("x-api-key", "cr_wrong_key_0000000000").body(BODY_JSON), 401, "authentication_error"),
-        (c.post(&url).header("x-api-key", ALICE).body("{not json"), 400, "invalid_request_error"),
-        (c.post(&url).header("x-api-key", ALICE).body(r#"{"messages":[]}"#), 400, "invalid_request_error"),
-        (c.post(&url).header("x-api-key", ALICE).body("[1,2]"), 400, "invalid_request_error"),
-        (c.post(&url).header("x-api-key", ALICE).body("x".repeat(200_000)), 413, "request_too_large"),
-        (c.post(format!("{}/v1/nothing", relay.base())).header("x-api-key", ALICE), 404, "not_found_error"),
+        (
+            c.post(&url)
+                .header("x-api-key", "cr_wrong_key_0000000000")
+                .body(BODY_JSON),
+            401,
+            "authentication_error",
+        ),
+        (
+            c.post(&url).header("x-api-key", ALICE).body("{not json"),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            c.post(&url).header("x-api-key", ALICE).body(r#"{"messages":[]}"#),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            c.post(&url).header("x-api-key", ALICE).body("[1,2]"),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            c.post(&url).header("x-api-key", ALICE).body("x".repeat(200_000)),
+            413,
+            "request_too_large",
+        ),
+        (
+            c.post(format!("{}/v1/nothing", relay.base()))
+                .header("x-api-key", ALICE),
+            404,
+            "not_found_error",
+        ),
         (c.get(&url).header("x-api-key", ALICE), 405, "invalid_request_error"),
     ];
     for (req, status, kind) in cases {
@@ -139,7 +212,13 @@ async fn refusals_are_anthropic_shaped_and_never_reach_the_upstream() {
     // A streamed (chunked, no content-length) oversized body is refused too, once the relay has
     // read past the limit.
     let big = futures_util::stream::iter((0..11).map(|_| Ok::<_, std::io::Error>(vec![b' '; 10_000])));
-    let r = c.post(&url).header("x-api-key", ALICE).body(reqwest::Body::wrap_stream(big)).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .header("x-api-key", ALICE)
+        .body(reqwest::Body::wrap_stream(big))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let text = metric(&relay, "relay_rejections_total{reason=\"invalid_key\"}").await;
     assert_eq!(text, Some(1.0));
@@ -149,7 +228,13 @@ async fn refusals_are_anthropic_shaped_and_never_reach_the_upstream() {
 async fn upstream_trouble_maps_to_502_503_504_and_errors_pass_through() {
     // No account serves the model: 503.
     let relay = RelayProcess::start("").await;
-    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_JSON).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(BODY_JSON)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["x-relay-error-source"], "relay");
     assert!(r.headers().contains_key("retry-after"));
@@ -158,7 +243,13 @@ async fn upstream_trouble_maps_to_502_503_504_and_errors_pass_through() {
     // Unreachable upstream: 502.
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     let relay = RelayProcess::start(&format!("accounts:\n{}", account_yaml("dead", &dead, ""))).await;
-    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_JSON).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(BODY_JSON)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "api_error");
@@ -206,44 +297,77 @@ async fn a_connect_failure_moves_to_the_next_account() {
         account_yaml("second", &mock.url(), ", priority: 2")
     );
     let relay = RelayProcess::start(&extra).await;
-    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_STREAM).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(BODY_STREAM)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(&r.bytes().await.unwrap()[..], &stream_for("claude-sonnet-4-5", false)[..]);
-    assert_eq!(mock.seen()[0].header("x-api-key").as_deref(), Some("sk-ant-api03-upstream-second"));
+    assert_eq!(
+        &r.bytes().await.unwrap()[..],
+        &stream_for("claude-sonnet-4-5", false)[..]
+    );
+    assert_eq!(
+        mock.seen()[0].header("x-api-key").as_deref(),
+        Some("sk-ant-api03-upstream-second")
+    );
 }
 
 #[tokio::test]
 async fn model_map_rewrites_only_the_model_and_the_client_sees_its_own_name() {
     let mock = MockUpstream::start().await;
-    let relay = relay_with(
-        &mock,
-        "",
-    )
-    .await;
+    let relay = relay_with(&mock, "").await;
     drop(relay);
     let extra = format!(
         "accounts:\n{}",
-        account_yaml("main", &mock.url(), ", model_map: { claude-sonnet-4-5: claude-sonnet-4-5-20250929 }")
+        account_yaml(
+            "main",
+            &mock.url(),
+            ", model_map: { claude-sonnet-4-5: claude-sonnet-4-5-20250929 }"
+        )
     );
     let relay = RelayProcess::start(&extra).await;
     let body = r#"{"model":"claude-sonnet-4-5", "stream":true,"messages":[{"role":"system","content":"sys"},{"role":"user","content":"hi"}],"unknown_field":{"model":"x"}}"#;
-    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(body).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let got = r.bytes().await.unwrap();
-    assert_eq!(&got[..], &stream_for("claude-sonnet-4-5", false)[..], "the client sees the name it asked for");
+    assert_eq!(
+        &got[..],
+        &stream_for("claude-sonnet-4-5", false)[..],
+        "the client sees the name it asked for"
+    );
     let sent = &mock.seen()[0].body;
     assert_eq!(
         String::from_utf8_lossy(sent),
         body.replacen("\"claude-sonnet-4-5\"", "\"claude-sonnet-4-5-20250929\"", 1),
         "only the top-level model changes"
     );
-    let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(BODY_JSON).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(BODY_JSON)
+        .send()
+        .await
+        .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["model"], "claude-sonnet-4-5");
     assert_eq!(mock.seen()[1].json()["model"], "claude-sonnet-4-5-20250929");
     // Usage is recorded under the upstream model, which the price table knows.
     let out = eventually(|| async {
-        metric(&relay, "relay_tokens_total{kind=\"output\",model=\"claude-sonnet-4-5-20250929\"}").await.filter(|v| *v >= 14.0)
+        metric(
+            &relay,
+            "relay_tokens_total{kind=\"output\",model=\"claude-sonnet-4-5-20250929\"}",
+        )
+        .await
+        .filter(|v| *v >= 14.0)
     })
     .await;
     assert_eq!(out, 14.0);
@@ -255,7 +379,13 @@ async fn recorded_client_requests_replay_untouched() {
     let relay = relay_with(&mock, "").await;
     let c = client();
     let mut replayed = 0;
-    for name in ["claude", "claude-tool", "claude-interactive-tui", "sdk-anthropic", "sdk-anthropic-bearer"] {
+    for name in [
+        "claude",
+        "claude-tool",
+        "claude-interactive-tui",
+        "sdk-anthropic",
+        "sdk-anthropic-bearer",
+    ] {
         for (method, path, query, headers, body) in support::fixture(name) {
             if method != "POST" || !path.ends_with("/v1/messages") && !path.ends_with("/count_tokens") {
                 continue;
@@ -264,18 +394,30 @@ async fn recorded_client_requests_replay_untouched() {
             let mut url = format!("{}{path}", relay.base());
             if !query.is_empty() {
                 url.push('?');
-                url.push_str(&query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
+                url.push_str(
+                    &query
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join("&"),
+                );
             }
             let mut req = c.post(&url);
             for (k, v) in &headers {
                 let k = k.to_ascii_lowercase();
-                if ["host", "content-length", "connection", "x-api-key", "authorization"].contains(&k.as_str()) || k.starts_with("x-mock") {
+                if ["host", "content-length", "connection", "x-api-key", "authorization"].contains(&k.as_str())
+                    || k.starts_with("x-mock")
+                {
                     continue;
                 }
                 req = req.header(&k, v);
             }
             let had_bearer = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
-            req = if had_bearer { req.bearer_auth(ALICE) } else { req.header("x-api-key", ALICE) };
+            req = if had_bearer {
+                req.bearer_auth(ALICE)
+            } else {
+                req.header("x-api-key", ALICE)
+            };
             let r = req.body(body.clone()).send().await.unwrap();
             assert_eq!(r.status(), 200, "{name} {path}");
             let _ = r.bytes().await.unwrap();
@@ -284,7 +426,12 @@ async fn recorded_client_requests_replay_untouched() {
             assert!(seen.body == body.as_bytes(), "{name}: body must pass byte for byte");
             for (k, v) in &headers {
                 let k = k.to_ascii_lowercase();
-                if k.starts_with("anthropic-") || k.starts_with("x-stainless-") || k == "user-agent" || k == "x-app" || k == "x-claude-code-session-id" {
+                if k.starts_with("anthropic-")
+                    || k.starts_with("x-stainless-")
+                    || k == "user-agent"
+                    || k == "x-app"
+                    || k == "x-claude-code-session-id"
+                {
                     assert_eq!(seen.header(&k).as_deref(), Some(v.as_str()), "{name}: header {k}");
                 }
             }
@@ -306,11 +453,21 @@ async fn local_endpoints_answer_without_upstream() {
     }
     let r = c.get(format!("{}/v1/models", relay.base())).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.get(format!("{}/api/v1/models", relay.base())).header("x-api-key", ALICE).send().await.unwrap();
+    let r = c
+        .get(format!("{}/api/v1/models", relay.base()))
+        .header("x-api-key", ALICE)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["has_more"], false);
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&"claude-sonnet-4-5"), "{ids:?}");
     assert!(v["data"][0]["type"] == "model");
     assert_eq!(mock.hits(), 0);
@@ -322,7 +479,9 @@ async fn large_bodies_and_expect_continue() {
     let relay = relay_with(&mock, "").await;
     for size in [70_000usize, 1_100_000, 5_000_000] {
         let filler = "a".repeat(size);
-        let body = format!(r#"{{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{{"role":"user","content":"{filler}"}}]}}"#);
+        let body = format!(
+            r#"{{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{{"role":"user","content":"{filler}"}}]}}"#
+        );
         let t = Instant::now();
         // curl sends Expect: 100-continue for large bodies; do the same by hand.
         let r = client()
@@ -334,7 +493,11 @@ async fn large_bodies_and_expect_continue() {
             .await;
         let r = r.unwrap();
         assert_eq!(r.status(), 200, "size {size}");
-        assert!(t.elapsed() < Duration::from_millis(900), "size {size} took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "size {size} took {:?}",
+            t.elapsed()
+        );
         assert_eq!(mock.seen().pop().unwrap().body.len(), body.len());
     }
 }
@@ -344,22 +507,61 @@ async fn usage_is_recorded_per_key_account_and_model_with_cost() {
     let mock = MockUpstream::start().await;
     let relay = relay_with(&mock, "").await;
     for body in [BODY_STREAM, BODY_JSON] {
-        let r = client().post(format!("{}/v1/messages", relay.base())).header("x-api-key", ALICE).body(body).send().await.unwrap();
+        let r = client()
+            .post(format!("{}/v1/messages", relay.base()))
+            .header("x-api-key", ALICE)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let _ = r.bytes().await.unwrap();
     }
     let input = eventually(|| async {
-        metric(&relay, "relay_tokens_total{kind=\"input\",model=\"claude-sonnet-4-5\"}").await.filter(|v| *v >= 42.0)
+        metric(&relay, "relay_tokens_total{kind=\"input\",model=\"claude-sonnet-4-5\"}")
+            .await
+            .filter(|v| *v >= 42.0)
     })
     .await;
     assert_eq!(input, 42.0);
-    assert_eq!(metric(&relay, "relay_tokens_total{kind=\"output\",model=\"claude-sonnet-4-5\"}").await, Some(14.0));
-    assert_eq!(metric(&relay, "relay_tokens_total{kind=\"cache_read\",model=\"claude-sonnet-4-5\"}").await, Some(6.0));
-    assert_eq!(metric(&relay, "relay_tokens_total{kind=\"cache_write_5m\",model=\"claude-sonnet-4-5\"}").await, Some(10.0));
+    assert_eq!(
+        metric(
+            &relay,
+            "relay_tokens_total{kind=\"output\",model=\"claude-sonnet-4-5\"}"
+        )
+        .await,
+        Some(14.0)
+    );
+    assert_eq!(
+        metric(
+            &relay,
+            "relay_tokens_total{kind=\"cache_read\",model=\"claude-sonnet-4-5\"}"
+        )
+        .await,
+        Some(6.0)
+    );
+    assert_eq!(
+        metric(
+            &relay,
+            "relay_tokens_total{kind=\"cache_write_5m\",model=\"claude-sonnet-4-5\"}"
+        )
+        .await,
+        Some(10.0)
+    );
     // 2 × (21×3e-6 + 7×15e-6 + 3×0.3e-6 + 5×3.75e-6) = 2 × 187.65e-6 USD = 375,300 nano-USD
-    assert_eq!(metric(&relay, "relay_cost_nano_usd_total{model=\"claude-sonnet-4-5\"}").await, Some(375_300.0));
+    assert_eq!(
+        metric(&relay, "relay_cost_nano_usd_total{model=\"claude-sonnet-4-5\"}").await,
+        Some(375_300.0)
+    );
     assert!(metric(&relay, "relay_requests_total{endpoint=\"messages\",status=\"200\"}").await == Some(2.0));
-    let text = client().get(format!("{}/metrics", relay.admin())).send().await.unwrap().text().await.unwrap();
+    let text = client()
+        .get(format!("{}/metrics", relay.admin()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "relay_upstream_duration_seconds_bucket",
         "relay_upstream_ttfb_seconds_bucket",
@@ -372,7 +574,9 @@ async fn usage_is_recorded_per_key_account_and_model_with_cost() {
 }
 
 /// Reads the persisted usage totals of a stopped relay's embedded store.
-async fn stored_totals(dir: &std::path::Path) -> std::collections::BTreeMap<String, claude_relay::store::UsageCounters> {
+async fn stored_totals(
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, claude_relay::store::UsageCounters> {
     use claude_relay::store::{Dimension, Store, embedded::EmbeddedStore};
     let store = EmbeddedStore::open(&dir.join("data")).unwrap();
     store.usage_totals(Dimension::Key).await.unwrap()
@@ -395,15 +599,17 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed_for_what_was_seen(
     let first = r.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("message_start"));
     drop(r); // the client goes away after message_start
-    let input = eventually(|| async {
-        metric(&relay, "relay_tokens_total{kind=\"input\",model=\"claude-sonnet-4-5\"}").await
-    })
-    .await;
+    let input =
+        eventually(|| async { metric(&relay, "relay_tokens_total{kind=\"input\",model=\"claude-sonnet-4-5\"}").await })
+            .await;
     assert_eq!(input, 21.0, "input tokens of message_start are counted");
     relay.stop();
     let totals = stored_totals(relay.dir.path()).await;
     let alice = &totals["config.alice"];
-    assert_eq!((alice.requests, alice.input_tokens, alice.cache_read_tokens), (1, 21, 3));
+    assert_eq!(
+        (alice.requests, alice.input_tokens, alice.cache_read_tokens),
+        (1, 21, 3)
+    );
 }
 
 #[tokio::test]
@@ -426,7 +632,11 @@ async fn graceful_shutdown_finishes_streams_and_keeps_their_usage() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     relay.signal("TERM");
     let body = slow.await.unwrap();
-    assert_eq!(&body[..], &stream_for("claude-sonnet-4-5", false)[..], "the in-flight stream completes");
+    assert_eq!(
+        &body[..],
+        &stream_for("claude-sonnet-4-5", false)[..],
+        "the in-flight stream completes"
+    );
     assert!(relay.wait().success());
     let totals = stored_totals(relay.dir.path()).await;
     let alice = &totals["config.alice"];
@@ -439,11 +649,23 @@ fn bad_config_stops_the_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (yaml, needle) in [
         ("listen: nowhere\n", "listen"),
-        ("accounts:\n  - { name: a, kind: claude-console }\n", "accounts[0].api_key"),
-        ("accounts:\n  - { name: a, kind: claude-console, api_key: k, priority: high }\n", "accounts[0].priority"),
+        (
+            "accounts:\n  - { name: a, kind: claude-console }\n",
+            "accounts[0].api_key",
+        ),
+        (
+            "accounts:\n  - { name: a, kind: claude-console, api_key: k, priority: high }\n",
+            "accounts[0].priority",
+        ),
         ("nonsense_key: 1\n", "nonsense_key"),
-        ("api_keys:\n  - { name: a, key: ${RELAY_TEST_UNSET_VAR} }\n", "RELAY_TEST_UNSET_VAR"),
-        ("store: { backend: redis, url: \"redis://127.0.0.1:6379\" }\n", "secret_key"),
+        (
+            "api_keys:\n  - { name: a, key: ${RELAY_TEST_UNSET_VAR} }\n",
+            "RELAY_TEST_UNSET_VAR",
+        ),
+        (
+            "store: { backend: redis, url: \"redis://127.0.0.1:6379\" }\n",
+            "secret_key",
+        ),
     ] {
         let conf = dir.path().join("bad.yaml");
         std::fs::write(&conf, yaml).unwrap();

@@ -20,7 +20,11 @@ fn prefix() -> String {
 async fn cleanup(prefix: &str) {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut c).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
     }
@@ -88,11 +92,19 @@ async fn two_instances_share_keys_accounts_and_usage_through_redis() {
         t.get("config.alice").filter(|c| c.requests == 2).copied()
     })
     .await;
-    assert_eq!((alice.input_tokens, alice.output_tokens, alice.cache_read_tokens), (42, 14, 6));
+    assert_eq!(
+        (alice.input_tokens, alice.output_tokens, alice.cache_read_tokens),
+        (42, 14, 6)
+    );
     let models = store.usage_totals(Dimension::Model).await.unwrap();
     assert_eq!(models["claude-sonnet-4-5"].requests, 3);
     // The admin session from A is valid on B: sessions live in the store.
-    let r = c.get(format!("{}/admin/api/keys", b.admin())).bearer_auth(&token).send().await.unwrap();
+    let r = c
+        .get(format!("{}/admin/api/keys", b.admin()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     drop(a);

@@ -51,11 +51,7 @@ async fn delete_prefix(prefix: &str) {
             .await
             .unwrap();
         if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
         }
         if next == 0 {
             break;
@@ -108,41 +104,23 @@ async fn embedded_store_survives_reopen() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert!(store.path().ends_with("relay.redb"));
         store.put_api_key(&key).await.unwrap();
-        store
-            .touch_api_keys(&[("persisted".to_string(), now)])
-            .await
-            .unwrap();
+        store.touch_api_keys(&[("persisted".to_string(), now)]).await.unwrap();
         store.add_usage(&[(day.clone(), usage)]).await.unwrap();
         store.put_session("token-hash", &session).await.unwrap();
         // A second open of the same file while the first is alive is refused, not corrupting.
         assert!(EmbeddedStore::open(dir.path()).is_err());
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(
-        store.get_api_key("persisted").await.unwrap(),
-        Some(key.clone())
-    );
-    assert_eq!(
-        store.api_key_last_used().await.unwrap().get("persisted"),
-        Some(&now)
-    );
+    assert_eq!(store.get_api_key("persisted").await.unwrap(), Some(key.clone()));
+    assert_eq!(store.api_key_last_used().await.unwrap().get("persisted"), Some(&now));
     assert_eq!(
         store
-            .usage_series(
-                Dimension::Key,
-                "persisted",
-                Granularity::Day,
-                day.start,
-                day.start + 1
-            )
+            .usage_series(Dimension::Key, "persisted", Granularity::Day, day.start, day.start + 1)
             .await
             .unwrap(),
         vec![(day.start, usage)]
     );
-    assert_eq!(
-        store.get_session("token-hash", now).await.unwrap(),
-        Some(session)
-    );
+    assert_eq!(store.get_session("token-hash", now).await.unwrap(), Some(session));
     // The hash index survived too.
     assert!(
         store
@@ -263,9 +241,7 @@ async fn redis_instances_on_one_prefix_share_data_and_changes() {
             .await
             .unwrap();
         a.publish_change().await.unwrap();
-        contract::expect_change(&mut rx_b, "b hears a's change")
-            .await
-            .unwrap();
+        contract::expect_change(&mut rx_b, "b hears a's change").await.unwrap();
         contract::expect_change(&mut rx_a, "a hears its own change")
             .await
             .unwrap();
@@ -281,9 +257,7 @@ async fn redis_instances_on_one_prefix_share_data_and_changes() {
         );
 
         b.publish_change().await.unwrap();
-        contract::expect_change(&mut rx_a, "a hears b's change")
-            .await
-            .unwrap();
+        contract::expect_change(&mut rx_a, "a hears b's change").await.unwrap();
         contract::expect_change(&mut rx_b, "b hears its own change")
             .await
             .unwrap();

@@ -88,7 +88,13 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(status: u16, kind: RejectKind, reason: &'static str, message: impl Into<String>) -> Self {
-        Rejection { status, kind, message: message.into(), retry_after: None, reason }
+        Rejection {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+            reason,
+        }
     }
 }
 
@@ -193,12 +199,16 @@ pub struct Registry {
 
 impl Registry {
     pub fn empty() -> Self {
-        Registry { factories: HashMap::new() }
+        Registry {
+            factories: HashMap::new(),
+        }
     }
 
     pub fn with_builtins() -> Self {
         let mut r = Registry::empty();
-        r.register("key_auth", |deps| Ok(Arc::new(KeyAuth::new(deps.keys.clone())) as Arc<dyn Filter>));
+        r.register("key_auth", |deps| {
+            Ok(Arc::new(KeyAuth::new(deps.keys.clone())) as Arc<dyn Filter>)
+        });
         r
     }
 
@@ -240,7 +250,10 @@ impl Registry {
 /// Where a caller's key is found, in order; the first present wins.
 pub fn presented_key<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
     fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
-        h.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
     }
     if let Some(k) = header(headers, "x-api-key") {
         return Some(k);
@@ -294,10 +307,20 @@ impl Filter for KeyAuth {
             ));
         };
         let Some(key) = self.keys.find(presented) else {
-            return Err(Rejection::new(401, RejectKind::Authentication, "invalid_key", "Invalid API key"));
+            return Err(Rejection::new(
+                401,
+                RejectKind::Authentication,
+                "invalid_key",
+                "Invalid API key",
+            ));
         };
         if !key.enabled {
-            return Err(Rejection::new(401, RejectKind::Authentication, "disabled_key", "API key is disabled"));
+            return Err(Rejection::new(
+                401,
+                RejectKind::Authentication,
+                "disabled_key",
+                "API key is disabled",
+            ));
         }
         cx.key = Some(key);
         Ok(())

@@ -10,8 +10,16 @@ impl KeyDirectory for Dir {
 fn deps() -> FilterDeps {
     FilterDeps {
         keys: Arc::new(Dir(vec![
-            ClientKey { id: "good".into(), name: "a".into(), enabled: true },
-            ClientKey { id: "off".into(), name: "b".into(), enabled: false },
+            ClientKey {
+                id: "good".into(),
+                name: "a".into(),
+                enabled: true,
+            },
+            ClientKey {
+                id: "off".into(),
+                name: "b".into(),
+                enabled: false,
+            },
         ])),
     }
 }
@@ -27,7 +35,10 @@ fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
 async fn run(chain: &Chain, h: &http::HeaderMap, q: Option<&str>) -> Result<Option<Arc<ClientKey>>, Rejection> {
     let mut holds = Vec::new();
     let mut cx = FilterContext {
-        route: RouteInfo { service: Service::Claude, endpoint: "messages" },
+        route: RouteInfo {
+            service: Service::Claude,
+            endpoint: "messages",
+        },
         headers: h,
         query: q,
         client_ip: None,
@@ -74,7 +85,12 @@ impl Filter for DenyHeader {
     }
     async fn on_headers(&self, cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
         if cx.headers.contains_key("x-forbidden") {
-            return Err(Rejection::new(403, RejectKind::Permission, "header_rule", "forbidden header"));
+            return Err(Rejection::new(
+                403,
+                RejectKind::Permission,
+                "header_rule",
+                "forbidden header",
+            ));
         }
         Ok(())
     }
@@ -86,7 +102,9 @@ async fn custom_filters_register_by_name_and_run_in_order() {
     reg.register("deny_header", |_| Ok(Arc::new(DenyHeader) as Arc<dyn Filter>));
     let chain = reg.build(&["key_auth".into(), "deny_header".into()], &deps()).unwrap();
     assert_eq!(chain.names(), vec!["key_auth", "deny_header"]);
-    let e = run(&chain, &headers(&[("x-api-key", "good"), ("x-forbidden", "1")]), None).await.unwrap_err();
+    let e = run(&chain, &headers(&[("x-api-key", "good"), ("x-forbidden", "1")]), None)
+        .await
+        .unwrap_err();
     assert_eq!(e.status, 403);
     // key_auth runs first, so an unauthenticated caller learns nothing about later rules.
     let e = run(&chain, &headers(&[("x-forbidden", "1")]), None).await.unwrap_err();
@@ -96,7 +114,11 @@ async fn custom_filters_register_by_name_and_run_in_order() {
 #[test]
 fn chain_building_errors_are_clear() {
     let reg = Registry::with_builtins();
-    assert!(reg.build(&["nope".into()], &deps()).unwrap_err().contains("start with `key_auth`"));
+    assert!(
+        reg.build(&["nope".into()], &deps())
+            .unwrap_err()
+            .contains("start with `key_auth`")
+    );
     let e = reg.build(&["key_auth".into(), "nope".into()], &deps()).unwrap_err();
     assert!(e.contains("unknown filter `nope`"), "{e}");
     let e = reg.build(&["key_auth".into(), "key_auth".into()], &deps()).unwrap_err();

@@ -100,8 +100,9 @@ pub fn store_error(e: StoreError) -> ApiError {
 
 /// Parses a JSON request body, answering 400 with the path of the offending field.
 pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(bad_request("a JSON object body is required"));
+    // serde would also read a struct from a JSON array; only objects are accepted.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(bad_request("the body must be a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -414,6 +415,7 @@ mod tests {
         let e = json_body::<B>(&Bytes::from_static(b"{\"name\":3}")).unwrap_err();
         assert!(e.2.contains("`name`"), "{}", e.2);
         assert!(json_body::<B>(&Bytes::from_static(b"")).is_err());
+        assert!(json_body::<B>(&Bytes::from_static(b"[\"a\"]")).is_err());
         assert!(json_body::<B>(&Bytes::from_static(b"{\"name\":\"a\"} x")).is_err());
         assert_eq!(
             json_body::<B>(&Bytes::from_static(b" {\"name\":\"a\"} ")).unwrap().name,

@@ -12,7 +12,10 @@ pub fn auth_header(api_key: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = if key.starts_with("sk-ant-") {
         (HeaderName::from_static("x-api-key"), HeaderValue::from_str(key))
     } else {
-        (http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")))
+        (
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")),
+        )
     };
     let mut value = value.map_err(|_| "the API key contains characters not allowed in a header".to_string())?;
     value.set_sensitive(true);
@@ -28,7 +31,10 @@ mod tests {
         let (n, v) = auth_header("sk-ant-api03-xyz").unwrap();
         assert_eq!((n.as_str(), v.to_str().unwrap()), ("x-api-key", "sk-ant-api03-xyz"));
         let (n, v) = auth_header("other-gateway-key").unwrap();
-        assert_eq!((n.as_str(), v.to_str().unwrap()), ("authorization", "Bearer other-gateway-key"));
+        assert_eq!(
+            (n.as_str(), v.to_str().unwrap()),
+            ("authorization", "Bearer other-gateway-key")
+        );
         assert!(auth_header("bad\nkey").is_err());
     }
 }

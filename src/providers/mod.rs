@@ -37,11 +37,25 @@ impl UpstreamBase {
             None => return Err(format!("`{s}` has no host")),
         };
         let port = u.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-        let host_part = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-        let host_header = if u.port().is_some() { format!("{host_part}:{port}") } else { host_part };
+        let host_part = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let host_header = if u.port().is_some() {
+            format!("{host_part}:{port}")
+        } else {
+            host_part
+        };
         let host_header = HeaderValue::from_str(&host_header).map_err(|_| format!("`{s}` has an invalid host"))?;
         let path_prefix = u.path().trim_end_matches('/').to_string();
-        Ok(UpstreamBase { tls, host, port, path_prefix, host_header })
+        Ok(UpstreamBase {
+            tls,
+            host,
+            port,
+            path_prefix,
+            host_header,
+        })
     }
 
     /// The upstream path for a relay path such as `/v1/messages`, with the query appended.
@@ -64,12 +78,18 @@ mod tests {
     #[test]
     fn parses_bases() {
         let b = UpstreamBase::parse("https://api.anthropic.com").unwrap();
-        assert_eq!((b.tls, b.host.as_str(), b.port, b.path_prefix.as_str()), (true, "api.anthropic.com", 443, ""));
+        assert_eq!(
+            (b.tls, b.host.as_str(), b.port, b.path_prefix.as_str()),
+            (true, "api.anthropic.com", 443, "")
+        );
         assert_eq!(b.host_header, "api.anthropic.com");
         let b = UpstreamBase::parse("http://127.0.0.1:8080/proxy/").unwrap();
         assert_eq!((b.tls, b.port, b.path_prefix.as_str()), (false, 8080, "/proxy"));
         assert_eq!(b.host_header, "127.0.0.1:8080");
-        assert_eq!(b.path_and_query("/v1/messages", Some("beta=true")), "/proxy/v1/messages?beta=true");
+        assert_eq!(
+            b.path_and_query("/v1/messages", Some("beta=true")),
+            "/proxy/v1/messages?beta=true"
+        );
         assert!(UpstreamBase::parse("ftp://x").is_err());
         assert!(UpstreamBase::parse("https://u:p@x").is_err());
         assert!(UpstreamBase::parse("nope").is_err());

@@ -54,10 +54,18 @@ pub fn parse(body: &[u8], require_model: bool) -> Result<ParsedBody, RelayError>
     let max_tokens = match top.max_tokens {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(
-            v.as_u64().ok_or_else(|| RelayError::BadRequest("`max_tokens` must be a non-negative integer".into()))?,
+            v.as_u64()
+                .ok_or_else(|| RelayError::BadRequest("`max_tokens` must be a non-negative integer".into()))?,
         ),
     };
-    Ok(ParsedBody { facts: RequestFacts { model, stream, max_tokens }, model_span })
+    Ok(ParsedBody {
+        facts: RequestFacts {
+            model,
+            stream,
+            max_tokens,
+        },
+        model_span,
+    })
 }
 
 impl ParsedBody {
@@ -83,15 +91,25 @@ mod tests {
 
     #[test]
     fn facts_and_errors() {
-        let p = parse(br#"{"model":"claude-x","stream":true,"max_tokens":5,"messages":[]}"#, true).unwrap();
+        let p = parse(
+            br#"{"model":"claude-x","stream":true,"max_tokens":5,"messages":[]}"#,
+            true,
+        )
+        .unwrap();
         assert_eq!(p.facts.model.as_deref(), Some("claude-x"));
         assert!(p.facts.stream);
         assert_eq!(p.facts.max_tokens, Some(5));
         assert!(matches!(parse(b"[1]", true), Err(RelayError::BadRequest(_))));
         assert!(matches!(parse(b"{\"model\":", true), Err(RelayError::BadRequest(_))));
-        assert!(matches!(parse(b"{\"messages\":[]}", true), Err(RelayError::BadRequest(_))));
+        assert!(matches!(
+            parse(b"{\"messages\":[]}", true),
+            Err(RelayError::BadRequest(_))
+        ));
         assert!(matches!(parse(b"{\"model\":5}", true), Err(RelayError::BadRequest(_))));
-        assert!(matches!(parse(b"{\"model\":\"m\",\"stream\":\"yes\"}", true), Err(RelayError::BadRequest(_))));
+        assert!(matches!(
+            parse(b"{\"model\":\"m\",\"stream\":\"yes\"}", true),
+            Err(RelayError::BadRequest(_))
+        ));
         assert!(parse(b"{\"messages\":[]}", false).is_ok());
     }
 
@@ -102,7 +120,8 @@ mod tests {
         );
         let p = parse(&raw, true).unwrap();
         let out = p.with_model(&raw, "claude-sonnet-4-5-20250929");
-        let expected = String::from_utf8_lossy(&raw).replacen("\"claude-sonnet-4-5\"", "\"claude-sonnet-4-5-20250929\"", 1);
+        let expected =
+            String::from_utf8_lossy(&raw).replacen("\"claude-sonnet-4-5\"", "\"claude-sonnet-4-5-20250929\"", 1);
         assert_eq!(String::from_utf8_lossy(&out), expected);
         // Unmapped: the very same buffer.
         let same = p.with_model(&raw, "claude-sonnet-4-5");

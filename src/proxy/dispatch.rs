@@ -54,7 +54,9 @@ pub(super) async fn run(
     let mut last_err: Option<RelayError> = None;
 
     while tried.len() < MAX_ATTEMPTS {
-        let Some(account) = relay.scheduler.pick(&snapshot.pool, &model, &tried) else { break };
+        let Some(account) = relay.scheduler.pick(&snapshot.pool, &model, &tried) else {
+            break;
+        };
         tried.push(account.id.clone());
         let upstream_model = account.upstream_model(&model).to_string();
         if let Some(s) = ctx.settle.as_mut() {
@@ -62,9 +64,16 @@ pub(super) async fn run(
             s.upstream_model = Some(upstream_model.clone());
         }
         let out_body = parsed.with_model(&body, &upstream_model);
-        let path = account.base.path_and_query(route.endpoint.upstream_path(), query.as_deref());
-        let req =
-            headers::upstream_request(session.req_header(), &path, &account.base.host_header, &account.auth, out_body.len())?;
+        let path = account
+            .base
+            .path_and_query(route.endpoint.upstream_path(), query.as_deref());
+        let req = headers::upstream_request(
+            session.req_header(),
+            &path,
+            &account.base.host_header,
+            &account.auth,
+            out_body.len(),
+        )?;
         let rename = (upstream_model != model).then_some((upstream_model.as_str(), model.as_str()));
         match attempt(relay, session, ctx, &account, req, out_body, route.endpoint, rename).await {
             Ok(()) => return Ok(()),
@@ -133,7 +142,9 @@ async fn send(
         }
     }
     relay.metrics.upstream_errors.with_label_values(&["io"]).inc();
-    Err(AttemptError::Retryable(RelayError::UpstreamUnreachable("connection failed repeatedly".into())))
+    Err(AttemptError::Retryable(RelayError::UpstreamUnreachable(
+        "connection failed repeatedly".into(),
+    )))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -150,10 +161,16 @@ async fn attempt(
     let sent_at = Instant::now();
     let (mut up, peer) = send(relay, account, &req, &body).await?;
     let ttfb = sent_at.elapsed();
-    relay.metrics.upstream_ttfb.with_label_values(&[endpoint.name()]).observe(ttfb.as_secs_f64());
+    relay
+        .metrics
+        .upstream_ttfb
+        .with_label_values(&[endpoint.name()])
+        .observe(ttfb.as_secs_f64());
 
     let Some(head) = up.response_header().cloned() else {
-        return Err(AttemptError::Retryable(RelayError::UpstreamProtocol("no response head".into())));
+        return Err(AttemptError::Retryable(RelayError::UpstreamProtocol(
+            "no response head".into(),
+        )));
     };
     let status = head.status.as_u16();
     let is_sse = head
@@ -177,7 +194,11 @@ async fn attempt(
     };
     let upstream_time = sent_at.elapsed();
     ctx.upstream_time += upstream_time;
-    relay.metrics.upstream_latency.with_label_values(&[endpoint.name()]).observe(upstream_time.as_secs_f64());
+    relay
+        .metrics
+        .upstream_latency
+        .with_label_values(&[endpoint.name()])
+        .observe(upstream_time.as_secs_f64());
     match result {
         Ok(()) => {
             if up.response_done() {
@@ -211,7 +232,10 @@ async fn stream_sse(
     let mut resp = headers::downstream_response(head, session.is_http2(), false, rename.is_some())
         .map_err(AttemptError::Broken)?;
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
-    session.write_response_header(Box::new(resp), false).await.map_err(AttemptError::Broken)?;
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(AttemptError::Broken)?;
 
     let mut parser = SseUsageParser::new();
     let mut rewriter = rename.map(|(from, to)| SseModelRewriter::new(from, to));
@@ -251,12 +275,18 @@ async fn stream_sse(
     if let Some(rest) = rewriter.as_mut().and_then(SseModelRewriter::finish) {
         write_body(session, ctx, rest).await?;
     }
-    session.write_response_body(None, true).await.map_err(|e| client_gone(ctx, e))?;
+    session
+        .write_response_body(None, true)
+        .await
+        .map_err(|e| client_gone(ctx, e))?;
     Ok(())
 }
 
 async fn write_body(session: &mut Session, ctx: &mut RequestCtx, data: Bytes) -> Result<(), AttemptError> {
-    session.write_response_body(Some(data), false).await.map_err(|e| client_gone(ctx, e))
+    session
+        .write_response_body(Some(data), false)
+        .await
+        .map_err(|e| client_gone(ctx, e))
 }
 
 fn client_gone(ctx: &mut RequestCtx, e: Box<pingora::Error>) -> AttemptError {
@@ -273,7 +303,10 @@ async fn end_with_error_event(session: &mut Session, ctx: &mut RequestCtx, messa
     let payload = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});
     let event = format!("event: error\ndata: {payload}\n\n");
     write_body(session, ctx, Bytes::from(event)).await?;
-    session.write_response_body(None, true).await.map_err(|e| client_gone(ctx, e))?;
+    session
+        .write_response_body(None, true)
+        .await
+        .map_err(|e| client_gone(ctx, e))?;
     Ok(())
 }
 
@@ -291,18 +324,24 @@ async fn relay_buffered(
         match tokio::time::timeout(idle, up.read_response_body()).await {
             Ok(Ok(Some(c))) => {
                 if buf.len() + c.len() > MAX_BUFFERED_ANSWER {
-                    return Err(AttemptError::Final(RelayError::UpstreamProtocol("answer too large".into())));
+                    return Err(AttemptError::Final(RelayError::UpstreamProtocol(
+                        "answer too large".into(),
+                    )));
                 }
                 buf.extend_from_slice(&c);
             }
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
                 relay.metrics.upstream_errors.with_label_values(&["io"]).inc();
-                return Err(AttemptError::Final(RelayError::UpstreamUnreachable(format!("reading the answer: {e}"))));
+                return Err(AttemptError::Final(RelayError::UpstreamUnreachable(format!(
+                    "reading the answer: {e}"
+                ))));
             }
             Err(_) => {
                 relay.metrics.upstream_errors.with_label_values(&["timeout"]).inc();
-                return Err(AttemptError::Final(RelayError::UpstreamTimeout("the answer stalled".into())));
+                return Err(AttemptError::Final(RelayError::UpstreamTimeout(
+                    "the answer stalled".into(),
+                )));
             }
         }
     }
@@ -318,11 +357,18 @@ async fn relay_buffered(
     let mut resp = headers::downstream_response(head, session.is_http2(), false, true).map_err(AttemptError::Broken)?;
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
     resp.remove_header("transfer-encoding");
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string()).map_err(AttemptError::Broken)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
+        .map_err(AttemptError::Broken)?;
     let empty = body.is_empty();
-    session.write_response_header(Box::new(resp), empty).await.map_err(|e| client_gone(ctx, e))?;
+    session
+        .write_response_header(Box::new(resp), empty)
+        .await
+        .map_err(|e| client_gone(ctx, e))?;
     if !empty {
-        session.write_response_body(Some(body), true).await.map_err(|e| client_gone(ctx, e))?;
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(|e| client_gone(ctx, e))?;
     }
     Ok(())
 }

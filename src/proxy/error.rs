@@ -77,7 +77,9 @@ impl RelayError {
             RelayError::Rejected(r) => r.message.clone(),
             RelayError::BadRequest(m) | RelayError::NotFound(m) | RelayError::Internal(m) => m.clone(),
             RelayError::MethodNotAllowed(allowed) => format!("Method not allowed here; use {allowed}"),
-            RelayError::PayloadTooLarge(limit) => format!("Request body is larger than the relay's limit of {limit} bytes"),
+            RelayError::PayloadTooLarge(limit) => {
+                format!("Request body is larger than the relay's limit of {limit} bytes")
+            }
             RelayError::NoAccount(model) => format!("No upstream account is available to serve model `{model}`"),
             RelayError::UpstreamUnreachable(m) => format!("Upstream unreachable: {m}"),
             RelayError::UpstreamTimeout(m) => format!("Upstream timed out: {m}"),

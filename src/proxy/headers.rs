@@ -23,8 +23,16 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// Client headers that carry the relay key or are rebuilt for the upstream.
-const CLIENT_ONLY: [&str; 8] =
-    ["host", "content-length", "expect", "x-api-key", "authorization", "x-goog-api-key", "api-key", "accept-encoding"];
+const CLIENT_ONLY: [&str; 8] = [
+    "host",
+    "content-length",
+    "expect",
+    "x-api-key",
+    "authorization",
+    "x-goog-api-key",
+    "api-key",
+    "accept-encoding",
+];
 
 fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
     headers
@@ -43,7 +51,10 @@ pub fn strip_key_param(query: Option<&str>) -> Option<String> {
     if !q.split('&').any(|kv| kv.starts_with("key=")) {
         return Some(q.to_string()).filter(|s| !s.is_empty());
     }
-    let kept: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("key=") && !kv.is_empty()).collect();
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| !kv.starts_with("key=") && !kv.is_empty())
+        .collect();
     if kept.is_empty() { None } else { Some(kept.join("&")) }
 }
 
@@ -121,13 +132,25 @@ mod tests {
         ] {
             c.append_header(k, v).unwrap();
         }
-        let auth = (HeaderName::from_static("x-api-key"), http::HeaderValue::from_static("sk-ant-up"));
-        let r = upstream_request(&c, "/v1/messages?beta=true", &http::HeaderValue::from_static("up.example"), &auth, 42)
-            .unwrap();
+        let auth = (
+            HeaderName::from_static("x-api-key"),
+            http::HeaderValue::from_static("sk-ant-up"),
+        );
+        let r = upstream_request(
+            &c,
+            "/v1/messages?beta=true",
+            &http::HeaderValue::from_static("up.example"),
+            &auth,
+            42,
+        )
+        .unwrap();
         let get = |k: &str| r.headers.get(k).map(|v| v.to_str().unwrap().to_string());
         assert_eq!(get("x-api-key").as_deref(), Some("sk-ant-up"));
         assert_eq!(get("authorization"), None);
-        assert_eq!(get("anthropic-beta").as_deref(), Some("claude-code-20250219,context-1m-2025-08-07"));
+        assert_eq!(
+            get("anthropic-beta").as_deref(),
+            Some("claude-code-20250219,context-1m-2025-08-07")
+        );
         assert_eq!(get("x-claude-code-session-id").as_deref(), Some("abc"));
         assert_eq!(get("x-unknown").as_deref(), Some("kept"));
         assert_eq!(get("x-drop-me"), None);

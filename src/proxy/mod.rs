@@ -153,8 +153,14 @@ impl RelayProxy {
                 return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await;
             }
             Endpoint::MethodNotAllowed(allowed) => {
-                return respond_error(relay, session, ctx, &RelayError::MethodNotAllowed(allowed), ErrorSource::Relay)
-                    .await;
+                return respond_error(
+                    relay,
+                    session,
+                    ctx,
+                    &RelayError::MethodNotAllowed(allowed),
+                    ErrorSource::Relay,
+                )
+                .await;
             }
             Endpoint::Messages | Endpoint::CountTokens | Endpoint::Models => {}
         }
@@ -278,7 +284,13 @@ fn models_body(relay: &Relay) -> Bytes {
     let ids: Vec<String> = match snap.pool.advertised_models() {
         Some(list) => list,
         None => {
-            let mut set: std::collections::BTreeSet<String> = std::collections::BTreeSet::new(); // PRICING_MODELS
+            // First-party Claude names only: no provider paths, regions, or Bedrock/Vertex ids.
+            let mut set: std::collections::BTreeSet<String> = relay
+                .pricing
+                .model_names()
+                .filter(|n| n.starts_with("claude-") && !n.contains(['/', '@', ':', '.']))
+                .map(String::from)
+                .collect();
             set.extend(snap.pool.mapped_models());
             set.into_iter().collect()
         }
@@ -313,7 +325,10 @@ impl ProxyHttp for RelayProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<Box<HttpPeer>> {
         // Every request is answered in `request_filter`; the pipeline's own upstream is never used.
-        Err(pingora::Error::explain(pingora::ErrorType::InternalError, "relay answers in request_filter"))
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "relay answers in request_filter",
+        ))
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut Self::CTX) -> FailToProxy
@@ -322,11 +337,17 @@ impl ProxyHttp for RelayProxy {
     {
         // Once a response has started, the only honest signal left is closing the connection.
         if session.response_written().is_some() || ctx.client_disconnected {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         }
         let err = RelayError::Internal(format!("relay error: {:?}", e.etype()));
         let _ = respond_error(&self.0, session, ctx, &err, ErrorSource::Relay).await;
-        FailToProxy { error_code: 500, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: 500,
+            can_reuse_downstream: false,
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &pingora::Error) -> bool {
@@ -339,7 +360,9 @@ impl ProxyHttp for RelayProxy {
         let m = &self.0.metrics;
         m.requests.with_label_values(&[endpoint, status_label(status)]).inc();
         let total = ctx.start.elapsed();
-        m.overhead.with_label_values(&[endpoint]).observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
+        m.overhead
+            .with_label_values(&[endpoint])
+            .observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
         // Settle now rather than whenever the context is dropped.
         ctx.settle.take();
         ctx.holds.clear();

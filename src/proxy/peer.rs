@@ -30,12 +30,19 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(connect_timeout: Duration) -> Self {
-        Peers { cache: Mutex::new(HashMap::new()), connect_timeout }
+        Peers {
+            cache: Mutex::new(HashMap::new()),
+            connect_timeout,
+        }
     }
 
     /// The peer for an upstream base, resolving its name when the cached entry is stale.
     pub async fn get(&self, base: &UpstreamBase) -> Result<Arc<HttpPeer>, RelayError> {
-        let key = PeerKey { host: base.host.clone(), port: base.port, tls: base.tls };
+        let key = PeerKey {
+            host: base.host.clone(),
+            port: base.port,
+            tls: base.tls,
+        };
         if let Some((peer, at)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
             && at.elapsed() < DNS_TTL
         {
@@ -43,13 +50,20 @@ impl Peers {
         }
         let addr = self.resolve(&base.host, base.port).await?;
         let peer = Arc::new(self.build(addr, base));
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (peer.clone(), Instant::now()));
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (peer.clone(), Instant::now()));
         Ok(peer)
     }
 
     /// Forgets a cached peer (after a connect failure, so the name is resolved again).
     pub fn forget(&self, base: &UpstreamBase) {
-        let key = PeerKey { host: base.host.clone(), port: base.port, tls: base.tls };
+        let key = PeerKey {
+            host: base.host.clone(),
+            port: base.port,
+            tls: base.tls,
+        };
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
     }
 

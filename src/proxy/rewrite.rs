@@ -18,7 +18,12 @@ pub struct SseModelRewriter {
 impl SseModelRewriter {
     pub fn new(upstream_model: &str, requested_model: &str) -> Self {
         let enc = |m: &str| serde_json::to_string(m).unwrap_or_default().into_bytes();
-        SseModelRewriter { from: enc(upstream_model), to: enc(requested_model), pending: BytesMut::new(), done: false }
+        SseModelRewriter {
+            from: enc(upstream_model),
+            to: enc(requested_model),
+            pending: BytesMut::new(),
+            done: false,
+        }
     }
 
     /// Takes a chunk; returns the bytes that may go to the client now.
@@ -68,7 +73,11 @@ impl SseModelRewriter {
     /// Releases whatever is held (end of stream or nothing to rewrite).
     pub fn finish(&mut self) -> Option<Bytes> {
         self.done = true;
-        if self.pending.is_empty() { None } else { Some(self.pending.split().freeze()) }
+        if self.pending.is_empty() {
+            None
+        } else {
+            Some(self.pending.split().freeze())
+        }
     }
 }
 
@@ -107,6 +116,9 @@ mod tests {
     #[test]
     fn json_answer() {
         let b = Bytes::from_static(br#"{"id":"x","model":"up-1","content":[{"text":"model up-1"}]}"#);
-        assert_eq!(&json_model(&b, "alias")[..], br#"{"id":"x","model":"alias","content":[{"text":"model up-1"}]}"#);
+        assert_eq!(
+            &json_model(&b, "alias")[..],
+            br#"{"id":"x","model":"alias","content":[{"text":"model up-1"}]}"#
+        );
     }
 }

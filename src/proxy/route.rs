@@ -64,7 +64,10 @@ pub struct Route {
 
 impl Route {
     pub fn info(&self) -> RouteInfo {
-        RouteInfo { service: self.service, endpoint: self.endpoint.name() }
+        RouteInfo {
+            service: self.service,
+            endpoint: self.endpoint.name(),
+        }
     }
 }
 
@@ -72,10 +75,20 @@ impl Route {
 const ANTHROPIC_PREFIXES: [&str; 4] = ["/api/claude", "/api", "/claude", ""];
 
 pub fn classify(method: &http::Method, path: &str) -> Route {
-    let anthropic = |endpoint| Route { endpoint, dialect: Dialect::Anthropic, service: Service::Claude };
-    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let anthropic = |endpoint| Route {
+        endpoint,
+        dialect: Dialect::Anthropic,
+        service: Service::Claude,
+    };
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
     for prefix in ANTHROPIC_PREFIXES {
-        let Some(rest) = path.strip_prefix(prefix) else { continue };
+        let Some(rest) = path.strip_prefix(prefix) else {
+            continue;
+        };
         if !(rest.is_empty() || rest.starts_with('/')) {
             continue;
         }
@@ -102,7 +115,11 @@ pub fn classify(method: &http::Method, path: &str) -> Route {
 }
 
 fn post_only(method: &http::Method, e: Endpoint) -> Endpoint {
-    if *method == http::Method::POST { e } else { Endpoint::MethodNotAllowed("POST") }
+    if *method == http::Method::POST {
+        e
+    } else {
+        Endpoint::MethodNotAllowed("POST")
+    }
 }
 
 #[cfg(test)]
@@ -113,16 +130,35 @@ mod tests {
     #[test]
     fn routes_under_every_prefix() {
         for p in ["", "/api", "/claude", "/api/claude"] {
-            assert_eq!(classify(&Method::POST, &format!("{p}/v1/messages")).endpoint, Endpoint::Messages, "{p}");
-            assert_eq!(classify(&Method::POST, &format!("{p}/v1/messages/count_tokens")).endpoint, Endpoint::CountTokens);
-            assert_eq!(classify(&Method::GET, &format!("{p}/v1/models")).endpoint, Endpoint::Models);
+            assert_eq!(
+                classify(&Method::POST, &format!("{p}/v1/messages")).endpoint,
+                Endpoint::Messages,
+                "{p}"
+            );
+            assert_eq!(
+                classify(&Method::POST, &format!("{p}/v1/messages/count_tokens")).endpoint,
+                Endpoint::CountTokens
+            );
+            assert_eq!(
+                classify(&Method::GET, &format!("{p}/v1/models")).endpoint,
+                Endpoint::Models
+            );
             assert_eq!(classify(&Method::HEAD, &format!("{p}/")).endpoint, Endpoint::Probe);
         }
         assert_eq!(classify(&Method::HEAD, "/api").endpoint, Endpoint::Probe);
         assert_eq!(classify(&Method::GET, "/health").endpoint, Endpoint::Health);
-        assert_eq!(classify(&Method::GET, "/v1/messages").endpoint, Endpoint::MethodNotAllowed("POST"));
+        assert_eq!(
+            classify(&Method::GET, "/v1/messages").endpoint,
+            Endpoint::MethodNotAllowed("POST")
+        );
         assert_eq!(classify(&Method::POST, "/v2/other").endpoint, Endpoint::NotFound);
-        assert_eq!(classify(&Method::POST, "/apix/v1/messages").endpoint, Endpoint::NotFound);
-        assert_eq!(classify(&Method::POST, "/api/v1/messages/").endpoint, Endpoint::Messages);
+        assert_eq!(
+            classify(&Method::POST, "/apix/v1/messages").endpoint,
+            Endpoint::NotFound
+        );
+        assert_eq!(
+            classify(&Method::POST, "/api/v1/messages/").endpoint,
+            Endpoint::Messages
+        );
     }
 }

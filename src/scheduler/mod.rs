@@ -195,7 +195,9 @@ mod tests {
     fn priority_then_least_recently_used() {
         let s = Scheduler::new();
         let pool = s.pool(vec![spec("b", 10, None), spec("c", 20, None), spec("a", 10, None)]);
-        let picks: Vec<String> = (0..4).map(|_| s.pick(&pool, "m", &[]).unwrap().name.to_string()).collect();
+        let picks: Vec<String> = (0..4)
+            .map(|_| s.pick(&pool, "m", &[]).unwrap().name.to_string())
+            .collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
         let tried: Vec<Arc<str>> = vec!["a".into(), "b".into()];
         assert_eq!(&*s.pick(&pool, "m", &tried).unwrap().name, "c");

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use super::redis::RedisStore;
 use super::{
-    AccountKind, AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity,
-    Store, StoreError, StoreResult, UsageCounters,
+    AccountKind, AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store, StoreError,
+    StoreResult, UsageCounters,
 };
 use crate::secrets::Secrets;
 
@@ -54,9 +54,7 @@ pub async fn run_all(store: &dyn Store) -> Check {
     let tag = |name: &'static str| move |e: String| format!("[{backend} store] {name}: {e}");
     ok("ping", store.ping().await).map_err(tag("ping"))?;
     api_keys(store).await.map_err(tag("api_keys"))?;
-    api_key_last_used(store)
-        .await
-        .map_err(tag("api_key_last_used"))?;
+    api_key_last_used(store).await.map_err(tag("api_key_last_used"))?;
     accounts(store).await.map_err(tag("accounts"))?;
     usage_series(store).await.map_err(tag("usage_series"))?;
     usage_totals(store).await.map_err(tag("usage_totals"))?;
@@ -68,10 +66,7 @@ pub async fn run_all(store: &dyn Store) -> Check {
 
 pub fn sample_key(id: &str, key_hash: &str) -> ApiKeyRecord {
     let mut extra = BTreeMap::new();
-    extra.insert(
-        "rate_limit".to_string(),
-        serde_json::json!({"rpm": 60, "window": "1m"}),
-    );
+    extra.insert("rate_limit".to_string(), serde_json::json!({"rpm": 60, "window": "1m"}));
     ApiKeyRecord {
         id: id.to_string(),
         name: format!("key {id}"),
@@ -85,33 +80,19 @@ pub fn sample_key(id: &str, key_hash: &str) -> ApiKeyRecord {
 
 /// Key CRUD, the unique key-hash index and its `Conflict`, and that unknown fields survive.
 pub async fn api_keys(store: &dyn Store) -> Check {
-    eq(
-        "empty list",
-        ok("list", store.list_api_keys().await)?,
-        vec![],
-    )?;
-    eq(
-        "missing key",
-        ok("get", store.get_api_key("k1").await)?,
-        None,
-    )?;
+    eq("empty list", ok("list", store.list_api_keys().await)?, vec![])?;
+    eq("missing key", ok("get", store.get_api_key("k1").await)?, None)?;
 
     let k1 = sample_key("k1", "h1");
     ok("put k1", store.put_api_key(&k1).await)?;
-    eq(
-        "get k1",
-        ok("get k1", store.get_api_key("k1").await)?,
-        Some(k1.clone()),
-    )?;
+    eq("get k1", ok("get k1", store.get_api_key("k1").await)?, Some(k1.clone()))?;
 
     // Another id with the same hash is refused, and nothing changes.
     let k2_clash = sample_key("k2", "h1");
     match store.put_api_key(&k2_clash).await {
         Err(StoreError::Conflict(_)) => {}
         other => {
-            return Err(format!(
-                "put k2 with k1's hash: want Conflict, got {other:?}"
-            ));
+            return Err(format!("put k2 with k1's hash: want Conflict, got {other:?}"));
         }
     }
     eq(
@@ -138,16 +119,11 @@ pub async fn api_keys(store: &dyn Store) -> Check {
     };
     ok("rehash k1", store.put_api_key(&k1_rehashed).await)?;
     let k2 = sample_key("k2", "h1");
-    ok(
-        "put k2 with k1's released hash",
-        store.put_api_key(&k2).await,
-    )?;
+    ok("put k2 with k1's released hash", store.put_api_key(&k2).await)?;
     match store.put_api_key(&sample_key("k3", "h1b")).await {
         Err(StoreError::Conflict(_)) => {}
         other => {
-            return Err(format!(
-                "put k3 with k1's new hash: want Conflict, got {other:?}"
-            ));
+            return Err(format!("put k3 with k1's new hash: want Conflict, got {other:?}"));
         }
     }
 
@@ -158,43 +134,20 @@ pub async fn api_keys(store: &dyn Store) -> Check {
     )?;
 
     // Delete frees the hash for another key.
-    eq(
-        "delete k2",
-        ok("delete k2", store.delete_api_key("k2").await)?,
-        true,
-    )?;
+    eq("delete k2", ok("delete k2", store.delete_api_key("k2").await)?, true)?;
     eq(
         "delete k2 again",
         ok("delete k2", store.delete_api_key("k2").await)?,
         false,
     )?;
-    eq(
-        "get deleted k2",
-        ok("get k2", store.get_api_key("k2").await)?,
-        None,
-    )?;
+    eq("get deleted k2", ok("get k2", store.get_api_key("k2").await)?, None)?;
     let k3 = sample_key("k3", "h1");
-    ok(
-        "put k3 with deleted k2's hash",
-        store.put_api_key(&k3).await,
-    )?;
+    ok("put k3 with deleted k2's hash", store.put_api_key(&k3).await)?;
 
     // Clean up for the next checks.
-    eq(
-        "delete k1",
-        ok("delete k1", store.delete_api_key("k1").await)?,
-        true,
-    )?;
-    eq(
-        "delete k3",
-        ok("delete k3", store.delete_api_key("k3").await)?,
-        true,
-    )?;
-    eq(
-        "list after deletes",
-        ok("list", store.list_api_keys().await)?,
-        vec![],
-    )?;
+    eq("delete k1", ok("delete k1", store.delete_api_key("k1").await)?, true)?;
+    eq("delete k3", ok("delete k3", store.delete_api_key("k3").await)?, true)?;
+    eq("list after deletes", ok("list", store.list_api_keys().await)?, vec![])?;
     Ok(())
 }
 
@@ -203,9 +156,7 @@ pub async fn api_key_last_used(store: &dyn Store) -> Check {
     for id in ["lu1", "lu2"] {
         ok(
             "put key",
-            store
-                .put_api_key(&sample_key(id, &format!("hash-{id}")))
-                .await,
+            store.put_api_key(&sample_key(id, &format!("hash-{id}"))).await,
         )?;
     }
     ok("touch nothing", store.touch_api_keys(&[]).await)?;
@@ -229,18 +180,12 @@ pub async fn api_key_last_used(store: &dyn Store) -> Check {
         want,
     )?;
 
-    ok(
-        "touch older",
-        store.touch_api_keys(&[("lu1".to_string(), 99)]).await,
-    )?;
+    ok("touch older", store.touch_api_keys(&[("lu1".to_string(), 99)]).await)?;
     ok(
         "touch newer",
-        store
-            .touch_api_keys(&[("lu2".to_string(), 1_700_000_000)])
-            .await,
+        store.touch_api_keys(&[("lu2".to_string(), 1_700_000_000)]).await,
     )?;
-    let want: BTreeMap<String, i64> =
-        [("lu1".to_string(), 100), ("lu2".to_string(), 1_700_000_000)].into();
+    let want: BTreeMap<String, i64> = [("lu1".to_string(), 100), ("lu2".to_string(), 1_700_000_000)].into();
     eq(
         "later time wins across batches",
         ok("last used", store.api_key_last_used().await)?,
@@ -248,10 +193,7 @@ pub async fn api_key_last_used(store: &dyn Store) -> Check {
     )?;
 
     // A use reported for a key that does not exist (deleted meanwhile) leaves no entry.
-    ok(
-        "touch unknown",
-        store.touch_api_keys(&[("ghost".to_string(), 5)]).await,
-    )?;
+    ok("touch unknown", store.touch_api_keys(&[("ghost".to_string(), 5)]).await)?;
     ok("delete lu2", store.delete_api_key("lu2").await)?;
     let want: BTreeMap<String, i64> = [("lu1".to_string(), 100)].into();
     eq(
@@ -274,10 +216,7 @@ pub async fn accounts(store: &dyn Store) -> Check {
     let secrets = Secrets::new(&Secrets::generate_key()).map_err(|e| format!("secrets: {e}"))?;
     let plaintext = "sk-ant-api03-contract-test-secret";
     let mut model_map = BTreeMap::new();
-    model_map.insert(
-        "claude-sonnet-4".to_string(),
-        "claude-sonnet-4-20250514".to_string(),
-    );
+    model_map.insert("claude-sonnet-4".to_string(), "claude-sonnet-4-20250514".to_string());
     let mut extra = BTreeMap::new();
     extra.insert(
         "proxy".to_string(),
@@ -306,11 +245,7 @@ pub async fn accounts(store: &dyn Store) -> Check {
         ..a1.clone()
     };
 
-    eq(
-        "empty list",
-        ok("list", store.list_accounts().await)?,
-        vec![],
-    )?;
+    eq("empty list", ok("list", store.list_accounts().await)?, vec![])?;
     ok("put a1", store.put_account(&a1).await)?;
     ok("put a0", store.put_account(&a0).await)?;
     let got = ok("get a1", store.get_account("a1").await)?.ok_or("a1 missing after put")?;
@@ -341,31 +276,15 @@ pub async fn accounts(store: &dyn Store) -> Check {
         Some(a1_disabled),
     )?;
 
-    eq(
-        "delete a1",
-        ok("delete a1", store.delete_account("a1").await)?,
-        true,
-    )?;
+    eq("delete a1", ok("delete a1", store.delete_account("a1").await)?, true)?;
     eq(
         "delete a1 again",
         ok("delete a1", store.delete_account("a1").await)?,
         false,
     )?;
-    eq(
-        "get deleted a1",
-        ok("get a1", store.get_account("a1").await)?,
-        None,
-    )?;
-    eq(
-        "delete a0",
-        ok("delete a0", store.delete_account("a0").await)?,
-        true,
-    )?;
-    eq(
-        "list after deletes",
-        ok("list", store.list_accounts().await)?,
-        vec![],
-    )?;
+    eq("get deleted a1", ok("get a1", store.get_account("a1").await)?, None)?;
+    eq("delete a0", ok("delete a0", store.delete_account("a0").await)?, true)?;
+    eq("list after deletes", ok("list", store.list_accounts().await)?, vec![])?;
     Ok(())
 }
 
@@ -446,10 +365,7 @@ pub async fn usage_series(store: &dyn Store) -> Check {
     )?;
     eq(
         "minute series is half-open",
-        ok(
-            "minute",
-            series(Granularity::Minute, m0 + 1, m0 + 120).await,
-        )?,
+        ok("minute", series(Granularity::Minute, m0 + 1, m0 + 120).await)?,
         vec![(m0 + 60, c12)],
     )?;
     eq(
@@ -470,18 +386,12 @@ pub async fn usage_series(store: &dyn Store) -> Check {
     )?;
     eq(
         "month series",
-        ok(
-            "month",
-            series(Granularity::Month, last_month, this_month + 1).await,
-        )?,
+        ok("month", series(Granularity::Month, last_month, this_month + 1).await)?,
         vec![(last_month, c1), (this_month, c2)],
     )?;
     eq(
         "month series from inside last month",
-        ok(
-            "month",
-            series(Granularity::Month, last_month + 1, t + 1).await,
-        )?,
+        ok("month", series(Granularity::Month, last_month + 1, t + 1).await)?,
         vec![(this_month, c2)],
     )?;
     eq(
@@ -524,10 +434,7 @@ pub async fn usage_series(store: &dyn Store) -> Check {
     )?;
     eq(
         "month accumulates",
-        ok(
-            "month",
-            series(Granularity::Month, this_month, this_month + 1).await,
-        )?,
+        ok("month", series(Granularity::Month, this_month, this_month + 1).await)?,
         vec![(this_month, c12)],
     )?;
 
@@ -584,10 +491,7 @@ pub async fn usage_series(store: &dyn Store) -> Check {
 
     // A range wider than the backend's cap is refused, not silently truncated.
     ensure!(
-        store
-            .usage_series(d, model, Granularity::Minute, 0, t)
-            .await
-            .is_err(),
+        store.usage_series(d, model, Granularity::Minute, 0, t).await.is_err(),
         "a minute series over all time should be refused"
     );
     Ok(())
@@ -600,10 +504,7 @@ pub async fn usage_totals(store: &dyn Store) -> Check {
     let b = counters(3, 30, 3, 15);
     let batch = vec![
         (bucket(Dimension::Key, "tk1", Granularity::Total, t), a),
-        (
-            bucket(Dimension::Key, "tk1", Granularity::Total, t - 86_400 * 400),
-            a,
-        ),
+        (bucket(Dimension::Key, "tk1", Granularity::Total, t - 86_400 * 400), a),
         (bucket(Dimension::Key, "tk2", Granularity::Total, t), b),
         (bucket(Dimension::Key, "tk3", Granularity::Day, t), b),
         (bucket(Dimension::Account, "ta1", Granularity::Total, t), b),
@@ -614,26 +515,18 @@ pub async fn usage_totals(store: &dyn Store) -> Check {
 
     let keys = ok("key totals", store.usage_totals(Dimension::Key).await)?;
     // Keys `full` (from usage_series) and `tk3` have day buckets only: no total.
-    let want: BTreeMap<String, UsageCounters> =
-        [("tk1".to_string(), aa), ("tk2".to_string(), b)].into();
+    let want: BTreeMap<String, UsageCounters> = [("tk1".to_string(), aa), ("tk2".to_string(), b)].into();
     eq("key totals", keys, want)?;
     let want: BTreeMap<String, UsageCounters> = [("ta1".to_string(), b)].into();
     eq(
         "account totals",
-        ok(
-            "account totals",
-            store.usage_totals(Dimension::Account).await,
-        )?,
+        ok("account totals", store.usage_totals(Dimension::Account).await)?,
         want,
     )?;
 
     let models = ok("model totals", store.usage_totals(Dimension::Model).await)?;
     let names: Vec<&str> = models.keys().map(String::as_str).collect();
-    eq(
-        "model subjects (from usage_series)",
-        names,
-        vec!["claude:opus-4"],
-    )?;
+    eq("model subjects (from usage_series)", names, vec!["claude:opus-4"])?;
     Ok(())
 }
 
@@ -660,13 +553,7 @@ pub async fn usage_expiry(store: &dyn Store) -> Check {
         ok(
             "minute",
             store
-                .usage_series(
-                    d,
-                    s,
-                    Granularity::Minute,
-                    stale_minute - 60,
-                    stale_minute + 60,
-                )
+                .usage_series(d, s, Granularity::Minute, stale_minute - 60, stale_minute + 60)
                 .await,
         )?,
         vec![],
@@ -711,9 +598,7 @@ pub async fn usage_expiry(store: &dyn Store) -> Check {
         "hour bucket survives the purge",
         ok(
             "hour",
-            store
-                .usage_series(d, s, Granularity::Hour, hour, hour + 1)
-                .await,
+            store.usage_series(d, s, Granularity::Hour, hour, hour + 1).await,
         )?,
         vec![(hour, c)],
     )?;
@@ -721,10 +606,7 @@ pub async fn usage_expiry(store: &dyn Store) -> Check {
     ok("purge far future", store.purge_expired_usage(far).await)?;
     eq(
         "total survives every purge",
-        ok(
-            "total",
-            store.usage_series(d, s, Granularity::Total, 0, 1).await,
-        )?,
+        ok("total", store.usage_series(d, s, Granularity::Total, 0, 1).await)?,
         vec![(0, c)],
     )?;
     Ok(())
@@ -754,8 +636,7 @@ pub async fn redis_ttls(store: &RedisStore) -> Check {
             Some(retention) => {
                 let end = bk.granularity.next_bucket(bk.start);
                 let want = end + retention.as_secs() as i64 - now();
-                let got =
-                    ttl.ok_or_else(|| format!("{} bucket has no TTL", bk.granularity.as_str()))?;
+                let got = ttl.ok_or_else(|| format!("{} bucket has no TTL", bk.granularity.as_str()))?;
                 ensure!(
                     (got - want).abs() <= 5,
                     "{} bucket TTL {got}s, want about {want}s",
@@ -775,11 +656,7 @@ pub async fn sessions(store: &dyn Store) -> Check {
         created_at: t,
         expires_at: t + 3_600,
     };
-    eq(
-        "missing session",
-        ok("get", store.get_session("nope", t).await)?,
-        None,
-    )?;
+    eq("missing session", ok("get", store.get_session("nope", t).await)?, None)?;
     ok("put s1", store.put_session("th1", &s1).await)?;
     eq(
         "valid session",
@@ -813,11 +690,7 @@ pub async fn sessions(store: &dyn Store) -> Check {
     // lazily): put it back before checking delete.
     ok("put s1 again", store.put_session("th1", &s1).await)?;
     ok("delete s1", store.delete_session("th1").await)?;
-    eq(
-        "deleted session",
-        ok("get", store.get_session("th1", t).await)?,
-        None,
-    )?;
+    eq("deleted session", ok("get", store.get_session("th1", t).await)?, None)?;
     ok("delete missing", store.delete_session("th1").await)?;
     Ok(())
 }

@@ -25,8 +25,8 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use super::{
-    AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store,
-    StoreError, StoreResult, UsageCounters,
+    AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store, StoreError, StoreResult,
+    UsageCounters,
 };
 
 /// The file name inside the data directory.
@@ -65,24 +65,17 @@ impl EmbeddedStore {
     /// Opens (creating if needed) `dir/relay.redb`. Blocking: call it at start-up, not on the hot
     /// path. Fails with `Unavailable` if another process holds the file.
     pub fn open(dir: &Path) -> StoreResult<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
-                "{} is already open in another process",
-                path.display()
-            )),
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::Unavailable(format!("{} is already open in another process", path.display()))
+            }
             other => db_err_at(&path, other),
         })?;
         init_schema(&db).map_err(|e| match e {
-            StoreError::Unavailable(m) => {
-                StoreError::Unavailable(format!("{}: {m}", path.display()))
-            }
+            StoreError::Unavailable(m) => StoreError::Unavailable(format!("{}: {m}", path.display())),
             other => other,
         })?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
@@ -116,14 +109,10 @@ fn init_schema(db: &Database) -> StoreResult<()> {
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut meta = txn.open_table(META).map_err(db_err)?;
-        let version = meta
-            .get("schema_version")
-            .map_err(db_err)?
-            .map(|g| g.value());
+        let version = meta.get("schema_version").map_err(db_err)?.map(|g| g.value());
         match version {
             None => {
-                meta.insert("schema_version", SCHEMA_VERSION)
-                    .map_err(db_err)?;
+                meta.insert("schema_version", SCHEMA_VERSION).map_err(db_err)?;
             }
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StoreError::Corrupt(format!(
@@ -173,9 +162,7 @@ struct KeyHashOnly {
 }
 
 fn old_key_hash(json: &str) -> Option<String> {
-    serde_json::from_str::<KeyHashOnly>(json)
-        .ok()
-        .map(|k| k.key_hash)
+    serde_json::from_str::<KeyHashOnly>(json).ok().map(|k| k.key_hash)
 }
 
 /// Decodes every value of a JSON table. A record this relay cannot read (for example one written
@@ -252,10 +239,7 @@ impl Store for EmbeddedStore {
             {
                 let mut keys = txn.open_table(KEYS).map_err(db_err)?;
                 let mut hashes = txn.open_table(KEY_HASHES).map_err(db_err)?;
-                let owner = hashes
-                    .get(hash.as_str())
-                    .map_err(db_err)?
-                    .map(|g| g.value().to_owned());
+                let owner = hashes.get(hash.as_str()).map_err(db_err)?.map(|g| g.value().to_owned());
                 if let Some(owner) = owner {
                     // An index entry whose key is gone is stale, not a conflict.
                     if owner != id && keys.get(owner.as_str()).map_err(db_err)?.is_some() {
@@ -291,10 +275,7 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(db_err)?;
             let deleted = {
                 let mut keys = txn.open_table(KEYS).map_err(db_err)?;
-                let removed = keys
-                    .remove(id.as_str())
-                    .map_err(db_err)?
-                    .map(|g| g.value().to_owned());
+                let removed = keys.remove(id.as_str()).map_err(db_err)?.map(|g| g.value().to_owned());
                 match removed {
                     None => false,
                     Some(json) => {
@@ -335,10 +316,7 @@ impl Store for EmbeddedStore {
                     if keys.get(id.as_str()).map_err(db_err)?.is_none() {
                         continue;
                     }
-                    let current = last_used
-                        .get(id.as_str())
-                        .map_err(db_err)?
-                        .map(|g| g.value());
+                    let current = last_used.get(id.as_str()).map_err(db_err)?.map(|g| g.value());
                     if current.is_none_or(|c| c < *at) {
                         last_used.insert(id.as_str(), *at).map_err(db_err)?;
                     }
@@ -371,8 +349,7 @@ impl Store for EmbeddedStore {
 
     async fn get_account(&self, id: &str) -> StoreResult<Option<AccountRecord>> {
         let id = id.to_owned();
-        self.run(move |db| get_json(db, ACCOUNTS, "account", &id))
-            .await
+        self.run(move |db| get_json(db, ACCOUNTS, "account", &id)).await
     }
 
     async fn put_account(&self, account: &AccountRecord) -> StoreResult<()> {
@@ -418,8 +395,7 @@ impl Store for EmbeddedStore {
                 let mut usage = txn.open_table(USAGE).map_err(db_err)?;
                 let mut expiry = txn.open_table(USAGE_EXPIRY).map_err(db_err)?;
                 for (bk, add) in &merged {
-                    let key =
-                        encode_bucket_key(bk.dimension, bk.granularity, &bk.subject, bk.start)?;
+                    let key = encode_bucket_key(bk.dimension, bk.granularity, &bk.subject, bk.start)?;
                     let current = usage
                         .get(key.as_slice())
                         .map_err(db_err)?
@@ -428,9 +404,7 @@ impl Store for EmbeddedStore {
                         Some(c) => c?,
                         None => {
                             if let Some(exp) = bucket_expiry(bk.granularity, bk.start) {
-                                expiry
-                                    .insert(expiry_key(exp, &key).as_slice(), ())
-                                    .map_err(db_err)?;
+                                expiry.insert(expiry_key(exp, &key).as_slice(), ()).map_err(db_err)?;
                             }
                             UsageCounters::default()
                         }
@@ -481,21 +455,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn usage_totals(
-        &self,
-        dimension: Dimension,
-    ) -> StoreResult<BTreeMap<String, UsageCounters>> {
+    async fn usage_totals(&self, dimension: Dimension) -> StoreResult<BTreeMap<String, UsageCounters>> {
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
             let t = txn.open_table(USAGE).map_err(db_err)?;
-            let lo = [
-                dimension_code(dimension),
-                granularity_code(Granularity::Total),
-            ];
-            let hi = [
-                dimension_code(dimension),
-                granularity_code(Granularity::Total) + 1,
-            ];
+            let lo = [dimension_code(dimension), granularity_code(Granularity::Total)];
+            let hi = [dimension_code(dimension), granularity_code(Granularity::Total) + 1];
             let mut out = BTreeMap::new();
             for row in t.range(lo.as_slice()..hi.as_slice()).map_err(db_err)? {
                 let (k, v) = row.map_err(db_err)?;
@@ -583,10 +548,7 @@ impl Store for EmbeddedStore {
                         let still_expired = t
                             .get(hash.as_str())
                             .map_err(db_err)?
-                            .map(|g| {
-                                serde_json::from_str::<AdminSession>(g.value())
-                                    .map(|s| s.expires_at <= now)
-                            })
+                            .map(|g| serde_json::from_str::<AdminSession>(g.value()).map(|s| s.expires_at <= now))
                             .is_some_and(|r| r.unwrap_or(true));
                         if still_expired {
                             t.remove(hash.as_str()).map_err(db_err)?;
@@ -651,11 +613,7 @@ pub(crate) fn bucket_expiry(granularity: Granularity, start: i64) -> Option<i64>
 
 /// The starts of the buckets of `granularity` that lie in `[from, to)`, ascending. Errors when the
 /// range spans more than [`MAX_SERIES_BUCKETS`] buckets.
-pub(crate) fn series_bucket_starts(
-    granularity: Granularity,
-    from: i64,
-    to: i64,
-) -> StoreResult<Vec<i64>> {
+pub(crate) fn series_bucket_starts(granularity: Granularity, from: i64, to: i64) -> StoreResult<Vec<i64>> {
     let from = from.clamp(-TS_LIMIT, TS_LIMIT);
     let to = to.clamp(-TS_LIMIT, TS_LIMIT.saturating_add(1));
     let mut out = Vec::new();
@@ -687,25 +645,17 @@ pub(crate) fn series_bucket_starts(
 /// Sums a batch by bucket (a batch may name one bucket twice), aligns starts to their bucket, and
 /// drops empty counters and buckets that are already expired at `now` (Redis would delete them as
 /// soon as their `EXPIREAT` lies in the past; both backends behave the same).
-pub(crate) fn merge_usage_batch(
-    batch: &[(BucketKey, UsageCounters)],
-    now: i64,
-) -> BTreeMap<BucketKey, UsageCounters> {
+pub(crate) fn merge_usage_batch(batch: &[(BucketKey, UsageCounters)], now: i64) -> BTreeMap<BucketKey, UsageCounters> {
     let mut merged: BTreeMap<BucketKey, UsageCounters> = BTreeMap::new();
     for (bk, c) in batch {
         if c.is_zero() {
             continue;
         }
-        let start = bk
-            .granularity
-            .bucket_start(bk.start.clamp(-TS_LIMIT, TS_LIMIT));
+        let start = bk.granularity.bucket_start(bk.start.clamp(-TS_LIMIT, TS_LIMIT));
         if bucket_expiry(bk.granularity, start).is_some_and(|exp| exp < now) {
             continue;
         }
-        let key = BucketKey {
-            start,
-            ..bk.clone()
-        };
+        let key = BucketKey { start, ..bk.clone() };
         merged.entry(key).or_default().add(c);
     }
     merged
@@ -736,9 +686,7 @@ fn granularity_code(g: Granularity) -> u8 {
 }
 
 fn granularity_from_code(c: u8) -> Option<Granularity> {
-    Granularity::ALL
-        .into_iter()
-        .find(|g| granularity_code(*g) == c)
+    Granularity::ALL.into_iter().find(|g| granularity_code(*g) == c)
 }
 
 /// Big-endian with the sign bit flipped: byte order equals numeric order.
@@ -755,12 +703,7 @@ fn from_sortable_i64(b: [u8; 8]) -> i64 {
 /// The length prefix keeps subjects unambiguous whatever bytes they contain, and the series of one
 /// (dimension, granularity, subject) is a contiguous range ordered by start; all `Total` buckets of
 /// a dimension are the contiguous range under the two-byte prefix.
-fn encode_bucket_key(
-    d: Dimension,
-    g: Granularity,
-    subject: &str,
-    start: i64,
-) -> StoreResult<Vec<u8>> {
+fn encode_bucket_key(d: Dimension, g: Granularity, subject: &str, start: i64) -> StoreResult<Vec<u8>> {
     let len = u32::try_from(subject.len())
         .map_err(|_| StoreError::Conflict("usage subject is longer than 4 GiB".to_string()))?;
     let mut k = Vec::with_capacity(14 + subject.len());
@@ -778,10 +721,7 @@ fn decode_bucket_key(k: &[u8]) -> StoreResult<BucketKey> {
     let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
     let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| bad())?;
     let subject = rest.get(..len).ok_or_else(bad)?;
-    let start: [u8; 8] = rest
-        .get(len..)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(bad)?;
+    let start: [u8; 8] = rest.get(len..).and_then(|s| s.try_into().ok()).ok_or_else(bad)?;
     Ok(BucketKey {
         dimension: dimension_from_code(d).ok_or_else(bad)?,
         subject: String::from_utf8(subject.to_vec()).map_err(|_| bad())?,
@@ -831,9 +771,7 @@ fn decode_counters(b: &[u8]) -> StoreResult<UsageCounters> {
                 .ok_or_else(|| StoreError::Corrupt("truncated usage counters".to_string()))?;
             pos += 1;
             if shift >= 64 {
-                return Err(StoreError::Corrupt(
-                    "usage counter overflows 64 bits".to_string(),
-                ));
+                return Err(StoreError::Corrupt("usage counter overflows 64 bits".to_string()));
             }
             v |= u64::from(byte & 0x7f) << shift;
             shift += 7;
@@ -875,14 +813,11 @@ mod tests {
 
     #[test]
     fn bucket_keys_sort_by_start_and_round_trip() {
-        let a =
-            encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus", -3_600).unwrap();
+        let a = encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus", -3_600).unwrap();
         let b = encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus", 0).unwrap();
-        let c =
-            encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus", 3_600).unwrap();
+        let c = encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus", 3_600).unwrap();
         assert!(a < b && b < c);
-        let other =
-            encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus:x", 0).unwrap();
+        let other = encode_bucket_key(Dimension::Model, Granularity::Hour, "claude:opus:x", 0).unwrap();
         assert_ne!(b, other);
         let bk = decode_bucket_key(&c).unwrap();
         assert_eq!(bk.subject, "claude:opus");
@@ -902,20 +837,13 @@ mod tests {
             series_bucket_starts(Granularity::Minute, 61, 181).unwrap(),
             vec![120, 180]
         );
-        assert_eq!(
-            series_bucket_starts(Granularity::Total, 0, 1).unwrap(),
-            vec![0]
-        );
+        assert_eq!(series_bucket_starts(Granularity::Total, 0, 1).unwrap(), vec![0]);
         assert!(
             series_bucket_starts(Granularity::Total, 1, i64::MAX)
                 .unwrap()
                 .is_empty()
         );
-        assert!(
-            series_bucket_starts(Granularity::Minute, 10, 10)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(series_bucket_starts(Granularity::Minute, 10, 10).unwrap().is_empty());
         assert!(series_bucket_starts(Granularity::Minute, 0, 60 * 2_001).is_err());
         assert!(series_bucket_starts(Granularity::Day, i64::MIN, i64::MAX).is_err());
         // 2024-01-15 .. 2024-03-15: February and March start in range.

@@ -197,8 +197,14 @@ impl Granularity {
             Granularity::Day => start + 86_400,
             Granularity::Month => match Utc.timestamp_opt(start, 0).single() {
                 Some(t) => {
-                    let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
-                    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().map_or(i64::MAX, |n| n.timestamp())
+                    let (y, m) = if t.month() == 12 {
+                        (t.year() + 1, 1)
+                    } else {
+                        (t.year(), t.month() + 1)
+                    };
+                    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+                        .single()
+                        .map_or(i64::MAX, |n| n.timestamp())
                 }
                 None => i64::MAX,
             },

@@ -29,16 +29,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{
-    AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script,
-};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::embedded::{bucket_expiry, merge_usage_batch, now_unix, series_bucket_starts};
 use super::{
-    AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store,
-    StoreError, StoreResult, UsageCounters,
+    AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store, StoreError, StoreResult,
+    UsageCounters,
 };
 
 /// The prefix used when none is configured.
@@ -129,9 +127,9 @@ fn decode_all<T: serde::de::DeserializeOwned>(what: &str, rows: HashMap<String, 
 fn parse_counters(key: &str, fields: HashMap<String, String>) -> StoreResult<UsageCounters> {
     let mut c = UsageCounters::default();
     for (name, value) in fields {
-        let v: u64 = value.parse().map_err(|_| {
-            StoreError::Corrupt(format!("usage bucket {key:?}: field {name} = {value:?}"))
-        })?;
+        let v: u64 = value
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("usage bucket {key:?}: field {name} = {value:?}")))?;
         c.set_field(&name, v);
     }
     Ok(c)
@@ -162,10 +160,7 @@ impl RedisStore {
             .map_err(unavailable)?;
 
         // Push messages need RESP3 (Redis 6+); the subscriber has its own connection.
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
+        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let sub_client = Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
         let channel = format!("{prefix}changes");
         let subscriber_id = Arc::new(AtomicI64::new(-1));
@@ -229,12 +224,7 @@ impl RedisStore {
     }
 
     fn usage_key(&self, d: Dimension, g: Granularity, start: i64, subject: &str) -> String {
-        format!(
-            "{}u:{}:{}:{start}:{subject}",
-            self.prefix,
-            d.as_str(),
-            g.as_str()
-        )
+        format!("{}u:{}:{}:{start}:{subject}", self.prefix, d.as_str(), g.as_str())
     }
 
     fn subjects_key(&self, d: Dimension) -> String {
@@ -265,11 +255,7 @@ impl RedisStore {
         json.map(|j| from_json(what, id, &j)).transpose()
     }
 
-    async fn hgetall_json<T: serde::de::DeserializeOwned>(
-        &self,
-        hash: &str,
-        what: &str,
-    ) -> StoreResult<Vec<T>> {
+    async fn hgetall_json<T: serde::de::DeserializeOwned>(&self, hash: &str, what: &str) -> StoreResult<Vec<T>> {
         let rows: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.key(hash))
             .query_async(&mut self.conn())
@@ -350,10 +336,7 @@ impl Store for RedisStore {
         for (id, at) in uses {
             invocation.arg(id).arg(*at);
         }
-        let _: i64 = invocation
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let _: i64 = invocation.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -414,9 +397,7 @@ impl Store for RedisStore {
                     continue;
                 }
                 let v = i64::try_from(v).map_err(|_| {
-                    StoreError::Conflict(format!(
-                        "usage counter {field} = {v} exceeds the Redis integer range"
-                    ))
+                    StoreError::Conflict(format!("usage counter {field} = {v} exceeds the Redis integer range"))
                 })?;
                 pipe.cmd("HINCRBY").arg(&name).arg(field).arg(v).ignore();
             }
@@ -432,10 +413,7 @@ impl Store for RedisStore {
                 }
             }
         }
-        let _: () = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let _: () = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -459,10 +437,7 @@ impl Store for RedisStore {
         for name in &names {
             pipe.cmd("HGETALL").arg(name);
         }
-        let rows: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
         let mut out = Vec::new();
         for ((start, name), fields) in starts.into_iter().zip(&names).zip(rows) {
             if !fields.is_empty() {
@@ -472,10 +447,7 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn usage_totals(
-        &self,
-        dimension: Dimension,
-    ) -> StoreResult<BTreeMap<String, UsageCounters>> {
+    async fn usage_totals(&self, dimension: Dimension) -> StoreResult<BTreeMap<String, UsageCounters>> {
         let subjects: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.subjects_key(dimension))
             .query_async(&mut self.conn())
@@ -492,10 +464,7 @@ impl Store for RedisStore {
         for name in &names {
             pipe.cmd("HGETALL").arg(name);
         }
-        let rows: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
         let mut out = BTreeMap::new();
         for ((subject, name), fields) in subjects.into_iter().zip(&names).zip(rows) {
             if !fields.is_empty() {
@@ -579,23 +548,16 @@ struct Subscription {
 }
 
 impl Subscription {
-    async fn open(
-        client: &Client,
-        channel: &str,
-        client_id: &AtomicI64,
-    ) -> redis::RedisResult<Self> {
+    async fn open(client: &Client, channel: &str, client_id: &AtomicI64) -> redis::RedisResult<Self> {
         let (tx, pushes) = mpsc::unbounded_channel();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_push_sender(tx);
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
         conn.subscribe(channel).await?;
         // Diagnostics only: a restrictive ACL may refuse CLIENT, which must not stop the relay.
-        let id: redis::RedisResult<i64> =
-            redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await;
+        let id: redis::RedisResult<i64> = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await;
         client_id.store(id.unwrap_or(-1), Ordering::Relaxed);
         Ok(Subscription { conn, pushes })
     }
@@ -671,10 +633,7 @@ mod tests {
         assert_eq!(c.cost_nanos, 123);
         let mut bad = HashMap::new();
         bad.insert("requests".to_string(), "-1".to_string());
-        assert!(matches!(
-            parse_counters("k", bad),
-            Err(StoreError::Corrupt(_))
-        ));
+        assert!(matches!(parse_counters("k", bad), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

@@ -29,7 +29,10 @@ impl TokenUsage {
 
     /// All prompt-side tokens: input plus cache reads and writes.
     pub fn total_input(&self) -> u64 {
-        self.input + self.cache_read + self.cache_write_5m + self.cache_write_1h
+        self.input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write_5m)
+            .saturating_add(self.cache_write_1h)
     }
 }
 

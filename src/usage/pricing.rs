@@ -111,6 +111,11 @@ struct PricingFile {
 }
 
 impl PricingTable {
+    /// The model names of the table, sorted.
+    pub fn model_names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| &*e.name)
+    }
+
     /// Parses the `conf/pricing.json` format.
     pub fn from_json(bytes: &[u8]) -> Result<Self, PricingError> {
         let file: PricingFile = serde_json::from_slice(bytes)?;
@@ -294,11 +299,7 @@ struct Rates {
 
 impl Rates {
     fn of(p: &ModelPrice) -> Self {
-        let base = resolve_rates(
-            p.input,
-            p.output,
-            [p.cache_read, p.cache_write_5m, p.cache_write_1h],
-        );
+        let base = resolve_rates(p.input, p.output, [p.cache_read, p.cache_write_5m, p.cache_write_1h]);
         let long = p.long_context.as_ref().map(|lc| {
             let input = lc.input.unwrap_or(p.input);
             // A kind the tier does not price keeps its base price; a kind priced nowhere falls
@@ -326,18 +327,8 @@ impl Rates {
             Some((above, ref long)) if prompt > above => long,
             _ => &self.base,
         };
-        let tokens = [
-            u.input,
-            u.output,
-            u.cache_read,
-            u.cache_write_5m,
-            u.cache_write_1h,
-        ];
-        let total: f64 = tokens
-            .iter()
-            .zip(rates)
-            .map(|(&t, &rate)| t as f64 * rate)
-            .sum();
+        let tokens = [u.input, u.output, u.cache_read, u.cache_write_5m, u.cache_write_1h];
+        let total: f64 = tokens.iter().zip(rates).map(|(&t, &rate)| t as f64 * rate).sum();
         // Saturating conversion; f64 is exact for integers up to 2^53 nano-USD (9M USD).
         total.round() as u64
     }
@@ -366,13 +357,7 @@ fn build_index(entries: &[Entry]) -> HashMap<Box<str>, Alias> {
         claim(&mut index, entries, &e.name, i, Rank::Exact);
     }
     for (i, e) in entries.iter().enumerate() {
-        claim(
-            &mut index,
-            entries,
-            &normalise(&e.name),
-            i,
-            Rank::Normalised,
-        );
+        claim(&mut index, entries, &normalise(&e.name), i, Rank::Normalised);
     }
     // Undated name → its dated names, counting distinct dated names rather than entries: the
     // same snapshot listed by several providers is still one candidate.
@@ -395,13 +380,7 @@ fn build_index(entries: &[Entry]) -> HashMap<Box<str>, Alias> {
 /// Points `name` at entry `i` unless a better claim holds it: a lower rank, then (for names
 /// normalised from several entries, such as `us.` and `eu.` variants of one Bedrock model) the
 /// shorter table name, which is the one without a region or platform prefix.
-fn claim(
-    index: &mut HashMap<Box<str>, Alias>,
-    entries: &[Entry],
-    name: &str,
-    i: usize,
-    rank: Rank,
-) {
+fn claim(index: &mut HashMap<Box<str>, Alias>, entries: &[Entry], name: &str, i: usize, rank: Rank) {
     let key = |a: &Alias| {
         let n = entries.get(a.entry).map_or("", |e| &*e.name);
         (a.rank, n.len(), n)
@@ -506,8 +485,6 @@ fn is_digits(s: &str, len: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
     use super::*;
 
     fn builtin() -> PricingTable {
@@ -569,10 +546,7 @@ mod tests {
         // Cache writes count towards the threshold and take their tier prices.
         let writes = usage(1, 0, 0, 150_000, 50_000);
         // 1×6000 + 150000×7500 + 50000×12000.
-        assert_eq!(
-            t.cost_nanos("claude-sonnet-4-5", &writes),
-            Some(1_725_006_000)
-        );
+        assert_eq!(t.cost_nanos("claude-sonnet-4-5", &writes), Some(1_725_006_000));
     }
 
     #[test]
@@ -589,12 +563,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            t.lookup("m")
-                .unwrap()
-                .long_context
-                .as_ref()
-                .unwrap()
-                .above_tokens,
+            t.lookup("m").unwrap().long_context.as_ref().unwrap().above_tokens,
             272_000
         );
         assert_eq!(
@@ -610,8 +579,7 @@ mod tests {
 
     #[test]
     fn missing_cache_prices_fall_back_to_ratios_of_input() {
-        let t =
-            PricingTable::from_json(br#"{"models":{"m":{"input":1e-6,"output":2e-6}}}"#).unwrap();
+        let t = PricingTable::from_json(br#"{"models":{"m":{"input":1e-6,"output":2e-6}}}"#).unwrap();
         // 1×1000 + 1×2000 + 10×100 + 10×1250 + 10×2000.
         assert_eq!(t.cost_nanos("m", &usage(1, 1, 10, 10, 10)), Some(36_500));
         // claude-opus-4-1 (Bedrock entry) has no 1h write price: 2× 1.5e-5 input.
@@ -621,8 +589,7 @@ mod tests {
 
     #[test]
     fn cost_rounds_to_the_nearest_nano() {
-        let t =
-            PricingTable::from_json(br#"{"models":{"m":{"input":2.5e-10,"output":0}}}"#).unwrap();
+        let t = PricingTable::from_json(br#"{"models":{"m":{"input":2.5e-10,"output":0}}}"#).unwrap();
         assert_eq!(t.cost_nanos("m", &usage(1, 0, 0, 0, 0)), Some(0));
         assert_eq!(t.cost_nanos("m", &usage(2, 0, 0, 0, 0)), Some(1));
         assert_eq!(t.cost_nanos("m", &usage(3, 0, 0, 0, 0)), Some(1));
@@ -633,10 +600,7 @@ mod tests {
     #[test]
     fn absurd_token_counts_do_not_overflow() {
         let huge = usage(u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX);
-        assert_eq!(
-            builtin().cost_nanos("claude-sonnet-4-5", &huge),
-            Some(u64::MAX)
-        );
+        assert_eq!(builtin().cost_nanos("claude-sonnet-4-5", &huge), Some(u64::MAX));
     }
 
     #[test]
@@ -655,28 +619,18 @@ mod tests {
     #[test]
     fn name_normalisation() {
         let t = builtin();
-        resolves(
-            &t,
-            "claude-sonnet-4-5-20250929",
-            "claude-sonnet-4-5-20250929",
-        );
+        resolves(&t, "claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929");
         resolves(&t, "anthropic/claude-sonnet-4-5", "claude-sonnet-4-5");
         resolves(&t, "CLAUDE-SONNET-4-5", "claude-sonnet-4-5");
         resolves(&t, "claude-sonnet-4-5[1m]", "claude-sonnet-4-5");
-        resolves(
-            &t,
-            "claude-sonnet-4-5@20250929",
-            "claude-sonnet-4-5-20250929",
-        );
+        resolves(&t, "claude-sonnet-4-5@20250929", "claude-sonnet-4-5-20250929");
         // A Bedrock id the table lists is priced as listed (regional endpoints cost 10% more).
         resolves(
             &t,
             "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
             "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
         );
-        let us = t
-            .lookup("us.anthropic.claude-sonnet-4-5-20250929-v1:0")
-            .unwrap();
+        let us = t.lookup("us.anthropic.claude-sonnet-4-5-20250929-v1:0").unwrap();
         assert_eq!(us.input, 3.3e-6);
         // One it does not list falls back to the first-party model.
         resolves(
@@ -707,11 +661,7 @@ mod tests {
         // ...but is not priced as another snapshot.
         assert!(t.lookup("claude-opus-4-1-20990101").is_none());
         resolves(&t, "gemini-2.5-pro", "gemini/gemini-2.5-pro");
-        resolves(
-            &t,
-            "vertex_ai/claude-sonnet-4-5@default",
-            "claude-sonnet-4-5",
-        );
+        resolves(&t, "vertex_ai/claude-sonnet-4-5@default", "claude-sonnet-4-5");
     }
 
     #[test]
@@ -729,11 +679,7 @@ mod tests {
         // Two entries with one dated name: still one candidate; the tie goes to the shorter,
         // then alphabetically first name.
         resolves(&t, "claude-y", "eu.anthropic.claude-y-20240101-v1:0");
-        resolves(
-            &t,
-            "claude-y-20240101",
-            "eu.anthropic.claude-y-20240101-v1:0",
-        );
+        resolves(&t, "claude-y-20240101", "eu.anthropic.claude-y-20240101-v1:0");
     }
 
     #[test]
@@ -743,14 +689,8 @@ mod tests {
             "claude-3-haiku-20240307"
         );
         assert_eq!(normalise("anthropic.claude-v2:1"), "claude-v2:1");
-        assert_eq!(
-            normalise("anthropic.claude-instant-v1"),
-            "claude-instant-v1"
-        );
-        assert_eq!(
-            normalise("global.anthropic.claude-opus-4-6-v1"),
-            "claude-opus-4-6"
-        );
+        assert_eq!(normalise("anthropic.claude-instant-v1"), "claude-instant-v1");
+        assert_eq!(normalise("global.anthropic.claude-opus-4-6-v1"), "claude-opus-4-6");
         assert_eq!(
             normalise("anthropic.claude-3-sonnet-20240229-v1:0:200k"),
             "claude-3-sonnet-20240229"
@@ -766,14 +706,8 @@ mod tests {
         assert_eq!(normalise("my-anthropic.model"), "my-anthropic.model");
         assert_eq!(normalise("é/ü[x]"), "ü");
         assert_eq!(strip_date("gpt-4o-2024-08-06"), Some("gpt-4o"));
-        assert_eq!(
-            strip_date("claude-3-5-haiku-latest"),
-            Some("claude-3-5-haiku")
-        );
-        assert_eq!(
-            strip_date("claude-sonnet-4-5-20250929"),
-            Some("claude-sonnet-4-5")
-        );
+        assert_eq!(strip_date("claude-3-5-haiku-latest"), Some("claude-3-5-haiku"));
+        assert_eq!(strip_date("claude-sonnet-4-5-20250929"), Some("claude-sonnet-4-5"));
         assert_eq!(strip_date("claude-sonnet-4-5"), None);
         assert_eq!(strip_date("x-2024-08-0a"), None);
         assert_eq!(strip_date("ü2024-08-06"), None);
@@ -795,19 +729,11 @@ mod tests {
             br#"{"_source":"x"}"#,
         ];
         for b in bad {
-            assert!(
-                PricingTable::from_json(b).is_err(),
-                "{}",
-                String::from_utf8_lossy(b)
-            );
+            assert!(PricingTable::from_json(b).is_err(), "{}", String::from_utf8_lossy(b));
         }
         let err = PricingTable::from_json(br#"{"models":{"m":{"input":1e-6}}}"#).unwrap_err();
         assert!(err.to_string().contains("\"m\""), "{err}");
-        assert!(
-            PricingTable::from_json(br#"{"models":{}}"#)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(PricingTable::from_json(br#"{"models":{}}"#).unwrap().is_empty());
     }
 
     #[test]

@@ -1,11 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use super::*;
 
-const PLAIN: &[u8] =
-    include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream.sse");
-const TOOL_USE: &[u8] =
-    include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream-tool-use.sse");
+const PLAIN: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream.sse");
+const TOOL_USE: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream-tool-use.sse");
 
 /// Everything the parser reports, for comparing runs.
 #[derive(Debug, PartialEq)]
@@ -170,21 +166,12 @@ fn delta_cache_total_keeps_a_matching_split_and_overrides_a_different_one() {
     };
     // Same total as message_start's split: the split stands.
     let same = parse_whole(format!("{START_SPLIT}{}", delta(100)).as_bytes());
-    assert_eq!(
-        (same.usage.cache_write_5m, same.usage.cache_write_1h),
-        (10, 90)
-    );
+    assert_eq!((same.usage.cache_write_5m, same.usage.cache_write_1h), (10, 90));
     // A new total: it wins; the known 1h share stays, the rest is 5m.
     let more = parse_whole(format!("{START_SPLIT}{}", delta(150)).as_bytes());
-    assert_eq!(
-        (more.usage.cache_write_5m, more.usage.cache_write_1h),
-        (60, 90)
-    );
+    assert_eq!((more.usage.cache_write_5m, more.usage.cache_write_1h), (60, 90));
     let less = parse_whole(format!("{START_SPLIT}{}", delta(40)).as_bytes());
-    assert_eq!(
-        (less.usage.cache_write_5m, less.usage.cache_write_1h),
-        (0, 40)
-    );
+    assert_eq!((less.usage.cache_write_5m, less.usage.cache_write_1h), (0, 40));
     // A split in the delta overrides.
     let split = parse_whole(
         format!(
@@ -193,10 +180,7 @@ fn delta_cache_total_keeps_a_matching_split_and_overrides_a_different_one() {
         )
         .as_bytes(),
     );
-    assert_eq!(
-        (split.usage.cache_write_5m, split.usage.cache_write_1h),
-        (0, 100)
-    );
+    assert_eq!((split.usage.cache_write_5m, split.usage.cache_write_1h), (0, 100));
 }
 
 #[test]
@@ -260,10 +244,7 @@ fn error_event_after_http_200() {
         stop: false,
         saw_usage: true,
         // The first error is kept; the JSON escapes are decoded.
-        error: Some((
-            "overloaded_error".to_owned(),
-            "Overloaded \"now\"".to_owned(),
-        )),
+        error: Some(("overloaded_error".to_owned(), "Overloaded \"now\"".to_owned())),
     };
     assert_split_invariant(stream.as_bytes(), &expected);
 }
@@ -353,9 +334,7 @@ fn malformed_json_is_ignored() {
 /// A `data:` line of `len` bytes (without newline) for a message_delta with output `tokens`,
 /// padded inside the JSON.
 fn padded_delta(len: usize, tokens: u64) -> String {
-    let head = format!(
-        "data: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{tokens}}},\"pad\":\""
-    );
+    let head = format!("data: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{tokens}}},\"pad\":\"");
     let tail = "\"}";
     let pad = len - head.len() - tail.len();
     format!("{head}{}{tail}", "x".repeat(pad))
@@ -371,16 +350,7 @@ fn a_line_over_the_cap_is_skipped_not_buffered() {
              event: message_delta\n{at_cap}{line_end}{line_end}"
         );
         let stream = stream.as_bytes();
-        for size in [
-            1,
-            7,
-            4096,
-            65536,
-            MAX_LINE - 1,
-            MAX_LINE,
-            MAX_LINE + 1,
-            stream.len(),
-        ] {
+        for size in [1, 7, 4096, 65536, MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, stream.len()] {
             let mut p = SseUsageParser::new();
             for chunk in stream.chunks(size) {
                 p.feed(chunk);

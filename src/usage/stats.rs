@@ -73,7 +73,10 @@ impl StatsStop {
 pub fn pipeline(store: Arc<dyn Store>, metrics: Arc<Metrics>, interval: Duration) -> (UsageSink, StatsWriter) {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     (
-        UsageSink { tx, metrics: metrics.clone() },
+        UsageSink {
+            tx,
+            metrics: metrics.clone(),
+        },
         StatsWriter {
             rx,
             store,
@@ -143,7 +146,10 @@ impl StatsWriter {
             let batch: Vec<(BucketKey, UsageCounters)> = buckets.into_iter().collect();
             let t = Instant::now();
             let res = self.store.add_usage(&batch).await;
-            self.metrics.store_latency.with_label_values(&["add_usage"]).observe(t.elapsed().as_secs_f64());
+            self.metrics
+                .store_latency
+                .with_label_values(&["add_usage"])
+                .observe(t.elapsed().as_secs_f64());
             if let Err(e) = res {
                 tracing::warn!(error = %e, buckets = batch.len(), "usage write failed; will retry");
                 for (k, c) in batch {
@@ -155,7 +161,10 @@ impl StatsWriter {
             let uses: Vec<(String, i64)> = self.last_used.drain().map(|(k, t)| (k.to_string(), t)).collect();
             let t = Instant::now();
             let res = self.store.touch_api_keys(&uses).await;
-            self.metrics.store_latency.with_label_values(&["touch_keys"]).observe(t.elapsed().as_secs_f64());
+            self.metrics
+                .store_latency
+                .with_label_values(&["touch_keys"])
+                .observe(t.elapsed().as_secs_f64());
             if let Err(e) = res {
                 tracing::warn!(error = %e, "key last-used write failed; will retry");
                 for (k, t) in uses {

@@ -87,7 +87,11 @@ impl MockUpstream {
                 .await
                 .unwrap();
         });
-        MockUpstream { addr, state, shutdown: Some(tx) }
+        MockUpstream {
+            addr,
+            state,
+            shutdown: Some(tx),
+        }
     }
 }
 
@@ -106,7 +110,12 @@ fn num(h: &HeaderMap, name: &str) -> Option<u64> {
 /// The golden stream with the model replaced by the one requested (as the real API echoes it).
 pub fn stream_for(model: &str, tool: bool) -> Vec<u8> {
     let golden = String::from_utf8_lossy(if tool { SSE_TOOL } else { SSE }).to_string();
-    golden.replace(&format!("\"model\":\"{GOLDEN_MODEL}\""), &format!("\"model\":{}", serde_json::to_string(model).unwrap())).into_bytes()
+    golden
+        .replace(
+            &format!("\"model\":\"{GOLDEN_MODEL}\""),
+            &format!("\"model\":{}", serde_json::to_string(model).unwrap()),
+        )
+        .into_bytes()
 }
 
 /// A non-streaming answer with the same usage as the golden stream.
@@ -121,7 +130,13 @@ pub fn json_for(model: &str) -> serde_json::Value {
     })
 }
 
-async fn handle(State(state): State<Arc<MockState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<MockState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     state.seen.lock().unwrap().push(Seen {
         method: method.to_string(),
         path_and_query: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),

@@ -14,7 +14,11 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password";
 pub const ALICE: &str = "cr_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct RelayProcess {
@@ -58,20 +62,33 @@ impl RelayProcess {
         }
         yaml.push_str(extra);
         if !extra.contains("store:") {
-            yaml.push_str(&format!("store: {{ backend: embedded, path: {} }}\n", dir.path().join("data").display()));
+            yaml.push_str(&format!(
+                "store: {{ backend: embedded, path: {} }}\n",
+                dir.path().join("data").display()
+            ));
         }
         let conf = dir.path().join("relay.yaml");
         std::fs::write(&conf, yaml).unwrap();
         let log = dir.path().join("relay.log");
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_claude-relay"));
-        cmd.arg("--config").arg(&conf).stdout(logf.try_clone().unwrap()).stderr(logf).stdin(Stdio::null());
+        cmd.arg("--config")
+            .arg(&conf)
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .stdin(Stdio::null());
         cmd.env("RELAY_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let p = RelayProcess { child: Some(child), port, admin_port, dir, log };
+        let p = RelayProcess {
+            child: Some(child),
+            port,
+            admin_port,
+            dir,
+            log,
+        };
         p.wait_ready().await;
         p
     }
@@ -93,7 +110,10 @@ impl RelayProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Sends SIGTERM and waits for the process to exit (returns its exit status).
@@ -143,7 +163,9 @@ impl Drop for RelayProcess {
 
 /// One console account named `main` pointing at `url`.
 pub fn account_yaml(name: &str, url: &str, extra: &str) -> String {
-    format!("  - {{ name: {name}, kind: claude-console, base_url: \"{url}\", api_key: sk-ant-api03-upstream-{name}{extra} }}\n")
+    format!(
+        "  - {{ name: {name}, kind: claude-console, base_url: \"{url}\", api_key: sk-ant-api03-upstream-{name}{extra} }}\n"
+    )
 }
 
 /// Polls `f` until it returns `Some`, for up to 10 s.
@@ -166,7 +188,13 @@ where
 
 /// Raw fixture lines from `shared/fixtures/NAME.jsonl`: (method, path, query, headers, raw body).
 /// One recorded request: method, path, query pairs, header pairs, raw JSON body.
-pub type FixtureRequest = (String, String, Vec<(String, String)>, Vec<(String, String)>, Option<String>);
+pub type FixtureRequest = (
+    String,
+    String,
+    Vec<(String, String)>,
+    Vec<(String, String)>,
+    Option<String>,
+);
 
 pub fn fixture(name: &str) -> Vec<FixtureRequest> {
     #[derive(serde::Deserialize)]
@@ -185,8 +213,16 @@ pub fn fixture(name: &str) -> Vec<FixtureRequest> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let line: Line<'_> = serde_json::from_str(l).unwrap();
-            let q = line.query.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect();
-            let h = line.headers.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect();
+            let q = line
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect();
+            let h = line
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect();
             (line.method, line.path, q, h, line.body.map(|b| b.get().to_string()))
         })
         .collect()
