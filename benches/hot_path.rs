@@ -48,8 +48,18 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
         .collect();
     let snapshot = build_snapshot(&config, &secrets, &Scheduler::new(), stored, Vec::new());
     assert_eq!(snapshot.keys.len(), n, "every generated key made it into the snapshot");
-    let stored_hit = if n > 1 { plaintext(n / 2) } else { CONFIG_KEY.to_string() };
-    (SnapshotKeys { secrets, snapshot: Arc::new(ArcSwap::from_pointee(snapshot)) }, stored_hit)
+    let stored_hit = if n > 1 {
+        plaintext(n / 2)
+    } else {
+        CONFIG_KEY.to_string()
+    };
+    (
+        SnapshotKeys {
+            secrets,
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        },
+        stored_hit,
+    )
 }
 
 fn key_lookup(c: &mut Criterion) {
@@ -61,7 +71,9 @@ fn key_lookup(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("hit", n), &n, |b, _| {
             b.iter(|| keys.find(black_box(stored_hit.as_str())))
         });
-        group.bench_with_input(BenchmarkId::new("miss", n), &n, |b, _| b.iter(|| keys.find(black_box(MISSING_KEY))));
+        group.bench_with_input(BenchmarkId::new("miss", n), &n, |b, _| {
+            b.iter(|| keys.find(black_box(MISSING_KEY)))
+        });
     }
     group.finish();
 }
@@ -78,7 +90,10 @@ fn run_ready<F: std::future::Future>(f: F) -> F::Output {
 
 fn filter_chain(c: &mut Criterion) {
     let mut group = c.benchmark_group("filter_chain_headers");
-    let route = RouteInfo { service: Service::Claude, endpoint: "messages" };
+    let route = RouteInfo {
+        service: Service::Claude,
+        endpoint: "messages",
+    };
     for n in [1usize, 10_000] {
         let (keys, stored_hit) = directory(n);
         let keys: Arc<dyn KeyDirectory> = Arc::new(keys);
@@ -102,13 +117,20 @@ fn filter_chain(c: &mut Criterion) {
         let mut hit = headers.clone();
         hit.insert("x-api-key", http::HeaderValue::from_str(&stored_hit).unwrap());
         let mut bearer = headers.clone();
-        bearer.insert("authorization", http::HeaderValue::from_str(&format!("Bearer {stored_hit}")).unwrap());
+        bearer.insert(
+            "authorization",
+            http::HeaderValue::from_str(&format!("Bearer {stored_hit}")).unwrap(),
+        );
         let mut miss = headers.clone();
         miss.insert("x-api-key", http::HeaderValue::from_static(MISSING_KEY));
         let none = headers;
 
-        let cases: [(&str, &http::HeaderMap, bool); 4] =
-            [("x_api_key_hit", &hit, true), ("bearer_hit", &bearer, true), ("invalid_key", &miss, false), ("missing_key", &none, false)];
+        let cases: [(&str, &http::HeaderMap, bool); 4] = [
+            ("x_api_key_hit", &hit, true),
+            ("bearer_hit", &bearer, true),
+            ("invalid_key", &miss, false),
+            ("missing_key", &none, false),
+        ];
         for (name, h, ok) in cases {
             let run = || {
                 let mut holds = Vec::new();

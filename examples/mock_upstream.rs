@@ -43,7 +43,10 @@ fn wants_stream(body: &[u8]) -> bool {
 
 async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     if !wants_stream(&body) {
-        return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], Bytes::from_static(JSON))
+        return (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            Bytes::from_static(JSON),
+        )
             .into_response();
     }
     let delay_ms = headers
@@ -68,7 +71,10 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     };
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
@@ -87,7 +93,11 @@ fn main() {
     rt.block_on(async {
         let app = Router::new().route("/v1/messages", post(messages)).fallback(not_found);
         let listener = tokio::net::TcpListener::bind(args.listen).await.expect("bind --listen");
-        eprintln!("mock_upstream listening on {} ({} threads)", args.listen, args.threads.max(1));
+        eprintln!(
+            "mock_upstream listening on {} ({} threads)",
+            args.listen,
+            args.threads.max(1)
+        );
         // Small streamed writes must not wait for Nagle.
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {

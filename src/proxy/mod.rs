@@ -350,6 +350,13 @@ impl ProxyHttp for RelayProxy {
         }
     }
 
+    /// What Pingora's own error log lines show of a request: method and path only. The query may
+    /// carry a client key (`?key=`), so it is never logged.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &pingora::Error) -> bool {
         ctx.client_disconnected
     }
