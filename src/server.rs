@@ -185,6 +185,41 @@ fn check_bindable(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener>
     std::net::TcpListener::bind(addr).context(format!("cannot listen on {addr} ({what})"))
 }
 
+/// Pingora's graceful shutdown (SIGTERM) closes the listeners, then sleeps the whole grace period
+/// before stopping its runtimes, even when nothing is in flight. This watches for the grace period
+/// and, as soon as no request is in flight, writes the last statistics and exits, so an idle relay
+/// stops at once while a busy one still gets the full grace period.
+async fn exit_when_drained(
+    mut phases: tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>,
+    in_flight: prometheus::IntGauge,
+    stats_stop: Arc<std::sync::Mutex<Option<crate::usage::stats::StatsStop>>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match phases.recv().await {
+            Ok(pingora::server::ExecutionPhase::ShutdownGracePeriod) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        }
+    }
+    tracing::info!(
+        in_flight = in_flight.get(),
+        "graceful shutdown: waiting for in-flight requests"
+    );
+    let mut idle_checks = 0;
+    while idle_checks < 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        idle_checks = if in_flight.get() <= 0 { idle_checks + 1 } else { 0 };
+    }
+    tracing::info!("graceful shutdown: nothing in flight; writing the last usage statistics");
+    let stop = stats_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(stop) = stop {
+        stop.stop().await;
+    }
+    tracing::info!("claude-relay stopped");
+    std::process::exit(0);
+}
+
 /// Runs the relay until a shutdown signal; returns after the final statistics flush.
 pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let config = Arc::new(config);
@@ -235,6 +270,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let (usage_sink, writer) =
         crate::usage::stats::pipeline(store.clone(), metrics.clone(), config.stats.flush_interval.0);
     let (stats_stop, _stats_task) = writer.start(store_rt.handle());
+    let stats_stop = Arc::new(std::sync::Mutex::new(Some(stats_stop)));
 
     let keys = Arc::new(SnapshotKeys {
         secrets: secrets.clone(),
@@ -289,7 +325,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         store: store.clone(),
         snapshot,
         reloader,
-        metrics,
+        metrics: metrics.clone(),
         pricing,
         credentials: Arc::new(credentials),
         login_limiter: Default::default(),
@@ -298,11 +334,20 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
     server.add_service(admin);
 
+    store_rt.spawn(exit_when_drained(
+        server.watch_execution_phase(),
+        metrics.in_flight.clone(),
+        stats_stop.clone(),
+    ));
+
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, store = store.backend(), "claude-relay starting");
     server.run(RunArgs::default());
 
     tracing::info!("server stopped; writing the last usage statistics");
-    store_rt.block_on(stats_stop.stop());
+    let stop = stats_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(stop) = stop {
+        store_rt.block_on(stop.stop());
+    }
     store_rt.shutdown_timeout(Duration::from_secs(5));
     Ok(())
 }

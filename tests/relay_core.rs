@@ -613,9 +613,10 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed_for_what_was_seen(
 }
 
 #[tokio::test]
-async fn graceful_shutdown_finishes_streams_and_keeps_their_usage() {
+async fn graceful_shutdown_finishes_streams_keeps_their_usage_and_exits_once_drained() {
     let mock = MockUpstream::start().await;
-    let mut relay = relay_with(&mock, "").await;
+    // A long grace period: the relay must still exit as soon as the last stream is done.
+    let mut relay = relay_with(&mock, "shutdown_grace: 600s\n").await;
     let url = format!("{}/v1/messages", relay.base());
     let slow = tokio::spawn(async move {
         let r = client()
@@ -630,7 +631,14 @@ async fn graceful_shutdown_finishes_streams_and_keeps_their_usage() {
         r.bytes().await.unwrap()
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
     relay.signal("TERM");
+    // New connections are refused while the stream finishes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", relay.port)).await.is_err(),
+        "listener still open"
+    );
     let body = slow.await.unwrap();
     assert_eq!(
         &body[..],
@@ -638,10 +646,20 @@ async fn graceful_shutdown_finishes_streams_and_keeps_their_usage() {
         "the in-flight stream completes"
     );
     assert!(relay.wait().success());
+    assert!(t.elapsed() < Duration::from_secs(5), "exit took {:?}", t.elapsed());
     let totals = stored_totals(relay.dir.path()).await;
     let alice = &totals["config.alice"];
     assert_eq!((alice.requests, alice.input_tokens, alice.output_tokens), (1, 21, 7));
     assert!(alice.cost_nanos > 0);
+}
+
+#[tokio::test]
+async fn an_idle_relay_stops_at_once_on_sigterm() {
+    let mut relay = RelayProcess::start("shutdown_grace: 600s\n").await;
+    let t = Instant::now();
+    let status = relay.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "exit took {:?}", t.elapsed());
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! Usage statistics: events from finished requests are aggregated in memory and written to the
 //! store in batches, off the request path.
 //!
-//! The request path only does a non-blocking `try_send` into a bounded queue ([`UsageSink`]). The
-//! [`StatsWriter`] folds events per (minute, key, account, model) and, every flush interval,
+//! The request path only pushes onto a bounded in-memory queue ([`UsageSink`]): no channel wake-up,
+//! no syscall, so a busy relay does not pay a cross-thread wake-up per request. The
+//! [`StatsWriter`] takes the queue every 100 ms, folds events per (minute, key, account, model) and,
+//! every flush interval,
 //! expands them into the minute/hour/day/month/total buckets of each dimension and writes them in
 //! one batch. A failed write keeps the pending counters for the next attempt. On shutdown the writer
 //! drains the queue and flushes once more, so usage that reached the relay is not lost.
@@ -11,28 +13,36 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 use crate::store::{BucketKey, Dimension, Granularity, Store, UsageCounters};
 use crate::usage::UsageEvent;
 
-/// Capacity of the queue between requests and the writer.
-pub const QUEUE_CAPACITY: usize = 65_536;
+/// Capacity of the queue between requests and the writer (events between two drains).
+pub const QUEUE_CAPACITY: usize = 1 << 20;
+/// How often the writer takes the queue.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
-/// The request path's handle: never blocks, never fails the request.
+/// The request path's handle: never blocks on I/O, never fails the request.
 #[derive(Clone)]
 pub struct UsageSink {
-    tx: mpsc::Sender<UsageEvent>,
+    queue: Arc<Mutex<Vec<UsageEvent>>>,
     metrics: Arc<Metrics>,
 }
 
 impl UsageSink {
     pub fn record(&self, ev: UsageEvent) {
-        if let Err(e) = self.tx.try_send(ev) {
-            self.metrics.usage_events_dropped.inc();
-            tracing::error!(error = %e, "usage event dropped: statistics queue full or closed");
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() < QUEUE_CAPACITY {
+            q.push(ev);
+            return;
         }
+        drop(q);
+        self.metrics.usage_events_dropped.inc();
+        tracing::error!("usage event dropped: statistics queue full (is the store down?)");
     }
 }
 
@@ -46,7 +56,8 @@ struct Fold {
 
 /// Folds usage events and writes them to the store.
 pub struct StatsWriter {
-    rx: mpsc::Receiver<UsageEvent>,
+    queue: Arc<Mutex<Vec<UsageEvent>>>,
+    spare: Vec<UsageEvent>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     interval: Duration,
@@ -69,16 +80,17 @@ impl StatsStop {
     }
 }
 
-/// Creates the sink and its writer. Run the writer with [`StatsWriter::run`].
+/// Creates the sink and its writer. Start the writer with [`StatsWriter::start`].
 pub fn pipeline(store: Arc<dyn Store>, metrics: Arc<Metrics>, interval: Duration) -> (UsageSink, StatsWriter) {
-    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let queue = Arc::new(Mutex::new(Vec::with_capacity(1024)));
     (
         UsageSink {
-            tx,
+            queue: queue.clone(),
             metrics: metrics.clone(),
         },
         StatsWriter {
-            rx,
+            queue,
+            spare: Vec::with_capacity(1024),
             store,
             metrics,
             interval,
@@ -104,6 +116,19 @@ fn counters_of(ev: &UsageEvent) -> UsageCounters {
 }
 
 impl StatsWriter {
+    /// Takes everything queued so far (swapping buffers, so the lock is held for an instant).
+    fn drain(&mut self) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *q, &mut self.spare);
+        }
+        let mut batch = std::mem::take(&mut self.spare);
+        for ev in batch.drain(..) {
+            self.fold(ev);
+        }
+        self.spare = batch;
+    }
+
     fn fold(&mut self, ev: UsageEvent) {
         let c = counters_of(&ev);
         let slot = self.last_used.entry(ev.key_id.clone()).or_insert(ev.at);
@@ -174,8 +199,7 @@ impl StatsWriter {
         }
     }
 
-    /// Runs until stopped through the returned handle or until every sink is dropped; then drains
-    /// the queue and flushes.
+    /// Runs until stopped through the returned handle; then drains the queue and flushes.
     pub fn start(self, rt: &tokio::runtime::Handle) -> (StatsStop, tokio::task::JoinHandle<()>) {
         let (stop_tx, stop_rx) = oneshot::channel();
         let handle = rt.spawn(self.run(stop_rx));
@@ -183,21 +207,21 @@ impl StatsWriter {
     }
 
     async fn run(mut self, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(self.interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain = tokio::time::interval(DRAIN_EVERY.min(self.interval));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let done = loop {
             tokio::select! {
-                ev = self.rx.recv() => match ev {
-                    Some(ev) => self.fold(ev),
-                    None => break None,
-                },
-                _ = tick.tick() => self.flush().await,
+                _ = drain.tick() => self.drain(),
+                _ = flush.tick() => {
+                    self.drain();
+                    self.flush().await;
+                }
                 d = &mut stop => break d.ok(),
             }
         };
-        while let Ok(ev) = self.rx.try_recv() {
-            self.fold(ev);
-        }
+        self.drain();
         self.flush().await;
         if !self.retry.is_empty() {
             // One more try; after that the counters are reported as lost in the log.

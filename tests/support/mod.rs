@@ -54,9 +54,12 @@ impl RelayProcess {
         let port = free_port();
         let admin_port = free_port();
         let mut yaml = format!(
-            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: {ADMIN_PASSWORD} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\nstats: {{ flush_interval: 200ms }}\nshutdown_grace: 5s\n",
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: {ADMIN_PASSWORD} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\nstats: {{ flush_interval: 200ms }}\n",
             dir.path().join("data").display()
         );
+        if !extra.contains("shutdown_grace:") {
+            yaml.push_str("shutdown_grace: 5s\n");
+        }
         if !extra.contains("api_keys:") {
             yaml.push_str(&format!("api_keys:\n  - {{ name: alice, key: {ALICE} }}\n"));
         }
