@@ -42,6 +42,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
             key_hash: secrets.hash_client_key_hex(&plaintext(i)),
             hint: String::new(),
             enabled: true,
+            bind: None,
             created_at: 0,
             extra: Default::default(),
         })

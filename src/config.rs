@@ -108,6 +108,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub stats: StatsConfig,
     #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    #[serde(default)]
     pub accounts: Vec<AccountConfig>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
@@ -238,6 +240,27 @@ pub struct AccountConfig {
     pub models: Option<Vec<String>>,
     #[serde(default)]
     pub model_map: BTreeMap<String, String>,
+    /// Group this account belongs to (keys may bind to `group:<name>`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Outbound proxy: `socks5://user:pass@host:port` or `http://user:pass@host:port`.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Most requests this account serves at once (across instances sharing the store).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Spend per day (USD) after which the account leaves the pool until `quota_reset`.
+    #[serde(default)]
+    pub daily_quota_usd: Option<f64>,
+    /// Daily quota reset time, `HH:MM` UTC (default 00:00).
+    #[serde(default)]
+    pub quota_reset: Option<String>,
+    /// Relative share among accounts of the same priority (default 1; LRU within equal weights).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Per-account cooldown overrides, same keys as `scheduler.cooldowns`.
+    #[serde(default)]
+    pub cooldowns: BTreeMap<String, Dur>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +275,63 @@ pub struct ApiKeyConfig {
     pub key_hash: Option<String>,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Dedicated binding: an account name, or `group:<name>`.
+    #[serde(default)]
+    pub bind: Option<String>,
+}
+
+/// Account selection, stickiness and failover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How long a session stays on its account after its last request.
+    #[serde(default = "default_sticky_ttl")]
+    pub sticky_ttl: Dur,
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    /// Cooldown per error class: "503", "5xx", "529", "401", "403", "429_max" (cap for retry-after),
+    /// "429" (when no retry-after), "connect".
+    #[serde(default)]
+    pub cooldowns: BTreeMap<String, Dur>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { sticky_ttl: default_sticky_ttl(), failover: FailoverConfig::default(), cooldowns: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// Accounts tried for one request, the first included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// No new attempt starts after this much time since the request arrived.
+    #[serde(default = "default_budget")]
+    pub budget: Dur,
+    /// Upstream statuses (answered before any byte reached the client) that move the request on.
+    #[serde(default = "default_failover_statuses")]
+    pub statuses: Vec<u16>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig { max_attempts: default_max_attempts(), budget: default_budget(), statuses: default_failover_statuses() }
+    }
+}
+
+fn default_sticky_ttl() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_budget() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_failover_statuses() -> Vec<u16> {
+    vec![429, 529, 500, 502, 503, 504, 401, 403]
 }
 
 fn default_listen() -> String {
@@ -311,6 +391,7 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     pub shutdown_grace: Duration,
     pub stats: StatsConfig,
+    pub scheduler: SchedulerConfig,
     pub accounts: Vec<AccountConfig>,
     pub api_keys: Vec<ApiKeyConfig>,
     pub filters: Vec<String>,
@@ -579,6 +660,31 @@ impl Config {
                     return Err(invalid(key("model_map"), "model names must not be empty"));
                 }
             }
+            if let Some(p) = &a.proxy {
+                crate::proxy::outbound::OutboundProxy::parse(p).map_err(|r| invalid(key("proxy"), r))?;
+            }
+            if a.max_concurrency == Some(0) {
+                return Err(invalid(key("max_concurrency"), "must be at least 1 (leave it out for no cap)"));
+            }
+            if let Some(q) = a.daily_quota_usd
+                && !(q.is_finite() && q > 0.0)
+            {
+                return Err(invalid(key("daily_quota_usd"), "must be a positive number of USD"));
+            }
+            if let Some(r) = &a.quota_reset {
+                crate::scheduler::parse_hhmm(r).map_err(|e| invalid(key("quota_reset"), e))?;
+            }
+            if a.weight == Some(0) {
+                return Err(invalid(key("weight"), "must be at least 1"));
+            }
+            if let Some(g) = &a.group
+                && g.trim().is_empty()
+            {
+                return Err(invalid(key("group"), "must not be empty"));
+            }
+            for k in a.cooldowns.keys() {
+                crate::scheduler::CooldownClass::parse_key(k).map_err(|e| invalid(key(&format!("cooldowns.{k}")), e))?;
+            }
         }
 
         let mut key_names = std::collections::HashSet::new();
@@ -615,6 +721,34 @@ impl Config {
             }
         }
 
+        for k in raw.scheduler.cooldowns.keys() {
+            crate::scheduler::CooldownClass::parse_key(k).map_err(|e| invalid(format!("scheduler.cooldowns.{k}"), e))?;
+        }
+        if raw.scheduler.failover.max_attempts == 0 || raw.scheduler.failover.max_attempts > 20 {
+            return Err(invalid("scheduler.failover.max_attempts", "must be between 1 and 20"));
+        }
+        if let Some(s) = raw.scheduler.failover.statuses.iter().find(|s| !(400..=599).contains(*s)) {
+            return Err(invalid("scheduler.failover.statuses", format!("{s} is not an HTTP error status")));
+        }
+        let account_names: std::collections::HashSet<&str> = raw.accounts.iter().map(|a| a.name.as_str()).collect();
+        let groups: std::collections::HashSet<&str> = raw.accounts.iter().filter_map(|a| a.group.as_deref()).collect();
+        for (i, k) in raw.api_keys.iter().enumerate() {
+            if let Some(b) = &k.bind {
+                match b.strip_prefix("group:") {
+                    Some(g) if g.trim().is_empty() => {
+                        return Err(invalid(format!("api_keys[{i}].bind"), "group name must not be empty"));
+                    }
+                    Some(g) if !groups.contains(g) => {
+                        tracing::warn!(key = %k.name, group = g, "key is bound to a group no configured account has yet");
+                    }
+                    None if !account_names.contains(b.as_str()) => {
+                        tracing::warn!(key = %k.name, account = %b, "key is bound to an account not in the config (it may be created through the admin API)");
+                    }
+                    _ => {}
+                }
+            }
+        }
+
         let filters = match raw.filters {
             Some(f) => f,
             None => vec!["key_auth".to_string()],
@@ -639,6 +773,7 @@ impl Config {
             timeouts: raw.timeouts,
             shutdown_grace: raw.shutdown_grace.0,
             stats: raw.stats,
+            scheduler: raw.scheduler,
             accounts: raw.accounts,
             api_keys: raw.api_keys,
             filters,

@@ -9,7 +9,8 @@ use filters::{ClientKey, KeyDirectory};
 
 use crate::config::Config;
 use crate::providers::{UpstreamBase, anthropic_console};
-use crate::scheduler::{AccountPool, AccountSpec, Scheduler, Source};
+use crate::proxy::outbound::OutboundProxy;
+use crate::scheduler::{AccountPool, AccountSpec, CooldownClass, Scheduler, Source, parse_hhmm};
 use crate::secrets::Secrets;
 use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, Store, StoreError};
 
@@ -79,6 +80,7 @@ pub fn build_snapshot(
             id: config_id(&k.name).into(),
             name: k.name.as_str().into(),
             enabled: k.enabled,
+            bind: k.bind.as_deref().map(Arc::from),
         });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Config, hint, 0));
@@ -97,6 +99,7 @@ pub fn build_snapshot(
             id: r.id.as_str().into(),
             name: r.name.as_str().into(),
             enabled: r.enabled,
+            bind: r.bind.as_deref().map(Arc::from),
         });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Admin, r.hint.clone(), r.created_at));
@@ -122,6 +125,17 @@ pub fn build_snapshot(
             models: a.models.clone(),
             model_map: a.model_map.clone(),
             source: Source::Config,
+            group: a.group.clone(),
+            proxy: a.proxy.as_deref().and_then(|p| OutboundProxy::parse(p).ok()).map(Arc::new),
+            max_concurrency: a.max_concurrency,
+            daily_quota_nanos: a.daily_quota_usd.map(usd_to_nanos),
+            quota_reset_minute: a.quota_reset.as_deref().and_then(|r| parse_hhmm(r).ok()).unwrap_or(0),
+            weight: a.weight.unwrap_or(1),
+            cooldowns: a
+                .cooldowns
+                .iter()
+                .filter_map(|(k, d)| CooldownClass::parse_key(k).ok().map(|c| (c, d.0)))
+                .collect(),
         });
     }
     for r in accounts {
@@ -148,10 +162,38 @@ pub fn build_snapshot(
             models: r.models,
             model_map: r.model_map,
             source: Source::Admin,
+            group: r.group,
+            proxy: match &r.proxy {
+                Some(sealed) => match secrets.open(sealed).map(|p| OutboundProxy::parse(&p)) {
+                    Ok(Ok(p)) => Some(Arc::new(p)),
+                    _ => {
+                        tracing::error!(account = %r.id, "stored account has an unusable proxy; skipped");
+                        continue;
+                    }
+                },
+                None => None,
+            },
+            max_concurrency: r.max_concurrency,
+            daily_quota_nanos: r.daily_quota_usd.map(usd_to_nanos),
+            quota_reset_minute: r.quota_reset.as_deref().and_then(|q| parse_hhmm(q).ok()).unwrap_or(0),
+            weight: r.weight.unwrap_or(1),
+            cooldowns: r
+                .cooldowns
+                .iter()
+                .filter_map(|(k, d)| {
+                    let c = CooldownClass::parse_key(k).ok()?;
+                    let d = crate::config::Dur::parse(d).ok()?;
+                    Some((c, d.0))
+                })
+                .collect(),
         });
     }
     snap.pool = scheduler.pool(specs);
     snap
+}
+
+fn usd_to_nanos(usd: f64) -> u64 {
+    (usd * 1e9).round().max(0.0) as u64
 }
 
 fn auth_for(kind: AccountKind, secret: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {

@@ -31,6 +31,9 @@ pub struct ClientKey {
     pub id: Arc<str>,
     pub name: Arc<str>,
     pub enabled: bool,
+    /// Dedicated binding: an account name or `group:<name>`; the scheduler serves the key only
+    /// from there.
+    pub bind: Option<Arc<str>>,
 }
 
 /// Finds the client key a caller presented. Implemented by the relay over its in-memory snapshot.

@@ -212,6 +212,13 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
         enabled: req.enabled.unwrap_or(true),
         models: req.models,
         model_map: req.model_map,
+        group: None,
+        proxy: None,
+        max_concurrency: None,
+        daily_quota_usd: None,
+        quota_reset: None,
+        weight: None,
+        cooldowns: BTreeMap::new(),
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };

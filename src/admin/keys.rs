@@ -128,6 +128,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
         key_hash: state.secrets.hash_client_key_hex(&plaintext),
         hint: secrets::mask(&plaintext),
         enabled: req.enabled.unwrap_or(true),
+        bind: None,
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };

@@ -105,7 +105,7 @@ async fn send(
     req: &RequestHeader,
     body: &Bytes,
 ) -> Result<(HttpSession, Arc<pingora::upstreams::peer::HttpPeer>), AttemptError> {
-    let peer = relay.peers.get(&account.base).await.map_err(AttemptError::Retryable)?;
+    let peer = relay.peers.get(&account.base, account.proxy.as_deref()).await.map_err(AttemptError::Retryable)?;
     let head_timeout = relay.config.timeouts.response_head.0;
     for _ in 0..3 {
         let (mut up, reused) = match relay.connector.get_http_session(&*peer).await {

@@ -8,6 +8,7 @@ mod body;
 mod dispatch;
 pub mod error;
 mod headers;
+pub mod outbound;
 mod peer;
 mod rewrite;
 pub mod route;

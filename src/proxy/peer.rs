@@ -36,8 +36,13 @@ impl Peers {
         }
     }
 
-    /// The peer for an upstream base, resolving its name when the cached entry is stale.
-    pub async fn get(&self, base: &UpstreamBase) -> Result<Arc<HttpPeer>, RelayError> {
+    /// The peer for an upstream base, reached directly or through an outbound proxy, resolving
+    /// names when the cached entry is stale.
+    pub async fn get(
+        &self,
+        base: &UpstreamBase,
+        _proxy: Option<&super::outbound::OutboundProxy>,
+    ) -> Result<Arc<HttpPeer>, RelayError> {
         let key = PeerKey {
             host: base.host.clone(),
             port: base.port,

@@ -13,6 +13,84 @@ use http::{HeaderName, HeaderValue};
 use crate::providers::UpstreamBase;
 use crate::store::AccountKind;
 
+/// Parses `HH:MM` (UTC) into minutes after midnight.
+pub fn parse_hhmm(s: &str) -> Result<u32, String> {
+    let (h, m) = s.trim().split_once(':').ok_or_else(|| format!("`{s}` is not a time like 00:00"))?;
+    let h: u32 = h.parse().map_err(|_| format!("`{s}` is not a time like 00:00"))?;
+    let m: u32 = m.parse().map_err(|_| format!("`{s}` is not a time like 00:00"))?;
+    if h > 23 || m > 59 {
+        return Err(format!("`{s}` is not a time of day"));
+    }
+    Ok(h * 60 + m)
+}
+
+/// Error classes that put an account in cooldown, as named in `scheduler.cooldowns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CooldownClass {
+    /// `503`
+    Unavailable,
+    /// `5xx` (other server errors)
+    ServerError,
+    /// `529` (overloaded)
+    Overloaded,
+    /// `401`
+    Unauthorized,
+    /// `403`
+    Forbidden,
+    /// `429` without a usable `retry-after` or reset
+    RateLimited,
+    /// `429_max`: the longest a 429 may park an account
+    RateLimitedMax,
+    /// `connect`: connection failures
+    Connect,
+}
+
+impl CooldownClass {
+    pub const ALL: [CooldownClass; 8] = [
+        CooldownClass::Unavailable,
+        CooldownClass::ServerError,
+        CooldownClass::Overloaded,
+        CooldownClass::Unauthorized,
+        CooldownClass::Forbidden,
+        CooldownClass::RateLimited,
+        CooldownClass::RateLimitedMax,
+        CooldownClass::Connect,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            CooldownClass::Unavailable => "503",
+            CooldownClass::ServerError => "5xx",
+            CooldownClass::Overloaded => "529",
+            CooldownClass::Unauthorized => "401",
+            CooldownClass::Forbidden => "403",
+            CooldownClass::RateLimited => "429",
+            CooldownClass::RateLimitedMax => "429_max",
+            CooldownClass::Connect => "connect",
+        }
+    }
+
+    pub fn parse_key(k: &str) -> Result<CooldownClass, String> {
+        CooldownClass::ALL.into_iter().find(|c| c.key() == k).ok_or_else(|| {
+            let known: Vec<&str> = CooldownClass::ALL.iter().map(|c| c.key()).collect();
+            format!("unknown cooldown class (known: {})", known.join(", "))
+        })
+    }
+
+    /// The built-in default.
+    pub fn default_duration(self) -> std::time::Duration {
+        let s = match self {
+            CooldownClass::Unavailable => 60,
+            CooldownClass::ServerError => 300,
+            CooldownClass::Overloaded => 600,
+            CooldownClass::Unauthorized | CooldownClass::Forbidden | CooldownClass::RateLimitedMax => 1800,
+            CooldownClass::RateLimited => 60,
+            CooldownClass::Connect => 30,
+        };
+        std::time::Duration::from_secs(s)
+    }
+}
+
 /// Where an account or key was defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,6 +114,17 @@ pub struct Account {
     pub models: Option<HashSet<String>>,
     pub model_map: HashMap<String, String>,
     pub source: Source,
+    pub group: Option<String>,
+    /// Outbound proxy for this account's connections.
+    pub proxy: Option<Arc<crate::proxy::outbound::OutboundProxy>>,
+    pub max_concurrency: Option<u32>,
+    /// Daily spend cap in nano-USD.
+    pub daily_quota_nanos: Option<u64>,
+    /// Minutes after midnight UTC when the daily quota resets.
+    pub quota_reset_minute: u32,
+    pub weight: u32,
+    /// Per-account cooldown overrides.
+    pub cooldowns: HashMap<CooldownClass, std::time::Duration>,
     /// Use stamp for least-recently-used ordering; shared across snapshot rebuilds.
     last_used: Arc<AtomicU64>,
 }
@@ -67,6 +156,13 @@ pub struct AccountSpec {
     pub models: Option<Vec<String>>,
     pub model_map: std::collections::BTreeMap<String, String>,
     pub source: Source,
+    pub group: Option<String>,
+    pub proxy: Option<Arc<crate::proxy::outbound::OutboundProxy>>,
+    pub max_concurrency: Option<u32>,
+    pub daily_quota_nanos: Option<u64>,
+    pub quota_reset_minute: u32,
+    pub weight: u32,
+    pub cooldowns: HashMap<CooldownClass, std::time::Duration>,
 }
 
 /// The scheduler's own state that outlives snapshots (use stamps).
@@ -101,6 +197,13 @@ impl Scheduler {
                     models: s.models.map(|m| m.into_iter().collect()),
                     model_map: s.model_map.into_iter().collect(),
                     source: s.source,
+                    group: s.group,
+                    proxy: s.proxy,
+                    max_concurrency: s.max_concurrency,
+                    daily_quota_nanos: s.daily_quota_nanos,
+                    quota_reset_minute: s.quota_reset_minute,
+                    weight: s.weight,
+                    cooldowns: s.cooldowns,
                     last_used,
                 })
             })
@@ -188,6 +291,13 @@ mod tests {
             models: models.map(|m| m.into_iter().map(String::from).collect()),
             model_map: [("alias".to_string(), "real".to_string())].into_iter().collect(),
             source: Source::Config,
+            group: None,
+            proxy: None,
+            max_concurrency: None,
+            daily_quota_nanos: None,
+            quota_reset_minute: 0,
+            weight: 1,
+            cooldowns: HashMap::new(),
         }
     }
 

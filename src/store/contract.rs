@@ -73,6 +73,7 @@ pub fn sample_key(id: &str, key_hash: &str) -> ApiKeyRecord {
         key_hash: key_hash.to_string(),
         hint: "cr_3f9a…b71c".to_string(),
         enabled: true,
+        bind: Some("group:team".to_string()),
         created_at: 1_700_000_000,
         extra,
     }
@@ -219,7 +220,7 @@ pub async fn accounts(store: &dyn Store) -> Check {
     model_map.insert("claude-sonnet-4".to_string(), "claude-sonnet-4-20250514".to_string());
     let mut extra = BTreeMap::new();
     extra.insert(
-        "proxy".to_string(),
+        "field_from_a_newer_relay".to_string(),
         serde_json::json!({"url": "socks5://127.0.0.1:1080"}),
     );
     let a1 = AccountRecord {
@@ -232,6 +233,13 @@ pub async fn accounts(store: &dyn Store) -> Check {
         enabled: true,
         models: Some(vec!["claude-sonnet-4".to_string()]),
         model_map,
+        group: Some("team".to_string()),
+        proxy: Some(secrets.seal("socks5://u:p@127.0.0.1:1080")),
+        max_concurrency: Some(4),
+        daily_quota_usd: Some(50.0),
+        quota_reset: Some("00:00".to_string()),
+        weight: None,
+        cooldowns: BTreeMap::new(),
         created_at: 1_700_000_000,
         extra,
     };

@@ -50,6 +50,9 @@ pub struct ApiKeyRecord {
     pub hint: String,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Dedicated binding: an account name or `group:<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
     /// Fields added by later features are kept here verbatim so older and newer relays can share one
@@ -94,6 +97,22 @@ pub struct AccountRecord {
     /// Requested model name → upstream model name.
     #[serde(default)]
     pub model_map: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The sealed outbound proxy URL (it may carry credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_quota_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_reset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Per-account cooldown overrides (`"529": "10m"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cooldowns: BTreeMap<String, String>,
     /// Unix seconds.
     pub created_at: i64,
     #[serde(default, flatten)]
