@@ -11,8 +11,11 @@
 //! table names in the embedded file.
 
 pub mod contract;
+pub mod coord;
+pub mod coord_contract;
 pub mod embedded;
 pub mod redis;
+pub mod redis_coord;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

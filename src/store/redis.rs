@@ -191,6 +191,12 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// The coordination state (sticky sessions, leases, account health) on the same connection
+    /// and prefix.
+    pub fn coordination(&self) -> super::redis_coord::RedisCoordination {
+        super::redis_coord::RedisCoordination::new(self.conn.clone(), &self.prefix)
+    }
+
     /// The Redis `CLIENT ID` of the connection that listens for changes, if known (the server may
     /// refuse `CLIENT ID` under a restrictive ACL). For tests and diagnostics: killing that client
     /// must not stop change delivery for more than a reconnection.

@@ -1,0 +1,181 @@
+//! Coordination state shared by relay instances: sticky sessions, concurrency leases and account
+//! health. Unlike the records of [`super::Store`], this state is short-lived (every entry expires
+//! by itself) and sits on the request path, so each operation is one round trip at most.
+//!
+//! Two implementations: [`MemoryCoordination`] (the embedded backend's single instance) and
+//! [`super::redis_coord::RedisCoordination`] (shared by every instance on one Redis). Both pass
+//! [`super::coord_contract`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::StoreResult;
+
+/// Why an account is out of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// A transient upstream error (5xx, 529, connect failures): back after `until`.
+    CoolingDown,
+    /// The upstream said a rate window is exhausted: back at its reset.
+    RateLimited,
+    /// The daily spend cap is reached: back at the quota reset.
+    OverQuota,
+    /// The upstream refused the credential (401).
+    Unauthorized,
+    /// The upstream refused the account itself (403, organization disabled).
+    Blocked,
+}
+
+/// An account's shared health entry. `until` (Unix ms) is when it returns by itself; `None` means
+/// only an admin action brings it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountHealth {
+    pub state: HealthState,
+    /// Short, secret-free reason, e.g. `upstream 529`.
+    pub reason: String,
+    /// Unix ms.
+    pub since: i64,
+    /// Unix ms.
+    pub until: Option<i64>,
+    /// When the limit covers only one model family (`opus`, `sonnet`), its name.
+    #[serde(default)]
+    pub family: Option<String>,
+}
+
+impl AccountHealth {
+    pub fn active_at(&self, now_ms: i64) -> bool {
+        self.until.is_none_or(|u| u > now_ms)
+    }
+}
+
+#[async_trait]
+pub trait Coordination: Send + Sync + 'static {
+    /// The account a session is bound to, renewing the binding for `ttl`.
+    async fn sticky_get(&self, session: &str, ttl: Duration) -> StoreResult<Option<String>>;
+    async fn sticky_set(&self, session: &str, account_id: &str, ttl: Duration) -> StoreResult<()>;
+
+    /// Takes one of `limit` slots of `scope` for `holder` (idempotent for the same holder). A slot
+    /// frees itself `ttl` after its last renewal, so a crashed holder cannot leak it.
+    async fn lease_acquire(&self, scope: &str, holder: &str, limit: u32, ttl: Duration) -> StoreResult<bool>;
+    async fn lease_release(&self, scope: &str, holder: &str) -> StoreResult<()>;
+    /// Extends every listed `(scope, holder)` lease by `ttl`, in one round trip.
+    async fn lease_renew(&self, leases: &[(String, String)], ttl: Duration) -> StoreResult<()>;
+    /// Live slots of `scope`.
+    async fn lease_count(&self, scope: &str) -> StoreResult<u32>;
+
+    async fn put_account_health(&self, account_id: &str, health: &AccountHealth) -> StoreResult<()>;
+    async fn clear_account_health(&self, account_id: &str) -> StoreResult<()>;
+    /// Every entry still in force at `now_ms`.
+    async fn account_health(&self, now_ms: i64) -> StoreResult<BTreeMap<String, AccountHealth>>;
+}
+
+/// In-process coordination for the embedded backend (one instance).
+#[derive(Default)]
+pub struct MemoryCoordination {
+    sticky: Mutex<HashMap<String, (String, Instant)>>,
+    leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    health: Mutex<BTreeMap<String, AccountHealth>>,
+}
+
+impl MemoryCoordination {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait]
+impl Coordination for MemoryCoordination {
+    async fn sticky_get(&self, session: &str, ttl: Duration) -> StoreResult<Option<String>> {
+        let mut map = lock(&self.sticky);
+        let now = Instant::now();
+        if map.len() > 100_000 {
+            map.retain(|_, (_, exp)| *exp > now);
+        }
+        match map.get_mut(session) {
+            Some((account, exp)) if *exp > now => {
+                *exp = now + ttl;
+                Ok(Some(account.clone()))
+            }
+            Some(_) => {
+                map.remove(session);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn sticky_set(&self, session: &str, account_id: &str, ttl: Duration) -> StoreResult<()> {
+        lock(&self.sticky).insert(session.to_string(), (account_id.to_string(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn lease_acquire(&self, scope: &str, holder: &str, limit: u32, ttl: Duration) -> StoreResult<bool> {
+        let mut map = lock(&self.leases);
+        let now = Instant::now();
+        let slots = map.entry(scope.to_string()).or_default();
+        slots.retain(|_, exp| *exp > now);
+        if let Some(exp) = slots.get_mut(holder) {
+            *exp = now + ttl;
+            return Ok(true);
+        }
+        if slots.len() < limit as usize {
+            slots.insert(holder.to_string(), now + ttl);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn lease_release(&self, scope: &str, holder: &str) -> StoreResult<()> {
+        let mut map = lock(&self.leases);
+        if let Some(slots) = map.get_mut(scope) {
+            slots.remove(holder);
+            if slots.is_empty() {
+                map.remove(scope);
+            }
+        }
+        Ok(())
+    }
+
+    async fn lease_renew(&self, leases: &[(String, String)], ttl: Duration) -> StoreResult<()> {
+        let mut map = lock(&self.leases);
+        let now = Instant::now();
+        for (scope, holder) in leases {
+            if let Some(exp) = map.get_mut(scope).and_then(|s| s.get_mut(holder))
+                && *exp > now
+            {
+                *exp = now + ttl;
+            }
+        }
+        Ok(())
+    }
+
+    async fn lease_count(&self, scope: &str) -> StoreResult<u32> {
+        let now = Instant::now();
+        Ok(lock(&self.leases).get(scope).map_or(0, |s| s.values().filter(|e| **e > now).count() as u32))
+    }
+
+    async fn put_account_health(&self, account_id: &str, health: &AccountHealth) -> StoreResult<()> {
+        lock(&self.health).insert(account_id.to_string(), health.clone());
+        Ok(())
+    }
+
+    async fn clear_account_health(&self, account_id: &str) -> StoreResult<()> {
+        lock(&self.health).remove(account_id);
+        Ok(())
+    }
+
+    async fn account_health(&self, now_ms: i64) -> StoreResult<BTreeMap<String, AccountHealth>> {
+        let mut map = lock(&self.health);
+        map.retain(|_, h| h.active_at(now_ms));
+        Ok(map.clone())
+    }
+}

@@ -1,0 +1,173 @@
+//! Coordination on Redis: every instance sees the same sticky sessions, leases and account health.
+//!
+//! Layout under the store prefix `{p}`: `{p}sticky:{session}` (string, PX ttl),
+//! `{p}lease:{scope}` (sorted set of holders scored by expiry in server ms), `{p}health` (hash of
+//! account id → JSON). Each call is one round trip; lease scripts use the server's clock so
+//! instances with skewed clocks agree.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::coord::{AccountHealth, Coordination};
+use super::{StoreError, StoreResult};
+
+pub struct RedisCoordination {
+    conn: ConnectionManager,
+    prefix: String,
+    acquire: Script,
+    renew: Script,
+    count: Script,
+    sticky_get: Script,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().clamp(1, u128::from(u64::MAX)) as u64
+}
+
+impl RedisCoordination {
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        RedisCoordination {
+            conn,
+            prefix: prefix.to_string(),
+            acquire: Script::new(include_str!("lua/lease_acquire.lua")),
+            renew: Script::new(include_str!("lua/lease_renew.lua")),
+            count: Script::new(include_str!("lua/lease_count.lua")),
+            sticky_get: Script::new(include_str!("lua/sticky_get.lua")),
+        }
+    }
+
+    fn sticky_key(&self, session: &str) -> String {
+        format!("{}sticky:{session}", self.prefix)
+    }
+
+    fn lease_key(&self, scope: &str) -> String {
+        format!("{}lease:{scope}", self.prefix)
+    }
+
+    fn health_key(&self) -> String {
+        format!("{}health", self.prefix)
+    }
+}
+
+#[async_trait]
+impl Coordination for RedisCoordination {
+    async fn sticky_get(&self, session: &str, ttl: Duration) -> StoreResult<Option<String>> {
+        let mut c = self.conn.clone();
+        self.sticky_get
+            .key(self.sticky_key(session))
+            .arg(ms(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn sticky_set(&self, session: &str, account_id: &str, ttl: Duration) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.sticky_key(session))
+            .arg(account_id)
+            .arg("PX")
+            .arg(ms(ttl))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn lease_acquire(&self, scope: &str, holder: &str, limit: u32, ttl: Duration) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let got: i64 = self
+            .acquire
+            .key(self.lease_key(scope))
+            .arg(holder)
+            .arg(limit)
+            .arg(ms(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(got == 1)
+    }
+
+    async fn lease_release(&self, scope: &str, holder: &str) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(self.lease_key(scope))
+            .arg(holder)
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn lease_renew(&self, leases: &[(String, String)], ttl: Duration) -> StoreResult<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let mut inv = self.renew.prepare_invoke();
+        inv.arg(ms(ttl));
+        for (scope, holder) in leases {
+            inv.key(self.lease_key(scope));
+            inv.arg(holder);
+        }
+        inv.invoke_async::<i64>(&mut c).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn lease_count(&self, scope: &str) -> StoreResult<u32> {
+        let mut c = self.conn.clone();
+        let n: i64 = self.count.key(self.lease_key(scope)).invoke_async(&mut c).await.map_err(unavailable)?;
+        Ok(n.max(0) as u32)
+    }
+
+    async fn put_account_health(&self, account_id: &str, health: &AccountHealth) -> StoreResult<()> {
+        let json = serde_json::to_string(health).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(self.health_key())
+            .arg(account_id)
+            .arg(json)
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn clear_account_health(&self, account_id: &str) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("HDEL")
+            .arg(self.health_key())
+            .arg(account_id)
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn account_health(&self, now_ms: i64) -> StoreResult<BTreeMap<String, AccountHealth>> {
+        let mut c = self.conn.clone();
+        let rows: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(self.health_key()).query_async(&mut c).await.map_err(unavailable)?;
+        let mut out = BTreeMap::new();
+        let mut expired = Vec::new();
+        for (id, json) in rows {
+            match serde_json::from_str::<AccountHealth>(&json) {
+                Ok(h) if h.active_at(now_ms) => {
+                    out.insert(id, h);
+                }
+                Ok(_) => expired.push(id),
+                Err(e) => tracing::warn!(account = %id, error = %e, "unreadable account health entry; ignored"),
+            }
+        }
+        if !expired.is_empty() {
+            let _: Result<i64, _> = redis::cmd("HDEL").arg(self.health_key()).arg(&expired).query_async(&mut c).await;
+        }
+        Ok(out)
+    }
+}

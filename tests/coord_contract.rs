@@ -1,0 +1,33 @@
+//! The coordination contract on memory and on a real Redis.
+
+use claude_relay::store::coord::MemoryCoordination;
+use claude_relay::store::coord_contract;
+use claude_relay::store::redis::RedisStore;
+
+fn redis_url() -> String {
+    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+#[tokio::test]
+async fn memory_coordination_passes_the_contract() {
+    coord_contract::run_all(&MemoryCoordination::new(), "mem").await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_coordination_passes_the_contract() {
+    let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
+    let store = RedisStore::connect_with_prefix(&redis_url(), &prefix)
+        .await
+        .unwrap_or_else(|e| panic!("Redis is not reachable at {} ({e}); start one or set RELAY_TEST_REDIS_URL", redis_url()));
+    let c = store.coordination();
+    coord_contract::run_all(&c, "redis").await.unwrap();
+    // Two instances see the same leases.
+    let other = RedisStore::connect_with_prefix(&redis_url(), &prefix).await.unwrap().coordination();
+    use claude_relay::store::coord::Coordination;
+    use std::time::Duration;
+    assert!(c.lease_acquire("shared", "h1", 1, Duration::from_secs(5)).await.unwrap());
+    assert!(!other.lease_acquire("shared", "h2", 1, Duration::from_secs(5)).await.unwrap());
+    c.lease_release("shared", "h1").await.unwrap();
+    assert!(other.lease_acquire("shared", "h2", 1, Duration::from_secs(5)).await.unwrap());
+    other.lease_release("shared", "h2").await.unwrap();
+}
