@@ -87,6 +87,10 @@ pub struct RawConfig {
     /// unless `store.path` says otherwise).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// The Unix socket over which a new process (`--upgrade`) takes over the listening sockets of
+    /// the running one; default `<data_dir>/upgrade.sock`.
+    #[serde(default)]
+    pub upgrade_sock: Option<PathBuf>,
     /// Seals stored secrets and keys the client-key hash. Generated into the data directory when
     /// absent (single instance); required with the redis backend.
     #[serde(default)]
@@ -384,6 +388,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub store: StoreConfig,
     pub data_dir: PathBuf,
+    pub upgrade_sock: PathBuf,
     pub secret_key: Option<String>,
     pub threads: usize,
     pub max_body_bytes: usize,
@@ -755,6 +760,11 @@ impl Config {
         };
 
         let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let upgrade_sock = raw.upgrade_sock.unwrap_or_else(|| data_dir.join("upgrade.sock"));
+        // A Unix socket path holds at most 107 bytes (Pingora would panic on a longer one).
+        if upgrade_sock.as_os_str().len() > 107 {
+            return Err(invalid("upgrade_sock", "a Unix socket path must be at most 107 bytes long"));
+        }
         let mut store = raw.store;
         if store.backend == StoreBackend::Embedded && store.path.is_none() {
             store.path = Some(data_dir.clone());
@@ -766,6 +776,7 @@ impl Config {
             admin: raw.admin,
             store,
             data_dir,
+            upgrade_sock,
             secret_key: raw.secret_key,
             threads: raw.threads,
             max_body_bytes: raw.max_body_bytes,

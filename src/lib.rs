@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod leases;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

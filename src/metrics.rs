@@ -18,6 +18,8 @@ pub struct Metrics {
     pub store_latency: HistogramVec,
     pub usage_events_dropped: prometheus::IntCounter,
     pub upstream_errors: IntCounterVec,
+    pub failovers: IntCounterVec,
+    pub account_available: prometheus::IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -93,6 +95,16 @@ impl Metrics {
             Opts::new("relay_upstream_errors_total", "Upstream failures by class"),
             &["class"],
         )?;
+        let failovers = IntCounterVec::new(
+            Opts::new("relay_failovers_total", "Requests moved to another account, by the reason the account failed"),
+            &["reason"],
+        )?;
+        let account_available = prometheus::IntGaugeVec::new(
+            Opts::new("relay_account_state", "1 for each account's current state (active, cooling_down, rate_limited, over_quota, unauthorized, blocked, disabled)"),
+            &["account", "state"],
+        )?;
+        registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
@@ -117,6 +129,8 @@ impl Metrics {
             store_latency,
             usage_events_dropped,
             upstream_errors,
+            failovers,
+            account_available,
         })
     }
 

@@ -5,6 +5,10 @@
 //! The store and the statistics writer live on a small runtime of their own that outlives
 //! Pingora's services, so usage recorded while the server shuts down (requests cut at the end of
 //! the grace period settle when their tasks are dropped) is still written after `run` returns.
+//!
+//! Zero-downtime upgrade (`--upgrade`): see [`handover`].
+
+mod handover;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -121,22 +125,30 @@ pub fn admin_credentials(config: &Config) -> Result<Credentials> {
     })
 }
 
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+/// The store, and the embedded one again by its own type (the upgrade closes it). With
+/// `upgrade`, waits for the old process to release the embedded file.
+async fn open_store(
+    config: &Config,
+    upgrade: bool,
+) -> Result<(Arc<dyn Store>, Option<Arc<crate::store::embedded::EmbeddedStore>>)> {
     Ok(match config.store.backend {
         StoreBackend::Embedded => {
+            use crate::store::embedded::EmbeddedStore;
             let dir = config.store.path.clone().unwrap_or_else(|| config.data_dir.clone());
-            Arc::new(
-                crate::store::embedded::EmbeddedStore::open(&dir)
-                    .context(format!("cannot open the embedded store in {}", dir.display()))?,
-            )
+            let opened = if upgrade {
+                EmbeddedStore::open_waiting(&dir, handover::RELEASE_WAIT)
+            } else {
+                EmbeddedStore::open(&dir)
+            };
+            let store = Arc::new(opened.context(format!("cannot open the embedded store in {}", dir.display()))?);
+            (store.clone(), Some(store))
         }
         StoreBackend::Redis => {
             let url = config.store.url.clone().unwrap_or_default();
-            Arc::new(
-                crate::store::redis::RedisStore::connect_with_prefix(&url, &config.store.prefix)
-                    .await
-                    .context("cannot connect to Redis (store.url)")?,
-            )
+            let store = crate::store::redis::RedisStore::connect_with_prefix(&url, &config.store.prefix)
+                .await
+                .context("cannot connect to Redis (store.url)")?;
+            (Arc::new(store), None)
         }
     })
 }
@@ -149,11 +161,14 @@ pub struct Reloader {
     pub scheduler: Arc<Scheduler>,
     pub store: Arc<dyn Store>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Account health shared by instances, applied on every reload.
+    pub coord: Arc<dyn crate::store::coord::Coordination>,
 }
 
 impl Reloader {
     pub async fn reload(&self) -> Result<()> {
-        crate::state::reload(
+        let health = self.coord.account_health(chrono::Utc::now().timestamp_millis()).await;
+        let result = crate::state::reload(
             &self.config,
             &self.secrets,
             &self.scheduler,
@@ -161,7 +176,13 @@ impl Reloader {
             &self.snapshot,
         )
         .await
-        .context("reloading keys and accounts")
+        .context("reloading keys and accounts");
+        // Health applies to the runtimes, which the new snapshot's accounts share.
+        match health {
+            Ok(h) => self.scheduler.apply_health(&h),
+            Err(e) => tracing::warn!(error = %e, "reading shared account health failed"),
+        }
+        result
     }
 
     /// Follows change notifications from every instance, with a periodic reload as a safety net.
@@ -216,6 +237,7 @@ async fn exit_when_drained(
     if let Some(stop) = stop {
         stop.stop().await;
     }
+    handover::remove_pid_file();
     tracing::info!("claude-relay stopped");
     std::process::exit(0);
 }
@@ -238,19 +260,50 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the store runtime")?;
-    let store = store_rt.block_on(open_store(&config))?;
+    // The Pingora server comes before the store: with `upgrade`, bootstrap waits on
+    // `upgrade_sock` for the listening sockets of the running process, which releases the
+    // embedded store only after it has sent them.
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upstream_keepalive_pool_size: 512,
+        upgrade_sock: config.upgrade_sock.to_string_lossy().into_owned(),
+        pid_file: pid_file(&config).to_string_lossy().into_owned(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        daemon: false,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    if !upgrade {
+        // Fail fast, with the key's name, when the port is taken (an upgrade inherits it).
+        drop(check_bindable(config.listen, "listen")?);
+    }
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let (store, embedded) = store_rt.block_on(open_store(&config, upgrade))?;
     store_rt
         .block_on(store.ping())
         .context(format!("the {} store does not answer", store.backend()))?;
 
     let scheduler = Arc::new(Scheduler::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let coord: Arc<dyn crate::store::coord::Coordination> = store
+        .coordination()
+        .unwrap_or_else(|| Arc::new(crate::store::coord::MemoryCoordination::new()));
+    let leases = crate::leases::Leases::new(coord.clone());
     let reloader = Reloader {
         config: config.clone(),
         secrets: secrets.clone(),
         scheduler: scheduler.clone(),
         store: store.clone(),
         snapshot: snapshot.clone(),
+        coord: coord.clone(),
     };
     store_rt.block_on(reloader.reload())?;
     store_rt.spawn(reloader.clone().follow());
@@ -269,7 +322,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
 
     let (usage_sink, writer) =
         crate::usage::stats::pipeline(store.clone(), metrics.clone(), config.stats.flush_interval.0);
-    let (stats_stop, _stats_task) = writer.start(store_rt.handle());
+    let (stats_stop, _stats_task) = writer
+        .with_spool_dir(config.data_dir.join("spool"))
+        .start(store_rt.handle());
+    let stats_control = stats_stop.clone();
     let stats_stop = Arc::new(std::sync::Mutex::new(Some(stats_stop)));
 
     let keys = Arc::new(SnapshotKeys {
@@ -292,28 +348,27 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         chain,
         connector: pingora::connectors::http::Connector::new(None),
         peers: Peers::new(config.timeouts.connect.0),
+        coord: coord.clone(),
+        leases: leases.clone(),
+        cooldowns: config
+            .scheduler
+            .cooldowns
+            .iter()
+            .filter_map(|(k, d)| crate::scheduler::CooldownClass::parse_key(k).ok().map(|c| (c, d.0)))
+            .collect(),
     });
+    store_rt.spawn(leases.renew_forever());
+    store_rt.spawn(crate::scheduler::quota::refresh_forever(store.clone(), snapshot.clone(), metrics.clone()));
 
-    // Fail fast, with the key's name, when a port is taken.
-    drop(check_bindable(config.listen, "listen")?);
-    let admin_listener = check_bindable(config.admin_listen, "admin.listen")?;
-
-    let conf = ServerConf {
-        threads: config.threads,
-        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(5),
-        upstream_keepalive_pool_size: 512,
-        ..ServerConf::default()
+    // Fail fast, with the key's name, when the port is taken; in an upgrade, wait for the old
+    // process to release it.
+    let admin_listener = if upgrade {
+        handover::bind_admin_waiting(config.admin_listen)
+            .context(format!("cannot listen on {} (admin.listen)", config.admin_listen))?
+    } else {
+        check_bindable(config.admin_listen, "admin.listen")?
     };
-    let opt = Opt {
-        upgrade,
-        daemon: false,
-        nocapture: false,
-        test: false,
-        conf: None,
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    let admin_handle = admin_listener.try_clone().ok();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, RelayProxy(relay), "relay");
     proxy.add_tcp(&config.listen.to_string());
@@ -334,6 +389,15 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
     server.add_service(admin);
 
+    store_rt.spawn(handover::follow(
+        server.watch_execution_phase(),
+        handover::Handover {
+            stats: stats_control,
+            embedded,
+            admin_listener: admin_handle,
+            pid_file: pid_file(&config),
+        },
+    ));
     store_rt.spawn(exit_when_drained(
         server.watch_execution_phase(),
         metrics.in_flight.clone(),
@@ -349,5 +413,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         store_rt.block_on(stop.stop());
     }
     store_rt.shutdown_timeout(Duration::from_secs(5));
+    handover::remove_pid_file();
     Ok(())
+}
+
+/// `<data_dir>/claude-relay.pid`: the pid of the process that serves (after an upgrade, the new one).
+fn pid_file(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("claude-relay.pid")
 }

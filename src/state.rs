@@ -188,7 +188,8 @@ pub fn build_snapshot(
                 .collect(),
         });
     }
-    snap.pool = scheduler.pool(specs);
+    let bindings: Vec<&str> = snap.keys.iter().filter_map(|(k, ..)| k.bind.as_deref()).collect();
+    snap.pool = scheduler.pool(specs, &bindings);
     snap
 }
 

@@ -241,7 +241,8 @@ async fn upstream_trouble_maps_to_502_503_504_and_errors_pass_through() {
     drop(relay);
 
     // Unreachable upstream: 502.
-    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    // Port 1 on loopback: nothing listens there, so connections are refused at once.
+    let dead = "http://127.0.0.1:1".to_string();
     let relay = RelayProcess::start(&format!("accounts:\n{}", account_yaml("dead", &dead, ""))).await;
     let r = client()
         .post(format!("{}/v1/messages", relay.base()))
@@ -290,7 +291,8 @@ async fn upstream_trouble_maps_to_502_503_504_and_errors_pass_through() {
 #[tokio::test]
 async fn a_connect_failure_moves_to_the_next_account() {
     let mock = MockUpstream::start().await;
-    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    // Port 1 on loopback: nothing listens there, so connections are refused at once.
+    let dead = "http://127.0.0.1:1".to_string();
     let extra = format!(
         "accounts:\n{}{}",
         account_yaml("first", &dead, ", priority: 1"),

@@ -63,6 +63,8 @@ pub struct RequestFacts {
     pub model: Option<String>,
     pub stream: bool,
     pub max_tokens: Option<u64>,
+    /// The conversation this request belongs to, when the relay can tell (sticky sessions).
+    pub session: Option<String>,
 }
 
 /// The class of a refusal; the relay maps it to the dialect's error type.

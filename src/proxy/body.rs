@@ -17,6 +17,14 @@ struct TopLevel<'a> {
     stream: Option<serde_json::Value>,
     #[serde(default)]
     max_tokens: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    system: Option<&'a RawValue>,
+    #[serde(default)]
+    prompt_cache_key: Option<serde_json::Value>,
+    #[serde(default)]
+    user_prompt_id: Option<serde_json::Value>,
 }
 
 /// The parsed facts plus where the model value sits in the body.
@@ -28,6 +36,15 @@ pub struct ParsedBody {
 
 /// Parses the top level of a JSON request body. Nested values are skipped, not built.
 pub fn parse(body: &[u8], require_model: bool) -> Result<ParsedBody, RelayError> {
+    parse_with_headers(body, require_model, None)
+}
+
+/// Like [`parse`], also finding the request's session id (which may come from a header).
+pub fn parse_with_headers(
+    body: &[u8],
+    require_model: bool,
+    headers: Option<&http::HeaderMap>,
+) -> Result<ParsedBody, RelayError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(RelayError::BadRequest("Request body must be a JSON object".into()));
@@ -58,11 +75,25 @@ pub fn parse(body: &[u8], require_model: bool) -> Result<ParsedBody, RelayError>
                 .ok_or_else(|| RelayError::BadRequest("`max_tokens` must be a non-negative integer".into()))?,
         ),
     };
+    let session = headers.and_then(|h| {
+        let string = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let hints = crate::scheduler::session::SessionHints {
+            metadata: top.metadata,
+            system: top.system,
+            prompt_cache_key: string(top.prompt_cache_key),
+            user_prompt_id: string(top.user_prompt_id),
+        };
+        crate::scheduler::session::session_id(h, &hints)
+    });
     Ok(ParsedBody {
         facts: RequestFacts {
             model,
             stream,
             max_tokens,
+            session,
         },
         model_span,
     })

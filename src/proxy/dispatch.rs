@@ -19,23 +19,48 @@ use super::error::{ErrorSource, RelayError};
 use super::rewrite::{SseModelRewriter, json_model};
 use super::route::Endpoint;
 use super::{Relay, RequestCtx, headers};
-use crate::scheduler::Account;
+use crate::scheduler::health::{self, UnifiedLimits, Verdict};
+use crate::scheduler::{Account, CooldownClass, PickRequest};
+use crate::store::coord::AccountHealth;
 use crate::usage::sse::{SseUsageParser, parse_json_usage};
 
-/// Accounts tried for one request before giving up (connect failures only, in this version).
-const MAX_ATTEMPTS: usize = 3;
 /// Largest non-streamed upstream answer the relay holds to read its usage.
 const MAX_BUFFERED_ANSWER: usize = 64 * 1024 * 1024;
+/// Largest error body read from an upstream that is failed over (kept for a faithful replay).
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+
+/// An upstream refusal held back while other accounts are tried; replayed if all fail.
+struct HeldAnswer {
+    head: pingora::http::ResponseHeader,
+    body: Bytes,
+}
 
 /// How an attempt ended without a committed answer.
 enum AttemptError {
-    /// Nothing reached the client; another account may be tried.
-    Retryable(RelayError),
+    /// Nothing reached the client; the account failed (mark it when given) and another may be
+    /// tried.
+    Retryable(RelayError, Option<AccountHealth>, &'static str),
+    /// The upstream refused with a failover status; the account is marked and another tried.
+    Refused(HeldAnswer, Option<AccountHealth>),
     /// Nothing reached the client, but trying again elsewhere would be wrong (e.g. a timeout on
     /// a request the upstream may still be running).
     Final(RelayError),
     /// The answer was committed and then broke; the client connection must be closed.
     Broken(Box<pingora::Error>),
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The store key of a sticky session: per client key, so keys never share sessions.
+fn sticky_key(key_id: &str, session: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(key_id.as_bytes());
+    h.update([0u8]);
+    h.update(session.as_bytes());
+    hex::encode(&h.finalize()[..16])
 }
 
 /// Relays a parsed request. Returns `Err` only when the client connection must not be reused.
@@ -50,39 +75,110 @@ pub(super) async fn run(
     let model = parsed.facts.model.clone().unwrap_or_default();
     let query = headers::strip_key_param(session.req_header().uri.query());
     let snapshot = relay.snapshot.load_full();
-    let mut tried: Vec<Arc<str>> = Vec::new();
-    let mut last_err: Option<RelayError> = None;
+    let key = ctx.key.clone();
+    let binding = key.as_ref().and_then(|k| k.bind.clone());
+    let sched = &relay.config.scheduler;
+    let sticky_ttl = sched.sticky_ttl.0;
 
-    while tried.len() < MAX_ATTEMPTS {
-        let Some(account) = relay.scheduler.pick(&snapshot.pool, &model, &tried) else {
+    // One store round trip when the request belongs to a session.
+    let sticky_key = match (&key, &parsed.facts.session) {
+        (Some(k), Some(s)) => Some(sticky_key(&k.id, s)),
+        _ => None,
+    };
+    let sticky = match &sticky_key {
+        Some(sk) => relay.coord.sticky_get(sk, sticky_ttl).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "sticky session lookup failed; choosing from the pool");
+            None
+        }),
+        None => None,
+    };
+
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    let mut attempts = 0u32;
+    let mut last_relay_err: Option<RelayError> = None;
+    let mut held: Option<HeldAnswer> = None;
+    loop {
+        if attempts >= sched.failover.max_attempts || (attempts > 0 && ctx.start.elapsed() >= sched.failover.budget.0) {
             break;
+        }
+        let pick = PickRequest {
+            model: &model,
+            binding: binding.as_deref(),
+            sticky: sticky.as_deref(),
+            tried: &tried,
+            now_ms: now_ms(),
         };
+        let Some(account) = relay.scheduler.pick(&snapshot.pool, &pick) else { break };
         tried.push(account.id.clone());
+        let lease = match account.max_concurrency {
+            Some(limit) => match relay.leases.acquire(format!("account:{}", account.id), limit).await {
+                Ok(Some(g)) => Some(g),
+                Ok(None) => {
+                    relay.metrics.failovers.with_label_values(&["account_busy"]).inc();
+                    continue; // at its cap: not an attempt, try the next account
+                }
+                Err(e) => {
+                    // The store is the authority on the cap; without it, serve rather than refuse.
+                    tracing::warn!(error = %e, account = %account.name, "account lease unavailable; serving without it");
+                    None
+                }
+            },
+            None => None,
+        };
+        attempts += 1;
         let upstream_model = account.upstream_model(&model).to_string();
         if let Some(s) = ctx.settle.as_mut() {
             s.account_id = Some(account.id.clone());
+            s.account_rt = Some(account.rt.clone());
             s.upstream_model = Some(upstream_model.clone());
         }
         let out_body = parsed.with_model(&body, &upstream_model);
-        let path = account
-            .base
-            .path_and_query(route.endpoint.upstream_path(), query.as_deref());
-        let req = headers::upstream_request(
-            session.req_header(),
-            &path,
-            &account.base.host_header,
-            &account.auth,
-            out_body.len(),
-        )?;
+        let path = account.base.path_and_query(route.endpoint.upstream_path(), query.as_deref());
+        let req =
+            headers::upstream_request(session.req_header(), &path, &account.base.host_header, &account.auth, out_body.len())?;
         let rename = (upstream_model != model).then_some((upstream_model.as_str(), model.as_str()));
+        let _in_flight = InFlightOn::new(&account);
         match attempt(relay, session, ctx, &account, req, out_body, route.endpoint, rename).await {
-            Ok(()) => return Ok(()),
-            Err(AttemptError::Retryable(e)) => {
+            Ok(()) => {
+                if let Some(g) = lease {
+                    ctx.holds.push(Box::new(g));
+                }
+                if ctx.status < 400
+                    && let Some(sk) = sticky_key
+                    && sticky.as_deref() != Some(&*account.id)
+                {
+                    let coord = relay.coord.clone();
+                    let id = account.id.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = coord.sticky_set(&sk, &id, sticky_ttl).await {
+                            tracing::warn!(error = %e, "saving the sticky session failed");
+                        }
+                    });
+                }
+                return Ok(());
+            }
+            Err(AttemptError::Retryable(e, mark, reason)) => {
                 tracing::warn!(account = %account.name, error = %e.message(), "upstream attempt failed; trying the next account");
-                last_err = Some(e);
+                relay.metrics.failovers.with_label_values(&[reason]).inc();
+                if let Some(h) = mark {
+                    mark_account(relay, &account, h);
+                }
+                last_relay_err = Some(e);
+                held = None;
+            }
+            Err(AttemptError::Refused(answer, mark)) => {
+                let status = answer.head.status.as_u16();
+                tracing::warn!(account = %account.name, status, "upstream refused; trying the next account");
+                relay.metrics.failovers.with_label_values(&[super::status_label(status)]).inc();
+                if let Some(h) = mark {
+                    mark_account(relay, &account, h);
+                }
+                held = Some(answer);
+                last_relay_err = None;
             }
             Err(AttemptError::Final(e)) => {
-                last_err = Some(e);
+                last_relay_err = Some(e);
+                held = None;
                 break;
             }
             Err(AttemptError::Broken(e)) => {
@@ -93,8 +189,63 @@ pub(super) async fn run(
             }
         }
     }
-    let err = last_err.unwrap_or(RelayError::NoAccount(model));
+    if let Some(answer) = held {
+        // Every attempt failed: the client gets the last upstream refusal as it was.
+        return replay_refusal(session, ctx, answer).await;
+    }
+    let err = last_relay_err.unwrap_or(RelayError::NoAccount(model));
     super::respond_error(relay, session, ctx, &err, ErrorSource::Relay).await
+}
+
+/// Counts this instance's requests in flight on an account.
+struct InFlightOn(Arc<crate::scheduler::AccountRuntime>);
+
+impl InFlightOn {
+    fn new(a: &Account) -> Self {
+        a.rt.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlightOn(a.rt.clone())
+    }
+}
+
+impl Drop for InFlightOn {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Takes an account out of the pool here at once, and everywhere through the store.
+fn mark_account(relay: &Relay, account: &Account, health: AccountHealth) {
+    tracing::warn!(account = %account.name, state = ?health.state, reason = %health.reason, until = ?health.until, "account out of the pool");
+    account.rt.set_health(Some(health.clone()));
+    let coord = relay.coord.clone();
+    let store = relay.store.clone();
+    let id = account.id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = coord.put_account_health(&id, &health).await {
+            tracing::warn!(error = %e, "saving account health failed");
+            return;
+        }
+        if let Err(e) = store.publish_change().await {
+            tracing::warn!(error = %e, "announcing account health failed");
+        }
+    });
+}
+
+async fn replay_refusal(session: &mut Session, ctx: &mut RequestCtx, answer: HeldAnswer) -> pingora::Result<()> {
+    if let Some(s) = ctx.settle.as_mut() {
+        s.is_error = true;
+    }
+    let mut resp = headers::downstream_response(&answer.head, session.is_http2(), false, true)?;
+    resp.insert_header("x-relay-error-source", ErrorSource::Upstream.as_str())?;
+    resp.remove_header("transfer-encoding");
+    resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len().to_string())?;
+    ctx.status = answer.head.status.as_u16();
+    let empty = answer.body.is_empty();
+    session.write_response_header(Box::new(resp), empty).await?;
+    if !empty {
+        session.write_response_body(Some(answer.body), true).await?;
+    }
+    Ok(())
 }
 
 /// Sends the request and reads the response head, retrying on a fresh connection when a pooled
@@ -105,7 +256,11 @@ async fn send(
     req: &RequestHeader,
     body: &Bytes,
 ) -> Result<(HttpSession, Arc<pingora::upstreams::peer::HttpPeer>), AttemptError> {
-    let peer = relay.peers.get(&account.base, account.proxy.as_deref()).await.map_err(AttemptError::Retryable)?;
+    let peer = relay
+        .peers
+        .get(&account.base, account.proxy.as_deref())
+        .await
+        .map_err(|e| AttemptError::Retryable(e, None, "dns"))?;
     let head_timeout = relay.config.timeouts.response_head.0;
     for _ in 0..3 {
         let (mut up, reused) = match relay.connector.get_http_session(&*peer).await {
@@ -113,7 +268,12 @@ async fn send(
             Err(e) => {
                 relay.peers.forget(&account.base);
                 relay.metrics.upstream_errors.with_label_values(&["connect"]).inc();
-                return Err(AttemptError::Retryable(RelayError::UpstreamUnreachable(e.to_string())));
+                let cooldown = account.cooldown(CooldownClass::Connect, &relay.cooldowns);
+                return Err(AttemptError::Retryable(
+                    RelayError::UpstreamUnreachable(e.to_string()),
+                    Some(health::connect_failure(cooldown, now_ms())),
+                    "connect",
+                ));
             }
         };
         let exchange = async {
@@ -130,7 +290,12 @@ async fn send(
             }
             Ok(Err(e)) => {
                 relay.metrics.upstream_errors.with_label_values(&["io"]).inc();
-                return Err(AttemptError::Retryable(RelayError::UpstreamUnreachable(e.to_string())));
+                let cooldown = account.cooldown(CooldownClass::Connect, &relay.cooldowns);
+                return Err(AttemptError::Retryable(
+                    RelayError::UpstreamUnreachable(e.to_string()),
+                    Some(health::connect_failure(cooldown, now_ms())),
+                    "io",
+                ));
             }
             Err(_) => {
                 relay.metrics.upstream_errors.with_label_values(&["timeout"]).inc();
@@ -142,9 +307,11 @@ async fn send(
         }
     }
     relay.metrics.upstream_errors.with_label_values(&["io"]).inc();
-    Err(AttemptError::Retryable(RelayError::UpstreamUnreachable(
-        "connection failed repeatedly".into(),
-    )))
+    Err(AttemptError::Retryable(
+        RelayError::UpstreamUnreachable("connection failed repeatedly".into()),
+        None,
+        "io",
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -168,11 +335,35 @@ async fn attempt(
         .observe(ttfb.as_secs_f64());
 
     let Some(head) = up.response_header().cloned() else {
-        return Err(AttemptError::Retryable(RelayError::UpstreamProtocol(
-            "no response head".into(),
-        )));
+        return Err(AttemptError::Retryable(
+            RelayError::UpstreamProtocol("no response head".into()),
+            None,
+            "io",
+        ));
     };
     let status = head.status.as_u16();
+    let now = now_ms();
+    if let Some(u) = UnifiedLimits::from_headers(&head.headers, now / 1000) {
+        account.rt.set_unified(u);
+    }
+    if status >= 400 && relay.config.scheduler.failover.statuses.contains(&status) {
+        // Not committed yet: read the refusal (bounded) to classify it and keep it for replay.
+        let body = read_error_body(relay, &mut up).await;
+        let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
+        match health::classify(status, &head.headers, &body, &cooldown, now) {
+            Verdict::Mark(h) => {
+                up.shutdown().await;
+                return Err(AttemptError::Refused(HeldAnswer { head, body }, Some(h)));
+            }
+            Verdict::RequestProblem => {
+                ctx.status = status;
+                up.shutdown().await;
+                return replay_refusal(session, ctx, HeldAnswer { head, body })
+                    .await
+                    .map_err(AttemptError::Broken);
+            }
+        }
+    }
     let is_sse = head
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -211,6 +402,18 @@ async fn attempt(
             Err(e)
         }
     }
+}
+
+async fn read_error_body(relay: &Relay, up: &mut HttpSession) -> Bytes {
+    let mut buf = BytesMut::new();
+    let idle = relay.config.timeouts.stream_idle.0.min(Duration::from_secs(30));
+    while buf.len() < MAX_ERROR_BODY {
+        match tokio::time::timeout(idle, up.read_response_body()).await {
+            Ok(Ok(Some(c))) => buf.extend_from_slice(&c[..c.len().min(MAX_ERROR_BODY - buf.len())]),
+            _ => break,
+        }
+    }
+    buf.freeze()
 }
 
 fn mark_head(head: &pingora::http::ResponseHeader, resp: &mut pingora::http::ResponseHeader) -> pingora::Result<()> {

@@ -52,6 +52,11 @@ pub struct Relay {
     pub chain: Chain,
     pub connector: Connector,
     pub peers: Peers,
+    /// Sticky sessions, leases and account health shared by instances.
+    pub coord: Arc<dyn crate::store::coord::Coordination>,
+    pub leases: Arc<crate::leases::Leases>,
+    /// Global cooldowns by error class (`scheduler.cooldowns`).
+    pub cooldowns: std::collections::HashMap<crate::scheduler::CooldownClass, Duration>,
 }
 
 /// The Pingora service.
@@ -200,7 +205,7 @@ impl RelayProxy {
             Ok(b) => b,
             Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
         };
-        let parsed = match body::parse(&body, true) {
+        let parsed = match body::parse_with_headers(&body, true, Some(&session.req_header().headers)) {
             Ok(p) => p,
             Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
         };
@@ -378,7 +383,7 @@ impl ProxyHttp for RelayProxy {
     }
 }
 
-fn status_label(s: u16) -> &'static str {
+pub(crate) fn status_label(s: u16) -> &'static str {
     const EXACT: [(u16, &str); 14] = [
         (0, "0"),
         (200, "200"),

@@ -16,6 +16,8 @@ pub struct Settle {
     key_id: Arc<str>,
     requested_model: String,
     pub account_id: Option<Arc<str>>,
+    /// The serving account's runtime, charged for its daily quota.
+    pub account_rt: Option<Arc<crate::scheduler::AccountRuntime>>,
     pub upstream_model: Option<String>,
     pub usage: TokenUsage,
     pub is_error: bool,
@@ -36,6 +38,7 @@ impl Settle {
             key_id,
             requested_model,
             account_id: None,
+            account_rt: None,
             upstream_model: None,
             usage: TokenUsage::default(),
             is_error: false,
@@ -64,6 +67,9 @@ impl Drop for Settle {
         }
         if let Some(c) = cost {
             self.metrics.cost_usd_nanos.with_label_values(&[label]).inc_by(c);
+            if let Some(rt) = &self.account_rt {
+                rt.add_spend(c);
+            }
         }
         self.sink.record(UsageEvent {
             at: chrono::Utc::now().timestamp(),

@@ -12,6 +12,13 @@ use http::{HeaderName, HeaderValue};
 
 use crate::providers::UpstreamBase;
 use crate::store::AccountKind;
+use crate::store::coord::AccountHealth;
+
+pub mod health;
+pub mod quota;
+pub mod session;
+
+pub use health::{AccountRuntime, model_family};
 
 /// Parses `HH:MM` (UTC) into minutes after midnight.
 pub fn parse_hhmm(s: &str) -> Result<u32, String> {
@@ -125,8 +132,10 @@ pub struct Account {
     pub weight: u32,
     /// Per-account cooldown overrides.
     pub cooldowns: HashMap<CooldownClass, std::time::Duration>,
-    /// Use stamp for least-recently-used ordering; shared across snapshot rebuilds.
-    last_used: Arc<AtomicU64>,
+    /// Served only to keys bound to it (by name or through its group).
+    pub dedicated: bool,
+    /// Health, use counters and limits; shared across snapshot rebuilds.
+    pub rt: Arc<AccountRuntime>,
 }
 
 impl Account {
@@ -141,6 +150,19 @@ impl Account {
     /// The model name to send upstream for the client's model.
     pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
         self.model_map.get(model).map_or(model, String::as_str)
+    }
+
+    /// Whether a key binding (`name` or `group:<name>`) designates this account.
+    pub fn matches_binding(&self, binding: &str) -> bool {
+        match binding.strip_prefix("group:") {
+            Some(g) => self.group.as_deref() == Some(g),
+            None => *self.name == *binding,
+        }
+    }
+
+    /// The cooldown for an error class: the account's override, else the global setting.
+    pub fn cooldown(&self, class: CooldownClass, global: &HashMap<CooldownClass, std::time::Duration>) -> std::time::Duration {
+        self.cooldowns.get(&class).or_else(|| global.get(&class)).copied().unwrap_or_else(|| class.default_duration())
     }
 }
 
@@ -165,10 +187,24 @@ pub struct AccountSpec {
     pub cooldowns: HashMap<CooldownClass, std::time::Duration>,
 }
 
-/// The scheduler's own state that outlives snapshots (use stamps).
+/// What a request asks of the scheduler.
+pub struct PickRequest<'a> {
+    pub model: &'a str,
+    /// The key's dedicated binding, if any.
+    pub binding: Option<&'a str>,
+    /// The account the request's session is stuck to, if any.
+    pub sticky: Option<&'a str>,
+    /// Accounts already tried (or refused) for this request.
+    pub tried: &'a [Arc<str>],
+    /// Unix ms.
+    pub now_ms: i64,
+}
+
+/// The scheduler's own state that outlives snapshots: each account's runtime (health, use
+/// counters, spend).
 #[derive(Default)]
 pub struct Scheduler {
-    stamps: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    runtimes: Mutex<HashMap<Arc<str>, Arc<AccountRuntime>>>,
     clock: AtomicU64,
 }
 
@@ -177,16 +213,22 @@ impl Scheduler {
         Self::default()
     }
 
-    /// Builds the pool for a new snapshot, keeping each account's use stamp.
-    pub fn pool(&self, specs: Vec<AccountSpec>) -> AccountPool {
-        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+    /// Builds the pool for a new snapshot, keeping each account's runtime. `bindings` are the
+    /// bindings of every key, which make the accounts they designate dedicated.
+    pub fn pool(&self, specs: Vec<AccountSpec>, bindings: &[&str]) -> AccountPool {
+        let mut runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
         let live: HashSet<Arc<str>> = specs.iter().map(|s| s.id.clone()).collect();
-        stamps.retain(|id, _| live.contains(id));
+        runtimes.retain(|id, _| live.contains(id));
+        // A new account starts level with the least-used of the others, not far behind them all.
+        let floor = runtimes.values().map(|r| r.picks.load(Ordering::Relaxed)).min().unwrap_or(0);
         let mut accounts: Vec<Arc<Account>> = specs
             .into_iter()
             .map(|s| {
-                let last_used = stamps.entry(s.id.clone()).or_default().clone();
-                Arc::new(Account {
+                let rt = runtimes
+                    .entry(s.id.clone())
+                    .or_insert_with(|| Arc::new(AccountRuntime::starting_at(floor)))
+                    .clone();
+                let mut a = Account {
                     id: s.id,
                     name: s.name,
                     kind: s.kind,
@@ -202,41 +244,85 @@ impl Scheduler {
                     max_concurrency: s.max_concurrency,
                     daily_quota_nanos: s.daily_quota_nanos,
                     quota_reset_minute: s.quota_reset_minute,
-                    weight: s.weight,
+                    weight: s.weight.max(1),
                     cooldowns: s.cooldowns,
-                    last_used,
-                })
+                    dedicated: false,
+                    rt,
+                };
+                a.dedicated = bindings.iter().any(|b| a.matches_binding(b));
+                Arc::new(a)
             })
             .collect();
         accounts.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
         AccountPool { accounts }
     }
 
+    /// The runtime of an account id, if the account exists.
+    pub fn runtime(&self, id: &str) -> Option<Arc<AccountRuntime>> {
+        self.runtimes.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Applies the shared health entries (from the store) to every account: listed accounts get
+    /// their entry, others are cleared.
+    pub fn apply_health(&self, entries: &std::collections::BTreeMap<String, AccountHealth>) {
+        let runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, rt) in runtimes.iter() {
+            rt.set_health(entries.get(&**id).cloned());
+        }
+    }
+
     fn next_stamp(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Picks the account for a request: the best priority among enabled accounts that serve the
-    /// model and were not tried yet, and within it the least recently used. Marks it used.
-    pub fn pick(&self, pool: &AccountPool, model: &str, tried: &[Arc<str>]) -> Option<Arc<Account>> {
-        let mut best: Option<&Arc<Account>> = None;
+    /// Picks the account for a request: the key's binding restricts the candidates (else the
+    /// shared, non-dedicated pool); the sticky account wins when it is healthy; otherwise the best
+    /// priority among healthy candidates, and within it the least used relative to its weight
+    /// (least recently used among equals). Marks the choice used.
+    pub fn pick(&self, pool: &AccountPool, req: &PickRequest<'_>) -> Option<Arc<Account>> {
+        let eligible = |a: &Account| {
+            let bound_ok = match req.binding {
+                Some(b) => a.matches_binding(b),
+                None => !a.dedicated,
+            };
+            bound_ok
+                && a.enabled
+                && !req.tried.iter().any(|t| *t == a.id)
+                && a.serves(req.model)
+                && a.rt.available(req.model, req.now_ms, a.daily_quota_nanos)
+        };
+        if let Some(sticky) = req.sticky
+            && let Some(a) = pool.accounts.iter().find(|a| &*a.id == sticky)
+            && eligible(a)
+        {
+            self.mark_used(a);
+            return Some(a.clone());
+        }
+        let mut best: Option<(&Arc<Account>, u64, u64)> = None;
         for a in &pool.accounts {
-            if let Some(b) = best
+            if let Some((b, _, _)) = best
                 && a.priority > b.priority
             {
                 break; // sorted by priority: nothing better follows
             }
-            if !a.enabled || !a.serves(model) || tried.iter().any(|t| *t == a.id) {
+            if !eligible(a) {
                 continue;
             }
+            let load = a.rt.picks.load(Ordering::Relaxed).saturating_mul(1_000) / u64::from(a.weight);
+            let stamp = a.rt.last_used.load(Ordering::Relaxed);
             match best {
-                Some(b) if b.last_used.load(Ordering::Relaxed) <= a.last_used.load(Ordering::Relaxed) => {}
-                _ => best = Some(a),
+                Some((_, bl, bs)) if (bl, bs) <= (load, stamp) => {}
+                _ => best = Some((a, load, stamp)),
             }
         }
-        let chosen = best?;
-        chosen.last_used.store(self.next_stamp(), Ordering::Relaxed);
+        let (chosen, _, _) = best?;
+        self.mark_used(chosen);
         Some(chosen.clone())
+    }
+
+    fn mark_used(&self, a: &Account) {
+        a.rt.last_used.store(self.next_stamp(), Ordering::Relaxed);
+        a.rt.picks.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -249,6 +335,10 @@ pub struct AccountPool {
 impl AccountPool {
     pub fn all(&self) -> &[Arc<Account>] {
         &self.accounts
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Account>> {
+        self.accounts.iter().find(|a| &*a.id == id)
     }
 
     /// Model names clients may ask for, when known from allowlists and maps; `None` when some
@@ -279,6 +369,10 @@ impl AccountPool {
 mod tests {
     use super::*;
 
+    fn pick(s: &Scheduler, pool: &AccountPool, model: &str, tried: &[Arc<str>]) -> Option<Arc<Account>> {
+        s.pick(pool, &PickRequest { model, binding: None, sticky: None, tried, now_ms: 1 })
+    }
+
     fn spec(name: &str, priority: u32, models: Option<Vec<&str>>) -> AccountSpec {
         AccountSpec {
             id: name.into(),
@@ -304,24 +398,24 @@ mod tests {
     #[test]
     fn priority_then_least_recently_used() {
         let s = Scheduler::new();
-        let pool = s.pool(vec![spec("b", 10, None), spec("c", 20, None), spec("a", 10, None)]);
+        let pool = s.pool(vec![spec("b", 10, None), spec("c", 20, None), spec("a", 10, None)], &[]);
         let picks: Vec<String> = (0..4)
-            .map(|_| s.pick(&pool, "m", &[]).unwrap().name.to_string())
+            .map(|_| pick(&s, &pool, "m", &[]).unwrap().name.to_string())
             .collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
         let tried: Vec<Arc<str>> = vec!["a".into(), "b".into()];
-        assert_eq!(&*s.pick(&pool, "m", &tried).unwrap().name, "c");
+        assert_eq!(&*pick(&s, &pool, "m", &tried).unwrap().name, "c");
         let all: Vec<Arc<str>> = vec!["a".into(), "b".into(), "c".into()];
-        assert!(s.pick(&pool, "m", &all).is_none());
+        assert!(pick(&s, &pool, "m", &all).is_none());
     }
 
     #[test]
     fn model_allowlists_and_maps() {
         let s = Scheduler::new();
-        let pool = s.pool(vec![spec("x", 1, Some(vec!["only"])), spec("y", 5, None)]);
-        assert_eq!(&*s.pick(&pool, "only", &[]).unwrap().name, "x");
-        assert_eq!(&*s.pick(&pool, "alias", &[]).unwrap().name, "x");
-        assert_eq!(&*s.pick(&pool, "other", &[]).unwrap().name, "y");
+        let pool = s.pool(vec![spec("x", 1, Some(vec!["only"])), spec("y", 5, None)], &[]);
+        assert_eq!(&*pick(&s, &pool, "only", &[]).unwrap().name, "x");
+        assert_eq!(&*pick(&s, &pool, "alias", &[]).unwrap().name, "x");
+        assert_eq!(&*pick(&s, &pool, "other", &[]).unwrap().name, "y");
         assert_eq!(pool.all()[0].upstream_model("alias"), "real");
         assert_eq!(pool.all()[0].upstream_model("only"), "only");
         assert_eq!(pool.advertised_models(), None);
@@ -330,9 +424,9 @@ mod tests {
     #[test]
     fn stamps_survive_rebuilds() {
         let s = Scheduler::new();
-        let pool = s.pool(vec![spec("a", 1, None), spec("b", 1, None)]);
-        assert_eq!(&*s.pick(&pool, "m", &[]).unwrap().name, "a");
-        let pool = s.pool(vec![spec("a", 1, None), spec("b", 1, None)]);
-        assert_eq!(&*s.pick(&pool, "m", &[]).unwrap().name, "b");
+        let pool = s.pool(vec![spec("a", 1, None), spec("b", 1, None)], &[]);
+        assert_eq!(&*pick(&s, &pool, "m", &[]).unwrap().name, "a");
+        let pool = s.pool(vec![spec("a", 1, None), spec("b", 1, None)], &[]);
+        assert_eq!(&*pick(&s, &pool, "m", &[]).unwrap().name, "b");
     }
 }

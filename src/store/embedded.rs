@@ -17,7 +17,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -48,7 +49,8 @@ const CHANGE_CHANNEL_CAPACITY: usize = 64;
 
 /// The embedded backend. Cheap to share behind an `Arc<dyn Store>`.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    /// `None` once [`EmbeddedStore::close`] released the file.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     changes: broadcast::Sender<()>,
 }
@@ -65,25 +67,87 @@ impl EmbeddedStore {
     /// Opens (creating if needed) `dir/relay.redb`. Blocking: call it at start-up, not on the hot
     /// path. Fails with `Unavailable` if another process holds the file.
     pub fn open(dir: &Path) -> StoreResult<Self> {
+        Self::try_open(dir)?.ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "{} is already open in another process",
+                dir.join(FILE_NAME).display()
+            ))
+        })
+    }
+
+    /// Like [`EmbeddedStore::open`], but while another process holds the file, tries again every
+    /// 50 ms for up to `wait`. A zero-downtime upgrade needs this: the old process releases the
+    /// file ([`EmbeddedStore::close`]) only after it has handed its listening sockets over.
+    pub fn open_waiting(dir: &Path, wait: Duration) -> StoreResult<Self> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(store) = Self::try_open(dir)? {
+                return Ok(store);
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "{} is still open in another process after {} s",
+                    dir.join(FILE_NAME).display(),
+                    wait.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `Ok(None)` when another process holds the file.
+    fn try_open(dir: &Path) -> StoreResult<Option<Self>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::Unavailable(format!("{} is already open in another process", path.display()))
-            }
-            other => db_err_at(&path, other),
-        })?;
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(None),
+            Err(other) => return Err(db_err_at(&path, other)),
+        };
         init_schema(&db).map_err(|e| match e {
             StoreError::Unavailable(m) => StoreError::Unavailable(format!("{}: {m}", path.display())),
             other => other,
         })?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
-        Ok(EmbeddedStore {
-            db: Arc::new(db),
+        Ok(Some(EmbeddedStore {
+            db: RwLock::new(Some(Arc::new(db))),
             path,
             changes,
-        })
+        }))
+    }
+
+    /// Releases the database file so that another process can open it: the old process of a
+    /// zero-downtime upgrade calls this once its statistics are written. Waits (up to `wait`)
+    /// for transactions still running; every later call fails with `Unavailable`.
+    pub async fn close(&self, wait: Duration) -> StoreResult<()> {
+        let taken = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut db) = taken else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            match Arc::try_unwrap(db) {
+                // Dropping the database writes its last page and unlocks the file: blocking work.
+                Ok(database) => {
+                    return tokio::task::spawn_blocking(move || drop(database))
+                        .await
+                        .map_err(|e| StoreError::Unavailable(format!("closing the embedded store failed: {e}")));
+                }
+                Err(shared) if Instant::now() < deadline => {
+                    db = shared;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // The last running transaction releases the file when it ends.
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{}: transactions still running after {} s; the file is released when they end",
+                        self.path.display(),
+                        wait.as_secs()
+                    )));
+                }
+            }
+        }
     }
 
     /// The path of the database file.
@@ -97,7 +161,12 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable(format!("{} was closed (handed over)", self.path.display())))?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
@@ -849,6 +918,22 @@ mod tests {
         // 2024-01-15 .. 2024-03-15: February and March start in range.
         let m = series_bucket_starts(Granularity::Month, 1_705_276_800, 1_710_460_800).unwrap();
         assert_eq!(m, vec![1_706_745_600, 1_709_251_200]);
+    }
+
+    #[tokio::test]
+    async fn close_releases_the_file_for_another_opener() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.ping().await.unwrap();
+        assert!(matches!(
+            EmbeddedStore::open_waiting(dir.path(), Duration::from_millis(120)),
+            Err(StoreError::Unavailable(_))
+        ));
+        store.close(Duration::from_secs(5)).await.unwrap();
+        assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+        store.close(Duration::from_secs(5)).await.unwrap();
+        let again = EmbeddedStore::open_waiting(dir.path(), Duration::from_secs(1)).unwrap();
+        again.ping().await.unwrap();
     }
 
     #[tokio::test]

@@ -380,4 +380,10 @@ pub trait Store: Send + Sync + 'static {
     async fn publish_change(&self) -> StoreResult<()>;
     /// A receiver that yields once per change published by any instance (including this one).
     fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<()>;
+
+    /// The coordination state shared with the other instances on this store, when the backend is
+    /// shared; `None` for a single-instance backend (the relay then keeps it in memory).
+    fn coordination(&self) -> Option<std::sync::Arc<dyn coord::Coordination>> {
+        None
+    }
 }

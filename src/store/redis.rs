@@ -543,6 +543,10 @@ impl Store for RedisStore {
     fn subscribe_changes(&self) -> broadcast::Receiver<()> {
         self.changes.subscribe()
     }
+
+    fn coordination(&self) -> Option<Arc<dyn super::coord::Coordination>> {
+        Some(Arc::new(RedisStore::coordination(self)))
+    }
 }
 
 // --- the change subscriber ---

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// Token counts of one upstream response, in Anthropic's terms: `input` excludes cache reads and
 /// cache writes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenUsage {
     pub input: u64,
     pub output: u64,
@@ -36,8 +36,9 @@ impl TokenUsage {
     }
 }
 
-/// One finished (or cut) request, as sent to the statistics pipeline.
-#[derive(Debug, Clone)]
+/// One finished (or cut) request, as sent to the statistics pipeline (and, while a process hands
+/// over to its successor, written to the usage spool as one JSON line).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct UsageEvent {
     /// Unix seconds when the request finished.
     pub at: i64,

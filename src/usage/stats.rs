@@ -8,14 +8,22 @@
 //! expands them into the minute/hour/day/month/total buckets of each dimension and writes them in
 //! one batch. A failed write keeps the pending counters for the next attempt. On shutdown the writer
 //! drains the queue and flushes once more, so usage that reached the relay is not lost.
+//!
+//! During a zero-downtime upgrade with the embedded store (one process at a time), the old process
+//! writes what it has to the store and then switches the writer to the usage spool ([`spool`]):
+//! the usage of its last requests is appended to a file under the data directory, which the new
+//! process (or any later start) adds to the store once the old process is gone.
+
+mod spool;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::sync::Mutex;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::store::{BucketKey, Dimension, Granularity, Store, UsageCounters};
@@ -25,6 +33,8 @@ use crate::usage::UsageEvent;
 pub const QUEUE_CAPACITY: usize = 1 << 20;
 /// How often the writer takes the queue.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How often the writer looks for spool files left by processes that are gone.
+const INGEST_EVERY: Duration = Duration::from_secs(2);
 
 /// The request path's handle: never blocks on I/O, never fails the request.
 #[derive(Clone)]
@@ -54,6 +64,49 @@ struct Fold {
     model: Arc<str>,
 }
 
+/// Events folded per (minute, key, account, model), plus the last use of each key.
+#[derive(Default)]
+struct Folder {
+    folded: HashMap<Fold, UsageCounters>,
+    last_used: HashMap<Arc<str>, i64>,
+}
+
+impl Folder {
+    fn fold(&mut self, ev: UsageEvent) {
+        let c = counters_of(&ev);
+        let slot = self.last_used.entry(ev.key_id.clone()).or_insert(ev.at);
+        *slot = (*slot).max(ev.at);
+        let key = Fold {
+            minute: Granularity::Minute.bucket_start(ev.at),
+            key: ev.key_id,
+            account: ev.account_id,
+            model: ev.model,
+        };
+        self.folded.entry(key).or_default().add(&c);
+    }
+
+    /// Expands the folded events into every bucket they touch, adding them to `out`.
+    fn expand_into(&mut self, out: &mut HashMap<BucketKey, UsageCounters>) {
+        for (f, c) in self.folded.drain() {
+            let mut subjects: Vec<(Dimension, &str)> = vec![(Dimension::Key, &f.key), (Dimension::Model, &f.model)];
+            if let Some(a) = &f.account {
+                subjects.push((Dimension::Account, a));
+            }
+            for (dimension, subject) in subjects {
+                for granularity in Granularity::ALL {
+                    let k = BucketKey {
+                        dimension,
+                        subject: subject.to_string(),
+                        granularity,
+                        start: granularity.bucket_start(f.minute),
+                    };
+                    out.entry(k).or_default().add(&c);
+                }
+            }
+        }
+    }
+}
+
 /// Folds usage events and writes them to the store.
 pub struct StatsWriter {
     queue: Arc<Mutex<Vec<UsageEvent>>>,
@@ -61,20 +114,43 @@ pub struct StatsWriter {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     interval: Duration,
-    folded: HashMap<Fold, UsageCounters>,
+    folder: Folder,
     /// Buckets whose write failed, retried at the next flush.
     retry: HashMap<BucketKey, UsageCounters>,
-    last_used: HashMap<Arc<str>, i64>,
+    /// Where spool files are written and looked for (none: no spool).
+    spool_dir: Option<PathBuf>,
+    /// Set once the store was handed over: events go to this file instead of the store.
+    spool: Option<spool::SpoolWriter>,
+    /// Events whose spool write failed, written with the next batch.
+    unspooled: Vec<UsageEvent>,
 }
 
-/// Tells a running writer to drain its queue, flush, and stop.
-pub struct StatsStop(oneshot::Sender<oneshot::Sender<()>>);
+enum Command {
+    /// Write everything to the store, then send later events to the spool.
+    Spool(oneshot::Sender<()>),
+    /// Drain, write, and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Controls a running writer: stop it, or move it to the spool before the store is handed over.
+#[derive(Clone)]
+pub struct StatsStop(mpsc::UnboundedSender<Command>);
 
 impl StatsStop {
     /// Waits until the final flush is done (or the writer is gone).
     pub async fn stop(self) {
         let (done_tx, done_rx) = oneshot::channel();
-        if self.0.send(done_tx).is_ok() {
+        if self.0.send(Command::Stop(done_tx)).is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+
+    /// Writes everything received so far to the store, then appends every later event to a spool
+    /// file instead (see [`StatsWriter::with_spool_dir`]), so that the store can be released to
+    /// another process. Returns once the store is no longer written to.
+    pub async fn spool_from_now(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.0.send(Command::Spool(done_tx)).is_ok() {
             let _ = done_rx.await;
         }
     }
@@ -94,9 +170,11 @@ pub fn pipeline(store: Arc<dyn Store>, metrics: Arc<Metrics>, interval: Duration
             store,
             metrics,
             interval,
-            folded: HashMap::new(),
+            folder: Folder::default(),
             retry: HashMap::new(),
-            last_used: HashMap::new(),
+            spool_dir: None,
+            spool: None,
+            unspooled: Vec::new(),
         },
     )
 }
@@ -116,6 +194,13 @@ fn counters_of(ev: &UsageEvent) -> UsageCounters {
 }
 
 impl StatsWriter {
+    /// Enables the spool in `dir`: [`StatsStop::spool_from_now`] writes there, and the writer adds
+    /// to the store (at start, then every few seconds) the spool files whose writer is gone.
+    pub fn with_spool_dir(mut self, dir: PathBuf) -> Self {
+        self.spool_dir = Some(dir);
+        self
+    }
+
     /// Takes everything queued so far (swapping buffers, so the lock is held for an instant).
     fn drain(&mut self) {
         {
@@ -123,50 +208,44 @@ impl StatsWriter {
             std::mem::swap(&mut *q, &mut self.spare);
         }
         let mut batch = std::mem::take(&mut self.spare);
+        if self.spool.is_some() {
+            self.unspooled.append(&mut batch);
+            self.spare = batch;
+            self.write_spool();
+            return;
+        }
         for ev in batch.drain(..) {
-            self.fold(ev);
+            self.folder.fold(ev);
         }
         self.spare = batch;
     }
 
-    fn fold(&mut self, ev: UsageEvent) {
-        let c = counters_of(&ev);
-        let slot = self.last_used.entry(ev.key_id.clone()).or_insert(ev.at);
-        *slot = (*slot).max(ev.at);
-        let key = Fold {
-            minute: Granularity::Minute.bucket_start(ev.at),
-            key: ev.key_id,
-            account: ev.account_id,
-            model: ev.model,
+    /// Appends the events not yet spooled to the spool file (kept for the next try on failure).
+    fn write_spool(&mut self) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
         };
-        self.folded.entry(key).or_default().add(&c);
-    }
-
-    /// Expands the folded events into every bucket they touch.
-    fn expand(&mut self) -> HashMap<BucketKey, UsageCounters> {
-        let mut out = std::mem::take(&mut self.retry);
-        for (f, c) in self.folded.drain() {
-            let mut subjects: Vec<(Dimension, &str)> = vec![(Dimension::Key, &f.key), (Dimension::Model, &f.model)];
-            if let Some(a) = &f.account {
-                subjects.push((Dimension::Account, a));
-            }
-            for (dimension, subject) in subjects {
-                for granularity in Granularity::ALL {
-                    let k = BucketKey {
-                        dimension,
-                        subject: subject.to_string(),
-                        granularity,
-                        start: granularity.bucket_start(f.minute),
-                    };
-                    out.entry(k).or_default().add(&c);
-                }
-            }
+        if self.unspooled.is_empty() {
+            return;
         }
-        out
+        let lines = self.unspooled.iter().map(spool::Line::event);
+        match spool.append(lines) {
+            Ok(()) => self.unspooled.clear(),
+            Err(e) => tracing::error!(
+                error = %e,
+                path = %spool.path().display(),
+                events = self.unspooled.len(),
+                "cannot write the usage spool; will retry"
+            ),
+        }
     }
 
     async fn flush(&mut self) {
-        let buckets = self.expand();
+        if self.spool.is_some() {
+            return;
+        }
+        let mut buckets = std::mem::take(&mut self.retry);
+        self.folder.expand_into(&mut buckets);
         if !buckets.is_empty() {
             let batch: Vec<(BucketKey, UsageCounters)> = buckets.into_iter().collect();
             let t = Instant::now();
@@ -182,8 +261,8 @@ impl StatsWriter {
                 }
             }
         }
-        if !self.last_used.is_empty() {
-            let uses: Vec<(String, i64)> = self.last_used.drain().map(|(k, t)| (k.to_string(), t)).collect();
+        if !self.folder.last_used.is_empty() {
+            let uses: Vec<(String, i64)> = self.folder.last_used.drain().map(|(k, t)| (k.to_string(), t)).collect();
             let t = Instant::now();
             let res = self.store.touch_api_keys(&uses).await;
             self.metrics
@@ -193,24 +272,97 @@ impl StatsWriter {
             if let Err(e) = res {
                 tracing::warn!(error = %e, "key last-used write failed; will retry");
                 for (k, t) in uses {
-                    self.last_used.insert(k.into(), t);
+                    self.folder.last_used.insert(k.into(), t);
                 }
+            }
+        }
+    }
+
+    /// Writes what is pending to the store, then switches to the spool.
+    async fn start_spooling(&mut self) {
+        if self.spool.is_some() {
+            return;
+        }
+        let Some(dir) = self.spool_dir.clone() else {
+            tracing::warn!("no spool directory: usage keeps going to the store");
+            return;
+        };
+        self.drain();
+        self.flush().await;
+        let mut spool = match spool::SpoolWriter::create(&dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, dir = %dir.display(), "cannot create a usage spool file; usage of the requests still running will be lost");
+                return;
+            }
+        };
+        // Buckets the store refused just now travel through the spool too.
+        let retry = std::mem::take(&mut self.retry);
+        if !retry.is_empty() {
+            let n = retry.len();
+            if let Err(e) = spool.append(retry.iter().map(|(k, c)| spool::Line::bucket(k, c))) {
+                tracing::error!(error = %e, buckets = n, "cannot spool unwritten usage buckets; they are lost");
+            }
+        }
+        self.folder.last_used.clear();
+        tracing::info!(path = %spool.path().display(), "usage statistics now go to the spool");
+        self.spool = Some(spool);
+    }
+
+    /// Adds the spool files of processes that are gone to the store, then deletes them.
+    async fn ingest_spool(&mut self) {
+        let Some(dir) = self.spool_dir.as_deref() else {
+            return;
+        };
+        if self.spool.is_some() {
+            return;
+        }
+        for mut claimed in spool::claim_abandoned(dir) {
+            let mut folder = Folder::default();
+            let mut buckets: HashMap<BucketKey, UsageCounters> = HashMap::new();
+            let mut events = 0usize;
+            for line in claimed.take_lines() {
+                match line.into_parts() {
+                    spool::Parts::Event(ev) => {
+                        events += 1;
+                        folder.fold(ev);
+                    }
+                    spool::Parts::Bucket(k, c) => buckets.entry(k).or_default().add(&c),
+                }
+            }
+            folder.expand_into(&mut buckets);
+            let batch: Vec<(BucketKey, UsageCounters)> = buckets.into_iter().collect();
+            if let Err(e) = self.store.add_usage(&batch).await {
+                // The file stays; the next round tries again.
+                tracing::warn!(error = %e, path = %claimed.path().display(), "cannot add a usage spool file to the store; will retry");
+                continue;
+            }
+            let uses: Vec<(String, i64)> = folder.last_used.drain().map(|(k, t)| (k.to_string(), t)).collect();
+            if let Err(e) = self.store.touch_api_keys(&uses).await {
+                tracing::warn!(error = %e, "key last-used write failed for spooled usage");
+            }
+            let path = claimed.path().to_path_buf();
+            match claimed.remove() {
+                Ok(()) => tracing::info!(path = %path.display(), events, "usage spool file added to the statistics"),
+                Err(e) => tracing::error!(error = %e, path = %path.display(), "usage spool file added to the statistics but not deleted: delete it by hand, or it is counted again"),
             }
         }
     }
 
     /// Runs until stopped through the returned handle; then drains the queue and flushes.
     pub fn start(self, rt: &tokio::runtime::Handle) -> (StatsStop, tokio::task::JoinHandle<()>) {
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let handle = rt.spawn(self.run(stop_rx));
-        (StatsStop(stop_tx), handle)
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = rt.spawn(self.run(rx));
+        (StatsStop(tx), handle)
     }
 
-    async fn run(mut self, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut flush = tokio::time::interval(self.interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain = tokio::time::interval(DRAIN_EVERY.min(self.interval));
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ingest = tokio::time::interval(INGEST_EVERY);
+        ingest.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let done = loop {
             tokio::select! {
                 _ = drain.tick() => self.drain(),
@@ -218,7 +370,15 @@ impl StatsWriter {
                     self.drain();
                     self.flush().await;
                 }
-                d = &mut stop => break d.ok(),
+                _ = ingest.tick() => self.ingest_spool().await,
+                c = commands.recv() => match c {
+                    Some(Command::Spool(done)) => {
+                        self.start_spooling().await;
+                        let _ = done.send(());
+                    }
+                    Some(Command::Stop(done)) => break Some(done),
+                    None => break None,
+                },
             }
         };
         self.drain();
@@ -230,8 +390,90 @@ impl StatsWriter {
                 tracing::error!(buckets = self.retry.len(), "usage could not be written before shutdown");
             }
         }
+        if let Some(spool) = self.spool.take() {
+            if !self.unspooled.is_empty() {
+                tracing::error!(events = self.unspooled.len(), path = %spool.path().display(), "usage could not be spooled before shutdown");
+            }
+            if let Err(e) = spool.finish() {
+                tracing::error!(error = %e, "cannot sync the usage spool");
+            }
+        }
         if let Some(d) = done {
             let _ = d.send(());
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::usage::TokenUsage;
+
+    fn event(at: i64) -> UsageEvent {
+        UsageEvent {
+            at,
+            key_id: "k1".into(),
+            account_id: Some("a1".into()),
+            model: "claude-sonnet-4-5".into(),
+            usage: TokenUsage {
+                input: 21,
+                output: 7,
+                ..Default::default()
+            },
+            cost_nanos: Some(5),
+            is_error: false,
+        }
+    }
+
+    async fn key_total(store: &dyn Store) -> UsageCounters {
+        store
+            .usage_totals(Dimension::Key)
+            .await
+            .unwrap()
+            .get("k1")
+            .copied()
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn spooled_usage_reaches_the_store_once_its_writer_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let now = chrono::Utc::now().timestamp();
+        let metrics = Arc::new(Metrics::new().unwrap());
+
+        let old: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("old")).unwrap());
+        let (sink, writer) = pipeline(old.clone(), metrics.clone(), Duration::from_millis(50));
+        let (stop, task) = writer
+            .with_spool_dir(spool_dir.clone())
+            .start(&tokio::runtime::Handle::current());
+        sink.record(event(now));
+        stop.spool_from_now().await;
+        assert_eq!(key_total(&*old).await.requests, 1, "written before the hand-over");
+        for _ in 0..3 {
+            sink.record(event(now));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(key_total(&*old).await.requests, 1, "later events only go to the spool");
+
+        // A second writer (the new process) leaves the file alone while its writer lives.
+        let new: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("new")).unwrap());
+        let (_sink2, writer2) = pipeline(new.clone(), metrics.clone(), Duration::from_millis(50));
+        let mut writer2 = writer2.with_spool_dir(spool_dir.clone());
+        writer2.ingest_spool().await;
+        assert_eq!(key_total(&*new).await.requests, 0);
+
+        sink.record(event(now));
+        stop.stop().await;
+        task.await.unwrap();
+        writer2.ingest_spool().await;
+        let got = key_total(&*new).await;
+        assert_eq!((got.requests, got.input_tokens, got.output_tokens), (4, 84, 28));
+        assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0, "the file is deleted");
+        writer2.ingest_spool().await;
+        assert_eq!(key_total(&*new).await.requests, 4, "counted exactly once");
+        assert_eq!(key_total(&*old).await.requests, 1);
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod mock;
+pub mod proxies;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

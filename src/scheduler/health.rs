@@ -1,0 +1,317 @@
+//! Account health: the per-account runtime the hot path reads with plain atomic loads, how
+//! upstream answers are classified into cooldowns, and the `anthropic-ratelimit-unified-*` headers.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use super::CooldownClass;
+use crate::store::coord::{AccountHealth, HealthState};
+
+/// The model family a name belongs to, for limits the upstream scopes by family.
+pub fn model_family(model: &str) -> Option<&'static str> {
+    let m = model.to_ascii_lowercase();
+    ["opus", "sonnet", "haiku"].into_iter().find(|f| m.contains(f))
+}
+
+/// The latest `anthropic-ratelimit-unified-*` headers an account's upstream sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UnifiedLimits {
+    /// `allowed`, `allowed_warning`, `rejected`, … (opaque).
+    pub status: Option<String>,
+    /// Unix seconds.
+    pub reset: Option<i64>,
+    pub representative_claim: Option<String>,
+    pub five_hour_utilization: Option<f64>,
+    pub five_hour_reset: Option<i64>,
+    pub seven_day_utilization: Option<f64>,
+    pub seven_day_reset: Option<i64>,
+    /// Unix seconds when these were seen.
+    pub seen_at: i64,
+}
+
+impl UnifiedLimits {
+    /// Reads the unified headers; `None` when the answer carries none.
+    pub fn from_headers(h: &http::HeaderMap, now_s: i64) -> Option<UnifiedLimits> {
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
+        let num = |n: &str| get(n).and_then(|v| v.parse::<f64>().ok());
+        let int = |n: &str| get(n).and_then(|v| v.parse::<f64>().ok()).map(|v| v as i64);
+        let u = UnifiedLimits {
+            status: get("anthropic-ratelimit-unified-status"),
+            reset: int("anthropic-ratelimit-unified-reset"),
+            representative_claim: get("anthropic-ratelimit-unified-representative-claim"),
+            five_hour_utilization: num("anthropic-ratelimit-unified-5h-utilization"),
+            five_hour_reset: int("anthropic-ratelimit-unified-5h-reset"),
+            seven_day_utilization: num("anthropic-ratelimit-unified-7d-utilization"),
+            seven_day_reset: int("anthropic-ratelimit-unified-7d-reset"),
+            seen_at: now_s,
+        };
+        let any = u.status.is_some() || u.reset.is_some() || u.five_hour_utilization.is_some();
+        any.then_some(u)
+    }
+
+    /// The window is exhausted and the upstream announced when it reopens (Unix seconds).
+    pub fn exhausted_until(&self, now_s: i64) -> Option<i64> {
+        if self.status.as_deref() != Some("rejected") {
+            return None;
+        }
+        self.reset.filter(|r| *r > now_s)
+    }
+
+    /// The model family the binding window covers, when it is family-scoped.
+    pub fn family(&self) -> Option<String> {
+        let claim = self.representative_claim.as_deref()?;
+        ["opus", "sonnet"].into_iter().find(|f| claim.ends_with(f)).map(String::from)
+    }
+}
+
+/// An account's runtime state. The hot path only does atomic loads here.
+#[derive(Debug, Default)]
+pub struct AccountRuntime {
+    pub(super) last_used: AtomicU64,
+    pub(super) picks: AtomicU64,
+    /// Unix ms until which the account is out of the pool for every model (0: available;
+    /// `i64::MAX`: until an admin action).
+    blocked_until_ms: AtomicI64,
+    /// Set when a family-scoped limit is in force (then `detail` names the family).
+    family_limited: AtomicBool,
+    /// Requests this instance has in flight on the account.
+    pub in_flight: AtomicU64,
+    /// Spend in the current quota day as last read from the store (nano-USD).
+    pub spent_store_nanos: AtomicU64,
+    /// Spend settled here since that read.
+    pub spent_local_nanos: AtomicU64,
+    detail: Mutex<Option<AccountHealth>>,
+    unified: Mutex<Option<UnifiedLimits>>,
+}
+
+impl AccountRuntime {
+    pub(super) fn starting_at(picks: u64) -> Self {
+        let rt = AccountRuntime::default();
+        rt.picks.store(picks, Ordering::Relaxed);
+        rt
+    }
+
+    /// Whether the account may take a request for `model` now.
+    pub fn available(&self, model: &str, now_ms: i64, quota_nanos: Option<u64>) -> bool {
+        if self.blocked_until_ms.load(Ordering::Relaxed) > now_ms {
+            return false;
+        }
+        if let Some(q) = quota_nanos
+            && self.spent_store_nanos.load(Ordering::Relaxed) + self.spent_local_nanos.load(Ordering::Relaxed) >= q
+        {
+            return false;
+        }
+        if self.family_limited.load(Ordering::Relaxed) {
+            let detail = self.detail.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = detail.as_ref()
+                && h.active_at(now_ms)
+                && h.family.as_deref().is_some_and(|f| Some(f) == model_family(model))
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sets (or clears) the health entry.
+    pub fn set_health(&self, h: Option<AccountHealth>) {
+        let (until, family) = match &h {
+            Some(h) if h.family.is_some() => (0, true),
+            Some(h) => (h.until.unwrap_or(i64::MAX), false),
+            None => (0, false),
+        };
+        *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        self.blocked_until_ms.store(until, Ordering::Relaxed);
+        self.family_limited.store(family, Ordering::Relaxed);
+    }
+
+    pub fn health(&self, now_ms: i64) -> Option<AccountHealth> {
+        self.detail.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| h.active_at(now_ms))
+    }
+
+    pub fn set_unified(&self, u: UnifiedLimits) {
+        *self.unified.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+    }
+
+    pub fn unified(&self) -> Option<UnifiedLimits> {
+        self.unified.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records spend settled on this instance (for the daily quota).
+    pub fn add_spend(&self, nanos: u64) {
+        self.spent_local_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Replaces the spend with what the store says for the current quota day.
+    pub fn set_store_spend(&self, nanos: u64) {
+        self.spent_store_nanos.store(nanos, Ordering::Relaxed);
+        self.spent_local_nanos.store(0, Ordering::Relaxed);
+    }
+
+    pub fn spend(&self) -> u64 {
+        self.spent_store_nanos.load(Ordering::Relaxed) + self.spent_local_nanos.load(Ordering::Relaxed)
+    }
+}
+
+/// What an upstream failure means for the account that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The account is fine; the request itself was the problem (do not mark, do not fail over).
+    RequestProblem,
+    /// Put the account out of the pool with this health entry, then fail over.
+    Mark(AccountHealth),
+}
+
+/// Classifies an upstream error answer (status, headers, body) for the account.
+pub fn classify(
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    cooldown: &dyn Fn(CooldownClass) -> std::time::Duration,
+    now_ms: i64,
+) -> Verdict {
+    let text = String::from_utf8_lossy(&body[..body.len().min(16 * 1024)]).to_ascii_lowercase();
+    let entry = |state, reason: String, dur: Option<std::time::Duration>, family: Option<String>| {
+        Verdict::Mark(AccountHealth {
+            state,
+            reason,
+            since: now_ms,
+            until: dur.map(|d| now_ms.saturating_add(d.as_millis().min(i64::MAX as u128) as i64)),
+            family,
+        })
+    };
+    match status {
+        429 => {
+            // Long-context requests need "extra usage" on the subscription: the request's
+            // problem, another account would refuse it too unless it has it, and this one is fine.
+            if text.contains("extra usage") || text.contains("long context") && text.contains("usage") {
+                return Verdict::RequestProblem;
+            }
+            let now_s = now_ms / 1000;
+            let unified = UnifiedLimits::from_headers(headers, now_s);
+            if let Some(u) = &unified
+                && let Some(reset) = u.exhausted_until(now_s)
+            {
+                let until_ms = reset.saturating_mul(1000);
+                let d = std::time::Duration::from_millis((until_ms - now_ms).max(0) as u64);
+                let claim = u.representative_claim.clone().unwrap_or_else(|| "unified".into());
+                return entry(HealthState::RateLimited, format!("window {claim} exhausted"), Some(d), u.family());
+            }
+            let cap = cooldown(CooldownClass::RateLimitedMax);
+            let retry_after = headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(std::time::Duration::from_secs);
+            let d = retry_after.unwrap_or_else(|| cooldown(CooldownClass::RateLimited)).min(cap);
+            entry(HealthState::CoolingDown, "upstream 429".into(), Some(d), None)
+        }
+        401 => entry(HealthState::Unauthorized, "upstream 401".into(), Some(cooldown(CooldownClass::Unauthorized)), None),
+        403 => {
+            if text.contains("organization") && (text.contains("disabled") || text.contains("suspended")) {
+                entry(HealthState::Blocked, "organization disabled".into(), None, None)
+            } else {
+                entry(HealthState::CoolingDown, "upstream 403".into(), Some(cooldown(CooldownClass::Forbidden)), None)
+            }
+        }
+        529 => entry(HealthState::CoolingDown, "upstream 529".into(), Some(cooldown(CooldownClass::Overloaded)), None),
+        503 => entry(HealthState::CoolingDown, "upstream 503".into(), Some(cooldown(CooldownClass::Unavailable)), None),
+        s if s >= 500 => entry(HealthState::CoolingDown, format!("upstream {s}"), Some(cooldown(CooldownClass::ServerError)), None),
+        s => entry(HealthState::CoolingDown, format!("upstream {s}"), Some(cooldown(CooldownClass::ServerError)), None),
+    }
+}
+
+/// The entry for a connection failure.
+pub fn connect_failure(cooldown: std::time::Duration, now_ms: i64) -> AccountHealth {
+    AccountHealth {
+        state: HealthState::CoolingDown,
+        reason: "connect failed".into(),
+        since: now_ms,
+        until: Some(now_ms + cooldown.as_millis().min(i64::MAX as u128) as i64),
+        family: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cd(c: CooldownClass) -> Duration {
+        c.default_duration()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn classifies_by_status() {
+        let now = 1_000_000;
+        let Verdict::Mark(h) = classify(529, &headers(&[]), b"", &cd, now) else { panic!() };
+        assert_eq!((h.state, h.until), (HealthState::CoolingDown, Some(now + 600_000)));
+        let Verdict::Mark(h) = classify(503, &headers(&[]), b"", &cd, now) else { panic!() };
+        assert_eq!(h.until, Some(now + 60_000));
+        let Verdict::Mark(h) = classify(500, &headers(&[]), b"", &cd, now) else { panic!() };
+        assert_eq!(h.until, Some(now + 300_000));
+        let Verdict::Mark(h) = classify(401, &headers(&[]), b"", &cd, now) else { panic!() };
+        assert_eq!((h.state, h.until), (HealthState::Unauthorized, Some(now + 1_800_000)));
+        let body = br#"{"error":{"message":"This organization has been disabled."}}"#;
+        let Verdict::Mark(h) = classify(403, &headers(&[]), body, &cd, now) else { panic!() };
+        assert_eq!((h.state, h.until), (HealthState::Blocked, None));
+    }
+
+    #[test]
+    fn rate_limits_respect_retry_after_caps_and_unified_resets() {
+        let now = 1_700_000_000_000;
+        let Verdict::Mark(h) = classify(429, &headers(&[("retry-after", "7")]), b"", &cd, now) else { panic!() };
+        assert_eq!(h.until, Some(now + 7_000));
+        let Verdict::Mark(h) = classify(429, &headers(&[("retry-after", "99999")]), b"", &cd, now) else { panic!() };
+        assert_eq!(h.until, Some(now + 1_800_000), "capped by 429_max");
+        let reset = now / 1000 + 3 * 3600;
+        let r = reset.to_string();
+        let h429 = headers(&[
+            ("anthropic-ratelimit-unified-status", "rejected"),
+            ("anthropic-ratelimit-unified-reset", &r),
+            ("anthropic-ratelimit-unified-representative-claim", "seven_day_opus"),
+        ]);
+        let Verdict::Mark(h) = classify(429, &h429, b"", &cd, now) else { panic!() };
+        assert_eq!((h.state, h.until, h.family.as_deref()), (HealthState::RateLimited, Some(reset * 1000), Some("opus")));
+        // A 429 without a future reset is a short throttle, not a parked account.
+        let allowed = headers(&[("anthropic-ratelimit-unified-status", "allowed"), ("anthropic-ratelimit-unified-reset", &r)]);
+        let Verdict::Mark(h) = classify(429, &allowed, b"", &cd, now) else { panic!() };
+        assert_eq!((h.state, h.until), (HealthState::CoolingDown, Some(now + 60_000)));
+        let body = br#"{"error":{"type":"rate_limit_error","message":"Extra usage is required for long context requests."}}"#;
+        assert_eq!(classify(429, &headers(&[]), body, &cd, now), Verdict::RequestProblem);
+    }
+
+    #[test]
+    fn family_limits_only_block_their_family() {
+        let rt = AccountRuntime::default();
+        let now = 10_000;
+        rt.set_health(Some(AccountHealth {
+            state: HealthState::RateLimited,
+            reason: "x".into(),
+            since: now,
+            until: Some(now + 1000),
+            family: Some("opus".into()),
+        }));
+        assert!(!rt.available("claude-opus-4-1", now, None));
+        assert!(rt.available("claude-sonnet-4-5", now, None));
+        assert!(rt.available("claude-opus-4-1", now + 2000, None));
+        rt.set_health(Some(AccountHealth { family: None, ..rt.health(now).unwrap() }));
+        assert!(!rt.available("claude-sonnet-4-5", now, None));
+        rt.set_health(None);
+        assert!(rt.available("claude-sonnet-4-5", now, None));
+        rt.add_spend(5);
+        assert!(!rt.available("m", now, Some(5)));
+        rt.set_store_spend(1);
+        assert!(rt.available("m", now, Some(5)));
+    }
+}
