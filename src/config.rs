@@ -301,7 +301,11 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { sticky_ttl: default_sticky_ttl(), failover: FailoverConfig::default(), cooldowns: BTreeMap::new() }
+        SchedulerConfig {
+            sticky_ttl: default_sticky_ttl(),
+            failover: FailoverConfig::default(),
+            cooldowns: BTreeMap::new(),
+        }
     }
 }
 
@@ -321,7 +325,11 @@ pub struct FailoverConfig {
 
 impl Default for FailoverConfig {
     fn default() -> Self {
-        FailoverConfig { max_attempts: default_max_attempts(), budget: default_budget(), statuses: default_failover_statuses() }
+        FailoverConfig {
+            max_attempts: default_max_attempts(),
+            budget: default_budget(),
+            statuses: default_failover_statuses(),
+        }
     }
 }
 
@@ -669,7 +677,10 @@ impl Config {
                 crate::proxy::outbound::OutboundProxy::parse(p).map_err(|r| invalid(key("proxy"), r))?;
             }
             if a.max_concurrency == Some(0) {
-                return Err(invalid(key("max_concurrency"), "must be at least 1 (leave it out for no cap)"));
+                return Err(invalid(
+                    key("max_concurrency"),
+                    "must be at least 1 (leave it out for no cap)",
+                ));
             }
             if let Some(q) = a.daily_quota_usd
                 && !(q.is_finite() && q > 0.0)
@@ -688,7 +699,8 @@ impl Config {
                 return Err(invalid(key("group"), "must not be empty"));
             }
             for k in a.cooldowns.keys() {
-                crate::scheduler::CooldownClass::parse_key(k).map_err(|e| invalid(key(&format!("cooldowns.{k}")), e))?;
+                crate::scheduler::CooldownClass::parse_key(k)
+                    .map_err(|e| invalid(key(&format!("cooldowns.{k}")), e))?;
             }
         }
 
@@ -727,13 +739,23 @@ impl Config {
         }
 
         for k in raw.scheduler.cooldowns.keys() {
-            crate::scheduler::CooldownClass::parse_key(k).map_err(|e| invalid(format!("scheduler.cooldowns.{k}"), e))?;
+            crate::scheduler::CooldownClass::parse_key(k)
+                .map_err(|e| invalid(format!("scheduler.cooldowns.{k}"), e))?;
         }
         if raw.scheduler.failover.max_attempts == 0 || raw.scheduler.failover.max_attempts > 20 {
             return Err(invalid("scheduler.failover.max_attempts", "must be between 1 and 20"));
         }
-        if let Some(s) = raw.scheduler.failover.statuses.iter().find(|s| !(400..=599).contains(*s)) {
-            return Err(invalid("scheduler.failover.statuses", format!("{s} is not an HTTP error status")));
+        if let Some(s) = raw
+            .scheduler
+            .failover
+            .statuses
+            .iter()
+            .find(|s| !(400..=599).contains(*s))
+        {
+            return Err(invalid(
+                "scheduler.failover.statuses",
+                format!("{s} is not an HTTP error status"),
+            ));
         }
         let account_names: std::collections::HashSet<&str> = raw.accounts.iter().map(|a| a.name.as_str()).collect();
         let groups: std::collections::HashSet<&str> = raw.accounts.iter().filter_map(|a| a.group.as_deref()).collect();
@@ -763,7 +785,10 @@ impl Config {
         let upgrade_sock = raw.upgrade_sock.unwrap_or_else(|| data_dir.join("upgrade.sock"));
         // A Unix socket path holds at most 107 bytes (Pingora would panic on a longer one).
         if upgrade_sock.as_os_str().len() > 107 {
-            return Err(invalid("upgrade_sock", "a Unix socket path must be at most 107 bytes long"));
+            return Err(invalid(
+                "upgrade_sock",
+                "a Unix socket path must be at most 107 bytes long",
+            ));
         }
         let mut store = raw.store;
         if store.backend == StoreBackend::Embedded && store.path.is_none() {

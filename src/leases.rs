@@ -22,7 +22,10 @@ pub struct Leases {
 
 impl Leases {
     pub fn new(coord: Arc<dyn Coordination>) -> Arc<Self> {
-        Arc::new(Leases { coord, held: Mutex::new(HashSet::new()) })
+        Arc::new(Leases {
+            coord,
+            held: Mutex::new(HashSet::new()),
+        })
     }
 
     /// Takes a slot of `scope` (at most `limit` holders). `Ok(None)` when the scope is full.
@@ -30,8 +33,15 @@ impl Leases {
         let holder = uuid::Uuid::new_v4().simple().to_string();
         match self.coord.lease_acquire(&scope, &holder, limit, LEASE_TTL).await {
             Ok(true) => {
-                self.held.lock().unwrap_or_else(|p| p.into_inner()).insert((scope.clone(), holder.clone()));
-                Ok(Some(LeaseGuard { leases: self.clone(), scope, holder }))
+                self.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((scope.clone(), holder.clone()));
+                Ok(Some(LeaseGuard {
+                    leases: self.clone(),
+                    scope,
+                    holder,
+                }))
             }
             Ok(false) => Ok(None),
             Err(e) => Err(e.to_string()),
@@ -48,8 +58,13 @@ impl Leases {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let held: Vec<(String, String)> =
-                self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+            let held: Vec<(String, String)> = self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
             if let Err(e) = self.coord.lease_renew(&held, LEASE_TTL).await {
                 tracing::warn!(error = %e, leases = held.len(), "renewing concurrency leases failed");
             }

@@ -96,11 +96,17 @@ impl Metrics {
             &["class"],
         )?;
         let failovers = IntCounterVec::new(
-            Opts::new("relay_failovers_total", "Requests moved to another account, by the reason the account failed"),
+            Opts::new(
+                "relay_failovers_total",
+                "Requests moved to another account, by the reason the account failed",
+            ),
             &["reason"],
         )?;
         let account_available = prometheus::IntGaugeVec::new(
-            Opts::new("relay_account_state", "1 for each account's current state (active, cooling_down, rate_limited, over_quota, unauthorized, blocked, disabled)"),
+            Opts::new(
+                "relay_account_state",
+                "1 for each account's current state (active, cooling_down, rate_limited, over_quota, unauthorized, blocked, disabled)",
+            ),
             &["account", "state"],
         )?;
         registry.register(Box::new(failovers.clone()))?;

@@ -358,7 +358,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             .collect(),
     });
     store_rt.spawn(leases.renew_forever());
-    store_rt.spawn(crate::scheduler::quota::refresh_forever(store.clone(), snapshot.clone(), metrics.clone()));
+    store_rt.spawn(crate::scheduler::quota::refresh_forever(
+        store.clone(),
+        snapshot.clone(),
+        metrics.clone(),
+    ));
 
     // Fail fast, with the key's name, when the port is taken; in an upgrade, wait for the old
     // process to release it.

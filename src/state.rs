@@ -126,7 +126,11 @@ pub fn build_snapshot(
             model_map: a.model_map.clone(),
             source: Source::Config,
             group: a.group.clone(),
-            proxy: a.proxy.as_deref().and_then(|p| OutboundProxy::parse(p).ok()).map(Arc::new),
+            proxy: a
+                .proxy
+                .as_deref()
+                .and_then(|p| OutboundProxy::parse(p).ok())
+                .map(Arc::new),
             max_concurrency: a.max_concurrency,
             daily_quota_nanos: a.daily_quota_usd.map(usd_to_nanos),
             quota_reset_minute: a.quota_reset.as_deref().and_then(|r| parse_hhmm(r).ok()).unwrap_or(0),

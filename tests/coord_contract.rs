@@ -1,4 +1,5 @@
 //! The coordination contract on memory and on a real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use claude_relay::store::coord::MemoryCoordination;
 use claude_relay::store::coord_contract;
@@ -10,7 +11,9 @@ fn redis_url() -> String {
 
 #[tokio::test]
 async fn memory_coordination_passes_the_contract() {
-    coord_contract::run_all(&MemoryCoordination::new(), "mem").await.unwrap();
+    coord_contract::run_all(&MemoryCoordination::new(), "mem")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -18,16 +21,38 @@ async fn redis_coordination_passes_the_contract() {
     let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
     let store = RedisStore::connect_with_prefix(&redis_url(), &prefix)
         .await
-        .unwrap_or_else(|e| panic!("Redis is not reachable at {} ({e}); start one or set RELAY_TEST_REDIS_URL", redis_url()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis is not reachable at {} ({e}); start one or set RELAY_TEST_REDIS_URL",
+                redis_url()
+            )
+        });
     let c = store.coordination();
     coord_contract::run_all(&c, "redis").await.unwrap();
     // Two instances see the same leases.
-    let other = RedisStore::connect_with_prefix(&redis_url(), &prefix).await.unwrap().coordination();
+    let other = RedisStore::connect_with_prefix(&redis_url(), &prefix)
+        .await
+        .unwrap()
+        .coordination();
     use claude_relay::store::coord::Coordination;
     use std::time::Duration;
-    assert!(c.lease_acquire("shared", "h1", 1, Duration::from_secs(5)).await.unwrap());
-    assert!(!other.lease_acquire("shared", "h2", 1, Duration::from_secs(5)).await.unwrap());
+    assert!(
+        c.lease_acquire("shared", "h1", 1, Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !other
+            .lease_acquire("shared", "h2", 1, Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
     c.lease_release("shared", "h1").await.unwrap();
-    assert!(other.lease_acquire("shared", "h2", 1, Duration::from_secs(5)).await.unwrap());
+    assert!(
+        other
+            .lease_acquire("shared", "h2", 1, Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
     other.lease_release("shared", "h2").await.unwrap();
 }

@@ -75,7 +75,10 @@ fn assert_tunnel(proxy: &ProxyServer, mock: &MockUpstream, user: Option<(&str, &
                 assert_eq!(c.credentials, user.map(|(u, p)| (u.to_string(), p.to_string())));
             }
             Kind::HttpConnect => {
-                assert_eq!(c.request_line.as_deref(), Some(format!("CONNECT localhost:{port} HTTP/1.1").as_str()));
+                assert_eq!(
+                    c.request_line.as_deref(),
+                    Some(format!("CONNECT localhost:{port} HTTP/1.1").as_str())
+                );
                 assert_eq!(c.host_header, Some(format!("localhost:{port}")));
                 assert_eq!(c.proxy_authorization, user.map(|(u, p)| basic(u, p)));
             }
@@ -134,10 +137,7 @@ async fn alternate_between_two_accounts(relay: &RelayProcess, mock: &MockUpstrea
     assert_eq!(seen.len(), 6);
     for s in seen {
         let want = if s.json()["model"] == SONNET { "one" } else { "two" };
-        assert_eq!(
-            s.header("x-api-key"),
-            Some(format!("sk-ant-api03-upstream-{want}"))
-        );
+        assert_eq!(s.header("x-api-key"), Some(format!("sk-ant-api03-upstream-{want}")));
     }
 }
 
@@ -147,12 +147,28 @@ async fn accounts_behind_different_proxies_use_their_own(kind: Kind) {
     let p2 = start_proxy(kind, &[("two", "pass-two")]).await;
     let relay = RelayProcess::start(&format!(
         "accounts:\n{}{}",
-        account("one", &mock, &p1.url(Some(("one", "pass-one"))), &format!(", models: [{SONNET}]")),
-        account("two", &mock, &p2.url(Some(("two", "pass-two"))), &format!(", models: [{HAIKU}]")),
+        account(
+            "one",
+            &mock,
+            &p1.url(Some(("one", "pass-one"))),
+            &format!(", models: [{SONNET}]")
+        ),
+        account(
+            "two",
+            &mock,
+            &p2.url(Some(("two", "pass-two"))),
+            &format!(", models: [{HAIKU}]")
+        ),
     ))
     .await;
     alternate_between_two_accounts(&relay, &mock).await;
-    assert_eq!((p1.connections(), p2.connections()), (1, 1), "{:?} / {:?}", p1.conns(), p2.conns());
+    assert_eq!(
+        (p1.connections(), p2.connections()),
+        (1, 1),
+        "{:?} / {:?}",
+        p1.conns(),
+        p2.conns()
+    );
     assert_tunnel(&p1, &mock, Some(("one", "pass-one")));
     assert_tunnel(&p2, &mock, Some(("two", "pass-two")));
 }
@@ -164,8 +180,18 @@ async fn same_proxy_other_credentials_do_not_share_connections(kind: Kind) {
     let proxy = start_proxy(kind, &[("one", "pass-one"), ("two", "pass-two")]).await;
     let relay = RelayProcess::start(&format!(
         "accounts:\n{}{}",
-        account("one", &mock, &proxy.url(Some(("one", "pass-one"))), &format!(", models: [{SONNET}]")),
-        account("two", &mock, &proxy.url(Some(("two", "pass-two"))), &format!(", models: [{HAIKU}]")),
+        account(
+            "one",
+            &mock,
+            &proxy.url(Some(("one", "pass-one"))),
+            &format!(", models: [{SONNET}]")
+        ),
+        account(
+            "two",
+            &mock,
+            &proxy.url(Some(("two", "pass-two"))),
+            &format!(", models: [{HAIKU}]")
+        ),
     ))
     .await;
     alternate_between_two_accounts(&relay, &mock).await;
@@ -239,7 +265,11 @@ async fn wrong_credentials_answer_502(kind: Kind) {
         Kind::HttpConnect => assert_eq!(conns[0].proxy_authorization, Some(basic("relay", PASS))),
     }
     // The failure names the proxy, masked.
-    let named = format!("{}://***@{}", if kind == Kind::Socks5 { "socks5" } else { "http" }, proxy.addr);
+    let named = format!(
+        "{}://***@{}",
+        if kind == Kind::Socks5 { "socks5" } else { "http" },
+        proxy.addr
+    );
     let log = relay.log_text();
     assert!(
         message.contains(&named) || log.contains(&named),

@@ -14,11 +14,13 @@ fn deps() -> FilterDeps {
                 id: "good".into(),
                 name: "a".into(),
                 enabled: true,
+                bind: None,
             },
             ClientKey {
                 id: "off".into(),
                 name: "b".into(),
                 enabled: false,
+                bind: None,
             },
         ])),
     }

@@ -108,7 +108,9 @@ pub(super) async fn run(
             tried: &tried,
             now_ms: now_ms(),
         };
-        let Some(account) = relay.scheduler.pick(&snapshot.pool, &pick) else { break };
+        let Some(account) = relay.scheduler.pick(&snapshot.pool, &pick) else {
+            break;
+        };
         tried.push(account.id.clone());
         let lease = match account.max_concurrency {
             Some(limit) => match relay.leases.acquire(format!("account:{}", account.id), limit).await {
@@ -133,27 +135,27 @@ pub(super) async fn run(
             s.upstream_model = Some(upstream_model.clone());
         }
         let out_body = parsed.with_model(&body, &upstream_model);
-        let path = account.base.path_and_query(route.endpoint.upstream_path(), query.as_deref());
-        let req =
-            headers::upstream_request(session.req_header(), &path, &account.base.host_header, &account.auth, out_body.len())?;
+        let path = account
+            .base
+            .path_and_query(route.endpoint.upstream_path(), query.as_deref());
+        let req = headers::upstream_request(
+            session.req_header(),
+            &path,
+            &account.base.host_header,
+            &account.auth,
+            out_body.len(),
+        )?;
         let rename = (upstream_model != model).then_some((upstream_model.as_str(), model.as_str()));
         let _in_flight = InFlightOn::new(&account);
+        // Bind the session to this account when it commits a successful answer (see `attempt`).
+        ctx.pending_sticky = match &sticky_key {
+            Some(sk) if sticky.as_deref() != Some(&*account.id) => Some((sk.clone(), account.id.clone(), sticky_ttl)),
+            _ => None,
+        };
         match attempt(relay, session, ctx, &account, req, out_body, route.endpoint, rename).await {
             Ok(()) => {
                 if let Some(g) = lease {
                     ctx.holds.push(Box::new(g));
-                }
-                if ctx.status < 400
-                    && let Some(sk) = sticky_key
-                    && sticky.as_deref() != Some(&*account.id)
-                {
-                    let coord = relay.coord.clone();
-                    let id = account.id.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = coord.sticky_set(&sk, &id, sticky_ttl).await {
-                            tracing::warn!(error = %e, "saving the sticky session failed");
-                        }
-                    });
                 }
                 return Ok(());
             }
@@ -169,7 +171,11 @@ pub(super) async fn run(
             Err(AttemptError::Refused(answer, mark)) => {
                 let status = answer.head.status.as_u16();
                 tracing::warn!(account = %account.name, status, "upstream refused; trying the next account");
-                relay.metrics.failovers.with_label_values(&[super::status_label(status)]).inc();
+                relay
+                    .metrics
+                    .failovers
+                    .with_label_values(&[super::status_label(status)])
+                    .inc();
                 if let Some(h) = mark {
                     mark_account(relay, &account, h);
                 }
@@ -377,6 +383,12 @@ async fn attempt(
         s.is_error = true;
     }
     ctx.status = status;
+    if status < 400
+        && let Some((sk, id, ttl)) = ctx.pending_sticky.take()
+        && let Err(e) = relay.coord.sticky_set(&sk, &id, ttl).await
+    {
+        tracing::warn!(error = %e, "saving the sticky session failed");
+    }
 
     let result = if is_sse {
         stream_sse(relay, session, ctx, &mut up, &head, rename).await

@@ -74,6 +74,8 @@ pub struct RequestCtx {
     settle: Option<settle::Settle>,
     holds: Vec<Box<dyn Any + Send + Sync>>,
     in_flight: Option<InFlight>,
+    /// A sticky-session binding to save when the current attempt commits a successful answer.
+    pending_sticky: Option<(String, Arc<str>, Duration)>,
 }
 
 struct InFlight(prometheus::IntGauge);
@@ -96,6 +98,7 @@ impl RequestCtx {
             settle: None,
             holds: Vec::new(),
             in_flight: None,
+            pending_sticky: None,
         }
     }
 }

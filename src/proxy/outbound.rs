@@ -269,7 +269,9 @@ async fn read_connect_reply<R: AsyncRead + Unpin>(r: &mut R) -> std::result::Res
         }
     };
     if head_end > MAX_CONNECT_REPLY {
-        return Err(format!("its CONNECT reply head is larger than {MAX_CONNECT_REPLY} bytes"));
+        return Err(format!(
+            "its CONNECT reply head is larger than {MAX_CONNECT_REPLY} bytes"
+        ));
     }
     let first = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     let line: String = String::from_utf8_lossy(first)
@@ -333,7 +335,10 @@ mod tests {
         assert!(OutboundProxy::parse("ftp://x:1").is_err());
         assert!(OutboundProxy::parse("socks5://x").is_err());
         let v6 = OutboundProxy::parse("http://u:p@[::1]:3128").unwrap();
-        assert_eq!((v6.host.as_str(), v6.to_string().as_str()), ("::1", "http://***@[::1]:3128"));
+        assert_eq!(
+            (v6.host.as_str(), v6.to_string().as_str()),
+            ("::1", "http://***@[::1]:3128")
+        );
     }
 
     #[test]
@@ -353,7 +358,10 @@ mod tests {
     async fn connect_reply_is_bounded_and_keeps_tunnel_bytes() {
         let mut ok: &[u8] = b"HTTP/1.1 200 Connection established\r\nVia: x\r\n\r\nHELLO";
         let (status, line, rest) = read_connect_reply(&mut ok).await.unwrap();
-        assert_eq!((status, line.as_str(), &rest[..]), (200, "HTTP/1.1 200 Connection established", &b"HELLO"[..]));
+        assert_eq!(
+            (status, line.as_str(), &rest[..]),
+            (200, "HTTP/1.1 200 Connection established", &b"HELLO"[..])
+        );
         let mut denied: &[u8] = b"HTTP/1.0 407 Proxy Authentication Required\r\n\r\n";
         assert_eq!(read_connect_reply(&mut denied).await.unwrap().0, 407);
         let mut eof: &[u8] = b"HTTP/1.1 200 OK\r\n";
@@ -404,7 +412,10 @@ mod tests {
         assert_eq!(&echo, b"ping");
         let request = server.await.unwrap();
         assert!(request.starts_with("CONNECT localhost:8080 HTTP/1.1\r\n"), "{request}");
-        assert!(request.contains("Proxy-Authorization: Basic dTpzZWNyZXQ=\r\n"), "{request}");
+        assert!(
+            request.contains("Proxy-Authorization: Basic dTpzZWNyZXQ=\r\n"),
+            "{request}"
+        );
     }
 
     #[tokio::test]
@@ -416,7 +427,9 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = vec![0u8; 1024];
             let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await.unwrap();
+            s.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                .await
+                .unwrap();
         });
         let c = tunnel_to(&format!("http://u:hunter2@{addr}"), addr, Duration::from_secs(5));
         let e = c.connect(&any_addr()).await.unwrap_err();
@@ -442,10 +455,16 @@ mod tests {
         let e = c.connect(&any_addr()).await.unwrap_err();
         let text = format!("{e} {e:?}");
         assert_eq!(e.etype(), &ErrorType::ConnectProxyFailure);
-        assert!(text.contains(&format!("socks5://***@{addr}")) && !text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains(&format!("socks5://***@{addr}")) && !text.contains("hunter2"),
+            "{text}"
+        );
 
         // Nobody listening.
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let c = tunnel_to(&format!("socks5://u:hunter2@{dead}"), dead, Duration::from_secs(5));
         let e = c.connect(&any_addr()).await.unwrap_err();
         assert_eq!(e.etype(), &ErrorType::ConnectRefused);

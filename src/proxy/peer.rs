@@ -135,7 +135,7 @@ impl Peers {
             base.port,
             self.connect_timeout,
         ));
-        peer.group_key = 0; let _ = proxied_group_key(proxy, base);
+        peer.group_key = proxied_group_key(proxy, base);
         peer
     }
 }
@@ -180,7 +180,10 @@ mod tests {
         // The direct peer is untouched by proxies (and resolves its own address).
         let local = base("http://127.0.0.1:8080");
         let direct = peers.get(&local, None).await.unwrap();
-        assert_eq!((direct.address().to_string(), direct.group_key), ("127.0.0.1:8080".to_string(), 0));
+        assert_eq!(
+            (direct.address().to_string(), direct.group_key),
+            ("127.0.0.1:8080".to_string(), 0)
+        );
         assert!(direct.options.custom_l4.is_none());
         let via = peers.get(&local, Some(&a)).await.unwrap();
         assert_ne!(direct.reuse_hash(), via.reuse_hash());

@@ -62,7 +62,10 @@ impl UnifiedLimits {
     /// The model family the binding window covers, when it is family-scoped.
     pub fn family(&self) -> Option<String> {
         let claim = self.representative_claim.as_deref()?;
-        ["opus", "sonnet"].into_iter().find(|f| claim.ends_with(f)).map(String::from)
+        ["opus", "sonnet"]
+            .into_iter()
+            .find(|f| claim.ends_with(f))
+            .map(String::from)
     }
 }
 
@@ -128,7 +131,11 @@ impl AccountRuntime {
     }
 
     pub fn health(&self, now_ms: i64) -> Option<AccountHealth> {
-        self.detail.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|h| h.active_at(now_ms))
+        self.detail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|h| h.active_at(now_ms))
     }
 
     pub fn set_unified(&self, u: UnifiedLimits) {
@@ -197,7 +204,12 @@ pub fn classify(
                 let until_ms = reset.saturating_mul(1000);
                 let d = std::time::Duration::from_millis((until_ms - now_ms).max(0) as u64);
                 let claim = u.representative_claim.clone().unwrap_or_else(|| "unified".into());
-                return entry(HealthState::RateLimited, format!("window {claim} exhausted"), Some(d), u.family());
+                return entry(
+                    HealthState::RateLimited,
+                    format!("window {claim} exhausted"),
+                    Some(d),
+                    u.family(),
+                );
             }
             let cap = cooldown(CooldownClass::RateLimitedMax);
             let retry_after = headers
@@ -205,21 +217,53 @@ pub fn classify(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(std::time::Duration::from_secs);
-            let d = retry_after.unwrap_or_else(|| cooldown(CooldownClass::RateLimited)).min(cap);
+            let d = retry_after
+                .unwrap_or_else(|| cooldown(CooldownClass::RateLimited))
+                .min(cap);
             entry(HealthState::CoolingDown, "upstream 429".into(), Some(d), None)
         }
-        401 => entry(HealthState::Unauthorized, "upstream 401".into(), Some(cooldown(CooldownClass::Unauthorized)), None),
+        401 => entry(
+            HealthState::Unauthorized,
+            "upstream 401".into(),
+            Some(cooldown(CooldownClass::Unauthorized)),
+            None,
+        ),
         403 => {
             if text.contains("organization") && (text.contains("disabled") || text.contains("suspended")) {
                 entry(HealthState::Blocked, "organization disabled".into(), None, None)
             } else {
-                entry(HealthState::CoolingDown, "upstream 403".into(), Some(cooldown(CooldownClass::Forbidden)), None)
+                entry(
+                    HealthState::CoolingDown,
+                    "upstream 403".into(),
+                    Some(cooldown(CooldownClass::Forbidden)),
+                    None,
+                )
             }
         }
-        529 => entry(HealthState::CoolingDown, "upstream 529".into(), Some(cooldown(CooldownClass::Overloaded)), None),
-        503 => entry(HealthState::CoolingDown, "upstream 503".into(), Some(cooldown(CooldownClass::Unavailable)), None),
-        s if s >= 500 => entry(HealthState::CoolingDown, format!("upstream {s}"), Some(cooldown(CooldownClass::ServerError)), None),
-        s => entry(HealthState::CoolingDown, format!("upstream {s}"), Some(cooldown(CooldownClass::ServerError)), None),
+        529 => entry(
+            HealthState::CoolingDown,
+            "upstream 529".into(),
+            Some(cooldown(CooldownClass::Overloaded)),
+            None,
+        ),
+        503 => entry(
+            HealthState::CoolingDown,
+            "upstream 503".into(),
+            Some(cooldown(CooldownClass::Unavailable)),
+            None,
+        ),
+        s if s >= 500 => entry(
+            HealthState::CoolingDown,
+            format!("upstream {s}"),
+            Some(cooldown(CooldownClass::ServerError)),
+            None,
+        ),
+        s => entry(
+            HealthState::CoolingDown,
+            format!("upstream {s}"),
+            Some(cooldown(CooldownClass::ServerError)),
+            None,
+        ),
     }
 }
 
@@ -254,25 +298,39 @@ mod tests {
     #[test]
     fn classifies_by_status() {
         let now = 1_000_000;
-        let Verdict::Mark(h) = classify(529, &headers(&[]), b"", &cd, now) else { panic!() };
+        let Verdict::Mark(h) = classify(529, &headers(&[]), b"", &cd, now) else {
+            panic!()
+        };
         assert_eq!((h.state, h.until), (HealthState::CoolingDown, Some(now + 600_000)));
-        let Verdict::Mark(h) = classify(503, &headers(&[]), b"", &cd, now) else { panic!() };
+        let Verdict::Mark(h) = classify(503, &headers(&[]), b"", &cd, now) else {
+            panic!()
+        };
         assert_eq!(h.until, Some(now + 60_000));
-        let Verdict::Mark(h) = classify(500, &headers(&[]), b"", &cd, now) else { panic!() };
+        let Verdict::Mark(h) = classify(500, &headers(&[]), b"", &cd, now) else {
+            panic!()
+        };
         assert_eq!(h.until, Some(now + 300_000));
-        let Verdict::Mark(h) = classify(401, &headers(&[]), b"", &cd, now) else { panic!() };
+        let Verdict::Mark(h) = classify(401, &headers(&[]), b"", &cd, now) else {
+            panic!()
+        };
         assert_eq!((h.state, h.until), (HealthState::Unauthorized, Some(now + 1_800_000)));
         let body = br#"{"error":{"message":"This organization has been disabled."}}"#;
-        let Verdict::Mark(h) = classify(403, &headers(&[]), body, &cd, now) else { panic!() };
+        let Verdict::Mark(h) = classify(403, &headers(&[]), body, &cd, now) else {
+            panic!()
+        };
         assert_eq!((h.state, h.until), (HealthState::Blocked, None));
     }
 
     #[test]
     fn rate_limits_respect_retry_after_caps_and_unified_resets() {
         let now = 1_700_000_000_000;
-        let Verdict::Mark(h) = classify(429, &headers(&[("retry-after", "7")]), b"", &cd, now) else { panic!() };
+        let Verdict::Mark(h) = classify(429, &headers(&[("retry-after", "7")]), b"", &cd, now) else {
+            panic!()
+        };
         assert_eq!(h.until, Some(now + 7_000));
-        let Verdict::Mark(h) = classify(429, &headers(&[("retry-after", "99999")]), b"", &cd, now) else { panic!() };
+        let Verdict::Mark(h) = classify(429, &headers(&[("retry-after", "99999")]), b"", &cd, now) else {
+            panic!()
+        };
         assert_eq!(h.until, Some(now + 1_800_000), "capped by 429_max");
         let reset = now / 1000 + 3 * 3600;
         let r = reset.to_string();
@@ -281,13 +339,24 @@ mod tests {
             ("anthropic-ratelimit-unified-reset", &r),
             ("anthropic-ratelimit-unified-representative-claim", "seven_day_opus"),
         ]);
-        let Verdict::Mark(h) = classify(429, &h429, b"", &cd, now) else { panic!() };
-        assert_eq!((h.state, h.until, h.family.as_deref()), (HealthState::RateLimited, Some(reset * 1000), Some("opus")));
+        let Verdict::Mark(h) = classify(429, &h429, b"", &cd, now) else {
+            panic!()
+        };
+        assert_eq!(
+            (h.state, h.until, h.family.as_deref()),
+            (HealthState::RateLimited, Some(reset * 1000), Some("opus"))
+        );
         // A 429 without a future reset is a short throttle, not a parked account.
-        let allowed = headers(&[("anthropic-ratelimit-unified-status", "allowed"), ("anthropic-ratelimit-unified-reset", &r)]);
-        let Verdict::Mark(h) = classify(429, &allowed, b"", &cd, now) else { panic!() };
+        let allowed = headers(&[
+            ("anthropic-ratelimit-unified-status", "allowed"),
+            ("anthropic-ratelimit-unified-reset", &r),
+        ]);
+        let Verdict::Mark(h) = classify(429, &allowed, b"", &cd, now) else {
+            panic!()
+        };
         assert_eq!((h.state, h.until), (HealthState::CoolingDown, Some(now + 60_000)));
-        let body = br#"{"error":{"type":"rate_limit_error","message":"Extra usage is required for long context requests."}}"#;
+        let body =
+            br#"{"error":{"type":"rate_limit_error","message":"Extra usage is required for long context requests."}}"#;
         assert_eq!(classify(429, &headers(&[]), body, &cd, now), Verdict::RequestProblem);
     }
 
@@ -305,7 +374,10 @@ mod tests {
         assert!(!rt.available("claude-opus-4-1", now, None));
         assert!(rt.available("claude-sonnet-4-5", now, None));
         assert!(rt.available("claude-opus-4-1", now + 2000, None));
-        rt.set_health(Some(AccountHealth { family: None, ..rt.health(now).unwrap() }));
+        rt.set_health(Some(AccountHealth {
+            family: None,
+            ..rt.health(now).unwrap()
+        }));
         assert!(!rt.available("claude-sonnet-4-5", now, None));
         rt.set_health(None);
         assert!(rt.available("claude-sonnet-4-5", now, None));

@@ -22,7 +22,10 @@ pub use health::{AccountRuntime, model_family};
 
 /// Parses `HH:MM` (UTC) into minutes after midnight.
 pub fn parse_hhmm(s: &str) -> Result<u32, String> {
-    let (h, m) = s.trim().split_once(':').ok_or_else(|| format!("`{s}` is not a time like 00:00"))?;
+    let (h, m) = s
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not a time like 00:00"))?;
     let h: u32 = h.parse().map_err(|_| format!("`{s}` is not a time like 00:00"))?;
     let m: u32 = m.parse().map_err(|_| format!("`{s}` is not a time like 00:00"))?;
     if h > 23 || m > 59 {
@@ -161,8 +164,16 @@ impl Account {
     }
 
     /// The cooldown for an error class: the account's override, else the global setting.
-    pub fn cooldown(&self, class: CooldownClass, global: &HashMap<CooldownClass, std::time::Duration>) -> std::time::Duration {
-        self.cooldowns.get(&class).or_else(|| global.get(&class)).copied().unwrap_or_else(|| class.default_duration())
+    pub fn cooldown(
+        &self,
+        class: CooldownClass,
+        global: &HashMap<CooldownClass, std::time::Duration>,
+    ) -> std::time::Duration {
+        self.cooldowns
+            .get(&class)
+            .or_else(|| global.get(&class))
+            .copied()
+            .unwrap_or_else(|| class.default_duration())
     }
 }
 
@@ -220,7 +231,11 @@ impl Scheduler {
         let live: HashSet<Arc<str>> = specs.iter().map(|s| s.id.clone()).collect();
         runtimes.retain(|id, _| live.contains(id));
         // A new account starts level with the least-used of the others, not far behind them all.
-        let floor = runtimes.values().map(|r| r.picks.load(Ordering::Relaxed)).min().unwrap_or(0);
+        let floor = runtimes
+            .values()
+            .map(|r| r.picks.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
         let mut accounts: Vec<Arc<Account>> = specs
             .into_iter()
             .map(|s| {
@@ -287,7 +302,7 @@ impl Scheduler {
             };
             bound_ok
                 && a.enabled
-                && !req.tried.iter().any(|t| *t == a.id)
+                && !req.tried.contains(&a.id)
                 && a.serves(req.model)
                 && a.rt.available(req.model, req.now_ms, a.daily_quota_nanos)
         };
@@ -370,7 +385,16 @@ mod tests {
     use super::*;
 
     fn pick(s: &Scheduler, pool: &AccountPool, model: &str, tried: &[Arc<str>]) -> Option<Arc<Account>> {
-        s.pick(pool, &PickRequest { model, binding: None, sticky: None, tried, now_ms: 1 })
+        s.pick(
+            pool,
+            &PickRequest {
+                model,
+                binding: None,
+                sticky: None,
+                tried,
+                now_ms: 1,
+            },
+        )
     }
 
     fn spec(name: &str, priority: u32, models: Option<Vec<&str>>) -> AccountSpec {

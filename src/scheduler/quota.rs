@@ -31,14 +31,26 @@ pub async fn spend_since(store: &dyn Store, account_id: &str, start: i64, now_s:
     let mut total = 0u64;
     if first_full_hour > start {
         let minutes = store
-            .usage_series(Dimension::Account, account_id, Granularity::Minute, start, first_full_hour.min(now_s + 1))
+            .usage_series(
+                Dimension::Account,
+                account_id,
+                Granularity::Minute,
+                start,
+                first_full_hour.min(now_s + 1),
+            )
             .await
             .map_err(|e| e.to_string())?;
         total += minutes.iter().map(|(_, c)| c.cost_nanos).sum::<u64>();
     }
     if first_full_hour <= now_s {
         let hours = store
-            .usage_series(Dimension::Account, account_id, Granularity::Hour, first_full_hour, now_s + 1)
+            .usage_series(
+                Dimension::Account,
+                account_id,
+                Granularity::Hour,
+                first_full_hour,
+                now_s + 1,
+            )
             .await
             .map_err(|e| e.to_string())?;
         total += hours.iter().map(|(_, c)| c.cost_nanos).sum::<u64>();
@@ -74,8 +86,19 @@ pub async fn refresh(store: &dyn Store, snapshot: &ArcSwap<Snapshot>, metrics: &
         } else {
             "active"
         };
-        for s in ["active", "disabled", "cooling_down", "rate_limited", "over_quota", "unauthorized", "blocked"] {
-            metrics.account_available.with_label_values(&[&a.name, s]).set(i64::from(s == state));
+        for s in [
+            "active",
+            "disabled",
+            "cooling_down",
+            "rate_limited",
+            "over_quota",
+            "unauthorized",
+            "blocked",
+        ] {
+            metrics
+                .account_available
+                .with_label_values(&[&a.name, s])
+                .set(i64::from(s == state));
         }
     }
 }
@@ -95,9 +118,13 @@ mod tests {
 
     #[test]
     fn quota_days_start_at_the_reset_time() {
-        let day = 1_700_006_400 - 1_700_006_400 % 86_400; // some midnight
+        let day = 19_676 * 86_400; // a midnight (2023-11-14)
         assert_eq!(quota_day_start(day + 3_600, 0), day);
-        assert_eq!(quota_day_start(day + 3_600, 120), day - 86_400 + 7_200, "before 02:00: yesterday's");
+        assert_eq!(
+            quota_day_start(day + 3_600, 120),
+            day - 86_400 + 7_200,
+            "before 02:00: yesterday's"
+        );
         assert_eq!(quota_day_start(day + 7_200, 120), day + 7_200);
     }
 }

@@ -20,7 +20,10 @@ pub struct SessionHints<'a> {
 }
 
 fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty() && s.len() <= 256)
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
 }
 
 /// The session id of a request, if any can be found.
@@ -55,10 +58,16 @@ fn from_metadata(raw: &RawValue) -> Option<String> {
         struct Inner {
             session_id: Option<String>,
         }
-        return serde_json::from_str::<Inner>(&user_id).ok()?.session_id.filter(|s| !s.is_empty());
+        return serde_json::from_str::<Inner>(&user_id)
+            .ok()?
+            .session_id
+            .filter(|s| !s.is_empty());
     }
     // Older releases: user_<hash>_account_<uuid>_session_<uuid>.
-    user_id.rsplit_once("_session_").map(|(_, s)| s.to_string()).filter(|s| !s.is_empty())
+    user_id
+        .rsplit_once("_session_")
+        .map(|(_, s)| s.to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// A hash of the system prompt blocks that carry `cache_control`: conversations sharing a cached
@@ -96,31 +105,86 @@ mod tests {
     fn sources_in_order() {
         let mut h = http::HeaderMap::new();
         let meta = raw(r#"{"user_id":"{\"device_id\":\"d\",\"account_uuid\":\"\",\"session_id\":\"s-json\"}"}"#);
-        let hints = SessionHints { metadata: Some(&meta), ..Default::default() };
+        let hints = SessionHints {
+            metadata: Some(&meta),
+            ..Default::default()
+        };
         assert_eq!(session_id(&h, &hints).as_deref(), Some("cc:s-json"));
         h.insert("x-claude-code-session-id", "s-header".parse().unwrap());
         assert_eq!(session_id(&h, &hints).as_deref(), Some("cc:s-header"));
         let legacy = raw(r#"{"user_id":"user_abc_account__session_1234-5678"}"#);
-        let hints = SessionHints { metadata: Some(&legacy), ..Default::default() };
-        assert_eq!(session_id(&http::HeaderMap::new(), &hints).as_deref(), Some("cc:1234-5678"));
-        let hints = SessionHints { prompt_cache_key: Some("pck".into()), ..Default::default() };
-        assert_eq!(session_id(&http::HeaderMap::new(), &hints).as_deref(), Some("codex:pck"));
-        let hints = SessionHints { user_prompt_id: Some("upi".into()), ..Default::default() };
-        assert_eq!(session_id(&http::HeaderMap::new(), &hints).as_deref(), Some("gemini:upi"));
+        let hints = SessionHints {
+            metadata: Some(&legacy),
+            ..Default::default()
+        };
+        assert_eq!(
+            session_id(&http::HeaderMap::new(), &hints).as_deref(),
+            Some("cc:1234-5678")
+        );
+        let hints = SessionHints {
+            prompt_cache_key: Some("pck".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            session_id(&http::HeaderMap::new(), &hints).as_deref(),
+            Some("codex:pck")
+        );
+        let hints = SessionHints {
+            user_prompt_id: Some("upi".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            session_id(&http::HeaderMap::new(), &hints).as_deref(),
+            Some("gemini:upi")
+        );
     }
 
     #[test]
     fn system_prompt_hash_uses_only_cached_blocks() {
-        let a = raw(r#"[{"type":"text","text":"billing 1"},{"type":"text","text":"You are X","cache_control":{"type":"ephemeral"}}]"#);
-        let b = raw(r#"[{"type":"text","text":"billing 2"},{"type":"text","text":"You are X","cache_control":{"type":"ephemeral"}}]"#);
+        let a = raw(
+            r#"[{"type":"text","text":"billing 1"},{"type":"text","text":"You are X","cache_control":{"type":"ephemeral"}}]"#,
+        );
+        let b = raw(
+            r#"[{"type":"text","text":"billing 2"},{"type":"text","text":"You are X","cache_control":{"type":"ephemeral"}}]"#,
+        );
         let none = raw(r#"[{"type":"text","text":"You are X"}]"#);
         let h = http::HeaderMap::new();
-        let sa = session_id(&h, &SessionHints { system: Some(&a), ..Default::default() });
-        let sb = session_id(&h, &SessionHints { system: Some(&b), ..Default::default() });
+        let sa = session_id(
+            &h,
+            &SessionHints {
+                system: Some(&a),
+                ..Default::default()
+            },
+        );
+        let sb = session_id(
+            &h,
+            &SessionHints {
+                system: Some(&b),
+                ..Default::default()
+            },
+        );
         assert!(sa.is_some());
         assert_eq!(sa, sb);
-        assert_eq!(session_id(&h, &SessionHints { system: Some(&none), ..Default::default() }), None);
+        assert_eq!(
+            session_id(
+                &h,
+                &SessionHints {
+                    system: Some(&none),
+                    ..Default::default()
+                }
+            ),
+            None
+        );
         let text = raw(r#""a plain string system prompt""#);
-        assert_eq!(session_id(&h, &SessionHints { system: Some(&text), ..Default::default() }), None);
+        assert_eq!(
+            session_id(
+                &h,
+                &SessionHints {
+                    system: Some(&text),
+                    ..Default::default()
+                }
+            ),
+            None
+        );
     }
 }

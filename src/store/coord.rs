@@ -160,7 +160,9 @@ impl Coordination for MemoryCoordination {
 
     async fn lease_count(&self, scope: &str) -> StoreResult<u32> {
         let now = Instant::now();
-        Ok(lock(&self.leases).get(scope).map_or(0, |s| s.values().filter(|e| **e > now).count() as u32))
+        Ok(lock(&self.leases)
+            .get(scope)
+            .map_or(0, |s| s.values().filter(|e| **e > now).count() as u32))
     }
 
     async fn put_account_health(&self, account_id: &str, health: &AccountHealth) -> StoreResult<()> {

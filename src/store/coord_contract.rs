@@ -6,7 +6,11 @@ use std::time::Duration;
 use super::coord::{AccountHealth, Coordination, HealthState};
 
 fn check(cond: bool, what: &str) -> Result<(), String> {
-    if cond { Ok(()) } else { Err(format!("coordination contract: {what}")) }
+    if cond {
+        Ok(())
+    } else {
+        Err(format!("coordination contract: {what}"))
+    }
 }
 
 fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
@@ -23,9 +27,15 @@ pub async fn run_all(c: &dyn Coordination, ns: &str) -> Result<(), String> {
 
 pub async fn sticky(c: &dyn Coordination, ns: &str) -> Result<(), String> {
     let s = format!("{ns}-session");
-    check(ok("get missing", c.sticky_get(&s, Duration::from_secs(5)).await)?.is_none(), "unknown session is unbound")?;
+    check(
+        ok("get missing", c.sticky_get(&s, Duration::from_secs(5)).await)?.is_none(),
+        "unknown session is unbound",
+    )?;
     ok("set", c.sticky_set(&s, "acct-1", Duration::from_millis(300)).await)?;
-    check(ok("get", c.sticky_get(&s, Duration::from_millis(600)).await)?.as_deref() == Some("acct-1"), "bound")?;
+    check(
+        ok("get", c.sticky_get(&s, Duration::from_millis(600)).await)?.as_deref() == Some("acct-1"),
+        "bound",
+    )?;
     // The get renewed the binding to 600 ms: still there after the first 300 ms.
     tokio::time::sleep(Duration::from_millis(400)).await;
     check(
@@ -33,33 +43,77 @@ pub async fn sticky(c: &dyn Coordination, ns: &str) -> Result<(), String> {
         "a get renews the binding",
     )?;
     tokio::time::sleep(Duration::from_millis(350)).await;
-    check(ok("get expired", c.sticky_get(&s, Duration::from_secs(5)).await)?.is_none(), "bindings expire")?;
+    check(
+        ok("get expired", c.sticky_get(&s, Duration::from_secs(5)).await)?.is_none(),
+        "bindings expire",
+    )?;
     ok("rebind", c.sticky_set(&s, "acct-2", Duration::from_secs(5)).await)?;
-    check(ok("get rebound", c.sticky_get(&s, Duration::from_secs(5)).await)?.as_deref() == Some("acct-2"), "rebind")
+    check(
+        ok("get rebound", c.sticky_get(&s, Duration::from_secs(5)).await)?.as_deref() == Some("acct-2"),
+        "rebind",
+    )
 }
 
 pub async fn leases(c: &dyn Coordination, ns: &str) -> Result<(), String> {
     let scope = format!("{ns}-scope");
     let ttl = Duration::from_secs(10);
     check(ok("a", c.lease_acquire(&scope, "a", 2, ttl).await)?, "first slot")?;
-    check(ok("a again", c.lease_acquire(&scope, "a", 2, ttl).await)?, "same holder keeps its slot")?;
+    check(
+        ok("a again", c.lease_acquire(&scope, "a", 2, ttl).await)?,
+        "same holder keeps its slot",
+    )?;
     check(ok("b", c.lease_acquire(&scope, "b", 2, ttl).await)?, "second slot")?;
-    check(!ok("c", c.lease_acquire(&scope, "c", 2, ttl).await)?, "third holder refused at limit 2")?;
+    check(
+        !ok("c", c.lease_acquire(&scope, "c", 2, ttl).await)?,
+        "third holder refused at limit 2",
+    )?;
     check(ok("count", c.lease_count(&scope).await)? == 2, "two live slots")?;
     ok("release a", c.lease_release(&scope, "a").await)?;
-    check(ok("c after release", c.lease_acquire(&scope, "c", 2, ttl).await)?, "a released slot is free")?;
+    check(
+        ok("c after release", c.lease_acquire(&scope, "c", 2, ttl).await)?,
+        "a released slot is free",
+    )?;
     // Expiry: a short lease frees itself; renewal keeps it.
     let short = format!("{ns}-short");
-    check(ok("x", c.lease_acquire(&short, "x", 1, Duration::from_millis(300)).await)?, "short lease")?;
-    check(ok("y", c.lease_acquire(&short, "y", 1, Duration::from_millis(300)).await)? == false, "full")?;
-    ok("renew", c.lease_renew(&[(short.clone(), "x".to_string())], Duration::from_millis(800)).await)?;
+    check(
+        ok("x", c.lease_acquire(&short, "x", 1, Duration::from_millis(300)).await)?,
+        "short lease",
+    )?;
+    check(
+        !ok("y", c.lease_acquire(&short, "y", 1, Duration::from_millis(300)).await)?,
+        "full",
+    )?;
+    ok(
+        "renew",
+        c.lease_renew(&[(short.clone(), "x".to_string())], Duration::from_millis(800))
+            .await,
+    )?;
     tokio::time::sleep(Duration::from_millis(450)).await;
-    check(!ok("y after renew", c.lease_acquire(&short, "y", 1, Duration::from_millis(300)).await)?, "renewed")?;
+    check(
+        !ok(
+            "y after renew",
+            c.lease_acquire(&short, "y", 1, Duration::from_millis(300)).await,
+        )?,
+        "renewed",
+    )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    check(ok("y after expiry", c.lease_acquire(&short, "y", 1, Duration::from_secs(5)).await)?, "expired lease freed")?;
+    check(
+        ok(
+            "y after expiry",
+            c.lease_acquire(&short, "y", 1, Duration::from_secs(5)).await,
+        )?,
+        "expired lease freed",
+    )?;
     // Renewing a lease that is gone does not bring it back.
-    ok("renew gone", c.lease_renew(&[(short.clone(), "x".to_string())], Duration::from_secs(5)).await)?;
-    check(ok("count short", c.lease_count(&short).await)? == 1, "renew does not resurrect")?;
+    ok(
+        "renew gone",
+        c.lease_renew(&[(short.clone(), "x".to_string())], Duration::from_secs(5))
+            .await,
+    )?;
+    check(
+        ok("count short", c.lease_count(&short).await)? == 1,
+        "renew does not resurrect",
+    )?;
     ok("cleanup", c.lease_release(&short, "y").await)?;
     ok("cleanup", c.lease_release(&scope, "b").await)?;
     ok("cleanup", c.lease_release(&scope, "c").await)?;
@@ -78,14 +132,25 @@ pub async fn health(c: &dyn Coordination, ns: &str) -> Result<(), String> {
         family: Some("opus".into()),
     };
     ok("put a", c.put_account_health(&a, &h).await)?;
-    let expired = AccountHealth { until: Some(now - 1), ..h.clone() };
+    let expired = AccountHealth {
+        until: Some(now - 1),
+        ..h.clone()
+    };
     ok("put b", c.put_account_health(&b, &expired).await)?;
     let all = ok("list", c.account_health(now).await)?;
     check(all.get(&a) == Some(&h), "entry round-trips")?;
     check(!all.contains_key(&b), "expired entries are not listed")?;
-    let blocked = AccountHealth { state: HealthState::Blocked, until: None, family: None, ..h.clone() };
+    let blocked = AccountHealth {
+        state: HealthState::Blocked,
+        until: None,
+        family: None,
+        ..h.clone()
+    };
     ok("put blocked", c.put_account_health(&b, &blocked).await)?;
-    check(ok("list2", c.account_health(now + 10_000_000).await)?.contains_key(&b), "no `until`: stays")?;
+    check(
+        ok("list2", c.account_health(now + 10_000_000).await)?.contains_key(&b),
+        "no `until`: stays",
+    )?;
     ok("clear a", c.clear_account_health(&a).await)?;
     ok("clear b", c.clear_account_health(&b).await)?;
     let all = ok("list3", c.account_health(now).await)?;

@@ -122,7 +122,12 @@ impl Coordination for RedisCoordination {
 
     async fn lease_count(&self, scope: &str) -> StoreResult<u32> {
         let mut c = self.conn.clone();
-        let n: i64 = self.count.key(self.lease_key(scope)).invoke_async(&mut c).await.map_err(unavailable)?;
+        let n: i64 = self
+            .count
+            .key(self.lease_key(scope))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         Ok(n.max(0) as u32)
     }
 
@@ -152,8 +157,11 @@ impl Coordination for RedisCoordination {
 
     async fn account_health(&self, now_ms: i64) -> StoreResult<BTreeMap<String, AccountHealth>> {
         let mut c = self.conn.clone();
-        let rows: BTreeMap<String, String> =
-            redis::cmd("HGETALL").arg(self.health_key()).query_async(&mut c).await.map_err(unavailable)?;
+        let rows: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.health_key())
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         let mut out = BTreeMap::new();
         let mut expired = Vec::new();
         for (id, json) in rows {
@@ -166,7 +174,11 @@ impl Coordination for RedisCoordination {
             }
         }
         if !expired.is_empty() {
-            let _: Result<i64, _> = redis::cmd("HDEL").arg(self.health_key()).arg(&expired).query_async(&mut c).await;
+            let _: Result<i64, _> = redis::cmd("HDEL")
+                .arg(self.health_key())
+                .arg(&expired)
+                .query_async(&mut c)
+                .await;
         }
         Ok(out)
     }

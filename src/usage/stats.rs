@@ -344,7 +344,9 @@ impl StatsWriter {
             let path = claimed.path().to_path_buf();
             match claimed.remove() {
                 Ok(()) => tracing::info!(path = %path.display(), events, "usage spool file added to the statistics"),
-                Err(e) => tracing::error!(error = %e, path = %path.display(), "usage spool file added to the statistics but not deleted: delete it by hand, or it is counted again"),
+                Err(e) => {
+                    tracing::error!(error = %e, path = %path.display(), "usage spool file added to the statistics but not deleted: delete it by hand, or it is counted again")
+                }
             }
         }
     }

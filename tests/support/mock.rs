@@ -48,6 +48,10 @@ pub struct MockState {
     pub seen: Mutex<Vec<Seen>>,
     /// Answer every request with this status (overrides `x-mock-status`).
     pub fixed_status: Mutex<Option<u16>>,
+    /// Extra headers on every answer (e.g. `anthropic-ratelimit-unified-*`).
+    pub extra_headers: Mutex<Vec<(String, String)>>,
+    /// The error message of fixed-status answers.
+    pub error_message: Mutex<Option<String>>,
 }
 
 pub struct MockUpstream {
@@ -68,6 +72,12 @@ impl MockUpstream {
     }
     pub fn set_status(&self, s: Option<u16>) {
         *self.state.fixed_status.lock().unwrap() = s;
+    }
+    pub fn set_headers(&self, h: &[(&str, &str)]) {
+        *self.state.extra_headers.lock().unwrap() = h.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+    pub fn set_error_message(&self, m: &str) {
+        *self.state.error_message.lock().unwrap() = Some(m.to_string());
     }
 
     pub async fn start() -> MockUpstream {
@@ -155,12 +165,25 @@ async fn handle(
             400 => "invalid_request_error",
             _ => "api_error",
         };
-        let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": format!("mock {status}")}, "request_id": "req_mock"});
+        let message = state
+            .error_message
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| format!("mock {status}"));
+        let body =
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_mock"});
         let mut r = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
         if status == 429 {
             r.headers_mut().insert("retry-after", "7".parse().unwrap());
         }
         r.headers_mut().insert("request-id", "req_mock".parse().unwrap());
+        for (k, v) in state.extra_headers.lock().unwrap().iter() {
+            r.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
         return r;
     }
     let path = uri.path();

@@ -156,6 +156,88 @@ impl RelayProcess {
     }
 }
 
+impl RelayProcess {
+    /// The config file this relay was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("relay.yaml")
+    }
+
+    /// Starts another `claude-relay` on this relay's config (same ports, same data directory)
+    /// with `args` added, e.g. `--upgrade`, logging to `log_name` in the same directory. It is not
+    /// waited for; it is killed on drop.
+    pub fn spawn_sibling(&self, args: &[&str], log_name: &str) -> Sibling {
+        let log = self.dir.path().join(log_name);
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_claude-relay"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .stdin(Stdio::null())
+            .env("RELAY_LOG", "info")
+            .spawn()
+            .unwrap();
+        Sibling {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Whether the process has exited (without waiting); its status if so.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+}
+
+/// A second relay process started by [`RelayProcess::spawn_sibling`].
+pub struct Sibling {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Sibling {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+    /// Sends SIGTERM and waits (up to 30 s) for the exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.try_wait() {
+                self.child.take();
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("relay did not exit; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for RelayProcess {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

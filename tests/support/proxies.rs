@@ -172,7 +172,10 @@ async fn serve_socks5(mut c: TcpStream, users: Arc<Vec<(String, String)>>, rec: 
         c.read_exact(&mut plen).await?;
         let mut p = vec![0u8; plen[0] as usize];
         c.read_exact(&mut p).await?;
-        let got = (String::from_utf8_lossy(&u).to_string(), String::from_utf8_lossy(&p).to_string());
+        let got = (
+            String::from_utf8_lossy(&u).to_string(),
+            String::from_utf8_lossy(&p).to_string(),
+        );
         let ok = ver_len[0] == 1 && users.contains(&got);
         rec.update(|r| r.credentials = Some(got));
         if !ok {
@@ -272,11 +275,14 @@ async fn serve_connect(mut c: TcpStream, users: Arc<Vec<(String, String)>>, rec:
         r.target = target.clone();
     });
     let (Some(target), "CONNECT") = (target, method) else {
-        c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await?;
+        c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await?;
         return Ok(());
     };
     if !users.is_empty() {
-        let allowed = users.iter().any(|(u, p)| proxy_auth.as_deref() == Some(basic(u, p).as_str()));
+        let allowed = users
+            .iter()
+            .any(|(u, p)| proxy_auth.as_deref() == Some(basic(u, p).as_str()));
         if !allowed {
             c.write_all(
                 b"HTTP/1.1 407 Proxy Authentication Required\r\nproxy-authenticate: Basic realm=\"test\"\r\ncontent-length: 0\r\n\r\n",
@@ -291,7 +297,8 @@ async fn serve_connect(mut c: TcpStream, users: Arc<Vec<(String, String)>>, rec:
             splice(c, up, &buf[end..]).await
         }
         Err(_) => {
-            c.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n").await?;
+            c.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await?;
             Ok(())
         }
     }

@@ -30,7 +30,10 @@ const STALE_PART: Duration = Duration::from_secs(60);
 #[serde(untagged)]
 pub(super) enum Line {
     /// Counters the old process could not write to the store before handing it over.
-    Bucket { bucket: SpoolBucket, counters: UsageCounters },
+    Bucket {
+        bucket: SpoolBucket,
+        counters: UsageCounters,
+    },
     Event(UsageEvent),
 }
 
@@ -94,11 +97,7 @@ impl SpoolWriter {
     /// once locked, so no other process can take it for abandoned in between.
     pub(super) fn create(dir: &Path) -> io::Result<SpoolWriter> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        let name = format!(
-            "{}-{}.jsonl",
-            std::process::id(),
-            chrono::Utc::now().timestamp_millis()
-        );
+        let name = format!("{}-{}.jsonl", std::process::id(), chrono::Utc::now().timestamp_millis());
         let part = dir.join(format!("{name}.part"));
         let file = OpenOptions::new()
             .write(true)
@@ -235,7 +234,9 @@ fn claim(path: &Path) -> io::Result<Option<Claimed>> {
         match serde_json::from_str::<Line>(text) {
             Ok(l) => lines.push(l),
             // A line cut by a crash, or one this relay cannot read.
-            Err(e) => tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable usage spool line"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable usage spool line")
+            }
         }
     }
     Ok(Some(Claimed {

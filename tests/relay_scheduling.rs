@@ -1,0 +1,360 @@
+//! Scheduling, stickiness and failover across accounts, through the real binary and several mock
+//! upstreams on sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::mock::{MockUpstream, stream_for};
+use support::{ALICE, RelayProcess, account_yaml, eventually};
+
+const BODY: &str =
+    r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const OPUS: &str =
+    r#"{"model":"claude-opus-4-1","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn send(
+    relay: &RelayProcess,
+    key: &str,
+    body: &str,
+    session: Option<&str>,
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let mut req = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", key)
+        .body(body.to_string());
+    if let Some(s) = session {
+        req = req.header("x-claude-code-session-id", s);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, r.text().await.unwrap(), headers)
+}
+
+async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("{}/metrics", relay.admin()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn failover_moves_past_429_and_529_and_cools_the_accounts_down() {
+    let (a, b, c) = (
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+    );
+    a.set_status(Some(429));
+    b.set_status(Some(529));
+    let extra = format!(
+        "accounts:\n{}{}{}",
+        account_yaml("a", &a.url(), ", priority: 1"),
+        account_yaml("b", &b.url(), ", priority: 2"),
+        account_yaml("c", &c.url(), ", priority: 3")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let (status, body, _) = send(&relay, ALICE, BODY, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_bytes(), &stream_for("claude-sonnet-4-5", false)[..]);
+    assert_eq!((a.hits(), b.hits(), c.hits()), (1, 1, 1));
+    assert_eq!(metric(&relay, "relay_failovers_total{reason=\"429\"}").await, Some(1.0));
+    assert_eq!(metric(&relay, "relay_failovers_total{reason=\"529\"}").await, Some(1.0));
+    // Both refusing accounts are cooling down: the next requests go straight to c.
+    for _ in 0..3 {
+        assert_eq!(send(&relay, ALICE, BODY, None).await.0, 200);
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (1, 1, 4));
+    let state = eventually(|| async {
+        metric(&relay, "relay_account_state{account=\"b\",state=\"cooling_down\"}")
+            .await
+            .filter(|v| *v == 1.0)
+    })
+    .await;
+    assert_eq!(state, 1.0);
+}
+
+#[tokio::test]
+async fn when_every_account_refuses_the_client_gets_the_last_refusal_faithfully() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.set_status(Some(529));
+    b.set_status(Some(429));
+    let extra = format!(
+        "accounts:\n{}{}",
+        account_yaml("a", &a.url(), ", priority: 1"),
+        account_yaml("b", &b.url(), ", priority: 2")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let (status, body, headers) = send(&relay, ALICE, BODY, None).await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "7");
+    assert_eq!(headers["x-relay-error-source"], "upstream");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(v["request_id"], "req_mock");
+    // Now both are cooling down: no account can serve.
+    let (status, body, headers) = send(&relay, ALICE, BODY, None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["x-relay-error-source"], "relay");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn unified_window_exhaustion_parks_only_the_limited_family_and_extra_usage_is_the_requests_problem() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let reset = (chrono::Utc::now().timestamp() + 3 * 3600).to_string();
+    a.set_status(Some(429));
+    a.set_headers(&[
+        ("anthropic-ratelimit-unified-status", "rejected"),
+        ("anthropic-ratelimit-unified-reset", &reset),
+        ("anthropic-ratelimit-unified-representative-claim", "seven_day_opus"),
+    ]);
+    let extra = format!(
+        "accounts:\n{}{}",
+        account_yaml("a", &a.url(), ", priority: 1"),
+        account_yaml("b", &b.url(), ", priority: 2")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    assert_eq!(send(&relay, ALICE, OPUS, None).await.0, 200, "opus fails over to b");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    a.set_status(None);
+    assert_eq!(send(&relay, ALICE, OPUS, None).await.0, 200);
+    assert_eq!((a.hits(), b.hits()), (1, 2), "a stays parked for opus until the reset");
+    assert_eq!(send(&relay, ALICE, BODY, None).await.0, 200);
+    assert_eq!((a.hits(), b.hits()), (2, 2), "a still serves sonnet");
+    let state = eventually(|| async {
+        metric(&relay, "relay_account_state{account=\"a\",state=\"rate_limited\"}")
+            .await
+            .filter(|v| *v == 1.0)
+    })
+    .await;
+    assert_eq!(state, 1.0);
+
+    // A long-context request without extra usage: passed through, the account is not marked.
+    b.set_status(Some(429));
+    b.set_error_message("Extra usage is required for long context requests.");
+    let (status, body, _) = send(&relay, ALICE, OPUS, None).await;
+    assert_eq!(status, 429);
+    assert!(body.contains("Extra usage"));
+    b.set_status(None);
+    assert_eq!(
+        send(&relay, ALICE, OPUS, None).await.0,
+        200,
+        "b was not put out of the pool"
+    );
+}
+
+#[tokio::test]
+async fn sessions_stick_to_their_account_and_move_when_it_fails() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let extra = format!(
+        "accounts:\n{}{}",
+        account_yaml("a", &a.url(), ""),
+        account_yaml("b", &b.url(), "")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    for _ in 0..4 {
+        assert_eq!(send(&relay, ALICE, BODY, Some("session-one")).await.0, 200);
+    }
+    let first = if a.hits() == 4 { &a } else { &b };
+    let other = if a.hits() == 4 { &b } else { &a };
+    assert_eq!((first.hits(), other.hits()), (4, 0), "a session stays on one account");
+    // Without a session, requests rotate.
+    for _ in 0..2 {
+        assert_eq!(send(&relay, ALICE, BODY, None).await.0, 200);
+    }
+    assert!(other.hits() >= 1);
+    // The sticky account fails: health beats stickiness, and the session moves for good.
+    let before = other.hits();
+    first.set_status(Some(529));
+    assert_eq!(send(&relay, ALICE, BODY, Some("session-one")).await.0, 200);
+    first.set_status(None);
+    for _ in 0..2 {
+        assert_eq!(send(&relay, ALICE, BODY, Some("session-one")).await.0, 200);
+    }
+    assert_eq!(other.hits(), before + 3);
+    // metadata.user_id (Claude Code's JSON string) is a session id too.
+    let body = r#"{"model":"claude-sonnet-4-5","stream":true,"messages":[],"metadata":{"user_id":"{\"device_id\":\"d\",\"account_uuid\":\"\",\"session_id\":\"s2\"}"}}"#;
+    let hits = (a.hits(), b.hits());
+    for _ in 0..3 {
+        assert_eq!(send(&relay, ALICE, body, None).await.0, 200);
+    }
+    let moved = (a.hits() - hits.0, b.hits() - hits.1);
+    assert!(moved == (3, 0) || moved == (0, 3), "{moved:?}");
+}
+
+#[tokio::test]
+async fn bindings_and_groups_keep_dedicated_accounts_for_their_keys() {
+    let (shared, team1, team2, solo) = (
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+        MockUpstream::start().await,
+    );
+    let carol = "cr_cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    let dave = "cr_dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+    let extra = format!(
+        "accounts:\n{}{}{}{}api_keys:\n  - {{ name: alice, key: {ALICE} }}\n  - {{ name: carol, key: {carol}, bind: \"group:team\" }}\n  - {{ name: dave, key: {dave}, bind: solo }}\n",
+        account_yaml("shared", &shared.url(), ", priority: 1"),
+        account_yaml("t1", &team1.url(), ", priority: 5, group: team"),
+        account_yaml("t2", &team2.url(), ", priority: 5, group: team"),
+        account_yaml("solo", &solo.url(), ", priority: 9"),
+    );
+    let relay = RelayProcess::start(&extra).await;
+    for _ in 0..4 {
+        assert_eq!(send(&relay, carol, BODY, None).await.0, 200);
+        assert_eq!(send(&relay, dave, BODY, None).await.0, 200);
+        assert_eq!(send(&relay, ALICE, BODY, None).await.0, 200);
+    }
+    assert_eq!((team1.hits(), team2.hits()), (2, 2), "carol rotates within her group");
+    assert_eq!(solo.hits(), 4, "dave only uses his account");
+    assert_eq!(shared.hits(), 4, "alice never uses dedicated accounts");
+    // When the bound account fails, the key does not spill into the shared pool.
+    solo.set_status(Some(529));
+    let (status, _, headers) = send(&relay, dave, BODY, None).await;
+    assert_eq!(
+        (status, headers["x-relay-error-source"].to_str().unwrap()),
+        (529, "upstream")
+    );
+    assert_eq!(shared.hits(), 4);
+}
+
+#[tokio::test]
+async fn per_account_concurrency_caps_spill_to_the_next_account() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let extra = format!(
+        "accounts:\n{}{}",
+        account_yaml("a", &a.url(), ", priority: 1, max_concurrency: 1"),
+        account_yaml("b", &b.url(), ", priority: 2")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let url = format!("{}/v1/messages", relay.base());
+    let slow = |url: String| async move {
+        let r = client()
+            .post(url)
+            .header("x-api-key", ALICE)
+            .header("x-mock-chunk", "200")
+            .header("x-mock-chunk-delay-ms", "150")
+            .body(BODY)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap().len())
+    };
+    let first = tokio::spawn(slow(url.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = tokio::spawn(slow(url.clone()));
+    let (r1, r2) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!((r1.0, r2.0), (200, 200));
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (1, 1),
+        "the second request went to b while a was at its cap"
+    );
+    // The lease was released: a serves again.
+    assert_eq!(send(&relay, ALICE, BODY, None).await.0, 200);
+    assert_eq!(a.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_daily_quota_takes_the_account_out_until_its_reset() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    // One golden request costs 187.65 µUSD; a 100 µUSD quota is spent by the first request.
+    let extra = format!(
+        "accounts:\n{}{}",
+        account_yaml("a", &a.url(), ", priority: 1, daily_quota_usd: 0.0001"),
+        account_yaml("b", &b.url(), ", priority: 2")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    assert_eq!(send(&relay, ALICE, BODY, None).await.0, 200);
+    assert_eq!(a.hits(), 1);
+    for _ in 0..3 {
+        assert_eq!(send(&relay, ALICE, BODY, None).await.0, 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (1, 3));
+    let state = eventually(|| async {
+        metric(&relay, "relay_account_state{account=\"a\",state=\"over_quota\"}")
+            .await
+            .filter(|v| *v == 1.0)
+    })
+    .await;
+    assert_eq!(state, 1.0);
+}
+
+#[tokio::test]
+async fn sticky_sessions_and_account_health_are_shared_through_redis() {
+    let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
+    let url = std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let extra = format!(
+        "store: {{ backend: redis, url: \"{url}\", prefix: \"{prefix}\" }}\naccounts:\n{}{}",
+        account_yaml("a", &a.url(), ""),
+        account_yaml("b", &b.url(), "")
+    );
+    let one = RelayProcess::start(&extra).await;
+    let two = RelayProcess::start(&extra).await;
+    assert_eq!(send(&one, ALICE, BODY, Some("shared-session")).await.0, 200);
+    let on_a = a.hits() == 1;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        assert_eq!(send(&two, ALICE, BODY, Some("shared-session")).await.0, 200);
+    }
+    if on_a {
+        assert_eq!(
+            (a.hits(), b.hits()),
+            (4, 0),
+            "instance two follows instance one's session"
+        );
+    } else {
+        assert_eq!(
+            (a.hits(), b.hits()),
+            (0, 4),
+            "instance two follows instance one's session"
+        );
+    }
+    // An account put out of the pool by one instance is out on the other.
+    let (bad, good) = if on_a { (&a, &b) } else { (&b, &a) };
+    bad.set_status(Some(529));
+    assert_eq!(send(&one, ALICE, BODY, None).await.0, 200);
+    let bad_hits = bad.hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let good_before = good.hits();
+    for _ in 0..3 {
+        assert_eq!(send(&two, ALICE, BODY, None).await.0, 200);
+    }
+    assert_eq!(
+        bad.hits(),
+        bad_hits,
+        "instance two skips the account instance one marked"
+    );
+    assert_eq!(good.hits(), good_before + 3);
+    drop(one);
+    drop(two);
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
+    }
+}

@@ -1,0 +1,285 @@
+//! Zero-downtime upgrade: under steady load, a second `claude-relay --upgrade` takes over the
+//! listening sockets of the running one (Pingora's hand-over over `upgrade_sock`), the old one gets
+//! SIGQUIT and exits by itself once drained. No request may fail, and the usage of every request
+//! must be in the store exactly once, including requests the old process finished after it had
+//! released the embedded store (they travel through the usage spool).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::mock::{MockUpstream, json_for, stream_for};
+use support::{ALICE, RelayProcess, account_yaml};
+
+const MODEL: &str = "claude-sonnet-4-5";
+const BODY_STREAM: &str =
+    r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const BODY_JSON: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+/// Input tokens the mock reports per request.
+const INPUT_PER_REQUEST: u64 = 21;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Json,
+    Stream,
+    /// 100-byte chunks every 100 ms: about 1.5 s, so some are in flight across the hand-over.
+    SlowStream,
+}
+
+/// Client tasks sending requests back to back until stopped, each with its own keep-alive pool.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<[AtomicU64; 3]>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(base: String) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        // Two clients only ever send slow streams, four alternate quick JSON and stream requests.
+        let plans: [&[Kind]; 6] = [
+            &[Kind::SlowStream],
+            &[Kind::SlowStream],
+            &[Kind::Json, Kind::Stream],
+            &[Kind::Stream, Kind::Json],
+            &[Kind::Json],
+            &[Kind::Stream],
+        ];
+        let tasks = plans
+            .into_iter()
+            .map(|plan| {
+                let (stop, ok, failures, base) = (stop.clone(), ok.clone(), failures.clone(), base.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .unwrap();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let kind = plan[i % plan.len()];
+                        i += 1;
+                        match one_request(&client, &base, kind).await {
+                            Ok(()) => {
+                                ok[kind as usize].fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures.lock().unwrap().push(format!("{kind:?}: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    fn ok_total(&self) -> u64 {
+        self.ok.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Stops the clients (each finishes its current request); returns (ok per kind, failures).
+    async fn finish(self) -> ([u64; 3], Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let ok = [0, 1, 2].map(|k| self.ok[k].load(Ordering::Relaxed));
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (ok, failures)
+    }
+}
+
+async fn one_request(client: &reqwest::Client, base: &str, kind: Kind) -> Result<(), String> {
+    let mut req = client
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", ALICE)
+        .header("content-type", "application/json");
+    req = match kind {
+        Kind::Json => req.body(BODY_JSON),
+        Kind::Stream => req.body(BODY_STREAM),
+        Kind::SlowStream => req
+            .header("x-mock-chunk", "100")
+            .header("x-mock-chunk-delay-ms", "100")
+            .body(BODY_STREAM),
+    };
+    let r = req.send().await.map_err(|e| format!("send: {e:?}"))?;
+    let status = r.status();
+    let body = r.bytes().await.map_err(|e| format!("body ({status}): {e:?}"))?;
+    if status != 200 {
+        return Err(format!("status {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let complete = match kind {
+        Kind::Json => serde_json::from_slice::<serde_json::Value>(&body).ok() == Some(json_for(MODEL)),
+        Kind::Stream | Kind::SlowStream => body[..] == stream_for(MODEL, false)[..],
+    };
+    if !complete {
+        return Err(format!("incomplete body: {}", String::from_utf8_lossy(&body)));
+    }
+    Ok(())
+}
+
+/// The day-granularity usage of `config.alice` through the admin API of whichever process serves.
+async fn alice_usage(relay: &RelayProcess) -> Option<serde_json::Value> {
+    let token = relay.admin_token().await;
+    let now = chrono::Utc::now().timestamp();
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/admin/api/usage?dimension=key&id=config.alice&granularity=day&from={}&to={}",
+            relay.admin(),
+            now - 2 * 86_400,
+            now + 86_400
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = r.json().await.ok()?;
+    Some(v["totals"].clone())
+}
+
+/// Runs the whole scenario on a relay configured with `extra`; returns the new process's log.
+async fn upgrade_under_load(extra: &str) -> String {
+    let t0 = Instant::now();
+    let mock = MockUpstream::start().await;
+    let mut old = RelayProcess::start(&format!(
+        "shutdown_grace: 30s\naccounts:\n{}{extra}",
+        account_yaml("main", &mock.url(), "")
+    ))
+    .await;
+    let load = Load::start(old.base());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(load.failures.lock().unwrap().is_empty(), "failures before the upgrade");
+    let before = load.ok_total();
+    assert!(before > 20, "the load runs ({before} requests)");
+
+    // Step 1: the new process, waiting on the upgrade socket for the listening sockets.
+    let sock = old.dir.path().join("data").join("upgrade.sock");
+    let mut new = old.spawn_sibling(&["--upgrade"], "relay-new.log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sock.exists() {
+        assert!(new.try_wait().is_none(), "new process exited:\n{}", new.log_text());
+        assert!(Instant::now() < deadline, "no upgrade socket:\n{}", new.log_text());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Step 2: SIGQUIT to the old one.
+    let t_quit = Instant::now();
+    old.signal("QUIT");
+
+    // The old process exits by itself once its last request is done.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = old.try_wait() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "old process did not exit:\n{}", old.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let old_exit = t_quit.elapsed();
+    assert!(status.success(), "old process: {status:?}\n{}", old.log_text());
+    assert!(new.try_wait().is_none(), "new process died:\n{}", new.log_text());
+    let at_old_exit = load.ok_total();
+
+    // The new process keeps serving alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, failures) = load.finish().await;
+    let total: u64 = ok.iter().sum();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests (of {}): {:#?}\nold log:\n{}\nnew log:\n{}",
+        failures.len(),
+        total + failures.len() as u64,
+        failures,
+        old.log_text(),
+        new.log_text()
+    );
+    assert!(total > at_old_exit + 10, "requests after the old process exited");
+    assert!(new.try_wait().is_none(), "new process died:\n{}", new.log_text());
+
+    // Every request counted once: through the new process's admin API, from its store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let totals = loop {
+        let t = alice_usage(&old).await;
+        if let Some(t) = t.as_ref().filter(|t| t["requests"].as_u64() >= Some(total)) {
+            break t.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage never reached {total} requests: {t:?}\nold log:\n{}\nnew log:\n{}",
+            old.log_text(),
+            new.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Stay a little longer: a late double count would show now.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let totals_later = alice_usage(&old).await.unwrap();
+    assert_eq!(totals, totals_later, "usage still moving");
+    assert_eq!(totals["requests"].as_u64(), Some(total), "{totals}");
+    assert_eq!(totals["input_tokens"].as_u64(), Some(INPUT_PER_REQUEST * total), "{totals}");
+    assert_eq!(totals["output_tokens"].as_u64(), Some(7 * total), "{totals}");
+    assert_eq!(totals["errors"].as_u64(), Some(0), "{totals}");
+
+    let new_log = new.log_text();
+    eprintln!(
+        "upgrade under load: {total} requests (json {}, stream {}, slow stream {}), {} before the upgrade; \
+         old process exited {:.2} s after SIGQUIT; whole test {:.1} s",
+        ok[0],
+        ok[1],
+        ok[2],
+        before,
+        old_exit.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(new.stop().success(), "new process:\n{new_log}");
+    new_log
+}
+
+#[tokio::test]
+async fn embedded_store_upgrade_under_load_loses_no_request_and_no_usage() {
+    let new_log = upgrade_under_load("").await;
+    // The old process's last requests went through the spool, which the new one added.
+    let spooled: u64 = new_log
+        .lines()
+        .filter(|l| l.contains("usage spool file added"))
+        .filter_map(|l| l.split("events=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    eprintln!("usage events that crossed the upgrade through the spool: {spooled}");
+    assert!(spooled > 0, "no usage went through the spool:\n{new_log}");
+}
+
+fn redis_url() -> String {
+    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+#[tokio::test]
+async fn redis_store_upgrade_under_load_loses_no_request_and_no_usage() {
+    let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
+    let new_log = upgrade_under_load(&format!(
+        "store: {{ backend: redis, url: \"{}\", prefix: \"{prefix}\" }}\n",
+        redis_url()
+    ))
+    .await;
+    assert!(!new_log.contains("usage spool file added"), "redis needs no spool");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
+    }
+}
