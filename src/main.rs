@@ -17,7 +17,8 @@ struct Cli {
     /// Config file (default: conf/relay.yaml when it exists, else built-in defaults).
     #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
-    /// Take over the listening sockets of a running instance (zero-downtime upgrade).
+    /// Take over the listening sockets of a running instance (zero-downtime upgrade): wait on
+    /// `upgrade_sock` until the running instance, sent SIGQUIT, hands them over.
     #[arg(long, short = 'u')]
     upgrade: bool,
     #[command(subcommand)]
@@ -34,6 +35,9 @@ enum Command {
     NewKey,
     /// Print the `key_hash:` of an existing client key, read from standard input.
     HashKey,
+    /// Print `name=value` lines for the files an upgrade script needs: data_dir, upgrade_sock,
+    /// pid_file (the pid of the serving process).
+    Paths,
 }
 
 fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
@@ -74,6 +78,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::NewKey => key_command(&config, None),
+        Command::Paths => {
+            println!("data_dir={}", config.data_dir.display());
+            println!("upgrade_sock={}", config.upgrade_sock.display());
+            println!("pid_file={}", claude_relay::server::pid_file(&config).display());
+            Ok(())
+        }
         Command::HashKey => {
             let mut line = String::new();
             match std::io::stdin().read_line(&mut line) {

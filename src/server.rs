@@ -9,6 +9,7 @@
 //! Zero-downtime upgrade (`--upgrade`): see [`handover`].
 
 mod handover;
+pub use handover::draining;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -400,6 +401,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             embedded,
             admin_listener: admin_handle,
             pid_file: pid_file(&config),
+            upgrade_sock: config.upgrade_sock.clone(),
         },
     ));
     store_rt.spawn(exit_when_drained(
@@ -422,6 +424,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
 }
 
 /// `<data_dir>/claude-relay.pid`: the pid of the process that serves (after an upgrade, the new one).
-fn pid_file(config: &Config) -> std::path::PathBuf {
+pub fn pid_file(config: &Config) -> std::path::PathBuf {
     config.data_dir.join("claude-relay.pid")
 }

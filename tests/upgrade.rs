@@ -127,6 +127,50 @@ async fn one_request(client: &reqwest::Client, base: &str, kind: Kind) -> Result
     Ok(())
 }
 
+/// Polls the admin `/health` every 10 ms and keeps the longest time it did not answer.
+struct AdminGap {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl AdminGap {
+    fn watch(admin: String) -> AdminGap {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let (mut longest, mut down_since) = (Duration::ZERO, None::<Instant>);
+            while !s.load(Ordering::Relaxed) {
+                let up = client
+                    .get(format!("{admin}/health"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                match (up, down_since) {
+                    (false, None) => down_since = Some(Instant::now()),
+                    (true, Some(t)) => {
+                        longest = longest.max(t.elapsed());
+                        down_since = None;
+                    }
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            longest.max(down_since.map_or(Duration::ZERO, |t| t.elapsed()))
+        });
+        AdminGap { stop, task }
+    }
+
+    async fn finish(self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
 /// The day-granularity usage of `config.alice` through the admin API of whichever process serves.
 async fn alice_usage(relay: &RelayProcess) -> Option<serde_json::Value> {
     let token = relay.admin_token().await;
@@ -176,6 +220,7 @@ async fn upgrade_under_load(extra: &str) -> String {
     // Step 2: SIGQUIT to the old one.
     let t_quit = Instant::now();
     old.signal("QUIT");
+    let admin_gap = AdminGap::watch(old.admin());
 
     // The old process exits by itself once its last request is done.
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -205,6 +250,8 @@ async fn upgrade_under_load(extra: &str) -> String {
         new.log_text()
     );
     assert!(total > at_old_exit + 10, "requests after the old process exited");
+    let admin_gap = admin_gap.finish().await;
+    assert!(admin_gap < Duration::from_secs(5), "admin API away for {admin_gap:?}");
     assert!(new.try_wait().is_none(), "new process died:\n{}", new.log_text());
 
     // Every request counted once: through the new process's admin API, from its store.
@@ -234,12 +281,13 @@ async fn upgrade_under_load(extra: &str) -> String {
     let new_log = new.log_text();
     eprintln!(
         "upgrade under load: {total} requests (json {}, stream {}, slow stream {}), {} before the upgrade; \
-         old process exited {:.2} s after SIGQUIT; whole test {:.1} s",
+         old process exited {:.2} s after SIGQUIT; admin API away for {} ms at most; whole test {:.1} s",
         ok[0],
         ok[1],
         ok[2],
         before,
         old_exit.as_secs_f64(),
+        admin_gap.as_millis(),
         t0.elapsed().as_secs_f64()
     );
     assert!(new.stop().success(), "new process:\n{new_log}");

@@ -1,8 +1,10 @@
-//! Upstream accounts: list, create, read, update (including replacing the credential), delete.
-//! Accounts from `relay.yaml` are listed and read-only.
+//! Upstream accounts: list, create, read, update (including replacing the credential), delete,
+//! and reset (clear a cooldown or other health entry on every instance). Accounts from
+//! `relay.yaml` are listed read-only, and can be reset.
 //!
-//! The credential is sealed before it reaches the store and is never sent back: answers show
-//! only its masked form (`sk-ant-api…9xQk`).
+//! The credential and the outbound proxy URL are sealed before they reach the store and are never
+//! sent back: answers show only their masked forms (`sk-ant-api…9xQk`, `socks5://***@host:1080`).
+//! Every answer also carries the account's live state (see [`scheduling::add_live_view`]).
 
 use std::collections::BTreeMap;
 
@@ -18,6 +20,7 @@ use super::AdminState;
 use super::routes::{
     ApiError, authenticate, bad_request, conflict, json_body, not_found, read_only, store_error, valid_name, write,
 };
+use super::scheduling::{self, DurationInput, LiveInputs};
 use crate::config::{AccountConfig, DEFAULT_ANTHROPIC_BASE};
 use crate::providers::{UpstreamBase, anthropic_console};
 use crate::secrets;
@@ -40,6 +43,20 @@ struct CreateAccount {
     models: Option<Vec<String>>,
     #[serde(default)]
     model_map: BTreeMap<String, String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    proxy: Option<String>,
+    #[serde(default)]
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    daily_quota_usd: Option<f64>,
+    #[serde(default)]
+    quota_reset: Option<String>,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    cooldowns: Option<BTreeMap<String, DurationInput>>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +79,93 @@ struct UpdateAccount {
     models: Option<Option<Vec<String>>>,
     #[serde(default)]
     model_map: Option<BTreeMap<String, String>>,
+    // The scheduling fields below: absent leaves them unchanged, `null` clears them.
+    #[serde(default, deserialize_with = "present")]
+    group: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    proxy: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    max_concurrency: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    daily_quota_usd: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    quota_reset: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    weight: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    cooldowns: Option<Option<BTreeMap<String, DurationInput>>>,
+}
+
+/// The scheduling fields of a create or update, checked; the proxy already sealed.
+#[derive(Default)]
+struct SchedulingChange {
+    group: Option<Option<String>>,
+    proxy: Option<Option<crate::secrets::Sealed>>,
+    max_concurrency: Option<Option<u32>>,
+    daily_quota_usd: Option<Option<f64>>,
+    quota_reset: Option<Option<String>>,
+    weight: Option<Option<u32>>,
+    cooldowns: Option<BTreeMap<String, String>>,
+}
+
+impl SchedulingChange {
+    /// Checks every given field; a field given as `None` inside `Some` is cleared.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        state: &AdminState,
+        group: Option<Option<String>>,
+        proxy: Option<Option<String>>,
+        max_concurrency: Option<Option<u32>>,
+        daily_quota_usd: Option<Option<f64>>,
+        quota_reset: Option<Option<String>>,
+        weight: Option<Option<u32>>,
+        cooldowns: Option<Option<BTreeMap<String, DurationInput>>>,
+    ) -> Result<SchedulingChange, ApiError> {
+        // Each field: Some(Some(v)) checks v, Some(None) clears, None leaves unchanged.
+        fn each<T, U>(v: Option<Option<T>>, f: impl FnOnce(T) -> Result<U, ApiError>) -> Result<Option<Option<U>>, ApiError> {
+            match v {
+                Some(Some(x)) => Ok(Some(Some(f(x)?))),
+                Some(None) => Ok(Some(None)),
+                None => Ok(None),
+            }
+        }
+        Ok(SchedulingChange {
+            group: each(group, |g| scheduling::valid_group(&g))?,
+            proxy: each(proxy, |p| {
+                let (url, _) = scheduling::valid_proxy(&p)?;
+                Ok(state.secrets.seal(&url))
+            })?,
+            max_concurrency: each(max_concurrency, scheduling::valid_max_concurrency)?,
+            daily_quota_usd: each(daily_quota_usd, scheduling::valid_daily_quota)?,
+            quota_reset: each(quota_reset, |r| scheduling::valid_quota_reset(&r))?,
+            weight: each(weight, scheduling::valid_weight)?,
+            cooldowns: each(cooldowns, scheduling::valid_cooldowns)?.map(Option::unwrap_or_default),
+        })
+    }
+
+    fn apply(self, r: &mut AccountRecord) {
+        if let Some(v) = self.group {
+            r.group = v;
+        }
+        if let Some(v) = self.proxy {
+            r.proxy = v;
+        }
+        if let Some(v) = self.max_concurrency {
+            r.max_concurrency = v;
+        }
+        if let Some(v) = self.daily_quota_usd {
+            r.daily_quota_usd = v;
+        }
+        if let Some(v) = self.quota_reset {
+            r.quota_reset = v;
+        }
+        if let Some(v) = self.weight {
+            r.weight = v;
+        }
+        if let Some(v) = self.cooldowns {
+            r.cooldowns = v;
+        }
+    }
 }
 
 /// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
@@ -104,9 +208,10 @@ fn valid_model_map(map: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn config_view(a: &AccountConfig) -> Value {
-    json!({
-        "id": config_id(&a.name),
+fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
+    let id = config_id(&a.name);
+    let mut v = json!({
+        "id": id,
         "name": a.name,
         "kind": a.kind,
         "base_url": a.base_url.as_deref().unwrap_or(DEFAULT_ANTHROPIC_BASE),
@@ -117,7 +222,26 @@ fn config_view(a: &AccountConfig) -> Value {
         "source": "config",
         "api_key": a.api_key.as_deref().map(secrets::mask),
         "created_at": null,
-    })
+        "group": a.group,
+        "proxy": a.proxy.as_deref().and_then(scheduling::masked_config_proxy),
+        "max_concurrency": a.max_concurrency,
+        "daily_quota_usd": a.daily_quota_usd,
+        "quota_reset": a.quota_reset,
+        "weight": a.weight,
+        "cooldowns": a
+            .cooldowns
+            .iter()
+            .map(|(k, d)| (k.clone(), scheduling::format_duration(d.0)))
+            .collect::<BTreeMap<_, _>>(),
+    });
+    let live = LiveInputs {
+        id: &id,
+        enabled: a.enabled,
+        daily_quota_usd: a.daily_quota_usd,
+        quota_reset: a.quota_reset.as_deref(),
+    };
+    scheduling::add_live_view(state, &live, &mut v);
+    v
 }
 
 fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
@@ -133,15 +257,42 @@ fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
         "source": "admin",
         "api_key": null,
         "created_at": r.created_at,
+        "group": r.group,
+        "proxy": null,
+        "max_concurrency": r.max_concurrency,
+        "daily_quota_usd": r.daily_quota_usd,
+        "quota_reset": r.quota_reset,
+        "weight": r.weight,
+        "cooldowns": r.cooldowns,
     });
+    let mut errors = Vec::new();
     match state.secrets.open(&r.secret) {
         Ok(k) => v["api_key"] = Value::String(secrets::mask(&k)),
         Err(e) => {
             // The relay skips such an account too; say why instead of failing the whole list.
             tracing::warn!(account = %r.id, error = %e, "stored account secret cannot be opened");
-            v["error"] = Value::String(e.to_string());
+            errors.push(e.to_string());
         }
     }
+    if let Some(sealed) = &r.proxy {
+        match scheduling::masked_stored_proxy(state, sealed) {
+            Ok(masked) => v["proxy"] = Value::String(masked),
+            Err(e) => {
+                tracing::warn!(account = %r.id, error = %e, "stored account proxy is unusable");
+                errors.push(e);
+            }
+        }
+    }
+    if !errors.is_empty() {
+        v["error"] = Value::String(errors.join("; "));
+    }
+    let live = LiveInputs {
+        id: &r.id,
+        enabled: r.enabled,
+        daily_quota_usd: r.daily_quota_usd,
+        quota_reset: r.quota_reset.as_deref(),
+    };
+    scheduling::add_live_view(state, &live, &mut v);
     v
 }
 
@@ -173,7 +324,7 @@ pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result
         .config
         .accounts
         .iter()
-        .map(config_view)
+        .map(|a| config_view(&state, a))
         .chain(stored.iter().map(|r| stored_view(&state, r)))
         .collect();
     Ok(Json(json!({ "accounts": accounts })).into_response())
@@ -186,7 +337,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     if let Some(a) = config_account(&state, &id) {
-        return Ok(Json(config_view(a)).into_response());
+        return Ok(Json(config_view(&state, a)).into_response());
     }
     match state.store.get_account(&id).await.map_err(store_error)? {
         Some(r) => Ok(Json(stored_view(&state, &r)).into_response()),
@@ -202,7 +353,17 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
     let api_key = valid_api_key(req.kind, &req.api_key)?;
     valid_models(&req.models)?;
     valid_model_map(&req.model_map)?;
-    let record = AccountRecord {
+    let sched = SchedulingChange::check(
+        &state,
+        Some(req.group),
+        Some(req.proxy),
+        Some(req.max_concurrency),
+        Some(req.daily_quota_usd),
+        Some(req.quota_reset),
+        Some(req.weight),
+        Some(req.cooldowns),
+    )?;
+    let mut record = AccountRecord {
         id: uuid::Uuid::new_v4().to_string(),
         name,
         kind: req.kind,
@@ -222,6 +383,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };
+    sched.apply(&mut record);
     let record = write(&state, move |st| async move {
         check_name_free(&st, &record.name, &record.id).await?;
         st.store.put_account(&record).await.map_err(store_error)?;
@@ -251,6 +413,16 @@ pub async fn update(
     if let Some(m) = &req.model_map {
         valid_model_map(m)?;
     }
+    let sched = SchedulingChange::check(
+        &state,
+        req.group,
+        req.proxy,
+        req.max_concurrency,
+        req.daily_quota_usd,
+        req.quota_reset,
+        req.weight,
+        req.cooldowns,
+    )?;
     let record = write(&state, move |st| async move {
         let mut r = st
             .store
@@ -283,6 +455,7 @@ pub async fn update(
         if let Some(m) = req.model_map {
             r.model_map = m;
         }
+        sched.apply(&mut r);
         st.store.put_account(&r).await.map_err(store_error)?;
         Ok(r)
     })
@@ -311,6 +484,45 @@ pub async fn delete(
     .await?;
     tracing::info!(account = %id, "admin deleted an account");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Clears the account's health entry (cooldown, rate limit, refusal) on every instance: the
+/// shared entry goes, the change is announced, and this instance reloads before answering, so the
+/// account is back in the pool at once. A daily quota that is spent stays spent.
+pub async fn reset(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let configured = config_account(&state, &id).is_some();
+    let target = id.clone();
+    let record = write(&state, move |st| async move {
+        let record = if configured {
+            None
+        } else {
+            Some(
+                st.store
+                    .get_account(&target)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or_else(|| not_found("account", &target))?,
+            )
+        };
+        st.reloader
+            .coord
+            .clear_account_health(&target)
+            .await
+            .map_err(store_error)?;
+        Ok(record)
+    })
+    .await?;
+    tracing::info!(account = %id, "admin reset the account's health");
+    match (record, config_account(&state, &id)) {
+        (Some(r), _) => Ok(Json(stored_view(&state, &r)).into_response()),
+        (None, Some(a)) => Ok(Json(config_view(&state, a)).into_response()),
+        (None, None) => Err(not_found("account", &id)),
+    }
 }
 
 #[cfg(test)]

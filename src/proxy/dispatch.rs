@@ -274,9 +274,11 @@ async fn send(
             Err(e) => {
                 relay.peers.forget(&account.base);
                 relay.metrics.upstream_errors.with_label_values(&["connect"]).inc();
+                // The detail (addresses, proxies) is for the log, not for clients.
+                tracing::warn!(account = %account.name, error = %e, "cannot connect to the upstream");
                 let cooldown = account.cooldown(CooldownClass::Connect, &relay.cooldowns);
                 return Err(AttemptError::Retryable(
-                    RelayError::UpstreamUnreachable(e.to_string()),
+                    RelayError::UpstreamUnreachable("could not connect to the upstream".into()),
                     Some(health::connect_failure(cooldown, now_ms())),
                     "connect",
                 ));
@@ -296,9 +298,10 @@ async fn send(
             }
             Ok(Err(e)) => {
                 relay.metrics.upstream_errors.with_label_values(&["io"]).inc();
+                tracing::warn!(account = %account.name, error = %e, "upstream exchange failed before the response head");
                 let cooldown = account.cooldown(CooldownClass::Connect, &relay.cooldowns);
                 return Err(AttemptError::Retryable(
-                    RelayError::UpstreamUnreachable(e.to_string()),
+                    RelayError::UpstreamUnreachable("the upstream connection failed before answering".into()),
                     Some(health::connect_failure(cooldown, now_ms())),
                     "io",
                 ));

@@ -15,6 +15,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,20 @@ pub struct Handover {
     /// A handle on the admin listener, to stop listening.
     pub admin_listener: Option<TcpListener>,
     pub pid_file: PathBuf,
+    /// Pingora's upgrade socket: the new process deletes it once it holds the sockets.
+    pub upgrade_sock: PathBuf,
+}
+
+/// Set once this process got SIGQUIT: it is handing over to a new process.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process is handing over to a new one. Pingora keeps accepting for 5 s after it
+/// sent the listening sockets and then drops its idle keep-alive connections, which a client may
+/// be reusing at that very moment; a response that disables keep-alive while this is true
+/// (`session.set_keepalive(None)`) moves its client to a fresh connection, which the new process
+/// serves for good once it wins the accept.
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
 }
 
 /// Follows the server's phases: announces the process once it runs, and hands over what Pingora
@@ -47,11 +62,18 @@ pub async fn follow(mut phases: broadcast::Receiver<ExecutionPhase>, handover: H
                 write_pid_file(&handover.pid_file);
                 notify_systemd(&format!("READY=1\nMAINPID={}", std::process::id()));
             }
+            Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => DRAINING.store(true, Ordering::Relaxed),
             // The sockets were sent (or the send failed; this process stops either way).
             Ok(ExecutionPhase::GracefulUpgradeCloseTimeout) => break,
             Ok(ExecutionPhase::ShutdownStarted) | Err(RecvError::Closed) => return,
             Ok(_) | Err(RecvError::Lagged(_)) => continue,
         }
+    }
+    // The new process takes the sockets at its next poll of the upgrade socket (Pingora polls once
+    // a second); until then this process still serves admin requests from its store.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while handover.upgrade_sock.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tracing::info!("listening sockets handed over; releasing the admin listener and the store");
     if let Some(l) = &handover.admin_listener {
