@@ -284,6 +284,15 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         // Fail fast, with the key's name, when the port is taken (an upgrade inherits it).
         drop(check_bindable(config.listen, "listen")?);
     }
+    // The pid file, the usage spool and (by default) the upgrade socket live there.
+    for dir in [Some(config.data_dir.as_path()), config.upgrade_sock.parent()]
+        .into_iter()
+        .flatten()
+    {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).context(format!("cannot create {}", dir.display()))?;
+        }
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 

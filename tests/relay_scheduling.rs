@@ -358,3 +358,65 @@ async fn sticky_sessions_and_account_health_are_shared_through_redis() {
         let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_while_the_upstream_thinks_aborts_it_and_frees_its_lease() {
+    let a = MockUpstream::start().await;
+    let extra = format!("accounts:\n{}", account_yaml("a", &a.url(), ", max_concurrency: 1"));
+    let relay = RelayProcess::start(&extra).await;
+    let url = format!("{}/v1/messages", relay.base());
+    let waiting = tokio::spawn(async move {
+        client()
+            .post(url)
+            .header("x-api-key", ALICE)
+            .header("x-mock-delay-ms", "5000")
+            .body(BODY)
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metric(&relay, "relay_in_flight_requests").await, Some(1.0));
+    waiting.abort(); // the client goes away before any answer
+    let t = std::time::Instant::now();
+    eventually(|| async { metric(&relay, "relay_in_flight_requests").await.filter(|v| *v == 0.0) }).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the relay waited for the upstream: {:?}",
+        t.elapsed()
+    );
+    // The account's only slot is free again at once.
+    let (status, _, _) = send(&relay, ALICE, BODY, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&relay, "relay_upstream_errors_total{class=\"client_gone\"}").await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_goes_silent_ends_with_an_error_event_after_the_idle_timeout() {
+    let a = MockUpstream::start().await;
+    let extra = format!(
+        "timeouts: {{ stream_idle: 1s }}\naccounts:\n{}",
+        account_yaml("a", &a.url(), "")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let t = std::time::Instant::now();
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("x-mock-stall-after", "400")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(text.starts_with("event: message_start"));
+    assert!(text.trim_end().ends_with("}"));
+    assert!(
+        text.contains("event: error\ndata: {\"error\":{\"message\":\"upstream stream was silent"),
+        "{text}"
+    );
+}

@@ -298,13 +298,32 @@ async fn upgrade_under_load(extra: &str) -> String {
 async fn embedded_store_upgrade_under_load_loses_no_request_and_no_usage() {
     let new_log = upgrade_under_load("").await;
     // The old process's last requests went through the spool, which the new one added.
-    let spooled: u64 = new_log
+    let spooled: u64 = strip_ansi(&new_log)
         .lines()
         .filter(|l| l.contains("usage spool file added"))
         .filter_map(|l| l.split("events=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     eprintln!("usage events that crossed the upgrade through the spool: {spooled}");
     assert!(spooled > 0, "no usage went through the spool:\n{new_log}");
+}
+
+/// The log without its colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn redis_url() -> String {

@@ -96,8 +96,19 @@ struct UpdateAccount {
     cooldowns: Option<Option<BTreeMap<String, DurationInput>>>,
 }
 
+/// The scheduling fields of a create or update as given: `None` leaves a field unchanged,
+/// `Some(None)` clears it.
+struct SchedulingInput {
+    group: Option<Option<String>>,
+    proxy: Option<Option<String>>,
+    max_concurrency: Option<Option<u32>>,
+    daily_quota_usd: Option<Option<f64>>,
+    quota_reset: Option<Option<String>>,
+    weight: Option<Option<u32>>,
+    cooldowns: Option<Option<BTreeMap<String, DurationInput>>>,
+}
+
 /// The scheduling fields of a create or update, checked; the proxy already sealed.
-#[derive(Default)]
 struct SchedulingChange {
     group: Option<Option<String>>,
     proxy: Option<Option<crate::secrets::Sealed>>,
@@ -109,20 +120,13 @@ struct SchedulingChange {
 }
 
 impl SchedulingChange {
-    /// Checks every given field; a field given as `None` inside `Some` is cleared.
-    #[allow(clippy::too_many_arguments)]
-    fn check(
-        state: &AdminState,
-        group: Option<Option<String>>,
-        proxy: Option<Option<String>>,
-        max_concurrency: Option<Option<u32>>,
-        daily_quota_usd: Option<Option<f64>>,
-        quota_reset: Option<Option<String>>,
-        weight: Option<Option<u32>>,
-        cooldowns: Option<Option<BTreeMap<String, DurationInput>>>,
-    ) -> Result<SchedulingChange, ApiError> {
+    /// Checks every given field and seals the proxy URL.
+    fn check(state: &AdminState, input: SchedulingInput) -> Result<SchedulingChange, ApiError> {
         // Each field: Some(Some(v)) checks v, Some(None) clears, None leaves unchanged.
-        fn each<T, U>(v: Option<Option<T>>, f: impl FnOnce(T) -> Result<U, ApiError>) -> Result<Option<Option<U>>, ApiError> {
+        fn each<T, U>(
+            v: Option<Option<T>>,
+            f: impl FnOnce(T) -> Result<U, ApiError>,
+        ) -> Result<Option<Option<U>>, ApiError> {
             match v {
                 Some(Some(x)) => Ok(Some(Some(f(x)?))),
                 Some(None) => Ok(Some(None)),
@@ -130,16 +134,16 @@ impl SchedulingChange {
             }
         }
         Ok(SchedulingChange {
-            group: each(group, |g| scheduling::valid_group(&g))?,
-            proxy: each(proxy, |p| {
+            group: each(input.group, |g| scheduling::valid_group(&g))?,
+            proxy: each(input.proxy, |p| {
                 let (url, _) = scheduling::valid_proxy(&p)?;
                 Ok(state.secrets.seal(&url))
             })?,
-            max_concurrency: each(max_concurrency, scheduling::valid_max_concurrency)?,
-            daily_quota_usd: each(daily_quota_usd, scheduling::valid_daily_quota)?,
-            quota_reset: each(quota_reset, |r| scheduling::valid_quota_reset(&r))?,
-            weight: each(weight, scheduling::valid_weight)?,
-            cooldowns: each(cooldowns, scheduling::valid_cooldowns)?.map(Option::unwrap_or_default),
+            max_concurrency: each(input.max_concurrency, scheduling::valid_max_concurrency)?,
+            daily_quota_usd: each(input.daily_quota_usd, scheduling::valid_daily_quota)?,
+            quota_reset: each(input.quota_reset, |r| scheduling::valid_quota_reset(&r))?,
+            weight: each(input.weight, scheduling::valid_weight)?,
+            cooldowns: each(input.cooldowns, scheduling::valid_cooldowns)?.map(Option::unwrap_or_default),
         })
     }
 
@@ -355,13 +359,15 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
     valid_model_map(&req.model_map)?;
     let sched = SchedulingChange::check(
         &state,
-        Some(req.group),
-        Some(req.proxy),
-        Some(req.max_concurrency),
-        Some(req.daily_quota_usd),
-        Some(req.quota_reset),
-        Some(req.weight),
-        Some(req.cooldowns),
+        SchedulingInput {
+            group: Some(req.group),
+            proxy: Some(req.proxy),
+            max_concurrency: Some(req.max_concurrency),
+            daily_quota_usd: Some(req.daily_quota_usd),
+            quota_reset: Some(req.quota_reset),
+            weight: Some(req.weight),
+            cooldowns: Some(req.cooldowns),
+        },
     )?;
     let mut record = AccountRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -415,13 +421,15 @@ pub async fn update(
     }
     let sched = SchedulingChange::check(
         &state,
-        req.group,
-        req.proxy,
-        req.max_concurrency,
-        req.daily_quota_usd,
-        req.quota_reset,
-        req.weight,
-        req.cooldowns,
+        SchedulingInput {
+            group: req.group,
+            proxy: req.proxy,
+            max_concurrency: req.max_concurrency,
+            daily_quota_usd: req.daily_quota_usd,
+            quota_reset: req.quota_reset,
+            weight: req.weight,
+            cooldowns: req.cooldowns,
+        },
     )?;
     let record = write(&state, move |st| async move {
         let mut r = st

@@ -1,5 +1,9 @@
 //! Client API keys: list, create (the plaintext is shown once, in the creation answer), read,
-//! rename, enable or disable, delete. Keys from `relay.yaml` are listed and read-only.
+//! rename, enable or disable, bind to an account or group, delete. Keys from `relay.yaml` are
+//! listed and read-only.
+//!
+//! A key's `bind` (an account name or `group:<name>`) makes it use only those accounts, and makes
+//! those accounts dedicated to the keys bound to them.
 //!
 //! Answers never contain a key's hash or plaintext (except that one creation answer): only its
 //! non-secret hint.
@@ -11,13 +15,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::AdminState;
 use super::routes::{
     ApiError, authenticate, conflict, json_body, not_found, read_only, store_error, valid_name, write,
 };
+use super::scheduling::valid_bind;
 use crate::config::ApiKeyConfig;
 use crate::secrets;
 use crate::state::config_id;
@@ -29,6 +34,8 @@ struct CreateKey {
     name: String,
     #[serde(default)]
     enabled: Option<bool>,
+    #[serde(default)]
+    bind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -38,6 +45,14 @@ struct UpdateKey {
     name: Option<String>,
     #[serde(default)]
     enabled: Option<bool>,
+    /// Absent: unchanged; `null`: unbound; a string: bound to it.
+    #[serde(default, deserialize_with = "present")]
+    bind: Option<Option<String>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 fn config_view(k: &ApiKeyConfig, last_used: &BTreeMap<String, i64>) -> Value {
@@ -48,6 +63,7 @@ fn config_view(k: &ApiKeyConfig, last_used: &BTreeMap<String, i64>) -> Value {
         "name": k.name,
         "hint": hint,
         "enabled": k.enabled,
+        "bind": k.bind,
         "source": "config",
         "created_at": null,
         "last_used_at": last_used.get(&id),
@@ -60,6 +76,7 @@ fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
         "name": r.name,
         "hint": r.hint,
         "enabled": r.enabled,
+        "bind": r.bind,
         "source": "admin",
         "created_at": r.created_at,
         "last_used_at": last_used.get(&r.id),
@@ -121,6 +138,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
     authenticate(&state, &headers).await?;
     let req: CreateKey = json_body(&body)?;
     let name = valid_name(&req.name)?;
+    let bind = req.bind.as_deref().map(valid_bind).transpose()?;
     let plaintext = secrets::generate_client_key();
     let record = ApiKeyRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -128,7 +146,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
         key_hash: state.secrets.hash_client_key_hex(&plaintext),
         hint: secrets::mask(&plaintext),
         enabled: req.enabled.unwrap_or(true),
-        bind: None,
+        bind,
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };
@@ -156,6 +174,11 @@ pub async fn update(
     }
     let req: UpdateKey = json_body(&body)?;
     let name = req.name.as_deref().map(valid_name).transpose()?;
+    let bind = match req.bind {
+        Some(Some(b)) => Some(Some(valid_bind(&b)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     let record = write(&state, move |st| async move {
         let mut r = st
             .store
@@ -170,11 +193,14 @@ pub async fn update(
         if let Some(enabled) = req.enabled {
             r.enabled = enabled;
         }
+        if let Some(bind) = bind {
+            r.bind = bind;
+        }
         st.store.put_api_key(&r).await.map_err(store_error)?;
         Ok(r)
     })
     .await?;
-    tracing::info!(key = %record.id, enabled = record.enabled, "admin updated a client key");
+    tracing::info!(key = %record.id, enabled = record.enabled, bind = ?record.bind, "admin updated a client key");
     let last_used = state.store.api_key_last_used().await.unwrap_or_default();
     Ok(Json(stored_view(&record, &last_used)).into_response())
 }
@@ -199,4 +225,20 @@ pub async fn delete(
     .await?;
     tracing::info!(key = %id, "admin deleted a client key");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_tells_null_bind_from_absent() {
+        let u: UpdateKey = serde_json::from_str(r#"{"bind":null}"#).unwrap();
+        assert_eq!(u.bind, Some(None));
+        let u: UpdateKey = serde_json::from_str(r#"{}"#).unwrap();
+        assert_eq!(u.bind, None);
+        let u: UpdateKey = serde_json::from_str(r#"{"bind":"group:a"}"#).unwrap();
+        assert_eq!(u.bind, Some(Some("group:a".to_string())));
+        assert!(serde_json::from_str::<CreateKey>(r#"{"name":"a","bind":5}"#).is_err());
+    }
 }

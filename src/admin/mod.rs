@@ -5,16 +5,17 @@
 //! token. Sessions live in the store (so every instance accepts them), expire after
 //! `admin.session_ttl` of inactivity and slide on use. Failed logins are limited per client IP.
 //!
-//! Resources: client API keys ([`keys`]), upstream accounts ([`accounts`]) and usage statistics
-//! ([`usage`]). Keys and accounts from `relay.yaml` are listed read-only; those created here live
-//! in the store. Every write is announced to all instances and reloaded into this instance's
-//! snapshot before the answer, so the relay serves it at once. `GET /admin/api/openapi.json`
-//! describes every endpoint.
+//! Resources: client API keys ([`keys`]), upstream accounts ([`accounts`], with their scheduling
+//! fields and live health in [`scheduling`]) and usage statistics ([`usage`]). Keys and accounts
+//! from `relay.yaml` are listed read-only; those created here live in the store. Every write is
+//! announced to all instances and reloaded into this instance's snapshot before the answer, so the
+//! relay serves it at once. `GET /admin/api/openapi.json` describes every endpoint.
 
 mod accounts;
 mod auth;
 mod keys;
 mod routes;
+mod scheduling;
 mod usage;
 
 use std::net::SocketAddr;

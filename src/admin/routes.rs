@@ -40,6 +40,7 @@ pub fn router(state: AdminState) -> Router {
             "/admin/api/accounts/{id}",
             get(accounts::get).patch(accounts::update).delete(accounts::delete),
         )
+        .route("/admin/api/accounts/{id}/reset", post(accounts::reset))
         .route("/admin/api/usage", get(usage::series))
         .route("/admin/api/usage/summary", get(usage::summary))
         .fallback(no_route)

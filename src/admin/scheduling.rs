@@ -124,15 +124,23 @@ pub fn valid_cooldowns(map: BTreeMap<String, DurationInput>) -> Result<BTreeMap<
 
 /// [`Dur::parse`], refusing first what it cannot represent (it would panic on it).
 fn check_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     if let Ok(n) = text[..split].parse::<f64>()
         && n > MAX_COOLDOWN.as_secs_f64()
     {
-        return Err(format!("`{text}` is longer than {} days", MAX_COOLDOWN.as_secs() / 86_400));
+        return Err(format!(
+            "`{text}` is longer than {} days",
+            MAX_COOLDOWN.as_secs() / 86_400
+        ));
     }
     let d = Dur::parse(text)?.0;
     if d > MAX_COOLDOWN {
-        return Err(format!("`{text}` is longer than {} days", MAX_COOLDOWN.as_secs() / 86_400));
+        return Err(format!(
+            "`{text}` is longer than {} days",
+            MAX_COOLDOWN.as_secs() / 86_400
+        ));
     }
     Ok(d)
 }
@@ -305,7 +313,10 @@ mod tests {
         let m = |k: &str, v: DurationInput| [(k.to_string(), v)].into_iter().collect::<BTreeMap<_, _>>();
         let ok = valid_cooldowns(m("529", DurationInput::Text(" 10m ".into()))).unwrap();
         assert_eq!(ok["529"], "10m");
-        assert_eq!(valid_cooldowns(m("connect", DurationInput::Seconds(30))).unwrap()["connect"], "30");
+        assert_eq!(
+            valid_cooldowns(m("connect", DurationInput::Seconds(30))).unwrap()["connect"],
+            "30"
+        );
         assert!(valid_cooldowns(m("999", DurationInput::Text("1m".into()))).is_err());
         assert!(valid_cooldowns(m("529", DurationInput::Text("soon".into()))).is_err());
         assert!(valid_cooldowns(m("529", DurationInput::Text("10y".into()))).is_err());

@@ -335,7 +335,24 @@ async fn attempt(
     rename: Option<(&str, &str)>,
 ) -> Result<(), AttemptError> {
     let sent_at = Instant::now();
-    let (mut up, peer) = send(relay, account, &req, &body).await?;
+    // While the upstream thinks, watch the client: if it goes away, drop the upstream request
+    // (which aborts it) instead of waiting minutes for an answer nobody will read.
+    let client_gone = async {
+        loop {
+            match session.as_downstream_mut().read_body_or_idle(true).await {
+                Err(e) => return e,
+                Ok(_) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let (mut up, peer) = tokio::select! {
+        r = send(relay, account, &req, &body) => r?,
+        e = client_gone => {
+            ctx.client_disconnected = true;
+            relay.metrics.upstream_errors.with_label_values(&["client_gone"]).inc();
+            return Err(AttemptError::Broken(e));
+        }
+    };
     let ttfb = sent_at.elapsed();
     relay
         .metrics
