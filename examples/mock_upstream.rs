@@ -5,19 +5,30 @@
 //! parsed: a substring search decides. `x-mock-chunk-delay-ms: N` splits the stream into about 13
 //! chunks with N ms between them (the "slow stream" mode). Anything else gets 404.
 //!
+//! `--status N` makes it a failing upstream: every request (any method, any path) gets status N
+//! with an Anthropic error body, e.g. for 429
+//! `{"type":"error","error":{"type":"rate_limit_error","message":"mock 429"}}` and `retry-after: 1`
+//! (`--retry-after S` changes it; 0 leaves the header out).
+//!
+//! `GET /_mock/stats` (never failed) answers `{"requests":N}`: the requests answered so far, that
+//! route excluded, so a load test can see how many reached this upstream.
+//!
 //! ```text
-//! cargo run --release --example mock_upstream -- --listen 127.0.0.1:9001 [--threads 1]
+//! cargo run --release --example mock_upstream -- --listen 127.0.0.1:9001 [--threads 1] [--status 429]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::extract::State;
+use axum::routing::{get, post};
 use clap::Parser;
 use memchr::memmem;
 
@@ -35,13 +46,75 @@ struct Args {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Answer every request with this status and an Anthropic error body (e.g. 429, 529, 500).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(400..=599))]
+    status: Option<u16>,
+    /// `retry-after` seconds sent with `--status 429` (0: no header).
+    #[arg(long, default_value_t = 1)]
+    retry_after: u64,
+}
+
+/// What every handler shares.
+struct Mock {
+    /// Requests answered (except `/_mock/stats`).
+    requests: AtomicU64,
+    /// `--status`: the status and the prebuilt error answer.
+    fail: Option<(StatusCode, Bytes)>,
+    retry_after: Option<HeaderValue>,
+}
+
+/// The Anthropic error type for a status, as the real API names it.
+fn error_type(status: u16) -> &'static str {
+    match status {
+        400 | 413 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+fn error_body(status: u16) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"type":"error","error":{{"type":"{}","message":"mock {status}"}}}}"#,
+        error_type(status)
+    ))
+}
+
+/// The answer of a `--status` mock, to any request.
+async fn failing(State(mock): State<Arc<Mock>>) -> Response {
+    mock.requests.fetch_add(1, Ordering::Relaxed);
+    let Some((status, body)) = &mock.fail else {
+        return not_found().await;
+    };
+    let mut r = (
+        *status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.clone(),
+    )
+        .into_response();
+    if let Some(v) = &mock.retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, v.clone());
+    }
+    r
+}
+
+async fn stats(State(mock): State<Arc<Mock>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        format!(r#"{{"requests":{}}}"#, mock.requests.load(Ordering::Relaxed)),
+    )
+        .into_response()
 }
 
 fn wants_stream(body: &[u8]) -> bool {
     memmem::find(body, b"\"stream\":true").is_some() || memmem::find(body, b"\"stream\": true").is_some()
 }
 
-async fn messages(headers: HeaderMap, body: Bytes) -> Response {
+async fn messages(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    mock.requests.fetch_add(1, Ordering::Relaxed);
     if !wants_stream(&body) {
         return (
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -79,6 +152,11 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     r
 }
 
+async fn unknown(State(mock): State<Arc<Mock>>) -> Response {
+    mock.requests.fetch_add(1, Ordering::Relaxed);
+    not_found().await
+}
+
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "mock: unknown path").into_response()
 }
@@ -90,13 +168,28 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let mock = Arc::new(Mock {
+        requests: AtomicU64::new(0),
+        fail: args
+            .status
+            .map(|s| (StatusCode::from_u16(s).expect("--status is 400..=599"), error_body(s))),
+        retry_after: (args.status == Some(429) && args.retry_after > 0).then(|| HeaderValue::from(args.retry_after)),
+    });
     rt.block_on(async {
-        let app = Router::new().route("/v1/messages", post(messages)).fallback(not_found);
+        let stats_route = Router::new().route("/_mock/stats", get(stats));
+        let app = match args.status {
+            None => stats_route
+                .route("/v1/messages", post(messages))
+                .fallback(unknown),
+            Some(_) => stats_route.fallback(failing),
+        }
+        .with_state(mock);
         let listener = tokio::net::TcpListener::bind(args.listen).await.expect("bind --listen");
         eprintln!(
-            "mock_upstream listening on {} ({} threads)",
+            "mock_upstream listening on {} ({} threads){}",
             args.listen,
-            args.threads.max(1)
+            args.threads.max(1),
+            args.status.map(|s| format!(", answering {s} to everything")).unwrap_or_default()
         );
         // Small streamed writes must not wait for Nagle.
         use axum::serve::ListenerExt;

@@ -53,6 +53,9 @@ impl Dur {
         if !secs.is_finite() || secs < 0.0 {
             return Err(format!("`{s}` is not a valid duration"));
         }
+        if secs > 10.0 * 366.0 * 86_400.0 {
+            return Err(format!("`{s}` is longer than 10 years"));
+        }
         Ok(Dur(Duration::from_secs_f64(secs)))
     }
 }

@@ -92,6 +92,7 @@ fn defaults_env_overrides_and_typed_references() {
     assert_eq!(Dur::parse("250ms").unwrap().0, Duration::from_millis(250));
     assert_eq!(Dur::parse("1h").unwrap().0, Duration::from_secs(3600));
     assert!(Dur::parse("1y").is_err());
+    assert!(Dur::parse("99999999999999999999999d").is_err());
     let lit = Config::from_yaml("admin: { password: \"$${NOT_A_VAR}xyz\" }\n", &env(&[])).unwrap();
     assert_eq!(lit.admin.password.as_deref(), Some("${NOT_A_VAR}xyz"));
 }

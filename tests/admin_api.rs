@@ -826,6 +826,7 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/accounts/{id}"),
         ("patch", "/admin/api/accounts/{id}"),
         ("delete", "/admin/api/accounts/{id}"),
+        ("post", "/admin/api/accounts/{id}/reset"),
         ("get", "/admin/api/usage"),
         ("get", "/admin/api/usage/summary"),
     ];

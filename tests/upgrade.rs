@@ -228,7 +228,11 @@ async fn upgrade_under_load(extra: &str) -> String {
         if let Some(s) = old.try_wait() {
             break s;
         }
-        assert!(Instant::now() < deadline, "old process did not exit:\n{}", old.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "old process did not exit:\n{}",
+            old.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let old_exit = t_quit.elapsed();
@@ -242,12 +246,14 @@ async fn upgrade_under_load(extra: &str) -> String {
     let total: u64 = ok.iter().sum();
     assert!(
         failures.is_empty(),
-        "{} failed requests (of {}): {:#?}\nold log:\n{}\nnew log:\n{}",
+        "{} failed requests (of {}): {:#?}\n(IncompleteMessage or ConnectionReset here means keep-alive connections \
+         reused at the moment the old process closed them: its answers must disable keep-alive while \
+         `claude_relay::server::draining()`)\nold log:\n{}\nnew log:\n{}",
         failures.len(),
         total + failures.len() as u64,
         failures,
-        old.log_text(),
-        new.log_text()
+        strip_ansi(&old.log_text()),
+        strip_ansi(&new.log_text())
     );
     assert!(total > at_old_exit + 10, "requests after the old process exited");
     let admin_gap = admin_gap.finish().await;
@@ -274,7 +280,11 @@ async fn upgrade_under_load(extra: &str) -> String {
     let totals_later = alice_usage(&old).await.unwrap();
     assert_eq!(totals, totals_later, "usage still moving");
     assert_eq!(totals["requests"].as_u64(), Some(total), "{totals}");
-    assert_eq!(totals["input_tokens"].as_u64(), Some(INPUT_PER_REQUEST * total), "{totals}");
+    assert_eq!(
+        totals["input_tokens"].as_u64(),
+        Some(INPUT_PER_REQUEST * total),
+        "{totals}"
+    );
     assert_eq!(totals["output_tokens"].as_u64(), Some(7 * total), "{totals}");
     assert_eq!(totals["errors"].as_u64(), Some(0), "{totals}");
 
@@ -301,7 +311,14 @@ async fn embedded_store_upgrade_under_load_loses_no_request_and_no_usage() {
     let spooled: u64 = strip_ansi(&new_log)
         .lines()
         .filter(|l| l.contains("usage spool file added"))
-        .filter_map(|l| l.split("events=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("events=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     eprintln!("usage events that crossed the upgrade through the spool: {spooled}");
     assert!(spooled > 0, "no usage went through the spool:\n{new_log}");
@@ -348,5 +365,77 @@ async fn redis_store_upgrade_under_load_loses_no_request_and_no_usage() {
         .unwrap();
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
+    }
+}
+
+/// `scripts/upgrade.sh` does the whole dance (finding the old process by its pid file), and both
+/// processes tell systemd who they are over `NOTIFY_SOCKET` (`Type=notify`, `NotifyAccess=all`).
+#[tokio::test]
+async fn upgrade_script_hands_over_and_the_new_process_becomes_systemds_main_process() {
+    let mock = MockUpstream::start().await;
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let notify_env = notify_path.to_str().unwrap().to_string();
+    let mut old = RelayProcess::start_in(
+        tempfile::tempdir().unwrap(),
+        &format!("accounts:\n{}", account_yaml("main", &mock.url(), "")),
+        &[("NOTIFY_SOCKET", &notify_env)],
+    )
+    .await;
+    let recv = |what: &str| {
+        let mut buf = [0u8; 512];
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {what} notification: {e}"));
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert_eq!(recv("start"), format!("READY=1\nMAINPID={}", old.pid()));
+    let pid_file = old.dir.path().join("data").join("claude-relay.pid");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        old.pid().to_string()
+    );
+
+    let log = old.dir.path().join("upgrade-script.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let script = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/upgrade.sh"))
+        .args(["--bin", env!("CARGO_BIN_EXE_claude-relay"), "--", "--config"])
+        .arg(old.config_path())
+        .env("NOTIFY_SOCKET", &notify_env)
+        .env("RELAY_LOG", "info")
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .status()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(script.success(), "upgrade.sh failed:\n{}", log_text());
+    let new_pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert_ne!(new_pid, old.pid());
+    assert_eq!(recv("upgrade"), format!("READY=1\nMAINPID={new_pid}"));
+
+    // The old process goes by itself; the new one serves relay and admin.
+    assert!(old.wait().success(), "{}", old.log_text());
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/messages", old.base()))
+        .header("x-api-key", ALICE)
+        .body(BODY_JSON)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(alice_usage(&old).await.is_some(), "admin API of the new process");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), new_pid.to_string());
+
+    // Not our child: stop it by its pid; it removes its pid file on the way out.
+    std::process::Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pid_file.exists() {
+        assert!(Instant::now() < deadline, "new process did not stop:\n{}", log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -5,7 +5,9 @@ Started by run.sh, which builds the binaries and installs wrk. This script:
   1. starts the mock upstream and the relay (temp config, embedded store in a temp dir),
   2. runs wrk for every (stream, concurrency) both direct to the mock and through the relay,
   3. runs the slow-stream test (many concurrent streams, 100 ms between chunks) through the relay,
-  4. prints a Markdown report and writes it to --out.
+  4. with --failover-row: starts a second relay over three accounts of the same priority, one of
+     them a mock that answers 429 to everything, and measures the failover under load,
+  5. prints a Markdown report and writes it to --out.
 
 Everything listens on 127.0.0.1 only, and every wrk run is bounded in time.
 """
@@ -97,11 +99,12 @@ def reset_peak_rss(pid):
         return False
 
 
-METRIC_RE = re.compile(r'^relay_requests_total\{([^}]*)\}\s+([0-9.eE+-]+)$')
+METRIC_RE = re.compile(r'^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
 
 
-def relay_statuses(admin_url):
-    """relay_requests_total by status (all endpoints), or None when /metrics is unavailable."""
+def metric_by_label(admin_url, name, label):
+    """Counter `name` (admin /metrics) summed by one label, or None when /metrics is unavailable.
+    A counter that has never been incremented is absent from /metrics: an empty Counter."""
     try:
         code, body, _ = http("GET", admin_url + "/metrics", timeout=5)
     except OSError:
@@ -111,11 +114,37 @@ def relay_statuses(admin_url):
     out = collections.Counter()
     for line in body.decode(errors="replace").splitlines():
         m = METRIC_RE.match(line.strip())
-        if not m:
+        if not m or m.group(1) != name:
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        out[labels.get("status", "?")] += int(float(m.group(2)))
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        out[labels.get(label, "?")] += int(float(m.group(3)))
     return out
+
+
+def relay_statuses(admin_url):
+    """relay_requests_total by status (all endpoints)."""
+    return metric_by_label(admin_url, "relay_requests_total", "status")
+
+
+def relay_failovers(admin_url):
+    """relay_failovers_total by reason."""
+    return metric_by_label(admin_url, "relay_failovers_total", "reason")
+
+
+def delta(after, before):
+    """after − before for two Counters (None when either is unknown); keeps zero entries out."""
+    if after is None or before is None:
+        return None
+    return collections.Counter({k: after[k] - before[k] for k in after if after[k] - before[k]})
+
+
+def mock_requests(url):
+    """Requests a mock has answered (its GET /_mock/stats), or None."""
+    try:
+        code, body, _ = http("GET", url + "/_mock/stats", timeout=5)
+        return json.loads(body)["requests"] if code == 200 else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def in_flight(admin_url):
@@ -213,6 +242,108 @@ class Proc:
         self.logf.close()
 
 
+def relay_config(relay_port, admin_port, data, threads, accounts):
+    """The relay's YAML config; `accounts` are (name, base_url) of claude-console accounts."""
+    lines = "".join(f'  - {{ name: {n}, kind: claude-console, base_url: "{u}", api_key: sk-ant-api03-load-test }}\n'
+                    for n, u in accounts)
+    return f"""listen: 127.0.0.1:{relay_port}
+admin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: load-test-admin-password }}
+secret_key: {SECRET}
+threads: {threads}
+data_dir: {data}
+store: {{ backend: embedded, path: {data} }}
+shutdown_grace: 2s
+api_keys:
+  - {{ name: load, key: {API_KEY} }}
+accounts:
+{lines}"""
+
+
+def start_mock(mock_bin, port, threads, log, extra=()):
+    mock = Proc([mock_bin, "--listen", f"127.0.0.1:{port}", "--threads", str(threads), *extra], log)
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None,
+             f"mock upstream on port {port}", proc=mock.p, log=mock.log)
+    return mock
+
+
+def start_relay(relay_bin, conf, relay_url, admin_url, log):
+    relay = Proc([relay_bin, "--config", conf], log,
+                 env=dict(os.environ, RELAY_LOG=os.environ.get("RELAY_LOG", "warn")))
+    wait_for(lambda: http("GET", relay_url + "/health", timeout=2)[0] == 200, "relay", proc=relay.p, log=log)
+    wait_for(lambda: http("GET", admin_url + "/health", timeout=2)[0] in (200, 503), "relay admin",
+             proc=relay.p, log=log)
+    return relay
+
+
+def failover_rows(args, tmp, ok_mock_url, procs):
+    """Three accounts of the same priority behind a second relay: two normal mocks (the main one
+    and a second) and one started with --status 429. Measures, per stream mode, what the client
+    sees and how often the relay still sends to the refusing account."""
+    limited_port, ok2_port = free_port(), free_port()
+    relay_port, admin_port = free_port(), free_port()
+    limited_url, ok2_url = f"http://127.0.0.1:{limited_port}", f"http://127.0.0.1:{ok2_port}"
+    relay_url, admin_url = f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{admin_port}"
+    mocks = {"ok-a": ok_mock_url, "ok-b": ok2_url, "limited": limited_url}
+    procs.append(start_mock(args.mock_bin, ok2_port, args.mock_threads, os.path.join(tmp, "mock-ok-b.log")))
+    procs.append(start_mock(args.mock_bin, limited_port, args.mock_threads, os.path.join(tmp, "mock-429.log"),
+                            ("--status", "429", "--retry-after", "1")))
+    data = os.path.join(tmp, "data-failover")
+    conf = os.path.join(tmp, "relay-failover.yaml")
+    with open(conf, "w") as f:
+        f.write(relay_config(relay_port, admin_port, data, args.relay_threads, list(mocks.items())))
+    relay_log = os.path.join(tmp, "relay-failover.log")
+    relay = start_relay(args.relay_bin, conf, relay_url, admin_url, relay_log)
+    procs.append(relay)
+    log = LogTail(relay_log)
+
+    hdr = {"content-type": "application/json", "x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    code, body, h = http("POST", limited_url + "/v1/messages", request_body(False), hdr)
+    if code != 429 or b"rate_limit_error" not in body or h.get("retry-after") != "1":
+        sys.exit(f"loadtest: the 429 mock answered {code} {h} {body[:300]!r}")
+    for stream in (False, True):
+        code, body, _ = http("POST", relay_url + "/v1/messages", request_body(stream), hdr)
+        if code != 200 or (stream and b"message_stop" not in body):
+            sys.exit(f"loadtest: failover smoke request (stream={stream}) got {code}: {body[-300:]!r}\n"
+                     + "\n".join(log.new_lines()[-30:]))
+    time.sleep(1.5)  # let a cooldown the smoke requests caused run out
+    log.new_lines()
+
+    rows = []
+    for stream in (False, True):
+        before_req = {n: mock_requests(u) for n, u in mocks.items()}
+        before_fo, before_st = relay_failovers(admin_url), relay_statuses(admin_url)
+        t0 = cpu_ticks(relay.pid)
+        r = run_wrk(relay_url + "/v1/messages", args.failover_conc, args.duration, stream)
+        t1 = cpu_ticks(relay.pid)
+        time.sleep(0.5)  # the answers wrk cut off finish and are counted
+        after_req = {n: mock_requests(u) for n, u in mocks.items()}
+        marks = refused = 0
+        other = []
+        for l in log.new_lines():
+            if "account out of the pool" in l and "limited" in l:
+                marks += 1
+            elif "upstream refused; trying the next account" in l and "limited" in l:
+                refused += 1
+            elif "WARN" in l or "ERROR" in l or "panicked" in l:
+                other.append(l)
+        rows.append(dict(
+            stream=stream, r=r,
+            cpu_us=((t1 - t0) / CLK_TCK * 1e6 / r["requests"]) if r["requests"] else None,
+            failovers=delta(relay_failovers(admin_url), before_fo),
+            statuses=delta(relay_statuses(admin_url), before_st),
+            mock_reqs={n: (after_req[n] - before_req[n]) if None not in (after_req[n], before_req[n]) else None
+                       for n in mocks},
+            marks=marks, refused=refused, other=summarize_log(other)))
+        err_n, _ = errors_of(r)
+        print(f"  failover       stream={str(stream).lower():5} c={args.failover_conc:<4} "
+              f"{r['requests'] / (r['duration_us'] / 1e6):>9.0f} req/s  p50 {fmt_ms(r['p50_us'])} ms  "
+              f"p99 {fmt_ms(r['p99_us'])} ms  errors {err_n}  to the 429 mock {rows[-1]['mock_reqs']['limited']}",
+              file=sys.stderr, flush=True)
+        time.sleep(1.5)
+    relay.stop()
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--relay-bin", required=True)
@@ -225,6 +356,9 @@ def main():
     ap.add_argument("--slow-delay-ms", type=int, default=100)
     ap.add_argument("--relay-threads", type=int, default=2)
     ap.add_argument("--mock-threads", type=int, default=1)
+    ap.add_argument("--failover-row", action=argparse.BooleanOptionalAction, default=False,
+                    help="also measure failover: 3 accounts, one answering 429 (run.sh turns it on)")
+    ap.add_argument("--failover-conc", type=int, default=50)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (config, relay log)")
     args = ap.parse_args()
     concs = [int(c) for c in args.concurrency.split(",")]
@@ -237,31 +371,16 @@ def main():
     data = os.path.join(tmp, "data")
     conf = os.path.join(tmp, "relay.yaml")
     with open(conf, "w") as f:
-        f.write(f"""listen: 127.0.0.1:{relay_port}
-admin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: load-test-admin-password }}
-secret_key: {SECRET}
-threads: {args.relay_threads}
-data_dir: {data}
-store: {{ backend: embedded, path: {data} }}
-shutdown_grace: 2s
-api_keys:
-  - {{ name: load, key: {API_KEY} }}
-accounts:
-  - {{ name: mock, kind: claude-console, base_url: "{mock_url}", api_key: sk-ant-api03-load-test }}
-""")
+        f.write(relay_config(relay_port, admin_port, data, args.relay_threads, [("mock", mock_url)]))
 
-    mock = relay = None
+    procs = []  # stopped in reverse order at the end
+    fo_rows = None
     try:
-        mock = Proc([args.mock_bin, "--listen", f"127.0.0.1:{mock_port}", "--threads", str(args.mock_threads)],
-                    os.path.join(tmp, "mock.log"))
-        wait_for(lambda: socket.create_connection(("127.0.0.1", mock_port), 1).close() is None,
-                 "mock upstream", proc=mock.p, log=mock.log)
+        mock = start_mock(args.mock_bin, mock_port, args.mock_threads, os.path.join(tmp, "mock.log"))
+        procs.append(mock)
         relay_log = os.path.join(tmp, "relay.log")
-        relay = Proc([args.relay_bin, "--config", conf], relay_log,
-                     env=dict(os.environ, RELAY_LOG=os.environ.get("RELAY_LOG", "warn")))
-        wait_for(lambda: http("GET", relay_url + "/health", timeout=2)[0] == 200, "relay", proc=relay.p, log=relay_log)
-        wait_for(lambda: http("GET", admin_url + "/health", timeout=2)[0] in (200, 503), "relay admin",
-                 proc=relay.p, log=relay_log)
+        relay = start_relay(args.relay_bin, conf, relay_url, admin_url, relay_log)
+        procs.append(relay)
         log = LogTail(relay_log)
         rss_fresh = status_kb(relay.pid, "VmRSS")
 
@@ -342,10 +461,14 @@ accounts:
         for l, n in slow_log:
             log_notes[l] += n
         max_in_flight = max((s[1] for s in samples if s[1] is not None), default=None)
+
+        if args.failover_row:
+            relay.stop()  # idle from here on; the failover row has its own relay
+            time.sleep(1)
+            fo_rows = failover_rows(args, tmp, mock_url, procs)
     finally:
-        for p in (relay, mock):
-            if p is not None:
-                p.stop()
+        for p in reversed(procs):
+            p.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -423,6 +546,49 @@ accounts:
          "(memory the allocator kept from earlier rows is included)." if can_reset else
          "cumulative since start (this kernel refused the reset)."))
     w("")
+    if fo_rows is not None:
+        d = args.duration
+        w(f"**Failover**: a second relay over three accounts of the same priority: `ok-a` (the mock above), "
+          f"`ok-b` (a second normal mock) and `limited` (a mock started with `--status 429`: every request gets "
+          f"429 `rate_limit_error` with `retry-after: 1`). Concurrency {args.failover_conc}, {d} s per row.")
+        w("")
+        w("| stream | conc | req/s | p50 ms | p99 ms | client errors | client non-2xx | relay statuses | "
+          "relay_failovers_total Δ | requests to the 429 mock | per second | cooldowns entered | "
+          "requests to ok-a / ok-b | CPU µs/req |")
+        w("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---:|")
+        for row in fo_rows:
+            r = row["r"]
+            sock = sum(r[k] for k in ("connect", "read", "write", "timeout"))
+            lim = row["mock_reqs"]["limited"]
+            per_s = f"{lim / (r['duration_us'] / 1e6):.1f}" if lim is not None else "n/a"
+            oks = " / ".join(fmt_int(row["mock_reqs"][n]) if row["mock_reqs"][n] is not None else "n/a"
+                             for n in ("ok-a", "ok-b"))
+            cpu = f"{row['cpu_us']:.0f}" if row["cpu_us"] is not None else "–"
+            w(f"| {'yes' if row['stream'] else 'no'} | {args.failover_conc} | "
+              f"{fmt_int(round(r['requests'] / (r['duration_us'] / 1e6)))} | {fmt_ms(r['p50_us'])} | "
+              f"{fmt_ms(r['p99_us'])} | {sock} | {r['status']} | {fmt_statuses(row['statuses'])} | "
+              f"{fmt_statuses(row['failovers'])} | {fmt_int(lim) if lim is not None else 'n/a'} | {per_s} | "
+              f"{row['marks']} | {oks} | {cpu} |")
+        w("")
+        w("\"client errors\" are wrk's socket errors (connect, read, write, timeout), \"client non-2xx\" the "
+          "answers that were not 2xx/3xx: both must be 0, every request the 429 account refused was moved to "
+          "another account. \"requests to the 429 mock\" is what that mock answered during the row (its "
+          "`/_mock/stats`), \"cooldowns entered\" the relay's `account out of the pool` log lines for it: each "
+          "429 takes the account out for its `retry-after` (1 s), so it returns about once a second, and the "
+          "requests picked for it before its first 429 comes back all get one.")
+        others = collections.Counter()
+        for row in fo_rows:
+            for l, n in row["other"]:
+                others[l] += n
+        if others:
+            w("")
+            w("Other relay WARN/ERROR lines during the failover rows:")
+            w("")
+            w("```")
+            for l, n in others.most_common(15):
+                w(f"{n:>7} × {l}")
+            w("```")
+        w("")
     if log_notes:
         w("Relay WARN/ERROR log lines during the measured runs (distinct, with counts):")
         w("")

@@ -230,7 +230,11 @@ fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
         "proxy": a.proxy.as_deref().and_then(scheduling::masked_config_proxy),
         "max_concurrency": a.max_concurrency,
         "daily_quota_usd": a.daily_quota_usd,
-        "quota_reset": a.quota_reset,
+        // Shown in the canonical HH:MM form that stored accounts use.
+        "quota_reset": a
+            .quota_reset
+            .as_deref()
+            .map(|r| scheduling::valid_quota_reset(r).unwrap_or_else(|_| r.to_string())),
         "weight": a.weight,
         "cooldowns": a
             .cooldowns
