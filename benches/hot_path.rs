@@ -46,6 +46,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
             hint: String::new(),
             enabled: true,
             bind: None,
+            policy: Default::default(),
             created_at: 0,
             extra: Default::default(),
         })
@@ -102,7 +103,7 @@ fn filter_chain(c: &mut Criterion) {
         let (keys, stored_hit) = directory(n);
         let keys: Arc<dyn KeyDirectory> = Arc::new(keys);
         let chain = filters::Registry::with_builtins()
-            .build(&["key_auth".to_string()], &FilterDeps { keys })
+            .build(&["key_auth".to_string()], &FilterDeps { keys, limits: Arc::new(claude_relay::limits::MemoryLimits::new()) })
             .expect("key_auth chain builds");
 
         // Headers as Claude Code sends them (the ones that matter here plus typical company).
@@ -257,7 +258,7 @@ fn account_selection(c: &mut Criterion) {
     }
 
     let n = 1_000;
-    let cooling = |i: usize| i % 10 != 0;
+    let cooling = |i: usize| !i.is_multiple_of(10);
     let (sched, pool) = scheduler_pool(n, cooling);
     for _ in 0..2 * n {
         let a = pick(&sched, &pool, None).unwrap();

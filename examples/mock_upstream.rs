@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::extract::State;
 use axum::routing::{get, post};
 use clap::Parser;
 use memchr::memmem;
@@ -178,9 +178,7 @@ fn main() {
     rt.block_on(async {
         let stats_route = Router::new().route("/_mock/stats", get(stats));
         let app = match args.status {
-            None => stats_route
-                .route("/v1/messages", post(messages))
-                .fallback(unknown),
+            None => stats_route.route("/v1/messages", post(messages)).fallback(unknown),
             Some(_) => stats_route.fallback(failing),
         }
         .with_state(mock);
@@ -189,7 +187,9 @@ fn main() {
             "mock_upstream listening on {} ({} threads){}",
             args.listen,
             args.threads.max(1),
-            args.status.map(|s| format!(", answering {s} to everything")).unwrap_or_default()
+            args.status
+                .map(|s| format!(", answering {s} to everything"))
+                .unwrap_or_default()
         );
         // Small streamed writes must not wait for Nagle.
         use axum::serve::ListenerExt;

@@ -123,6 +123,9 @@ pub struct RawConfig {
     /// Filter chain order; the default chain when absent.
     #[serde(default)]
     pub filters: Option<Vec<String>>,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client's IP (CIDR ranges).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +288,47 @@ pub struct ApiKeyConfig {
     /// Dedicated binding: an account name, or `group:<name>`.
     #[serde(default)]
     pub bind: Option<String>,
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub activate_for: Option<String>,
+    #[serde(default)]
+    pub clients: Vec<filters::policy::ClientSpec>,
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+    #[serde(default)]
+    pub model_blacklist: Vec<String>,
+    #[serde(default)]
+    pub model_allowlist: Option<Vec<String>>,
+    #[serde(default)]
+    pub rate_limit: Option<filters::policy::RateLimitSpec>,
+    #[serde(default)]
+    pub cost_limits: Option<filters::policy::CostLimitsSpec>,
+    #[serde(default)]
+    pub concurrency: Option<filters::policy::ConcurrencySpec>,
+}
+
+impl ApiKeyConfig {
+    /// The key's restrictions in their stored shape.
+    pub fn policy_spec(&self) -> filters::policy::KeyPolicySpec {
+        filters::policy::KeyPolicySpec {
+            permissions: self.permissions.clone(),
+            expires_at: self.expires_at.clone(),
+            activate_for: self.activate_for.clone(),
+            clients: self.clients.clone(),
+            ip_allow: self.ip_allow.clone(),
+            ip_deny: self.ip_deny.clone(),
+            model_blacklist: self.model_blacklist.clone(),
+            model_allowlist: self.model_allowlist.clone(),
+            rate_limit: self.rate_limit.clone(),
+            cost_limits: self.cost_limits.clone(),
+            concurrency: self.concurrency.clone(),
+        }
+    }
 }
 
 /// Account selection, stickiness and failover.
@@ -391,6 +435,23 @@ fn default_true() -> bool {
 
 pub const DEFAULT_ANTHROPIC_BASE: &str = "https://api.anthropic.com";
 
+/// The filter chain when `filters:` is absent. A filter with nothing configured for a key is a
+/// no-op for it.
+/// Built-in filters available in this build (the default chain keeps DEFAULT_FILTERS' order).
+pub const IMPLEMENTED_FILTERS: [&str; 1] = ["key_auth"];
+
+pub const DEFAULT_FILTERS: [&str; 9] = [
+    "key_auth",
+    "permissions",
+    "expiry",
+    "clients",
+    "ip",
+    "models",
+    "rate_limit",
+    "cost_limits",
+    "concurrency",
+];
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -411,6 +472,7 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     pub api_keys: Vec<ApiKeyConfig>,
     pub filters: Vec<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -779,9 +841,29 @@ impl Config {
             }
         }
 
+        for (i, k) in raw.api_keys.iter().enumerate() {
+            filters::policy::KeyPolicy::compile(&k.policy_spec()).map_err(|e| invalid(format!("api_keys[{i}]"), e))?;
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, t) in raw.trusted_proxies.iter().enumerate() {
+            let net = t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        format!("trusted_proxies[{i}]"),
+                        format!("`{t}` is not an IP address or CIDR range"),
+                    )
+                })?;
+            trusted_proxies.push(net);
+        }
         let filters = match raw.filters {
             Some(f) => f,
-            None => vec!["key_auth".to_string()],
+            None => DEFAULT_FILTERS
+                .iter()
+                .filter(|f| IMPLEMENTED_FILTERS.contains(f))
+                .map(|s| s.to_string())
+                .collect(),
         };
 
         let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
@@ -816,6 +898,7 @@ impl Config {
             accounts: raw.accounts,
             api_keys: raw.api_keys,
             filters,
+            trusted_proxies,
         })
     }
 }

@@ -295,6 +295,15 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    // Fail fast, with the key's name, when the port is taken. In an upgrade, wait for the old
+    // process to release it; from then on admin connections wait in the backlog, none is refused.
+    let admin_listener = if upgrade {
+        handover::bind_admin_waiting(config.admin_listen)
+            .context(format!("cannot listen on {} (admin.listen)", config.admin_listen))?
+    } else {
+        check_bindable(config.admin_listen, "admin.listen")?
+    };
+    let admin_handle = admin_listener.try_clone().ok();
 
     let (store, embedded) = store_rt.block_on(open_store(&config, upgrade))?;
     store_rt
@@ -343,7 +352,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         snapshot: snapshot.clone(),
     });
     let chain = filters::Registry::with_builtins()
-        .build(&config.filters, &filters::FilterDeps { keys })
+        .build(
+            &config.filters,
+            &filters::FilterDeps {
+                keys,
+                limits: Arc::new(crate::limits::MemoryLimits::new()),
+            },
+        )
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 
     let relay = Arc::new(Relay {
@@ -373,16 +388,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         snapshot.clone(),
         metrics.clone(),
     ));
-
-    // Fail fast, with the key's name, when the port is taken; in an upgrade, wait for the old
-    // process to release it.
-    let admin_listener = if upgrade {
-        handover::bind_admin_waiting(config.admin_listen)
-            .context(format!("cannot listen on {} (admin.listen)", config.admin_listen))?
-    } else {
-        check_bindable(config.admin_listen, "admin.listen")?
-    };
-    let admin_handle = admin_listener.try_clone().ok();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, RelayProxy(relay), "relay");
     proxy.add_tcp(&config.listen.to_string());

@@ -81,6 +81,7 @@ pub fn build_snapshot(
             name: k.name.as_str().into(),
             enabled: k.enabled,
             bind: k.bind.as_deref().map(Arc::from),
+            policy: Arc::new(filters::policy::KeyPolicy::compile(&k.policy_spec()).unwrap_or_default()),
         });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Config, hint, 0));
@@ -100,6 +101,14 @@ pub fn build_snapshot(
             name: r.name.as_str().into(),
             enabled: r.enabled,
             bind: r.bind.as_deref().map(Arc::from),
+            policy: match filters::policy::KeyPolicy::compile(&r.policy) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    // Never serve a key without the limits it was given.
+                    tracing::error!(key = %r.id, error = %e, "stored key has an invalid policy; skipped");
+                    continue;
+                }
+            },
         });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Admin, r.hint.clone(), r.created_at));

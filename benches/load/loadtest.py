@@ -259,20 +259,39 @@ accounts:
 {lines}"""
 
 
-def start_mock(mock_bin, port, threads, log, extra=()):
+def start_mock(procs, mock_bin, port, threads, log, extra=()):
+    """Starts a mock and waits for it; `procs` gets it first so that it is stopped whatever happens."""
     mock = Proc([mock_bin, "--listen", f"127.0.0.1:{port}", "--threads", str(threads), *extra], log)
+    procs.append(mock)
     wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None,
              f"mock upstream on port {port}", proc=mock.p, log=mock.log)
     return mock
 
 
-def start_relay(relay_bin, conf, relay_url, admin_url, log):
+def start_relay(procs, relay_bin, conf, relay_url, admin_url, log):
     relay = Proc([relay_bin, "--config", conf], log,
                  env=dict(os.environ, RELAY_LOG=os.environ.get("RELAY_LOG", "warn")))
+    procs.append(relay)
     wait_for(lambda: http("GET", relay_url + "/health", timeout=2)[0] == 200, "relay", proc=relay.p, log=log)
     wait_for(lambda: http("GET", admin_url + "/health", timeout=2)[0] in (200, 503), "relay admin",
              proc=relay.p, log=log)
     return relay
+
+
+LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\dT[0-9:.]+)Z")
+
+
+def bursts(times, gap=0.25):
+    """Sizes of the groups of timestamps (seconds) less than `gap` apart: here, the requests
+    refused each time the 429 account came back."""
+    out = []
+    last = None
+    for t in sorted(times):
+        if last is None or t - last >= gap:
+            out.append(0)
+        out[-1] += 1
+        last = t
+    return out
 
 
 def failover_rows(args, tmp, ok_mock_url, procs):
@@ -284,16 +303,15 @@ def failover_rows(args, tmp, ok_mock_url, procs):
     limited_url, ok2_url = f"http://127.0.0.1:{limited_port}", f"http://127.0.0.1:{ok2_port}"
     relay_url, admin_url = f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{admin_port}"
     mocks = {"ok-a": ok_mock_url, "ok-b": ok2_url, "limited": limited_url}
-    procs.append(start_mock(args.mock_bin, ok2_port, args.mock_threads, os.path.join(tmp, "mock-ok-b.log")))
-    procs.append(start_mock(args.mock_bin, limited_port, args.mock_threads, os.path.join(tmp, "mock-429.log"),
-                            ("--status", "429", "--retry-after", "1")))
+    start_mock(procs, args.mock_bin, ok2_port, args.mock_threads, os.path.join(tmp, "mock-ok-b.log"))
+    start_mock(procs, args.mock_bin, limited_port, args.mock_threads, os.path.join(tmp, "mock-429.log"),
+               ("--status", "429", "--retry-after", "1"))
     data = os.path.join(tmp, "data-failover")
     conf = os.path.join(tmp, "relay-failover.yaml")
     with open(conf, "w") as f:
         f.write(relay_config(relay_port, admin_port, data, args.relay_threads, list(mocks.items())))
     relay_log = os.path.join(tmp, "relay-failover.log")
-    relay = start_relay(args.relay_bin, conf, relay_url, admin_url, relay_log)
-    procs.append(relay)
+    relay = start_relay(procs, args.relay_bin, conf, relay_url, admin_url, relay_log)
     log = LogTail(relay_log)
 
     hdr = {"content-type": "application/json", "x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
@@ -317,11 +335,13 @@ def failover_rows(args, tmp, ok_mock_url, procs):
         t1 = cpu_ticks(relay.pid)
         time.sleep(0.5)  # the answers wrk cut off finish and are counted
         after_req = {n: mock_requests(u) for n, u in mocks.items()}
-        marks = refused = 0
-        other = []
+        marks, refused, mark_times, other = 0, 0, [], []
         for l in log.new_lines():
             if "account out of the pool" in l and "limited" in l:
                 marks += 1
+                m = LOG_TIME.search(ANSI.sub("", l))
+                if m:
+                    mark_times.append(datetime.datetime.fromisoformat(m.group(1)).timestamp())
             elif "upstream refused; trying the next account" in l and "limited" in l:
                 refused += 1
             elif "WARN" in l or "ERROR" in l or "panicked" in l:
@@ -333,7 +353,7 @@ def failover_rows(args, tmp, ok_mock_url, procs):
             statuses=delta(relay_statuses(admin_url), before_st),
             mock_reqs={n: (after_req[n] - before_req[n]) if None not in (after_req[n], before_req[n]) else None
                        for n in mocks},
-            marks=marks, refused=refused, other=summarize_log(other)))
+            marks=marks, refused=refused, bursts=bursts(mark_times), other=summarize_log(other)))
         err_n, _ = errors_of(r)
         print(f"  failover       stream={str(stream).lower():5} c={args.failover_conc:<4} "
               f"{r['requests'] / (r['duration_us'] / 1e6):>9.0f} req/s  p50 {fmt_ms(r['p50_us'])} ms  "
@@ -376,11 +396,9 @@ def main():
     procs = []  # stopped in reverse order at the end
     fo_rows = None
     try:
-        mock = start_mock(args.mock_bin, mock_port, args.mock_threads, os.path.join(tmp, "mock.log"))
-        procs.append(mock)
+        mock = start_mock(procs, args.mock_bin, mock_port, args.mock_threads, os.path.join(tmp, "mock.log"))
         relay_log = os.path.join(tmp, "relay.log")
-        relay = start_relay(args.relay_bin, conf, relay_url, admin_url, relay_log)
-        procs.append(relay)
+        relay = start_relay(procs, args.relay_bin, conf, relay_url, admin_url, relay_log)
         log = LogTail(relay_log)
         rss_fresh = status_kb(relay.pid, "VmRSS")
 
@@ -553,9 +571,9 @@ def main():
           f"429 `rate_limit_error` with `retry-after: 1`). Concurrency {args.failover_conc}, {d} s per row.")
         w("")
         w("| stream | conc | req/s | p50 ms | p99 ms | client errors | client non-2xx | relay statuses | "
-          "relay_failovers_total Δ | requests to the 429 mock | per second | cooldowns entered | "
+          "relay_failovers_total Δ | requests to the 429 mock | per second | 429s per return | "
           "requests to ok-a / ok-b | CPU µs/req |")
-        w("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---:|")
+        w("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|---|---:|")
         for row in fo_rows:
             r = row["r"]
             sock = sum(r[k] for k in ("connect", "read", "write", "timeout"))
@@ -568,14 +586,17 @@ def main():
               f"{fmt_int(round(r['requests'] / (r['duration_us'] / 1e6)))} | {fmt_ms(r['p50_us'])} | "
               f"{fmt_ms(r['p99_us'])} | {sock} | {r['status']} | {fmt_statuses(row['statuses'])} | "
               f"{fmt_statuses(row['failovers'])} | {fmt_int(lim) if lim is not None else 'n/a'} | {per_s} | "
-              f"{row['marks']} | {oks} | {cpu} |")
+              f"{', '.join(str(b) for b in row['bursts']) or '–'} | {oks} | {cpu} |")
         w("")
         w("\"client errors\" are wrk's socket errors (connect, read, write, timeout), \"client non-2xx\" the "
           "answers that were not 2xx/3xx: both must be 0, every request the 429 account refused was moved to "
           "another account. \"requests to the 429 mock\" is what that mock answered during the row (its "
-          "`/_mock/stats`), \"cooldowns entered\" the relay's `account out of the pool` log lines for it: each "
-          "429 takes the account out for its `retry-after` (1 s), so it returns about once a second, and the "
-          "requests picked for it before its first 429 comes back all get one.")
+          "`/_mock/stats`). Each 429 takes the account out of the pool for its `retry-after` (1 s), so it comes "
+          "back about once a second, and every request picked for it before its first 429 is back gets one: "
+          "\"429s per return\" are the relay's `account out of the pool` log lines for it, grouped by return "
+          "(lines less than 250 ms apart), in order. The first return of a row is at the row's start: the "
+          "account came back while the relay was idle between rows, and is by far the least used, so the "
+          "burst of requests wrk opens with (up to the concurrency) all pick it before its first 429 is back.")
         others = collections.Counter()
         for row in fo_rows:
             for l, n in row["other"]:
@@ -590,14 +611,15 @@ def main():
             w("```")
         w("")
     if log_notes:
-        w("Relay WARN/ERROR log lines during the measured runs (distinct, with counts):")
+        w("Relay WARN/ERROR log lines during the measured runs above the failover rows (distinct, with counts):")
         w("")
         w("```")
         for l, n in log_notes.most_common(15):
             w(f"{n:>7} × {l}")
         w("```")
     else:
-        w("The relay logged no WARN/ERROR lines during the measured runs.")
+        w("The relay logged no WARN/ERROR lines during the measured runs"
+          + (" (the rows above the failover rows)." if fo_rows is not None else "."))
     w("")
     text = "\n".join(out)
     print(text)

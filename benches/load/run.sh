@@ -3,6 +3,7 @@
 #   benches/load/run.sh [loadtest.py options, e.g. --duration 3 --concurrency 1,50 --keep]
 # Builds the release relay and the mock, installs wrk (Debian package) when it is missing, then runs
 # loadtest.py, which prints a Markdown report and writes it to benches/load/last-run.md.
+# The failover row (three accounts, one answering 429) is on; --no-failover-row leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -24,4 +25,4 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec python3 benches/load/loadtest.py \
     --relay-bin "$TARGET_DIR/release/claude-relay" \
     --mock-bin "$TARGET_DIR/release/examples/mock_upstream" \
-    --out benches/load/last-run.md "$@"
+    --out benches/load/last-run.md --failover-row "$@"

@@ -25,6 +25,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub mod policy;
+
 /// A client key as the filters see it: the runtime form of a stored key record.
 #[derive(Debug, Clone)]
 pub struct ClientKey {
@@ -34,6 +36,8 @@ pub struct ClientKey {
     /// Dedicated binding: an account name or `group:<name>`; the scheduler serves the key only
     /// from there.
     pub bind: Option<Arc<str>>,
+    /// Restrictions and limits.
+    pub policy: Arc<policy::KeyPolicy>,
 }
 
 /// Finds the client key a caller presented. Implemented by the relay over its in-memory snapshot.
@@ -126,6 +130,33 @@ pub struct CompletionContext<'a> {
     pub facts: Option<&'a RequestFacts>,
     /// The status sent to the client (0 when nothing was sent).
     pub status: u16,
+    /// All tokens of the request (input, output, cache reads and writes).
+    pub tokens: u64,
+    /// Its cost in nano-USD (0 when unknown).
+    pub cost_nanos: u64,
+}
+
+/// What the limit filters keep their counters in: the store shared by every instance (one round
+/// trip per admission) or memory for a single instance.
+#[async_trait]
+pub trait LimitBackend: Send + Sync {
+    /// Checks and reserves, atomically and in one round trip, every rate window, spend cap and
+    /// concurrency slot of the key's policy; `holder` names the concurrency slot to take.
+    async fn admit(&self, key: &ClientKey, holder: &str, now_ms: i64) -> Result<Admission, String>;
+    /// Adds a finished request's tokens and cost to the key's windows and spend.
+    async fn charge(&self, key: &ClientKey, tokens: u64, cost_nanos: u64, now_ms: i64) -> Result<(), String>;
+    /// Frees the key's concurrency slot held by `holder`.
+    async fn release(&self, key_id: &str, holder: &str) -> Result<(), String>;
+    /// Records the first use of an activation-mode key; returns when it was activated (Unix s),
+    /// the same on every instance.
+    async fn activate(&self, key_id: &str, now_s: i64) -> Result<i64, String>;
+}
+
+/// The answer of [`LimitBackend::admit`].
+#[derive(Debug, Clone)]
+pub enum Admission {
+    Admitted,
+    Refused(Rejection),
 }
 
 #[async_trait]
@@ -193,6 +224,7 @@ impl Chain {
 #[derive(Clone)]
 pub struct FilterDeps {
     pub keys: Arc<dyn KeyDirectory>,
+    pub limits: Arc<dyn LimitBackend>,
 }
 
 type Factory = Box<dyn Fn(&FilterDeps) -> Result<Arc<dyn Filter>, String> + Send + Sync>;

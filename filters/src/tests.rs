@@ -7,20 +7,40 @@ impl KeyDirectory for Dir {
     }
 }
 
+struct NoLimits;
+#[async_trait]
+impl LimitBackend for NoLimits {
+    async fn admit(&self, _: &ClientKey, _: &str, _: i64) -> Result<Admission, String> {
+        Ok(Admission::Admitted)
+    }
+    async fn charge(&self, _: &ClientKey, _: u64, _: u64, _: i64) -> Result<(), String> {
+        Ok(())
+    }
+    async fn release(&self, _: &str, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    async fn activate(&self, _: &str, now_s: i64) -> Result<i64, String> {
+        Ok(now_s)
+    }
+}
+
 fn deps() -> FilterDeps {
     FilterDeps {
+        limits: Arc::new(NoLimits),
         keys: Arc::new(Dir(vec![
             ClientKey {
                 id: "good".into(),
                 name: "a".into(),
                 enabled: true,
                 bind: None,
+                policy: Default::default(),
             },
             ClientKey {
                 id: "off".into(),
                 name: "b".into(),
                 enabled: false,
                 bind: None,
+                policy: Default::default(),
             },
         ])),
     }

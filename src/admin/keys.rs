@@ -147,6 +147,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
         hint: secrets::mask(&plaintext),
         enabled: req.enabled.unwrap_or(true),
         bind,
+        policy: Default::default(),
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use filters::{Chain, ClientKey, FilterContext};
+use filters::{Chain, ClientKey, CompletionContext, FilterContext, RequestFacts};
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
@@ -74,6 +74,8 @@ pub struct RequestCtx {
     settle: Option<settle::Settle>,
     holds: Vec<Box<dyn Any + Send + Sync>>,
     in_flight: Option<InFlight>,
+    /// The body's facts, once parsed.
+    facts: Option<RequestFacts>,
     /// A sticky-session binding to save when the current attempt commits a successful answer.
     pending_sticky: Option<(String, Arc<str>, Duration)>,
 }
@@ -98,6 +100,7 @@ impl RequestCtx {
             settle: None,
             holds: Vec::new(),
             in_flight: None,
+            facts: None,
             pending_sticky: None,
         }
     }
@@ -184,7 +187,7 @@ impl RelayProxy {
                 route: route.info(),
                 headers: &req.headers,
                 query: req.uri.query(),
-                client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                client_ip: client_ip(session, &relay.config.trusted_proxies),
                 key: None,
                 facts: None,
                 holds: &mut ctx.holds,
@@ -218,7 +221,7 @@ impl RelayProxy {
                 route: route.info(),
                 headers: &req.headers,
                 query: req.uri.query(),
-                client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                client_ip: client_ip(session, &relay.config.trusted_proxies),
                 key: ctx.key.clone(),
                 facts: Some(&parsed.facts),
                 holds: &mut ctx.holds,
@@ -241,6 +244,7 @@ impl RelayProxy {
                 parsed.facts.model.clone().unwrap_or_default(),
             ));
         }
+        ctx.facts = Some(parsed.facts.clone());
         dispatch::run(relay, session, ctx, body, &parsed).await
     }
 }
@@ -379,11 +383,52 @@ impl ProxyHttp for RelayProxy {
         m.overhead
             .with_label_values(&[endpoint])
             .observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
-        // Settle now rather than whenever the context is dropped.
+        // Completion filters (charging limits) see the usage and cost, then the request settles.
+        if let Some(route) = ctx.route
+            && ctx.key.is_some()
+        {
+            let (tokens, cost) = match &ctx.settle {
+                Some(s) => (
+                    s.usage.total_input().saturating_add(s.usage.output),
+                    s.cost_nanos().unwrap_or(0),
+                ),
+                None => (0, 0),
+            };
+            let cx = CompletionContext {
+                route: route.info(),
+                key: ctx.key.as_ref(),
+                facts: ctx.facts.as_ref(),
+                status,
+                tokens,
+                cost_nanos: cost,
+            };
+            self.0.chain.run_complete(&cx).await;
+        }
         ctx.settle.take();
         ctx.holds.clear();
         ctx.in_flight.take();
     }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest untrusted
+/// address in `X-Forwarded-For` (read right to left, so a client cannot forge its way in).
+fn client_ip(session: &Session, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())?;
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return Some(peer);
+    }
+    let mut found = peer;
+    for value in session.req_header().headers.get_all("x-forwarded-for") {
+        let Ok(v) = value.to_str() else { return Some(found) };
+        for hop in v.rsplit(',') {
+            match hop.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if trusted.iter().any(|n| n.contains(&ip)) => found = ip,
+                Ok(ip) => return Some(ip),
+                Err(_) => return Some(found),
+            }
+        }
+    }
+    Some(found)
 }
 
 pub(crate) fn status_label(s: u16) -> &'static str {

@@ -46,6 +46,14 @@ impl Settle {
     }
 }
 
+impl Settle {
+    /// The cost of the usage seen so far (`None` when the model has no price).
+    pub fn cost_nanos(&self) -> Option<u64> {
+        let model = self.upstream_model.as_deref().unwrap_or(&self.requested_model);
+        self.pricing.cost_nanos(model, &self.usage)
+    }
+}
+
 impl Drop for Settle {
     fn drop(&mut self) {
         let model: Arc<str> = self.upstream_model.as_deref().unwrap_or(&self.requested_model).into();

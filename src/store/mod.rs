@@ -56,6 +56,9 @@ pub struct ApiKeyRecord {
     /// Dedicated binding: an account name or `group:<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
+    /// Restrictions and limits.
+    #[serde(default, skip_serializing_if = "filters::policy::KeyPolicySpec::is_empty")]
+    pub policy: filters::policy::KeyPolicySpec,
     /// Unix seconds.
     pub created_at: i64,
     /// Fields added by later features are kept here verbatim so older and newer relays can share one
