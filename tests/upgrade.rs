@@ -436,3 +436,24 @@ async fn upgrade_script_hands_over_and_the_new_process_becomes_systemds_main_pro
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn upgrade_socket_path_defaults_under_the_data_dir_and_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("relay.yaml");
+    let run = |yaml: &str, cmd: &str| {
+        std::fs::write(&conf, yaml).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_claude-relay"))
+            .args(["--config", conf.to_str().unwrap(), cmd])
+            .output()
+            .unwrap()
+    };
+    let out = run("data_dir: /srv/relay\n", "paths");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("upgrade_sock=/srv/relay/upgrade.sock\n"), "{text}");
+    assert!(text.contains("pid_file=/srv/relay/claude-relay.pid\n"), "{text}");
+    let out = run(&format!("upgrade_sock: /{}/u.sock\n", "x".repeat(110)), "check-config");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upgrade_sock"));
+}

@@ -591,12 +591,13 @@ def main():
         w("\"client errors\" are wrk's socket errors (connect, read, write, timeout), \"client non-2xx\" the "
           "answers that were not 2xx/3xx: both must be 0, every request the 429 account refused was moved to "
           "another account. \"requests to the 429 mock\" is what that mock answered during the row (its "
-          "`/_mock/stats`). Each 429 takes the account out of the pool for its `retry-after` (1 s), so it comes "
-          "back about once a second, and every request picked for it before its first 429 is back gets one: "
-          "\"429s per return\" are the relay's `account out of the pool` log lines for it, grouped by return "
-          "(lines less than 250 ms apart), in order. The first return of a row is at the row's start: the "
-          "account came back while the relay was idle between rows, and is by far the least used, so the "
-          "burst of requests wrk opens with (up to the concurrency) all pick it before its first 429 is back.")
+          "`/_mock/stats`); `relay_failovers_total` should count the same 429s. Each 429 takes the account out "
+          "of the pool for its `retry-after` (1 s), so it comes back about once a second, and every request "
+          "picked for it before its first 429 is back gets one: \"429s per return\" are the relay's "
+          "`account out of the pool` log lines for it, grouped by return (lines less than 250 ms apart), in "
+          "order. The scheduler picks the least used account, and after a second out of the pool the returning "
+          "one is the least used by thousands of picks, so it takes every pick until its first 429 lands: a "
+          "return costs about the picks of one upstream round trip, at most the concurrency.")
         others = collections.Counter()
         for row in fo_rows:
             for l, n in row["other"]:

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub mod builtin_policy;
 pub mod policy;
 
 /// A client key as the filters see it: the runtime form of a stored key record.
@@ -246,6 +247,7 @@ impl Registry {
         r.register("key_auth", |deps| {
             Ok(Arc::new(KeyAuth::new(deps.keys.clone())) as Arc<dyn Filter>)
         });
+        builtin_policy::register(&mut r);
         r
     }
 

@@ -332,6 +332,11 @@ impl ProxyHttp for RelayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
+        // While handing the listeners to a new process, answer with `Connection: close` so
+        // clients move their keep-alive connections over before this process stops.
+        if crate::server::draining() {
+            session.set_keepalive(None);
+        }
         self.handle(session, ctx).await?;
         Ok(true)
     }
