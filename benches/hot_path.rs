@@ -103,7 +103,13 @@ fn filter_chain(c: &mut Criterion) {
         let (keys, stored_hit) = directory(n);
         let keys: Arc<dyn KeyDirectory> = Arc::new(keys);
         let chain = filters::Registry::with_builtins()
-            .build(&["key_auth".to_string()], &FilterDeps { keys, limits: Arc::new(claude_relay::limits::MemoryLimits::new()) })
+            .build(
+                &["key_auth".to_string()],
+                &FilterDeps {
+                    keys,
+                    limits: Arc::new(claude_relay::limits::MemoryLimits::new()),
+                },
+            )
             .expect("key_auth chain builds");
 
         // Headers as Claude Code sends them (the ones that matter here plus typical company).
