@@ -438,7 +438,17 @@ pub const DEFAULT_ANTHROPIC_BASE: &str = "https://api.anthropic.com";
 /// The filter chain when `filters:` is absent. A filter with nothing configured for a key is a
 /// no-op for it.
 /// Built-in filters available in this build (the default chain keeps DEFAULT_FILTERS' order).
-pub const IMPLEMENTED_FILTERS: [&str; 6] = ["key_auth", "permissions", "expiry", "clients", "ip", "models"];
+pub const IMPLEMENTED_FILTERS: [&str; 9] = [
+    "key_auth",
+    "permissions",
+    "expiry",
+    "clients",
+    "ip",
+    "models",
+    "rate_limit",
+    "cost_limits",
+    "concurrency",
+];
 
 pub const DEFAULT_FILTERS: [&str; 9] = [
     "key_auth",

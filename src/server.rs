@@ -351,14 +351,29 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         secrets: secrets.clone(),
         snapshot: snapshot.clone(),
     });
+    // Key limits live where the store is: in Redis when instances share it, else in memory.
+    let limits: Arc<dyn filters::LimitBackend> = match config.store.backend {
+        StoreBackend::Redis => {
+            let ttl =
+                crate::limits::redis::lease_ttl_from_env(&|k| std::env::var(k).ok()).map_err(anyhow_lite::Error)?;
+            let url = config.store.url.clone().unwrap_or_default();
+            let redis_limits = Arc::new(
+                store_rt
+                    .block_on(crate::limits::redis::RedisLimits::connect(
+                        &url,
+                        &config.store.prefix,
+                        store.clone(),
+                        ttl,
+                    ))
+                    .context("cannot connect to Redis for the key limits (store.url)")?,
+            );
+            store_rt.spawn(redis_limits.clone().renew_forever());
+            redis_limits
+        }
+        StoreBackend::Embedded => Arc::new(crate::limits::MemoryLimits::with_store(store.clone())),
+    };
     let chain = filters::Registry::with_builtins()
-        .build(
-            &config.filters,
-            &filters::FilterDeps {
-                keys,
-                limits: Arc::new(crate::limits::MemoryLimits::new()),
-            },
-        )
+        .build(&config.filters, &filters::FilterDeps { keys, limits })
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 
     let relay = Arc::new(Relay {

@@ -30,12 +30,16 @@ fn client() -> reqwest::Client {
 /// The relay with one account on `mock`, the given `api_keys:` entries (YAML flow maps, one a
 /// line, without the leading `- `) and more config.
 async fn relay(mock: &MockUpstream, keys: &[&str], extra: &str) -> RelayProcess {
+    RelayProcess::start(&config(mock, keys, extra)).await
+}
+
+fn config(mock: &MockUpstream, keys: &[&str], extra: &str) -> String {
     let mut yaml = format!("accounts:\n{}api_keys:\n", account_yaml("main", &mock.url(), ""));
     for k in keys {
         yaml.push_str(&format!("  - {k}\n"));
     }
     yaml.push_str(extra);
-    RelayProcess::start(&yaml).await
+    yaml
 }
 
 /// `- { name: NAME, key: <its key>, REST }`
@@ -164,6 +168,24 @@ async fn activation_on_first_use() {
     // Each key has its own first use.
     assert_passes(send(&relay, "later", &[], BODY).await).await;
     assert_eq!(rejections(&relay, "expired_key").await, 1);
+}
+
+#[tokio::test]
+#[ignore = "the embedded limit backend keeps first-use times in memory only (src/limits/memory.rs)"]
+async fn activation_survives_a_restart_on_the_embedded_store() {
+    let mock = MockUpstream::start().await;
+    let trial = key_line("trial", "activate_for: 2s");
+    let yaml = config(&mock, &[&trial], "");
+    let mut first = RelayProcess::start(&yaml).await;
+    assert_passes(send(&first, "trial", &[], BODY).await).await;
+    first.stop();
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().unwrap());
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Same data directory, new process: the first use is remembered, so the key has expired.
+    let second = RelayProcess::start_in(dir, &yaml, &[]).await;
+    assert_refused(send(&second, "trial", &[], BODY).await, 401, "authentication_error").await;
+    assert_eq!(mock.hits(), 1);
 }
 
 #[tokio::test]

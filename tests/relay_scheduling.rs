@@ -332,8 +332,10 @@ async fn sticky_sessions_and_account_health_are_shared_through_redis() {
     // An account put out of the pool by one instance is out on the other.
     let (bad, good) = if on_a { (&a, &b) } else { (&b, &a) };
     bad.set_status(Some(529));
-    assert_eq!(send(&one, ALICE, BODY, None).await.0, 200);
+    // The session is stuck to `bad`, so this request meets the refusal and fails over.
+    assert_eq!(send(&one, ALICE, BODY, Some("shared-session")).await.0, 200);
     let bad_hits = bad.hits();
+    assert_eq!(bad_hits, 5, "the refusing account was tried first");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let good_before = good.hits();
     for _ in 0..3 {

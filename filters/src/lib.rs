@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+mod builtin_limits;
 pub mod builtin_policy;
 pub mod policy;
 
@@ -248,6 +249,7 @@ impl Registry {
             Ok(Arc::new(KeyAuth::new(deps.keys.clone())) as Arc<dyn Filter>)
         });
         builtin_policy::register(&mut r);
+        builtin_limits::register(&mut r);
         r
     }
 

@@ -7,6 +7,12 @@
 //!
 //! Answers never contain a key's hash or plaintext (except that one creation answer): only its
 //! non-secret hint.
+//!
+//! A key's restrictions and limits are top-level fields of its JSON with the names of `relay.yaml`
+//! (`permissions`, `expires_at`, `activate_for`, `clients`, `ip_allow`, `ip_deny`,
+//! `model_blacklist`, `model_allowlist`, `rate_limit`, `cost_limits`, `concurrency`); fields that
+//! are not set are absent. On update each given field is replaced whole, and `null` removes it.
+//! Every write is checked with [`KeyPolicy::compile`]; a bad value is a 400 that names the field.
 
 use std::collections::BTreeMap;
 
@@ -15,12 +21,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use filters::policy::{KeyPolicy, KeyPolicySpec};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::routes::{
-    ApiError, authenticate, conflict, json_body, not_found, read_only, store_error, valid_name, write,
+    ApiError, authenticate, bad_request, conflict, json_body, not_found, read_only, store_error, valid_name, write,
 };
 use super::scheduling::valid_bind;
 use crate::config::ApiKeyConfig;
@@ -55,10 +63,63 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     T::deserialize(d).map(Some)
 }
 
+/// The fields of a key's own (not of its policy) in request bodies.
+const KEY_FIELDS: [&str; 3] = ["name", "enabled", "bind"];
+
+/// A JSON object's fields.
+type Fields = Map<String, Value>;
+
+/// Splits a request body into the key's own fields and its policy fields.
+fn split_body(body: &Bytes) -> Result<(Fields, Fields), ApiError> {
+    let all: Map<String, Value> = json_body(body)?;
+    Ok(all.into_iter().partition(|(k, _)| KEY_FIELDS.contains(&k.as_str())))
+}
+
+/// Reads a JSON value into `T`, answering 400 with the path of the offending field.
+fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            bad_request(format!("invalid body: {inner}"))
+        } else {
+            bad_request(format!("invalid body at `{path}`: {inner}"))
+        }
+    })
+}
+
+/// A policy from its fields (`null` ones are absent), checked as the relay will compile it.
+fn valid_policy(mut fields: Map<String, Value>) -> Result<KeyPolicySpec, ApiError> {
+    fields.retain(|_, v| !v.is_null());
+    let spec: KeyPolicySpec = from_value(Value::Object(fields))?;
+    KeyPolicy::compile(&spec).map_err(bad_request)?;
+    Ok(spec)
+}
+
+/// `current` with the fields of `patch` replaced (`null` removes one).
+fn patched_policy(current: &KeyPolicySpec, patch: &Map<String, Value>) -> Result<KeyPolicySpec, ApiError> {
+    let mut fields = match serde_json::to_value(current) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    for (k, v) in patch {
+        fields.insert(k.clone(), v.clone());
+    }
+    valid_policy(fields)
+}
+
+/// Adds the policy fields to a key's view, top level.
+fn with_policy(mut view: Value, spec: &KeyPolicySpec) -> Value {
+    if let (Some(v), Ok(Value::Object(p))) = (view.as_object_mut(), serde_json::to_value(spec)) {
+        v.extend(p);
+    }
+    view
+}
+
 fn config_view(k: &ApiKeyConfig, last_used: &BTreeMap<String, i64>) -> Value {
     let id = config_id(&k.name);
     let hint = k.key.as_deref().map(secrets::mask).unwrap_or_else(|| "(hash)".into());
-    json!({
+    let view = json!({
         "id": id,
         "name": k.name,
         "hint": hint,
@@ -67,11 +128,12 @@ fn config_view(k: &ApiKeyConfig, last_used: &BTreeMap<String, i64>) -> Value {
         "source": "config",
         "created_at": null,
         "last_used_at": last_used.get(&id),
-    })
+    });
+    with_policy(view, &k.policy_spec())
 }
 
 fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
-    json!({
+    let view = json!({
         "id": r.id,
         "name": r.name,
         "hint": r.hint,
@@ -80,7 +142,8 @@ fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
         "source": "admin",
         "created_at": r.created_at,
         "last_used_at": last_used.get(&r.id),
-    })
+    });
+    with_policy(view, &r.policy)
 }
 
 fn config_key<'a>(state: &'a AdminState, id: &str) -> Option<&'a ApiKeyConfig> {
@@ -136,7 +199,9 @@ pub async fn get(
 
 pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
-    let req: CreateKey = json_body(&body)?;
+    let (own, policy) = split_body(&body)?;
+    let req: CreateKey = from_value(Value::Object(own))?;
+    let policy = valid_policy(policy)?;
     let name = valid_name(&req.name)?;
     let bind = req.bind.as_deref().map(valid_bind).transpose()?;
     let plaintext = secrets::generate_client_key();
@@ -147,7 +212,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
         hint: secrets::mask(&plaintext),
         enabled: req.enabled.unwrap_or(true),
         bind,
-        policy: Default::default(),
+        policy,
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };
@@ -173,8 +238,13 @@ pub async fn update(
     if config_key(&state, &id).is_some() {
         return Err(read_only("key", &id));
     }
-    let req: UpdateKey = json_body(&body)?;
+    let (own, policy_patch) = split_body(&body)?;
+    let req: UpdateKey = from_value(Value::Object(own))?;
     let name = req.name.as_deref().map(valid_name).transpose()?;
+    // The patch's own shape is checked before the store is read.
+    let mut shape = policy_patch.clone();
+    shape.retain(|_, v| !v.is_null());
+    let _: KeyPolicySpec = from_value(Value::Object(shape))?;
     let bind = match req.bind {
         Some(Some(b)) => Some(Some(valid_bind(&b)?)),
         Some(None) => Some(None),
@@ -196,6 +266,9 @@ pub async fn update(
         }
         if let Some(bind) = bind {
             r.bind = bind;
+        }
+        if !policy_patch.is_empty() {
+            r.policy = patched_policy(&r.policy, &policy_patch)?;
         }
         st.store.put_api_key(&r).await.map_err(store_error)?;
         Ok(r)

@@ -1,13 +1,16 @@
 //! Limits for one instance (the embedded backend): exact within the process.
+//!
+//! A concurrency slot is held until its guard releases it; there is no expiry, since a guard in
+//! this process always runs (completion, disconnect, error, panic) and a crashed process takes its
+//! slots with it.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use filters::{Admission, ClientKey, LimitBackend, RejectKind, Rejection};
+use filters::{Admission, ClientKey, LimitBackend};
 
-use super::{day_start, week_start, window_bounds};
+use super::{Refusal, SpendSeed, SpendSeeds, day_start, week_start, window_bounds};
 
 #[derive(Default)]
 struct Counters {
@@ -15,31 +18,58 @@ struct Counters {
     requests: u64,
     tokens: u64,
     cost: u64,
+    /// (period start, spend) in Unix s and nano-USD.
     day: (i64, u64),
     week: (i64, u64),
     total: u64,
-    slots: HashMap<String, Instant>,
+    slots: HashSet<String>,
+}
+
+impl Counters {
+    /// Starts new day and week periods when `now_s` left the current ones.
+    fn roll(&mut self, now_s: i64, reset: (u32, u32)) {
+        let day = day_start(now_s);
+        if self.day.0 != day {
+            self.day = (day, 0);
+        }
+        let week = week_start(now_s, reset.0, reset.1);
+        if self.week.0 != week {
+            self.week = (week, 0);
+        }
+    }
+
+    /// Raises the spend to at least what the statistics recorded.
+    fn seed(&mut self, s: &SpendSeed) {
+        if self.day.0 == s.day_start {
+            self.day.1 = self.day.1.max(s.day);
+        }
+        if self.week.0 == s.week_start {
+            self.week.1 = self.week.1.max(s.week);
+        }
+        self.total = self.total.max(s.total);
+    }
 }
 
 #[derive(Default)]
 pub struct MemoryLimits {
-    keys: Mutex<HashMap<String, Counters>>,
+    keys: Mutex<HashMap<Arc<str>, Counters>>,
     activations: Mutex<HashMap<String, i64>>,
+    seeds: Option<SpendSeeds>,
 }
 
 impl MemoryLimits {
+    /// Limits that start from zero (benches, tests).
     pub fn new() -> Self {
         Self::default()
     }
-}
 
-/// How long a concurrency slot lives without release (a crashed request cannot hold it forever).
-const SLOT_TTL: Duration = Duration::from_secs(600);
-
-fn refuse(status: u16, kind: RejectKind, reason: &'static str, message: String, retry_after: Option<u64>) -> Admission {
-    let mut r = Rejection::new(status, kind, reason, message);
-    r.retry_after = retry_after;
-    Admission::Refused(r)
+    /// Limits whose spend caps start from the spend recorded in `store`'s usage statistics.
+    pub fn with_store(store: Arc<dyn crate::store::Store>) -> Self {
+        MemoryLimits {
+            seeds: Some(SpendSeeds::new(store)),
+            ..Self::default()
+        }
+    }
 }
 
 #[async_trait]
@@ -49,46 +79,26 @@ impl LimitBackend for MemoryLimits {
         if p.rate_limit.is_none() && p.cost_limits.is_none() && p.concurrency.is_none() {
             return Ok(Admission::Admitted);
         }
-        let now_s = now_ms / 1000;
+        let now_s = now_ms.div_euclid(1000);
+        let seed = match (&self.seeds, &p.cost_limits) {
+            (Some(seeds), Some(caps)) => seeds.get(&key.id, caps, now_s).await,
+            _ => None,
+        };
         let mut map = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let c = map.entry(key.id.to_string()).or_default();
+        let c = map.entry(key.id.clone()).or_default();
         if let Some(cl) = &p.cost_limits {
-            let day = day_start(now_s);
-            if c.day.0 != day {
-                c.day = (day, 0);
-            }
-            let week = week_start(now_s, cl.weekly_reset.0, cl.weekly_reset.1);
-            if c.week.0 != week {
-                c.week = (week, 0);
+            c.roll(now_s, cl.weekly_reset);
+            if let Some(s) = &seed {
+                c.seed(s);
             }
             if cl.total_nanos.is_some_and(|cap| c.total >= cap) {
-                return Ok(refuse(
-                    402,
-                    RejectKind::Billing,
-                    "total_cost_limit",
-                    "Total cost limit reached".into(),
-                    None,
-                ));
+                return Ok(Refusal::Total.admission(None));
             }
             if cl.daily_nanos.is_some_and(|cap| c.day.1 >= cap) {
-                let wait = (day + 86_400 - now_s).max(1) as u64;
-                return Ok(refuse(
-                    402,
-                    RejectKind::Billing,
-                    "daily_cost_limit",
-                    "Daily cost limit reached".into(),
-                    Some(wait),
-                ));
+                return Ok(Refusal::Daily.admission(Some((c.day.0 + 86_400 - now_s) as u64)));
             }
             if cl.weekly_nanos.is_some_and(|cap| c.week.1 >= cap) {
-                let wait = (week + 7 * 86_400 - now_s).max(1) as u64;
-                return Ok(refuse(
-                    402,
-                    RejectKind::Billing,
-                    "weekly_cost_limit",
-                    "Weekly cost limit reached".into(),
-                    Some(wait),
-                ));
+                return Ok(Refusal::Weekly.admission(Some((c.week.0 + 7 * 86_400 - now_s) as u64)));
             }
         }
         if let Some(rl) = &p.rate_limit {
@@ -96,33 +106,18 @@ impl LimitBackend for MemoryLimits {
             if c.window_start != start {
                 (c.window_start, c.requests, c.tokens, c.cost) = (start, 0, 0, 0);
             }
-            let wait = ((end - now_ms) as u64).div_ceil(1000).max(1);
             let over = rl.requests.is_some_and(|l| c.requests >= l)
                 || rl.tokens.is_some_and(|l| c.tokens >= l)
                 || rl.cost_nanos.is_some_and(|l| c.cost >= l);
             if over {
-                return Ok(refuse(
-                    429,
-                    RejectKind::RateLimited,
-                    "rate_limit",
-                    "Rate limit reached for this key".into(),
-                    Some(wait),
-                ));
+                return Ok(Refusal::Rate.admission(Some(((end - now_ms) as u64).div_ceil(1000))));
             }
         }
         if let Some(cc) = &p.concurrency {
-            let now = Instant::now();
-            c.slots.retain(|_, exp| *exp > now);
-            if c.slots.len() >= cc.limit as usize && !c.slots.contains_key(holder) {
-                return Ok(refuse(
-                    429,
-                    RejectKind::RateLimited,
-                    "concurrency_limit",
-                    "Too many requests in flight for this key".into(),
-                    Some(1),
-                ));
+            if c.slots.len() >= cc.limit as usize && !c.slots.contains(holder) {
+                return Ok(Refusal::Concurrency.admission(Some(1)));
             }
-            c.slots.insert(holder.to_string(), now + SLOT_TTL);
+            c.slots.insert(holder.to_string());
         }
         if p.rate_limit.is_some() {
             c.requests += 1;
@@ -135,28 +130,21 @@ impl LimitBackend for MemoryLimits {
         if p.rate_limit.is_none() && p.cost_limits.is_none() {
             return Ok(());
         }
-        let now_s = now_ms / 1000;
+        let now_s = now_ms.div_euclid(1000);
         let mut map = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let c = map.entry(key.id.to_string()).or_default();
+        let c = map.entry(key.id.clone()).or_default();
         if let Some(rl) = &p.rate_limit {
             let (start, _) = window_bounds(now_ms, rl.window.as_millis() as i64);
             if c.window_start == start {
-                c.tokens += tokens;
-                c.cost += cost_nanos;
+                c.tokens = c.tokens.saturating_add(tokens);
+                c.cost = c.cost.saturating_add(cost_nanos);
             }
         }
         if let Some(cl) = &p.cost_limits {
-            let day = day_start(now_s);
-            if c.day.0 != day {
-                c.day = (day, 0);
-            }
-            let week = week_start(now_s, cl.weekly_reset.0, cl.weekly_reset.1);
-            if c.week.0 != week {
-                c.week = (week, 0);
-            }
-            c.day.1 += cost_nanos;
-            c.week.1 += cost_nanos;
-            c.total += cost_nanos;
+            c.roll(now_s, cl.weekly_reset);
+            c.day.1 = c.day.1.saturating_add(cost_nanos);
+            c.week.1 = c.week.1.saturating_add(cost_nanos);
+            c.total = c.total.saturating_add(cost_nanos);
         }
         Ok(())
     }
@@ -175,5 +163,72 @@ impl LimitBackend for MemoryLimits {
             .unwrap_or_else(|e| e.into_inner())
             .entry(key_id.to_string())
             .or_insert(now_s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filters::policy::{KeyPolicy, KeyPolicySpec};
+
+    fn key(spec: &str) -> ClientKey {
+        let spec: KeyPolicySpec = serde_json::from_str(spec).unwrap();
+        ClientKey {
+            id: "k".into(),
+            name: "k".into(),
+            enabled: true,
+            bind: None,
+            policy: Arc::new(KeyPolicy::compile(&spec).unwrap()),
+        }
+    }
+
+    fn refused(a: &Admission) -> Option<(u16, &'static str, Option<u64>)> {
+        match a {
+            Admission::Admitted => None,
+            Admission::Refused(r) => Some((r.status, r.reason, r.retry_after)),
+        }
+    }
+
+    const T0: i64 = 1_800_000_000_000; // a multiple of 60 s
+
+    #[tokio::test]
+    async fn windows_caps_and_slots() {
+        let m = MemoryLimits::new();
+        let k = key(r#"{"rate_limit":{"window_minutes":1,"requests":2,"tokens":100}}"#);
+        assert!(refused(&m.admit(&k, "", T0).await.unwrap()).is_none());
+        assert!(refused(&m.admit(&k, "", T0 + 1).await.unwrap()).is_none());
+        assert_eq!(
+            refused(&m.admit(&k, "", T0 + 20_500).await.unwrap()),
+            Some((429, "rate_limit", Some(40)))
+        );
+        assert!(refused(&m.admit(&k, "", T0 + 60_000).await.unwrap()).is_none());
+        m.charge(&k, 100, 0, T0 + 60_001).await.unwrap();
+        assert_eq!(
+            refused(&m.admit(&k, "", T0 + 60_002).await.unwrap()).map(|r| r.1),
+            Some("rate_limit")
+        );
+
+        let k = key(r#"{"cost_limits":{"daily_usd":1,"total_usd":3}}"#);
+        assert!(refused(&m.admit(&k, "", T0).await.unwrap()).is_none());
+        m.charge(&k, 1, 1_000_000_000, T0).await.unwrap();
+        assert_eq!(
+            refused(&m.admit(&k, "", T0).await.unwrap()).map(|r| (r.0, r.1)),
+            Some((402, "daily_cost_limit"))
+        );
+        // The next day starts from zero; the total stays.
+        m.charge(&k, 1, 2_000_000_000, T0 + 86_400_000).await.unwrap();
+        assert_eq!(
+            refused(&m.admit(&k, "", T0 + 86_400_000).await.unwrap()),
+            Some((402, "total_cost_limit", None))
+        );
+
+        let k = key(r#"{"concurrency":{"limit":1}}"#);
+        assert!(refused(&m.admit(&k, "a", T0).await.unwrap()).is_none());
+        assert_eq!(
+            refused(&m.admit(&k, "b", T0).await.unwrap()),
+            Some((429, "concurrency_limit", Some(1)))
+        );
+        m.release("k", "a").await.unwrap();
+        assert!(refused(&m.admit(&k, "b", T0).await.unwrap()).is_none());
     }
 }

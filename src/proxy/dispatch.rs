@@ -222,12 +222,15 @@ impl Drop for InFlightOn {
 /// Takes an account out of the pool here at once, and everywhere through the store.
 fn mark_account(relay: &Relay, account: &Account, health: AccountHealth) {
     tracing::warn!(account = %account.name, state = ?health.state, reason = %health.reason, until = ?health.until, "account out of the pool");
-    account.rt.set_health(Some(health.clone()));
+    relay.scheduler.set_health_pending(account, health.clone());
     let coord = relay.coord.clone();
     let store = relay.store.clone();
+    let scheduler = relay.scheduler.clone();
     let id = account.id.clone();
     tokio::spawn(async move {
-        if let Err(e) = coord.put_account_health(&id, &health).await {
+        let saved = coord.put_account_health(&id, &health).await;
+        scheduler.health_saved(&id);
+        if let Err(e) = saved {
             tracing::warn!(error = %e, "saving account health failed");
             return;
         }

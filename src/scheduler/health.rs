@@ -97,6 +97,7 @@ impl AccountRuntime {
     }
 
     /// Whether the account may take a request for `model` now.
+    #[inline]
     pub fn available(&self, model: &str, now_ms: i64, quota_nanos: Option<u64>) -> bool {
         if self.blocked_until_ms.load(Ordering::Relaxed) > now_ms {
             return false;
@@ -267,11 +268,14 @@ pub fn classify(
     }
 }
 
+/// The reason recorded for connection failures.
+pub const CONNECT_FAILED: &str = "connect failed";
+
 /// The entry for a connection failure.
 pub fn connect_failure(cooldown: std::time::Duration, now_ms: i64) -> AccountHealth {
     AccountHealth {
         state: HealthState::CoolingDown,
-        reason: "connect failed".into(),
+        reason: CONNECT_FAILED.into(),
         since: now_ms,
         until: Some(now_ms + cooldown.as_millis().min(i64::MAX as u128) as i64),
         family: None,

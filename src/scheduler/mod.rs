@@ -217,6 +217,9 @@ pub struct PickRequest<'a> {
 pub struct Scheduler {
     runtimes: Mutex<HashMap<Arc<str>, Arc<AccountRuntime>>>,
     clock: AtomicU64,
+    /// Accounts whose new health entry is still being written to the store: a reload that read
+    /// the store before the write landed must not undo it.
+    pending_health: Mutex<HashMap<Arc<str>, u32>>,
 }
 
 impl Scheduler {
@@ -269,7 +272,8 @@ impl Scheduler {
             })
             .collect();
         accounts.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
-        AccountPool { accounts }
+        let index = accounts.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect();
+        AccountPool { accounts, index }
     }
 
     /// The runtime of an account id, if the account exists.
@@ -280,9 +284,35 @@ impl Scheduler {
     /// Applies the shared health entries (from the store) to every account: listed accounts get
     /// their entry, others are cleared.
     pub fn apply_health(&self, entries: &std::collections::BTreeMap<String, AccountHealth>) {
+        let pending = self.pending_health.lock().unwrap_or_else(|p| p.into_inner());
         let runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
         for (id, rt) in runtimes.iter() {
+            if pending.contains_key(id) {
+                continue;
+            }
             rt.set_health(entries.get(&**id).cloned());
+        }
+    }
+
+    /// Marks an account here at once; call [`Scheduler::health_saved`] once the entry is in the
+    /// shared store.
+    pub fn set_health_pending(&self, account: &Account, health: AccountHealth) {
+        *self
+            .pending_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(account.id.clone())
+            .or_insert(0) += 1;
+        account.rt.set_health(Some(health));
+    }
+
+    pub fn health_saved(&self, id: &str) {
+        let mut pending = self.pending_health.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = pending.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(id);
+            }
         }
     }
 
@@ -295,42 +325,99 @@ impl Scheduler {
     /// priority among healthy candidates, and within it the least used relative to its weight
     /// (least recently used among equals). Marks the choice used.
     pub fn pick(&self, pool: &AccountPool, req: &PickRequest<'_>) -> Option<Arc<Account>> {
-        let eligible = |a: &Account| {
+        // Everything but health: who may serve this request at all.
+        let allowed = |a: &Account| {
             let bound_ok = match req.binding {
                 Some(b) => a.matches_binding(b),
                 None => !a.dedicated,
             };
-            bound_ok
-                && a.enabled
-                && !req.tried.contains(&a.id)
-                && a.serves(req.model)
-                && a.rt.available(req.model, req.now_ms, a.daily_quota_nanos)
+            bound_ok && a.enabled && (req.tried.is_empty() || !req.tried.contains(&a.id)) && a.serves(req.model)
         };
+        let healthy = |a: &Account| a.rt.available(req.model, req.now_ms, a.daily_quota_nanos);
         if let Some(sticky) = req.sticky
-            && let Some(a) = pool.accounts.iter().find(|a| &*a.id == sticky)
-            && eligible(a)
+            && let Some(&i) = pool.index.get(sticky)
+            && let Some(a) = pool.accounts.get(i)
+            && allowed(a)
+            && healthy(a)
         {
             self.mark_used(a);
             return Some(a.clone());
         }
-        let mut best: Option<(&Arc<Account>, u64, u64)> = None;
+        // Least used relative to weight: compare picks_a / w_a < picks_b / w_b without dividing.
+        let mut best: Option<(&Arc<Account>, u64, u64)> = None; // (account, picks, stamp)
+        let mut most_picks_per_weight: (u64, u64) = (0, 1);
         for a in &pool.accounts {
             if let Some((b, _, _)) = best
                 && a.priority > b.priority
             {
                 break; // sorted by priority: nothing better follows
             }
-            if !eligible(a) {
+            if !allowed(a) || !healthy(a) {
                 continue;
             }
-            let load = a.rt.picks.load(Ordering::Relaxed).saturating_mul(1_000) / u64::from(a.weight);
-            let stamp = a.rt.last_used.load(Ordering::Relaxed);
-            match best {
-                Some((_, bl, bs)) if (bl, bs) <= (load, stamp) => {}
-                _ => best = Some((a, load, stamp)),
+            let picks = a.rt.picks.load(Ordering::Relaxed);
+            let w = u64::from(a.weight);
+            if u128::from(picks) * u128::from(most_picks_per_weight.1)
+                > u128::from(most_picks_per_weight.0) * u128::from(w)
+            {
+                most_picks_per_weight = (picks, w);
+            }
+            let better = match best {
+                None => true,
+                Some((b, bp, bs)) => {
+                    let lhs = u128::from(picks) * u128::from(b.weight);
+                    let rhs = u128::from(bp) * u128::from(a.weight);
+                    lhs < rhs || lhs == rhs && a.rt.last_used.load(Ordering::Relaxed) < bs
+                }
+            };
+            if better {
+                best = Some((a, picks, a.rt.last_used.load(Ordering::Relaxed)));
             }
         }
-        let (chosen, _, _) = best?;
+        let Some((chosen, picks, _)) = best else {
+            return self.last_resort(pool, req, &allowed);
+        };
+        // An account back from a long absence would otherwise take every request until it has
+        // caught up with the others: start it level with them instead.
+        // (Fair shares keep every account within about one pick per weight unit of the others.)
+        let (top, top_w) = most_picks_per_weight;
+        let w = u64::from(chosen.weight);
+        let level = top.saturating_mul(w) / top_w.max(1);
+        if level > picks.saturating_add(2 * w) {
+            chosen.rt.picks.fetch_max(level.saturating_sub(w), Ordering::Relaxed);
+        }
+        self.mark_used(chosen);
+        Some(chosen.clone())
+    }
+
+    /// When every allowed account is out of the pool only because connections to it failed,
+    /// trying the one that returns soonest beats refusing the request: one reset connection must
+    /// not take the only account away. Accounts the upstream itself refused (429, 529, 5xx, 401,
+    /// 403) or that are over quota keep their cooldown. Only for a request's first attempt.
+    fn last_resort(
+        &self,
+        pool: &AccountPool,
+        req: &PickRequest<'_>,
+        allowed: &dyn Fn(&Account) -> bool,
+    ) -> Option<Arc<Account>> {
+        if !req.tried.is_empty() {
+            return None;
+        }
+        let mut best: Option<(&Arc<Account>, i64)> = None;
+        for a in &pool.accounts {
+            if !allowed(a) || a.daily_quota_nanos.is_some_and(|q| a.rt.spend() >= q) {
+                continue;
+            }
+            let Some(h) = a.rt.health(req.now_ms) else { continue };
+            if h.state != crate::store::coord::HealthState::CoolingDown || h.reason != health::CONNECT_FAILED {
+                continue;
+            }
+            let until = h.until.unwrap_or(i64::MAX);
+            if best.is_none_or(|(_, u)| until < u) {
+                best = Some((a, until));
+            }
+        }
+        let (chosen, _) = best?;
         self.mark_used(chosen);
         Some(chosen.clone())
     }
@@ -345,6 +432,8 @@ impl Scheduler {
 #[derive(Debug, Default)]
 pub struct AccountPool {
     accounts: Vec<Arc<Account>>,
+    /// Account id → position in `accounts`.
+    index: HashMap<Arc<str>, usize>,
 }
 
 impl AccountPool {
@@ -353,7 +442,7 @@ impl AccountPool {
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<Account>> {
-        self.accounts.iter().find(|a| &*a.id == id)
+        self.index.get(id).and_then(|&i| self.accounts.get(i))
     }
 
     /// Model names clients may ask for, when known from allowlists and maps; `None` when some
@@ -452,5 +541,98 @@ mod tests {
         assert_eq!(&*pick(&s, &pool, "m", &[]).unwrap().name, "a");
         let pool = s.pool(vec![spec("a", 1, None), spec("b", 1, None)], &[]);
         assert_eq!(&*pick(&s, &pool, "m", &[]).unwrap().name, "b");
+    }
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+    use crate::store::coord::{AccountHealth, HealthState};
+
+    fn spec(name: &str) -> AccountSpec {
+        AccountSpec {
+            id: name.into(),
+            name: name.into(),
+            kind: AccountKind::ClaudeConsole,
+            base: UpstreamBase::parse("http://127.0.0.1:1").unwrap(),
+            auth: (http::header::AUTHORIZATION, HeaderValue::from_static("Bearer x")),
+            priority: 1,
+            enabled: true,
+            models: None,
+            model_map: Default::default(),
+            source: Source::Config,
+            group: None,
+            proxy: None,
+            max_concurrency: None,
+            daily_quota_nanos: None,
+            quota_reset_minute: 0,
+            weight: 1,
+            cooldowns: HashMap::new(),
+        }
+    }
+
+    fn pick(s: &Scheduler, pool: &AccountPool, tried: &[Arc<str>]) -> Option<String> {
+        s.pick(
+            pool,
+            &PickRequest {
+                model: "m",
+                binding: None,
+                sticky: None,
+                tried,
+                now_ms: 1_000,
+            },
+        )
+        .map(|a| a.name.to_string())
+    }
+
+    fn cool(a: &Account, reason: &str) {
+        a.rt.set_health(Some(AccountHealth {
+            state: HealthState::CoolingDown,
+            reason: reason.into(),
+            since: 0,
+            until: Some(60_000),
+            family: None,
+        }));
+    }
+
+    #[test]
+    fn a_returning_account_gets_its_share_not_a_burst() {
+        let s = Scheduler::new();
+        let pool = s.pool(vec![spec("a"), spec("b"), spec("c")], &[]);
+        cool(&pool.all()[0], "upstream 429");
+        for _ in 0..1000 {
+            pick(&s, &pool, &[]).unwrap();
+        }
+        pool.all()[0].rt.set_health(None);
+        let next: Vec<String> = (0..6).map(|_| pick(&s, &pool, &[]).unwrap()).collect();
+        let to_a = next.iter().filter(|n| *n == "a").count();
+        assert!(to_a <= 3, "the returning account took {to_a} of 6: {next:?}");
+    }
+
+    #[test]
+    fn weights_share_in_proportion() {
+        let s = Scheduler::new();
+        let mut heavy = spec("heavy");
+        heavy.weight = 3;
+        let pool = s.pool(vec![heavy, spec("light")], &[]);
+        let picks: Vec<String> = (0..400).map(|_| pick(&s, &pool, &[]).unwrap()).collect();
+        let h = picks.iter().filter(|n| *n == "heavy").count();
+        assert!((290..=310).contains(&h), "heavy got {h} of 400");
+    }
+
+    #[test]
+    fn only_connect_failures_allow_a_last_resort() {
+        let s = Scheduler::new();
+        let pool = s.pool(vec![spec("only")], &[]);
+        cool(&pool.all()[0], health::CONNECT_FAILED);
+        assert_eq!(
+            pick(&s, &pool, &[]).as_deref(),
+            Some("only"),
+            "a reset connection does not empty the pool"
+        );
+        let tried: Vec<Arc<str>> = vec!["other".into()];
+        assert_eq!(pick(&s, &pool, &tried), None, "not on a retry");
+        cool(&pool.all()[0], "upstream 529");
+        assert_eq!(pick(&s, &pool, &[]), None, "an upstream refusal keeps its cooldown");
     }
 }

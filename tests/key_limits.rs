@@ -1,0 +1,822 @@
+//! Per-key limits through the real binary: rate windows (requests, tokens, cost), spend caps
+//! (daily, weekly, total) and concurrency with its queue, on the embedded backend and on Redis,
+//! where two instances share them exactly. Every refusal says the relay refused, carries
+//! `retry-after` where a retry can succeed, and never reaches the upstream.
+//!
+//! The Redis tests use `RELAY_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/`), each under a
+//! random prefix; the round-trip count starts a private `redis-server` (`RELAY_TEST_REDIS_SERVER`,
+//! default `redis-server` on the PATH) so that no other client's commands are counted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use claude_relay::usage::TokenUsage;
+use claude_relay::usage::pricing::PricingTable;
+use support::mock::MockUpstream;
+use support::{RelayProcess, account_yaml, eventually, free_port};
+
+const BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM_BODY: &str =
+    r#"{"model":"claude-sonnet-4-5","stream":true,"max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+/// A slow stream: the golden stream (1.4 KB) in 100-byte writes 100 ms apart, about 1.4 s.
+const SLOW: &[(&str, &str)] = &[("x-mock-chunk", "100"), ("x-mock-chunk-delay-ms", "100")];
+/// A stream that sends its first 200 bytes and then stays silent: it holds its slot until the
+/// client leaves.
+const STALLED: &[(&str, &str)] = &[("x-mock-stall-after", "200")];
+/// Tokens of one mock answer: 21 input + 3 cache read + 5 cache write + 7 output.
+const TOKENS: u64 = 36;
+
+/// The cost of one mock answer (nano-USD).
+fn cost() -> u64 {
+    let usage = TokenUsage {
+        input: 21,
+        output: 7,
+        cache_read: 3,
+        cache_write_5m: 5,
+        cache_write_1h: 0,
+    };
+    PricingTable::builtin()
+        .unwrap()
+        .cost_nanos("claude-sonnet-4-5", &usage)
+        .unwrap()
+}
+
+/// `times` mock answers' cost in USD, as written in the config.
+fn usd(times: f64) -> String {
+    format!("{:.9}", cost() as f64 * times / 1e9)
+}
+
+/// A distinct valid client key per name.
+fn key_of(name: &str) -> String {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("cr_{hex:0>64}")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// `{ name: NAME, key: <its key>, REST }`
+fn key_line(name: &str, rest: &str) -> String {
+    format!("{{ name: {name}, key: {}, {rest} }}", key_of(name))
+}
+
+fn config(mock: &MockUpstream, keys: &[String], extra: &str) -> String {
+    let mut yaml = format!("accounts:\n{}api_keys:\n", account_yaml("main", &mock.url(), ""));
+    for k in keys {
+        yaml.push_str(&format!("  - {k}\n"));
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+async fn relay(mock: &MockUpstream, keys: &[String]) -> RelayProcess {
+    RelayProcess::start(&config(mock, keys, "")).await
+}
+
+async fn send_to(base: &str, name: &str, headers: &[(&str, &str)], body: &str) -> reqwest::Response {
+    let mut rb = client()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", key_of(name))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    rb.send().await.unwrap()
+}
+
+async fn send(relay: &RelayProcess, name: &str, headers: &[(&str, &str)], body: &str) -> reqwest::Response {
+    send_to(&relay.base(), name, headers, body).await
+}
+
+/// Sends a request, reads the whole answer, and waits a moment so that its charge (which runs
+/// once the response is over) is in before the next admission. Returns the status.
+async fn complete(relay: &RelayProcess, name: &str) -> u16 {
+    let r = send(relay, name, &[], BODY).await;
+    let status = r.status().as_u16();
+    let _ = r.bytes().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    status
+}
+
+/// Asserts a relay refusal in the Anthropic shape; returns its `retry-after`.
+async fn assert_refused(r: reqwest::Response, status: u16, error_type: &str) -> Option<u64> {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["x-relay-error-source"], "relay");
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], error_type, "{v}");
+    retry
+}
+
+async fn rejections(relay: &RelayProcess, reason: &str) -> u64 {
+    let text = client()
+        .get(format!("{}/metrics", relay.admin()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("relay_rejections_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits, when needed, until at least `secs` remain in the current one-minute window (windows
+/// are aligned to the epoch), so a test does not straddle two windows.
+async fn room_in_minute(secs: u64) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let left = 60_000 - now % 60_000;
+    if left < secs * 1000 {
+        tokio::time::sleep(Duration::from_millis(left + 200)).await;
+    }
+}
+
+/// Polls until a request of `name` is admitted (answered 200), for up to `within`; returns how
+/// long that took.
+async fn admitted_within(relay: &RelayProcess, name: &str, within: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let r = send(relay, name, &[], BODY).await;
+        let status = r.status();
+        let _ = r.bytes().await;
+        if status == 200 {
+            return t.elapsed();
+        }
+        assert_eq!(status, 429, "only the concurrency limit may refuse here");
+        assert!(t.elapsed() < within, "not admitted within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// --- embedded backend ---
+
+#[tokio::test]
+async fn rate_window_admits_its_requests_then_429_with_retry_after() {
+    let mock = MockUpstream::start().await;
+    let relay = relay(
+        &mock,
+        &[key_line("rw", "rate_limit: { window_minutes: 1, requests: 3 }")],
+    )
+    .await;
+    room_in_minute(20).await;
+    for _ in 0..3 {
+        assert_eq!(send(&relay, "rw", &[], BODY).await.status(), 200);
+    }
+    let retry = assert_refused(send(&relay, "rw", &[], BODY).await, 429, "rate_limit_error").await;
+    let retry = retry.expect("retry-after on a rate window refusal");
+    assert!((1..=60).contains(&retry), "retry-after {retry} is the rest of the window");
+    // Streaming requests are refused the same way.
+    assert_refused(send(&relay, "rw", &[], STREAM_BODY).await, 429, "rate_limit_error").await;
+    assert_eq!(mock.hits(), 3, "a refusal never reaches the upstream");
+    assert_eq!(rejections(&relay, "rate_limit").await, 2);
+}
+
+#[tokio::test]
+async fn token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches_them() {
+    let mock = MockUpstream::start().await;
+    let relay = relay(
+        &mock,
+        &[
+            // 100 tokens: 0, 36 and 72 charged at admission pass; 108 refuses.
+            key_line("tok", "rate_limit: { window_minutes: 1, tokens: 100 }"),
+            key_line("cst", &format!("rate_limit: {{ window_minutes: 1, cost_usd: {} }}", usd(2.5))),
+            key_line("day", &format!("cost_limits: {{ daily_usd: {} }}", usd(1.5))),
+            key_line(
+                "wek",
+                &format!("cost_limits: {{ weekly_usd: {}, weekly_reset: \"mon 00:00\" }}", usd(1.5)),
+            ),
+            key_line("tot", &format!("cost_limits: {{ total_usd: {} }}", usd(1.5))),
+        ],
+    )
+    .await;
+    room_in_minute(30).await;
+    for name in ["tok", "cst"] {
+        for _ in 0..3 {
+            assert_eq!(complete(&relay, name).await, 200, "{name}");
+        }
+        let retry = assert_refused(send(&relay, name, &[], BODY).await, 429, "rate_limit_error").await;
+        assert!(retry.is_some_and(|s| (1..=60).contains(&s)), "{name}: {retry:?}");
+    }
+    for (name, reason) in [
+        ("day", "daily_cost_limit"),
+        ("wek", "weekly_cost_limit"),
+        ("tot", "total_cost_limit"),
+    ] {
+        for _ in 0..2 {
+            assert_eq!(complete(&relay, name).await, 200, "{name}");
+        }
+        let retry = assert_refused(send(&relay, name, &[], BODY).await, 402, "billing_error").await;
+        match name {
+            "tot" => assert_eq!(retry, None, "a spent total never comes back"),
+            "day" => assert!(retry.is_some_and(|s| s <= 86_400)),
+            _ => assert!(retry.is_some_and(|s| s <= 7 * 86_400)),
+        }
+        assert_eq!(rejections(&relay, reason).await, 1, "{reason}");
+    }
+    assert_eq!(mock.hits(), 3 + 3 + 2 + 2 + 2);
+    assert_eq!(rejections(&relay, "rate_limit").await, 2);
+}
+
+/// Tokens and cost are charged when a request completes, so requests admitted together all run:
+/// the overshoot is at most what the requests in flight cost (here the concurrency limit, 4).
+#[tokio::test]
+async fn overshoot_is_bounded_by_the_requests_in_flight() {
+    let mock = MockUpstream::start().await;
+    let relay = relay(
+        &mock,
+        &[
+            key_line(
+                "btok",
+                "rate_limit: { window_minutes: 1, tokens: 50 }, concurrency: { limit: 4 }",
+            ),
+            key_line(
+                "bcst",
+                &format!("cost_limits: {{ daily_usd: {} }}, concurrency: {{ limit: 4 }}", usd(1.2)),
+            ),
+        ],
+    )
+    .await;
+    room_in_minute(30).await;
+    for name in ["btok", "bcst"] {
+        let base = relay.base();
+        let burst: Vec<_> = (0..10)
+            .map(|_| {
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let r = send_to(&base, name, SLOW, STREAM_BODY).await;
+                    let status = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    status
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in burst {
+            statuses.push(t.await.unwrap());
+        }
+        let admitted = statuses.iter().filter(|s| **s == 200).count() as u64;
+        assert_eq!(admitted, 4, "{name}: the limit was not reached at admission: {statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 6, "{statuses:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // All four ran to their end and were charged: over the limit, by less than 4 requests.
+        match name {
+            "btok" => {
+                assert!(admitted * TOKENS > 50 && admitted * TOKENS - 50 < 4 * TOKENS);
+                assert_refused(send(&relay, name, &[], BODY).await, 429, "rate_limit_error").await;
+            }
+            _ => {
+                let cap = (cost() as f64 * 1.2) as u64;
+                assert!(admitted * cost() > cap && admitted * cost() - cap < 4 * cost());
+                assert_refused(send(&relay, name, &[], BODY).await, 402, "billing_error").await;
+            }
+        }
+    }
+    assert_eq!(mock.hits(), 8);
+    assert_eq!(rejections(&relay, "concurrency_limit").await, 12);
+}
+
+#[tokio::test]
+async fn concurrency_slot_is_held_while_streaming_and_freed_however_the_request_ends() {
+    let mock = MockUpstream::start().await;
+    let relay = relay(&mock, &[key_line("one", "concurrency: { limit: 1 }")]).await;
+
+    // Completion.
+    let first = send(&relay, "one", SLOW, STREAM_BODY).await;
+    assert_eq!(first.status(), 200);
+    let retry = assert_refused(send(&relay, "one", &[], BODY).await, 429, "rate_limit_error").await;
+    assert_eq!(retry, Some(1));
+    assert_eq!(mock.hits(), 1, "the refusal did not reach the upstream");
+    let body = first.bytes().await.unwrap();
+    assert!(body.len() > 1000);
+    admitted_within(&relay, "one", Duration::from_secs(2)).await;
+
+    // Client disconnect mid-stream.
+    let mut r = send(&relay, "one", SLOW, STREAM_BODY).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some());
+    assert_refused(send(&relay, "one", &[], BODY).await, 429, "rate_limit_error").await;
+    drop(r);
+    let took = admitted_within(&relay, "one", Duration::from_secs(3)).await;
+    assert!(took < Duration::from_millis(1200), "freed at the disconnect, not at the stream's end: {took:?}");
+
+    // An upstream error answer.
+    let r = send(&relay, "one", &[("x-mock-status", "400")], BODY).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-relay-error-source"], "upstream");
+    let _ = r.bytes().await;
+    admitted_within(&relay, "one", Duration::from_secs(2)).await;
+
+    // An upstream stream cut mid-way.
+    let r = send(
+        &relay,
+        "one",
+        &[("x-mock-truncate", "300"), ("x-mock-chunk", "100"), ("x-mock-chunk-delay-ms", "50")],
+        STREAM_BODY,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    admitted_within(&relay, "one", Duration::from_secs(2)).await;
+
+    // A stream still stalled holds its slot; the slot comes back when the client gives up.
+    let r = send(&relay, "one", STALLED, STREAM_BODY).await;
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_refused(send(&relay, "one", &[], BODY).await, 429, "rate_limit_error").await;
+    drop(r);
+    admitted_within(&relay, "one", Duration::from_secs(2)).await;
+    assert!(rejections(&relay, "concurrency_limit").await >= 3);
+}
+
+#[tokio::test]
+async fn a_queued_request_waits_for_the_slot_and_the_queue_is_bounded() {
+    let mock = MockUpstream::start().await;
+    let relay = relay(
+        &mock,
+        &[
+            key_line("q", "concurrency: { limit: 1, queue: 1, queue_timeout_ms: 3000 }"),
+            key_line("qt", "concurrency: { limit: 1, queue: 1, queue_timeout_ms: 300 }"),
+        ],
+    )
+    .await;
+    let first = send(&relay, "q", SLOW, STREAM_BODY).await;
+    assert_eq!(first.status(), 200);
+    let started = Instant::now();
+    let base = relay.base();
+    let second = tokio::spawn(async move {
+        let r = send_to(&base, "q", &[], BODY).await;
+        (r.status().as_u16(), Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The queue holds one: a third request is refused at once.
+    let t = Instant::now();
+    assert_refused(send(&relay, "q", &[], BODY).await, 429, "rate_limit_error").await;
+    assert!(t.elapsed() < Duration::from_millis(500));
+    let _ = first.bytes().await.unwrap();
+    let first_done = Instant::now();
+    let (status, answered) = second.await.unwrap();
+    assert_eq!(status, 200, "the queued request got the slot");
+    assert!(answered >= first_done, "it was answered after the first one ended");
+    assert!(answered.duration_since(started) > Duration::from_millis(800));
+    assert_eq!(mock.hits(), 2);
+
+    // A queued request that does not get a slot in time is refused.
+    let held = send(&relay, "qt", STALLED, STREAM_BODY).await;
+    assert_eq!(held.status(), 200);
+    let t = Instant::now();
+    let retry = assert_refused(send(&relay, "qt", &[], BODY).await, 429, "rate_limit_error").await;
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(retry, Some(1));
+    drop(held);
+}
+
+#[tokio::test]
+async fn spend_caps_survive_a_restart() {
+    let mock = MockUpstream::start().await;
+    let yaml = config(
+        &mock,
+        &[key_line(
+            "cap",
+            &format!("cost_limits: {{ daily_usd: {}, total_usd: {} }}", usd(1.5), usd(100.0)),
+        )],
+        "",
+    );
+    let mut relay = RelayProcess::start(&yaml).await;
+    for _ in 0..2 {
+        assert_eq!(complete(&relay, "cap").await, 200);
+    }
+    assert_refused(send(&relay, "cap", &[], BODY).await, 402, "billing_error").await;
+    assert!(relay.stop().success());
+    // The same data directory: the spend is read back from the usage statistics.
+    let dir = std::mem::replace(&mut relay.dir, tempfile::tempdir().unwrap());
+    let relay = RelayProcess::start_in(dir, &yaml, &[]).await;
+    assert_refused(send(&relay, "cap", &[], BODY).await, 402, "billing_error").await;
+    assert_eq!(mock.hits(), 2);
+}
+
+#[tokio::test]
+async fn key_limits_through_the_admin_api() {
+    let mock = MockUpstream::start().await;
+    let relay = RelayProcess::start(&format!("accounts:\n{}", account_yaml("main", &mock.url(), ""))).await;
+    let token = relay.admin_token().await;
+    let c = client();
+    let keys = format!("{}/admin/api/keys", relay.admin());
+
+    // Invalid values are refused, naming the field.
+    for (body, field) in [
+        (
+            serde_json::json!({"name": "x", "rate_limit": {"window_minutes": 0, "requests": 1}}),
+            "rate_limit.window_minutes",
+        ),
+        (
+            serde_json::json!({"name": "x", "concurrency": {"limit": 0}}),
+            "concurrency.limit",
+        ),
+        (
+            serde_json::json!({"name": "x", "cost_limits": {"weekly_usd": 1, "weekly_reset": "someday"}}),
+            "cost_limits.weekly_reset",
+        ),
+        (
+            serde_json::json!({"name": "x", "rate_limit": {"window_minutes": 1, "request": 1}}),
+            "rate_limit",
+        ),
+        (serde_json::json!({"name": "x", "rate_limits": {}}), "rate_limits"),
+    ] {
+        let r = c.post(&keys).bearer_auth(&token).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(field), "{field} not named in: {msg}");
+    }
+
+    let created: serde_json::Value = c
+        .post(&keys)
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "name": "limited",
+            "rate_limit": {"window_minutes": 1, "requests": 2},
+            "cost_limits": {"daily_usd": 5, "weekly_reset": "wed 12:00"},
+            "concurrency": {"limit": 2, "queue": 1, "queue_timeout_ms": 500},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let plaintext = created["key"].as_str().unwrap().to_string();
+    assert_eq!(created["rate_limit"], serde_json::json!({"window_minutes": 1, "requests": 2}));
+    assert_eq!(created["cost_limits"]["weekly_reset"], "wed 12:00");
+    assert_eq!(created["concurrency"]["queue_timeout_ms"], 500);
+    assert!(created.get("permissions").is_none(), "fields not set are absent");
+
+    // The limit applies at once.
+    room_in_minute(20).await;
+    let call = || {
+        c.post(format!("{}/v1/messages", relay.base()))
+            .header("x-api-key", &plaintext)
+            .body(BODY)
+            .send()
+    };
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_eq!(call().await.unwrap().status(), 200);
+    assert_refused(call().await.unwrap(), 429, "rate_limit_error").await;
+
+    // PATCH replaces a field whole and `null` removes one; the others stay.
+    let r = c
+        .patch(format!("{keys}/{id}"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"rate_limit": null, "concurrency": {"limit": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v.get("rate_limit").is_none());
+    assert_eq!(v["concurrency"], serde_json::json!({"limit": 3, "queue": 0, "queue_timeout_ms": 10000}));
+    assert_eq!(v["cost_limits"]["daily_usd"], 5.0);
+    let got: serde_json::Value = c
+        .get(format!("{keys}/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["concurrency"]["limit"], 3);
+    assert_eq!(call().await.unwrap().status(), 200, "the window is gone with its field");
+    let r = c
+        .patch(format!("{keys}/{id}"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"cost_limits": {"daily_usd": -1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("cost_limits.daily_usd"));
+
+    let list: serde_json::Value = c.get(&keys).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert!(list["keys"].as_array().unwrap().iter().any(|k| k["name"] == "limited"));
+}
+
+// --- Redis: two instances sharing one Redis ---
+
+fn redis_url() -> String {
+    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+fn prefix() -> String {
+    format!("relaytest:{}:", uuid::Uuid::new_v4().simple())
+}
+
+async fn cleanup(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
+    }
+}
+
+fn redis_config(mock: &MockUpstream, url: &str, prefix: &str, keys: &[String]) -> String {
+    config(
+        mock,
+        keys,
+        &format!("store: {{ backend: redis, url: \"{url}\", prefix: \"{prefix}\" }}\n"),
+    )
+}
+
+/// Sends `n` requests at once, alternating between the relays; returns their statuses, read as
+/// soon as each head arrives, and the responses (for streams still running).
+async fn burst(relays: &[&RelayProcess], n: usize, name: &'static str, headers: &'static [(&'static str, &'static str)], body: &'static str) -> Vec<(u16, reqwest::Response)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let base = relays[i % relays.len()].base();
+            tokio::spawn(async move {
+                let r = send_to(&base, name, headers, body).await;
+                (r.status().as_u16(), r)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_instances_on_redis_admit_exactly_k_requests_per_window() {
+    let (url, p) = (redis_url(), prefix());
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(
+        &mock,
+        &url,
+        &p,
+        &[key_line("shared", "rate_limit: { window_minutes: 1, requests: 7 }")],
+    );
+    let a = RelayProcess::start(&yaml).await;
+    let b = RelayProcess::start(&yaml).await;
+    room_in_minute(20).await;
+    let answers = burst(&[&a, &b], 40, "shared", &[], BODY).await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let refused = answers.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!((ok, refused), (7, 33));
+    for (s, r) in answers {
+        if s == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(mock.hits(), 7);
+    assert_eq!(
+        rejections(&a, "rate_limit").await + rejections(&b, "rate_limit").await,
+        33
+    );
+    cleanup(&url, &p).await;
+}
+
+#[tokio::test]
+async fn two_instances_on_redis_run_exactly_k_streams_at_once() {
+    let (url, p) = (redis_url(), prefix());
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(&mock, &url, &p, &[key_line("par", "concurrency: { limit: 3 }")]);
+    let a = RelayProcess::start(&yaml).await;
+    let b = RelayProcess::start(&yaml).await;
+    for round in 0..2 {
+        let answers = burst(&[&a, &b], 12, "par", SLOW, STREAM_BODY).await;
+        let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+        let refused = answers.iter().filter(|(s, _)| *s == 429).count();
+        assert_eq!((ok, refused), (3, 9), "round {round}");
+        for (s, r) in answers {
+            let body = r.bytes().await.unwrap();
+            if s == 200 {
+                assert!(body.len() > 1000, "the admitted streams ran to their end");
+            }
+        }
+        // Released on completion (a guard spawns the release): wait for it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(mock.hits(), 6);
+    cleanup(&url, &p).await;
+}
+
+#[tokio::test]
+async fn a_killed_instance_gives_its_slots_back_after_the_lease_time() {
+    let (url, p) = (redis_url(), prefix());
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(&mock, &url, &p, &[key_line("lease", "concurrency: { limit: 2 }")]);
+    let env = [("RELAY_CONCURRENCY_LEASE_TTL", "2s")];
+    let a = RelayProcess::start_in(tempfile::tempdir().unwrap(), &yaml, &env).await;
+    let b = RelayProcess::start_in(tempfile::tempdir().unwrap(), &yaml, &env).await;
+
+    // A holds both slots with streams that stay open.
+    let s1 = send(&a, "lease", STALLED, STREAM_BODY).await;
+    let s2 = send(&a, "lease", STALLED, STREAM_BODY).await;
+    assert_eq!((s1.status().as_u16(), s2.status().as_u16()), (200, 200));
+    assert_refused(send(&b, "lease", &[], BODY).await, 429, "rate_limit_error").await;
+    // Held longer than the lease time: A renews them.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_refused(send(&b, "lease", &[], BODY).await, 429, "rate_limit_error").await;
+
+    a.signal("KILL");
+    let killed = Instant::now();
+    drop((s1, s2));
+    // Still held right after the kill (nobody released them)...
+    assert_refused(send(&b, "lease", &[], BODY).await, 429, "rate_limit_error").await;
+    // ...and back within the lease time.
+    let took = admitted_within(&b, "lease", Duration::from_secs(5)).await;
+    let since_kill = killed.elapsed();
+    assert!(since_kill <= Duration::from_millis(2600), "slots came back {since_kill:?} after the kill");
+    assert!(took > Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let both = burst(&[&b], 2, "lease", STALLED, STREAM_BODY).await;
+    assert!(both.iter().all(|(s, _)| *s == 200), "both slots are back");
+    drop(both);
+    cleanup(&url, &p).await;
+}
+
+#[tokio::test]
+async fn spend_caps_on_redis_survive_lost_counters_and_restarts() {
+    let (url, p) = (redis_url(), prefix());
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(
+        &mock,
+        &url,
+        &p,
+        &[key_line(
+            "rcap",
+            &format!("cost_limits: {{ daily_usd: {}, weekly_usd: 1000 }}", usd(1.5)),
+        )],
+    );
+    let mut a = RelayProcess::start(&yaml).await;
+    let mut b = RelayProcess::start(&yaml).await;
+    assert_eq!(complete(&a, "rcap").await, 200);
+    assert_eq!(complete(&b, "rcap").await, 200);
+    assert_refused(send(&a, "rcap", &[], BODY).await, 402, "billing_error").await;
+    assert_refused(send(&b, "rcap", &[], BODY).await, 402, "billing_error").await;
+    // Stopped gracefully: both write their last usage statistics.
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+    // Lose the counters; a new instance reads the spend back from the usage statistics.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(format!("{p}limit:spend:config.rcap"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let a = RelayProcess::start(&yaml).await;
+    assert_refused(send(&a, "rcap", &[], BODY).await, 402, "billing_error").await;
+    assert_eq!(mock.hits(), 2);
+    cleanup(&url, &p).await;
+}
+
+/// A private Redis server, so that its command statistics count only this test's relay.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = free_port();
+        let bin = std::env::var("RELAY_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} (set RELAY_TEST_REDIS_SERVER): {e}"));
+        let r = PrivateRedis { child, port };
+        let client = redis::Client::open(r.url()).unwrap();
+        eventually(|| {
+            let client = client.clone();
+            async move {
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            }
+        })
+        .await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `cmdstat_<name>` calls from `INFO commandstats`.
+    async fn calls(&self) -> std::collections::HashMap<String, u64> {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+        info.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With every limit set, one request costs one admission script on Redis (and, after the
+/// response, one charge pipeline and one `ZREM`). Counted twice: `INFO commandstats` before and
+/// after, and `MONITOR` to tell the admission script from the other scripts the relay runs.
+#[tokio::test]
+async fn one_redis_round_trip_admits_a_request_with_every_limit() {
+    let redis_server = PrivateRedis::start().await;
+    let url = redis_server.url();
+    let p = prefix();
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(
+        &mock,
+        &url,
+        &p,
+        &[key_line(
+            "all",
+            "rate_limit: { window_minutes: 60, requests: 100000, tokens: 100000000, cost_usd: 1000 }, \
+             cost_limits: { daily_usd: 1000, weekly_usd: 1000, total_usd: 1000 }, \
+             concurrency: { limit: 8, queue: 4, queue_timeout_ms: 1000 }",
+        )],
+    );
+    let relay = RelayProcess::start(&yaml).await;
+    // Warm-up: loads the scripts and reads the key's recorded spend once.
+    for _ in 0..2 {
+        assert_eq!(complete(&relay, "all").await, 200);
+    }
+
+    let admit_sha = redis::Script::new(include_str!("../src/limits/lua/admit.lua")).get_hash().to_string();
+    let monitor_log = relay.dir.path().join("monitor.log");
+    let mut monitor = Command::new("redis-cli")
+        .args(["-p", &redis_server.port.to_string(), "monitor"])
+        .stdout(std::fs::File::create(&monitor_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(|| async { std::fs::read_to_string(&monitor_log).ok().filter(|s| s.starts_with("OK")) }).await;
+    let before = redis_server.calls().await;
+
+    const N: u64 = 40;
+    for i in 0..N {
+        let body = if i % 2 == 0 { BODY } else { STREAM_BODY };
+        let r = send(&relay, "all", &[], body).await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = redis_server.calls().await;
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+
+    let delta = |cmd: &str| after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0);
+    let scripts = delta("evalsha") + delta("eval");
+    let log = std::fs::read_to_string(&monitor_log).unwrap();
+    // Commands clients sent (not the ones scripts ran, shown as `[0 lua]`).
+    let sent: Vec<&str> = log.lines().filter(|l| !l.contains(" lua]")).collect();
+    let count = |pred: &dyn Fn(&str) -> bool| sent.iter().filter(|l| pred(&l.to_lowercase())).count() as u64;
+    let admissions = count(&|l| l.contains("\"evalsha\"") && l.contains(&admit_sha));
+    let all_scripts = count(&|l| l.contains("\"evalsha\"") || l.contains("\"eval\""));
+    let releases = count(&|l| l.contains("\"zrem\"") && l.contains("limit:slots:"));
+    let charges = count(&|l| l.contains("\"hincrby\"") && l.contains("limit:spend:") && l.contains("\"total\""));
+    println!(
+        "{N} requests: {scripts} script calls in commandstats ({admissions} admissions, {} others: usage \
+         flushes); {charges} charge pipelines; {releases} releases",
+        all_scripts - admissions
+    );
+    assert_eq!(admissions, N, "exactly one admission script per request");
+    assert_eq!(scripts, all_scripts, "MONITOR saw every script call that commandstats counted");
+    assert_eq!(charges, N, "one charge pipeline per request");
+    assert_eq!(releases, N, "one release per request");
+    // Any other script is the periodic usage writer's (last-used times), not per request.
+    assert!(scripts - admissions < N / 2, "{scripts} scripts for {N} requests");
+    assert_eq!(mock.hits() as u64, N + 2);
+}
