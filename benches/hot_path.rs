@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request hot path before the body is read: finding the caller's key
 //! in the in-memory snapshot (keyed HMAC-SHA256 of the presented key + one hash-map probe), the
-//! filter chain's header phase with the built-in `key_auth` filter, and account selection
-//! (`Scheduler::pick`) among 1,000 accounts.
+//! filter chain's header phase with the built-in `key_auth` filter, the whole chain (every phase)
+//! with every built-in filter and a key that has every restriction and limit (memory limits)
+//! against `key_auth` alone, and account selection (`Scheduler::pick`) among 1,000 accounts.
 //!
 //! Usage accounting (SSE parser, pricing) has its own bench, `benches/usage.rs`. Body facts are not
 //! benched here: `proxy::body` is private to the crate.
@@ -23,7 +24,7 @@ use claude_relay::state::{SnapshotKeys, build_snapshot};
 use claude_relay::store::coord::{AccountHealth, HealthState};
 use claude_relay::store::{AccountKind, ApiKeyRecord};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use filters::{FilterContext, FilterDeps, KeyDirectory, RouteInfo, Service};
+use filters::{CompletionContext, FilterContext, FilterDeps, KeyDirectory, RequestFacts, RouteInfo, Service};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 /// The key defined in the config; always present, so it is the "hit" key of every snapshot size.
@@ -89,7 +90,7 @@ fn run_ready<F: std::future::Future>(f: F) -> F::Output {
     let mut f = pin!(f);
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => v,
-        Poll::Pending => unreachable!("the built-in header filters never wait"),
+        Poll::Pending => unreachable!("the built-in filters never wait here (memory limits, no refusal)"),
     }
 }
 
@@ -160,6 +161,101 @@ fn filter_chain(c: &mut Criterion) {
             assert_eq!(run(), (ok, ok), "{name}: unexpected chain outcome");
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| b.iter(run));
         }
+    }
+    group.finish();
+}
+
+/// One request through every phase of the chain (head, request, completion, then the end of the
+/// request drops its holds), for a key with every restriction and limit: the chain of every
+/// built-in filter (`all_filters`) against `key_auth` alone (`key_auth_only`), same key and
+/// request. The issue's target: at most 10 µs more per request. The limits are the memory backend
+/// (the embedded store's); the key's windows are large enough never to refuse, so each request is
+/// admitted, counted, charged and its concurrency slot taken and released.
+fn full_chain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("filter_chain_request");
+    let yaml = format!(
+        "secret_key: {SECRET}\napi_keys:\n  - {{ name: bench, key: {CONFIG_KEY}, permissions: [claude], \
+         expires_at: \"2099-01-01T00:00:00Z\", clients: [claude_code, {{ user_agent: \"^my-tool/\" }}], \
+         ip_allow: [10.0.0.0/8, \"::1/128\"], ip_deny: [10.9.0.0/16], model_blacklist: [claude-opus-4-1], \
+         rate_limit: {{ window_minutes: 1, requests: 1000000000000, tokens: 1000000000000000, cost_usd: 1000000 }}, \
+         cost_limits: {{ daily_usd: 1000000, weekly_usd: 1000000, total_usd: 1000000 }}, \
+         concurrency: {{ limit: 4, queue: 2 }} }}\n"
+    );
+    let config = Config::from_yaml(&yaml, &|_| None).expect("bench config is valid");
+    let secrets = Arc::new(Secrets::new(SECRET).expect("bench secret is valid"));
+    let snapshot = build_snapshot(&config, &secrets, &Scheduler::new(), Vec::new(), Vec::new());
+    let keys: Arc<dyn KeyDirectory> = Arc::new(SnapshotKeys {
+        secrets,
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+    });
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in [
+        ("host", "127.0.0.1:3000"),
+        ("content-type", "application/json"),
+        ("anthropic-version", "2023-06-01"),
+        ("user-agent", "claude-cli/2.0.0 (external, cli)"),
+        ("x-api-key", CONFIG_KEY),
+    ] {
+        headers.insert(k, http::HeaderValue::from_static(v));
+    }
+    let facts = RequestFacts {
+        model: Some("claude-sonnet-4-5".into()),
+        stream: true,
+        max_tokens: Some(1024),
+        session: None,
+    };
+    let route = RouteInfo {
+        service: Service::Claude,
+        endpoint: "messages",
+    };
+    let ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    let all: Vec<String> = claude_relay::config::DEFAULT_FILTERS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (name, order) in [("key_auth_only", vec!["key_auth".to_string()]), ("all_filters", all)] {
+        let chain = filters::Registry::with_builtins()
+            .build(
+                &order,
+                &FilterDeps {
+                    keys: keys.clone(),
+                    limits: Arc::new(claude_relay::limits::MemoryLimits::new()),
+                },
+            )
+            .expect("chain builds");
+        let run = || {
+            let mut holds = Vec::new();
+            let mut cx = FilterContext {
+                route,
+                headers: black_box(&headers),
+                query: None,
+                client_ip: Some(ip),
+                key: None,
+                facts: None,
+                holds: &mut holds,
+            };
+            run_ready(chain.run_headers(&mut cx)).expect("head phase passes");
+            cx.facts = Some(&facts);
+            run_ready(chain.run_request(&mut cx)).expect("request phase passes");
+            let key = cx.key.take();
+            run_ready(chain.run_complete(&CompletionContext {
+                route,
+                key: key.as_ref(),
+                facts: Some(&facts),
+                status: 200,
+                tokens: 36,
+                cost_nanos: 187_650,
+            }));
+            let held = holds.len();
+            drop(holds);
+            held
+        };
+        assert_eq!(
+            run(),
+            if name == "all_filters" { 2 } else { 0 },
+            "{name}: slot guard held"
+        );
+        group.bench_function(name, |b| b.iter(run));
     }
     group.finish();
 }
@@ -292,5 +388,5 @@ fn account_selection(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, key_lookup, filter_chain, account_selection);
+criterion_group!(benches, key_lookup, filter_chain, full_chain, account_selection);
 criterion_main!(benches);

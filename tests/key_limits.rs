@@ -178,7 +178,10 @@ async fn rate_window_admits_its_requests_then_429_with_retry_after() {
     }
     let retry = assert_refused(send(&relay, "rw", &[], BODY).await, 429, "rate_limit_error").await;
     let retry = retry.expect("retry-after on a rate window refusal");
-    assert!((1..=60).contains(&retry), "retry-after {retry} is the rest of the window");
+    assert!(
+        (1..=60).contains(&retry),
+        "retry-after {retry} is the rest of the window"
+    );
     // Streaming requests are refused the same way.
     assert_refused(send(&relay, "rw", &[], STREAM_BODY).await, 429, "rate_limit_error").await;
     assert_eq!(mock.hits(), 3, "a refusal never reaches the upstream");
@@ -193,11 +196,17 @@ async fn token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches
         &[
             // 100 tokens: 0, 36 and 72 charged at admission pass; 108 refuses.
             key_line("tok", "rate_limit: { window_minutes: 1, tokens: 100 }"),
-            key_line("cst", &format!("rate_limit: {{ window_minutes: 1, cost_usd: {} }}", usd(2.5))),
+            key_line(
+                "cst",
+                &format!("rate_limit: {{ window_minutes: 1, cost_usd: {} }}", usd(2.5)),
+            ),
             key_line("day", &format!("cost_limits: {{ daily_usd: {} }}", usd(1.5))),
             key_line(
                 "wek",
-                &format!("cost_limits: {{ weekly_usd: {}, weekly_reset: \"mon 00:00\" }}", usd(1.5)),
+                &format!(
+                    "cost_limits: {{ weekly_usd: {}, weekly_reset: \"mon 00:00\" }}",
+                    usd(1.5)
+                ),
             ),
             key_line("tot", &format!("cost_limits: {{ total_usd: {} }}", usd(1.5))),
         ],
@@ -245,7 +254,10 @@ async fn overshoot_is_bounded_by_the_requests_in_flight() {
             ),
             key_line(
                 "bcst",
-                &format!("cost_limits: {{ daily_usd: {} }}, concurrency: {{ limit: 4 }}", usd(1.2)),
+                &format!(
+                    "cost_limits: {{ daily_usd: {} }}, concurrency: {{ limit: 4 }}",
+                    usd(1.2)
+                ),
             ),
         ],
     )
@@ -269,7 +281,10 @@ async fn overshoot_is_bounded_by_the_requests_in_flight() {
             statuses.push(t.await.unwrap());
         }
         let admitted = statuses.iter().filter(|s| **s == 200).count() as u64;
-        assert_eq!(admitted, 4, "{name}: the limit was not reached at admission: {statuses:?}");
+        assert_eq!(
+            admitted, 4,
+            "{name}: the limit was not reached at admission: {statuses:?}"
+        );
         assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 6, "{statuses:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         // All four ran to their end and were charged: over the limit, by less than 4 requests.
@@ -292,7 +307,12 @@ async fn overshoot_is_bounded_by_the_requests_in_flight() {
 #[tokio::test]
 async fn concurrency_slot_is_held_while_streaming_and_freed_however_the_request_ends() {
     let mock = MockUpstream::start().await;
-    let relay = relay(&mock, &[key_line("one", "concurrency: { limit: 1 }")]).await;
+    let relay = RelayProcess::start(&config(
+        &mock,
+        &[key_line("one", "concurrency: { limit: 1 }")],
+        "timeouts: { stream_idle: 1s }\n",
+    ))
+    .await;
 
     // Completion.
     let first = send(&relay, "one", SLOW, STREAM_BODY).await;
@@ -311,7 +331,10 @@ async fn concurrency_slot_is_held_while_streaming_and_freed_however_the_request_
     assert_refused(send(&relay, "one", &[], BODY).await, 429, "rate_limit_error").await;
     drop(r);
     let took = admitted_within(&relay, "one", Duration::from_secs(3)).await;
-    assert!(took < Duration::from_millis(1200), "freed at the disconnect, not at the stream's end: {took:?}");
+    assert!(
+        took < Duration::from_millis(1200),
+        "freed at the disconnect, not at the stream's end: {took:?}"
+    );
 
     // An upstream error answer.
     let r = send(&relay, "one", &[("x-mock-status", "400")], BODY).await;
@@ -324,7 +347,11 @@ async fn concurrency_slot_is_held_while_streaming_and_freed_however_the_request_
     let r = send(
         &relay,
         "one",
-        &[("x-mock-truncate", "300"), ("x-mock-chunk", "100"), ("x-mock-chunk-delay-ms", "50")],
+        &[
+            ("x-mock-truncate", "300"),
+            ("x-mock-chunk", "100"),
+            ("x-mock-chunk-delay-ms", "50"),
+        ],
         STREAM_BODY,
     )
     .await;
@@ -332,12 +359,13 @@ async fn concurrency_slot_is_held_while_streaming_and_freed_however_the_request_
     let _ = r.bytes().await;
     admitted_within(&relay, "one", Duration::from_secs(2)).await;
 
-    // A stream still stalled holds its slot; the slot comes back when the client gives up.
+    // An upstream that falls silent mid-stream holds the slot until the stream times out
+    // (`timeouts.stream_idle`, 1 s here), then gives it back.
     let r = send(&relay, "one", STALLED, STREAM_BODY).await;
     assert_eq!(r.status(), 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_refused(send(&relay, "one", &[], BODY).await, 429, "rate_limit_error").await;
-    drop(r);
+    let _ = r.bytes().await;
     admitted_within(&relay, "one", Duration::from_secs(2)).await;
     assert!(rejections(&relay, "concurrency_limit").await >= 3);
 }
@@ -460,7 +488,10 @@ async fn key_limits_through_the_admin_api() {
         .unwrap();
     let id = created["id"].as_str().unwrap().to_string();
     let plaintext = created["key"].as_str().unwrap().to_string();
-    assert_eq!(created["rate_limit"], serde_json::json!({"window_minutes": 1, "requests": 2}));
+    assert_eq!(
+        created["rate_limit"],
+        serde_json::json!({"window_minutes": 1, "requests": 2})
+    );
     assert_eq!(created["cost_limits"]["weekly_reset"], "wed 12:00");
     assert_eq!(created["concurrency"]["queue_timeout_ms"], 500);
     assert!(created.get("permissions").is_none(), "fields not set are absent");
@@ -488,7 +519,10 @@ async fn key_limits_through_the_admin_api() {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v.get("rate_limit").is_none());
-    assert_eq!(v["concurrency"], serde_json::json!({"limit": 3, "queue": 0, "queue_timeout_ms": 10000}));
+    assert_eq!(
+        v["concurrency"],
+        serde_json::json!({"limit": 3, "queue": 0, "queue_timeout_ms": 10000})
+    );
     assert_eq!(v["cost_limits"]["daily_usd"], 5.0);
     let got: serde_json::Value = c
         .get(format!("{keys}/{id}"))
@@ -510,9 +544,22 @@ async fn key_limits_through_the_admin_api() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("cost_limits.daily_usd"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cost_limits.daily_usd")
+    );
 
-    let list: serde_json::Value = c.get(&keys).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let list: serde_json::Value = c
+        .get(&keys)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(list["keys"].as_array().unwrap().iter().any(|k| k["name"] == "limited"));
 }
 
@@ -549,7 +596,13 @@ fn redis_config(mock: &MockUpstream, url: &str, prefix: &str, keys: &[String]) -
 
 /// Sends `n` requests at once, alternating between the relays; returns their statuses, read as
 /// soon as each head arrives, and the responses (for streams still running).
-async fn burst(relays: &[&RelayProcess], n: usize, name: &'static str, headers: &'static [(&'static str, &'static str)], body: &'static str) -> Vec<(u16, reqwest::Response)> {
+async fn burst(
+    relays: &[&RelayProcess],
+    n: usize,
+    name: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+) -> Vec<(u16, reqwest::Response)> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let base = relays[i % relays.len()].base();
@@ -647,7 +700,10 @@ async fn a_killed_instance_gives_its_slots_back_after_the_lease_time() {
     // ...and back within the lease time.
     let took = admitted_within(&b, "lease", Duration::from_secs(5)).await;
     let since_kill = killed.elapsed();
-    assert!(since_kill <= Duration::from_millis(2600), "slots came back {since_kill:?} after the kill");
+    assert!(
+        since_kill <= Duration::from_millis(2600),
+        "slots came back {since_kill:?} after the kill"
+    );
     assert!(took > Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let both = burst(&[&b], 2, "lease", STALLED, STREAM_BODY).await;
@@ -704,7 +760,16 @@ impl PrivateRedis {
         let port = free_port();
         let bin = std::env::var("RELAY_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -730,7 +795,11 @@ impl PrivateRedis {
     async fn calls(&self) -> std::collections::HashMap<String, u64> {
         let client = redis::Client::open(self.url()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .unwrap();
         info.lines()
             .filter_map(|l| {
                 let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -774,7 +843,9 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
         assert_eq!(complete(&relay, "all").await, 200);
     }
 
-    let admit_sha = redis::Script::new(include_str!("../src/limits/lua/admit.lua")).get_hash().to_string();
+    let admit_sha = redis::Script::new(include_str!("../src/limits/lua/admit.lua"))
+        .get_hash()
+        .to_string();
     let monitor_log = relay.dir.path().join("monitor.log");
     let mut monitor = Command::new("redis-cli")
         .args(["-p", &redis_server.port.to_string(), "monitor"])
@@ -782,7 +853,12 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    eventually(|| async { std::fs::read_to_string(&monitor_log).ok().filter(|s| s.starts_with("OK")) }).await;
+    eventually(|| async {
+        std::fs::read_to_string(&monitor_log)
+            .ok()
+            .filter(|s| s.starts_with("OK"))
+    })
+    .await;
     let before = redis_server.calls().await;
 
     const N: u64 = 40;
@@ -813,7 +889,10 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
         all_scripts - admissions
     );
     assert_eq!(admissions, N, "exactly one admission script per request");
-    assert_eq!(scripts, all_scripts, "MONITOR saw every script call that commandstats counted");
+    assert_eq!(
+        scripts, all_scripts,
+        "MONITOR saw every script call that commandstats counted"
+    );
     assert_eq!(charges, N, "one charge pipeline per request");
     assert_eq!(releases, N, "one release per request");
     // Any other script is the periodic usage writer's (last-used times), not per request.

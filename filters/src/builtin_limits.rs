@@ -22,8 +22,10 @@
 //! disconnected: `on_complete` runs however the request ended).
 //!
 //! A concurrency slot is held by a guard in [`FilterContext::holds`]; its `Drop` releases the slot,
-//! so completion, client disconnect, upstream errors and panics all free it. When a key's slots
-//! are taken and its `queue` is not 0, up to `queue` requests per key and instance wait (retrying
+//! so completion, client disconnect, upstream errors and panics all free it. The guard drops just
+//! after the response's last byte, so a key at its limit gets a second try 25 ms later before a
+//! refusal (a sequential client's next request must not race its previous one's release). When a
+//! key's slots are taken and its `queue` is not 0, up to `queue` requests per key and instance wait (retrying
 //! the admission after a local release, or after a short backoff for releases on other instances)
 //! until `queue_timeout`, then get the 429.
 //!
@@ -53,6 +55,9 @@ const CONCURRENCY: u8 = 4;
 /// First and longest pause between two admission attempts of a queued request.
 const QUEUE_BACKOFF_MIN: Duration = Duration::from_millis(20);
 const QUEUE_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How long a request refused for concurrency (without a queue) waits before its second and last
+/// try.
+const CONCURRENCY_GRACE: Duration = Duration::from_millis(25);
 
 /// Registers `rate_limit`, `cost_limits` and `concurrency`.
 pub fn register(r: &mut Registry) {
@@ -249,6 +254,7 @@ impl Group {
         };
         let mut place: Option<(QueuePlace, Instant)> = None;
         let mut backoff = QUEUE_BACKOFF_MIN;
+        let mut graced = false;
         loop {
             // While queued, listen for local releases before asking, so none is missed.
             let queue = place.as_ref().map(|(p, _)| p.0.clone());
@@ -262,12 +268,20 @@ impl Group {
                 Ok(Admission::Refused(r)) => r,
                 Err(_) => return Err(unavailable()),
             };
-            let Some(c) = concurrency.as_ref().filter(|c| c.queue > 0) else {
-                return Err(refusal);
-            };
             if refusal.reason != "concurrency_limit" {
                 return Err(refusal);
             }
+            let Some(c) = concurrency.as_ref().filter(|c| c.queue > 0) else {
+                // Without a queue, one more try after a short grace: a client's previous request
+                // has sent its last byte before it releases its slot, so a client that sends the
+                // next one at once must not be refused for that moment.
+                if !graced {
+                    graced = true;
+                    tokio::time::sleep(CONCURRENCY_GRACE).await;
+                    continue;
+                }
+                return Err(refusal);
+            };
             let deadline = match &place {
                 Some((_, deadline)) => *deadline,
                 None => {

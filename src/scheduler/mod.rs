@@ -273,7 +273,19 @@ impl Scheduler {
             .collect();
         accounts.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
         let index = accounts.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect();
-        AccountPool { accounts, index }
+        let hot = accounts
+            .iter()
+            .map(|a| Hot {
+                priority: a.priority,
+                weight: a.weight,
+                enabled: a.enabled,
+                dedicated: a.dedicated,
+                needs_full_check: a.models.is_some(),
+                quota: a.daily_quota_nanos,
+                rt: a.rt.clone(),
+            })
+            .collect();
+        AccountPool { accounts, index, hot }
     }
 
     /// The runtime of an account id, if the account exists.
@@ -344,36 +356,46 @@ impl Scheduler {
             return Some(a.clone());
         }
         // Least used relative to weight: compare picks_a / w_a < picks_b / w_b without dividing.
-        let mut best: Option<(&Arc<Account>, u64, u64)> = None; // (account, picks, stamp)
+        // The scan walks the compact `hot` array (one cache line per account, one pointer to its
+        // runtime) and touches the full account only for the rare checks that need it.
+        let mut best: Option<(usize, u64, u64)> = None; // (index, picks, stamp)
         let mut most_picks_per_weight: (u64, u64) = (0, 1);
-        for a in &pool.accounts {
-            if let Some((b, _, _)) = best
-                && a.priority > b.priority
-            {
+        let mut best_priority = u32::MAX;
+        for (i, h) in pool.hot.iter().enumerate() {
+            if h.priority > best_priority {
                 break; // sorted by priority: nothing better follows
             }
-            if !allowed(a) || !healthy(a) {
+            if !h.enabled || (req.binding.is_none() && h.dedicated) {
                 continue;
             }
-            let picks = a.rt.picks.load(Ordering::Relaxed);
-            let w = u64::from(a.weight);
-            if u128::from(picks) * u128::from(most_picks_per_weight.1)
-                > u128::from(most_picks_per_weight.0) * u128::from(w)
+            if (h.needs_full_check || req.binding.is_some() || !req.tried.is_empty())
+                && !pool.accounts.get(i).is_some_and(|a| allowed(a))
             {
+                continue;
+            }
+            if !h.rt.available(req.model, req.now_ms, h.quota) {
+                continue;
+            }
+            let picks = h.rt.picks.load(Ordering::Relaxed);
+            let w = u64::from(h.weight);
+            if picks.saturating_mul(most_picks_per_weight.1) > most_picks_per_weight.0.saturating_mul(w) {
                 most_picks_per_weight = (picks, w);
             }
             let better = match best {
                 None => true,
-                Some((b, bp, bs)) => {
-                    let lhs = u128::from(picks) * u128::from(b.weight);
-                    let rhs = u128::from(bp) * u128::from(a.weight);
-                    lhs < rhs || lhs == rhs && a.rt.last_used.load(Ordering::Relaxed) < bs
+                Some((bi, bp, bs)) => {
+                    let bw = u64::from(pool.hot[bi].weight);
+                    let lhs = picks.saturating_mul(bw);
+                    let rhs = bp.saturating_mul(w);
+                    lhs < rhs || lhs == rhs && h.rt.last_used.load(Ordering::Relaxed) < bs
                 }
             };
             if better {
-                best = Some((a, picks, a.rt.last_used.load(Ordering::Relaxed)));
+                best = Some((i, picks, h.rt.last_used.load(Ordering::Relaxed)));
+                best_priority = h.priority;
             }
         }
+        let best = best.and_then(|(i, p, s)| pool.accounts.get(i).map(|a| (a, p, s)));
         let Some((chosen, picks, _)) = best else {
             return self.last_resort(pool, req, &allowed);
         };
@@ -434,6 +456,21 @@ pub struct AccountPool {
     accounts: Vec<Arc<Account>>,
     /// Account id → position in `accounts`.
     index: HashMap<Arc<str>, usize>,
+    /// What selection reads for every account, packed and in the same order as `accounts`.
+    hot: Vec<Hot>,
+}
+
+/// The per-account fields the selection scan reads.
+#[derive(Debug)]
+struct Hot {
+    priority: u32,
+    weight: u32,
+    enabled: bool,
+    dedicated: bool,
+    /// A model allowlist applies: check the full account.
+    needs_full_check: bool,
+    quota: Option<u64>,
+    rt: Arc<AccountRuntime>,
 }
 
 impl AccountPool {
