@@ -76,9 +76,61 @@ fn config(mock: &MockUpstream, keys: &[String], extra: &str) -> String {
     yaml
 }
 
-async fn relay(mock: &MockUpstream, keys: &[String]) -> RelayProcess {
-    RelayProcess::start(&config(mock, keys, "")).await
+/// Where the limits live: the embedded store's memory, or Redis (under a fresh prefix).
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Embedded,
+    Redis,
 }
+
+/// A relay's Redis prefix, if any; its keys are deleted by [`Prefix::cleanup`].
+struct Prefix(Option<String>);
+
+impl Prefix {
+    async fn cleanup(self) {
+        if let Some(p) = self.0 {
+            cleanup(&redis_url(), &p).await;
+        }
+    }
+}
+
+/// The relay with one account on `mock`, the given keys and more config, on `backend`.
+async fn relay_on(backend: Backend, mock: &MockUpstream, keys: &[String], extra: &str) -> (RelayProcess, Prefix) {
+    match backend {
+        Backend::Embedded => (RelayProcess::start(&config(mock, keys, extra)).await, Prefix(None)),
+        Backend::Redis => {
+            let p = prefix();
+            let yaml = format!("{}{extra}", redis_config(mock, &redis_url(), &p, keys));
+            (RelayProcess::start(&yaml).await, Prefix(Some(p)))
+        }
+    }
+}
+
+/// Runs each listed `async fn(Backend)` as one test per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_embedded {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Embedded).await
+            })*
+        }
+        mod on_redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Redis).await
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    rate_window_admits_its_requests_then_429_with_retry_after,
+    token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches_them,
+    overshoot_is_bounded_by_the_requests_in_flight,
+    concurrency_slot_is_held_while_streaming_and_freed_however_the_request_ends,
+    a_queued_request_waits_for_the_slot_and_the_queue_is_bounded,
+);
 
 async fn send_to(base: &str, name: &str, headers: &[(&str, &str)], body: &str) -> reqwest::Response {
     let mut rb = client()
@@ -162,14 +214,15 @@ async fn admitted_within(relay: &RelayProcess, name: &str, within: Duration) -> 
     }
 }
 
-// --- embedded backend ---
+// --- every limit, on both backends ---
 
-#[tokio::test]
-async fn rate_window_admits_its_requests_then_429_with_retry_after() {
+async fn rate_window_admits_its_requests_then_429_with_retry_after(backend: Backend) {
     let mock = MockUpstream::start().await;
-    let relay = relay(
+    let (relay, prefix) = relay_on(
+        backend,
         &mock,
         &[key_line("rw", "rate_limit: { window_minutes: 1, requests: 3 }")],
+        "",
     )
     .await;
     room_in_minute(20).await;
@@ -186,12 +239,14 @@ async fn rate_window_admits_its_requests_then_429_with_retry_after() {
     assert_refused(send(&relay, "rw", &[], STREAM_BODY).await, 429, "rate_limit_error").await;
     assert_eq!(mock.hits(), 3, "a refusal never reaches the upstream");
     assert_eq!(rejections(&relay, "rate_limit").await, 2);
+    drop(relay);
+    prefix.cleanup().await;
 }
 
-#[tokio::test]
-async fn token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches_them() {
+async fn token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches_them(backend: Backend) {
     let mock = MockUpstream::start().await;
-    let relay = relay(
+    let (relay, prefix) = relay_on(
+        backend,
         &mock,
         &[
             // 100 tokens: 0, 36 and 72 charged at admission pass; 108 refuses.
@@ -210,6 +265,7 @@ async fn token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches
             ),
             key_line("tot", &format!("cost_limits: {{ total_usd: {} }}", usd(1.5))),
         ],
+        "",
     )
     .await;
     room_in_minute(30).await;
@@ -238,14 +294,16 @@ async fn token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches
     }
     assert_eq!(mock.hits(), 3 + 3 + 2 + 2 + 2);
     assert_eq!(rejections(&relay, "rate_limit").await, 2);
+    drop(relay);
+    prefix.cleanup().await;
 }
 
 /// Tokens and cost are charged when a request completes, so requests admitted together all run:
 /// the overshoot is at most what the requests in flight cost (here the concurrency limit, 4).
-#[tokio::test]
-async fn overshoot_is_bounded_by_the_requests_in_flight() {
+async fn overshoot_is_bounded_by_the_requests_in_flight(backend: Backend) {
     let mock = MockUpstream::start().await;
-    let relay = relay(
+    let (relay, prefix) = relay_on(
+        backend,
         &mock,
         &[
             key_line(
@@ -260,6 +318,7 @@ async fn overshoot_is_bounded_by_the_requests_in_flight() {
                 ),
             ),
         ],
+        "",
     )
     .await;
     room_in_minute(30).await;
@@ -302,16 +361,18 @@ async fn overshoot_is_bounded_by_the_requests_in_flight() {
     }
     assert_eq!(mock.hits(), 8);
     assert_eq!(rejections(&relay, "concurrency_limit").await, 12);
+    drop(relay);
+    prefix.cleanup().await;
 }
 
-#[tokio::test]
-async fn concurrency_slot_is_held_while_streaming_and_freed_however_the_request_ends() {
+async fn concurrency_slot_is_held_while_streaming_and_freed_however_the_request_ends(backend: Backend) {
     let mock = MockUpstream::start().await;
-    let relay = RelayProcess::start(&config(
+    let (relay, prefix) = relay_on(
+        backend,
         &mock,
         &[key_line("one", "concurrency: { limit: 1 }")],
         "timeouts: { stream_idle: 1s }\n",
-    ))
+    )
     .await;
 
     // Completion.
@@ -368,17 +429,20 @@ async fn concurrency_slot_is_held_while_streaming_and_freed_however_the_request_
     let _ = r.bytes().await;
     admitted_within(&relay, "one", Duration::from_secs(2)).await;
     assert!(rejections(&relay, "concurrency_limit").await >= 3);
+    drop(relay);
+    prefix.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_queued_request_waits_for_the_slot_and_the_queue_is_bounded() {
+async fn a_queued_request_waits_for_the_slot_and_the_queue_is_bounded(backend: Backend) {
     let mock = MockUpstream::start().await;
-    let relay = relay(
+    let (relay, prefix) = relay_on(
+        backend,
         &mock,
         &[
             key_line("q", "concurrency: { limit: 1, queue: 1, queue_timeout_ms: 3000 }"),
             key_line("qt", "concurrency: { limit: 1, queue: 1, queue_timeout_ms: 300 }"),
         ],
+        "",
     )
     .await;
     let first = send(&relay, "q", SLOW, STREAM_BODY).await;
@@ -410,6 +474,8 @@ async fn a_queued_request_waits_for_the_slot_and_the_queue_is_bounded() {
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert_eq!(retry, Some(1));
     drop(held);
+    drop(relay);
+    prefix.cleanup().await;
 }
 
 #[tokio::test]
@@ -898,4 +964,101 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     // Any other script is the periodic usage writer's (last-used times), not per request.
     assert!(scripts - admissions < N / 2, "{scripts} scripts for {N} requests");
     assert_eq!(mock.hits() as u64, N + 2);
+}
+
+/// The admission script computes days and weeks on the Redis clock in Lua; they must be the ones
+/// the Rust side (memory backend, spend seeds) uses. Also: activation is first-write-wins, and
+/// held slots are renewed.
+#[tokio::test]
+async fn redis_backend_agrees_with_the_rust_calendar() {
+    use claude_relay::limits::redis::RedisLimits;
+    use claude_relay::store::redis::RedisStore;
+    use filters::policy::{KeyPolicy, KeyPolicySpec};
+    use filters::{Admission, ClientKey, LimitBackend};
+
+    let (url, p) = (redis_url(), prefix());
+    let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
+    let limits = RedisLimits::connect(&url, &p, store, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for (i, reset) in ["mon 00:00", "wed 12:30", "sun 23:59", "thu 00:01"].iter().enumerate() {
+        let spec: KeyPolicySpec = serde_json::from_value(serde_json::json!({
+            "cost_limits": {"daily_usd": 1, "weekly_usd": 0, "weekly_reset": reset},
+            "concurrency": {"limit": 1},
+        }))
+        .unwrap();
+        let key = ClientKey {
+            id: format!("cal{i}").into(),
+            name: "cal".into(),
+            enabled: true,
+            bind: None,
+            policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
+        };
+        let now_s = chrono::Utc::now().timestamp();
+        // A weekly cap of 0 is spent at once: the refusal says when the week ends.
+        let Admission::Refused(r) = limits.admit(&key, "h", now_s * 1000).await.unwrap() else {
+            panic!("a zero weekly cap refuses");
+        };
+        assert_eq!(r.reason, "weekly_cost_limit");
+        let (wd, minute) = filters::policy::parse_weekly_reset(reset).unwrap();
+        let week = claude_relay::limits::week_start(now_s, wd, minute);
+        let stored: (i64, i64) = redis::cmd("HMGET")
+            .arg(format!("{p}limit:spend:cal{i}"))
+            .arg("day_start")
+            .arg("week_start")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(stored, (claude_relay::limits::day_start(now_s), week), "{reset}");
+        let expected = week + 7 * 86_400 - now_s;
+        let got = r.retry_after.unwrap() as i64;
+        assert!(
+            (expected - 1..=expected + 1).contains(&got),
+            "{reset}: {got} vs {expected}"
+        );
+    }
+
+    // First use wins, on every instance.
+    assert_eq!(limits.activate("act", 1000).await.unwrap(), 1000);
+    assert_eq!(limits.activate("act", 2000).await.unwrap(), 1000);
+
+    // A held slot is renewed, a released one is gone.
+    let spec: KeyPolicySpec = serde_json::from_value(serde_json::json!({"concurrency": {"limit": 1}})).unwrap();
+    let key = ClientKey {
+        id: "slot".into(),
+        name: "slot".into(),
+        enabled: true,
+        bind: None,
+        policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
+    };
+    assert!(matches!(
+        limits.admit(&key, "h1", 0).await.unwrap(),
+        Admission::Admitted
+    ));
+    let score = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        let k = format!("{p}limit:slots:slot");
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(k)
+                .arg("h1")
+                .query_async::<Option<f64>>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let first = score(&mut c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(limits.renew_held().await.unwrap(), 1);
+    assert!(score(&mut c).await.unwrap() > first, "renewed");
+    assert!(matches!(
+        limits.admit(&key, "h2", 0).await.unwrap(),
+        Admission::Refused(_)
+    ));
+    limits.release("slot", "h1").await.unwrap();
+    assert_eq!(score(&mut c).await, None);
+    assert_eq!(limits.renew_held().await.unwrap(), 0);
+    cleanup(&url, &p).await;
 }

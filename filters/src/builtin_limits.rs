@@ -177,13 +177,20 @@ impl Drop for SlotGuard {
         });
         // Started here, not only spawned: the memory backend is done at once, and Redis has the
         // release queued on its connection before this request's task moves on, so the client's
-        // next request (admitted on the same connection, after it) finds the slot free.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if release.as_mut().poll(&mut cx).is_pending() {
-            // Outside a runtime (never on the request path) the slot expires by itself.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(release);
+        // next request (admitted after it on the same connection) finds the slot free. Not while
+        // unwinding (a panic in a destructor then aborts), and a backend that panics here (its
+        // runtime is shutting down) leaves the slot to its lease.
+        if !std::thread::panicking() {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| release.as_mut().poll(&mut cx))) {
+                Ok(std::task::Poll::Pending) => {}
+                Ok(std::task::Poll::Ready(())) | Err(_) => return,
             }
+        }
+        // Outside a runtime (never on the request path) the release is lost; on Redis the slot
+        // then runs out with its lease.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(release);
         }
     }
 }
@@ -587,6 +594,34 @@ mod tests {
         assert_eq!((e.status, e.reason, e.retry_after), (429, "concurrency_limit", Some(1)));
         assert!(t.elapsed() >= Duration::from_millis(300));
         drop(second);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_releases_its_slot() {
+        let fake = Arc::new(Fake {
+            slots: 1,
+            ..Default::default()
+        });
+        let chain = Arc::new(chain(&fake, &["concurrency"]));
+        let k = key(r#"{"concurrency":{"limit":1}}"#);
+        let task = {
+            let (chain, k) = (chain.clone(), k.clone());
+            tokio::spawn(async move {
+                let mut holds = Vec::new();
+                request(&chain, &k, &mut holds).await.unwrap();
+                assert_eq!(holds.len(), 2);
+                panic!("a bug in the middle of a request");
+            })
+        };
+        assert!(task.await.unwrap_err().is_panic());
+        settle().await;
+        assert!(fake.held.lock().unwrap().is_empty(), "released while unwinding");
+        // Released synchronously when the request simply ends.
+        let mut holds = Vec::new();
+        request(&chain, &k, &mut holds).await.unwrap();
+        assert_eq!(fake.held.lock().unwrap().len(), 1);
+        drop(holds);
+        assert!(fake.held.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -23,7 +23,8 @@
 //! `RELAY_CONCURRENCY_LEASE_TTL`, e.g. `5s`, read once at start) and this instance renews the slots
 //! it holds every third of it in one script call, so a stream may run as long as it likes while
 //! the slots of an instance that died come back within one lease time. The release of a slot is
-//! one `ZREM` from the request's guard; if it fails, the lease runs out.
+//! one `ZREM` from the request's guard; if it fails, or the request was cancelled after Redis
+//! gave it the slot but before it heard so, the lease runs out.
 //!
 //! This backend opens its own multiplexed connection, so an admission never waits behind a large
 //! usage flush on the store's connection.
