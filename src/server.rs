@@ -370,7 +370,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             store_rt.spawn(redis_limits.clone().renew_forever());
             redis_limits
         }
-        StoreBackend::Embedded => Arc::new(crate::limits::MemoryLimits::with_store(store.clone())),
+        StoreBackend::Embedded => Arc::new(
+            crate::limits::MemoryLimits::with_store(store.clone())
+                .with_activations_file(config.data_dir.join("activations.json")),
+        ),
     };
     let chain = filters::Registry::with_builtins()
         .build(&config.filters, &filters::FilterDeps { keys, limits })

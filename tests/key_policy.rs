@@ -171,7 +171,6 @@ async fn activation_on_first_use() {
 }
 
 #[tokio::test]
-#[ignore = "the embedded limit backend keeps first-use times in memory only (src/limits/memory.rs)"]
 async fn activation_survives_a_restart_on_the_embedded_store() {
     let mock = MockUpstream::start().await;
     let trial = key_line("trial", "activate_for: 2s");

@@ -55,6 +55,8 @@ pub struct MemoryLimits {
     keys: Mutex<HashMap<Arc<str>, Counters>>,
     activations: Mutex<HashMap<String, i64>>,
     seeds: Option<SpendSeeds>,
+    /// Where first-use times are kept across restarts (`activations.json` in the data directory).
+    activations_file: Option<std::path::PathBuf>,
 }
 
 impl MemoryLimits {
@@ -70,6 +72,32 @@ impl MemoryLimits {
             ..Self::default()
         }
     }
+
+    /// Keeps first-use times of activation-mode keys in `file` (read now, rewritten atomically on
+    /// each new activation), so a restart does not give a key a fresh period.
+    pub fn with_activations_file(mut self, file: std::path::PathBuf) -> Self {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            match serde_json::from_str::<HashMap<String, i64>>(&text) {
+                Ok(map) => *self.activations.lock().unwrap_or_else(|e| e.into_inner()) = map,
+                Err(e) => {
+                    tracing::error!(path = %file.display(), error = %e, "activation times unreadable; starting empty")
+                }
+            }
+        }
+        self.activations_file = Some(file);
+        self
+    }
+}
+
+/// Writes the activation map next to its final place and renames it over, so a crash leaves
+/// either the old or the new file.
+fn save_activations(file: &std::path::Path, map: &HashMap<String, i64>) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = file.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string(map).unwrap_or_default().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
 }
 
 #[async_trait]
@@ -157,12 +185,24 @@ impl LimitBackend for MemoryLimits {
     }
 
     async fn activate(&self, key_id: &str, now_s: i64) -> Result<i64, String> {
-        Ok(*self
-            .activations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key_id.to_string())
-            .or_insert(now_s))
+        let (at, snapshot) = {
+            let mut map = self.activations.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = map.get(key_id) {
+                return Ok(*at);
+            }
+            map.insert(key_id.to_string(), now_s);
+            (now_s, map.clone())
+        };
+        if let Some(file) = self.activations_file.clone() {
+            // Once per key, ever: off the async workers all the same.
+            let saved = tokio::task::spawn_blocking(move || save_activations(&file, &snapshot)).await;
+            match saved {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("cannot save the activation time: {e}")),
+                Err(e) => return Err(format!("cannot save the activation time: {e}")),
+            }
+        }
+        Ok(at)
     }
 }
 
