@@ -168,7 +168,8 @@ pub struct Reloader {
 
 impl Reloader {
     pub async fn reload(&self) -> Result<()> {
-        let health = self.coord.account_health(chrono::Utc::now().timestamp_millis()).await;
+        let read_at = chrono::Utc::now().timestamp_millis();
+        let health = self.coord.account_health(read_at).await;
         let result = crate::state::reload(
             &self.config,
             &self.secrets,
@@ -180,7 +181,7 @@ impl Reloader {
         .context("reloading keys and accounts");
         // Health applies to the runtimes, which the new snapshot's accounts share.
         match health {
-            Ok(h) => self.scheduler.apply_health(&h),
+            Ok(h) => self.scheduler.apply_health(&h, read_at),
             Err(e) => tracing::warn!(error = %e, "reading shared account health failed"),
         }
         result

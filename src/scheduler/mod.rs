@@ -295,14 +295,22 @@ impl Scheduler {
 
     /// Applies the shared health entries (from the store) to every account: listed accounts get
     /// their entry, others are cleared.
-    pub fn apply_health(&self, entries: &std::collections::BTreeMap<String, AccountHealth>) {
+    pub fn apply_health(&self, entries: &std::collections::BTreeMap<String, AccountHealth>, read_at_ms: i64) {
         let pending = self.pending_health.lock().unwrap_or_else(|p| p.into_inner());
         let runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
         for (id, rt) in runtimes.iter() {
             if pending.contains_key(id) {
                 continue;
             }
-            rt.set_health(entries.get(&**id).cloned());
+            let shared = entries.get(&**id).cloned();
+            // A mark made here after the store was read is newer than what was read: keep it.
+            if let Some(local) = rt.health(read_at_ms)
+                && local.since >= read_at_ms
+                && shared.as_ref().is_none_or(|s| s.since < local.since)
+            {
+                continue;
+            }
+            rt.set_health(shared);
         }
     }
 
