@@ -5,9 +5,9 @@
 // The harness is shared with other suites; its own lint findings are not this suite's business.
 #[allow(clippy::doc_lazy_continuation, clippy::type_complexity)]
 mod support;
+use support::client;
 
 use std::path::Path;
-use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -17,13 +17,6 @@ use support::{ADMIN_PASSWORD, ALICE, RelayProcess, account_yaml, eventually};
 const BODY_JSON: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
 const BODY_STREAM: &str =
     r#"{"model":"claude-sonnet-4-5","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 /// An admin API client with a session token.
 struct Admin {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+use support::client;
 
 use std::time::Duration;
 
@@ -18,13 +19,6 @@ const CLAUDE_CODE_UA: &str = "claude-cli/2.1.197 (external, cli)";
 fn key_of(name: &str) -> String {
     let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
     format!("cr_{hex:0>64}")
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 /// The relay with one account on `mock`, the given `api_keys:` entries (YAML flow maps, one a

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+use support::{client, metric};
 
 use std::time::{Duration, Instant};
 
@@ -13,30 +14,8 @@ const BODY_STREAM: &str =
     r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 const BODY_JSON: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
 async fn relay_with(mock: &MockUpstream, extra: &str) -> RelayProcess {
     RelayProcess::start(&format!("accounts:\n{}{extra}", account_yaml("main", &mock.url(), ""))).await
-}
-
-async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("{}/metrics", relay.admin()))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+use support::client;
 
 use std::time::Duration;
 
@@ -16,13 +17,6 @@ const SONNET: &str = "claude-sonnet-4-5";
 const HAIKU: &str = "claude-haiku-4-5";
 /// A password distinctive enough to search the relay's log and answers for.
 const PASS: &str = "Pr0xyPa55-zq81x";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 fn body(model: &str, stream: bool) -> String {
     format!(r#"{{"model":"{model}","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#)

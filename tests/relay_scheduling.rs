@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+use support::{client, metric};
 
 use std::time::Duration;
 
@@ -13,13 +14,6 @@ const BODY: &str =
     r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 const OPUS: &str =
     r#"{"model":"claude-opus-4-1","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 async fn send(
     relay: &RelayProcess,
@@ -38,21 +32,6 @@ async fn send(
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, r.text().await.unwrap(), headers)
-}
-
-async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("{}/metrics", relay.admin()))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]

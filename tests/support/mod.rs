@@ -14,6 +14,31 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password";
 /// A client key present in every test config as `alice`.
 pub const ALICE: &str = "cr_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
+/// An HTTP client with a timeout, so a stuck relay fails a test instead of hanging it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The value of the first `/metrics` line of the relay's admin listener that starts with
+/// `line_prefix` (a metric name with its labels).
+pub async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("{}/metrics", relay.admin()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
