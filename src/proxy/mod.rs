@@ -392,10 +392,10 @@ impl ProxyHttp for RelayProxy {
         if let Some(route) = ctx.route
             && ctx.key.is_some()
         {
-            let (tokens, cost) = match &ctx.settle {
+            let (tokens, cost) = match ctx.settle.as_mut() {
                 Some(s) => (
                     s.usage.total_input().saturating_add(s.usage.output),
-                    s.cost_nanos().unwrap_or(0),
+                    s.final_cost_nanos().unwrap_or(0),
                 ),
                 None => (0, 0),
             };

@@ -21,6 +21,8 @@ pub struct Settle {
     pub upstream_model: Option<String>,
     pub usage: TokenUsage,
     pub is_error: bool,
+    /// The cost computed by [`Settle::final_cost_nanos`], if it was.
+    priced: Option<Option<u64>>,
 }
 
 impl Settle {
@@ -42,25 +44,31 @@ impl Settle {
             upstream_model: None,
             usage: TokenUsage::default(),
             is_error: false,
+            priced: None,
         }
     }
 }
 
 impl Settle {
-    /// The cost of the usage seen so far (`None` when the model has no price).
-    pub fn cost_nanos(&self) -> Option<u64> {
+    /// The cost of the usage seen so far (`None` when the model has no price). Once asked, the
+    /// usage is final: settling reuses this figure instead of pricing again.
+    pub fn final_cost_nanos(&mut self) -> Option<u64> {
         let model = self.upstream_model.as_deref().unwrap_or(&self.requested_model);
-        self.pricing.cost_nanos(model, &self.usage)
+        let cost = self.pricing.cost_nanos(model, &self.usage);
+        self.priced = Some(cost);
+        cost
     }
 }
 
 impl Drop for Settle {
     fn drop(&mut self) {
         let model: Arc<str> = self.upstream_model.as_deref().unwrap_or(&self.requested_model).into();
-        let priced = self.pricing.lookup(&model).is_some();
-        let cost = self.pricing.cost_nanos(&model, &self.usage);
+        let cost = match self.priced {
+            Some(c) => c,
+            None => self.pricing.cost_nanos(&model, &self.usage),
+        };
         // Metrics label only names models the price table knows, so label sets stay bounded.
-        let label = if priced { &*model } else { "other" };
+        let label = if cost.is_some() { &*model } else { "other" };
         let u = &self.usage;
         for (kind, n) in [
             ("input", u.input),
