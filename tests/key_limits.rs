@@ -167,18 +167,8 @@ async fn assert_refused(r: reqwest::Response, status: u16, error_type: &str) -> 
 }
 
 async fn rejections(relay: &RelayProcess, reason: &str) -> u64 {
-    let text = client()
-        .get(format!("{}/metrics", relay.admin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("relay_rejections_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    let line = format!("relay_rejections_total{{reason=\"{reason}\"}} ");
+    support::metric(relay, &line).await.map_or(0, |v| v as u64)
 }
 
 /// Waits, when needed, until at least `secs` remain in the current one-minute window (windows

@@ -190,7 +190,7 @@ pub fn window_bounds(now_ms: i64, window_ms: i64) -> (i64, i64) {
 
 /// Start (Unix s) of the UTC day containing `now_s`.
 pub fn day_start(now_s: i64) -> i64 {
-    now_s - now_s.rem_euclid(86_400)
+    crate::store::Granularity::Day.bucket_start(now_s)
 }
 
 /// Start (Unix s) of the week containing `now_s` for a reset at `weekday` (0 = Monday) and
