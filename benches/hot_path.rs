@@ -52,7 +52,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
             extra: Default::default(),
         })
         .collect();
-    let snapshot = build_snapshot(&config, &secrets, &Scheduler::new(), stored, Vec::new());
+    let snapshot = build_snapshot(&config, &secrets, &Scheduler::new(), None, stored, Vec::new());
     assert_eq!(snapshot.keys.len(), n, "every generated key made it into the snapshot");
     let stored_hit = if n > 1 {
         plaintext(n / 2)
@@ -183,7 +183,7 @@ fn full_chain(c: &mut Criterion) {
     );
     let config = Config::from_yaml(&yaml, &|_| None).expect("bench config is valid");
     let secrets = Arc::new(Secrets::new(SECRET).expect("bench secret is valid"));
-    let snapshot = build_snapshot(&config, &secrets, &Scheduler::new(), Vec::new(), Vec::new());
+    let snapshot = build_snapshot(&config, &secrets, &Scheduler::new(), None, Vec::new(), Vec::new());
     let keys: Arc<dyn KeyDirectory> = Arc::new(SnapshotKeys {
         secrets,
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),

@@ -13,6 +13,10 @@ use serde::{Deserialize, Deserializer};
 
 use crate::store::AccountKind;
 
+#[path = "config_providers.rs"]
+mod providers_config;
+pub use providers_config::{AnthropicProvider, OAuthConfig, ProvidersConfig, TIERS};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -126,6 +130,9 @@ pub struct RawConfig {
     /// Peers whose `X-Forwarded-For` is believed when finding the client's IP (CIDR ranges).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Where upstream providers are reached.
+    #[serde(default)]
+    pub providers: ProvidersConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -483,6 +490,7 @@ pub struct Config {
     pub api_keys: Vec<ApiKeyConfig>,
     pub filters: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub providers: ProvidersConfig,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -721,6 +729,7 @@ impl Config {
             }
         }
 
+        providers_config::validate(&raw.providers)?;
         let mut names = std::collections::HashSet::new();
         for (i, a) in raw.accounts.iter_mut().enumerate() {
             let key = |f: &str| format!("accounts[{i}].{f}");
@@ -730,13 +739,25 @@ impl Config {
             if !names.insert(a.name.clone()) {
                 return Err(invalid(key("name"), format!("duplicate account name `{}`", a.name)));
             }
-            let base = a.base_url.get_or_insert_with(|| DEFAULT_ANTHROPIC_BASE.to_string());
+            let base = a
+                .base_url
+                .get_or_insert_with(|| raw.providers.anthropic.api_base.clone());
             crate::providers::UpstreamBase::parse(base).map_err(|r| invalid(key("base_url"), r))?;
-            match a.kind {
-                AccountKind::ClaudeConsole => match a.api_key.as_deref() {
-                    Some(k) if !k.trim().is_empty() => {}
-                    _ => return Err(invalid(key("api_key"), "is required for kind claude-console")),
-                },
+            match a.api_key.as_deref() {
+                Some(k) if !k.trim().is_empty() => {}
+                _ => {
+                    return Err(invalid(
+                        key("api_key"),
+                        match a.kind {
+                            AccountKind::ClaudeConsole => "is required for kind claude-console",
+                            // Refresh tokens rotate, so only a long-lived token fits a file.
+                            AccountKind::ClaudeOauth => {
+                                "is required for kind claude-oauth: a long-lived OAuth access token (setup token); \
+                                 accounts with refresh tokens are added through the admin API"
+                            }
+                        },
+                    ));
+                }
             }
             if let Some(m) = &a.models
                 && m.iter().any(|s| s.trim().is_empty())
@@ -909,6 +930,7 @@ impl Config {
             api_keys: raw.api_keys,
             filters,
             trusted_proxies,
+            providers: raw.providers,
         })
     }
 }

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub failovers: IntCounterVec,
     pub account_available: prometheus::IntGaugeVec,
+    pub oauth_refreshes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -109,6 +110,14 @@ impl Metrics {
             ),
             &["account", "state"],
         )?;
+        let oauth_refreshes = IntCounterVec::new(
+            Opts::new(
+                "relay_oauth_refreshes_total",
+                "OAuth token refreshes by result: ok, refused (the grant is dead; the account leaves the pool) or failed (temporary)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(oauth_refreshes.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -137,6 +146,7 @@ impl Metrics {
             upstream_errors,
             failovers,
             account_available,
+            oauth_refreshes,
         })
     }
 

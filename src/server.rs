@@ -25,6 +25,7 @@ use pingora::services::background::background_service;
 use crate::admin::{AdminService, AdminState, Credentials};
 use crate::config::{Config, StoreBackend};
 use crate::metrics::Metrics;
+use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::proxy::{Peers, Relay, RelayProxy};
 use crate::scheduler::Scheduler;
 use crate::secrets::Secrets;
@@ -164,6 +165,8 @@ pub struct Reloader {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Account health shared by instances, applied on every reload.
     pub coord: Arc<dyn crate::store::coord::Coordination>,
+    /// Live tokens of `claude-oauth` accounts, kept across reloads.
+    pub oauth: Arc<OAuthTokens>,
 }
 
 impl Reloader {
@@ -174,6 +177,7 @@ impl Reloader {
             &self.config,
             &self.secrets,
             &self.scheduler,
+            &self.oauth,
             &*self.store,
             &self.snapshot,
         )
@@ -317,6 +321,14 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .coordination()
         .unwrap_or_else(|| Arc::new(crate::store::coord::MemoryCoordination::new()));
     let leases = crate::leases::Leases::new(coord.clone());
+    let oauth = Arc::new(OAuthTokens::new(
+        config.clone(),
+        secrets.clone(),
+        store.clone(),
+        coord.clone(),
+        scheduler.clone(),
+        metrics.clone(),
+    ));
     let reloader = Reloader {
         config: config.clone(),
         secrets: secrets.clone(),
@@ -324,6 +336,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         store: store.clone(),
         snapshot: snapshot.clone(),
         coord: coord.clone(),
+        oauth: oauth.clone(),
     };
     store_rt.block_on(reloader.reload())?;
     store_rt.spawn(reloader.clone().follow());
@@ -394,6 +407,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         peers: Peers::new(config.timeouts.connect.0),
         coord: coord.clone(),
         leases: leases.clone(),
+        oauth: oauth.clone(),
         cooldowns: config
             .scheduler
             .cooldowns
@@ -402,6 +416,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             .collect(),
     });
     store_rt.spawn(leases.renew_forever());
+    store_rt.spawn(oauth.clone().run(snapshot.clone()));
     store_rt.spawn(crate::scheduler::quota::refresh_forever(
         store.clone(),
         snapshot.clone(),

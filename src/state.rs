@@ -8,11 +8,13 @@ use arc_swap::ArcSwap;
 use filters::{ClientKey, KeyDirectory};
 
 use crate::config::Config;
+use crate::providers::anthropic_oauth::TokenPair;
+use crate::providers::anthropic_oauth::tokens::{OAuthTokens, TokenCell};
 use crate::providers::{UpstreamBase, anthropic_console};
 use crate::proxy::outbound::OutboundProxy;
 use crate::scheduler::{AccountPool, AccountSpec, CooldownClass, Scheduler, Source, parse_hhmm};
 use crate::secrets::Secrets;
-use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, Store, StoreError};
+use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, OAuthMeta, Store, StoreError};
 
 /// Keys and accounts as the hot path reads them.
 #[derive(Default)]
@@ -51,10 +53,12 @@ pub fn config_id(name: &str) -> String {
 }
 
 /// Builds a snapshot from the config and the store's records.
+/// `oauth` holds the live tokens of `claude-oauth` accounts; without it those are left out.
 pub fn build_snapshot(
     config: &Config,
     secrets: &Secrets,
     scheduler: &Scheduler,
+    oauth: Option<&OAuthTokens>,
     keys: Vec<ApiKeyRecord>,
     accounts: Vec<AccountRecord>,
 ) -> Snapshot {
@@ -116,19 +120,22 @@ pub fn build_snapshot(
 
     let mut specs = Vec::new();
     for a in &config.accounts {
-        let base = a.base_url.as_deref().unwrap_or(crate::config::DEFAULT_ANTHROPIC_BASE);
+        let base = a.base_url.as_deref().unwrap_or(&config.providers.anthropic.api_base);
         let Ok(base) = UpstreamBase::parse(base) else { continue };
         let secret = a.api_key.as_deref().unwrap_or_default();
-        let Ok(auth) = auth_for(a.kind, secret) else {
+        let id: Arc<str> = config_id(&a.name).into();
+        let Some(cred) = credential(config, oauth, &id, a.kind, secret, None) else {
             tracing::warn!(account = %a.name, "configured account has an unusable credential; skipped");
             continue;
         };
         specs.push(AccountSpec {
-            id: config_id(&a.name).into(),
+            id,
             name: a.name.as_str().into(),
             kind: a.kind,
             base,
-            auth,
+            auth: cred.auth,
+            oauth: cred.oauth,
+            tier_blacklist: cred.tier_blacklist,
             priority: a.priority,
             enabled: a.enabled,
             models: a.models.clone(),
@@ -163,13 +170,19 @@ pub fn build_snapshot(
                 continue;
             }
         };
-        let Ok(auth) = auth_for(r.kind, &secret) else { continue };
+        let id: Arc<str> = r.id.as_str().into();
+        let Some(cred) = credential(config, oauth, &id, r.kind, &secret, r.oauth.as_ref()) else {
+            tracing::warn!(account = %r.id, "stored account has an unusable credential; skipped");
+            continue;
+        };
         specs.push(AccountSpec {
-            id: r.id.as_str().into(),
+            id,
             name: r.name.as_str().into(),
             kind: r.kind,
             base,
-            auth,
+            auth: cred.auth,
+            oauth: cred.oauth,
+            tier_blacklist: cred.tier_blacklist,
             priority: r.priority,
             enabled: r.enabled,
             models: r.models,
@@ -201,6 +214,9 @@ pub fn build_snapshot(
                 .collect(),
         });
     }
+    if let Some(oauth) = oauth {
+        oauth.retain(&specs.iter().map(|s| &*s.id).collect());
+    }
     let bindings: Vec<&str> = snap.keys.iter().filter_map(|(k, ..)| k.bind.as_deref()).collect();
     snap.pool = scheduler.pool(specs, &bindings);
     snap
@@ -210,9 +226,44 @@ fn usd_to_nanos(usd: f64) -> u64 {
     (usd * 1e9).round().max(0.0) as u64
 }
 
-fn auth_for(kind: AccountKind, secret: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+/// How an account authenticates, ready for the hot path.
+struct Credential {
+    auth: (http::HeaderName, http::HeaderValue),
+    oauth: Option<Arc<TokenCell>>,
+    tier_blacklist: Vec<String>,
+}
+
+fn credential(
+    config: &Config,
+    oauth: Option<&OAuthTokens>,
+    id: &Arc<str>,
+    kind: AccountKind,
+    secret: &str,
+    meta: Option<&OAuthMeta>,
+) -> Option<Credential> {
     match kind {
-        AccountKind::ClaudeConsole => anthropic_console::auth_header(secret),
+        AccountKind::ClaudeConsole => Some(Credential {
+            auth: anthropic_console::auth_header(secret).ok()?,
+            oauth: None,
+            tier_blacklist: Vec::new(),
+        }),
+        AccountKind::ClaudeOauth => {
+            let meta = meta.cloned().unwrap_or_default();
+            let cell = oauth?
+                .cell_for(id, TokenPair::parse(secret), &meta)
+                .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable OAuth token"))
+                .ok()?;
+            let header = cell.live().header.clone();
+            Some(Credential {
+                auth: (http::header::AUTHORIZATION, header),
+                oauth: Some(cell),
+                tier_blacklist: meta
+                    .tier
+                    .as_deref()
+                    .map(|t| config.providers.anthropic.oauth.tier_blacklist(t))
+                    .unwrap_or_default(),
+            })
+        }
     }
 }
 
@@ -221,11 +272,19 @@ pub async fn reload(
     config: &Config,
     secrets: &Secrets,
     scheduler: &Scheduler,
+    oauth: &OAuthTokens,
     store: &dyn Store,
     target: &ArcSwap<Snapshot>,
 ) -> Result<(), StoreError> {
     let keys = store.list_api_keys().await?;
     let accounts = store.list_accounts().await?;
-    target.store(Arc::new(build_snapshot(config, secrets, scheduler, keys, accounts)));
+    target.store(Arc::new(build_snapshot(
+        config,
+        secrets,
+        scheduler,
+        Some(oauth),
+        keys,
+        accounts,
+    )));
     Ok(())
 }

@@ -21,7 +21,7 @@ use super::routes::{
     ApiError, authenticate, bad_request, conflict, json_body, not_found, read_only, store_error, valid_name, write,
 };
 use super::scheduling::{self, DurationInput, LiveInputs};
-use crate::config::{AccountConfig, DEFAULT_ANTHROPIC_BASE};
+use crate::config::AccountConfig;
 use crate::providers::{UpstreamBase, anthropic_console};
 use crate::secrets;
 use crate::state::config_id;
@@ -192,9 +192,14 @@ fn valid_api_key(kind: AccountKind, key: &str) -> Result<String, ApiError> {
         AccountKind::ClaudeConsole => {
             anthropic_console::auth_header(key).map_err(|r| bad_request(format!("`api_key`: {r}")))?;
         }
+        AccountKind::ClaudeOauth => return Err(bad_request(OAUTH_ONLY)),
     }
     Ok(key.to_string())
 }
+
+/// Why the generic account endpoints do not take `claude-oauth` accounts.
+const OAUTH_ONLY: &str = "claude-oauth accounts are added through POST /admin/api/accounts/claude-oauth/authorize \
+                          and /exchange, or /import; their tokens cannot be set here";
 
 fn valid_models(models: &Option<Vec<String>>) -> Result<(), ApiError> {
     if let Some(m) = models
@@ -218,7 +223,7 @@ fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
         "id": id,
         "name": a.name,
         "kind": a.kind,
-        "base_url": a.base_url.as_deref().unwrap_or(DEFAULT_ANTHROPIC_BASE),
+        "base_url": a.base_url.as_deref().unwrap_or(&state.config.providers.anthropic.api_base),
         "priority": a.priority,
         "enabled": a.enabled,
         "models": a.models,
@@ -357,7 +362,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
     authenticate(&state, &headers).await?;
     let req: CreateAccount = json_body(&body)?;
     let name = valid_name(&req.name)?;
-    let base_url = valid_base_url(req.base_url.as_deref().unwrap_or(DEFAULT_ANTHROPIC_BASE))?;
+    let base_url = valid_base_url(req.base_url.as_deref().unwrap_or(&state.config.providers.anthropic.api_base))?;
     let api_key = valid_api_key(req.kind, &req.api_key)?;
     valid_models(&req.models)?;
     valid_model_map(&req.model_map)?;
@@ -390,6 +395,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
         quota_reset: None,
         weight: None,
         cooldowns: BTreeMap::new(),
+        oauth: None,
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };
@@ -447,6 +453,9 @@ pub async fn update(
             r.name = name;
         }
         if let Some(kind) = req.kind {
+            if kind != r.kind && (kind == AccountKind::ClaudeOauth || r.kind == AccountKind::ClaudeOauth) {
+                return Err(bad_request(OAUTH_ONLY));
+            }
             r.kind = kind;
         }
         if let Some(key) = &req.api_key {

@@ -1,6 +1,7 @@
 //! Upstream kinds: how each is addressed and authenticated. One module per kind.
 
 pub mod anthropic_console;
+pub mod anthropic_oauth;
 
 use http::HeaderValue;
 

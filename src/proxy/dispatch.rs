@@ -21,7 +21,8 @@ use super::route::Endpoint;
 use super::{Relay, RequestCtx, headers};
 use crate::scheduler::health::{self, UnifiedLimits, Verdict};
 use crate::scheduler::{Account, CooldownClass, PickRequest};
-use crate::store::coord::AccountHealth;
+use crate::providers::anthropic_oauth::tokens::TokenError;
+use crate::store::coord::{AccountHealth, HealthState};
 use crate::usage::sse::{SseUsageParser, parse_json_usage};
 
 /// Largest non-streamed upstream answer the relay holds to read its usage.
@@ -42,6 +43,9 @@ enum AttemptError {
     Retryable(RelayError, Option<AccountHealth>, &'static str),
     /// The upstream refused with a failover status; the account is marked and another tried.
     Refused(HeldAnswer, Option<AccountHealth>),
+    /// The upstream refused an OAuth token (401) the relay believed valid: refresh it and send
+    /// the request again on the same account. The mark applies if that fails.
+    TokenRejected(HeldAnswer, Option<AccountHealth>),
     /// Nothing reached the client, but trying again elsewhere would be wrong (e.g. a timeout on
     /// a request the upstream may still be running).
     Final(RelayError),
@@ -138,13 +142,6 @@ pub(super) async fn run(
         let path = account
             .base
             .path_and_query(route.endpoint.upstream_path(), query.as_deref());
-        let req = headers::upstream_request(
-            session.req_header(),
-            &path,
-            &account.base.host_header,
-            &account.auth,
-            out_body.len(),
-        )?;
         let rename = (upstream_model != model).then_some((upstream_model.as_str(), model.as_str()));
         let _in_flight = InFlightOn::new(&account);
         // Bind the session to this account when it commits a successful answer (see `attempt`).
@@ -152,7 +149,61 @@ pub(super) async fn run(
             Some(sk) if sticky.as_deref() != Some(&*account.id) => Some((sk.clone(), account.id.clone(), sticky_ttl)),
             _ => None,
         };
-        match attempt(relay, session, ctx, &account, req, out_body, route.endpoint, rename).await {
+        // An OAuth token refused before its time is refreshed once and the request sent again.
+        let mut token_retry = account.oauth.is_some();
+        let outcome = loop {
+            let (live, issued_at) = match oauth_credential(relay, &account).await {
+                Ok(c) => c,
+                Err(e) => break Err(e),
+            };
+            let auth_owned;
+            let auth = match &live {
+                Some(h) => {
+                    auth_owned = (http::header::AUTHORIZATION, h.clone());
+                    &auth_owned
+                }
+                None => &account.auth,
+            };
+            let mut req = headers::upstream_request(
+                session.req_header(),
+                &path,
+                &account.base.host_header,
+                auth,
+                out_body.len(),
+            )?;
+            if account.oauth.is_some() {
+                headers::merge_beta(&mut req, &relay.config.providers.anthropic.oauth.beta)?;
+            }
+            let result = attempt(
+                relay,
+                session,
+                ctx,
+                &account,
+                req,
+                out_body.clone(),
+                route.endpoint,
+                rename,
+                token_retry,
+            )
+            .await;
+            match result {
+                Err(AttemptError::TokenRejected(answer, mark)) => {
+                    token_retry = false;
+                    let refreshed = match (&account.oauth, issued_at) {
+                        (Some(cell), Some(issued)) => relay.oauth.refresh(&account, cell, issued).await,
+                        _ => continue,
+                    };
+                    match refreshed {
+                        Ok(_) => continue,
+                        // A dead grant already took the account out of the pool.
+                        Err(e) if e.is_permanent() => break Err(AttemptError::Refused(answer, None)),
+                        Err(_) => break Err(AttemptError::Refused(answer, mark)),
+                    }
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(()) => {
                 if let Some(g) = lease {
                     ctx.holds.push(Box::new(g));
@@ -168,7 +219,7 @@ pub(super) async fn run(
                 last_relay_err = Some(e);
                 held = None;
             }
-            Err(AttemptError::Refused(answer, mark)) => {
+            Err(AttemptError::Refused(answer, mark) | AttemptError::TokenRejected(answer, mark)) => {
                 let status = answer.head.status.as_u16();
                 tracing::warn!(account = %account.name, status, "upstream refused; trying the next account");
                 relay
@@ -203,6 +254,47 @@ pub(super) async fn run(
     super::respond_error(relay, session, ctx, &err, ErrorSource::Relay).await
 }
 
+/// The bearer header of a `claude-oauth` account (refreshed first when expired) and the
+/// `issued_at` of its token; `None` for accounts with a fixed credential.
+async fn oauth_credential(
+    relay: &Relay,
+    account: &Account,
+) -> Result<(Option<http::HeaderValue>, Option<i64>), AttemptError> {
+    if account.oauth.is_none() {
+        return Ok((None, None));
+    }
+    match relay.oauth.credential(account).await {
+        Ok(live) => Ok((Some(live.header.clone()), Some(live.issued_at))),
+        Err(e) => {
+            tracing::warn!(account = %account.name, error = %e, "no usable OAuth token; trying the next account");
+            let now = now_ms();
+            let mark = match &e {
+                // A refused refresh has marked the account already.
+                TokenError::Refresh(r) if r.is_refusal() => None,
+                TokenError::NoRefreshToken => Some(AccountHealth {
+                    state: HealthState::Unauthorized,
+                    reason: "the OAuth token expired and there is no refresh token".into(),
+                    since: now,
+                    until: None,
+                    family: None,
+                }),
+                _ => Some(AccountHealth {
+                    state: HealthState::CoolingDown,
+                    reason: "OAuth token refresh failed".into(),
+                    since: now,
+                    until: Some(now + account.cooldown(CooldownClass::Connect, &relay.cooldowns).as_millis() as i64),
+                    family: None,
+                }),
+            };
+            Err(AttemptError::Retryable(
+                RelayError::AccountCredential(format!("its OAuth token could not be refreshed ({e})")),
+                mark,
+                "oauth_refresh",
+            ))
+        }
+    }
+}
+
 /// Counts this instance's requests in flight on an account.
 struct InFlightOn(Arc<crate::scheduler::AccountRuntime>);
 
@@ -221,23 +313,9 @@ impl Drop for InFlightOn {
 
 /// Takes an account out of the pool here at once, and everywhere through the store.
 fn mark_account(relay: &Relay, account: &Account, health: AccountHealth) {
-    tracing::warn!(account = %account.name, state = ?health.state, reason = %health.reason, until = ?health.until, "account out of the pool");
-    relay.scheduler.set_health_pending(account, health.clone());
-    let coord = relay.coord.clone();
-    let store = relay.store.clone();
-    let scheduler = relay.scheduler.clone();
-    let id = account.id.clone();
-    tokio::spawn(async move {
-        let saved = coord.put_account_health(&id, &health).await;
-        scheduler.health_saved(&id);
-        if let Err(e) = saved {
-            tracing::warn!(error = %e, "saving account health failed");
-            return;
-        }
-        if let Err(e) = store.publish_change().await {
-            tracing::warn!(error = %e, "announcing account health failed");
-        }
-    });
+    relay
+        .scheduler
+        .mark_shared(account, health, relay.coord.clone(), relay.store.clone());
 }
 
 async fn replay_refusal(session: &mut Session, ctx: &mut RequestCtx, answer: HeldAnswer) -> pingora::Result<()> {
@@ -336,6 +414,7 @@ async fn attempt(
     body: Bytes,
     endpoint: Endpoint,
     rename: Option<(&str, &str)>,
+    token_retry: bool,
 ) -> Result<(), AttemptError> {
     let sent_at = Instant::now();
     // While the upstream thinks, watch the client: if it goes away, drop the upstream request
@@ -374,6 +453,16 @@ async fn attempt(
     let now = now_ms();
     if let Some(u) = UnifiedLimits::from_headers(&head.headers, now / 1000) {
         account.rt.set_unified(u);
+    }
+    if status == 401 && token_retry {
+        let body = read_error_body(relay, &mut up).await;
+        up.shutdown().await;
+        let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
+        let mark = match health::classify(status, &head.headers, &body, &cooldown, now) {
+            Verdict::Mark(h) => Some(h),
+            Verdict::RequestProblem => None,
+        };
+        return Err(AttemptError::TokenRejected(HeldAnswer { head, body }, mark));
     }
     if status >= 400 && relay.config.scheduler.failover.statuses.contains(&status) {
         // Not committed yet: read the refusal (bounded) to classify it and keep it for replay.

@@ -36,6 +36,8 @@ pub enum RelayError {
     MethodNotAllowed(&'static str),
     PayloadTooLarge(usize),
     NoAccount(String),
+    /// The account's credential cannot be used now (an OAuth token that could not be refreshed).
+    AccountCredential(String),
     UpstreamUnreachable(String),
     UpstreamTimeout(String),
     UpstreamProtocol(String),
@@ -50,7 +52,7 @@ impl RelayError {
             RelayError::NotFound(_) => 404,
             RelayError::MethodNotAllowed(_) => 405,
             RelayError::PayloadTooLarge(_) => 413,
-            RelayError::NoAccount(_) => 503,
+            RelayError::NoAccount(_) | RelayError::AccountCredential(_) => 503,
             RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) => 502,
             RelayError::UpstreamTimeout(_) => 504,
             RelayError::Internal(_) => 500,
@@ -65,6 +67,7 @@ impl RelayError {
             RelayError::MethodNotAllowed(_) => "method_not_allowed",
             RelayError::PayloadTooLarge(_) => "body_too_large",
             RelayError::NoAccount(_) => "no_account",
+            RelayError::AccountCredential(_) => "account_credential",
             RelayError::UpstreamUnreachable(_) => "upstream_unreachable",
             RelayError::UpstreamTimeout(_) => "upstream_timeout",
             RelayError::UpstreamProtocol(_) => "upstream_protocol",
@@ -81,6 +84,7 @@ impl RelayError {
                 format!("Request body is larger than the relay's limit of {limit} bytes")
             }
             RelayError::NoAccount(model) => format!("No upstream account is available to serve model `{model}`"),
+            RelayError::AccountCredential(m) => format!("The upstream account cannot authenticate: {m}"),
             RelayError::UpstreamUnreachable(m) => format!("Upstream unreachable: {m}"),
             RelayError::UpstreamTimeout(m) => format!("Upstream timed out: {m}"),
             RelayError::UpstreamProtocol(m) => format!("Upstream answered badly: {m}"),
@@ -100,7 +104,7 @@ impl RelayError {
             RelayError::BadRequest(_) | RelayError::MethodNotAllowed(_) => Kind::InvalidRequest,
             RelayError::NotFound(_) => Kind::NotFound,
             RelayError::PayloadTooLarge(_) => Kind::TooLarge,
-            RelayError::NoAccount(_) => Kind::Unavailable,
+            RelayError::NoAccount(_) | RelayError::AccountCredential(_) => Kind::Unavailable,
             RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) | RelayError::UpstreamTimeout(_) => {
                 Kind::Upstream
             }

@@ -57,6 +57,8 @@ pub struct Relay {
     pub leases: Arc<crate::leases::Leases>,
     /// Global cooldowns by error class (`scheduler.cooldowns`).
     pub cooldowns: std::collections::HashMap<crate::scheduler::CooldownClass, Duration>,
+    /// Live tokens of `claude-oauth` accounts.
+    pub oauth: Arc<crate::providers::anthropic_oauth::tokens::OAuthTokens>,
 }
 
 /// The Pingora service.

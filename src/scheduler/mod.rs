@@ -139,15 +139,32 @@ pub struct Account {
     pub dedicated: bool,
     /// Health, use counters and limits; shared across snapshot rebuilds.
     pub rt: Arc<AccountRuntime>,
+    /// The live token of a `claude-oauth` account (then `auth` is unused).
+    pub oauth: Option<Arc<crate::providers::anthropic_oauth::tokens::TokenCell>>,
+    /// Models the account's subscription tier may not use (`model_blacklist` syntax).
+    pub tier_blacklist: Vec<String>,
 }
 
 impl Account {
     /// Whether this account may serve the model the client asked for.
     pub fn serves(&self, model: &str) -> bool {
-        match &self.models {
+        let listed = match &self.models {
             None => true,
             Some(allowed) => allowed.contains(model) || self.model_map.contains_key(model),
-        }
+        };
+        listed && (self.tier_blacklist.is_empty() || !self.tier_denies(self.upstream_model(model)))
+    }
+
+    /// Whether the subscription tier keeps the account from the upstream model.
+    fn tier_denies(&self, upstream_model: &str) -> bool {
+        use filters::builtin_policy::{model_entry_matches, policy_model_name};
+        let m = policy_model_name(upstream_model);
+        self.tier_blacklist.iter().any(|e| model_entry_matches(e, &m))
+    }
+
+    /// Whether the account lives in the store (created through the admin API).
+    pub fn source_is_store(&self) -> bool {
+        self.source == Source::Admin
     }
 
     /// The model name to send upstream for the client's model.
@@ -196,6 +213,8 @@ pub struct AccountSpec {
     pub quota_reset_minute: u32,
     pub weight: u32,
     pub cooldowns: HashMap<CooldownClass, std::time::Duration>,
+    pub oauth: Option<Arc<crate::providers::anthropic_oauth::tokens::TokenCell>>,
+    pub tier_blacklist: Vec<String>,
 }
 
 /// What a request asks of the scheduler.
@@ -266,6 +285,8 @@ impl Scheduler {
                     cooldowns: s.cooldowns,
                     dedicated: false,
                     rt,
+                    oauth: s.oauth,
+                    tier_blacklist: s.tier_blacklist,
                 };
                 a.dedicated = bindings.iter().any(|b| a.matches_binding(b));
                 Arc::new(a)
@@ -280,7 +301,7 @@ impl Scheduler {
                 weight: a.weight,
                 enabled: a.enabled,
                 dedicated: a.dedicated,
-                needs_full_check: a.models.is_some(),
+                needs_full_check: a.models.is_some() || !a.tier_blacklist.is_empty(),
                 quota: a.daily_quota_nanos,
                 rt: a.rt.clone(),
             })
@@ -312,6 +333,32 @@ impl Scheduler {
             }
             rt.set_health(shared);
         }
+    }
+
+    /// Takes an account out of the pool here at once, and on every instance through the shared
+    /// coordination store (written in the background).
+    pub fn mark_shared(
+        self: &Arc<Self>,
+        account: &Account,
+        health: AccountHealth,
+        coord: Arc<dyn crate::store::coord::Coordination>,
+        store: Arc<dyn crate::store::Store>,
+    ) {
+        tracing::warn!(account = %account.name, state = ?health.state, reason = %health.reason, until = ?health.until, "account out of the pool");
+        self.set_health_pending(account, health.clone());
+        let scheduler = self.clone();
+        let id = account.id.clone();
+        tokio::spawn(async move {
+            let saved = coord.put_account_health(&id, &health).await;
+            scheduler.health_saved(&id);
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "saving account health failed");
+                return;
+            }
+            if let Err(e) = store.publish_change().await {
+                tracing::warn!(error = %e, "announcing account health failed");
+            }
+        });
     }
 
     /// Marks an account here at once; call [`Scheduler::health_saved`] once the entry is in the
@@ -550,6 +597,8 @@ mod tests {
             quota_reset_minute: 0,
             weight: 1,
             cooldowns: HashMap::new(),
+            oauth: None,
+            tier_blacklist: Vec::new(),
         }
     }
 
@@ -613,6 +662,8 @@ mod selection_tests {
             quota_reset_minute: 0,
             weight: 1,
             cooldowns: HashMap::new(),
+            oauth: None,
+            tier_blacklist: Vec::new(),
         }
     }
 

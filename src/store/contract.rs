@@ -244,6 +244,7 @@ pub async fn accounts(store: &dyn Store) -> Check {
         quota_reset: Some("00:00".to_string()),
         weight: None,
         cooldowns: BTreeMap::new(),
+        oauth: None,
         created_at: 1_700_000_000,
         extra,
     };

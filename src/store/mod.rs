@@ -73,14 +73,46 @@ pub struct ApiKeyRecord {
 pub enum AccountKind {
     /// An Anthropic API key (Console) for the Anthropic API or any Anthropic-compatible base URL.
     ClaudeConsole,
+    /// A Claude subscription (Pro/Max) connected through Anthropic's OAuth flow.
+    ClaudeOauth,
 }
 
 impl AccountKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AccountKind::ClaudeConsole => "claude-console",
+            AccountKind::ClaudeOauth => "claude-oauth",
         }
     }
+}
+
+/// The non-secret state of a `claude-oauth` account's tokens. The tokens themselves are in the
+/// account's sealed `secret`, written together with this in one record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OAuthMeta {
+    /// When the access token expires (Unix ms); `None` when unknown.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A long-lived token from the setup-token flow (no refresh token).
+    #[serde(default)]
+    pub setup_token: bool,
+    /// Subscription tier from the profile endpoint: `free`, `pro` or `max`.
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    /// When the current token pair was obtained (Unix ms): a record with a later one holds newer
+    /// tokens.
+    #[serde(default)]
+    pub issued_at: i64,
+    /// When a refresh last produced the tokens (Unix ms).
+    #[serde(default)]
+    pub refreshed_at: Option<i64>,
+    /// When the profile was last read (Unix ms).
+    #[serde(default)]
+    pub profile_checked_at: Option<i64>,
 }
 
 /// An upstream account as persisted. Its credential is sealed (AES-256-GCM).
@@ -90,7 +122,8 @@ pub struct AccountRecord {
     pub name: String,
     pub kind: AccountKind,
     pub base_url: String,
-    /// The sealed credential (for `claude-console`, the API key).
+    /// The sealed credential (for `claude-console`, the API key; for `claude-oauth`, the token
+    /// pair as JSON).
     pub secret: Sealed,
     /// Lower numbers are tried first.
     #[serde(default = "default_priority")]
@@ -119,6 +152,9 @@ pub struct AccountRecord {
     /// Per-account cooldown overrides (`"529": "10m"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cooldowns: BTreeMap<String, String>,
+    /// Token state of a `claude-oauth` account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthMeta>,
     /// Unix seconds.
     pub created_at: i64,
     #[serde(default, flatten)]

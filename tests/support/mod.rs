@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod mock;
+pub mod oauth_mock;
 pub mod proxies;
 
 use std::path::PathBuf;
