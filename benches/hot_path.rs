@@ -292,6 +292,8 @@ fn account_specs(n: usize) -> Vec<AccountSpec> {
                 quota_reset_minute: 0,
                 weight: 1,
                 cooldowns: Default::default(),
+                oauth: None,
+                tier_blacklist: Vec::new(),
             }
         })
         .collect()

@@ -424,7 +424,7 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
     assert_eq!(got["kind"], "claude-oauth");
 
     // The whole callback URL, and the bare code.
-    let auth = admin.authorize(None).await;
+    let auth = admin.authorize(Some(json!({}))).await;
     let (_, _, location) = mock.sign_in(auth["url"].as_str().unwrap()).await;
     let a = admin
         .post(
@@ -433,7 +433,7 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
         )
         .await;
     assert_eq!(a.status, 201, "callback URL: {}", a.text);
-    let auth = admin.authorize(None).await;
+    let auth = admin.authorize(Some(json!({}))).await;
     let (code, _, _) = mock.sign_in(auth["url"].as_str().unwrap()).await;
     let a = admin
         .post(
@@ -446,7 +446,7 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
 
     // Refusals: an unknown or tampered authorization never reaches the token endpoint; a code
     // the token endpoint refuses is 400; a taken name is 409.
-    let auth = admin.authorize(None).await;
+    let auth = admin.authorize(Some(json!({}))).await;
     let auth_id = auth["authorization_id"].as_str().unwrap().to_string();
     let (code, state, _) = mock.sign_in(auth["url"].as_str().unwrap()).await;
     let code_state = format!("{code}#{state}");
@@ -474,7 +474,7 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
         )
         .await;
     assert_eq!(a.status, 409, "taken name: {}", a.text);
-    let auth = admin.authorize(None).await;
+    let auth = admin.authorize(Some(json!({}))).await;
     let a = admin
         .post(
             EXCHANGE,

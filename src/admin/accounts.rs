@@ -22,19 +22,19 @@ use super::routes::{
 };
 use super::scheduling::{self, DurationInput, LiveInputs};
 use crate::config::AccountConfig;
+use crate::providers::anthropic_oauth::TokenPair;
 use crate::providers::{UpstreamBase, anthropic_console};
 use crate::secrets;
 use crate::state::config_id;
 use crate::store::{AccountKind, AccountRecord, StoreError, default_priority};
 
+/// The fields of a new account other than its kind and credential.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateAccount {
+pub(super) struct AccountFields {
     name: String,
-    kind: AccountKind,
     #[serde(default)]
     base_url: Option<String>,
-    api_key: String,
     #[serde(default)]
     priority: Option<u32>,
     #[serde(default)]
@@ -217,6 +217,101 @@ fn valid_model_map(map: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+impl AccountFields {
+    pub(super) fn proxy(&self) -> Option<&str> {
+        self.proxy.as_deref()
+    }
+}
+
+/// Splits a create body: `take` names the fields the caller handles itself (kind, credential);
+/// the rest must be [`AccountFields`].
+pub(super) fn split_body(
+    body: &Bytes,
+    take: &[&str],
+) -> Result<(serde_json::Map<String, Value>, AccountFields), ApiError> {
+    let mut all: serde_json::Map<String, Value> = json_body(body)?;
+    let mut taken = serde_json::Map::new();
+    for k in take {
+        if let Some(v) = all.remove(*k) {
+            taken.insert(k.to_string(), v);
+        }
+    }
+    let fields = serde_path_to_error::deserialize(Value::Object(all)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            bad_request(format!("invalid body: {inner}"))
+        } else {
+            bad_request(format!("invalid body at `{path}`: {inner}"))
+        }
+    })?;
+    Ok((taken, fields))
+}
+
+/// Checks the fields of a new account and builds its record around a sealed credential.
+pub(super) fn new_record(
+    state: &AdminState,
+    req: AccountFields,
+    kind: AccountKind,
+    secret: crate::secrets::Sealed,
+) -> Result<AccountRecord, ApiError> {
+    let name = valid_name(&req.name)?;
+    let base_url = valid_base_url(
+        req.base_url
+            .as_deref()
+            .unwrap_or(&state.config.providers.anthropic.api_base),
+    )?;
+    valid_models(&req.models)?;
+    valid_model_map(&req.model_map)?;
+    let sched = SchedulingChange::check(
+        state,
+        SchedulingInput {
+            group: Some(req.group),
+            proxy: Some(req.proxy),
+            max_concurrency: Some(req.max_concurrency),
+            daily_quota_usd: Some(req.daily_quota_usd),
+            quota_reset: Some(req.quota_reset),
+            weight: Some(req.weight),
+            cooldowns: Some(req.cooldowns),
+        },
+    )?;
+    let mut record = AccountRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        kind,
+        base_url,
+        secret,
+        priority: req.priority.unwrap_or_else(default_priority),
+        enabled: req.enabled.unwrap_or(true),
+        models: req.models,
+        model_map: req.model_map,
+        group: None,
+        proxy: None,
+        max_concurrency: None,
+        daily_quota_usd: None,
+        quota_reset: None,
+        weight: None,
+        cooldowns: BTreeMap::new(),
+        oauth: None,
+        created_at: chrono::Utc::now().timestamp(),
+        extra: BTreeMap::new(),
+    };
+    sched.apply(&mut record);
+    Ok(record)
+}
+
+/// Stores a new account (its name must be free) and answers 201 with its view.
+pub(super) async fn insert(state: &AdminState, record: AccountRecord) -> Result<Response, ApiError> {
+    let record = write(state, move |st| async move {
+        check_name_free(&st, &record.name, &record.id).await?;
+        st.store.put_account(&record).await.map_err(store_error)?;
+        Ok(record)
+    })
+    .await?;
+    tracing::info!(account = %record.id, name = %record.name, kind = record.kind.as_str(), "admin created an account");
+    Ok((StatusCode::CREATED, Json(stored_view(state, &record))).into_response())
+}
+
 fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
     let id = config_id(&a.name);
     let mut v = json!({
@@ -229,7 +324,7 @@ fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
         "models": a.models,
         "model_map": a.model_map,
         "source": "config",
-        "api_key": a.api_key.as_deref().map(secrets::mask),
+        "api_key": if a.kind == AccountKind::ClaudeOauth { None } else { a.api_key.as_deref().map(secrets::mask) },
         "created_at": null,
         "group": a.group,
         "proxy": a.proxy.as_deref().and_then(scheduling::masked_config_proxy),
@@ -247,6 +342,10 @@ fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
             .map(|(k, d)| (k.clone(), scheduling::format_duration(d.0)))
             .collect::<BTreeMap<_, _>>(),
     });
+    if a.kind == AccountKind::ClaudeOauth {
+        let pair = TokenPair::parse(a.api_key.as_deref().unwrap_or_default());
+        v["oauth"] = super::oauth::view(state, &id, &pair, None);
+    }
     let live = LiveInputs {
         id: &id,
         enabled: a.enabled,
@@ -257,7 +356,7 @@ fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
     v
 }
 
-fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
+pub(super) fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
     let mut v = json!({
         "id": r.id,
         "name": r.name,
@@ -280,6 +379,9 @@ fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
     });
     let mut errors = Vec::new();
     match state.secrets.open(&r.secret) {
+        Ok(k) if r.kind == AccountKind::ClaudeOauth => {
+            v["oauth"] = super::oauth::view(state, &r.id, &TokenPair::parse(&k), r.oauth.as_ref());
+        }
         Ok(k) => v["api_key"] = Value::String(secrets::mask(&k)),
         Err(e) => {
             // The relay skips such an account too; say why instead of failing the whole list.
@@ -360,54 +462,19 @@ pub async fn get(
 
 pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
-    let req: CreateAccount = json_body(&body)?;
-    let name = valid_name(&req.name)?;
-    let base_url = valid_base_url(req.base_url.as_deref().unwrap_or(&state.config.providers.anthropic.api_base))?;
-    let api_key = valid_api_key(req.kind, &req.api_key)?;
-    valid_models(&req.models)?;
-    valid_model_map(&req.model_map)?;
-    let sched = SchedulingChange::check(
-        &state,
-        SchedulingInput {
-            group: Some(req.group),
-            proxy: Some(req.proxy),
-            max_concurrency: Some(req.max_concurrency),
-            daily_quota_usd: Some(req.daily_quota_usd),
-            quota_reset: Some(req.quota_reset),
-            weight: Some(req.weight),
-            cooldowns: Some(req.cooldowns),
-        },
-    )?;
-    let mut record = AccountRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        name,
-        kind: req.kind,
-        base_url,
-        secret: state.secrets.seal(&api_key),
-        priority: req.priority.unwrap_or_else(default_priority),
-        enabled: req.enabled.unwrap_or(true),
-        models: req.models,
-        model_map: req.model_map,
-        group: None,
-        proxy: None,
-        max_concurrency: None,
-        daily_quota_usd: None,
-        quota_reset: None,
-        weight: None,
-        cooldowns: BTreeMap::new(),
-        oauth: None,
-        created_at: chrono::Utc::now().timestamp(),
-        extra: BTreeMap::new(),
+    let (mut taken, fields) = split_body(&body, &["kind", "api_key"])?;
+    let kind: AccountKind = match taken.remove("kind") {
+        Some(k) => serde_json::from_value(k).map_err(|e| bad_request(format!("invalid body at `kind`: {e}")))?,
+        None => return Err(bad_request("invalid body: missing field `kind`")),
     };
-    sched.apply(&mut record);
-    let record = write(&state, move |st| async move {
-        check_name_free(&st, &record.name, &record.id).await?;
-        st.store.put_account(&record).await.map_err(store_error)?;
-        Ok(record)
-    })
-    .await?;
-    tracing::info!(account = %record.id, name = %record.name, "admin created an account");
-    Ok((StatusCode::CREATED, Json(stored_view(&state, &record))).into_response())
+    let api_key = match taken.remove("api_key") {
+        Some(Value::String(k)) => valid_api_key(kind, &k)?,
+        Some(_) => return Err(bad_request("invalid body at `api_key`: expected a string")),
+        None if kind == AccountKind::ClaudeOauth => return Err(bad_request(OAUTH_ONLY)),
+        None => return Err(bad_request("invalid body: missing field `api_key`")),
+    };
+    let record = new_record(&state, fields, kind, state.secrets.seal(&api_key))?;
+    insert(&state, record).await
 }
 
 pub async fn update(
@@ -580,6 +647,14 @@ mod tests {
         let u: UpdateAccount = serde_json::from_str(r#"{"models":["m"]}"#).unwrap();
         assert_eq!(u.models, Some(Some(vec!["m".to_string()])));
         assert!(serde_json::from_str::<UpdateAccount>(r#"{"secret":"x"}"#).is_err());
-        assert!(serde_json::from_str::<CreateAccount>(r#"{"name":"a","kind":"bedrock","api_key":"k"}"#).is_err());
+        assert!(serde_json::from_str::<AccountFields>(r#"{"name":"a","api_key":"k"}"#).is_err());
+        assert!(
+            split_body(
+                &Bytes::from_static(br#"{"name":"a","kind":"x","api_key":"k"}"#),
+                &["kind", "api_key"]
+            )
+            .is_ok()
+        );
+        assert!(split_body(&Bytes::from_static(br#"{"name":"a","nope":1}"#), &["kind"]).is_err());
     }
 }

@@ -14,6 +14,7 @@
 mod accounts;
 mod auth;
 mod keys;
+mod oauth;
 mod routes;
 mod scheduling;
 mod usage;

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::AdminState;
 use super::auth::verify_password;
-use super::{accounts, keys, usage};
+use super::{accounts, keys, oauth, usage};
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
 
@@ -41,6 +41,9 @@ pub fn router(state: AdminState) -> Router {
             get(accounts::get).patch(accounts::update).delete(accounts::delete),
         )
         .route("/admin/api/accounts/{id}/reset", post(accounts::reset))
+        .route("/admin/api/accounts/claude-oauth/authorize", post(oauth::authorize))
+        .route("/admin/api/accounts/claude-oauth/exchange", post(oauth::exchange))
+        .route("/admin/api/accounts/claude-oauth/import", post(oauth::import))
         .route("/admin/api/usage", get(usage::series))
         .route("/admin/api/usage/summary", get(usage::summary))
         .fallback(no_route)

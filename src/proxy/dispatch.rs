@@ -19,9 +19,9 @@ use super::error::{ErrorSource, RelayError};
 use super::rewrite::{SseModelRewriter, json_model};
 use super::route::Endpoint;
 use super::{Relay, RequestCtx, headers};
+use crate::providers::anthropic_oauth::tokens::TokenError;
 use crate::scheduler::health::{self, UnifiedLimits, Verdict};
 use crate::scheduler::{Account, CooldownClass, PickRequest};
-use crate::providers::anthropic_oauth::tokens::TokenError;
 use crate::store::coord::{AccountHealth, HealthState};
 use crate::usage::sse::{SseUsageParser, parse_json_usage};
 
@@ -189,10 +189,8 @@ pub(super) async fn run(
             match result {
                 Err(AttemptError::TokenRejected(answer, mark)) => {
                     token_retry = false;
-                    let refreshed = match (&account.oauth, issued_at) {
-                        (Some(cell), Some(issued)) => relay.oauth.refresh(&account, cell, issued).await,
-                        _ => continue,
-                    };
+                    let Some(issued) = issued_at else { continue };
+                    let refreshed = relay.oauth.refresh(&account, issued).await;
                     match refreshed {
                         Ok(_) => continue,
                         // A dead grant already took the account out of the pool.
@@ -258,7 +256,7 @@ pub(super) async fn run(
 /// `issued_at` of its token; `None` for accounts with a fixed credential.
 async fn oauth_credential(
     relay: &Relay,
-    account: &Account,
+    account: &Arc<Account>,
 ) -> Result<(Option<http::HeaderValue>, Option<i64>), AttemptError> {
     if account.oauth.is_none() {
         return Ok((None, None));

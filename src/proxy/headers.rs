@@ -85,7 +85,12 @@ pub fn upstream_request(
 /// Merges an account's beta flag into the request's `anthropic-beta` list: the client's flags stay
 /// as sent, the flag is added once.
 pub fn merge_beta(req: &mut RequestHeader, flag: &str) -> pingora::Result<()> {
-    let values: Vec<&[u8]> = req.headers.get_all("anthropic-beta").iter().map(|v| v.as_bytes()).collect();
+    let values: Vec<&[u8]> = req
+        .headers
+        .get_all("anthropic-beta")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     let joined = (!values.is_empty()).then(|| values.join(&b","[..]));
     if let Some(merged) = crate::providers::anthropic_oauth::merged_beta(joined.as_deref(), flag) {
         req.insert_header("anthropic-beta", merged)?;

@@ -197,7 +197,9 @@ impl OAuthClient {
     }
 
     fn client(&self, proxy: Option<&OutboundProxy>) -> Result<reqwest::Client, OAuthError> {
-        let key = proxy.map(|p| format!("{:?}{}:{}{:?}", p.kind, p.host, p.port, p.auth)).unwrap_or_default();
+        let key = proxy
+            .map(|p| format!("{:?}{}:{}{:?}", p.kind, p.host, p.port, p.auth))
+            .unwrap_or_default();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
@@ -233,7 +235,12 @@ impl OAuthClient {
         Ok(c)
     }
 
-    async fn token_call(&self, url: &str, body: Value, proxy: Option<&OutboundProxy>) -> Result<TokenAnswer, OAuthError> {
+    async fn token_call(
+        &self,
+        url: &str,
+        body: Value,
+        proxy: Option<&OutboundProxy>,
+    ) -> Result<TokenAnswer, OAuthError> {
         let resp = self
             .client(proxy)?
             .post(url)
@@ -243,10 +250,7 @@ impl OAuthClient {
             .await
             .map_err(|e| OAuthError::Unavailable(transport(e)))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| OAuthError::Unavailable(transport(e)))?;
+        let bytes = resp.bytes().await.map_err(|e| OAuthError::Unavailable(transport(e)))?;
         if status == 429 || status >= 500 {
             return Err(OAuthError::Unavailable(format!("token endpoint answered {status}")));
         }
@@ -260,7 +264,9 @@ impl OAuthClient {
             .map_err(|_| OAuthError::Unavailable("token endpoint answered something other than JSON".into()))?;
         let access = v["access_token"].as_str().unwrap_or_default().trim();
         if access.is_empty() {
-            return Err(OAuthError::Unavailable("token endpoint answered without an access token".into()));
+            return Err(OAuthError::Unavailable(
+                "token endpoint answered without an access token".into(),
+            ));
         }
         Ok(TokenAnswer {
             pair: TokenPair {
@@ -338,10 +344,7 @@ impl OAuthClient {
             .await
             .map_err(|e| OAuthError::Unavailable(transport(e)))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| OAuthError::Unavailable(transport(e)))?;
+        let bytes = resp.bytes().await.map_err(|e| OAuthError::Unavailable(transport(e)))?;
         if status >= 300 {
             return Err(if status == 429 || status >= 500 {
                 OAuthError::Unavailable(format!("answered {status}"))
@@ -416,7 +419,10 @@ mod tests {
 
     #[test]
     fn refusal_codes_are_kept_only_when_plain() {
-        assert_eq!(error_code(br#"{"error":"invalid_grant","error_description":"x"}"#), "invalid_grant");
+        assert_eq!(
+            error_code(br#"{"error":"invalid_grant","error_description":"x"}"#),
+            "invalid_grant"
+        );
         assert_eq!(error_code(br#"{"error":"sk-ant-ort01-leak"}"#), "");
         assert_eq!(error_code(b"nope"), "");
     }

@@ -29,7 +29,10 @@ impl fmt::Debug for TokenPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenPair")
             .field("access_token", &crate::secrets::mask(&self.access_token))
-            .field("refresh_token", &self.refresh_token.as_deref().map(crate::secrets::mask))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_deref().map(crate::secrets::mask),
+            )
             .finish()
     }
 }

@@ -202,7 +202,7 @@ impl OAuthTokens {
     }
 
     /// The token a request should use now: the live one, or a refreshed one when it expired.
-    pub async fn credential(&self, account: &Account) -> Result<Arc<Live>, TokenError> {
+    pub async fn credential(self: &Arc<Self>, account: &Arc<Account>) -> Result<Arc<Live>, TokenError> {
         let Some(cell) = &account.oauth else {
             return Err(TokenError::NoRefreshToken);
         };
@@ -210,12 +210,33 @@ impl OAuthTokens {
         if !live.expired(now_ms()) {
             return Ok(live);
         }
-        self.refresh(account, cell, live.issued_at).await
+        self.refresh(account, live.issued_at).await
     }
 
     /// Replaces the token that `stale_issued_at` names, once: if another task or instance already
-    /// did, its pair is returned.
-    pub async fn refresh(&self, account: &Account, cell: &TokenCell, stale_issued_at: i64) -> Result<Arc<Live>, TokenError> {
+    /// did, its pair is returned. The refresh runs as its own task, so a caller that goes away
+    /// (a client that disconnects) cannot interrupt it between the token endpoint's answer and
+    /// the saving of the rotated refresh token.
+    pub async fn refresh(
+        self: &Arc<Self>,
+        account: &Arc<Account>,
+        stale_issued_at: i64,
+    ) -> Result<Arc<Live>, TokenError> {
+        let this = self.clone();
+        let account = account.clone();
+        tokio::spawn(async move { this.refresh_now(&account, stale_issued_at).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(TokenError::Refresh(OAuthError::Unavailable(format!(
+                    "refresh task: {e}"
+                ))))
+            })
+    }
+
+    async fn refresh_now(&self, account: &Account, stale_issued_at: i64) -> Result<Arc<Live>, TokenError> {
+        let Some(cell) = account.oauth.as_deref() else {
+            return Err(TokenError::NoRefreshToken);
+        };
         let _local = cell.refresh.lock().await;
         let current = cell.live();
         if current.issued_at != stale_issued_at && !current.expired(now_ms()) {
@@ -395,7 +416,12 @@ impl OAuthTokens {
         let api = &self.config.providers.anthropic;
         let v = self
             .client
-            .get_json(&api.oauth.profile_url(&api.api_base), &api.oauth.beta, access_token, proxy)
+            .get_json(
+                &api.oauth.profile_url(&api.api_base),
+                &api.oauth.beta,
+                access_token,
+                proxy,
+            )
             .await?;
         let email = v["account"]["email"]
             .as_str()
@@ -415,7 +441,7 @@ impl OAuthTokens {
     }
 
     /// One pass of the background work over every `claude-oauth` account.
-    pub async fn check_all(&self, snap: &Snapshot) {
+    pub async fn check_all(self: &Arc<Self>, snap: &Snapshot) {
         let ahead = self.cfg().refresh_ahead.0.as_millis() as i64;
         let poll = self.cfg().usage_poll.0.as_millis() as i64;
         for account in snap.pool.all() {
@@ -434,7 +460,7 @@ impl OAuthTokens {
                 self.persist(&account.id, &live, |_| {}).await;
             }
             if live.pair.refresh_token.is_some() && live.expires_at.is_some_and(|e| e - ahead <= now) {
-                match self.refresh(account, cell, live.issued_at).await {
+                match self.refresh(account, live.issued_at).await {
                     Ok(l) => live = l,
                     Err(e) => {
                         tracing::warn!(account = %account.name, error = %e, "background token refresh did not succeed");
@@ -445,9 +471,7 @@ impl OAuthTokens {
             if live.expired(now) {
                 continue;
             }
-            if account.source_is_store()
-                && now - cell.profile_checked_at.load(Ordering::Relaxed) >= PROFILE_EVERY_MS
-            {
+            if account.source_is_store() && now - cell.profile_checked_at.load(Ordering::Relaxed) >= PROFILE_EVERY_MS {
                 cell.profile_checked_at.store(now, Ordering::Relaxed);
                 self.update_profile(account, &live).await;
             }
