@@ -820,6 +820,9 @@ async fn openapi_describes_every_route() {
         ("patch", "/admin/api/accounts/{id}"),
         ("delete", "/admin/api/accounts/{id}"),
         ("post", "/admin/api/accounts/{id}/reset"),
+        ("post", "/admin/api/accounts/claude-oauth/authorize"),
+        ("post", "/admin/api/accounts/claude-oauth/exchange"),
+        ("post", "/admin/api/accounts/claude-oauth/import"),
         ("get", "/admin/api/usage"),
         ("get", "/admin/api/usage/summary"),
     ];
