@@ -96,3 +96,58 @@ fn defaults_env_overrides_and_typed_references() {
     let lit = Config::from_yaml("admin: { password: \"$${NOT_A_VAR}xyz\" }\n", &env(&[])).unwrap();
     assert_eq!(lit.admin.password.as_deref(), Some("${NOT_A_VAR}xyz"));
 }
+
+#[test]
+fn the_example_providers_block_loads_and_matches_the_defaults() {
+    let text = include_str!("../conf/relay.yaml");
+    let start = text.find("# providers:").unwrap();
+    let block: Vec<&str> = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with("# providers:") || l.starts_with("#  "))
+        .map(|l| &l[2..])
+        .collect();
+    let c = Config::from_yaml(&block.join("\n"), &|_| None).unwrap();
+    let (ex, def) = (&c.providers.anthropic.oauth, OAuthConfig::default());
+    assert_eq!(
+        (&ex.authorize_url, &ex.token_url, &ex.client_id, &ex.redirect_uri),
+        (&def.authorize_url, &def.token_url, &def.client_id, &def.redirect_uri)
+    );
+    assert_eq!(ex.scopes, def.scopes);
+    for tier in TIERS {
+        assert_eq!(ex.tier_blacklist(tier), def.tier_blacklist(tier), "{tier}");
+    }
+    assert_eq!(ex.refresh_ahead, def.refresh_ahead);
+    assert_eq!(
+        ex.profile_url(&c.providers.anthropic.api_base),
+        def.profile_url(DEFAULT_ANTHROPIC_BASE)
+    );
+}
+
+#[test]
+fn provider_settings_are_checked() {
+    let err = |y: &str| Config::from_yaml(y, &|_| None).unwrap_err().to_string();
+    assert!(
+        err("providers: { anthropic: { oauth: { token_url: 'ftp://x' } } }")
+            .contains("providers.anthropic.oauth.token_url")
+    );
+    assert!(err("providers: { anthropic: { api_base: 'nope' } }").contains("providers.anthropic.api_base"));
+    assert!(
+        err("providers: { anthropic: { oauth: { tier_model_blacklist: { team: [] } } } }")
+            .contains("tier_model_blacklist.team")
+    );
+    assert!(err("providers: { anthropic: { oauth: { scopes: [] } } }").contains("oauth.scopes"));
+    assert!(err("providers: { anthropic: { oauth: { beta: 'a,b' } } }").contains("oauth.beta"));
+    assert!(err("accounts: [{ name: sub, kind: claude-oauth }]").contains("setup token"));
+    let c = Config::from_yaml(
+        "providers: { anthropic: { api_base: 'http://127.0.0.1:9', oauth: { tier_model_blacklist: { pro: [] } } } }\naccounts: [{ name: sub, kind: claude-oauth, api_key: sk-ant-oat01-x }]",
+        &|_| None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.accounts[0].base_url.as_deref(),
+        Some("http://127.0.0.1:9"),
+        "accounts default to api_base"
+    );
+    assert!(c.providers.anthropic.oauth.tier_blacklist("pro").is_empty());
+    assert!(!c.providers.anthropic.oauth.tier_blacklist("free").is_empty());
+}

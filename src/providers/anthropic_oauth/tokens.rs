@@ -168,8 +168,9 @@ impl OAuthTokens {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(cell) = cells.get(id) {
             cell.store_issued_at.store(meta.issued_at, Ordering::Relaxed);
+            // Local attempts count too (a setup token cannot read the profile at all).
             cell.profile_checked_at
-                .store(meta.profile_checked_at.unwrap_or(0), Ordering::Relaxed);
+                .fetch_max(meta.profile_checked_at.unwrap_or(0), Ordering::Relaxed);
             let live = cell.live.load();
             if meta.issued_at > live.issued_at || (meta.issued_at == live.issued_at && pair != live.pair) {
                 cell.live
