@@ -629,6 +629,23 @@ mod tests {
     }
 
     #[test]
+    fn subscription_tiers_gate_upstream_models() {
+        let s = Scheduler::new();
+        let mut pro = spec("pro", 1, None);
+        pro.tier_blacklist = crate::config::OAuthConfig::default().tier_blacklist("pro");
+        pro.model_map = [("fast".to_string(), "claude-opus-4-1-20250805".to_string())]
+            .into_iter()
+            .collect();
+        let pool = s.pool(vec![pro, spec("console", 5, None)], &[]);
+        let who = |m: &str| pick(&s, &pool, m, &[]).unwrap().name.to_string();
+        assert_eq!(who("claude-opus-4-5"), "pro");
+        assert_eq!(who("claude-sonnet-4-5-20250929"), "pro");
+        assert_eq!(who("claude-opus-4-1-20250805"), "console", "no Opus 4.1 on Pro");
+        assert_eq!(who("claude-opus-4-20250514"), "console");
+        assert_eq!(who("fast"), "console", "the mapped upstream model is what counts");
+    }
+
+    #[test]
     fn stamps_survive_rebuilds() {
         let s = Scheduler::new();
         let pool = s.pool(vec![spec("a", 1, None), spec("b", 1, None)], &[]);
