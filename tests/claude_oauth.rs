@@ -1043,7 +1043,7 @@ async fn subscription_tiers_gate_the_models_an_account_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
     let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[("usage_poll", "1s")])).await;
+    let relay = RelayProcess::start(&config(&mock, &[("usage_poll", "1s"), ("refresh_check", "1s")])).await;
     let admin = Admin::login(&relay).await;
     let (access, refresh, expires_at) = mock.issue_tokens(3600);
     let view = admin.import("metered", &access, &refresh, expires_at).await;
