@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use super::AdminState;
 use super::routes::{
-    ApiError, authenticate, bad_request, conflict, json_body, not_found, read_only, store_error, valid_name, write,
+    ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, read_only, store_error,
+    valid_name, write,
 };
 use super::scheduling::{self, DurationInput, LiveInputs};
 use crate::config::AccountConfig;
@@ -236,15 +237,7 @@ pub(super) fn split_body(
             taken.insert(k.to_string(), v);
         }
     }
-    let fields = serde_path_to_error::deserialize(Value::Object(all)).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            bad_request(format!("invalid body: {inner}"))
-        } else {
-            bad_request(format!("invalid body at `{path}`: {inner}"))
-        }
-    })?;
+    let fields = from_value(Value::Object(all))?;
     Ok((taken, fields))
 }
 

@@ -22,13 +22,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use filters::policy::{KeyPolicy, KeyPolicySpec};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::routes::{
-    ApiError, authenticate, bad_request, conflict, json_body, not_found, read_only, store_error, valid_name, write,
+    ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, read_only, store_error,
+    valid_name, write,
 };
 use super::scheduling::valid_bind;
 use crate::config::ApiKeyConfig;
@@ -73,19 +73,6 @@ type Fields = Map<String, Value>;
 fn split_body(body: &Bytes) -> Result<(Fields, Fields), ApiError> {
     let all: Map<String, Value> = json_body(body)?;
     Ok(all.into_iter().partition(|(k, _)| KEY_FIELDS.contains(&k.as_str())))
-}
-
-/// Reads a JSON value into `T`, answering 400 with the path of the offending field.
-fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            bad_request(format!("invalid body: {inner}"))
-        } else {
-            bad_request(format!("invalid body at `{path}`: {inner}"))
-        }
-    })
 }
 
 /// A policy from its fields (`null` ones are absent), checked as the relay will compile it.

@@ -102,6 +102,23 @@ pub fn store_error(e: StoreError) -> ApiError {
     }
 }
 
+/// A 400 naming the path of the offending field.
+fn invalid_at(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if path == "." {
+        bad_request(format!("invalid body: {inner}"))
+    } else {
+        bad_request(format!("invalid body at `{path}`: {inner}"))
+    }
+}
+
+/// Reads a JSON value (a body already parsed) into `T`, answering 400 with the path of the
+/// offending field.
+pub fn from_value<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(invalid_at)
+}
+
 /// Parses a JSON request body, answering 400 with the path of the offending field.
 pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     // serde would also read a struct from a JSON array; only objects are accepted.
@@ -109,15 +126,7 @@ pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         return Err(bad_request("the body must be a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            bad_request(format!("invalid body: {inner}"))
-        } else {
-            bad_request(format!("invalid body at `{path}`: {inner}"))
-        }
-    })?;
+    let value = serde_path_to_error::deserialize(&mut de).map_err(invalid_at)?;
     de.end().map_err(|e| bad_request(format!("invalid body: {e}")))?;
     Ok(value)
 }
