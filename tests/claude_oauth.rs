@@ -847,6 +847,19 @@ async fn a_401_for_a_token_believed_valid_refreshes_once_and_retries_the_request
         bearer(mock.messages().last().unwrap()).as_deref(),
         Some(new_access.as_str())
     );
+
+    // A streamed request refused the same way is retried too.
+    mock.revoke_access_tokens();
+    let r = send_to(&client(), &relay, "/v1/messages", SONNET, true, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body.as_bytes(), stream_for(SONNET, false).as_slice());
+    assert_eq!(mock.refresh_count(), 2);
+    let newest = mock.latest_access_token().unwrap();
+    let messages = mock.messages();
+    assert_eq!(messages.len(), 5);
+    assert_eq!(bearer(&messages[3]).as_deref(), Some(new_access.as_str()));
+    assert_eq!(bearer(&messages[4]).as_deref(), Some(newest.as_str()));
+    assert_eq!(messages[4].body, messages[3].body);
     let v = admin.account(&id).await;
     assert!(v["oauth"]["refreshed_at"].is_i64(), "{v}");
     assert_eq!(v["health"]["state"], "active", "{v}");
@@ -1043,7 +1056,7 @@ async fn subscription_tiers_gate_the_models_an_account_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
     let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[("usage_poll", "1s"), ("refresh_check", "1s")])).await;
+    let relay = RelayProcess::start(&config(&mock, &[("usage_poll", "1s")])).await;
     let admin = Admin::login(&relay).await;
     let (access, refresh, expires_at) = mock.issue_tokens(3600);
     let view = admin.import("metered", &access, &refresh, expires_at).await;
@@ -1057,11 +1070,21 @@ async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
     assert_eq!(rl["seven_day_utilization"], 0.5, "{v}");
     assert_eq!(rl["status"], "allowed", "{v}");
 
-    let v = eventually(|| async {
+    // The refresher stays out of the way (`refresh_check: 1h`): usage polling has its own pace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
         let v = admin.account(&id).await;
-        (v["oauth"]["usage"]["five_hour"]["utilization"] == 42.0).then_some(v)
-    })
-    .await;
+        if v["oauth"]["usage"]["five_hour"]["utilization"] == 42.0 {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "with usage_poll: 1s and refresh_check: 1h, the usage endpoint was read {} time(s) in 10 s; oauth.usage: {}",
+            mock.usage_calls(),
+            v["oauth"]["usage"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let u = &v["oauth"]["usage"];
     assert_eq!(u["five_hour"]["resets_at"], "2026-11-27T20:00:00Z", "{v}");
     assert_eq!(u["seven_day"]["utilization"], 17.0, "{v}");
@@ -1070,7 +1093,7 @@ async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
     assert_eq!(u["seven_day_sonnet"]["utilization"], 3.0, "{v}");
     assert_near(&u["fetched_at"], now_ms(), 15_000, "usage.fetched_at");
 
-    assert!(mock.usage_calls() >= 1);
+    eventually(|| async { (mock.usage_calls() >= 2).then_some(()) }).await;
     let first = &mock.usage_requests()[0];
     assert_eq!(bearer(first).as_deref(), Some(access.as_str()));
     assert!(betas(first).iter().any(|f| f == OAUTH_BETA), "{:?}", first.headers);

@@ -433,16 +433,26 @@ impl OAuthTokens {
 
     /// Keeps every account's token fresh, and its profile and usage read, until shutdown.
     pub async fn run(self: Arc<Self>, snapshot: Arc<ArcSwap<Snapshot>>) {
-        let mut tick = tokio::time::interval(self.cfg().refresh_check.0);
+        let check = self.cfg().refresh_check.0;
+        let poll = self.cfg().usage_poll.0;
+        // Wake for whichever is due first; each kind of work keeps its own period.
+        let period = if poll.is_zero() { check } else { check.min(poll) };
+        let mut tick = tokio::time::interval(period.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check: Option<Instant> = None;
         loop {
             tick.tick().await;
-            self.check_all(&snapshot.load_full()).await;
+            let refresh_due = last_check.is_none_or(|t| t.elapsed() + Duration::from_millis(50) >= check);
+            if refresh_due {
+                last_check = Some(Instant::now());
+            }
+            self.check_all(&snapshot.load_full(), refresh_due).await;
         }
     }
 
-    /// One pass of the background work over every `claude-oauth` account.
-    pub async fn check_all(self: &Arc<Self>, snap: &Snapshot) {
+    /// One pass of the background work over every `claude-oauth` account: refreshes (when
+    /// `refresh_due`), then profile and usage reads that are due.
+    pub async fn check_all(self: &Arc<Self>, snap: &Snapshot, refresh_due: bool) {
         let ahead = self.cfg().refresh_ahead.0.as_millis() as i64;
         let poll = self.cfg().usage_poll.0.as_millis() as i64;
         for account in snap.pool.all() {
@@ -457,10 +467,11 @@ impl OAuthTokens {
                 continue;
             }
             let mut live = cell.live();
-            if live.issued_at > cell.store_issued_at.load(Ordering::Relaxed) && account.source_is_store() {
+            if refresh_due && live.issued_at > cell.store_issued_at.load(Ordering::Relaxed) && account.source_is_store()
+            {
                 self.persist(&account.id, &live, |_| {}).await;
             }
-            if live.pair.refresh_token.is_some() && live.expires_at.is_some_and(|e| e - ahead <= now) {
+            if refresh_due && live.pair.refresh_token.is_some() && live.expires_at.is_some_and(|e| e - ahead <= now) {
                 match self.refresh(account, live.issued_at).await {
                     Ok(l) => live = l,
                     Err(e) => {
