@@ -1184,3 +1184,86 @@ async fn two_instances_on_one_redis_refresh_an_expired_token_once() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     redis_cleanup(&url, &prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_during_a_refresh_does_not_lose_the_rotated_token() {
+    let mock = MockOAuth::start().await;
+    mock.set_refresh_delay(Duration::from_millis(800));
+    let relay = RelayProcess::start(&config(&mock, &[])).await;
+    let admin = Admin::login(&relay).await;
+    let (_, old_refresh, _) = mock.issue_tokens(3600);
+    let (old_access, _, _) = mock.issue_tokens(3600);
+    let view = admin
+        .import("leaver", &old_access, &old_refresh, now_ms() - 60_000)
+        .await;
+    let id = view["id"].as_str().unwrap().to_string();
+
+    // The client gives up while the token endpoint is still answering.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("content-type", "application/json")
+        .body(message_body(SONNET, false))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client should have timed out");
+
+    // The refresh finishes anyway and its rotated refresh token is kept: the next request is
+    // served with the new access token, without a second refresh (which the rotation would
+    // refuse if the old refresh token had been used again).
+    eventually(|| async { (mock.refresh_count() == 1 && mock.latest_access_token().is_some()).then_some(()) }).await;
+    let v = eventually(|| async {
+        let v = admin.account(&id).await;
+        v["oauth"]["refreshed_at"].is_i64().then_some(v)
+    })
+    .await;
+    assert_eq!(v["health"]["state"], "active", "{v}");
+    let r = send(&relay, SONNET).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(mock.refresh_count(), 1, "no second refresh");
+    let new_access = mock.latest_access_token().unwrap();
+    assert_eq!(
+        bearer(mock.messages().last().unwrap()).as_deref(),
+        Some(new_access.as_str())
+    );
+    assert_log_clean(&mock, &relay.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_calls_go_through_the_accounts_outbound_proxy() {
+    let mock = MockOAuth::start().await;
+    let proxy = support::proxies::ProxyServer::socks5(&[("pu", "pp")]).await;
+    let relay = RelayProcess::start(&config(&mock, &[])).await;
+    let admin = Admin::login(&relay).await;
+    let (access, refresh, _) = mock.issue_tokens(3600);
+    let a = admin
+        .post(
+            IMPORT,
+            json!({"name": "proxied", "access_token": access, "refresh_token": refresh,
+                   "expires_at": now_ms() - 60_000, "proxy": proxy.url(Some(("pu", "pp")))}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert!(!a.text.contains("pp@"), "the proxy password is not shown: {}", a.text);
+
+    let r = send(&relay, SONNET).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(mock.refresh_count(), 1);
+    let to_mock = |c: &support::proxies::Conn| match &c.target {
+        Some(support::proxies::Target::Addr(a)) => *a == mock.addr,
+        Some(support::proxies::Target::Name(h, p)) => h == "127.0.0.1" && *p == mock.addr.port(),
+        None => false,
+    };
+    let conns = proxy.conns();
+    assert!(
+        conns.len() >= 2
+            && conns
+                .iter()
+                .all(|c| to_mock(c) && c.credentials == Some(("pu".into(), "pp".into()))),
+        "the refresh and the request both went through the proxy: {conns:?}"
+    );
+}
