@@ -1267,3 +1267,34 @@ async fn token_calls_go_through_the_accounts_outbound_proxy() {
         "the refresh and the request both went through the proxy: {conns:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_without_refresh_token_is_passed_on_and_the_account_benched() {
+    let mock = MockOAuth::start().await;
+    let relay = RelayProcess::start(&config(&mock, &[])).await;
+    let admin = Admin::login(&relay).await;
+    let (access, _, expires_at) = mock.issue_tokens(3600);
+    let a = admin
+        .post(
+            IMPORT,
+            json!({"name": "setup", "access_token": access, "expires_at": expires_at}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let id = a.json["id"].as_str().unwrap().to_string();
+    mock.revoke_access_tokens();
+
+    let r = send(&relay, SONNET).await;
+    assert_eq!(r.status, 401, "the upstream's refusal, as it was: {}", r.body);
+    assert_eq!(
+        r.headers.get("x-relay-error-source").and_then(|v| v.to_str().ok()),
+        Some("upstream")
+    );
+    assert_eq!(mock.refresh_count(), 0, "nothing to refresh with");
+    assert_eq!(mock.messages().len(), 1);
+    let v = admin.account(&id).await;
+    assert_eq!(v["health"]["state"], "unauthorized", "{v}");
+    let r = send(&relay, SONNET).await;
+    assert_relay_refusal(&r, 503, "benched account");
+    assert_eq!(mock.messages().len(), 1, "the benched account is not tried");
+}

@@ -190,13 +190,20 @@ pub(super) async fn run(
                 Err(AttemptError::TokenRejected(answer, mark)) => {
                     token_retry = false;
                     let Some(issued) = issued_at else { continue };
-                    let refreshed = relay.oauth.refresh(&account, issued).await;
-                    match refreshed {
+                    let mark = match relay.oauth.refresh(&account, issued).await {
                         Ok(_) => continue,
-                        // A dead grant already took the account out of the pool.
-                        Err(e) if e.is_permanent() => break Err(AttemptError::Refused(answer, None)),
-                        Err(_) => break Err(AttemptError::Refused(answer, mark)),
+                        // A refused refresh already took the account out of the pool.
+                        Err(TokenError::Refresh(r)) if r.is_refusal() => None,
+                        Err(_) => mark,
+                    };
+                    if !relay.config.scheduler.failover.statuses.contains(&401) {
+                        // 401 is not failed over here: the client gets it as it was.
+                        if let Some(h) = mark {
+                            mark_account(relay, &account, h);
+                        }
+                        return replay_refusal(session, ctx, answer).await;
                     }
+                    break Err(AttemptError::Refused(answer, mark));
                 }
                 other => break other,
             }
