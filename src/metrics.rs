@@ -21,6 +21,7 @@ pub struct Metrics {
     pub failovers: IntCounterVec,
     pub account_available: prometheus::IntGaugeVec,
     pub oauth_refreshes: IntCounterVec,
+    pub account_utilization: prometheus::GaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -118,6 +119,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(oauth_refreshes.clone()))?;
+        let account_utilization = prometheus::GaugeVec::new(
+            Opts::new(
+                "relay_account_utilization_ratio",
+                "Share of a subscription window used (0 to 1), by account and window (5h, 7d), from the upstream's anthropic-ratelimit-unified-* headers or, without them, the OAuth usage endpoint",
+            ),
+            &["account", "window"],
+        )?;
+        registry.register(Box::new(account_utilization.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -147,6 +156,7 @@ impl Metrics {
             failovers,
             account_available,
             oauth_refreshes,
+            account_utilization,
         })
     }
 

@@ -1061,6 +1061,16 @@ async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
     let (access, refresh, expires_at) = mock.issue_tokens(3600);
     let view = admin.import("metered", &access, &refresh, expires_at).await;
     let id = view["id"].as_str().unwrap().to_string();
+    // Never picked (a worse priority): its utilization comes from the usage endpoint alone.
+    let (access2, refresh2, expires_at2) = mock.issue_tokens(3600);
+    let a = admin
+        .post(
+            IMPORT,
+            json!({"name": "polled", "access_token": access2, "refresh_token": refresh2,
+                   "expires_at": expires_at2, "priority": 90}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
 
     let r = send(&relay, SONNET).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -1093,7 +1103,20 @@ async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
     assert_eq!(u["seven_day_sonnet"]["utilization"], 3.0, "{v}");
     assert_near(&u["fetched_at"], now_ms(), 15_000, "usage.fetched_at");
 
-    eventually(|| async { (mock.usage_calls() >= 2).then_some(()) }).await;
+    // The same figures as gauges (0 to 1): the headers where the account answered, else the
+    // usage endpoint's percents.
+    for (account, window, want) in [
+        ("metered", "5h", 0.25),
+        ("metered", "7d", 0.5),
+        ("polled", "5h", 0.42),
+        ("polled", "7d", 0.17),
+    ] {
+        let line = format!("relay_account_utilization_ratio{{account=\"{account}\",window=\"{window}\"}}");
+        let got = eventually(|| async { metric(&relay, &line).await }).await;
+        assert!((got - want).abs() < 1e-9, "{line} = {got}, want {want}");
+    }
+
+    eventually(|| async { (mock.usage_calls() >= 4).then_some(()) }).await; // two accounts, polled again
     let first = &mock.usage_requests()[0];
     assert_eq!(bearer(first).as_deref(), Some(access.as_str()));
     assert!(betas(first).iter().any(|f| f == OAUTH_BETA), "{:?}", first.headers);

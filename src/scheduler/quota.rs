@@ -86,6 +86,12 @@ pub async fn refresh(store: &dyn Store, snapshot: &ArcSwap<Snapshot>, metrics: &
         } else {
             "active"
         };
+        for (window, ratio) in utilization(a) {
+            metrics
+                .account_utilization
+                .with_label_values(&[&a.name, window])
+                .set(ratio);
+        }
         for s in [
             "active",
             "disabled",
@@ -101,6 +107,35 @@ pub async fn refresh(store: &dyn Store, snapshot: &ArcSwap<Snapshot>, metrics: &
                 .set(i64::from(s == state));
         }
     }
+}
+
+/// The 5-hour and 7-day utilization of an account (0 to 1): from the unified headers of its last
+/// answer, else from the OAuth usage endpoint (which reports percents).
+fn utilization(a: &crate::scheduler::Account) -> Vec<(&'static str, f64)> {
+    let mut out = Vec::new();
+    let headers = a.rt.unified();
+    let endpoint = a.oauth.as_ref().and_then(|c| c.usage());
+    for (window, from_headers, key) in [
+        (
+            "5h",
+            headers.as_ref().and_then(|u| u.five_hour_utilization),
+            "five_hour",
+        ),
+        (
+            "7d",
+            headers.as_ref().and_then(|u| u.seven_day_utilization),
+            "seven_day",
+        ),
+    ] {
+        let from_endpoint = endpoint
+            .as_ref()
+            .and_then(|v| v[key]["utilization"].as_f64())
+            .map(|p| p / 100.0);
+        if let Some(r) = from_headers.or(from_endpoint) {
+            out.push((window, r));
+        }
+    }
+    out
 }
 
 pub async fn refresh_forever(store: Arc<dyn Store>, snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) {
