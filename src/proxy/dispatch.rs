@@ -274,8 +274,10 @@ async fn oauth_credential(
             tracing::warn!(account = %account.name, error = %e, "no usable OAuth token; trying the next account");
             let now = now_ms();
             let mark = match &e {
-                // A refused refresh has marked the account already.
+                // A refused refresh has marked the account already; the others are about this
+                // process or another instance's refresh, not the account.
                 TokenError::Refresh(r) if r.is_refusal() => None,
+                TokenError::LockTimeout | TokenError::HandingOver => None,
                 TokenError::NoRefreshToken => Some(AccountHealth {
                     state: HealthState::Unauthorized,
                     reason: "the OAuth token expired and there is no refresh token".into(),

@@ -111,6 +111,8 @@ pub enum TokenError {
     Refresh(OAuthError),
     #[error("another instance is refreshing the token and did not finish in time")]
     LockTimeout,
+    #[error("this process is handing over to a new one, which refreshes tokens from now on")]
+    HandingOver,
 }
 
 impl TokenError {
@@ -119,7 +121,7 @@ impl TokenError {
         match self {
             TokenError::NoRefreshToken => true,
             TokenError::Refresh(e) => e.is_refusal(),
-            TokenError::LockTimeout => false,
+            TokenError::LockTimeout | TokenError::HandingOver => false,
         }
     }
 }
@@ -248,6 +250,11 @@ impl OAuthTokens {
         }
         if current.pair.refresh_token.is_none() {
             return Err(TokenError::NoRefreshToken);
+        }
+        if crate::server::draining() {
+            // The new process owns the store from now on: a refresh here could not save the
+            // rotated refresh token, and losing it would lock the account out.
+            return Err(TokenError::HandingOver);
         }
         let scope = format!("oauth-refresh:{}", account.id);
         let holder = uuid::Uuid::new_v4().to_string();
@@ -455,6 +462,9 @@ impl OAuthTokens {
     pub async fn check_all(self: &Arc<Self>, snap: &Snapshot, refresh_due: bool) {
         let ahead = self.cfg().refresh_ahead.0.as_millis() as i64;
         let poll = self.cfg().usage_poll.0.as_millis() as i64;
+        if crate::server::draining() {
+            return;
+        }
         for account in snap.pool.all() {
             let Some(cell) = &account.oauth else { continue };
             let now = now_ms();
