@@ -600,8 +600,7 @@ async fn bad_scheduling_fields_are_400() {
 
 #[tokio::test]
 async fn a_reset_on_one_instance_brings_the_account_back_on_every_instance() {
-    let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
-    let url = std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let (prefix, url) = (support::redis_prefix(), support::redis_url());
     let (bad, good) = (MockUpstream::start().await, MockUpstream::start().await);
     bad.set_status(Some(529));
     let extra = format!(
@@ -638,14 +637,5 @@ async fn a_reset_on_one_instance_brings_the_account_back_on_every_instance() {
 
     drop(one);
     drop(two);
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
-    }
+    support::redis_cleanup(&prefix).await;
 }

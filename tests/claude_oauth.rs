@@ -20,7 +20,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::mock::{Seen, json_for, stream_for};
 use support::oauth_mock::{CLIENT_ID, EMAIL, MockOAuth, OAUTH_BETA};
-use support::{ALICE, RelayProcess, client, eventually, metric};
+use support::{ALICE, RelayProcess, client, eventually, metric, redis_cleanup, redis_prefix, redis_url};
 
 const AUTHORIZE: &str = "/admin/api/accounts/claude-oauth/authorize";
 const EXCHANGE: &str = "/admin/api/accounts/claude-oauth/exchange";
@@ -1125,10 +1125,6 @@ async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
     assert_log_clean(&mock, &relay.log_text());
 }
 
-fn redis_url() -> String {
-    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
 async fn redis_answers(url: &str) -> bool {
     let Ok(client) = redis::Client::open(url) else {
         return false;
@@ -1140,25 +1136,12 @@ async fn redis_answers(url: &str) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Some(_)))
 }
 
-async fn redis_cleanup(url: &str, prefix: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_redis_refresh_an_expired_token_once() {
     let url = redis_url();
     // Like the other Redis tests, this one needs a real Redis (CI starts one): it fails, not skips.
     assert!(redis_answers(&url).await, "Redis at {url} does not answer");
-    let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
+    let prefix = redis_prefix();
     let mock = MockOAuth::start().await;
     mock.set_refresh_delay(Duration::from_millis(500));
     let extra = format!(
@@ -1205,7 +1188,7 @@ async fn two_instances_on_one_redis_refresh_an_expired_token_once() {
     drop(a);
     drop(b);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    redis_cleanup(&url, &prefix).await;
+    redis_cleanup(&prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,12 @@
 //! The coordination contract on memory and on a real Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use claude_relay::store::coord::MemoryCoordination;
 use claude_relay::store::coord_contract;
 use claude_relay::store::redis::RedisStore;
-
-fn redis_url() -> String {
-    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
+use support::{redis_prefix, redis_url};
 
 #[tokio::test]
 async fn memory_coordination_passes_the_contract() {
@@ -18,7 +17,7 @@ async fn memory_coordination_passes_the_contract() {
 
 #[tokio::test]
 async fn redis_coordination_passes_the_contract() {
-    let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
+    let prefix = redis_prefix();
     let store = RedisStore::connect_with_prefix(&redis_url(), &prefix)
         .await
         .unwrap_or_else(|e| {

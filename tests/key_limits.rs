@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use claude_relay::usage::TokenUsage;
 use claude_relay::usage::pricing::PricingTable;
 use support::mock::MockUpstream;
-use support::{RelayProcess, account_yaml, eventually, free_port};
+use support::{RelayProcess, account_yaml, eventually, free_port, redis_cleanup, redis_prefix, redis_url};
 
 const BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
 const STREAM_BODY: &str =
@@ -83,7 +83,7 @@ struct Prefix(Option<String>);
 impl Prefix {
     async fn cleanup(self) {
         if let Some(p) = self.0 {
-            cleanup(&redis_url(), &p).await;
+            redis_cleanup(&p).await;
         }
     }
 }
@@ -93,7 +93,7 @@ async fn relay_on(backend: Backend, mock: &MockUpstream, keys: &[String], extra:
     match backend {
         Backend::Embedded => (RelayProcess::start(&config(mock, keys, extra)).await, Prefix(None)),
         Backend::Redis => {
-            let p = prefix();
+            let p = redis_prefix();
             let yaml = format!("{}{extra}", redis_config(mock, &redis_url(), &p, keys));
             (RelayProcess::start(&yaml).await, Prefix(Some(p)))
         }
@@ -615,27 +615,6 @@ async fn key_limits_through_the_admin_api() {
 
 // --- Redis: two instances sharing one Redis ---
 
-fn redis_url() -> String {
-    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
-fn prefix() -> String {
-    format!("relaytest:{}:", uuid::Uuid::new_v4().simple())
-}
-
-async fn cleanup(url: &str, prefix: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
-    }
-}
-
 fn redis_config(mock: &MockUpstream, url: &str, prefix: &str, keys: &[String]) -> String {
     config(
         mock,
@@ -671,7 +650,7 @@ async fn burst(
 
 #[tokio::test]
 async fn two_instances_on_redis_admit_exactly_k_requests_per_window() {
-    let (url, p) = (redis_url(), prefix());
+    let (url, p) = (redis_url(), redis_prefix());
     let mock = MockUpstream::start().await;
     let yaml = redis_config(
         &mock,
@@ -696,12 +675,12 @@ async fn two_instances_on_redis_admit_exactly_k_requests_per_window() {
         rejections(&a, "rate_limit").await + rejections(&b, "rate_limit").await,
         33
     );
-    cleanup(&url, &p).await;
+    redis_cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn two_instances_on_redis_run_exactly_k_streams_at_once() {
-    let (url, p) = (redis_url(), prefix());
+    let (url, p) = (redis_url(), redis_prefix());
     let mock = MockUpstream::start().await;
     let yaml = redis_config(&mock, &url, &p, &[key_line("par", "concurrency: { limit: 3 }")]);
     let a = RelayProcess::start(&yaml).await;
@@ -721,12 +700,12 @@ async fn two_instances_on_redis_run_exactly_k_streams_at_once() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(mock.hits(), 6);
-    cleanup(&url, &p).await;
+    redis_cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn a_killed_instance_gives_its_slots_back_after_the_lease_time() {
-    let (url, p) = (redis_url(), prefix());
+    let (url, p) = (redis_url(), redis_prefix());
     let mock = MockUpstream::start().await;
     let yaml = redis_config(&mock, &url, &p, &[key_line("lease", "concurrency: { limit: 2 }")]);
     let env = [("RELAY_CONCURRENCY_LEASE_TTL", "2s")];
@@ -759,12 +738,12 @@ async fn a_killed_instance_gives_its_slots_back_after_the_lease_time() {
     let both = burst(&[&b], 2, "lease", STALLED, STREAM_BODY).await;
     assert!(both.iter().all(|(s, _)| *s == 200), "both slots are back");
     drop(both);
-    cleanup(&url, &p).await;
+    redis_cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn spend_caps_on_redis_survive_lost_counters_and_restarts() {
-    let (url, p) = (redis_url(), prefix());
+    let (url, p) = (redis_url(), redis_prefix());
     let mock = MockUpstream::start().await;
     let yaml = redis_config(
         &mock,
@@ -796,7 +775,7 @@ async fn spend_caps_on_redis_survive_lost_counters_and_restarts() {
     let a = RelayProcess::start(&yaml).await;
     assert_refused(send(&a, "rcap", &[], BODY).await, 402, "billing_error").await;
     assert_eq!(mock.hits(), 2);
-    cleanup(&url, &p).await;
+    redis_cleanup(&p).await;
 }
 
 /// A private Redis server, so that its command statistics count only this test's relay.
@@ -874,7 +853,7 @@ impl Drop for PrivateRedis {
 async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     let redis_server = PrivateRedis::start().await;
     let url = redis_server.url();
-    let p = prefix();
+    let p = redis_prefix();
     let mock = MockUpstream::start().await;
     let yaml = redis_config(
         &mock,
@@ -960,7 +939,7 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
     use filters::policy::{KeyPolicy, KeyPolicySpec};
     use filters::{Admission, ClientKey, LimitBackend};
 
-    let (url, p) = (redis_url(), prefix());
+    let (url, p) = (redis_url(), redis_prefix());
     let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
     let limits = RedisLimits::connect(&url, &p, store, Duration::from_secs(5))
         .await
@@ -1044,5 +1023,5 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
     limits.release("slot", "h1").await.unwrap();
     assert_eq!(score(&mut c).await, None);
     assert_eq!(limits.renew_held().await.unwrap(), 0);
-    cleanup(&url, &p).await;
+    redis_cleanup(&p).await;
 }

@@ -360,27 +360,11 @@ mod redis_backend {
     //! Activation with several instances on one Redis: the first use is recorded in the shared
     //! store, so every instance expires the key at the same moment.
     use super::*;
-
-    fn redis_url() -> String {
-        std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-    }
-
-    async fn cleanup(prefix: &str) {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
-        }
-    }
+    use crate::support::{redis_cleanup, redis_prefix, redis_url};
 
     #[tokio::test]
     async fn expiry_and_activation_shared_by_instances() {
-        let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
+        let prefix = redis_prefix();
         let mock = MockUpstream::start().await;
         let store = format!(
             "store: {{ backend: redis, url: \"{}\", prefix: \"{prefix}\" }}\n",
@@ -412,6 +396,6 @@ mod redis_backend {
         drop(b);
         drop(c);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        cleanup(&prefix).await;
+        redis_cleanup(&prefix).await;
     }
 }

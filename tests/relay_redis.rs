@@ -7,32 +7,11 @@ use std::time::Duration;
 
 use claude_relay::store::{Dimension, Store, redis::RedisStore};
 use support::mock::MockUpstream;
-use support::{ALICE, RelayProcess, account_yaml, eventually};
-
-fn redis_url() -> String {
-    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
-fn prefix() -> String {
-    format!("relaytest:{}:", uuid::Uuid::new_v4().simple())
-}
-
-async fn cleanup(prefix: &str) {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
-    }
-}
+use support::{ALICE, RelayProcess, account_yaml, eventually, redis_cleanup, redis_prefix, redis_url};
 
 #[tokio::test]
 async fn two_instances_share_keys_accounts_and_usage_through_redis() {
-    let p = prefix();
+    let p = redis_prefix();
     let mock = MockUpstream::start().await;
     let extra = format!(
         "store: {{ backend: redis, url: \"{}\", prefix: \"{p}\" }}\naccounts:\n{}",
@@ -110,5 +89,5 @@ async fn two_instances_share_keys_accounts_and_usage_through_redis() {
     drop(a);
     drop(b);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    cleanup(&p).await;
+    redis_cleanup(&p).await;
 }

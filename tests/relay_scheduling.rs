@@ -279,8 +279,7 @@ async fn a_daily_quota_takes_the_account_out_until_its_reset() {
 
 #[tokio::test]
 async fn sticky_sessions_and_account_health_are_shared_through_redis() {
-    let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
-    let url = std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let (prefix, url) = (support::redis_prefix(), support::redis_url());
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     let extra = format!(
         "store: {{ backend: redis, url: \"{url}\", prefix: \"{prefix}\" }}\naccounts:\n{}{}",
@@ -328,16 +327,7 @@ async fn sticky_sessions_and_account_health_are_shared_through_redis() {
     assert_eq!(good.hits(), good_before + 3);
     drop(one);
     drop(two);
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
-    }
+    support::redis_cleanup(&prefix).await;
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -15,10 +17,7 @@ use claude_relay::store::contract;
 use claude_relay::store::embedded::EmbeddedStore;
 use claude_relay::store::redis::RedisStore;
 use claude_relay::store::{AdminSession, BucketKey, Dimension, Granularity, Store, UsageCounters};
-
-fn redis_url() -> String {
-    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string())
-}
+use support::redis_url;
 
 fn random_prefix() -> String {
     format!("relay-test-{}:", uuid::Uuid::new_v4().simple())

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::mock::{MockUpstream, json_for, stream_for};
-use support::{ALICE, RelayProcess, account_yaml};
+use support::{ALICE, RelayProcess, account_yaml, redis_cleanup, redis_prefix, redis_url};
 
 const MODEL: &str = "claude-sonnet-4-5";
 const BODY_STREAM: &str =
@@ -340,29 +340,16 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-fn redis_url() -> String {
-    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
 #[tokio::test]
 async fn redis_store_upgrade_under_load_loses_no_request_and_no_usage() {
-    let prefix = format!("relaytest:{}:", uuid::Uuid::new_v4().simple());
+    let prefix = redis_prefix();
     let new_log = upgrade_under_load(&format!(
         "store: {{ backend: redis, url: \"{}\", prefix: \"{prefix}\" }}\n",
         redis_url()
     ))
     .await;
     assert!(!new_log.contains("usage spool file added"), "redis needs no spool");
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
-    }
+    redis_cleanup(&prefix).await;
 }
 
 /// `scripts/upgrade.sh` does the whole dance (finding the old process by its pid file), and both

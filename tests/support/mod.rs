@@ -298,6 +298,30 @@ where
     }
 }
 
+/// The Redis the Redis tests use: `RELAY_TEST_REDIS_URL`, default `redis://127.0.0.1:6379/`.
+pub fn redis_url() -> String {
+    std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// A fresh key prefix, `relaytest:<uuid>:`, so that tests sharing one Redis never meet.
+pub fn redis_prefix() -> String {
+    format!("relaytest:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// Deletes every key under `prefix` (ours, without glob characters) on [`redis_url`].
+pub async fn redis_cleanup(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut c).await.unwrap();
+    }
+}
+
 /// Raw fixture lines from `shared/fixtures/NAME.jsonl`: (method, path, query, headers, raw body).
 /// One recorded request: method, path, query pairs, header pairs, raw JSON body.
 pub type FixtureRequest = (
