@@ -1304,3 +1304,37 @@ async fn a_refused_token_without_refresh_token_is_passed_on_and_the_account_benc
     assert_relay_refusal(&r, 503, "benched account");
     assert_eq!(mock.messages().len(), 1, "the benched account is not tried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_token_in_the_config_file_serves_with_bearer_and_beta() {
+    let mock = MockOAuth::start().await;
+    let (access, _, _) = mock.issue_tokens(3600);
+    let extra = format!(
+        "{}accounts:\n  - {{ name: yaml-sub, kind: claude-oauth, api_key: \"{access}\" }}\n",
+        config(&mock, &[])
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let r = send_to(
+        &client(),
+        &relay,
+        "/v1/messages",
+        SONNET,
+        false,
+        &[("anthropic-beta", "a-1")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = mock.messages();
+    assert_eq!(bearer(&seen[0]).as_deref(), Some(access.as_str()));
+    assert_eq!(betas(&seen[0]), ["a-1", OAUTH_BETA]);
+    assert!(seen[0].header("x-api-key").is_none());
+
+    let admin = Admin::login(&relay).await;
+    let v = admin.account("config.yaml-sub").await;
+    assert_eq!(v["kind"], "claude-oauth", "{v}");
+    assert_eq!(v["api_key"], Value::Null, "{v}");
+    assert_eq!(v["oauth"]["setup_token"], true, "{v}");
+    assert_eq!(v["oauth"]["refresh_token"], Value::Null, "{v}");
+    admin.assert_no_tokens(&mock);
+    assert_log_clean(&mock, &relay.log_text());
+}
