@@ -7,7 +7,9 @@
 //! - `x-mock-truncate: N`: send only the first N bytes of the stream, then close
 //! - `x-mock-stall-after: N`: send N bytes, then stay silent
 //!
-//! It records every request it receives (method, path, headers, body).
+//! It records every request it receives (method, path, headers, body, HTTP version). It serves
+//! plain HTTP/1.1 ([`MockUpstream::start`]) or HTTPS with HTTP/2 by ALPN
+//! ([`MockUpstream::start_tls`]).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -17,9 +19,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
+
+use super::serve::{Served, TestCa, serve, serve_tls};
 
 pub const SSE: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream.sse");
 pub const SSE_TOOL: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream-tool-use.sse");
@@ -30,11 +34,26 @@ pub const GOLDEN_MODEL: &str = "claude-sonnet-4-5";
 pub struct Seen {
     pub method: String,
     pub path_and_query: String,
+    /// The authority of the request target: `:authority` on HTTP/2 (`None` for an HTTP/1.1
+    /// origin-form target, whose authority is the `Host` header).
+    pub authority: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The HTTP version the request came in with.
+    pub version: Version,
 }
 
 impl Seen {
+    pub fn new(method: &Method, uri: &Uri, version: Version, headers: &HeaderMap, body: &Bytes) -> Seen {
+        Seen {
+            method: method.to_string(),
+            path_and_query: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            authority: uri.authority().map(|a| a.to_string()),
+            headers: headers.clone(),
+            body: body.clone(),
+            version,
+        }
+    }
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.get(name).map(|v| v.to_str().unwrap_or("").to_string())
     }
@@ -57,12 +76,14 @@ pub struct MockState {
 pub struct MockUpstream {
     pub addr: SocketAddr,
     pub state: Arc<MockState>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    url: String,
+    _served: Served,
 }
 
 impl MockUpstream {
+    /// `http://127.0.0.1:<port>`, or `https://localhost:<port>` for a TLS mock.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
     }
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
@@ -80,35 +101,35 @@ impl MockUpstream {
         *self.state.error_message.lock().unwrap() = Some(m.to_string());
     }
 
-    pub async fn start() -> MockUpstream {
-        let state = Arc::new(MockState::default());
-        let app = Router::new()
+    fn router(state: &Arc<MockState>) -> Router {
+        Router::new()
             .fallback(handle)
             .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+            .with_state(state.clone())
+    }
+
+    /// A plain HTTP/1.1 mock.
+    pub async fn start() -> MockUpstream {
+        let state = Arc::new(MockState::default());
+        let served = serve(Self::router(&state)).await;
         MockUpstream {
-            addr,
+            addr: served.addr,
+            url: format!("http://{}", served.addr),
             state,
-            shutdown: Some(tx),
+            _served: served,
         }
     }
-}
 
-impl Drop for MockUpstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+    /// An HTTPS mock with `ca`'s certificate for `localhost`, speaking HTTP/2 to clients that
+    /// offer ALPN `h2`.
+    pub async fn start_tls(ca: &TestCa) -> MockUpstream {
+        let state = Arc::new(MockState::default());
+        let served = serve_tls(Self::router(&state), ca).await;
+        MockUpstream {
+            addr: served.addr,
+            url: format!("https://localhost:{}", served.addr.port()),
+            state,
+            _served: served,
         }
     }
 }
@@ -144,15 +165,15 @@ async fn handle(
     State(state): State<Arc<MockState>>,
     method: Method,
     uri: Uri,
+    version: Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.seen.lock().unwrap().push(Seen {
-        method: method.to_string(),
-        path_and_query: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-        headers: headers.clone(),
-        body: body.clone(),
-    });
+    state
+        .seen
+        .lock()
+        .unwrap()
+        .push(Seen::new(&method, &uri, version, &headers, &body));
     if let Some(ms) = num(&headers, "x-mock-delay-ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

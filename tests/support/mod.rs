@@ -5,6 +5,7 @@
 pub mod mock;
 pub mod oauth_mock;
 pub mod proxies;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -5,6 +5,9 @@
 //!
 //! Tokens look like the real ones (`sk-ant-oat01-…`, `sk-ant-ort01-…`) and are long enough that
 //! a masked form cannot contain them. Every request is recorded for assertions.
+//!
+//! It serves plain HTTP/1.1 ([`MockOAuth::start`]) or HTTPS with HTTP/2 by ALPN
+//! ([`MockOAuth::start_tls`]); every URL helper follows the scheme and host of [`MockOAuth::url`].
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -15,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -24,6 +27,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::mock::{Seen, json_for, stream_for};
+use super::serve::{Served, TestCa, serve, serve_tls};
 
 /// The OAuth client id of Claude Code.
 pub const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
@@ -55,6 +59,8 @@ pub struct TokenRequest {
     pub body: Value,
     pub raw_body: Bytes,
     pub headers: HeaderMap,
+    /// The HTTP version the request came in with.
+    pub version: Version,
     /// The status the mock answered (0 while the answer is pending).
     pub status: u16,
 }
@@ -144,13 +150,15 @@ type Shared = Arc<Mutex<Inner>>;
 pub struct MockOAuth {
     pub addr: SocketAddr,
     state: Shared,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    url: String,
+    /// The CA that signed a TLS mock's certificate, for [`MockOAuth::sign_in`].
+    ca_pem: Option<String>,
+    _served: Served,
 }
 
 impl MockOAuth {
-    pub async fn start() -> MockOAuth {
-        let state: Shared = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new()
+    fn router(state: &Shared) -> Router {
+        Router::new()
             .route("/oauth/authorize", get(authorize))
             .route("/v1/oauth/token", post(token))
             .route("/api/oauth/profile", get(profile))
@@ -159,22 +167,33 @@ impl MockOAuth {
             .route("/v1/messages/count_tokens", post(messages))
             .fallback(unknown)
             .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+            .with_state(state.clone())
+    }
+
+    /// A plain HTTP/1.1 mock.
+    pub async fn start() -> MockOAuth {
+        let state: Shared = Arc::new(Mutex::new(Inner::default()));
+        let served = serve(Self::router(&state)).await;
         MockOAuth {
-            addr,
+            addr: served.addr,
+            url: format!("http://{}", served.addr),
+            ca_pem: None,
             state,
-            shutdown: Some(tx),
+            _served: served,
+        }
+    }
+
+    /// An HTTPS mock with `ca`'s certificate for `localhost`, speaking HTTP/2 to clients that
+    /// offer ALPN `h2`.
+    pub async fn start_tls(ca: &TestCa) -> MockOAuth {
+        let state: Shared = Arc::new(Mutex::new(Inner::default()));
+        let served = serve_tls(Self::router(&state), ca).await;
+        MockOAuth {
+            addr: served.addr,
+            url: format!("https://localhost:{}", served.addr.port()),
+            ca_pem: Some(ca.ca_pem().to_string()),
+            state,
+            _served: served,
         }
     }
 
@@ -182,8 +201,9 @@ impl MockOAuth {
         self.state.lock().unwrap()
     }
 
+    /// `http://127.0.0.1:<port>`, or `https://localhost:<port>` for a TLS mock.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
     }
     pub fn authorize_url(&self) -> String {
         format!("{}/oauth/authorize", self.url())
@@ -292,11 +312,13 @@ impl MockOAuth {
     /// Signs in at `authorize_url` (as a person following the relay's link would) without
     /// following the redirect: (code, state, Location).
     pub async fn sign_in(&self, authorize_url: &str) -> (String, String, String) {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+            .timeout(Duration::from_secs(10));
+        if let Some(pem) = &self.ca_pem {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        }
+        let http = http.build().unwrap();
         let r = http.get(authorize_url).send().await.unwrap();
         let status = r.status();
         let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_string());
@@ -306,14 +328,6 @@ impl MockOAuth {
         let u = url::Url::parse(&location).unwrap();
         let q: HashMap<String, String> = u.query_pairs().into_owned().collect();
         (q["code"].clone(), q["state"].clone(), location)
-    }
-}
-
-impl Drop for MockOAuth {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -394,15 +408,6 @@ fn api_error(status: u16, kind: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn seen(method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Seen {
-    Seen {
-        method: method.to_string(),
-        path_and_query: uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-        headers: headers.clone(),
-        body: body.clone(),
-    }
-}
-
 fn access_ok(inner: &Inner, token: &str) -> bool {
     inner
         .access
@@ -475,7 +480,7 @@ async fn authorize(State(state): State<Shared>, uri: Uri) -> Response {
         .unwrap()
 }
 
-async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(State(state): State<Shared>, version: Version, headers: HeaderMap, body: Bytes) -> Response {
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let grant_type = parsed["grant_type"].as_str().unwrap_or("").to_string();
     let (index, delay) = {
@@ -490,6 +495,7 @@ async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             body: parsed.clone(),
             raw_body: body.clone(),
             headers: headers.clone(),
+            version,
             status: 0,
         });
         let delay = if grant_type == "refresh_token" {
@@ -602,11 +608,17 @@ fn oauth_api_refusal(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-async fn profile(State(state): State<Shared>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn profile(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+) -> Response {
     let mut inner = state.lock().unwrap();
     inner
         .profile_requests
-        .push(seen(&method, &uri, &headers, &Bytes::new()));
+        .push(Seen::new(&method, &uri, version, &headers, &Bytes::new()));
     if let Some(r) = oauth_api_refusal(&inner, &headers) {
         return r;
     }
@@ -640,19 +652,34 @@ async fn profile(State(state): State<Shared>, method: Method, uri: Uri, headers:
     .into_response()
 }
 
-async fn usage(State(state): State<Shared>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn usage(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+) -> Response {
     let mut inner = state.lock().unwrap();
-    inner.usage_requests.push(seen(&method, &uri, &headers, &Bytes::new()));
+    inner
+        .usage_requests
+        .push(Seen::new(&method, &uri, version, &headers, &Bytes::new()));
     if let Some(r) = oauth_api_refusal(&inner, &headers) {
         return r;
     }
     axum::Json(usage_answer()).into_response()
 }
 
-async fn messages(State(state): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn messages(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     {
         let mut inner = state.lock().unwrap();
-        inner.messages.push(seen(&method, &uri, &headers, &body));
+        inner.messages.push(Seen::new(&method, &uri, version, &headers, &body));
         if headers.contains_key("x-api-key") {
             return api_error(
                 400,
@@ -696,7 +723,18 @@ async fn messages(State(state): State<Shared>, method: Method, uri: Uri, headers
         .unwrap()
 }
 
-async fn unknown(State(state): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    state.lock().unwrap().unknown.push(seen(&method, &uri, &headers, &body));
+async fn unknown(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state
+        .lock()
+        .unwrap()
+        .unknown
+        .push(Seen::new(&method, &uri, version, &headers, &body));
     (StatusCode::NOT_FOUND, "oauth mock: unknown path").into_response()
 }
