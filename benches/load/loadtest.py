@@ -33,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = os.path.join(HERE, "post.lua")
 SECRET = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 API_KEY = "cr_" + "1b" * 32
+# Bound to a claude-oauth account (a setup token) on the same mock: the OAuth serving path.
+OAUTH_KEY = "cr_" + "2c" * 32
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -187,8 +189,8 @@ def summarize_log(lines, limit=12):
     return c.most_common(limit)
 
 
-def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10):
-    env = dict(os.environ, LOAD_STREAM="true" if stream else "false", LOAD_API_KEY=API_KEY,
+def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10, api_key=API_KEY):
+    env = dict(os.environ, LOAD_STREAM="true" if stream else "false", LOAD_API_KEY=api_key,
                LOAD_CHUNK_DELAY_MS=str(chunk_delay_ms or ""))
     cmd = ["wrk", "-t", "1", "-c", str(conc), "-d", f"{seconds}s", "--timeout", f"{timeout_s}s",
            "-s", LUA, url]
@@ -242,10 +244,15 @@ class Proc:
         self.logf.close()
 
 
-def relay_config(relay_port, admin_port, data, threads, accounts):
-    """The relay's YAML config; `accounts` are (name, base_url) of claude-console accounts."""
+def relay_config(relay_port, admin_port, data, threads, accounts, oauth_url=None):
+    """The relay's YAML config; `accounts` are (name, base_url) of claude-console accounts. With
+    `oauth_url`, a claude-oauth account there too, served only to OAUTH_KEY (bound to it)."""
     lines = "".join(f'  - {{ name: {n}, kind: claude-console, base_url: "{u}", api_key: sk-ant-api03-load-test }}\n'
                     for n, u in accounts)
+    keys = ""
+    if oauth_url:
+        lines += f'  - {{ name: oauth, kind: claude-oauth, base_url: "{oauth_url}", api_key: sk-ant-oat01-load-test }}\n'
+        keys = f"  - {{ name: load-oauth, key: {OAUTH_KEY}, bind: oauth }}\n"
     return f"""listen: 127.0.0.1:{relay_port}
 admin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: load-test-admin-password }}
 secret_key: {SECRET}
@@ -255,7 +262,7 @@ store: {{ backend: embedded, path: {data} }}
 shutdown_grace: 2s
 api_keys:
   - {{ name: load, key: {API_KEY} }}
-accounts:
+{keys}accounts:
 {lines}"""
 
 
@@ -379,6 +386,8 @@ def main():
     ap.add_argument("--failover-row", action=argparse.BooleanOptionalAction, default=False,
                     help="also measure failover: 3 accounts, one answering 429 (run.sh turns it on)")
     ap.add_argument("--failover-conc", type=int, default=50)
+    ap.add_argument("--oauth-row", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure each row through a claude-oauth account (bearer + beta merge)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (config, relay log)")
     args = ap.parse_args()
     concs = [int(c) for c in args.concurrency.split(",")]
@@ -391,7 +400,8 @@ def main():
     data = os.path.join(tmp, "data")
     conf = os.path.join(tmp, "relay.yaml")
     with open(conf, "w") as f:
-        f.write(relay_config(relay_port, admin_port, data, args.relay_threads, [("mock", mock_url)]))
+        f.write(relay_config(relay_port, admin_port, data, args.relay_threads, [("mock", mock_url)],
+                             oauth_url=mock_url if args.oauth_row else None))
 
     procs = []  # stopped in reverse order at the end
     fo_rows = None
@@ -412,19 +422,26 @@ def main():
                              + "\n".join(log.new_lines()[-30:]))
                 if stream and b"message_stop" not in body:
                     sys.exit(f"loadtest: smoke stream from {base} is incomplete: {body[-300:]!r}")
+        if args.oauth_row:
+            code, body, h = http("POST", relay_url + "/v1/messages", request_body(False), dict(hdr, **{"x-api-key": OAUTH_KEY}))
+            if code != 200:
+                sys.exit(f"loadtest: smoke request through the claude-oauth account got {code}: {body[:500]!r}")
 
         rows = []
         log_notes = collections.Counter()
         can_reset = reset_peak_rss(relay.pid)
         for stream in (False, True):
             for conc in concs:
-                for target, base, proc in (("direct (mock)", mock_url, mock), ("relay", relay_url, relay)):
+                targets = [("direct (mock)", mock_url, mock, API_KEY), ("relay", relay_url, relay, API_KEY)]
+                if args.oauth_row:
+                    targets.append(("relay (claude-oauth)", relay_url, relay, OAUTH_KEY))
+                for target, base, proc, key in targets:
                     is_relay = proc is relay
                     if is_relay:
                         reset_peak_rss(relay.pid)
                         before_status = relay_statuses(admin_url)
                     t0 = cpu_ticks(proc.pid)
-                    r = run_wrk(base + "/v1/messages", conc, args.duration, stream)
+                    r = run_wrk(base + "/v1/messages", conc, args.duration, stream, api_key=key)
                     t1 = cpu_ticks(proc.pid)
                     row = dict(target=target, stream=stream, conc=conc, r=r,
                                cpu_us=((t1 - t0) / CLK_TCK * 1e6 / r["requests"]) if r["requests"] else None)
@@ -515,7 +532,7 @@ def main():
         r = row["r"]
         rps = r["requests"] / (r["duration_us"] / 1e6)
         err_n, err_s = errors_of(r)
-        relay_row = row["target"] == "relay"
+        relay_row = row["target"].startswith("relay")
         cpu = f"{row['cpu_us']:.0f}" if row["cpu_us"] is not None else "–"
         if not relay_row:
             cpu = f"({cpu} mock)"
