@@ -1338,3 +1338,38 @@ async fn a_setup_token_in_the_config_file_serves_with_bearer_and_beta() {
     admin.assert_no_tokens(&mock);
     assert_log_clean(&mock, &relay.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_an_oauth_account_keeps_its_tokens_and_refuses_credential_changes() {
+    let mock = MockOAuth::start().await;
+    let relay = RelayProcess::start(&config(&mock, &[])).await;
+    let admin = Admin::login(&relay).await;
+    let (access, refresh, _) = mock.issue_tokens(3600);
+    let view = admin.import("editable", &access, &refresh, now_ms() - 60_000).await;
+    let id = view["id"].as_str().unwrap().to_string();
+    // The request refreshes the token; the edit afterwards must not bring the old pair back.
+    assert_eq!(send(&relay, SONNET).await.status, 200);
+    assert_eq!(mock.refresh_count(), 1);
+    let path = format!("/admin/api/accounts/{id}");
+    let a = admin
+        .call(Method::PATCH, &path, Some(json!({"priority": 7, "name": "renamed"})))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json["priority"], 7);
+    assert_eq!(a.json["name"], "renamed");
+    assert!(a.json["oauth"]["refreshed_at"].is_i64(), "{}", a.text);
+    for body in [json!({"api_key": "sk-ant-api03-x"}), json!({"kind": "claude-console"})] {
+        let a = admin.call(Method::PATCH, &path, Some(body.clone())).await;
+        assert_400(&a, &body.to_string());
+    }
+    // After the reload the edit caused, requests still use the refreshed token, with no refresh.
+    let r = send(&relay, SONNET).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(mock.refresh_count(), 1);
+    let new_access = mock.latest_access_token().unwrap();
+    assert_eq!(
+        bearer(mock.messages().last().unwrap()).as_deref(),
+        Some(new_access.as_str())
+    );
+    admin.assert_no_tokens(&mock);
+}

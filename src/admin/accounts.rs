@@ -537,6 +537,14 @@ pub async fn update(
             r.model_map = m;
         }
         sched.apply(&mut r);
+        if r.kind == AccountKind::ClaudeOauth
+            && let Some(fresh) = st.store.get_account(&r.id).await.map_err(store_error)?
+        {
+            // Tokens are not edited here, and a refresh may have rotated them since the read
+            // above: write back the newest pair, not the one read first.
+            r.secret = fresh.secret;
+            r.oauth = fresh.oauth;
+        }
         st.store.put_account(&r).await.map_err(store_error)?;
         Ok(r)
     })
