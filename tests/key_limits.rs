@@ -820,22 +820,28 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// `cmdstat_<name>` calls from `INFO commandstats`.
-    async fn calls(&self) -> std::collections::HashMap<String, u64> {
+    /// `cmdstat_<name>` calls from `INFO commandstats`, and the server's time (µs) at that very
+    /// moment: both are read in one transaction, so no command runs between them.
+    async fn calls(&self) -> (std::collections::HashMap<String, u64>, u64) {
         let client = redis::Client::open(self.url()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let info: String = redis::cmd("INFO")
+        let (info, (secs, micros)): (String, (u64, u64)) = redis::pipe()
+            .atomic()
+            .cmd("INFO")
             .arg("commandstats")
+            .cmd("TIME")
             .query_async(&mut c)
             .await
             .unwrap();
-        info.lines()
+        let calls = info
+            .lines()
             .filter_map(|l| {
                 let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
                 let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
                 Some((name.to_string(), calls.parse().ok()?))
             })
-            .collect()
+            .collect();
+        (calls, secs * 1_000_000 + micros)
     }
 }
 
@@ -888,7 +894,7 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
             .filter(|s| s.starts_with("OK"))
     })
     .await;
-    let before = redis_server.calls().await;
+    let (before, before_us) = redis_server.calls().await;
 
     const N: u64 = 40;
     for i in 0..N {
@@ -898,15 +904,25 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
         let _ = r.bytes().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = redis_server.calls().await;
+    let (after, after_us) = redis_server.calls().await;
+    // Let MONITOR print everything up to that moment before it stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = monitor.kill();
     let _ = monitor.wait();
 
     let delta = |cmd: &str| after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0);
     let scripts = delta("evalsha") + delta("eval");
     let log = std::fs::read_to_string(&monitor_log).unwrap();
-    // Commands clients sent (not the ones scripts ran, shown as `[0 lua]`).
-    let sent: Vec<&str> = log.lines().filter(|l| !l.contains(" lua]")).collect();
+    // Commands clients sent (not the ones scripts ran, shown as `[0 lua]`) between the two
+    // commandstats readings: MONITOR lines start with the server time, `1732712345.123456`.
+    let in_window = |l: &str| {
+        let ts = l.split_whitespace().next().and_then(|t| {
+            let (s, us) = t.split_once('.')?;
+            Some(s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?)
+        });
+        ts.is_some_and(|t| t > before_us && t <= after_us)
+    };
+    let sent: Vec<&str> = log.lines().filter(|l| !l.contains(" lua]") && in_window(l)).collect();
     let count = |pred: &dyn Fn(&str) -> bool| sent.iter().filter(|l| pred(&l.to_lowercase())).count() as u64;
     let admissions = count(&|l| l.contains("\"evalsha\"") && l.contains(&admit_sha));
     let all_scripts = count(&|l| l.contains("\"evalsha\"") || l.contains("\"eval\""));
