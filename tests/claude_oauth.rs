@@ -61,6 +61,15 @@ fn config(mock: &MockOAuth, settings: &[(&str, &str)]) -> String {
     y
 }
 
+/// A mock, a relay whose provider settings point at it (`settings` over the test defaults), and
+/// an admin session on the relay.
+async fn setup(settings: &[(&str, &str)]) -> (MockOAuth, RelayProcess, Admin) {
+    let mock = MockOAuth::start().await;
+    let relay = RelayProcess::start(&config(&mock, settings)).await;
+    let admin = Admin::login(&relay).await;
+    (mock, relay, admin)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -319,9 +328,7 @@ fn assert_token_request_manners(t: &support::oauth_mock::TokenRequest) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the_oauth_beta() {
-    let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[])).await;
-    let admin = Admin::login(&relay).await;
+    let (mock, relay, admin) = setup(&[]).await;
 
     // The sign-in link.
     let before_s = now_ms() / 1000;
@@ -593,9 +600,7 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_setup_token_flow_asks_for_inference_only_and_a_one_year_token() {
-    let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[])).await;
-    let admin = Admin::login(&relay).await;
+    let (mock, relay, admin) = setup(&[]).await;
 
     let auth = admin.authorize(Some(json!({"flow": "setup-token"}))).await;
     assert_eq!(auth["flow"], "setup-token");
@@ -650,9 +655,7 @@ async fn the_setup_token_flow_asks_for_inference_only_and_a_one_year_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn importing_tokens_takes_claude_code_credentials_and_never_shows_them() {
-    let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[])).await;
-    let admin = Admin::login(&relay).await;
+    let (mock, relay, admin) = setup(&[]).await;
     let mut ids = Vec::new();
 
     // The relay's own shape, expires_at in Unix ms.
@@ -766,10 +769,8 @@ async fn importing_tokens_takes_claude_code_credentials_and_never_shows_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_refreshed_once_for_a_hundred_concurrent_requests() {
-    let mock = MockOAuth::start().await;
+    let (mock, relay, admin) = setup(&[]).await;
     mock.set_refresh_delay(Duration::from_millis(400));
-    let relay = RelayProcess::start(&config(&mock, &[])).await;
-    let admin = Admin::login(&relay).await;
     let (old_access, old_refresh, _) = mock.issue_tokens(3600);
     let view = admin
         .import("expired", &old_access, &old_refresh, now_ms() - 60_000)
@@ -817,9 +818,7 @@ async fn an_expired_token_is_refreshed_once_for_a_hundred_concurrent_requests() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_for_a_token_believed_valid_refreshes_once_and_retries_the_request() {
-    let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[])).await;
-    let admin = Admin::login(&relay).await;
+    let (mock, relay, admin) = setup(&[]).await;
     let (old_access, old_refresh, expires_at) = mock.issue_tokens(3600);
     let view = admin.import("revoked", &old_access, &old_refresh, expires_at).await;
     let id = view["id"].as_str().unwrap().to_string();
@@ -934,9 +933,7 @@ async fn the_background_refresher_renews_ahead_of_expiry_and_the_rotation_surviv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_refresh_marks_the_account_unauthorized_until_an_admin_reset() {
-    let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[("refresh_ahead", "1s")])).await;
-    let admin = Admin::login(&relay).await;
+    let (mock, relay, admin) = setup(&[("refresh_ahead", "1s")]).await;
     let (access, refresh, _) = mock.issue_tokens(3600);
     let expires_at = now_ms() + 2_000;
     let view = admin.import("refused", &access, &refresh, expires_at).await;
@@ -1055,9 +1052,7 @@ async fn subscription_tiers_gate_the_models_an_account_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
-    let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[("usage_poll", "1s")])).await;
-    let admin = Admin::login(&relay).await;
+    let (mock, relay, admin) = setup(&[("usage_poll", "1s")]).await;
     let (access, refresh, expires_at) = mock.issue_tokens(3600);
     let view = admin.import("metered", &access, &refresh, expires_at).await;
     let id = view["id"].as_str().unwrap().to_string();
@@ -1193,10 +1188,8 @@ async fn two_instances_on_one_redis_refresh_an_expired_token_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_during_a_refresh_does_not_lose_the_rotated_token() {
-    let mock = MockOAuth::start().await;
+    let (mock, relay, admin) = setup(&[]).await;
     mock.set_refresh_delay(Duration::from_millis(800));
-    let relay = RelayProcess::start(&config(&mock, &[])).await;
-    let admin = Admin::login(&relay).await;
     let (_, old_refresh, _) = mock.issue_tokens(3600);
     let (old_access, _, _) = mock.issue_tokens(3600);
     let view = admin
@@ -1276,9 +1269,7 @@ async fn token_calls_go_through_the_accounts_outbound_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_without_refresh_token_is_passed_on_and_the_account_benched() {
-    let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[])).await;
-    let admin = Admin::login(&relay).await;
+    let (mock, relay, admin) = setup(&[]).await;
     let (access, _, expires_at) = mock.issue_tokens(3600);
     let a = admin
         .post(
@@ -1341,9 +1332,7 @@ async fn a_setup_token_in_the_config_file_serves_with_bearer_and_beta() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_an_oauth_account_keeps_its_tokens_and_refuses_credential_changes() {
-    let mock = MockOAuth::start().await;
-    let relay = RelayProcess::start(&config(&mock, &[])).await;
-    let admin = Admin::login(&relay).await;
+    let (mock, relay, admin) = setup(&[]).await;
     let (access, refresh, _) = mock.issue_tokens(3600);
     let view = admin.import("editable", &access, &refresh, now_ms() - 60_000).await;
     let id = view["id"].as_str().unwrap().to_string();
