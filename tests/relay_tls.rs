@@ -26,6 +26,18 @@ async fn relay_trusting(ca_file: &Path, extra: &str) -> RelayProcess {
     RelayProcess::start_in(tempfile::tempdir().unwrap(), extra, &[("SSL_CERT_FILE", ca)]).await
 }
 
+/// `POST /v1/messages` through the relay with the client key, as the SDKs send it.
+async fn post_messages(relay: &RelayProcess, body: &'static str) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("anthropic-version", "2023-06-01")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn console_account(mock: &MockUpstream) -> String {
     format!("accounts:\n{}", account_yaml("main", &mock.url(), ""))
 }
@@ -88,14 +100,7 @@ async fn console_account_over_https_speaks_h2_byte_identical_with_credentials_sw
     assert_eq!(headers["request-id"], "req_mock");
     assert_eq!(&body[..], &stream_for("claude-sonnet-4-5", false)[..]);
 
-    let r = client()
-        .post(format!("{}/v1/messages", relay.base()))
-        .header("x-api-key", ALICE)
-        .header("anthropic-version", "2023-06-01")
-        .body(BODY_JSON)
-        .send()
-        .await
-        .unwrap();
+    let r = post_messages(&relay, BODY_JSON).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["request-id"], "req_mock");
     let v: Value = r.json().await.unwrap();
@@ -142,14 +147,7 @@ async fn an_upstream_certificate_from_an_untrusted_ca_is_refused() {
     let relay = relay_trusting(other.ca_path(), &console_account(&mock)).await;
 
     for body in [BODY_JSON, BODY_STREAM] {
-        let r = client()
-            .post(format!("{}/v1/messages", relay.base()))
-            .header("x-api-key", ALICE)
-            .header("anthropic-version", "2023-06-01")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_messages(&relay, body).await;
         let status = r.status();
         let source = r.headers().get("x-relay-error-source").cloned();
         let text = r.text().await.unwrap();
@@ -226,14 +224,7 @@ async fn an_expired_oauth_token_is_refreshed_over_https_and_the_new_bearer_goes_
     let text = r.text().await.unwrap();
     assert_eq!(status, 201, "{text}; relay log:\n{}", relay.log_text());
 
-    let r = client()
-        .post(format!("{}/v1/messages", relay.base()))
-        .header("x-api-key", ALICE)
-        .header("anthropic-version", "2023-06-01")
-        .body(BODY_JSON)
-        .send()
-        .await
-        .unwrap();
+    let r = post_messages(&relay, BODY_JSON).await;
     let status = r.status();
     let text = r.text().await.unwrap();
     assert_eq!(status, 200, "{text}; relay log:\n{}", relay.log_text());
@@ -258,14 +249,7 @@ async fn an_expired_oauth_token_is_refreshed_over_https_and_the_new_bearer_goes_
     assert_ne!(new_access, old_access);
 
     // A streamed request on the renewed token needs no further refresh.
-    let r = client()
-        .post(format!("{}/v1/messages", relay.base()))
-        .header("x-api-key", ALICE)
-        .header("anthropic-version", "2023-06-01")
-        .body(BODY_STREAM)
-        .send()
-        .await
-        .unwrap();
+    let r = post_messages(&relay, BODY_STREAM).await;
     assert_eq!(r.status(), 200);
     let body = r.bytes().await.unwrap();
     assert_eq!(&body[..], &stream_for("claude-sonnet-4-5", false)[..]);
