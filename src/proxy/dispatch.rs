@@ -278,20 +278,18 @@ async fn oauth_credential(
                 // process or another instance's refresh, not the account.
                 TokenError::Refresh(r) if r.is_refusal() => None,
                 TokenError::LockTimeout | TokenError::HandingOver => None,
-                TokenError::NoRefreshToken => Some(AccountHealth {
-                    state: HealthState::Unauthorized,
-                    reason: "the OAuth token expired and there is no refresh token".into(),
-                    since: now,
-                    until: None,
-                    family: None,
-                }),
-                _ => Some(AccountHealth {
-                    state: HealthState::CoolingDown,
-                    reason: "OAuth token refresh failed".into(),
-                    since: now,
-                    until: Some(now + account.cooldown(CooldownClass::Connect, &relay.cooldowns).as_millis() as i64),
-                    family: None,
-                }),
+                TokenError::NoRefreshToken => Some(AccountHealth::starting(
+                    HealthState::Unauthorized,
+                    "the OAuth token expired and there is no refresh token",
+                    now,
+                    None,
+                )),
+                _ => Some(AccountHealth::starting(
+                    HealthState::CoolingDown,
+                    "OAuth token refresh failed",
+                    now,
+                    Some(account.cooldown(CooldownClass::Connect, &relay.cooldowns)),
+                )),
             };
             Err(AttemptError::Retryable(
                 RelayError::AccountCredential(format!("its OAuth token could not be refreshed ({e})")),
@@ -461,33 +459,24 @@ async fn attempt(
     if let Some(u) = UnifiedLimits::from_headers(&head.headers, now / 1000) {
         account.rt.set_unified(u);
     }
-    if status == 401 && token_retry {
-        let body = read_error_body(relay, &mut up).await;
-        up.shutdown().await;
-        let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
-        let mark = match health::classify(status, &head.headers, &body, &cooldown, now) {
-            Verdict::Mark(h) => Some(h),
-            Verdict::RequestProblem => None,
-        };
-        return Err(AttemptError::TokenRejected(HeldAnswer { head, body }, mark));
-    }
-    if status >= 400 && relay.config.scheduler.failover.statuses.contains(&status) {
+    // A 401 on an OAuth token the relay believed valid goes back to the dispatch for one refresh.
+    let token_rejected = status == 401 && token_retry;
+    if token_rejected || status >= 400 && relay.config.scheduler.failover.statuses.contains(&status) {
         // Not committed yet: read the refusal (bounded) to classify it and keep it for replay.
         let body = read_error_body(relay, &mut up).await;
         let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
-        match health::classify(status, &head.headers, &body, &cooldown, now) {
-            Verdict::Mark(h) => {
-                up.shutdown().await;
-                return Err(AttemptError::Refused(HeldAnswer { head, body }, Some(h)));
-            }
-            Verdict::RequestProblem => {
+        let verdict = health::classify(status, &head.headers, &body, &cooldown, now);
+        up.shutdown().await;
+        let held = HeldAnswer { head, body };
+        return match (verdict, token_rejected) {
+            (Verdict::Mark(h), true) => Err(AttemptError::TokenRejected(held, Some(h))),
+            (Verdict::RequestProblem, true) => Err(AttemptError::TokenRejected(held, None)),
+            (Verdict::Mark(h), false) => Err(AttemptError::Refused(held, Some(h))),
+            (Verdict::RequestProblem, false) => {
                 ctx.status = status;
-                up.shutdown().await;
-                return replay_refusal(session, ctx, HeldAnswer { head, body })
-                    .await
-                    .map_err(AttemptError::Broken);
+                replay_refusal(session, ctx, held).await.map_err(AttemptError::Broken)
             }
-        }
+        };
     }
     let is_sse = head
         .headers

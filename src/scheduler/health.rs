@@ -183,11 +183,8 @@ pub fn classify(
     let text = String::from_utf8_lossy(&body[..body.len().min(16 * 1024)]).to_ascii_lowercase();
     let entry = |state, reason: String, dur: Option<std::time::Duration>, family: Option<String>| {
         Verdict::Mark(AccountHealth {
-            state,
-            reason,
-            since: now_ms,
-            until: dur.map(|d| now_ms.saturating_add(d.as_millis().min(i64::MAX as u128) as i64)),
             family,
+            ..AccountHealth::starting(state, reason, now_ms, dur)
         })
     };
     match status {
@@ -273,13 +270,7 @@ pub const CONNECT_FAILED: &str = "connect failed";
 
 /// The entry for a connection failure.
 pub fn connect_failure(cooldown: std::time::Duration, now_ms: i64) -> AccountHealth {
-    AccountHealth {
-        state: HealthState::CoolingDown,
-        reason: CONNECT_FAILED.into(),
-        since: now_ms,
-        until: Some(now_ms + cooldown.as_millis().min(i64::MAX as u128) as i64),
-        family: None,
-    }
+    AccountHealth::starting(HealthState::CoolingDown, CONNECT_FAILED, now_ms, Some(cooldown))
 }
 
 #[cfg(test)]

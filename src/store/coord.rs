@@ -48,6 +48,18 @@ pub struct AccountHealth {
 }
 
 impl AccountHealth {
+    /// An entry from `now_ms` that lasts `duration` (`None`: until an admin action), for every
+    /// model.
+    pub fn starting(state: HealthState, reason: impl Into<String>, now_ms: i64, duration: Option<Duration>) -> Self {
+        AccountHealth {
+            state,
+            reason: reason.into(),
+            since: now_ms,
+            until: duration.map(|d| now_ms.saturating_add(d.as_millis().min(i64::MAX as u128) as i64)),
+            family: None,
+        }
+    }
+
     pub fn active_at(&self, now_ms: i64) -> bool {
         self.until.is_none_or(|u| u > now_ms)
     }

@@ -334,13 +334,12 @@ impl OAuthTokens {
             Err(e) if e.is_refusal() => {
                 self.metrics.oauth_refreshes.with_label_values(&["refused"]).inc();
                 tracing::error!(account = %account.name, error = %e, "OAuth token refresh refused; the account leaves the pool until it is authorized again");
-                let health = AccountHealth {
-                    state: HealthState::Unauthorized,
-                    reason: format!("OAuth token refresh {e}"),
-                    since: now_ms(),
-                    until: None,
-                    family: None,
-                };
+                let health = AccountHealth::starting(
+                    HealthState::Unauthorized,
+                    format!("OAuth token refresh {e}"),
+                    now_ms(),
+                    None,
+                );
                 self.scheduler
                     .mark_shared(account, health, self.coord.clone(), self.store.clone());
                 Err(TokenError::Refresh(e))
