@@ -431,24 +431,18 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
     assert_eq!(got["kind"], "claude-oauth");
 
     // The whole callback URL, and the bare code.
-    let auth = admin.authorize(Some(json!({}))).await;
-    let (_, _, location) = mock.sign_in(auth["url"].as_str().unwrap()).await;
-    let a = admin
-        .post(
-            EXCHANGE,
-            json!({"authorization_id": auth["authorization_id"], "code": location, "name": "sub-two"}),
-        )
-        .await;
-    assert_eq!(a.status, 201, "callback URL: {}", a.text);
-    let auth = admin.authorize(Some(json!({}))).await;
-    let (code, _, _) = mock.sign_in(auth["url"].as_str().unwrap()).await;
-    let a = admin
-        .post(
-            EXCHANGE,
-            json!({"authorization_id": auth["authorization_id"], "code": code, "name": "sub-three"}),
-        )
-        .await;
-    assert_eq!(a.status, 201, "bare code: {}", a.text);
+    for (form, name) in [("callback URL", "sub-two"), ("bare code", "sub-three")] {
+        let auth = admin.authorize(Some(json!({}))).await;
+        let (code, _, location) = mock.sign_in(auth["url"].as_str().unwrap()).await;
+        let pasted = if form == "callback URL" { location } else { code };
+        let a = admin
+            .post(
+                EXCHANGE,
+                json!({"authorization_id": auth["authorization_id"], "code": pasted, "name": name}),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{form}: {}", a.text);
+    }
     assert_eq!(mock.exchange_count(), 3);
 
     // Refusals: an unknown or tampered authorization never reaches the token endpoint; a code
