@@ -8,7 +8,7 @@ use claude_relay::usage::pricing::PricingTable;
 use claude_relay::usage::sse::SseUsageParser;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-const STREAM: &[u8] = include_bytes!("../../shared/fixtures/responses/anthropic-messages-stream.sse");
+const STREAM: &[u8] = include_bytes!("../tests/fixtures/responses/anthropic-messages-stream.sse");
 
 fn parse(chunk_size: usize) -> TokenUsage {
     let mut parser = SseUsageParser::new();

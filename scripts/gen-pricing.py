@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Generate conf/pricing.json from LiteLLM's model_prices_and_context_window.json.
 
-Usage: scripts/gen-pricing.py [SOURCE_JSON] [OUTPUT_JSON]
+Usage: scripts/gen-pricing.py SOURCE_JSON [OUTPUT_JSON]
 
-Defaults: SOURCE_JSON = /work/shared/data/model_prices_and_context_window.json,
+SOURCE_JSON is a copy of LiteLLM's model_prices_and_context_window.json. Default
 OUTPUT_JSON = conf/pricing.json next to this script's parent directory.
 
 Output format (read by src/usage/pricing.rs), prices in USD per token:
@@ -34,7 +34,6 @@ import os
 import re
 import sys
 
-DEFAULT_SOURCE = "/work/shared/data/model_prices_and_context_window.json"
 
 # LiteLLM field -> our field (base tier).
 BASE_FIELDS = {
@@ -133,7 +132,9 @@ def inherit_long_context(table, models):
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    source = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_SOURCE
+    if len(sys.argv) < 2:
+        sys.exit("usage: scripts/gen-pricing.py SOURCE_JSON [OUTPUT_JSON]")
+    source = sys.argv[1]
     output = sys.argv[2] if len(sys.argv) > 2 else os.path.normpath(
         os.path.join(here, "..", "conf", "pricing.json"))
 

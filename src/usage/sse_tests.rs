@@ -1,7 +1,7 @@
 use super::*;
 
-const PLAIN: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream.sse");
-const TOOL_USE: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream-tool-use.sse");
+const PLAIN: &[u8] = include_bytes!("../../tests/fixtures/responses/anthropic-messages-stream.sse");
+const TOOL_USE: &[u8] = include_bytes!("../../tests/fixtures/responses/anthropic-messages-stream-tool-use.sse");
 
 /// Everything the parser reports, for comparing runs.
 #[derive(Debug, PartialEq)]

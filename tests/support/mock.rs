@@ -1,5 +1,5 @@
 //! A mock Anthropic upstream on a real socket, speaking the recorded formats
-//! (`shared/fixtures/responses/`). Behaviour is steered per request by `x-mock-*` headers, which
+//! (`tests/fixtures/responses/`). Behaviour is steered per request by `x-mock-*` headers, which
 //! the relay forwards like any unknown header:
 //! - `x-mock-status: N`: answer N with an Anthropic error body (and `retry-after: 7` on 429)
 //! - `x-mock-delay-ms: N`: wait before the response head
@@ -25,8 +25,8 @@ use futures_util::stream;
 
 use super::serve::{Served, TestCa, serve, serve_tls};
 
-pub const SSE: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream.sse");
-pub const SSE_TOOL: &[u8] = include_bytes!("../../../shared/fixtures/responses/anthropic-messages-stream-tool-use.sse");
+pub const SSE: &[u8] = include_bytes!("../fixtures/responses/anthropic-messages-stream.sse");
+pub const SSE_TOOL: &[u8] = include_bytes!("../fixtures/responses/anthropic-messages-stream-tool-use.sse");
 /// The model name inside the golden streams.
 pub const GOLDEN_MODEL: &str = "claude-sonnet-4-5";
 

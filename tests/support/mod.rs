@@ -323,7 +323,7 @@ pub async fn redis_cleanup(prefix: &str) {
     }
 }
 
-/// Raw fixture lines from `shared/fixtures/NAME.jsonl`: (method, path, query, headers, raw body).
+/// Raw fixture lines from `tests/fixtures/NAME.jsonl`: (method, path, query, headers, raw body).
 /// One recorded request: method, path, query pairs, header pairs, raw JSON body.
 pub type FixtureRequest = (
     String,
@@ -344,7 +344,7 @@ pub fn fixture(name: &str) -> Vec<FixtureRequest> {
         #[serde(borrow, default)]
         body: Option<&'a serde_json::value::RawValue>,
     }
-    let path = format!("{}/../shared/fixtures/{name}.jsonl", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/{name}.jsonl", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
     text.lines()
         .filter(|l| !l.trim().is_empty())
