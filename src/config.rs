@@ -133,6 +133,10 @@ pub struct RawConfig {
     /// Where upstream providers are reached.
     #[serde(default)]
     pub providers: ProvidersConfig,
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    #[serde(default)]
+    pub upstreams: UpstreamsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +216,19 @@ pub struct TimeoutsConfig {
     /// Longest silence between two chunks of a streamed response.
     #[serde(default = "default_idle")]
     pub stream_idle: Dur,
+    /// A new client connection must deliver its whole first request head within this time.
+    #[serde(default = "default_request_head")]
+    pub request_head: Dur,
+    /// A client connection idle between requests is closed after this time; its next request
+    /// head must be complete by then.
+    #[serde(default = "default_keepalive_idle")]
+    pub keepalive_idle: Dur,
+    /// Longest pause while a request body arrives (no progress: 408 and the connection closes).
+    #[serde(default = "default_request_body_idle")]
+    pub request_body_idle: Dur,
+    /// The whole request body must arrive within this time.
+    #[serde(default = "default_request_body")]
+    pub request_body: Dur,
 }
 
 impl Default for TimeoutsConfig {
@@ -220,8 +237,108 @@ impl Default for TimeoutsConfig {
             connect: default_connect(),
             response_head: default_head(),
             stream_idle: default_idle(),
+            request_head: default_request_head(),
+            keepalive_idle: default_keepalive_idle(),
+            request_body_idle: default_request_body_idle(),
+            request_body: default_request_body(),
         }
     }
+}
+
+fn default_request_head() -> Dur {
+    Dur(Duration::from_secs(15))
+}
+fn default_keepalive_idle() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_request_body_idle() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_request_body() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+/// Limits on client connections to the relay listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Open connections allowed per client address (0: no limit). Peers in `trusted_proxies`
+    /// are exempt: every client behind them shares their address.
+    #[serde(default = "default_per_ip")]
+    pub per_ip: u32,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            per_ip: default_per_ip(),
+        }
+    }
+}
+
+fn default_per_ip() -> u32 {
+    256
+}
+
+/// What the relay refuses to reach upstream, and what of an upstream's answer it keeps from
+/// clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsConfig {
+    /// Address ranges no account (or its outbound proxy) may connect to, checked on every
+    /// resolved address. By default the link-local and cloud metadata addresses.
+    #[serde(default = "default_deny_addresses")]
+    pub deny_addresses: Vec<String>,
+    /// Upstream response headers never passed to clients: they identify the account behind the
+    /// relay (its organization) to every tenant.
+    #[serde(default = "default_hide_headers")]
+    pub hide_headers: Vec<String>,
+}
+
+impl Default for UpstreamsConfig {
+    fn default() -> Self {
+        UpstreamsConfig {
+            deny_addresses: default_deny_addresses(),
+            hide_headers: default_hide_headers(),
+        }
+    }
+}
+
+/// Link-local ranges (cloud metadata at 169.254.169.254), AWS's IPv6 metadata address and
+/// Alibaba Cloud's metadata address.
+pub const DEFAULT_DENY_ADDRESSES: [&str; 4] =
+    ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"];
+/// Headers naming the upstream organization or setting its cookies.
+pub const DEFAULT_HIDE_HEADERS: [&str; 4] = [
+    "anthropic-organization-id",
+    "openai-organization",
+    "openai-project",
+    "set-cookie",
+];
+
+fn default_deny_addresses() -> Vec<String> {
+    DEFAULT_DENY_ADDRESSES.iter().map(|s| s.to_string()).collect()
+}
+fn default_hide_headers() -> Vec<String> {
+    DEFAULT_HIDE_HEADERS.iter().map(|s| s.to_string()).collect()
+}
+
+/// `trusted_proxies`-style entries: an IP address or a CIDR range.
+fn parse_nets(key: &str, entries: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        format!("{key}[{i}]"),
+                        format!("`{t}` is not an IP address or CIDR range"),
+                    )
+                })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -375,6 +492,13 @@ pub struct FailoverConfig {
     /// Upstream statuses (answered before any byte reached the client) that move the request on.
     #[serde(default = "default_failover_statuses")]
     pub statuses: Vec<u16>,
+    /// A failure a request could cause itself (403, 5xx, 529) takes an account out of the pool
+    /// only once requests of this many different client keys met it within `evidence_window`
+    /// (1: at the first failure).
+    #[serde(default = "default_evidence_keys")]
+    pub evidence_keys: u32,
+    #[serde(default = "default_evidence_window")]
+    pub evidence_window: Dur,
 }
 
 impl Default for FailoverConfig {
@@ -383,8 +507,17 @@ impl Default for FailoverConfig {
             max_attempts: default_max_attempts(),
             budget: default_budget(),
             statuses: default_failover_statuses(),
+            evidence_keys: default_evidence_keys(),
+            evidence_window: default_evidence_window(),
         }
     }
+}
+
+fn default_evidence_keys() -> u32 {
+    2
+}
+fn default_evidence_window() -> Dur {
+    Dur(Duration::from_secs(600))
 }
 
 fn default_sticky_ttl() -> Dur {
@@ -491,6 +624,11 @@ pub struct Config {
     pub filters: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub providers: ProvidersConfig,
+    pub connections: ConnectionsConfig,
+    /// Address ranges upstream connections may not reach (`upstreams.deny_addresses`).
+    pub deny_addresses: Vec<ipnet::IpNet>,
+    /// Upstream response headers kept from clients (`upstreams.hide_headers`).
+    pub hide_headers: Vec<http::HeaderName>,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -722,6 +860,10 @@ impl Config {
             ("timeouts.connect", raw.timeouts.connect),
             ("timeouts.response_head", raw.timeouts.response_head),
             ("timeouts.stream_idle", raw.timeouts.stream_idle),
+            ("timeouts.request_head", raw.timeouts.request_head),
+            ("timeouts.keepalive_idle", raw.timeouts.keepalive_idle),
+            ("timeouts.request_body_idle", raw.timeouts.request_body_idle),
+            ("timeouts.request_body", raw.timeouts.request_body),
             ("stats.flush_interval", raw.stats.flush_interval),
         ] {
             if d.0.is_zero() {
@@ -838,6 +980,15 @@ impl Config {
             crate::scheduler::CooldownClass::parse_key(k)
                 .map_err(|e| invalid(format!("scheduler.cooldowns.{k}"), e))?;
         }
+        if raw.scheduler.failover.evidence_keys == 0 || raw.scheduler.failover.evidence_keys > 16 {
+            return Err(invalid("scheduler.failover.evidence_keys", "must be between 1 and 16"));
+        }
+        if raw.scheduler.failover.evidence_window.0.is_zero() {
+            return Err(invalid(
+                "scheduler.failover.evidence_window",
+                "must be greater than zero",
+            ));
+        }
         if raw.scheduler.failover.max_attempts == 0 || raw.scheduler.failover.max_attempts > 20 {
             return Err(invalid("scheduler.failover.max_attempts", "must be between 1 and 20"));
         }
@@ -875,19 +1026,22 @@ impl Config {
         for (i, k) in raw.api_keys.iter().enumerate() {
             filters::policy::KeyPolicy::compile(&k.policy_spec()).map_err(|e| invalid(format!("api_keys[{i}]"), e))?;
         }
-        let mut trusted_proxies = Vec::new();
-        for (i, t) in raw.trusted_proxies.iter().enumerate() {
-            let net = t
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| {
+        let trusted_proxies = parse_nets("trusted_proxies", &raw.trusted_proxies)?;
+        let deny_addresses = parse_nets("upstreams.deny_addresses", &raw.upstreams.deny_addresses)?;
+        let hide_headers = raw
+            .upstreams
+            .hide_headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                http::HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| {
                     invalid(
-                        format!("trusted_proxies[{i}]"),
-                        format!("`{t}` is not an IP address or CIDR range"),
+                        format!("upstreams.hide_headers[{i}]"),
+                        format!("`{h}` is not a header name"),
                     )
-                })?;
-            trusted_proxies.push(net);
-        }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let filters = match raw.filters {
             Some(f) => f,
             None => DEFAULT_FILTERS
@@ -931,6 +1085,9 @@ impl Config {
             filters,
             trusted_proxies,
             providers: raw.providers,
+            connections: raw.connections,
+            deny_addresses,
+            hide_headers,
         })
     }
 }

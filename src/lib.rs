@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod leases;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

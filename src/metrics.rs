@@ -22,6 +22,8 @@ pub struct Metrics {
     pub account_available: prometheus::IntGaugeVec,
     pub oauth_refreshes: IntCounterVec,
     pub account_utilization: prometheus::GaugeVec,
+    /// Client connections closed by the relay's connection limits, by reason.
+    pub connections_closed: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -128,6 +130,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(account_utilization.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "relay_connections_closed_total",
+                "Client connections closed or refused by the connection limits: per_ip, request_head, keepalive_idle, request_body",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(connections_closed.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -157,6 +167,7 @@ impl Metrics {
             account_available,
             oauth_refreshes,
             account_utilization,
+            connections_closed,
         })
     }
 

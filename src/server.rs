@@ -404,7 +404,8 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         metrics: metrics.clone(),
         chain,
         connector: pingora::connectors::http::Connector::new(None),
-        peers: Peers::new(config.timeouts.connect.0),
+        peers: Peers::new(config.timeouts.connect.0, config.deny_addresses.clone()),
+        hop_id: crate::secrets::random_token()[..16].to_string(),
         coord: coord.clone(),
         leases: leases.clone(),
         oauth: oauth.clone(),
@@ -423,7 +424,18 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         metrics.clone(),
     ));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, RelayProxy(relay), "relay");
+    let limits = crate::proxy::ConnLimits {
+        request_head: config.timeouts.request_head.0,
+        keepalive_idle: config.timeouts.keepalive_idle.0,
+        per_ip: config.connections.per_ip,
+        trusted: config.trusted_proxies.clone(),
+    };
+    let mut app = pingora::proxy::http_proxy(&server.configuration, RelayProxy(relay));
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.timeouts.keepalive_idle.0);
+    app.server_options = Some(options);
+    let guarded = crate::proxy::GuardedApp::new(app, limits, metrics.connections_closed.clone());
+    let mut proxy = pingora::services::listening::Service::new("relay".to_string(), guarded);
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
 

@@ -2,6 +2,8 @@
 //! one rewrite the relay makes, the top-level `model`, spliced in place so every other byte passes
 //! untouched (unknown fields, `role:"system"` messages, key order, whitespace).
 
+use std::io::Read;
+
 use bytes::{Bytes, BytesMut};
 use filters::RequestFacts;
 use serde::Deserialize;
@@ -25,6 +27,88 @@ struct TopLevel<'a> {
     prompt_cache_key: Option<serde_json::Value>,
     #[serde(default)]
     user_prompt_id: Option<serde_json::Value>,
+}
+
+/// Largest zstd window accepted in a compressed request body (8 MiB): what compressors use at
+/// every standard level, without letting one request make the relay allocate 128 MiB.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// The request body with its `content-encoding` undone (gzip, deflate, br, zstd, in the order
+/// they were applied), at most `limit` bytes once decoded. An encoding the relay does not know is
+/// refused with 415; a body that does not decode, with 400.
+pub fn decode_content(headers: &http::HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, RelayError> {
+    let mut codings: Vec<String> = Vec::new();
+    for v in headers.get_all(http::header::CONTENT_ENCODING) {
+        let v = v
+            .to_str()
+            .map_err(|_| RelayError::UnsupportedMediaType("Unsupported Content-Encoding".into()))?;
+        codings.extend(
+            v.split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity"),
+        );
+    }
+    if codings.len() > 2 {
+        return Err(RelayError::UnsupportedMediaType(
+            "At most two Content-Encodings are decoded".into(),
+        ));
+    }
+    let mut data = body;
+    for coding in codings.iter().rev() {
+        let src = &data[..];
+        data = match coding.as_str() {
+            "gzip" | "x-gzip" => read_decoded(flate2::read::MultiGzDecoder::new(src), "gzip", limit)?,
+            "deflate" => read_decoded(flate2::read::ZlibDecoder::new(src), "deflate", limit)?,
+            "br" => read_decoded(brotli::Decompressor::new(src, 16 * 1024), "br", limit)?,
+            "zstd" => {
+                let mut d = zstd::stream::read::Decoder::new(src)
+                    .map_err(|e| RelayError::BadRequest(format!("Request body is not valid zstd: {e}")))?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|e| RelayError::Internal(format!("zstd decoder: {e}")))?;
+                read_decoded(d, "zstd", limit)?
+            }
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                return Err(RelayError::UnsupportedMediaType(format!(
+                    "Unsupported Content-Encoding `{shown}`: send the body plain, or as gzip, deflate, br or zstd"
+                )));
+            }
+        };
+    }
+    Ok(data)
+}
+
+fn read_decoded(reader: impl Read, name: &str, limit: usize) -> Result<Bytes, RelayError> {
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| RelayError::BadRequest(format!("Request body is not valid {name}: {e}")))?;
+    if out.len() > limit {
+        return Err(RelayError::PayloadTooLarge(limit));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Longest model name accepted. Real names are far shorter (a Bedrock inference-profile ARN is
+/// about 100 characters); the name becomes a statistics dimension, so it must stay bounded.
+pub const MAX_MODEL_LEN: usize = 256;
+
+/// Refuses model names no upstream uses: too long, or with spaces, control or non-ASCII
+/// characters.
+fn check_model(model: &str) -> Result<(), RelayError> {
+    if model.len() > MAX_MODEL_LEN {
+        return Err(RelayError::BadRequest(format!(
+            "`model` is longer than {MAX_MODEL_LEN} characters"
+        )));
+    }
+    if !model.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RelayError::BadRequest(
+            "`model` may contain only visible ASCII characters (letters, digits and punctuation such as - . _ : / @)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The parsed facts plus where the model value sits in the body.
@@ -62,6 +146,9 @@ pub fn parse_with_headers(
     };
     if require_model && model.as_deref().is_none_or(|m| m.trim().is_empty()) {
         return Err(RelayError::BadRequest("`model` is required".into()));
+    }
+    if let Some(m) = &model {
+        check_model(m)?;
     }
     let stream = match top.stream {
         None | Some(serde_json::Value::Null) => false,
@@ -142,6 +229,76 @@ mod tests {
             Err(RelayError::BadRequest(_))
         ));
         assert!(parse(b"{\"messages\":[]}", false).is_ok());
+    }
+
+    #[test]
+    fn compressed_bodies_are_decoded_within_the_limit() {
+        use std::io::Write;
+        let plain = br#"{"model":"claude-sonnet-4-5","messages":[]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&plain[..], 3).unwrap();
+        let mut br = Vec::new();
+        brotli::CompressorWriter::new(&mut br, 4096, 5, 22)
+            .write_all(plain)
+            .unwrap();
+        let headers = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONTENT_ENCODING, v.parse().unwrap());
+            h
+        };
+        for (enc, body) in [
+            ("gzip", gz.clone()),
+            ("zstd", zst),
+            ("br", br),
+            ("identity", plain.to_vec()),
+        ] {
+            let out = decode_content(&headers(enc), Bytes::from(body), 1024).unwrap();
+            assert_eq!(&out[..], &plain[..], "{enc}");
+        }
+        assert!(matches!(
+            decode_content(&headers("gzip"), Bytes::from(gz), 10),
+            Err(RelayError::PayloadTooLarge(10))
+        ));
+        assert!(matches!(
+            decode_content(&headers("gzip"), Bytes::from_static(plain), 1024),
+            Err(RelayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            decode_content(&headers("compress"), Bytes::from_static(plain), 1024),
+            Err(RelayError::UnsupportedMediaType(_))
+        ));
+        let none = http::HeaderMap::new();
+        assert_eq!(
+            &decode_content(&none, Bytes::from_static(plain), 1024).unwrap()[..],
+            &plain[..]
+        );
+    }
+
+    #[test]
+    fn absurd_model_names_are_refused() {
+        let long = format!("{{\"model\":\"{}\"}}", "m".repeat(MAX_MODEL_LEN + 1));
+        assert!(matches!(parse(long.as_bytes(), true), Err(RelayError::BadRequest(_))));
+        let at_limit = format!("{{\"model\":\"{}\"}}", "m".repeat(MAX_MODEL_LEN));
+        assert!(parse(at_limit.as_bytes(), true).is_ok());
+        for bad in [r#""claude x""#, r#""claude\n""#, r#""claudé""#, r#""a\u0000b""#] {
+            let body = format!("{{\"model\":{bad}}}");
+            assert!(
+                matches!(parse(body.as_bytes(), true), Err(RelayError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        for good in [
+            "claude-sonnet-4-5-20250929",
+            "claude-sonnet-4-5[1m]",
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "claude-3-5-sonnet-v2@20241022",
+            "anthropic/claude-3.5-sonnet",
+        ] {
+            let body = format!("{{\"model\":\"{good}\"}}");
+            assert!(parse(body.as_bytes(), true).is_ok(), "{good}");
+        }
     }
 
     #[test]

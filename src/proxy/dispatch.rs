@@ -67,13 +67,54 @@ fn sticky_key(key_id: &str, session: &str) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// A failure the request itself could have caused, on the account that met it: whether it
+/// counts against the account depends on what happens on the next one.
+struct Suspect {
+    account: Arc<Account>,
+    mark: AccountHealth,
+    status: u16,
+}
+
 /// Relays a parsed request. Returns `Err` only when the client connection must not be reused.
+///
+/// A failover-class refusal that the request could have caused (see
+/// [`health::request_dependent`]) does not take the account out of the pool at once. If the next
+/// account refuses the same request with the same status, the request is the problem: the client
+/// gets that answer and neither account is marked. Otherwise the failure counts as one key's
+/// evidence against the account, which is marked once `scheduler.failover.evidence_keys`
+/// different keys have met such failures there.
 pub(super) async fn run(
     relay: &Relay,
     session: &mut Session,
     ctx: &mut RequestCtx,
     body: Bytes,
     parsed: &ParsedBody,
+) -> pingora::Result<()> {
+    let mut suspects = Vec::new();
+    let result = attempts(relay, session, ctx, body, parsed, &mut suspects).await;
+    for s in suspects {
+        let key: Arc<str> = ctx.key.as_ref().map_or_else(|| Arc::from(""), |k| k.id.clone());
+        let f = &relay.config.scheduler.failover;
+        let window = f.evidence_window.0.as_millis() as i64;
+        if s.account
+            .rt
+            .corroborate(&key, now_ms(), window, f.evidence_keys as usize)
+        {
+            mark_account(relay, &s.account, s.mark);
+        } else {
+            tracing::info!(account = %s.account.name, status = s.status, "upstream refused a request; the account stays in the pool until more keys meet such failures");
+        }
+    }
+    result
+}
+
+async fn attempts(
+    relay: &Relay,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    body: Bytes,
+    parsed: &ParsedBody,
+    suspects: &mut Vec<Suspect>,
 ) -> pingora::Result<()> {
     let Some(route) = ctx.route else { return Ok(()) };
     let model = parsed.facts.model.clone().unwrap_or_default();
@@ -136,6 +177,7 @@ pub(super) async fn run(
         if let Some(s) = ctx.settle.as_mut() {
             s.account_id = Some(account.id.clone());
             s.account_rt = Some(account.rt.clone());
+            s.model_known = account.names_model(&model);
             s.upstream_model = Some(upstream_model.clone());
         }
         let out_body = parsed.with_model(&body, &upstream_model);
@@ -174,6 +216,7 @@ pub(super) async fn run(
             if account.oauth.is_some() {
                 headers::merge_beta(&mut req, &relay.config.providers.anthropic.oauth.beta)?;
             }
+            req.append_header(headers::HOPS, relay.hop_id.as_str())?;
             let result = attempt(
                 relay,
                 session,
@@ -201,7 +244,7 @@ pub(super) async fn run(
                         if let Some(h) = mark {
                             mark_account(relay, &account, h);
                         }
-                        return replay_refusal(session, ctx, answer).await;
+                        return replay_refusal(relay, session, ctx, answer).await;
                     }
                     break Err(AttemptError::Refused(answer, mark));
                 }
@@ -226,14 +269,29 @@ pub(super) async fn run(
             }
             Err(AttemptError::Refused(answer, mark) | AttemptError::TokenRejected(answer, mark)) => {
                 let status = answer.head.status.as_u16();
+                let dependent = mark.as_ref().is_some_and(|h| health::request_dependent(status, h));
+                if dependent && suspects.iter().any(|s| s.status == status) {
+                    // The same request failed the same way on another account: it is the
+                    // request's problem, not the accounts'.
+                    suspects.clear();
+                    relay.metrics.failovers.with_label_values(&["request_problem"]).inc();
+                    tracing::info!(account = %account.name, status, "the next account refused the request the same way; answering the client, marking no account");
+                    return replay_refusal(relay, session, ctx, answer).await;
+                }
                 tracing::warn!(account = %account.name, status, "upstream refused; trying the next account");
                 relay
                     .metrics
                     .failovers
                     .with_label_values(&[super::status_label(status)])
                     .inc();
-                if let Some(h) = mark {
-                    mark_account(relay, &account, h);
+                match mark {
+                    Some(h) if dependent => suspects.push(Suspect {
+                        account: account.clone(),
+                        mark: h,
+                        status,
+                    }),
+                    Some(h) => mark_account(relay, &account, h),
+                    None => {}
                 }
                 held = Some(answer);
                 last_relay_err = None;
@@ -253,7 +311,7 @@ pub(super) async fn run(
     }
     if let Some(answer) = held {
         // Every attempt failed: the client gets the last upstream refusal as it was.
-        return replay_refusal(session, ctx, answer).await;
+        return replay_refusal(relay, session, ctx, answer).await;
     }
     let err = last_relay_err.unwrap_or(RelayError::NoAccount(model));
     super::respond_error(relay, session, ctx, &err, ErrorSource::Relay).await
@@ -323,11 +381,22 @@ fn mark_account(relay: &Relay, account: &Account, health: AccountHealth) {
         .mark_shared(account, health, relay.coord.clone(), relay.store.clone());
 }
 
-async fn replay_refusal(session: &mut Session, ctx: &mut RequestCtx, answer: HeldAnswer) -> pingora::Result<()> {
+async fn replay_refusal(
+    relay: &Relay,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: HeldAnswer,
+) -> pingora::Result<()> {
     if let Some(s) = ctx.settle.as_mut() {
         s.is_error = true;
     }
-    let mut resp = headers::downstream_response(&answer.head, session.is_http2(), false, true)?;
+    let mut resp = headers::downstream_response(
+        &answer.head,
+        &relay.config.hide_headers,
+        session.is_http2(),
+        false,
+        true,
+    )?;
     resp.insert_header("x-relay-error-source", ErrorSource::Upstream.as_str())?;
     resp.remove_header("transfer-encoding");
     resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len().to_string())?;
@@ -474,7 +543,9 @@ async fn attempt(
             (Verdict::Mark(h), false) => Err(AttemptError::Refused(held, Some(h))),
             (Verdict::RequestProblem, false) => {
                 ctx.status = status;
-                replay_refusal(session, ctx, held).await.map_err(AttemptError::Broken)
+                replay_refusal(relay, session, ctx, held)
+                    .await
+                    .map_err(AttemptError::Broken)
             }
         };
     }
@@ -552,8 +623,14 @@ async fn stream_sse(
     rename: Option<(&str, &str)>,
 ) -> Result<(), AttemptError> {
     let idle = relay.config.timeouts.stream_idle.0;
-    let mut resp = headers::downstream_response(head, session.is_http2(), false, rename.is_some())
-        .map_err(AttemptError::Broken)?;
+    let mut resp = headers::downstream_response(
+        head,
+        &relay.config.hide_headers,
+        session.is_http2(),
+        false,
+        rename.is_some(),
+    )
+    .map_err(AttemptError::Broken)?;
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
     session
         .write_response_header(Box::new(resp), false)
@@ -677,7 +754,8 @@ async fn relay_buffered(
     if let Some((_, requested)) = rename {
         body = json_model(&body, requested);
     }
-    let mut resp = headers::downstream_response(head, session.is_http2(), false, true).map_err(AttemptError::Broken)?;
+    let mut resp = headers::downstream_response(head, &relay.config.hide_headers, session.is_http2(), false, true)
+        .map_err(AttemptError::Broken)?;
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
     resp.remove_header("transfer-encoding");
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())

@@ -35,6 +35,12 @@ pub enum RelayError {
     NotFound(String),
     MethodNotAllowed(&'static str),
     PayloadTooLarge(usize),
+    /// The request body's `content-encoding` is not one the relay decodes.
+    UnsupportedMediaType(String),
+    /// The client stopped sending its request body.
+    RequestTimeout(String),
+    /// The request has passed through this relay before (an account pointed at the relay).
+    LoopDetected,
     NoAccount(String),
     /// The account's credential cannot be used now (an OAuth token that could not be refreshed).
     AccountCredential(String),
@@ -52,6 +58,9 @@ impl RelayError {
             RelayError::NotFound(_) => 404,
             RelayError::MethodNotAllowed(_) => 405,
             RelayError::PayloadTooLarge(_) => 413,
+            RelayError::UnsupportedMediaType(_) => 415,
+            RelayError::RequestTimeout(_) => 408,
+            RelayError::LoopDetected => 508,
             RelayError::NoAccount(_) | RelayError::AccountCredential(_) => 503,
             RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) => 502,
             RelayError::UpstreamTimeout(_) => 504,
@@ -66,6 +75,9 @@ impl RelayError {
             RelayError::NotFound(_) => "not_found",
             RelayError::MethodNotAllowed(_) => "method_not_allowed",
             RelayError::PayloadTooLarge(_) => "body_too_large",
+            RelayError::UnsupportedMediaType(_) => "unsupported_encoding",
+            RelayError::RequestTimeout(_) => "request_timeout",
+            RelayError::LoopDetected => "loop_detected",
             RelayError::NoAccount(_) => "no_account",
             RelayError::AccountCredential(_) => "account_credential",
             RelayError::UpstreamUnreachable(_) => "upstream_unreachable",
@@ -78,7 +90,14 @@ impl RelayError {
     pub fn message(&self) -> String {
         match self {
             RelayError::Rejected(r) => r.message.clone(),
-            RelayError::BadRequest(m) | RelayError::NotFound(m) | RelayError::Internal(m) => m.clone(),
+            RelayError::BadRequest(m)
+            | RelayError::NotFound(m)
+            | RelayError::Internal(m)
+            | RelayError::UnsupportedMediaType(m)
+            | RelayError::RequestTimeout(m) => m.clone(),
+            RelayError::LoopDetected => {
+                "The request has already passed through this relay: an upstream account points back at the relay".into()
+            }
             RelayError::MethodNotAllowed(allowed) => format!("Method not allowed here; use {allowed}"),
             RelayError::PayloadTooLarge(limit) => {
                 format!("Request body is larger than the relay's limit of {limit} bytes")
@@ -101,7 +120,11 @@ impl RelayError {
                 RejectKind::RateLimited => Kind::RateLimited,
                 RejectKind::Billing => Kind::Billing,
             },
-            RelayError::BadRequest(_) | RelayError::MethodNotAllowed(_) => Kind::InvalidRequest,
+            RelayError::BadRequest(_)
+            | RelayError::MethodNotAllowed(_)
+            | RelayError::UnsupportedMediaType(_)
+            | RelayError::RequestTimeout(_) => Kind::InvalidRequest,
+            RelayError::LoopDetected => Kind::Internal,
             RelayError::NotFound(_) => Kind::NotFound,
             RelayError::PayloadTooLarge(_) => Kind::TooLarge,
             RelayError::NoAccount(_) | RelayError::AccountCredential(_) => Kind::Unavailable,
@@ -206,6 +229,9 @@ pub fn error_head(err: &RelayError, body_len: usize, source: ErrorSource) -> pin
     if let Some(s) = err.retry_after() {
         h.insert_header("retry-after", s.to_string())?;
     }
+    if let RelayError::MethodNotAllowed(allowed) = err {
+        h.insert_header(http::header::ALLOW, *allowed)?;
+    }
     Ok(h)
 }
 
@@ -226,5 +252,7 @@ mod tests {
         assert_eq!(g["error"]["status"], "INVALID_ARGUMENT");
         assert_eq!(RelayError::NoAccount("m".into()).status(), 503);
         assert_eq!(RelayError::UpstreamTimeout("x".into()).status(), 504);
+        let h = error_head(&RelayError::MethodNotAllowed("HEAD, GET"), 0, ErrorSource::Relay).unwrap();
+        assert_eq!(h.headers.get("allow").unwrap(), "HEAD, GET");
     }
 }

@@ -22,10 +22,12 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Client headers that carry the relay key or are rebuilt for the upstream.
-const CLIENT_ONLY: [&str; 8] = [
+/// Client headers that carry the relay key or are rebuilt for the upstream (the body goes
+/// upstream decoded, so its `content-encoding` does not).
+const CLIENT_ONLY: [&str; 9] = [
     "host",
     "content-length",
+    "content-encoding",
     "expect",
     "x-api-key",
     "authorization",
@@ -33,6 +35,30 @@ const CLIENT_ONLY: [&str; 8] = [
     "api-key",
     "accept-encoding",
 ];
+
+/// The header in which each relay process a request passes through leaves its mark.
+pub const HOPS: &str = "x-relay-hops";
+/// More relays than this in a row is a loop, whoever they are.
+pub const MAX_HOPS: usize = 8;
+
+/// Whether the request passed through this process before (its `own` mark is in [`HOPS`]), or
+/// through more than [`MAX_HOPS`] relays.
+pub fn loop_detected(headers: &http::HeaderMap, own: &str) -> bool {
+    let mut hops = 0;
+    for v in headers.get_all(HOPS) {
+        for mark in v.as_bytes().split(|b| *b == b',') {
+            let mark = mark.trim_ascii();
+            if mark.is_empty() {
+                continue;
+            }
+            if mark == own.as_bytes() {
+                return true;
+            }
+            hops += 1;
+        }
+    }
+    hops >= MAX_HOPS
+}
 
 fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
     headers
@@ -98,9 +124,11 @@ pub fn merge_beta(req: &mut RequestHeader, flag: &str) -> pingora::Result<()> {
     Ok(())
 }
 
-/// Prepares an upstream response head for the client.
+/// Prepares an upstream response head for the client: without hop-by-hop headers, and without
+/// the `hide` headers that would identify the account behind the relay.
 pub fn downstream_response(
     upstream: &ResponseHeader,
+    hide: &[HeaderName],
     downstream_h2: bool,
     is_head_request: bool,
     body_rewritten: bool,
@@ -109,6 +137,9 @@ pub fn downstream_response(
     let extra_hop = connection_tokens(&upstream.headers);
     for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(extra_hop) {
         resp.remove_header(&h);
+    }
+    for h in hide {
+        resp.remove_header(h);
     }
     if body_rewritten {
         resp.remove_header("content-length");
@@ -176,6 +207,19 @@ mod tests {
         assert_eq!(get("content-length").as_deref(), Some("42"));
         assert_eq!(get("accept-encoding").as_deref(), Some("identity"));
         assert_eq!(r.headers.get_all("x-api-key").iter().count(), 1);
+    }
+
+    #[test]
+    fn loops_are_detected_by_mark_and_length() {
+        let mut h = http::HeaderMap::new();
+        assert!(!loop_detected(&h, "me"));
+        h.append(HOPS, "other, someone".parse().unwrap());
+        assert!(!loop_detected(&h, "me"));
+        h.append(HOPS, "me".parse().unwrap());
+        assert!(loop_detected(&h, "me"));
+        let mut long = http::HeaderMap::new();
+        long.insert(HOPS, ["x"; MAX_HOPS].join(",").parse().unwrap());
+        assert!(loop_detected(&long, "me"));
     }
 
     #[test]

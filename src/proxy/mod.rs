@@ -5,6 +5,7 @@
 //! upstream attempts and streams the answer back.
 
 mod body;
+mod conn;
 mod dispatch;
 pub mod error;
 mod headers;
@@ -35,6 +36,7 @@ use crate::state::Snapshot;
 use crate::store::Store;
 use crate::usage::pricing::PricingTable;
 use crate::usage::stats::UsageSink;
+pub use conn::{ConnLimits, GuardedApp};
 use error::{ErrorSource, RelayError, error_body, error_head};
 pub use peer::Peers;
 use route::{Endpoint, Route};
@@ -59,6 +61,8 @@ pub struct Relay {
     pub cooldowns: std::collections::HashMap<crate::scheduler::CooldownClass, Duration>,
     /// Live tokens of `claude-oauth` accounts.
     pub oauth: Arc<crate::providers::anthropic_oauth::tokens::OAuthTokens>,
+    /// This process's mark in the `x-relay-hops` header of the requests it sends upstream.
+    pub hop_id: String,
 }
 
 /// The Pingora service.
@@ -179,6 +183,11 @@ impl RelayProxy {
             Endpoint::Messages | Endpoint::CountTokens | Endpoint::Models => {}
         }
 
+        if headers::loop_detected(&session.req_header().headers, &relay.hop_id) {
+            session.set_keepalive(None);
+            return respond_error(relay, session, ctx, &RelayError::LoopDetected, ErrorSource::Relay).await;
+        }
+
         relay.metrics.in_flight.inc();
         ctx.in_flight = Some(InFlight(relay.metrics.in_flight.clone()));
 
@@ -210,6 +219,14 @@ impl RelayProxy {
 
         // Phase 2: the body, bounded.
         let body = match read_body(relay, session).await {
+            Ok(b) => b,
+            Err(e) => {
+                // The rest of the body is not read: the connection cannot carry another request.
+                session.set_keepalive(None);
+                return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await;
+            }
+        };
+        let body = match body::decode_content(&session.req_header().headers, body, relay.config.max_body_bytes) {
             Ok(b) => b,
             Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
         };
@@ -252,7 +269,8 @@ impl RelayProxy {
 }
 
 /// Reads the whole request body, answering `Expect: 100-continue` and refusing bodies over the
-/// limit (early, from `content-length`, when the client announces it).
+/// limit (early, from `content-length`, when the client announces it) and bodies that stall
+/// (`timeouts.request_body_idle` without progress, or longer than `timeouts.request_body`).
 async fn read_body(relay: &Relay, session: &mut Session) -> Result<Bytes, RelayError> {
     let limit = relay.config.max_body_bytes;
     let req = session.req_header();
@@ -277,8 +295,26 @@ async fn read_body(relay: &Relay, session: &mut Session) -> Result<Bytes, RelayE
             .map_err(|e| RelayError::BadRequest(format!("cannot answer Expect: {e}")))?;
     }
     let mut buf = BytesMut::with_capacity(announced.unwrap_or(8 * 1024).min(limit));
+    let idle = relay.config.timeouts.request_body_idle.0;
+    let deadline = Instant::now() + relay.config.timeouts.request_body.0;
     loop {
-        match session.read_request_body().await {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        let Ok(read) = tokio::time::timeout(wait, session.read_request_body()).await else {
+            relay
+                .metrics
+                .connections_closed
+                .with_label_values(&["request_body"])
+                .inc();
+            return Err(RelayError::RequestTimeout(if Instant::now() >= deadline {
+                format!(
+                    "The request body did not arrive within {}s",
+                    relay.config.timeouts.request_body.0.as_secs()
+                )
+            } else {
+                format!("The request body stalled for {}s", idle.as_secs())
+            }));
+        };
+        match read {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > limit {
                     return Err(RelayError::PayloadTooLarge(limit));
@@ -331,6 +367,13 @@ impl ProxyHttp for RelayProxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx::new()
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<()> {
+        conn::request_started();
+        // Requests a client sends before reading the previous answer are answered in order.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
@@ -414,6 +457,7 @@ impl ProxyHttp for RelayProxy {
         ctx.settle.take();
         ctx.holds.clear();
         ctx.in_flight.take();
+        conn::request_finished();
     }
 }
 

@@ -37,14 +37,22 @@ struct PeerKey {
 pub struct Peers {
     cache: Mutex<HashMap<PeerKey, (Arc<HttpPeer>, Instant)>>,
     connect_timeout: Duration,
+    /// Addresses no upstream connection may reach (`upstreams.deny_addresses`).
+    deny: Vec<ipnet::IpNet>,
 }
 
 impl Peers {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, deny: Vec<ipnet::IpNet>) -> Self {
         Peers {
             cache: Mutex::new(HashMap::new()),
             connect_timeout,
+            deny,
         }
+    }
+
+    fn denied(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.deny.iter().any(|n| n.contains(&ip))
     }
 
     /// The peer for an upstream base, reached directly or through an outbound proxy, resolving
@@ -95,15 +103,25 @@ impl Peers {
             .retain(|k, _| !(k.host == base.host && k.port == base.port && k.tls == base.tls));
     }
 
+    /// The address to connect to: resolved asynchronously, never one in the deny list (checked
+    /// on every resolution, so a name that changes its address is caught too).
     async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        let denied = || format!("{host} is in a denied address range (upstreams.deny_addresses)");
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            if self.denied(ip) {
+                return Err(denied());
+            }
             return Ok(SocketAddr::new(ip, port));
         }
         let lookup = tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host((host, port)))
             .await
             .map_err(|_| format!("DNS lookup of {host} timed out"))?
             .map_err(|e| format!("DNS lookup of {host} failed: {e}"))?;
-        let addrs: Vec<SocketAddr> = lookup.collect();
+        let all: Vec<SocketAddr> = lookup.collect();
+        let addrs: Vec<SocketAddr> = all.iter().copied().filter(|a| !self.denied(a.ip())).collect();
+        if addrs.is_empty() && !all.is_empty() {
+            return Err(denied());
+        }
         addrs
             .iter()
             .find(|a| a.is_ipv4())
@@ -163,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn proxied_peers_use_the_proxy_address_the_real_sni_and_their_own_pool_group() {
-        let peers = Peers::new(Duration::from_secs(5));
+        let peers = Peers::new(Duration::from_secs(5), Vec::new());
         let api = base("https://api.example.com");
         let a = OutboundProxy::parse("socks5://alice:one@127.0.0.1:1080").unwrap();
         let b = OutboundProxy::parse("socks5://bob:two@127.0.0.1:1080").unwrap();

@@ -19,6 +19,8 @@ pub struct Settle {
     /// The serving account's runtime, charged for its daily quota.
     pub account_rt: Option<Arc<crate::scheduler::AccountRuntime>>,
     pub upstream_model: Option<String>,
+    /// The serving account's configuration names the model.
+    pub model_known: bool,
     pub usage: TokenUsage,
     pub is_error: bool,
     /// The cost computed by [`Settle::final_cost_nanos`], if it was.
@@ -42,6 +44,7 @@ impl Settle {
             account_id: None,
             account_rt: None,
             upstream_model: None,
+            model_known: false,
             usage: TokenUsage::default(),
             is_error: false,
             priced: None,
@@ -95,6 +98,7 @@ impl Drop for Settle {
             usage: self.usage,
             cost_nanos: cost,
             is_error: self.is_error,
+            model_known: self.model_known,
         });
     }
 }

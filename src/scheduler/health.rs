@@ -87,6 +87,8 @@ pub struct AccountRuntime {
     pub spent_local_nanos: AtomicU64,
     detail: Mutex<Option<AccountHealth>>,
     unified: Mutex<Option<UnifiedLimits>>,
+    /// Recent failures that could have been the request's own doing: (client key, Unix ms).
+    strikes: Mutex<Vec<(std::sync::Arc<str>, i64)>>,
 }
 
 impl AccountRuntime {
@@ -145,6 +147,27 @@ impl AccountRuntime {
 
     pub fn unified(&self) -> Option<UnifiedLimits> {
         self.unified.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records that a request of `key` failed here in a way the request itself could have caused.
+    /// True once requests of `need` different keys failed here within `window_ms`: then it is
+    /// the account, and the strikes start over.
+    pub fn corroborate(&self, key: &std::sync::Arc<str>, now_ms: i64, window_ms: i64, need: usize) -> bool {
+        let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
+        strikes.retain(|(_, at)| now_ms - *at < window_ms);
+        match strikes.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = now_ms,
+            None => strikes.push((key.clone(), now_ms)),
+        }
+        if strikes.len() >= need {
+            strikes.clear();
+            return true;
+        }
+        // Bounded: only the most recent keys are remembered.
+        if strikes.len() > 16 {
+            strikes.remove(0);
+        }
+        false
     }
 
     /// Records spend settled on this instance (for the daily quota).
@@ -265,6 +288,15 @@ pub fn classify(
     }
 }
 
+/// Whether the failure behind `mark` (answered with `status`) could be the request's own doing —
+/// a 403 for a model or beta the organization lacks, a 5xx or 529 a malformed request provokes —
+/// so that one client's request alone must not take the account out of the pool for everyone.
+/// Rate limits (429), refused credentials (401) and a disabled organization are about the
+/// account whatever the request.
+pub fn request_dependent(status: u16, mark: &AccountHealth) -> bool {
+    mark.state == HealthState::CoolingDown && (status == 403 || status >= 500)
+}
+
 /// The reason recorded for connection failures.
 pub const CONNECT_FAILED: &str = "connect failed";
 
@@ -353,6 +385,38 @@ mod tests {
         let body =
             br#"{"error":{"type":"rate_limit_error","message":"Extra usage is required for long context requests."}}"#;
         assert_eq!(classify(429, &headers(&[]), body, &cd, now), Verdict::RequestProblem);
+    }
+
+    #[test]
+    fn request_dependent_failures_need_more_than_one_key() {
+        let now = 1_000_000;
+        let Verdict::Mark(h) = classify(529, &headers(&[]), b"", &cd, now) else {
+            panic!()
+        };
+        assert!(request_dependent(529, &h));
+        let Verdict::Mark(h) = classify(429, &headers(&[]), b"", &cd, now) else {
+            panic!()
+        };
+        assert!(!request_dependent(429, &h));
+        let Verdict::Mark(h) = classify(401, &headers(&[]), b"", &cd, now) else {
+            panic!()
+        };
+        assert!(!request_dependent(401, &h));
+
+        let rt = AccountRuntime::default();
+        let (a, b): (std::sync::Arc<str>, std::sync::Arc<str>) = ("key-a".into(), "key-b".into());
+        assert!(!rt.corroborate(&a, now, 60_000, 2));
+        assert!(
+            !rt.corroborate(&a, now + 1, 60_000, 2),
+            "the same key again is no new evidence"
+        );
+        assert!(rt.corroborate(&b, now + 2, 60_000, 2));
+        assert!(
+            !rt.corroborate(&a, now + 3, 60_000, 2),
+            "strikes start over after a mark"
+        );
+        assert!(!rt.corroborate(&b, now + 70_000, 60_000, 2), "old strikes expire");
+        assert!(rt.corroborate(&a, now + 1, 60_000, 1));
     }
 
     #[test]

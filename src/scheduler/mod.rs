@@ -167,6 +167,11 @@ impl Account {
         self.source == Source::Admin
     }
 
+    /// Whether the account's configuration names the model (in `models` or `model_map`).
+    pub fn names_model(&self, model: &str) -> bool {
+        self.model_map.contains_key(model) || self.models.as_ref().is_some_and(|m| m.contains(model))
+    }
+
     /// The model name to send upstream for the client's model.
     pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
         self.model_map.get(model).map_or(model, String::as_str)

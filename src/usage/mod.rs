@@ -52,4 +52,8 @@ pub struct UsageEvent {
     pub cost_nanos: Option<u64>,
     /// The request failed (relay or upstream error, or an error event in the stream).
     pub is_error: bool,
+    /// The serving account's configuration names the model (its `models` or `model_map`), so the
+    /// name is the operator's, not only the client's.
+    #[serde(default)]
+    pub model_known: bool,
 }

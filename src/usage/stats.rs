@@ -35,6 +35,12 @@ pub const QUEUE_CAPACITY: usize = 1 << 20;
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// How often the writer looks for spool files left by processes that are gone.
 const INGEST_EVERY: Duration = Duration::from_secs(2);
+/// Model names a client may add to the statistics per UTC day (per process) that neither the
+/// price table nor an account's configuration knows; later ones are counted under
+/// [`OTHER_MODEL`]. Keeps the store and the usage summary bounded whatever clients send.
+pub const MAX_UNKNOWN_MODELS_PER_DAY: usize = 100;
+/// The model dimension's bucket for names beyond [`MAX_UNKNOWN_MODELS_PER_DAY`].
+pub const OTHER_MODEL: &str = "other";
 
 /// The request path's handle: never blocks on I/O, never fails the request.
 #[derive(Clone)]
@@ -69,6 +75,9 @@ struct Fold {
 struct Folder {
     folded: HashMap<Fold, UsageCounters>,
     last_used: HashMap<Arc<str>, i64>,
+    /// Model names recorded as themselves on `unknown_day` that nothing vouches for.
+    unknown_models: std::collections::HashSet<Arc<str>>,
+    unknown_day: i64,
 }
 
 impl Folder {
@@ -76,13 +85,36 @@ impl Folder {
         let c = counters_of(&ev);
         let slot = self.last_used.entry(ev.key_id.clone()).or_insert(ev.at);
         *slot = (*slot).max(ev.at);
+        let model = self.model_dimension(&ev);
         let key = Fold {
             minute: Granularity::Minute.bucket_start(ev.at),
             key: ev.key_id,
             account: ev.account_id,
-            model: ev.model,
+            model,
         };
         self.folded.entry(key).or_default().add(&c);
+    }
+
+    /// The model name to record: itself when the price table or the serving account knows it,
+    /// or while fewer than [`MAX_UNKNOWN_MODELS_PER_DAY`] unknown names were seen today; else
+    /// [`OTHER_MODEL`].
+    fn model_dimension(&mut self, ev: &UsageEvent) -> Arc<str> {
+        if ev.cost_nanos.is_some() || ev.model_known {
+            return ev.model.clone();
+        }
+        let day = Granularity::Day.bucket_start(ev.at);
+        if day != self.unknown_day {
+            self.unknown_day = day;
+            self.unknown_models.clear();
+        }
+        if self.unknown_models.contains(&ev.model) {
+            return ev.model.clone();
+        }
+        if self.unknown_models.len() < MAX_UNKNOWN_MODELS_PER_DAY {
+            self.unknown_models.insert(ev.model.clone());
+            return ev.model.clone();
+        }
+        OTHER_MODEL.into()
     }
 
     /// Expands the folded events into every bucket they touch, adding them to `out`.
@@ -426,7 +458,53 @@ mod tests {
             },
             cost_nanos: Some(5),
             is_error: false,
+            model_known: false,
         }
+    }
+
+    #[test]
+    fn unknown_model_names_are_bounded_per_day() {
+        let mut f = Folder::default();
+        let day = 1_700_006_400; // a UTC midnight
+        let unpriced = |model: String, at: i64| UsageEvent {
+            model: model.into(),
+            cost_nanos: None,
+            ..event(at)
+        };
+        for i in 0..MAX_UNKNOWN_MODELS_PER_DAY + 50 {
+            f.fold(unpriced(format!("made-up-{i}"), day + 10));
+        }
+        f.fold(unpriced("made-up-0".into(), day + 20));
+        f.fold(event(day + 30)); // priced: always itself
+        f.fold(UsageEvent {
+            model_known: true,
+            ..unpriced("configured-model".into(), day + 40)
+        });
+        let mut out = HashMap::new();
+        f.expand_into(&mut out);
+        let models: std::collections::HashSet<String> = out
+            .keys()
+            .filter(|k| k.dimension == Dimension::Model)
+            .map(|k| k.subject.clone())
+            .collect();
+        assert_eq!(models.len(), MAX_UNKNOWN_MODELS_PER_DAY + 3, "{models:?}");
+        assert!(models.contains(OTHER_MODEL));
+        assert!(models.contains("made-up-0"));
+        assert!(!models.contains(&format!("made-up-{MAX_UNKNOWN_MODELS_PER_DAY}")));
+        assert!(models.contains("claude-sonnet-4-5"));
+        assert!(models.contains("configured-model"));
+        let other = out
+            .iter()
+            .find(|(k, _)| {
+                k.dimension == Dimension::Model && k.subject == OTHER_MODEL && k.granularity == Granularity::Total
+            })
+            .map(|(_, c)| c.requests);
+        assert_eq!(other, Some(50));
+        // A new day starts a new allowance.
+        f.fold(unpriced("made-up-999".into(), day + 86_400 + 5));
+        let mut out = HashMap::new();
+        f.expand_into(&mut out);
+        assert!(out.keys().any(|k| k.subject == "made-up-999"));
     }
 
     async fn key_total(store: &dyn Store) -> UsageCounters {
