@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 
 use claude_relay::config::Config;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "claude-relay",

@@ -436,7 +436,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     app.server_options = Some(options);
     let guarded = crate::proxy::GuardedApp::new(app, limits, metrics.connections_closed.clone());
     let mut proxy = pingora::services::listening::Service::new("relay".to_string(), guarded);
-    proxy.add_tcp(&config.listen.to_string());
+    // No 64 KiB read buffer per connection: request heads and bodies are read into buffers of
+    // their own, and an idle or slow connection then costs a few KiB, not 70.
+    proxy.add_listener(
+        pingora::listeners::ListenerConfig::tcp(config.listen.to_string())
+            .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
+    );
     server.add_service(proxy);
 
     let admin_state = AdminState {

@@ -6,6 +6,7 @@
 //! - `x-mock-chunk: N` / `x-mock-chunk-delay-ms: N`: split the SSE answer into N-byte writes
 //! - `x-mock-truncate: N`: send only the first N bytes of the stream, then close
 //! - `x-mock-stall-after: N`: send N bytes, then stay silent
+//! - `x-mock-answer-header: name=value` (repeatable): add that header to a successful answer
 //!
 //! It records every request it receives (method, path, headers, body, HTTP version). It serves
 //! plain HTTP/1.1 ([`MockUpstream::start`]) or HTTPS with HTTP/2 by ALPN
@@ -216,10 +217,25 @@ async fn handle(
     }
     let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = req["model"].as_str().unwrap_or("unknown").to_string();
+    let answer_headers: Vec<(String, String)> = headers
+        .get_all("x-mock-answer-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let with_answer_headers = |mut r: Response| {
+        for (k, v) in &answer_headers {
+            r.headers_mut().append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        r
+    };
     if req["stream"].as_bool() != Some(true) {
         let mut r = axum::Json(json_for(&model)).into_response();
         r.headers_mut().insert("request-id", "req_mock".parse().unwrap());
-        return r;
+        return with_answer_headers(r);
     }
     let tool = headers.contains_key("x-mock-tool");
     let mut full = stream_for(&model, tool);
@@ -248,12 +264,14 @@ async fn handle(
             None => None,
         }
     });
-    Response::builder()
-        .status(200)
-        .header("content-type", "text/event-stream; charset=utf-8")
-        .header("cache-control", "no-cache")
-        .header("request-id", "req_mock")
-        .header("anthropic-ratelimit-unified-status", "allowed")
-        .body(Body::from_stream(s))
-        .unwrap()
+    with_answer_headers(
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream; charset=utf-8")
+            .header("cache-control", "no-cache")
+            .header("request-id", "req_mock")
+            .header("anthropic-ratelimit-unified-status", "allowed")
+            .body(Body::from_stream(s))
+            .unwrap(),
+    )
 }
