@@ -123,6 +123,43 @@ fn the_example_providers_block_loads_and_matches_the_defaults() {
     );
 }
 
+/// The commented `# key: value` lines of conf/relay.yaml that start with `prefix`, with their
+/// continuation lines, as YAML.
+fn example_block(prefix: &str) -> String {
+    let text = include_str!("../conf/relay.yaml");
+    let start = text.find(&format!("# {prefix}")).unwrap();
+    text[start..]
+        .lines()
+        .take_while(|l| l.starts_with(&format!("# {prefix}")) || l.starts_with("#  "))
+        .map(|l| &l[2..])
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_example_connection_and_upstream_settings_are_the_defaults() {
+    let c = Config::from_yaml(
+        &format!(
+            "{}\n{}\n{}",
+            example_block("timeouts:"),
+            example_block("connections:"),
+            example_block("upstreams:")
+        ),
+        &|_| None,
+    )
+    .unwrap();
+    let d = Config::defaults(&|_| None).unwrap();
+    assert_eq!(format!("{:?}", c.timeouts), format!("{:?}", d.timeouts));
+    assert_eq!(c.connections.per_ip, d.connections.per_ip);
+    assert_eq!(c.deny_addresses, d.deny_addresses);
+    assert_eq!(c.hide_headers, d.hide_headers);
+    let err = |y: &str| Config::from_yaml(y, &|_| None).unwrap_err().to_string();
+    assert!(err("upstreams: { deny_addresses: [not-a-range] }").contains("upstreams.deny_addresses[0]"));
+    assert!(err("upstreams: { hide_headers: [\"bad header\"] }").contains("upstreams.hide_headers[0]"));
+    assert!(err("timeouts: { request_head: 0s }").contains("timeouts.request_head"));
+    assert!(err("scheduler: { failover: { evidence_keys: 0 } }").contains("evidence_keys"));
+}
+
 #[test]
 fn provider_settings_are_checked() {
     let err = |y: &str| Config::from_yaml(y, &|_| None).unwrap_err().to_string();

@@ -289,8 +289,9 @@ async fn a_refusing_account_cools_down_and_a_reset_brings_it_back() {
         MockUpstream::start().await,
     );
     first.set_status(Some(529));
+    // One key's failures are enough evidence here: this is about the cooldown and its reset.
     let extra = format!(
-        "accounts:\n{}{}",
+        "scheduler: {{ failover: {{ evidence_keys: 1 }} }}\naccounts:\n{}{}",
         account_yaml("first", &first.url(), ", priority: 1"),
         account_yaml("second", &second.url(), ", priority: 2"),
     );
@@ -604,7 +605,7 @@ async fn a_reset_on_one_instance_brings_the_account_back_on_every_instance() {
     let (bad, good) = (MockUpstream::start().await, MockUpstream::start().await);
     bad.set_status(Some(529));
     let extra = format!(
-        "store: {{ backend: redis, url: \"{url}\", prefix: \"{prefix}\" }}\naccounts:\n{}{}",
+        "scheduler: {{ failover: {{ evidence_keys: 1 }} }}\nstore: {{ backend: redis, url: \"{url}\", prefix: \"{prefix}\" }}\naccounts:\n{}{}",
         account_yaml("bad", &bad.url(), ", priority: 1"),
         account_yaml("good", &good.url(), ", priority: 2"),
     );
