@@ -43,8 +43,9 @@ async fn failover_moves_past_429_and_529_and_cools_the_accounts_down() {
     );
     a.set_status(Some(429));
     b.set_status(Some(529));
+    // One key's failure is enough evidence here (see security_relay for the default of two).
     let extra = format!(
-        "accounts:\n{}{}{}",
+        "scheduler: {{ failover: {{ evidence_keys: 1 }} }}\naccounts:\n{}{}{}",
         account_yaml("a", &a.url(), ", priority: 1"),
         account_yaml("b", &b.url(), ", priority: 2"),
         account_yaml("c", &c.url(), ", priority: 3")
@@ -76,7 +77,7 @@ async fn when_every_account_refuses_the_client_gets_the_last_refusal_faithfully(
     a.set_status(Some(529));
     b.set_status(Some(429));
     let extra = format!(
-        "accounts:\n{}{}",
+        "scheduler: {{ failover: {{ evidence_keys: 1 }} }}\naccounts:\n{}{}",
         account_yaml("a", &a.url(), ", priority: 1"),
         account_yaml("b", &b.url(), ", priority: 2")
     );
@@ -282,7 +283,7 @@ async fn sticky_sessions_and_account_health_are_shared_through_redis() {
     let (prefix, url) = (support::redis_prefix(), support::redis_url());
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     let extra = format!(
-        "store: {{ backend: redis, url: \"{url}\", prefix: \"{prefix}\" }}\naccounts:\n{}{}",
+        "scheduler: {{ failover: {{ evidence_keys: 1 }} }}\nstore: {{ backend: redis, url: \"{url}\", prefix: \"{prefix}\" }}\naccounts:\n{}{}",
         account_yaml("a", &a.url(), ""),
         account_yaml("b", &b.url(), "")
     );
