@@ -389,7 +389,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
                 .with_activations_file(config.data_dir.join("activations.json")),
         ),
     };
-    let chain = filters::Registry::with_builtins()
+    let chain = crate::config::filter_registry()
         .build(&config.filters, &filters::FilterDeps { keys, limits })
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 

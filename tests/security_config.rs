@@ -1,0 +1,268 @@
+//! Configuration that must not pass silently, through the real binary: `check-config` and the
+//! start run one validation, so a configuration the start would refuse or serve with less than it
+//! says (a filter chain not starting with `key_auth`, an upstream secret that cannot be sent in a
+//! header, one client key under two names...) is refused by both, with the same message naming
+//! the key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::mock::MockUpstream;
+use support::{ADMIN_PASSWORD, ALICE, RelayProcess, SECRET, account_yaml, client, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_claude-relay");
+
+/// A runnable config: free ports, the test secret key, a data directory under `dir`, the admin
+/// block's credentials from `admin_auth`, then `rest`.
+fn config(dir: &Path, admin_auth: &str, rest: &str) -> PathBuf {
+    let yaml = format!(
+        "listen: 127.0.0.1:{}\nadmin: {{ listen: 127.0.0.1:{}, {admin_auth} }}\nsecret_key: {SECRET}\nthreads: 1\ndata_dir: {}\n{rest}",
+        free_port(),
+        free_port(),
+        dir.join("data").display()
+    );
+    let path = dir.join("relay.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn password() -> String {
+    format!("password: {ADMIN_PASSWORD}")
+}
+
+fn check_config(conf: &Path) -> Output {
+    Command::new(BIN)
+        .args(["--config", conf.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap()
+}
+
+/// Starts the relay on `conf` and waits (up to 20 s) for it to exit; a relay that starts serving
+/// instead fails the test.
+fn start_expecting_refusal(conf: &Path) -> (Option<i32>, String) {
+    let err = conf.with_extension("start.log");
+    let mut child = Command::new(BIN)
+        .args(["--config", conf.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), std::fs::read_to_string(&err).unwrap());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the relay started on a configuration check-config refuses; log:\n{}",
+                std::fs::read_to_string(&err).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The line that reports the invalid configuration.
+fn config_error(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.contains("invalid configuration"))
+        .unwrap_or_else(|| panic!("no configuration error in:\n{stderr}"))
+        .to_string()
+}
+
+/// `rest` (with the admin block's `admin_auth`) is refused by check-config and by the start, with
+/// one message naming `key` and containing `reason`; returns that message.
+fn refused_by_both(admin_auth: &str, rest: &str, key: &str, reason: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(dir.path(), admin_auth, rest);
+    let out = check_config(&conf);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "check-config accepted:\n{rest}\n{stderr}");
+    let checked = config_error(&stderr);
+    assert!(
+        checked.contains(&format!("config key `{key}`")) && checked.contains(reason),
+        "`{rest}` → {checked}"
+    );
+    let (code, log) = start_expecting_refusal(&conf);
+    assert_eq!(code, Some(2), "{log}");
+    assert_eq!(config_error(&log), checked, "the start and check-config disagree");
+    assert!(!dir.path().join("data").exists(), "a refused start touched nothing");
+    checked
+}
+
+fn console_account(api_key: &str) -> String {
+    format!(
+        "accounts:\n  - {{ name: main, kind: claude-console, base_url: \"http://127.0.0.1:9\", api_key: \"{api_key}\" }}\n"
+    )
+}
+
+#[test]
+fn a_filter_chain_not_starting_with_key_auth_is_refused_by_check_config_and_start() {
+    refused_by_both(
+        &password(),
+        "filters: [permissions, key_auth, models]\n",
+        "filters",
+        "must start with `key_auth`",
+    );
+    refused_by_both(
+        &password(),
+        "filters: [key_auth, modles]\n",
+        "filters",
+        "unknown filter `modles`",
+    );
+    refused_by_both(
+        &password(),
+        "filters: [key_auth, models, models]\n",
+        "filters",
+        "listed twice",
+    );
+}
+
+#[test]
+fn an_upstream_secret_that_cannot_be_sent_in_a_header_is_refused() {
+    let msg = refused_by_both(
+        &password(),
+        &console_account("sk-ant-api03-first\\nsecond"),
+        "accounts[0].api_key",
+        "not allowed in a header",
+    );
+    assert!(!msg.contains("sk-ant-api03-first"), "the secret is not shown: {msg}");
+    refused_by_both(
+        &password(),
+        &console_account("plain-key\\x7f"),
+        "accounts[0].api_key",
+        "not allowed in a header",
+    );
+    refused_by_both(
+        &password(),
+        "accounts:\n  - { name: sub, kind: claude-oauth, api_key: \"sk-ant-oat01-a\\rb\" }\n",
+        "accounts[0].api_key",
+        "not allowed in a header",
+    );
+}
+
+#[test]
+fn one_client_key_under_two_names_is_refused() {
+    let hash = claude_relay::secrets::Secrets::new(SECRET)
+        .unwrap()
+        .hash_client_key_hex(ALICE);
+    // The same `key` twice: the second entry would replace the first and its restrictions.
+    let msg = refused_by_both(
+        &password(),
+        &format!(
+            "api_keys:\n  - {{ name: alice, key: {ALICE}, model_blacklist: [claude-opus-4] }}\n  - {{ name: bob, key: {ALICE} }}\n"
+        ),
+        "api_keys[1].key",
+        "same client key as api_keys[0] (`alice`)",
+    );
+    assert!(!msg.contains(ALICE), "the key is not shown: {msg}");
+    // The same `key_hash` twice, whatever the hex digits' case.
+    refused_by_both(
+        &password(),
+        &format!(
+            "api_keys:\n  - {{ name: alice, key_hash: {hash}, permissions: [gemini] }}\n  - {{ name: bob, key_hash: {} }}\n",
+            hash.to_uppercase()
+        ),
+        "api_keys[1].key_hash",
+        "same client key as api_keys[0] (`alice`)",
+    );
+    // A `key` and the `key_hash` of the same key.
+    refused_by_both(
+        &password(),
+        &format!(
+            "api_keys:\n  - {{ name: alice, key: {ALICE}, ip_allow: [10.0.0.0/8] }}\n  - {{ name: bob, key_hash: {hash} }}\n"
+        ),
+        "api_keys[1].key_hash",
+        "same client key as api_keys[0] (`alice`)",
+    );
+}
+
+#[test]
+fn other_values_the_start_would_refuse_or_ignore_are_refused() {
+    // A client key no client can present (clients send it in a header, trimmed).
+    refused_by_both(
+        &password(),
+        &format!("api_keys:\n  - {{ name: alice, key: \"{ALICE} \" }}\n"),
+        "api_keys[0].key",
+        "printable ASCII",
+    );
+    // A price table the start cannot load.
+    refused_by_both(
+        &password(),
+        "pricing: /nonexistent/pricing.json\n",
+        "pricing",
+        "cannot read pricing file",
+    );
+    // A password hash no login could verify against.
+    refused_by_both(
+        "password_hash: \"$argon2id$not-a-phc-string\"",
+        "",
+        "admin.password_hash",
+        "argon2 PHC string",
+    );
+    // Bad values of the kinds the snapshot used to skip quietly.
+    for (rest, key) in [
+        (
+            "accounts:\n  - { name: main, kind: claude-console, api_key: sk-ant-api03-x, proxy: \"ftp://proxy:21\" }\n",
+            "accounts[0].proxy",
+        ),
+        (
+            "api_keys:\n  - { name: alice, key_hash: not-hex }\n",
+            "api_keys[0].key_hash",
+        ),
+        (
+            &format!("api_keys:\n  - {{ name: alice, key: {ALICE}, ip_allow: [10.0.0.0/33] }}\n"),
+            "api_keys[0]",
+        ),
+        (
+            "accounts:\n  - { name: main, kind: claude-console, api_key: sk-ant-api03-x, cooldowns: { \"6xx\": 1m } }\n",
+            "accounts[0].cooldowns.6xx",
+        ),
+        (
+            "scheduler: { cooldowns: { sometimes: 1m } }\n",
+            "scheduler.cooldowns.sometimes",
+        ),
+    ] {
+        refused_by_both(&password(), rest, key, "");
+    }
+}
+
+#[tokio::test]
+async fn a_good_configuration_passes_check_config_and_starts() {
+    let mock = MockUpstream::start().await;
+    let other = "cr_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let hash = claude_relay::secrets::Secrets::new(SECRET)
+        .unwrap()
+        .hash_client_key_hex("cr_cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc");
+    let rest = format!(
+        "accounts:\n{}  - {{ name: proxied, kind: claude-console, base_url: \"{}\", api_key: \"  sk-ant-api03-trimmed \", enabled: false, proxy: \"socks5://u:p@127.0.0.1:9\", cooldowns: {{ \"429\": 1m }} }}\n\
+         api_keys:\n  - {{ name: alice, key: {ALICE}, model_blacklist: [claude-opus-4] }}\n  - {{ name: bob, key: {other} }}\n  - {{ name: carol, key_hash: {hash} }}\n\
+         filters: [key_auth, permissions, models, rate_limit]\n\
+         pricing: {}/conf/pricing.json\n",
+        account_yaml("main", &mock.url(), ", priority: 10"),
+        mock.url(),
+        env!("CARGO_MANIFEST_DIR"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_config(&config(dir.path(), &password(), &rest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configuration is valid\n");
+
+    let relay = RelayProcess::start(&rest).await;
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", other)
+        .body(r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
