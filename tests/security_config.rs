@@ -1,8 +1,12 @@
-//! Configuration that must not pass silently, through the real binary: `check-config` and the
-//! start run one validation, so a configuration the start would refuse or serve with less than it
-//! says (a filter chain not starting with `key_auth`, an upstream secret that cannot be sent in a
-//! header, one client key under two names...) is refused by both, with the same message naming
-//! the key.
+//! Configuration that must not pass silently, and model lists that must cover a model's aliases,
+//! through the real binary.
+//!
+//! - `check-config` and the start run one validation: a configuration the start would refuse or
+//!   serve with less than it says (a filter chain not starting with `key_auth`, an upstream secret
+//!   that cannot be sent in a header, one client key under two names...) is refused by both, with
+//!   the same message naming the key.
+//! - `model_blacklist: [claude-opus-4]` also refuses `claude-opus-4-0` and the dated snapshots,
+//!   never `claude-opus-4-1`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -265,4 +269,55 @@ async fn a_good_configuration_passes_check_config_and_starts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+async fn post_model(relay: &RelayProcess, model: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"model":"{model}","max_tokens":16,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        ))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_blacklisted_model_is_refused_under_its_aliases_but_not_other_versions() {
+    let mock = MockUpstream::start().await;
+    let relay = RelayProcess::start(&format!(
+        "accounts:\n{}api_keys:\n  - {{ name: alice, key: {ALICE}, model_blacklist: [claude-opus-4] }}\n",
+        account_yaml("main", &mock.url(), "")
+    ))
+    .await;
+    for model in [
+        "claude-opus-4-0",
+        "claude-opus-4-20250514",
+        "claude-opus-4-latest",
+        "claude-opus-4",
+    ] {
+        let r = post_model(&relay, model).await;
+        assert_eq!(r.status(), 403, "{model}");
+        assert_eq!(r.headers()["x-relay-error-source"], "relay");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], "permission_error", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(model), "{v}");
+    }
+    assert_eq!(mock.hits(), 0, "a refusal never reaches the upstream");
+    // Other Opus versions are other models: the blacklist does not touch them.
+    for model in ["claude-opus-4-1", "claude-opus-4-5-20251101"] {
+        let r = post_model(&relay, model).await;
+        let status = r.status();
+        assert_eq!(status, 200, "{model}: {}", r.text().await.unwrap());
+    }
+    assert_eq!(mock.hits(), 2);
+    let seen: Vec<String> = mock
+        .seen()
+        .iter()
+        .map(|s| s.json()["model"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, ["claude-opus-4-1", "claude-opus-4-5-20251101"]);
 }
