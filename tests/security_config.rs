@@ -1,5 +1,5 @@
-//! Configuration that must not pass silently, and model lists that must cover a model's aliases,
-//! through the real binary.
+//! Configuration that must not pass silently, model lists that must cover a model's aliases, and
+//! a data directory that must be private, all through the real binary.
 //!
 //! - `check-config` and the start run one validation: a configuration the start would refuse or
 //!   serve with less than it says (a filter chain not starting with `key_auth`, an upstream secret
@@ -7,16 +7,18 @@
 //!   the same message naming the key.
 //! - `model_blacklist: [claude-opus-4]` also refuses `claude-opus-4-0` and the dated snapshots,
 //!   never `claude-opus-4-1`.
+//! - Under umask 022 the data and store directories are created 0700 and the files in them 0600.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::mock::MockUpstream;
-use support::{ADMIN_PASSWORD, ALICE, RelayProcess, SECRET, account_yaml, client, free_port};
+use support::{ADMIN_PASSWORD, ALICE, RelayProcess, SECRET, account_yaml, client, free_port, with_umask};
 
 const BIN: &str = env!("CARGO_BIN_EXE_claude-relay");
 
@@ -320,4 +322,135 @@ async fn a_blacklisted_model_is_refused_under_its_aliases_but_not_other_versions
         .map(|s| s.json()["model"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(seen, ["claude-opus-4-1", "claude-opus-4-5-20251101"]);
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Every file and directory under `dir` (itself included) is for its owner only, except `allowed`
+/// names.
+fn assert_private_tree(dir: &Path, allowed: &[&str]) {
+    assert_eq!(mode(dir) & 0o077, 0, "{} is {:o}", dir.display(), mode(dir));
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if allowed.contains(&name.as_str()) {
+            continue;
+        }
+        if path.is_dir() {
+            assert_private_tree(&path, allowed);
+        } else {
+            assert_eq!(mode(&path) & 0o077, 0, "{} is {:o}", path.display(), mode(&path));
+        }
+    }
+}
+
+#[tokio::test]
+async fn data_and_store_directories_and_their_files_are_private_under_umask_022() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let relay = RelayProcess::start_in_umask(
+        dir,
+        &format!(
+            "accounts:\n{}api_keys:\n  - {{ name: alice, key: {ALICE}, activate_for: 30d }}\nstore: {{ backend: embedded, path: {} }}\n",
+            account_yaml("main", &mock.url(), ""),
+            store.display()
+        ),
+        &[],
+        "022",
+    )
+    .await;
+    // One request: the key's activation time and its usage are written.
+    let r = post_model(&relay, "claude-sonnet-4-5").await;
+    assert_eq!(r.status(), 200);
+    let data = relay.dir.path().join("data");
+    support::eventually(|| async { data.join("activations.json").exists().then_some(()) }).await;
+
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&store), 0o700);
+    assert_eq!(mode(&store.join("relay.redb")), 0o600);
+    assert_eq!(mode(&data.join("activations.json")), 0o600);
+    // The pid file holds only a process id, by convention readable; the directory keeps others out.
+    assert_private_tree(&data, &["claude-relay.pid"]);
+    assert_private_tree(&store, &[]);
+}
+
+#[tokio::test]
+async fn existing_files_are_narrowed_and_an_existing_directory_keeps_its_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // What an older version left under umask 022.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, contents) in [("relay.redb", ""), ("activations.json", "{}")] {
+        std::fs::write(data.join(name), contents).unwrap();
+        std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let relay = RelayProcess::start_in_umask(dir, "", &[], "022").await;
+    assert_eq!(mode(&data.join("relay.redb")), 0o600);
+    assert_eq!(mode(&data.join("activations.json")), 0o600);
+    // The directory is the operator's (or systemd's): not changed, but the log says so.
+    assert_eq!(mode(&data), 0o755);
+    let log = relay.log_text();
+    assert!(log.contains("other users may enter it"), "{log}");
+}
+
+#[tokio::test]
+async fn a_first_start_without_secrets_writes_them_privately_under_umask_022() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (port, admin_port) = (free_port(), free_port());
+    let conf = dir.path().join("relay.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port} }}\nthreads: 1\ndata_dir: {}\nshutdown_grace: 1s\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("relay.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let mut child = with_umask(BIN, Some("022"))
+        .arg("--config")
+        .arg(&conf)
+        .env_remove("RELAY_SECRET_KEY")
+        .env_remove("RELAY_ADMIN_PASSWORD")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the relay exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        let admin = client()
+            .get(format!("http://127.0.0.1:{admin_port}/health"))
+            .send()
+            .await;
+        if admin.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("secret.key")), 0o600);
+    assert_eq!(mode(&data.join("admin.json")), 0o600);
+    assert_eq!(mode(&data.join("relay.redb")), 0o600);
+    assert_private_tree(&data, &["claude-relay.pid"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
