@@ -602,6 +602,12 @@ pub const DEFAULT_FILTERS: [&str; 9] = [
     "concurrency",
 ];
 
+/// The filters `filters:` may name: the built-in ones, and custom filters registered here. The
+/// validation and the start both use it, so they agree on which names exist.
+pub fn filter_registry() -> filters::Registry {
+    filters::Registry::with_builtins()
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -736,6 +742,52 @@ pub fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
     Ok(out)
 }
 
+/// The header an account from the file authenticates with upstream: what the snapshot builds for
+/// it. An error means the secret cannot be sent (a newline or another character not allowed in a
+/// header value).
+fn account_auth_header(kind: AccountKind, secret: &str) -> Result<(), String> {
+    match kind {
+        AccountKind::ClaudeConsole => crate::providers::anthropic_console::auth_header(secret).map(drop),
+        AccountKind::ClaudeOauth => {
+            use crate::providers::anthropic_oauth::{TokenPair, tokens::Live};
+            Live::new(TokenPair::parse(secret), None, 0).map(drop)
+        }
+    }
+}
+
+/// Refuses a client key listed twice under different names (by `key`, by `key_hash`, or by a
+/// `key` whose hash another entry gives): the snapshot keeps one entry per key, so the other's
+/// restrictions would silently not apply.
+fn check_unique_client_keys(keys: &[ApiKeyConfig], secret_key: Option<&str>) -> Result<(), ConfigError> {
+    // Without `secret_key` every entry is a plaintext `key` (a `key_hash` needs it), and equal
+    // plaintexts are exactly equal hashes.
+    let secrets = secret_key.and_then(|k| crate::secrets::Secrets::new(k).ok());
+    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        let (field, identity) = match (&k.key, &k.key_hash, &secrets) {
+            (Some(p), _, Some(s)) => ("key", s.hash_client_key(p).to_vec()),
+            (Some(p), _, None) => ("key", p.as_bytes().to_vec()),
+            (None, Some(h), _) => match hex::decode(h) {
+                Ok(b) => ("key_hash", b),
+                Err(_) => return Err(invalid(format!("api_keys[{i}].key_hash"), "is not hex")),
+            },
+            (None, None, _) => continue,
+        };
+        if let Some(&first) = seen.get(&identity) {
+            return Err(invalid(
+                format!("api_keys[{i}].{field}"),
+                format!(
+                    "the same client key as api_keys[{first}] (`{}`); a key may be listed only once, \
+                     or one entry's restrictions would not apply",
+                    keys[first].name
+                ),
+            ));
+        }
+        seen.insert(identity, i);
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads, substitutes and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -814,13 +866,20 @@ impl Config {
         {
             return Err(invalid("admin.password", "must be at least 8 characters"));
         }
-        if let Some(h) = &raw.admin.password_hash
-            && !h.starts_with("$argon2")
-        {
-            return Err(invalid(
-                "admin.password_hash",
-                "must be an argon2 PHC string ($argon2id$...)",
-            ));
+        if let Some(h) = &raw.admin.password_hash {
+            // Login verifies against the same string; one without a usable algorithm, parameters
+            // and hash would refuse every password.
+            let usable = argon2::PasswordHash::new(h).is_ok_and(|p| {
+                p.hash.is_some()
+                    && argon2::Algorithm::try_from(p.algorithm).is_ok()
+                    && argon2::Params::try_from(&p).is_ok()
+            });
+            if !h.starts_with("$argon2") || !usable {
+                return Err(invalid(
+                    "admin.password_hash",
+                    "must be an argon2 PHC string ($argon2id$...)",
+                ));
+            }
         }
         if raw.admin.session_ttl.0 < Duration::from_secs(60) {
             return Err(invalid("admin.session_ttl", "must be at least 1m"));
@@ -833,6 +892,10 @@ impl Config {
         }
         if let Some(k) = &raw.secret_key {
             crate::secrets::Secrets::new(k).map_err(|e| invalid("secret_key", e.to_string()))?;
+        }
+        if let Some(p) = &raw.pricing {
+            // The start loads it and stops when it cannot.
+            crate::usage::pricing::PricingTable::load(p).map_err(|e| invalid("pricing", e.to_string()))?;
         }
         match raw.store.backend {
             StoreBackend::Redis => {
@@ -886,7 +949,10 @@ impl Config {
                 .get_or_insert_with(|| raw.providers.anthropic.api_base.clone());
             crate::providers::UpstreamBase::parse(base).map_err(|r| invalid(key("base_url"), r))?;
             match a.api_key.as_deref() {
-                Some(k) if !k.trim().is_empty() => {}
+                Some(k) if !k.trim().is_empty() => {
+                    // The snapshot builds the same header and would leave the account out.
+                    account_auth_header(a.kind, k).map_err(|r| invalid(key("api_key"), r))?;
+                }
                 _ => {
                     return Err(invalid(
                         key("api_key"),
@@ -956,6 +1022,14 @@ impl Config {
                     if p.len() < 16 {
                         return Err(invalid(key("key"), "must be at least 16 characters"));
                     }
+                    // Clients present keys in a header, trimmed; any other character would make
+                    // the key impossible to use.
+                    if !p.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(invalid(
+                            key("key"),
+                            "must be printable ASCII without spaces or control characters",
+                        ));
+                    }
                 }
                 (None, Some(h)) => {
                     if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -975,6 +1049,8 @@ impl Config {
                 (None, None) => return Err(invalid(key("key"), "one of `key` or `key_hash` is required")),
             }
         }
+
+        check_unique_client_keys(&raw.api_keys, raw.secret_key.as_deref())?;
 
         for k in raw.scheduler.cooldowns.keys() {
             crate::scheduler::CooldownClass::parse_key(k)
@@ -1050,6 +1126,10 @@ impl Config {
                 .map(|s| s.to_string())
                 .collect(),
         };
+        // The same check the start's chain building makes, without its runtime dependencies.
+        filter_registry()
+            .check_order(&filters)
+            .map_err(|e| invalid("filters", e))?;
 
         let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let upgrade_sock = raw.upgrade_sock.unwrap_or_else(|| data_dir.join("upgrade.sock"));

@@ -188,3 +188,84 @@ fn provider_settings_are_checked() {
     assert!(c.providers.anthropic.oauth.tier_blacklist("pro").is_empty());
     assert!(!c.providers.anthropic.oauth.tier_blacklist("free").is_empty());
 }
+
+#[test]
+fn what_the_start_would_refuse_or_skip_is_refused_here() {
+    const SK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const K: &str = "cr_0123456789abcdef0123";
+    let load = |y: &str| Config::from_yaml(&format!("secret_key: {SK}\n{y}"), &|_| None);
+    let err = |y: &str| load(y).unwrap_err().to_string();
+
+    // The filter chain, checked as the start builds it.
+    assert!(load("").unwrap().filters.first().is_some_and(|f| f == "key_auth"));
+    assert!(err("filters: [models, key_auth]").contains("config key `filters`: the filter chain must start"));
+    assert!(err("filters: [key_auth, nope]").contains("unknown filter `nope`"));
+    assert!(err("filters: []").contains("`filters`"));
+
+    // An account secret that no header can carry; surrounding space is trimmed, as when sent.
+    let account = |k: &str| format!("accounts: [{{ name: a, kind: claude-console, api_key: \"{k}\" }}]");
+    assert!(err(&account("sk-ant-a\\nb")).contains("config key `accounts[0].api_key`: the API key contains"));
+    assert!(load(&account("sk-ant-api03-x\\n")).is_ok());
+    assert!(err("accounts: [{ name: s, kind: claude-oauth, api_key: \"a\\u0001b\" }]").contains("accounts[0].api_key"));
+
+    // One client key under two names, in every spelling.
+    let hash = crate::secrets::Secrets::new(SK).unwrap().hash_client_key_hex(K);
+    for (keys, field) in [
+        (format!("{{ name: a, key: {K} }}, {{ name: b, key: {K} }}"), "key"),
+        (
+            format!(
+                "{{ name: a, key_hash: {hash} }}, {{ name: b, key_hash: {} }}",
+                hash.to_uppercase()
+            ),
+            "key_hash",
+        ),
+        (
+            format!("{{ name: a, key: {K} }}, {{ name: b, key_hash: {hash} }}"),
+            "key_hash",
+        ),
+        (
+            format!("{{ name: a, key_hash: {hash} }}, {{ name: b, key: {K} }}"),
+            "key",
+        ),
+    ] {
+        let e = err(&format!("api_keys: [{keys}]"));
+        assert!(
+            e.contains(&format!(
+                "config key `api_keys[1].{field}`: the same client key as api_keys[0] (`a`)"
+            )),
+            "{e}"
+        );
+    }
+    let e = Config::from_yaml(
+        &format!("api_keys: [{{ name: a, key: {K} }}, {{ name: b, key: {K} }}]"),
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("api_keys[1].key"), "without secret_key too: {e}");
+    assert!(
+        load(&format!(
+            "api_keys: [{{ name: a, key: {K} }}, {{ name: b, key: {K}x }}]"
+        ))
+        .is_ok()
+    );
+    assert!(err(&format!("api_keys: [{{ name: a, key: \"{K} x\" }}]")).contains("api_keys[0].key"));
+
+    // An admin password hash that login can verify against, and one it cannot.
+    let good = crate::admin::hash_password("a good password").unwrap();
+    assert!(load(&format!("admin: {{ password_hash: \"{good}\" }}")).is_ok());
+    for bad in [
+        "$argon2id$",
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+        "$argon2q$v=19$m=1,t=1,p=1$c2FsdHNhbHQ$aGFzaA",
+    ] {
+        assert!(
+            err(&format!("admin: {{ password_hash: \"{bad}\" }}")).contains("admin.password_hash"),
+            "{bad}"
+        );
+    }
+
+    // A price table the start could not load.
+    assert!(err("pricing: /nonexistent/pricing.json").contains("config key `pricing`: cannot read"));
+    assert!(load(&format!("pricing: {}/conf/pricing.json", env!("CARGO_MANIFEST_DIR"))).is_ok());
+}

@@ -63,7 +63,7 @@ pub fn secret_key(config: &Config) -> Result<String> {
     if let Ok(k) = std::fs::read_to_string(&path) {
         return Ok(k.trim().to_string());
     }
-    std::fs::create_dir_all(&config.data_dir)
+    crate::private_fs::create_dir(&config.data_dir)
         .context(format!("cannot create data directory {}", config.data_dir.display()))?;
     let k = Secrets::generate_key();
     write_private(&path, &k)?;
@@ -251,6 +251,17 @@ async fn exit_when_drained(
 /// Runs the relay until a shutdown signal; returns after the final statistics flush.
 pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let config = Arc::new(config);
+    // The secret key, the admin password hash, the pid file, the usage spool, (by default) the
+    // embedded store and the upgrade socket live there: created 0700 (see `private_fs`).
+    for dir in [Some(config.data_dir.as_path()), config.upgrade_sock.parent()]
+        .into_iter()
+        .flatten()
+    {
+        if !dir.as_os_str().is_empty() {
+            crate::private_fs::create_dir(dir).context(format!("cannot create {}", dir.display()))?;
+        }
+    }
+    crate::private_fs::warn_if_shared(&config.data_dir);
     let secrets = Arc::new(Secrets::new(&secret_key(&config)?).context("secret_key")?);
     let credentials = admin_credentials(&config)?;
     let pricing = Arc::new(match &config.pricing {
@@ -289,15 +300,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         // Fail fast, with the key's name, when the port is taken (an upgrade inherits it).
         drop(check_bindable(config.listen, "listen")?);
     }
-    // The pid file, the usage spool and (by default) the upgrade socket live there.
-    for dir in [Some(config.data_dir.as_path()), config.upgrade_sock.parent()]
-        .into_iter()
-        .flatten()
-    {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).context(format!("cannot create {}", dir.display()))?;
-        }
-    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     // Fail fast, with the key's name, when the port is taken. In an upgrade, wait for the old
@@ -311,6 +313,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let admin_handle = admin_listener.try_clone().ok();
 
     let (store, embedded) = store_rt.block_on(open_store(&config, upgrade))?;
+    if let Some(dir) = config.store.path.as_deref().filter(|d| *d != config.data_dir)
+        && config.store.backend == StoreBackend::Embedded
+    {
+        crate::private_fs::warn_if_shared(dir);
+    }
     store_rt
         .block_on(store.ping())
         .context(format!("the {} store does not answer", store.backend()))?;
@@ -389,7 +396,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
                 .with_activations_file(config.data_dir.join("activations.json")),
         ),
     };
-    let chain = filters::Registry::with_builtins()
+    let chain = crate::config::filter_registry()
         .build(&config.filters, &filters::FilterDeps { keys, limits })
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 

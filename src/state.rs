@@ -63,17 +63,32 @@ pub fn build_snapshot(
     accounts: Vec<AccountRecord>,
 ) -> Snapshot {
     let mut snap = Snapshot::default();
+    // Configured keys and accounts passed `Config::validate`, which refuses everything that is
+    // skipped below; the checks stay so that a key or account is left out (logged) rather than
+    // served with less than it was given.
     for k in &config.api_keys {
         let hash = match (&k.key, &k.key_hash) {
             (Some(p), _) => secrets.hash_client_key(p),
             (None, Some(h)) => {
                 let mut out = [0u8; 32];
                 if hex::decode_to_slice(h, &mut out).is_err() {
+                    tracing::error!(key = %k.name, "configured key has a malformed key_hash; skipped");
                     continue;
                 }
                 out
             }
             (None, None) => continue,
+        };
+        if snap.keys_by_hash.contains_key(&hash) {
+            tracing::error!(key = %k.name, "configured key duplicates another configured key; skipped");
+            continue;
+        }
+        let policy = match filters::policy::KeyPolicy::compile(&k.policy_spec()) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::error!(key = %k.name, error = %e, "configured key has an invalid policy; skipped");
+                continue;
+            }
         };
         let hint = k
             .key
@@ -85,7 +100,7 @@ pub fn build_snapshot(
             name: k.name.as_str().into(),
             enabled: k.enabled,
             bind: k.bind.as_deref().map(Arc::from),
-            policy: Arc::new(filters::policy::KeyPolicy::compile(&k.policy_spec()).unwrap_or_default()),
+            policy,
         });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Config, hint, 0));
@@ -121,11 +136,24 @@ pub fn build_snapshot(
     let mut specs = Vec::new();
     for a in &config.accounts {
         let base = a.base_url.as_deref().unwrap_or(&config.providers.anthropic.api_base);
-        let Ok(base) = UpstreamBase::parse(base) else { continue };
+        let Ok(base) = UpstreamBase::parse(base) else {
+            tracing::error!(account = %a.name, "configured account has an invalid base_url; skipped");
+            continue;
+        };
+        // Never send an account's traffic around the proxy it was given.
+        let proxy = match a.proxy.as_deref().map(OutboundProxy::parse).transpose() {
+            Ok(p) => p.map(Arc::new),
+            Err(_) => {
+                tracing::error!(account = %a.name, "configured account has an unusable proxy; skipped");
+                continue;
+            }
+        };
         let secret = a.api_key.as_deref().unwrap_or_default();
         let id: Arc<str> = config_id(&a.name).into();
         let Some(cred) = credential(config, oauth, &id, a.kind, secret, None) else {
-            tracing::warn!(account = %a.name, "configured account has an unusable credential; skipped");
+            if oauth.is_some() || a.kind == AccountKind::ClaudeConsole {
+                tracing::error!(account = %a.name, "configured account has an unusable credential; skipped");
+            }
             continue;
         };
         specs.push(AccountSpec {
@@ -142,11 +170,7 @@ pub fn build_snapshot(
             model_map: a.model_map.clone(),
             source: Source::Config,
             group: a.group.clone(),
-            proxy: a
-                .proxy
-                .as_deref()
-                .and_then(|p| OutboundProxy::parse(p).ok())
-                .map(Arc::new),
+            proxy,
             max_concurrency: a.max_concurrency,
             daily_quota_nanos: a.daily_quota_usd.map(usd_to_nanos),
             quota_reset_minute: a.quota_reset.as_deref().and_then(|r| parse_hhmm(r).ok()).unwrap_or(0),

@@ -269,8 +269,11 @@ impl Filter for IpRules {
 }
 
 /// The model black- and allowlists, compared after the decorations that do not change which
-/// model runs are removed (see [`policy_model_name`]). A list entry without a date also covers
-/// the dated snapshots of that model (`claude-opus-4-1` covers `claude-opus-4-1-20250805`), and an
+/// model runs are removed (see [`policy_model_name`]). A list entry without a date covers every
+/// name of that model: its dated snapshots (`claude-opus-4-1` covers `claude-opus-4-1-20250805`),
+/// its `-latest` alias, and for a Claude model whose minor version is 0 the `-0` alias
+/// (`claude-opus-4` covers `claude-opus-4-0` and `claude-opus-4-20250514`, not `claude-opus-4-1`
+/// or `claude-opus-4-5`, which are other models). A dated entry covers that snapshot only. An
 /// entry ending in `*` covers every model starting with what precedes it.
 pub struct Models;
 
@@ -338,7 +341,30 @@ fn strip_bedrock_version(s: &str) -> &str {
     }
 }
 
-/// Whether a list entry covers the requested model (already in [`policy_model_name`] form).
+/// A name in [`policy_model_name`] form split into the model it names and its snapshot date:
+/// `claude-opus-4-1-20250805` is (`claude-opus-4-1`, 20250805); `-latest` names no snapshot; the
+/// alias of a Claude model with minor version 0 names the model itself (`claude-opus-4-0` and
+/// `claude-opus-4-0-20250514` are `claude-opus-4`). Only a `-0` after a number is such a minor
+/// version, so `claude-opus-4-1` stays itself.
+fn model_identity(name: &str) -> (&str, Option<&str>) {
+    let (mut base, date) = match name.rsplit_once('-') {
+        Some((b, d)) if is_date(d) => (b, Some(d)),
+        Some((b, "latest")) => (b, None),
+        _ => (name, None),
+    };
+    if base.starts_with("claude-")
+        && let Some(b) = base.strip_suffix("-0")
+        && b.rsplit('-')
+            .next()
+            .is_some_and(|seg| !seg.is_empty() && seg.bytes().all(|c| c.is_ascii_digit()))
+    {
+        base = b;
+    }
+    (base, date)
+}
+
+/// Whether a list entry covers the requested model (already in [`policy_model_name`] form): the
+/// same model and, when the entry is dated, the same snapshot (see [`Models`]).
 pub fn model_entry_matches(entry: &str, model: &str) -> bool {
     if let Some(prefix) = entry.trim().strip_suffix('*') {
         return model.starts_with(&strip_decoration(prefix));
@@ -350,11 +376,9 @@ pub fn model_entry_matches(entry: &str, model: &str) -> bool {
     if model == entry {
         return true;
     }
-    // A dated snapshot or `-latest` alias of the entry.
-    model
-        .strip_prefix(entry.as_str())
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|rest| rest == "latest" || is_date(rest))
+    let (entry_model, entry_date) = model_identity(&entry);
+    let (model, date) = model_identity(model);
+    entry_model == model && (entry_date.is_none() || entry_date == date)
 }
 
 #[async_trait]

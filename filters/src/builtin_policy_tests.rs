@@ -486,6 +486,97 @@ async fn model_blacklist_and_allowlist() {
     assert_eq!(reason(run(&Models, &k, none).await), Some((403, "model_not_allowed")));
 }
 
+#[test]
+fn an_entry_covers_the_aliases_of_its_model_and_no_other_model() {
+    let covers = |entry: &str, model: &str| model_entry_matches(entry, &policy_model_name(model));
+    // Anthropic's names of one model: the `-0` alias (a minor version 0), dated snapshots (also
+    // behind the alias), `-latest`, and their provider spellings.
+    for model in [
+        "claude-opus-4",
+        "claude-opus-4-0",
+        "claude-opus-4-20250514",
+        "claude-opus-4-0-20250514",
+        "claude-opus-4-latest",
+        "CLAUDE-OPUS-4-0",
+        "anthropic/claude-opus-4-0",
+        "us.anthropic.claude-opus-4-20250514-v1:0",
+        "vertex_ai/claude-opus-4@20250514",
+        "claude-opus-4-0[1m]",
+    ] {
+        assert!(covers("claude-opus-4", model), "claude-opus-4 covers {model}");
+        assert!(covers("claude-opus-4-0", model), "claude-opus-4-0 covers {model}");
+    }
+    assert!(covers("claude-sonnet-4", "claude-sonnet-4-0"));
+    assert!(covers("claude-sonnet-4-0", "claude-sonnet-4-20250514"));
+    assert!(covers("claude-3-7-sonnet", "claude-3-7-sonnet-latest"));
+    assert!(covers("claude-3-7-sonnet-latest", "claude-3-7-sonnet-20250219"));
+    assert!(covers("claude-3-7-sonnet-latest", "claude-3-7-sonnet"));
+    // Other models: a later minor version is not an alias.
+    for model in [
+        "claude-opus-4-1",
+        "claude-opus-4-1-20250805",
+        "claude-opus-4-5",
+        "claude-opus-4-5-20251101",
+        "claude-opus-4-10",
+        "claude-opus-40",
+        "claude-opus-4-01",
+        "claude-sonnet-4-0",
+    ] {
+        assert!(!covers("claude-opus-4", model), "claude-opus-4 must not cover {model}");
+        assert!(
+            !covers("claude-opus-4-0", model),
+            "claude-opus-4-0 must not cover {model}"
+        );
+    }
+    assert!(!covers("claude-opus-4-1", "claude-opus-4"));
+    assert!(!covers("claude-opus-4-1", "claude-opus-4-0"));
+    assert!(!covers("claude-3-7-sonnet", "claude-3-5-sonnet-latest"));
+    // A dated entry names that snapshot only (with or without the `-0`).
+    assert!(covers("claude-opus-4-20250514", "claude-opus-4-0-20250514"));
+    assert!(covers("claude-opus-4-0-20250514", "claude-opus-4-20250514"));
+    assert!(!covers("claude-opus-4-20250514", "claude-opus-4-20990101"));
+    assert!(!covers("claude-opus-4-20250514", "claude-opus-4-0"));
+    // The `-0` alias is Anthropic's naming: other vendors' names are compared as they are.
+    assert!(!covers("gpt-4", "gpt-4-0"));
+}
+
+#[tokio::test]
+async fn a_blacklisted_model_is_refused_under_its_aliases() {
+    let k = key(KeyPolicySpec {
+        model_blacklist: vec!["claude-opus-4".into()],
+        ..Default::default()
+    });
+    let model = |m: &'static str| Req {
+        model: Some(m),
+        ..Default::default()
+    };
+    for m in ["claude-opus-4-0", "claude-opus-4-20250514", "claude-opus-4-latest"] {
+        assert_eq!(
+            reason(run(&Models, &k, model(m)).await),
+            Some((403, "model_not_allowed")),
+            "{m}"
+        );
+    }
+    for m in ["claude-opus-4-1", "claude-opus-4-5", "claude-sonnet-4-0"] {
+        assert!(run(&Models, &k, model(m)).await.is_ok(), "{m}");
+    }
+    // An allowlist naming the alias admits the model under every name, and nothing else.
+    let k = key(KeyPolicySpec {
+        model_allowlist: Some(vec!["claude-sonnet-4-0".into()]),
+        ..Default::default()
+    });
+    for m in ["claude-sonnet-4", "claude-sonnet-4-20250514", "claude-sonnet-4-0"] {
+        assert!(run(&Models, &k, model(m)).await.is_ok(), "{m}");
+    }
+    for m in ["claude-sonnet-4-5", "claude-sonnet-4-1"] {
+        assert_eq!(
+            reason(run(&Models, &k, model(m)).await),
+            Some((403, "model_not_allowed")),
+            "{m}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn registered_under_their_names_in_the_chain() {
     let deps = crate::FilterDeps {

@@ -265,23 +265,36 @@ impl Registry {
         self.factories.contains_key(name)
     }
 
-    /// Builds the chain in the given order. `key_auth` must come first: every later filter relies
-    /// on knowing the key.
-    pub fn build(&self, order: &[String], deps: &FilterDeps) -> Result<Chain, String> {
+    /// Checks a chain order without building it (no runtime dependencies needed): `key_auth`
+    /// first, every name known, none twice. [`Registry::build`] runs the same check.
+    pub fn check_order(&self, order: &[String]) -> Result<(), String> {
         if order.first().map(String::as_str) != Some("key_auth") {
             return Err("the filter chain must start with `key_auth`".into());
         }
         let mut seen = std::collections::HashSet::new();
-        let mut filters = Vec::with_capacity(order.len());
         for name in order {
             if !seen.insert(name.as_str()) {
                 return Err(format!("filter `{name}` is listed twice"));
             }
-            let factory = self.factories.get(name).ok_or_else(|| {
+            if !self.knows(name) {
                 let mut known: Vec<&str> = self.factories.keys().map(String::as_str).collect();
                 known.sort_unstable();
-                format!("unknown filter `{name}` (known: {})", known.join(", "))
-            })?;
+                return Err(format!("unknown filter `{name}` (known: {})", known.join(", ")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the chain in the given order. `key_auth` must come first: every later filter relies
+    /// on knowing the key.
+    pub fn build(&self, order: &[String], deps: &FilterDeps) -> Result<Chain, String> {
+        self.check_order(order)?;
+        let mut filters = Vec::with_capacity(order.len());
+        for name in order {
+            let factory = self
+                .factories
+                .get(name)
+                .ok_or_else(|| format!("unknown filter `{name}`"))?;
             filters.push(factory(deps).map_err(|e| format!("filter `{name}`: {e}"))?);
         }
         Ok(Chain::new(filters))

@@ -145,4 +145,19 @@ fn chain_building_errors_are_clear() {
     assert!(e.contains("unknown filter `nope`"), "{e}");
     let e = reg.build(&["key_auth".into(), "key_auth".into()], &deps()).unwrap_err();
     assert!(e.contains("twice"), "{e}");
+    // The same answers without building (what config validation uses).
+    for order in [
+        vec!["nope".to_string()],
+        vec!["permissions".into(), "key_auth".into()],
+        vec!["key_auth".into(), "nope".into()],
+        vec!["key_auth".into(), "key_auth".into()],
+        vec![],
+    ] {
+        assert_eq!(
+            reg.check_order(&order).unwrap_err(),
+            reg.build(&order, &deps()).unwrap_err(),
+            "{order:?}"
+        );
+    }
+    assert!(reg.check_order(&["key_auth".into(), "models".into()]).is_ok());
 }

@@ -76,6 +76,10 @@ impl MemoryLimits {
     /// Keeps first-use times of activation-mode keys in `file` (read now, rewritten atomically on
     /// each new activation), so a restart does not give a key a fresh period.
     pub fn with_activations_file(mut self, file: std::path::PathBuf) -> Self {
+        // A file written by an older version may be readable by others.
+        if let Err(e) = crate::private_fs::restrict_path(&file) {
+            tracing::warn!(path = %file.display(), error = %e, "cannot make the activation times private");
+        }
         if let Ok(text) = std::fs::read_to_string(&file) {
             match serde_json::from_str::<HashMap<String, i64>>(&text) {
                 Ok(map) => *self.activations.lock().unwrap_or_else(|e| e.into_inner()) = map,
@@ -94,7 +98,8 @@ impl MemoryLimits {
 fn save_activations(file: &std::path::Path, map: &HashMap<String, i64>) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = file.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    // 0600, also when a crash left the temporary file behind.
+    let mut f = crate::private_fs::open_file(&tmp, true)?;
     f.write_all(serde_json::to_string(map).unwrap_or_default().as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, file)

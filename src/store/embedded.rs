@@ -97,9 +97,13 @@ impl EmbeddedStore {
 
     /// `Ok(None)` when another process holds the file.
     fn try_open(dir: &Path) -> StoreResult<Option<Self>> {
-        std::fs::create_dir_all(dir)
+        crate::private_fs::create_dir(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
+        // Created 0600 here (redb would follow the umask); an older, wider file is narrowed.
+        crate::private_fs::open_file(&path, false).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {} for the owner only: {e}", path.display()))
+        })?;
         let db = match Database::create(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(None),

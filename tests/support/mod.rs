@@ -79,6 +79,26 @@ impl RelayProcess {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> RelayProcess {
+        Self::start_with(dir, extra, env, None).await
+    }
+
+    /// [`RelayProcess::start_in`] with the process's umask set to `umask` (by a shell that then
+    /// execs the relay, so the pid is the relay's).
+    pub async fn start_in_umask(
+        dir: tempfile::TempDir,
+        extra: &str,
+        env: &[(&str, &str)],
+        umask: &str,
+    ) -> RelayProcess {
+        Self::start_with(dir, extra, env, Some(umask)).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        extra: &str,
+        env: &[(&str, &str)],
+        umask: Option<&str>,
+    ) -> RelayProcess {
         let port = free_port();
         let admin_port = free_port();
         let mut yaml = format!(
@@ -102,7 +122,7 @@ impl RelayProcess {
         std::fs::write(&conf, yaml).unwrap();
         let log = dir.path().join("relay.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_claude-relay"));
+        let mut cmd = with_umask(env!("CARGO_BIN_EXE_claude-relay"), umask);
         cmd.arg("--config")
             .arg(&conf)
             .stdout(logf.try_clone().unwrap())
@@ -270,6 +290,18 @@ impl Drop for RelayProcess {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// A command running `bin`, under `umask` when given (`sh` sets it, then execs `bin`).
+pub fn with_umask(bin: &str, umask: Option<&str>) -> Command {
+    match umask {
+        None => Command::new(bin),
+        Some(m) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("umask {m} && exec \"$0\" \"$@\"")).arg(bin);
+            c
         }
     }
 }
