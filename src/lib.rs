@@ -11,6 +11,7 @@ pub mod config;
 pub mod leases;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod providers;
 pub mod proxy;
 pub mod scheduler;
