@@ -206,7 +206,7 @@ async fn login_sessions_logout_and_lockout() {
     assert_eq!(out.status(), 401, "logging out twice");
 
     // The successful login cleared the earlier failures: five more are answered 401, the sixth
-    // is refused without checking, even with the right password.
+    // must wait (backoff), and is refused without checking, even with the right password.
     for i in 0..5 {
         let a = login("wrong-password").await;
         assert_eq!(a.status, 401, "attempt {}: {}", i + 1, a.text);

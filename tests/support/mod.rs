@@ -79,10 +79,22 @@ impl RelayProcess {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> RelayProcess {
+        let admin = format!("username: admin, password: {ADMIN_PASSWORD}");
+        Self::start_with_admin(dir, &admin, extra, env).await
+    }
+
+    /// Like [`RelayProcess::start_in`], with `admin` as the admin settings other than `listen`
+    /// (YAML flow-mapping entries, e.g. `username: admin, session_ttl: 1m`).
+    pub async fn start_with_admin(
+        dir: tempfile::TempDir,
+        admin: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         let port = free_port();
         let admin_port = free_port();
         let mut yaml = format!(
-            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: {ADMIN_PASSWORD} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\nstats: {{ flush_interval: 200ms }}\n",
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, {admin} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\nstats: {{ flush_interval: 200ms }}\n",
             dir.path().join("data").display()
         );
         if !extra.contains("shutdown_grace:") {
