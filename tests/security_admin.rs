@@ -1,6 +1,6 @@
 //! Security of the admin API through the real binary: the login limiter under a burst, backoff per
-//! user name and client address (behind a trusted proxy too), and what failed logins leave in the
-//! log.
+//! user name and client address (behind a trusted proxy too), what failed logins leave in the
+//! log, and sliding sessions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[allow(clippy::doc_lazy_continuation, clippy::type_complexity)]
@@ -283,4 +283,37 @@ async fn failed_logins_are_logged_without_the_password() {
     let log = relay.log_text();
     assert!(!log.contains(password), "the log holds the password:\n{log}");
     assert!(!log.lines().any(|l| l.starts_with("FAKE ENTRY")), "{log}");
+}
+
+#[tokio::test]
+async fn a_one_minute_session_slides_on_use() {
+    let admin = format!("username: admin, password: {ADMIN_PASSWORD}, session_ttl: 1m");
+    let relay = RelayProcess::start_with_admin(tempfile::tempdir().unwrap(), &admin, "", &[]).await;
+    let c = client_from("127.0.0.1");
+    let session = || async {
+        let r: serde_json::Value = c
+            .post(format!("{}/admin/api/login", relay.admin()))
+            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["expires_in"], 60, "{r}");
+        r["token"].as_str().unwrap().to_string()
+    };
+    let keys = |token: String| {
+        let c = c.clone();
+        let url = format!("{}/admin/api/keys", relay.admin());
+        async move { c.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    let start = Instant::now();
+    let (used, idle) = (session().await, session().await);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(keys(used.clone()).await, 200);
+    // 62 s after login: past the first expiry, within the one moved by the use at 20 s.
+    tokio::time::sleep(Duration::from_secs(62).saturating_sub(start.elapsed())).await;
+    assert_eq!(keys(idle).await, 401, "the unused session outlived its TTL");
+    assert_eq!(keys(used).await, 200, "the session used at 20 s did not slide");
 }

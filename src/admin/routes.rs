@@ -213,8 +213,11 @@ pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Str
         .map_err(store_error)?
         .ok_or_else(unauthorized)?;
     let ttl = state.config.admin.session_ttl.0.as_secs() as i64;
-    // Slide the expiry, at most once a minute per session to keep writes rare.
-    if session.expires_at - now < ttl - 60 {
+    // Slide the expiry. To keep writes rare, only once a sixtieth of the TTL (at least a second,
+    // at most a minute) has passed since the last slide: a session expires at most that much
+    // before a full TTL of inactivity, whatever the TTL.
+    let step = (ttl / 60).clamp(1, 60);
+    if session.expires_at - now <= ttl - step {
         session.expires_at = now + ttl;
         state.store.put_session(&hash, &session).await.map_err(store_error)?;
     }
