@@ -1,6 +1,6 @@
 //! Security of the admin API through the real binary: the login limiter under a burst, backoff per
 //! user name and client address (behind a trusted proxy too), what failed logins leave in the
-//! log, and sliding sessions.
+//! log, sliding sessions, and the generated first-start password.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[allow(clippy::doc_lazy_continuation, clippy::type_complexity)]
@@ -316,4 +316,29 @@ async fn a_one_minute_session_slides_on_use() {
     tokio::time::sleep(Duration::from_secs(62).saturating_sub(start.elapsed())).await;
     assert_eq!(keys(idle).await, 401, "the unused session outlived its TTL");
     assert_eq!(keys(used).await, 200, "the session used at 20 s did not slide");
+}
+
+#[tokio::test]
+async fn the_generated_admin_password_goes_to_a_private_file_not_the_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let relay = RelayProcess::start_with_admin(tempfile::tempdir().unwrap(), "username: admin", "", &[]).await;
+    let data = relay.dir.path().join("data");
+    let file = data.join("admin-password.txt");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_eq!(password.len(), 24, "{password}");
+
+    let log = relay.log_text();
+    assert!(!log.contains(&password), "the log holds the password:\n{log}");
+    assert!(
+        log.contains(&file.display().to_string()),
+        "the log names the file:\n{log}"
+    );
+    let stored = std::fs::read_to_string(data.join("admin.json")).unwrap();
+    assert!(stored.contains("$argon2id$") && !stored.contains(&password), "{stored}");
+
+    let c = client_from("127.0.0.1");
+    assert_eq!(login(&c, &relay, "admin", &password, None).await.status, 200);
+    assert_eq!(login(&c, &relay, "admin", "not-the-password", None).await.status, 401);
 }
