@@ -155,6 +155,33 @@ pub struct AdminConfig {
     /// Idle lifetime of an admin session; each use extends it.
     #[serde(default = "default_session_ttl")]
     pub session_ttl: Dur,
+    /// How failed logins slow down further attempts.
+    #[serde(default)]
+    pub login_backoff: LoginBackoffConfig,
+}
+
+/// Backoff after failed admin logins, per (user name, client address): `after` failures are free,
+/// then each next attempt waits `base`, doubling with every further failure up to `max`. A client
+/// address, across every user name, gets ten times as many free failures before the same backoff.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBackoffConfig {
+    #[serde(default = "default_backoff_after")]
+    pub after: u32,
+    #[serde(default = "default_backoff_base")]
+    pub base: Dur,
+    #[serde(default = "default_backoff_max")]
+    pub max: Dur,
+}
+
+impl Default for LoginBackoffConfig {
+    fn default() -> Self {
+        LoginBackoffConfig {
+            after: default_backoff_after(),
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
+    }
 }
 
 impl Default for AdminConfig {
@@ -165,6 +192,7 @@ impl Default for AdminConfig {
             password: None,
             password_hash: None,
             session_ttl: default_session_ttl(),
+            login_backoff: LoginBackoffConfig::default(),
         }
     }
 }
@@ -545,6 +573,15 @@ fn default_admin_user() -> String {
 fn default_session_ttl() -> Dur {
     Dur(Duration::from_secs(12 * 3600))
 }
+fn default_backoff_after() -> u32 {
+    5
+}
+fn default_backoff_base() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_backoff_max() -> Dur {
+    Dur(Duration::from_secs(15 * 60))
+}
 fn default_redis_prefix() -> String {
     "relay:".into()
 }
@@ -883,6 +920,19 @@ impl Config {
         }
         if raw.admin.session_ttl.0 < Duration::from_secs(60) {
             return Err(invalid("admin.session_ttl", "must be at least 1m"));
+        }
+        let backoff = raw.admin.login_backoff;
+        if backoff.after == 0 || backoff.after > 100 {
+            return Err(invalid("admin.login_backoff.after", "must be between 1 and 100"));
+        }
+        if backoff.base.0 < Duration::from_secs(1) {
+            return Err(invalid("admin.login_backoff.base", "must be at least 1s"));
+        }
+        if backoff.max.0 < backoff.base.0 || backoff.max.0 > Duration::from_secs(86_400) {
+            return Err(invalid(
+                "admin.login_backoff.max",
+                "must be at least `base` and at most 1d",
+            ));
         }
         if raw.threads == 0 || raw.threads > 256 {
             return Err(invalid("threads", "must be between 1 and 256"));

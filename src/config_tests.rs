@@ -269,3 +269,46 @@ fn what_the_start_would_refuse_or_skip_is_refused_here() {
     assert!(err("pricing: /nonexistent/pricing.json").contains("config key `pricing`: cannot read"));
     assert!(load(&format!("pricing: {}/conf/pricing.json", env!("CARGO_MANIFEST_DIR"))).is_ok());
 }
+
+#[test]
+fn the_example_admin_block_loads_and_matches_the_defaults() {
+    let text = include_str!("../conf/relay.yaml");
+    let start = text.find("# admin:").unwrap();
+    let block: Vec<&str> = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with("# admin:") || l.starts_with("#  "))
+        .map(|l| &l[2..])
+        .collect();
+    assert!(block.len() > 5, "{block:?}");
+    let c = Config::from_yaml(&block.join("\n"), &env(&[("RELAY_ADMIN_PASSWORD", "a-long-password")])).unwrap();
+    let (ex, def) = (&c.admin, AdminConfig::default());
+    assert_eq!(ex.listen, def.listen);
+    assert_eq!(ex.session_ttl, def.session_ttl);
+    let (b, d) = (ex.login_backoff, def.login_backoff);
+    assert_eq!((b.after, b.base, b.max), (d.after, d.base, d.max));
+}
+
+#[test]
+fn login_backoff_is_validated() {
+    let c = Config::from_yaml("admin: { login_backoff: { after: 3, base: 2s, max: 1m } }\n", &env(&[])).unwrap();
+    let b = c.admin.login_backoff;
+    assert_eq!(
+        (b.after, b.base.0, b.max.0),
+        (3, Duration::from_secs(2), Duration::from_secs(60))
+    );
+    let c = Config::from_yaml("admin: { login_backoff: { after: 2 } }\n", &env(&[])).unwrap();
+    assert_eq!(c.admin.login_backoff.max.0, Duration::from_secs(15 * 60));
+    for (yaml, key) in [
+        ("{ after: 0 }", "admin.login_backoff.after"),
+        ("{ after: 101 }", "admin.login_backoff.after"),
+        ("{ base: 500ms }", "admin.login_backoff.base"),
+        ("{ base: 2m, max: 1m }", "admin.login_backoff.max"),
+        ("{ max: 2d }", "admin.login_backoff.max"),
+        ("{ tries: 3 }", "admin.login_backoff"),
+    ] {
+        let err = Config::from_yaml(&format!("admin: {{ login_backoff: {yaml} }}\n"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{yaml}: {err}");
+    }
+}

@@ -12,6 +12,7 @@ pub mod leases;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod private_fs;
 pub mod providers;
 pub mod proxy;

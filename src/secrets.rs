@@ -157,15 +157,29 @@ pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// A display form of a secret that reveals only its shape: `sk-ant-api03-…9xQk`.
+/// How many characters [`mask`] reveals of a secret of `n` characters: none up to 12, then a
+/// quarter of the length, at most 4 up to 24 characters and at most 8 beyond.
+fn revealed(n: usize) -> usize {
+    match n {
+        0..=12 => 0,
+        13..=24 => (n / 4).min(4),
+        _ => (n / 4).min(8),
+    }
+}
+
+/// A display form of a secret that reveals only a little of it, enough to tell keys apart:
+/// `sk-a…9xQk` for a long key (its first and last 4 characters), `…9xQk` for one of 13 to 24
+/// characters (at most 4 of its last), `…` alone for 12 characters or fewer. At most a quarter of
+/// the characters show.
 pub fn mask(secret: &str) -> String {
     let n = secret.chars().count();
-    if n <= 8 {
-        return "…".to_string();
-    }
-    let head: String = secret.chars().take(if n > 20 { 10 } else { 3 }).collect();
-    let tail: String = secret.chars().skip(n - 4).collect();
-    format!("{head}…{tail}")
+    let shown = revealed(n);
+    let head = shown.saturating_sub(4);
+    let tail = shown - head;
+    let mut out: String = secret.chars().take(head).collect();
+    out.push('…');
+    out.extend(secret.chars().skip(n - tail));
+    out
 }
 
 #[cfg(test)]
@@ -203,7 +217,38 @@ mod tests {
 
     #[test]
     fn mask_hides_the_middle() {
-        assert_eq!(mask("sk-ant-api03-abcdefghijklmnop"), "sk-ant-api…mnop");
+        assert_eq!(mask("sk-ant-api03-abcdefghijklmnopqrstuvwxyz"), "sk-a…wxyz");
+        assert_eq!(mask("sk-ant-api03-abcdefghijklmnop"), "sk-…mnop");
+        assert_eq!(mask("abcdefghijklmnopqrst"), "…qrst");
+        assert_eq!(mask("abcdefghijklm"), "…klm");
+        assert_eq!(mask("abcdefghijkl"), "…");
         assert_eq!(mask("short"), "…");
+        assert_eq!(mask(""), "…");
+        assert_eq!(mask("ééééééééééééééééé"), "…éééé");
+    }
+
+    #[test]
+    fn mask_reveals_at_most_a_quarter() {
+        // Distinct characters, so that every one shown can be found in the secret.
+        let alphabet: Vec<char> = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+            .chars()
+            .collect();
+        for n in 0..=40 {
+            let secret: String = alphabet[..n].iter().collect();
+            let masked = mask(&secret);
+            let (head, tail) = masked.split_once('…').unwrap();
+            let shown = head.chars().count() + tail.chars().count();
+            assert!(shown <= n / 4, "{n} characters: {shown} shown in {masked}");
+            assert!(secret.starts_with(head) && secret.ends_with(tail), "{masked}");
+            assert!(shown <= 8);
+            if n <= 12 {
+                assert_eq!(masked, "…", "{n}");
+            } else if n <= 24 {
+                assert!(shown <= 4, "{n}: {masked}");
+            }
+            if n >= 32 {
+                assert_eq!(shown, 8, "{n}: {masked}");
+            }
+        }
     }
 }

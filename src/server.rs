@@ -86,7 +86,9 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 }
 
 /// The admin credentials: from the config (hashed now), or generated at first start into
-/// `data_dir/admin.json` (hash only) with the password printed once.
+/// `data_dir/admin.json` (hash only), the password itself written once to
+/// `data_dir/admin-password.txt` (mode 0600) for the operator to read and delete; only that
+/// file's path is printed, so the password never reaches the log or the journal.
 pub fn admin_credentials(config: &Config) -> Result<Credentials> {
     let username = config.admin.username.clone();
     if let Some(h) = &config.admin.password_hash {
@@ -117,10 +119,28 @@ pub fn admin_credentials(config: &Config) -> Result<Credentials> {
         .context(format!("cannot create data directory {}", config.data_dir.display()))?;
     let password = crate::secrets::random_token()[..24].to_string();
     let hash = crate::admin::hash_password(&password)?;
+    // A file left from before (by a start that stopped before admin.json was written, or with an
+    // admin.json deleted to reset the password) holds a password that is no longer valid: replace
+    // it, removing it first so that a link in its place is not followed.
+    let password_path = config.data_dir.join("admin-password.txt");
+    match std::fs::remove_file(&password_path) {
+        Ok(()) => tracing::warn!(path = %password_path.display(), "replaced a stale first-start admin password file"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow_lite::Error(format!(
+                "cannot remove {}: {e}",
+                password_path.display()
+            )));
+        }
+    }
+    write_private(&password_path, &format!("{password}\n"))?;
     write_private(&path, &serde_json::json!({ "password_hash": hash }).to_string())?;
-    // Printed once, on first start; only its hash is kept.
-    println!("claude-relay: generated admin password for user `{username}`: {password}");
-    println!("claude-relay: it is shown only now; its hash is in {}", path.display());
+    println!(
+        "claude-relay: generated the admin password for user `{username}` into {} (mode 0600); \
+         read it, log in, then delete that file. Only its hash is kept, in {}",
+        password_path.display(),
+        path.display()
+    );
     Ok(Credentials {
         username,
         password_hash: hash,

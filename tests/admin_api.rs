@@ -206,7 +206,7 @@ async fn login_sessions_logout_and_lockout() {
     assert_eq!(out.status(), 401, "logging out twice");
 
     // The successful login cleared the earlier failures: five more are answered 401, the sixth
-    // is refused without checking, even with the right password.
+    // must wait (backoff), and is refused without checking, even with the right password.
     for i in 0..5 {
         let a = login("wrong-password").await;
         assert_eq!(a.status, 401, "attempt {}: {}", i + 1, a.text);
@@ -470,7 +470,7 @@ async fn account_created_through_the_api_serves_at_once_and_its_key_stays_secret
     assert_eq!(created.json["enabled"], true);
     assert_eq!(created.json["models"], Value::Null);
     assert_eq!(created.json["base_url"], mock.url().as_str());
-    assert_eq!(created.json["api_key"], "sk-ant-api…5b4a");
+    assert_eq!(created.json["api_key"], "sk-a…5b4a");
 
     // The relay uses it for the very next request, with the account's credential.
     assert_eq!(relay_status(&relay, ALICE).await, 200);
@@ -489,7 +489,7 @@ async fn account_created_through_the_api_serves_at_once_and_its_key_stays_secret
         assert_eq!(a.status, 200, "{}", a.text);
         assert!(!a.text.contains(secret), "secret leaked by {path}: {}", a.text);
         assert!(!a.text.contains("created-through-admin"), "{}", a.text);
-        assert!(a.text.contains("sk-ant-api…5b4a"), "{}", a.text);
+        assert!(a.text.contains("sk-a…5b4a"), "{}", a.text);
     }
 
     // Nothing under the data directory holds the plaintext credential.
@@ -520,7 +520,7 @@ async fn account_created_through_the_api_serves_at_once_and_its_key_stays_secret
         .await;
     assert_eq!(upd.status, 200, "{}", upd.text);
     assert!(!upd.text.contains(secret2));
-    assert_eq!(upd.json["api_key"], "sk-ant-api…1111");
+    assert_eq!(upd.json["api_key"], "sk-a…1111");
     assert_eq!(relay_status(&relay, ALICE).await, 200);
     assert_eq!(mock.seen()[1].header("x-api-key").as_deref(), Some(secret2));
 

@@ -3,7 +3,7 @@
 //! `relay.yaml` are listed read-only, and can be reset.
 //!
 //! The credential and the outbound proxy URL are sealed before they reach the store and are never
-//! sent back: answers show only their masked forms (`sk-ant-api…9xQk`, `socks5://***@host:1080`).
+//! sent back: answers show only their masked forms (`sk-a…9xQk`, `socks5://***@host:1080`).
 //! Every answer also carries the account's live state (see [`scheduling::add_live_view`]).
 
 use std::collections::BTreeMap;

@@ -3,7 +3,9 @@
 //!
 //! Authentication: `POST /admin/api/login` with the admin username and password returns a bearer
 //! token. Sessions live in the store (so every instance accepts them), expire after
-//! `admin.session_ttl` of inactivity and slide on use. Failed logins are limited per client IP.
+//! `admin.session_ttl` of inactivity and slide on use. Failed logins slow further attempts per
+//! (user name, client address) with a growing delay, and per client address across user names;
+//! password verifications run a few at a time (see [`auth::LoginLimiter`]).
 //!
 //! Resources: client API keys ([`keys`]), upstream accounts ([`accounts`], with their scheduling
 //! fields and live health in [`scheduling`]) and usage statistics ([`usage`]). Keys and accounts

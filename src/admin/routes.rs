@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::AdminState;
-use super::auth::verify_password;
+use super::auth::printable_user;
 use super::{accounts, keys, oauth, usage};
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
@@ -213,8 +213,11 @@ pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Str
         .map_err(store_error)?
         .ok_or_else(unauthorized)?;
     let ttl = state.config.admin.session_ttl.0.as_secs() as i64;
-    // Slide the expiry, at most once a minute per session to keep writes rare.
-    if session.expires_at - now < ttl - 60 {
+    // Slide the expiry. To keep writes rare, only once a sixtieth of the TTL (at least a second,
+    // at most a minute) has passed since the last slide: a session expires at most that much
+    // before a full TTL of inactivity, whatever the TTL.
+    let step = (ttl / 60).clamp(1, 60);
+    if session.expires_at - now <= ttl - step {
         session.expires_at = now + ttl;
         state.store.put_session(&hash, &session).await.map_err(store_error)?;
     }
@@ -287,40 +290,57 @@ struct LoginBody {
     password: String,
 }
 
+/// A refusal that tells the client when to come back.
+fn retry_later(status: StatusCode, kind: &'static str, message: &str, wait: std::time::Duration) -> Response {
+    let mut r = ApiError(status, kind, message.into()).into_response();
+    // Whole seconds, rounded up, at least one.
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    r.headers_mut().insert(header::RETRY_AFTER, secs.max(1).into());
+    r
+}
+
 async fn login(
     State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<LoginBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let ip = peer.ip();
-    if let Some(wait) = state.login_limiter.locked(ip) {
-        let mut r = ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "too many failed logins; try later".into(),
-        )
-        .into_response();
-        if let Ok(v) = wait.to_string().parse() {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Ok(r);
-    }
+    let ip = crate::net::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
     let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
-    let creds = state.credentials.clone();
-    let password = body.password;
-    // argon2 is deliberately slow: keep it off the async workers.
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &creds.password_hash))
-        .await
-        .unwrap_or(false);
+    let user = printable_user(&body.username);
+    let limiter = &state.login_limiter;
+    let reservation = match limiter.reserve(&body.username, ip, &state.config.admin.login_backoff) {
+        Ok(r) => r,
+        Err(wait) => {
+            tracing::debug!(user = %user, client = %ip, wait_s = wait.as_secs_f64(), "admin login refused: backoff running");
+            return Ok(retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "too many failed logins; try again after the time in Retry-After",
+                wait,
+            ));
+        }
+    };
+    let Some(ok) = limiter.verify(body.password, state.credentials.clone()).await else {
+        limiter.not_verified(reservation);
+        tracing::warn!(user = %user, client = %ip, "admin login refused: too many logins being verified");
+        return Ok(retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded_error",
+            "too many logins in progress; try again shortly",
+            std::time::Duration::from_secs(1),
+        ));
+    };
     if !ok || body.username != state.credentials.username {
-        state.login_limiter.fail(ip);
+        tracing::warn!(user = %user, client = %ip, "failed admin login");
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "wrong username or password".into(),
         ));
     }
-    state.login_limiter.succeed(ip);
+    limiter.succeeded(reservation);
+    tracing::info!(user = %user, client = %ip, "admin login");
     let token = random_token();
     let now = chrono::Utc::now().timestamp();
     let ttl = state.config.admin.session_ttl.0.as_secs() as i64;

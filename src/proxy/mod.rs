@@ -461,25 +461,10 @@ impl ProxyHttp for RelayProxy {
     }
 }
 
-/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest untrusted
-/// address in `X-Forwarded-For` (read right to left, so a client cannot forge its way in).
+/// The client's address (see [`crate::net::client_ip`]).
 fn client_ip(session: &Session, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
     let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())?;
-    if !trusted.iter().any(|n| n.contains(&peer)) {
-        return Some(peer);
-    }
-    let mut found = peer;
-    for value in session.req_header().headers.get_all("x-forwarded-for") {
-        let Ok(v) = value.to_str() else { return Some(found) };
-        for hop in v.rsplit(',') {
-            match hop.trim().parse::<std::net::IpAddr>() {
-                Ok(ip) if trusted.iter().any(|n| n.contains(&ip)) => found = ip,
-                Ok(ip) => return Some(ip),
-                Err(_) => return Some(found),
-            }
-        }
-    }
-    Some(found)
+    Some(crate::net::client_ip(peer, &session.req_header().headers, trusted))
 }
 
 pub(crate) fn status_label(s: u16) -> &'static str {

@@ -41,6 +41,11 @@ pub async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The admin settings every test relay gets unless it asks for others.
+fn default_admin() -> String {
+    format!("username: admin, password: {ADMIN_PASSWORD}")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -79,7 +84,7 @@ impl RelayProcess {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> RelayProcess {
-        Self::start_with(dir, extra, env, None).await
+        Self::start_with(dir, &default_admin(), extra, env, None).await
     }
 
     /// [`RelayProcess::start_in`] with the process's umask set to `umask` (by a shell that then
@@ -90,11 +95,23 @@ impl RelayProcess {
         env: &[(&str, &str)],
         umask: &str,
     ) -> RelayProcess {
-        Self::start_with(dir, extra, env, Some(umask)).await
+        Self::start_with(dir, &default_admin(), extra, env, Some(umask)).await
+    }
+
+    /// Like [`RelayProcess::start_in`], with `admin` as the admin settings other than `listen`
+    /// (YAML flow-mapping entries, e.g. `username: admin, session_ttl: 1m`).
+    pub async fn start_with_admin(
+        dir: tempfile::TempDir,
+        admin: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
+        Self::start_with(dir, admin, extra, env, None).await
     }
 
     async fn start_with(
         dir: tempfile::TempDir,
+        admin: &str,
         extra: &str,
         env: &[(&str, &str)],
         umask: Option<&str>,
@@ -102,7 +119,7 @@ impl RelayProcess {
         let port = free_port();
         let admin_port = free_port();
         let mut yaml = format!(
-            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, username: admin, password: {ADMIN_PASSWORD} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\nstats: {{ flush_interval: 200ms }}\n",
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, {admin} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\nstats: {{ flush_interval: 200ms }}\n",
             dir.path().join("data").display()
         );
         if !extra.contains("shutdown_grace:") {
