@@ -244,6 +244,10 @@ class Proc:
         self.logf.close()
 
 
+# Every load comes from one address (127.0.0.1): the per-address connection cap is lifted.
+EXTRA_CONFIG = "connections: { per_ip: 0 }\n"
+
+
 def relay_config(relay_port, admin_port, data, threads, accounts, oauth_url=None):
     """The relay's YAML config; `accounts` are (name, base_url) of claude-console accounts. With
     `oauth_url`, a claude-oauth account there too, served only to OAUTH_KEY (bound to it)."""
@@ -263,7 +267,7 @@ shutdown_grace: 2s
 api_keys:
   - {{ name: load, key: {API_KEY} }}
 {keys}accounts:
-{lines}"""
+{lines}{EXTRA_CONFIG}"""
 
 
 def start_mock(procs, mock_bin, port, threads, log, extra=()):
@@ -389,7 +393,13 @@ def main():
     ap.add_argument("--oauth-row", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure each row through a claude-oauth account (bearer + beta merge)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (config, relay log)")
+    ap.add_argument("--extra-config", default=None,
+                    help="YAML appended to the relay's config (default: lift the per-address "
+                         "connection cap; pass '' for a relay that predates it)")
     args = ap.parse_args()
+    global EXTRA_CONFIG
+    if args.extra_config is not None:
+        EXTRA_CONFIG = args.extra_config + ("\n" if args.extra_config and not args.extra_config.endswith("\n") else "")
     concs = [int(c) for c in args.concurrency.split(",")]
 
     tmp = tempfile.mkdtemp(prefix="relay-load-")
