@@ -478,12 +478,19 @@ async fn two_thousand_dripping_connections_are_cut_and_their_memory_returned() {
 
 #[tokio::test]
 async fn trace_logs_carry_no_client_or_upstream_key() {
+    // One account over plain HTTP/1.1, one over HTTPS with HTTP/2 (its own log lines).
     let mock = MockUpstream::start().await;
+    let ca = support::serve::TestCa::new();
+    let tls_mock = MockUpstream::start_tls(&ca).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start_in(
         dir,
-        &format!("accounts:\n{}", account_yaml("main", &mock.url(), "")),
-        &[("RELAY_LOG", "trace")],
+        &format!(
+            "api_keys:\n  - {{ name: alice, key: {ALICE} }}\n  - {{ name: bob, key: {BOB}, bind: tls }}\naccounts:\n{}{}",
+            account_yaml("main", &mock.url(), ", priority: 1"),
+            account_yaml("tls", &tls_mock.url(), ", priority: 2"),
+        ),
+        &[("RELAY_LOG", "trace"), ("SSL_CERT_FILE", ca.ca_path().to_str().unwrap())],
     )
     .await;
     let body = messages("claude-sonnet-4-5");
@@ -508,13 +515,23 @@ async fn trace_logs_carry_no_client_or_upstream_key() {
         .await
         .unwrap();
     assert_eq!(mock.hits(), 3);
+    // Bob's key is bound to the HTTPS account.
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", BOB)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(tls_mock.hits() >= 1, "the HTTPS account served");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = relay.log_text();
     assert!(log.contains("TRACE"), "the log runs at trace level");
     assert!(log.contains("[redacted]"), "trace lines show where secrets were");
-    let alice_secret = &ALICE[3..];
-    assert!(!log.contains(alice_secret), "a client key reached the log");
-    assert!(!log.contains("upstream-main"), "the upstream key reached the log");
+    for secret in [&ALICE[3..], &BOB[3..], "upstream-main", "upstream-tls"] {
+        assert!(!log.contains(secret), "`{secret}` reached the log");
+    }
 }
 
 #[tokio::test]
