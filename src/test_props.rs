@@ -4,14 +4,22 @@
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-/// `cases` cases by default (kept small so the suite stays fast); the standard `PROPTEST_CASES`
-/// variable overrides it for long runs (`scripts/fuzz-long.sh`). Failures are not persisted to
-/// files: each one found is kept as a plain regression test next to the property.
+/// The cases of the standard properties when `PROPTEST_CASES` is not set.
+pub const STANDARD_CASES: u32 = 256;
+
+/// `cases` cases by default (kept small so that the suite stays fast). The standard
+/// `PROPTEST_CASES` variable scales every property: it is the count of a standard one
+/// ([`STANDARD_CASES`] by default), and a heavier property, whose default is lower, runs the same
+/// share of it (`scripts/fuzz-long.sh` sets it high). Failures are not persisted to files: each
+/// one found is kept as a plain regression test next to the property.
 pub fn config(cases: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
+    let cases = match std::env::var("PROPTEST_CASES")
         .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(cases);
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(n) => (n * u64::from(cases) / u64::from(STANDARD_CASES)).clamp(1, u64::from(u32::MAX)) as u32,
+        None => cases,
+    };
     Config {
         cases,
         failure_persistence: None,
