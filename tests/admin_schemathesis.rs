@@ -216,3 +216,65 @@ async fn inputs_that_crashed_admin_handlers_are_answered() {
     assert_eq!(r.status(), 400);
     assert!(!relay.log_text().contains("panicked"), "{}", relay.log_text());
 }
+
+/// Answers axum gave by itself in plain text, outside the document: a path id that is not UTF-8
+/// (a 400 the `{id}` operations did not list) and a body over the 2 MiB limit (an undocumented
+/// 413). Both now have the JSON error shape and are in the document.
+#[tokio::test]
+async fn errors_before_the_handler_have_the_json_shape() {
+    let mock = MockOAuth::start().await;
+    let relay = relay(&mock).await;
+    let token = relay.admin_token().await;
+    let c = client();
+    let admin = relay.admin();
+    let expect = |r: reqwest::Response, status: u16, kind: &'static str| async move {
+        assert_eq!(r.status(), status);
+        assert!(
+            r.headers()[reqwest::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["type"], kind, "{body}");
+        assert!(
+            body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    };
+    for path in ["keys/%FF", "accounts/%C3%28", "accounts/%FF/reset"] {
+        let url = format!("{admin}/admin/api/{path}");
+        let r = if path.ends_with("reset") {
+            c.post(url).bearer_auth(&token).send().await.unwrap()
+        } else {
+            c.get(url).bearer_auth(&token).send().await.unwrap()
+        };
+        expect(r, 400, "invalid_request_error").await;
+    }
+    let big = format!("{{\"name\":\"{}\"}}", "a".repeat(3 << 20));
+    let r = c
+        .post(format!("{admin}/admin/api/keys"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    expect(r, 413, "request_too_large").await;
+    // What handlers answer themselves is unchanged, and so are successes.
+    let r = c
+        .get(format!("{admin}/admin/api/keys/nope"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    expect(r, 404, "not_found_error").await;
+    let r = c.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+}
