@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A long run of the property tests (the `props` modules next to the SSE usage reader, the body
-# reader and model splice, the model rewriter, config loading and session ids).
+# reader and model splice, the model rewriter, config loading, session ids and the classification
+# of upstream error answers).
 #
 #   scripts/fuzz-long.sh [CASES] [--debug]
 #
