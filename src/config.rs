@@ -73,7 +73,8 @@ impl<'de> Deserialize<'de> for Dur {
             S(String),
         }
         match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
+            // Through `parse`, so that a bare number has the same bound as `10s`.
+            Raw::N(n) => Dur::parse(&n.to_string()).map_err(serde::de::Error::custom),
             Raw::S(s) => Dur::parse(&s).map_err(serde::de::Error::custom),
         }
     }
@@ -690,9 +691,14 @@ fn protect(text: &str) -> Result<(String, Vec<String>), ConfigError> {
             continue;
         }
         out.push_str(&rest[..i]);
+        // A reference ends on its own line: an unclosed `${` (in a comment, say) must not swallow
+        // the lines after it up to some later `}`.
         let end = rest[i..]
-            .find('}')
-            .ok_or_else(|| ConfigError::Yaml("unterminated `${` in the config".into()))?
+            .find(['}', '\n'])
+            .filter(|&j| rest.as_bytes()[i + j] == b'}')
+            .ok_or_else(|| {
+                ConfigError::Yaml("unterminated `${` in the config (a reference must end on its line)".into())
+            })?
             + i;
         out.push_str(&format!("{PLACEHOLDER}{}__", refs.len()));
         refs.push(rest[i..=end].to_string());
@@ -1225,3 +1231,7 @@ impl Config {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "config_props.rs"]
+mod props;

@@ -312,3 +312,29 @@ fn login_backoff_is_validated() {
         assert!(err.contains(key), "{yaml}: {err}");
     }
 }
+
+/// Found by the property tests: a duration written as a bare number skipped the 10-year bound
+/// that `10s`-style values have (and `session_ttl: 9223372036854775807` overflowed at login).
+#[test]
+fn bare_number_durations_have_the_same_bound() {
+    let e = env(&[]);
+    let err = Config::from_yaml("admin: { session_ttl: 316224001 }\n", &e)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("admin.session_ttl") && err.contains("10 years"), "{err}");
+    let c = Config::from_yaml("admin: { session_ttl: 316224000 }\n", &e).unwrap();
+    assert_eq!(c.admin.session_ttl.0, Duration::from_secs(316_224_000));
+}
+
+/// Found by the property tests: an unclosed `${` in a comment swallowed the lines after it, up
+/// to the next `}`, so that `k1` silently disappeared from the document.
+#[test]
+fn an_unclosed_reference_does_not_swallow_the_next_lines() {
+    let e = env(&[("V", "x")]);
+    let err = Config::from_yaml("# price in ${\nadmin: { username: ${V} }\n", &e)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unterminated"), "{err}");
+    let c = Config::from_yaml("# see ${V}\nadmin: { username: ${V} }\n", &e).unwrap();
+    assert_eq!(c.admin.username, "x");
+}

@@ -22,3 +22,6 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod usage;
+
+#[cfg(test)]
+pub(crate) mod test_props;

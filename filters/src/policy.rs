@@ -184,7 +184,8 @@ pub fn parse_weekly_reset(s: &str) -> Result<(u32, u32), String> {
     let days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
     let d = days
         .iter()
-        .position(|x| x.eq_ignore_ascii_case(&day[..day.len().min(3)]))
+        // `get`: the third byte may fall inside a multi-byte character (no day then).
+        .position(|x| day.get(..day.len().min(3)).is_some_and(|d| x.eq_ignore_ascii_case(d)))
         .ok_or_else(bad)?;
     let (h, m) = time.trim().split_once(':').ok_or_else(bad)?;
     let h: u32 = h.parse().map_err(|_| bad())?;

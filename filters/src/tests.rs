@@ -161,3 +161,14 @@ fn chain_building_errors_are_clear() {
     }
     assert!(reg.check_order(&["key_auth".into(), "models".into()]).is_ok());
 }
+
+/// Found by the config property tests: a day whose third byte falls inside a multi-byte character
+/// panicked (byte slicing) instead of being refused, in relay.yaml and through the admin API.
+#[test]
+fn weekly_reset_with_a_multibyte_day_is_refused_not_a_panic() {
+    use crate::policy::parse_weekly_reset;
+    assert!(parse_weekly_reset("a日 0:00").is_err());
+    assert!(parse_weekly_reset("éé 00:00").is_err());
+    assert_eq!(parse_weekly_reset("Monday 07:30"), Ok((0, 450)));
+    assert_eq!(parse_weekly_reset("sun 23:59"), Ok((6, 23 * 60 + 59)));
+}

@@ -221,7 +221,7 @@ fn expiry(v: Option<Value>) -> Result<Option<i64>, ApiError> {
         Some(Value::Number(n)) => {
             let n = n.as_f64().ok_or_else(bad)? as i64;
             // Ten-digit values are seconds; Claude Code writes milliseconds.
-            Ok(Some(if n < 100_000_000_000 { n * 1000 } else { n }))
+            Ok(Some(if n < 100_000_000_000 { n.saturating_mul(1000) } else { n }))
         }
         Some(Value::String(s)) => match s.trim().parse::<i64>() {
             Ok(n) => expiry(Some(json!(n))),
@@ -369,6 +369,10 @@ mod tests {
         );
         assert_eq!(expiry(None).unwrap(), None);
         assert!(expiry(Some(json!("soon"))).is_err());
+        // Found by fuzzing the admin API: a large negative number overflowed (a dropped
+        // connection in debug builds); it reads as long expired.
+        assert_eq!(expiry(Some(json!(-1e18))).unwrap(), Some(i64::MIN));
+        assert_eq!(expiry(Some(json!(i64::MIN))).unwrap(), Some(i64::MIN));
         assert!(expiry(Some(json!([1]))).is_err());
     }
 }

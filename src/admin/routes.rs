@@ -48,7 +48,38 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/usage/summary", get(usage::summary))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Errors that axum answers itself, before a handler runs (a body over its 2 MiB limit, a path
+/// segment that is not UTF-8), come as plain text: they get the JSON error shape of every other
+/// answer here.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let kind = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+        StatusCode::NOT_FOUND => "not_found_error",
+        s if s.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    };
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    ApiError(status, kind, message).into_response()
 }
 
 /// An admin API error: `{"error":{"type","message"}}` with its status.

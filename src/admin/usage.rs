@@ -22,6 +22,9 @@ pub const MAX_BUCKETS: usize = 2000;
 
 const DEFAULT_SPAN_SECS: i64 = 24 * 3600;
 
+/// The latest `from` or `to` accepted: 9999-12-31T23:59:59Z (bucket arithmetic stays in range).
+pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+
 #[derive(Deserialize)]
 pub struct UsageQuery {
     dimension: Option<String>,
@@ -112,6 +115,13 @@ pub async fn series(
         return Err(bad_request("`id` must not be empty"));
     }
 
+    for (name, v) in [("from", q.from), ("to", q.to)] {
+        if v.is_some_and(|t| !(0..=MAX_TIMESTAMP).contains(&t)) {
+            return Err(bad_request(format!(
+                "`{name}` must be a Unix time between 0 and {MAX_TIMESTAMP}"
+            )));
+        }
+    }
     let to = q.to.unwrap_or_else(|| chrono::Utc::now().timestamp());
     let from = q.from.unwrap_or(to - DEFAULT_SPAN_SECS);
     if from < 0 {
@@ -211,6 +221,16 @@ mod tests {
         let s = bucket_starts(Granularity::Minute, 0, 60 * MAX_BUCKETS as i64).unwrap();
         assert_eq!(s.len(), MAX_BUCKETS);
         assert!(bucket_starts(Granularity::Minute, 0, 60 * MAX_BUCKETS as i64 + 1).is_err());
+        // The last accepted range ends without overflow at every granularity (huge `from`/`to`
+        // overflowed the bucket arithmetic before they were bounded).
+        for g in [
+            Granularity::Minute,
+            Granularity::Hour,
+            Granularity::Day,
+            Granularity::Month,
+        ] {
+            assert!(bucket_starts(g, MAX_TIMESTAMP - 3_600, MAX_TIMESTAMP).is_ok());
+        }
         // Calendar months: 2024-01-15 .. 2024-03-02 touches January, February and March.
         let s = bucket_starts(Granularity::Month, 1_705_276_800, 1_709_337_600).unwrap();
         assert_eq!(s, vec![1_704_067_200, 1_706_745_600, 1_709_251_200]);

@@ -324,3 +324,7 @@ mod tests {
         assert_eq!(&p.with_model(&raw, "x\"y")[..], br#"{"model":"x\"y"}"#);
     }
 }
+
+#[cfg(test)]
+#[path = "body_props.rs"]
+mod props;

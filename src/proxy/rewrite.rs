@@ -32,18 +32,21 @@ impl SseModelRewriter {
             return Some(chunk);
         }
         self.pending.extend_from_slice(&chunk);
-        let Some(ev) = memchr::memmem::find(&self.pending, b"message_start") else {
-            if self.pending.len() > MAX_HOLD {
+        // Only the first MAX_HOLD bytes are searched, so that what the client gets does not
+        // depend on how the upstream's stream was cut into chunks.
+        let window = &self.pending[..self.pending.len().min(MAX_HOLD)];
+        let Some(ev) = memchr::memmem::find(window, b"message_start") else {
+            if self.pending.len() >= MAX_HOLD {
                 return self.finish();
             }
             return None;
         };
         // Wait for the end of the data line that carries the event.
         let search_from = ev;
-        let data_line = memchr::memmem::find(&self.pending[search_from..], b"\"message\"").map(|i| i + search_from);
-        let line_end = data_line.and_then(|d| memchr::memchr(b'\n', &self.pending[d..]).map(|i| i + d));
+        let data_line = memchr::memmem::find(&window[search_from..], b"\"message\"").map(|i| i + search_from);
+        let line_end = data_line.and_then(|d| memchr::memchr(b'\n', &window[d..]).map(|i| i + d));
         let Some(line_end) = line_end else {
-            if self.pending.len() > MAX_HOLD {
+            if self.pending.len() >= MAX_HOLD {
                 return self.finish();
             }
             return None;
@@ -122,3 +125,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "rewrite_props.rs"]
+mod props;

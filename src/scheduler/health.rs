@@ -446,3 +446,7 @@ mod tests {
         assert!(rt.available("m", now, Some(5)));
     }
 }
+
+#[cfg(test)]
+#[path = "health_props.rs"]
+mod props;

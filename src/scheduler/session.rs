@@ -188,3 +188,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "session_props.rs"]
+mod props;

@@ -308,7 +308,8 @@ impl UsageState {
             // A total without its split: when it agrees with the split already known (a
             // message_delta repeating message_start), keep that split; otherwise the total wins,
             // and what the known 1h share cannot explain counts as 5m.
-            if self.cache_write_5m + self.cache_write_1h != total {
+            // Checked: the split comes from the upstream too, and may sum past u64::MAX.
+            if self.cache_write_5m.checked_add(self.cache_write_1h) != Some(total) {
                 self.cache_write_1h = self.cache_write_1h.min(total);
                 self.cache_write_5m = total - self.cache_write_1h;
             }
@@ -398,3 +399,7 @@ pub fn parse_json_usage(body: &[u8]) -> Option<(TokenUsage, Option<String>)> {
 #[cfg(test)]
 #[path = "sse_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "sse_props.rs"]
+mod props;

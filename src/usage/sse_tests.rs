@@ -436,3 +436,16 @@ fn non_streaming_json_body() {
     assert_eq!(parse_json_usage(b"not json"), None);
     assert_eq!(parse_json_usage(b""), None);
 }
+
+/// Found by the property tests: a split near u64::MAX followed by a total without its split
+/// overflowed the sum (a panic in debug builds, a wrapped comparison in release).
+#[test]
+fn huge_cache_split_then_a_bare_total_does_not_overflow() {
+    let stream = b"event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"cache_creation\":{\"ephemeral_5m_input_tokens\":18446744073709551615,\"ephemeral_1h_input_tokens\":1842}}}}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"usage\":{\"cache_creation_input_tokens\":36173}}\n\n";
+    let r = parse_whole(stream);
+    assert_eq!(r.usage.cache_write_1h, 1842);
+    assert_eq!(r.usage.cache_write_5m, 36173 - 1842);
+}
