@@ -220,4 +220,38 @@ mod tests {
         assert_eq!(redact("nothing to see here"), "nothing to see here");
         assert_eq!(redact("monkey=1 turkey: 2"), "monkey=1 turkey: 2");
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::test_props::config(256))]
+
+        /// Whatever surrounds a credential header in a log line, its value never comes out, and
+        /// any line is handled without a panic.
+        #[test]
+        fn credential_values_never_survive(
+            before in "[ -~]{0,40}",
+            name in prop::sample::select(SECRET_HEADERS.to_vec()),
+            upper in any::<bool>(),
+            secret in "[A-Za-z0-9_.~+/=-]{12,64}",
+            style in 0..4usize,
+            after in "[ -~&&[^\"]]{0,40}",
+        ) {
+            let name = if upper { name.to_ascii_uppercase() } else { name.to_string() };
+            let line = match style {
+                0 => format!("{before} {{\"{name}\": \"{secret}\", \"x\": \"{after}\"}}"),
+                1 => format!("{before} {name}: {secret}"),
+                2 => format!("{before} {name}={secret}, {after}"),
+                _ => format!("{before} GET /v1/messages?key={secret}&{after} \"{name}\": \"Bearer {secret}\""),
+            };
+            let out = redact(&line);
+            prop_assert!(!out.contains(&secret), "{}", out);
+        }
+
+        #[test]
+        fn any_line_is_redacted_without_panicking(line in any::<String>()) {
+            let out = redact(&line);
+            prop_assert!(out.len() <= line.len() + line.len() / 2 * REDACTED.len() + REDACTED.len());
+        }
+    }
 }

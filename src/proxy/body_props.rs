@@ -181,3 +181,60 @@ proptest! {
         }
     }
 }
+
+fn encoded_headers(encoding: &str) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_str(encoding) {
+        h.insert(http::header::CONTENT_ENCODING, v);
+    }
+    h
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    /// Compressed bodies are untrusted bytes: whatever they hold, decoding answers (a body within
+    /// the limit, 400, 413 or 415) and never panics or grows past the limit.
+    #[test]
+    fn any_bytes_under_any_encoding_decode_or_are_refused(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+        encoding in prop::sample::select(vec!["gzip", "x-gzip", "deflate", "br", "zstd", "identity", "gzip, br", "compress", "zstd, zstd, zstd", ""]),
+        limit in 1usize..4096,
+    ) {
+        match super::decode_content(&encoded_headers(encoding), Bytes::from(bytes), limit) {
+            Ok(out) if !matches!(encoding, "identity" | "") => prop_assert!(out.len() <= limit),
+            Ok(_) => {}
+            Err(e) => prop_assert!(matches!(e.status(), 400 | 413 | 415), "{:?}", e),
+        }
+    }
+
+    /// What a client compressed comes back whole, whatever the codec, within the limit.
+    #[test]
+    fn compressed_bodies_round_trip(body in prop::collection::vec(any::<u8>(), 0..4096), codec in 0..4usize) {
+        use std::io::Write;
+        let (encoding, packed) = match codec {
+            0 => {
+                let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                w.write_all(&body).unwrap();
+                ("gzip", w.finish().unwrap())
+            }
+            1 => {
+                let mut w = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                w.write_all(&body).unwrap();
+                ("deflate", w.finish().unwrap())
+            }
+            2 => {
+                let mut out = Vec::new();
+                brotli::CompressorWriter::new(&mut out, 4096, 3, 20).write_all(&body).unwrap();
+                ("br", out)
+            }
+            _ => ("zstd", zstd::encode_all(&body[..], 1).unwrap()),
+        };
+        let out = super::decode_content(&encoded_headers(encoding), Bytes::from(packed.clone()), 4096).unwrap();
+        prop_assert_eq!(&out[..], &body[..]);
+        if !body.is_empty() {
+            let e = super::decode_content(&encoded_headers(encoding), Bytes::from(packed), body.len() - 1).unwrap_err();
+            prop_assert_eq!(e.status(), 413);
+        }
+    }
+}
