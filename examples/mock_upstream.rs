@@ -1,6 +1,6 @@
 //! A fast, standalone mock Anthropic upstream for load tests (`benches/load/`).
 //!
-//! `POST /v1/messages` answers the golden SSE stream (`shared/fixtures/responses/`) when the JSON
+//! `POST /v1/messages` answers the golden SSE stream (`tests/fixtures/responses/`) when the JSON
 //! body has `"stream":true`, else a fixed JSON message with the same usage. The body is not
 //! parsed: a substring search decides. `x-mock-chunk-delay-ms: N` splits the stream into about 13
 //! chunks with N ms between them (the "slow stream" mode). Anything else gets 404.
@@ -32,7 +32,7 @@ use axum::routing::{get, post};
 use clap::Parser;
 use memchr::memmem;
 
-const SSE: &[u8] = include_bytes!("../../shared/fixtures/responses/anthropic-messages-stream.sse");
+const SSE: &[u8] = include_bytes!("../tests/fixtures/responses/anthropic-messages-stream.sse");
 const JSON: &[u8] = br#"{"id":"msg_mock","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello from mock upstream!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":21,"cache_creation_input_tokens":5,"cache_read_input_tokens":3,"output_tokens":7}}"#;
 /// Number of writes the slow-stream mode splits the golden stream into (about).
 const SLOW_CHUNKS: usize = 13;
