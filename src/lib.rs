@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod leases;
+pub mod lifecycle;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -9,7 +9,6 @@
 //! Zero-downtime upgrade (`--upgrade`): see [`handover`].
 
 mod handover;
-pub use handover::draining;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,7 +28,7 @@ use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::proxy::{Peers, Relay, RelayProxy};
 use crate::scheduler::Scheduler;
 use crate::secrets::Secrets;
-use crate::state::{Snapshot, SnapshotKeys};
+use crate::state::{Reloader, Snapshot, SnapshotKeys};
 use crate::store::Store;
 use crate::usage::pricing::PricingTable;
 
@@ -175,59 +174,6 @@ async fn open_store(
     })
 }
 
-/// Re-reads keys and accounts from the store into the snapshot.
-#[derive(Clone)]
-pub struct Reloader {
-    pub config: Arc<Config>,
-    pub secrets: Arc<Secrets>,
-    pub scheduler: Arc<Scheduler>,
-    pub store: Arc<dyn Store>,
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Account health shared by instances, applied on every reload.
-    pub coord: Arc<dyn crate::store::coord::Coordination>,
-    /// Live tokens of `claude-oauth` accounts, kept across reloads.
-    pub oauth: Arc<OAuthTokens>,
-}
-
-impl Reloader {
-    pub async fn reload(&self) -> Result<()> {
-        let read_at = chrono::Utc::now().timestamp_millis();
-        let health = self.coord.account_health(read_at).await;
-        let result = crate::state::reload(
-            &self.config,
-            &self.secrets,
-            &self.scheduler,
-            &self.oauth,
-            &*self.store,
-            &self.snapshot,
-        )
-        .await
-        .context("reloading keys and accounts");
-        // Health applies to the runtimes, which the new snapshot's accounts share.
-        match health {
-            Ok(h) => self.scheduler.apply_health(&h, read_at),
-            Err(e) => tracing::warn!(error = %e, "reading shared account health failed"),
-        }
-        result
-    }
-
-    /// Follows change notifications from every instance, with a periodic reload as a safety net.
-    async fn follow(self) {
-        let mut rx = self.store.subscribe_changes();
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                r = rx.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return },
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.reload().await {
-                tracing::warn!(error = %e, "snapshot reload failed; keeping the previous one");
-            }
-        }
-    }
-}
-
 fn check_bindable(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr).context(format!("cannot listen on {addr} ({what})"))
 }
@@ -365,7 +311,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         coord: coord.clone(),
         oauth: oauth.clone(),
     };
-    store_rt.block_on(reloader.reload())?;
+    store_rt
+        .block_on(reloader.reload())
+        .context("reloading keys and accounts")?;
     store_rt.spawn(reloader.clone().follow());
     if store.backend() == "embedded" {
         let s = store.clone();
@@ -518,4 +466,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
 /// `<data_dir>/claude-relay.pid`: the pid of the process that serves (after an upgrade, the new one).
 pub fn pid_file(config: &Config) -> std::path::PathBuf {
     config.data_dir.join("claude-relay.pid")
+}
+
+impl From<argon2::password_hash::Error> for anyhow_lite::Error {
+    fn from(e: argon2::password_hash::Error) -> Self {
+        anyhow_lite::Error(format!("password hashing: {e}"))
+    }
 }

@@ -312,3 +312,55 @@ pub async fn reload(
     )));
     Ok(())
 }
+
+/// Re-reads keys and accounts from the store into the snapshot.
+#[derive(Clone)]
+pub struct Reloader {
+    pub config: Arc<Config>,
+    pub secrets: Arc<Secrets>,
+    pub scheduler: Arc<Scheduler>,
+    pub store: Arc<dyn Store>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Account health shared by instances, applied on every reload.
+    pub coord: Arc<dyn crate::store::coord::Coordination>,
+    /// Live tokens of `claude-oauth` accounts, kept across reloads.
+    pub oauth: Arc<OAuthTokens>,
+}
+
+impl Reloader {
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let read_at = chrono::Utc::now().timestamp_millis();
+        let health = self.coord.account_health(read_at).await;
+        let result = reload(
+            &self.config,
+            &self.secrets,
+            &self.scheduler,
+            &self.oauth,
+            &*self.store,
+            &self.snapshot,
+        )
+        .await;
+        // Health applies to the runtimes, which the new snapshot's accounts share.
+        match health {
+            Ok(h) => self.scheduler.apply_health(&h, read_at),
+            Err(e) => tracing::warn!(error = %e, "reading shared account health failed"),
+        }
+        result
+    }
+
+    /// Follows change notifications from every instance, with a periodic reload as a safety net.
+    pub async fn follow(self) {
+        let mut rx = self.store.subscribe_changes();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = rx.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return },
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.reload().await {
+                tracing::warn!(error = %e, "snapshot reload failed; keeping the previous one");
+            }
+        }
+    }
+}

@@ -32,8 +32,7 @@ use pingora::services::background::BackgroundService;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::secrets::Secrets;
-use crate::server::Reloader;
-use crate::server::anyhow_lite;
+use crate::state::Reloader;
 use crate::state::Snapshot;
 use crate::store::Store;
 use crate::usage::pricing::PricingTable;
@@ -102,11 +101,5 @@ impl BackgroundService for AdminService {
         if let Err(e) = served {
             tracing::error!(error = %e, "admin service stopped with an error");
         }
-    }
-}
-
-impl From<argon2::password_hash::Error> for anyhow_lite::Error {
-    fn from(e: argon2::password_hash::Error) -> Self {
-        anyhow_lite::Error(format!("password hashing: {e}"))
     }
 }

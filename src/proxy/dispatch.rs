@@ -69,7 +69,7 @@ fn sticky_key(key_id: &str, session: &str) -> String {
 
 /// A failure the request itself could have caused, on the account that met it: whether it
 /// counts against the account depends on what happens on the next one.
-struct Suspect {
+pub(super) struct Suspect {
     account: Arc<Account>,
     mark: AccountHealth,
     status: u16,
@@ -90,12 +90,22 @@ pub(super) async fn run(
     body: Bytes,
     parsed: &ParsedBody,
 ) -> pingora::Result<()> {
-    let mut suspects = Vec::new();
-    let result = attempts(relay, session, ctx, body, parsed, &mut suspects).await;
-    for s in suspects {
-        let key: Arc<str> = ctx.key.as_ref().map_or_else(|| Arc::from(""), |k| k.id.clone());
-        let f = &relay.config.scheduler.failover;
-        let window = f.evidence_window.0.as_millis() as i64;
+    let result = attempts(relay, session, ctx, body, parsed).await;
+    settle_suspects(relay, ctx);
+    result
+}
+
+/// Counts the held suspects as evidence against their accounts (the request went on and did not
+/// fail the same way elsewhere), marking an account once enough keys met such failures there.
+/// Runs as soon as the outcome is known: when an answer is committed, else at the end.
+fn settle_suspects(relay: &Relay, ctx: &mut RequestCtx) {
+    if ctx.suspects.is_empty() {
+        return;
+    }
+    let key: Arc<str> = ctx.key.as_ref().map_or_else(|| Arc::from(""), |k| k.id.clone());
+    let f = &relay.config.scheduler.failover;
+    let window = f.evidence_window.0.as_millis() as i64;
+    for s in ctx.suspects.drain(..) {
         if s.account
             .rt
             .corroborate(&key, now_ms(), window, f.evidence_keys as usize)
@@ -105,7 +115,6 @@ pub(super) async fn run(
             tracing::info!(account = %s.account.name, status = s.status, "upstream refused a request; the account stays in the pool until more keys meet such failures");
         }
     }
-    result
 }
 
 async fn attempts(
@@ -114,7 +123,6 @@ async fn attempts(
     ctx: &mut RequestCtx,
     body: Bytes,
     parsed: &ParsedBody,
-    suspects: &mut Vec<Suspect>,
 ) -> pingora::Result<()> {
     let Some(route) = ctx.route else { return Ok(()) };
     let model = parsed.facts.model.clone().unwrap_or_default();
@@ -270,10 +278,10 @@ async fn attempts(
             Err(AttemptError::Refused(answer, mark) | AttemptError::TokenRejected(answer, mark)) => {
                 let status = answer.head.status.as_u16();
                 let dependent = mark.as_ref().is_some_and(|h| health::request_dependent(status, h));
-                if dependent && suspects.iter().any(|s| s.status == status) {
+                if dependent && ctx.suspects.iter().any(|s| s.status == status) {
                     // The same request failed the same way on another account: it is the
                     // request's problem, not the accounts'.
-                    suspects.clear();
+                    ctx.suspects.clear();
                     relay.metrics.failovers.with_label_values(&["request_problem"]).inc();
                     tracing::info!(account = %account.name, status, "the next account refused the request the same way; answering the client, marking no account");
                     return replay_refusal(relay, session, ctx, answer).await;
@@ -285,7 +293,7 @@ async fn attempts(
                     .with_label_values(&[super::status_label(status)])
                     .inc();
                 match mark {
-                    Some(h) if dependent => suspects.push(Suspect {
+                    Some(h) if dependent => ctx.suspects.push(Suspect {
                         account: account.clone(),
                         mark: h,
                         status,
@@ -569,6 +577,8 @@ async fn attempt(
         tracing::warn!(error = %e, "saving the sticky session failed");
     }
 
+    // Committed: what failed before on other accounts was not this request's doing.
+    settle_suspects(relay, ctx);
     let result = if is_sse {
         stream_sse(relay, session, ctx, &mut up, &head, rename).await
     } else {

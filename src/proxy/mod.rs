@@ -84,6 +84,8 @@ pub struct RequestCtx {
     facts: Option<RequestFacts>,
     /// A sticky-session binding to save when the current attempt commits a successful answer.
     pending_sticky: Option<(String, Arc<str>, Duration)>,
+    /// Refusals on earlier attempts that the request itself may have caused (see `dispatch`).
+    suspects: Vec<dispatch::Suspect>,
 }
 
 struct InFlight(prometheus::IntGauge);
@@ -108,6 +110,7 @@ impl RequestCtx {
             in_flight: None,
             facts: None,
             pending_sticky: None,
+            suspects: Vec::new(),
         }
     }
 }
@@ -379,7 +382,7 @@ impl ProxyHttp for RelayProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
         // While handing the listeners to a new process, answer with `Connection: close` so
         // clients move their keep-alive connections over before this process stops.
-        if crate::server::draining() {
+        if crate::lifecycle::draining() {
             session.set_keepalive(None);
         }
         self.handle(session, ctx).await?;

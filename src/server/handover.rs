@@ -15,7 +15,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -40,18 +39,6 @@ pub struct Handover {
     pub upgrade_sock: PathBuf,
 }
 
-/// Set once this process got SIGQUIT: it is handing over to a new process.
-static DRAINING: AtomicBool = AtomicBool::new(false);
-
-/// Whether this process is handing over to a new one. Pingora keeps accepting for 5 s after it
-/// sent the listening sockets and then drops its idle keep-alive connections, which a client may
-/// be reusing at that very moment; a response that disables keep-alive while this is true
-/// (`session.set_keepalive(None)`) moves its client to a fresh connection, which the new process
-/// serves for good once it wins the accept.
-pub fn draining() -> bool {
-    DRAINING.load(Ordering::Relaxed)
-}
-
 /// Follows the server's phases: announces the process once it runs, and hands over what Pingora
 /// does not once a new process has taken the listening sockets.
 pub async fn follow(mut phases: broadcast::Receiver<ExecutionPhase>, handover: Handover) {
@@ -62,7 +49,7 @@ pub async fn follow(mut phases: broadcast::Receiver<ExecutionPhase>, handover: H
                 write_pid_file(&handover.pid_file);
                 notify_systemd(&format!("READY=1\nMAINPID={}", std::process::id()));
             }
-            Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => DRAINING.store(true, Ordering::Relaxed),
+            Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => crate::lifecycle::start_draining(),
             // The sockets were sent (or the send failed; this process stops either way).
             Ok(ExecutionPhase::GracefulUpgradeCloseTimeout) => break,
             Ok(ExecutionPhase::ShutdownStarted) | Err(RecvError::Closed) => return,

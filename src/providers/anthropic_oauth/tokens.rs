@@ -251,7 +251,7 @@ impl OAuthTokens {
         if current.pair.refresh_token.is_none() {
             return Err(TokenError::NoRefreshToken);
         }
-        if crate::server::draining() {
+        if crate::lifecycle::draining() {
             // The new process owns the store from now on: a refresh here could not save the
             // rotated refresh token, and losing it would lock the account out.
             return Err(TokenError::HandingOver);
@@ -461,7 +461,7 @@ impl OAuthTokens {
     pub async fn check_all(self: &Arc<Self>, snap: &Snapshot, refresh_due: bool) {
         let ahead = self.cfg().refresh_ahead.0.as_millis() as i64;
         let poll = self.cfg().usage_poll.0.as_millis() as i64;
-        if crate::server::draining() {
+        if crate::lifecycle::draining() {
             return;
         }
         for account in snap.pool.all() {
