@@ -1,10 +1,13 @@
 //! claude-relay: a self-hosted AI API relay on Pingora.
 //!
-//! Module map (see `docs/architecture.md`): `config` reads and validates `relay.yaml`; `server`
-//! assembles the Pingora server; `proxy` is the client-facing relay (routes, body facts, dispatch,
-//! streaming); `providers` knows how each upstream kind is addressed and authenticated; `scheduler`
-//! picks accounts; `store` persists state; `usage` turns tokens into money and statistics; `admin`
-//! serves the management API; `metrics` the Prometheus registry.
+//! Module map (see `docs/phases.md`): `config` reads and validates `relay.yaml`; `server`
+//! assembles the Pingora server; `proxy` is the client-facing relay (connection limits, routes,
+//! body facts, dispatch, streaming); `providers` knows how each upstream kind is addressed and
+//! authenticated; `scheduler` picks accounts; `store` persists state; `usage` turns tokens into
+//! money and statistics; `admin` serves the management API; `metrics` the Prometheus registry.
+//! Leaves that every layer may use: `lifecycle` (whether the process is handing over), `net`
+//! (client addresses behind trusted proxies), `logging` (redacted log output), `private_fs`
+//! (files only the relay's user may read).
 
 pub mod admin;
 pub mod config;
