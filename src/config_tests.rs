@@ -99,14 +99,7 @@ fn defaults_env_overrides_and_typed_references() {
 
 #[test]
 fn the_example_providers_block_loads_and_matches_the_defaults() {
-    let text = include_str!("../conf/relay.yaml");
-    let start = text.find("# providers:").unwrap();
-    let block: Vec<&str> = text[start..]
-        .lines()
-        .take_while(|l| l.starts_with("# providers:") || l.starts_with("#  "))
-        .map(|l| &l[2..])
-        .collect();
-    let c = Config::from_yaml(&block.join("\n"), &|_| None).unwrap();
+    let c = Config::from_yaml(&example_block("providers:"), &|_| None).unwrap();
     let (ex, def) = (&c.providers.anthropic.oauth, OAuthConfig::default());
     assert_eq!(
         (&ex.authorize_url, &ex.token_url, &ex.client_id, &ex.redirect_uri),
@@ -272,15 +265,9 @@ fn what_the_start_would_refuse_or_skip_is_refused_here() {
 
 #[test]
 fn the_example_admin_block_loads_and_matches_the_defaults() {
-    let text = include_str!("../conf/relay.yaml");
-    let start = text.find("# admin:").unwrap();
-    let block: Vec<&str> = text[start..]
-        .lines()
-        .take_while(|l| l.starts_with("# admin:") || l.starts_with("#  "))
-        .map(|l| &l[2..])
-        .collect();
-    assert!(block.len() > 5, "{block:?}");
-    let c = Config::from_yaml(&block.join("\n"), &env(&[("RELAY_ADMIN_PASSWORD", "a-long-password")])).unwrap();
+    let block = example_block("admin:");
+    assert!(block.lines().count() > 5, "{block}");
+    let c = Config::from_yaml(&block, &env(&[("RELAY_ADMIN_PASSWORD", "a-long-password")])).unwrap();
     let (ex, def) = (&c.admin, AdminConfig::default());
     assert_eq!(ex.listen, def.listen);
     assert_eq!(ex.session_ttl, def.session_ttl);

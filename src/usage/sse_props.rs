@@ -4,31 +4,16 @@
 
 use proptest::prelude::*;
 
+use super::tests::{Report, report};
 use super::*;
 use crate::test_props::{bytes_and_cuts, chunks, config, cuts};
-
-/// Everything the parser reports, for comparing runs.
-#[derive(Debug, PartialEq)]
-struct Report {
-    usage: TokenUsage,
-    model: Option<String>,
-    stop: bool,
-    saw_usage: bool,
-    error: Option<(String, String)>,
-}
 
 fn read(parts: &[&[u8]]) -> Report {
     let mut p = SseUsageParser::new();
     for part in parts {
         p.feed(part);
     }
-    Report {
-        usage: p.usage(),
-        model: p.model().map(str::to_owned),
-        stop: p.saw_message_stop(),
-        saw_usage: p.saw_usage(),
-        error: p.error(),
-    }
+    report(&p)
 }
 
 /// A usage field as an upstream may write it.

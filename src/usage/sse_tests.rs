@@ -5,15 +5,15 @@ const TOOL_USE: &[u8] = include_bytes!("../../tests/fixtures/responses/anthropic
 
 /// Everything the parser reports, for comparing runs.
 #[derive(Debug, PartialEq)]
-struct Report {
-    usage: TokenUsage,
-    model: Option<String>,
-    stop: bool,
-    saw_usage: bool,
-    error: Option<(String, String)>,
+pub(super) struct Report {
+    pub(super) usage: TokenUsage,
+    pub(super) model: Option<String>,
+    pub(super) stop: bool,
+    pub(super) saw_usage: bool,
+    pub(super) error: Option<(String, String)>,
 }
 
-fn report(p: &SseUsageParser) -> Report {
+pub(super) fn report(p: &SseUsageParser) -> Report {
     Report {
         usage: p.usage(),
         model: p.model().map(str::to_owned),
