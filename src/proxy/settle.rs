@@ -70,8 +70,13 @@ impl Drop for Settle {
             Some(c) => c,
             None => self.pricing.cost_nanos(&model, &self.usage),
         };
-        // Metrics label only names models the price table knows, so label sets stay bounded.
-        let label = if cost.is_some() { &*model } else { "other" };
+        // Metrics label only names models the price table knows, so label sets stay bounded;
+        // the rest share the statistics' bucket name.
+        let label = if cost.is_some() {
+            &*model
+        } else {
+            crate::usage::stats::OTHER_MODEL
+        };
         let u = &self.usage;
         for (kind, n) in [
             ("input", u.input),
