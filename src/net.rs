@@ -20,8 +20,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut found = peer;
-    let values: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
-    for value in values.into_iter().rev() {
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
         let Ok(v) = value.to_str() else { return found };
         for hop in v.rsplit(',') {
             match hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {

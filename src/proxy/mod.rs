@@ -193,6 +193,8 @@ impl RelayProxy {
 
         relay.metrics.in_flight.inc();
         ctx.in_flight = Some(InFlight(relay.metrics.in_flight.clone()));
+        // Read once: both filter phases see the same address.
+        let ip = client_ip(session, &relay.config.trusted_proxies);
 
         // Phase 1: filters that need only the head (key auth first).
         let rejection = {
@@ -201,7 +203,7 @@ impl RelayProxy {
                 route: route.info(),
                 headers: &req.headers,
                 query: req.uri.query(),
-                client_ip: client_ip(session, &relay.config.trusted_proxies),
+                client_ip: ip,
                 key: None,
                 facts: None,
                 holds: &mut ctx.holds,
@@ -243,7 +245,7 @@ impl RelayProxy {
                 route: route.info(),
                 headers: &req.headers,
                 query: req.uri.query(),
-                client_ip: client_ip(session, &relay.config.trusted_proxies),
+                client_ip: ip,
                 key: ctx.key.clone(),
                 facts: Some(&parsed.facts),
                 holds: &mut ctx.holds,
