@@ -5,6 +5,7 @@
 //! body facts, dispatch, streaming); `providers` knows how each upstream kind is addressed and
 //! authenticated; `scheduler` picks accounts; `store` persists state; `usage` turns tokens into
 //! money and statistics; `admin` serves the management API; `metrics` the Prometheus registry.
+//! `wire` frames what an upstream sends on its own wire (AWS event-stream for Bedrock).
 //! Leaves that every layer may use: `lifecycle` (whether the process is handing over), `net`
 //! (client addresses behind trusted proxies), `logging` (redacted log output), `private_fs`
 //! (files only the relay's user may read).
@@ -26,6 +27,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod usage;
+pub mod wire;
 
 #[cfg(test)]
 pub(crate) mod test_props;
