@@ -2,6 +2,7 @@
 //! directory, and a mock upstream on a real socket.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bedrock_mock;
 pub mod mock;
 pub mod oauth_mock;
 pub mod proxies;
