@@ -276,7 +276,7 @@ fn account_specs(n: usize) -> Vec<AccountSpec> {
                 name,
                 kind: AccountKind::ClaudeConsole,
                 base: base.clone(),
-                auth: (
+                credential: claude_relay::providers::Credential::Header(
                     http::HeaderName::from_static("x-api-key"),
                     http::HeaderValue::from_static("sk-ant-api03-bench"),
                 ),
@@ -292,7 +292,6 @@ fn account_specs(n: usize) -> Vec<AccountSpec> {
                 quota_reset_minute: 0,
                 weight: 1,
                 cooldowns: Default::default(),
-                oauth: None,
                 tier_blacklist: Vec::new(),
             }
         })

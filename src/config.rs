@@ -424,6 +424,34 @@ pub struct AccountConfig {
     /// Per-account cooldown overrides, same keys as `scheduler.cooldowns`.
     #[serde(default)]
     pub cooldowns: BTreeMap<String, Dur>,
+    /// `bedrock`: the AWS region (`us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `bedrock`: SigV4 credentials (or `api_key` for a Bedrock API key).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// `bedrock`: the session token of temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// `bedrock`: the cross-region inference profile (`us`, `eu`, `apac`, `global`, `none`...);
+    /// by default the region's geography.
+    #[serde(default)]
+    pub inference_profile: Option<crate::providers::bedrock::models::Profile>,
+}
+
+impl AccountConfig {
+    /// The credential of a `bedrock` account, as sealed in the store.
+    pub fn bedrock_secret(&self) -> crate::providers::bedrock::BedrockSecret {
+        let some = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        crate::providers::bedrock::BedrockSecret {
+            access_key_id: some(&self.access_key_id),
+            secret_access_key: some(&self.secret_access_key),
+            session_token: some(&self.session_token),
+            api_key: some(&self.api_key),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -790,7 +818,10 @@ pub fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
 /// header value).
 fn account_auth_header(kind: AccountKind, secret: &str) -> Result<(), String> {
     match kind {
-        AccountKind::ClaudeConsole => crate::providers::anthropic_console::auth_header(secret).map(drop),
+        AccountKind::ClaudeConsole | AccountKind::Ccr => {
+            crate::providers::anthropic_console::auth_header(secret).map(drop)
+        }
+        AccountKind::Bedrock => Ok(()),
         AccountKind::ClaudeOauth => {
             use crate::providers::anthropic_oauth::{TokenPair, tokens::Live};
             Live::new(TokenPair::parse(secret), None, 0).map(drop)
@@ -1000,27 +1031,60 @@ impl Config {
             if !names.insert(a.name.clone()) {
                 return Err(invalid(key("name"), format!("duplicate account name `{}`", a.name)));
             }
-            let base = a
-                .base_url
-                .get_or_insert_with(|| raw.providers.anthropic.api_base.clone());
-            crate::providers::UpstreamBase::parse(base).map_err(|r| invalid(key("base_url"), r))?;
-            match a.api_key.as_deref() {
-                Some(k) if !k.trim().is_empty() => {
-                    // The snapshot builds the same header and would leave the account out.
-                    account_auth_header(a.kind, k).map_err(|r| invalid(key("api_key"), r))?;
+            let is_bedrock = a.kind == AccountKind::Bedrock;
+            if !is_bedrock {
+                for (f, v) in [
+                    ("region", a.region.is_some()),
+                    ("access_key_id", a.access_key_id.is_some()),
+                    ("secret_access_key", a.secret_access_key.is_some()),
+                    ("session_token", a.session_token.is_some()),
+                    ("inference_profile", a.inference_profile.is_some()),
+                ] {
+                    if v {
+                        return Err(invalid(
+                            key(f),
+                            format!("applies to kind bedrock only, not {}", a.kind.as_str()),
+                        ));
+                    }
                 }
-                _ => {
-                    return Err(invalid(
-                        key("api_key"),
-                        match a.kind {
-                            AccountKind::ClaudeConsole => "is required for kind claude-console",
-                            // Refresh tokens rotate, so only a long-lived token fits a file.
-                            AccountKind::ClaudeOauth => {
-                                "is required for kind claude-oauth: a long-lived OAuth access token (setup token); \
-                                 accounts with refresh tokens are added through the admin API"
-                            }
-                        },
-                    ));
+            }
+            let default_base = if is_bedrock {
+                let region = a.region.as_deref().unwrap_or_default();
+                if region.is_empty() {
+                    return Err(invalid(key("region"), "is required for kind bedrock (e.g. us-east-1)"));
+                }
+                crate::providers::bedrock::valid_region(region).map_err(|r| invalid(key("region"), r))?;
+                crate::providers::bedrock::default_base_url(region)
+            } else {
+                raw.providers.anthropic.api_base.clone()
+            };
+            let base = a.base_url.get_or_insert(default_base);
+            crate::providers::UpstreamBase::parse(base).map_err(|r| invalid(key("base_url"), r))?;
+            if is_bedrock {
+                // `${AWS_SESSION_TOKEN:-}` may expand to nothing: no session token then.
+                a.bedrock_secret()
+                    .validate()
+                    .map_err(|r| invalid(key("access_key_id"), r))?;
+            } else {
+                match a.api_key.as_deref() {
+                    Some(k) if !k.trim().is_empty() => {
+                        // The snapshot builds the same header and would leave the account out.
+                        account_auth_header(a.kind, k).map_err(|r| invalid(key("api_key"), r))?;
+                    }
+                    _ => {
+                        return Err(invalid(
+                            key("api_key"),
+                            match a.kind {
+                                AccountKind::ClaudeConsole => "is required for kind claude-console",
+                                AccountKind::Ccr => "is required for kind ccr",
+                                // Refresh tokens rotate, so only a long-lived token fits a file.
+                                AccountKind::ClaudeOauth | AccountKind::Bedrock => {
+                                    "is required for kind claude-oauth: a long-lived OAuth access token (setup token); \
+                                     accounts with refresh tokens are added through the admin API"
+                                }
+                            },
+                        ));
+                    }
                 }
             }
             if let Some(m) = &a.models

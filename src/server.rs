@@ -381,6 +381,23 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         connector: pingora::connectors::http::Connector::new(None),
         peers: Peers::new(config.timeouts.connect.0, config.deny_addresses.clone()),
         hop_id: crate::secrets::random_token()[..16].to_string(),
+        providers: crate::providers::ProviderEnv {
+            oauth_beta: config.providers.anthropic.oauth.beta.clone(),
+            bedrock_models: crate::providers::bedrock::models::Catalog::from_names(pricing.model_names()),
+        },
+        outcomes: crate::scheduler::attempts::Outcomes {
+            scheduler: scheduler.clone(),
+            coord: coord.clone(),
+            store: store.clone(),
+            leases: leases.clone(),
+            rules: crate::scheduler::attempts::AttemptRules {
+                max_attempts: config.scheduler.failover.max_attempts,
+                budget: config.scheduler.failover.budget.0,
+                sticky_ttl: config.scheduler.sticky_ttl.0,
+                evidence_keys: config.scheduler.failover.evidence_keys as usize,
+                evidence_window: config.scheduler.failover.evidence_window.0,
+            },
+        },
         coord: coord.clone(),
         leases: leases.clone(),
         oauth: oauth.clone(),

@@ -9,8 +9,10 @@ use filters::{ClientKey, KeyDirectory};
 
 use crate::config::Config;
 use crate::providers::anthropic_oauth::TokenPair;
-use crate::providers::anthropic_oauth::tokens::{OAuthTokens, TokenCell};
-use crate::providers::{UpstreamBase, anthropic_console};
+use crate::providers::anthropic_oauth::tokens::OAuthTokens;
+use crate::providers::bedrock::models::Profile;
+use crate::providers::bedrock::{BedrockAuth, BedrockSecret};
+use crate::providers::{Credential, UpstreamBase, anthropic_console};
 use crate::proxy::outbound::OutboundProxy;
 use crate::scheduler::{AccountPool, AccountSpec, CooldownClass, Scheduler, Source, parse_hhmm};
 use crate::secrets::Secrets;
@@ -148,10 +150,17 @@ pub fn build_snapshot(
                 continue;
             }
         };
-        let secret = a.api_key.as_deref().unwrap_or_default();
+        let secret = match a.kind {
+            AccountKind::Bedrock => a.bedrock_secret().to_secret(),
+            _ => a.api_key.clone().unwrap_or_default(),
+        };
         let id: Arc<str> = config_id(&a.name).into();
-        let Some(cred) = credential(config, oauth, &id, a.kind, secret, None) else {
-            if oauth.is_some() || a.kind == AccountKind::ClaudeConsole {
+        let bedrock = BedrockPlace {
+            region: a.region.as_deref(),
+            profile: a.inference_profile.clone(),
+        };
+        let Some(cred) = credential(config, oauth, &id, a.kind, &secret, None, &bedrock) else {
+            if oauth.is_some() || a.kind != AccountKind::ClaudeOauth {
                 tracing::error!(account = %a.name, "configured account has an unusable credential; skipped");
             }
             continue;
@@ -161,8 +170,7 @@ pub fn build_snapshot(
             name: a.name.as_str().into(),
             kind: a.kind,
             base,
-            auth: cred.auth,
-            oauth: cred.oauth,
+            credential: cred.credential,
             tier_blacklist: cred.tier_blacklist,
             priority: a.priority,
             enabled: a.enabled,
@@ -195,7 +203,18 @@ pub fn build_snapshot(
             }
         };
         let id: Arc<str> = r.id.as_str().into();
-        let Some(cred) = credential(config, oauth, &id, r.kind, &secret, r.oauth.as_ref()) else {
+        let profile = match r.inference_profile.as_deref().map(Profile::parse).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(account = %r.id, error = %e, "stored account has an unusable inference profile; skipped");
+                continue;
+            }
+        };
+        let bedrock = BedrockPlace {
+            region: r.region.as_deref(),
+            profile,
+        };
+        let Some(cred) = credential(config, oauth, &id, r.kind, &secret, r.oauth.as_ref(), &bedrock) else {
             tracing::warn!(account = %r.id, "stored account has an unusable credential; skipped");
             continue;
         };
@@ -204,8 +223,7 @@ pub fn build_snapshot(
             name: r.name.as_str().into(),
             kind: r.kind,
             base,
-            auth: cred.auth,
-            oauth: cred.oauth,
+            credential: cred.credential,
             tier_blacklist: cred.tier_blacklist,
             priority: r.priority,
             enabled: r.enabled,
@@ -251,10 +269,15 @@ fn usd_to_nanos(usd: f64) -> u64 {
 }
 
 /// How an account authenticates, ready for the hot path.
-struct Credential {
-    auth: (http::HeaderName, http::HeaderValue),
-    oauth: Option<Arc<TokenCell>>,
+struct OpenCredential {
+    credential: Credential,
     tier_blacklist: Vec<String>,
+}
+
+/// Where a Bedrock account serves: its region and inference profile.
+struct BedrockPlace<'a> {
+    region: Option<&'a str>,
+    profile: Option<Profile>,
 }
 
 fn credential(
@@ -264,23 +287,34 @@ fn credential(
     kind: AccountKind,
     secret: &str,
     meta: Option<&OAuthMeta>,
-) -> Option<Credential> {
-    match kind {
-        AccountKind::ClaudeConsole => Some(Credential {
-            auth: anthropic_console::auth_header(secret).ok()?,
-            oauth: None,
+    bedrock: &BedrockPlace<'_>,
+) -> Option<OpenCredential> {
+    let plain = |credential| {
+        Some(OpenCredential {
+            credential,
             tier_blacklist: Vec::new(),
-        }),
+        })
+    };
+    match kind {
+        AccountKind::ClaudeConsole | AccountKind::Ccr => {
+            let (name, value) = anthropic_console::auth_header(secret).ok()?;
+            plain(Credential::Header(name, value))
+        }
+        AccountKind::Bedrock => {
+            let opened = BedrockSecret::parse(secret)
+                .and_then(|s| BedrockAuth::new(bedrock.region.unwrap_or_default(), bedrock.profile.clone(), &s))
+                .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable Bedrock credential"))
+                .ok()?;
+            plain(Credential::Bedrock(Arc::new(opened)))
+        }
         AccountKind::ClaudeOauth => {
             let meta = meta.cloned().unwrap_or_default();
             let cell = oauth?
                 .cell_for(id, TokenPair::parse(secret), &meta)
                 .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable OAuth token"))
                 .ok()?;
-            let header = cell.live().header.clone();
-            Some(Credential {
-                auth: (http::header::AUTHORIZATION, header),
-                oauth: Some(cell),
+            Some(OpenCredential {
+                credential: Credential::OAuth(cell),
                 tier_blacklist: meta
                     .tier
                     .as_deref()

@@ -24,7 +24,7 @@ use super::routes::{
 use super::scheduling::{self, DurationInput, LiveInputs};
 use crate::config::AccountConfig;
 use crate::providers::anthropic_oauth::TokenPair;
-use crate::providers::{UpstreamBase, anthropic_console};
+use crate::providers::{UpstreamBase, anthropic_console, bedrock};
 use crate::secrets;
 use crate::state::config_id;
 use crate::store::{AccountKind, AccountRecord, StoreError, default_priority};
@@ -95,6 +95,18 @@ struct UpdateAccount {
     weight: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     cooldowns: Option<Option<BTreeMap<String, DurationInput>>>,
+    // `bedrock` accounts: the region, the profile (`null`: the region's), the credential
+    // (replaced as a whole when any of its fields is given).
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    inference_profile: Option<Option<String>>,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key: Option<String>,
+    #[serde(default)]
+    session_token: Option<String>,
 }
 
 /// The scheduling fields of a create or update as given: `None` leaves a field unchanged,
@@ -193,7 +205,11 @@ fn valid_api_key(kind: AccountKind, key: &str) -> Result<String, ApiError> {
         AccountKind::ClaudeConsole => {
             anthropic_console::auth_header(key).map_err(|r| bad_request(format!("`api_key`: {r}")))?;
         }
+        AccountKind::Ccr => {
+            anthropic_console::auth_header(key).map_err(|r| bad_request(format!("`api_key`: {r}")))?;
+        }
         AccountKind::ClaudeOauth => return Err(bad_request(OAUTH_ONLY)),
+        AccountKind::Bedrock => return Err(bad_request(BEDROCK_KEYS)),
     }
     Ok(key.to_string())
 }
@@ -201,6 +217,10 @@ fn valid_api_key(kind: AccountKind, key: &str) -> Result<String, ApiError> {
 /// Why the generic account endpoints do not take `claude-oauth` accounts.
 const OAUTH_ONLY: &str = "claude-oauth accounts are added through POST /admin/api/accounts/claude-oauth/authorize \
                           and /exchange, or /import; their tokens cannot be set here";
+
+/// Why a Bedrock account's credential is not a plain `api_key` update.
+const BEDROCK_KEYS: &str = "a bedrock account's credential is set with access_key_id, secret_access_key and session_token, \
+                            or api_key, all together";
 
 fn valid_models(models: &Option<Vec<String>>) -> Result<(), ApiError> {
     if let Some(m) = models
@@ -286,6 +306,8 @@ pub(super) fn new_record(
         weight: None,
         cooldowns: BTreeMap::new(),
         oauth: None,
+        region: None,
+        inference_profile: None,
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };
@@ -318,6 +340,8 @@ fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
         "model_map": a.model_map,
         "source": "config",
         "api_key": if a.kind == AccountKind::ClaudeOauth { None } else { a.api_key.as_deref().map(secrets::mask) },
+        "region": a.region,
+        "inference_profile": a.inference_profile.clone().map(String::from),
         "created_at": null,
         "group": a.group,
         "proxy": a.proxy.as_deref().and_then(scheduling::masked_config_proxy),
@@ -338,6 +362,9 @@ fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
     if a.kind == AccountKind::ClaudeOauth {
         let pair = TokenPair::parse(a.api_key.as_deref().unwrap_or_default());
         v["oauth"] = super::oauth::view(state, &id, &pair, None);
+    }
+    if a.kind == AccountKind::Bedrock {
+        v["bedrock"] = bedrock_view(&a.bedrock_secret());
     }
     let live = LiveInputs {
         id: &id,
@@ -369,12 +396,18 @@ pub(super) fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
         "quota_reset": r.quota_reset,
         "weight": r.weight,
         "cooldowns": r.cooldowns,
+        "region": r.region,
+        "inference_profile": r.inference_profile,
     });
     let mut errors = Vec::new();
     match state.secrets.open(&r.secret) {
         Ok(k) if r.kind == AccountKind::ClaudeOauth => {
             v["oauth"] = super::oauth::view(state, &r.id, &TokenPair::parse(&k), r.oauth.as_ref());
         }
+        Ok(k) if r.kind == AccountKind::Bedrock => match bedrock::BedrockSecret::parse(&k) {
+            Ok(secret) => v["bedrock"] = bedrock_view(&secret),
+            Err(e) => errors.push(e),
+        },
         Ok(k) => v["api_key"] = Value::String(secrets::mask(&k)),
         Err(e) => {
             // The relay skips such an account too; say why instead of failing the whole list.
@@ -402,6 +435,16 @@ pub(super) fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
     };
     scheduling::add_live_view(state, &live, &mut v);
     v
+}
+
+/// A Bedrock credential as the admin API shows it: how it authenticates, masked.
+fn bedrock_view(s: &bedrock::BedrockSecret) -> Value {
+    json!({
+        "auth": if s.api_key.is_some() { "api-key" } else { "sigv4" },
+        "access_key_id": s.access_key_id.as_deref().map(secrets::mask),
+        "session_token": s.session_token.is_some(),
+        "api_key": s.api_key.as_deref().map(secrets::mask),
+    })
 }
 
 fn config_account<'a>(state: &'a AdminState, id: &str) -> Option<&'a AccountConfig> {
@@ -455,11 +498,40 @@ pub async fn get(
 
 pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
-    let (mut taken, fields) = split_body(&body, &["kind", "api_key"])?;
+    let (mut taken, mut fields) = split_body(&body, &BEDROCK_FIELDS)?;
     let kind: AccountKind = match taken.remove("kind") {
         Some(k) => serde_json::from_value(k).map_err(|e| bad_request(format!("invalid body at `kind`: {e}")))?,
         None => return Err(bad_request("invalid body: missing field `kind`")),
     };
+    if kind == AccountKind::Bedrock {
+        let more = &mut taken;
+        let region = match more.remove("region") {
+            Some(Value::String(r)) => r.trim().to_string(),
+            Some(_) => return Err(bad_request("invalid body at `region`: expected a string")),
+            None => return Err(bad_request("invalid body: missing field `region` (kind bedrock)")),
+        };
+        bedrock::valid_region(&region).map_err(|r| bad_request(format!("`region`: {r}")))?;
+        let profile = optional_profile(more.remove("inference_profile"))?;
+        let secret = bedrock_secret(more)?;
+        fields
+            .base_url
+            .get_or_insert_with(|| bedrock::default_base_url(&region));
+        let mut record = new_record(&state, fields, kind, state.secrets.seal(&secret.to_secret()))?;
+        record.region = Some(region);
+        record.inference_profile = profile.map(String::from);
+        return insert(&state, record).await;
+    }
+    for f in [
+        "region",
+        "inference_profile",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+    ] {
+        if taken.contains_key(f) {
+            return Err(bad_request(format!("`{f}` applies to kind bedrock only")));
+        }
+    }
     let api_key = match taken.remove("api_key") {
         Some(Value::String(k)) => valid_api_key(kind, &k)?,
         Some(_) => return Err(bad_request("invalid body at `api_key`: expected a string")),
@@ -468,6 +540,49 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
     };
     let record = new_record(&state, fields, kind, state.secrets.seal(&api_key))?;
     insert(&state, record).await
+}
+
+/// The fields a `bedrock` account has besides the common ones.
+const BEDROCK_FIELDS: [&str; 7] = [
+    "kind",
+    "region",
+    "inference_profile",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "api_key",
+];
+
+fn optional_profile(v: Option<Value>) -> Result<Option<bedrock::models::Profile>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(p)) => bedrock::models::Profile::parse(&p)
+            .map(Some)
+            .map_err(|r| bad_request(format!("`inference_profile`: {r}"))),
+        Some(_) => Err(bad_request("invalid body at `inference_profile`: expected a string")),
+    }
+}
+
+/// The Bedrock credential of a create or update body (its fields removed from `more`).
+fn bedrock_secret(more: &mut serde_json::Map<String, Value>) -> Result<bedrock::BedrockSecret, ApiError> {
+    let mut take = |f: &str| -> Result<Option<String>, ApiError> {
+        match more.remove(f) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) if v.trim().is_empty() => Ok(None),
+            Some(Value::String(v)) => Ok(Some(v)),
+            Some(_) => Err(bad_request(format!("invalid body at `{f}`: expected a string"))),
+        }
+    };
+    let secret = bedrock::BedrockSecret {
+        access_key_id: take("access_key_id")?,
+        secret_access_key: take("secret_access_key")?,
+        session_token: take("session_token")?,
+        api_key: take("api_key")?,
+    };
+    secret
+        .validate()
+        .map_err(|r| bad_request(format!("bedrock credential: {r}")))?;
+    Ok(secret)
 }
 
 pub async fn update(
@@ -516,10 +631,39 @@ pub async fn update(
             if kind != r.kind && (kind == AccountKind::ClaudeOauth || r.kind == AccountKind::ClaudeOauth) {
                 return Err(bad_request(OAUTH_ONLY));
             }
+            if kind != r.kind && (kind == AccountKind::Bedrock || r.kind == AccountKind::Bedrock) {
+                return Err(bad_request("an account cannot become or stop being a bedrock account; create a new one"));
+            }
             r.kind = kind;
         }
-        if let Some(key) = &req.api_key {
-            r.secret = st.secrets.seal(&valid_api_key(r.kind, key)?);
+        let bedrock_creds = req.access_key_id.is_some() || req.secret_access_key.is_some() || req.session_token.is_some();
+        if r.kind == AccountKind::Bedrock {
+            if bedrock_creds || req.api_key.is_some() {
+                let secret = bedrock::BedrockSecret {
+                    access_key_id: req.access_key_id.clone(),
+                    secret_access_key: req.secret_access_key.clone(),
+                    session_token: req.session_token.clone().filter(|t| !t.trim().is_empty()),
+                    api_key: req.api_key.clone(),
+                };
+                secret.validate().map_err(|e| bad_request(format!("bedrock credential: {e}")))?;
+                r.secret = st.secrets.seal(&secret.to_secret());
+            }
+            if let Some(region) = &req.region {
+                bedrock::valid_region(region.trim()).map_err(|e| bad_request(format!("`region`: {e}")))?;
+                r.region = Some(region.trim().to_string());
+            }
+            if let Some(p) = &req.inference_profile {
+                r.inference_profile = optional_profile(p.clone().map(Value::String))?.map(String::from);
+            }
+        } else {
+            if bedrock_creds || req.region.is_some() || req.inference_profile.is_some() {
+                return Err(bad_request(
+                    "region, inference_profile, access_key_id, secret_access_key and session_token apply to kind bedrock only",
+                ));
+            }
+            if let Some(key) = &req.api_key {
+                r.secret = st.secrets.seal(&valid_api_key(r.kind, key)?);
+            }
         }
         if let Some(base_url) = base_url {
             r.base_url = base_url;

@@ -123,6 +123,11 @@ impl BedrockToAnthropicSse {
         self.exception.as_ref().map(|(t, m)| (t.as_str(), m.as_str()))
     }
 
+    /// An `error` event was emitted (an exception frame, a corrupt or cut stream).
+    pub fn failed(&self) -> bool {
+        self.sse.error().is_some()
+    }
+
     /// A `message_stop` event was emitted: the answer is complete.
     pub fn saw_message_stop(&self) -> bool {
         self.saw_message_stop

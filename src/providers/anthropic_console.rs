@@ -6,6 +6,25 @@
 
 use http::{HeaderName, HeaderValue};
 
+use super::{Call, PrepareError, Prepared, Provider, ProviderEnv, Target, Wire, anthropic};
+
+/// The provider of `claude-console` accounts.
+pub struct Console;
+
+impl Provider for Console {
+    fn wire(&self) -> Wire {
+        Wire::AnthropicMessages
+    }
+
+    fn prepare(&self, _env: &ProviderEnv, call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, PrepareError> {
+        anthropic::prepare(call, target)
+    }
+
+    fn observe(&self, headers: &http::HeaderMap, now_s: i64) -> Option<anthropic::UnifiedLimits> {
+        anthropic::UnifiedLimits::from_headers(headers, now_s)
+    }
+}
+
 /// The credential header of a console account, computed once when the snapshot is built.
 pub fn auth_header(api_key: &str) -> Result<(HeaderName, HeaderValue), String> {
     let key = api_key.trim();

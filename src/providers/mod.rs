@@ -1,7 +1,31 @@
-//! Upstream kinds: how each is addressed and authenticated. One module per kind.
+//! Upstream providers: how each account kind is addressed, authenticated and understood.
+//!
+//! Every account kind has a [`Provider`]: a static implementation chosen by [`provider`] from a
+//! closed set. The dispatch loop asks it, on every attempt, to [`Provider::prepare`] the upstream
+//! request (path, credentials, body; signing last), and reads the answer through it
+//! ([`Provider::effective_status`], [`Provider::observe`], [`Provider::stream_failure`]). What
+//! the answer needs to reach the client in its own dialect is named by the [`ResponseKind`] the
+//! provider returns; the translators themselves live in `convert`.
+//!
+//! - [`anthropic`] (shared), [`anthropic_console`], [`anthropic_oauth`], [`ccr`]: the Anthropic
+//!   Messages wire.
+//! - [`bedrock`]: AWS Bedrock `invoke` with SigV4 (or a Bedrock API key) and the AWS event-stream.
+//! - [`request`]: the client headers every provider starts from.
 
+pub mod anthropic;
 pub mod anthropic_console;
 pub mod anthropic_oauth;
+pub mod bedrock;
+pub mod ccr;
+pub mod request;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderName;
+use pingora::http::RequestHeader;
+
+use crate::store::AccountKind;
 
 use http::HeaderValue;
 
@@ -69,6 +93,143 @@ impl UpstreamBase {
             out.push_str(q);
         }
         out
+    }
+}
+
+/// The protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Anthropic Messages (`/v1/messages`, SSE streams): Console, OAuth and CCR accounts.
+    AnthropicMessages,
+    /// AWS Bedrock `InvokeModel` with the AWS event-stream.
+    Bedrock,
+}
+
+/// What a relayed request asks the upstream for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A Messages request, streamed or not.
+    Messages,
+    /// Counting the tokens of a Messages request.
+    CountTokens,
+}
+
+/// An account's credential, opened and ready for the hot path: one variant per way of
+/// authenticating.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A fixed header: a Console API key (`x-api-key`) or a compatible gateway's bearer key.
+    Header(HeaderName, http::HeaderValue),
+    /// A Claude subscription's refreshing OAuth token; the header is read from the cell at each
+    /// attempt.
+    OAuth(Arc<anthropic_oauth::tokens::TokenCell>),
+    /// AWS credentials (SigV4) or a Bedrock API key.
+    Bedrock(Arc<bedrock::BedrockAuth>),
+}
+
+/// The request as the client sent it, with what the relay decided about it.
+pub struct Call<'a> {
+    pub op: Operation,
+    pub client: &'a RequestHeader,
+    /// The client's query, without a relay key.
+    pub query: Option<&'a str>,
+    /// The client's body (an Anthropic Messages request) with the upstream model in place.
+    pub body: &'a Bytes,
+    /// The model after the account's `model_map` (and the CCR prefix) applied.
+    pub upstream_model: &'a str,
+    pub stream: bool,
+}
+
+/// The account an attempt goes to.
+pub struct Target<'a> {
+    pub base: &'a UpstreamBase,
+    pub credential: &'a Credential,
+    /// The live bearer header of an OAuth account, read (and refreshed when due) for this attempt.
+    pub live: Option<&'a http::HeaderValue>,
+}
+
+/// Process-wide settings the providers read.
+pub struct ProviderEnv {
+    /// The beta flag merged into `anthropic-beta` for OAuth accounts.
+    pub oauth_beta: String,
+    /// Anthropic model names → Bedrock model ids, from the price table.
+    pub bedrock_models: bedrock::models::Catalog,
+}
+
+/// How the answer must be read and turned into the client's dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseKind {
+    /// Anthropic Messages: SSE or JSON, passed through.
+    Anthropic,
+    /// Bedrock `invoke`: Anthropic JSON; errors in AWS's shape.
+    BedrockInvoke,
+    /// Bedrock `invoke-with-response-stream`: an AWS event-stream of Anthropic events.
+    BedrockStream,
+    /// Bedrock `CountTokens`: `{"inputTokens": n}`.
+    BedrockCountTokens,
+}
+
+/// An upstream request ready to send.
+pub struct Prepared {
+    pub head: RequestHeader,
+    pub body: Bytes,
+    pub response: ResponseKind,
+    /// The model the upstream is asked for, when the provider chose another name than
+    /// [`Call::upstream_model`] (a Bedrock model id): what the usage is priced by.
+    pub wire_model: Option<String>,
+}
+
+/// Why an attempt could not be prepared (a credential the account cannot use); the account is
+/// skipped for this request.
+#[derive(Debug)]
+pub struct PrepareError(pub String);
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<Box<pingora::Error>> for PrepareError {
+    fn from(e: Box<pingora::Error>) -> Self {
+        PrepareError(format!("building the upstream request: {e}"))
+    }
+}
+
+/// One upstream family: how a request is sent to an account of its kind, and how its answers
+/// are understood.
+pub trait Provider: Sync {
+    fn wire(&self) -> Wire;
+
+    /// Builds the upstream request for one attempt on one account: path, credentials, body;
+    /// a signature, when the wire needs one, is computed last (and anew on every attempt).
+    fn prepare(&self, env: &ProviderEnv, call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, PrepareError>;
+
+    /// The status that classifies an answer: the HTTP status, or the one an error type in the
+    /// answer's headers stands for when the upstream's statuses are coarser than its errors.
+    fn effective_status(&self, status: u16, _headers: &http::HeaderMap) -> u16 {
+        status
+    }
+
+    /// What the answer's head says about the account's rate limits, to keep with the account.
+    fn observe(&self, _headers: &http::HeaderMap, _now_s: i64) -> Option<anthropic::UnifiedLimits> {
+        None
+    }
+
+    /// The status that a failure met inside a committed stream stands for (a Bedrock exception
+    /// frame): `None` when it says nothing about the account.
+    fn stream_failure(&self, _kind: &str) -> Option<u16> {
+        None
+    }
+}
+
+/// The provider of an account kind.
+pub fn provider(kind: AccountKind) -> &'static dyn Provider {
+    match kind {
+        AccountKind::ClaudeConsole => &anthropic_console::Console,
+        AccountKind::ClaudeOauth => &anthropic_oauth::OAuth,
+        AccountKind::Ccr => &ccr::Ccr,
+        AccountKind::Bedrock => &bedrock::Bedrock,
     }
 }
 

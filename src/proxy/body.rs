@@ -119,6 +119,7 @@ pub struct ParsedBody {
 }
 
 /// Parses the top level of a JSON request body. Nested values are skipped, not built.
+#[cfg(test)]
 pub fn parse(body: &[u8], require_model: bool) -> Result<ParsedBody, RelayError> {
     parse_with_headers(body, require_model, None)
 }

@@ -16,14 +16,15 @@ use pingora::proxy::Session;
 
 use super::body::ParsedBody;
 use super::error::{ErrorSource, RelayError};
-use super::rewrite::{SseModelRewriter, json_model};
 use super::route::Endpoint;
 use super::{Relay, RequestCtx, headers};
+use crate::convert::answer::{self, StreamAdapter};
 use crate::providers::anthropic_oauth::tokens::TokenError;
-use crate::scheduler::health::{self, UnifiedLimits, Verdict};
-use crate::scheduler::{Account, CooldownClass, PickRequest};
+use crate::providers::{self, Call, Operation, Prepared, Provider, ResponseKind, Target};
+use crate::scheduler::attempts::{AttemptPlan, AttemptRequest, Failure, Next};
+use crate::scheduler::health::{self, Verdict};
+use crate::scheduler::{Account, CooldownClass};
 use crate::store::coord::{AccountHealth, HealthState};
-use crate::usage::sse::{SseUsageParser, parse_json_usage};
 
 /// Largest non-streamed upstream answer the relay holds to read its usage.
 const MAX_BUFFERED_ANSWER: usize = 64 * 1024 * 1024;
@@ -57,67 +58,12 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// The store key of a sticky session: per client key, so keys never share sessions.
-fn sticky_key(key_id: &str, session: &str) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(key_id.as_bytes());
-    h.update([0u8]);
-    h.update(session.as_bytes());
-    hex::encode(&h.finalize()[..16])
-}
-
-/// A failure the request itself could have caused, on the account that met it: whether it
-/// counts against the account depends on what happens on the next one.
-pub(super) struct Suspect {
-    account: Arc<Account>,
-    mark: AccountHealth,
-    status: u16,
-}
-
 /// Relays a parsed request. Returns `Err` only when the client connection must not be reused.
 ///
-/// A failover-class refusal that the request could have caused (see
-/// [`health::request_dependent`]) does not take the account out of the pool at once. If the next
-/// account refuses the same request with the same status, the request is the problem: the client
-/// gets that answer and neither account is marked. Otherwise the failure counts as one key's
-/// evidence against the account, which is marked once `scheduler.failover.evidence_keys`
-/// different keys have met such failures there.
+/// The scheduler yields the attempts (see `scheduler::attempts`) and takes each outcome back;
+/// this loop only runs them: it asks the account's provider to prepare the upstream request,
+/// sends it, and commits the answer or reports the failure.
 pub(super) async fn run(
-    relay: &Relay,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    body: Bytes,
-    parsed: &ParsedBody,
-) -> pingora::Result<()> {
-    let result = attempts(relay, session, ctx, body, parsed).await;
-    settle_suspects(relay, ctx);
-    result
-}
-
-/// Counts the held suspects as evidence against their accounts (the request went on and did not
-/// fail the same way elsewhere), marking an account once enough keys met such failures there.
-/// Runs as soon as the outcome is known: when an answer is committed, else at the end.
-fn settle_suspects(relay: &Relay, ctx: &mut RequestCtx) {
-    if ctx.suspects.is_empty() {
-        return;
-    }
-    let key: Arc<str> = ctx.key.as_ref().map_or_else(|| Arc::from(""), |k| k.id.clone());
-    let f = &relay.config.scheduler.failover;
-    let window = f.evidence_window.0.as_millis() as i64;
-    for s in ctx.suspects.drain(..) {
-        if s.account
-            .rt
-            .corroborate(&key, now_ms(), window, f.evidence_keys as usize)
-        {
-            mark_account(relay, &s.account, s.mark);
-        } else {
-            tracing::info!(account = %s.account.name, status = s.status, "upstream refused a request; the account stays in the pool until more keys meet such failures");
-        }
-    }
-}
-
-async fn attempts(
     relay: &Relay,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -126,113 +72,97 @@ async fn attempts(
 ) -> pingora::Result<()> {
     let Some(route) = ctx.route else { return Ok(()) };
     let model = parsed.facts.model.clone().unwrap_or_default();
+    let key = ctx.key.clone();
+    let mut plan = relay
+        .outcomes
+        .plan(AttemptRequest {
+            model: &model,
+            key_id: key.as_ref().map(|k| k.id.clone()),
+            binding: key.as_ref().and_then(|k| k.bind.clone()),
+            session: parsed.facts.session.as_deref(),
+        })
+        .await;
+    let result = attempts(relay, session, ctx, route.endpoint, body, parsed, &model, &mut plan).await;
+    relay.outcomes.settle(&mut plan);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempts(
+    relay: &Relay,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    endpoint: Endpoint,
+    body: Bytes,
+    parsed: &ParsedBody,
+    model: &str,
+    plan: &mut AttemptPlan,
+) -> pingora::Result<()> {
+    let op = match endpoint {
+        Endpoint::CountTokens => Operation::CountTokens,
+        _ => Operation::Messages,
+    };
     let query = headers::strip_key_param(session.req_header().uri.query());
     let snapshot = relay.snapshot.load_full();
-    let key = ctx.key.clone();
-    let binding = key.as_ref().and_then(|k| k.bind.clone());
-    let sched = &relay.config.scheduler;
-    let sticky_ttl = sched.sticky_ttl.0;
-
-    // One store round trip when the request belongs to a session.
-    let sticky_key = match (&key, &parsed.facts.session) {
-        (Some(k), Some(s)) => Some(sticky_key(&k.id, s)),
-        _ => None,
-    };
-    let sticky = match &sticky_key {
-        Some(sk) => relay.coord.sticky_get(sk, sticky_ttl).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "sticky session lookup failed; choosing from the pool");
-            None
-        }),
-        None => None,
-    };
-
-    let mut tried: Vec<Arc<str>> = Vec::new();
-    let mut attempts = 0u32;
     let mut last_relay_err: Option<RelayError> = None;
     let mut held: Option<HeldAnswer> = None;
-    loop {
-        if attempts >= sched.failover.max_attempts || (attempts > 0 && ctx.start.elapsed() >= sched.failover.budget.0) {
-            break;
-        }
-        let pick = PickRequest {
-            model: &model,
-            binding: binding.as_deref(),
-            sticky: sticky.as_deref(),
-            tried: &tried,
-            now_ms: now_ms(),
-        };
-        let Some(account) = relay.scheduler.pick(&snapshot.pool, &pick) else {
-            break;
-        };
-        tried.push(account.id.clone());
-        let lease = match account.max_concurrency {
-            Some(limit) => match relay.leases.acquire(format!("account:{}", account.id), limit).await {
-                Ok(Some(g)) => Some(g),
-                Ok(None) => {
-                    relay.metrics.failovers.with_label_values(&["account_busy"]).inc();
-                    continue; // at its cap: not an attempt, try the next account
-                }
-                Err(e) => {
-                    // The store is the authority on the cap; without it, serve rather than refuse.
-                    tracing::warn!(error = %e, account = %account.name, "account lease unavailable; serving without it");
-                    None
-                }
-            },
-            None => None,
-        };
-        attempts += 1;
-        let upstream_model = account.upstream_model(&model).to_string();
-        if let Some(s) = ctx.settle.as_mut() {
-            s.account_id = Some(account.id.clone());
-            s.account_rt = Some(account.rt.clone());
-            s.model_known = account.names_model(&model);
-            s.upstream_model = Some(upstream_model.clone());
-        }
+    let busy = || relay.metrics.failovers.with_label_values(&["account_busy"]).inc();
+    while let Some(mut chosen) = relay.outcomes.next(plan, &snapshot.pool, |_| busy()).await {
+        let account = chosen.account.clone();
+        let upstream_model = account.upstream_model(model).to_string();
+        let provider = providers::provider(account.kind);
         let out_body = parsed.with_model(&body, &upstream_model);
-        let path = account
-            .base
-            .path_and_query(route.endpoint.upstream_path(), query.as_deref());
-        let rename = (upstream_model != model).then_some((upstream_model.as_str(), model.as_str()));
         let _in_flight = InFlightOn::new(&account);
-        // Bind the session to this account when it commits a successful answer (see `attempt`).
-        ctx.pending_sticky = match &sticky_key {
-            Some(sk) if sticky.as_deref() != Some(&*account.id) => Some((sk.clone(), account.id.clone(), sticky_ttl)),
-            _ => None,
-        };
         // An OAuth token refused before its time is refreshed once and the request sent again.
-        let mut token_retry = account.oauth.is_some();
+        let mut token_retry = account.oauth().is_some();
         let outcome = loop {
             let (live, issued_at) = match oauth_credential(relay, &account).await {
                 Ok(c) => c,
                 Err(e) => break Err(e),
             };
-            let auth_owned;
-            let auth = match &live {
-                Some(h) => {
-                    auth_owned = (http::header::AUTHORIZATION, h.clone());
-                    &auth_owned
-                }
-                None => &account.auth,
+            let call = Call {
+                op,
+                client: session.req_header(),
+                query: query.as_deref(),
+                body: &out_body,
+                upstream_model: &upstream_model,
+                stream: parsed.facts.stream,
             };
-            let mut req = headers::upstream_request(
-                session.req_header(),
-                &path,
-                &account.base.host_header,
-                auth,
-                out_body.len(),
-            )?;
-            if account.oauth.is_some() {
-                headers::merge_beta(&mut req, &relay.config.providers.anthropic.oauth.beta)?;
+            let target = Target {
+                base: &account.base,
+                credential: &account.credential,
+                live: live.as_ref(),
+            };
+            // Signing, when the wire needs it, happens here: anew on every attempt.
+            let mut prepared = match provider.prepare(&relay.providers, &call, &target) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(account = %account.name, error = %e, "cannot prepare the upstream request; trying the next account");
+                    break Err(AttemptError::Retryable(
+                        RelayError::AccountCredential(e.0),
+                        None,
+                        "prepare",
+                    ));
+                }
+            };
+            prepared.head.append_header(headers::HOPS, relay.hop_id.as_str())?;
+            let wire_model = prepared.wire_model.take().unwrap_or_else(|| upstream_model.clone());
+            if let Some(s) = ctx.settle.as_mut() {
+                s.account_id = Some(account.id.clone());
+                s.account_rt = Some(account.rt.clone());
+                s.model_known = account.names_model(model);
+                s.upstream_model = Some(wire_model.clone());
             }
-            req.append_header(headers::HOPS, relay.hop_id.as_str())?;
+            let rename = (wire_model != model).then_some((wire_model.as_str(), model));
             let result = attempt(
                 relay,
                 session,
                 ctx,
+                plan,
                 &account,
-                req,
-                out_body.clone(),
-                route.endpoint,
+                provider,
+                prepared,
+                endpoint,
                 rename,
                 token_retry,
             )
@@ -250,7 +180,7 @@ async fn attempts(
                     if !relay.config.scheduler.failover.statuses.contains(&401) {
                         // 401 is not failed over here: the client gets it as it was.
                         if let Some(h) = mark {
-                            mark_account(relay, &account, h);
+                            relay.outcomes.mark(&account, h);
                         }
                         return replay_refusal(relay, session, ctx, answer).await;
                     }
@@ -261,7 +191,7 @@ async fn attempts(
         };
         match outcome {
             Ok(()) => {
-                if let Some(g) = lease {
+                if let Some(g) = chosen.take_lease() {
                     ctx.holds.push(Box::new(g));
                 }
                 return Ok(());
@@ -269,19 +199,21 @@ async fn attempts(
             Err(AttemptError::Retryable(e, mark, reason)) => {
                 tracing::warn!(account = %account.name, error = %e.message(), "upstream attempt failed; trying the next account");
                 relay.metrics.failovers.with_label_values(&[reason]).inc();
-                if let Some(h) = mark {
-                    mark_account(relay, &account, h);
-                }
+                relay.outcomes.failed(plan, &account, Failure { status: None, mark });
                 last_relay_err = Some(e);
                 held = None;
             }
             Err(AttemptError::Refused(answer, mark) | AttemptError::TokenRejected(answer, mark)) => {
                 let status = answer.head.status.as_u16();
-                let dependent = mark.as_ref().is_some_and(|h| health::request_dependent(status, h));
-                if dependent && ctx.suspects.iter().any(|s| s.status == status) {
-                    // The same request failed the same way on another account: it is the
-                    // request's problem, not the accounts'.
-                    ctx.suspects.clear();
+                if relay.outcomes.failed(
+                    plan,
+                    &account,
+                    Failure {
+                        status: Some(status),
+                        mark,
+                    },
+                ) == Next::AnswerClient
+                {
                     relay.metrics.failovers.with_label_values(&["request_problem"]).inc();
                     tracing::info!(account = %account.name, status, "the next account refused the request the same way; answering the client, marking no account");
                     return replay_refusal(relay, session, ctx, answer).await;
@@ -292,15 +224,6 @@ async fn attempts(
                     .failovers
                     .with_label_values(&[super::status_label(status)])
                     .inc();
-                match mark {
-                    Some(h) if dependent => ctx.suspects.push(Suspect {
-                        account: account.clone(),
-                        mark: h,
-                        status,
-                    }),
-                    Some(h) => mark_account(relay, &account, h),
-                    None => {}
-                }
                 held = Some(answer);
                 last_relay_err = None;
             }
@@ -321,7 +244,7 @@ async fn attempts(
         // Every attempt failed: the client gets the last upstream refusal as it was.
         return replay_refusal(relay, session, ctx, answer).await;
     }
-    let err = last_relay_err.unwrap_or(RelayError::NoAccount(model));
+    let err = last_relay_err.unwrap_or_else(|| RelayError::NoAccount(model.to_string()));
     super::respond_error(relay, session, ctx, &err, ErrorSource::Relay).await
 }
 
@@ -331,7 +254,7 @@ async fn oauth_credential(
     relay: &Relay,
     account: &Arc<Account>,
 ) -> Result<(Option<http::HeaderValue>, Option<i64>), AttemptError> {
-    if account.oauth.is_none() {
+    if account.oauth().is_none() {
         return Ok((None, None));
     }
     match relay.oauth.credential(account).await {
@@ -380,13 +303,6 @@ impl Drop for InFlightOn {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// Takes an account out of the pool here at once, and everywhere through the store.
-fn mark_account(relay: &Relay, account: &Account, health: AccountHealth) {
-    relay
-        .scheduler
-        .mark_shared(account, health, relay.coord.clone(), relay.store.clone());
 }
 
 async fn replay_refusal(
@@ -491,13 +407,20 @@ async fn attempt(
     relay: &Relay,
     session: &mut Session,
     ctx: &mut RequestCtx,
+    plan: &mut AttemptPlan,
     account: &Account,
-    req: RequestHeader,
-    body: Bytes,
+    provider: &'static dyn Provider,
+    prepared: Prepared,
     endpoint: Endpoint,
     rename: Option<(&str, &str)>,
     token_retry: bool,
 ) -> Result<(), AttemptError> {
+    let Prepared {
+        head: req,
+        body,
+        response: kind,
+        ..
+    } = prepared;
     let sent_at = Instant::now();
     // While the upstream thinks, watch the client: if it goes away, drop the upstream request
     // (which aborts it) instead of waiting minutes for an answer nobody will read.
@@ -524,27 +447,32 @@ async fn attempt(
         .with_label_values(&[endpoint.name()])
         .observe(ttfb.as_secs_f64());
 
-    let Some(head) = up.response_header().cloned() else {
+    let Some(mut head) = up.response_header().cloned() else {
         return Err(AttemptError::Retryable(
             RelayError::UpstreamProtocol("no response head".into()),
             None,
             "io",
         ));
     };
-    let status = head.status.as_u16();
     let now = now_ms();
-    if let Some(u) = UnifiedLimits::from_headers(&head.headers, now / 1000) {
+    if let Some(u) = provider.observe(&head.headers, now / 1000) {
         account.rt.set_unified(u);
+    }
+    // Classified by what the answer means (an AWS error type may say more than its status); the
+    // client sees that status too when the answer is converted.
+    let status = provider.effective_status(head.status.as_u16(), &head.headers);
+    if kind != ResponseKind::Anthropic && status != head.status.as_u16() {
+        head.set_status(status).map_err(AttemptError::Broken)?;
     }
     // A 401 on an OAuth token the relay believed valid goes back to the dispatch for one refresh.
     let token_rejected = status == 401 && token_retry;
     if token_rejected || status >= 400 && relay.config.scheduler.failover.statuses.contains(&status) {
         // Not committed yet: read the refusal (bounded) to classify it and keep it for replay.
-        let body = read_error_body(relay, &mut up).await;
+        let raw = read_error_body(relay, &mut up).await;
         let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
-        let verdict = health::classify(status, &head.headers, &body, &cooldown, now);
+        let verdict = health::classify(status, &head.headers, &raw, &cooldown, now);
         up.shutdown().await;
-        let held = HeldAnswer { head, body };
+        let held = client_error(kind, head, raw);
         return match (verdict, token_rejected) {
             (Verdict::Mark(h), true) => Err(AttemptError::TokenRejected(held, Some(h))),
             (Verdict::RequestProblem, true) => Err(AttemptError::TokenRejected(held, None)),
@@ -557,11 +485,7 @@ async fn attempt(
             }
         };
     }
-    let is_sse = head
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let is_stream = answer::is_stream(kind, status, &head.headers);
     // Only successful answers carry a model to put back.
     let rename = rename.filter(|_| status < 300);
     if status >= 400
@@ -570,19 +494,25 @@ async fn attempt(
         s.is_error = true;
     }
     ctx.status = status;
-    if status < 400
-        && let Some((sk, id, ttl)) = ctx.pending_sticky.take()
-        && let Err(e) = relay.coord.sticky_set(&sk, &id, ttl).await
-    {
-        tracing::warn!(error = %e, "saving the sticky session failed");
-    }
-
-    // Committed: what failed before on other accounts was not this request's doing.
-    settle_suspects(relay, ctx);
-    let result = if is_sse {
-        stream_sse(relay, session, ctx, &mut up, &head, rename).await
+    // Committed: the scheduler binds the session on success and settles earlier failures.
+    relay.outcomes.committed(plan, account, status < 400).await;
+    let result = if is_stream {
+        let client_model = rename.map_or("", |(_, to)| to);
+        let adapter = StreamAdapter::new(kind, rename, client_model);
+        let r = stream(relay, session, ctx, &mut up, &head, kind, adapter).await;
+        if let Ok(Some(failure)) = &r {
+            // The wire failed inside the stream: the account is judged by what it said.
+            if let Some(s) = provider.stream_failure(failure) {
+                let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
+                if let Verdict::Mark(h) = health::classify(s, &http::HeaderMap::new(), b"", &cooldown, now_ms()) {
+                    tracing::warn!(account = %account.name, failure = %failure, "the upstream failed inside the stream");
+                    relay.outcomes.mark(account, h);
+                }
+            }
+        }
+        r.map(drop)
     } else {
-        relay_buffered(relay, session, ctx, &mut up, &head, rename).await
+        relay_complete(relay, session, ctx, &mut up, &head, kind, rename.map(|(_, to)| to)).await
     };
     let upstream_time = sent_at.elapsed();
     ctx.upstream_time += upstream_time;
@@ -605,6 +535,18 @@ async fn attempt(
     }
 }
 
+/// An upstream refusal in the client's dialect, held for replay.
+fn client_error(kind: ResponseKind, mut head: pingora::http::ResponseHeader, raw: Bytes) -> HeldAnswer {
+    if kind == ResponseKind::Anthropic {
+        return HeldAnswer { head, body: raw };
+    }
+    let status = head.status.as_u16();
+    let (body, _) = answer::complete_body(kind, status, &head.headers, raw, None);
+    // The converted body is JSON; the replay sets its length.
+    let _ = head.insert_header(http::header::CONTENT_TYPE, "application/json");
+    HeldAnswer { head, body }
+}
+
 async fn read_error_body(relay: &Relay, up: &mut HttpSession) -> Bytes {
     let mut buf = BytesMut::new();
     let idle = relay.config.timeouts.stream_idle.0.min(Duration::from_secs(30));
@@ -624,72 +566,86 @@ fn mark_head(head: &pingora::http::ResponseHeader, resp: &mut pingora::http::Res
     Ok(())
 }
 
-async fn stream_sse(
+/// Streams a committed answer to the client through its adapter. Returns the wire's own failure
+/// met inside the stream (a Bedrock exception type), if any.
+#[allow(clippy::too_many_arguments)]
+async fn stream(
     relay: &Relay,
     session: &mut Session,
     ctx: &mut RequestCtx,
     up: &mut HttpSession,
     head: &pingora::http::ResponseHeader,
-    rename: Option<(&str, &str)>,
-) -> Result<(), AttemptError> {
+    kind: ResponseKind,
+    mut adapter: StreamAdapter,
+) -> Result<Option<String>, AttemptError> {
     let idle = relay.config.timeouts.stream_idle.0;
+    let converted = answer::converts_stream(kind);
+    let renamed = matches!(&adapter, StreamAdapter::Sse { rename: Some(_), .. });
     let mut resp = headers::downstream_response(
         head,
         &relay.config.hide_headers,
         session.is_http2(),
         false,
-        rename.is_some(),
+        renamed || converted,
     )
     .map_err(AttemptError::Broken)?;
+    if converted {
+        resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+            .map_err(AttemptError::Broken)?;
+    }
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
     session
         .write_response_header(Box::new(resp), false)
         .await
         .map_err(AttemptError::Broken)?;
 
-    let mut parser = SseUsageParser::new();
-    let mut rewriter = rename.map(|(from, to)| SseModelRewriter::new(from, to));
     loop {
         let chunk = match tokio::time::timeout(idle, up.read_response_body()).await {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
                 relay.metrics.upstream_errors.with_label_values(&["stream_io"]).inc();
-                return end_with_error_event(session, ctx, &format!("upstream stream broke: {e}")).await;
+                note_usage(ctx, &adapter);
+                end_with_error_event(session, ctx, &format!("upstream stream broke: {e}")).await?;
+                return Ok(None);
             }
             Err(_) => {
                 relay.metrics.upstream_errors.with_label_values(&["stream_idle"]).inc();
-                return end_with_error_event(
+                note_usage(ctx, &adapter);
+                end_with_error_event(
                     session,
                     ctx,
                     &format!("upstream stream was silent for more than {}s", idle.as_secs()),
                 )
-                .await;
+                .await?;
+                return Ok(None);
             }
         };
-        parser.feed(&chunk);
-        if let Some(s) = ctx.settle.as_mut() {
-            s.usage = parser.usage();
-            if parser.error().is_some() {
-                s.is_error = true;
-            }
-        }
-        let out = match rewriter.as_mut() {
-            Some(r) => r.push(chunk),
-            None => Some(chunk),
-        };
+        let out = adapter.push(chunk);
+        note_usage(ctx, &adapter);
         if let Some(out) = out {
             write_body(session, ctx, out).await?;
         }
     }
-    if let Some(rest) = rewriter.as_mut().and_then(SseModelRewriter::finish) {
+    if let Some(rest) = adapter.finish() {
+        note_usage(ctx, &adapter);
         write_body(session, ctx, rest).await?;
     }
     session
         .write_response_body(None, true)
         .await
         .map_err(|e| client_gone(ctx, e))?;
-    Ok(())
+    Ok(adapter.wire_failure().map(String::from))
+}
+
+/// Keeps the usage read so far with the request, so it is counted however the stream ends.
+fn note_usage(ctx: &mut RequestCtx, adapter: &StreamAdapter) {
+    if let Some(s) = ctx.settle.as_mut() {
+        s.usage = adapter.usage();
+        if adapter.failed() {
+            s.is_error = true;
+        }
+    }
 }
 
 async fn write_body(session: &mut Session, ctx: &mut RequestCtx, data: Bytes) -> Result<(), AttemptError> {
@@ -720,13 +676,17 @@ async fn end_with_error_event(session: &mut Session, ctx: &mut RequestCtx, messa
     Ok(())
 }
 
-async fn relay_buffered(
+/// Relays a complete (not streamed) answer: read whole (bounded) for its usage, then converted
+/// into the client's dialect when the wire differs.
+#[allow(clippy::too_many_arguments)]
+async fn relay_complete(
     relay: &Relay,
     session: &mut Session,
     ctx: &mut RequestCtx,
     up: &mut HttpSession,
     head: &pingora::http::ResponseHeader,
-    rename: Option<(&str, &str)>,
+    kind: ResponseKind,
+    rename: Option<&str>,
 ) -> Result<(), AttemptError> {
     let idle = relay.config.timeouts.stream_idle.0.max(Duration::from_secs(1));
     let mut buf = BytesMut::new();
@@ -755,18 +715,19 @@ async fn relay_buffered(
             }
         }
     }
-    let mut body = buf.freeze();
-    if let Some((usage, _model)) = parse_json_usage(&body)
-        && let Some(s) = ctx.settle.as_mut()
-    {
+    let status = head.status.as_u16();
+    let (body, usage) = answer::complete_body(kind, status, &head.headers, buf.freeze(), rename);
+    if let (Some(usage), Some(s)) = (usage, ctx.settle.as_mut()) {
         s.usage = usage;
     }
-    if let Some((_, requested)) = rename {
-        body = json_model(&body, requested);
-    }
+    let rewritten = answer::rewrites_body(kind, status, rename.is_some());
     let mut resp = headers::downstream_response(head, &relay.config.hide_headers, session.is_http2(), false, true)
         .map_err(AttemptError::Broken)?;
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
+    if rewritten && kind != ResponseKind::Anthropic {
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")
+            .map_err(AttemptError::Broken)?;
+    }
     resp.remove_header("transfer-encoding");
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
         .map_err(AttemptError::Broken)?;

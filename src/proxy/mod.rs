@@ -11,7 +11,6 @@ pub mod error;
 mod headers;
 pub mod outbound;
 mod peer;
-mod rewrite;
 pub mod route;
 mod settle;
 
@@ -63,6 +62,10 @@ pub struct Relay {
     pub oauth: Arc<crate::providers::anthropic_oauth::tokens::OAuthTokens>,
     /// This process's mark in the `x-relay-hops` header of the requests it sends upstream.
     pub hop_id: String,
+    /// What the providers read to prepare requests (OAuth beta flag, Bedrock model ids).
+    pub providers: crate::providers::ProviderEnv,
+    /// The scheduler's side of the attempt loop: it yields attempts and takes their outcomes.
+    pub outcomes: crate::scheduler::attempts::Outcomes,
 }
 
 /// The Pingora service.
@@ -82,10 +85,6 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     /// The body's facts, once parsed.
     facts: Option<RequestFacts>,
-    /// A sticky-session binding to save when the current attempt commits a successful answer.
-    pending_sticky: Option<(String, Arc<str>, Duration)>,
-    /// Refusals on earlier attempts that the request itself may have caused (see `dispatch`).
-    suspects: Vec<dispatch::Suspect>,
 }
 
 struct InFlight(prometheus::IntGauge);
@@ -109,8 +108,6 @@ impl RequestCtx {
             holds: Vec::new(),
             in_flight: None,
             facts: None,
-            pending_sticky: None,
-            suspects: Vec::new(),
         }
     }
 }

@@ -1,10 +1,8 @@
 //! Account health: the per-account runtime the hot path reads with plain atomic loads, how
-//! upstream answers are classified into cooldowns, and the `anthropic-ratelimit-unified-*` headers.
+//! upstream answers are classified into cooldowns.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-
-use serde::Serialize;
 
 use super::CooldownClass;
 use crate::store::coord::{AccountHealth, HealthState};
@@ -15,59 +13,7 @@ pub fn model_family(model: &str) -> Option<&'static str> {
     ["opus", "sonnet", "haiku"].into_iter().find(|f| m.contains(f))
 }
 
-/// The latest `anthropic-ratelimit-unified-*` headers an account's upstream sent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct UnifiedLimits {
-    /// `allowed`, `allowed_warning`, `rejected`, … (opaque).
-    pub status: Option<String>,
-    /// Unix seconds.
-    pub reset: Option<i64>,
-    pub representative_claim: Option<String>,
-    pub five_hour_utilization: Option<f64>,
-    pub five_hour_reset: Option<i64>,
-    pub seven_day_utilization: Option<f64>,
-    pub seven_day_reset: Option<i64>,
-    /// Unix seconds when these were seen.
-    pub seen_at: i64,
-}
-
-impl UnifiedLimits {
-    /// Reads the unified headers; `None` when the answer carries none.
-    pub fn from_headers(h: &http::HeaderMap, now_s: i64) -> Option<UnifiedLimits> {
-        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
-        let num = |n: &str| get(n).and_then(|v| v.parse::<f64>().ok());
-        let int = |n: &str| get(n).and_then(|v| v.parse::<f64>().ok()).map(|v| v as i64);
-        let u = UnifiedLimits {
-            status: get("anthropic-ratelimit-unified-status"),
-            reset: int("anthropic-ratelimit-unified-reset"),
-            representative_claim: get("anthropic-ratelimit-unified-representative-claim"),
-            five_hour_utilization: num("anthropic-ratelimit-unified-5h-utilization"),
-            five_hour_reset: int("anthropic-ratelimit-unified-5h-reset"),
-            seven_day_utilization: num("anthropic-ratelimit-unified-7d-utilization"),
-            seven_day_reset: int("anthropic-ratelimit-unified-7d-reset"),
-            seen_at: now_s,
-        };
-        let any = u.status.is_some() || u.reset.is_some() || u.five_hour_utilization.is_some();
-        any.then_some(u)
-    }
-
-    /// The window is exhausted and the upstream announced when it reopens (Unix seconds).
-    pub fn exhausted_until(&self, now_s: i64) -> Option<i64> {
-        if self.status.as_deref() != Some("rejected") {
-            return None;
-        }
-        self.reset.filter(|r| *r > now_s)
-    }
-
-    /// The model family the binding window covers, when it is family-scoped.
-    pub fn family(&self) -> Option<String> {
-        let claim = self.representative_claim.as_deref()?;
-        ["opus", "sonnet"]
-            .into_iter()
-            .find(|f| claim.ends_with(f))
-            .map(String::from)
-    }
-}
+pub use crate::providers::anthropic::UnifiedLimits;
 
 /// An account's runtime state. The hot path only does atomic loads here.
 #[derive(Debug, Default)]

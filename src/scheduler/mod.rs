@@ -8,12 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::{HeaderName, HeaderValue};
-
-use crate::providers::UpstreamBase;
+use crate::providers::{Credential, UpstreamBase, ccr};
 use crate::store::AccountKind;
 use crate::store::coord::AccountHealth;
 
+pub mod attempts;
 pub mod health;
 pub mod quota;
 pub mod session;
@@ -118,7 +117,8 @@ pub struct Account {
     pub name: Arc<str>,
     pub kind: AccountKind,
     pub base: UpstreamBase,
-    pub auth: (HeaderName, HeaderValue),
+    /// How the account authenticates (its provider reads it on every attempt).
+    pub credential: Credential,
     pub priority: u32,
     pub enabled: bool,
     pub models: Option<HashSet<String>>,
@@ -139,8 +139,6 @@ pub struct Account {
     pub dedicated: bool,
     /// Health, use counters and limits; shared across snapshot rebuilds.
     pub rt: Arc<AccountRuntime>,
-    /// The live token of a `claude-oauth` account (then `auth` is unused).
-    pub oauth: Option<Arc<crate::providers::anthropic_oauth::tokens::TokenCell>>,
     /// Models the account's subscription tier may not use (`model_blacklist` syntax).
     pub tier_blacklist: Vec<String>,
 }
@@ -148,6 +146,10 @@ pub struct Account {
 impl Account {
     /// Whether this account may serve the model the client asked for.
     pub fn serves(&self, model: &str) -> bool {
+        // `ccr,` models go to CCR accounts only, and CCR accounts serve nothing else.
+        if ccr::is_ccr_model(model) != (self.kind == AccountKind::Ccr) {
+            return false;
+        }
         let listed = match &self.models {
             None => true,
             Some(allowed) => allowed.contains(model) || self.model_map.contains_key(model),
@@ -172,9 +174,22 @@ impl Account {
         self.model_map.contains_key(model) || self.models.as_ref().is_some_and(|m| m.contains(model))
     }
 
-    /// The model name to send upstream for the client's model.
+    /// The model name to send upstream for the client's model: its `model_map` entry, else the
+    /// name itself (for CCR accounts without the `ccr,` prefix).
     pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
-        self.model_map.get(model).map_or(model, String::as_str)
+        match self.model_map.get(model) {
+            Some(m) => m,
+            None if self.kind == AccountKind::Ccr => ccr::strip(model),
+            None => model,
+        }
+    }
+
+    /// The live token cell of a `claude-oauth` account.
+    pub fn oauth(&self) -> Option<&Arc<crate::providers::anthropic_oauth::tokens::TokenCell>> {
+        match &self.credential {
+            Credential::OAuth(cell) => Some(cell),
+            _ => None,
+        }
     }
 
     /// Whether a key binding (`name` or `group:<name>`) designates this account.
@@ -205,7 +220,7 @@ pub struct AccountSpec {
     pub name: Arc<str>,
     pub kind: AccountKind,
     pub base: UpstreamBase,
-    pub auth: (HeaderName, HeaderValue),
+    pub credential: Credential,
     pub priority: u32,
     pub enabled: bool,
     pub models: Option<Vec<String>>,
@@ -218,7 +233,6 @@ pub struct AccountSpec {
     pub quota_reset_minute: u32,
     pub weight: u32,
     pub cooldowns: HashMap<CooldownClass, std::time::Duration>,
-    pub oauth: Option<Arc<crate::providers::anthropic_oauth::tokens::TokenCell>>,
     pub tier_blacklist: Vec<String>,
 }
 
@@ -275,7 +289,7 @@ impl Scheduler {
                     name: s.name,
                     kind: s.kind,
                     base: s.base,
-                    auth: s.auth,
+                    credential: s.credential,
                     priority: s.priority,
                     enabled: s.enabled,
                     models: s.models.map(|m| m.into_iter().collect()),
@@ -290,7 +304,6 @@ impl Scheduler {
                     cooldowns: s.cooldowns,
                     dedicated: false,
                     rt,
-                    oauth: s.oauth,
                     tier_blacklist: s.tier_blacklist,
                 };
                 a.dedicated = bindings.iter().any(|b| a.matches_binding(b));
@@ -307,6 +320,7 @@ impl Scheduler {
                 enabled: a.enabled,
                 dedicated: a.dedicated,
                 needs_full_check: a.models.is_some() || !a.tier_blacklist.is_empty(),
+                ccr: a.kind == AccountKind::Ccr,
                 quota: a.daily_quota_nanos,
                 rt: a.rt.clone(),
             })
@@ -421,11 +435,12 @@ impl Scheduler {
         let mut best: Option<(usize, u64, u64)> = None; // (index, picks, stamp)
         let mut most_picks_per_weight: (u64, u64) = (0, 1);
         let mut best_priority = u32::MAX;
+        let for_ccr = ccr::is_ccr_model(req.model);
         for (i, h) in pool.hot.iter().enumerate() {
             if h.priority > best_priority {
                 break; // sorted by priority: nothing better follows
             }
-            if !h.enabled || (req.binding.is_none() && h.dedicated) {
+            if !h.enabled || (req.binding.is_none() && h.dedicated) || h.ccr != for_ccr {
                 continue;
             }
             if (h.needs_full_check || req.binding.is_some() || !req.tried.is_empty())
@@ -529,6 +544,8 @@ struct Hot {
     dedicated: bool,
     /// A model allowlist applies: check the full account.
     needs_full_check: bool,
+    /// A CCR account: it serves `ccr,` models, and only those.
+    ccr: bool,
     quota: Option<u64>,
     rt: Arc<AccountRuntime>,
 }
@@ -589,7 +606,7 @@ mod tests {
             name: name.into(),
             kind: AccountKind::ClaudeConsole,
             base: UpstreamBase::parse("http://127.0.0.1:1").unwrap(),
-            auth: (http::header::AUTHORIZATION, HeaderValue::from_static("Bearer x")),
+            credential: Credential::Header(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer x")),
             priority,
             enabled: true,
             models: models.map(|m| m.into_iter().map(String::from).collect()),
@@ -602,7 +619,6 @@ mod tests {
             quota_reset_minute: 0,
             weight: 1,
             cooldowns: HashMap::new(),
-            oauth: None,
             tier_blacklist: Vec::new(),
         }
     }
@@ -671,7 +687,7 @@ mod selection_tests {
             name: name.into(),
             kind: AccountKind::ClaudeConsole,
             base: UpstreamBase::parse("http://127.0.0.1:1").unwrap(),
-            auth: (http::header::AUTHORIZATION, HeaderValue::from_static("Bearer x")),
+            credential: Credential::Header(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer x")),
             priority: 1,
             enabled: true,
             models: None,
@@ -684,7 +700,6 @@ mod selection_tests {
             quota_reset_minute: 0,
             weight: 1,
             cooldowns: HashMap::new(),
-            oauth: None,
             tier_blacklist: Vec::new(),
         }
     }

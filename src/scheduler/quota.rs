@@ -114,7 +114,7 @@ pub async fn refresh(store: &dyn Store, snapshot: &ArcSwap<Snapshot>, metrics: &
 fn utilization(a: &crate::scheduler::Account) -> Vec<(&'static str, f64)> {
     let mut out = Vec::new();
     let headers = a.rt.unified();
-    let endpoint = a.oauth.as_ref().and_then(|c| c.usage());
+    let endpoint = a.oauth().and_then(|c| c.usage());
     for (window, from_headers, key) in [
         (
             "5h",

@@ -245,6 +245,8 @@ pub async fn accounts(store: &dyn Store) -> Check {
         weight: None,
         cooldowns: BTreeMap::new(),
         oauth: None,
+        region: None,
+        inference_profile: None,
         created_at: 1_700_000_000,
         extra,
     };

@@ -75,6 +75,10 @@ pub enum AccountKind {
     ClaudeConsole,
     /// A Claude subscription (Pro/Max) connected through Anthropic's OAuth flow.
     ClaudeOauth,
+    /// An Anthropic-compatible upstream (Claude Code Router and the like) for `ccr,` models.
+    Ccr,
+    /// AWS Bedrock: SigV4 credentials or a Bedrock API key, in one region.
+    Bedrock,
 }
 
 impl AccountKind {
@@ -82,6 +86,8 @@ impl AccountKind {
         match self {
             AccountKind::ClaudeConsole => "claude-console",
             AccountKind::ClaudeOauth => "claude-oauth",
+            AccountKind::Ccr => "ccr",
+            AccountKind::Bedrock => "bedrock",
         }
     }
 }
@@ -122,8 +128,8 @@ pub struct AccountRecord {
     pub name: String,
     pub kind: AccountKind,
     pub base_url: String,
-    /// The sealed credential (for `claude-console`, the API key; for `claude-oauth`, the token
-    /// pair as JSON).
+    /// The sealed credential (for `claude-console` and `ccr`, the API key; for `claude-oauth`,
+    /// the token pair as JSON; for `bedrock`, its keys or API key as JSON).
     pub secret: Sealed,
     /// Lower numbers are tried first.
     #[serde(default = "default_priority")]
@@ -155,6 +161,12 @@ pub struct AccountRecord {
     /// Token state of a `claude-oauth` account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth: Option<OAuthMeta>,
+    /// The AWS region of a `bedrock` account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The inference profile of a `bedrock` account (default: the region's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_profile: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
     #[serde(default, flatten)]

@@ -17,6 +17,31 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Call, PrepareError, Prepared, Provider, ProviderEnv, Target, Wire, anthropic, request};
+
+/// The provider of `claude-oauth` accounts: the Anthropic wire with the live bearer token and the
+/// OAuth beta flag.
+pub struct OAuth;
+
+impl Provider for OAuth {
+    fn wire(&self) -> Wire {
+        Wire::AnthropicMessages
+    }
+
+    fn prepare(&self, env: &ProviderEnv, call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, PrepareError> {
+        if target.live.is_none() {
+            return Err(PrepareError("the OAuth account has no live token".into()));
+        }
+        let mut prepared = anthropic::prepare(call, target)?;
+        request::merge_beta(&mut prepared.head, &env.oauth_beta)?;
+        Ok(prepared)
+    }
+
+    fn observe(&self, headers: &http::HeaderMap, now_s: i64) -> Option<anthropic::UnifiedLimits> {
+        anthropic::UnifiedLimits::from_headers(headers, now_s)
+    }
+}
+
 /// The token pair, sealed as JSON in the account record's `secret`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenPair {

@@ -206,7 +206,7 @@ impl OAuthTokens {
 
     /// The token a request should use now: the live one, or a refreshed one when it expired.
     pub async fn credential(self: &Arc<Self>, account: &Arc<Account>) -> Result<Arc<Live>, TokenError> {
-        let Some(cell) = &account.oauth else {
+        let Some(cell) = account.oauth() else {
             return Err(TokenError::NoRefreshToken);
         };
         let live = cell.live();
@@ -237,7 +237,7 @@ impl OAuthTokens {
     }
 
     async fn refresh_now(&self, account: &Account, stale_issued_at: i64) -> Result<Arc<Live>, TokenError> {
-        let Some(cell) = account.oauth.as_deref() else {
+        let Some(cell) = account.oauth().map(|c| &**c) else {
             return Err(TokenError::NoRefreshToken);
         };
         let _local = cell.refresh.lock().await;
@@ -465,7 +465,7 @@ impl OAuthTokens {
             return;
         }
         for account in snap.pool.all() {
-            let Some(cell) = &account.oauth else { continue };
+            let Some(cell) = account.oauth() else { continue };
             let now = now_ms();
             if !account.enabled
                 || account

@@ -1,0 +1,99 @@
+//! The Anthropic Messages wire, shared by every account kind that speaks it (Console, OAuth,
+//! CCR): the request as the client sent it, on the account's base URL, with the account's
+//! credential; and the `anthropic-ratelimit-unified-*` headers of its answers.
+
+use serde::Serialize;
+
+use super::{Call, Operation, PrepareError, Prepared, ResponseKind, Target, request};
+
+impl Operation {
+    /// The Anthropic API path of the operation.
+    pub fn anthropic_path(self) -> &'static str {
+        match self {
+            Operation::Messages => "/v1/messages",
+            Operation::CountTokens => "/v1/messages/count_tokens",
+        }
+    }
+}
+
+/// The request for an Anthropic-compatible upstream: the client's path under the account's base
+/// URL, its query and headers (cleaned), the account's credential header.
+pub fn prepare(call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, PrepareError> {
+    let path = target.base.path_and_query(call.op.anthropic_path(), call.query);
+    let auth = match (target.live, target.credential) {
+        (Some(live), _) => Some((http::header::AUTHORIZATION, live.clone())),
+        (None, super::Credential::Header(name, value)) => Some((name.clone(), value.clone())),
+        (None, _) => {
+            return Err(PrepareError(
+                "the account has no credential for the Anthropic API".into(),
+            ));
+        }
+    };
+    let head = request::upstream_request(
+        call.client,
+        &path,
+        &target.base.host_header,
+        auth.as_ref(),
+        call.body.len(),
+    )?;
+    Ok(Prepared {
+        head,
+        body: call.body.clone(),
+        response: ResponseKind::Anthropic,
+        wire_model: None,
+    })
+}
+
+/// The latest `anthropic-ratelimit-unified-*` headers an account's upstream sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UnifiedLimits {
+    /// `allowed`, `allowed_warning`, `rejected`, … (opaque).
+    pub status: Option<String>,
+    /// Unix seconds.
+    pub reset: Option<i64>,
+    pub representative_claim: Option<String>,
+    pub five_hour_utilization: Option<f64>,
+    pub five_hour_reset: Option<i64>,
+    pub seven_day_utilization: Option<f64>,
+    pub seven_day_reset: Option<i64>,
+    /// Unix seconds when these were seen.
+    pub seen_at: i64,
+}
+
+impl UnifiedLimits {
+    /// Reads the unified headers; `None` when the answer carries none.
+    pub fn from_headers(h: &http::HeaderMap, now_s: i64) -> Option<UnifiedLimits> {
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
+        let num = |n: &str| get(n).and_then(|v| v.parse::<f64>().ok());
+        let int = |n: &str| get(n).and_then(|v| v.parse::<f64>().ok()).map(|v| v as i64);
+        let u = UnifiedLimits {
+            status: get("anthropic-ratelimit-unified-status"),
+            reset: int("anthropic-ratelimit-unified-reset"),
+            representative_claim: get("anthropic-ratelimit-unified-representative-claim"),
+            five_hour_utilization: num("anthropic-ratelimit-unified-5h-utilization"),
+            five_hour_reset: int("anthropic-ratelimit-unified-5h-reset"),
+            seven_day_utilization: num("anthropic-ratelimit-unified-7d-utilization"),
+            seven_day_reset: int("anthropic-ratelimit-unified-7d-reset"),
+            seen_at: now_s,
+        };
+        let any = u.status.is_some() || u.reset.is_some() || u.five_hour_utilization.is_some();
+        any.then_some(u)
+    }
+
+    /// The window is exhausted and the upstream announced when it reopens (Unix seconds).
+    pub fn exhausted_until(&self, now_s: i64) -> Option<i64> {
+        if self.status.as_deref() != Some("rejected") {
+            return None;
+        }
+        self.reset.filter(|r| *r > now_s)
+    }
+
+    /// The model family the binding window covers, when it is family-scoped.
+    pub fn family(&self) -> Option<String> {
+        let claim = self.representative_claim.as_deref()?;
+        ["opus", "sonnet"]
+            .into_iter()
+            .find(|f| claim.ends_with(f))
+            .map(String::from)
+    }
+}
