@@ -5,9 +5,9 @@
 //! body facts, dispatch, streaming); `providers` knows how each upstream kind is addressed and
 //! authenticated; `scheduler` picks accounts; `store` persists state; `usage` turns tokens into
 //! money and statistics; `admin` serves the management API; `metrics` the Prometheus registry.
-//! Leaves that every layer may use: `lifecycle` (whether the process is handing over), `net`
-//! (client addresses behind trusted proxies), `logging` (redacted log output), `private_fs`
-//! (files only the relay's user may read).
+//! Leaves that every layer may use: `lifecycle` (whether the process is handing over, the
+//! shutdown token, the owner of every background task), `net` (client addresses behind trusted
+//! proxies), `logging` (redacted log output), `private_fs` (files only the relay's user may read).
 
 pub mod admin;
 pub mod config;
