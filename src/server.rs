@@ -2,9 +2,11 @@
 //! the snapshot and its reloads, the statistics writer, and the Pingora server with the relay
 //! listener and the admin service.
 //!
-//! The store and the statistics writer live on a small runtime of their own that outlives
-//! Pingora's services, so usage recorded while the server shuts down (requests cut at the end of
-//! the grace period settle when their tasks are dropped) is still written after `run` returns.
+//! The store, the statistics writer and every background task live on a small runtime of their
+//! own that outlives Pingora's services, so usage recorded while the server shuts down (requests
+//! cut at the end of the grace period settle when their tasks are dropped) is still written after
+//! `run` returns. The background tasks belong to one [`Tasks`] owner, stopped once the server
+//! has; the statistics are written last.
 //!
 //! Zero-downtime upgrade (`--upgrade`): see [`handover`].
 
@@ -23,6 +25,7 @@ use pingora::services::background::background_service;
 
 use crate::admin::{AdminService, AdminState, Credentials};
 use crate::config::{Config, StoreBackend};
+use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::proxy::{Peers, Relay, RelayProxy};
@@ -151,6 +154,7 @@ pub fn admin_credentials(config: &Config) -> Result<Credentials> {
 async fn open_store(
     config: &Config,
     upgrade: bool,
+    tasks: &Tasks,
 ) -> Result<(Arc<dyn Store>, Option<Arc<crate::store::embedded::EmbeddedStore>>)> {
     Ok(match config.store.backend {
         StoreBackend::Embedded => {
@@ -166,7 +170,7 @@ async fn open_store(
         }
         StoreBackend::Redis => {
             let url = config.store.url.clone().unwrap_or_default();
-            let store = crate::store::redis::RedisStore::connect_with_prefix(&url, &config.store.prefix)
+            let store = crate::store::redis::RedisStore::connect_owned(&url, &config.store.prefix, tasks)
                 .await
                 .context("cannot connect to Redis (store.url)")?;
             (Arc::new(store), None)
@@ -214,6 +218,10 @@ async fn exit_when_drained(
     std::process::exit(0);
 }
 
+/// How long the background tasks get to stop once the server has (loops stop at once; this is
+/// for work such as an upgrade's hand-over of the store).
+const TASKS_STOP_WAIT: Duration = Duration::from_secs(15);
+
 /// Runs the relay until a shutdown signal; returns after the final statistics flush.
 pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let config = Arc::new(config);
@@ -243,6 +251,8 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the store runtime")?;
+    // Every background task runs there too, owned by `tasks`.
+    let tasks = Tasks::new(store_rt.handle().clone());
     // The Pingora server comes before the store: with `upgrade`, bootstrap waits on
     // `upgrade_sock` for the listening sockets of the running process, which releases the
     // embedded store only after it has sent them.
@@ -278,7 +288,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     };
     let admin_handle = admin_listener.try_clone().ok();
 
-    let (store, embedded) = store_rt.block_on(open_store(&config, upgrade))?;
+    let (store, embedded) = store_rt.block_on(open_store(&config, upgrade, &tasks))?;
     if let Some(dir) = config.store.path.as_deref().filter(|d| *d != config.data_dir)
         && config.store.backend == StoreBackend::Embedded
     {
@@ -293,7 +303,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let coord: Arc<dyn crate::store::coord::Coordination> = store
         .coordination()
         .unwrap_or_else(|| Arc::new(crate::store::coord::MemoryCoordination::new()));
-    let leases = crate::leases::Leases::new(coord.clone());
+    let leases = crate::leases::Leases::new(coord.clone(), tasks.clone());
     let oauth = Arc::new(OAuthTokens::new(
         config.clone(),
         secrets.clone(),
@@ -301,6 +311,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         coord.clone(),
         scheduler.clone(),
         metrics.clone(),
+        tasks.clone(),
     ));
     let reloader = Reloader {
         config: config.clone(),
@@ -314,10 +325,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     store_rt
         .block_on(reloader.reload())
         .context("reloading keys and accounts")?;
-    store_rt.spawn(reloader.clone().follow());
+    tasks.spawn_loop("snapshot reloads", reloader.clone().follow());
     if store.backend() == "embedded" {
         let s = store.clone();
-        store_rt.spawn(async move {
+        tasks.spawn_loop("expired usage purge", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 tick.tick().await;
@@ -356,7 +367,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
                     ))
                     .context("cannot connect to Redis for the key limits (store.url)")?,
             );
-            store_rt.spawn(redis_limits.clone().renew_forever());
+            tasks.spawn_loop("key concurrency slot renewal", redis_limits.clone().renew_forever());
             redis_limits
         }
         StoreBackend::Embedded => Arc::new(
@@ -384,6 +395,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         coord: coord.clone(),
         leases: leases.clone(),
         oauth: oauth.clone(),
+        tasks: tasks.clone(),
         cooldowns: config
             .scheduler
             .cooldowns
@@ -391,13 +403,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             .filter_map(|(k, d)| crate::scheduler::CooldownClass::parse_key(k).ok().map(|c| (c, d.0)))
             .collect(),
     });
-    store_rt.spawn(leases.renew_forever());
-    store_rt.spawn(oauth.clone().run(snapshot.clone()));
-    store_rt.spawn(crate::scheduler::quota::refresh_forever(
-        store.clone(),
-        snapshot.clone(),
-        metrics.clone(),
-    ));
+    tasks.spawn_loop("concurrency lease renewal", leases.renew_forever());
+    tasks.spawn_loop("oauth token checks", oauth.clone().run(snapshot.clone()));
+    tasks.spawn_loop(
+        "account quota refresh",
+        crate::scheduler::quota::refresh_forever(store.clone(), snapshot.clone(), metrics.clone()),
+    );
 
     let limits = crate::proxy::ConnLimits {
         request_head: config.timeouts.request_head.0,
@@ -429,31 +440,40 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         pricing,
         credentials: Arc::new(credentials),
         login_limiter: Default::default(),
-        store_rt: store_rt.handle().clone(),
+        tasks: tasks.clone(),
     };
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
     server.add_service(admin);
 
-    store_rt.spawn(handover::follow(
-        server.watch_execution_phase(),
-        handover::Handover {
-            stats: stats_control,
-            embedded,
-            admin_listener: admin_handle,
-            pid_file: pid_file(&config),
-            upgrade_sock: config.upgrade_sock.clone(),
-        },
-    ));
-    store_rt.spawn(exit_when_drained(
-        server.watch_execution_phase(),
-        metrics.in_flight.clone(),
-        stats_stop.clone(),
-    ));
+    // Not cut at shutdown: it may be handing the store over.
+    tasks.spawn_work(
+        "upgrade hand-over",
+        handover::follow(
+            server.watch_execution_phase(),
+            handover::Handover {
+                stats: stats_control,
+                embedded,
+                admin_listener: admin_handle,
+                pid_file: pid_file(&config),
+                upgrade_sock: config.upgrade_sock.clone(),
+            },
+        ),
+    );
+    tasks.spawn_loop(
+        "exit when drained",
+        exit_when_drained(
+            server.watch_execution_phase(),
+            metrics.in_flight.clone(),
+            stats_stop.clone(),
+        ),
+    );
 
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, store = store.backend(), "claude-relay starting");
     server.run(RunArgs::default());
 
-    tracing::info!("server stopped; writing the last usage statistics");
+    tracing::info!("server stopped; stopping the background tasks");
+    store_rt.block_on(tasks.shutdown(TASKS_STOP_WAIT));
+    tracing::info!("writing the last usage statistics");
     let stop = stats_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(stop) = stop {
         store_rt.block_on(stop.stop());

@@ -386,7 +386,7 @@ impl Drop for InFlightOn {
 fn mark_account(relay: &Relay, account: &Account, health: AccountHealth) {
     relay
         .scheduler
-        .mark_shared(account, health, relay.coord.clone(), relay.store.clone());
+        .mark_shared(account, health, relay.coord.clone(), relay.store.clone(), &relay.tasks);
 }
 
 async fn replay_refusal(

@@ -63,6 +63,8 @@ pub struct Relay {
     pub oauth: Arc<crate::providers::anthropic_oauth::tokens::OAuthTokens>,
     /// This process's mark in the `x-relay-hops` header of the requests it sends upstream.
     pub hop_id: String,
+    /// The owner of background work (the shared write of an account's health).
+    pub tasks: crate::lifecycle::Tasks,
 }
 
 /// The Pingora service.
