@@ -4,13 +4,15 @@
 //!
 //! The store, the statistics writer and every background task live on a small runtime of their
 //! own that outlives Pingora's services, so usage recorded while the server shuts down (requests
-//! cut at the end of the grace period settle when their tasks are dropped) is still written after
-//! `run` returns. The background tasks belong to one [`Tasks`] owner, stopped once the server
-//! has; the statistics are written last.
+//! cut at the end of the grace period settle when their tasks are dropped) is still written
+//! before `run` returns. The background tasks belong to one [`Tasks`] owner, stopped once the
+//! server has; the statistics are written last.
 //!
-//! Zero-downtime upgrade (`--upgrade`): see [`handover`].
+//! Shutdown (SIGTERM, SIGINT): see [`shutdown`]. Zero-downtime upgrade (`--upgrade`, SIGQUIT):
+//! see [`handover`].
 
 mod handover;
+mod shutdown;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -182,45 +184,11 @@ fn check_bindable(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener>
     std::net::TcpListener::bind(addr).context(format!("cannot listen on {addr} ({what})"))
 }
 
-/// Pingora's graceful shutdown (SIGTERM) closes the listeners, then sleeps the whole grace period
-/// before stopping its runtimes, even when nothing is in flight. This watches for the grace period
-/// and, as soon as no request is in flight, writes the last statistics and exits, so an idle relay
-/// stops at once while a busy one still gets the full grace period.
-async fn exit_when_drained(
-    mut phases: tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>,
-    in_flight: prometheus::IntGauge,
-    stats_stop: Arc<std::sync::Mutex<Option<crate::usage::stats::StatsStop>>>,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match phases.recv().await {
-            Ok(pingora::server::ExecutionPhase::ShutdownGracePeriod) => break,
-            Ok(_) | Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        }
-    }
-    tracing::info!(
-        in_flight = in_flight.get(),
-        "graceful shutdown: waiting for in-flight requests"
-    );
-    let mut idle_checks = 0;
-    while idle_checks < 3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        idle_checks = if in_flight.get() <= 0 { idle_checks + 1 } else { 0 };
-    }
-    tracing::info!("graceful shutdown: nothing in flight; writing the last usage statistics");
-    let stop = stats_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(stop) = stop {
-        stop.stop().await;
-    }
-    handover::remove_pid_file();
-    tracing::info!("claude-relay stopped");
-    std::process::exit(0);
-}
-
 /// How long the background tasks get to stop once the server has (loops stop at once; this is
 /// for work such as an upgrade's hand-over of the store).
 const TASKS_STOP_WAIT: Duration = Duration::from_secs(15);
+/// How long requests cut at shutdown get to settle (their tasks are dropped on Pingora's threads).
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the relay until a shutdown signal; returns after the final statistics flush.
 pub fn run(config: Config, upgrade: bool) -> Result<()> {
@@ -258,6 +226,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     // embedded store only after it has sent them.
     let conf = ServerConf {
         threads: config.threads,
+        // Pingora sleeps this long only after an upgrade's hand-over (see `shutdown`).
         grace_period_seconds: Some(config.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: 512,
@@ -345,7 +314,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .with_spool_dir(config.data_dir.join("spool"))
         .start(store_rt.handle());
     let stats_control = stats_stop.clone();
-    let stats_stop = Arc::new(std::sync::Mutex::new(Some(stats_stop)));
 
     let keys = Arc::new(SnapshotKeys {
         secrets: secrets.clone(),
@@ -428,7 +396,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         pingora::listeners::ListenerConfig::tcp(config.listen.to_string())
             .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
     );
-    server.add_service(proxy);
+    // SIGTERM closes the listeners through this switch (see `shutdown`).
+    let switch = shutdown::Switch::new();
+    server.add_service(switch.wrap(proxy));
 
     let admin_state = AdminState {
         config: config.clone(),
@@ -443,7 +413,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         tasks: tasks.clone(),
     };
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
-    server.add_service(admin);
+    server.add_service(switch.wrap(admin));
 
     // Not cut at shutdown: it may be handing the store over.
     tasks.spawn_work(
@@ -459,27 +429,48 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             },
         ),
     );
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
     tasks.spawn_loop(
-        "exit when drained",
-        exit_when_drained(
+        "end of the grace period after a hand-over",
+        shutdown::end_grace_when_drained(
             server.watch_execution_phase(),
             metrics.in_flight.clone(),
-            stats_stop.clone(),
+            config.shutdown_grace,
+            stopped_tx.clone(),
         ),
     );
+    let signals = {
+        let _rt = store_rt.enter();
+        shutdown::Signals::register(switch, metrics.in_flight.clone(), config.shutdown_grace)
+            .context("cannot listen for signals")?
+    };
 
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, store = store.backend(), "claude-relay starting");
-    server.run(RunArgs::default());
+    // The server runs on a thread of its own: after an upgrade's hand-over Pingora sleeps the
+    // whole grace period there, and `run` returns as soon as nothing is in flight instead.
+    let server_thread = std::thread::Builder::new()
+        .name("relay-server".into())
+        .spawn(move || {
+            // Tells `run` when the server stops, also by a panic.
+            let _stopped = shutdown::SendOnDrop(stopped_tx, shutdown::Stopped::Server);
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signals),
+            });
+        })
+        .context("cannot start the server thread")?;
+    let why = stopped.recv().unwrap_or(shutdown::Stopped::Server);
+    if why == shutdown::Stopped::Server && server_thread.join().is_err() {
+        tracing::error!("the server thread panicked");
+    }
 
-    tracing::info!("server stopped; stopping the background tasks");
+    tracing::info!(reason = ?why, "server stopped; stopping the background tasks");
+    store_rt.block_on(shutdown::wait_settled(&metrics.in_flight, SETTLE_WAIT));
     store_rt.block_on(tasks.shutdown(TASKS_STOP_WAIT));
     tracing::info!("writing the last usage statistics");
-    let stop = stats_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(stop) = stop {
-        store_rt.block_on(stop.stop());
-    }
+    store_rt.block_on(stats_stop.stop());
     store_rt.shutdown_timeout(Duration::from_secs(5));
     handover::remove_pid_file();
+    tracing::info!("claude-relay stopped");
     Ok(())
 }
 
