@@ -1,11 +1,87 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit and property tests, the store contract on the embedded store
-# and on a real Redis (127.0.0.1:6379, or RELAY_TEST_REDIS_URL), the integration tests that run
-# the real binary against mock upstreams, and the schemathesis run against the admin API (its
-# pinned version is installed into $HOME/.cache/claude-relay/venv first when missing, unless
-# RELAY_SCHEMATHESIS names an `st` binary).
+# and on a real Redis, the integration tests that run the real binary against mock upstreams, and
+# the schemathesis run against the admin API (its pinned version is installed into
+# $HOME/.cache/claude-relay/venv first when missing, unless RELAY_SCHEMATHESIS names an `st`
+# binary).
+#
+# Redis: the tests use the Redis at RELAY_TEST_REDIS_URL (default redis://127.0.0.1:6379/) when
+# one answers there. When none does (a fresh machine), or with RELAY_TEST_REDIS=private, this
+# script starts a private redis-server (no persistence, in a temporary directory) on a free port,
+# points RELAY_TEST_REDIS_URL at it for the tests, and stops it when it exits. redis-server is
+# installed with apt-get when missing (some tests start Redis servers of their own too).
+# Pointing RELAY_TEST_REDIS_URL at a port where nothing listens therefore runs the suite as on a
+# machine without Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null; then
+  echo "test.sh: redis-server is needed by the Redis tests; installing it with apt-get" >&2
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  # A failed install is reported by the tests that need Redis; the other tests still run.
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null; } ||
+    echo "test.sh: redis-server could not be installed; the Redis tests will fail" >&2
+fi
+
+# Whether a Redis answers PING at the URL $1.
+redis_answers() {
+  local url=$1
+  if command -v redis-cli >/dev/null; then
+    timeout 3 redis-cli -u "$url" ping 2>/dev/null | grep -q PONG
+    return
+  fi
+  # Without redis-cli: host and port from redis://[user[:password]@]host[:port][/db].
+  local rest=${url#*://}
+  rest=${rest##*@}
+  rest=${rest%%/*}
+  local host=${rest%:*} port=6379
+  [ "$host" != "$rest" ] && port=${rest##*:}
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" && printf "PING\r\n" >&3 && head -c 5 <&3' "$host" "$port" 2>/dev/null |
+    grep -Eq '^(\+PONG|-NOAU)'
+}
+
+redis_url=${RELAY_TEST_REDIS_URL:-redis://127.0.0.1:6379/}
+if [ "${RELAY_TEST_REDIS:-}" != private ] && redis_answers "$redis_url"; then
+  echo "test.sh: the Redis tests use the Redis at $redis_url" >&2
+else
+  [ "${RELAY_TEST_REDIS:-}" = private ] || echo "test.sh: no Redis answers at $redis_url; starting a private one" >&2
+  redis_dir=$(mktemp -d "${TMPDIR:-/tmp}/relay-test-redis.XXXXXX")
+  redis_pid=""
+  stop_redis() {
+    if [ -n "$redis_pid" ]; then
+      kill "$redis_pid" 2>/dev/null || true
+      wait "$redis_pid" 2>/dev/null || true
+    fi
+    rm -rf "$redis_dir"
+  }
+  trap stop_redis EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  for _ in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 40000))
+    # Taken ports answer (or refuse differently); a free one refuses the connection.
+    if timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$port" 2>/dev/null; then continue; fi
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+      --dir "$redis_dir" --logfile "$redis_dir/redis.log" &
+    redis_pid=$!
+    for _ in $(seq 1 50); do
+      if redis_answers "redis://127.0.0.1:$port/"; then break 2; fi
+      kill -0 "$redis_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=""
+  done
+  if [ -z "$redis_pid" ]; then
+    echo "test.sh: could not start a private redis-server; the Redis tests will fail" >&2
+    cat "$redis_dir/redis.log" >&2 2>/dev/null || true
+  else
+    export RELAY_TEST_REDIS_URL="redis://127.0.0.1:$port/"
+    echo "test.sh: the Redis tests use a private redis-server at $RELAY_TEST_REDIS_URL (pid $redis_pid)" >&2
+  fi
+fi
+
 if [ -z "${RELAY_SCHEMATHESIS:-}" ]; then
   # A failed install is reported by the test that needs it; the other tests still run.
   ./scripts/install-schemathesis.sh || echo "test.sh: schemathesis could not be installed; tests/admin_schemathesis.rs will fail" >&2

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::lifecycle::Tasks;
 use crate::store::coord::Coordination;
 
 /// Lifetime of a lease without renewal.
@@ -18,13 +19,16 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(20);
 pub struct Leases {
     coord: Arc<dyn Coordination>,
     held: Mutex<HashSet<(String, String)>>,
+    /// Where releases run: on a runtime that outlives the request's, as work shutdown waits for.
+    tasks: Tasks,
 }
 
 impl Leases {
-    pub fn new(coord: Arc<dyn Coordination>) -> Arc<Self> {
+    pub fn new(coord: Arc<dyn Coordination>, tasks: Tasks) -> Arc<Self> {
         Arc::new(Leases {
             coord,
             held: Mutex::new(HashSet::new()),
+            tasks,
         })
     }
 
@@ -52,7 +56,7 @@ impl Leases {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Renews every held lease; runs until the task is dropped.
+    /// Renews every held lease; runs until the task is dropped (at shutdown).
     pub async fn renew_forever(self: Arc<Self>) {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -84,16 +88,17 @@ impl Drop for LeaseGuard {
         let key = (std::mem::take(&mut self.scope), std::mem::take(&mut self.holder));
         self.leases.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         let coord = self.leases.coord.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn(async move {
-                    if let Err(e) = coord.lease_release(&key.0, &key.1).await {
-                        // The lease expires by itself after LEASE_TTL.
-                        tracing::warn!(error = %e, scope = %key.0, "releasing a concurrency lease failed");
-                    }
-                });
-            }
-            Err(_) => tracing::warn!(scope = %key.0, "lease dropped outside a runtime; it will expire by itself"),
+        let tasks = &self.leases.tasks;
+        if !tasks.can_spawn() {
+            tracing::warn!(scope = %key.0, "lease dropped outside a runtime; it will expire by itself");
+            return;
         }
+        // Also for a request cut at shutdown, whose own runtime is going away.
+        drop(tasks.spawn_work("concurrency lease release", async move {
+            if let Err(e) = coord.lease_release(&key.0, &key.1).await {
+                // The lease expires by itself after LEASE_TTL.
+                tracing::warn!(error = %e, scope = %key.0, "releasing a concurrency lease failed");
+            }
+        }));
     }
 }

@@ -7,9 +7,9 @@
 //! money and statistics; `admin` serves the management API; `metrics` the Prometheus registry.
 //! `wire` frames what an upstream sends on its own wire (AWS event-stream for Bedrock), and
 //! `convert` translates between that wire and the client's dialect.
-//! Leaves that every layer may use: `lifecycle` (whether the process is handing over), `net`
-//! (client addresses behind trusted proxies), `logging` (redacted log output), `private_fs`
-//! (files only the relay's user may read).
+//! Leaves that every layer may use: `lifecycle` (whether the process is handing over, the
+//! shutdown token, the owner of every background task), `net` (client addresses behind trusted
+//! proxies), `logging` (redacted log output), `private_fs` (files only the relay's user may read).
 
 pub mod admin;
 pub mod config;

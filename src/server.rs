@@ -2,13 +2,17 @@
 //! the snapshot and its reloads, the statistics writer, and the Pingora server with the relay
 //! listener and the admin service.
 //!
-//! The store and the statistics writer live on a small runtime of their own that outlives
-//! Pingora's services, so usage recorded while the server shuts down (requests cut at the end of
-//! the grace period settle when their tasks are dropped) is still written after `run` returns.
+//! The store, the statistics writer and every background task live on a small runtime of their
+//! own that outlives Pingora's services, so usage recorded while the server shuts down (requests
+//! cut at the end of the grace period settle when their tasks are dropped) is still written
+//! before `run` returns. The background tasks belong to one [`Tasks`] owner, stopped once the
+//! server has; the statistics are written last.
 //!
-//! Zero-downtime upgrade (`--upgrade`): see [`handover`].
+//! Shutdown (SIGTERM, SIGINT): see [`shutdown`]. Zero-downtime upgrade (`--upgrade`, SIGQUIT):
+//! see [`handover`].
 
 mod handover;
+mod shutdown;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +27,7 @@ use pingora::services::background::background_service;
 
 use crate::admin::{AdminService, AdminState, Credentials};
 use crate::config::{Config, StoreBackend};
+use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::proxy::{Peers, Relay, RelayProxy};
@@ -151,6 +156,7 @@ pub fn admin_credentials(config: &Config) -> Result<Credentials> {
 async fn open_store(
     config: &Config,
     upgrade: bool,
+    tasks: &Tasks,
 ) -> Result<(Arc<dyn Store>, Option<Arc<crate::store::embedded::EmbeddedStore>>)> {
     Ok(match config.store.backend {
         StoreBackend::Embedded => {
@@ -166,7 +172,7 @@ async fn open_store(
         }
         StoreBackend::Redis => {
             let url = config.store.url.clone().unwrap_or_default();
-            let store = crate::store::redis::RedisStore::connect_with_prefix(&url, &config.store.prefix)
+            let store = crate::store::redis::RedisStore::connect_owned(&url, &config.store.prefix, tasks)
                 .await
                 .context("cannot connect to Redis (store.url)")?;
             (Arc::new(store), None)
@@ -178,41 +184,11 @@ fn check_bindable(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener>
     std::net::TcpListener::bind(addr).context(format!("cannot listen on {addr} ({what})"))
 }
 
-/// Pingora's graceful shutdown (SIGTERM) closes the listeners, then sleeps the whole grace period
-/// before stopping its runtimes, even when nothing is in flight. This watches for the grace period
-/// and, as soon as no request is in flight, writes the last statistics and exits, so an idle relay
-/// stops at once while a busy one still gets the full grace period.
-async fn exit_when_drained(
-    mut phases: tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>,
-    in_flight: prometheus::IntGauge,
-    stats_stop: Arc<std::sync::Mutex<Option<crate::usage::stats::StatsStop>>>,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match phases.recv().await {
-            Ok(pingora::server::ExecutionPhase::ShutdownGracePeriod) => break,
-            Ok(_) | Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        }
-    }
-    tracing::info!(
-        in_flight = in_flight.get(),
-        "graceful shutdown: waiting for in-flight requests"
-    );
-    let mut idle_checks = 0;
-    while idle_checks < 3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        idle_checks = if in_flight.get() <= 0 { idle_checks + 1 } else { 0 };
-    }
-    tracing::info!("graceful shutdown: nothing in flight; writing the last usage statistics");
-    let stop = stats_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(stop) = stop {
-        stop.stop().await;
-    }
-    handover::remove_pid_file();
-    tracing::info!("claude-relay stopped");
-    std::process::exit(0);
-}
+/// How long the background tasks get to stop once the server has (loops stop at once; this is
+/// for work such as an upgrade's hand-over of the store).
+const TASKS_STOP_WAIT: Duration = Duration::from_secs(15);
+/// How long requests cut at shutdown get to settle (their tasks are dropped on Pingora's threads).
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the relay until a shutdown signal; returns after the final statistics flush.
 pub fn run(config: Config, upgrade: bool) -> Result<()> {
@@ -243,11 +219,14 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the store runtime")?;
+    // Every background task runs there too, owned by `tasks`.
+    let tasks = Tasks::new(store_rt.handle().clone());
     // The Pingora server comes before the store: with `upgrade`, bootstrap waits on
     // `upgrade_sock` for the listening sockets of the running process, which releases the
     // embedded store only after it has sent them.
     let conf = ServerConf {
         threads: config.threads,
+        // Pingora sleeps this long only after an upgrade's hand-over (see `shutdown`).
         grace_period_seconds: Some(config.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: 512,
@@ -278,7 +257,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     };
     let admin_handle = admin_listener.try_clone().ok();
 
-    let (store, embedded) = store_rt.block_on(open_store(&config, upgrade))?;
+    let (store, embedded) = store_rt.block_on(open_store(&config, upgrade, &tasks))?;
     if let Some(dir) = config.store.path.as_deref().filter(|d| *d != config.data_dir)
         && config.store.backend == StoreBackend::Embedded
     {
@@ -293,7 +272,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let coord: Arc<dyn crate::store::coord::Coordination> = store
         .coordination()
         .unwrap_or_else(|| Arc::new(crate::store::coord::MemoryCoordination::new()));
-    let leases = crate::leases::Leases::new(coord.clone());
+    let leases = crate::leases::Leases::new(coord.clone(), tasks.clone());
     let oauth = Arc::new(OAuthTokens::new(
         config.clone(),
         secrets.clone(),
@@ -301,6 +280,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         coord.clone(),
         scheduler.clone(),
         metrics.clone(),
+        tasks.clone(),
     ));
     let reloader = Reloader {
         config: config.clone(),
@@ -314,10 +294,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     store_rt
         .block_on(reloader.reload())
         .context("reloading keys and accounts")?;
-    store_rt.spawn(reloader.clone().follow());
+    tasks.spawn_loop("snapshot reloads", reloader.clone().follow());
     if store.backend() == "embedded" {
         let s = store.clone();
-        store_rt.spawn(async move {
+        tasks.spawn_loop("expired usage purge", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 tick.tick().await;
@@ -334,7 +314,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .with_spool_dir(config.data_dir.join("spool"))
         .start(store_rt.handle());
     let stats_control = stats_stop.clone();
-    let stats_stop = Arc::new(std::sync::Mutex::new(Some(stats_stop)));
 
     let keys = Arc::new(SnapshotKeys {
         secrets: secrets.clone(),
@@ -356,7 +335,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
                     ))
                     .context("cannot connect to Redis for the key limits (store.url)")?,
             );
-            store_rt.spawn(redis_limits.clone().renew_forever());
+            tasks.spawn_loop("key concurrency slot renewal", redis_limits.clone().renew_forever());
             redis_limits
         }
         StoreBackend::Embedded => Arc::new(
@@ -397,10 +376,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
                 evidence_keys: config.scheduler.failover.evidence_keys as usize,
                 evidence_window: config.scheduler.failover.evidence_window.0,
             },
+            tasks: tasks.clone(),
         },
         coord: coord.clone(),
         leases: leases.clone(),
         oauth: oauth.clone(),
+        tasks: tasks.clone(),
         cooldowns: config
             .scheduler
             .cooldowns
@@ -408,13 +389,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             .filter_map(|(k, d)| crate::scheduler::CooldownClass::parse_key(k).ok().map(|c| (c, d.0)))
             .collect(),
     });
-    store_rt.spawn(leases.renew_forever());
-    store_rt.spawn(oauth.clone().run(snapshot.clone()));
-    store_rt.spawn(crate::scheduler::quota::refresh_forever(
-        store.clone(),
-        snapshot.clone(),
-        metrics.clone(),
-    ));
+    tasks.spawn_loop("concurrency lease renewal", leases.renew_forever());
+    tasks.spawn_loop("oauth token checks", oauth.clone().run(snapshot.clone()));
+    tasks.spawn_loop(
+        "account quota refresh",
+        crate::scheduler::quota::refresh_forever(store.clone(), snapshot.clone(), metrics.clone()),
+    );
 
     let limits = crate::proxy::ConnLimits {
         request_head: config.timeouts.request_head.0,
@@ -434,7 +414,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         pingora::listeners::ListenerConfig::tcp(config.listen.to_string())
             .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
     );
-    server.add_service(proxy);
+    // SIGTERM closes the listeners through this switch (see `shutdown`).
+    let switch = shutdown::Switch::new();
+    server.add_service(switch.wrap(proxy));
 
     let admin_state = AdminState {
         config: config.clone(),
@@ -446,37 +428,67 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         pricing,
         credentials: Arc::new(credentials),
         login_limiter: Default::default(),
-        store_rt: store_rt.handle().clone(),
+        tasks: tasks.clone(),
     };
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
-    server.add_service(admin);
+    server.add_service(switch.wrap(admin));
 
-    store_rt.spawn(handover::follow(
-        server.watch_execution_phase(),
-        handover::Handover {
-            stats: stats_control,
-            embedded,
-            admin_listener: admin_handle,
-            pid_file: pid_file(&config),
-            upgrade_sock: config.upgrade_sock.clone(),
-        },
-    ));
-    store_rt.spawn(exit_when_drained(
-        server.watch_execution_phase(),
-        metrics.in_flight.clone(),
-        stats_stop.clone(),
-    ));
+    // Not cut at shutdown: it may be handing the store over.
+    tasks.spawn_work(
+        "upgrade hand-over",
+        handover::follow(
+            server.watch_execution_phase(),
+            handover::Handover {
+                stats: stats_control,
+                embedded,
+                admin_listener: admin_handle,
+                pid_file: pid_file(&config),
+                upgrade_sock: config.upgrade_sock.clone(),
+            },
+        ),
+    );
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    tasks.spawn_loop(
+        "end of the grace period after a hand-over",
+        shutdown::end_grace_when_drained(
+            server.watch_execution_phase(),
+            metrics.in_flight.clone(),
+            config.shutdown_grace,
+            stopped_tx.clone(),
+        ),
+    );
+    let signals = {
+        let _rt = store_rt.enter();
+        shutdown::Signals::register(switch, metrics.in_flight.clone(), config.shutdown_grace)
+            .context("cannot listen for signals")?
+    };
 
     tracing::info!(listen = %config.listen, admin = %config.admin_listen, store = store.backend(), "claude-relay starting");
-    server.run(RunArgs::default());
-
-    tracing::info!("server stopped; writing the last usage statistics");
-    let stop = stats_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(stop) = stop {
-        store_rt.block_on(stop.stop());
+    // The server runs on a thread of its own: after an upgrade's hand-over Pingora sleeps the
+    // whole grace period there, and `run` returns as soon as nothing is in flight instead.
+    let server_thread = std::thread::Builder::new()
+        .name("relay-server".into())
+        .spawn(move || {
+            // Tells `run` when the server stops, also by a panic.
+            let _stopped = shutdown::SendOnDrop(stopped_tx, shutdown::Stopped::Server);
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signals),
+            });
+        })
+        .context("cannot start the server thread")?;
+    let why = stopped.recv().unwrap_or(shutdown::Stopped::Server);
+    if why == shutdown::Stopped::Server && server_thread.join().is_err() {
+        tracing::error!("the server thread panicked");
     }
+
+    tracing::info!(reason = ?why, "server stopped; stopping the background tasks");
+    store_rt.block_on(shutdown::wait_settled(&metrics.in_flight, SETTLE_WAIT));
+    store_rt.block_on(tasks.shutdown(TASKS_STOP_WAIT));
+    tracing::info!("writing the last usage statistics");
+    store_rt.block_on(stats_stop.stop());
     store_rt.shutdown_timeout(Duration::from_secs(5));
     handover::remove_pid_file();
+    tracing::info!("claude-relay stopped");
     Ok(())
 }
 

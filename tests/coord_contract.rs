@@ -22,7 +22,8 @@ async fn redis_coordination_passes_the_contract() {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "Redis is not reachable at {} ({e}); start one or set RELAY_TEST_REDIS_URL",
+                "Redis is not reachable at {} ({e}); start one, set RELAY_TEST_REDIS_URL, or run \
+                 ./scripts/test.sh (it starts a private one when none answers)",
                 redis_url()
             )
         });

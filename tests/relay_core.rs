@@ -593,6 +593,25 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed_for_what_was_seen(
     );
 }
 
+/// A relay that stopped the normal way: `main` returned 0 after the last statistics were written,
+/// and the pid file is gone.
+fn assert_stopped_cleanly(relay: &RelayProcess, status: std::process::ExitStatus) {
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", relay.log_text());
+    let log = relay.log_text();
+    let (flushed, stopped) = (
+        log.find("writing the last usage statistics"),
+        log.rfind("claude-relay stopped"),
+    );
+    assert!(
+        flushed.is_some() && flushed < stopped,
+        "no clean stop in the log:\n{log}"
+    );
+    assert!(
+        !relay.dir.path().join("data").join("claude-relay.pid").exists(),
+        "pid file left behind"
+    );
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_streams_keeps_their_usage_and_exits_once_drained() {
     let mock = MockUpstream::start().await;
@@ -620,14 +639,19 @@ async fn graceful_shutdown_finishes_streams_keeps_their_usage_and_exits_once_dra
         tokio::net::TcpStream::connect(("127.0.0.1", relay.port)).await.is_err(),
         "listener still open"
     );
+    assert!(relay.try_wait().is_none(), "exited with a stream in flight");
     let body = slow.await.unwrap();
+    let stream_done = t.elapsed();
     assert_eq!(
         &body[..],
         &stream_for("claude-sonnet-4-5", false)[..],
         "the in-flight stream completes"
     );
-    assert!(relay.wait().success());
-    assert!(t.elapsed() < Duration::from_secs(5), "exit took {:?}", t.elapsed());
+    let status = relay.wait();
+    let exited = t.elapsed();
+    assert_stopped_cleanly(&relay, status);
+    assert!(exited < Duration::from_secs(5), "exit took {exited:?}");
+    eprintln!("busy relay: stream done {stream_done:?} after SIGTERM, exit {exited:?} after SIGTERM");
     let totals = stored_totals(relay.dir.path()).await;
     let alice = &totals["config.alice"];
     assert_eq!((alice.requests, alice.input_tokens, alice.output_tokens), (1, 21, 7));
@@ -639,8 +663,84 @@ async fn an_idle_relay_stops_at_once_on_sigterm() {
     let mut relay = RelayProcess::start("shutdown_grace: 600s\n").await;
     let t = Instant::now();
     let status = relay.stop();
-    assert!(status.success(), "{status:?}");
+    let took = t.elapsed();
+    assert_stopped_cleanly(&relay, status);
+    eprintln!("idle relay: exit {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+}
+
+/// A stream still running at the end of the grace period is cut; the relay then exits 0 at once,
+/// and the usage the stream had shown (its `message_start`, the first 433 bytes) is written
+/// before it does.
+#[tokio::test]
+async fn a_stream_still_running_at_the_end_of_the_grace_period_is_cut_and_billed() {
+    let mock = MockUpstream::start().await;
+    let mut relay = relay_with(&mock, "shutdown_grace: 1s\n").await;
+    let mut r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("x-mock-stall-after", "600")
+        .body(BODY_STREAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    let t = Instant::now();
+    relay.signal("TERM");
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut n = 0;
+        while let Ok(Some(c)) = r.chunk().await {
+            n += c.len();
+        }
+        n
+    })
+    .await
+    .expect("the stalled stream was not cut");
+    let cut = t.elapsed();
+    let status = relay.wait();
+    let exited = t.elapsed();
+    assert_stopped_cleanly(&relay, status);
+    assert!(
+        cut >= Duration::from_millis(900),
+        "cut after {cut:?}, before the grace period ended"
+    );
+    assert!(exited < Duration::from_secs(4), "exit took {exited:?}");
+    assert!(first.len() + rest <= 600, "{rest} more bytes after the stall");
+    let totals = stored_totals(relay.dir.path()).await;
+    let alice = &totals["config.alice"];
+    assert_eq!(
+        (alice.requests, alice.input_tokens, alice.cache_read_tokens),
+        (1, 21, 3),
+        "{alice:?}"
+    );
+}
+
+/// SIGINT stops at once, also while SIGTERM's grace period waits for a request.
+#[tokio::test]
+async fn sigint_during_the_grace_period_stops_at_once() {
+    let mock = MockUpstream::start().await;
+    let mut relay = relay_with(&mock, "shutdown_grace: 600s\n").await;
+    let mut r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("x-mock-stall-after", "600")
+        .body(BODY_STREAM)
+        .send()
+        .await
+        .unwrap();
+    let _ = r.chunk().await.unwrap().unwrap();
+    relay.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(relay.try_wait().is_none(), "exited with a stream in flight");
+    let t = Instant::now();
+    relay.signal("INT");
+    let status = relay.wait();
+    assert_stopped_cleanly(&relay, status);
     assert!(t.elapsed() < Duration::from_secs(3), "exit took {:?}", t.elapsed());
+    let totals = stored_totals(relay.dir.path()).await;
+    assert_eq!(totals["config.alice"].requests, 1);
 }
 
 #[test]

@@ -91,3 +91,41 @@ async fn two_instances_share_keys_accounts_and_usage_through_redis() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     redis_cleanup(&p).await;
 }
+
+/// On Redis the relay runs more background tasks (the change subscriber, lease and slot
+/// renewals): SIGTERM still stops an idle relay at once, with exit status 0, its statistics
+/// written.
+#[tokio::test]
+async fn a_relay_on_redis_stops_at_once_on_sigterm_with_its_usage_written() {
+    let p = redis_prefix();
+    let mock = MockUpstream::start().await;
+    let extra = format!(
+        "shutdown_grace: 600s\nstore: {{ backend: redis, url: \"{}\", prefix: \"{p}\" }}\naccounts:\n{}",
+        redis_url(),
+        account_yaml("main", &mock.url(), "")
+    );
+    let mut relay = RelayProcess::start(&extra).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(r#"{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await.unwrap();
+    let t = std::time::Instant::now();
+    let status = relay.stop();
+    let took = t.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", relay.log_text());
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+    assert!(
+        !relay.log_text().contains("did not stop in time"),
+        "{}",
+        relay.log_text()
+    );
+    let store = RedisStore::connect_with_prefix(&redis_url(), &p).await.unwrap();
+    let totals = store.usage_totals(Dimension::Key).await.unwrap();
+    assert_eq!(totals["config.alice"].requests, 1, "written before the exit");
+    redis_cleanup(&p).await;
+}

@@ -2,8 +2,9 @@
 //! backend can show: the embedded file survives a reopen; two Redis instances on one prefix share
 //! data and hear each other's changes.
 //!
-//! The Redis tests need a Redis 6+ at `redis://127.0.0.1:6379/` (or `RELAY_TEST_REDIS_URL`). They
-//! fail, not skip, when it is unreachable. Each uses a random key prefix and deletes its keys.
+//! The Redis tests need a Redis 6+ at `redis://127.0.0.1:6379/` (or `RELAY_TEST_REDIS_URL`;
+//! `scripts/test.sh` starts a private one when none answers). They fail, not skip, when it is
+//! unreachable. Each uses a random key prefix and deletes its keys.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -29,7 +30,8 @@ async fn connect_redis(prefix: &str) -> RedisStore {
         Ok(s) => s,
         Err(e) => panic!(
             "Redis is not reachable at {url} ({e}). The Redis store tests need a Redis 6+ server: start one \
-             (e.g. `redis-server` or `docker run -p 6379:6379 redis:7`) or point RELAY_TEST_REDIS_URL at one."
+             (e.g. `redis-server` or `docker run -p 6379:6379 redis:7`) or point RELAY_TEST_REDIS_URL at one; \
+             `./scripts/test.sh` starts a private one when none answers."
         ),
     }
 }

@@ -57,8 +57,9 @@ pub struct AdminState {
     pub pricing: Arc<PricingTable>,
     pub credentials: Arc<Credentials>,
     pub login_limiter: Arc<LoginLimiter>,
-    /// The store's runtime: store calls that must finish even if the admin runtime stops.
-    pub store_rt: tokio::runtime::Handle,
+    /// The owner of background tasks (on the store's runtime): writes that must finish even if
+    /// the admin runtime stops, and that shutdown waits for.
+    pub tasks: crate::lifecycle::Tasks,
 }
 
 /// The background service that serves the admin router.

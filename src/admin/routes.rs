@@ -190,8 +190,9 @@ static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// to every instance sharing the store and this instance's snapshot is reloaded, so the relay
 /// serves the new state from the moment the client sees the response.
 ///
-/// The write runs on the store's runtime: a client that disconnects, or an admin service that
-/// stops, cannot cut it between the store write and the reload.
+/// The write runs on the store's runtime as work the shutdown waits for: a client that
+/// disconnects, or an admin service that stops, cannot cut it between the store write and the
+/// reload.
 pub async fn write<T, F, Fut>(state: &AdminState, change: F) -> Result<T, ApiError>
 where
     F: FnOnce(AdminState) -> Fut + Send + 'static,
@@ -199,7 +200,7 @@ where
     T: Send + 'static,
 {
     let st = state.clone();
-    let task = state.store_rt.spawn(async move {
+    let task = state.tasks.spawn_work("admin write", async move {
         let _one_at_a_time = WRITES.lock().await;
         let out = change(st.clone()).await?;
         // The write is durable from here on; failures below delay its visibility but do not

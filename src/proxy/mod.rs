@@ -66,6 +66,8 @@ pub struct Relay {
     pub providers: crate::providers::ProviderEnv,
     /// The scheduler's side of the attempt loop: it yields attempts and takes their outcomes.
     pub outcomes: crate::scheduler::attempts::Outcomes,
+    /// The owner of background work (the shared write of an account's health).
+    pub tasks: crate::lifecycle::Tasks,
 }
 
 /// The Pingora service.

@@ -39,6 +39,8 @@ pub struct Outcomes {
     pub store: Arc<dyn Store>,
     pub leases: Arc<Leases>,
     pub rules: AttemptRules,
+    /// The owner of the background write of a mark.
+    pub tasks: crate::lifecycle::Tasks,
 }
 
 /// The request the attempts are for.
@@ -260,7 +262,7 @@ impl Outcomes {
     /// Takes an account out of the pool here at once, and everywhere through the store.
     pub fn mark(&self, account: &Account, health: AccountHealth) {
         self.scheduler
-            .mark_shared(account, health, self.coord.clone(), self.store.clone());
+            .mark_shared(account, health, self.coord.clone(), self.store.clone(), &self.tasks);
     }
 }
 

@@ -355,19 +355,20 @@ impl Scheduler {
     }
 
     /// Takes an account out of the pool here at once, and on every instance through the shared
-    /// coordination store (written in the background).
+    /// coordination store (written in the background, as work that shutdown waits for).
     pub fn mark_shared(
         self: &Arc<Self>,
         account: &Account,
         health: AccountHealth,
         coord: Arc<dyn crate::store::coord::Coordination>,
         store: Arc<dyn crate::store::Store>,
+        tasks: &crate::lifecycle::Tasks,
     ) {
         tracing::warn!(account = %account.name, state = ?health.state, reason = %health.reason, until = ?health.until, "account out of the pool");
         self.set_health_pending(account, health.clone());
         let scheduler = self.clone();
         let id = account.id.clone();
-        tokio::spawn(async move {
+        tasks.spawn_work("account health write", async move {
             let saved = coord.put_account_health(&id, &health).await;
             scheduler.health_saved(&id);
             if let Err(e) = saved {

@@ -2,8 +2,9 @@
 //!
 //! Pingora moves the listening sockets: the new process (`--upgrade`) waits on `upgrade_sock`
 //! during bootstrap, the old one gets SIGQUIT, sends its sockets, keeps accepting for 5 s, then
-//! shuts down gracefully (and [`super::exit_when_drained`] exits once nothing is in flight). What
-//! Pingora does not move is ours to hand over, right after the sockets went:
+//! shuts down gracefully (and [`super::shutdown::end_grace_when_drained`] ends the relay's `run`
+//! once nothing is in flight, after this hand-over is done). What Pingora does not move is ours to
+//! hand over, right after the sockets went:
 //! - the admin listener (bound by us): the old process stops listening, the new one binds the
 //!   address as soon as it is free ([`bind_admin_waiting`]);
 //! - the embedded store (one process at a time): the old process writes its statistics, moves

@@ -33,6 +33,8 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, 
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::lifecycle::Tasks;
+
 use super::embedded::{bucket_expiry, merge_usage_batch, now_unix, series_bucket_starts};
 use super::{
     AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store, StoreError, StoreResult,
@@ -144,7 +146,14 @@ impl RedisStore {
     /// Connects with a key prefix (every key and the change channel live under it). Fails with
     /// `Unavailable` if Redis does not answer, so a bad URL stops the start. The change
     /// subscription is in place when this returns: no change published afterwards is missed.
+    /// Its task runs on the caller's runtime until the store is dropped.
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> StoreResult<Self> {
+        Self::connect_owned(url, prefix, &Tasks::on_current_runtime()).await
+    }
+
+    /// [`RedisStore::connect_with_prefix`], with the change subscriber owned by `tasks`: it stops
+    /// at their shutdown (or when the store is dropped).
+    pub async fn connect_owned(url: &str, prefix: &str, tasks: &Tasks) -> StoreResult<Self> {
         // The URL may hold a password: never echo it.
         let info = url
             .into_connection_info()
@@ -168,13 +177,16 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
-        let task = tokio::spawn(run_subscriber(
-            sub_client,
-            channel,
-            subscription,
-            changes.clone(),
-            Arc::clone(&subscriber_id),
-        ));
+        let task = tasks.spawn_loop(
+            "redis change subscriber",
+            run_subscriber(
+                sub_client,
+                channel,
+                subscription,
+                changes.clone(),
+                Arc::clone(&subscriber_id),
+            ),
+        );
 
         Ok(RedisStore {
             conn,

@@ -350,6 +350,7 @@ where
 }
 
 /// The Redis the Redis tests use: `RELAY_TEST_REDIS_URL`, default `redis://127.0.0.1:6379/`.
+/// `scripts/test.sh` sets it to a private `redis-server` it starts when none answers there.
 pub fn redis_url() -> String {
     std::env::var("RELAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }

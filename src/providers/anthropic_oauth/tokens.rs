@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::TokenPair;
 use super::flow::{OAuthClient, OAuthError};
 use crate::config::Config;
+use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::scheduler::{Account, Scheduler};
 use crate::secrets::Secrets;
@@ -134,6 +135,8 @@ pub struct OAuthTokens {
     coord: Arc<dyn Coordination>,
     scheduler: Arc<Scheduler>,
     metrics: Arc<Metrics>,
+    /// Where refreshes and health writes run, as work that shutdown waits for.
+    tasks: Tasks,
     pub client: OAuthClient,
     cells: Mutex<HashMap<Arc<str>, Arc<TokenCell>>>,
 }
@@ -146,6 +149,7 @@ impl OAuthTokens {
         coord: Arc<dyn Coordination>,
         scheduler: Arc<Scheduler>,
         metrics: Arc<Metrics>,
+        tasks: Tasks,
     ) -> Self {
         let client = OAuthClient::new(config.providers.anthropic.oauth.timeout.0);
         OAuthTokens {
@@ -155,6 +159,7 @@ impl OAuthTokens {
             coord,
             scheduler,
             metrics,
+            tasks,
             client,
             cells: Mutex::new(HashMap::new()),
         }
@@ -218,8 +223,9 @@ impl OAuthTokens {
 
     /// Replaces the token that `stale_issued_at` names, once: if another task or instance already
     /// did, its pair is returned. The refresh runs as its own task, so a caller that goes away
-    /// (a client that disconnects) cannot interrupt it between the token endpoint's answer and
-    /// the saving of the rotated refresh token.
+    /// (a client that disconnects, a background loop stopped at shutdown) cannot interrupt it
+    /// between the token endpoint's answer and the saving of the rotated refresh token; shutdown
+    /// waits for it.
     pub async fn refresh(
         self: &Arc<Self>,
         account: &Arc<Account>,
@@ -227,7 +233,10 @@ impl OAuthTokens {
     ) -> Result<Arc<Live>, TokenError> {
         let this = self.clone();
         let account = account.clone();
-        tokio::spawn(async move { this.refresh_now(&account, stale_issued_at).await })
+        self.tasks
+            .spawn_work("oauth token refresh", async move {
+                this.refresh_now(&account, stale_issued_at).await
+            })
             .await
             .unwrap_or_else(|e| {
                 Err(TokenError::Refresh(OAuthError::Unavailable(format!(
@@ -341,7 +350,7 @@ impl OAuthTokens {
                     None,
                 );
                 self.scheduler
-                    .mark_shared(account, health, self.coord.clone(), self.store.clone());
+                    .mark_shared(account, health, self.coord.clone(), self.store.clone(), &self.tasks);
                 Err(TokenError::Refresh(e))
             }
             Err(e) => {
