@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod ingress;
 pub mod leases;
 pub mod lifecycle;
 pub mod limits;

@@ -41,7 +41,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use super::error::{ErrorSource, RelayError, error_body};
-use super::route;
 
 /// The limits a connection lives under.
 #[derive(Clone, Debug)]
@@ -287,7 +286,7 @@ impl GuardedStream {
         let mut parts = line.split(|b| *b == b' ');
         let method = parts.next().and_then(|m| http::Method::from_bytes(m).ok());
         let path = parts.next().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or("/");
-        let dialect = route::classify(method.as_ref().unwrap_or(&http::Method::POST), path).dialect;
+        let dialect = crate::ingress::classify(method.as_ref().unwrap_or(&http::Method::POST), path).dialect;
         let err = match status {
             405 => RelayError::MethodNotAllowed("GET, HEAD, POST"),
             _ => RelayError::BadRequest("The request head is malformed or too large".into()),

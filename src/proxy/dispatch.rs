@@ -16,9 +16,9 @@ use pingora::proxy::Session;
 
 use super::body::ParsedBody;
 use super::error::{ErrorSource, RelayError};
-use super::route::Endpoint;
 use super::{Relay, RequestCtx, headers};
 use crate::convert::answer::{self, StreamAdapter};
+use crate::ingress::{Dialect, Endpoint, ErrorKind};
 use crate::providers::anthropic_oauth::tokens::TokenError;
 use crate::providers::{self, Call, Operation, Prepared, Provider, ResponseKind, Target};
 use crate::scheduler::attempts::{AttemptPlan, AttemptRequest, Failure, Next};
@@ -660,15 +660,16 @@ fn client_gone(ctx: &mut RequestCtx, e: Box<pingora::Error>) -> AttemptError {
     AttemptError::Broken(e)
 }
 
-/// A committed stream that the upstream broke: tell the client in the stream's own terms (an
-/// Anthropic `error` event), then end the response so the client does not wait.
+/// A committed stream that the upstream broke: tell the client in the stream's own terms (its
+/// dialect's error event), then end the response so the client does not wait.
 async fn end_with_error_event(session: &mut Session, ctx: &mut RequestCtx, message: &str) -> Result<(), AttemptError> {
     if let Some(s) = ctx.settle.as_mut() {
         s.is_error = true;
     }
-    let payload = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});
-    let event = format!("event: error\ndata: {payload}\n\n");
-    write_body(session, ctx, Bytes::from(event)).await?;
+    let dialect = ctx.route.map_or(Dialect::Anthropic, |r| r.dialect);
+    let ingress = crate::ingress::for_dialect(dialect).unwrap_or(&crate::ingress::anthropic::AnthropicMessages);
+    let event = ingress.stream_error(ErrorKind::Upstream, message);
+    write_body(session, ctx, event).await?;
     session
         .write_response_body(None, true)
         .await

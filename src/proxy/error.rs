@@ -9,7 +9,7 @@ use bytes::Bytes;
 use filters::{RejectKind, Rejection};
 use pingora::http::ResponseHeader;
 
-use super::route::Dialect;
+use crate::ingress::{self, Dialect, ErrorKind as Kind};
 
 /// Who refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl RelayError {
         }
     }
 
-    fn kind(&self) -> Kind {
+    pub fn kind(&self) -> Kind {
         match self {
             RelayError::Rejected(r) => match r.kind {
                 RejectKind::InvalidRequest => Kind::InvalidRequest,
@@ -144,80 +144,9 @@ impl RelayError {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    InvalidRequest,
-    Authentication,
-    Permission,
-    NotFound,
-    TooLarge,
-    RateLimited,
-    Billing,
-    Unavailable,
-    Upstream,
-    Internal,
-}
-
-fn anthropic_type(k: Kind) -> &'static str {
-    match k {
-        Kind::InvalidRequest => "invalid_request_error",
-        Kind::Authentication => "authentication_error",
-        Kind::Permission => "permission_error",
-        Kind::NotFound => "not_found_error",
-        Kind::TooLarge => "request_too_large",
-        Kind::RateLimited => "rate_limit_error",
-        Kind::Billing => "billing_error",
-        Kind::Unavailable => "overloaded_error",
-        Kind::Upstream | Kind::Internal => "api_error",
-    }
-}
-
-fn openai_type(k: Kind) -> (&'static str, &'static str) {
-    match k {
-        Kind::InvalidRequest => ("invalid_request_error", "invalid_request"),
-        Kind::Authentication => ("authentication_error", "invalid_api_key"),
-        Kind::Permission => ("permission_error", "permission_denied"),
-        Kind::NotFound => ("invalid_request_error", "not_found"),
-        Kind::TooLarge => ("invalid_request_error", "request_too_large"),
-        Kind::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
-        Kind::Billing => ("insufficient_quota", "insufficient_quota"),
-        Kind::Unavailable => ("server_error", "no_upstream_available"),
-        Kind::Upstream => ("server_error", "upstream_error"),
-        Kind::Internal => ("server_error", "internal_error"),
-    }
-}
-
-fn gemini_status(k: Kind) -> &'static str {
-    match k {
-        Kind::InvalidRequest => "INVALID_ARGUMENT",
-        Kind::Authentication => "UNAUTHENTICATED",
-        Kind::Permission => "PERMISSION_DENIED",
-        Kind::NotFound => "NOT_FOUND",
-        Kind::TooLarge => "INVALID_ARGUMENT",
-        Kind::RateLimited | Kind::Billing => "RESOURCE_EXHAUSTED",
-        Kind::Unavailable | Kind::Upstream => "UNAVAILABLE",
-        Kind::Internal => "INTERNAL",
-    }
-}
-
 /// The JSON body of an error in a dialect.
 pub fn error_body(dialect: Dialect, err: &RelayError) -> Bytes {
-    let message = err.message();
-    let kind = err.kind();
-    let v = match dialect {
-        Dialect::Anthropic => serde_json::json!({
-            "type": "error",
-            "error": { "type": anthropic_type(kind), "message": message },
-        }),
-        Dialect::OpenAI => {
-            let (t, code) = openai_type(kind);
-            serde_json::json!({ "error": { "message": message, "type": t, "code": code } })
-        }
-        Dialect::Gemini => serde_json::json!({
-            "error": { "code": err.status(), "message": message, "status": gemini_status(kind) },
-        }),
-    };
-    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    ingress::error_body(dialect, err.kind(), err.status(), &err.message())
 }
 
 /// The response head of an error.

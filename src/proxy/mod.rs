@@ -11,7 +11,6 @@ pub mod error;
 mod headers;
 pub mod outbound;
 mod peer;
-pub mod route;
 mod settle;
 
 use std::any::Any;
@@ -28,6 +27,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::Config;
+use crate::ingress::{Endpoint, Ingress, Route};
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::secrets::Secrets;
@@ -38,7 +38,6 @@ use crate::usage::stats::UsageSink;
 pub use conn::{ConnLimits, GuardedApp};
 use error::{ErrorSource, RelayError, error_body, error_head};
 pub use peer::Peers;
-use route::{Endpoint, Route};
 
 /// Everything the relay path needs, shared by all requests.
 pub struct Relay {
@@ -135,7 +134,7 @@ async fn respond_error(
     err: &RelayError,
     source: ErrorSource,
 ) -> pingora::Result<()> {
-    let dialect = ctx.route.map_or(route::Dialect::Anthropic, |r| r.dialect);
+    let dialect = ctx.route.map_or(crate::ingress::Dialect::Anthropic, |r| r.dialect);
     let body = error_body(dialect, err);
     let head = error_head(err, body.len(), source)?;
     relay.metrics.rejections.with_label_values(&[err.reason()]).inc();
@@ -153,7 +152,7 @@ impl RelayProxy {
         let relay = &*self.0;
         let route = {
             let req = session.req_header();
-            route::classify(&req.method, req.uri.path())
+            crate::ingress::classify(&req.method, req.uri.path())
         };
         ctx.route = Some(route);
         match route.endpoint {
@@ -350,19 +349,7 @@ fn models_body(relay: &Relay) -> Bytes {
             set.into_iter().collect()
         }
     };
-    let data: Vec<serde_json::Value> = ids
-        .iter()
-        .map(|id| {
-            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
-        })
-        .collect();
-    let v = serde_json::json!({
-        "data": data,
-        "has_more": false,
-        "first_id": ids.first(),
-        "last_id": ids.last(),
-    });
-    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    crate::ingress::anthropic::AnthropicMessages.models_list(&ids)
 }
 
 #[async_trait]

@@ -1,0 +1,103 @@
+//! The Anthropic Messages dialect: Claude Code and the Anthropic SDKs (`ANTHROPIC_BASE_URL`).
+
+use bytes::Bytes;
+use filters::Service;
+
+use super::{Dialect, Endpoint, ErrorKind, Ingress, json_bytes};
+
+/// The mount points of the Anthropic surface: `ANTHROPIC_BASE_URL` may end in any of them.
+const PREFIXES: [&str; 4] = ["/api/claude", "/api", "/claude", ""];
+
+/// `POST /v1/messages`, `/v1/messages/count_tokens`, `GET /v1/models`, `HEAD /`, under every
+/// prefix; `GET /health` at the root.
+pub struct AnthropicMessages;
+
+impl Ingress for AnthropicMessages {
+    fn dialect(&self) -> Dialect {
+        Dialect::Anthropic
+    }
+
+    fn service(&self) -> Service {
+        Service::Claude
+    }
+
+    fn route(&self, method: &http::Method, path: &str) -> Option<Endpoint> {
+        for prefix in PREFIXES {
+            let Some(rest) = path.strip_prefix(prefix) else {
+                continue;
+            };
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                continue;
+            }
+            let endpoint = match rest {
+                "" | "/" => match *method {
+                    http::Method::HEAD | http::Method::GET => Endpoint::Probe,
+                    _ => Endpoint::MethodNotAllowed("HEAD, GET"),
+                },
+                "/v1/messages" => post_only(method, Endpoint::Messages),
+                "/v1/messages/count_tokens" => post_only(method, Endpoint::CountTokens),
+                "/v1/models" => match *method {
+                    http::Method::GET => Endpoint::Models,
+                    _ => Endpoint::MethodNotAllowed("GET"),
+                },
+                "/health" if prefix.is_empty() => match *method {
+                    http::Method::GET | http::Method::HEAD => Endpoint::Health,
+                    _ => Endpoint::MethodNotAllowed("GET"),
+                },
+                _ => continue,
+            };
+            return Some(endpoint);
+        }
+        None
+    }
+
+    fn error_body(&self, kind: ErrorKind, _status: u16, message: &str) -> Bytes {
+        json_bytes(&serde_json::json!({
+            "type": "error",
+            "error": { "type": error_type(kind), "message": message },
+        }))
+    }
+
+    fn stream_error(&self, kind: ErrorKind, message: &str) -> Bytes {
+        let payload = serde_json::json!({"type": "error", "error": {"type": error_type(kind), "message": message}});
+        Bytes::from(format!("event: error\ndata: {payload}\n\n"))
+    }
+
+    fn models_list(&self, ids: &[String]) -> Bytes {
+        let data: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|id| {
+                serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+            })
+            .collect();
+        json_bytes(&serde_json::json!({
+            "data": data,
+            "has_more": false,
+            "first_id": ids.first(),
+            "last_id": ids.last(),
+        }))
+    }
+}
+
+fn post_only(method: &http::Method, e: Endpoint) -> Endpoint {
+    if *method == http::Method::POST {
+        e
+    } else {
+        Endpoint::MethodNotAllowed("POST")
+    }
+}
+
+/// Anthropic's word for an error kind.
+pub fn error_type(k: ErrorKind) -> &'static str {
+    match k {
+        ErrorKind::InvalidRequest => "invalid_request_error",
+        ErrorKind::Authentication => "authentication_error",
+        ErrorKind::Permission => "permission_error",
+        ErrorKind::NotFound => "not_found_error",
+        ErrorKind::TooLarge => "request_too_large",
+        ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::Billing => "billing_error",
+        ErrorKind::Unavailable => "overloaded_error",
+        ErrorKind::Upstream | ErrorKind::Internal => "api_error",
+    }
+}

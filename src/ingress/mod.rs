@@ -1,0 +1,229 @@
+//! Client dialects: how a client's request is recognised and how answers made by the relay
+//! (errors, model lists, a stream's error event) are shaped for it.
+//!
+//! Each dialect the relay serves has an [`Ingress`]: a static implementation from a closed set
+//! ([`ingresses`]), asked in order by [`classify`] which of them a request path belongs to. Today:
+//! [`anthropic::AnthropicMessages`] (Claude Code and the Anthropic SDKs). The OpenAI and Gemini
+//! error shapes are here already, because a refusal made before a route is known (a malformed
+//! request head) must still reach those clients in a shape they read.
+
+pub mod anthropic;
+
+use bytes::Bytes;
+use filters::{RouteInfo, Service};
+
+/// The error shape a caller understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Anthropic,
+    OpenAI,
+    Gemini,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/messages`
+    Messages,
+    /// `POST /v1/messages/count_tokens`
+    CountTokens,
+    /// `GET /v1/models`
+    Models,
+    /// `HEAD /` or `GET /`: a connectivity probe, answered at once.
+    Probe,
+    /// `GET /health`
+    Health,
+    /// Known path, wrong method.
+    MethodNotAllowed(&'static str),
+    NotFound,
+}
+
+impl Endpoint {
+    /// Stable name for metrics and filters.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
+            Endpoint::Models => "models",
+            Endpoint::Probe => "probe",
+            Endpoint::Health => "health",
+            Endpoint::MethodNotAllowed(_) => "method_not_allowed",
+            Endpoint::NotFound => "not_found",
+        }
+    }
+
+    /// Whether the endpoint carries a body to relay upstream.
+    pub fn is_relayed(self) -> bool {
+        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub endpoint: Endpoint,
+    pub dialect: Dialect,
+    pub service: Service,
+}
+
+impl Route {
+    pub fn info(&self) -> RouteInfo {
+        RouteInfo {
+            service: self.service,
+            endpoint: self.endpoint.name(),
+        }
+    }
+}
+
+/// What kind of refusal an error is, whatever the dialect's words for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    Authentication,
+    Permission,
+    NotFound,
+    TooLarge,
+    RateLimited,
+    Billing,
+    Unavailable,
+    Upstream,
+    Internal,
+}
+
+/// One client dialect.
+pub trait Ingress: Sync {
+    fn dialect(&self) -> Dialect;
+
+    /// The endpoint `method` and `path` name in this dialect, `None` when the path is not one of
+    /// its paths.
+    fn route(&self, method: &http::Method, path: &str) -> Option<Endpoint>;
+
+    /// The service the dialect's requests count under in key permissions.
+    fn service(&self) -> Service;
+
+    /// The JSON body of an error in this dialect.
+    fn error_body(&self, kind: ErrorKind, status: u16, message: &str) -> Bytes;
+
+    /// The event that ends a committed stream the upstream broke.
+    fn stream_error(&self, kind: ErrorKind, message: &str) -> Bytes;
+
+    /// The model list in this dialect's shape.
+    fn models_list(&self, ids: &[String]) -> Bytes;
+}
+
+/// The ingresses, in the order paths are matched.
+pub fn ingresses() -> [&'static dyn Ingress; 1] {
+    [&anthropic::AnthropicMessages]
+}
+
+/// The ingress of a dialect the relay serves.
+pub fn for_dialect(dialect: Dialect) -> Option<&'static dyn Ingress> {
+    ingresses().into_iter().find(|i| i.dialect() == dialect)
+}
+
+/// Which dialect and endpoint a request is for. A path no ingress knows is `NotFound` in the
+/// Anthropic dialect.
+pub fn classify(method: &http::Method, path: &str) -> Route {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    for ingress in ingresses() {
+        if let Some(endpoint) = ingress.route(method, path) {
+            return Route {
+                endpoint,
+                dialect: ingress.dialect(),
+                service: ingress.service(),
+            };
+        }
+    }
+    Route {
+        endpoint: Endpoint::NotFound,
+        dialect: Dialect::Anthropic,
+        service: Service::Claude,
+    }
+}
+
+/// The JSON body of an error in `dialect`.
+pub fn error_body(dialect: Dialect, kind: ErrorKind, status: u16, message: &str) -> Bytes {
+    match dialect {
+        Dialect::Anthropic => anthropic::AnthropicMessages.error_body(kind, status, message),
+        Dialect::OpenAI => openai_error(kind, message),
+        Dialect::Gemini => gemini_error(kind, status, message),
+    }
+}
+
+/// OpenAI's `{"error":{"message","type","code"}}`.
+fn openai_error(kind: ErrorKind, message: &str) -> Bytes {
+    let (t, code) = match kind {
+        ErrorKind::InvalidRequest => ("invalid_request_error", "invalid_request"),
+        ErrorKind::Authentication => ("authentication_error", "invalid_api_key"),
+        ErrorKind::Permission => ("permission_error", "permission_denied"),
+        ErrorKind::NotFound => ("invalid_request_error", "not_found"),
+        ErrorKind::TooLarge => ("invalid_request_error", "request_too_large"),
+        ErrorKind::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
+        ErrorKind::Billing => ("insufficient_quota", "insufficient_quota"),
+        ErrorKind::Unavailable => ("server_error", "no_upstream_available"),
+        ErrorKind::Upstream => ("server_error", "upstream_error"),
+        ErrorKind::Internal => ("server_error", "internal_error"),
+    };
+    json_bytes(&serde_json::json!({ "error": { "message": message, "type": t, "code": code } }))
+}
+
+/// Google's `{"error":{"code","message","status"}}`.
+fn gemini_error(kind: ErrorKind, status: u16, message: &str) -> Bytes {
+    let s = match kind {
+        ErrorKind::InvalidRequest | ErrorKind::TooLarge => "INVALID_ARGUMENT",
+        ErrorKind::Authentication => "UNAUTHENTICATED",
+        ErrorKind::Permission => "PERMISSION_DENIED",
+        ErrorKind::NotFound => "NOT_FOUND",
+        ErrorKind::RateLimited | ErrorKind::Billing => "RESOURCE_EXHAUSTED",
+        ErrorKind::Unavailable | ErrorKind::Upstream => "UNAVAILABLE",
+        ErrorKind::Internal => "INTERNAL",
+    };
+    json_bytes(&serde_json::json!({ "error": { "code": status, "message": message, "status": s } }))
+}
+
+fn json_bytes(v: &serde_json::Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    #[test]
+    fn routes_under_every_prefix() {
+        for p in ["", "/api", "/claude", "/api/claude"] {
+            assert_eq!(
+                classify(&Method::POST, &format!("{p}/v1/messages")).endpoint,
+                Endpoint::Messages,
+                "{p}"
+            );
+            assert_eq!(
+                classify(&Method::POST, &format!("{p}/v1/messages/count_tokens")).endpoint,
+                Endpoint::CountTokens
+            );
+            assert_eq!(
+                classify(&Method::GET, &format!("{p}/v1/models")).endpoint,
+                Endpoint::Models
+            );
+            assert_eq!(classify(&Method::HEAD, &format!("{p}/")).endpoint, Endpoint::Probe);
+        }
+        assert_eq!(classify(&Method::HEAD, "/api").endpoint, Endpoint::Probe);
+        assert_eq!(classify(&Method::GET, "/health").endpoint, Endpoint::Health);
+        assert_eq!(
+            classify(&Method::GET, "/v1/messages").endpoint,
+            Endpoint::MethodNotAllowed("POST")
+        );
+        assert_eq!(classify(&Method::POST, "/v2/other").endpoint, Endpoint::NotFound);
+        assert_eq!(
+            classify(&Method::POST, "/apix/v1/messages").endpoint,
+            Endpoint::NotFound
+        );
+        assert_eq!(
+            classify(&Method::POST, "/api/v1/messages/").endpoint,
+            Endpoint::Messages
+        );
+    }
+}
