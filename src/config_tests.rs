@@ -325,3 +325,45 @@ fn an_unclosed_reference_does_not_swallow_the_next_lines() {
     let c = Config::from_yaml("# see ${V}\nadmin: { username: ${V} }\n", &e).unwrap();
     assert_eq!(c.admin.username, "x");
 }
+
+#[test]
+fn the_example_accounts_load() {
+    let env = |k: &str| match k {
+        "ANTHROPIC_API_KEY"
+        | "CLAUDE_SETUP_TOKEN"
+        | "AWS_ACCESS_KEY_ID"
+        | "AWS_SECRET_ACCESS_KEY"
+        | "AWS_BEARER_TOKEN_BEDROCK"
+        | "CCR_API_KEY" => Some(format!("example-{}", k.to_ascii_lowercase().replace('_', "-"))),
+        _ => None,
+    };
+    let c = Config::from_yaml(&example_block("accounts:"), &env).unwrap();
+    let kinds: Vec<&str> = c.accounts.iter().map(|a| a.kind.as_str()).collect();
+    assert_eq!(kinds, ["claude-console", "claude-oauth", "bedrock", "bedrock", "ccr"]);
+    let us = &c.accounts[2];
+    assert_eq!(
+        us.base_url.as_deref(),
+        Some("https://bedrock-runtime.us-east-1.amazonaws.com")
+    );
+    assert_eq!(
+        us.bedrock_secret().session_token,
+        None,
+        "an empty session token is none"
+    );
+    let err = |y: &str| Config::from_yaml(y, &|_| None).unwrap_err().to_string();
+    assert!(
+        err("accounts: [{ name: b, kind: bedrock, access_key_id: a, secret_access_key: s }]")
+            .contains("accounts[0].region")
+    );
+    assert!(err("accounts: [{ name: b, kind: bedrock, region: us-east-1 }]").contains("accounts[0].access_key_id"));
+    assert!(err("accounts: [{ name: b, kind: bedrock, region: us-east-1, api_key: k, access_key_id: a, secret_access_key: s }]").contains("not both"));
+    assert!(
+        err("accounts: [{ name: c, kind: claude-console, api_key: k, region: us-east-1 }]")
+            .contains("accounts[0].region")
+    );
+    assert!(
+        err("accounts: [{ name: b, kind: bedrock, region: us-east-1, api_key: k, inference_profile: mars }]")
+            .contains("inference_profile")
+    );
+    assert!(err("accounts: [{ name: r, kind: ccr }]").contains("accounts[0].api_key"));
+}

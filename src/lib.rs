@@ -1,10 +1,12 @@
 //! claude-relay: a self-hosted AI API relay on Pingora.
 //!
-//! Module map (see `docs/phases.md`): `config` reads and validates `relay.yaml`; `server`
-//! assembles the Pingora server; `proxy` is the client-facing relay (connection limits, routes,
-//! body facts, dispatch, streaming); `providers` knows how each upstream kind is addressed and
-//! authenticated; `scheduler` picks accounts; `store` persists state; `usage` turns tokens into
-//! money and statistics; `admin` serves the management API; `metrics` the Prometheus registry.
+//! Module map (see `docs/architecture.md` and `docs/phases.md`): `config` reads and validates
+//! `relay.yaml`; `server` assembles the Pingora server; `proxy` is the client-facing relay
+//! (connection limits, body facts, the attempt loop, streaming); `ingress` knows each client
+//! dialect (routes, error shapes); `providers` knows how each upstream kind is addressed and
+//! authenticated; `scheduler` picks accounts and judges attempts; `store` persists state; `usage`
+//! turns tokens into money and statistics; `admin` serves the management API; `metrics` the
+//! Prometheus registry.
 //! `wire` frames what an upstream sends on its own wire (AWS event-stream for Bedrock), and
 //! `convert` translates between that wire and the client's dialect.
 //! Leaves that every layer may use: `lifecycle` (whether the process is handing over, the

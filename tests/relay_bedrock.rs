@@ -459,3 +459,35 @@ async fn ccr_models_go_to_ccr_accounts_only_and_back_with_their_own_name() {
     assert_eq!(r.status(), 503, "no account serves it");
     assert_eq!(console.hits(), 1);
 }
+
+#[tokio::test]
+async fn the_debug_log_shows_what_is_sent_upstream_without_credentials() {
+    let creds = with_token();
+    let mock = BedrockMock::start(creds.clone()).await;
+    let relay = RelayProcess::start_in(
+        tempfile::tempdir().unwrap(),
+        &format!("accounts:\n{}", bedrock_yaml("aws", &mock, &creds, "")),
+        &[("RELAY_LOG", "warn,relay::upstream=debug")],
+    )
+    .await;
+    let r = post(&relay, BODY_JSON, &[]).await;
+    assert_eq!(r.status(), 200);
+    let log = eventually(|| async {
+        let t = relay.log_text();
+        t.contains("upstream request").then_some(t)
+    })
+    .await;
+    assert!(
+        log.contains("/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke"),
+        "{log}"
+    );
+    assert!(log.contains("x-amz-date"), "{log}");
+    for secret in [
+        creds.secret_access_key.as_str(),
+        creds.session_token.as_deref().unwrap(),
+        "Signature=",
+        ALICE,
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}

@@ -26,6 +26,10 @@ use crate::scheduler::health::{self, Verdict};
 use crate::scheduler::{Account, CooldownClass};
 use crate::store::coord::{AccountHealth, HealthState};
 
+/// The log target of the upstream requests the relay sends: `RELAY_LOG=relay::upstream=debug`
+/// shows each one's URI and headers (credentials redacted), never its body.
+const UPSTREAM_LOG: &str = "relay::upstream";
+
 /// Largest non-streamed upstream answer the relay holds to read its usage.
 const MAX_BUFFERED_ANSWER: usize = 64 * 1024 * 1024;
 /// Largest error body read from an upstream that is failed over (kept for a faithful replay).
@@ -146,6 +150,16 @@ async fn attempts(
                 }
             };
             prepared.head.append_header(headers::HOPS, relay.hop_id.as_str())?;
+            if tracing::enabled!(target: UPSTREAM_LOG, tracing::Level::DEBUG) {
+                tracing::debug!(
+                    target: UPSTREAM_LOG,
+                    account = %account.name,
+                    uri = %prepared.head.uri,
+                    headers = %headers::redacted(&prepared.head.headers),
+                    body_bytes = prepared.body.len(),
+                    "upstream request"
+                );
+            }
             let wire_model = prepared.wire_model.take().unwrap_or_else(|| upstream_model.clone());
             if let Some(s) = ctx.settle.as_mut() {
                 s.account_id = Some(account.id.clone());

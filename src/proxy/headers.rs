@@ -31,6 +31,39 @@ pub fn loop_detected(headers: &http::HeaderMap, own: &str) -> bool {
     hops >= MAX_HOPS
 }
 
+/// Header names whose values are credentials, whatever the upstream.
+const CREDENTIALS: [&str; 8] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "x-amz-security-token",
+    "cookie",
+    "proxy-authorization",
+    "x-amz-content-sha256",
+];
+
+/// The headers as `name: value` lines for a debug log, every credential replaced by
+/// `<redacted>`.
+pub fn redacted(headers: &http::HeaderMap) -> String {
+    let mut out = String::new();
+    for (name, value) in headers {
+        let secret = value.is_sensitive() || CREDENTIALS.contains(&name.as_str());
+        let shown = if secret {
+            "<redacted>"
+        } else {
+            value.to_str().unwrap_or("<binary>")
+        };
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(name.as_str());
+        out.push_str(": ");
+        out.push_str(shown);
+    }
+    out
+}
+
 /// The query string without a `key=` parameter (a relay key must not travel upstream).
 pub fn strip_key_param(query: Option<&str>) -> Option<String> {
     let q = query?;
@@ -91,6 +124,26 @@ mod tests {
         let mut long = http::HeaderMap::new();
         long.insert(HOPS, ["x"; MAX_HOPS].join(",").parse().unwrap());
         assert!(loop_detected(&long, "me"));
+    }
+
+    #[test]
+    fn credentials_never_reach_the_debug_view() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=AKID/x, Signature=abc".parse().unwrap(),
+        );
+        h.insert("x-api-key", "sk-ant-api03-secret".parse().unwrap());
+        let mut bearer: http::HeaderValue = "Bearer tok".parse().unwrap();
+        bearer.set_sensitive(true);
+        h.insert("x-custom-auth", bearer);
+        h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        let v = redacted(&h);
+        assert!(
+            !v.contains("secret") && !v.contains("Signature") && !v.contains("tok"),
+            "{v}"
+        );
+        assert!(v.contains("anthropic-version: 2023-06-01"), "{v}");
     }
 
     #[test]
