@@ -491,3 +491,83 @@ async fn the_debug_log_shows_what_is_sent_upstream_without_credentials() {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
+
+#[tokio::test]
+async fn bedrock_and_ccr_accounts_are_managed_through_the_admin_api() {
+    let creds = with_token();
+    let mock = BedrockMock::start(creds.clone()).await;
+    let relay = RelayProcess::start("").await;
+    let token = relay.admin_token().await;
+    let c = client();
+    let create = |body: Value| {
+        let c = c.clone();
+        let url = format!("{}/admin/api/accounts", relay.admin());
+        let token = token.clone();
+        async move {
+            let r = c.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Refused: no region, half a key pair, both methods, a bad profile, bedrock fields elsewhere.
+    for (body, field) in [
+        (json!({"name": "b", "kind": "bedrock", "api_key": "k"}), "region"),
+        (
+            json!({"name": "b", "kind": "bedrock", "region": "us-east-1", "access_key_id": "AKID"}),
+            "secret_access_key",
+        ),
+        (
+            json!({"name": "b", "kind": "bedrock", "region": "us-east-1", "api_key": "k", "access_key_id": "a", "secret_access_key": "s"}),
+            "not both",
+        ),
+        (
+            json!({"name": "b", "kind": "bedrock", "region": "us-east-1", "api_key": "k", "inference_profile": "mars"}),
+            "inference_profile",
+        ),
+        (
+            json!({"name": "c", "kind": "claude-console", "api_key": "sk-ant-x", "region": "us-east-1"}),
+            "region",
+        ),
+    ] {
+        let (status, v) = create(body.clone()).await;
+        assert_eq!(status, 400, "{body} → {v}");
+        assert!(v.to_string().contains(field), "{body} → {v}");
+    }
+    let (status, v) = create(json!({
+        "name": "aws", "kind": "bedrock", "region": "us-east-1", "base_url": mock.url(),
+        "access_key_id": creds.access_key_id, "secret_access_key": creds.secret_access_key,
+        "session_token": creds.session_token,
+    }))
+    .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["kind"], "bedrock");
+    assert_eq!(v["region"], "us-east-1");
+    assert_eq!(v["bedrock"]["auth"], "sigv4");
+    assert_eq!(v["bedrock"]["session_token"], true);
+    let shown = v.to_string();
+    assert!(
+        !shown.contains(&creds.secret_access_key) && !shown.contains("FwoGZXIv"),
+        "{shown}"
+    );
+    // Served at once (the admin write reloads the snapshot), signed with the stored keys.
+    let r = eventually(|| async {
+        let r = post(&relay, BODY_JSON, &[]).await;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "claude-sonnet-4-5");
+    assert!(mock.rejections().is_empty(), "{:?}", mock.rejections());
+    // A CCR account: only `ccr,` models reach it.
+    let ccr = MockUpstream::start().await;
+    let (status, v) =
+        create(json!({"name": "router", "kind": "ccr", "base_url": ccr.url(), "api_key": "ccr-key"})).await;
+    assert_eq!(status, 201, "{v}");
+    let r = eventually(|| async {
+        let r = post(&relay, r#"{"model":"ccr,x","max_tokens":8,"messages":[]}"#, &[]).await;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    let _ = r.bytes().await.unwrap();
+    assert_eq!(ccr.seen().pop().unwrap().json()["model"], "x");
+}
