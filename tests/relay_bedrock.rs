@@ -558,6 +558,26 @@ async fn bedrock_and_ccr_accounts_are_managed_through_the_admin_api() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["model"], "claude-sonnet-4-5");
     assert!(mock.rejections().is_empty(), "{:?}", mock.rejections());
+    // On its region's default endpoint, an account moves with its region.
+    let (status, v) =
+        create(json!({"name": "eu", "kind": "bedrock", "region": "eu-west-1", "api_key": "k", "enabled": false})).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["base_url"], "https://bedrock-runtime.eu-west-1.amazonaws.com");
+    let r = c
+        .patch(format!(
+            "{}/admin/api/accounts/{}",
+            relay.admin(),
+            v["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"region": "eu-central-1", "inference_profile": "global"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["base_url"], "https://bedrock-runtime.eu-central-1.amazonaws.com");
+    assert_eq!(v["inference_profile"], "global");
     // A CCR account: only `ccr,` models reach it.
     let ccr = MockUpstream::start().await;
     let (status, v) =

@@ -649,8 +649,14 @@ pub async fn update(
                 r.secret = st.secrets.seal(&secret.to_secret());
             }
             if let Some(region) = &req.region {
-                bedrock::valid_region(region.trim()).map_err(|e| bad_request(format!("`region`: {e}")))?;
-                r.region = Some(region.trim().to_string());
+                let region = region.trim();
+                bedrock::valid_region(region).map_err(|e| bad_request(format!("`region`: {e}")))?;
+                // An account on its region's default endpoint moves with the region.
+                let old_default = r.region.as_deref().map(bedrock::default_base_url);
+                if req.base_url.is_none() && old_default.as_deref() == Some(r.base_url.as_str()) {
+                    r.base_url = bedrock::default_base_url(region);
+                }
+                r.region = Some(region.to_string());
             }
             if let Some(p) = &req.inference_profile {
                 r.inference_profile = optional_profile(p.clone().map(Value::String))?.map(String::from);
