@@ -375,6 +375,22 @@ async fn a_validation_error_is_the_clients_and_an_exception_frame_ends_the_strea
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     assert_eq!(console.hits(), 0, "no failover for the client's own error");
+    // A body Bedrock's terms cannot carry: refused by the relay, no upstream contacted.
+    let hits = bedrock.hits();
+    let r = post(
+        &relay,
+        r#"{"model":"claude-sonnet-4-5","max_tokens":8,"anthropic_beta":"not-a-list","messages":[]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-relay-error-source"], "relay");
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("anthropic_beta"),
+        "{v}"
+    );
+    assert_eq!((bedrock.hits(), console.hits()), (hits, 0));
 
     // A throttling exception inside the stream: an Anthropic error event, the usage so far is
     // counted, and the account is parked (the next request goes to the console account).
@@ -392,8 +408,8 @@ async fn a_validation_error_is_the_clients_and_an_exception_frame_ends_the_strea
     assert_eq!(data["error"]["type"], "rate_limit_error", "{data}");
     let _ = post(&relay, BODY_STREAM, &[]).await.bytes().await.unwrap();
     assert_eq!(console.hits(), 1);
-    let t = usage_totals(&relay, "key", "config.alice", 3).await;
-    assert_eq!(t["errors"], 2, "{t}");
+    let t = usage_totals(&relay, "key", "config.alice", 4).await;
+    assert_eq!(t["errors"], 3, "{t}");
 }
 
 #[tokio::test]

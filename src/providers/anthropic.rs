@@ -24,7 +24,7 @@ pub fn prepare(call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, Prepare
         (Some(live), _) => Some((http::header::AUTHORIZATION, live.clone())),
         (None, super::Credential::Header(name, value)) => Some((name.clone(), value.clone())),
         (None, _) => {
-            return Err(PrepareError(
+            return Err(PrepareError::Account(
                 "the account has no credential for the Anthropic API".into(),
             ));
         }

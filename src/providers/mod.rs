@@ -179,20 +179,28 @@ pub struct Prepared {
     pub wire_model: Option<String>,
 }
 
-/// Why an attempt could not be prepared (a credential the account cannot use); the account is
-/// skipped for this request.
+/// Why an attempt could not be prepared.
 #[derive(Debug)]
-pub struct PrepareError(pub String);
+pub enum PrepareError {
+    /// The account cannot be used now (a credential it cannot present): the account is skipped
+    /// for this request and another tried.
+    Account(String),
+    /// The request cannot be sent in this wire's terms (e.g. a malformed `anthropic_beta`): the
+    /// client's problem, answered at once.
+    Request(String),
+}
 
 impl std::fmt::Display for PrepareError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            PrepareError::Account(m) | PrepareError::Request(m) => f.write_str(m),
+        }
     }
 }
 
 impl From<Box<pingora::Error>> for PrepareError {
     fn from(e: Box<pingora::Error>) -> Self {
-        PrepareError(format!("building the upstream request: {e}"))
+        PrepareError::Account(format!("building the upstream request: {e}"))
     }
 }
 

@@ -20,7 +20,7 @@ use super::{Relay, RequestCtx, headers};
 use crate::convert::answer::{self, StreamAdapter};
 use crate::ingress::{Dialect, Endpoint, ErrorKind};
 use crate::providers::anthropic_oauth::tokens::TokenError;
-use crate::providers::{self, Call, Operation, Prepared, Provider, ResponseKind, Target};
+use crate::providers::{self, Call, Operation, PrepareError, Prepared, Provider, ResponseKind, Target};
 use crate::scheduler::attempts::{AttemptPlan, AttemptRequest, Failure, Next};
 use crate::scheduler::health::{self, Verdict};
 use crate::scheduler::{Account, CooldownClass};
@@ -140,14 +140,15 @@ async fn attempts(
             // Signing, when the wire needs it, happens here: anew on every attempt.
             let mut prepared = match provider.prepare(&relay.providers, &call, &target) {
                 Ok(p) => p,
-                Err(e) => {
+                Err(PrepareError::Account(e)) => {
                     tracing::warn!(account = %account.name, error = %e, "cannot prepare the upstream request; trying the next account");
                     break Err(AttemptError::Retryable(
-                        RelayError::AccountCredential(e.0),
+                        RelayError::AccountCredential(e),
                         None,
                         "prepare",
                     ));
                 }
+                Err(PrepareError::Request(e)) => break Err(AttemptError::Final(RelayError::BadRequest(e))),
             };
             prepared.head.append_header(headers::HOPS, relay.hop_id.as_str())?;
             if tracing::enabled!(target: UPSTREAM_LOG, tracing::Level::DEBUG) {

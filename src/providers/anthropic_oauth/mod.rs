@@ -30,7 +30,7 @@ impl Provider for OAuth {
 
     fn prepare(&self, env: &ProviderEnv, call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, PrepareError> {
         if target.live.is_none() {
-            return Err(PrepareError("the OAuth account has no live token".into()));
+            return Err(PrepareError::Account("the OAuth account has no live token".into()));
         }
         let mut prepared = anthropic::prepare(call, target)?;
         request::merge_beta(&mut prepared.head, &env.oauth_beta)?;

@@ -178,7 +178,7 @@ impl Provider for Bedrock {
 
     fn prepare(&self, env: &ProviderEnv, call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, PrepareError> {
         let Credential::Bedrock(auth) = target.credential else {
-            return Err(PrepareError("the account has no Bedrock credential".into()));
+            return Err(PrepareError::Account("the account has no Bedrock credential".into()));
         };
         let model_id = env.bedrock_models.resolve(call.upstream_model, &auth.profile);
         let (action, response) = match (call.op, call.stream) {
@@ -192,7 +192,7 @@ impl Provider for Bedrock {
             .into_iter()
             .partition(|f| f.starts_with("claude-code-"));
         let invoke = body::invoke_body(call.body, &body_flags, (call.op == Operation::CountTokens).then_some(1))
-            .map_err(PrepareError)?;
+            .map_err(PrepareError::Request)?;
         let body = match call.op {
             Operation::CountTokens => body::count_tokens_body(&invoke),
             Operation::Messages => Bytes::from(invoke),
@@ -243,7 +243,7 @@ impl Provider for Bedrock {
                 )?;
                 for (name, value) in signed {
                     let mut v = HeaderValue::from_str(&value)
-                        .map_err(|_| PrepareError("the signature is not a valid header".into()))?;
+                        .map_err(|_| PrepareError::Account("the signature is not a valid header".into()))?;
                     if name == "authorization" || name == "x-amz-security-token" {
                         v.set_sensitive(true);
                     }
@@ -297,16 +297,16 @@ fn sign(
         .time(at)
         .settings(SigningSettings::default())
         .build()
-        .map_err(|e| PrepareError(format!("SigV4 parameters: {e}")))?
+        .map_err(|e| PrepareError::Account(format!("SigV4 parameters: {e}")))?
         .into();
     let host = target.base.host_header.to_str().unwrap_or_default();
     let scheme = if target.base.tls { "https" } else { "http" };
     let uri = format!("{scheme}://{host}{path}");
     let headers = std::iter::once(("host", host)).chain(signed.iter().copied());
     let request = SignableRequest::new("POST", uri, headers, SignableBody::Bytes(body))
-        .map_err(|e| PrepareError(format!("SigV4 request: {e}")))?;
+        .map_err(|e| PrepareError::Account(format!("SigV4 request: {e}")))?;
     let (instructions, _) = sign(request, &params)
-        .map_err(|e| PrepareError(format!("SigV4 signing failed: {e}")))?
+        .map_err(|e| PrepareError::Account(format!("SigV4 signing failed: {e}")))?
         .into_parts();
     Ok(instructions
         .headers()
