@@ -30,9 +30,12 @@ fn the_documented_shape_loads_with_env_substitution() {
     let c = Config::from_yaml(CONTRACT, &e).unwrap();
     assert_eq!(c.listen.to_string(), "0.0.0.0:3000");
     assert_eq!(c.admin.password.as_deref(), Some("pw: with, {yaml} chars"));
-    assert_eq!(c.accounts[0].api_key.as_deref(), Some("sk-ant-api03-x"));
     assert_eq!(
-        c.accounts[0].model_map["claude-sonnet-4-5"],
+        c.accounts[0].credential,
+        crate::accounts::AccountCredential::ApiKey("sk-ant-api03-x".into())
+    );
+    assert_eq!(
+        c.accounts[0].settings.model_map["claude-sonnet-4-5"],
         "claude-sonnet-4-5-20250929"
     );
     assert_eq!(c.api_keys[0].key.as_deref(), Some("cr_0123456789abcdef0123"));
@@ -111,7 +114,7 @@ fn the_example_providers_block_loads_and_matches_the_defaults() {
     }
     assert_eq!(ex.refresh_ahead, def.refresh_ahead);
     assert_eq!(
-        ex.profile_url(&c.providers.anthropic.api_base),
+        ex.profile_url(c.providers.anthropic.api_base.as_str()),
         def.profile_url(DEFAULT_ANTHROPIC_BASE)
     );
 }
@@ -173,9 +176,11 @@ fn provider_settings_are_checked() {
         &|_| None,
     )
     .unwrap();
+    let a = &c.accounts[0].settings;
+    assert_eq!(a.base_url, None);
     assert_eq!(
-        c.accounts[0].base_url.as_deref(),
-        Some("http://127.0.0.1:9"),
+        a.base_url_or(&c.providers.anthropic.api_base).as_str(),
+        "http://127.0.0.1:9",
         "accounts default to api_base"
     );
     assert!(c.providers.anthropic.oauth.tier_blacklist("pro").is_empty());
