@@ -488,6 +488,8 @@ pub async fn reset(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use serde_json::json;
 
@@ -536,5 +538,174 @@ mod tests {
         assert_eq!(proxy_change(&patch(json!({"proxy": null}))).unwrap(), Some(None));
         let e = proxy_change(&patch(json!({"proxy": "ftp://u:secretpw@h:1"}))).unwrap_err();
         assert!(e.2.contains("`proxy`") && !e.2.contains("secretpw"), "{}", e.2);
+    }
+
+    /// The property names of a schema of the OpenAPI document, and its required ones.
+    fn schema(doc: &Value, pointer: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let s = doc
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("{pointer} is not in openapi.json"));
+        let props = s["properties"].as_object().unwrap().keys().cloned().collect();
+        let required = s["required"]
+            .as_array()
+            .map(|r| r.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        (props, required)
+    }
+
+    fn keys(v: &impl Serialize) -> BTreeSet<String> {
+        serde_json::to_value(v)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn names(fields: &[&str]) -> BTreeSet<String> {
+        fields.iter().map(|f| f.to_string()).collect()
+    }
+
+    /// A view with every field it may have.
+    fn full_view() -> AccountView {
+        let s = settings(json!({
+            "name": "a", "kind": "bedrock", "base_url": "http://127.0.0.1:9", "models": ["m"],
+            "model_map": {"a": "b"}, "group": "g", "max_concurrency": 1, "daily_quota_usd": 1.0,
+            "quota_reset": "01:00", "weight": 1, "cooldowns": {"529": "1m"}, "region": "us-east-1",
+            "inference_profile": "us"
+        }));
+        let health = scheduling::HealthView {
+            state: "active",
+            reason: Some("r".into()),
+            since: Some(1),
+            until: Some(2),
+            family: Some("opus".into()),
+        };
+        AccountView {
+            id: "x".into(),
+            name: s.name.clone(),
+            kind: s.kind,
+            base_url: "http://127.0.0.1:9".into(),
+            priority: s.priority,
+            enabled: s.enabled,
+            models: s.models.clone(),
+            model_map: s.model_map.clone(),
+            source: Source::Admin,
+            api_key: Some("sk-a…x".into()),
+            created_at: Some(1),
+            group: s.group.clone(),
+            proxy: Some("socks5://***@h:1".into()),
+            max_concurrency: s.max_concurrency,
+            daily_quota_usd: s.daily_quota_usd,
+            quota_reset: s.quota_reset,
+            weight: s.weight,
+            cooldowns: s.cooldowns.clone(),
+            region: s.region.clone(),
+            inference_profile: s.inference_profile.clone(),
+            live: LiveView {
+                health,
+                ratelimit: Some(Default::default()),
+                in_flight: 1,
+                spend_today_usd: Some(0.5),
+            },
+            oauth: Some(OAuthView {
+                access_token: "a".into(),
+                refresh_token: Some("r".into()),
+                expires_at: Some(1),
+                scopes: vec!["s".into()],
+                setup_token: false,
+                tier: Some("max".into()),
+                email: Some("e".into()),
+                refreshed_at: Some(1),
+                usage: Some(json!({})),
+            }),
+            bedrock: Some(BedrockView {
+                auth: "sigv4",
+                access_key_id: Some("AKIA…".into()),
+                session_token: true,
+                api_key: None,
+            }),
+            error: Some("e".into()),
+        }
+    }
+
+    /// openapi.json and the account types agree both ways: the document lists exactly the fields
+    /// the bodies accept and the views write, so neither can change without the other.
+    #[test]
+    fn the_openapi_account_schemas_are_the_account_types() {
+        let doc: Value = serde_json::from_str(super::super::routes::OPENAPI).unwrap();
+        let inputs = names(&AccountInput::FIELDS);
+        for s in ["CreateAccount", "UpdateAccount"] {
+            let (props, _) = schema(&doc, &format!("/components/schemas/{s}"));
+            assert_eq!(
+                props, inputs,
+                "{s}: the document's properties, then AccountInput::FIELDS"
+            );
+            assert_eq!(
+                doc["components"]["schemas"][s]["additionalProperties"],
+                json!(false),
+                "{s}"
+            );
+        }
+        let (create_props, create_required) = schema(&doc, "/components/schemas/CreateAccount");
+        assert!(create_required.is_subset(&create_props));
+
+        // The view: every field it may write is documented, and every documented field is written;
+        // the required ones are those it always writes.
+        let full = full_view();
+        let (props, required) = schema(&doc, "/components/schemas/Account");
+        assert_eq!(
+            props,
+            keys(&full),
+            "Account: the document's properties, then AccountView's"
+        );
+        let always = AccountView {
+            oauth: None,
+            bedrock: None,
+            error: None,
+            ..full_view()
+        };
+        assert_eq!(required, keys(&always), "Account: required, then always written");
+        for (pointer, v) in [
+            ("/components/schemas/Account/properties/bedrock", keys(&full.bedrock)),
+            ("/components/schemas/OAuthState", keys(&full.oauth)),
+            ("/components/schemas/AccountHealth", keys(&full.live.health)),
+        ] {
+            let (props, required) = schema(&doc, pointer);
+            assert_eq!(props, v, "{pointer}");
+            assert_eq!(required, v, "{pointer}: all required");
+        }
+
+        // The OAuth endpoints take the settings of a claude-oauth account (not its kind, nor
+        // Bedrock's fields) and a proxy, besides their own fields.
+        let mut oauth_account = names(&AccountSettings::FIELDS);
+        for f in ["kind", "region", "inference_profile"] {
+            oauth_account.remove(f);
+        }
+        oauth_account.insert("proxy".into());
+        for (s, own) in [
+            ("OAuthExchangeRequest", &["authorization_id", "code", "account_id"][..]),
+            (
+                "OAuthImportRequest",
+                &[
+                    "access_token",
+                    "refresh_token",
+                    "expires_at",
+                    "scopes",
+                    "claudeAiOauth",
+                    "account_id",
+                ][..],
+            ),
+        ] {
+            let (props, _) = schema(&doc, &format!("/components/schemas/{s}"));
+            let own = names(own);
+            assert!(own.is_subset(&props), "{s}");
+            assert_eq!(
+                props.difference(&own).cloned().collect::<BTreeSet<_>>(),
+                oauth_account,
+                "{s}"
+            );
+        }
     }
 }

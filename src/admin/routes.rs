@@ -479,9 +479,9 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
+        use crate::accounts::values::MAX_NAME_CHARS;
         assert_eq!(valid_name("  team a ").unwrap(), "team a");
         assert!(valid_name("   ").is_err());
-        use crate::accounts::values::MAX_NAME_CHARS;
         assert!(valid_name(&"x".repeat(MAX_NAME_CHARS)).is_ok());
         assert!(valid_name(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
         assert!(valid_name("a\nb").is_err());
