@@ -386,6 +386,36 @@ impl Default for StatsConfig {
     }
 }
 
+/// The keyed hash of a client key: 64 hex digits in the file (either case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut out)
+            .map_err(|_| serde::de::Error::custom("must be 64 hex digits (see `claude-relay hash-key`)"))?;
+        Ok(KeyHash(out))
+    }
+}
+
+/// How a configured client key is recognised: by its plaintext (hashed with the secret key at
+/// start), or by its hash.
+#[derive(Debug, Clone)]
+pub enum KeyIdentity {
+    Plain(String),
+    Hash(KeyHash),
+}
+
+/// A client key from the file, checked: how it is recognised, and its restrictions compiled.
+#[derive(Debug, Clone)]
+pub struct ConfiguredKey {
+    pub config: ApiKeyConfig,
+    pub identity: KeyIdentity,
+    pub policy: std::sync::Arc<filters::policy::KeyPolicy>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
@@ -395,7 +425,7 @@ pub struct ApiKeyConfig {
     pub key: Option<String>,
     /// Or its hash, as printed by `claude-relay hash-key`.
     #[serde(default)]
-    pub key_hash: Option<String>,
+    pub key_hash: Option<KeyHash>,
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Dedicated binding: an account name, or `group:<name>`.
@@ -624,7 +654,7 @@ pub struct Config {
     pub stats: StatsConfig,
     pub scheduler: SchedulerConfig,
     pub accounts: Vec<AccountDefinition>,
-    pub api_keys: Vec<ApiKeyConfig>,
+    pub api_keys: Vec<ConfiguredKey>,
     pub filters: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub providers: ProvidersConfig,
@@ -757,10 +787,7 @@ fn check_unique_client_keys(keys: &[ApiKeyConfig], secret_key: Option<&str>) -> 
         let (field, identity) = match (&k.key, &k.key_hash, &secrets) {
             (Some(p), _, Some(s)) => ("key", s.hash_client_key(p).to_vec()),
             (Some(p), _, None) => ("key", p.as_bytes().to_vec()),
-            (None, Some(h), _) => match hex::decode(h) {
-                Ok(b) => ("key_hash", b),
-                Err(_) => return Err(invalid(format!("api_keys[{i}].key_hash"), "is not hex")),
-            },
+            (None, Some(h), _) => ("key_hash", h.0.to_vec()),
             (None, None, _) => continue,
         };
         if let Some(&first) = seen.get(&identity) {
@@ -976,13 +1003,7 @@ impl Config {
                         ));
                     }
                 }
-                (None, Some(h)) => {
-                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(invalid(
-                            key("key_hash"),
-                            "must be 64 hex digits (see `claude-relay hash-key`)",
-                        ));
-                    }
+                (None, Some(_)) => {
                     if raw.secret_key.is_none() {
                         return Err(invalid(
                             key("key_hash"),
@@ -1042,8 +1063,25 @@ impl Config {
             }
         }
 
-        for (i, k) in raw.api_keys.iter().enumerate() {
-            filters::policy::KeyPolicy::compile(&k.policy_spec()).map_err(|e| invalid(format!("api_keys[{i}]"), e))?;
+        let mut api_keys = Vec::with_capacity(raw.api_keys.len());
+        for (i, k) in raw.api_keys.into_iter().enumerate() {
+            let policy = filters::policy::KeyPolicy::compile(&k.policy_spec())
+                .map_err(|e| invalid(format!("api_keys[{i}]"), e))?;
+            let identity = match (&k.key, k.key_hash) {
+                (Some(p), _) => KeyIdentity::Plain(p.clone()),
+                (None, Some(h)) => KeyIdentity::Hash(h),
+                (None, None) => {
+                    return Err(invalid(
+                        format!("api_keys[{i}].key"),
+                        "one of `key` or `key_hash` is required",
+                    ));
+                }
+            };
+            api_keys.push(ConfiguredKey {
+                config: k,
+                identity,
+                policy: std::sync::Arc::new(policy),
+            });
         }
         let trusted_proxies = parse_nets("trusted_proxies", &raw.trusted_proxies)?;
         let deny_addresses = parse_nets("upstreams.deny_addresses", &raw.upstreams.deny_addresses)?;
@@ -1104,7 +1142,7 @@ impl Config {
             stats: raw.stats,
             scheduler: raw.scheduler,
             accounts,
-            api_keys: raw.api_keys,
+            api_keys,
             filters,
             trusted_proxies,
             providers: raw.providers,

@@ -495,7 +495,7 @@ proptest! {
             Ok(c) => {
                 prop_assert_eq!(c.admin.password.as_deref(), Some(password.as_str()));
                 prop_assert_eq!(c.api_keys.len(), 1);
-                prop_assert_eq!(c.api_keys[0].key.as_deref(), Some(key.as_str()));
+                prop_assert_eq!(c.api_keys[0].config.key.as_deref(), Some(key.as_str()));
                 prop_assert_eq!(c.accounts.len(), 1);
                 // Sent trimmed, as it is kept.
                 prop_assert_eq!(

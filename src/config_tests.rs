@@ -38,7 +38,7 @@ fn the_documented_shape_loads_with_env_substitution() {
         c.accounts[0].settings.model_map["claude-sonnet-4-5"],
         "claude-sonnet-4-5-20250929"
     );
-    assert_eq!(c.api_keys[0].key.as_deref(), Some("cr_0123456789abcdef0123"));
+    assert_eq!(c.api_keys[0].config.key.as_deref(), Some("cr_0123456789abcdef0123"));
     assert_eq!(c.store.path.as_deref(), Some(std::path::Path::new("./data")));
 }
 
@@ -329,4 +329,82 @@ fn an_unclosed_reference_does_not_swallow_the_next_lines() {
     assert!(err.contains("unterminated"), "{err}");
     let c = Config::from_yaml("# see ${V}\nadmin: { username: ${V} }\n", &e).unwrap();
     assert_eq!(c.admin.username, "x");
+}
+
+#[test]
+fn accounts_are_read_into_typed_values_and_unknown_fields_are_refused() {
+    let err = |y: &str| Config::from_yaml(y, &|_| None).unwrap_err().to_string();
+    let e = err("accounts: [{ name: a, kind: ccr, api_key: k, secret: x }]");
+    assert!(
+        e.contains("config key `accounts[0]`") && e.contains("unknown field `secret`"),
+        "{e}"
+    );
+    for (yaml, key) in [
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, quota_reset: '24:00' }]",
+            "accounts[0].quota_reset",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, cooldowns: { 6xx: 1m } }]",
+            "accounts[0].cooldowns.6xx",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, proxy: 'socks5://h' }]",
+            "accounts[0].proxy",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, weight: 0 }]",
+            "accounts[0].weight",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, region: us-east-1 }]",
+            "accounts[0].region",
+        ),
+        (
+            "accounts: [{ name: a, kind: bedrock, region: nowhere, api_key: k }]",
+            "accounts[0].region",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k }, { name: ' a', kind: ccr, api_key: k }]",
+            "accounts[1].name",
+        ),
+        ("scheduler: { cooldowns: { 529: 3651d } }", "scheduler.cooldowns.529"),
+        ("api_keys: [{ name: a, key_hash: abc }]", "api_keys[0].key_hash"),
+    ] {
+        assert!(
+            err(yaml).contains(&format!("config key `{key}`")),
+            "{yaml}: {}",
+            err(yaml)
+        );
+    }
+
+    const SK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let c = Config::from_yaml(
+        &format!(
+            "secret_key: {SK}\nscheduler: {{ cooldowns: {{ 529: 2m }} }}\n\
+             accounts: [{{ name: ' a ', kind: ccr, api_key: k, cooldowns: {{ 503: 90 }}, quota_reset: '7:30', \
+             proxy: 'http://u:p@127.0.0.1:3128' }}]\n\
+             api_keys: [{{ name: b, key_hash: '{}' }}]",
+            "AB".repeat(32)
+        ),
+        &|_| None,
+    )
+    .unwrap();
+    use crate::scheduler::CooldownClass;
+    assert_eq!(
+        c.scheduler.cooldowns.get(CooldownClass::Overloaded),
+        Some(Duration::from_secs(120))
+    );
+    let a = &c.accounts[0];
+    assert_eq!(a.settings.name, "a");
+    assert_eq!(
+        a.settings.cooldowns.get(CooldownClass::Unavailable),
+        Some(Duration::from_secs(90))
+    );
+    assert_eq!(a.settings.quota_reset_minute(), 450);
+    assert_eq!(
+        a.proxy.as_ref().map(|p| p.masked()).as_deref(),
+        Some("http://***@127.0.0.1:3128")
+    );
+    assert!(matches!(c.api_keys[0].identity, KeyIdentity::Hash(KeyHash(h)) if h == [0xab; 32]));
 }

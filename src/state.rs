@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use filters::{ClientKey, KeyDirectory};
 
 use crate::accounts::{AccountCredential, AccountDefinition, stored};
-use crate::config::Config;
+use crate::config::{Config, KeyIdentity};
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::providers::bedrock::BedrockAuth;
 use crate::providers::{Credential, anthropic_console};
@@ -63,44 +63,19 @@ pub fn build_snapshot(
     accounts: Vec<AccountRecord>,
 ) -> Snapshot {
     let mut snap = Snapshot::default();
-    // Configured keys and accounts passed `Config::validate`, which refuses everything that is
-    // skipped below; the checks stay so that a key or account is left out (logged) rather than
-    // served with less than it was given.
+    // Configured keys and accounts passed `Config::validate` and hold their values typed.
     for k in &config.api_keys {
-        let hash = match (&k.key, &k.key_hash) {
-            (Some(p), _) => secrets.hash_client_key(p),
-            (None, Some(h)) => {
-                let mut out = [0u8; 32];
-                if hex::decode_to_slice(h, &mut out).is_err() {
-                    tracing::error!(key = %k.name, "configured key has a malformed key_hash; skipped");
-                    continue;
-                }
-                out
-            }
-            (None, None) => continue,
+        let c = &k.config;
+        let (hash, hint) = match &k.identity {
+            KeyIdentity::Plain(p) => (secrets.hash_client_key(p), crate::secrets::mask(p)),
+            KeyIdentity::Hash(h) => (h.0, "(hash)".to_string()),
         };
-        if snap.keys_by_hash.contains_key(&hash) {
-            tracing::error!(key = %k.name, "configured key duplicates another configured key; skipped");
-            continue;
-        }
-        let policy = match filters::policy::KeyPolicy::compile(&k.policy_spec()) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                tracing::error!(key = %k.name, error = %e, "configured key has an invalid policy; skipped");
-                continue;
-            }
-        };
-        let hint = k
-            .key
-            .as_deref()
-            .map(crate::secrets::mask)
-            .unwrap_or_else(|| "(hash)".into());
         let ck = Arc::new(ClientKey {
-            id: config_id(&k.name).into(),
-            name: k.name.as_str().into(),
-            enabled: k.enabled,
-            bind: k.bind.as_deref().map(Arc::from),
-            policy,
+            id: config_id(&c.name).into(),
+            name: c.name.as_str().into(),
+            enabled: c.enabled,
+            bind: c.bind.as_deref().map(Arc::from),
+            policy: k.policy.clone(),
         });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Config, hint, 0));
