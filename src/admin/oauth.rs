@@ -390,6 +390,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_new_oauth_account_takes_the_settings_of_any_account_but_its_kind_and_credential() {
+        let body = |v: Value| Bytes::from(v.to_string());
+        let fields = ["authorization_id", "code"];
+        let (taken, input) = fields_or_existing(
+            &body(json!({"authorization_id": "x", "code": "c", "name": " sub ", "priority": 5, "proxy": "socks5://127.0.0.1:1080"})),
+            &fields,
+        )
+        .unwrap();
+        assert_eq!(taken.len(), 2);
+        let input = input.unwrap();
+        assert_eq!(input.settings.kind, AccountKind::ClaudeOauth);
+        assert_eq!((input.settings.name.as_str(), input.settings.priority), ("sub", 5));
+        assert!(input.proxy.is_some());
+        for bad in [
+            json!({"name": "a", "kind": "claude-console"}),
+            json!({"name": "a", "api_key": "k"}),
+            json!({"name": "a", "region": "us-east-1"}),
+            json!({"name": "a", "nope": 1}),
+            json!({"name": "a", "quota_reset": "25:00"}),
+            json!({"account_id": "x", "name": "a"}),
+        ] {
+            let e = fields_or_existing(&body(bad.clone()), &fields).unwrap_err();
+            assert_eq!(e.0, StatusCode::BAD_REQUEST, "{bad}: {}", e.2);
+        }
+        let (_, none) = fields_or_existing(&body(json!({"account_id": "x", "code": "c"})), &fields).unwrap();
+        assert!(none.is_none());
+    }
+
+    #[test]
     fn expiry_accepts_ms_seconds_and_rfc3339() {
         assert_eq!(
             expiry(Some(json!(1_764_000_000_000_i64))).unwrap(),
