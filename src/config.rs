@@ -4,14 +4,13 @@
 //! Loading runs in two steps (the raw file shape with `deny_unknown_fields`, then [`Config::validate`])
 //! so that a bad value stops the start with a message naming the key and the reason.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::store::AccountKind;
+use crate::accounts::{AccountDefinition, AccountInput, Cooldowns};
 
 #[path = "config_providers.rs"]
 mod providers_config;
@@ -121,8 +120,9 @@ pub struct RawConfig {
     pub stats: StatsConfig,
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Upstream accounts: their settings, credential and outbound proxy.
     #[serde(default)]
-    pub accounts: Vec<AccountConfig>,
+    pub accounts: Vec<AccountInput>,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
     /// Filter chain order; the default chain when absent.
@@ -386,72 +386,34 @@ impl Default for StatsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccountConfig {
-    pub name: String,
-    pub kind: AccountKind,
-    #[serde(default)]
-    pub base_url: Option<String>,
-    #[serde(default)]
-    pub api_key: Option<String>,
-    #[serde(default = "crate::store::default_priority")]
-    pub priority: u32,
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-    #[serde(default)]
-    pub model_map: BTreeMap<String, String>,
-    /// Group this account belongs to (keys may bind to `group:<name>`).
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Outbound proxy: `socks5://user:pass@host:port` or `http://user:pass@host:port`.
-    #[serde(default)]
-    pub proxy: Option<String>,
-    /// Most requests this account serves at once (across instances sharing the store).
-    #[serde(default)]
-    pub max_concurrency: Option<u32>,
-    /// Spend per day (USD) after which the account leaves the pool until `quota_reset`.
-    #[serde(default)]
-    pub daily_quota_usd: Option<f64>,
-    /// Daily quota reset time, `HH:MM` UTC (default 00:00).
-    #[serde(default)]
-    pub quota_reset: Option<String>,
-    /// Relative share among accounts of the same priority (default 1; LRU within equal weights).
-    #[serde(default)]
-    pub weight: Option<u32>,
-    /// Per-account cooldown overrides, same keys as `scheduler.cooldowns`.
-    #[serde(default)]
-    pub cooldowns: BTreeMap<String, Dur>,
-    /// `bedrock`: the AWS region (`us-east-1`).
-    #[serde(default)]
-    pub region: Option<String>,
-    /// `bedrock`: SigV4 credentials (or `api_key` for a Bedrock API key).
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    /// `bedrock`: the session token of temporary credentials.
-    #[serde(default)]
-    pub session_token: Option<String>,
-    /// `bedrock`: the cross-region inference profile (`us`, `eu`, `apac`, `global`, `none`...);
-    /// by default the region's geography.
-    #[serde(default)]
-    pub inference_profile: Option<crate::providers::bedrock::models::Profile>,
+/// The keyed hash of a client key: 64 hex digits in the file (either case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut out)
+            .map_err(|_| serde::de::Error::custom("must be 64 hex digits (see `claude-relay hash-key`)"))?;
+        Ok(KeyHash(out))
+    }
 }
 
-impl AccountConfig {
-    /// The credential of a `bedrock` account, as sealed in the store.
-    pub fn bedrock_secret(&self) -> crate::providers::bedrock::BedrockSecret {
-        let some = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
-        crate::providers::bedrock::BedrockSecret {
-            access_key_id: some(&self.access_key_id),
-            secret_access_key: some(&self.secret_access_key),
-            session_token: some(&self.session_token),
-            api_key: some(&self.api_key),
-        }
-    }
+/// How a configured client key is recognised: by its plaintext (hashed with the secret key at
+/// start), or by its hash.
+#[derive(Debug, Clone)]
+pub enum KeyIdentity {
+    Plain(String),
+    Hash(KeyHash),
+}
+
+/// A client key from the file, checked: how it is recognised, and its restrictions compiled.
+#[derive(Debug, Clone)]
+pub struct ConfiguredKey {
+    pub config: ApiKeyConfig,
+    pub identity: KeyIdentity,
+    pub policy: std::sync::Arc<filters::policy::KeyPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -463,7 +425,7 @@ pub struct ApiKeyConfig {
     pub key: Option<String>,
     /// Or its hash, as printed by `claude-relay hash-key`.
     #[serde(default)]
-    pub key_hash: Option<String>,
+    pub key_hash: Option<KeyHash>,
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Dedicated binding: an account name, or `group:<name>`.
@@ -524,7 +486,7 @@ pub struct SchedulerConfig {
     /// Cooldown per error class: "503", "5xx", "529", "401", "403", "429_max" (cap for retry-after),
     /// "429" (when no retry-after), "connect".
     #[serde(default)]
-    pub cooldowns: BTreeMap<String, Dur>,
+    pub cooldowns: Cooldowns,
 }
 
 impl Default for SchedulerConfig {
@@ -532,7 +494,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             sticky_ttl: default_sticky_ttl(),
             failover: FailoverConfig::default(),
-            cooldowns: BTreeMap::new(),
+            cooldowns: Cooldowns::default(),
         }
     }
 }
@@ -691,8 +653,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub stats: StatsConfig,
     pub scheduler: SchedulerConfig,
-    pub accounts: Vec<AccountConfig>,
-    pub api_keys: Vec<ApiKeyConfig>,
+    pub accounts: Vec<AccountDefinition>,
+    pub api_keys: Vec<ConfiguredKey>,
     pub filters: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub providers: ProvidersConfig,
@@ -813,22 +775,6 @@ pub fn substitute_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
     Ok(out)
 }
 
-/// The header an account from the file authenticates with upstream: what the snapshot builds for
-/// it. An error means the secret cannot be sent (a newline or another character not allowed in a
-/// header value).
-fn account_auth_header(kind: AccountKind, secret: &str) -> Result<(), String> {
-    match kind {
-        AccountKind::ClaudeConsole | AccountKind::Ccr => {
-            crate::providers::anthropic_console::auth_header(secret).map(drop)
-        }
-        AccountKind::Bedrock => Ok(()),
-        AccountKind::ClaudeOauth => {
-            use crate::providers::anthropic_oauth::{TokenPair, tokens::Live};
-            Live::new(TokenPair::parse(secret), None, 0).map(drop)
-        }
-    }
-}
-
 /// Refuses a client key listed twice under different names (by `key`, by `key_hash`, or by a
 /// `key` whose hash another entry gives): the snapshot keeps one entry per key, so the other's
 /// restrictions would silently not apply.
@@ -841,10 +787,7 @@ fn check_unique_client_keys(keys: &[ApiKeyConfig], secret_key: Option<&str>) -> 
         let (field, identity) = match (&k.key, &k.key_hash, &secrets) {
             (Some(p), _, Some(s)) => ("key", s.hash_client_key(p).to_vec()),
             (Some(p), _, None) => ("key", p.as_bytes().to_vec()),
-            (None, Some(h), _) => match hex::decode(h) {
-                Ok(b) => ("key_hash", b),
-                Err(_) => return Err(invalid(format!("api_keys[{i}].key_hash"), "is not hex")),
-            },
+            (None, Some(h), _) => ("key_hash", h.0.to_vec()),
             (None, None, _) => continue,
         };
         if let Some(&first) = seen.get(&identity) {
@@ -1023,109 +966,18 @@ impl Config {
 
         providers_config::validate(&raw.providers)?;
         let mut names = std::collections::HashSet::new();
-        for (i, a) in raw.accounts.iter_mut().enumerate() {
-            let key = |f: &str| format!("accounts[{i}].{f}");
-            if a.name.trim().is_empty() {
-                return Err(invalid(key("name"), "must not be empty"));
-            }
-            if !names.insert(a.name.clone()) {
-                return Err(invalid(key("name"), format!("duplicate account name `{}`", a.name)));
-            }
-            let is_bedrock = a.kind == AccountKind::Bedrock;
-            if !is_bedrock {
-                for (f, v) in [
-                    ("region", a.region.is_some()),
-                    ("access_key_id", a.access_key_id.is_some()),
-                    ("secret_access_key", a.secret_access_key.is_some()),
-                    ("session_token", a.session_token.is_some()),
-                    ("inference_profile", a.inference_profile.is_some()),
-                ] {
-                    if v {
-                        return Err(invalid(
-                            key(f),
-                            format!("applies to kind bedrock only, not {}", a.kind.as_str()),
-                        ));
-                    }
-                }
-            }
-            let default_base = if is_bedrock {
-                let region = a.region.as_deref().unwrap_or_default();
-                if region.is_empty() {
-                    return Err(invalid(key("region"), "is required for kind bedrock (e.g. us-east-1)"));
-                }
-                crate::providers::bedrock::valid_region(region).map_err(|r| invalid(key("region"), r))?;
-                crate::providers::bedrock::default_base_url(region)
-            } else {
-                raw.providers.anthropic.api_base.clone()
-            };
-            let base = a.base_url.get_or_insert(default_base);
-            crate::providers::UpstreamBase::parse(base).map_err(|r| invalid(key("base_url"), r))?;
-            if is_bedrock {
-                // `${AWS_SESSION_TOKEN:-}` may expand to nothing: no session token then.
-                a.bedrock_secret()
-                    .validate()
-                    .map_err(|r| invalid(key("access_key_id"), r))?;
-            } else {
-                match a.api_key.as_deref() {
-                    Some(k) if !k.trim().is_empty() => {
-                        // The snapshot builds the same header and would leave the account out.
-                        account_auth_header(a.kind, k).map_err(|r| invalid(key("api_key"), r))?;
-                    }
-                    _ => {
-                        return Err(invalid(
-                            key("api_key"),
-                            match a.kind {
-                                AccountKind::ClaudeConsole => "is required for kind claude-console",
-                                AccountKind::Ccr => "is required for kind ccr",
-                                // Refresh tokens rotate, so only a long-lived token fits a file.
-                                AccountKind::ClaudeOauth | AccountKind::Bedrock => {
-                                    "is required for kind claude-oauth: a long-lived OAuth access token (setup token); \
-                                     accounts with refresh tokens are added through the admin API"
-                                }
-                            },
-                        ));
-                    }
-                }
-            }
-            if let Some(m) = &a.models
-                && m.iter().any(|s| s.trim().is_empty())
-            {
-                return Err(invalid(key("models"), "model names must not be empty"));
-            }
-            for (from, to) in &a.model_map {
-                if from.trim().is_empty() || to.trim().is_empty() {
-                    return Err(invalid(key("model_map"), "model names must not be empty"));
-                }
-            }
-            if let Some(p) = &a.proxy {
-                crate::proxy::outbound::OutboundProxy::parse(p).map_err(|r| invalid(key("proxy"), r))?;
-            }
-            if a.max_concurrency == Some(0) {
+        let mut accounts = Vec::with_capacity(raw.accounts.len());
+        for (i, a) in raw.accounts.into_iter().enumerate() {
+            let a = a
+                .validate()
+                .map_err(|e| invalid(format!("accounts[{i}].{}", e.field), e.reason))?;
+            if !names.insert(a.settings.name.clone()) {
                 return Err(invalid(
-                    key("max_concurrency"),
-                    "must be at least 1 (leave it out for no cap)",
+                    format!("accounts[{i}].name"),
+                    format!("duplicate account name `{}`", a.settings.name),
                 ));
             }
-            if let Some(q) = a.daily_quota_usd
-                && !(q.is_finite() && q > 0.0)
-            {
-                return Err(invalid(key("daily_quota_usd"), "must be a positive number of USD"));
-            }
-            if let Some(r) = &a.quota_reset {
-                crate::scheduler::parse_hhmm(r).map_err(|e| invalid(key("quota_reset"), e))?;
-            }
-            if a.weight == Some(0) {
-                return Err(invalid(key("weight"), "must be at least 1"));
-            }
-            if let Some(g) = &a.group
-                && g.trim().is_empty()
-            {
-                return Err(invalid(key("group"), "must not be empty"));
-            }
-            for k in a.cooldowns.keys() {
-                crate::scheduler::CooldownClass::parse_key(k)
-                    .map_err(|e| invalid(key(&format!("cooldowns.{k}")), e))?;
-            }
+            accounts.push(a);
         }
 
         let mut key_names = std::collections::HashSet::new();
@@ -1151,13 +1003,7 @@ impl Config {
                         ));
                     }
                 }
-                (None, Some(h)) => {
-                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(invalid(
-                            key("key_hash"),
-                            "must be 64 hex digits (see `claude-relay hash-key`)",
-                        ));
-                    }
+                (None, Some(_)) => {
                     if raw.secret_key.is_none() {
                         return Err(invalid(
                             key("key_hash"),
@@ -1172,10 +1018,6 @@ impl Config {
 
         check_unique_client_keys(&raw.api_keys, raw.secret_key.as_deref())?;
 
-        for k in raw.scheduler.cooldowns.keys() {
-            crate::scheduler::CooldownClass::parse_key(k)
-                .map_err(|e| invalid(format!("scheduler.cooldowns.{k}"), e))?;
-        }
         if raw.scheduler.failover.evidence_keys == 0 || raw.scheduler.failover.evidence_keys > 16 {
             return Err(invalid("scheduler.failover.evidence_keys", "must be between 1 and 16"));
         }
@@ -1200,8 +1042,10 @@ impl Config {
                 format!("{s} is not an HTTP error status"),
             ));
         }
-        let account_names: std::collections::HashSet<&str> = raw.accounts.iter().map(|a| a.name.as_str()).collect();
-        let groups: std::collections::HashSet<&str> = raw.accounts.iter().filter_map(|a| a.group.as_deref()).collect();
+        let account_names: std::collections::HashSet<&str> =
+            accounts.iter().map(|a| a.settings.name.as_str()).collect();
+        let groups: std::collections::HashSet<&str> =
+            accounts.iter().filter_map(|a| a.settings.group.as_deref()).collect();
         for (i, k) in raw.api_keys.iter().enumerate() {
             if let Some(b) = &k.bind {
                 match b.strip_prefix("group:") {
@@ -1219,8 +1063,25 @@ impl Config {
             }
         }
 
-        for (i, k) in raw.api_keys.iter().enumerate() {
-            filters::policy::KeyPolicy::compile(&k.policy_spec()).map_err(|e| invalid(format!("api_keys[{i}]"), e))?;
+        let mut api_keys = Vec::with_capacity(raw.api_keys.len());
+        for (i, k) in raw.api_keys.into_iter().enumerate() {
+            let policy = filters::policy::KeyPolicy::compile(&k.policy_spec())
+                .map_err(|e| invalid(format!("api_keys[{i}]"), e))?;
+            let identity = match (&k.key, k.key_hash) {
+                (Some(p), _) => KeyIdentity::Plain(p.clone()),
+                (None, Some(h)) => KeyIdentity::Hash(h),
+                (None, None) => {
+                    return Err(invalid(
+                        format!("api_keys[{i}].key"),
+                        "one of `key` or `key_hash` is required",
+                    ));
+                }
+            };
+            api_keys.push(ConfiguredKey {
+                config: k,
+                identity,
+                policy: std::sync::Arc::new(policy),
+            });
         }
         let trusted_proxies = parse_nets("trusted_proxies", &raw.trusted_proxies)?;
         let deny_addresses = parse_nets("upstreams.deny_addresses", &raw.upstreams.deny_addresses)?;
@@ -1280,8 +1141,8 @@ impl Config {
             shutdown_grace: raw.shutdown_grace.0,
             stats: raw.stats,
             scheduler: raw.scheduler,
-            accounts: raw.accounts,
-            api_keys: raw.api_keys,
+            accounts,
+            api_keys,
             filters,
             trusted_proxies,
             providers: raw.providers,

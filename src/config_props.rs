@@ -268,9 +268,9 @@ fn durations(c: &Config) -> Vec<(&'static str, Duration)> {
         ("oauth.usage_poll", o.usage_poll.0),
         ("oauth.timeout", o.timeout.0),
     ];
-    d.extend(c.scheduler.cooldowns.values().map(|v| ("scheduler.cooldowns", v.0)));
+    d.extend(c.scheduler.cooldowns.iter().map(|(_, v)| ("scheduler.cooldowns", v)));
     for a in &c.accounts {
-        d.extend(a.cooldowns.values().map(|v| ("accounts.cooldowns", v.0)));
+        d.extend(a.settings.cooldowns.iter().map(|(_, v)| ("accounts.cooldowns", v)));
     }
     d
 }
@@ -495,9 +495,13 @@ proptest! {
             Ok(c) => {
                 prop_assert_eq!(c.admin.password.as_deref(), Some(password.as_str()));
                 prop_assert_eq!(c.api_keys.len(), 1);
-                prop_assert_eq!(c.api_keys[0].key.as_deref(), Some(key.as_str()));
+                prop_assert_eq!(c.api_keys[0].config.key.as_deref(), Some(key.as_str()));
                 prop_assert_eq!(c.accounts.len(), 1);
-                prop_assert_eq!(c.accounts[0].api_key.as_deref(), Some(api_key.as_str()));
+                // Sent trimmed, as it is kept.
+                prop_assert_eq!(
+                    &c.accounts[0].credential,
+                    &crate::accounts::AccountCredential::ApiKey(api_key.trim().to_string())
+                );
             }
             // A value that reads as a number or boolean takes that type, which a string field
             // refuses: the only way such a config may fail.

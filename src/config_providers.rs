@@ -20,8 +20,8 @@ pub struct ProvidersConfig {
 #[serde(deny_unknown_fields)]
 pub struct AnthropicProvider {
     /// The Anthropic API; the default `base_url` of Claude accounts.
-    #[serde(default = "default_api_base")]
-    pub api_base: String,
+    #[serde(default = "crate::accounts::BaseUrl::anthropic")]
+    pub api_base: crate::accounts::BaseUrl,
     #[serde(default)]
     pub oauth: OAuthConfig,
 }
@@ -29,7 +29,7 @@ pub struct AnthropicProvider {
 impl Default for AnthropicProvider {
     fn default() -> Self {
         AnthropicProvider {
-            api_base: default_api_base(),
+            api_base: crate::accounts::BaseUrl::anthropic(),
             oauth: OAuthConfig::default(),
         }
     }
@@ -137,9 +137,6 @@ impl OAuthConfig {
     }
 }
 
-fn default_api_base() -> String {
-    super::DEFAULT_ANTHROPIC_BASE.into()
-}
 fn default_authorize_url() -> String {
     "https://claude.ai/oauth/authorize".into()
 }
@@ -198,7 +195,6 @@ fn http_url(key: &str, url: &str) -> Result<(), ConfigError> {
 /// Checks `providers:`.
 pub fn validate(p: &ProvidersConfig) -> Result<(), ConfigError> {
     let a = &p.anthropic;
-    crate::providers::UpstreamBase::parse(&a.api_base).map_err(|r| invalid("providers.anthropic.api_base", r))?;
     let o = &a.oauth;
     let k = |f: &str| format!("providers.anthropic.oauth.{f}");
     http_url(&k("authorize_url"), &o.authorize_url)?;

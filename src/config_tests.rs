@@ -30,12 +30,15 @@ fn the_documented_shape_loads_with_env_substitution() {
     let c = Config::from_yaml(CONTRACT, &e).unwrap();
     assert_eq!(c.listen.to_string(), "0.0.0.0:3000");
     assert_eq!(c.admin.password.as_deref(), Some("pw: with, {yaml} chars"));
-    assert_eq!(c.accounts[0].api_key.as_deref(), Some("sk-ant-api03-x"));
     assert_eq!(
-        c.accounts[0].model_map["claude-sonnet-4-5"],
+        c.accounts[0].credential,
+        crate::accounts::AccountCredential::ApiKey("sk-ant-api03-x".into())
+    );
+    assert_eq!(
+        c.accounts[0].settings.model_map["claude-sonnet-4-5"],
         "claude-sonnet-4-5-20250929"
     );
-    assert_eq!(c.api_keys[0].key.as_deref(), Some("cr_0123456789abcdef0123"));
+    assert_eq!(c.api_keys[0].config.key.as_deref(), Some("cr_0123456789abcdef0123"));
     assert_eq!(c.store.path.as_deref(), Some(std::path::Path::new("./data")));
 }
 
@@ -111,7 +114,7 @@ fn the_example_providers_block_loads_and_matches_the_defaults() {
     }
     assert_eq!(ex.refresh_ahead, def.refresh_ahead);
     assert_eq!(
-        ex.profile_url(&c.providers.anthropic.api_base),
+        ex.profile_url(c.providers.anthropic.api_base.as_str()),
         def.profile_url(DEFAULT_ANTHROPIC_BASE)
     );
 }
@@ -173,9 +176,11 @@ fn provider_settings_are_checked() {
         &|_| None,
     )
     .unwrap();
+    let a = &c.accounts[0].settings;
+    assert_eq!(a.base_url, None);
     assert_eq!(
-        c.accounts[0].base_url.as_deref(),
-        Some("http://127.0.0.1:9"),
+        a.base_url_or(&c.providers.anthropic.api_base).as_str(),
+        "http://127.0.0.1:9",
         "accounts default to api_base"
     );
     assert!(c.providers.anthropic.oauth.tier_blacklist("pro").is_empty());
@@ -338,16 +343,15 @@ fn the_example_accounts_load() {
         _ => None,
     };
     let c = Config::from_yaml(&example_block("accounts:"), &env).unwrap();
-    let kinds: Vec<&str> = c.accounts.iter().map(|a| a.kind.as_str()).collect();
+    let kinds: Vec<&str> = c.accounts.iter().map(|a| a.settings.kind.as_str()).collect();
     assert_eq!(kinds, ["claude-console", "claude-oauth", "bedrock", "bedrock", "ccr"]);
     let us = &c.accounts[2];
     assert_eq!(
-        us.base_url.as_deref(),
-        Some("https://bedrock-runtime.us-east-1.amazonaws.com")
+        us.settings.base_url_or(&c.providers.anthropic.api_base).as_str(),
+        "https://bedrock-runtime.us-east-1.amazonaws.com"
     );
-    assert_eq!(
-        us.bedrock_secret().session_token,
-        None,
+    assert!(
+        matches!(&us.credential, crate::accounts::AccountCredential::Bedrock(s) if s.session_token.is_none()),
         "an empty session token is none"
     );
     let err = |y: &str| Config::from_yaml(y, &|_| None).unwrap_err().to_string();
@@ -366,4 +370,82 @@ fn the_example_accounts_load() {
             .contains("inference_profile")
     );
     assert!(err("accounts: [{ name: r, kind: ccr }]").contains("accounts[0].api_key"));
+}
+
+#[test]
+fn accounts_are_read_into_typed_values_and_unknown_fields_are_refused() {
+    let err = |y: &str| Config::from_yaml(y, &|_| None).unwrap_err().to_string();
+    let e = err("accounts: [{ name: a, kind: ccr, api_key: k, secret: x }]");
+    assert!(
+        e.contains("config key `accounts[0]`") && e.contains("unknown field `secret`"),
+        "{e}"
+    );
+    for (yaml, key) in [
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, quota_reset: '24:00' }]",
+            "accounts[0].quota_reset",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, cooldowns: { 6xx: 1m } }]",
+            "accounts[0].cooldowns.6xx",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, proxy: 'socks5://h' }]",
+            "accounts[0].proxy",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, weight: 0 }]",
+            "accounts[0].weight",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k, region: us-east-1 }]",
+            "accounts[0].region",
+        ),
+        (
+            "accounts: [{ name: a, kind: bedrock, region: nowhere, api_key: k }]",
+            "accounts[0].region",
+        ),
+        (
+            "accounts: [{ name: a, kind: ccr, api_key: k }, { name: ' a', kind: ccr, api_key: k }]",
+            "accounts[1].name",
+        ),
+        ("scheduler: { cooldowns: { 529: 3651d } }", "scheduler.cooldowns.529"),
+        ("api_keys: [{ name: a, key_hash: abc }]", "api_keys[0].key_hash"),
+    ] {
+        assert!(
+            err(yaml).contains(&format!("config key `{key}`")),
+            "{yaml}: {}",
+            err(yaml)
+        );
+    }
+
+    const SK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let c = Config::from_yaml(
+        &format!(
+            "secret_key: {SK}\nscheduler: {{ cooldowns: {{ 529: 2m }} }}\n\
+             accounts: [{{ name: ' a ', kind: ccr, api_key: k, cooldowns: {{ 503: 90 }}, quota_reset: '7:30', \
+             proxy: 'http://u:p@127.0.0.1:3128' }}]\n\
+             api_keys: [{{ name: b, key_hash: '{}' }}]",
+            "AB".repeat(32)
+        ),
+        &|_| None,
+    )
+    .unwrap();
+    use crate::scheduler::CooldownClass;
+    assert_eq!(
+        c.scheduler.cooldowns.get(CooldownClass::Overloaded),
+        Some(Duration::from_secs(120))
+    );
+    let a = &c.accounts[0];
+    assert_eq!(a.settings.name, "a");
+    assert_eq!(
+        a.settings.cooldowns.get(CooldownClass::Unavailable),
+        Some(Duration::from_secs(90))
+    );
+    assert_eq!(a.settings.quota_reset_minute(), 450);
+    assert_eq!(
+        a.proxy.as_ref().map(|p| p.masked()).as_deref(),
+        Some("http://***@127.0.0.1:3128")
+    );
+    assert!(matches!(c.api_keys[0].identity, KeyIdentity::Hash(KeyHash(h)) if h == [0xab; 32]));
 }

@@ -13,6 +13,7 @@
 //! shutdown token, the owner of every background task), `net` (client addresses behind trusted
 //! proxies), `logging` (redacted log output), `private_fs` (files only the relay's user may read).
 
+pub mod accounts;
 pub mod admin;
 pub mod config;
 pub mod convert;

@@ -382,12 +382,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         leases: leases.clone(),
         oauth: oauth.clone(),
         tasks: tasks.clone(),
-        cooldowns: config
-            .scheduler
-            .cooldowns
-            .iter()
-            .filter_map(|(k, d)| crate::scheduler::CooldownClass::parse_key(k).ok().map(|c| (c, d.0)))
-            .collect(),
+        cooldowns: config.scheduler.cooldowns.to_map(),
     });
     tasks.spawn_loop("concurrency lease renewal", leases.renew_forever());
     tasks.spawn_loop("oauth token checks", oauth.clone().run(snapshot.clone()));

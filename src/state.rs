@@ -7,14 +7,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use filters::{ClientKey, KeyDirectory};
 
-use crate::config::Config;
-use crate::providers::anthropic_oauth::TokenPair;
+use crate::accounts::{AccountCredential, AccountDefinition, stored};
+use crate::config::{Config, KeyIdentity};
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
-use crate::providers::bedrock::models::Profile;
-use crate::providers::bedrock::{BedrockAuth, BedrockSecret};
-use crate::providers::{Credential, UpstreamBase, anthropic_console};
-use crate::proxy::outbound::OutboundProxy;
-use crate::scheduler::{AccountPool, AccountSpec, CooldownClass, Scheduler, Source, parse_hhmm};
+use crate::providers::bedrock::BedrockAuth;
+use crate::providers::{Credential, anthropic_console};
+use crate::scheduler::{AccountPool, AccountSpec, Scheduler, Source};
 use crate::secrets::Secrets;
 use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, OAuthMeta, Store, StoreError};
 
@@ -65,44 +63,19 @@ pub fn build_snapshot(
     accounts: Vec<AccountRecord>,
 ) -> Snapshot {
     let mut snap = Snapshot::default();
-    // Configured keys and accounts passed `Config::validate`, which refuses everything that is
-    // skipped below; the checks stay so that a key or account is left out (logged) rather than
-    // served with less than it was given.
+    // Configured keys and accounts passed `Config::validate` and hold their values typed.
     for k in &config.api_keys {
-        let hash = match (&k.key, &k.key_hash) {
-            (Some(p), _) => secrets.hash_client_key(p),
-            (None, Some(h)) => {
-                let mut out = [0u8; 32];
-                if hex::decode_to_slice(h, &mut out).is_err() {
-                    tracing::error!(key = %k.name, "configured key has a malformed key_hash; skipped");
-                    continue;
-                }
-                out
-            }
-            (None, None) => continue,
+        let c = &k.config;
+        let (hash, hint) = match &k.identity {
+            KeyIdentity::Plain(p) => (secrets.hash_client_key(p), crate::secrets::mask(p)),
+            KeyIdentity::Hash(h) => (h.0, "(hash)".to_string()),
         };
-        if snap.keys_by_hash.contains_key(&hash) {
-            tracing::error!(key = %k.name, "configured key duplicates another configured key; skipped");
-            continue;
-        }
-        let policy = match filters::policy::KeyPolicy::compile(&k.policy_spec()) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                tracing::error!(key = %k.name, error = %e, "configured key has an invalid policy; skipped");
-                continue;
-            }
-        };
-        let hint = k
-            .key
-            .as_deref()
-            .map(crate::secrets::mask)
-            .unwrap_or_else(|| "(hash)".into());
         let ck = Arc::new(ClientKey {
-            id: config_id(&k.name).into(),
-            name: k.name.as_str().into(),
-            enabled: k.enabled,
-            bind: k.bind.as_deref().map(Arc::from),
-            policy,
+            id: config_id(&c.name).into(),
+            name: c.name.as_str().into(),
+            enabled: c.enabled,
+            bind: c.bind.as_deref().map(Arc::from),
+            policy: k.policy.clone(),
         });
         snap.keys_by_hash.insert(hash, ck.clone());
         snap.keys.push((ck, Source::Config, hint, 0));
@@ -137,124 +110,38 @@ pub fn build_snapshot(
 
     let mut specs = Vec::new();
     for a in &config.accounts {
-        let base = a.base_url.as_deref().unwrap_or(&config.providers.anthropic.api_base);
-        let Ok(base) = UpstreamBase::parse(base) else {
-            tracing::error!(account = %a.name, "configured account has an invalid base_url; skipped");
-            continue;
-        };
-        // Never send an account's traffic around the proxy it was given.
-        let proxy = match a.proxy.as_deref().map(OutboundProxy::parse).transpose() {
-            Ok(p) => p.map(Arc::new),
-            Err(_) => {
-                tracing::error!(account = %a.name, "configured account has an unusable proxy; skipped");
-                continue;
+        let id: Arc<str> = config_id(&a.settings.name).into();
+        match account_spec(config, oauth, id, a, None, Source::Config) {
+            Some(spec) => specs.push(spec),
+            // Without the token machinery (`oauth`), claude-oauth accounts are left out.
+            None if oauth.is_none() && a.settings.kind == AccountKind::ClaudeOauth => {}
+            None => {
+                tracing::error!(account = %a.settings.name, "configured account has an unusable credential; skipped")
             }
-        };
-        let secret = match a.kind {
-            AccountKind::Bedrock => a.bedrock_secret().to_secret(),
-            _ => a.api_key.clone().unwrap_or_default(),
-        };
-        let id: Arc<str> = config_id(&a.name).into();
-        let bedrock = BedrockPlace {
-            region: a.region.as_deref(),
-            profile: a.inference_profile.clone(),
-        };
-        let Some(cred) = credential(config, oauth, &id, a.kind, &secret, None, &bedrock) else {
-            if oauth.is_some() || a.kind != AccountKind::ClaudeOauth {
-                tracing::error!(account = %a.name, "configured account has an unusable credential; skipped");
-            }
-            continue;
-        };
-        specs.push(AccountSpec {
-            id,
-            name: a.name.as_str().into(),
-            kind: a.kind,
-            base,
-            credential: cred.credential,
-            tier_blacklist: cred.tier_blacklist,
-            priority: a.priority,
-            enabled: a.enabled,
-            models: a.models.clone(),
-            model_map: a.model_map.clone(),
-            source: Source::Config,
-            group: a.group.clone(),
-            proxy,
-            max_concurrency: a.max_concurrency,
-            daily_quota_nanos: a.daily_quota_usd.map(usd_to_nanos),
-            quota_reset_minute: a.quota_reset.as_deref().and_then(|r| parse_hhmm(r).ok()).unwrap_or(0),
-            weight: a.weight.unwrap_or(1),
-            cooldowns: a
-                .cooldowns
-                .iter()
-                .filter_map(|(k, d)| CooldownClass::parse_key(k).ok().map(|c| (c, d.0)))
-                .collect(),
-        });
+        }
     }
     for r in accounts {
-        let Ok(base) = UpstreamBase::parse(&r.base_url) else {
-            tracing::warn!(account = %r.id, "stored account has an invalid base_url; skipped");
-            continue;
-        };
-        let secret = match secrets.open(&r.secret) {
+        // Never serve a stored account with less than it was given: one this relay cannot read
+        // whole (another version's, or sealed under another secret key) is left out.
+        let stored = match stored::open(&r, secrets) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(account = %r.id, error = %e, "cannot open stored account secret; skipped");
+                tracing::error!(account = %r.id, error = %e, "stored account cannot be read; skipped");
                 continue;
             }
         };
-        let id: Arc<str> = r.id.as_str().into();
-        let profile = match r.inference_profile.as_deref().map(Profile::parse).transpose() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(account = %r.id, error = %e, "stored account has an unusable inference profile; skipped");
-                continue;
-            }
-        };
-        let bedrock = BedrockPlace {
-            region: r.region.as_deref(),
-            profile,
-        };
-        let Some(cred) = credential(config, oauth, &id, r.kind, &secret, r.oauth.as_ref(), &bedrock) else {
-            tracing::warn!(account = %r.id, "stored account has an unusable credential; skipped");
-            continue;
-        };
-        specs.push(AccountSpec {
+        let id: Arc<str> = stored.id.as_str().into();
+        match account_spec(
+            config,
+            oauth,
             id,
-            name: r.name.as_str().into(),
-            kind: r.kind,
-            base,
-            credential: cred.credential,
-            tier_blacklist: cred.tier_blacklist,
-            priority: r.priority,
-            enabled: r.enabled,
-            models: r.models,
-            model_map: r.model_map,
-            source: Source::Admin,
-            group: r.group,
-            proxy: match &r.proxy {
-                Some(sealed) => match secrets.open(sealed).map(|p| OutboundProxy::parse(&p)) {
-                    Ok(Ok(p)) => Some(Arc::new(p)),
-                    _ => {
-                        tracing::error!(account = %r.id, "stored account has an unusable proxy; skipped");
-                        continue;
-                    }
-                },
-                None => None,
-            },
-            max_concurrency: r.max_concurrency,
-            daily_quota_nanos: r.daily_quota_usd.map(usd_to_nanos),
-            quota_reset_minute: r.quota_reset.as_deref().and_then(|q| parse_hhmm(q).ok()).unwrap_or(0),
-            weight: r.weight.unwrap_or(1),
-            cooldowns: r
-                .cooldowns
-                .iter()
-                .filter_map(|(k, d)| {
-                    let c = CooldownClass::parse_key(k).ok()?;
-                    let d = crate::config::Dur::parse(d).ok()?;
-                    Some((c, d.0))
-                })
-                .collect(),
-        });
+            &stored.definition,
+            stored.oauth.as_ref(),
+            Source::Admin,
+        ) {
+            Some(spec) => specs.push(spec),
+            None => tracing::warn!(account = %r.id, "stored account has an unusable credential; skipped"),
+        }
     }
     if let Some(oauth) = oauth {
         oauth.retain(&specs.iter().map(|s| &*s.id).collect());
@@ -264,63 +151,79 @@ pub fn build_snapshot(
     snap
 }
 
+/// What the scheduler is given for an account; `None` when its credential cannot be opened for
+/// the hot path.
+fn account_spec(
+    config: &Config,
+    oauth: Option<&OAuthTokens>,
+    id: Arc<str>,
+    a: &AccountDefinition,
+    meta: Option<&OAuthMeta>,
+    source: Source,
+) -> Option<AccountSpec> {
+    let s = &a.settings;
+    let (credential, tier_blacklist) = credential(config, oauth, &id, a, meta)?;
+    Some(AccountSpec {
+        name: s.name.as_str().into(),
+        kind: s.kind,
+        base: s.base_url_or(&config.providers.anthropic.api_base).upstream().clone(),
+        credential,
+        tier_blacklist,
+        priority: s.priority,
+        enabled: s.enabled,
+        models: s.models.clone(),
+        model_map: s.model_map.clone(),
+        source,
+        group: s.group.clone(),
+        proxy: a.proxy.as_ref().map(|p| Arc::new(p.proxy().clone())),
+        max_concurrency: s.max_concurrency,
+        daily_quota_nanos: s.daily_quota_usd.map(usd_to_nanos),
+        quota_reset_minute: s.quota_reset_minute(),
+        weight: s.weight.unwrap_or(1),
+        cooldowns: s.cooldowns.to_map(),
+        id,
+    })
+}
+
 fn usd_to_nanos(usd: f64) -> u64 {
     (usd * 1e9).round().max(0.0) as u64
 }
 
-/// How an account authenticates, ready for the hot path.
-struct OpenCredential {
-    credential: Credential,
-    tier_blacklist: Vec<String>,
-}
-
-/// Where a Bedrock account serves: its region and inference profile.
-struct BedrockPlace<'a> {
-    region: Option<&'a str>,
-    profile: Option<Profile>,
-}
-
+/// How an account authenticates, ready for the hot path, and the models its OAuth tier may not
+/// use.
 fn credential(
     config: &Config,
     oauth: Option<&OAuthTokens>,
     id: &Arc<str>,
-    kind: AccountKind,
-    secret: &str,
+    a: &AccountDefinition,
     meta: Option<&OAuthMeta>,
-    bedrock: &BedrockPlace<'_>,
-) -> Option<OpenCredential> {
-    let plain = |credential| {
-        Some(OpenCredential {
-            credential,
-            tier_blacklist: Vec::new(),
-        })
-    };
-    match kind {
-        AccountKind::ClaudeConsole | AccountKind::Ccr => {
-            let (name, value) = anthropic_console::auth_header(secret).ok()?;
-            plain(Credential::Header(name, value))
+) -> Option<(Credential, Vec<String>)> {
+    match &a.credential {
+        AccountCredential::ApiKey(key) => {
+            let (name, value) = anthropic_console::auth_header(key)
+                .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable API key"))
+                .ok()?;
+            Some((Credential::Header(name, value), Vec::new()))
         }
-        AccountKind::Bedrock => {
-            let opened = BedrockSecret::parse(secret)
-                .and_then(|s| BedrockAuth::new(bedrock.region.unwrap_or_default(), bedrock.profile.clone(), &s))
+        AccountCredential::Bedrock(secret) => {
+            let region = a.settings.region.as_ref().map_or("", |r| r.as_str());
+            let opened = BedrockAuth::new(region, a.settings.inference_profile.clone(), secret)
                 .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable Bedrock credential"))
                 .ok()?;
-            plain(Credential::Bedrock(Arc::new(opened)))
+            Some((Credential::Bedrock(Arc::new(opened)), Vec::new()))
         }
-        AccountKind::ClaudeOauth => {
+        AccountCredential::OAuth(pair) => {
             let meta = meta.cloned().unwrap_or_default();
             let cell = oauth?
-                .cell_for(id, TokenPair::parse(secret), &meta)
+                .cell_for(id, pair.clone(), &meta)
                 .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable OAuth token"))
                 .ok()?;
-            Some(OpenCredential {
-                credential: Credential::OAuth(cell),
-                tier_blacklist: meta
-                    .tier
-                    .as_deref()
-                    .map(|t| config.providers.anthropic.oauth.tier_blacklist(t))
-                    .unwrap_or_default(),
-            })
+            let blacklist = meta
+                .tier
+                .as_deref()
+                .map(|t| config.providers.anthropic.oauth.tier_blacklist(t))
+                .unwrap_or_default();
+            Some((Credential::OAuth(cell), blacklist))
         }
     }
 }

@@ -155,7 +155,11 @@ async fn proxy_credentials_are_sealed_and_never_shown() {
     assert_eq!(a["daily_quota_usd"], 5.5);
     assert_eq!(a["quota_reset"], "07:30", "normalised");
     assert_eq!(a["weight"], 3);
-    assert_eq!(a["cooldowns"], json!({"529": "2m", "connect": "45"}));
+    assert_eq!(
+        a["cooldowns"],
+        json!({"529": "2m", "connect": "45s"}),
+        "a number of seconds is shown as a duration, as configured accounts show theirs"
+    );
     assert_eq!(a["health"]["state"], "active");
     assert_eq!(a["health"]["until"], Value::Null);
     assert_eq!(a["in_flight"], 0);

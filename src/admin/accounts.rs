@@ -2,9 +2,11 @@
 //! and reset (clear a cooldown or other health entry on every instance). Accounts from
 //! `relay.yaml` are listed read-only, and can be reset.
 //!
-//! The credential and the outbound proxy URL are sealed before they reach the store and are never
-//! sent back: answers show only their masked forms (`sk-a…9xQk`, `socks5://***@host:1080`).
-//! Every answer also carries the account's live state (see [`scheduling::add_live_view`]).
+//! Bodies are read into the same [`AccountInput`] as `relay.yaml`'s accounts and checked by the
+//! same [`AccountSettings::validate`]. The credential and the outbound proxy URL are sealed before
+//! they reach the store and are never sent back: answers show only their masked forms
+//! (`sk-a…9xQk`, `socks5://***@host:1080`). Every answer also carries the account's live state
+//! (see [`scheduling::live_view`]).
 
 use std::collections::BTreeMap;
 
@@ -13,472 +15,259 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::AdminState;
+use super::oauth::OAuthView;
 use super::routes::{
-    ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, read_only, store_error,
-    valid_name, write,
+    ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, read_only, store_error, write,
 };
-use super::scheduling::{self, DurationInput, LiveInputs};
-use crate::config::AccountConfig;
-use crate::providers::anthropic_oauth::TokenPair;
-use crate::providers::{UpstreamBase, anthropic_console, bedrock};
+use super::scheduling::{self, LiveView};
+use crate::accounts::{
+    AccountCredential, AccountDefinition, AccountInput, AccountSettings, Cooldowns, CredentialFields, FieldError,
+    ProxyUrl, Region, TimeOfDay, stored,
+};
+use crate::providers::bedrock::BedrockSecret;
+use crate::providers::bedrock::models::Profile;
+use crate::scheduler::Source;
 use crate::secrets;
 use crate::state::config_id;
-use crate::store::{AccountKind, AccountRecord, StoreError, default_priority};
+use crate::store::{AccountKind, AccountRecord, OAuthMeta, StoreError};
 
-/// The fields of a new account other than its kind and credential.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AccountFields {
-    name: String,
-    #[serde(default)]
-    base_url: Option<String>,
-    #[serde(default)]
-    priority: Option<u32>,
-    #[serde(default)]
-    enabled: Option<bool>,
-    #[serde(default)]
-    models: Option<Vec<String>>,
-    #[serde(default)]
-    model_map: BTreeMap<String, String>,
-    #[serde(default)]
-    group: Option<String>,
-    #[serde(default)]
-    proxy: Option<String>,
-    #[serde(default)]
-    max_concurrency: Option<u32>,
-    #[serde(default)]
-    daily_quota_usd: Option<f64>,
-    #[serde(default)]
-    quota_reset: Option<String>,
-    #[serde(default)]
-    weight: Option<u32>,
-    #[serde(default)]
-    cooldowns: Option<BTreeMap<String, DurationInput>>,
+/// An account as the admin API shows it: its settings, its credential and proxy masked, and its
+/// live state on this instance.
+#[derive(Debug, Serialize)]
+pub struct AccountView {
+    pub id: String,
+    pub name: String,
+    pub kind: AccountKind,
+    /// The base URL in effect (the kind's default when none was given).
+    pub base_url: String,
+    pub priority: u32,
+    pub enabled: bool,
+    pub models: Option<Vec<String>>,
+    pub model_map: BTreeMap<String, String>,
+    pub source: Source,
+    /// The API key, masked; `null` for claude-oauth accounts (see `oauth`), bedrock accounts
+    /// (see `bedrock`), and when the credential cannot be opened (see `error`).
+    pub api_key: Option<String>,
+    /// Unix seconds; `null` for configured accounts.
+    pub created_at: Option<i64>,
+    pub group: Option<String>,
+    /// The outbound proxy, masked.
+    pub proxy: Option<String>,
+    pub max_concurrency: Option<u32>,
+    pub daily_quota_usd: Option<f64>,
+    pub quota_reset: Option<TimeOfDay>,
+    pub weight: Option<u32>,
+    pub cooldowns: Cooldowns,
+    pub region: Option<Region>,
+    pub inference_profile: Option<Profile>,
+    #[serde(flatten)]
+    pub live: LiveView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bedrock: Option<BedrockView>,
+    /// Why the credential or proxy of a stored account cannot be used (the relay skips it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateAccount {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    kind: Option<AccountKind>,
-    #[serde(default)]
-    base_url: Option<String>,
-    #[serde(default)]
-    api_key: Option<String>,
-    #[serde(default)]
-    priority: Option<u32>,
-    #[serde(default)]
-    enabled: Option<bool>,
-    /// Absent: unchanged; `null`: every model; a list: only those.
-    #[serde(default, deserialize_with = "present")]
-    models: Option<Option<Vec<String>>>,
-    #[serde(default)]
-    model_map: Option<BTreeMap<String, String>>,
-    // The scheduling fields below: absent leaves them unchanged, `null` clears them.
-    #[serde(default, deserialize_with = "present")]
-    group: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    proxy: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    max_concurrency: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
-    daily_quota_usd: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "present")]
-    quota_reset: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    weight: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
-    cooldowns: Option<Option<BTreeMap<String, DurationInput>>>,
-    // `bedrock` accounts: the region, the profile (`null`: the region's), the credential
-    // (replaced as a whole when any of its fields is given).
-    #[serde(default)]
-    region: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    inference_profile: Option<Option<String>>,
-    #[serde(default)]
-    access_key_id: Option<String>,
-    #[serde(default)]
-    secret_access_key: Option<String>,
-    #[serde(default)]
-    session_token: Option<String>,
+/// A Bedrock credential as the admin API shows it: how it authenticates, masked.
+#[derive(Debug, Serialize)]
+pub struct BedrockView {
+    pub auth: &'static str,
+    pub access_key_id: Option<String>,
+    pub session_token: bool,
+    pub api_key: Option<String>,
 }
 
-/// The scheduling fields of a create or update as given: `None` leaves a field unchanged,
-/// `Some(None)` clears it.
-struct SchedulingInput {
-    group: Option<Option<String>>,
-    proxy: Option<Option<String>>,
-    max_concurrency: Option<Option<u32>>,
-    daily_quota_usd: Option<Option<f64>>,
-    quota_reset: Option<Option<String>>,
-    weight: Option<Option<u32>>,
-    cooldowns: Option<Option<BTreeMap<String, DurationInput>>>,
-}
-
-/// The scheduling fields of a create or update, checked; the proxy already sealed.
-struct SchedulingChange {
-    group: Option<Option<String>>,
-    proxy: Option<Option<crate::secrets::Sealed>>,
-    max_concurrency: Option<Option<u32>>,
-    daily_quota_usd: Option<Option<f64>>,
-    quota_reset: Option<Option<String>>,
-    weight: Option<Option<u32>>,
-    cooldowns: Option<BTreeMap<String, String>>,
-}
-
-impl SchedulingChange {
-    /// Checks every given field and seals the proxy URL.
-    fn check(state: &AdminState, input: SchedulingInput) -> Result<SchedulingChange, ApiError> {
-        // Each field: Some(Some(v)) checks v, Some(None) clears, None leaves unchanged.
-        fn each<T, U>(
-            v: Option<Option<T>>,
-            f: impl FnOnce(T) -> Result<U, ApiError>,
-        ) -> Result<Option<Option<U>>, ApiError> {
-            match v {
-                Some(Some(x)) => Ok(Some(Some(f(x)?))),
-                Some(None) => Ok(Some(None)),
-                None => Ok(None),
-            }
-        }
-        Ok(SchedulingChange {
-            group: each(input.group, |g| scheduling::valid_group(&g))?,
-            proxy: each(input.proxy, |p| {
-                let (url, _) = scheduling::valid_proxy(&p)?;
-                Ok(state.secrets.seal(&url))
-            })?,
-            max_concurrency: each(input.max_concurrency, scheduling::valid_max_concurrency)?,
-            daily_quota_usd: each(input.daily_quota_usd, scheduling::valid_daily_quota)?,
-            quota_reset: each(input.quota_reset, |r| scheduling::valid_quota_reset(&r))?,
-            weight: each(input.weight, scheduling::valid_weight)?,
-            cooldowns: each(input.cooldowns, scheduling::valid_cooldowns)?.map(Option::unwrap_or_default),
-        })
-    }
-
-    fn apply(self, r: &mut AccountRecord) {
-        if let Some(v) = self.group {
-            r.group = v;
-        }
-        if let Some(v) = self.proxy {
-            r.proxy = v;
-        }
-        if let Some(v) = self.max_concurrency {
-            r.max_concurrency = v;
-        }
-        if let Some(v) = self.daily_quota_usd {
-            r.daily_quota_usd = v;
-        }
-        if let Some(v) = self.quota_reset {
-            r.quota_reset = v;
-        }
-        if let Some(v) = self.weight {
-            r.weight = v;
-        }
-        if let Some(v) = self.cooldowns {
-            r.cooldowns = v;
+impl BedrockView {
+    fn of(s: &BedrockSecret) -> BedrockView {
+        BedrockView {
+            auth: if s.api_key.is_some() { "api-key" } else { "sigv4" },
+            access_key_id: s.access_key_id.as_deref().map(secrets::mask),
+            session_token: s.session_token.is_some(),
+            api_key: s.api_key.as_deref().map(secrets::mask),
         }
     }
 }
 
-/// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+impl AccountView {
+    /// The view of `s`, without credential or proxy.
+    fn new(
+        state: &AdminState,
+        id: String,
+        source: Source,
+        created_at: Option<i64>,
+        s: &AccountSettings,
+    ) -> AccountView {
+        AccountView {
+            live: scheduling::live_view(state, &id, s),
+            id,
+            name: s.name.clone(),
+            kind: s.kind,
+            base_url: s
+                .base_url_or(&state.config.providers.anthropic.api_base)
+                .as_str()
+                .to_string(),
+            priority: s.priority,
+            enabled: s.enabled,
+            models: s.models.clone(),
+            model_map: s.model_map.clone(),
+            source,
+            api_key: None,
+            created_at,
+            group: s.group.clone(),
+            proxy: None,
+            max_concurrency: s.max_concurrency,
+            daily_quota_usd: s.daily_quota_usd,
+            quota_reset: s.quota_reset,
+            weight: s.weight,
+            cooldowns: s.cooldowns.clone(),
+            region: s.region.clone(),
+            inference_profile: s.inference_profile.clone(),
+            oauth: None,
+            bedrock: None,
+            error: None,
+        }
+    }
+
+    fn show_credential(&mut self, state: &AdminState, c: &AccountCredential, meta: Option<&OAuthMeta>) {
+        match c {
+            AccountCredential::ApiKey(k) => self.api_key = Some(secrets::mask(k)),
+            AccountCredential::OAuth(pair) => self.oauth = Some(OAuthView::new(state, &self.id, pair, meta)),
+            AccountCredential::Bedrock(s) => self.bedrock = Some(BedrockView::of(s)),
+        }
+    }
 }
 
-fn valid_base_url(url: &str) -> Result<String, ApiError> {
-    let url = url.trim();
-    UpstreamBase::parse(url).map_err(|r| bad_request(format!("`base_url`: {r}")))?;
-    Ok(url.to_string())
+fn config_view(state: &AdminState, a: &AccountDefinition) -> AccountView {
+    let mut v = AccountView::new(state, config_id(&a.settings.name), Source::Config, None, &a.settings);
+    v.proxy = a.proxy.as_ref().map(ProxyUrl::masked);
+    v.show_credential(state, &a.credential, None);
+    v
 }
 
-fn valid_api_key(kind: AccountKind, key: &str) -> Result<String, ApiError> {
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(bad_request("`api_key` must not be empty"));
+/// The view of a stored account; an error when this relay cannot read its settings.
+pub(super) fn stored_view(state: &AdminState, r: &AccountRecord) -> Result<AccountView, ApiError> {
+    let s = stored::settings(r).map_err(|e| unreadable(&r.id, &e))?;
+    let mut v = AccountView::new(state, r.id.clone(), Source::Admin, Some(r.created_at), &s);
+    let mut errors = Vec::new();
+    match stored::credential(r, &s, &state.secrets) {
+        Ok(c) => v.show_credential(state, &c, r.oauth.as_ref()),
+        Err(e) => errors.push(e),
     }
-    match kind {
-        AccountKind::ClaudeConsole => {
-            anthropic_console::auth_header(key).map_err(|r| bad_request(format!("`api_key`: {r}")))?;
+    match stored::proxy(r, &state.secrets) {
+        Ok(p) => v.proxy = p.as_ref().map(ProxyUrl::masked),
+        Err(e) => {
+            tracing::warn!(account = %r.id, error = %e, "stored account proxy is unusable");
+            errors.push(e);
         }
-        AccountKind::Ccr => {
-            anthropic_console::auth_header(key).map_err(|r| bad_request(format!("`api_key`: {r}")))?;
-        }
-        AccountKind::ClaudeOauth => return Err(bad_request(OAUTH_ONLY)),
-        AccountKind::Bedrock => return Err(bad_request(BEDROCK_KEYS)),
     }
-    Ok(key.to_string())
+    if !errors.is_empty() {
+        v.error = Some(errors.join("; "));
+    }
+    Ok(v)
+}
+
+/// The answer about a stored account whose settings this relay cannot read (written by another
+/// version): it is not served, and can be deleted.
+fn unreadable(id: &str, e: &FieldError) -> ApiError {
+    tracing::error!(account = %id, error = %e, "stored account cannot be read");
+    conflict(format!(
+        "stored account `{id}` cannot be read by this relay ({e}) and is not served; \
+         a relay that knows it can change it, or delete it"
+    ))
+}
+
+/// A 400 naming the field.
+pub(super) fn field_error(e: FieldError) -> ApiError {
+    bad_request(e.to_string())
 }
 
 /// Why the generic account endpoints do not take `claude-oauth` accounts.
-const OAUTH_ONLY: &str = "claude-oauth accounts are added through POST /admin/api/accounts/claude-oauth/authorize \
-                          and /exchange, or /import; their tokens cannot be set here";
+pub(super) const OAUTH_ONLY: &str = "claude-oauth accounts are added through POST /admin/api/accounts/claude-oauth/authorize \
+                                     and /exchange, or /import; their tokens cannot be set here";
 
-/// Why a Bedrock account's credential is not a plain `api_key` update.
-const BEDROCK_KEYS: &str = "a bedrock account's credential is set with access_key_id, secret_access_key and session_token, \
-                            or api_key, all together";
-
-fn valid_models(models: &Option<Vec<String>>) -> Result<(), ApiError> {
-    if let Some(m) = models
-        && m.iter().any(|s| s.trim().is_empty())
-    {
-        return Err(bad_request("`models`: model names must not be empty"));
+/// A new account's record: its base URL made explicit (a later change of the default does not move
+/// it), its credential and proxy sealed. A Bedrock account without one keeps following its
+/// region's endpoint, so that changing the region moves it.
+pub(super) fn new_record(state: &AdminState, mut a: AccountDefinition) -> Result<AccountRecord, ApiError> {
+    if a.settings.kind != AccountKind::Bedrock {
+        let base = a
+            .settings
+            .base_url_or(&state.config.providers.anthropic.api_base)
+            .clone();
+        a.settings.base_url = Some(base);
     }
-    Ok(())
+    stored::new_record(
+        uuid::Uuid::new_v4().to_string(),
+        &a,
+        &state.secrets,
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(internal)
 }
 
-fn valid_model_map(map: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    if map.iter().any(|(f, t)| f.trim().is_empty() || t.trim().is_empty()) {
-        return Err(bad_request("`model_map`: model names must not be empty"));
-    }
-    Ok(())
-}
-
-impl AccountFields {
-    pub(super) fn proxy(&self) -> Option<&str> {
-        self.proxy.as_deref()
-    }
-}
-
-/// Splits a create body: `take` names the fields the caller handles itself (kind, credential);
-/// the rest must be [`AccountFields`].
-pub(super) fn split_body(
-    body: &Bytes,
-    take: &[&str],
-) -> Result<(serde_json::Map<String, Value>, AccountFields), ApiError> {
-    let mut all: serde_json::Map<String, Value> = json_body(body)?;
-    let mut taken = serde_json::Map::new();
-    for k in take {
-        if let Some(v) = all.remove(*k) {
-            taken.insert(k.to_string(), v);
-        }
-    }
-    let fields = from_value(Value::Object(all))?;
-    Ok((taken, fields))
-}
-
-/// Checks the fields of a new account and builds its record around a sealed credential.
-pub(super) fn new_record(
-    state: &AdminState,
-    req: AccountFields,
-    kind: AccountKind,
-    secret: crate::secrets::Sealed,
-) -> Result<AccountRecord, ApiError> {
-    let name = valid_name(&req.name)?;
-    let base_url = valid_base_url(
-        req.base_url
-            .as_deref()
-            .unwrap_or(&state.config.providers.anthropic.api_base),
-    )?;
-    valid_models(&req.models)?;
-    valid_model_map(&req.model_map)?;
-    let sched = SchedulingChange::check(
-        state,
-        SchedulingInput {
-            group: Some(req.group),
-            proxy: Some(req.proxy),
-            max_concurrency: Some(req.max_concurrency),
-            daily_quota_usd: Some(req.daily_quota_usd),
-            quota_reset: Some(req.quota_reset),
-            weight: Some(req.weight),
-            cooldowns: Some(req.cooldowns),
-        },
-    )?;
-    let mut record = AccountRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        name,
-        kind,
-        base_url,
-        secret,
-        priority: req.priority.unwrap_or_else(default_priority),
-        enabled: req.enabled.unwrap_or(true),
-        models: req.models,
-        model_map: req.model_map,
-        group: None,
-        proxy: None,
-        max_concurrency: None,
-        daily_quota_usd: None,
-        quota_reset: None,
-        weight: None,
-        cooldowns: BTreeMap::new(),
-        oauth: None,
-        region: None,
-        inference_profile: None,
-        created_at: chrono::Utc::now().timestamp(),
-        extra: BTreeMap::new(),
-    };
-    sched.apply(&mut record);
-    Ok(record)
+fn internal(e: String) -> ApiError {
+    tracing::error!(error = %e, "admin account write failed");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        "the account could not be written".into(),
+    )
 }
 
 /// Stores a new account (its name must be free) and answers 201 with its view.
 pub(super) async fn insert(state: &AdminState, record: AccountRecord) -> Result<Response, ApiError> {
+    let name = stored::settings(&record).map_err(|e| unreadable(&record.id, &e))?.name;
     let record = write(state, move |st| async move {
-        check_name_free(&st, &record.name, &record.id).await?;
+        check_name_free(&st, &name, &record.id).await?;
         st.store.put_account(&record).await.map_err(store_error)?;
         Ok(record)
     })
     .await?;
-    tracing::info!(account = %record.id, name = %record.name, kind = record.kind.as_str(), "admin created an account");
-    Ok((StatusCode::CREATED, Json(stored_view(state, &record))).into_response())
+    tracing::info!(account = %record.id, "admin created an account");
+    Ok((StatusCode::CREATED, Json(stored_view(state, &record)?)).into_response())
 }
 
-fn config_view(state: &AdminState, a: &AccountConfig) -> Value {
-    let id = config_id(&a.name);
-    let mut v = json!({
-        "id": id,
-        "name": a.name,
-        "kind": a.kind,
-        "base_url": a.base_url.as_deref().unwrap_or(&state.config.providers.anthropic.api_base),
-        "priority": a.priority,
-        "enabled": a.enabled,
-        "models": a.models,
-        "model_map": a.model_map,
-        "source": "config",
-        "api_key": if a.kind == AccountKind::ClaudeOauth { None } else { a.api_key.as_deref().map(secrets::mask) },
-        "region": a.region,
-        "inference_profile": a.inference_profile.clone().map(String::from),
-        "created_at": null,
-        "group": a.group,
-        "proxy": a.proxy.as_deref().and_then(scheduling::masked_config_proxy),
-        "max_concurrency": a.max_concurrency,
-        "daily_quota_usd": a.daily_quota_usd,
-        // Shown in the canonical HH:MM form that stored accounts use.
-        "quota_reset": a
-            .quota_reset
-            .as_deref()
-            .map(|r| scheduling::valid_quota_reset(r).unwrap_or_else(|_| r.to_string())),
-        "weight": a.weight,
-        "cooldowns": a
-            .cooldowns
-            .iter()
-            .map(|(k, d)| (k.clone(), scheduling::format_duration(d.0)))
-            .collect::<BTreeMap<_, _>>(),
-    });
-    if a.kind == AccountKind::ClaudeOauth {
-        let pair = TokenPair::parse(a.api_key.as_deref().unwrap_or_default());
-        v["oauth"] = super::oauth::view(state, &id, &pair, None);
-    }
-    if a.kind == AccountKind::Bedrock {
-        v["bedrock"] = bedrock_view(&a.bedrock_secret());
-    }
-    let live = LiveInputs {
-        id: &id,
-        enabled: a.enabled,
-        daily_quota_usd: a.daily_quota_usd,
-        quota_reset: a.quota_reset.as_deref(),
-    };
-    scheduling::add_live_view(state, &live, &mut v);
-    v
-}
-
-pub(super) fn stored_view(state: &AdminState, r: &AccountRecord) -> Value {
-    let mut v = json!({
-        "id": r.id,
-        "name": r.name,
-        "kind": r.kind,
-        "base_url": r.base_url,
-        "priority": r.priority,
-        "enabled": r.enabled,
-        "models": r.models,
-        "model_map": r.model_map,
-        "source": "admin",
-        "api_key": null,
-        "created_at": r.created_at,
-        "group": r.group,
-        "proxy": null,
-        "max_concurrency": r.max_concurrency,
-        "daily_quota_usd": r.daily_quota_usd,
-        "quota_reset": r.quota_reset,
-        "weight": r.weight,
-        "cooldowns": r.cooldowns,
-        "region": r.region,
-        "inference_profile": r.inference_profile,
-    });
-    let mut errors = Vec::new();
-    match state.secrets.open(&r.secret) {
-        Ok(k) if r.kind == AccountKind::ClaudeOauth => {
-            v["oauth"] = super::oauth::view(state, &r.id, &TokenPair::parse(&k), r.oauth.as_ref());
-        }
-        Ok(k) if r.kind == AccountKind::Bedrock => match bedrock::BedrockSecret::parse(&k) {
-            Ok(secret) => v["bedrock"] = bedrock_view(&secret),
-            Err(e) => errors.push(e),
-        },
-        Ok(k) => v["api_key"] = Value::String(secrets::mask(&k)),
-        Err(e) => {
-            // The relay skips such an account too; say why instead of failing the whole list.
-            tracing::warn!(account = %r.id, error = %e, "stored account secret cannot be opened");
-            errors.push(e.to_string());
-        }
-    }
-    if let Some(sealed) = &r.proxy {
-        match scheduling::masked_stored_proxy(state, sealed) {
-            Ok(masked) => v["proxy"] = Value::String(masked),
-            Err(e) => {
-                tracing::warn!(account = %r.id, error = %e, "stored account proxy is unusable");
-                errors.push(e);
-            }
-        }
-    }
-    if !errors.is_empty() {
-        v["error"] = Value::String(errors.join("; "));
-    }
-    let live = LiveInputs {
-        id: &r.id,
-        enabled: r.enabled,
-        daily_quota_usd: r.daily_quota_usd,
-        quota_reset: r.quota_reset.as_deref(),
-    };
-    scheduling::add_live_view(state, &live, &mut v);
-    v
-}
-
-/// A Bedrock credential as the admin API shows it: how it authenticates, masked.
-fn bedrock_view(s: &bedrock::BedrockSecret) -> Value {
-    json!({
-        "auth": if s.api_key.is_some() { "api-key" } else { "sigv4" },
-        "access_key_id": s.access_key_id.as_deref().map(secrets::mask),
-        "session_token": s.session_token.is_some(),
-        "api_key": s.api_key.as_deref().map(secrets::mask),
-    })
-}
-
-fn config_account<'a>(state: &'a AdminState, id: &str) -> Option<&'a AccountConfig> {
-    state.config.accounts.iter().find(|a| config_id(&a.name) == id)
+fn config_account<'a>(state: &'a AdminState, id: &str) -> Option<&'a AccountDefinition> {
+    state.config.accounts.iter().find(|a| config_id(&a.settings.name) == id)
 }
 
 /// Refuses a name that a configured account or another stored account already has.
 async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result<(), ApiError> {
-    let taken = state.config.accounts.iter().any(|a| a.name == name)
+    let taken = state.config.accounts.iter().any(|a| a.settings.name == name)
         || state
             .store
             .list_accounts()
             .await
             .map_err(store_error)?
             .iter()
-            .any(|a| a.name == name && a.id != except);
+            .filter(|a| a.id != except)
+            .any(|a| stored::settings(a).is_ok_and(|s| s.name == name));
     if taken {
         return Err(conflict(format!("an account named `{name}` already exists")));
     }
     Ok(())
 }
 
+#[derive(Serialize)]
+struct AccountList {
+    accounts: Vec<AccountView>,
+}
+
 pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let mut stored = state.store.list_accounts().await.map_err(store_error)?;
-    stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
-    let accounts: Vec<Value> = state
-        .config
-        .accounts
-        .iter()
-        .map(|a| config_view(&state, a))
-        .chain(stored.iter().map(|r| stored_view(&state, r)))
-        .collect();
-    Ok(Json(json!({ "accounts": accounts })).into_response())
+    stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+    let mut accounts: Vec<AccountView> = state.config.accounts.iter().map(|a| config_view(&state, a)).collect();
+    // One this relay cannot read is left out (logged), as the relay leaves it out.
+    accounts.extend(stored.iter().filter_map(|r| stored_view(&state, r).ok()));
+    Ok(Json(AccountList { accounts }).into_response())
 }
 
 pub async fn get(
@@ -491,98 +280,83 @@ pub async fn get(
         return Ok(Json(config_view(&state, a)).into_response());
     }
     match state.store.get_account(&id).await.map_err(store_error)? {
-        Some(r) => Ok(Json(stored_view(&state, &r)).into_response()),
+        Some(r) => Ok(Json(stored_view(&state, &r)?).into_response()),
         None => Err(not_found("account", &id)),
     }
 }
 
 pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
-    let (mut taken, mut fields) = split_body(&body, &BEDROCK_FIELDS)?;
-    let kind: AccountKind = match taken.remove("kind") {
-        Some(k) => serde_json::from_value(k).map_err(|e| bad_request(format!("invalid body at `kind`: {e}")))?,
-        None => return Err(bad_request("invalid body: missing field `kind`")),
-    };
-    if kind == AccountKind::Bedrock {
-        let more = &mut taken;
-        let region = match more.remove("region") {
-            Some(Value::String(r)) => r.trim().to_string(),
-            Some(_) => return Err(bad_request("invalid body at `region`: expected a string")),
-            None => return Err(bad_request("invalid body: missing field `region` (kind bedrock)")),
-        };
-        bedrock::valid_region(&region).map_err(|r| bad_request(format!("`region`: {r}")))?;
-        let profile = optional_profile(more.remove("inference_profile"))?;
-        let secret = bedrock_secret(more)?;
-        fields
-            .base_url
-            .get_or_insert_with(|| bedrock::default_base_url(&region));
-        let mut record = new_record(&state, fields, kind, state.secrets.seal(&secret.to_secret()))?;
-        record.region = Some(region);
-        record.inference_profile = profile.map(String::from);
-        return insert(&state, record).await;
+    let input: AccountInput = json_body(&body)?;
+    if input.settings.kind == AccountKind::ClaudeOauth {
+        return Err(bad_request(OAUTH_ONLY));
     }
-    for f in [
-        "region",
-        "inference_profile",
-        "access_key_id",
-        "secret_access_key",
-        "session_token",
-    ] {
-        if taken.contains_key(f) {
-            return Err(bad_request(format!("`{f}` applies to kind bedrock only")));
-        }
-    }
-    let api_key = match taken.remove("api_key") {
-        Some(Value::String(k)) => valid_api_key(kind, &k)?,
-        Some(_) => return Err(bad_request("invalid body at `api_key`: expected a string")),
-        None if kind == AccountKind::ClaudeOauth => return Err(bad_request(OAUTH_ONLY)),
-        None => return Err(bad_request("invalid body: missing field `api_key`")),
-    };
-    let record = new_record(&state, fields, kind, state.secrets.seal(&api_key))?;
+    let account = input.validate().map_err(field_error)?;
+    let record = new_record(&state, account)?;
     insert(&state, record).await
 }
 
-/// The fields a `bedrock` account has besides the common ones.
-const BEDROCK_FIELDS: [&str; 7] = [
-    "kind",
-    "region",
+/// Settings that `null` clears in an update; `null` leaves the others as they are.
+const CLEARABLE: [&str; 8] = [
+    "models",
+    "group",
+    "max_concurrency",
+    "daily_quota_usd",
+    "quota_reset",
+    "weight",
+    "cooldowns",
     "inference_profile",
-    "access_key_id",
-    "secret_access_key",
-    "session_token",
-    "api_key",
 ];
 
-fn optional_profile(v: Option<Value>) -> Result<Option<bedrock::models::Profile>, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(p)) => bedrock::models::Profile::parse(&p)
-            .map(Some)
-            .map_err(|r| bad_request(format!("`inference_profile`: {r}"))),
-        Some(_) => Err(bad_request("invalid body at `inference_profile`: expected a string")),
+/// `old` with the settings `patch` gives: each field given replaces the old value (`cooldowns` as
+/// a whole), `null` clears it (see [`CLEARABLE`]), and the result is read as any body is.
+fn patched(old: &AccountSettings, patch: &Map<String, Value>) -> Result<AccountSettings, ApiError> {
+    let Ok(Value::Object(mut doc)) = serde_json::to_value(old) else {
+        return Err(internal("the stored settings cannot be written as JSON".into()));
+    };
+    for (k, v) in patch {
+        if !AccountSettings::FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        match v {
+            Value::Null if CLEARABLE.contains(&k.as_str()) => {
+                doc.remove(k);
+            }
+            Value::Null => {}
+            v => {
+                doc.insert(k.clone(), v.clone());
+            }
+        }
     }
+    from_value(Value::Object(doc))
 }
 
-/// The Bedrock credential of a create or update body (its fields removed from `more`).
-fn bedrock_secret(more: &mut serde_json::Map<String, Value>) -> Result<bedrock::BedrockSecret, ApiError> {
-    let mut take = |f: &str| -> Result<Option<String>, ApiError> {
-        match more.remove(f) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(v)) if v.trim().is_empty() => Ok(None),
-            Some(Value::String(v)) => Ok(Some(v)),
-            Some(_) => Err(bad_request(format!("invalid body at `{f}`: expected a string"))),
-        }
-    };
-    let secret = bedrock::BedrockSecret {
-        access_key_id: take("access_key_id")?,
-        secret_access_key: take("secret_access_key")?,
-        session_token: take("session_token")?,
-        api_key: take("api_key")?,
-    };
-    secret
-        .validate()
-        .map_err(|r| bad_request(format!("bedrock credential: {r}")))?;
-    Ok(secret)
+/// The credential fields an update gives (`null` is the same as absent).
+fn credential_fields(patch: &Map<String, Value>) -> Result<CredentialFields, ApiError> {
+    let mut f = CredentialFields::default();
+    for (name, slot) in [
+        ("api_key", &mut f.api_key),
+        ("access_key_id", &mut f.access_key_id),
+        ("secret_access_key", &mut f.secret_access_key),
+        ("session_token", &mut f.session_token),
+    ] {
+        *slot = match patch.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(bad_request(format!("invalid body at `{name}`: expected a string"))),
+        };
+    }
+    Ok(f)
+}
+
+/// The proxy an update gives: absent leaves it, `null` removes it.
+fn proxy_change(patch: &Map<String, Value>) -> Result<Option<Option<ProxyUrl>>, ApiError> {
+    match patch.get("proxy") {
+        None => Ok(None),
+        Some(v) => serde_json::from_value::<Option<ProxyUrl>>(v.clone())
+            .map(Some)
+            .map_err(|e| bad_request(format!("invalid body at `proxy`: {e}"))),
+    }
 }
 
 pub async fn update(
@@ -595,27 +369,15 @@ pub async fn update(
     if config_account(&state, &id).is_some() {
         return Err(read_only("account", &id));
     }
-    let req: UpdateAccount = json_body(&body)?;
-    let name = req.name.as_deref().map(valid_name).transpose()?;
-    let base_url = req.base_url.as_deref().map(valid_base_url).transpose()?;
-    if let Some(m) = &req.models {
-        valid_models(m)?;
+    let patch: Map<String, Value> = json_body(&body)?;
+    if let Some(k) = patch.keys().find(|k| !AccountInput::FIELDS.contains(&k.as_str())) {
+        return Err(bad_request(format!(
+            "invalid body: {}",
+            <serde_json::Error as serde::de::Error>::unknown_field(k, &AccountInput::FIELDS)
+        )));
     }
-    if let Some(m) = &req.model_map {
-        valid_model_map(m)?;
-    }
-    let sched = SchedulingChange::check(
-        &state,
-        SchedulingInput {
-            group: req.group,
-            proxy: req.proxy,
-            max_concurrency: req.max_concurrency,
-            daily_quota_usd: req.daily_quota_usd,
-            quota_reset: req.quota_reset,
-            weight: req.weight,
-            cooldowns: req.cooldowns,
-        },
-    )?;
+    let credential = credential_fields(&patch)?;
+    let proxy = proxy_change(&patch)?;
     let record = write(&state, move |st| async move {
         let mut r = st
             .store
@@ -623,71 +385,34 @@ pub async fn update(
             .await
             .map_err(store_error)?
             .ok_or_else(|| not_found("account", &id))?;
-        if let Some(name) = name {
-            check_name_free(&st, &name, &r.id).await?;
-            r.name = name;
-        }
-        if let Some(kind) = req.kind {
-            if kind != r.kind && (kind == AccountKind::ClaudeOauth || r.kind == AccountKind::ClaudeOauth) {
+        let old = stored::settings(&r).map_err(|e| unreadable(&r.id, &e))?;
+        let new = patched(&old, &patch)?;
+        if new.kind != old.kind {
+            if new.kind == AccountKind::ClaudeOauth || old.kind == AccountKind::ClaudeOauth {
                 return Err(bad_request(OAUTH_ONLY));
             }
-            if kind != r.kind && (kind == AccountKind::Bedrock || r.kind == AccountKind::Bedrock) {
-                return Err(bad_request("an account cannot become or stop being a bedrock account; create a new one"));
-            }
-            r.kind = kind;
-        }
-        let bedrock_creds = req.access_key_id.is_some() || req.secret_access_key.is_some() || req.session_token.is_some();
-        if r.kind == AccountKind::Bedrock {
-            if bedrock_creds || req.api_key.is_some() {
-                let secret = bedrock::BedrockSecret {
-                    access_key_id: req.access_key_id.clone(),
-                    secret_access_key: req.secret_access_key.clone(),
-                    session_token: req.session_token.clone().filter(|t| !t.trim().is_empty()),
-                    api_key: req.api_key.clone(),
-                };
-                secret.validate().map_err(|e| bad_request(format!("bedrock credential: {e}")))?;
-                r.secret = st.secrets.seal(&secret.to_secret());
-            }
-            if let Some(region) = &req.region {
-                let region = region.trim();
-                bedrock::valid_region(region).map_err(|e| bad_request(format!("`region`: {e}")))?;
-                // An account on its region's default endpoint moves with the region.
-                let old_default = r.region.as_deref().map(bedrock::default_base_url);
-                if req.base_url.is_none() && old_default.as_deref() == Some(r.base_url.as_str()) {
-                    r.base_url = bedrock::default_base_url(region);
-                }
-                r.region = Some(region.to_string());
-            }
-            if let Some(p) = &req.inference_profile {
-                r.inference_profile = optional_profile(p.clone().map(Value::String))?.map(String::from);
-            }
-        } else {
-            if bedrock_creds || req.region.is_some() || req.inference_profile.is_some() {
+            if new.kind == AccountKind::Bedrock || old.kind == AccountKind::Bedrock {
                 return Err(bad_request(
-                    "region, inference_profile, access_key_id, secret_access_key and session_token apply to kind bedrock only",
+                    "an account cannot become or stop being a bedrock account; create a new one",
                 ));
             }
-            if let Some(key) = &req.api_key {
-                r.secret = st.secrets.seal(&valid_api_key(r.kind, key)?);
+        }
+        new.validate().map_err(field_error)?;
+        if credential.any() {
+            if new.kind == AccountKind::ClaudeOauth {
+                return Err(bad_request(OAUTH_ONLY));
             }
+            let c = AccountCredential::from_fields(new.kind, credential).map_err(field_error)?;
+            r.secret = st.secrets.seal(&c.to_secret());
         }
-        if let Some(base_url) = base_url {
-            r.base_url = base_url;
+        if let Some(p) = proxy {
+            r.proxy = p.map(|p| st.secrets.seal(p.url()));
         }
-        if let Some(p) = req.priority {
-            r.priority = p;
+        if new.name != old.name {
+            check_name_free(&st, &new.name, &r.id).await?;
         }
-        if let Some(e) = req.enabled {
-            r.enabled = e;
-        }
-        if let Some(m) = req.models {
-            r.models = m;
-        }
-        if let Some(m) = req.model_map {
-            r.model_map = m;
-        }
-        sched.apply(&mut r);
-        if r.kind == AccountKind::ClaudeOauth
+        stored::set_settings(&mut r, &new).map_err(internal)?;
+        if new.kind == AccountKind::ClaudeOauth
             && let Some(fresh) = st.store.get_account(&r.id).await.map_err(store_error)?
         {
             // Tokens are not edited here, and a refresh may have rotated them since the read
@@ -699,8 +424,8 @@ pub async fn update(
         Ok(r)
     })
     .await?;
-    tracing::info!(account = %record.id, enabled = record.enabled, "admin updated an account");
-    Ok(Json(stored_view(&state, &record)).into_response())
+    tracing::info!(account = %record.id, "admin updated an account");
+    Ok(Json(stored_view(&state, &record)?).into_response())
 }
 
 pub async fn delete(
@@ -758,7 +483,7 @@ pub async fn reset(
     .await?;
     tracing::info!(account = %id, "admin reset the account's health");
     match (record, config_account(&state, &id)) {
-        (Some(r), _) => Ok(Json(stored_view(&state, &r)).into_response()),
+        (Some(r), _) => Ok(Json(stored_view(&state, &r)?).into_response()),
         (None, Some(a)) => Ok(Json(config_view(&state, a)).into_response()),
         (None, None) => Err(not_found("account", &id)),
     }
@@ -766,46 +491,224 @@ pub async fn reset(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeSet;
 
-    #[test]
-    fn credentials_and_urls_are_validated() {
-        assert!(valid_api_key(AccountKind::ClaudeConsole, "  ").is_err());
-        assert!(valid_api_key(AccountKind::ClaudeConsole, "sk-ant\nx").is_err());
-        assert_eq!(
-            valid_api_key(AccountKind::ClaudeConsole, " sk-ant-api03-x ").unwrap(),
-            "sk-ant-api03-x"
-        );
-        assert!(valid_base_url("ftp://x").is_err());
-        assert!(valid_base_url("not a url").is_err());
-        assert_eq!(
-            valid_base_url(" http://127.0.0.1:9/p ").unwrap(),
-            "http://127.0.0.1:9/p"
-        );
-        assert!(valid_models(&Some(vec!["".into()])).is_err());
-        assert!(valid_models(&None).is_ok());
-        let mut m = BTreeMap::new();
-        m.insert("a".to_string(), " ".to_string());
-        assert!(valid_model_map(&m).is_err());
+    use super::*;
+    use serde_json::json;
+
+    fn settings(v: Value) -> AccountSettings {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn patch(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
     }
 
     #[test]
-    fn patch_tells_null_models_from_absent() {
-        let u: UpdateAccount = serde_json::from_str(r#"{"models":null}"#).unwrap();
-        assert_eq!(u.models, Some(None));
-        let u: UpdateAccount = serde_json::from_str(r#"{}"#).unwrap();
-        assert_eq!(u.models, None);
-        let u: UpdateAccount = serde_json::from_str(r#"{"models":["m"]}"#).unwrap();
-        assert_eq!(u.models, Some(Some(vec!["m".to_string()])));
-        assert!(serde_json::from_str::<UpdateAccount>(r#"{"secret":"x"}"#).is_err());
-        assert!(serde_json::from_str::<AccountFields>(r#"{"name":"a","api_key":"k"}"#).is_err());
-        assert!(
-            split_body(
-                &Bytes::from_static(br#"{"name":"a","kind":"x","api_key":"k"}"#),
-                &["kind", "api_key"]
-            )
-            .is_ok()
+    fn an_update_replaces_given_fields_and_null_clears_what_may_be_cleared() {
+        let old = settings(json!({
+            "name": "a", "kind": "claude-console", "base_url": "http://127.0.0.1:9",
+            "priority": 3, "models": ["m"], "group": "g", "cooldowns": {"529": "2m", "connect": 45}
+        }));
+        let same = patched(&old, &patch(json!({}))).unwrap();
+        assert_eq!(same, old);
+        let new = patched(
+            &old,
+            &patch(
+                json!({"models": null, "priority": null, "group": null, "base_url": null, "weight": 2, "api_key": "k"}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(new.models, None, "null: every model");
+        assert_eq!(new.priority, 3, "null leaves a field that cannot be cleared");
+        assert_eq!(new.base_url, old.base_url);
+        assert_eq!((new.group, new.weight), (None, Some(2)));
+        assert_eq!(new.cooldowns, old.cooldowns);
+        let cd = patched(&old, &patch(json!({"cooldowns": {"503": "1m"}}))).unwrap();
+        assert_eq!(serde_json::to_value(&cd.cooldowns).unwrap(), json!({"503": "1m"}));
+        let e = patched(&old, &patch(json!({"quota_reset": "25:00"}))).unwrap_err();
+        assert!(e.2.contains("`quota_reset`"), "{}", e.2);
+        let e = patched(&old, &patch(json!({"cooldowns": {"42": "1m"}}))).unwrap_err();
+        assert!(e.2.contains("cooldowns.42"), "{}", e.2);
+    }
+
+    #[test]
+    fn update_credentials_and_proxies_are_read_strictly() {
+        let f = credential_fields(&patch(json!({"api_key": "k", "session_token": null}))).unwrap();
+        assert_eq!((f.api_key.as_deref(), f.session_token), (Some("k"), None));
+        assert!(credential_fields(&patch(json!({"api_key": 5}))).is_err());
+        assert!(proxy_change(&patch(json!({}))).unwrap().is_none());
+        assert_eq!(proxy_change(&patch(json!({"proxy": null}))).unwrap(), Some(None));
+        let e = proxy_change(&patch(json!({"proxy": "ftp://u:secretpw@h:1"}))).unwrap_err();
+        assert!(e.2.contains("`proxy`") && !e.2.contains("secretpw"), "{}", e.2);
+    }
+
+    /// The property names of a schema of the OpenAPI document, and its required ones.
+    fn schema(doc: &Value, pointer: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let s = doc
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("{pointer} is not in openapi.json"));
+        let props = s["properties"].as_object().unwrap().keys().cloned().collect();
+        let required = s["required"]
+            .as_array()
+            .map(|r| r.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        (props, required)
+    }
+
+    fn keys(v: &impl Serialize) -> BTreeSet<String> {
+        serde_json::to_value(v)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn names(fields: &[&str]) -> BTreeSet<String> {
+        fields.iter().map(|f| f.to_string()).collect()
+    }
+
+    /// A view with every field it may have.
+    fn full_view() -> AccountView {
+        let s = settings(json!({
+            "name": "a", "kind": "bedrock", "base_url": "http://127.0.0.1:9", "models": ["m"],
+            "model_map": {"a": "b"}, "group": "g", "max_concurrency": 1, "daily_quota_usd": 1.0,
+            "quota_reset": "01:00", "weight": 1, "cooldowns": {"529": "1m"}, "region": "us-east-1",
+            "inference_profile": "us"
+        }));
+        let health = scheduling::HealthView {
+            state: "active",
+            reason: Some("r".into()),
+            since: Some(1),
+            until: Some(2),
+            family: Some("opus".into()),
+        };
+        AccountView {
+            id: "x".into(),
+            name: s.name.clone(),
+            kind: s.kind,
+            base_url: "http://127.0.0.1:9".into(),
+            priority: s.priority,
+            enabled: s.enabled,
+            models: s.models.clone(),
+            model_map: s.model_map.clone(),
+            source: Source::Admin,
+            api_key: Some("sk-a…x".into()),
+            created_at: Some(1),
+            group: s.group.clone(),
+            proxy: Some("socks5://***@h:1".into()),
+            max_concurrency: s.max_concurrency,
+            daily_quota_usd: s.daily_quota_usd,
+            quota_reset: s.quota_reset,
+            weight: s.weight,
+            cooldowns: s.cooldowns.clone(),
+            region: s.region.clone(),
+            inference_profile: s.inference_profile.clone(),
+            live: LiveView {
+                health,
+                ratelimit: Some(Default::default()),
+                in_flight: 1,
+                spend_today_usd: Some(0.5),
+            },
+            oauth: Some(OAuthView {
+                access_token: "a".into(),
+                refresh_token: Some("r".into()),
+                expires_at: Some(1),
+                scopes: vec!["s".into()],
+                setup_token: false,
+                tier: Some("max".into()),
+                email: Some("e".into()),
+                refreshed_at: Some(1),
+                usage: Some(json!({})),
+            }),
+            bedrock: Some(BedrockView {
+                auth: "sigv4",
+                access_key_id: Some("AKIA…".into()),
+                session_token: true,
+                api_key: None,
+            }),
+            error: Some("e".into()),
+        }
+    }
+
+    /// openapi.json and the account types agree both ways: the document lists exactly the fields
+    /// the bodies accept and the views write, so neither can change without the other.
+    #[test]
+    fn the_openapi_account_schemas_are_the_account_types() {
+        let doc: Value = serde_json::from_str(super::super::routes::OPENAPI).unwrap();
+        let inputs = names(&AccountInput::FIELDS);
+        for s in ["CreateAccount", "UpdateAccount"] {
+            let (props, _) = schema(&doc, &format!("/components/schemas/{s}"));
+            assert_eq!(
+                props, inputs,
+                "{s}: the document's properties, then AccountInput::FIELDS"
+            );
+            assert_eq!(
+                doc["components"]["schemas"][s]["additionalProperties"],
+                json!(false),
+                "{s}"
+            );
+        }
+        let (create_props, create_required) = schema(&doc, "/components/schemas/CreateAccount");
+        assert!(create_required.is_subset(&create_props));
+
+        // The view: every field it may write is documented, and every documented field is written;
+        // the required ones are those it always writes.
+        let full = full_view();
+        let (props, required) = schema(&doc, "/components/schemas/Account");
+        assert_eq!(
+            props,
+            keys(&full),
+            "Account: the document's properties, then AccountView's"
         );
-        assert!(split_body(&Bytes::from_static(br#"{"name":"a","nope":1}"#), &["kind"]).is_err());
+        let always = AccountView {
+            oauth: None,
+            bedrock: None,
+            error: None,
+            ..full_view()
+        };
+        assert_eq!(required, keys(&always), "Account: required, then always written");
+        for (pointer, v) in [
+            ("/components/schemas/Account/properties/bedrock", keys(&full.bedrock)),
+            ("/components/schemas/OAuthState", keys(&full.oauth)),
+            ("/components/schemas/AccountHealth", keys(&full.live.health)),
+        ] {
+            let (props, required) = schema(&doc, pointer);
+            assert_eq!(props, v, "{pointer}");
+            assert_eq!(required, v, "{pointer}: all required");
+        }
+
+        // The OAuth endpoints take the settings of a claude-oauth account (not its kind, nor
+        // Bedrock's fields) and a proxy, besides their own fields.
+        let mut oauth_account = names(&AccountSettings::FIELDS);
+        for f in ["kind", "region", "inference_profile"] {
+            oauth_account.remove(f);
+        }
+        oauth_account.insert("proxy".into());
+        for (s, own) in [
+            ("OAuthExchangeRequest", &["authorization_id", "code", "account_id"][..]),
+            (
+                "OAuthImportRequest",
+                &[
+                    "access_token",
+                    "refresh_token",
+                    "expires_at",
+                    "scopes",
+                    "claudeAiOauth",
+                    "account_id",
+                ][..],
+            ),
+        ] {
+            let (props, _) = schema(&doc, &format!("/components/schemas/{s}"));
+            let own = names(own);
+            assert!(own.is_subset(&props), "{s}");
+            assert_eq!(
+                props.difference(&own).cloned().collect::<BTreeSet<_>>(),
+                oauth_account,
+                "{s}"
+            );
+        }
     }
 }

@@ -134,12 +134,17 @@ fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
 }
 
 fn config_key<'a>(state: &'a AdminState, id: &str) -> Option<&'a ApiKeyConfig> {
-    state.config.api_keys.iter().find(|k| config_id(&k.name) == id)
+    state
+        .config
+        .api_keys
+        .iter()
+        .map(|k| &k.config)
+        .find(|k| config_id(&k.name) == id)
 }
 
 /// Refuses a name that a configured key or another stored key already has.
 async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result<(), ApiError> {
-    let taken = state.config.api_keys.iter().any(|k| k.name == name)
+    let taken = state.config.api_keys.iter().any(|k| k.config.name == name)
         || state
             .store
             .list_api_keys()
@@ -162,7 +167,7 @@ pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result
         .config
         .api_keys
         .iter()
-        .map(|k| config_view(k, &last_used))
+        .map(|k| config_view(&k.config, &last_used))
         .chain(stored.iter().map(|r| stored_view(r, &last_used)))
         .collect();
     Ok(Json(json!({ "keys": keys })).into_response())

@@ -15,12 +15,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::accounts::{AccountFields, insert, new_record, split_body, stored_view};
-use super::routes::{ApiError, authenticate, bad_request, json_body, not_found, store_error, write};
+use super::accounts::{field_error, insert, new_record, stored_view};
+use super::routes::{
+    ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, store_error, write,
+};
+use crate::accounts::{AccountCredential, AccountDefinition, AccountInput, CredentialFields, ProxyUrl, stored};
 use crate::providers::anthropic_oauth::TokenPair;
 use crate::providers::anthropic_oauth::flow::{self, Flow, OAuthError, TokenAnswer};
 use crate::providers::anthropic_oauth::tokens::Live;
@@ -33,34 +36,50 @@ fn now_ms() -> i64 {
 }
 
 /// The `oauth` part of an account's view: token state without the tokens.
-pub fn view(state: &AdminState, id: &str, pair: &TokenPair, meta: Option<&OAuthMeta>) -> Value {
-    let cell = state.reloader.oauth.cell(id);
-    // The live token may be newer than the record this view was built from.
-    let live = cell.as_ref().map(|c| c.live());
-    let (access, refresh, expires_at) = match &live {
-        Some(l) if meta.is_none_or(|m| l.issued_at >= m.issued_at) => (
-            mask(&l.pair.access_token),
-            l.pair.refresh_token.as_deref().map(mask),
-            l.expires_at,
-        ),
-        _ => (
-            mask(&pair.access_token),
-            pair.refresh_token.as_deref().map(mask),
-            meta.and_then(|m| m.expires_at),
-        ),
-    };
-    let m = meta.cloned().unwrap_or_default();
-    json!({
-        "access_token": access,
-        "refresh_token": refresh,
-        "expires_at": expires_at,
-        "scopes": m.scopes,
-        "setup_token": m.setup_token || (meta.is_none() && pair.refresh_token.is_none()),
-        "tier": m.tier,
-        "email": m.email,
-        "refreshed_at": m.refreshed_at,
-        "usage": cell.and_then(|c| c.usage()),
-    })
+#[derive(Debug, Serialize)]
+pub struct OAuthView {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<i64>,
+    pub scopes: Vec<String>,
+    pub setup_token: bool,
+    pub tier: Option<String>,
+    pub email: Option<String>,
+    pub refreshed_at: Option<i64>,
+    /// The last answer of the usage endpoint, as it came.
+    pub usage: Option<Value>,
+}
+
+impl OAuthView {
+    pub fn new(state: &AdminState, id: &str, pair: &TokenPair, meta: Option<&OAuthMeta>) -> OAuthView {
+        let cell = state.reloader.oauth.cell(id);
+        // The live token may be newer than the record this view was built from.
+        let live = cell.as_ref().map(|c| c.live());
+        let (access_token, refresh_token, expires_at) = match &live {
+            Some(l) if meta.is_none_or(|m| l.issued_at >= m.issued_at) => (
+                mask(&l.pair.access_token),
+                l.pair.refresh_token.as_deref().map(mask),
+                l.expires_at,
+            ),
+            _ => (
+                mask(&pair.access_token),
+                pair.refresh_token.as_deref().map(mask),
+                meta.and_then(|m| m.expires_at),
+            ),
+        };
+        let m = meta.cloned().unwrap_or_default();
+        OAuthView {
+            access_token,
+            refresh_token,
+            expires_at,
+            scopes: m.scopes,
+            setup_token: m.setup_token || (meta.is_none() && pair.refresh_token.is_none()),
+            tier: m.tier,
+            email: m.email,
+            refreshed_at: m.refreshed_at,
+            usage: cell.and_then(|c| c.usage()),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -93,22 +112,24 @@ pub async fn authorize(State(state): State<AdminState>, headers: HeaderMap, body
 
 /// Where new tokens go: a new account, or an existing one (`account_id`).
 enum Target {
-    New(Box<AccountFields>, Option<OutboundProxy>),
-    Existing(Box<AccountRecord>, Option<OutboundProxy>),
+    New(Box<AccountInput>),
+    Existing(Box<AccountRecord>, Option<ProxyUrl>),
 }
 
 impl Target {
     fn proxy(&self) -> Option<&OutboundProxy> {
         match self {
-            Target::New(_, p) | Target::Existing(_, p) => p.as_ref(),
+            Target::New(a) => a.proxy.as_ref(),
+            Target::Existing(_, p) => p.as_ref(),
         }
+        .map(ProxyUrl::proxy)
     }
 }
 
 async fn target(
     state: &AdminState,
     taken: &mut Map<String, Value>,
-    fields: Option<AccountFields>,
+    fields: Option<AccountInput>,
 ) -> Result<Target, ApiError> {
     if let Some(id) = taken.remove("account_id") {
         let id = id
@@ -121,34 +142,27 @@ async fn target(
             .await
             .map_err(store_error)?
             .ok_or_else(|| not_found("account", &id))?;
-        if r.kind != AccountKind::ClaudeOauth {
+        let settings =
+            stored::settings(&r).map_err(|e| conflict(format!("stored account `{id}` cannot be read: {e}")))?;
+        if settings.kind != AccountKind::ClaudeOauth {
             return Err(bad_request(format!("account `{id}` is not a claude-oauth account")));
         }
-        let proxy = match &r.proxy {
-            Some(sealed) => state
-                .secrets
-                .open(sealed)
-                .ok()
-                .and_then(|p| OutboundProxy::parse(&p).ok()),
-            None => None,
-        };
+        // Its tokens are fetched through its proxy, or not at all.
+        let proxy = stored::proxy(&r, &state.secrets).map_err(|e| conflict(format!("account `{id}`: {e}")))?;
         return Ok(Target::Existing(Box::new(r), proxy));
     }
     let fields = fields.ok_or_else(|| bad_request("invalid body: missing field `name`"))?;
-    let proxy = match fields.proxy() {
-        Some(p) => Some(OutboundProxy::parse(p).map_err(|e| bad_request(format!("`proxy`: {e}")))?),
-        None => None,
-    };
-    Ok(Target::New(Box::new(fields), proxy))
+    Ok(Target::New(Box::new(fields)))
 }
 
-/// The account fields, unless the body names an existing account (then only the OAuth fields
-/// may be given).
+/// The new account's fields, unless the body names an existing account (then only the OAuth
+/// fields may be given). The account fields are those of any account but its kind and
+/// credential.
 fn fields_or_existing(
     body: &Bytes,
     oauth_fields: &[&str],
-) -> Result<(Map<String, Value>, Option<AccountFields>), ApiError> {
-    let all: Map<String, Value> = json_body(body)?;
+) -> Result<(Map<String, Value>, Option<AccountInput>), ApiError> {
+    let mut all: Map<String, Value> = json_body(body)?;
     if all.contains_key("account_id") {
         if let Some(k) = all
             .keys()
@@ -160,8 +174,24 @@ fn fields_or_existing(
         }
         return Ok((all, None));
     }
-    let (taken, fields) = split_body(body, oauth_fields)?;
-    Ok((taken, Some(fields)))
+    let mut taken = Map::new();
+    for k in oauth_fields {
+        if let Some(v) = all.remove(*k) {
+            taken.insert(k.to_string(), v);
+        }
+    }
+    if let Some(k) = all
+        .keys()
+        .find(|k| *k == "kind" || CredentialFields::NAMES.contains(&k.as_str()))
+    {
+        return Err(bad_request(format!(
+            "invalid body: `{k}` cannot be given here: the account is a claude-oauth account and its tokens come from this request"
+        )));
+    }
+    all.insert("kind".into(), Value::String(AccountKind::ClaudeOauth.as_str().into()));
+    let input: AccountInput = from_value(Value::Object(all))?;
+    input.settings.validate().map_err(field_error)?;
+    Ok((taken, Some(input)))
 }
 
 fn string_field(taken: &mut Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
@@ -322,16 +352,20 @@ async fn save_with_expiry(
             }
         }
     }
-    let secret = state.secrets.seal(&answer.pair.to_secret());
     match target {
-        Target::New(fields, _) => {
-            let mut record = new_record(state, *fields, AccountKind::ClaudeOauth, secret)?;
+        Target::New(input) => {
+            let account = AccountDefinition {
+                settings: input.settings,
+                credential: AccountCredential::OAuth(answer.pair),
+                proxy: input.proxy,
+            };
+            let mut record = new_record(state, account)?;
             record.oauth = Some(meta);
             insert(state, record).await
         }
         Target::Existing(record, _) => {
             let mut record = *record;
-            record.secret = secret;
+            record.secret = state.secrets.seal(&answer.pair.to_secret());
             record.oauth = Some(meta);
             let id = record.id.clone();
             let record = write(state, move |st| async move {
@@ -346,7 +380,7 @@ async fn save_with_expiry(
             })
             .await?;
             tracing::info!(account = %id, "admin gave an account new OAuth tokens");
-            Ok(Json(stored_view(state, &record)).into_response())
+            Ok(Json(stored_view(state, &record)?).into_response())
         }
     }
 }
@@ -354,6 +388,35 @@ async fn save_with_expiry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_oauth_account_takes_the_settings_of_any_account_but_its_kind_and_credential() {
+        let body = |v: Value| Bytes::from(v.to_string());
+        let fields = ["authorization_id", "code"];
+        let (taken, input) = fields_or_existing(
+            &body(json!({"authorization_id": "x", "code": "c", "name": " sub ", "priority": 5, "proxy": "socks5://127.0.0.1:1080"})),
+            &fields,
+        )
+        .unwrap();
+        assert_eq!(taken.len(), 2);
+        let input = input.unwrap();
+        assert_eq!(input.settings.kind, AccountKind::ClaudeOauth);
+        assert_eq!((input.settings.name.as_str(), input.settings.priority), ("sub", 5));
+        assert!(input.proxy.is_some());
+        for bad in [
+            json!({"name": "a", "kind": "claude-console"}),
+            json!({"name": "a", "api_key": "k"}),
+            json!({"name": "a", "region": "us-east-1"}),
+            json!({"name": "a", "nope": 1}),
+            json!({"name": "a", "quota_reset": "25:00"}),
+            json!({"account_id": "x", "name": "a"}),
+        ] {
+            let e = fields_or_existing(&body(bad.clone()), &fields).unwrap_err();
+            assert_eq!(e.0, StatusCode::BAD_REQUEST, "{bad}: {}", e.2);
+        }
+        let (_, none) = fields_or_existing(&body(json!({"account_id": "x", "code": "c"})), &fields).unwrap();
+        assert!(none.is_none());
+    }
 
     #[test]
     fn expiry_accepts_ms_seconds_and_rfc3339() {

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use super::AdminState;
 use super::auth::printable_user;
 use super::{accounts, keys, oauth, usage};
+use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
 
@@ -162,25 +163,13 @@ pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// A display name of a key or account: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no control
-/// characters.
+/// A display name of a key: trimmed, 1 to 100 characters, no control characters
+/// (the rule of account names too).
 pub fn valid_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
-    if name.is_empty() {
-        return Err(bad_request("`name` must not be empty"));
-    }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(bad_request(format!(
-            "`name` must be at most {MAX_NAME_CHARS} characters"
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(bad_request("`name` must not contain control characters"));
-    }
+    check_label(name).map_err(|r| bad_request(format!("`name` {r}")))?;
     Ok(name.to_string())
 }
-
-pub const MAX_NAME_CHARS: usize = 100;
 
 /// Admin writes of this instance run one at a time, so a name check and the write that follows
 /// it cannot interleave with another write, and reloads finish in the order of the writes.
@@ -490,6 +479,7 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
+        use crate::accounts::values::MAX_NAME_CHARS;
         assert_eq!(valid_name("  team a ").unwrap(), "team a");
         assert!(valid_name("   ").is_err());
         assert!(valid_name(&"x".repeat(MAX_NAME_CHARS)).is_ok());

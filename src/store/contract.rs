@@ -220,43 +220,39 @@ pub async fn api_key_last_used(store: &dyn Store) -> Check {
 pub async fn accounts(store: &dyn Store) -> Check {
     let secrets = Secrets::new(&Secrets::generate_key()).map_err(|e| format!("secrets: {e}"))?;
     let plaintext = "sk-ant-api03-contract-test-secret";
-    let mut model_map = BTreeMap::new();
-    model_map.insert("claude-sonnet-4".to_string(), "claude-sonnet-4-20250514".to_string());
-    let mut extra = BTreeMap::new();
-    extra.insert(
-        "field_from_a_newer_relay".to_string(),
-        serde_json::json!({"url": "socks5://127.0.0.1:1080"}),
-    );
+    // The store keeps the settings as they are written, fields of other relay versions included.
+    let settings = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
     let a1 = AccountRecord {
         id: "a1".to_string(),
-        name: "console one".to_string(),
-        kind: AccountKind::ClaudeConsole,
-        base_url: "https://api.anthropic.com".to_string(),
+        settings: settings(serde_json::json!({
+            "name": "console one",
+            "kind": AccountKind::ClaudeConsole,
+            "base_url": "https://api.anthropic.com",
+            "priority": 10,
+            "enabled": true,
+            "models": ["claude-sonnet-4"],
+            "model_map": {"claude-sonnet-4": "claude-sonnet-4-20250514"},
+            "group": "team",
+            "max_concurrency": 4,
+            "daily_quota_usd": 50.0,
+            "quota_reset": "00:00",
+            "field_from_a_newer_relay": {"url": "socks5://127.0.0.1:1080"},
+        })),
         secret: secrets.seal(plaintext),
-        priority: 10,
-        enabled: true,
-        models: Some(vec!["claude-sonnet-4".to_string()]),
-        model_map,
-        group: Some("team".to_string()),
         proxy: Some(secrets.seal("socks5://u:p@127.0.0.1:1080")),
-        max_concurrency: Some(4),
-        daily_quota_usd: Some(50.0),
-        quota_reset: Some("00:00".to_string()),
-        weight: None,
-        cooldowns: BTreeMap::new(),
         oauth: None,
-        region: None,
-        inference_profile: None,
         created_at: 1_700_000_000,
-        extra,
     };
     let a0 = AccountRecord {
         id: "a0".to_string(),
-        name: "console zero".to_string(),
+        settings: settings(serde_json::json!({
+            "name": "console zero",
+            "kind": AccountKind::ClaudeConsole,
+            "base_url": "https://api.anthropic.com",
+            "models": null,
+            "model_map": {},
+        })),
         secret: secrets.seal("another"),
-        models: None,
-        model_map: BTreeMap::new(),
-        extra: BTreeMap::new(),
         ..a1.clone()
     };
 
@@ -279,11 +275,9 @@ pub async fn accounts(store: &dyn Store) -> Check {
         vec![a0.clone(), a1.clone()],
     )?;
 
-    let a1_disabled = AccountRecord {
-        enabled: false,
-        priority: 99,
-        ..a1.clone()
-    };
+    let mut a1_disabled = a1.clone();
+    a1_disabled.settings.insert("enabled".into(), false.into());
+    a1_disabled.settings.insert("priority".into(), 99.into());
     ok("replace a1", store.put_account(&a1_disabled).await)?;
     eq(
         "get replaced a1",

@@ -121,56 +121,89 @@ pub struct OAuthMeta {
     pub profile_checked_at: Option<i64>,
 }
 
-/// An upstream account as persisted. Its credential is sealed (AES-256-GCM).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An upstream account as persisted: its settings, and its credential and outbound proxy sealed
+/// (AES-256-GCM).
+///
+/// The store does not read the settings: they are the JSON of `accounts::AccountSettings` (name,
+/// kind, base_url, priority, ...), kept as written, with any field another relay version added,
+/// and the relay reads them when it loads the record. A record is written with its fields in the
+/// order they have always had, so records written by this version and by earlier ones are alike.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AccountRecord {
     pub id: String,
-    pub name: String,
-    pub kind: AccountKind,
-    pub base_url: String,
+    /// The account's settings (every field not named below).
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
     /// The sealed credential (for `claude-console` and `ccr`, the API key; for `claude-oauth`,
     /// the token pair as JSON; for `bedrock`, its keys or API key as JSON).
     pub secret: Sealed,
-    /// Lower numbers are tried first.
-    #[serde(default = "default_priority")]
-    pub priority: u32,
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// When set, the only models this account serves (names as the client sends them).
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-    /// Requested model name → upstream model name.
-    #[serde(default)]
-    pub model_map: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
     /// The sealed outbound proxy URL (it may carry credentials).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub proxy: Option<Sealed>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub daily_quota_usd: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quota_reset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u32>,
-    /// Per-account cooldown overrides (`"529": "10m"`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub cooldowns: BTreeMap<String, String>,
     /// Token state of a `claude-oauth` account.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub oauth: Option<OAuthMeta>,
-    /// The AWS region of a `bedrock` account.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// The inference profile of a `bedrock` account (default: the region's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inference_profile: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
-    #[serde(default, flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl AccountRecord {
+    /// The settings' field names in their written order, each followed by the record's own
+    /// fields that come after it: `(settings field, own fields after it)`.
+    const ORDER: [(&'static str, &'static [&'static str]); 15] = [
+        ("name", &[]),
+        ("kind", &[]),
+        ("base_url", &["secret"]),
+        ("priority", &[]),
+        ("enabled", &[]),
+        ("models", &[]),
+        ("model_map", &[]),
+        ("group", &["proxy"]),
+        ("max_concurrency", &[]),
+        ("daily_quota_usd", &[]),
+        ("quota_reset", &[]),
+        ("weight", &[]),
+        ("cooldowns", &["oauth"]),
+        ("region", &[]),
+        ("inference_profile", &["created_at"]),
+    ];
+}
+
+impl Serialize for AccountRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &self.id)?;
+        for (field, after) in AccountRecord::ORDER {
+            if let Some(v) = self.settings.get(field) {
+                m.serialize_entry(field, v)?;
+            }
+            for own in after {
+                match *own {
+                    "secret" => m.serialize_entry("secret", &self.secret)?,
+                    "proxy" => {
+                        if let Some(p) = &self.proxy {
+                            m.serialize_entry("proxy", p)?;
+                        }
+                    }
+                    "oauth" => {
+                        if let Some(o) = &self.oauth {
+                            m.serialize_entry("oauth", o)?;
+                        }
+                    }
+                    _ => m.serialize_entry("created_at", &self.created_at)?,
+                }
+            }
+        }
+        // Fields of other relay versions, after the known ones.
+        let own = ["id", "secret", "proxy", "oauth", "created_at"];
+        for (k, v) in &self.settings {
+            if !AccountRecord::ORDER.iter().any(|(f, _)| f == k) && !own.contains(&k.as_str()) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
 }
 
 fn default_true() -> bool {
@@ -436,5 +469,33 @@ pub trait Store: Send + Sync + 'static {
     /// shared; `None` for a single-instance backend (the relay then keeps it in memory).
     fn coordination(&self) -> Option<std::sync::Arc<dyn coord::Coordination>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the relay has always written it (every optional field set, and a field of a
+    /// newer relay): it loads, and is written back byte for byte.
+    const RECORD: &str = r#"{"id":"a1","name":"sub","kind":"claude-oauth","base_url":"https://api.anthropic.com","secret":"v1:c2VjcmV0","priority":50,"enabled":true,"models":null,"model_map":{},"group":"team","proxy":"v1:cHJveHk=","max_concurrency":2,"daily_quota_usd":5.5,"quota_reset":"07:30","weight":3,"cooldowns":{"529":"2m","connect":"45"},"oauth":{"expires_at":1,"scopes":["user:inference"],"setup_token":false,"tier":"max","email":null,"issued_at":2,"refreshed_at":null,"profile_checked_at":null},"region":"us-east-1","inference_profile":"us","created_at":1700000000,"zz_from_a_newer_relay":{"x":1}}"#;
+
+    #[test]
+    fn account_records_keep_their_bytes() {
+        let r: AccountRecord = serde_json::from_str(RECORD).unwrap();
+        assert_eq!(r.id, "a1");
+        assert_eq!(r.secret.0, "v1:c2VjcmV0");
+        assert_eq!(r.proxy.as_ref().map(|p| p.0.as_str()), Some("v1:cHJveHk="));
+        assert_eq!(r.oauth.as_ref().and_then(|o| o.tier.as_deref()), Some("max"));
+        assert_eq!(r.settings["name"], "sub");
+        assert_eq!(r.settings["zz_from_a_newer_relay"]["x"], 1);
+        assert!(!r.settings.contains_key("secret") && !r.settings.contains_key("created_at"));
+        assert_eq!(serde_json::to_string(&r).unwrap(), RECORD);
+
+        // The smallest record: no optional field.
+        let min = r#"{"id":"b","name":"n","kind":"ccr","base_url":"http://h","secret":"v1:eA==","priority":1,"enabled":false,"models":["m"],"model_map":{"a":"b"},"created_at":0}"#;
+        let r: AccountRecord = serde_json::from_str(min).unwrap();
+        assert_eq!((&r.proxy, &r.oauth), (&None, &None));
+        assert_eq!(serde_json::to_string(&r).unwrap(), min);
     }
 }

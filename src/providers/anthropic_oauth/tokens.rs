@@ -433,7 +433,7 @@ impl OAuthTokens {
         let v = self
             .client
             .get_json(
-                &api.oauth.profile_url(&api.api_base),
+                &api.oauth.profile_url(api.api_base.as_str()),
                 &api.oauth.beta,
                 access_token,
                 proxy,
@@ -546,7 +546,7 @@ impl OAuthTokens {
         match self
             .client
             .get_json(
-                &api.oauth.usage_url(&api.api_base),
+                &api.oauth.usage_url(api.api_base.as_str()),
                 &api.oauth.beta,
                 &live.pair.access_token,
                 account.proxy.as_deref(),
