@@ -24,6 +24,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod outbound;
 pub mod private_fs;
 pub mod providers;
 pub mod proxy;

@@ -10,8 +10,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::outbound::OutboundProxy;
 use crate::providers::UpstreamBase;
-use crate::proxy::outbound::OutboundProxy;
 use crate::scheduler::{CooldownClass, parse_hhmm};
 
 /// An upstream base URL as written (trimmed), with its parsed form.

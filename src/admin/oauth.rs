@@ -24,10 +24,10 @@ use super::routes::{
     ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, store_error, write,
 };
 use crate::accounts::{AccountCredential, AccountDefinition, AccountInput, CredentialFields, ProxyUrl, stored};
+use crate::outbound::OutboundProxy;
 use crate::providers::anthropic_oauth::TokenPair;
 use crate::providers::anthropic_oauth::flow::{self, Flow, OAuthError, TokenAnswer};
 use crate::providers::anthropic_oauth::tokens::Live;
-use crate::proxy::outbound::OutboundProxy;
 use crate::secrets::mask;
 use crate::store::{AccountKind, AccountRecord, OAuthMeta};
 

@@ -9,7 +9,6 @@ mod conn;
 mod dispatch;
 pub mod error;
 mod headers;
-pub mod outbound;
 mod peer;
 mod settle;
 

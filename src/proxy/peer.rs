@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use pingora::upstreams::peer::HttpPeer;
 
 use super::error::RelayError;
-use super::outbound::{OutboundProxy, tunnel_connector};
+use crate::outbound::{OutboundProxy, tunnel_connector};
 use crate::providers::UpstreamBase;
 
 const DNS_TTL: Duration = Duration::from_secs(60);

@@ -126,7 +126,7 @@ pub struct Account {
     pub source: Source,
     pub group: Option<String>,
     /// Outbound proxy for this account's connections.
-    pub proxy: Option<Arc<crate::proxy::outbound::OutboundProxy>>,
+    pub proxy: Option<Arc<crate::outbound::OutboundProxy>>,
     pub max_concurrency: Option<u32>,
     /// Daily spend cap in nano-USD.
     pub daily_quota_nanos: Option<u64>,
@@ -227,7 +227,7 @@ pub struct AccountSpec {
     pub model_map: std::collections::BTreeMap<String, String>,
     pub source: Source,
     pub group: Option<String>,
-    pub proxy: Option<Arc<crate::proxy::outbound::OutboundProxy>>,
+    pub proxy: Option<Arc<crate::outbound::OutboundProxy>>,
     pub max_concurrency: Option<u32>,
     pub daily_quota_nanos: Option<u64>,
     pub quota_reset_minute: u32,

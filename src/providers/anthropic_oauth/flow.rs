@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::TokenPair;
 use crate::config::OAuthConfig;
-use crate::proxy::outbound::{OutboundProxy, ProxyKind};
+use crate::outbound::{OutboundProxy, ProxyKind};
 use crate::secrets::{Sealed, Secrets};
 
 /// How long an authorization may take, from the URL to the code.

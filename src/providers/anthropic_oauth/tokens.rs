@@ -427,7 +427,7 @@ impl OAuthTokens {
     pub async fn profile(
         &self,
         access_token: &str,
-        proxy: Option<&crate::proxy::outbound::OutboundProxy>,
+        proxy: Option<&crate::outbound::OutboundProxy>,
     ) -> Result<(Option<String>, Option<String>), OAuthError> {
         let api = &self.config.providers.anthropic;
         let v = self

@@ -3,7 +3,7 @@
 //! Pingora's own `HttpPeer.proxy` speaks CONNECT over a Unix socket only, so a proxied peer gets a
 //! custom L4 connector instead ([`tunnel_connector`]): it dials the proxy, opens a tunnel to the
 //! real `host:port` and hands the raw stream back; Pingora adds TLS (SNI = the real host), ALPN
-//! and HTTP on top. How such peers are keyed in the connection pool is `peer.rs`'s business.
+//! and HTTP on top. How such peers are keyed in the connection pool is `proxy::peer`'s business.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -97,8 +97,8 @@ fn authority(host: &str, port: u16) -> String {
 
 /// The L4 connector that reaches `host:port` through `proxy`, which listens at `proxy_addr`.
 ///
-/// The connector ignores the address Pingora hands it (the peer's address, which `peer.rs` sets to
-/// the proxy's so that pooled connections pass Pingora's `matches_fd` check) and dials
+/// The connector ignores the address Pingora hands it (the peer's address, which `proxy::peer` sets
+/// to the proxy's so that pooled connections pass Pingora's `matches_fd` check) and dials
 /// `proxy_addr`. The target name goes to the proxy unresolved (SOCKS5 remote DNS, CONNECT
 /// authority). `timeout` bounds the whole tunnel set-up: the TCP connect and the handshake.
 pub fn tunnel_connector(
