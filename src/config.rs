@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::accounts::{AccountDefinition, AccountInput, Cooldowns};
+use crate::types::Dur;
 
 #[path = "config_providers.rs"]
 mod providers_config;
@@ -30,52 +31,6 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
-    }
-}
-
-/// A duration written as `250ms`, `10s`, `5m`, `1h` or `30d` (a bare number is seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    pub fn parse(s: &str) -> Result<Dur, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration like 10s, 5m, 1h"))?;
-        let secs = match unit.trim() {
-            "ms" => n / 1000.0,
-            "" | "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86400.0,
-            u => return Err(format!("unknown duration unit `{u}` (use ms, s, m, h or d)")),
-        };
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("`{s}` is not a valid duration"));
-        }
-        if secs > 10.0 * 366.0 * 86_400.0 {
-            return Err(format!("`{s}` is longer than 10 years"));
-        }
-        Ok(Dur(Duration::from_secs_f64(secs)))
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            // Through `parse`, so that a bare number has the same bound as `10s`.
-            Raw::N(n) => Dur::parse(&n.to_string()).map_err(serde::de::Error::custom),
-            Raw::S(s) => Dur::parse(&s).map_err(serde::de::Error::custom),
-        }
     }
 }
 

@@ -431,7 +431,7 @@ fn accounts_are_read_into_typed_values_and_unknown_fields_are_refused() {
         &|_| None,
     )
     .unwrap();
-    use crate::scheduler::CooldownClass;
+    use crate::types::CooldownClass;
     assert_eq!(
         c.scheduler.cooldowns.get(CooldownClass::Overloaded),
         Some(Duration::from_secs(120))

@@ -33,6 +33,7 @@ pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod types;
 pub mod usage;
 pub mod wire;
 

@@ -103,7 +103,7 @@ fn every_value_is_typed_where_it_is_read_and_the_error_names_it() {
     assert_eq!(s.base_url.as_ref().unwrap().upstream().path_prefix, "/p");
     assert_eq!(s.quota_reset_minute(), 7 * 60 + 5);
     assert_eq!(
-        s.cooldowns.get(crate::scheduler::CooldownClass::Overloaded),
+        s.cooldowns.get(crate::types::CooldownClass::Overloaded),
         Some(std::time::Duration::from_secs(90))
     );
     assert_eq!(a.proxy.unwrap().proxy().port, 1080);

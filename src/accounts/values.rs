@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::outbound::OutboundProxy;
 use crate::providers::UpstreamBase;
-use crate::scheduler::{CooldownClass, parse_hhmm};
+use crate::types::{CooldownClass, Dur, parse_hhmm};
 
 /// An upstream base URL as written (trimmed), with its parsed form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,7 +230,7 @@ impl Cooldown {
         {
             return Err(too_long());
         }
-        let d = crate::config::Dur::parse(text)?.0;
+        let d = Dur::parse(text)?.0;
         if d > MAX_COOLDOWN {
             return Err(too_long());
         }
@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn durations_format_back_to_what_they_parse_from() {
         for s in ["10m", "90s", "250ms", "2h", "1d", "0s", "61s"] {
-            let d = crate::config::Dur::parse(s).unwrap().0;
+            let d = Dur::parse(s).unwrap().0;
             assert_eq!(format_duration(d), s);
         }
     }

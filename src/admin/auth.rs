@@ -379,8 +379,8 @@ mod tests {
     fn policy(after: u32, base: u64, max: u64) -> LoginBackoffConfig {
         LoginBackoffConfig {
             after,
-            base: crate::config::Dur(Duration::from_secs(base)),
-            max: crate::config::Dur(Duration::from_secs(max)),
+            base: crate::types::Dur(Duration::from_secs(base)),
+            max: crate::types::Dur(Duration::from_secs(max)),
         }
     }
 

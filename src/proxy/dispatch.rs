@@ -21,10 +21,11 @@ use crate::convert::answer::{self, StreamAdapter};
 use crate::ingress::{Dialect, Endpoint, ErrorKind};
 use crate::providers::anthropic_oauth::tokens::TokenError;
 use crate::providers::{self, Call, Operation, PrepareError, Prepared, Provider, ResponseKind, Target};
+use crate::scheduler::Account;
 use crate::scheduler::attempts::{AttemptPlan, AttemptRequest, Failure, Next};
 use crate::scheduler::health::{self, Verdict};
-use crate::scheduler::{Account, CooldownClass};
 use crate::store::coord::{AccountHealth, HealthState};
+use crate::types::CooldownClass;
 
 /// The log target of the upstream requests the relay sends: `RELAY_LOG=relay::upstream=debug`
 /// shows each one's URI and headers (credentials redacted), never its body.

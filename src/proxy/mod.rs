@@ -55,7 +55,7 @@ pub struct Relay {
     pub coord: Arc<dyn crate::store::coord::Coordination>,
     pub leases: Arc<crate::leases::Leases>,
     /// Global cooldowns by error class (`scheduler.cooldowns`).
-    pub cooldowns: std::collections::HashMap<crate::scheduler::CooldownClass, Duration>,
+    pub cooldowns: std::collections::HashMap<crate::types::CooldownClass, Duration>,
     /// Live tokens of `claude-oauth` accounts.
     pub oauth: Arc<crate::providers::anthropic_oauth::tokens::OAuthTokens>,
     /// This process's mark in the `x-relay-hops` header of the requests it sends upstream.

@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
-use super::CooldownClass;
 use crate::store::coord::{AccountHealth, HealthState};
+use crate::types::CooldownClass;
 
 /// The model family a name belongs to, for limits the upstream scopes by family.
 pub fn model_family(model: &str) -> Option<&'static str> {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::providers::{Credential, UpstreamBase, ccr};
 use crate::store::AccountKind;
 use crate::store::coord::AccountHealth;
+use crate::types::CooldownClass;
 
 pub mod attempts;
 pub mod health;
@@ -18,87 +19,6 @@ pub mod quota;
 pub mod session;
 
 pub use health::{AccountRuntime, model_family};
-
-/// Parses `HH:MM` (UTC) into minutes after midnight.
-pub fn parse_hhmm(s: &str) -> Result<u32, String> {
-    let (h, m) = s
-        .trim()
-        .split_once(':')
-        .ok_or_else(|| format!("`{s}` is not a time like 00:00"))?;
-    let h: u32 = h.parse().map_err(|_| format!("`{s}` is not a time like 00:00"))?;
-    let m: u32 = m.parse().map_err(|_| format!("`{s}` is not a time like 00:00"))?;
-    if h > 23 || m > 59 {
-        return Err(format!("`{s}` is not a time of day"));
-    }
-    Ok(h * 60 + m)
-}
-
-/// Error classes that put an account in cooldown, as named in `scheduler.cooldowns`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CooldownClass {
-    /// `503`
-    Unavailable,
-    /// `5xx` (other server errors)
-    ServerError,
-    /// `529` (overloaded)
-    Overloaded,
-    /// `401`
-    Unauthorized,
-    /// `403`
-    Forbidden,
-    /// `429` without a usable `retry-after` or reset
-    RateLimited,
-    /// `429_max`: the longest a 429 may park an account
-    RateLimitedMax,
-    /// `connect`: connection failures
-    Connect,
-}
-
-impl CooldownClass {
-    pub const ALL: [CooldownClass; 8] = [
-        CooldownClass::Unavailable,
-        CooldownClass::ServerError,
-        CooldownClass::Overloaded,
-        CooldownClass::Unauthorized,
-        CooldownClass::Forbidden,
-        CooldownClass::RateLimited,
-        CooldownClass::RateLimitedMax,
-        CooldownClass::Connect,
-    ];
-
-    pub fn key(self) -> &'static str {
-        match self {
-            CooldownClass::Unavailable => "503",
-            CooldownClass::ServerError => "5xx",
-            CooldownClass::Overloaded => "529",
-            CooldownClass::Unauthorized => "401",
-            CooldownClass::Forbidden => "403",
-            CooldownClass::RateLimited => "429",
-            CooldownClass::RateLimitedMax => "429_max",
-            CooldownClass::Connect => "connect",
-        }
-    }
-
-    pub fn parse_key(k: &str) -> Result<CooldownClass, String> {
-        CooldownClass::ALL.into_iter().find(|c| c.key() == k).ok_or_else(|| {
-            let known: Vec<&str> = CooldownClass::ALL.iter().map(|c| c.key()).collect();
-            format!("unknown cooldown class (known: {})", known.join(", "))
-        })
-    }
-
-    /// The built-in default.
-    pub fn default_duration(self) -> std::time::Duration {
-        let s = match self {
-            CooldownClass::Unavailable => 60,
-            CooldownClass::ServerError => 300,
-            CooldownClass::Overloaded => 600,
-            CooldownClass::Unauthorized | CooldownClass::Forbidden | CooldownClass::RateLimitedMax => 1800,
-            CooldownClass::RateLimited => 60,
-            CooldownClass::Connect => 30,
-        };
-        std::time::Duration::from_secs(s)
-    }
-}
 
 /// Where an account or key was defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
