@@ -556,8 +556,6 @@ fn default_true() -> bool {
     true
 }
 
-pub const DEFAULT_ANTHROPIC_BASE: &str = "https://api.anthropic.com";
-
 /// The filter chain when `filters:` is absent. A filter with nothing configured for a key is a
 /// no-op for it.
 /// Built-in filters available in this build (the default chain keeps DEFAULT_FILTERS' order).

@@ -115,7 +115,7 @@ fn the_example_providers_block_loads_and_matches_the_defaults() {
     assert_eq!(ex.refresh_ahead, def.refresh_ahead);
     assert_eq!(
         ex.profile_url(c.providers.anthropic.api_base.as_str()),
-        def.profile_url(DEFAULT_ANTHROPIC_BASE)
+        def.profile_url(crate::providers::anthropic::DEFAULT_API_BASE)
     );
 }
 

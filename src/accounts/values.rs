@@ -33,7 +33,7 @@ impl BaseUrl {
     /// `https://api.anthropic.com`, built without parsing.
     pub fn anthropic() -> BaseUrl {
         BaseUrl {
-            text: crate::config::DEFAULT_ANTHROPIC_BASE.to_string(),
+            text: crate::providers::anthropic::DEFAULT_API_BASE.to_string(),
             parsed: UpstreamBase {
                 tls: true,
                 host: "api.anthropic.com".into(),
@@ -374,7 +374,7 @@ mod tests {
     fn the_anthropic_default_is_what_parsing_gives() {
         assert_eq!(
             BaseUrl::anthropic(),
-            BaseUrl::parse(crate::config::DEFAULT_ANTHROPIC_BASE).unwrap()
+            BaseUrl::parse(crate::providers::anthropic::DEFAULT_API_BASE).unwrap()
         );
         let b = BaseUrl::parse(" http://127.0.0.1:9/p/ ").unwrap();
         assert_eq!(b.as_str(), "http://127.0.0.1:9/p/");

@@ -6,6 +6,9 @@ use serde::Serialize;
 
 use super::{Call, Operation, PrepareError, Prepared, ResponseKind, Target, request};
 
+/// The Anthropic API: the default base URL of Claude accounts.
+pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
+
 impl Operation {
     /// The Anthropic API path of the operation.
     pub fn anthropic_path(self) -> &'static str {
