@@ -1,4 +1,5 @@
 use super::*;
+use crate::providers::anthropic_oauth::settings::{OAuthSettings, TIERS};
 
 fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
     move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
@@ -103,7 +104,7 @@ fn defaults_env_overrides_and_typed_references() {
 #[test]
 fn the_example_providers_block_loads_and_matches_the_defaults() {
     let c = Config::from_yaml(&example_block("providers:"), &|_| None).unwrap();
-    let (ex, def) = (&c.providers.anthropic.oauth, OAuthConfig::default());
+    let (ex, def) = (&c.providers.anthropic.oauth, OAuthSettings::default());
     assert_eq!(
         (&ex.authorize_url, &ex.token_url, &ex.client_id, &ex.redirect_uri),
         (&def.authorize_url, &def.token_url, &def.client_id, &def.redirect_uri)
@@ -250,7 +251,13 @@ fn what_the_start_would_refuse_or_skip_is_refused_here() {
     assert!(err(&format!("api_keys: [{{ name: a, key: \"{K} x\" }}]")).contains("api_keys[0].key"));
 
     // An admin password hash that login can verify against, and one it cannot.
-    let good = crate::admin::hash_password("a good password").unwrap();
+    let good = {
+        use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+        argon2::Argon2::default()
+            .hash_password(b"a good password", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string()
+    };
     assert!(load(&format!("admin: {{ password_hash: \"{good}\" }}")).is_ok());
     for bad in [
         "$argon2id$",

@@ -574,7 +574,8 @@ mod tests {
     fn subscription_tiers_gate_upstream_models() {
         let s = Scheduler::new();
         let mut pro = spec("pro", 1, None);
-        pro.tier_blacklist = crate::config::OAuthConfig::default().tier_blacklist("pro");
+        pro.tier_blacklist =
+            crate::providers::anthropic_oauth::settings::OAuthSettings::default().tier_blacklist("pro");
         pro.model_map = [("fast".to_string(), "claude-opus-4-1-20250805".to_string())]
             .into_iter()
             .collect();

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::TokenPair;
-use crate::config::OAuthConfig;
+use super::settings::OAuthSettings;
 use crate::outbound::{OutboundProxy, ProxyKind};
 use crate::secrets::{Sealed, Secrets};
 
@@ -67,7 +67,7 @@ pub fn challenge(verifier: &str) -> String {
 }
 
 /// Starts an authorization: a fresh verifier and state, the URL to open, the sealed id.
-pub fn start(cfg: &OAuthConfig, secrets: &Secrets, flow: Flow, now_s: i64) -> Result<Authorization, String> {
+pub fn start(cfg: &OAuthSettings, secrets: &Secrets, flow: Flow, now_s: i64) -> Result<Authorization, String> {
     let pending = Pending {
         verifier: random_b64(32),
         state: random_b64(32),
@@ -292,7 +292,7 @@ impl OAuthClient {
     /// Exchanges an authorization code for tokens.
     pub async fn exchange(
         &self,
-        cfg: &OAuthConfig,
+        cfg: &OAuthSettings,
         pending: &Pending,
         code: &str,
         proxy: Option<&OutboundProxy>,
@@ -314,7 +314,7 @@ impl OAuthClient {
     /// Trades a refresh token for a new pair.
     pub async fn refresh(
         &self,
-        cfg: &OAuthConfig,
+        cfg: &OAuthSettings,
         refresh_token: &str,
         proxy: Option<&OutboundProxy>,
     ) -> Result<TokenAnswer, OAuthError> {
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn authorize_urls_carry_pkce_and_the_configured_client() {
-        let cfg = OAuthConfig::default();
+        let cfg = OAuthSettings::default();
         let s = secrets();
         let a = start(&cfg, &s, Flow::Oauth, 1_000).unwrap();
         let u = url::Url::parse(&a.url).unwrap();

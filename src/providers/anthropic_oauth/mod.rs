@@ -2,6 +2,7 @@
 //!
 //! - [`flow`]: the authorization (PKCE S256, a sealed authorization id, the code exchange), the
 //!   refresh grant, and the profile and usage endpoints, over HTTP.
+//! - [`settings`]: the endpoints, client and timings, as `relay.yaml` sets them.
 //! - [`tokens`]: each account's live token, refreshed ahead of expiry by a background task and on
 //!   demand when a request meets an expired token or a 401, once at a time per account across
 //!   every instance sharing the store.
@@ -11,6 +12,7 @@
 //! not present other clients as Claude Code.
 
 pub mod flow;
+pub mod settings;
 pub mod tokens;
 
 use std::fmt;

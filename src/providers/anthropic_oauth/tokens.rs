@@ -165,7 +165,7 @@ impl OAuthTokens {
         }
     }
 
-    fn cfg(&self) -> &crate::config::OAuthConfig {
+    fn cfg(&self) -> &super::settings::OAuthSettings {
         &self.config.providers.anthropic.oauth
     }
 
