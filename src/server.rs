@@ -388,7 +388,14 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     tasks.spawn_loop("oauth token checks", oauth.clone().run(snapshot.clone()));
     tasks.spawn_loop(
         "account quota refresh",
-        crate::scheduler::quota::refresh_forever(store.clone(), snapshot.clone(), metrics.clone()),
+        crate::scheduler::quota::refresh_forever(
+            store.clone(),
+            {
+                let snapshot = snapshot.clone();
+                move || snapshot.load().pool.all().to_vec()
+            },
+            metrics.clone(),
+        ),
     );
 
     let limits = crate::proxy::ConnLimits {

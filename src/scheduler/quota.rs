@@ -8,10 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-
+use super::Account;
 use crate::metrics::Metrics;
-use crate::state::Snapshot;
 use crate::store::{Dimension, Granularity, Store};
 
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
@@ -58,12 +56,11 @@ pub async fn spend_since(store: &dyn Store, account_id: &str, start: i64, now_s:
     Ok(total)
 }
 
-/// One refresh of every account's quota spend and state gauge.
-pub async fn refresh(store: &dyn Store, snapshot: &ArcSwap<Snapshot>, metrics: &Metrics) {
-    let snap = snapshot.load_full();
+/// One refresh of the quota spend and state gauge of `accounts` (every account of the pool).
+pub async fn refresh(store: &dyn Store, accounts: &[Arc<Account>], metrics: &Metrics) {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let now_s = now_ms / 1000;
-    for a in snap.pool.all() {
+    for a in accounts {
         if a.daily_quota_nanos.is_some() {
             let start = quota_day_start(now_s, a.quota_reset_minute);
             match spend_since(store, &a.id, start, now_s).await {
@@ -111,7 +108,7 @@ pub async fn refresh(store: &dyn Store, snapshot: &ArcSwap<Snapshot>, metrics: &
 
 /// The 5-hour and 7-day utilization of an account (0 to 1): from the unified headers of its last
 /// answer, else from the OAuth usage endpoint (which reports percents).
-fn utilization(a: &crate::scheduler::Account) -> Vec<(&'static str, f64)> {
+fn utilization(a: &Account) -> Vec<(&'static str, f64)> {
     let mut out = Vec::new();
     let headers = a.rt.unified();
     let endpoint = a.oauth().and_then(|c| c.usage());
@@ -138,12 +135,14 @@ fn utilization(a: &crate::scheduler::Account) -> Vec<(&'static str, f64)> {
     out
 }
 
-pub async fn refresh_forever(store: Arc<dyn Store>, snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) {
+/// Refreshes every [`REFRESH_EVERY`] until shutdown; `accounts` gives the current pool's
+/// accounts (those of the latest snapshot).
+pub async fn refresh_forever(store: Arc<dyn Store>, accounts: impl Fn() -> Vec<Arc<Account>>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        refresh(&*store, &snapshot, &metrics).await;
+        refresh(&*store, &accounts(), &metrics).await;
     }
 }
 
