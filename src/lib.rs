@@ -17,6 +17,7 @@ pub mod accounts;
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod credentials;
 pub mod ingress;
 pub mod leases;
 pub mod lifecycle;

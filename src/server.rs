@@ -273,14 +273,35 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .coordination()
         .unwrap_or_else(|| Arc::new(crate::store::coord::MemoryCoordination::new()));
     let leases = crate::leases::Leases::new(coord.clone(), tasks.clone());
+    let outcomes = crate::scheduler::attempts::Outcomes {
+        scheduler: scheduler.clone(),
+        coord: coord.clone(),
+        store: store.clone(),
+        leases: leases.clone(),
+        rules: crate::scheduler::attempts::AttemptRules {
+            max_attempts: config.scheduler.failover.max_attempts,
+            budget: config.scheduler.failover.budget.0,
+            sticky_ttl: config.scheduler.sticky_ttl.0,
+            evidence_keys: config.scheduler.failover.evidence_keys as usize,
+            evidence_window: config.scheduler.failover.evidence_window.0,
+        },
+        tasks: tasks.clone(),
+    };
     let oauth = Arc::new(OAuthTokens::new(
-        config.clone(),
-        secrets.clone(),
-        store.clone(),
-        coord.clone(),
-        scheduler.clone(),
-        metrics.clone(),
-        tasks.clone(),
+        config.providers.anthropic.oauth.clone(),
+        config.providers.anthropic.api_base.as_str().to_string(),
+        crate::credentials::Shared {
+            secrets: secrets.clone(),
+            store: store.clone(),
+            coord: coord.clone(),
+            metrics: metrics.clone(),
+            tasks: tasks.clone(),
+        },
+        {
+            // A refused refresh takes the account out of the pool, as a refused request would.
+            let outcomes = outcomes.clone();
+            Box::new(move |account, health| outcomes.mark(account, health))
+        },
     ));
     let reloader = Reloader {
         config: config.clone(),
@@ -364,20 +385,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             oauth_beta: config.providers.anthropic.oauth.beta.clone(),
             bedrock_models: crate::providers::bedrock::models::Catalog::from_names(pricing.model_names()),
         },
-        outcomes: crate::scheduler::attempts::Outcomes {
-            scheduler: scheduler.clone(),
-            coord: coord.clone(),
-            store: store.clone(),
-            leases: leases.clone(),
-            rules: crate::scheduler::attempts::AttemptRules {
-                max_attempts: config.scheduler.failover.max_attempts,
-                budget: config.scheduler.failover.budget.0,
-                sticky_ttl: config.scheduler.sticky_ttl.0,
-                evidence_keys: config.scheduler.failover.evidence_keys as usize,
-                evidence_window: config.scheduler.failover.evidence_window.0,
-            },
-            tasks: tasks.clone(),
-        },
+        outcomes,
         coord: coord.clone(),
         leases: leases.clone(),
         oauth: oauth.clone(),
@@ -385,7 +393,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         cooldowns: config.scheduler.cooldowns.to_map(),
     });
     tasks.spawn_loop("concurrency lease renewal", leases.renew_forever());
-    tasks.spawn_loop("oauth token checks", oauth.clone().run(snapshot.clone()));
+    tasks.spawn_loop("oauth token checks", {
+        let snapshot = snapshot.clone();
+        oauth.clone().run(move || snapshot.load().pool.all().to_vec())
+    });
     tasks.spawn_loop(
         "account quota refresh",
         crate::scheduler::quota::refresh_forever(

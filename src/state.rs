@@ -12,7 +12,7 @@ use crate::config::{Config, KeyIdentity};
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::providers::bedrock::BedrockAuth;
 use crate::providers::{Credential, anthropic_console};
-use crate::scheduler::{AccountPool, AccountSpec, Scheduler, Source};
+use crate::scheduler::{Account, AccountPool, AccountSpec, Scheduler, Source};
 use crate::secrets::Secrets;
 use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, OAuthMeta, Store, StoreError};
 
@@ -58,7 +58,7 @@ pub fn build_snapshot(
     config: &Config,
     secrets: &Secrets,
     scheduler: &Scheduler,
-    oauth: Option<&OAuthTokens>,
+    oauth: Option<&OAuthTokens<Account>>,
     keys: Vec<ApiKeyRecord>,
     accounts: Vec<AccountRecord>,
 ) -> Snapshot {
@@ -155,7 +155,7 @@ pub fn build_snapshot(
 /// the hot path.
 fn account_spec(
     config: &Config,
-    oauth: Option<&OAuthTokens>,
+    oauth: Option<&OAuthTokens<Account>>,
     id: Arc<str>,
     a: &AccountDefinition,
     meta: Option<&OAuthMeta>,
@@ -193,7 +193,7 @@ fn usd_to_nanos(usd: f64) -> u64 {
 /// use.
 fn credential(
     config: &Config,
-    oauth: Option<&OAuthTokens>,
+    oauth: Option<&OAuthTokens<Account>>,
     id: &Arc<str>,
     a: &AccountDefinition,
     meta: Option<&OAuthMeta>,
@@ -233,7 +233,7 @@ pub async fn reload(
     config: &Config,
     secrets: &Secrets,
     scheduler: &Scheduler,
-    oauth: &OAuthTokens,
+    oauth: &OAuthTokens<Account>,
     store: &dyn Store,
     target: &ArcSwap<Snapshot>,
 ) -> Result<(), StoreError> {
@@ -261,7 +261,7 @@ pub struct Reloader {
     /// Account health shared by instances, applied on every reload.
     pub coord: Arc<dyn crate::store::coord::Coordination>,
     /// Live tokens of `claude-oauth` accounts, kept across reloads.
-    pub oauth: Arc<OAuthTokens>,
+    pub oauth: Arc<OAuthTokens<Account>>,
 }
 
 impl Reloader {

@@ -3,9 +3,8 @@
 use std::fmt;
 
 use super::FieldError;
+use crate::credentials::{Live, TokenPair};
 use crate::providers::anthropic_console;
-use crate::providers::anthropic_oauth::TokenPair;
-use crate::providers::anthropic_oauth::tokens::Live;
 use crate::providers::bedrock::BedrockSecret;
 use crate::store::AccountKind;
 

@@ -24,10 +24,9 @@ use super::routes::{
     ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, store_error, write,
 };
 use crate::accounts::{AccountCredential, AccountDefinition, AccountInput, CredentialFields, ProxyUrl, stored};
+use crate::credentials::{Live, OAuthError, TokenPair};
 use crate::outbound::OutboundProxy;
-use crate::providers::anthropic_oauth::TokenPair;
-use crate::providers::anthropic_oauth::flow::{self, Flow, OAuthError, TokenAnswer};
-use crate::providers::anthropic_oauth::tokens::Live;
+use crate::providers::anthropic_oauth::flow::{self, Flow, TokenAnswer};
 use crate::secrets::mask;
 use crate::store::{AccountKind, AccountRecord, OAuthMeta};
 

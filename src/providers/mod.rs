@@ -122,7 +122,7 @@ pub enum Credential {
     Header(HeaderName, http::HeaderValue),
     /// A Claude subscription's refreshing OAuth token; the header is read from the cell at each
     /// attempt.
-    OAuth(Arc<anthropic_oauth::tokens::TokenCell>),
+    OAuth(Arc<crate::credentials::TokenCell>),
     /// AWS credentials (SigV4) or a Bedrock API key.
     Bedrock(Arc<bedrock::BedrockAuth>),
 }

@@ -28,7 +28,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::config::Config;
 use crate::ingress::{Endpoint, Ingress, Route};
 use crate::metrics::Metrics;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Account, Scheduler};
 use crate::secrets::Secrets;
 use crate::state::Snapshot;
 use crate::store::Store;
@@ -57,7 +57,7 @@ pub struct Relay {
     /// Global cooldowns by error class (`scheduler.cooldowns`).
     pub cooldowns: std::collections::HashMap<crate::types::CooldownClass, Duration>,
     /// Live tokens of `claude-oauth` accounts.
-    pub oauth: Arc<crate::providers::anthropic_oauth::tokens::OAuthTokens>,
+    pub oauth: Arc<crate::providers::anthropic_oauth::tokens::OAuthTokens<Account>>,
     /// This process's mark in the `x-relay-hops` header of the requests it sends upstream.
     pub hop_id: String,
     /// What the providers read to prepare requests (OAuth beta flag, Bedrock model ids).

@@ -8,6 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::credentials::{Holder, TokenCell};
+use crate::outbound::OutboundProxy;
 use crate::providers::{Credential, UpstreamBase, ccr};
 use crate::store::AccountKind;
 use crate::store::coord::AccountHealth;
@@ -46,7 +48,7 @@ pub struct Account {
     pub source: Source,
     pub group: Option<String>,
     /// Outbound proxy for this account's connections.
-    pub proxy: Option<Arc<crate::outbound::OutboundProxy>>,
+    pub proxy: Option<Arc<OutboundProxy>>,
     pub max_concurrency: Option<u32>,
     /// Daily spend cap in nano-USD.
     pub daily_quota_nanos: Option<u64>,
@@ -105,7 +107,7 @@ impl Account {
     }
 
     /// The live token cell of a `claude-oauth` account.
-    pub fn oauth(&self) -> Option<&Arc<crate::providers::anthropic_oauth::tokens::TokenCell>> {
+    pub fn oauth(&self) -> Option<&Arc<TokenCell>> {
         match &self.credential {
             Credential::OAuth(cell) => Some(cell),
             _ => None,
@@ -134,6 +136,37 @@ impl Account {
     }
 }
 
+/// What the token refresh of a `claude-oauth` account reads of it.
+impl Holder for Account {
+    fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn token(&self) -> Option<&Arc<TokenCell>> {
+        self.oauth()
+    }
+
+    fn proxy(&self) -> Option<&OutboundProxy> {
+        self.proxy.as_deref()
+    }
+
+    fn stored(&self) -> bool {
+        self.source_is_store()
+    }
+
+    fn needs_token(&self, now_ms: i64) -> bool {
+        self.enabled
+            && !self
+                .rt
+                .health(now_ms)
+                .is_some_and(|h| h.state == crate::store::coord::HealthState::Unauthorized)
+    }
+}
+
 /// What an [`Account`] is built from.
 pub struct AccountSpec {
     pub id: Arc<str>,
@@ -147,7 +180,7 @@ pub struct AccountSpec {
     pub model_map: std::collections::BTreeMap<String, String>,
     pub source: Source,
     pub group: Option<String>,
-    pub proxy: Option<Arc<crate::outbound::OutboundProxy>>,
+    pub proxy: Option<Arc<OutboundProxy>>,
     pub max_concurrency: Option<u32>,
     pub daily_quota_nanos: Option<u64>,
     pub quota_reset_minute: u32,

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::TokenPair;
 use super::settings::OAuthSettings;
+use crate::credentials::{OAuthError, TokenPair};
 use crate::outbound::{OutboundProxy, ProxyKind};
 use crate::secrets::{Sealed, Secrets};
 
@@ -139,23 +139,6 @@ pub fn parse_code(input: &str) -> Result<(String, Option<String>), String> {
         return Err("`code` is not an authorization code".into());
     }
     Ok((code.to_string(), state.filter(|s| !s.is_empty())))
-}
-
-/// Why a call to an OAuth endpoint failed. Messages never contain tokens.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum OAuthError {
-    /// The endpoint refused (4xx other than 429): the code or refresh token is no good.
-    #[error("refused with {status}{}", if code.is_empty() { String::new() } else { format!(" ({code})") })]
-    Refused { status: u16, code: String },
-    /// The endpoint could not be reached or answered with a temporary error; try again later.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl OAuthError {
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, OAuthError::Refused { .. })
-    }
 }
 
 /// What the token endpoint answered.

@@ -5,7 +5,8 @@
 //! - [`settings`]: the endpoints, client and timings, as `relay.yaml` sets them.
 //! - [`tokens`]: each account's live token, refreshed ahead of expiry by a background task and on
 //!   demand when a request meets an expired token or a 401, once at a time per account across
-//!   every instance sharing the store.
+//!   every instance sharing the store (the machinery of [`crate::credentials`] with Anthropic's
+//!   refresh grant), and the profile and usage reads.
 //!
 //! Serving adds `Authorization: Bearer <access token>` and merges the OAuth beta flag into the
 //! client's `anthropic-beta` list. Client headers are otherwise relayed as sent: the relay does
@@ -14,10 +15,6 @@
 pub mod flow;
 pub mod settings;
 pub mod tokens;
-
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
 
 use super::{Call, PrepareError, Prepared, Provider, ProviderEnv, Target, Wire, anthropic, request};
 
@@ -41,44 +38,6 @@ impl Provider for OAuth {
 
     fn observe(&self, headers: &http::HeaderMap, now_s: i64) -> Option<anthropic::UnifiedLimits> {
         anthropic::UnifiedLimits::from_headers(headers, now_s)
-    }
-}
-
-/// The token pair, sealed as JSON in the account record's `secret`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenPair {
-    pub access_token: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_token: Option<String>,
-}
-
-impl fmt::Debug for TokenPair {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenPair")
-            .field("access_token", &crate::secrets::mask(&self.access_token))
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_deref().map(crate::secrets::mask),
-            )
-            .finish()
-    }
-}
-
-impl TokenPair {
-    /// Reads the sealed secret of a `claude-oauth` record. A bare string (not JSON) is an access
-    /// token without a refresh token.
-    pub fn parse(secret: &str) -> TokenPair {
-        match serde_json::from_str::<TokenPair>(secret) {
-            Ok(p) => p,
-            Err(_) => TokenPair {
-                access_token: secret.trim().to_string(),
-                refresh_token: None,
-            },
-        }
-    }
-
-    pub fn to_secret(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -159,16 +118,5 @@ mod tests {
             Some("max")
         );
         assert_eq!(tier_of(&json!({})), None);
-    }
-
-    #[test]
-    fn token_pairs_round_trip_and_never_print() {
-        let p = TokenPair {
-            access_token: "sk-ant-oat01-abcdefghijklmnop".into(),
-            refresh_token: Some("sk-ant-ort01-abcdefghijklmnop".into()),
-        };
-        assert_eq!(TokenPair::parse(&p.to_secret()), p);
-        assert!(!format!("{p:?}").contains("abcdefghijklmnop"));
-        assert_eq!(TokenPair::parse(" bare ").access_token, "bare");
     }
 }
