@@ -1,17 +1,27 @@
 //! claude-relay: a self-hosted AI API relay on Pingora.
 //!
-//! Module map (see `docs/architecture.md` and `docs/phases.md`): `config` reads and validates
-//! `relay.yaml`; `server` assembles the Pingora server; `proxy` is the client-facing relay
-//! (connection limits, body facts, the attempt loop, streaming); `ingress` knows each client
-//! dialect (routes, error shapes); `providers` knows how each upstream kind is addressed and
-//! authenticated; `scheduler` picks accounts and judges attempts; `store` persists state; `usage`
-//! turns tokens into money and statistics; `admin` serves the management API; `metrics` the
-//! Prometheus registry.
-//! `wire` frames what an upstream sends on its own wire (AWS event-stream for Bedrock), and
-//! `convert` translates between that wire and the client's dialect.
-//! Leaves that every layer may use: `lifecycle` (whether the process is handing over, the
-//! shutdown token, the owner of every background task), `net` (client addresses behind trusted
-//! proxies), `logging` (redacted log output), `private_fs` (files only the relay's user may read).
+//! Module map (see `docs/architecture.md` and `docs/phases.md`), bottom up; imports point down,
+//! and `tests/layering.rs` holds the table of what each module may import:
+//! - Leaves that every layer may use: `lifecycle` (whether the process is handing over, the
+//!   shutdown token, the owner of every background task), `secrets` (sealing, key hashes),
+//!   `private_fs` (files only the relay's user may read), `net` (client addresses behind trusted
+//!   proxies), `logging` (redacted log output), `metrics` (the Prometheus registry), `types`
+//!   (value types several layers share: durations, cooldown classes), `outbound` (per-account
+//!   SOCKS5 and HTTP CONNECT proxies).
+//! - `store` persists state; `leases` and `limits` build on it; `usage` turns tokens into money
+//!   and statistics; `wire` frames what an upstream sends on its own wire (AWS event-stream).
+//! - `credentials`: refreshing tokens shared by every OAuth provider (token cell, single-flight
+//!   refresh, cross-instance lock, persist before release).
+//! - `providers` knows how each upstream kind is addressed and authenticated; `convert`
+//!   translates between a wire and the client's dialect; `ingress` knows each client dialect
+//!   (routes, error shapes); `accounts` is the one account type of `relay.yaml`, the store and
+//!   the admin API, checked once.
+//! - `scheduler` picks accounts and judges attempts (its accounts hold their provider's
+//!   credential, so it sits above `providers`).
+//! - `config` reads and validates `relay.yaml`; `state` builds the hot-path snapshot of keys and
+//!   accounts.
+//! - `proxy` is the client-facing relay (connection limits, body facts, the attempt loop,
+//!   streaming); `admin` serves the management API; `server` assembles the Pingora server.
 
 pub mod accounts;
 pub mod admin;
