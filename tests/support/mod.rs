@@ -47,7 +47,19 @@ fn default_admin() -> String {
     format!("username: admin, password: {ADMIN_PASSWORD}")
 }
 
+/// A port for a relay to listen on. Taken below Linux's ephemeral range (32768 and up by
+/// default), so that no socket the OS numbers itself (a mock bound to port 0, the local end of an
+/// outgoing connection) can take it between this check and the relay's bind; random, so that
+/// test processes running at once rarely pick the same one.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
