@@ -37,6 +37,7 @@ fn pricing(c: &mut Criterion) {
         cache_read: 48_000,
         cache_write_5m: 1_200,
         cache_write_1h: 0,
+        reasoning: 0,
     };
     let mut group = c.benchmark_group("pricing");
     // Exact entry, and a name that resolves through normalisation.

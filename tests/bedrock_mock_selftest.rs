@@ -379,6 +379,7 @@ const GOLDEN_USAGE: TokenUsage = TokenUsage {
     cache_read: 3,
     cache_write_5m: 5,
     cache_write_1h: 0,
+    reasoning: 0,
 };
 
 #[tokio::test]

@@ -38,6 +38,7 @@ fn cost() -> u64 {
         cache_read: 3,
         cache_write_5m: 5,
         cache_write_1h: 0,
+        reasoning: 0,
     };
     PricingTable::builtin()
         .unwrap()

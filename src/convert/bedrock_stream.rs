@@ -325,6 +325,7 @@ fn invocation_metrics(json: &[u8]) -> Option<TokenUsage> {
         cache_read: m.cache_read_input_token_count.unwrap_or(0),
         cache_write_5m: m.cache_write_input_token_count.unwrap_or(0),
         cache_write_1h: 0,
+        reasoning: 0,
     })
 }
 

@@ -15,6 +15,7 @@ const GOLDEN_USAGE: TokenUsage = TokenUsage {
     cache_read: 3,
     cache_write_5m: 5,
     cache_write_1h: 0,
+    reasoning: 0,
 };
 
 /// Everything a run tells, for comparing runs.
@@ -193,6 +194,7 @@ fn invocation_metrics_stand_in_for_missing_usage() {
             cache_read: 2,
             cache_write_5m: 6,
             cache_write_1h: 0
+            reasoning: 0,
         }
     );
     assert!(r.stop);

@@ -7,3 +7,16 @@
 pub mod answer;
 pub mod bedrock_stream;
 pub mod rename;
+
+/// A request that cannot be expressed in the upstream's wire: the client's problem, answered with
+/// a 400 in its dialect naming what cannot be converted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertError(pub String);
+
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConvertError {}

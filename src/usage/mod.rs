@@ -20,6 +20,10 @@ pub struct TokenUsage {
     pub cache_write_5m: u64,
     /// Cache writes with the 1-hour TTL.
     pub cache_write_1h: u64,
+    /// Reasoning tokens the upstream reported (OpenAI): already counted in `output`, kept apart
+    /// only to be shown.
+    #[serde(default)]
+    pub reasoning: u64,
 }
 
 impl TokenUsage {

@@ -498,6 +498,7 @@ mod tests {
             cache_read: read,
             cache_write_5m: w5m,
             cache_write_1h: w1h,
+            reasoning: 0,
         }
     }
 

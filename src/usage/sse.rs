@@ -323,6 +323,7 @@ impl UsageState {
             cache_read: self.cache_read,
             cache_write_5m: self.cache_write_5m,
             cache_write_1h: self.cache_write_1h,
+            reasoning: 0,
         }
     }
 }

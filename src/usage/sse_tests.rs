@@ -58,6 +58,7 @@ fn golden_report() -> Report {
             cache_read: 3,
             cache_write_5m: 5,
             cache_write_1h: 0,
+            reasoning: 0,
         },
         model: Some("claude-sonnet-4-5".to_owned()),
         stop: true,
@@ -111,6 +112,7 @@ fn usage_after_message_start_only() {
             cache_read: 3,
             cache_write_5m: 5,
             cache_write_1h: 0
+            reasoning: 0,
         }
     );
     assert!(r.saw_usage);
@@ -147,6 +149,7 @@ fn message_delta_usage_is_cumulative_last_wins() {
             cache_read: 0,
             cache_write_5m: 10,
             cache_write_1h: 90,
+            reasoning: 0,
         },
         model: Some("claude-opus-4-1".to_owned()),
         stop: true,
@@ -198,6 +201,7 @@ fn missing_cache_creation_object_counts_all_writes_as_5m() {
             cache_read: 7,
             cache_write_5m: 1500,
             cache_write_1h: 0
+            reasoning: 0,
         }
     );
     assert!(!r.stop);
@@ -239,6 +243,7 @@ fn error_event_after_http_200() {
             cache_read: 0,
             cache_write_5m: 10,
             cache_write_1h: 90,
+            reasoning: 0,
         },
         model: Some("claude-opus-4-1".to_owned()),
         stop: false,
@@ -283,6 +288,7 @@ fn ping_and_unknown_events_anywhere_are_ignored() {
             cache_read: 0,
             cache_write_5m: 10,
             cache_write_1h: 90,
+            reasoning: 0,
         },
         model: Some("claude-opus-4-1".to_owned()),
         stop: true,
@@ -420,6 +426,7 @@ fn non_streaming_json_body() {
             cache_read: 3,
             cache_write_5m: 100,
             cache_write_1h: 200
+            reasoning: 0,
         }
     );
     assert_eq!(model.as_deref(), Some("claude-sonnet-4-5-20250929"));
