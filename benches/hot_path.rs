@@ -22,7 +22,7 @@ use claude_relay::scheduler::{AccountPool, AccountSpec, PickRequest, Scheduler, 
 use claude_relay::secrets::Secrets;
 use claude_relay::state::{SnapshotKeys, build_snapshot};
 use claude_relay::store::coord::{AccountHealth, HealthState};
-use claude_relay::store::{AccountKind, ApiKeyRecord};
+use claude_relay::store::{AccountKind, ApiKeyRecord, KindSet};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use filters::{CompletionContext, FilterContext, FilterDeps, KeyDirectory, RequestFacts, RouteInfo, Service};
 
@@ -340,6 +340,7 @@ fn account_selection(c: &mut Criterion) {
             black_box(pool),
             &PickRequest {
                 model: black_box(model),
+                kinds: KindSet::ALL,
                 binding: None,
                 sticky: black_box(sticky),
                 tried: &tried,

@@ -14,6 +14,47 @@ use crate::providers::anthropic_oauth::settings::{OAuthSettings, TIERS};
 pub struct ProvidersConfig {
     #[serde(default)]
     pub anthropic: AnthropicProvider,
+    #[serde(default)]
+    pub openai: OpenAiProvider,
+}
+
+impl ProvidersConfig {
+    /// The base URLs of accounts that name none.
+    pub fn default_bases(&self) -> crate::accounts::DefaultBases {
+        crate::accounts::DefaultBases {
+            anthropic: self.anthropic.api_base.clone(),
+            openai: self.openai.api_base.clone(),
+            codex: self.openai.codex_base.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiProvider {
+    /// The OpenAI API; the default `base_url` of `openai` accounts.
+    #[serde(default = "default_openai_base")]
+    pub api_base: crate::accounts::BaseUrl,
+    /// ChatGPT's Codex backend; the default `base_url` of `openai-oauth` accounts.
+    #[serde(default = "default_codex_base")]
+    pub codex_base: crate::accounts::BaseUrl,
+}
+
+fn default_openai_base() -> crate::accounts::BaseUrl {
+    crate::accounts::BaseUrl::known(crate::providers::openai::DEFAULT_API_BASE)
+}
+
+fn default_codex_base() -> crate::accounts::BaseUrl {
+    crate::accounts::BaseUrl::known(crate::providers::openai::DEFAULT_CODEX_BASE)
+}
+
+impl Default for OpenAiProvider {
+    fn default() -> Self {
+        OpenAiProvider {
+            api_base: default_openai_base(),
+            codex_base: default_codex_base(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

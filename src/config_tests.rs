@@ -180,7 +180,7 @@ fn provider_settings_are_checked() {
     let a = &c.accounts[0].settings;
     assert_eq!(a.base_url, None);
     assert_eq!(
-        a.base_url_or(&c.providers.anthropic.api_base).as_str(),
+        a.base_url_or(&c.providers.default_bases()).as_str(),
         "http://127.0.0.1:9",
         "accounts default to api_base"
     );
@@ -354,7 +354,7 @@ fn the_example_accounts_load() {
     assert_eq!(kinds, ["claude-console", "claude-oauth", "bedrock", "bedrock", "ccr"]);
     let us = &c.accounts[2];
     assert_eq!(
-        us.settings.base_url_or(&c.providers.anthropic.api_base).as_str(),
+        us.settings.base_url_or(&c.providers.default_bases()).as_str(),
         "https://bedrock-runtime.us-east-1.amazonaws.com"
     );
     assert!(

@@ -11,7 +11,7 @@ use crate::accounts::{AccountCredential, AccountDefinition, stored};
 use crate::config::{Config, KeyIdentity};
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::providers::bedrock::BedrockAuth;
-use crate::providers::{Credential, anthropic_console};
+use crate::providers::{Credential, anthropic_console, openai};
 use crate::scheduler::{Account, AccountPool, AccountSpec, Scheduler, Source};
 use crate::secrets::Secrets;
 use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, OAuthMeta, Store, StoreError};
@@ -166,7 +166,7 @@ fn account_spec(
     Some(AccountSpec {
         name: s.name.as_str().into(),
         kind: s.kind,
-        base: s.base_url_or(&config.providers.anthropic.api_base).upstream().clone(),
+        base: s.base_url_or(&config.providers.default_bases()).upstream().clone(),
         credential,
         tier_blacklist,
         priority: s.priority,
@@ -200,9 +200,21 @@ fn credential(
 ) -> Option<(Credential, Vec<String>)> {
     match &a.credential {
         AccountCredential::ApiKey(key) => {
-            let (name, value) = anthropic_console::auth_header(key)
+            let header = match a.settings.kind {
+                AccountKind::OpenAi => openai::bearer(key),
+                AccountKind::AzureOpenAi => openai::azure_key(key),
+                _ => anthropic_console::auth_header(key),
+            };
+            let (name, value) = header
                 .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable API key"))
                 .ok()?;
+            if a.settings.kind == AccountKind::AzureOpenAi {
+                let target = openai::AzureTarget {
+                    deployments: a.settings.deployments.clone().into_iter().collect(),
+                    api_version: a.settings.api_version.clone(),
+                };
+                return Some((Credential::Azure(Arc::new(target), name, value), Vec::new()));
+            }
             Some((Credential::Header(name, value), Vec::new()))
         }
         AccountCredential::Bedrock(secret) => {
@@ -212,6 +224,8 @@ fn credential(
                 .ok()?;
             Some((Credential::Bedrock(Arc::new(opened)), Vec::new()))
         }
+        // Until their token engine is in place, openai-oauth accounts are left out.
+        AccountCredential::OAuth(_) if a.settings.kind == AccountKind::OpenAiOauth => None,
         AccountCredential::OAuth(pair) => {
             let meta = meta.cloned().unwrap_or_default();
             let cell = oauth?

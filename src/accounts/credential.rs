@@ -116,6 +116,12 @@ impl AccountCredential {
                     match kind {
                         AccountKind::ClaudeConsole => "is required for kind claude-console",
                         AccountKind::Ccr => "is required for kind ccr",
+                        AccountKind::OpenAi => "is required for kind openai",
+                        AccountKind::AzureOpenAi => "is required for kind azure-openai",
+                        AccountKind::OpenAiOauth => {
+                            "does not apply: openai-oauth accounts are connected through the admin sign-in \
+                             (/admin/api/accounts/openai-oauth/authorize and exchange, or import of Codex's auth.json)"
+                        }
                         // Refresh tokens rotate, so only a long-lived token fits a file.
                         AccountKind::ClaudeOauth | AccountKind::Bedrock => {
                             "is required for kind claude-oauth: a long-lived OAuth access token (setup token); \
@@ -125,6 +131,13 @@ impl AccountCredential {
                 ));
             }
         };
+        if kind == AccountKind::OpenAiOauth {
+            return Err(FieldError::new(
+                "api_key",
+                "does not apply: openai-oauth accounts are connected through the admin sign-in \
+                 (/admin/api/accounts/openai-oauth/authorize and exchange, or import of Codex's auth.json)",
+            ));
+        }
         let c = match kind {
             AccountKind::ClaudeOauth => AccountCredential::OAuth(TokenPair {
                 access_token: key,
@@ -139,8 +152,10 @@ impl AccountCredential {
     /// The credential of a stored record of `kind`, from its opened secret.
     pub fn open(kind: AccountKind, secret: &str) -> Result<AccountCredential, String> {
         let c = match kind {
-            AccountKind::ClaudeConsole | AccountKind::Ccr => AccountCredential::ApiKey(secret.to_string()),
-            AccountKind::ClaudeOauth => AccountCredential::OAuth(TokenPair::parse(secret)),
+            AccountKind::ClaudeConsole | AccountKind::Ccr | AccountKind::OpenAi | AccountKind::AzureOpenAi => {
+                AccountCredential::ApiKey(secret.to_string())
+            }
+            AccountKind::ClaudeOauth | AccountKind::OpenAiOauth => AccountCredential::OAuth(TokenPair::parse(secret)),
             AccountKind::Bedrock => AccountCredential::Bedrock(BedrockSecret::parse(secret)?),
         };
         c.validate().map_err(|e| e.to_string())?;
@@ -173,9 +188,11 @@ impl AccountCredential {
             (self, kind),
             (
                 AccountCredential::ApiKey(_),
-                AccountKind::ClaudeConsole | AccountKind::Ccr
-            ) | (AccountCredential::OAuth(_), AccountKind::ClaudeOauth)
-                | (AccountCredential::Bedrock(_), AccountKind::Bedrock)
+                AccountKind::ClaudeConsole | AccountKind::Ccr | AccountKind::OpenAi | AccountKind::AzureOpenAi
+            ) | (
+                AccountCredential::OAuth(_),
+                AccountKind::ClaudeOauth | AccountKind::OpenAiOauth
+            ) | (AccountCredential::Bedrock(_), AccountKind::Bedrock)
         )
     }
 

@@ -95,6 +95,18 @@ pub struct AccountSettings {
     /// `bedrock`: the cross-region inference profile; by default the region's geography.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_profile: Option<Profile>,
+    /// `azure-openai`: the `api-version` of the deployment paths (`2025-04-01-preview`); absent
+    /// or `v1`: the v1 API.
+    #[serde(
+        default,
+        deserialize_with = "values::trimmed_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    /// `azure-openai`: model name (after `model_map`) → deployment name; a model without an entry
+    /// goes to a deployment of its own name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployments: BTreeMap<String, String>,
 }
 
 fn default_true() -> bool {
@@ -103,7 +115,7 @@ fn default_true() -> bool {
 
 impl AccountSettings {
     /// The settings' field names, in their serialized order.
-    pub const FIELDS: [&'static str; 15] = [
+    pub const FIELDS: [&'static str; 17] = [
         "name",
         "kind",
         "base_url",
@@ -119,6 +131,8 @@ impl AccountSettings {
         "cooldowns",
         "region",
         "inference_profile",
+        "api_version",
+        "deployments",
     ];
 
     /// Checks the rules no single value's type holds; the error names the field.
@@ -153,6 +167,44 @@ impl AccountSettings {
         if self.weight == Some(0) {
             return Err(FieldError::new("weight", "must be at least 1"));
         }
+        if self.kind == AccountKind::AzureOpenAi {
+            if self.base_url.is_none() {
+                return Err(FieldError::new(
+                    "base_url",
+                    "is required for kind azure-openai (https://<resource>.openai.azure.com)",
+                ));
+            }
+            if let Some(v) = &self.api_version
+                && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+            {
+                return Err(FieldError::new(
+                    "api_version",
+                    "must be an API version such as 2025-04-01-preview, or v1",
+                ));
+            }
+            if self
+                .deployments
+                .iter()
+                .any(|(m, d)| m.trim().is_empty() || d.trim().is_empty() || d.contains('/'))
+            {
+                return Err(FieldError::new(
+                    "deployments",
+                    "maps model names to deployment names; neither may be empty, and a deployment has no `/`",
+                ));
+            }
+        } else {
+            for (f, given) in [
+                ("api_version", self.api_version.is_some()),
+                ("deployments", !self.deployments.is_empty()),
+            ] {
+                if given {
+                    return Err(FieldError::new(
+                        f,
+                        format!("applies to kind azure-openai only, not {}", self.kind.as_str()),
+                    ));
+                }
+            }
+        }
         if self.kind == AccountKind::Bedrock {
             if self.region.is_none() {
                 return Err(FieldError::new(
@@ -177,12 +229,16 @@ impl AccountSettings {
     }
 
     /// Where the account's requests go: `base_url`, else its kind's default: the region's Bedrock
-    /// endpoint, or `api_base` (`providers.anthropic.api_base`).
-    pub fn base_url_or<'a>(&'a self, api_base: &'a BaseUrl) -> &'a BaseUrl {
+    /// endpoint, or the provider's base from `providers:`.
+    pub fn base_url_or<'a>(&'a self, bases: &'a DefaultBases) -> &'a BaseUrl {
         match (&self.base_url, &self.region) {
             (Some(b), _) => b,
             (None, Some(r)) if self.kind == AccountKind::Bedrock => r.endpoint(),
-            _ => api_base,
+            _ => match self.kind {
+                AccountKind::OpenAi | AccountKind::AzureOpenAi => &bases.openai,
+                AccountKind::OpenAiOauth => &bases.codex,
+                _ => &bases.anthropic,
+            },
         }
     }
 
@@ -190,6 +246,17 @@ impl AccountSettings {
     pub fn quota_reset_minute(&self) -> u32 {
         self.quota_reset.map_or(0, TimeOfDay::minute)
     }
+}
+
+/// The base URLs of accounts that name none, from `providers:`.
+#[derive(Debug, Clone)]
+pub struct DefaultBases {
+    /// `providers.anthropic.api_base`: Claude accounts.
+    pub anthropic: BaseUrl,
+    /// `providers.openai.api_base`: `openai` accounts.
+    pub openai: BaseUrl,
+    /// `providers.openai.codex_base`: `openai-oauth` accounts.
+    pub codex: BaseUrl,
 }
 
 /// An account with its credential and outbound proxy: what relay.yaml defines, and what a stored
@@ -214,7 +281,7 @@ pub struct AccountInput {
 impl AccountInput {
     /// Every field an account definition may have: [`AccountSettings::FIELDS`],
     /// [`CredentialFields::NAMES`] and `proxy`.
-    pub const FIELDS: [&'static str; 20] = [
+    pub const FIELDS: [&'static str; 22] = [
         "name",
         "kind",
         "base_url",
@@ -230,6 +297,8 @@ impl AccountInput {
         "cooldowns",
         "region",
         "inference_profile",
+        "api_version",
+        "deployments",
         "api_key",
         "access_key_id",
         "secret_access_key",

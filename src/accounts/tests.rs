@@ -153,7 +153,11 @@ fn validate_names_the_field() {
         .unwrap()
         .validate()
         .unwrap();
-    let api = BaseUrl::anthropic();
+    let api = super::DefaultBases {
+        anthropic: BaseUrl::anthropic(),
+        openai: BaseUrl::known("https://api.openai.com/v1"),
+        codex: BaseUrl::known("https://chatgpt.com/backend-api/codex"),
+    };
     assert_eq!(
         bedrock.settings.base_url_or(&api).as_str(),
         "https://bedrock-runtime.eu-west-1.amazonaws.com"

@@ -30,6 +30,11 @@ impl BaseUrl {
         })
     }
 
+    /// A base URL the relay itself names (a provider's default), known to parse.
+    pub fn known(s: &'static str) -> BaseUrl {
+        BaseUrl::parse(s).unwrap_or_else(|_| BaseUrl::anthropic())
+    }
+
     /// `https://api.anthropic.com`, built without parsing.
     pub fn anthropic() -> BaseUrl {
         BaseUrl {

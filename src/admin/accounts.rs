@@ -64,6 +64,8 @@ pub struct AccountView {
     pub cooldowns: Cooldowns,
     pub region: Option<Region>,
     pub inference_profile: Option<Profile>,
+    pub api_version: Option<String>,
+    pub deployments: BTreeMap<String, String>,
     #[serde(flatten)]
     pub live: LiveView,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,7 +112,7 @@ impl AccountView {
             name: s.name.clone(),
             kind: s.kind,
             base_url: s
-                .base_url_or(&state.config.providers.anthropic.api_base)
+                .base_url_or(&state.config.providers.default_bases())
                 .as_str()
                 .to_string(),
             priority: s.priority,
@@ -129,6 +131,8 @@ impl AccountView {
             cooldowns: s.cooldowns.clone(),
             region: s.region.clone(),
             inference_profile: s.inference_profile.clone(),
+            api_version: s.api_version.clone(),
+            deployments: s.deployments.clone(),
             oauth: None,
             bedrock: None,
             error: None,
@@ -197,10 +201,7 @@ pub(super) const OAUTH_ONLY: &str = "claude-oauth accounts are added through POS
 /// region's endpoint, so that changing the region moves it.
 pub(super) fn new_record(state: &AdminState, mut a: AccountDefinition) -> Result<AccountRecord, ApiError> {
     if a.settings.kind != AccountKind::Bedrock {
-        let base = a
-            .settings
-            .base_url_or(&state.config.providers.anthropic.api_base)
-            .clone();
+        let base = a.settings.base_url_or(&state.config.providers.default_bases()).clone();
         a.settings.base_url = Some(base);
     }
     stored::new_record(
@@ -297,7 +298,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
 }
 
 /// Settings that `null` clears in an update; `null` leaves the others as they are.
-const CLEARABLE: [&str; 8] = [
+const CLEARABLE: [&str; 10] = [
     "models",
     "group",
     "max_concurrency",
@@ -306,6 +307,8 @@ const CLEARABLE: [&str; 8] = [
     "weight",
     "cooldowns",
     "inference_profile",
+    "api_version",
+    "deployments",
 ];
 
 /// `old` with the settings `patch` gives: each field given replaces the old value (`cooldowns` as
@@ -606,6 +609,8 @@ mod tests {
             cooldowns: s.cooldowns.clone(),
             region: s.region.clone(),
             inference_profile: s.inference_profile.clone(),
+            api_version: s.api_version.clone(),
+            deployments: s.deployments.clone(),
             live: LiveView {
                 health,
                 ratelimit: Some(Default::default()),
@@ -683,7 +688,7 @@ mod tests {
         // The OAuth endpoints take the settings of a claude-oauth account (not its kind, nor
         // Bedrock's fields) and a proxy, besides their own fields.
         let mut oauth_account = names(&AccountSettings::FIELDS);
-        for f in ["kind", "region", "inference_profile"] {
+        for f in ["kind", "region", "inference_profile", "api_version", "deployments"] {
             oauth_account.remove(f);
         }
         oauth_account.insert("proxy".into());

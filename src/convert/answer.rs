@@ -7,12 +7,52 @@
 
 use bytes::Bytes;
 
+use super::Conversion;
 use super::bedrock_stream::BedrockToAnthropicSse;
+use super::chat_anthropic::{self, MessagesSseToChat};
+use super::chat_responses::{self, Mode, ResponsesSseToChat};
+use super::openai_chat::ChatSsePassThrough;
 use super::rename::{SseModelRewriter, json_model};
 use crate::providers::ResponseKind;
 use crate::providers::bedrock;
 use crate::usage::TokenUsage;
+use crate::usage::openai::{ResponsesSseUsage, parse_chat_json_usage, parse_responses_json_usage};
 use crate::usage::sse::{SseUsageParser, parse_json_usage};
+
+/// What an answer is and what the client expects of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    /// What the upstream answers in.
+    pub kind: ResponseKind,
+    /// How the request was converted for it.
+    pub conversion: Conversion,
+    /// The model name the client asked for.
+    pub client_model: &'a str,
+    /// (upstream model, client model) when a passed-through answer must carry the client's name.
+    pub rename: Option<(&'a str, &'a str)>,
+    /// The client asked for a final usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// The relay asked for usage the client did not: the usage chunk is not passed on.
+    pub strip_usage: bool,
+    /// The client asked for one JSON answer while the upstream streams (the Codex backend
+    /// always does): the stream is collected.
+    pub collect: bool,
+}
+
+impl Answer<'_> {
+    /// An Anthropic-dialect answer passed through (or Bedrock's, converted to it).
+    pub fn passthrough(kind: ResponseKind) -> Answer<'static> {
+        Answer {
+            kind,
+            conversion: Conversion::PassThrough,
+            client_model: "",
+            rename: None,
+            include_usage: false,
+            strip_usage: false,
+            collect: false,
+        }
+    }
+}
 
 /// Whether a successful answer with these headers is a stream the adapter relays as it comes.
 pub fn is_stream(kind: ResponseKind, status: u16, headers: &http::HeaderMap) -> bool {
@@ -27,9 +67,13 @@ pub fn is_stream(kind: ResponseKind, status: u16, headers: &http::HeaderMap) -> 
     }
 }
 
-/// Whether the adapter changes the answer's head (its content type) as well as its body.
-pub fn converts_stream(kind: ResponseKind) -> bool {
-    kind == ResponseKind::BedrockStream
+/// Whether the adapter changes the stream's content type (a converted stream is always SSE).
+pub fn converts_stream(answer: &Answer<'_>) -> bool {
+    answer.kind == ResponseKind::BedrockStream
+        || matches!(
+            answer.conversion,
+            Conversion::ChatToMessages | Conversion::ChatToResponses
+        )
 }
 
 /// A committed stream on its way to the client.
@@ -41,40 +85,95 @@ pub enum StreamAdapter {
     },
     /// Bedrock's AWS event-stream turned into Anthropic SSE.
     Bedrock(BedrockToAnthropicSse),
+    /// Anthropic SSE turned into Chat Completions chunks.
+    MessagesToChat(MessagesSseToChat),
+    /// Bedrock's event-stream turned into Anthropic SSE, then into Chat Completions chunks.
+    BedrockToChat(BedrockToAnthropicSse, MessagesSseToChat),
+    /// Chat Completions chunks passed through.
+    Chat(ChatSsePassThrough),
+    /// Responses events passed through byte for byte.
+    Responses(ResponsesSseUsage),
+    /// Responses events turned into Chat Completions chunks (or one collected answer).
+    ResponsesToChat(ResponsesSseToChat),
 }
 
 impl StreamAdapter {
-    /// `rename`: (upstream model, client model) when the model name must be put back.
-    pub fn new(kind: ResponseKind, rename: Option<(&str, &str)>, client_model: &str) -> StreamAdapter {
-        match kind {
-            ResponseKind::BedrockStream => StreamAdapter::Bedrock(BedrockToAnthropicSse::new(Some(client_model))),
+    pub fn new(a: &Answer<'_>) -> StreamAdapter {
+        match (a.kind, a.conversion) {
+            (ResponseKind::BedrockStream, Conversion::ChatToMessages) => StreamAdapter::BedrockToChat(
+                BedrockToAnthropicSse::new(None),
+                MessagesSseToChat::new(a.client_model, a.include_usage),
+            ),
+            (ResponseKind::BedrockStream, _) => {
+                StreamAdapter::Bedrock(BedrockToAnthropicSse::new(Some(a.rename.map_or("", |(_, to)| to))))
+            }
+            (_, Conversion::ChatToMessages) => {
+                StreamAdapter::MessagesToChat(MessagesSseToChat::new(a.client_model, a.include_usage))
+            }
+            (_, Conversion::ChatToChat) => StreamAdapter::Chat(ChatSsePassThrough::new(a.strip_usage, a.rename)),
+            (_, Conversion::ChatToResponses) => StreamAdapter::ResponsesToChat(ResponsesSseToChat::new(
+                a.client_model,
+                a.include_usage,
+                if a.collect { Mode::Collect } else { Mode::Stream },
+            )),
+            (ResponseKind::OpenAiResponses, Conversion::PassThrough) => {
+                StreamAdapter::Responses(ResponsesSseUsage::new())
+            }
             _ => StreamAdapter::Sse {
                 usage: SseUsageParser::new(),
-                rename: rename.map(|(from, to)| SseModelRewriter::new(from, to)),
+                rename: a.rename.map(|(from, to)| SseModelRewriter::new(from, to)),
             },
         }
     }
 
+    /// Whether the answer is collected into one JSON body, sent at the end.
+    pub fn collects(&self) -> bool {
+        matches!(self, StreamAdapter::ResponsesToChat(t) if t.collecting())
+    }
+
     /// Takes a chunk of the upstream's stream; returns what goes to the client now.
     pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
-        match self {
+        let out = match self {
             StreamAdapter::Sse { usage, rename } => {
                 usage.feed(&chunk);
-                match rename {
+                return match rename {
                     Some(r) => r.push(chunk),
                     None => Some(chunk),
-                }
+                };
             }
-            StreamAdapter::Bedrock(t) => Some(t.push(&chunk)).filter(|b| !b.is_empty()),
-        }
+            StreamAdapter::Bedrock(t) => t.push(&chunk),
+            StreamAdapter::MessagesToChat(t) => t.push(&chunk),
+            StreamAdapter::BedrockToChat(b, t) => {
+                let sse = b.push(&chunk);
+                t.push(&sse)
+            }
+            StreamAdapter::Chat(t) => return t.push(chunk),
+            StreamAdapter::Responses(u) => {
+                u.feed(&chunk);
+                return Some(chunk);
+            }
+            StreamAdapter::ResponsesToChat(t) => t.push(&chunk),
+        };
+        Some(out).filter(|b| !b.is_empty())
     }
 
     /// The upstream's stream ended; returns the last bytes for the client.
     pub fn finish(&mut self) -> Option<Bytes> {
-        match self {
-            StreamAdapter::Sse { rename, .. } => rename.as_mut().and_then(SseModelRewriter::finish),
-            StreamAdapter::Bedrock(t) => Some(t.finish()).filter(|b| !b.is_empty()),
-        }
+        let out = match self {
+            StreamAdapter::Sse { rename, .. } => return rename.as_mut().and_then(SseModelRewriter::finish),
+            StreamAdapter::Bedrock(t) => t.finish(),
+            StreamAdapter::MessagesToChat(t) => t.finish(),
+            StreamAdapter::BedrockToChat(b, t) => {
+                let sse = b.finish();
+                let mut out = t.push(&sse).to_vec();
+                out.extend_from_slice(&t.finish());
+                Bytes::from(out)
+            }
+            StreamAdapter::Chat(t) => return t.finish(),
+            StreamAdapter::Responses(_) => return None,
+            StreamAdapter::ResponsesToChat(t) => t.finish(),
+        };
+        Some(out).filter(|b| !b.is_empty())
     }
 
     /// The usage read so far.
@@ -82,6 +181,13 @@ impl StreamAdapter {
         match self {
             StreamAdapter::Sse { usage, .. } => usage.usage(),
             StreamAdapter::Bedrock(t) => t.usage(),
+            StreamAdapter::MessagesToChat(t) => t.usage(),
+            // The Bedrock side reads the invocation metrics too; the Anthropic events carry the
+            // same counts.
+            StreamAdapter::BedrockToChat(b, _) => b.usage(),
+            StreamAdapter::Chat(t) => t.usage(),
+            StreamAdapter::Responses(u) => u.usage(),
+            StreamAdapter::ResponsesToChat(t) => t.usage(),
         }
     }
 
@@ -90,6 +196,11 @@ impl StreamAdapter {
         match self {
             StreamAdapter::Sse { usage, .. } => usage.error().is_some(),
             StreamAdapter::Bedrock(t) => t.failed(),
+            StreamAdapter::MessagesToChat(t) => t.failed(),
+            StreamAdapter::BedrockToChat(b, t) => b.failed() || t.failed(),
+            StreamAdapter::Chat(t) => t.failed(),
+            StreamAdapter::Responses(u) => u.error().is_some(),
+            StreamAdapter::ResponsesToChat(t) => t.failed(),
         }
     }
 
@@ -97,35 +208,59 @@ impl StreamAdapter {
     /// account.
     pub fn wire_failure(&self) -> Option<&str> {
         match self {
-            StreamAdapter::Sse { .. } => None,
-            StreamAdapter::Bedrock(t) => t.exception().map(|(kind, _)| kind),
+            StreamAdapter::Bedrock(t) | StreamAdapter::BedrockToChat(t, _) => t.exception().map(|(kind, _)| kind),
+            _ => None,
         }
     }
 }
 
 /// A complete (not streamed) answer in the client's dialect, and its usage when it has one.
-/// `rename`: the client's model name, to put back when the upstream answered with another.
 pub fn complete_body(
-    kind: ResponseKind,
+    a: &Answer<'_>,
     status: u16,
     headers: &http::HeaderMap,
     body: Bytes,
-    rename: Option<&str>,
 ) -> (Bytes, Option<TokenUsage>) {
+    let rename = a.rename.map(|(_, to)| to);
     if status >= 400 {
-        let body = match kind {
+        let body = match a.kind {
             ResponseKind::Anthropic => body,
+            ResponseKind::OpenAiChat | ResponseKind::OpenAiResponses => return (body, None),
             _ => bedrock::anthropic_error_body(status, headers, &body),
+        };
+        let body = match a.conversion {
+            Conversion::ChatToMessages => chat_anthropic::error_from_anthropic(status, &body),
+            _ => body,
         };
         return (body, None);
     }
-    match kind {
-        ResponseKind::BedrockCountTokens => {
+    match (a.kind, a.conversion) {
+        (ResponseKind::BedrockCountTokens, _) => {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             match v.get("inputTokens").and_then(|n| n.as_u64()) {
                 Some(n) => (Bytes::from(format!(r#"{{"input_tokens":{n}}}"#)), None),
                 None => (body, None),
             }
+        }
+        (_, Conversion::ChatToMessages) => match chat_anthropic::response_from_messages(&body, a.client_model) {
+            Ok((b, u)) => (b, Some(u)),
+            Err(_) => (body.clone(), parse_json_usage(&body).map(|(u, _)| u)),
+        },
+        (_, Conversion::ChatToResponses) => match chat_responses::response_from_responses(&body, a.client_model) {
+            Ok((b, u)) => (b, Some(u)),
+            Err(_) => (body.clone(), parse_responses_json_usage(&body)),
+        },
+        (ResponseKind::OpenAiChat, _) => {
+            let usage = parse_chat_json_usage(&body);
+            let body = match rename {
+                Some(m) => json_model(&body, m),
+                None => body,
+            };
+            (body, usage)
+        }
+        (ResponseKind::OpenAiResponses, _) => {
+            let usage = parse_responses_json_usage(&body);
+            (body, usage)
         }
         _ => {
             let usage = parse_json_usage(&body).map(|(u, _)| u);
@@ -138,9 +273,14 @@ pub fn complete_body(
     }
 }
 
-/// Whether a complete answer's body is rewritten (so its length changes).
-pub fn rewrites_body(kind: ResponseKind, status: u16, rename: bool) -> bool {
-    kind != ResponseKind::Anthropic || (status < 300 && rename)
+/// Whether a complete answer's body is rewritten (so its length and content type change).
+pub fn rewrites_body(a: &Answer<'_>, status: u16) -> bool {
+    match a.kind {
+        ResponseKind::Anthropic => a.conversion == Conversion::ChatToMessages || (status < 300 && a.rename.is_some()),
+        ResponseKind::OpenAiChat => status < 300 && a.rename.is_some(),
+        ResponseKind::OpenAiResponses => a.conversion == Conversion::ChatToResponses && status < 300,
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -151,19 +291,17 @@ mod tests {
     fn count_tokens_and_errors_reach_the_client_in_anthropic_shape() {
         let h = http::HeaderMap::new();
         let (b, _) = complete_body(
-            ResponseKind::BedrockCountTokens,
+            &Answer::passthrough(ResponseKind::BedrockCountTokens),
             200,
             &h,
             Bytes::from_static(br#"{"inputTokens":42}"#),
-            None,
         );
         assert_eq!(&b[..], br#"{"input_tokens":42}"#);
         let (b, _) = complete_body(
-            ResponseKind::BedrockInvoke,
+            &Answer::passthrough(ResponseKind::BedrockInvoke),
             400,
             &h,
             Bytes::from_static(br#"{"message":"bad field"}"#),
-            None,
         );
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["type"], "error");
@@ -171,7 +309,7 @@ mod tests {
         // Anthropic errors pass as they came.
         let raw = Bytes::from_static(br#"{"type":"error","error":{"type":"x","message":"m"}}"#);
         assert_eq!(
-            complete_body(ResponseKind::Anthropic, 400, &h, raw.clone(), None).0,
+            complete_body(&Answer::passthrough(ResponseKind::Anthropic), 400, &h, raw.clone()).0,
             raw
         );
     }
@@ -181,13 +319,11 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"id":"msg_1","type":"message","model":"us.anthropic.claude-sonnet-4-5-20250929-v1:0","usage":{"input_tokens":5,"output_tokens":7}}"#,
         );
-        let (b, u) = complete_body(
-            ResponseKind::BedrockInvoke,
-            200,
-            &http::HeaderMap::new(),
-            body,
-            Some("claude-sonnet-4-5"),
-        );
+        let answer = Answer {
+            rename: Some(("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5")),
+            ..Answer::passthrough(ResponseKind::BedrockInvoke)
+        };
+        let (b, u) = complete_body(&answer, 200, &http::HeaderMap::new(), body);
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["model"], "claude-sonnet-4-5");
         let u = u.unwrap();

@@ -6,7 +6,41 @@
 
 pub mod answer;
 pub mod bedrock_stream;
+pub mod chat_anthropic;
+pub mod chat_responses;
+pub mod openai_chat;
 pub mod rename;
+
+use crate::providers::{Operation, Wire};
+
+/// How a request in the client's dialect reaches an upstream wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversion {
+    /// The same dialect on both sides: bytes pass, only the model mapped.
+    PassThrough,
+    /// Chat Completions → Anthropic Messages (Console, OAuth, CCR, and Bedrock through its own
+    /// adapter), the answer converted back.
+    ChatToMessages,
+    /// Chat Completions → an OpenAI-compatible Chat upstream: passed through, usage asked for.
+    ChatToChat,
+    /// Chat Completions → Responses (ChatGPT's Codex backend), the answer converted back.
+    ChatToResponses,
+}
+
+/// The conversion from a client's operation to a wire, and the operation the upstream is asked
+/// for; `None` when the wire cannot serve the request.
+pub fn conversion(client: Operation, wire: Wire) -> Option<(Conversion, Operation)> {
+    use Operation as O;
+    use Wire as W;
+    match (client, wire) {
+        (O::Messages | O::CountTokens, W::AnthropicMessages | W::Bedrock) => Some((Conversion::PassThrough, client)),
+        (O::Chat, W::AnthropicMessages | W::Bedrock) => Some((Conversion::ChatToMessages, O::Messages)),
+        (O::Chat, W::OpenAi) => Some((Conversion::ChatToChat, O::Chat)),
+        (O::Chat, W::CodexResponses) => Some((Conversion::ChatToResponses, O::Responses)),
+        (O::Responses | O::ResponsesCompact, W::OpenAi | W::CodexResponses) => Some((Conversion::PassThrough, client)),
+        _ => None,
+    }
+}
 
 /// A request that cannot be expressed in the upstream's wire: the client's problem, answered with
 /// a 400 in its dialect naming what cannot be converted.

@@ -86,28 +86,7 @@ impl SseModelRewriter {
 
 /// Rewrites the top-level `model` of a JSON answer; other bytes are untouched.
 pub fn json_model(body: &Bytes, requested_model: &str) -> Bytes {
-    #[derive(serde::Deserialize)]
-    struct Top<'a> {
-        #[serde(borrow, default)]
-        model: Option<&'a serde_json::value::RawValue>,
-    }
-    let Ok(Top { model: Some(raw) }) = serde_json::from_slice::<Top<'_>>(body) else {
-        return body.clone();
-    };
-    if !raw.get().starts_with('"') {
-        return body.clone();
-    }
-    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-    let end = start + raw.get().len();
-    let encoded = serde_json::to_string(requested_model).unwrap_or_default();
-    if body[start..end] == *encoded.as_bytes() {
-        return body.clone();
-    }
-    let mut out = BytesMut::with_capacity(body.len() - (end - start) + encoded.len());
-    out.extend_from_slice(&body[..start]);
-    out.extend_from_slice(encoded.as_bytes());
-    out.extend_from_slice(&body[end..]);
-    out.freeze()
+    crate::wire::json::replace_model(body, requested_model)
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ impl Ingress for AnthropicMessages {
                 "/v1/messages" => post_only(method, Endpoint::Messages),
                 "/v1/messages/count_tokens" => post_only(method, Endpoint::CountTokens),
                 "/v1/models" => match *method {
-                    http::Method::GET => Endpoint::Models,
+                    http::Method::GET => Endpoint::Models(super::Scope::Any),
                     _ => Endpoint::MethodNotAllowed("GET"),
                 },
                 "/health" if prefix.is_empty() => match *method {
@@ -63,14 +63,23 @@ impl Ingress for AnthropicMessages {
         Bytes::from(format!("event: error\ndata: {payload}\n\n"))
     }
 
+    /// Anthropic's list shape, each entry and the list also carrying OpenAI's fields: `GET
+    /// /v1/models` is the same path for both SDKs, and each reads its own fields.
     fn models_list(&self, ids: &[String]) -> Bytes {
         let data: Vec<serde_json::Value> = ids
             .iter()
             .map(|id| {
-                serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+                let mut m = super::openai::model_object(id);
+                if let Some(o) = m.as_object_mut() {
+                    o.insert("type".into(), "model".into());
+                    o.insert("display_name".into(), id.as_str().into());
+                    o.insert("created_at".into(), "1970-01-01T00:00:00Z".into());
+                }
+                m
             })
             .collect();
         json_bytes(&serde_json::json!({
+            "object": "list",
             "data": data,
             "has_more": false,
             "first_id": ids.first(),

@@ -3,11 +3,13 @@
 //!
 //! Each dialect the relay serves has an [`Ingress`]: a static implementation from a closed set
 //! ([`ingresses`]), asked in order by [`classify`] which of them a request path belongs to. Today:
-//! [`anthropic::AnthropicMessages`] (Claude Code and the Anthropic SDKs). The OpenAI and Gemini
-//! error shapes are here already, because a refusal made before a route is known (a malformed
-//! request head) must still reach those clients in a shape they read.
+//! [`anthropic::AnthropicMessages`] (Claude Code and the Anthropic SDKs) and [`openai::OpenAi`]
+//! (Chat Completions and Responses). The Gemini error shape is here already, because a refusal
+//! made before a route is known (a malformed request head) must still reach those clients in a
+//! shape they read.
 
 pub mod anthropic;
+pub mod openai;
 
 use bytes::Bytes;
 use filters::{RouteInfo, Service};
@@ -26,8 +28,18 @@ pub enum Endpoint {
     Messages,
     /// `POST /v1/messages/count_tokens`
     CountTokens,
-    /// `GET /v1/models`
-    Models,
+    /// `GET /v1/models`: the models the key may use.
+    Models(Scope),
+    /// `GET /v1/models/{id}` (OpenAI).
+    ModelInfo(Scope),
+    /// `POST /v1/chat/completions` (OpenAI Chat Completions).
+    ChatCompletions(Scope),
+    /// `POST /v1/responses` (OpenAI Responses).
+    Responses,
+    /// `POST /v1/responses/compact`.
+    ResponsesCompact,
+    /// `GET /v1/responses` with a WebSocket upgrade: refused at once (426).
+    Upgrade,
     /// `HEAD /` or `GET /`: a connectivity probe, answered at once.
     Probe,
     /// `GET /health`
@@ -43,7 +55,12 @@ impl Endpoint {
         match self {
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "count_tokens",
-            Endpoint::Models => "models",
+            Endpoint::Models(_) => "models",
+            Endpoint::ModelInfo(_) => "model_info",
+            Endpoint::ChatCompletions(_) => "chat_completions",
+            Endpoint::Responses => "responses",
+            Endpoint::ResponsesCompact => "responses_compact",
+            Endpoint::Upgrade => "websocket",
             Endpoint::Probe => "probe",
             Endpoint::Health => "health",
             Endpoint::MethodNotAllowed(_) => "method_not_allowed",
@@ -53,8 +70,36 @@ impl Endpoint {
 
     /// Whether the endpoint carries a body to relay upstream.
     pub fn is_relayed(self) -> bool {
-        matches!(self, Endpoint::Messages | Endpoint::CountTokens)
+        matches!(
+            self,
+            Endpoint::Messages
+                | Endpoint::CountTokens
+                | Endpoint::ChatCompletions(_)
+                | Endpoint::Responses
+                | Endpoint::ResponsesCompact
+        )
     }
+
+    /// Whether the endpoint's answers carry usage to bill (counting tokens is free).
+    pub fn is_billed(self) -> bool {
+        self.is_relayed() && self != Endpoint::CountTokens
+    }
+
+    /// Which models the endpoint's mount point serves.
+    pub fn scope(self) -> Scope {
+        match self {
+            Endpoint::Models(s) | Endpoint::ModelInfo(s) | Endpoint::ChatCompletions(s) => s,
+            _ => Scope::Any,
+        }
+    }
+}
+
+/// Which models a mount point serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Any,
+    /// `/openai/claude/…`: Claude models only.
+    Claude,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,8 +155,8 @@ pub trait Ingress: Sync {
 }
 
 /// The ingresses, in the order paths are matched.
-pub fn ingresses() -> [&'static dyn Ingress; 1] {
-    [&anthropic::AnthropicMessages]
+pub fn ingresses() -> [&'static dyn Ingress; 2] {
+    [&anthropic::AnthropicMessages, &openai::OpenAi]
 }
 
 /// The ingress of a dialect the relay serves.
@@ -129,10 +174,15 @@ pub fn classify(method: &http::Method, path: &str) -> Route {
     };
     for ingress in ingresses() {
         if let Some(endpoint) = ingress.route(method, path) {
+            // A mount point for Claude models counts under the Claude service.
+            let service = match endpoint.scope() {
+                Scope::Claude => Service::Claude,
+                Scope::Any => ingress.service(),
+            };
             return Route {
                 endpoint,
                 dialect: ingress.dialect(),
-                service: ingress.service(),
+                service,
             };
         }
     }
@@ -147,26 +197,9 @@ pub fn classify(method: &http::Method, path: &str) -> Route {
 pub fn error_body(dialect: Dialect, kind: ErrorKind, status: u16, message: &str) -> Bytes {
     match dialect {
         Dialect::Anthropic => anthropic::AnthropicMessages.error_body(kind, status, message),
-        Dialect::OpenAI => openai_error(kind, message),
+        Dialect::OpenAI => openai::openai_error(kind, message),
         Dialect::Gemini => gemini_error(kind, status, message),
     }
-}
-
-/// OpenAI's `{"error":{"message","type","code"}}`.
-fn openai_error(kind: ErrorKind, message: &str) -> Bytes {
-    let (t, code) = match kind {
-        ErrorKind::InvalidRequest => ("invalid_request_error", "invalid_request"),
-        ErrorKind::Authentication => ("authentication_error", "invalid_api_key"),
-        ErrorKind::Permission => ("permission_error", "permission_denied"),
-        ErrorKind::NotFound => ("invalid_request_error", "not_found"),
-        ErrorKind::TooLarge => ("invalid_request_error", "request_too_large"),
-        ErrorKind::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
-        ErrorKind::Billing => ("insufficient_quota", "insufficient_quota"),
-        ErrorKind::Unavailable => ("server_error", "no_upstream_available"),
-        ErrorKind::Upstream => ("server_error", "upstream_error"),
-        ErrorKind::Internal => ("server_error", "internal_error"),
-    };
-    json_bytes(&serde_json::json!({ "error": { "message": message, "type": t, "code": code } }))
 }
 
 /// Google's `{"error":{"code","message","status"}}`.
@@ -206,7 +239,7 @@ mod tests {
             );
             assert_eq!(
                 classify(&Method::GET, &format!("{p}/v1/models")).endpoint,
-                Endpoint::Models
+                Endpoint::Models(Scope::Any)
             );
             assert_eq!(classify(&Method::HEAD, &format!("{p}/")).endpoint, Endpoint::Probe);
         }

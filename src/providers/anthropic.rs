@@ -8,21 +8,31 @@ use super::{Call, Operation, PrepareError, Prepared, ResponseKind, Target, reque
 
 /// The Anthropic API: the default base URL of Claude accounts.
 pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
+/// The `anthropic-version` sent for a client that named none.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 impl Operation {
     /// The Anthropic API path of the operation.
-    pub fn anthropic_path(self) -> &'static str {
+    pub fn anthropic_path(self) -> Option<&'static str> {
         match self {
-            Operation::Messages => "/v1/messages",
-            Operation::CountTokens => "/v1/messages/count_tokens",
+            Operation::Messages => Some("/v1/messages"),
+            Operation::CountTokens => Some("/v1/messages/count_tokens"),
+            Operation::Chat | Operation::Responses | Operation::ResponsesCompact => None,
         }
     }
 }
 
 /// The request for an Anthropic-compatible upstream: the client's path under the account's base
 /// URL, its query and headers (cleaned), the account's credential header.
+/// A client of another dialect (its request converted) sent no `anthropic-version`: the one the
+/// Messages API is documented with is added.
 pub fn prepare(call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, PrepareError> {
-    let path = target.base.path_and_query(call.op.anthropic_path(), call.query);
+    let Some(path) = call.op.anthropic_path() else {
+        return Err(PrepareError::Request(
+            "this account serves Anthropic Messages requests only".into(),
+        ));
+    };
+    let path = target.base.path_and_query(path, call.query);
     let auth = match (target.live, target.credential) {
         (Some(live), _) => Some((http::header::AUTHORIZATION, live.clone())),
         (None, super::Credential::Header(name, value)) => Some((name.clone(), value.clone())),
@@ -39,6 +49,10 @@ pub fn prepare(call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, Prepare
         auth.as_ref(),
         call.body.len(),
     )?;
+    let mut head = head;
+    if !head.headers.contains_key("anthropic-version") {
+        head.insert_header("anthropic-version", ANTHROPIC_VERSION)?;
+    }
     Ok(Prepared {
         head,
         body: call.body.clone(),

@@ -10,6 +10,8 @@
 //! - [`anthropic`] (shared), [`anthropic_console`], [`anthropic_oauth`], [`ccr`]: the Anthropic
 //!   Messages wire.
 //! - [`bedrock`]: AWS Bedrock `invoke` with SigV4 (or a Bedrock API key) and the AWS event-stream.
+//! - [`openai`]: OpenAI Chat Completions and Responses (`openai`, `azure-openai`) and ChatGPT's
+//!   Codex backend (`openai-oauth`).
 //! - [`request`]: the client headers every provider starts from.
 
 pub mod anthropic;
@@ -17,6 +19,7 @@ pub mod anthropic_console;
 pub mod anthropic_oauth;
 pub mod bedrock;
 pub mod ccr;
+pub mod openai;
 pub mod request;
 
 use std::sync::Arc;
@@ -103,6 +106,10 @@ pub enum Wire {
     AnthropicMessages,
     /// AWS Bedrock `InvokeModel` with the AWS event-stream.
     Bedrock,
+    /// OpenAI Chat Completions and Responses (the OpenAI API, compatible servers, Azure OpenAI).
+    OpenAi,
+    /// ChatGPT's Codex backend: Responses only.
+    CodexResponses,
 }
 
 /// What a relayed request asks the upstream for.
@@ -112,6 +119,12 @@ pub enum Operation {
     Messages,
     /// Counting the tokens of a Messages request.
     CountTokens,
+    /// An OpenAI Chat Completions request.
+    Chat,
+    /// An OpenAI Responses request.
+    Responses,
+    /// Compacting a Responses conversation (`/responses/compact`).
+    ResponsesCompact,
 }
 
 /// An account's credential, opened and ready for the hot path: one variant per way of
@@ -125,6 +138,11 @@ pub enum Credential {
     OAuth(Arc<crate::credentials::TokenCell>),
     /// AWS credentials (SigV4) or a Bedrock API key.
     Bedrock(Arc<bedrock::BedrockAuth>),
+    /// An Azure OpenAI key (`api-key`) with the account's deployments.
+    Azure(Arc<openai::AzureTarget>, HeaderName, http::HeaderValue),
+    /// A ChatGPT subscription's refreshing token and the ChatGPT account id the Codex backend
+    /// wants in `chatgpt-account-id`.
+    OpenAiOAuth(Arc<crate::credentials::TokenCell>, Option<http::HeaderValue>),
 }
 
 /// The request as the client sent it, with what the relay decided about it.
@@ -167,6 +185,10 @@ pub enum ResponseKind {
     BedrockStream,
     /// Bedrock `CountTokens`: `{"inputTokens": n}`.
     BedrockCountTokens,
+    /// OpenAI Chat Completions: SSE chunks or a `chat.completion` JSON.
+    OpenAiChat,
+    /// OpenAI Responses: SSE events or a response JSON.
+    OpenAiResponses,
 }
 
 /// An upstream request ready to send.
@@ -238,6 +260,57 @@ pub fn provider(kind: AccountKind) -> &'static dyn Provider {
         AccountKind::ClaudeOauth => &anthropic_oauth::OAuth,
         AccountKind::Ccr => &ccr::Ccr,
         AccountKind::Bedrock => &bedrock::Bedrock,
+        AccountKind::OpenAi => &openai::OpenAi,
+        AccountKind::AzureOpenAi => &openai::Azure,
+        AccountKind::OpenAiOauth => &openai::CodexOAuth,
+    }
+}
+
+/// Whose models a model name is, by the vendors' naming rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `claude-*`, and Bedrock's Anthropic model ids and ARNs.
+    Claude,
+    /// `gpt-*`, `chatgpt-*`, `codex-*`, `o1`, `o3-mini`, `o4-mini`, …
+    OpenAi,
+    /// `gemini-*`, `gemma-*`.
+    Gemini,
+}
+
+impl Family {
+    /// The family a model name belongs to; `None` for a name no rule knows (a compatible
+    /// server's own models).
+    pub fn of(model: &str) -> Option<Family> {
+        let m = model.trim();
+        let m = m.rsplit_once('/').map_or(m, |(_, tail)| tail);
+        let lower = |p: &str| m.len() >= p.len() && m[..p.len()].eq_ignore_ascii_case(p);
+        if lower("claude") || m.contains("anthropic.claude") || model.starts_with("arn:aws:bedrock") {
+            return Some(Family::Claude);
+        }
+        if lower("gpt-") || lower("chatgpt-") || lower("codex-") || lower("ft:gpt") || lower("computer-use") {
+            return Some(Family::OpenAi);
+        }
+        let b = m.as_bytes();
+        if b.len() >= 2 && (b[0] == b'o' || b[0] == b'O') && b[1].is_ascii_digit() {
+            return Some(Family::OpenAi);
+        }
+        if lower("gemini-") || lower("gemma-") {
+            return Some(Family::Gemini);
+        }
+        None
+    }
+}
+
+/// Whether an account of `kind` serves a model of `family` (`None`: a name no rule knows) when
+/// its `models` does not list its models: Claude kinds serve Claude models and names of no known
+/// family (Anthropic-compatible gateways host other vendors' models under their own names); the
+/// OpenAI kinds serve OpenAI models.
+pub fn default_family(kind: AccountKind, family: Option<Family>) -> bool {
+    match kind {
+        AccountKind::ClaudeConsole | AccountKind::ClaudeOauth | AccountKind::Bedrock | AccountKind::Ccr => {
+            matches!(family, None | Some(Family::Claude))
+        }
+        AccountKind::OpenAi | AccountKind::AzureOpenAi | AccountKind::OpenAiOauth => family == Some(Family::OpenAi),
     }
 }
 

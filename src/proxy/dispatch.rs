@@ -17,14 +17,16 @@ use pingora::proxy::Session;
 use super::body::ParsedBody;
 use super::error::{ErrorSource, RelayError};
 use super::{Relay, RequestCtx, headers};
-use crate::convert::answer::{self, StreamAdapter};
+use crate::convert::answer::{self, Answer, StreamAdapter};
+use crate::convert::{self, Conversion, chat_anthropic, chat_responses, openai_chat};
 use crate::credentials::TokenError;
-use crate::ingress::{Dialect, Endpoint, ErrorKind};
+use crate::ingress::{Dialect, Endpoint, ErrorKind, Scope};
 use crate::providers::{self, Call, Operation, PrepareError, Prepared, Provider, ResponseKind, Target};
 use crate::scheduler::Account;
 use crate::scheduler::attempts::{AttemptPlan, AttemptRequest, Failure, Next};
 use crate::scheduler::health::{self, Verdict};
 use crate::store::coord::{AccountHealth, HealthState};
+use crate::store::{AccountKind, KindSet};
 use crate::types::CooldownClass;
 
 /// The log target of the upstream requests the relay sends: `RELAY_LOG=relay::upstream=debug`
@@ -78,10 +80,12 @@ pub(super) async fn run(
     let Some(route) = ctx.route else { return Ok(()) };
     let model = parsed.facts.model.clone().unwrap_or_default();
     let key = ctx.key.clone();
+    let op = operation(route.endpoint);
     let mut plan = relay
         .outcomes
         .plan(AttemptRequest {
             model: &model,
+            kinds: kinds_for(op, route.endpoint.scope()),
             key_id: key.as_ref().map(|k| k.id.clone()),
             binding: key.as_ref().and_then(|k| k.bind.clone()),
             session: parsed.facts.session.as_deref(),
@@ -90,6 +94,85 @@ pub(super) async fn run(
     let result = attempts(relay, session, ctx, route.endpoint, body, parsed, &model, &mut plan).await;
     relay.outcomes.settle(&mut plan);
     result
+}
+
+/// The operation a relayed endpoint asks for.
+fn operation(endpoint: Endpoint) -> Operation {
+    match endpoint {
+        Endpoint::CountTokens => Operation::CountTokens,
+        Endpoint::ChatCompletions(_) => Operation::Chat,
+        Endpoint::Responses => Operation::Responses,
+        Endpoint::ResponsesCompact => Operation::ResponsesCompact,
+        _ => Operation::Messages,
+    }
+}
+
+/// The account kinds a request can be sent to: those whose wire its dialect converts to, and
+/// on a Claude-only mount point the Claude kinds.
+pub(super) fn kinds_for(op: Operation, scope: Scope) -> KindSet {
+    let mut set = KindSet::NONE;
+    for kind in AccountKind::ALL {
+        let claude = providers::default_family(kind, Some(providers::Family::Claude));
+        if convert::conversion(op, providers::provider(kind).wire()).is_some() && (scope == Scope::Any || claude) {
+            set = set.with(kind);
+        }
+    }
+    set
+}
+
+/// The request body for one account: converted to its wire, with its model.
+struct Outgoing {
+    body: Bytes,
+    /// The upstream is asked to stream.
+    stream: bool,
+    /// The relay asked for usage the client did not.
+    strip_usage: bool,
+    include_usage: bool,
+}
+
+fn outgoing(
+    conversion: Conversion,
+    body: &Bytes,
+    parsed: &ParsedBody,
+    upstream_model: &str,
+) -> Result<Outgoing, convert::ConvertError> {
+    let stream = parsed.facts.stream;
+    Ok(match conversion {
+        Conversion::PassThrough => Outgoing {
+            body: parsed.with_model(body, upstream_model),
+            stream,
+            strip_usage: false,
+            include_usage: false,
+        },
+        Conversion::ChatToMessages => {
+            let (b, facts) = chat_anthropic::request_to_messages(body, upstream_model)?;
+            Outgoing {
+                body: b,
+                stream: facts.stream,
+                strip_usage: false,
+                include_usage: facts.include_usage,
+            }
+        }
+        Conversion::ChatToChat => {
+            let (b, injected) = openai_chat::passthrough_request(body, upstream_model)?;
+            Outgoing {
+                body: b,
+                stream,
+                strip_usage: injected,
+                include_usage: !injected,
+            }
+        }
+        Conversion::ChatToResponses => {
+            let (b, facts) = chat_responses::request_to_responses(body, upstream_model)?;
+            Outgoing {
+                body: b,
+                // The Codex backend streams whatever the client asked.
+                stream: true,
+                strip_usage: false,
+                include_usage: facts.include_usage,
+            }
+        }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -103,10 +186,7 @@ async fn attempts(
     model: &str,
     plan: &mut AttemptPlan,
 ) -> pingora::Result<()> {
-    let op = match endpoint {
-        Endpoint::CountTokens => Operation::CountTokens,
-        _ => Operation::Messages,
-    };
+    let op = operation(endpoint);
     let query = headers::strip_key_param(session.req_header().uri.query());
     let snapshot = relay.snapshot.load_full();
     let mut last_relay_err: Option<RelayError> = None;
@@ -116,7 +196,18 @@ async fn attempts(
         let account = chosen.account.clone();
         let upstream_model = account.upstream_model(model).to_string();
         let provider = providers::provider(account.kind);
-        let out_body = parsed.with_model(&body, &upstream_model);
+        let Some((conversion, upstream_op)) = convert::conversion(op, provider.wire()) else {
+            // The scheduler only yields accounts of the kinds the request can go to.
+            continue;
+        };
+        let out = match outgoing(conversion, &body, parsed, &upstream_model) {
+            Ok(o) => o,
+            Err(e) => {
+                last_relay_err = Some(RelayError::BadRequest(e.0));
+                held = None;
+                break;
+            }
+        };
         let _in_flight = InFlightOn::new(&account);
         // An OAuth token refused before its time is refreshed once and the request sent again.
         let mut token_retry = account.oauth().is_some();
@@ -126,12 +217,12 @@ async fn attempts(
                 Err(e) => break Err(e),
             };
             let call = Call {
-                op,
+                op: upstream_op,
                 client: session.req_header(),
                 query: query.as_deref(),
-                body: &out_body,
+                body: &out.body,
                 upstream_model: &upstream_model,
-                stream: parsed.facts.stream,
+                stream: out.stream,
             };
             let target = Target {
                 base: &account.base,
@@ -169,7 +260,18 @@ async fn attempts(
                 s.model_known = account.names_model(model);
                 s.upstream_model = Some(wire_model.clone());
             }
-            let rename = (wire_model != model).then_some((wire_model.as_str(), model));
+            // Responses pass byte for byte; other passed-through answers carry the client's model.
+            let rename =
+                (wire_model != model && upstream_op != Operation::Responses).then_some((wire_model.as_str(), model));
+            let answer = Answer {
+                kind: prepared.response,
+                conversion,
+                client_model: model,
+                rename,
+                include_usage: out.include_usage,
+                strip_usage: out.strip_usage,
+                collect: conversion == Conversion::ChatToResponses && !parsed.facts.stream,
+            };
             let result = attempt(
                 relay,
                 session,
@@ -179,7 +281,7 @@ async fn attempts(
                 provider,
                 prepared,
                 endpoint,
-                rename,
+                answer,
                 token_retry,
             )
             .await;
@@ -260,7 +362,17 @@ async fn attempts(
         // Every attempt failed: the client gets the last upstream refusal as it was.
         return replay_refusal(relay, session, ctx, answer).await;
     }
-    let err = last_relay_err.unwrap_or_else(|| RelayError::NoAccount(model.to_string()));
+    let err = last_relay_err.unwrap_or_else(|| {
+        let binding = ctx.key.as_ref().and_then(|k| k.bind.as_deref());
+        // OpenAI clients are told a model nobody serves is not found (what OpenAI answers); the
+        // Anthropic surface keeps its 503.
+        let openai = ctx.route.is_some_and(|r| r.dialect == Dialect::OpenAI);
+        if !openai || snapshot.pool.serves_any(model, plan.kinds(), binding) {
+            RelayError::NoAccount(model.to_string())
+        } else {
+            RelayError::UnknownModel(model.to_string())
+        }
+    });
     super::respond_error(relay, session, ctx, &err, ErrorSource::Relay).await
 }
 
@@ -428,15 +540,11 @@ async fn attempt(
     provider: &'static dyn Provider,
     prepared: Prepared,
     endpoint: Endpoint,
-    rename: Option<(&str, &str)>,
+    answer: Answer<'_>,
     token_retry: bool,
 ) -> Result<(), AttemptError> {
-    let Prepared {
-        head: req,
-        body,
-        response: kind,
-        ..
-    } = prepared;
+    let Prepared { head: req, body, .. } = prepared;
+    let kind = answer.kind;
     let sent_at = Instant::now();
     // While the upstream thinks, watch the client: if it goes away, drop the upstream request
     // (which aborts it) instead of waiting minutes for an answer nobody will read.
@@ -488,7 +596,7 @@ async fn attempt(
         let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
         let verdict = health::classify(status, &head.headers, &raw, &cooldown, now);
         up.shutdown().await;
-        let held = client_error(kind, head, raw);
+        let held = client_error(&answer, head, raw);
         return match (verdict, token_rejected) {
             (Verdict::Mark(h), true) => Err(AttemptError::TokenRejected(held, Some(h))),
             (Verdict::RequestProblem, true) => Err(AttemptError::TokenRejected(held, None)),
@@ -503,7 +611,10 @@ async fn attempt(
     }
     let is_stream = answer::is_stream(kind, status, &head.headers);
     // Only successful answers carry a model to put back.
-    let rename = rename.filter(|_| status < 300);
+    let answer = Answer {
+        rename: answer.rename.filter(|_| status < 300),
+        ..answer
+    };
     if status >= 400
         && let Some(s) = ctx.settle.as_mut()
     {
@@ -513,9 +624,8 @@ async fn attempt(
     // Committed: the scheduler binds the session on success and settles earlier failures.
     relay.outcomes.committed(plan, account, status < 400).await;
     let result = if is_stream {
-        let client_model = rename.map_or("", |(_, to)| to);
-        let adapter = StreamAdapter::new(kind, rename, client_model);
-        let r = stream(relay, session, ctx, &mut up, &head, kind, adapter).await;
+        let adapter = StreamAdapter::new(&answer);
+        let r = stream(relay, session, ctx, &mut up, &head, &answer, adapter).await;
         if let Ok(Some(failure)) = &r {
             // The wire failed inside the stream: the account is judged by what it said.
             if let Some(s) = provider.stream_failure(failure) {
@@ -528,7 +638,7 @@ async fn attempt(
         }
         r.map(drop)
     } else {
-        relay_complete(relay, session, ctx, &mut up, &head, kind, rename.map(|(_, to)| to)).await
+        relay_complete(relay, session, ctx, &mut up, &head, &answer).await
     };
     let upstream_time = sent_at.elapsed();
     ctx.upstream_time += upstream_time;
@@ -552,12 +662,12 @@ async fn attempt(
 }
 
 /// An upstream refusal in the client's dialect, held for replay.
-fn client_error(kind: ResponseKind, mut head: pingora::http::ResponseHeader, raw: Bytes) -> HeldAnswer {
-    if kind == ResponseKind::Anthropic {
+fn client_error(a: &Answer<'_>, mut head: pingora::http::ResponseHeader, raw: Bytes) -> HeldAnswer {
+    let status = head.status.as_u16();
+    if !answer::rewrites_body(a, status) {
         return HeldAnswer { head, body: raw };
     }
-    let status = head.status.as_u16();
-    let (body, _) = answer::complete_body(kind, status, &head.headers, raw, None);
+    let (body, _) = answer::complete_body(a, status, &head.headers, raw);
     // The converted body is JSON; the replay sets its length.
     let _ = head.insert_header(http::header::CONTENT_TYPE, "application/json");
     HeldAnswer { head, body }
@@ -591,12 +701,15 @@ async fn stream(
     ctx: &mut RequestCtx,
     up: &mut HttpSession,
     head: &pingora::http::ResponseHeader,
-    kind: ResponseKind,
+    answer: &Answer<'_>,
     mut adapter: StreamAdapter,
 ) -> Result<Option<String>, AttemptError> {
     let idle = relay.config.timeouts.stream_idle.0;
-    let converted = answer::converts_stream(kind);
-    let renamed = matches!(&adapter, StreamAdapter::Sse { rename: Some(_), .. });
+    if adapter.collects() {
+        return collect(relay, session, ctx, up, head, adapter).await.map(|()| None);
+    }
+    let converted = answer::converts_stream(answer);
+    let renamed = answer.rename.is_some() || answer.strip_usage;
     let mut resp = headers::downstream_response(
         head,
         &relay.config.hide_headers,
@@ -654,6 +767,84 @@ async fn stream(
     Ok(adapter.wire_failure().map(String::from))
 }
 
+/// A stream the client asked to receive as one JSON answer: read whole through the adapter,
+/// then answered at once (an upstream failure inside it becomes an error answer).
+async fn collect(
+    relay: &Relay,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    up: &mut HttpSession,
+    head: &pingora::http::ResponseHeader,
+    mut adapter: StreamAdapter,
+) -> Result<(), AttemptError> {
+    let idle = relay.config.timeouts.stream_idle.0;
+    let mut out = BytesMut::new();
+    let mut broke: Option<String> = None;
+    loop {
+        match tokio::time::timeout(idle, up.read_response_body()).await {
+            Ok(Ok(Some(c))) => {
+                if let Some(b) = adapter.push(c) {
+                    out.extend_from_slice(&b);
+                }
+                note_usage(ctx, &adapter);
+                if out.len() > MAX_BUFFERED_ANSWER {
+                    broke = Some("answer too large".into());
+                    break;
+                }
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                relay.metrics.upstream_errors.with_label_values(&["stream_io"]).inc();
+                broke = Some(format!("upstream stream broke: {e}"));
+                break;
+            }
+            Err(_) => {
+                relay.metrics.upstream_errors.with_label_values(&["stream_idle"]).inc();
+                broke = Some(format!("upstream stream was silent for more than {}s", idle.as_secs()));
+                break;
+            }
+        }
+    }
+    note_usage(ctx, &adapter);
+    let (status, body) = match broke {
+        Some(message) => (502, crate::ingress::openai::openai_error(ErrorKind::Upstream, &message)),
+        None => {
+            if let Some(rest) = adapter.finish() {
+                out.extend_from_slice(&rest);
+            }
+            note_usage(ctx, &adapter);
+            let status = if adapter.failed() { 502 } else { head.status.as_u16() };
+            (status, out.freeze())
+        }
+    };
+    if status >= 400
+        && let Some(s) = ctx.settle.as_mut()
+    {
+        s.is_error = true;
+    }
+    ctx.status = status;
+    let mut resp = headers::downstream_response(head, &relay.config.hide_headers, session.is_http2(), false, true)
+        .map_err(AttemptError::Broken)?;
+    resp.set_status(status).map_err(AttemptError::Broken)?;
+    if status >= 400 {
+        resp.insert_header("x-relay-error-source", ErrorSource::Upstream.as_str())
+            .map_err(AttemptError::Broken)?;
+    }
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")
+        .map_err(AttemptError::Broken)?;
+    resp.remove_header("transfer-encoding");
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
+        .map_err(AttemptError::Broken)?;
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(|e| client_gone(ctx, e))?;
+    session
+        .write_response_body(Some(body), true)
+        .await
+        .map_err(|e| client_gone(ctx, e))
+}
+
 /// Keeps the usage read so far with the request, so it is counted however the stream ends.
 fn note_usage(ctx: &mut RequestCtx, adapter: &StreamAdapter) {
     if let Some(s) = ctx.settle.as_mut() {
@@ -683,8 +874,15 @@ async fn end_with_error_event(session: &mut Session, ctx: &mut RequestCtx, messa
         s.is_error = true;
     }
     let dialect = ctx.route.map_or(Dialect::Anthropic, |r| r.dialect);
-    let ingress = crate::ingress::for_dialect(dialect).unwrap_or(&crate::ingress::anthropic::AnthropicMessages);
-    let event = ingress.stream_error(ErrorKind::Upstream, message);
+    let event = match ctx.route.map(|r| r.endpoint) {
+        Some(Endpoint::Responses | Endpoint::ResponsesCompact) => {
+            crate::ingress::openai::responses_stream_error(message)
+        }
+        _ => {
+            let ingress = crate::ingress::for_dialect(dialect).unwrap_or(&crate::ingress::anthropic::AnthropicMessages);
+            ingress.stream_error(ErrorKind::Upstream, message)
+        }
+    };
     write_body(session, ctx, event).await?;
     session
         .write_response_body(None, true)
@@ -702,8 +900,7 @@ async fn relay_complete(
     ctx: &mut RequestCtx,
     up: &mut HttpSession,
     head: &pingora::http::ResponseHeader,
-    kind: ResponseKind,
-    rename: Option<&str>,
+    answer: &Answer<'_>,
 ) -> Result<(), AttemptError> {
     let idle = relay.config.timeouts.stream_idle.0.max(Duration::from_secs(1));
     let mut buf = BytesMut::new();
@@ -733,15 +930,15 @@ async fn relay_complete(
         }
     }
     let status = head.status.as_u16();
-    let (body, usage) = answer::complete_body(kind, status, &head.headers, buf.freeze(), rename);
+    let (body, usage) = answer::complete_body(answer, status, &head.headers, buf.freeze());
     if let (Some(usage), Some(s)) = (usage, ctx.settle.as_mut()) {
         s.usage = usage;
     }
-    let rewritten = answer::rewrites_body(kind, status, rename.is_some());
+    let rewritten = answer::rewrites_body(answer, status);
     let mut resp = headers::downstream_response(head, &relay.config.hide_headers, session.is_http2(), false, true)
         .map_err(AttemptError::Broken)?;
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
-    if rewritten && kind != ResponseKind::Anthropic {
+    if rewritten && (answer.kind != ResponseKind::Anthropic || answer.conversion != Conversion::PassThrough) {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")
             .map_err(AttemptError::Broken)?;
     }

@@ -42,6 +42,10 @@ pub enum RelayError {
     /// The request has passed through this relay before (an account pointed at the relay).
     LoopDetected,
     NoAccount(String),
+    /// No account of the relay serves the model at all (for this dialect).
+    UnknownModel(String),
+    /// A WebSocket upgrade the relay does not offer.
+    UpgradeRequired,
     /// The account's credential cannot be used now (an OAuth token that could not be refreshed).
     AccountCredential(String),
     UpstreamUnreachable(String),
@@ -62,6 +66,8 @@ impl RelayError {
             RelayError::RequestTimeout(_) => 408,
             RelayError::LoopDetected => 508,
             RelayError::NoAccount(_) | RelayError::AccountCredential(_) => 503,
+            RelayError::UnknownModel(_) => 404,
+            RelayError::UpgradeRequired => 426,
             RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) => 502,
             RelayError::UpstreamTimeout(_) => 504,
             RelayError::Internal(_) => 500,
@@ -79,6 +85,8 @@ impl RelayError {
             RelayError::RequestTimeout(_) => "request_timeout",
             RelayError::LoopDetected => "loop_detected",
             RelayError::NoAccount(_) => "no_account",
+            RelayError::UnknownModel(_) => "unknown_model",
+            RelayError::UpgradeRequired => "upgrade_refused",
             RelayError::AccountCredential(_) => "account_credential",
             RelayError::UpstreamUnreachable(_) => "upstream_unreachable",
             RelayError::UpstreamTimeout(_) => "upstream_timeout",
@@ -103,6 +111,12 @@ impl RelayError {
                 format!("Request body is larger than the relay's limit of {limit} bytes")
             }
             RelayError::NoAccount(model) => format!("No upstream account is available to serve model `{model}`"),
+            RelayError::UnknownModel(model) => {
+                format!("The model `{model}` does not exist here: no account of this relay serves it at this endpoint")
+            }
+            RelayError::UpgradeRequired => {
+                "WebSocket is not offered on this path; send the request over HTTPS (POST)".into()
+            }
             RelayError::AccountCredential(m) => format!("The upstream account cannot authenticate: {m}"),
             RelayError::UpstreamUnreachable(m) => format!("Upstream unreachable: {m}"),
             RelayError::UpstreamTimeout(m) => format!("Upstream timed out: {m}"),
@@ -125,7 +139,8 @@ impl RelayError {
             | RelayError::UnsupportedMediaType(_)
             | RelayError::RequestTimeout(_) => Kind::InvalidRequest,
             RelayError::LoopDetected => Kind::Internal,
-            RelayError::NotFound(_) => Kind::NotFound,
+            RelayError::NotFound(_) | RelayError::UnknownModel(_) => Kind::NotFound,
+            RelayError::UpgradeRequired => Kind::InvalidRequest,
             RelayError::PayloadTooLarge(_) => Kind::TooLarge,
             RelayError::NoAccount(_) | RelayError::AccountCredential(_) => Kind::Unavailable,
             RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) | RelayError::UpstreamTimeout(_) => {

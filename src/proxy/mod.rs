@@ -26,8 +26,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::Config;
-use crate::ingress::{Endpoint, Ingress, Route};
+use crate::ingress::{Endpoint, Ingress, Route, Scope};
 use crate::metrics::Metrics;
+use crate::providers;
 use crate::scheduler::{Account, Scheduler};
 use crate::secrets::Secrets;
 use crate::state::Snapshot;
@@ -180,7 +181,16 @@ impl RelayProxy {
                 )
                 .await;
             }
-            Endpoint::Messages | Endpoint::CountTokens | Endpoint::Models => {}
+            Endpoint::Upgrade => {
+                return respond_error(relay, session, ctx, &RelayError::UpgradeRequired, ErrorSource::Relay).await;
+            }
+            Endpoint::Messages
+            | Endpoint::CountTokens
+            | Endpoint::Models(_)
+            | Endpoint::ModelInfo(_)
+            | Endpoint::ChatCompletions(_)
+            | Endpoint::Responses
+            | Endpoint::ResponsesCompact => {}
         }
 
         if headers::loop_detected(&session.req_header().headers, &relay.hop_id) {
@@ -213,10 +223,28 @@ impl RelayProxy {
             return respond_error(relay, session, ctx, &RelayError::Rejected(rej), ErrorSource::Relay).await;
         }
 
-        if route.endpoint == Endpoint::Models {
-            ctx.status = 200;
-            let body = models_body(relay);
-            return respond_json(session, 200, body).await;
+        match route.endpoint {
+            Endpoint::Models(scope) => {
+                ctx.status = 200;
+                let body = models_body(relay, ctx.key.as_deref(), route, scope);
+                return respond_json(session, 200, body).await;
+            }
+            Endpoint::ModelInfo(scope) => {
+                let path = session.req_header().uri.path().to_string();
+                let id = path.rsplit_once("/models/").map_or("", |(_, id)| id);
+                let id = percent_decode(id);
+                return match model_info(relay, ctx.key.as_deref(), route, scope, &id) {
+                    Some(body) => {
+                        ctx.status = 200;
+                        respond_json(session, 200, body).await
+                    }
+                    None => {
+                        let e = RelayError::UnknownModel(id);
+                        respond_error(relay, session, ctx, &e, ErrorSource::Relay).await
+                    }
+                };
+            }
+            _ => {}
         }
 
         // Phase 2: the body, bounded.
@@ -254,7 +282,7 @@ impl RelayProxy {
         }
 
         // count_tokens is free upstream and is not billed or counted as usage.
-        if route.endpoint == Endpoint::Messages
+        if route.endpoint.is_billed()
             && let Some(key) = &ctx.key
         {
             ctx.settle = Some(settle::Settle::new(
@@ -330,25 +358,75 @@ async fn read_body(relay: &Relay, session: &mut Session) -> Result<Bytes, RelayE
     Ok(buf.freeze())
 }
 
-/// `GET /v1/models` in the Anthropic list shape: models the accounts are configured for, or, when
-/// some account serves any model, the Claude models the price table knows plus mapped aliases.
-fn models_body(relay: &Relay) -> Bytes {
+/// The models a key may use at an endpoint: those its accounts are configured for, or, for
+/// accounts that serve a whole family, that family's first-party names from the price table;
+/// with mapped aliases; less what the key's policy refuses. In the endpoint's dialect.
+fn models_body(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scope) -> Bytes {
+    let ids = model_ids(relay, key, route, scope);
+    match crate::ingress::for_dialect(route.dialect) {
+        Some(ingress) => ingress.models_list(&ids),
+        None => crate::ingress::anthropic::AnthropicMessages.models_list(&ids),
+    }
+}
+
+/// One model in OpenAI's shape, if the key may use it here.
+fn model_info(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scope, id: &str) -> Option<Bytes> {
+    let ids = model_ids(relay, key, route, scope);
+    ids.iter()
+        .any(|m| m == id)
+        .then(|| Bytes::from(serde_json::to_vec(&crate::ingress::openai::model_object(id)).unwrap_or_default()))
+}
+
+fn model_ids(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scope) -> Vec<String> {
     let snap = relay.snapshot.load();
-    let ids: Vec<String> = match snap.pool.advertised_models() {
-        Some(list) => list,
-        None => {
-            // First-party Claude names only: no provider paths, regions, or Bedrock/Vertex ids.
-            let mut set: std::collections::BTreeSet<String> = relay
-                .pricing
-                .model_names()
-                .filter(|n| n.starts_with("claude-") && !n.contains(['/', '@', ':', '.']))
-                .map(String::from)
-                .collect();
-            set.extend(snap.pool.mapped_models());
-            set.into_iter().collect()
-        }
+    // The models list is for the dialect's own requests: Anthropic lists for Messages, OpenAI
+    // for Chat Completions (which reaches every family).
+    let op = match route.dialect {
+        crate::ingress::Dialect::OpenAI => providers::Operation::Chat,
+        _ => providers::Operation::Messages,
     };
-    crate::ingress::anthropic::AnthropicMessages.models_list(&ids)
+    let kinds = dispatch::kinds_for(op, scope);
+    let binding = key.and_then(|k| k.bind.as_deref());
+    let mut set = std::collections::BTreeSet::new();
+    for a in snap.pool.all() {
+        if !a.enabled || !kinds.contains(a.kind) || !binding.map_or(!a.dedicated, |b| a.matches_binding(b)) {
+            continue;
+        }
+        set.extend(a.model_map.keys().cloned());
+        match &a.models {
+            Some(m) => set.extend(m.iter().cloned()),
+            None => set.extend(
+                // First-party names only: no provider paths, regions, or Bedrock/Vertex ids.
+                relay
+                    .pricing
+                    .model_names()
+                    .filter(|n| !n.contains(['/', '@', ':']) && !n.starts_with("ft:"))
+                    .filter(|n| providers::Family::of(n).is_some_and(|f| providers::default_family(a.kind, Some(f))))
+                    .filter(|n| providers::Family::of(n) != Some(providers::Family::Claude) || !n.contains('.'))
+                    .map(String::from),
+            ),
+        }
+    }
+    set.retain(|m| key.is_none_or(|k| key_allows(k, m)));
+    set.into_iter().collect()
+}
+
+/// Whether the key's model policy lets it use `model`.
+fn key_allows(key: &ClientKey, model: &str) -> bool {
+    use filters::builtin_policy::{model_entry_matches, policy_model_name};
+    let m = policy_model_name(model);
+    let p = &key.policy;
+    !p.model_blacklist.iter().any(|e| model_entry_matches(e, &m))
+        && p.model_allowlist
+            .as_ref()
+            .is_none_or(|allow| allow.iter().any(|e| model_entry_matches(e, &m)))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 #[async_trait]

@@ -46,6 +46,8 @@ pub struct Outcomes {
 /// The request the attempts are for.
 pub struct AttemptRequest<'a> {
     pub model: &'a str,
+    /// The account kinds the request can be sent to.
+    pub kinds: crate::store::KindSet,
     /// The client key: its id scopes sticky sessions and counts as evidence.
     pub key_id: Option<Arc<str>>,
     /// The key's dedicated binding, if any.
@@ -101,6 +103,7 @@ struct Suspect {
 /// The attempts of one request.
 pub struct AttemptPlan {
     model: String,
+    kinds: crate::store::KindSet,
     key_id: Arc<str>,
     binding: Option<Arc<str>>,
     sticky_key: Option<String>,
@@ -109,6 +112,13 @@ pub struct AttemptPlan {
     attempts: u32,
     started: Instant,
     suspects: Vec<Suspect>,
+}
+
+impl AttemptPlan {
+    /// The account kinds the request can be sent to.
+    pub fn kinds(&self) -> crate::store::KindSet {
+        self.kinds
+    }
 }
 
 fn now_ms() -> i64 {
@@ -145,6 +155,7 @@ impl Outcomes {
         };
         AttemptPlan {
             model: req.model.to_string(),
+            kinds: req.kinds,
             key_id: req.key_id.unwrap_or_else(|| Arc::from("")),
             binding: req.binding,
             sticky_key,
@@ -172,6 +183,7 @@ impl Outcomes {
             }
             let pick = PickRequest {
                 model: &plan.model,
+                kinds: plan.kinds,
                 binding: plan.binding.as_deref(),
                 sticky: plan.sticky.as_deref(),
                 tried: &plan.tried,

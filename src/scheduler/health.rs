@@ -142,6 +142,59 @@ pub enum Verdict {
 }
 
 /// Classifies an upstream error answer (status, headers, body) for the account.
+/// The `error.resets_in_seconds` of a Codex backend's 429.
+fn resets_in_seconds(body: &[u8]) -> Option<u64> {
+    memchr::memmem::find(body, b"resets_in_seconds")?;
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error").unwrap_or(&v);
+    e.get("resets_in_seconds")
+        .and_then(|n| n.as_f64())
+        .map(|n| n.max(0.0).ceil() as u64)
+}
+
+/// OpenAI's `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens` (`1s`, `6m0s`, `250ms`):
+/// the later of the two.
+fn openai_reset(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .iter()
+        .filter_map(|n| headers.get(*n)?.to_str().ok())
+        .filter_map(parse_go_duration)
+        .max()
+}
+
+/// A Go-style duration: `1h2m3.5s`, `250ms`.
+fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'h' => 3600.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                0.001
+            }
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return None,
+        };
+        total += n * unit;
+        any = true;
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    (any && total.is_finite()).then(|| std::time::Duration::from_secs_f64(total))
+}
+
 pub fn classify(
     status: u16,
     headers: &http::HeaderMap,
@@ -163,8 +216,30 @@ pub fn classify(
             if text.contains("extra usage") || text.contains("long context") && text.contains("usage") {
                 return Verdict::RequestProblem;
             }
+            // OpenAI: the organisation is out of credit; only an admin brings it back (after
+            // topping it up).
+            if text.contains("insufficient_quota") {
+                return entry(
+                    HealthState::OverQuota,
+                    "upstream 429 insufficient_quota: the account is out of credit".into(),
+                    None,
+                    None,
+                );
+            }
             let now_s = now_ms / 1000;
-            let unified = UnifiedLimits::from_headers(headers, now_s);
+            // ChatGPT's Codex backend: a usage window is spent and says when it reopens.
+            if let Some(secs) = resets_in_seconds(body)
+                && secs > 0
+            {
+                return entry(
+                    HealthState::RateLimited,
+                    "usage limit reached".into(),
+                    Some(std::time::Duration::from_secs(secs)),
+                    None,
+                );
+            }
+            let unified = UnifiedLimits::from_headers(headers, now_s)
+                .or_else(|| crate::providers::openai::codex_limits(headers, now_s));
             if let Some(u) = &unified
                 && let Some(reset) = u.exhausted_until(now_s)
             {
@@ -185,6 +260,7 @@ pub fn classify(
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(std::time::Duration::from_secs);
             let d = retry_after
+                .or_else(|| openai_reset(headers))
                 .unwrap_or_else(|| cooldown(CooldownClass::RateLimited))
                 .min(cap);
             entry(HealthState::CoolingDown, "upstream 429".into(), Some(d), None)
@@ -390,6 +466,24 @@ mod tests {
         assert!(!rt.available("m", now, Some(5)));
         rt.set_store_spend(1);
         assert!(rt.available("m", now, Some(5)));
+    }
+}
+
+#[cfg(test)]
+mod openai_tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_reset_durations() {
+        assert_eq!(parse_go_duration("6m0s"), Some(std::time::Duration::from_secs(360)));
+        assert_eq!(parse_go_duration("250ms"), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1h2m3s"), Some(std::time::Duration::from_secs(3723)));
+        assert_eq!(parse_go_duration("x"), None);
+        assert_eq!(parse_go_duration("5"), None);
+        assert_eq!(
+            resets_in_seconds(br#"{"error":{"type":"usage_limit_reached","resets_in_seconds":1800}}"#),
+            Some(1800)
+        );
     }
 }
 

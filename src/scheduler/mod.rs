@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::credentials::{Holder, TokenCell};
 use crate::outbound::OutboundProxy;
-use crate::providers::{Credential, UpstreamBase, ccr};
-use crate::store::AccountKind;
+use crate::providers::{self, Credential, Family, UpstreamBase, ccr};
 use crate::store::coord::AccountHealth;
+use crate::store::{AccountKind, KindSet};
 use crate::types::CooldownClass;
 
 pub mod attempts;
@@ -73,7 +73,11 @@ impl Account {
             return false;
         }
         let listed = match &self.models {
-            None => true,
+            None => {
+                self.kind == AccountKind::Ccr
+                    || self.model_map.contains_key(model)
+                    || providers::default_family(self.kind, Family::of(model))
+            }
             Some(allowed) => allowed.contains(model) || self.model_map.contains_key(model),
         };
         listed && (self.tier_blacklist.is_empty() || !self.tier_denies(self.upstream_model(model)))
@@ -192,6 +196,8 @@ pub struct AccountSpec {
 /// What a request asks of the scheduler.
 pub struct PickRequest<'a> {
     pub model: &'a str,
+    /// The account kinds the request can be sent to (its dialect converts to their wires).
+    pub kinds: KindSet,
     /// The key's dedicated binding, if any.
     pub binding: Option<&'a str>,
     /// The account the request's session is stuck to, if any.
@@ -272,8 +278,9 @@ impl Scheduler {
                 weight: a.weight,
                 enabled: a.enabled,
                 dedicated: a.dedicated,
-                needs_full_check: a.models.is_some() || !a.tier_blacklist.is_empty(),
+                needs_full_check: a.models.is_some() || !a.model_map.is_empty() || !a.tier_blacklist.is_empty(),
                 ccr: a.kind == AccountKind::Ccr,
+                kind: a.kind,
                 quota: a.daily_quota_nanos,
                 rt: a.rt.clone(),
             })
@@ -371,7 +378,11 @@ impl Scheduler {
                 Some(b) => a.matches_binding(b),
                 None => !a.dedicated,
             };
-            bound_ok && a.enabled && (req.tried.is_empty() || !req.tried.contains(&a.id)) && a.serves(req.model)
+            bound_ok
+                && a.enabled
+                && req.kinds.contains(a.kind)
+                && (req.tried.is_empty() || !req.tried.contains(&a.id))
+                && a.serves(req.model)
         };
         let healthy = |a: &Account| a.rt.available(req.model, req.now_ms, a.daily_quota_nanos);
         if let Some(sticky) = req.sticky
@@ -390,11 +401,17 @@ impl Scheduler {
         let mut most_picks_per_weight: (u64, u64) = (0, 1);
         let mut best_priority = u32::MAX;
         let for_ccr = ccr::is_ccr_model(req.model);
+        let family = Family::of(req.model);
         for (i, h) in pool.hot.iter().enumerate() {
             if h.priority > best_priority {
                 break; // sorted by priority: nothing better follows
             }
-            if !h.enabled || (req.binding.is_none() && h.dedicated) || h.ccr != for_ccr {
+            if !h.enabled
+                || (req.binding.is_none() && h.dedicated)
+                || h.ccr != for_ccr
+                || !req.kinds.contains(h.kind)
+                || !(h.needs_full_check || h.ccr || providers::default_family(h.kind, family))
+            {
                 continue;
             }
             if (h.needs_full_check || req.binding.is_some() || !req.tried.is_empty())
@@ -500,6 +517,7 @@ struct Hot {
     needs_full_check: bool,
     /// A CCR account: it serves `ccr,` models, and only those.
     ccr: bool,
+    kind: AccountKind,
     quota: Option<u64>,
     rt: Arc<AccountRuntime>,
 }
@@ -527,6 +545,17 @@ impl AccountPool {
         Some(out.into_iter().collect())
     }
 
+    /// Whether any enabled account of `kinds` serves `model` (health aside), within a key's
+    /// binding when it has one.
+    pub fn serves_any(&self, model: &str, kinds: KindSet, binding: Option<&str>) -> bool {
+        self.accounts.iter().any(|a| {
+            a.enabled
+                && kinds.contains(a.kind)
+                && binding.map_or(!a.dedicated, |b| a.matches_binding(b))
+                && a.serves(model)
+        })
+    }
+
     /// Keys of `model_map`s of enabled accounts (aliases clients may use).
     pub fn mapped_models(&self) -> Vec<String> {
         let mut out = std::collections::BTreeSet::new();
@@ -546,6 +575,7 @@ mod tests {
             pool,
             &PickRequest {
                 model,
+                kinds: KindSet::ALL,
                 binding: None,
                 sticky: None,
                 tried,
@@ -664,6 +694,7 @@ mod selection_tests {
             pool,
             &PickRequest {
                 model: "m",
+                kinds: KindSet::ALL,
                 binding: None,
                 sticky: None,
                 tried,

@@ -79,6 +79,15 @@ pub enum AccountKind {
     Ccr,
     /// AWS Bedrock: SigV4 credentials or a Bedrock API key, in one region.
     Bedrock,
+    /// The OpenAI API or any OpenAI-compatible server: Chat Completions and Responses, bearer key.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Azure OpenAI: deployments per model, `api-key` header, `api-version` query.
+    #[serde(rename = "azure-openai")]
+    AzureOpenAi,
+    /// A ChatGPT subscription for Codex, connected through OpenAI's sign-in: Responses only.
+    #[serde(rename = "openai-oauth")]
+    OpenAiOauth,
 }
 
 impl AccountKind {
@@ -88,7 +97,54 @@ impl AccountKind {
             AccountKind::ClaudeOauth => "claude-oauth",
             AccountKind::Ccr => "ccr",
             AccountKind::Bedrock => "bedrock",
+            AccountKind::OpenAi => "openai",
+            AccountKind::AzureOpenAi => "azure-openai",
+            AccountKind::OpenAiOauth => "openai-oauth",
         }
+    }
+
+    /// Every kind, in the order the admin API lists them.
+    pub const ALL: [AccountKind; 7] = [
+        AccountKind::ClaudeConsole,
+        AccountKind::ClaudeOauth,
+        AccountKind::Ccr,
+        AccountKind::Bedrock,
+        AccountKind::OpenAi,
+        AccountKind::AzureOpenAi,
+        AccountKind::OpenAiOauth,
+    ];
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of account kinds: the kinds a request can be sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindSet(u16);
+
+impl KindSet {
+    pub const ALL: KindSet = KindSet(u16::MAX);
+    pub const NONE: KindSet = KindSet(0);
+
+    pub fn of(kinds: &[AccountKind]) -> KindSet {
+        KindSet(kinds.iter().fold(0, |acc, k| acc | k.bit()))
+    }
+
+    pub fn contains(self, kind: AccountKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    pub fn with(self, kind: AccountKind) -> KindSet {
+        KindSet(self.0 | kind.bit())
+    }
+
+    pub fn intersect(self, other: KindSet) -> KindSet {
+        KindSet(self.0 & other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! This module alone turns tokens into money.
 
+pub mod openai;
 pub mod pricing;
 pub mod sse;
 pub mod stats;

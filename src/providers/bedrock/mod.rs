@@ -185,6 +185,11 @@ impl Provider for Bedrock {
             (Operation::CountTokens, _) => ("count-tokens", ResponseKind::BedrockCountTokens),
             (Operation::Messages, true) => ("invoke-with-response-stream", ResponseKind::BedrockStream),
             (Operation::Messages, false) => ("invoke", ResponseKind::BedrockInvoke),
+            _ => {
+                return Err(PrepareError::Request(
+                    "this account serves Anthropic Messages requests only".into(),
+                ));
+            }
         };
         // Flags that name the client itself stay in the header, as Claude Code's own Bedrock
         // mode sends them; the others go into the body, where Bedrock reads them.
@@ -195,7 +200,7 @@ impl Provider for Bedrock {
             .map_err(PrepareError::Request)?;
         let body = match call.op {
             Operation::CountTokens => body::count_tokens_body(&invoke),
-            Operation::Messages => Bytes::from(invoke),
+            _ => Bytes::from(invoke),
         };
         // Bedrock has no query parameters here; the client's (e.g. `beta=true`) stay behind.
         let path = format!(

@@ -1,0 +1,47 @@
+//! Chat Completions → Responses (placeholder until the converter lands).
+
+use bytes::Bytes;
+
+use crate::convert::ConvertError;
+use crate::usage::TokenUsage;
+
+pub struct ChatFacts {
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+pub fn request_to_responses(_body: &[u8], _model: &str) -> Result<(Bytes, ChatFacts), ConvertError> {
+    Err(ConvertError("not yet".into()))
+}
+
+pub fn response_from_responses(_body: &[u8], _client_model: &str) -> Result<(Bytes, TokenUsage), ConvertError> {
+    Err(ConvertError("not yet".into()))
+}
+
+pub enum Mode {
+    Stream,
+    Collect,
+}
+
+pub struct ResponsesSseToChat(Mode);
+
+impl ResponsesSseToChat {
+    pub fn new(_client_model: &str, _include_usage: bool, mode: Mode) -> Self {
+        ResponsesSseToChat(mode)
+    }
+    pub fn collecting(&self) -> bool {
+        matches!(self.0, Mode::Collect)
+    }
+    pub fn push(&mut self, _chunk: &[u8]) -> Bytes {
+        Bytes::new()
+    }
+    pub fn finish(&mut self) -> Bytes {
+        Bytes::new()
+    }
+    pub fn usage(&self) -> TokenUsage {
+        TokenUsage::default()
+    }
+    pub fn failed(&self) -> bool {
+        false
+    }
+}
