@@ -19,7 +19,8 @@
 //!   then the end
 //! - `x-mock-chunk: N` / `x-mock-chunk-delay-ms: N`: the event-stream in N-byte writes
 //! - `x-mock-truncate: N`: only the first N bytes of the event-stream
-//! - `x-mock-tool`: the tool-use golden stream instead of the text one
+//! - `x-mock-tool`: the tool-use golden stream instead of the text one (for `invoke`, the tool-use
+//!   JSON)
 //!
 //! [`BedrockMock::set_status`] makes every authenticated request fail (for failover tests).
 //! Every request is recorded as a [`Seen`], its path as received (percent-encoding kept);
@@ -43,7 +44,7 @@ use futures_util::stream;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::mock::{SSE, SSE_TOOL, Seen, json_for};
+use super::mock::{SSE, SSE_TOOL, Seen, json_for, json_tool_for};
 use super::serve::{Served, serve};
 
 /// The `x-amzn-ErrorType` namespace of Bedrock's own errors.
@@ -785,7 +786,14 @@ async fn handle(
             .header("X-Amzn-Bedrock-Input-Token-Count", "21")
             .header("X-Amzn-Bedrock-Output-Token-Count", "7")
             .header("X-Amzn-Bedrock-Invocation-Latency", "123")
-            .body(Body::from(json_for(&model_id).to_string()))
+            .body(Body::from(
+                if headers.contains_key("x-mock-tool") {
+                    json_tool_for(&model_id)
+                } else {
+                    json_for(&model_id)
+                }
+                .to_string(),
+            ))
             .unwrap();
     }
     let exception = headers

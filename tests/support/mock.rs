@@ -7,6 +7,7 @@
 //! - `x-mock-truncate: N`: send only the first N bytes of the stream, then close
 //! - `x-mock-stall-after: N`: send N bytes, then stay silent
 //! - `x-mock-answer-header: name=value` (repeatable): add that header to a successful answer
+//! - `x-mock-tool`: the tool-use golden stream, or for a JSON answer [`json_tool_for`]
 //!
 //! It records every request it receives (method, path, headers, body, HTTP version). It serves
 //! plain HTTP/1.1 ([`MockUpstream::start`]) or HTTPS with HTTP/2 by ALPN
@@ -162,6 +163,20 @@ pub fn json_for(model: &str) -> serde_json::Value {
     })
 }
 
+/// A non-streaming tool-use answer: the tool-use golden stream's content and usage.
+pub fn json_tool_for(model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "msg_mocktool", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Calling a tool."},
+                    {"type": "tool_use", "id": "toolu_mockfec7e44682624ba7a9a26294", "name": "Read",
+                     "input": {"file_path": "/tmp/x"}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 21, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 3,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 5, "ephemeral_1h_input_tokens": 0},
+                  "output_tokens": 7}
+    })
+}
+
 async fn handle(
     State(state): State<Arc<MockState>>,
     method: Method,
@@ -233,7 +248,12 @@ async fn handle(
         r
     };
     if req["stream"].as_bool() != Some(true) {
-        let mut r = axum::Json(json_for(&model)).into_response();
+        let answer = if headers.contains_key("x-mock-tool") {
+            json_tool_for(&model)
+        } else {
+            json_for(&model)
+        };
+        let mut r = axum::Json(answer).into_response();
         r.headers_mut().insert("request-id", "req_mock".parse().unwrap());
         return with_answer_headers(r);
     }

@@ -5,6 +5,7 @@
 pub mod bedrock_mock;
 pub mod mock;
 pub mod oauth_mock;
+pub mod openai_mock;
 pub mod proxies;
 pub mod serve;
 
