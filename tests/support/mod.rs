@@ -18,6 +18,13 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password";
 /// A client key present in every test config as `alice`.
 pub const ALICE: &str = "cr_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
+/// The `claude-relay` binary the tests start: the one Cargo built for this test, or
+/// `RELAY_TEST_BIN` when set (a copy kept apart from a target directory that builds of other
+/// checkouts share and overwrite).
+pub fn relay_bin() -> String {
+    std::env::var("RELAY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_claude-relay").to_string())
+}
+
 /// An HTTP client with a timeout, so a stuck relay fails a test instead of hanging it.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -153,7 +160,7 @@ impl RelayProcess {
         std::fs::write(&conf, yaml).unwrap();
         let log = dir.path().join("relay.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let mut cmd = with_umask(env!("CARGO_BIN_EXE_claude-relay"), umask);
+        let mut cmd = with_umask(&relay_bin(), umask);
         cmd.arg("--config")
             .arg(&conf)
             .stdout(logf.try_clone().unwrap())
@@ -246,7 +253,7 @@ impl RelayProcess {
     pub fn spawn_sibling(&self, args: &[&str], log_name: &str) -> Sibling {
         let log = self.dir.path().join(log_name);
         let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_claude-relay"))
+        let child = Command::new(relay_bin())
             .arg("--config")
             .arg(self.config_path())
             .args(args)
