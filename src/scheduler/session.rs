@@ -3,7 +3,8 @@
 //!
 //! Sources, first found wins: the `x-claude-code-session-id` header; `metadata.user_id` (Claude
 //! Code's JSON string `{"device_id","account_uuid","session_id"}`, or the older
-//! `user_<hex>_account_<uuid>_session_<uuid>`); Codex's `session-id` header or `prompt_cache_key`;
+//! `user_<hex>_account_<uuid>_session_<uuid>`); Codex's `session-id` header (`session_id` from
+//! older Codex versions and the tools made for them) or `prompt_cache_key`;
 //! Gemini's `user_prompt_id`; else a hash of the cache-marked system prompt.
 
 use serde::Deserialize;
@@ -34,7 +35,7 @@ pub fn session_id(headers: &http::HeaderMap, hints: &SessionHints<'_>) -> Option
     if let Some(s) = hints.metadata.and_then(from_metadata) {
         return Some(format!("cc:{s}"));
     }
-    if let Some(s) = header(headers, "session-id") {
+    if let Some(s) = header(headers, "session-id").or_else(|| header(headers, "session_id")) {
         return Some(format!("codex:{s}"));
     }
     if let Some(s) = hints.prompt_cache_key.as_deref().filter(|s| !s.is_empty()) {
@@ -129,6 +130,11 @@ mod tests {
             session_id(&http::HeaderMap::new(), &hints).as_deref(),
             Some("codex:pck")
         );
+        let mut codex = http::HeaderMap::new();
+        codex.insert("session_id", "older-codex".parse().unwrap());
+        assert_eq!(session_id(&codex, &hints).as_deref(), Some("codex:older-codex"));
+        codex.insert("session-id", "codex".parse().unwrap());
+        assert_eq!(session_id(&codex, &hints).as_deref(), Some("codex:codex"));
         let hints = SessionHints {
             user_prompt_id: Some("upi".into()),
             ..Default::default()
