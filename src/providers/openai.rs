@@ -93,10 +93,11 @@ impl AzureTarget {
     }
 }
 
-/// The provider of `azure-openai` accounts: Chat Completions on
-/// `/openai/deployments/{deployment}/chat/completions?api-version=…`, Responses on the v1 API
-/// (`/openai/v1/responses`) or, with a dated `api_version`, `/openai/responses?api-version=…`;
-/// the deployment named in the body of a Responses request.
+/// The provider of `azure-openai` accounts. On the v1 API (no `api_version`, or `v1`): the OpenAI
+/// paths under `/openai/v1` (`/openai/v1/chat/completions`, `/openai/v1/responses`) with the
+/// deployment named in the body. With a dated `api_version`: Chat Completions on
+/// `/openai/deployments/{deployment}/chat/completions?api-version=…`, Responses on
+/// `/openai/responses?api-version=…` with the deployment in the body.
 pub struct Azure;
 
 impl Provider for Azure {
@@ -111,28 +112,33 @@ impl Provider for Azure {
             ));
         };
         let deployment = azure.deployment(call.upstream_model);
-        let version = azure.api_version.as_deref().unwrap_or("preview");
-        let (path, body) = match call.op {
-            Operation::Chat => {
+        // The deployment named in the body, as the v1 API and the Responses paths want it.
+        let deployment_in_body = || {
+            if deployment == call.upstream_model {
+                call.body.clone()
+            } else {
+                crate::wire::json::replace_model(call.body, deployment)
+            }
+        };
+        let tail = call.op.openai_path().unwrap_or("/responses");
+        let (path, body) = match (call.op, azure.api_version.as_deref().filter(|_| !azure.v1())) {
+            // The v1 API: the OpenAI paths under `/openai/v1`, no version.
+            (_, None) => (
+                target.base.path_and_query(&format!("/openai/v1{tail}"), call.query),
+                deployment_in_body(),
+            ),
+            (Operation::Chat, Some(version)) => {
                 let enc = url::form_urlencoded::byte_serialize(deployment.as_bytes()).collect::<String>();
                 let path = format!("/openai/deployments/{enc}/chat/completions");
                 let query = join_query(&format!("api-version={}", encode(version)), call.query);
                 (target.base.path_and_query(&path, Some(&query)), call.body.clone())
             }
-            op => {
-                let tail = op.openai_path().unwrap_or("/responses");
-                let path = if azure.v1() {
-                    target.base.path_and_query(&format!("/openai/v1{tail}"), call.query)
-                } else {
-                    let query = join_query(&format!("api-version={}", encode(version)), call.query);
-                    target.base.path_and_query(&format!("/openai{tail}"), Some(&query))
-                };
-                let body = if deployment == call.upstream_model {
-                    call.body.clone()
-                } else {
-                    crate::wire::json::replace_model(call.body, deployment)
-                };
-                (path, body)
+            (_, Some(version)) => {
+                let query = join_query(&format!("api-version={}", encode(version)), call.query);
+                (
+                    target.base.path_and_query(&format!("/openai{tail}"), Some(&query)),
+                    deployment_in_body(),
+                )
             }
         };
         let head = head(call, &path, target, (name.clone(), value.clone()), body.len())?;
@@ -292,6 +298,70 @@ mod tests {
         assert_eq!(u.five_hour_reset, Some(700));
         assert_eq!(u.seven_day_reset, Some(86500));
         assert_eq!(u.exhausted_until(100), Some(86500));
+    }
+
+    /// The path and body model an Azure account with `api_version` sends `op` to.
+    fn azure_call(api_version: Option<&str>, op: Operation) -> (String, serde_json::Value) {
+        let mut azure = AzureTarget {
+            api_version: api_version.map(String::from),
+            ..AzureTarget::default()
+        };
+        azure.deployments.insert("gpt-5".into(), "gpt5-prod".into());
+        let (name, value) = azure_key("k").unwrap();
+        let credential = Credential::Azure(std::sync::Arc::new(azure), name, value);
+        let base = super::super::UpstreamBase::parse("https://r.openai.azure.com").unwrap();
+        let client = pingora::http::RequestHeader::build("POST", b"/v1/x", None).unwrap();
+        let body = bytes::Bytes::from_static(br#"{"model":"gpt-5","input":"hi"}"#);
+        let call = Call {
+            op,
+            client: &client,
+            query: None,
+            body: &body,
+            upstream_model: "gpt-5",
+            stream: false,
+        };
+        let target = Target {
+            base: &base,
+            credential: &credential,
+            live: None,
+        };
+        let env = ProviderEnv {
+            oauth_beta: String::new(),
+            bedrock_models: super::super::bedrock::models::Catalog::from_names(std::iter::empty()),
+        };
+        let p = Azure.prepare(&env, &call, &target).unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        (p.head.uri.to_string(), sent["model"].clone())
+    }
+
+    #[test]
+    fn azure_addresses_the_v1_api_and_dated_versions() {
+        for v1 in [None, Some("v1"), Some("preview")] {
+            assert_eq!(
+                azure_call(v1, Operation::Chat),
+                ("/openai/v1/chat/completions".into(), "gpt5-prod".into()),
+                "{v1:?}"
+            );
+            assert_eq!(
+                azure_call(v1, Operation::Responses),
+                ("/openai/v1/responses".into(), "gpt5-prod".into())
+            );
+        }
+        let dated = Some("2025-04-01-preview");
+        assert_eq!(
+            azure_call(dated, Operation::Chat),
+            (
+                "/openai/deployments/gpt5-prod/chat/completions?api-version=2025-04-01-preview".into(),
+                "gpt-5".into()
+            )
+        );
+        assert_eq!(
+            azure_call(dated, Operation::Responses),
+            (
+                "/openai/responses?api-version=2025-04-01-preview".into(),
+                "gpt5-prod".into()
+            )
+        );
     }
 
     #[test]
