@@ -4,6 +4,7 @@
 //! - [`request_to_messages`]: a Chat Completions request becomes a Messages request
 //!   ([`request`] documents every field).
 //! - [`response_from_messages`]: a Messages answer becomes a `chat.completion`.
+//! - [`MessagesSseToChat`]: a Messages SSE stream becomes `chat.completion.chunk` SSE.
 //! - [`error_from_anthropic`]: an Anthropic error answer becomes OpenAI's error body.
 //!
 //! Fixed choices:
@@ -24,9 +25,11 @@
 
 mod request;
 mod response;
+mod stream;
 
 pub use request::{ChatFacts, DEFAULT_MAX_TOKENS, REASONING_BUDGETS, request_to_messages};
 pub use response::{error_from_anthropic, response_from_messages, response_from_messages_at};
+pub use stream::MessagesSseToChat;
 
 use serde::Serialize;
 
@@ -148,3 +151,5 @@ fn unix_now() -> i64 {
 mod request_tests;
 #[cfg(test)]
 mod response_tests;
+#[cfg(test)]
+mod stream_tests;
