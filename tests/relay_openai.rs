@@ -469,19 +469,44 @@ async fn chat_streams_to_openai_with_usage_asked_for_and_hidden_unless_the_clien
     assert_eq!(s.header("x-stainless-package-version").as_deref(), Some("3.57.0"));
     assert_eq!(s.header("user-agent").as_deref(), Some("OpenAI/Python 3.57.0"));
 
-    let t = totals(&relay, "key", "config.alice", 2).await;
+    // `include_usage: false` is the same as not asking.
+    let body = r#"{"model":"gpt-5","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"say hi"}]}"#;
+    let (status, _, got) = read(post(&relay, "/api/v1/chat/completions", body, &[]).await).await;
+    assert_eq!(status, 200, "{}", text(&got));
+    assert_eq!(text(&got), want);
+    assert_eq!(mock.seen()[2].json()["stream_options"], json!({"include_usage": true}));
+
+    // The upstream breaks the stream: the client gets what came, then an error chunk and
+    // `[DONE]`; the request counts as an error.
+    let body = r#"{"model":"gpt-5","stream":true,"messages":[{"role":"user","content":"say hi"}]}"#;
+    let cut = [
+        ("x-mock-cut-before", "\"finish_reason\":\"stop\""),
+        ("x-mock-abort", "1"),
+    ];
+    let (status, _, got) = read(post(&relay, "/openai/v1/chat/completions", body, &cut).await).await;
+    assert_eq!(status, 200);
+    let came = text(&mock.answers()[3]).replace("\"model\":\"gpt-5-2025-08-07\"", "\"model\":\"gpt-5\"");
+    let got = text(&got);
+    assert!(got.starts_with(&came), "{got}");
+    let tail: Vec<&str> = got[came.len()..].lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(tail.len(), 2, "{got}");
+    let err: Value = serde_json::from_str(tail[0].strip_prefix("data: ").unwrap()).unwrap();
+    assert!(err["error"]["message"].is_string(), "{err}");
+    assert_eq!(tail[1], "data: [DONE]");
+
+    let t = totals(&relay, "key", "config.alice", 4).await;
     let u = STREAM_USAGE;
     assert_usage(
         &t,
-        2 * (u.prompt - u.cached),
-        2 * u.cached,
+        3 * (u.prompt - u.cached),
+        3 * u.cached,
         0,
-        2 * u.completion,
-        2 * gpt5_cost(u),
+        3 * u.completion,
+        3 * gpt5_cost(u),
     );
-    assert_eq!(t["errors"], 0);
-    let by_model = totals(&relay, "model", "gpt-5-2025-08-07", 2).await;
-    assert_eq!(by_model["cost_nanos"], 2 * gpt5_cost(u), "priced as the upstream model");
+    assert_eq!(t["errors"], 1);
+    let by_model = totals(&relay, "model", "gpt-5-2025-08-07", 4).await;
+    assert_eq!(by_model["cost_nanos"], 3 * gpt5_cost(u), "priced as the upstream model");
 }
 
 #[tokio::test]
