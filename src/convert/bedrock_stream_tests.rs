@@ -193,7 +193,7 @@ fn invocation_metrics_stand_in_for_missing_usage() {
             output: 4,
             cache_read: 2,
             cache_write_5m: 6,
-            cache_write_1h: 0
+            cache_write_1h: 0,
             reasoning: 0,
         }
     );

@@ -111,7 +111,7 @@ fn usage_after_message_start_only() {
             output: 1,
             cache_read: 3,
             cache_write_5m: 5,
-            cache_write_1h: 0
+            cache_write_1h: 0,
             reasoning: 0,
         }
     );
@@ -200,7 +200,7 @@ fn missing_cache_creation_object_counts_all_writes_as_5m() {
             output: 3,
             cache_read: 7,
             cache_write_5m: 1500,
-            cache_write_1h: 0
+            cache_write_1h: 0,
             reasoning: 0,
         }
     );
@@ -425,7 +425,7 @@ fn non_streaming_json_body() {
             output: 7,
             cache_read: 3,
             cache_write_5m: 100,
-            cache_write_1h: 200
+            cache_write_1h: 200,
             reasoning: 0,
         }
     );
