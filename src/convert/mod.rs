@@ -2,10 +2,12 @@
 //!
 //! - [`answer`]: the response adapter the dispatch uses for every committed answer.
 //! - [`bedrock_stream`]: AWS event-stream (Bedrock) → Anthropic SSE.
+//! - [`openai_chat`]: OpenAI Chat Completions passed through to an OpenAI-compatible upstream.
 //! - [`rename`]: putting the client's model name back into a pass-through answer.
 
 pub mod answer;
 pub mod bedrock_stream;
+pub mod openai_chat;
 pub mod rename;
 
 /// A request that cannot be expressed in the upstream's wire: the client's problem, answered with

@@ -467,7 +467,7 @@ pub trait LineSink {
     fn line(&mut self, line: &[u8]);
 
     /// A line longer than the limit whose start was `Read`: its first [`HEAD`] bytes and its
-    /// last `tail` bytes (without `\r`). Only called when the splitter keeps a tail.
+    /// last `tail` bytes (without `\r`; none when the splitter keeps no tail).
     fn long_line(&mut self, _head: &[u8], _tail: &[u8]) {}
 }
 
@@ -499,8 +499,8 @@ enum Partial {
 }
 
 impl SseLines {
-    /// Lines up to `max` bytes are read whole; of a longer wanted line, the last `tail` bytes are
-    /// handed to [`LineSink::long_line`] (none when `tail` is 0).
+    /// Lines up to `max` bytes are read whole; of a longer wanted line, the first [`HEAD`] bytes
+    /// and the last `tail` bytes are handed to [`LineSink::long_line`].
     pub fn new(max: usize, tail: usize) -> Self {
         Self {
             max,
@@ -547,7 +547,7 @@ impl SseLines {
         }
         if line.len() <= self.max {
             sink.line(line);
-        } else if self.tail > 0 {
+        } else {
             sink.long_line(head, &line[line.len().saturating_sub(self.tail)..]);
         }
     }
@@ -579,7 +579,7 @@ impl SseLines {
         head.extend_from_slice(&self.carry[..self.carry.len().min(HEAD)]);
         let more = HEAD - head.len();
         head.extend_from_slice(&bytes[..bytes.len().min(more)]);
-        if self.tail == 0 || sink.line_start(&head) == LineStart::Skip {
+        if sink.line_start(&head) == LineStart::Skip {
             self.partial = Partial::Skip;
             self.clear_carry();
             return;
