@@ -39,7 +39,8 @@ use serde_json::value::RawValue;
 use super::ConvertError;
 use crate::usage::TokenUsage;
 use crate::usage::openai::{
-    LineSink, LineStart, MAX_LINE, ResponsesSseUsage, SseLines, parse_responses_json_usage, responses_line_start,
+    LONG_TAIL, LineSink, LineStart, MAX_LINE, ResponsesUsage, SseLines, parse_responses_json_usage,
+    responses_line_start, usage_at_end,
 };
 
 /// What the relay must remember of the client's Chat request to answer it.
@@ -667,14 +668,15 @@ fn wanted_event(name: &[u8]) -> bool {
 /// for it, and `data: [DONE]`. `response.failed`, an `error` event, or a stream that ends before
 /// its final event becomes `data: {"error":{"message","type","code"}}` and `data: [DONE]`.
 ///
-/// Usage is read from the upstream's stream by [`ResponsesSseUsage`].
+/// Usage is read from the final event (`response.completed`, `incomplete` or `failed`) as
+/// [`crate::usage::openai::ResponsesSseUsage`] reads it, from the end of an over-long one
+/// included.
 ///
 /// Chunks may split the stream anywhere; what the events of one pushed chunk produce is returned
 /// as one `Bytes`.
 #[derive(Debug)]
 pub struct ResponsesSseToChat {
     lines: SseLines,
-    reader: ResponsesSseUsage,
     state: Transducer,
 }
 
@@ -693,7 +695,7 @@ struct Transducer {
     ended: bool,
     /// Collect mode: the answer was written.
     collected: bool,
-    /// The usage read so far, refreshed before each chunk's events.
+    /// The usage of the final event.
     usage: TokenUsage,
     calls: Vec<Call>,
     content: String,
@@ -722,6 +724,8 @@ struct Failure {
     kind: String,
     code: Option<String>,
     status: u16,
+    /// The upstream said so (rather than the stream being cut or unreadable).
+    upstream: bool,
 }
 
 impl ResponsesSseToChat {
@@ -729,8 +733,7 @@ impl ResponsesSseToChat {
     /// client asked for the usage chunk (a collected answer always has its usage).
     pub fn new(client_model: &str, include_usage: bool, mode: Mode) -> Self {
         Self {
-            lines: SseLines::new(MAX_LINE, 0),
-            reader: ResponsesSseUsage::new(),
+            lines: SseLines::new(MAX_LINE, LONG_TAIL),
             state: Transducer {
                 mode,
                 include_usage,
@@ -762,11 +765,9 @@ impl ResponsesSseToChat {
     /// Feeds upstream bytes; returns the Chat bytes for the client now (possibly empty; always
     /// empty in [`Mode::Collect`]).
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        self.reader.feed(chunk);
         if self.state.ended {
             return Bytes::new();
         }
-        self.state.usage = self.reader.usage();
         self.lines.feed(chunk, &mut self.state);
         self.state.out.split().freeze()
     }
@@ -776,13 +777,13 @@ impl ResponsesSseToChat {
     /// answer.
     pub fn finish(&mut self) -> Bytes {
         let s = &mut self.state;
-        s.usage = self.reader.usage();
         if !s.ended {
             s.fail(Failure {
                 message: "The upstream stream ended before the response completed".to_owned(),
                 kind: "server_error".to_owned(),
                 code: None,
                 status: 502,
+                upstream: false,
             });
         }
         if s.mode == Mode::Collect && !s.collected {
@@ -796,9 +797,9 @@ impl ResponsesSseToChat {
         s.out.split().freeze()
     }
 
-    /// The upstream's usage read so far.
+    /// The upstream's usage (all zero before the final event).
     pub fn usage(&self) -> TokenUsage {
-        self.reader.usage()
+        self.state.usage
     }
 
     /// The answer is an error: the upstream failed, sent an error event, or was cut.
@@ -813,10 +814,11 @@ impl ResponsesSseToChat {
         self.state.failure.as_ref().map(|f| f.status)
     }
 
-    /// The upstream's own failure (its code, else type, and message), for classifying the
-    /// account.
+    /// The upstream's failure (`response.failed` or an `error` event): its code, else type, and
+    /// message, for classifying the account. `None` for a stream that was only cut.
     pub fn upstream_error(&self) -> Option<(String, String)> {
-        self.reader.error()
+        let f = self.state.failure.as_ref().filter(|f| f.upstream)?;
+        Some((f.code.clone().unwrap_or_else(|| f.kind.clone()), f.message.clone()))
     }
 }
 
@@ -838,14 +840,18 @@ impl LineSink for Transducer {
         }
     }
 
-    fn long_line(&mut self, head: &[u8], _tail: &[u8]) {
+    fn long_line(&mut self, head: &[u8], tail: &[u8]) {
         if self.ended || !head.starts_with(b"data:") {
             return;
         }
         // Over MAX_LINE: in practice only the events that echo the response can be that long.
-        // A final one still ends the answer (its usage comes from the reader; an incomplete
-        // one's reason is lost); the first one is not needed.
+        // A final one still ends the answer (its usage read from its end; an incomplete one's
+        // reason is lost); the first one is not needed.
         let names = |name: &[u8]| memchr::memmem::find(head, name).is_some();
+        let final_event = names(br#""response.completed""#) || names(br#""response.incomplete""#);
+        if final_event && let Some(usage) = usage_at_end(tail) {
+            self.usage = usage;
+        }
         if names(br#""response.completed""#) {
             self.complete(None, false);
         } else if names(br#""response.incomplete""#) {
@@ -856,6 +862,7 @@ impl LineSink for Transducer {
                 kind: "server_error".to_owned(),
                 code: None,
                 status: 502,
+                upstream: false,
             });
         }
     }
@@ -905,6 +912,8 @@ struct ResponseInfo<'a> {
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
     #[serde(default)]
+    usage: Option<ResponsesUsage>,
+    #[serde(default)]
     created_at: Option<f64>,
     #[serde(borrow, default)]
     incomplete_details: Option<IncompleteDetails<'a>>,
@@ -947,6 +956,7 @@ impl ErrorInfo<'_> {
             kind,
             code,
             status,
+            upstream: true,
         }
     }
 }
@@ -1005,14 +1015,19 @@ impl Transducer {
                     self.arguments(event.item_id.as_deref(), event.output_index, &arguments, true);
                 }
             }
-            "response.completed" => self.complete(None, false),
-            "response.incomplete" => {
-                let reason = event.response.and_then(|r| r.incomplete_details).and_then(|d| d.reason);
-                self.complete(reason.as_deref(), true);
-            }
-            "response.failed" => {
-                let error = event.response.and_then(|r| r.error).unwrap_or_default();
-                self.fail(error.into_failure());
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                let response = event.response.unwrap_or_default();
+                if let Some(usage) = &response.usage {
+                    self.usage = usage.to_usage();
+                }
+                match kind {
+                    "response.completed" => self.complete(None, false),
+                    "response.incomplete" => {
+                        let reason = response.incomplete_details.and_then(|d| d.reason);
+                        self.complete(reason.as_deref(), true);
+                    }
+                    _ => self.fail(response.error.unwrap_or_default().into_failure()),
+                }
             }
             "error" => {
                 let error = event.error.unwrap_or(ErrorInfo {

@@ -661,3 +661,97 @@ fn a_responses_object_as_a_completion() {
     assert!(response_from_responses(failed, MODEL).unwrap_err().0.contains("Boom"));
     assert!(response_from_responses(b"<html>", MODEL).is_err());
 }
+
+/// Found by the property test: with the usage taken from a reader of the whole chunk, an answer
+/// ended by one final event reported the usage of a later one when both arrived together.
+#[test]
+fn the_usage_is_the_one_of_the_event_that_ends_the_answer() {
+    let stream = sse(&[
+        created("r4"),
+        (
+            "response.output_text.delta",
+            json!({"type": "response.completed", "response": {"usage": {"input_tokens": 1, "output_tokens": 1}}}),
+        ),
+        (
+            "response.completed",
+            json!({"type": "response.completed", "response": {"usage": {"input_tokens": 24, "output_tokens": 7}}}),
+        ),
+    ]);
+    for k in 0..=stream.len() {
+        let mut t = ResponsesSseToChat::new(MODEL, true, Mode::Stream);
+        let events = events_of(&text_of(&run(&mut t, &stream, &[k])));
+        assert_eq!(events[2]["usage"]["prompt_tokens"], json!(1), "split at {k}");
+        assert_eq!(t.usage().input, 1);
+    }
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::test_props::{chunks, config, cuts};
+
+    /// Lines of the recordings and pieces of them, for streams that reach the converter's states.
+    fn soup() -> impl Strategy<Value = Vec<u8>> {
+        let lines: Vec<Vec<u8>> = [TEXT, CALL]
+            .iter()
+            .flat_map(|s| s.split_inclusive(|&b| b == b'\n'))
+            .map(<[u8]>::to_vec)
+            .chain(
+                [
+                    "event: error\n",
+                    "data: {\"type\":\"error\",\"code\":\"x\",\"message\":\"y\"}\n",
+                    "data: {\"type\":\"response.failed\",\"response\":{\"error\":{\"code\":\"c\",\"message\":\"m\"}}}\n",
+                    "data: {\"type\":\"response.output_text.delta\",\"delta\":\"h\\u00e9\"}\n",
+                    "data: ",
+                    "event:",
+                    "\r\n",
+                    "\n",
+                    "\r",
+                ]
+                .iter()
+                .map(|s| s.as_bytes().to_vec()),
+            )
+            .collect();
+        let piece = prop_oneof![
+            6 => prop::sample::select(lines),
+            1 => prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        prop::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+    }
+
+    fn soup_and_cuts() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
+        soup().prop_flat_map(|b| {
+            let n = b.len();
+            (Just(b), cuts(n))
+        })
+    }
+
+    fn convert(parts: &[&[u8]], mode: Mode) -> (Vec<u8>, bool, TokenUsage) {
+        let mut t = ResponsesSseToChat::new(MODEL, true, mode);
+        t.set_created(1);
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend_from_slice(&t.push(part));
+        }
+        out.extend_from_slice(&t.finish());
+        // Ids made up when the stream never names its response differ from run to run.
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let out = match out.find("chatcmpl-") {
+            Some(_) if !out.contains("chatcmpl-resp_") => String::new(),
+            _ => out,
+        };
+        (out.into_bytes(), t.failed(), t.usage())
+    }
+
+    proptest! {
+        #![proptest_config(config(64))]
+
+        #[test]
+        fn any_chunking_converts_as_when_whole((bytes, at) in soup_and_cuts()) {
+            for mode in [Mode::Stream, Mode::Collect] {
+                prop_assert_eq!(convert(&chunks(&bytes, &at), mode), convert(&[&bytes], mode));
+            }
+        }
+    }
+}

@@ -224,3 +224,42 @@ fn an_error_line_fails_the_stream() {
     assert_eq!(run(&mut p, stream, &[]), stream);
     assert!(p.failed());
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::test_props::{bytes_and_cuts, chunks, config, cuts};
+
+    fn pass(parts: &[&[u8]], strip: bool, rename: Option<(&str, &str)>) -> (Vec<u8>, TokenUsage) {
+        let mut p = ChatSsePassThrough::new(strip, rename);
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend_from_slice(&p.push(Bytes::copy_from_slice(part)).unwrap_or_default());
+        }
+        out.extend_from_slice(&p.finish().unwrap_or_default());
+        (out, p.usage())
+    }
+
+    /// The recording with arbitrary bytes spliced in somewhere, and cut points within it.
+    fn stream_and_cuts() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
+        (bytes_and_cuts(256), 0..=CHAT.len()).prop_flat_map(|((bytes, _), at)| {
+            let stream = [&CHAT[..at], &bytes, &CHAT[at..]].concat();
+            let n = stream.len();
+            (Just(stream), cuts(n))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(128))]
+
+        #[test]
+        fn any_chunking_passes_as_when_whole((stream, at) in stream_and_cuts()) {
+            let parts = chunks(&stream, &at);
+            for (strip, rename) in [(false, None), (true, None), (true, Some(("gpt-5", "alias")))] {
+                prop_assert_eq!(pass(&parts, strip, rename), pass(&[&stream], strip, rename));
+            }
+            prop_assert_eq!(pass(&parts, false, None).0, stream);
+        }
+    }
+}

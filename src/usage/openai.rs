@@ -355,13 +355,13 @@ struct ChatUsage {
     completion_tokens_details: Option<CompletionDetails>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 struct CompletionDetails {
     #[serde(default)]
     reasoning_tokens: Option<u64>,
@@ -900,7 +900,12 @@ impl ErrorBody<'_> {
     }
 }
 
-/// The usage object after the last `"usage":{` of the end of an over-long final event.
+/// The usage of an over-long final Responses event, from its end (its last [`LONG_TAIL`]
+/// bytes): the object after the last `"usage":` that is followed by one.
+pub fn usage_at_end(tail: &[u8]) -> Option<TokenUsage> {
+    last_usage_object(tail).map(|u| u.to_usage())
+}
+
 fn last_usage_object(tail: &[u8]) -> Option<ResponsesUsage> {
     const KEY: &[u8] = br#""usage":"#;
     let mut end = tail.len();
@@ -940,9 +945,9 @@ struct ResponseObject<'a> {
     error: Option<ErrorBody<'a>>,
 }
 
-/// A Responses `usage` object; `null` reads as absent.
-#[derive(Deserialize, Default)]
-struct ResponsesUsage {
+/// A Responses `usage` object (`null` fields read as absent), for a reader of Responses events.
+#[derive(Debug, Deserialize, Default)]
+pub struct ResponsesUsage {
     #[serde(default)]
     input_tokens: Option<u64>,
     #[serde(default)]
@@ -954,7 +959,7 @@ struct ResponsesUsage {
 }
 
 impl ResponsesUsage {
-    fn to_usage(&self) -> TokenUsage {
+    pub fn to_usage(&self) -> TokenUsage {
         openai_usage(
             self.input_tokens.unwrap_or(0),
             self.input_tokens_details
