@@ -846,16 +846,24 @@ impl LineSink for Transducer {
         }
         // Over MAX_LINE: in practice only the events that echo the response can be that long.
         // A final one still ends the answer (its usage read from its end; an incomplete one's
-        // reason is lost); the first one is not needed.
+        // reason and a failed one's error are lost); the first one is not needed.
         let names = |name: &[u8]| memchr::memmem::find(head, name).is_some();
-        let final_event = names(br#""response.completed""#) || names(br#""response.incomplete""#);
-        if final_event && let Some(usage) = usage_at_end(tail) {
+        let (completed, incomplete, failed) = (
+            names(br#""response.completed""#),
+            names(br#""response.incomplete""#),
+            names(br#""response.failed""#),
+        );
+        if (completed || incomplete || failed)
+            && let Some(usage) = usage_at_end(tail)
+        {
             self.usage = usage;
         }
-        if names(br#""response.completed""#) {
+        if completed {
             self.complete(None, false);
-        } else if names(br#""response.incomplete""#) {
+        } else if incomplete {
             self.complete(None, true);
+        } else if failed {
+            self.fail(ErrorInfo::default().into_failure());
         } else if !names(br#""response.created""#) {
             self.fail(Failure {
                 message: "The upstream sent a stream event too large to convert".to_owned(),

@@ -10,8 +10,8 @@
 //!   copy, whatever its size and wherever the chunks split it.
 //! - [`ResponsesSseUsage`] reads a Responses stream, whose events are named: only the `data:`
 //!   lines of `response.completed`, `response.incomplete`, `response.failed` and `error` are read
-//!   (whole, up to [`MAX_LINE`]); every other line is skipped by its first bytes, through
-//!   [`SseLines`].
+//!   (whole, up to [`MAX_LINE`]; of a longer final event, its last [`LONG_TAIL`] bytes); every
+//!   other line is skipped by its first bytes, through [`SseLines`].
 //!
 //! Usage is normalised to [`TokenUsage`] in Anthropic's terms: `input` excludes the cached prompt
 //! tokens (`cache_read`); `output` includes the reasoning tokens (OpenAI bills them as output),
@@ -460,10 +460,11 @@ pub trait LineSink {
     /// Whether a line beginning with `start` (at most [`HEAD`] bytes, a `\r` possibly among
     /// them, possibly the whole line) may matter. `Skip` must be final: a line whose start is
     /// skipped is skipped whatever follows, so that what is read never depends on where chunks
-    /// split. The sink's state changes only in [`LineSink::line`].
+    /// split. The sink's state changes only in [`LineSink::line`] and [`LineSink::long_line`].
     fn line_start(&self, start: &[u8]) -> LineStart;
 
-    /// A complete line whose start was `Read`, without its `\n` and `\r`, at most the limit long.
+    /// A complete line whose start was `Read`, without its line ending (`\n` or `\r\n`), at most
+    /// the limit long.
     fn line(&mut self, line: &[u8]);
 
     /// A line longer than the limit whose start was `Read`: its first [`HEAD`] bytes and its
@@ -517,6 +518,7 @@ impl SseLines {
         self.carry.len() + self.long_head.len() + self.long_tail.len()
     }
 
+    /// Splits the next chunk of the stream, handing `sink` each line that ends in it.
     pub fn feed<S: LineSink>(&mut self, chunk: &[u8], sink: &mut S) {
         let mut rest = chunk;
         if self.partial != Partial::None {
