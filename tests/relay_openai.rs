@@ -357,7 +357,7 @@ async fn openai_mock_speaks_openai_and_azure() {
         "insufficient_quota"
     );
 
-    let az = OpenAiMock::azure(AZ_KEY, &["dep"]).await;
+    let az = OpenAiMock::azure(AZ_KEY, &[("dep", "gpt-5-2025-08-07")]).await;
     let chat = |path: &str| format!("{}{path}", az.url());
     let b = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
     for (path, key, want) in [
@@ -702,8 +702,9 @@ async fn responses_function_calls_json_answers_and_broken_streams() {
 
 #[tokio::test]
 async fn azure_accounts_address_deployments_and_api_versions() {
-    let dated = OpenAiMock::azure(AZ_KEY, &["gpt5-prod"]).await;
-    let v1 = OpenAiMock::azure(AZ_KEY_2, &["mini-prod"]).await;
+    // Azure's answers name the model a deployment runs.
+    let dated = OpenAiMock::azure(AZ_KEY, &[("gpt5-prod", "gpt-5-2025-08-07")]).await;
+    let v1 = OpenAiMock::azure(AZ_KEY_2, &[("mini-prod", "gpt-5-mini-2025-08-07")]).await;
     let relay = RelayProcess::start(&format!(
         "accounts:\n{}{}",
         azure_yaml(
@@ -723,8 +724,9 @@ async fn azure_accounts_address_deployments_and_api_versions() {
     let chat = r#"{"model":"gpt-5","stream":true,"messages":[{"role":"user","content":"say hi"}]}"#;
     let (status, _, got) = read(post(&relay, "/openai/v1/chat/completions", chat, &[]).await).await;
     assert_eq!(status, 200, "{}", text(&got));
-    let want = text(&chat_stream("gpt-5", true)).replace(&chat_usage_event("gpt-5"), "");
-    assert_eq!(text(&got), want);
+    let runs = "gpt-5-2025-08-07";
+    let want = text(&chat_stream(runs, true)).replace(&chat_usage_event(runs), "");
+    assert_eq!(text(&got), want, "the upstream's chunks but the usage chunk");
     let s = &dated.seen()[0];
     assert_eq!(
         s.path_and_query,
@@ -741,6 +743,7 @@ async fn azure_accounts_address_deployments_and_api_versions() {
     let (status, _, got) = read(post(&relay, "/v1/responses", resp, &[]).await).await;
     assert_eq!(status, 200, "{}", text(&got));
     assert_eq!(got, dated.answers()[1].to_vec());
+    assert_eq!(got, responses_stream(runs, false));
     let s = &dated.seen()[1];
     assert_eq!(s.path_and_query, "/openai/responses?api-version=2025-04-01-preview");
     assert_eq!(text(&s.body), resp.replace("\"gpt-5\"", "\"gpt5-prod\""));
@@ -764,18 +767,33 @@ async fn azure_accounts_address_deployments_and_api_versions() {
     assert_eq!(s.path_and_query, "/openai/v1/chat/completions");
     assert_eq!(s.json()["model"], "mini-prod");
     assert_eq!(
-        json_of(&got)["choices"][0]["message"]["content"],
-        "Hello from mock upstream!"
+        json_of(&got),
+        chat_json("gpt-5-mini-2025-08-07"),
+        "the upstream's answer"
     );
-    assert_eq!(json_of(&got)["model"], "gpt-5-mini", "named as the client asked");
     assert_eq!(dated.hits(), 2);
     assert_eq!(v1.hits(), 2);
 
-    let t = totals(&relay, "key", "config.alice", 4).await;
-    assert_eq!(
-        t["output_tokens"],
-        3 * STREAM_USAGE.completion + JSON_USAGE.completion,
-        "{t}"
+    // Billed by the models the client asked for, not by the deployments' names.
+    let (s, j) = (STREAM_USAGE, JSON_USAGE);
+    let t = totals(&relay, "model", "gpt-5", 2).await;
+    assert_usage(
+        &t,
+        2 * (s.prompt - s.cached),
+        2 * s.cached,
+        0,
+        2 * s.completion,
+        2 * gpt5_cost(s),
+    );
+    let t = totals(&relay, "model", "gpt-5-mini", 2).await;
+    let mini = |t: Tokens| (t.prompt - t.cached) * 250 + t.cached * 25 + t.completion * 2_000;
+    assert_usage(
+        &t,
+        (s.prompt - s.cached) + (j.prompt - j.cached),
+        s.cached + j.cached,
+        0,
+        s.completion + j.completion,
+        mini(s) + mini(j),
     );
 }
 

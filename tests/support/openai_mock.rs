@@ -84,9 +84,10 @@ pub struct Tokens {
 pub enum Flavor {
     /// The OpenAI API under `prefix` (`/v1`), `Authorization: Bearer <key>`.
     OpenAi { prefix: String },
-    /// An Azure OpenAI resource, `api-key: <key>`; when `deployments` is not empty, only those
-    /// deployments exist.
-    Azure { deployments: Vec<String> },
+    /// An Azure OpenAI resource, `api-key: <key>`, with its deployments as (deployment, model it
+    /// runs): answers name the deployment's model, as Azure's do. With none, any deployment
+    /// exists and answers name the model the request named.
+    Azure { deployments: Vec<(String, String)> },
 }
 
 /// An error every request gets (after authentication).
@@ -143,12 +144,15 @@ impl OpenAiMock {
         .await
     }
 
-    /// An Azure OpenAI resource accepting `api-key: <key>`, with these deployments (any when
-    /// empty); accounts use [`OpenAiMock::url`].
-    pub async fn azure(key: &str, deployments: &[&str]) -> OpenAiMock {
+    /// An Azure OpenAI resource accepting `api-key: <key>`, with these (deployment, model)
+    /// pairs (any deployment when empty); accounts use [`OpenAiMock::url`].
+    pub async fn azure(key: &str, deployments: &[(&str, &str)]) -> OpenAiMock {
         Self::start(
             Flavor::Azure {
-                deployments: deployments.iter().map(|d| d.to_string()).collect(),
+                deployments: deployments
+                    .iter()
+                    .map(|(d, m)| (d.to_string(), m.to_string()))
+                    .collect(),
             },
             key,
         )
@@ -545,19 +549,25 @@ async fn handle(
             &answer_headers,
         )
     };
-    let model = match (req["model"].as_str(), &deployment) {
+    let mut model = match (req["model"].as_str(), &deployment) {
         (Some(m), _) => m.to_string(),
         (None, Some(d)) => d.clone(),
         (None, None) => return invalid("you must provide a model parameter", "model"),
     };
-    if let Flavor::Azure { deployments } = &state.flavor {
+    if let Flavor::Azure { deployments } = &state.flavor
+        && !deployments.is_empty()
+    {
+        // The deployment is in the path, else the body's model names it.
         let name = deployment.as_deref().unwrap_or(&model);
-        if !deployments.is_empty() && !deployments.iter().any(|d| d == name) {
-            return json_answer(
-                404,
-                &serde_json::json!({"error": {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."}}),
-                &answer_headers,
-            );
+        match deployments.iter().find(|(d, _)| d == name) {
+            Some((_, runs)) => model = runs.clone(),
+            None => {
+                return json_answer(
+                    404,
+                    &serde_json::json!({"error": {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."}}),
+                    &answer_headers,
+                );
+            }
         }
     }
     let streamed = req["stream"].as_bool() == Some(true);
