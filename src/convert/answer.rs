@@ -131,6 +131,14 @@ impl StreamAdapter {
         matches!(self, StreamAdapter::ResponsesToChat(t) if t.collecting())
     }
 
+    /// The status a collected answer that failed stands for.
+    pub fn error_status(&self) -> Option<u16> {
+        match self {
+            StreamAdapter::ResponsesToChat(t) => t.error_status(),
+            _ => None,
+        }
+    }
+
     /// Takes a chunk of the upstream's stream; returns what goes to the client now.
     pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
         let out = match self {
@@ -242,13 +250,15 @@ pub fn complete_body(
                 None => (body, None),
             }
         }
+        // An answer that does not read as its wire's (the usage still counted if it has one)
+        // becomes a 502 in the client's shape: see [`unconvertible`].
         (_, Conversion::ChatToMessages) => match chat_anthropic::response_from_messages(&body, a.client_model) {
             Ok((b, u)) => (b, Some(u)),
-            Err(_) => (body.clone(), parse_json_usage(&body).map(|(u, _)| u)),
+            Err(e) => (unconvertible_body(&e), parse_json_usage(&body).map(|(u, _)| u)),
         },
         (_, Conversion::ChatToResponses) => match chat_responses::response_from_responses(&body, a.client_model) {
             Ok((b, u)) => (b, Some(u)),
-            Err(_) => (body.clone(), parse_responses_json_usage(&body)),
+            Err(e) => (unconvertible_body(&e), parse_responses_json_usage(&body)),
         },
         (ResponseKind::OpenAiChat, _) => {
             let usage = parse_chat_json_usage(&body);
@@ -271,6 +281,24 @@ pub fn complete_body(
             (body, usage)
         }
     }
+}
+
+const UNCONVERTIBLE: &str = "the upstream's answer could not be read for conversion: ";
+
+fn unconvertible_body(e: &super::ConvertError) -> Bytes {
+    let v = serde_json::json!({"error": {
+        "message": format!("{UNCONVERTIBLE}{e}"), "type": "server_error", "code": "upstream_error", "param": null
+    }});
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// Whether a converted successful answer came out as [`complete_body`]'s error instead: its
+/// status is then 502.
+pub fn unconvertible(a: &Answer<'_>, status: u16, converted: &[u8]) -> bool {
+    status < 300
+        && matches!(a.conversion, Conversion::ChatToMessages | Conversion::ChatToResponses)
+        && converted.starts_with(br#"{"error":"#)
+        && memchr::memmem::find(converted, UNCONVERTIBLE.as_bytes()).is_some()
 }
 
 /// Whether a complete answer's body is rewritten (so its length and content type change).

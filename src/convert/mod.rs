@@ -3,6 +3,8 @@
 //! - [`answer`]: the response adapter the dispatch uses for every committed answer.
 //! - [`bedrock_stream`]: AWS event-stream (Bedrock) → Anthropic SSE.
 //! - [`chat_anthropic`]: OpenAI Chat Completions requests and answers ⇄ Anthropic Messages.
+//! - [`chat_responses`]: OpenAI Chat Completions → Responses (request), Responses → Chat (answer).
+//! - [`openai_chat`]: OpenAI Chat Completions passed through to an OpenAI-compatible upstream.
 //! - [`rename`]: putting the client's model name back into a pass-through answer.
 
 pub mod answer;

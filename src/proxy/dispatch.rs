@@ -813,7 +813,11 @@ async fn collect(
                 out.extend_from_slice(&rest);
             }
             note_usage(ctx, &adapter);
-            let status = if adapter.failed() { 502 } else { head.status.as_u16() };
+            let status = if adapter.failed() {
+                adapter.error_status().unwrap_or(502)
+            } else {
+                head.status.as_u16()
+            };
             (status, out.freeze())
         }
     };
@@ -931,6 +935,11 @@ async fn relay_complete(
     }
     let status = head.status.as_u16();
     let (body, usage) = answer::complete_body(answer, status, &head.headers, buf.freeze());
+    let status = if answer::unconvertible(answer, status, &body) {
+        502
+    } else {
+        status
+    };
     if let (Some(usage), Some(s)) = (usage, ctx.settle.as_mut()) {
         s.usage = usage;
     }
@@ -938,6 +947,15 @@ async fn relay_complete(
     let mut resp = headers::downstream_response(head, &relay.config.hide_headers, session.is_http2(), false, true)
         .map_err(AttemptError::Broken)?;
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
+    if status != head.status.as_u16() {
+        ctx.status = status;
+        if let Some(s) = ctx.settle.as_mut() {
+            s.is_error = true;
+        }
+        resp.set_status(status).map_err(AttemptError::Broken)?;
+        resp.insert_header("x-relay-error-source", ErrorSource::Upstream.as_str())
+            .map_err(AttemptError::Broken)?;
+    }
     if rewritten && (answer.kind != ResponseKind::Anthropic || answer.conversion != Conversion::PassThrough) {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")
             .map_err(AttemptError::Broken)?;

@@ -1,5 +1,6 @@
-//! Token usage and money: reading usage from upstream responses ([`sse`]), pricing it
-//! ([`pricing`]), and aggregating it into statistics written off the request path ([`stats`]).
+//! Token usage and money: reading usage from upstream responses ([`sse`] for Anthropic,
+//! [`openai`] for OpenAI), pricing it ([`pricing`]), and aggregating it into statistics written
+//! off the request path ([`stats`]).
 //!
 //! This module alone turns tokens into money.
 
