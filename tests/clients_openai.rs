@@ -1026,7 +1026,7 @@ async fn codex_websocket_upgrade_is_refused_at_once() {
         .expect("no answer to the WebSocket upgrade within 5 s");
         let elapsed = started.elapsed();
         assert!(head.starts_with("HTTP/1.1 426"), "{head}");
-        assert!(elapsed < Duration::from_secs(1), "426 took {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(2), "426 took {elapsed:?}");
         assert!(!head.to_ascii_lowercase().contains("sec-websocket-accept"), "{head}");
     }
     assert!(upstream.seen().is_empty(), "the upgrade reached the upstream");
