@@ -6,7 +6,9 @@ pub mod bedrock_mock;
 pub mod mock;
 pub mod oauth_mock;
 pub mod proxies;
+pub mod scripted;
 pub mod serve;
+pub mod tee;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
