@@ -3,7 +3,8 @@
 # and on a real Redis, the integration tests that run the real binary against mock upstreams, and
 # the schemathesis run against the admin API (its pinned version is installed into
 # $HOME/.cache/claude-relay/venv first when missing, unless RELAY_SCHEMATHESIS names an `st`
-# binary).
+# binary), and the real OpenAI clients (the openai Python SDK into the same virtualenv, Codex CLI
+# into $HOME/.cache/claude-relay/clients; scripts/install-clients.sh) driven through the relay.
 #
 # Redis: the tests use the Redis at RELAY_TEST_REDIS_URL (default redis://127.0.0.1:6379/) when
 # one answers there. When none does (a fresh machine), or with RELAY_TEST_REDIS=private, this
@@ -86,6 +87,8 @@ if [ -z "${RELAY_SCHEMATHESIS:-}" ]; then
   # A failed install is reported by the test that needs it; the other tests still run.
   ./scripts/install-schemathesis.sh || echo "test.sh: schemathesis could not be installed; tests/admin_schemathesis.rs will fail" >&2
 fi
+# Likewise for the OpenAI clients of tests/clients_openai.rs.
+./scripts/install-clients.sh || echo "test.sh: an OpenAI client could not be installed; tests/clients_openai.rs will fail" >&2
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -7,7 +7,9 @@ pub mod mock;
 pub mod oauth_mock;
 pub mod openai_mock;
 pub mod proxies;
+pub mod scripted;
 pub mod serve;
+pub mod tee;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
