@@ -1388,6 +1388,18 @@ async fn refusals_come_in_openai_shape() {
     let v = assert_openai_error(404, status, &b, "gpt on the Claude mount point");
     assert!(v["error"]["message"].as_str().unwrap().contains("gpt-5"), "{v}");
 
+    // A path the relay does not serve under the OpenAI mount point.
+    let (status, _, b) =
+        read(post(&relay, "/openai/v1/embeddings", r#"{"model":"gpt-5","input":"x"}"#, &[]).await).await;
+    let v = assert_openai_error(404, status, &b, "an unknown OpenAI path");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/openai/v1/embeddings"),
+        "{v}"
+    );
+
     // Malformed JSON, no key, a wrong key.
     let (status, _, b) = read(post(&relay, "/openai/v1/chat/completions", "{not json", &[]).await).await;
     let v = assert_openai_error(400, status, &b, "bad JSON");
@@ -1557,7 +1569,19 @@ async fn model_lists_in_openai_shape_follow_the_key() {
             "{m}"
         );
     }
-    assert!(ids(&v).contains(&"claude-sonnet-4-5".to_string()));
+    // Without `anthropic-version` (an OpenAI SDK at `…/v1`), the models of Chat Completions;
+    // an Anthropic client gets the models its Messages requests can reach.
+    assert_eq!(ids(&v), ["claude-sonnet-4-5", "gpt-5", "gpt-5-mini"]);
+    let r = client()
+        .get(format!("{}/v1/models", relay.base()))
+        .bearer_auth(ALICE)
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, b) = read(r).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&json_of(&b)), ["claude-sonnet-4-5"]);
 
     let (status, _, b) = get("/openai/v1/models/gpt-5", Some(ALICE)).await;
     assert_eq!(status, 200, "{}", text(&b));

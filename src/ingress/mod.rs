@@ -186,10 +186,12 @@ pub fn classify(method: &http::Method, path: &str) -> Route {
             };
         }
     }
+    // An unknown path under the OpenAI mount point is answered in OpenAI's shape.
+    let openai = path == "/openai" || path.starts_with("/openai/");
     Route {
         endpoint: Endpoint::NotFound,
-        dialect: Dialect::Anthropic,
-        service: Service::Claude,
+        dialect: if openai { Dialect::OpenAI } else { Dialect::Anthropic },
+        service: if openai { Service::OpenAI } else { Service::Claude },
     }
 }
 
@@ -250,6 +252,8 @@ mod tests {
             Endpoint::MethodNotAllowed("POST")
         );
         assert_eq!(classify(&Method::POST, "/v2/other").endpoint, Endpoint::NotFound);
+        let r = classify(&Method::POST, "/openai/v1/embeddings");
+        assert_eq!((r.endpoint, r.dialect), (Endpoint::NotFound, Dialect::OpenAI));
         assert_eq!(
             classify(&Method::POST, "/apix/v1/messages").endpoint,
             Endpoint::NotFound

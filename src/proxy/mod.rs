@@ -226,14 +226,24 @@ impl RelayProxy {
         match route.endpoint {
             Endpoint::Models(scope) => {
                 ctx.status = 200;
-                let body = models_body(relay, ctx.key.as_deref(), route, scope);
+                // `/v1/models` is the same path for both SDKs: an Anthropic client (which sends
+                // `anthropic-version`) gets the models of Messages requests, any other the models
+                // of Chat Completions, which reach every kind.
+                let anthropic = route.dialect == crate::ingress::Dialect::Anthropic
+                    && session.req_header().headers.contains_key("anthropic-version");
+                let op = if anthropic {
+                    providers::Operation::Messages
+                } else {
+                    providers::Operation::Chat
+                };
+                let body = models_body(relay, ctx.key.as_deref(), route, op, scope);
                 return respond_json(session, 200, body).await;
             }
             Endpoint::ModelInfo(scope) => {
                 let path = session.req_header().uri.path().to_string();
                 let id = path.rsplit_once("/models/").map_or("", |(_, id)| id);
                 let id = percent_decode(id);
-                return match model_info(relay, ctx.key.as_deref(), route, scope, &id) {
+                return match model_info(relay, ctx.key.as_deref(), scope, &id) {
                     Some(body) => {
                         ctx.status = 200;
                         respond_json(session, 200, body).await
@@ -361,8 +371,8 @@ async fn read_body(relay: &Relay, session: &mut Session) -> Result<Bytes, RelayE
 /// The models a key may use at an endpoint: those its accounts are configured for, or, for
 /// accounts that serve a whole family, that family's first-party names from the price table;
 /// with mapped aliases; less what the key's policy refuses. In the endpoint's dialect.
-fn models_body(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scope) -> Bytes {
-    let ids = model_ids(relay, key, route, scope);
+fn models_body(relay: &Relay, key: Option<&ClientKey>, route: Route, op: providers::Operation, scope: Scope) -> Bytes {
+    let ids = model_ids(relay, key, op, scope);
     match crate::ingress::for_dialect(route.dialect) {
         Some(ingress) => ingress.models_list(&ids),
         None => crate::ingress::anthropic::AnthropicMessages.models_list(&ids),
@@ -370,21 +380,16 @@ fn models_body(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scop
 }
 
 /// One model in OpenAI's shape, if the key may use it here.
-fn model_info(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scope, id: &str) -> Option<Bytes> {
-    let ids = model_ids(relay, key, route, scope);
+fn model_info(relay: &Relay, key: Option<&ClientKey>, scope: Scope, id: &str) -> Option<Bytes> {
+    let ids = model_ids(relay, key, providers::Operation::Chat, scope);
     ids.iter()
         .any(|m| m == id)
         .then(|| Bytes::from(serde_json::to_vec(&crate::ingress::openai::model_object(id)).unwrap_or_default()))
 }
 
-fn model_ids(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scope) -> Vec<String> {
+/// The models of the accounts a request of `op` can reach.
+fn model_ids(relay: &Relay, key: Option<&ClientKey>, op: providers::Operation, scope: Scope) -> Vec<String> {
     let snap = relay.snapshot.load();
-    // The models list is for the dialect's own requests: Anthropic lists for Messages, OpenAI
-    // for Chat Completions (which reaches every family).
-    let op = match route.dialect {
-        crate::ingress::Dialect::OpenAI => providers::Operation::Chat,
-        _ => providers::Operation::Messages,
-    };
     let kinds = dispatch::kinds_for(op, scope);
     let binding = key.and_then(|k| k.bind.as_deref());
     let mut set = std::collections::BTreeSet::new();
