@@ -2,7 +2,9 @@
 //! directory, and a mock upstream on a real socket.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod admin;
 pub mod bedrock_mock;
+pub mod chatgpt_mock;
 pub mod mock;
 pub mod oauth_mock;
 pub mod proxies;
@@ -16,6 +18,28 @@ pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef012345
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 /// A client key present in every test config as `alice`.
 pub const ALICE: &str = "cr_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Fails unless `v` is an integer within `tolerance` of `expected`.
+pub fn assert_near(v: &serde_json::Value, expected: i64, tolerance: i64, what: &str) {
+    let got = v.as_i64().unwrap_or_else(|| panic!("{what}: not an integer: {v}"));
+    assert!(
+        (got - expected).abs() <= tolerance,
+        "{what}: {got} is not within {tolerance} of {expected}"
+    );
+}
+
+/// The query parameters of a URL.
+pub fn query(url: &str) -> std::collections::HashMap<String, String> {
+    url::Url::parse(url).unwrap().query_pairs().into_owned().collect()
+}
 
 /// An HTTP client with a timeout, so a stuck relay fails a test instead of hanging it.
 pub fn client() -> reqwest::Client {
