@@ -3,7 +3,9 @@
 //! `POST /v1/messages` answers the golden SSE stream (`tests/fixtures/responses/`) when the JSON
 //! body has `"stream":true`, else a fixed JSON message with the same usage. The body is not
 //! parsed: a substring search decides. `x-mock-chunk-delay-ms: N` splits the stream into about 13
-//! chunks with N ms between them (the "slow stream" mode). Anything else gets 404.
+//! chunks with N ms between them (the "slow stream" mode). `POST /v1/chat/completions` does the
+//! same with OpenAI's Chat Completions (the golden chunk stream, its usage chunk only when the
+//! request asks for it, or one `chat.completion`). Anything else gets 404.
 //!
 //! `--status N` makes it a failing upstream: every request (any method, any path) gets status N
 //! with an Anthropic error body, e.g. for 429
@@ -33,6 +35,8 @@ use clap::Parser;
 use memchr::memmem;
 
 const SSE: &[u8] = include_bytes!("../tests/fixtures/responses/anthropic-messages-stream.sse");
+const CHAT_SSE: &[u8] = include_bytes!("../tests/fixtures/responses/openai-chat-stream-include-usage.sse");
+const CHAT_JSON: &[u8] = br#"{"id":"chatcmpl-mock","object":"chat.completion","created":1795781428,"model":"gpt-5","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from mock upstream!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":24,"completion_tokens":7,"total_tokens":31,"prompt_tokens_details":{"cached_tokens":3},"completion_tokens_details":{"reasoning_tokens":0}}}"#;
 const JSON: &[u8] = br#"{"id":"msg_mock","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello from mock upstream!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":21,"cache_creation_input_tokens":5,"cache_read_input_tokens":3,"output_tokens":7}}"#;
 /// Number of writes the slow-stream mode splits the golden stream into (about).
 const SLOW_CHUNKS: usize = 13;
@@ -114,11 +118,28 @@ fn wants_stream(body: &[u8]) -> bool {
 }
 
 async fn messages(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    answer(&mock, &headers, &body, JSON, SSE)
+}
+
+async fn chat(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    let sse = if memmem::find(&body, b"\"include_usage\":true").is_some() {
+        CHAT_SSE
+    } else {
+        // Without the usage chunk (the last `data:` line before `[DONE]`).
+        let usage = memmem::rfind(CHAT_SSE, b"data: {").unwrap_or(CHAT_SSE.len());
+        let done = memmem::rfind(CHAT_SSE, b"data: [DONE]").unwrap_or(CHAT_SSE.len());
+        static STRIPPED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        STRIPPED.get_or_init(|| [&CHAT_SSE[..usage], &CHAT_SSE[done..]].concat())
+    };
+    answer(&mock, &headers, &body, CHAT_JSON, sse)
+}
+
+fn answer(mock: &Mock, headers: &HeaderMap, body: &[u8], json: &'static [u8], sse: &'static [u8]) -> Response {
     mock.requests.fetch_add(1, Ordering::Relaxed);
-    if !wants_stream(&body) {
+    if !wants_stream(body) {
         return (
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            Bytes::from_static(JSON),
+            Bytes::from_static(json),
         )
             .into_response();
     }
@@ -128,11 +149,11 @@ async fn messages(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let body = if delay_ms == 0 {
-        Body::from(Bytes::from_static(SSE))
+        Body::from(Bytes::from_static(sse))
     } else {
         let delay = Duration::from_millis(delay_ms);
-        let chunk = SSE.len().div_ceil(SLOW_CHUNKS);
-        let parts = SSE.chunks(chunk).map(Bytes::from_static);
+        let chunk = sse.len().div_ceil(SLOW_CHUNKS);
+        let parts = sse.chunks(chunk).map(Bytes::from_static);
         let stream = futures_util::stream::unfold((parts, true), move |(mut parts, first)| async move {
             let next = parts.next()?;
             if !first {
@@ -178,7 +199,10 @@ fn main() {
     rt.block_on(async {
         let stats_route = Router::new().route("/_mock/stats", get(stats));
         let app = match args.status {
-            None => stats_route.route("/v1/messages", post(messages)).fallback(unknown),
+            None => stats_route
+                .route("/v1/messages", post(messages))
+                .route("/v1/chat/completions", post(chat))
+                .fallback(unknown),
             Some(_) => stats_route.fallback(failing),
         }
         .with_state(mock);

@@ -356,12 +356,33 @@ fn the_example_accounts_load() {
         | "AWS_ACCESS_KEY_ID"
         | "AWS_SECRET_ACCESS_KEY"
         | "AWS_BEARER_TOKEN_BEDROCK"
-        | "CCR_API_KEY" => Some(format!("example-{}", k.to_ascii_lowercase().replace('_', "-"))),
+        | "CCR_API_KEY"
+        | "OPENAI_API_KEY"
+        | "AZURE_OPENAI_KEY" => Some(format!("example-{}", k.to_ascii_lowercase().replace('_', "-"))),
         _ => None,
     };
     let c = Config::from_yaml(&example_block("accounts:"), &env).unwrap();
     let kinds: Vec<&str> = c.accounts.iter().map(|a| a.settings.kind.as_str()).collect();
-    assert_eq!(kinds, ["claude-console", "claude-oauth", "bedrock", "bedrock", "ccr"]);
+    assert_eq!(
+        kinds,
+        [
+            "claude-console",
+            "claude-oauth",
+            "bedrock",
+            "bedrock",
+            "ccr",
+            "openai",
+            "azure-openai"
+        ]
+    );
+    let azure = &c.accounts[6].settings;
+    assert_eq!(azure.api_version.as_deref(), Some("2025-04-01-preview"));
+    assert_eq!(azure.deployments.get("gpt-5").map(String::as_str), Some("gpt5-prod"));
+    let openai = &c.accounts[5].settings;
+    assert_eq!(
+        openai.base_url_or(&c.providers.default_bases()).as_str(),
+        "https://api.openai.com/v1"
+    );
     let us = &c.accounts[2];
     assert_eq!(
         us.settings.base_url_or(&c.providers.default_bases()).as_str(),
@@ -387,6 +408,17 @@ fn the_example_accounts_load() {
             .contains("inference_profile")
     );
     assert!(err("accounts: [{ name: r, kind: ccr }]").contains("accounts[0].api_key"));
+    assert!(err("accounts: [{ name: z, kind: azure-openai, api_key: k }]").contains("accounts[0].base_url"));
+    assert!(
+        err("accounts: [{ name: o, kind: openai, api_key: k, deployments: { a: b } }]")
+            .contains("accounts[0].deployments")
+    );
+    assert!(
+        err("accounts: [{ name: z, kind: azure-openai, api_key: k, base_url: 'https://r.openai.azure.com', api_version: 'a b' }]")
+            .contains("accounts[0].api_version")
+    );
+    assert!(err("accounts: [{ name: o, kind: openai-oauth, api_key: k }]").contains("admin sign-in"));
+    assert!(err("accounts: [{ name: o, kind: openai }]").contains("accounts[0].api_key"));
 }
 
 #[test]

@@ -189,9 +189,10 @@ def summarize_log(lines, limit=12):
     return c.most_common(limit)
 
 
-def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10, api_key=API_KEY):
+def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10, api_key=API_KEY, chat_model=None):
     env = dict(os.environ, LOAD_STREAM="true" if stream else "false", LOAD_API_KEY=api_key,
-               LOAD_CHUNK_DELAY_MS=str(chunk_delay_ms or ""))
+               LOAD_CHUNK_DELAY_MS=str(chunk_delay_ms or ""),
+               LOAD_CHAT="1" if chat_model else "", LOAD_MODEL=chat_model or "")
     cmd = ["wrk", "-t", "1", "-c", str(conc), "-d", f"{seconds}s", "--timeout", f"{timeout_s}s",
            "-s", LUA, url]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
@@ -248,11 +249,14 @@ class Proc:
 EXTRA_CONFIG = "connections: { per_ip: 0 }\n"
 
 
-def relay_config(relay_port, admin_port, data, threads, accounts, oauth_url=None):
+def relay_config(relay_port, admin_port, data, threads, accounts, oauth_url=None, openai_url=None):
     """The relay's YAML config; `accounts` are (name, base_url) of claude-console accounts. With
-    `oauth_url`, a claude-oauth account there too, served only to OAUTH_KEY (bound to it)."""
+    `oauth_url`, a claude-oauth account there too, served only to OAUTH_KEY (bound to it). With
+    `openai_url`, an `openai` account there (it serves the gpt-* models of Chat Completions)."""
     lines = "".join(f'  - {{ name: {n}, kind: claude-console, base_url: "{u}", api_key: sk-ant-api03-load-test }}\n'
                     for n, u in accounts)
+    if openai_url:
+        lines += f'  - {{ name: openai, kind: openai, base_url: "{openai_url}/v1", api_key: sk-load-test }}\n'
     keys = ""
     if oauth_url:
         lines += f'  - {{ name: oauth, kind: claude-oauth, base_url: "{oauth_url}", api_key: sk-ant-oat01-load-test }}\n'
@@ -392,6 +396,9 @@ def main():
     ap.add_argument("--failover-conc", type=int, default=50)
     ap.add_argument("--oauth-row", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure each row through a claude-oauth account (bearer + beta merge)")
+    ap.add_argument("--openai-rows", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure Chat Completions: passed through to an openai account, and "
+                         "converted for the claude-console account")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (config, relay log)")
     ap.add_argument("--extra-config", default=None,
                     help="YAML appended to the relay's config (default: lift the per-address "
@@ -411,7 +418,8 @@ def main():
     conf = os.path.join(tmp, "relay.yaml")
     with open(conf, "w") as f:
         f.write(relay_config(relay_port, admin_port, data, args.relay_threads, [("mock", mock_url)],
-                             oauth_url=mock_url if args.oauth_row else None))
+                             oauth_url=mock_url if args.oauth_row else None,
+                             openai_url=mock_url if args.openai_rows else None))
 
     procs = []  # stopped in reverse order at the end
     fo_rows = None
@@ -436,22 +444,36 @@ def main():
             code, body, h = http("POST", relay_url + "/v1/messages", request_body(False), dict(hdr, **{"x-api-key": OAUTH_KEY}))
             if code != 200:
                 sys.exit(f"loadtest: smoke request through the claude-oauth account got {code}: {body[:500]!r}")
+        if args.openai_rows:
+            chat_hdr = {"content-type": "application/json", "authorization": "Bearer " + API_KEY}
+            for model in ("gpt-5", "claude-sonnet-4-5"):
+                for stream in (False, True):
+                    b = json.dumps({"model": model, "max_tokens": 64, "stream": stream,
+                                    "messages": [{"role": "user", "content": "hello there"}]}).encode()
+                    code, body, h = http("POST", relay_url + "/v1/chat/completions", b, chat_hdr)
+                    if code != 200 or (stream and b"[DONE]" not in body):
+                        sys.exit(f"loadtest: smoke chat request ({model}, stream={stream}) got {code}: {body[:500]!r}")
 
         rows = []
         log_notes = collections.Counter()
         can_reset = reset_peak_rss(relay.pid)
         for stream in (False, True):
             for conc in concs:
-                targets = [("direct (mock)", mock_url, mock, API_KEY), ("relay", relay_url, relay, API_KEY)]
+                targets = [("direct (mock)", mock_url, mock, API_KEY, None), ("relay", relay_url, relay, API_KEY, None)]
                 if args.oauth_row:
-                    targets.append(("relay (claude-oauth)", relay_url, relay, OAUTH_KEY))
-                for target, base, proc, key in targets:
+                    targets.append(("relay (claude-oauth)", relay_url, relay, OAUTH_KEY, None))
+                if args.openai_rows:
+                    targets += [("direct chat (mock)", mock_url, mock, API_KEY, "gpt-5"),
+                                ("relay chat → openai", relay_url, relay, API_KEY, "gpt-5"),
+                                ("relay chat → claude (converted)", relay_url, relay, API_KEY, "claude-sonnet-4-5")]
+                for target, base, proc, key, chat_model in targets:
                     is_relay = proc is relay
                     if is_relay:
                         reset_peak_rss(relay.pid)
                         before_status = relay_statuses(admin_url)
                     t0 = cpu_ticks(proc.pid)
-                    r = run_wrk(base + "/v1/messages", conc, args.duration, stream, api_key=key)
+                    path = "/v1/chat/completions" if chat_model else "/v1/messages"
+                    r = run_wrk(base + path, conc, args.duration, stream, api_key=key, chat_model=chat_model)
                     t1 = cpu_ticks(proc.pid)
                     row = dict(target=target, stream=stream, conc=conc, r=r,
                                cpu_us=((t1 - t0) / CLK_TCK * 1e6 / r["requests"]) if r["requests"] else None)
@@ -466,7 +488,7 @@ def main():
                             log_notes[l] += n
                     rows.append(row)
                     err_n, err_s = errors_of(r)
-                    print(f"  {target:14} stream={str(stream).lower():5} c={conc:<4} "
+                    print(f"  {target:32} stream={str(stream).lower():5} c={conc:<4} "
                           f"{r['requests'] / (r['duration_us'] / 1e6):>9.0f} req/s  p50 {fmt_ms(r['p50_us'])} ms  "
                           f"p99 {fmt_ms(r['p99_us'])} ms  errors {err_n}", file=sys.stderr, flush=True)
                     time.sleep(1)

@@ -1,16 +1,28 @@
--- wrk script for the relay load test: one fixed Messages request, settings from the environment.
+-- wrk script for the relay load test: one fixed request, settings from the environment.
 --   LOAD_STREAM           true | false (the body's "stream")
---   LOAD_API_KEY          sent as x-api-key
+--   LOAD_API_KEY          sent as x-api-key (as Authorization: Bearer with LOAD_CHAT)
+--   LOAD_CHAT             1: an OpenAI Chat Completions request (streamed ones ask for usage)
+--   LOAD_MODEL            the model (default claude-sonnet-4-5)
 --   LOAD_CHUNK_DELAY_MS   when set, sent as x-mock-chunk-delay-ms (slow-stream mode of the mock)
 -- At the end it prints one line `LOADJSON {...}` that loadtest.py reads.
 
 local stream = os.getenv("LOAD_STREAM") or "false"
+local model = os.getenv("LOAD_MODEL") or ""
+if model == "" then model = "claude-sonnet-4-5" end
 wrk.method = "POST"
-wrk.body = '{"model":"claude-sonnet-4-5","max_tokens":64,"stream":' .. stream ..
-  ',"messages":[{"role":"user","content":"hello there"}]}'
 wrk.headers["content-type"] = "application/json"
-wrk.headers["anthropic-version"] = "2023-06-01"
-wrk.headers["x-api-key"] = os.getenv("LOAD_API_KEY") or ""
+if os.getenv("LOAD_CHAT") == "1" then
+  local opts = ""
+  if stream == "true" then opts = ',"stream_options":{"include_usage":true}' end
+  wrk.body = '{"model":"' .. model .. '","max_tokens":64,"stream":' .. stream .. opts ..
+    ',"messages":[{"role":"user","content":"hello there"}]}'
+  wrk.headers["authorization"] = "Bearer " .. (os.getenv("LOAD_API_KEY") or "")
+else
+  wrk.body = '{"model":"' .. model .. '","max_tokens":64,"stream":' .. stream ..
+    ',"messages":[{"role":"user","content":"hello there"}]}'
+  wrk.headers["anthropic-version"] = "2023-06-01"
+  wrk.headers["x-api-key"] = os.getenv("LOAD_API_KEY") or ""
+end
 local delay = os.getenv("LOAD_CHUNK_DELAY_MS")
 if delay ~= nil and delay ~= "" then
   wrk.headers["x-mock-chunk-delay-ms"] = delay

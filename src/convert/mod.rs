@@ -2,6 +2,7 @@
 //!
 //! - [`answer`]: the response adapter the dispatch uses for every committed answer.
 //! - [`bedrock_stream`]: AWS event-stream (Bedrock) → Anthropic SSE.
+//! - [`chat_anthropic`]: OpenAI Chat Completions requests and answers ⇄ Anthropic Messages.
 //! - [`rename`]: putting the client's model name back into a pass-through answer.
 
 pub mod answer;

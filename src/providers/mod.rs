@@ -320,6 +320,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn families_by_naming_rule() {
+        use Family::*;
+        for (m, f) in [
+            ("claude-sonnet-4-5", Some(Claude)),
+            ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", Some(Claude)),
+            ("arn:aws:bedrock:us-east-1:1:inference-profile/x", Some(Claude)),
+            ("gpt-5", Some(OpenAi)),
+            ("gpt-5-codex", Some(OpenAi)),
+            ("o3-mini", Some(OpenAi)),
+            ("o1", Some(OpenAi)),
+            ("codex-mini-latest", Some(OpenAi)),
+            ("openai/gpt-4.1", Some(OpenAi)),
+            ("gemini-2.5-pro", Some(Gemini)),
+            ("glm-4.6", None),
+            ("omni-moderation", None),
+            ("ccr,x", None),
+        ] {
+            assert_eq!(Family::of(m), f, "{m}");
+        }
+        assert!(default_family(AccountKind::ClaudeConsole, None));
+        assert!(!default_family(AccountKind::ClaudeConsole, Some(OpenAi)));
+        assert!(default_family(AccountKind::AzureOpenAi, Some(OpenAi)));
+        assert!(!default_family(AccountKind::OpenAi, None));
+        assert!(!default_family(AccountKind::OpenAiOauth, Some(Gemini)));
+    }
+
+    #[test]
     fn parses_bases() {
         let b = UpstreamBase::parse("https://api.anthropic.com").unwrap();
         assert_eq!(

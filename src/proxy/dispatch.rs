@@ -961,3 +961,33 @@ async fn relay_complete(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_dialect_reaches_the_kinds_it_converts_to() {
+        use AccountKind::*;
+        let kinds = |op, scope| {
+            let set = kinds_for(op, scope);
+            AccountKind::ALL
+                .into_iter()
+                .filter(|k| set.contains(*k))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(Operation::Messages, Scope::Any),
+            [ClaudeConsole, ClaudeOauth, Ccr, Bedrock]
+        );
+        assert_eq!(kinds(Operation::Chat, Scope::Any), AccountKind::ALL);
+        assert_eq!(
+            kinds(Operation::Chat, Scope::Claude),
+            [ClaudeConsole, ClaudeOauth, Ccr, Bedrock]
+        );
+        assert_eq!(
+            kinds(Operation::Responses, Scope::Any),
+            [OpenAi, AzureOpenAi, OpenAiOauth]
+        );
+    }
+}
