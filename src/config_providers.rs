@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use super::{ConfigError, invalid};
 use crate::providers::anthropic_oauth::settings::{OAuthSettings, TIERS};
+use crate::providers::openai_oauth::settings::OpenAiOAuthSettings;
+use crate::types::Dur;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +40,9 @@ pub struct OpenAiProvider {
     /// ChatGPT's Codex backend; the default `base_url` of `openai-oauth` accounts.
     #[serde(default = "default_codex_base")]
     pub codex_base: crate::accounts::BaseUrl,
+    /// ChatGPT subscriptions (`openai-oauth`): OpenAI's sign-in and token refresh.
+    #[serde(default)]
+    pub oauth: OpenAiOAuthSettings,
 }
 
 fn default_openai_base() -> crate::accounts::BaseUrl {
@@ -53,6 +58,7 @@ impl Default for OpenAiProvider {
         OpenAiProvider {
             api_base: default_openai_base(),
             codex_base: default_codex_base(),
+            oauth: OpenAiOAuthSettings::default(),
         }
     }
 }
@@ -84,39 +90,65 @@ fn http_url(key: &str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What every OAuth provider's settings have, checked the same way.
+struct OAuthClientSettings<'a> {
+    /// The settings' key in `relay.yaml`.
+    key: &'a str,
+    urls: [(&'a str, &'a str); 3],
+    client_id: &'a str,
+    scopes: &'a [(&'a str, &'a Vec<String>)],
+    durations: &'a [(&'a str, Dur)],
+}
+
+fn validate_oauth_client(o: OAuthClientSettings<'_>) -> Result<(), ConfigError> {
+    let k = |f: &str| format!("{}.{f}", o.key);
+    for (f, url) in o.urls {
+        http_url(&k(f), url)?;
+    }
+    if o.client_id.trim().is_empty() {
+        return Err(invalid(k("client_id"), "must not be empty"));
+    }
+    for (f, scopes) in o.scopes {
+        if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty() || s.contains(' ')) {
+            return Err(invalid(k(f), "must be a non-empty list of scope names without spaces"));
+        }
+    }
+    for (f, d) in o.durations {
+        if d.0 < Duration::from_millis(100) {
+            return Err(invalid(k(f), "must be at least 100ms"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks `providers:`.
 pub fn validate(p: &ProvidersConfig) -> Result<(), ConfigError> {
     let a = &p.anthropic;
     let o = &a.oauth;
     let k = |f: &str| format!("providers.anthropic.oauth.{f}");
-    http_url(&k("authorize_url"), &o.authorize_url)?;
-    http_url(&k("token_url"), &o.token_url)?;
-    http_url(&k("redirect_uri"), &o.redirect_uri)?;
+    validate_oauth_client(OAuthClientSettings {
+        key: "providers.anthropic.oauth",
+        urls: [
+            ("authorize_url", &o.authorize_url),
+            ("token_url", &o.token_url),
+            ("redirect_uri", &o.redirect_uri),
+        ],
+        client_id: &o.client_id,
+        scopes: &[("scopes", &o.scopes), ("setup_token_scopes", &o.setup_token_scopes)],
+        durations: &[
+            ("refresh_check", o.refresh_check),
+            ("timeout", o.timeout),
+            ("setup_token_lifetime", o.setup_token_lifetime),
+        ],
+    })?;
     if let Some(u) = &o.profile_url {
         http_url(&k("profile_url"), u)?;
     }
     if let Some(u) = &o.usage_url {
         http_url(&k("usage_url"), u)?;
     }
-    if o.client_id.trim().is_empty() {
-        return Err(invalid(k("client_id"), "must not be empty"));
-    }
-    for (f, scopes) in [("scopes", &o.scopes), ("setup_token_scopes", &o.setup_token_scopes)] {
-        if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty() || s.contains(' ')) {
-            return Err(invalid(k(f), "must be a non-empty list of scope names without spaces"));
-        }
-    }
     if o.beta.trim().is_empty() || o.beta.contains(',') {
         return Err(invalid(k("beta"), "must be one beta flag"));
-    }
-    for (f, d) in [
-        ("refresh_check", o.refresh_check),
-        ("timeout", o.timeout),
-        ("setup_token_lifetime", o.setup_token_lifetime),
-    ] {
-        if d.0 < Duration::from_millis(100) {
-            return Err(invalid(k(f), "must be at least 100ms"));
-        }
     }
     for (tier, models) in &o.tier_model_blacklist {
         if !TIERS.contains(&tier.as_str()) {
@@ -132,5 +164,16 @@ pub fn validate(p: &ProvidersConfig) -> Result<(), ConfigError> {
             ));
         }
     }
-    Ok(())
+    let c = &p.openai.oauth;
+    validate_oauth_client(OAuthClientSettings {
+        key: "providers.openai.oauth",
+        urls: [
+            ("authorize_url", &c.authorize_url),
+            ("token_url", &c.token_url),
+            ("redirect_uri", &c.redirect_uri),
+        ],
+        client_id: &c.client_id,
+        scopes: &[("scopes", &c.scopes)],
+        durations: &[("refresh_check", c.refresh_check), ("timeout", c.timeout)],
+    })
 }

@@ -118,6 +118,9 @@ fn the_example_providers_block_loads_and_matches_the_defaults() {
         ex.profile_url(c.providers.anthropic.api_base.as_str()),
         def.profile_url(crate::providers::anthropic::DEFAULT_API_BASE)
     );
+    let (ex, def) = (&c.providers.openai, crate::config::OpenAiProvider::default());
+    assert_eq!((&ex.api_base, &ex.codex_base), (&def.api_base, &def.codex_base));
+    assert_eq!(format!("{:?}", ex.oauth), format!("{:?}", def.oauth));
 }
 
 /// The commented `# key: value` lines of conf/relay.yaml that start with `prefix`, with their
@@ -171,6 +174,13 @@ fn provider_settings_are_checked() {
     );
     assert!(err("providers: { anthropic: { oauth: { scopes: [] } } }").contains("oauth.scopes"));
     assert!(err("providers: { anthropic: { oauth: { beta: 'a,b' } } }").contains("oauth.beta"));
+    assert!(
+        err("providers: { openai: { oauth: { token_url: 'ftp://x' } } }").contains("providers.openai.oauth.token_url")
+    );
+    assert!(err("providers: { openai: { oauth: { client_id: ' ' } } }").contains("providers.openai.oauth.client_id"));
+    assert!(err("providers: { openai: { oauth: { scopes: ['a b'] } } }").contains("providers.openai.oauth.scopes"));
+    assert!(err("providers: { openai: { oauth: { timeout: 0s } } }").contains("providers.openai.oauth.timeout"));
+    assert!(err("providers: { openai: { oauth: { nope: 1 } } }").contains("nope"));
     assert!(err("accounts: [{ name: sub, kind: claude-oauth }]").contains("setup token"));
     let c = Config::from_yaml(
         "providers: { anthropic: { api_base: 'http://127.0.0.1:9', oauth: { tier_model_blacklist: { pro: [] } } } }\naccounts: [{ name: sub, kind: claude-oauth, api_key: sk-ant-oat01-x }]",

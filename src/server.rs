@@ -30,11 +30,12 @@ use crate::config::{Config, StoreBackend};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
+use crate::providers::openai_oauth::tokens::ChatGptTokens;
 use crate::proxy::{Peers, Relay, RelayProxy};
 use crate::scheduler::Scheduler;
 use crate::secrets::Secrets;
 use crate::state::{Reloader, Snapshot, SnapshotKeys};
-use crate::store::Store;
+use crate::store::{AccountKind, Store};
 use crate::usage::pricing::PricingTable;
 
 /// A tiny error helper for start-up code: a message with context, shown to the operator.
@@ -287,22 +288,31 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         },
         tasks: tasks.clone(),
     };
-    let oauth = Arc::new(OAuthTokens::new(
-        config.providers.anthropic.oauth.clone(),
-        config.providers.anthropic.api_base.as_str().to_string(),
-        crate::credentials::Shared {
-            secrets: secrets.clone(),
-            store: store.clone(),
-            coord: coord.clone(),
-            metrics: metrics.clone(),
-            tasks: tasks.clone(),
-        },
-        {
-            // A refused refresh takes the account out of the pool, as a refused request would.
-            let outcomes = outcomes.clone();
-            Box::new(move |account, health| outcomes.mark(account, health))
-        },
-    ));
+    let shared = crate::credentials::Shared {
+        secrets: secrets.clone(),
+        store: store.clone(),
+        coord: coord.clone(),
+        metrics: metrics.clone(),
+        tasks: tasks.clone(),
+    };
+    // A refused refresh takes the account out of the pool, as a refused request would.
+    let on_refused = || -> crate::credentials::OnRefused<crate::scheduler::Account> {
+        let outcomes = outcomes.clone();
+        Box::new(move |account, health| outcomes.mark(account, health))
+    };
+    let oauth = crate::state::TokenEngines {
+        claude: Arc::new(OAuthTokens::new(
+            config.providers.anthropic.oauth.clone(),
+            config.providers.anthropic.api_base.as_str().to_string(),
+            shared.clone(),
+            on_refused(),
+        )),
+        chatgpt: Arc::new(ChatGptTokens::new(
+            config.providers.openai.oauth.clone(),
+            shared,
+            on_refused(),
+        )),
+    };
     let reloader = Reloader {
         config: config.clone(),
         secrets: secrets.clone(),
@@ -393,10 +403,28 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         cooldowns: config.scheduler.cooldowns.to_map(),
     });
     tasks.spawn_loop("concurrency lease renewal", leases.renew_forever());
-    tasks.spawn_loop("oauth token checks", {
+    // Each kind's background work sees only its own accounts: their tokens renew through its
+    // grant.
+    let accounts_of = |kind: AccountKind| {
         let snapshot = snapshot.clone();
-        oauth.clone().run(move || snapshot.load().pool.all().to_vec())
-    });
+        move || {
+            let snap = snapshot.load();
+            snap.pool
+                .all()
+                .iter()
+                .filter(|a| a.kind == kind)
+                .cloned()
+                .collect::<Vec<_>>()
+        }
+    };
+    tasks.spawn_loop(
+        "oauth token checks",
+        oauth.claude.clone().run(accounts_of(AccountKind::ClaudeOauth)),
+    );
+    tasks.spawn_loop(
+        "chatgpt token checks",
+        oauth.chatgpt.clone().run(accounts_of(AccountKind::OpenAiOauth)),
+    );
     tasks.spawn_loop(
         "account quota refresh",
         crate::scheduler::quota::refresh_forever(

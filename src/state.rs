@@ -9,8 +9,10 @@ use filters::{ClientKey, KeyDirectory};
 
 use crate::accounts::{AccountCredential, AccountDefinition, stored};
 use crate::config::{Config, KeyIdentity};
+use crate::credentials::Tokens;
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::providers::bedrock::BedrockAuth;
+use crate::providers::openai_oauth::tokens::ChatGptTokens;
 use crate::providers::{Credential, anthropic_console, openai};
 use crate::scheduler::{Account, AccountPool, AccountSpec, Scheduler, Source};
 use crate::secrets::Secrets;
@@ -47,18 +49,44 @@ impl KeyDirectory for SnapshotKeys {
     }
 }
 
+/// The token machinery of the OAuth kinds: their accounts' live tokens, kept across reloads.
+#[derive(Clone)]
+pub struct TokenEngines {
+    /// `claude-oauth` accounts, with their profile and usage reads.
+    pub claude: Arc<OAuthTokens<Account>>,
+    /// `openai-oauth` accounts.
+    pub chatgpt: Arc<ChatGptTokens<Account>>,
+}
+
+impl TokenEngines {
+    /// The token cells and refresh of an OAuth kind's accounts; `None` for other kinds.
+    pub fn of(&self, kind: AccountKind) -> Option<&Arc<Tokens<Account>>> {
+        match kind {
+            AccountKind::ClaudeOauth => Some(self.claude.tokens()),
+            AccountKind::OpenAiOauth => Some(self.chatgpt.tokens()),
+            _ => None,
+        }
+    }
+
+    /// Forgets the cells of accounts that no longer exist.
+    fn retain(&self, live_ids: &std::collections::HashSet<&str>) {
+        self.claude.tokens().retain(live_ids);
+        self.chatgpt.tokens().retain(live_ids);
+    }
+}
+
 /// The id under which a key or account from `relay.yaml` is known (stable across restarts).
 pub fn config_id(name: &str) -> String {
     format!("config.{name}")
 }
 
 /// Builds a snapshot from the config and the store's records.
-/// `oauth` holds the live tokens of `claude-oauth` accounts; without it those are left out.
+/// `oauth` holds the live tokens of OAuth accounts; without it those are left out.
 pub fn build_snapshot(
     config: &Config,
     secrets: &Secrets,
     scheduler: &Scheduler,
-    oauth: Option<&OAuthTokens<Account>>,
+    oauth: Option<&TokenEngines>,
     keys: Vec<ApiKeyRecord>,
     accounts: Vec<AccountRecord>,
 ) -> Snapshot {
@@ -113,8 +141,9 @@ pub fn build_snapshot(
         let id: Arc<str> = config_id(&a.settings.name).into();
         match account_spec(config, oauth, id, a, None, Source::Config) {
             Some(spec) => specs.push(spec),
-            // Without the token machinery (`oauth`), claude-oauth accounts are left out.
-            None if oauth.is_none() && a.settings.kind == AccountKind::ClaudeOauth => {}
+            // Without the token machinery (`oauth`), OAuth accounts are left out.
+            None if oauth.is_none()
+                && matches!(a.settings.kind, AccountKind::ClaudeOauth | AccountKind::OpenAiOauth) => {}
             None => {
                 tracing::error!(account = %a.settings.name, "configured account has an unusable credential; skipped")
             }
@@ -155,7 +184,7 @@ pub fn build_snapshot(
 /// the hot path.
 fn account_spec(
     config: &Config,
-    oauth: Option<&OAuthTokens<Account>>,
+    oauth: Option<&TokenEngines>,
     id: Arc<str>,
     a: &AccountDefinition,
     meta: Option<&OAuthMeta>,
@@ -193,7 +222,7 @@ fn usd_to_nanos(usd: f64) -> u64 {
 /// use.
 fn credential(
     config: &Config,
-    oauth: Option<&OAuthTokens<Account>>,
+    oauth: Option<&TokenEngines>,
     id: &Arc<str>,
     a: &AccountDefinition,
     meta: Option<&OAuthMeta>,
@@ -224,14 +253,23 @@ fn credential(
                 .ok()?;
             Some((Credential::Bedrock(Arc::new(opened)), Vec::new()))
         }
-        // Until their token engine is in place, openai-oauth accounts are left out.
-        AccountCredential::OAuth(_) if a.settings.kind == AccountKind::OpenAiOauth => None,
         AccountCredential::OAuth(pair) => {
             let meta = meta.cloned().unwrap_or_default();
             let cell = oauth?
+                .of(a.settings.kind)?
                 .cell_for(id, pair.clone(), &meta)
                 .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable OAuth token"))
                 .ok()?;
+            if a.settings.kind == AccountKind::OpenAiOauth {
+                let account_id = meta
+                    .account_id
+                    .as_deref()
+                    .map(openai::chatgpt_account_header)
+                    .transpose()
+                    .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable ChatGPT account id"))
+                    .ok()?;
+                return Some((Credential::OpenAiOAuth(cell, account_id), Vec::new()));
+            }
             let blacklist = meta
                 .tier
                 .as_deref()
@@ -247,7 +285,7 @@ pub async fn reload(
     config: &Config,
     secrets: &Secrets,
     scheduler: &Scheduler,
-    oauth: &OAuthTokens<Account>,
+    oauth: &TokenEngines,
     store: &dyn Store,
     target: &ArcSwap<Snapshot>,
 ) -> Result<(), StoreError> {
@@ -274,8 +312,8 @@ pub struct Reloader {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Account health shared by instances, applied on every reload.
     pub coord: Arc<dyn crate::store::coord::Coordination>,
-    /// Live tokens of `claude-oauth` accounts, kept across reloads.
-    pub oauth: Arc<OAuthTokens<Account>>,
+    /// Live tokens of OAuth accounts, kept across reloads.
+    pub oauth: TokenEngines,
 }
 
 impl Reloader {

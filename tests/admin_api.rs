@@ -823,6 +823,9 @@ async fn openapi_describes_every_route() {
         ("post", "/admin/api/accounts/claude-oauth/authorize"),
         ("post", "/admin/api/accounts/claude-oauth/exchange"),
         ("post", "/admin/api/accounts/claude-oauth/import"),
+        ("post", "/admin/api/accounts/openai-oauth/authorize"),
+        ("post", "/admin/api/accounts/openai-oauth/exchange"),
+        ("post", "/admin/api/accounts/openai-oauth/import"),
         ("get", "/admin/api/usage"),
         ("get", "/admin/api/usage/summary"),
     ];

@@ -50,16 +50,20 @@ fn schemathesis() -> PathBuf {
     );
 }
 
-/// A relay whose OAuth provider is the mock (so exchanges and imports reach a token and profile
-/// endpoint that answers), with one account and one key from the config file (read-only ones).
+/// A relay whose OAuth providers are the mock (so exchanges and imports reach a token and profile
+/// endpoint that answers, and nothing leaves the machine), with one account and one key from the
+/// config file (read-only ones).
 async fn relay(mock: &MockOAuth) -> RelayProcess {
     let yaml = format!(
-        "providers:\n  anthropic:\n    api_base: \"{}\"\n    oauth:\n      authorize_url: \"{}\"\n      token_url: \"{}\"\n      profile_url: \"{}\"\n      usage_url: \"{}\"\n      refresh_check: 1h\n      usage_poll: 0\naccounts:\n{}",
+        "providers:\n  anthropic:\n    api_base: \"{}\"\n    oauth:\n      authorize_url: \"{}\"\n      token_url: \"{}\"\n      profile_url: \"{}\"\n      usage_url: \"{}\"\n      refresh_check: 1h\n      usage_poll: 0\n  openai:\n    codex_base: \"{}\"\n    oauth:\n      authorize_url: \"{}\"\n      token_url: \"{}\"\n      refresh_check: 1h\naccounts:\n{}",
         mock.url(),
         mock.authorize_url(),
         mock.token_url(),
         mock.profile_url(),
         mock.usage_url(),
+        mock.url(),
+        mock.authorize_url(),
+        mock.token_url(),
         account_yaml("main", &mock.url(), "")
     );
     RelayProcess::start(&yaml).await
@@ -83,7 +87,7 @@ async fn the_admin_api_answers_as_its_openapi_document_says() {
         // What must hold of every answer: no 5xx, and the status, content type, headers and body
         // that the document gives. Not checked: whether the API accepts every request the
         // document allows and refuses every other. Several rules span fields (`expires_at` or
-        // `activate_for`; `account_id` with nothing else; claude-oauth accounts only through
+        // `activate_for`; `account_id` with nothing else; OAuth accounts only through
         // their own endpoints; names are trimmed and free of control characters) and are
         // written in the descriptions, not in the schemas.
         .args([

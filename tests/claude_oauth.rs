@@ -9,18 +9,19 @@
 #[allow(clippy::doc_lazy_continuation, clippy::type_complexity)]
 mod support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use reqwest::Method;
 use reqwest::header::HeaderMap;
-use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::admin::{Admin, assert_400};
 use support::mock::{Seen, json_for, stream_for};
 use support::oauth_mock::{CLIENT_ID, EMAIL, MockOAuth, OAUTH_BETA};
-use support::{ALICE, RelayProcess, client, eventually, metric, redis_cleanup, redis_prefix, redis_url};
+use support::{
+    ALICE, RelayProcess, assert_near, client, eventually, metric, now_ms, query, redis_cleanup, redis_prefix, redis_url,
+};
 
 const AUTHORIZE: &str = "/admin/api/accounts/claude-oauth/authorize";
 const EXCHANGE: &str = "/admin/api/accounts/claude-oauth/exchange";
@@ -70,84 +71,16 @@ async fn setup(settings: &[(&str, &str)]) -> (MockOAuth, RelayProcess, Admin) {
     (mock, relay, admin)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn assert_near(v: &Value, expected: i64, tolerance: i64, what: &str) {
-    let got = v.as_i64().unwrap_or_else(|| panic!("{what}: not an integer: {v}"));
-    assert!(
-        (got - expected).abs() <= tolerance,
-        "{what}: {got} is not within {tolerance} of {expected}"
-    );
-}
-
-struct Answer {
-    status: StatusCode,
-    json: Value,
-    text: String,
-}
-
-/// An admin API session that keeps every answer, to check none of them shows a token.
-struct Admin {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-    answers: Mutex<Vec<String>>,
-}
-
-impl Admin {
-    async fn login(relay: &RelayProcess) -> Admin {
-        Admin {
-            base: relay.admin(),
-            token: relay.admin_token().await,
-            http: client(),
-            answers: Mutex::new(Vec::new()),
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
-        let mut rb = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        self.answers.lock().unwrap().push(text.clone());
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer { status, json, text }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.call(Method::GET, path, None).await
-    }
-    async fn post(&self, path: &str, body: Value) -> Answer {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    /// One account's view by id.
-    async fn account(&self, id: &str) -> Value {
-        let a = self.get(&format!("/admin/api/accounts/{id}")).await;
-        assert_eq!(a.status, 200, "{}", a.text);
-        a.json
-    }
-
-    /// Whether the account list has an account of this name.
-    async fn lists(&self, name: &str) -> bool {
-        let list = self.get("/admin/api/accounts").await;
-        list.json["accounts"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|a| a["name"] == name))
-    }
-
+/// The sign-in steps of the Claude endpoints, on an admin session.
+trait ClaudeSignIn {
     /// Starts a sign-in and checks the answer's shape.
+    async fn authorize(&self, body: Option<Value>) -> Value;
+    /// Imports a pair as `name`, the relay told it expires at `expires_at_ms`: the view.
+    async fn import(&self, name: &str, access: &str, refresh: &str, expires_at_ms: i64) -> Value;
+    fn assert_no_tokens(&self, mock: &MockOAuth);
+}
+
+impl ClaudeSignIn for Admin {
     async fn authorize(&self, body: Option<Value>) -> Value {
         let a = self.call(Method::POST, AUTHORIZE, body).await;
         assert_eq!(a.status, 200, "{}", a.text);
@@ -160,7 +93,6 @@ impl Admin {
         a.json
     }
 
-    /// Imports a pair as `name`, the relay told it expires at `expires_at_ms`: the view.
     async fn import(&self, name: &str, access: &str, refresh: &str, expires_at_ms: i64) -> Value {
         let a = self
             .post(
@@ -174,30 +106,13 @@ impl Admin {
     }
 
     fn assert_no_tokens(&self, mock: &MockOAuth) {
-        for text in self.answers.lock().unwrap().iter() {
-            let leaked = mock.leaked_in(text);
-            assert!(leaked.is_empty(), "an admin answer shows a token ({leaked:?}): {text}");
-        }
+        self.assert_none_shows(|text| mock.leaked_in(text));
     }
-}
-
-fn assert_400(a: &Answer, what: &str) {
-    assert_eq!(a.status, 400, "{what} → {}", a.text);
-    assert!(a.json["error"]["type"].is_string(), "{what} → {}", a.text);
-    assert!(
-        a.json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what} → {}",
-        a.text
-    );
 }
 
 fn assert_log_clean(mock: &MockOAuth, log: &str) {
     let leaked = mock.leaked_in(log);
     assert!(leaked.is_empty(), "the relay's log shows a token: {leaked:?}");
-}
-
-fn query(url: &str) -> HashMap<String, String> {
-    url::Url::parse(url).unwrap().query_pairs().into_owned().collect()
 }
 
 fn message_body(model: &str, stream: bool) -> String {
@@ -254,11 +169,6 @@ fn assert_relay_refusal(r: &Reply, status: u16, what: &str) {
     let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
     assert_eq!(v["type"], "error", "{what}: {}", r.body);
     assert!(v["error"]["type"].is_string(), "{what}: {}", r.body);
-}
-
-fn bearer(s: &Seen) -> Option<String> {
-    s.header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(String::from))
 }
 
 /// The flags of every `anthropic-beta` header, in order.
@@ -517,7 +427,7 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap(), json_for(SONNET));
     let seen = mock.messages().last().cloned().unwrap();
-    let token = bearer(&seen).expect("Authorization: Bearer");
+    let token = seen.bearer().expect("Authorization: Bearer");
     assert!(token.starts_with("sk-ant-oat01-"), "an OAuth access token");
     assert!(mock.access_valid(&token));
     assert_eq!(seen.header("x-api-key"), None);
@@ -560,7 +470,7 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
     let seen = mock.messages().last().cloned().unwrap();
     assert_eq!(seen.header("anthropic-beta").as_deref(), Some(OAUTH_BETA));
     assert_eq!(seen.headers.get_all("anthropic-beta").iter().count(), 1);
-    let token = bearer(&seen).expect("Authorization: Bearer");
+    let token = seen.bearer().expect("Authorization: Bearer");
     assert!(token.starts_with("sk-ant-oat01-") && mock.access_valid(&token));
     assert_eq!(seen.header("x-api-key"), None);
 
@@ -575,7 +485,7 @@ async fn signing_in_creates_an_account_that_serves_with_its_bearer_token_and_the
     );
     let seen = mock.messages().last().cloned().unwrap();
     assert_eq!(seen.path_and_query, "/v1/messages/count_tokens");
-    assert!(bearer(&seen).is_some_and(|t| mock.access_valid(&t)));
+    assert!(seen.bearer().is_some_and(|t| mock.access_valid(&t)));
     assert!(betas(&seen).iter().any(|f| f == OAUTH_BETA));
     assert_eq!(mock.messages().len(), 5, "no request was refused and retried");
     assert_eq!(mock.refresh_count(), 0);
@@ -636,7 +546,7 @@ async fn the_setup_token_flow_asks_for_inference_only_and_a_one_year_token() {
     let r = send(&relay, SONNET).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let seen = mock.messages().last().cloned().unwrap();
-    assert_eq!(bearer(&seen), mock.latest_access_token());
+    assert_eq!(seen.bearer(), mock.latest_access_token());
     assert_eq!(mock.refresh_count(), 0);
 
     let bad = admin
@@ -742,7 +652,7 @@ async fn importing_tokens_takes_claude_code_credentials_and_never_shows_them() {
 
     assert_eq!(send(&relay, SONNET).await.status, 200);
     let seen = mock.messages().last().cloned().unwrap();
-    assert!(bearer(&seen).is_some_and(|t| mock.access_valid(&t)));
+    assert!(seen.bearer().is_some_and(|t| mock.access_valid(&t)));
     for id in &ids {
         let got = admin.account(id).await;
         assert_eq!(got["kind"], "claude-oauth");
@@ -792,7 +702,7 @@ async fn an_expired_token_is_refreshed_once_for_a_hundred_concurrent_requests() 
     assert!(
         messages
             .iter()
-            .all(|m| bearer(m).as_deref() == Some(new_access.as_str())),
+            .all(|m| m.bearer().as_deref() == Some(new_access.as_str())),
         "every request waited for the refresh and used the new token"
     );
 
@@ -825,8 +735,8 @@ async fn a_401_for_a_token_believed_valid_refreshes_once_and_retries_the_request
     let new_access = mock.latest_access_token().unwrap();
     let messages = mock.messages();
     assert_eq!(messages.len(), 2, "the refused attempt and its retry");
-    assert_eq!(bearer(&messages[0]).as_deref(), Some(old_access.as_str()));
-    assert_eq!(bearer(&messages[1]).as_deref(), Some(new_access.as_str()));
+    assert_eq!(messages[0].bearer().as_deref(), Some(old_access.as_str()));
+    assert_eq!(messages[1].bearer().as_deref(), Some(new_access.as_str()));
     assert_eq!(messages[1].body, messages[0].body, "the same request again");
     assert_eq!(messages[1].path_and_query, messages[0].path_and_query);
     assert!(betas(&messages[1]).iter().any(|f| f == OAUTH_BETA));
@@ -837,7 +747,7 @@ async fn a_401_for_a_token_believed_valid_refreshes_once_and_retries_the_request
     assert_eq!(r.body.as_bytes(), stream_for(SONNET, false).as_slice());
     assert_eq!(mock.refresh_count(), 1);
     assert_eq!(
-        bearer(mock.messages().last().unwrap()).as_deref(),
+        mock.messages().last().unwrap().bearer().as_deref(),
         Some(new_access.as_str())
     );
 
@@ -850,8 +760,8 @@ async fn a_401_for_a_token_believed_valid_refreshes_once_and_retries_the_request
     let newest = mock.latest_access_token().unwrap();
     let messages = mock.messages();
     assert_eq!(messages.len(), 5);
-    assert_eq!(bearer(&messages[3]).as_deref(), Some(new_access.as_str()));
-    assert_eq!(bearer(&messages[4]).as_deref(), Some(newest.as_str()));
+    assert_eq!(messages[3].bearer().as_deref(), Some(new_access.as_str()));
+    assert_eq!(messages[4].bearer().as_deref(), Some(newest.as_str()));
     assert_eq!(messages[4].body, messages[3].body);
     let v = admin.account(&id).await;
     assert!(v["oauth"]["refreshed_at"].is_i64(), "{v}");
@@ -898,7 +808,7 @@ async fn the_background_refresher_renews_ahead_of_expiry_and_the_rotation_surviv
     let r = send(&relay, SONNET).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        bearer(mock.messages().last().unwrap()).as_deref(),
+        mock.messages().last().unwrap().bearer().as_deref(),
         Some(new_access.as_str())
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -917,7 +827,7 @@ async fn the_background_refresher_renews_ahead_of_expiry_and_the_rotation_surviv
     let last = refresh_requests(&mock).pop().unwrap();
     assert_eq!(last.field("refresh_token").as_deref(), Some(new_refresh.as_str()));
     assert_eq!(last.status, 200, "{}", last.body);
-    assert_eq!(bearer(mock.messages().last().unwrap()), mock.latest_access_token());
+    assert_eq!(mock.messages().last().unwrap().bearer(), mock.latest_access_token());
     let admin = Admin::login(&relay).await;
     let v = admin.account(&id).await;
     assert_eq!(v["health"]["state"], "active", "{v}");
@@ -978,7 +888,7 @@ async fn a_refused_refresh_marks_the_account_unauthorized_until_an_admin_reset()
     let r = send(&relay, SONNET).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(mock.refresh_count(), 2);
-    assert_eq!(bearer(mock.messages().last().unwrap()), mock.latest_access_token());
+    assert_eq!(mock.messages().last().unwrap().bearer(), mock.latest_access_token());
     let v = admin.account(&id).await;
     assert_eq!(v["health"]["state"], "active", "{v}");
     admin.assert_no_tokens(&mock);
@@ -1017,7 +927,7 @@ async fn subscription_tiers_gate_the_models_an_account_serves() {
         assert!(
             mock.profile_requests()
                 .iter()
-                .any(|p| bearer(p).as_deref() == Some(access.as_str()) && betas(p).iter().any(|f| f == OAUTH_BETA)),
+                .any(|p| p.bearer().as_deref() == Some(access.as_str()) && betas(p).iter().any(|f| f == OAUTH_BETA)),
             "the profile was read with the account's token and the beta flag"
         );
     }
@@ -1107,7 +1017,7 @@ async fn utilization_headers_and_the_usage_endpoint_show_in_the_account_view() {
 
     eventually(|| async { (mock.usage_calls() >= 4).then_some(()) }).await; // two accounts, polled again
     let first = &mock.usage_requests()[0];
-    assert_eq!(bearer(first).as_deref(), Some(access.as_str()));
+    assert_eq!(first.bearer().as_deref(), Some(access.as_str()));
     assert!(betas(first).iter().any(|f| f == OAUTH_BETA), "{:?}", first.headers);
     assert_eq!(mock.refresh_count(), 0);
     admin.assert_no_tokens(&mock);
@@ -1167,7 +1077,7 @@ async fn two_instances_on_one_redis_refresh_an_expired_token_once() {
     assert!(
         messages
             .iter()
-            .all(|m| bearer(m).as_deref() == Some(new_access.as_str()))
+            .all(|m| m.bearer().as_deref() == Some(new_access.as_str()))
     );
     admin_a.assert_no_tokens(&mock);
     admin_b.assert_no_tokens(&mock);
@@ -1220,7 +1130,7 @@ async fn a_client_that_leaves_during_a_refresh_does_not_lose_the_rotated_token()
     assert_eq!(mock.refresh_count(), 1, "no second refresh");
     let new_access = mock.latest_access_token().unwrap();
     assert_eq!(
-        bearer(mock.messages().last().unwrap()).as_deref(),
+        mock.messages().last().unwrap().bearer().as_deref(),
         Some(new_access.as_str())
     );
     assert_log_clean(&mock, &relay.log_text());
@@ -1310,7 +1220,7 @@ async fn a_setup_token_in_the_config_file_serves_with_bearer_and_beta() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let seen = mock.messages();
-    assert_eq!(bearer(&seen[0]).as_deref(), Some(access.as_str()));
+    assert_eq!(seen[0].bearer().as_deref(), Some(access.as_str()));
     assert_eq!(betas(&seen[0]), ["a-1", OAUTH_BETA]);
     assert!(seen[0].header("x-api-key").is_none());
 
@@ -1351,7 +1261,7 @@ async fn editing_an_oauth_account_keeps_its_tokens_and_refuses_credential_change
     assert_eq!(mock.refresh_count(), 1);
     let new_access = mock.latest_access_token().unwrap();
     assert_eq!(
-        bearer(mock.messages().last().unwrap()).as_deref(),
+        mock.messages().last().unwrap().bearer().as_deref(),
         Some(new_access.as_str())
     );
     admin.assert_no_tokens(&mock);

@@ -49,7 +49,7 @@ pub struct AccountView {
     pub models: Option<Vec<String>>,
     pub model_map: BTreeMap<String, String>,
     pub source: Source,
-    /// The API key, masked; `null` for claude-oauth accounts (see `oauth`), bedrock accounts
+    /// The API key, masked; `null` for OAuth accounts (see `oauth`), bedrock accounts
     /// (see `bedrock`), and when the credential cannot be opened (see `error`).
     pub api_key: Option<String>,
     /// Unix seconds; `null` for configured accounts.
@@ -142,7 +142,7 @@ impl AccountView {
     fn show_credential(&mut self, state: &AdminState, c: &AccountCredential, meta: Option<&OAuthMeta>) {
         match c {
             AccountCredential::ApiKey(k) => self.api_key = Some(secrets::mask(k)),
-            AccountCredential::OAuth(pair) => self.oauth = Some(OAuthView::new(state, &self.id, pair, meta)),
+            AccountCredential::OAuth(pair) => self.oauth = Some(OAuthView::new(state, self.kind, &self.id, pair, meta)),
             AccountCredential::Bedrock(s) => self.bedrock = Some(BedrockView::of(s)),
         }
     }
@@ -192,9 +192,18 @@ pub(super) fn field_error(e: FieldError) -> ApiError {
     bad_request(e.to_string())
 }
 
-/// Why the generic account endpoints do not take `claude-oauth` accounts.
-pub(super) const OAUTH_ONLY: &str = "claude-oauth accounts are added through POST /admin/api/accounts/claude-oauth/authorize \
-                                     and /exchange, or /import; their tokens cannot be set here";
+/// Why the generic account endpoints do not take the tokens of an OAuth kind (`None` for other
+/// kinds): its accounts come from a sign-in or an import.
+fn oauth_only(kind: AccountKind) -> Option<ApiError> {
+    let k = match kind {
+        AccountKind::ClaudeOauth | AccountKind::OpenAiOauth => kind.as_str(),
+        _ => return None,
+    };
+    Some(bad_request(format!(
+        "{k} accounts are added through POST /admin/api/accounts/{k}/authorize and /exchange, \
+         or /import; their tokens cannot be set here"
+    )))
+}
 
 /// A new account's record: its base URL made explicit (a later change of the default does not move
 /// it), its credential and proxy sealed. A Bedrock account without one keeps following its
@@ -289,8 +298,8 @@ pub async fn get(
 pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let input: AccountInput = json_body(&body)?;
-    if input.settings.kind == AccountKind::ClaudeOauth {
-        return Err(bad_request(OAUTH_ONLY));
+    if let Some(e) = oauth_only(input.settings.kind) {
+        return Err(e);
     }
     let account = input.validate().map_err(field_error)?;
     let record = new_record(&state, account)?;
@@ -391,8 +400,8 @@ pub async fn update(
         let old = stored::settings(&r).map_err(|e| unreadable(&r.id, &e))?;
         let new = patched(&old, &patch)?;
         if new.kind != old.kind {
-            if new.kind == AccountKind::ClaudeOauth || old.kind == AccountKind::ClaudeOauth {
-                return Err(bad_request(OAUTH_ONLY));
+            if let Some(e) = oauth_only(new.kind).or_else(|| oauth_only(old.kind)) {
+                return Err(e);
             }
             if new.kind == AccountKind::Bedrock || old.kind == AccountKind::Bedrock {
                 return Err(bad_request(
@@ -402,8 +411,8 @@ pub async fn update(
         }
         new.validate().map_err(field_error)?;
         if credential.any() {
-            if new.kind == AccountKind::ClaudeOauth {
-                return Err(bad_request(OAUTH_ONLY));
+            if let Some(e) = oauth_only(new.kind) {
+                return Err(e);
             }
             let c = AccountCredential::from_fields(new.kind, credential).map_err(field_error)?;
             r.secret = st.secrets.seal(&c.to_secret());
@@ -415,7 +424,7 @@ pub async fn update(
             check_name_free(&st, &new.name, &r.id).await?;
         }
         stored::set_settings(&mut r, &new).map_err(internal)?;
-        if new.kind == AccountKind::ClaudeOauth
+        if oauth_only(new.kind).is_some()
             && let Some(fresh) = st.store.get_account(&r.id).await.map_err(store_error)?
         {
             // Tokens are not edited here, and a refresh may have rotated them since the read
@@ -627,6 +636,8 @@ mod tests {
                 email: Some("e".into()),
                 refreshed_at: Some(1),
                 usage: Some(json!({})),
+                chatgpt_account_id: Some("a".into()),
+                plan: Some("plus".into()),
             }),
             bedrock: Some(BedrockView {
                 auth: "sigv4",
@@ -685,8 +696,8 @@ mod tests {
             assert_eq!(required, v, "{pointer}: all required");
         }
 
-        // The OAuth endpoints take the settings of a claude-oauth account (not its kind, nor
-        // Bedrock's fields) and a proxy, besides their own fields.
+        // The OAuth endpoints take the settings of an OAuth account (not its kind, nor Bedrock's
+        // or Azure's fields) and a proxy, besides their own fields.
         let mut oauth_account = names(&AccountSettings::FIELDS);
         for f in ["kind", "region", "inference_profile", "api_version", "deployments"] {
             oauth_account.remove(f);
@@ -704,6 +715,14 @@ mod tests {
                     "claudeAiOauth",
                     "account_id",
                 ][..],
+            ),
+            (
+                "OpenAiOAuthExchangeRequest",
+                &["authorization_id", "code", "account_id"][..],
+            ),
+            (
+                "OpenAiOAuthImportRequest",
+                &[super::super::openai_oauth::IMPORT_FIELDS.as_slice(), &["account_id"]].concat()[..],
             ),
         ] {
             let (props, _) = schema(&doc, &format!("/components/schemas/{s}"));

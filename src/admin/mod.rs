@@ -17,6 +17,7 @@ mod accounts;
 mod auth;
 mod keys;
 mod oauth;
+mod openai_oauth;
 mod routes;
 mod scheduling;
 mod usage;

@@ -1,4 +1,7 @@
-//! Connecting Claude subscriptions (`claude-oauth` accounts):
+//! Connecting subscriptions through OAuth: what the endpoints of every OAuth kind share (the
+//! account fields of a sign-in, the target account, the sealed save, the masked view), and the
+//! endpoints of Claude subscriptions (`claude-oauth` accounts; ChatGPT's are in
+//! [`super::openai_oauth`]):
 //! - `POST /admin/api/accounts/claude-oauth/authorize` starts an authorization (`flow`: `oauth`,
 //!   the default, or `setup-token`) and answers the URL to open and an opaque authorization id;
 //! - `POST /admin/api/accounts/claude-oauth/exchange` takes that id and the code (bare, `code#state`
@@ -7,7 +10,7 @@
 //!   `~/.claude/.credentials.json`, for migrations).
 //!
 //! Both of the last two take the usual account fields, or `account_id` to give an existing
-//! `claude-oauth` account new tokens (which also clears an `unauthorized` mark). Tokens are sealed
+//! account of the kind new tokens (which also clears an `unauthorized` mark). Tokens are sealed
 //! at once and only ever shown masked.
 
 use axum::Json;
@@ -15,6 +18,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -24,13 +28,14 @@ use super::routes::{
     ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, store_error, write,
 };
 use crate::accounts::{AccountCredential, AccountDefinition, AccountInput, CredentialFields, ProxyUrl, stored};
+use crate::credentials::authorize::{self, Pending, Started};
 use crate::credentials::{Live, OAuthError, TokenPair};
 use crate::outbound::OutboundProxy;
 use crate::providers::anthropic_oauth::flow::{self, Flow, TokenAnswer};
 use crate::secrets::mask;
 use crate::store::{AccountKind, AccountRecord, OAuthMeta};
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -47,11 +52,21 @@ pub struct OAuthView {
     pub refreshed_at: Option<i64>,
     /// The last answer of the usage endpoint, as it came.
     pub usage: Option<Value>,
+    /// `openai-oauth`: the ChatGPT account the tokens act for (sent as `chatgpt-account-id`).
+    pub chatgpt_account_id: Option<String>,
+    /// `openai-oauth`: the ChatGPT plan the id token names.
+    pub plan: Option<String>,
 }
 
 impl OAuthView {
-    pub fn new(state: &AdminState, id: &str, pair: &TokenPair, meta: Option<&OAuthMeta>) -> OAuthView {
-        let cell = state.reloader.oauth.cell(id);
+    pub fn new(
+        state: &AdminState,
+        kind: AccountKind,
+        id: &str,
+        pair: &TokenPair,
+        meta: Option<&OAuthMeta>,
+    ) -> OAuthView {
+        let cell = state.reloader.oauth.of(kind).and_then(|t| t.cell(id));
         // The live token may be newer than the record this view was built from.
         let live = cell.as_ref().map(|c| c.live());
         let (access_token, refresh_token, expires_at) = match &live {
@@ -77,6 +92,8 @@ impl OAuthView {
             email: m.email,
             refreshed_at: m.refreshed_at,
             usage: cell.and_then(|c| c.usage()),
+            chatgpt_account_id: m.account_id,
+            plan: m.plan,
         }
     }
 }
@@ -90,33 +107,47 @@ struct AuthorizeRequest {
 
 pub async fn authorize(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
-    let req: AuthorizeRequest = if body.trim_ascii().is_empty() {
-        AuthorizeRequest::default()
-    } else {
-        json_body(&body)?
-    };
+    let req: AuthorizeRequest = optional_body(&body)?;
     let cfg = &state.config.providers.anthropic.oauth;
-    let a = flow::start(cfg, &state.secrets, req.flow, now_ms() / 1000).map_err(|e| {
+    let started = flow::start(cfg, &state.secrets, req.flow, now_ms() / 1000);
+    authorization(started, Some(json!(req.flow)))
+}
+
+/// A body that may be left out: its type's default then.
+pub(super) fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.trim_ascii().is_empty() {
+        Ok(T::default())
+    } else {
+        json_body(body)
+    }
+}
+
+/// The answer to an authorize call: the authorization id, the URL to open, when it expires (and
+/// the flow, for providers that have several); a 500 when the URL cannot be built.
+pub(super) fn authorization(started: Result<Started, String>, flow: Option<Value>) -> Result<Response, ApiError> {
+    let a = started.map_err(|e| {
         tracing::error!(error = %e, "cannot build the authorize URL");
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, "api_error", e)
     })?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "authorization_id": a.id,
         "url": a.url,
-        "flow": a.flow,
         "expires_at": a.expires_at,
-    }))
-    .into_response())
+    });
+    if let Some(f) = flow {
+        answer["flow"] = f;
+    }
+    Ok(Json(answer).into_response())
 }
 
 /// Where new tokens go: a new account, or an existing one (`account_id`).
-enum Target {
+pub(super) enum Target {
     New(Box<AccountInput>),
     Existing(Box<AccountRecord>, Option<ProxyUrl>),
 }
 
 impl Target {
-    fn proxy(&self) -> Option<&OutboundProxy> {
+    pub(super) fn proxy(&self) -> Option<&OutboundProxy> {
         match self {
             Target::New(a) => a.proxy.as_ref(),
             Target::Existing(_, p) => p.as_ref(),
@@ -125,8 +156,9 @@ impl Target {
     }
 }
 
-async fn target(
+pub(super) async fn target(
     state: &AdminState,
+    kind: AccountKind,
     taken: &mut Map<String, Value>,
     fields: Option<AccountInput>,
 ) -> Result<Target, ApiError> {
@@ -143,8 +175,11 @@ async fn target(
             .ok_or_else(|| not_found("account", &id))?;
         let settings =
             stored::settings(&r).map_err(|e| conflict(format!("stored account `{id}` cannot be read: {e}")))?;
-        if settings.kind != AccountKind::ClaudeOauth {
-            return Err(bad_request(format!("account `{id}` is not a claude-oauth account")));
+        if settings.kind != kind {
+            return Err(bad_request(format!(
+                "account `{id}` is not a {} account",
+                kind.as_str()
+            )));
         }
         // Its tokens are fetched through its proxy, or not at all.
         let proxy = stored::proxy(&r, &state.secrets).map_err(|e| conflict(format!("account `{id}`: {e}")))?;
@@ -155,10 +190,11 @@ async fn target(
 }
 
 /// The new account's fields, unless the body names an existing account (then only the OAuth
-/// fields may be given). The account fields are those of any account but its kind and
-/// credential.
-fn fields_or_existing(
+/// fields, of `oauth_fields`, may be given). The account fields are those of any account but its
+/// kind (`kind`) and credential.
+pub(super) fn fields_or_existing(
     body: &Bytes,
+    kind: AccountKind,
     oauth_fields: &[&str],
 ) -> Result<(Map<String, Value>, Option<AccountInput>), ApiError> {
     let mut all: Map<String, Value> = json_body(body)?;
@@ -184,16 +220,17 @@ fn fields_or_existing(
         .find(|k| *k == "kind" || CredentialFields::NAMES.contains(&k.as_str()))
     {
         return Err(bad_request(format!(
-            "invalid body: `{k}` cannot be given here: the account is a claude-oauth account and its tokens come from this request"
+            "invalid body: `{k}` cannot be given here: the account is a {} account and its tokens come from this request",
+            kind.as_str()
         )));
     }
-    all.insert("kind".into(), Value::String(AccountKind::ClaudeOauth.as_str().into()));
+    all.insert("kind".into(), Value::String(kind.as_str().into()));
     let input: AccountInput = from_value(Value::Object(all))?;
     input.settings.validate().map_err(field_error)?;
     Ok((taken, Some(input)))
 }
 
-fn string_field(taken: &mut Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn string_field(taken: &mut Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
     match taken.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -202,36 +239,57 @@ fn string_field(taken: &mut Map<String, Value>, name: &str) -> Result<Option<Str
     }
 }
 
-pub async fn exchange(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
-    let (mut taken, fields) = fields_or_existing(&body, &["authorization_id", "code"])?;
+/// What an exchange body says: the pending authorization (of the provider's flow `F`), the code,
+/// and where the tokens go.
+pub(super) struct Exchange<F> {
+    pub pending: Pending<F>,
+    pub code: String,
+    pub target: Target,
+}
+
+/// Reads an exchange body for `kind`: the authorization must be one this relay issued for the
+/// kind's flow and not expired, and a code that comes with a state must come with its state.
+pub(super) async fn read_exchange<F: DeserializeOwned>(
+    state: &AdminState,
+    kind: AccountKind,
+    body: &Bytes,
+) -> Result<Exchange<F>, ApiError> {
+    let (mut taken, fields) = fields_or_existing(body, kind, &["authorization_id", "code"])?;
     let id = string_field(&mut taken, "authorization_id")?
         .ok_or_else(|| bad_request("invalid body: missing field `authorization_id`"))?;
     let code = string_field(&mut taken, "code")?.ok_or_else(|| bad_request("invalid body: missing field `code`"))?;
-    let pending = flow::open(&state.secrets, &id, now_ms() / 1000).map_err(bad_request)?;
-    let (code, code_state) = flow::parse_code(&code).map_err(bad_request)?;
-    if code_state.is_some_and(|s| s != pending.state) {
-        return Err(bad_request(
-            "the code belongs to another authorization (its state does not match); start again",
-        ));
+    let pending = authorize::open(&state.secrets, &id, now_ms() / 1000).map_err(bad_request)?;
+    let code = authorize::code_for(&pending, &code).map_err(bad_request)?;
+    let target = target(state, kind, &mut taken, fields).await?;
+    Ok(Exchange { pending, code, target })
+}
+
+/// The answer to a code the token endpoint did not take.
+pub(super) fn exchange_error(e: OAuthError) -> ApiError {
+    match e {
+        OAuthError::Refused { .. } => bad_request(format!(
+            "the token endpoint refused the code ({e}); codes are single-use and expire quickly: start again"
+        )),
+        OAuthError::Unavailable(m) => token_endpoint_down(m),
     }
-    let target = target(&state, &mut taken, fields).await?;
+}
+
+pub async fn exchange(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let x = read_exchange::<Flow>(&state, AccountKind::ClaudeOauth, &body).await?;
     let cfg = &state.config.providers.anthropic.oauth;
-    let answer = state
-        .reloader
-        .oauth
-        .client
-        .exchange(cfg, &pending, &code, target.proxy())
-        .await
-        .map_err(|e| match e {
-            OAuthError::Refused { .. } => bad_request(format!(
-                "the token endpoint refused the code ({e}); codes are single-use and expire quickly: start again"
-            )),
-            OAuthError::Unavailable(m) => token_endpoint_down(m),
-        })?;
-    tracing::info!(flow = ?pending.flow, "OAuth code exchanged");
-    let setup = pending.flow == Flow::SetupToken;
-    save(&state, target, answer, setup).await
+    let answer = flow::exchange(
+        &state.reloader.oauth.claude.client,
+        cfg,
+        &x.pending,
+        &x.code,
+        x.target.proxy(),
+    )
+    .await
+    .map_err(exchange_error)?;
+    tracing::info!(flow = ?x.pending.flow, "OAuth code exchanged");
+    let setup = x.pending.flow == Flow::SetupToken;
+    save(&state, x.target, answer, setup).await
 }
 
 fn token_endpoint_down(m: String) -> ApiError {
@@ -243,7 +301,7 @@ fn token_endpoint_down(m: String) -> ApiError {
 }
 
 /// `expires_at` as Unix ms, from ms, seconds or an RFC 3339 string.
-fn expiry(v: Option<Value>) -> Result<Option<i64>, ApiError> {
+pub(super) fn expiry(v: Option<Value>) -> Result<Option<i64>, ApiError> {
     let bad = || bad_request("invalid body at `expires_at`: expected Unix ms (or s) or an RFC 3339 time");
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -262,10 +320,34 @@ fn expiry(v: Option<Value>) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// The `scopes` of an import: a list, or one space-separated string.
+pub(super) fn scopes(taken: &mut Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    match taken.remove("scopes") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a.iter().filter_map(|s| s.as_str().map(String::from)).collect()),
+        Some(Value::String(s)) => Ok(s.split_whitespace().map(String::from).collect()),
+        Some(_) => Err(bad_request("invalid body at `scopes`: expected a list of strings")),
+    }
+}
+
+/// An imported pair, refused when its access token cannot be sent in a header.
+pub(super) fn imported_pair(
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_at: Option<i64>,
+) -> Result<TokenPair, ApiError> {
+    let pair = TokenPair {
+        access_token,
+        refresh_token,
+    };
+    Live::new(pair.clone(), expires_at, 0).map_err(|e| bad_request(format!("`access_token`: {e}")))?;
+    Ok(pair)
+}
+
 pub async fn import(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     const FIELDS: [&str; 5] = ["access_token", "refresh_token", "expires_at", "scopes", "claudeAiOauth"];
-    let (mut taken, fields) = fields_or_existing(&body, &FIELDS)?;
+    let (mut taken, fields) = fields_or_existing(&body, AccountKind::ClaudeOauth, &FIELDS)?;
     // Claude Code's credentials file: {"claudeAiOauth": {"accessToken", "refreshToken", "expiresAt", "scopes"}}.
     if let Some(cc) = taken.remove("claudeAiOauth") {
         let Value::Object(cc) = cc else {
@@ -286,18 +368,9 @@ pub async fn import(State(state): State<AdminState>, headers: HeaderMap, body: B
         .ok_or_else(|| bad_request("invalid body: missing field `access_token`"))?;
     let refresh = string_field(&mut taken, "refresh_token")?;
     let expires_at = expiry(taken.remove("expires_at"))?;
-    let scopes: Vec<String> = match taken.remove("scopes") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
-        Some(Value::String(s)) => s.split_whitespace().map(String::from).collect(),
-        Some(_) => return Err(bad_request("invalid body at `scopes`: expected a list of strings")),
-    };
-    let pair = TokenPair {
-        access_token: access,
-        refresh_token: refresh,
-    };
-    Live::new(pair.clone(), expires_at, 0).map_err(|e| bad_request(format!("`access_token`: {e}")))?;
-    let target = target(&state, &mut taken, fields).await?;
+    let scopes = scopes(&mut taken)?;
+    let pair = imported_pair(access, refresh, expires_at)?;
+    let target = target(&state, AccountKind::ClaudeOauth, &mut taken, fields).await?;
     let answer = TokenAnswer {
         expires_in: None,
         scopes,
@@ -326,17 +399,16 @@ async fn save_with_expiry(
         expires_at,
         scopes: answer.scopes,
         setup_token: setup,
-        tier: None,
         email: answer.email,
         issued_at: now,
-        refreshed_at: None,
-        profile_checked_at: None,
+        ..OAuthMeta::default()
     };
     let usable_now = expires_at.is_none_or(|e| e > now);
     if usable_now {
         match state
             .reloader
             .oauth
+            .claude
             .profile(&answer.pair.access_token, target.proxy())
             .await
         {
@@ -351,11 +423,22 @@ async fn save_with_expiry(
             }
         }
     }
+    store_tokens(state, target, answer.pair, meta).await
+}
+
+/// Seals a pair and stores it with its meta: a new account (201), or the existing one's new tokens
+/// (200), which clears whatever refused its old ones.
+pub(super) async fn store_tokens(
+    state: &AdminState,
+    target: Target,
+    pair: TokenPair,
+    meta: OAuthMeta,
+) -> Result<Response, ApiError> {
     match target {
         Target::New(input) => {
             let account = AccountDefinition {
                 settings: input.settings,
-                credential: AccountCredential::OAuth(answer.pair),
+                credential: AccountCredential::OAuth(pair),
                 proxy: input.proxy,
             };
             let mut record = new_record(state, account)?;
@@ -364,7 +447,7 @@ async fn save_with_expiry(
         }
         Target::Existing(record, _) => {
             let mut record = *record;
-            record.secret = state.secrets.seal(&answer.pair.to_secret());
+            record.secret = state.secrets.seal(&pair.to_secret());
             record.oauth = Some(meta);
             let id = record.id.clone();
             let record = write(state, move |st| async move {
@@ -394,6 +477,7 @@ mod tests {
         let fields = ["authorization_id", "code"];
         let (taken, input) = fields_or_existing(
             &body(json!({"authorization_id": "x", "code": "c", "name": " sub ", "priority": 5, "proxy": "socks5://127.0.0.1:1080"})),
+            AccountKind::ClaudeOauth,
             &fields,
         )
         .unwrap();
@@ -410,11 +494,18 @@ mod tests {
             json!({"name": "a", "quota_reset": "25:00"}),
             json!({"account_id": "x", "name": "a"}),
         ] {
-            let e = fields_or_existing(&body(bad.clone()), &fields).unwrap_err();
+            let e = fields_or_existing(&body(bad.clone()), AccountKind::ClaudeOauth, &fields).unwrap_err();
             assert_eq!(e.0, StatusCode::BAD_REQUEST, "{bad}: {}", e.2);
         }
-        let (_, none) = fields_or_existing(&body(json!({"account_id": "x", "code": "c"})), &fields).unwrap();
+        let (_, none) = fields_or_existing(
+            &body(json!({"account_id": "x", "code": "c"})),
+            AccountKind::ClaudeOauth,
+            &fields,
+        )
+        .unwrap();
         assert!(none.is_none());
+        let (_, input) = fields_or_existing(&body(json!({"name": "c"})), AccountKind::OpenAiOauth, &[]).unwrap();
+        assert_eq!(input.unwrap().settings.kind, AccountKind::OpenAiOauth);
     }
 
     #[test]

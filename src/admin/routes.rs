@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::AdminState;
 use super::auth::printable_user;
-use super::{accounts, keys, oauth, usage};
+use super::{accounts, keys, oauth, openai_oauth, usage};
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
@@ -45,6 +45,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/accounts/claude-oauth/authorize", post(oauth::authorize))
         .route("/admin/api/accounts/claude-oauth/exchange", post(oauth::exchange))
         .route("/admin/api/accounts/claude-oauth/import", post(oauth::import))
+        .route(
+            "/admin/api/accounts/openai-oauth/authorize",
+            post(openai_oauth::authorize),
+        )
+        .route(
+            "/admin/api/accounts/openai-oauth/exchange",
+            post(openai_oauth::exchange),
+        )
+        .route("/admin/api/accounts/openai-oauth/import", post(openai_oauth::import))
         .route("/admin/api/usage", get(usage::series))
         .route("/admin/api/usage/summary", get(usage::summary))
         .fallback(no_route)

@@ -15,8 +15,13 @@
 //!
 //! - [`cell`]: the [`TokenCell`] of one account and the [`Live`] token it holds.
 //! - [`refresh`]: [`Tokens`], the cells of one provider's accounts and their refresh.
+//! - [`authorize`]: the authorization-code flow with PKCE (the sealed pending authorization, the
+//!   pasted code).
+//! - [`client`]: the HTTP calls to token endpoints and bearer-authenticated JSON reads.
 
+pub mod authorize;
 pub mod cell;
+pub mod client;
 pub mod refresh;
 
 use std::fmt;
@@ -24,7 +29,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use cell::{Live, TokenCell};
-pub use refresh::{Grant, Holder, OnRefused, Refreshed, Shared, Tokens};
+pub use refresh::{Grant, Holder, Identity, OnRefused, Refreshed, Shared, Tokens};
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -27,6 +27,34 @@ pub struct Refreshed {
     /// Seconds.
     pub expires_in: Option<u64>,
     pub scopes: Vec<String>,
+    /// Who the tokens act for, when the answer says (an OpenID id token); kept in the account's
+    /// [`OAuthMeta`] beside the pair.
+    pub identity: Option<Identity>,
+}
+
+/// Who a token pair acts for, as a token endpoint's id token names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The provider's account (workspace) the tokens act for: ChatGPT's account id.
+    pub account_id: Option<String>,
+    /// The subscription plan.
+    pub plan: Option<String>,
+    pub email: Option<String>,
+}
+
+impl Identity {
+    /// Writes what is known into `meta`, keeping what the answer does not say.
+    pub fn apply(&self, meta: &mut OAuthMeta) {
+        if self.account_id.is_some() {
+            meta.account_id.clone_from(&self.account_id);
+        }
+        if self.plan.is_some() {
+            meta.plan.clone_from(&self.plan);
+        }
+        if self.email.is_some() {
+            meta.email.clone_from(&self.email);
+        }
+    }
 }
 
 /// What differs per provider: its refresh grant. (The pair itself is a [`TokenPair`], sealed the
@@ -186,6 +214,40 @@ impl<A: Holder> Tokens<A> {
         Some(live)
     }
 
+    /// One background pass over `accounts` (this provider's): for each enabled, authorized
+    /// account, [`Tokens::keep_fresh`] when `refresh` is due (else its live token as it is). The
+    /// accounts whose token is usable after it, with that token.
+    pub async fn keep_all_fresh(
+        self: &Arc<Self>,
+        accounts: &[Arc<A>],
+        refresh: bool,
+        ahead_ms: i64,
+    ) -> Vec<(Arc<A>, Arc<Live>)> {
+        let mut usable = Vec::new();
+        if crate::lifecycle::draining() {
+            return usable;
+        }
+        for account in accounts {
+            let Some(cell) = account.token() else { continue };
+            let now = now_ms();
+            if !account.needs_token(now) {
+                continue;
+            }
+            let live = if refresh {
+                match self.keep_fresh(account, cell, now, ahead_ms).await {
+                    Some(live) => live,
+                    None => continue,
+                }
+            } else {
+                cell.live()
+            };
+            if !live.expired(now) {
+                usable.push((account.clone(), live));
+            }
+        }
+        usable
+    }
+
     async fn refresh_now(&self, account: &A, stale_issued_at: i64) -> Result<Arc<Live>, TokenError> {
         let Some(cell) = account.token().map(|c| &**c) else {
             return Err(TokenError::NoRefreshToken);
@@ -264,12 +326,16 @@ impl<A: Holder> Tokens<A> {
                     Live::new(pair, expires_at, now).map_err(|e| TokenError::Refresh(OAuthError::Unavailable(e)))?,
                 );
                 let scopes = answer.scopes;
+                let identity = answer.identity;
                 // Written before the lock is released: the next refresh, here or elsewhere, uses
                 // the rotated token.
                 self.persist(account.id(), &live, |m| {
                     m.refreshed_at = Some(now);
                     if !scopes.is_empty() {
                         m.scopes = scopes.clone();
+                    }
+                    if let Some(i) = &identity {
+                        i.apply(m);
                     }
                 })
                 .await;

@@ -11,7 +11,7 @@
 //!   Messages wire.
 //! - [`bedrock`]: AWS Bedrock `invoke` with SigV4 (or a Bedrock API key) and the AWS event-stream.
 //! - [`openai`]: OpenAI Chat Completions and Responses (`openai`, `azure-openai`) and ChatGPT's
-//!   Codex backend (`openai-oauth`).
+//!   Codex backend (`openai-oauth`); [`openai_oauth`]: the sign-in and tokens of the latter.
 //! - [`request`]: the client headers every provider starts from.
 
 pub mod anthropic;
@@ -20,6 +20,7 @@ pub mod anthropic_oauth;
 pub mod bedrock;
 pub mod ccr;
 pub mod openai;
+pub mod openai_oauth;
 pub mod request;
 
 use std::sync::Arc;

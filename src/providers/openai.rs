@@ -240,6 +240,12 @@ pub fn azure_key(api_key: &str) -> Result<(HeaderName, HeaderValue), String> {
     Ok((HeaderName::from_static("api-key"), v))
 }
 
+/// The `chatgpt-account-id` header value of an `openai-oauth` account.
+pub fn chatgpt_account_header(account_id: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(account_id.trim())
+        .map_err(|_| "the ChatGPT account id contains characters not allowed in a header".to_string())
+}
+
 /// Codex's usage windows: `x-codex-primary-*` (the short window) as the five-hour window and
 /// `x-codex-secondary-*` (the weekly one) as the seven-day window, utilisation as a fraction.
 pub fn codex_limits(h: &http::HeaderMap, now_s: i64) -> Option<UnifiedLimits> {

@@ -289,7 +289,10 @@ async fn attempts(
                 Err(AttemptError::TokenRejected(answer, mark)) => {
                     token_retry = false;
                     let Some(issued) = issued_at else { continue };
-                    let mark = match relay.oauth.refresh(&account, issued).await {
+                    let Some(tokens) = relay.oauth.of(account.kind) else {
+                        continue;
+                    };
+                    let mark = match tokens.refresh(&account, issued).await {
                         Ok(_) => continue,
                         // A refused refresh already took the account out of the pool.
                         Err(TokenError::Refresh(r)) if r.is_refusal() => None,
@@ -376,16 +379,16 @@ async fn attempts(
     super::respond_error(relay, session, ctx, &err, ErrorSource::Relay).await
 }
 
-/// The bearer header of a `claude-oauth` account (refreshed first when expired) and the
-/// `issued_at` of its token; `None` for accounts with a fixed credential.
+/// The bearer header of an OAuth account (refreshed first when expired, by its kind's token
+/// machinery) and the `issued_at` of its token; `None` for accounts with a fixed credential.
 async fn oauth_credential(
     relay: &Relay,
     account: &Arc<Account>,
 ) -> Result<(Option<http::HeaderValue>, Option<i64>), AttemptError> {
-    if account.oauth().is_none() {
+    let (Some(_), Some(tokens)) = (account.oauth(), relay.oauth.of(account.kind)) else {
         return Ok((None, None));
-    }
-    match relay.oauth.credential(account).await {
+    };
+    match tokens.credential(account).await {
         Ok(live) => Ok((Some(live.header.clone()), Some(live.issued_at))),
         Err(e) => {
             tracing::warn!(account = %account.name, error = %e, "no usable OAuth token; trying the next account");

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::ingress::{Endpoint, Ingress, Route, Scope};
 use crate::metrics::Metrics;
 use crate::providers;
-use crate::scheduler::{Account, Scheduler};
+use crate::scheduler::Scheduler;
 use crate::secrets::Secrets;
 use crate::state::Snapshot;
 use crate::store::Store;
@@ -57,8 +57,8 @@ pub struct Relay {
     pub leases: Arc<crate::leases::Leases>,
     /// Global cooldowns by error class (`scheduler.cooldowns`).
     pub cooldowns: std::collections::HashMap<crate::types::CooldownClass, Duration>,
-    /// Live tokens of `claude-oauth` accounts.
-    pub oauth: Arc<crate::providers::anthropic_oauth::tokens::OAuthTokens<Account>>,
+    /// Live tokens of OAuth accounts (`claude-oauth`, `openai-oauth`).
+    pub oauth: crate::state::TokenEngines,
     /// This process's mark in the `x-relay-hops` header of the requests it sends upstream.
     pub hop_id: String,
     /// What the providers read to prepare requests (OAuth beta flag, Bedrock model ids).

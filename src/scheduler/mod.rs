@@ -110,10 +110,10 @@ impl Account {
         }
     }
 
-    /// The live token cell of a `claude-oauth` account.
+    /// The live token cell of an OAuth account (`claude-oauth`, `openai-oauth`).
     pub fn oauth(&self) -> Option<&Arc<TokenCell>> {
         match &self.credential {
-            Credential::OAuth(cell) => Some(cell),
+            Credential::OAuth(cell) | Credential::OpenAiOAuth(cell, _) => Some(cell),
             _ => None,
         }
     }
@@ -140,7 +140,7 @@ impl Account {
     }
 }
 
-/// What the token refresh of a `claude-oauth` account reads of it.
+/// What the token refresh of an OAuth account reads of it.
 impl Holder for Account {
     fn id(&self) -> &Arc<str> {
         &self.id

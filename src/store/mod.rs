@@ -148,8 +148,8 @@ impl KindSet {
     }
 }
 
-/// The non-secret state of a `claude-oauth` account's tokens. The tokens themselves are in the
-/// account's sealed `secret`, written together with this in one record.
+/// The non-secret state of an OAuth account's tokens (`claude-oauth`, `openai-oauth`). The tokens
+/// themselves are in the account's sealed `secret`, written together with this in one record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OAuthMeta {
     /// When the access token expires (Unix ms); `None` when unknown.
@@ -175,6 +175,13 @@ pub struct OAuthMeta {
     /// When the profile was last read (Unix ms).
     #[serde(default)]
     pub profile_checked_at: Option<i64>,
+    /// The provider's account the tokens act for (`openai-oauth`: the ChatGPT account id, sent as
+    /// `chatgpt-account-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// The subscription plan the provider names (`openai-oauth`: ChatGPT's plan type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// An upstream account as persisted: its settings, and its credential and outbound proxy sealed

@@ -59,6 +59,11 @@ impl Seen {
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.get(name).map(|v| v.to_str().unwrap_or("").to_string())
     }
+    /// The token of `Authorization: Bearer <token>`.
+    pub fn bearer(&self) -> Option<String> {
+        self.header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer ").map(String::from))
+    }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }

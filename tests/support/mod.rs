@@ -2,7 +2,9 @@
 //! directory, and a mock upstream on a real socket.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod admin;
 pub mod bedrock_mock;
+pub mod chatgpt_mock;
 pub mod mock;
 pub mod oauth_mock;
 pub mod openai_mock;
@@ -21,10 +23,31 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password";
 pub const ALICE: &str = "cr_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
 /// The `claude-relay` binary the tests start: the one Cargo built for this test, or
-/// `RELAY_TEST_BIN` when set (a copy kept apart from a target directory that builds of other
-/// checkouts share and overwrite).
+/// `RELAY_TEST_BIN` when set (to test a copy of the binary kept elsewhere).
 pub fn relay_bin() -> String {
     std::env::var("RELAY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_claude-relay").to_string())
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Fails unless `v` is an integer within `tolerance` of `expected`.
+pub fn assert_near(v: &serde_json::Value, expected: i64, tolerance: i64, what: &str) {
+    let got = v.as_i64().unwrap_or_else(|| panic!("{what}: not an integer: {v}"));
+    assert!(
+        (got - expected).abs() <= tolerance,
+        "{what}: {got} is not within {tolerance} of {expected}"
+    );
+}
+
+/// The query parameters of a URL.
+pub fn query(url: &str) -> std::collections::HashMap<String, String> {
+    url::Url::parse(url).unwrap().query_pairs().into_owned().collect()
 }
 
 /// An HTTP client with a timeout, so a stuck relay fails a test instead of hanging it.

@@ -312,36 +312,43 @@ impl MockOAuth {
     /// Signs in at `authorize_url` (as a person following the relay's link would) without
     /// following the redirect: (code, state, Location).
     pub async fn sign_in(&self, authorize_url: &str) -> (String, String, String) {
-        let mut http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10));
-        if let Some(pem) = &self.ca_pem {
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
-        }
-        let http = http.build().unwrap();
-        let r = http.get(authorize_url).send().await.unwrap();
-        let status = r.status();
-        let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_string());
-        let text = r.text().await.unwrap_or_default();
-        assert_eq!(status, 302, "sign-in at {authorize_url} refused: {text}");
-        let location = location.expect("Location header");
-        let u = url::Url::parse(&location).unwrap();
-        let q: HashMap<String, String> = u.query_pairs().into_owned().collect();
-        (q["code"].clone(), q["state"].clone(), location)
+        follow_sign_in(authorize_url, self.ca_pem.as_deref()).await
     }
 }
 
-/// The middle of a minted token's random part: present in any display that shows too much.
-fn secret_core(token: &str) -> &str {
-    let random = token.rsplit('-').next().unwrap_or(token);
+/// Opens a sign-in link as a person would (trusting `ca_pem` when given) without following the
+/// redirect, which the sign-in must answer: (code, state, Location).
+pub async fn follow_sign_in(authorize_url: &str, ca_pem: Option<&str>) -> (String, String, String) {
+    let mut http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10));
+    if let Some(pem) = ca_pem {
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    let http = http.build().unwrap();
+    let r = http.get(authorize_url).send().await.unwrap();
+    let status = r.status();
+    let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(status, 302, "sign-in at {authorize_url} refused: {text}");
+    let location = location.expect("Location header");
+    let u = url::Url::parse(&location).unwrap();
+    let q: HashMap<String, String> = u.query_pairs().into_owned().collect();
+    (q["code"].clone(), q["state"].clone(), location)
+}
+
+/// The middle of a minted token's random part (after its last `-` or `.`): present in any display
+/// that shows too much.
+pub fn secret_core(token: &str) -> &str {
+    let random = token.rsplit(['-', '.']).next().unwrap_or(token);
     if random.len() >= 48 { &random[16..48] } else { token }
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-fn random_alnum(n: usize) -> String {
+pub fn random_alnum(n: usize) -> String {
     rand::thread_rng()
         .sample_iter(&rand::distributions::Alphanumeric)
         .take(n)
@@ -390,7 +397,7 @@ fn token_answer(access: &str, refresh: Option<&str>, ttl_secs: u64, scope: &str)
     v
 }
 
-fn oauth_error(status: u16, error: &str, description: &str) -> Response {
+pub fn oauth_error(status: u16, error: &str, description: &str) -> Response {
     (
         StatusCode::from_u16(status).unwrap(),
         axum::Json(json!({"error": error, "error_description": description})),

@@ -5,20 +5,18 @@
 //! The account type `A` is the scheduler's account, known here through [`Holder`]; what a refused
 //! refresh does to it is handed in by whoever builds the tokens.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::flow::OAuthClient;
+use super::flow;
 use super::settings::OAuthSettings;
-use crate::credentials::{
-    Grant, Holder, Live, OAuthError, OnRefused, Refreshed, Shared, TokenCell, TokenError, TokenPair, Tokens,
-};
+use crate::credentials::client::OAuthClient;
+use crate::credentials::{Grant, Holder, Live, OAuthError, OnRefused, Refreshed, Shared, TokenCell, Tokens};
 use crate::outbound::OutboundProxy;
-use crate::store::{OAuthMeta, Store};
+use crate::store::Store;
 
 /// How often the profile (subscription tier) is read again.
 const PROFILE_EVERY_MS: i64 = 24 * 3600 * 1000;
@@ -36,12 +34,9 @@ struct ClaudeGrant {
 #[async_trait]
 impl Grant for ClaudeGrant {
     async fn refresh(&self, refresh_token: &str, proxy: Option<&OutboundProxy>) -> Result<Refreshed, OAuthError> {
-        let answer = self.client.refresh(&self.settings, refresh_token, proxy).await?;
-        Ok(Refreshed {
-            pair: answer.pair,
-            expires_in: answer.expires_in,
-            scopes: answer.scopes,
-        })
+        Ok(flow::refresh(&self.client, &self.settings, refresh_token, proxy)
+            .await?
+            .into())
     }
 
     fn timeout(&self) -> Duration {
@@ -76,28 +71,9 @@ impl<A: Holder> OAuthTokens<A> {
         }
     }
 
-    /// The cell of an account for a new snapshot (see [`Tokens::cell_for`]).
-    pub fn cell_for(&self, id: &Arc<str>, pair: TokenPair, meta: &OAuthMeta) -> Result<Arc<TokenCell>, String> {
-        self.tokens.cell_for(id, pair, meta)
-    }
-
-    /// Forgets the cells of accounts that no longer exist.
-    pub fn retain(&self, live_ids: &HashSet<&str>) {
-        self.tokens.retain(live_ids)
-    }
-
-    pub fn cell(&self, id: &str) -> Option<Arc<TokenCell>> {
-        self.tokens.cell(id)
-    }
-
-    /// The token a request should use now: the live one, or a refreshed one when it expired.
-    pub async fn credential(&self, account: &Arc<A>) -> Result<Arc<Live>, TokenError> {
-        self.tokens.credential(account).await
-    }
-
-    /// Replaces the token that `stale_issued_at` names, once (see [`Tokens::refresh`]).
-    pub async fn refresh(&self, account: &Arc<A>, stale_issued_at: i64) -> Result<Arc<Live>, TokenError> {
-        self.tokens.refresh(account, stale_issued_at).await
+    /// The token cells of these accounts and their refresh: what snapshots and requests use.
+    pub fn tokens(&self) -> &Arc<Tokens<A>> {
+        &self.tokens
     }
 
     /// Reads the profile and returns `(tier, email)`.
@@ -110,7 +86,7 @@ impl<A: Holder> OAuthTokens<A> {
             .client
             .get_json(
                 &self.settings.profile_url(&self.api_base),
-                &self.settings.beta,
+                &[("anthropic-beta", &self.settings.beta)],
                 access_token,
                 proxy,
             )
@@ -147,31 +123,14 @@ impl<A: Holder> OAuthTokens<A> {
     pub async fn check_all(&self, accounts: &[Arc<A>], refresh_due: bool) {
         let ahead = self.settings.refresh_ahead.0.as_millis() as i64;
         let poll = self.settings.usage_poll.0.as_millis() as i64;
-        if crate::lifecycle::draining() {
-            return;
-        }
-        for account in accounts {
+        for (account, live) in self.tokens.keep_all_fresh(accounts, refresh_due, ahead).await {
             let Some(cell) = account.token() else { continue };
             let now = now_ms();
-            if !account.needs_token(now) {
-                continue;
-            }
-            let live = if refresh_due {
-                match self.tokens.keep_fresh(account, cell, now, ahead).await {
-                    Some(live) => live,
-                    None => continue,
-                }
-            } else {
-                cell.live()
-            };
-            if live.expired(now) {
-                continue;
-            }
             if account.stored() && cell.claim_profile_read(now, PROFILE_EVERY_MS) {
-                self.update_profile(&**account, &live).await;
+                self.update_profile(&*account, &live).await;
             }
             if poll > 0 && cell.claim_usage_poll(now, poll) {
-                self.poll_usage(&**account, cell, &live).await;
+                self.poll_usage(&*account, cell, &live).await;
             }
         }
     }
@@ -210,7 +169,7 @@ impl<A: Holder> OAuthTokens<A> {
             .client
             .get_json(
                 &self.settings.usage_url(&self.api_base),
-                &self.settings.beta,
+                &[("anthropic-beta", &self.settings.beta)],
                 &live.pair.access_token,
                 account.proxy(),
             )
