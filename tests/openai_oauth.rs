@@ -350,6 +350,15 @@ async fn signing_in_creates_an_account_that_serves_codex_with_its_token_and_chat
     })
     .await;
     assert_eq!(usage["totals"]["errors"], 0, "{usage}");
+    // The golden stream's `response.completed`: 24 input tokens of which 3 cached, 7 output;
+    // priced as gpt-5 (1.25e-6 input, 1.25e-7 cached, 1e-5 output per token).
+    let t = &usage["totals"];
+    assert_eq!(
+        (&t["input_tokens"], &t["cache_read_tokens"], &t["output_tokens"]),
+        (&serde_json::json!(21), &serde_json::json!(3), &serde_json::json!(7)),
+        "{usage}"
+    );
+    assert_eq!(t["cost_nanos"], 21 * 1250 + 3 * 125 + 7 * 10_000, "{usage}");
     let v = admin.account(&id).await;
     assert_eq!(
         v["ratelimit"]["five_hour_utilization"], 0.125,
