@@ -616,3 +616,109 @@ async fn the_background_refresher_renews_tokens_ahead_of_expiry() {
     assert_eq!(mock.refresh_count(), 1, "a renewed token is not renewed again");
     assert_clean(&mock, &admin, &relay);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_reach_a_chatgpt_account_converted_to_responses() {
+    let (mock, relay, admin) = setup().await;
+    let (access, refresh, id_token, _) = mock.issue_tokens(3600);
+    import_auth_json(&admin, "chatgpt", &access, &refresh, &id_token).await;
+    let chat = |stream: bool| {
+        json!({
+            "model": MODEL,
+            "stream": stream,
+            "stream_options": if stream { json!({"include_usage": true}) } else { json!(null) },
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "say hi"}
+            ]
+        })
+        .to_string()
+    };
+    let post = |body: String| {
+        client()
+            .post(format!("{}/openai/v1/chat/completions", relay.base()))
+            .bearer_auth(ALICE)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // Not streamed: the backend streams anyway; the client gets one chat.completion.
+    let r = post(chat(false)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "{:?}",
+        r.headers()
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert_eq!(v["model"], MODEL, "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "Hello from mock upstream!",
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 24, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 7, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 3, "{v}");
+    // What the backend received: a Responses request, streamed, not stored, the system prompt as
+    // a developer message in place, the account's token.
+    let seen = mock.responses().pop().unwrap();
+    assert_eq!(seen.path_and_query, "/responses");
+    assert_eq!(seen.bearer().as_deref(), Some(access.as_str()));
+    let b = seen.json();
+    assert_eq!(
+        (&b["model"], &b["stream"], &b["store"]),
+        (&json!(MODEL), &json!(true), &json!(false)),
+        "{b}"
+    );
+    assert!(b.get("messages").is_none() && b.get("instructions").is_none(), "{b}");
+    assert_eq!(b["input"][0]["role"], "developer", "{b}");
+    assert_eq!(b["input"][0]["content"][0]["text"], "Be brief.", "{b}");
+    assert_eq!(b["input"][1]["role"], "user", "{b}");
+
+    // Streamed: chunks, the usage chunk asked for, [DONE].
+    let r = post(chat(true)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello from mock upstream!");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    let usage = chunks.iter().find(|c| c["usage"].is_object()).expect("a usage chunk");
+    assert_eq!(usage["usage"]["prompt_tokens"], 24, "{usage}");
+
+    // Both are billed: 2 × (21 input, 3 cached, 7 output) at gpt-5-codex's prices.
+    let usage = eventually(|| async {
+        let a = admin
+            .get("/admin/api/usage?dimension=key&id=config.alice&granularity=minute")
+            .await;
+        (a.status == 200 && a.json["totals"]["requests"] == 2).then_some(a.json)
+    })
+    .await;
+    let t = &usage["totals"];
+    assert_eq!(
+        (
+            &t["input_tokens"],
+            &t["cache_read_tokens"],
+            &t["output_tokens"],
+            &t["errors"]
+        ),
+        (&json!(42), &json!(6), &json!(14), &json!(0)),
+        "{usage}"
+    );
+    assert_clean(&mock, &admin, &relay);
+}

@@ -449,6 +449,11 @@ async fn responses(
                 "mock: chatgpt-account-id is not the token's account",
             );
         }
+        // The Codex backend streams only.
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if v["stream"] != json!(true) {
+            return backend_error(400, "invalid_request", "Stream must be set to true");
+        }
     }
     let now_s = now_ms() / 1000;
     Response::builder()
