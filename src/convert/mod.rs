@@ -3,6 +3,7 @@
 //! - [`answer`]: the response adapter the dispatch uses for every committed answer.
 //! - [`bedrock_stream`]: AWS event-stream (Bedrock) → Anthropic SSE.
 //! - [`chat_anthropic`]: OpenAI Chat Completions requests and answers ⇄ Anthropic Messages.
+//! - [`chat_out`]: the Chat Completions chunks, completion, usage and error both Chat converters write.
 //! - [`chat_responses`]: OpenAI Chat Completions → Responses (request), Responses → Chat (answer).
 //! - [`openai_chat`]: OpenAI Chat Completions passed through to an OpenAI-compatible upstream.
 //! - [`rename`]: putting the client's model name back into a pass-through answer.
@@ -10,6 +11,7 @@
 pub mod answer;
 pub mod bedrock_stream;
 pub mod chat_anthropic;
+pub mod chat_out;
 pub mod chat_responses;
 pub mod openai_chat;
 pub mod rename;

@@ -31,9 +31,7 @@ pub use request::{ChatFacts, DEFAULT_MAX_TOKENS, REASONING_BUDGETS, request_to_m
 pub use response::{error_from_anthropic, response_from_messages, response_from_messages_at};
 pub use stream::MessagesSseToChat;
 
-use serde::Serialize;
-
-use crate::usage::TokenUsage;
+use crate::convert::chat_out::ChatError;
 
 /// The Chat `finish_reason` for an Anthropic `stop_reason`.
 fn finish_reason(stop_reason: Option<&str>) -> &'static str {
@@ -45,63 +43,11 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     }
 }
 
-/// The Chat `usage` object.
-#[derive(Debug, Serialize)]
-struct ChatUsage {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-    prompt_tokens_details: PromptDetails,
-}
-
-#[derive(Debug, Serialize)]
-struct PromptDetails {
-    cached_tokens: u64,
-}
-
-impl ChatUsage {
-    fn new(usage: &TokenUsage) -> Self {
-        let prompt = usage.total_input();
-        ChatUsage {
-            prompt_tokens: prompt,
-            completion_tokens: usage.output,
-            total_tokens: prompt.saturating_add(usage.output),
-            prompt_tokens_details: PromptDetails {
-                cached_tokens: usage.cache_read,
-            },
-        }
-    }
-}
-
-/// OpenAI's error body: `{"error":{"message","type","param","code"}}`.
-#[derive(Debug, Serialize)]
-struct ChatError<'a> {
-    error: ChatErrorBody<'a>,
-}
-
-#[derive(Debug, Serialize)]
-struct ChatErrorBody<'a> {
-    message: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    param: Option<()>,
-    code: Option<&'static str>,
-}
-
-impl<'a> ChatError<'a> {
-    /// The OpenAI error for an Anthropic error of type `kind` (when known) answered with `status`
-    /// (when known; a stream's error event has none).
-    fn new(kind: Option<&str>, status: Option<u16>, message: &'a str) -> Self {
-        let (kind, code) = openai_error_type(kind, status, message);
-        ChatError {
-            error: ChatErrorBody {
-                message,
-                kind,
-                param: None,
-                code,
-            },
-        }
-    }
+/// The OpenAI error for an Anthropic error of type `kind` (when known) answered with `status`
+/// (when known; a stream's error event has none).
+fn chat_error<'a>(kind: Option<&str>, status: Option<u16>, message: &'a str) -> ChatError<'a> {
+    let (kind, code) = openai_error_type(kind, status, message);
+    ChatError::new(message, kind, code)
 }
 
 /// OpenAI's error `type` and `code` for an Anthropic error type, else for the HTTP status.

@@ -3,11 +3,12 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ChatError, ChatUsage, finish_reason, unix_now};
+use super::{chat_error, finish_reason, unix_now};
 use crate::convert::ConvertError;
+use crate::convert::chat_out::{ChatUsage, Completion, Message, ToolCall};
 use crate::usage::TokenUsage;
 use crate::usage::sse::parse_json_usage;
 
@@ -47,14 +48,11 @@ pub fn response_from_messages_at(
         match block.kind.as_ref() {
             "text" => append(&mut content, block.text),
             "thinking" => append(&mut reasoning, block.thinking),
-            "tool_use" => tool_calls.push(ToolCall {
-                id: block.id.unwrap_or_default(),
-                kind: "function",
-                function: Function {
-                    name: block.name.unwrap_or_default(),
-                    arguments: block.input.map_or("{}", RawValue::get),
-                },
-            }),
+            "tool_use" => tool_calls.push(ToolCall::function(
+                block.id.unwrap_or_default(),
+                block.name.unwrap_or_default(),
+                block.input.map_or("{}", RawValue::get),
+            )),
             _ => {}
         }
     }
@@ -63,24 +61,21 @@ pub fn response_from_messages_at(
         Some(id) => format!("chatcmpl-{id}"),
         None => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
     };
-    let completion = Completion {
-        id,
-        object: "chat.completion",
-        created,
-        model: client_model,
-        choices: [Choice {
-            index: 0,
-            message: Message {
-                role: "assistant",
-                content,
-                reasoning_content: reasoning,
-                tool_calls,
-            },
-            logprobs: None,
-            finish_reason: finish_reason(answer.stop_reason.as_deref()),
-        }],
-        usage: ChatUsage::new(&usage),
+    let message = Message {
+        role: "assistant",
+        content,
+        reasoning_content: reasoning,
+        refusal: None,
+        tool_calls,
     };
+    let completion = Completion::new(
+        &id,
+        created,
+        client_model,
+        message,
+        finish_reason(answer.stop_reason.as_deref()),
+        ChatUsage::new(&usage, false),
+    );
     let json =
         serde_json::to_vec(&completion).map_err(|e| ConvertError(format!("the answer could not be written: {e}")))?;
     Ok((Bytes::from(json), usage))
@@ -129,7 +124,7 @@ pub fn error_from_anthropic(status: u16, body: &[u8]) -> Bytes {
         Some(m) if !m.trim().is_empty() => m,
         _ => Cow::Owned(status_message(status)),
     };
-    let error = ChatError::new(kind.as_deref(), Some(status), &message);
+    let error = chat_error(kind.as_deref(), Some(status), &message);
     match serde_json::to_vec(&error) {
         Ok(json) => Bytes::from(json),
         Err(e) => {
@@ -199,46 +194,4 @@ struct ContentBlock<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     input: Option<&'a RawValue>,
-}
-
-#[derive(Serialize)]
-struct Completion<'a> {
-    id: String,
-    object: &'static str,
-    created: i64,
-    model: &'a str,
-    choices: [Choice<'a>; 1],
-    usage: ChatUsage,
-}
-
-#[derive(Serialize)]
-struct Choice<'a> {
-    index: u32,
-    message: Message<'a>,
-    logprobs: Option<()>,
-    finish_reason: &'static str,
-}
-
-#[derive(Serialize)]
-struct Message<'a> {
-    role: &'static str,
-    content: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<ToolCall<'a>>,
-}
-
-#[derive(Serialize)]
-struct ToolCall<'a> {
-    id: Cow<'a, str>,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    function: Function<'a>,
-}
-
-#[derive(Serialize)]
-struct Function<'a> {
-    name: Cow<'a, str>,
-    arguments: &'a str,
 }

@@ -1,6 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::usage::TokenUsage;
 
 const CREATED: i64 = 1_795_781_428;
 

@@ -24,11 +24,14 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ChatError, ChatUsage, finish_reason, unix_now};
+use super::{chat_error, finish_reason, unix_now};
+use crate::convert::chat_out::{
+    self, ChatUsage, Delta, ToolCallDelta, write_chunk, write_error_end, write_usage_chunk,
+};
 use crate::usage::TokenUsage;
 use crate::usage::sse::SseUsageParser;
 
@@ -37,8 +40,6 @@ const MAX_EVENT: usize = 16 << 20;
 
 /// Above this, a buffer is released after use rather than kept for the next event.
 const KEEP_CAPACITY: usize = 64 * 1024;
-
-const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// Streaming transducer from Anthropic Messages SSE bytes to Chat Completions chunk SSE bytes.
 #[derive(Debug)]
@@ -286,15 +287,7 @@ impl MessagesSseToChat {
         if self.id.is_empty() {
             self.id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
         }
-        self.chunk(
-            Delta {
-                role: Some("assistant"),
-                content: Some(""),
-                ..Delta::default()
-            },
-            None,
-            out,
-        );
+        self.chunk(Delta::start(), None, out);
     }
 
     fn block_start(&mut self, index: u64, block: StartBlock<'_>, out: &mut BytesMut) {
@@ -308,24 +301,19 @@ impl MessagesSseToChat {
                     .map(RawValue::get)
                     .filter(|input| !input.trim().is_empty() && input.trim() != "{}")
                     .map(str::to_owned);
-                let Ok(position) = u32::try_from(self.tools.len()) else {
-                    return;
-                };
+                let position = self.tools.len();
                 self.tools.push(ToolState {
                     block: index,
                     sent: false,
                     start_input,
                 });
-                let call = ToolCallDelta {
-                    index: position,
-                    id: Some(block.id.as_deref().unwrap_or_default()),
-                    kind: Some("function"),
-                    function: FunctionDelta {
-                        name: Some(block.name.as_deref().unwrap_or_default()),
-                        arguments: "",
-                    },
-                };
-                self.tool_chunk(call, out);
+                let call = ToolCallDelta::start(
+                    position,
+                    block.id.as_deref().unwrap_or_default(),
+                    block.name.as_deref().unwrap_or_default(),
+                    "",
+                );
+                self.chunk(Delta::tool_call(call), None, out);
             }
             _ => {}
         }
@@ -362,14 +350,8 @@ impl MessagesSseToChat {
     }
 
     /// The tool call of an Anthropic block index, with its Chat index.
-    fn tool(&mut self, block: u64) -> Option<(u32, &mut ToolState)> {
-        let (position, tool) = self
-            .tools
-            .iter_mut()
-            .enumerate()
-            .rev()
-            .find(|(_, t)| t.block == block)?;
-        Some((u32::try_from(position).ok()?, tool))
+    fn tool(&mut self, block: u64) -> Option<(usize, &mut ToolState)> {
+        self.tools.iter_mut().enumerate().rev().find(|(_, t)| t.block == block)
     }
 
     fn text(&mut self, text: Option<&str>, out: &mut BytesMut) {
@@ -402,22 +384,9 @@ impl MessagesSseToChat {
         );
     }
 
-    fn arguments(&mut self, position: u32, arguments: &str, out: &mut BytesMut) {
-        let call = ToolCallDelta {
-            index: position,
-            id: None,
-            kind: None,
-            function: FunctionDelta { name: None, arguments },
-        };
-        self.tool_chunk(call, out);
-    }
-
-    fn tool_chunk(&mut self, call: ToolCallDelta<'_>, out: &mut BytesMut) {
+    fn arguments(&mut self, position: usize, arguments: &str, out: &mut BytesMut) {
         self.chunk(
-            Delta {
-                tool_calls: Some([call]),
-                ..Delta::default()
-            },
+            Delta::tool_call(ToolCallDelta::arguments(position, arguments)),
             None,
             out,
         );
@@ -441,35 +410,15 @@ impl MessagesSseToChat {
         }
         self.finish_chunk("stop", out);
         if self.include_usage {
-            let chunk = Chunk {
-                id: &self.id,
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: &self.client_model,
-                choices: &[],
-                usage: Some(ChatUsage::new(&self.sse.usage())),
-            };
-            write_data(out, &chunk);
+            let usage = ChatUsage::new(&self.sse.usage(), false);
+            write_usage_chunk(out, &self.id, self.created, &self.client_model, usage);
         }
-        out.put_slice(DONE);
+        out.extend_from_slice(chat_out::DONE);
         self.ended = true;
     }
 
-    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&'static str>, out: &mut BytesMut) {
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.client_model,
-            choices: &[Choice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }],
-            usage: None,
-        };
-        write_data(out, &chunk);
+    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>, out: &mut BytesMut) {
+        write_chunk(out, &self.id, self.created, &self.client_model, delta, finish_reason);
     }
 
     /// Writes an error chunk (`kind` is Anthropic's error type) and ends the stream.
@@ -477,23 +426,9 @@ impl MessagesSseToChat {
         if self.ended {
             return;
         }
-        write_data(out, &ChatError::new(Some(kind), None, message));
-        out.put_slice(DONE);
+        write_error_end(out, &chat_error(Some(kind), None, message));
         self.failed = true;
         self.ended = true;
-    }
-}
-
-/// Writes `data: <json>\n\n`.
-fn write_data<T: Serialize>(out: &mut BytesMut, value: &T) {
-    let at = out.len();
-    out.put_slice(b"data: ");
-    match serde_json::to_writer((&mut *out).writer(), value) {
-        Ok(()) => out.put_slice(b"\n\n"),
-        Err(e) => {
-            tracing::error!(error = %e, "could not write a chat stream chunk");
-            out.truncate(at);
-        }
     }
 }
 
@@ -557,52 +492,4 @@ struct ErrorBody<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     message: Option<Cow<'a, str>>,
-}
-
-#[derive(Serialize)]
-struct Chunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: i64,
-    model: &'a str,
-    choices: &'a [Choice<'a>],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<ChatUsage>,
-}
-
-#[derive(Serialize)]
-struct Choice<'a> {
-    index: u32,
-    delta: Delta<'a>,
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
-}
-
-#[derive(Serialize, Default)]
-struct Delta<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
-}
-
-#[derive(Serialize)]
-struct ToolCallDelta<'a> {
-    index: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
-    function: FunctionDelta<'a>,
-}
-
-#[derive(Serialize)]
-struct FunctionDelta<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    arguments: &'a str,
 }

@@ -2,6 +2,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::usage::TokenUsage;
 
 /// The recorded Anthropic streams (text; text then one tool call).
 const TEXT_STREAM: &[u8] = include_bytes!("../../../tests/fixtures/responses/anthropic-messages-stream.sse");
