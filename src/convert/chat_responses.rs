@@ -37,6 +37,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::ConvertError;
+use super::chat_out::{
+    ChatError, ChatUsage, Completion, DONE, Delta, Message, ToolCall, ToolCallDelta, write_chunk, write_error_end,
+    write_usage_chunk,
+};
 use crate::usage::TokenUsage;
 use crate::usage::openai::{
     LONG_TAIL, LineSink, LineStart, MAX_LINE, ResponsesUsage, SseLines, parse_responses_json_usage,
@@ -794,7 +798,7 @@ impl ResponsesSseToChat {
         if s.mode == Mode::Collect && !s.collected {
             let body = match &s.failure {
                 Some(failure) => error_json(failure),
-                None => s.completion().to_json(&s.model),
+                None => s.completion().to_json(),
             };
             s.out.put_slice(&body);
             s.collected = true;
@@ -1070,14 +1074,7 @@ impl Transducer {
             self.created = at as i64;
         }
         if self.mode == Mode::Stream {
-            self.chunk(
-                Delta {
-                    role: Some("assistant"),
-                    content: Some(""),
-                    ..Delta::default()
-                },
-                None,
-            );
+            self.chunk(Delta::start(), None);
         }
     }
 
@@ -1118,25 +1115,13 @@ impl Transducer {
         match self.mode {
             Mode::Stream => {
                 let call = &self.calls[index];
-                let delta = ToolCallDelta {
-                    index,
-                    id: Some(&call.call_id),
-                    kind: Some("function"),
-                    function: FunctionDelta {
-                        name: Some(&call.name),
-                        arguments: &arguments,
-                    },
-                };
-                let chunk = Delta {
-                    tool_calls: Some([delta]),
-                    ..Delta::default()
-                };
+                let delta = ToolCallDelta::start(index, &call.call_id, &call.name, &arguments);
                 write_chunk(
                     &mut self.out,
                     self.id.as_deref().unwrap_or_default(),
                     self.created,
                     &self.model,
-                    chunk,
+                    Delta::tool_call(delta),
                     None,
                 );
             }
@@ -1162,21 +1147,12 @@ impl Transducer {
         call.arguments_sent = true;
         match self.mode {
             Mode::Stream => {
-                let chunk = Delta {
-                    tool_calls: Some([ToolCallDelta {
-                        index,
-                        id: None,
-                        kind: None,
-                        function: FunctionDelta { name: None, arguments },
-                    }]),
-                    ..Delta::default()
-                };
                 write_chunk(
                     &mut self.out,
                     self.id.as_deref().unwrap_or_default(),
                     self.created,
                     &self.model,
-                    chunk,
+                    Delta::tool_call(ToolCallDelta::arguments(index, arguments)),
                     None,
                 );
             }
@@ -1202,27 +1178,21 @@ impl Transducer {
         if self.mode == Mode::Stream {
             self.chunk(Delta::default(), Some(finish));
             if self.include_usage {
-                let usage = ChatUsageOut::from(self.usage);
-                write_json_line(
+                write_usage_chunk(
                     &mut self.out,
-                    &UsageChunk {
-                        id: self.id.as_deref().unwrap_or_default(),
-                        object: "chat.completion.chunk",
-                        created: self.created,
-                        model: &self.model,
-                        choices: [],
-                        usage,
-                    },
+                    self.id.as_deref().unwrap_or_default(),
+                    self.created,
+                    &self.model,
+                    ChatUsage::new(&self.usage, true),
                 );
             }
-            self.out.put_slice(b"data: [DONE]\n\n");
+            self.out.put_slice(DONE);
         }
     }
 
     fn fail(&mut self, failure: Failure) {
         if self.mode == Mode::Stream {
-            write_json_line(&mut self.out, &ErrorOut::from(&failure));
-            self.out.put_slice(b"data: [DONE]\n\n");
+            write_error_end(&mut self.out, &failure.chat_error());
         }
         self.failure = Some(failure);
         self.ended = true;
@@ -1239,9 +1209,10 @@ impl Transducer {
         );
     }
 
-    fn completion(&self) -> Completion<'_> {
-        Completion {
-            id: self.id.clone().unwrap_or_default(),
+    fn completion(&self) -> Answer<'_> {
+        Answer {
+            id: self.id.as_deref().unwrap_or_default(),
+            model: &self.model,
             created: self.created,
             content: &self.content,
             refusal: &self.refusal,
@@ -1256,162 +1227,20 @@ impl Transducer {
     }
 }
 
-#[derive(Serialize)]
-struct ChunkOut<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: i64,
-    model: &'a str,
-    choices: [ChunkChoice<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct ChunkChoice<'a> {
-    index: u32,
-    delta: Delta<'a>,
-    /// `null` until the last chunk.
-    finish_reason: Option<&'a str>,
-}
-
-#[derive(Serialize, Default)]
-struct Delta<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refusal: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
-}
-
-#[derive(Serialize)]
-struct ToolCallDelta<'a> {
-    index: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'a str>,
-    function: FunctionDelta<'a>,
-}
-
-#[derive(Serialize)]
-struct FunctionDelta<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    arguments: &'a str,
-}
-
-#[derive(Serialize)]
-struct UsageChunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: i64,
-    model: &'a str,
-    choices: [(); 0],
-    usage: ChatUsageOut,
-}
-
-/// A Chat `usage` object from normalised usage: the prompt is the input plus its cached part.
-#[derive(Serialize)]
-struct ChatUsageOut {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-    prompt_tokens_details: CachedOut,
-    completion_tokens_details: ReasoningOut,
-}
-
-#[derive(Serialize)]
-struct CachedOut {
-    cached_tokens: u64,
-}
-
-#[derive(Serialize)]
-struct ReasoningOut {
-    reasoning_tokens: u64,
-}
-
-impl From<TokenUsage> for ChatUsageOut {
-    fn from(u: TokenUsage) -> Self {
-        let prompt = u.input.saturating_add(u.cache_read);
-        Self {
-            prompt_tokens: prompt,
-            completion_tokens: u.output,
-            total_tokens: prompt.saturating_add(u.output),
-            prompt_tokens_details: CachedOut {
-                cached_tokens: u.cache_read,
-            },
-            completion_tokens_details: ReasoningOut {
-                reasoning_tokens: u.reasoning,
-            },
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorOut<'a> {
-    error: ErrorOutBody<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorOutBody<'a> {
-    message: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: Option<&'a str>,
-}
-
-impl<'a> From<&'a Failure> for ErrorOut<'a> {
-    fn from(f: &'a Failure) -> Self {
-        Self {
-            error: ErrorOutBody {
-                message: &f.message,
-                kind: &f.kind,
-                param: None,
-                code: f.code.as_deref(),
-            },
-        }
+impl Failure {
+    fn chat_error(&self) -> ChatError<'_> {
+        ChatError::new(&self.message, &self.kind, self.code.as_deref())
     }
 }
 
 fn error_json(failure: &Failure) -> Vec<u8> {
-    serde_json::to_vec(&ErrorOut::from(failure)).unwrap_or_default()
-}
-
-fn write_chunk(out: &mut BytesMut, id: &str, created: i64, model: &str, delta: Delta<'_>, finish: Option<&str>) {
-    write_json_line(
-        out,
-        &ChunkOut {
-            id,
-            object: "chat.completion.chunk",
-            created,
-            model,
-            choices: [ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason: finish,
-            }],
-        },
-    );
-}
-
-/// `data: <json>\n\n`.
-fn write_json_line<T: Serialize>(out: &mut BytesMut, value: &T) {
-    match serde_json::to_vec(value) {
-        Ok(json) => {
-            out.put_slice(b"data: ");
-            out.put_slice(&json);
-            out.put_slice(b"\n\n");
-        }
-        Err(e) => tracing::error!(error = %e, "could not write a Chat chunk"),
-    }
+    serde_json::to_vec(&failure.chat_error()).unwrap_or_default()
 }
 
 /// Everything a `chat.completion` says.
-struct Completion<'a> {
-    id: String,
+struct Answer<'a> {
+    id: &'a str,
+    model: &'a str,
     created: i64,
     content: &'a str,
     refusal: &'a str,
@@ -1421,72 +1250,29 @@ struct Completion<'a> {
     usage: TokenUsage,
 }
 
-impl Completion<'_> {
-    fn to_json(&self, model: &str) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            id: &'a str,
-            object: &'static str,
-            created: i64,
-            model: &'a str,
-            choices: [Choice<'a>; 1],
-            usage: ChatUsageOut,
-        }
-        #[derive(Serialize)]
-        struct Choice<'a> {
-            index: u32,
-            message: Message<'a>,
-            finish_reason: &'a str,
-        }
-        #[derive(Serialize)]
-        struct Message<'a> {
-            role: &'static str,
-            /// `null` when the answer is only function calls or a refusal.
-            content: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            refusal: Option<&'a str>,
-            #[serde(skip_serializing_if = "Vec::is_empty")]
-            tool_calls: Vec<ToolCall<'a>>,
-        }
-        #[derive(Serialize)]
-        struct ToolCall<'a> {
-            id: &'a str,
-            #[serde(rename = "type")]
-            kind: &'static str,
-            function: Function<'a>,
-        }
-        #[derive(Serialize)]
-        struct Function<'a> {
-            name: &'a str,
-            arguments: &'a str,
-        }
+impl Answer<'_> {
+    fn to_json(&self) -> Vec<u8> {
         let only_other = self.content.is_empty() && (!self.calls.is_empty() || !self.refusal.is_empty());
-        let body = Body {
-            id: &self.id,
-            object: "chat.completion",
-            created: self.created,
-            model,
-            choices: [Choice {
-                index: 0,
-                message: Message {
-                    role: "assistant",
-                    content: (!only_other).then_some(self.content),
-                    refusal: (!self.refusal.is_empty()).then_some(self.refusal),
-                    tool_calls: self
-                        .calls
-                        .iter()
-                        .map(|&(id, name, arguments)| ToolCall {
-                            id,
-                            kind: "function",
-                            function: Function { name, arguments },
-                        })
-                        .collect(),
-                },
-                finish_reason: self.finish,
-            }],
-            usage: ChatUsageOut::from(self.usage),
+        let message = Message {
+            role: "assistant",
+            content: (!only_other).then_some(Cow::Borrowed(self.content)),
+            reasoning_content: None,
+            refusal: (!self.refusal.is_empty()).then_some(self.refusal),
+            tool_calls: self
+                .calls
+                .iter()
+                .map(|&(id, name, arguments)| ToolCall::function(Cow::Borrowed(id), Cow::Borrowed(name), arguments))
+                .collect(),
         };
-        serde_json::to_vec(&body).unwrap_or_default()
+        let completion = Completion::new(
+            self.id,
+            self.created,
+            self.model,
+            message,
+            self.finish,
+            ChatUsage::new(&self.usage, true),
+        );
+        serde_json::to_vec(&completion).unwrap_or_default()
     }
 }
 
@@ -1573,8 +1359,10 @@ pub fn response_from_responses(body: &[u8], client_model: &str) -> Result<(Bytes
     } else {
         "tool_calls"
     };
-    let completion = Completion {
-        id: format!("chatcmpl-{}", r.id.as_deref().unwrap_or_default()),
+    let id = format!("chatcmpl-{}", r.id.as_deref().unwrap_or_default());
+    let completion = Answer {
+        id: &id,
+        model: client_model,
         created: r
             .created_at
             .map_or_else(|| chrono::Utc::now().timestamp(), |at| at as i64),
@@ -1584,7 +1372,7 @@ pub fn response_from_responses(body: &[u8], client_model: &str) -> Result<(Bytes
         finish,
         usage,
     };
-    Ok((Bytes::from(completion.to_json(client_model)), usage))
+    Ok((Bytes::from(completion.to_json()), usage))
 }
 
 #[cfg(test)]

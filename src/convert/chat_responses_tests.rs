@@ -453,7 +453,7 @@ fn reasoning_is_skipped_refusals_and_incomplete_answers_kept() {
     let body: Value = serde_json::from_slice(&run(&mut t, &stream, &[])[0]).unwrap();
     assert_eq!(
         body["choices"][0],
-        json!({"index": 0, "message": {"role": "assistant", "content": "Hé", "refusal": "No."}, "finish_reason": "length"})
+        json!({"index": 0, "message": {"role": "assistant", "content": "Hé", "refusal": "No."}, "logprobs": null, "finish_reason": "length"})
     );
     assert_eq!(body["usage"]["completion_tokens_details"]["reasoning_tokens"], json!(4));
 }
