@@ -40,32 +40,12 @@ pub fn write_chunk(out: &mut BytesMut, id: &str, created: i64, model: &str, delt
         logprobs: None,
         finish_reason: finish,
     }];
-    write_data(
-        out,
-        &Chunk {
-            id,
-            object: "chat.completion.chunk",
-            created,
-            model,
-            choices: &choices,
-            usage: None,
-        },
-    );
+    write_data(out, &Chunk::new(id, created, model, &choices, None));
 }
 
 /// Writes the usage chunk: `"choices":[]` and the usage.
 pub fn write_usage_chunk(out: &mut BytesMut, id: &str, created: i64, model: &str, usage: ChatUsage) {
-    write_data(
-        out,
-        &Chunk {
-            id,
-            object: "chat.completion.chunk",
-            created,
-            model,
-            choices: &[],
-            usage: Some(usage),
-        },
-    );
+    write_data(out, &Chunk::new(id, created, model, &[], Some(usage)));
 }
 
 /// Writes an error chunk and `data: [DONE]`.
@@ -83,6 +63,25 @@ struct Chunk<'a> {
     choices: &'a [ChunkChoice<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<ChatUsage>,
+}
+
+impl<'a> Chunk<'a> {
+    fn new(
+        id: &'a str,
+        created: i64,
+        model: &'a str,
+        choices: &'a [ChunkChoice<'a>],
+        usage: Option<ChatUsage>,
+    ) -> Self {
+        Chunk {
+            id,
+            object: "chat.completion.chunk",
+            created,
+            model,
+            choices,
+            usage,
+        }
+    }
 }
 
 #[derive(Serialize)]
