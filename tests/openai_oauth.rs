@@ -722,3 +722,72 @@ async fn chat_completions_reach_a_chatgpt_account_converted_to_responses() {
     );
     assert_clean(&mock, &admin, &relay);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_codex_backend_cannot_take_goes_to_an_account_that_can() {
+    let mock = ChatGptMock::start().await;
+    let anthropic = support::mock::MockUpstream::start().await;
+    // A Claude-wire account that also serves the Codex model (an Anthropic-compatible gateway),
+    // after the ChatGPT account.
+    let relay = RelayProcess::start(&format!(
+        "{}accounts:\n{}",
+        config(&mock, ""),
+        support::account_yaml(
+            "gateway",
+            &anthropic.url(),
+            &format!(", priority: 200, models: [{MODEL}]")
+        )
+    ))
+    .await;
+    let admin = Admin::login(&relay).await;
+    let (access, refresh, id_token, _) = mock.issue_tokens(3600);
+    let v = import_auth_json(&admin, "chatgpt", &access, &refresh, &id_token).await;
+    assert_eq!(v["priority"], 50, "{v}");
+    let chat = |stop: bool| {
+        let mut b = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
+        if stop {
+            b["stop"] = json!(["\n\n"]);
+        }
+        client()
+            .post(format!("{}/v1/chat/completions", relay.base()))
+            .bearer_auth(ALICE)
+            .body(b.to_string())
+            .send()
+    };
+    // Without `stop`, the ChatGPT account (the better priority) serves.
+    let r = chat(false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!((mock.responses().len(), anthropic.hits()), (1, 0));
+    // `stop` has no Responses equivalent: the Codex backend's account is passed over (not
+    // marked), and the gateway serves it as Anthropic's stop_sequences.
+    let r = chat(true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert_eq!((mock.responses().len(), anthropic.hits()), (1, 1));
+    let sent = anthropic.seen().pop().unwrap().json();
+    assert_eq!(sent["stop_sequences"], json!(["\n\n"]), "{sent}");
+    let r = chat(false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(mock.responses().len(), 2, "the ChatGPT account was not benched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_no_account_can_take_is_refused_naming_what_cannot_be_converted() {
+    let (mock, relay, admin) = setup().await;
+    let (access, refresh, id_token, _) = mock.issue_tokens(3600);
+    import_auth_json(&admin, "chatgpt", &access, &refresh, &id_token).await;
+    let body = json!({"model": MODEL, "stop": "x", "messages": [{"role": "user", "content": "hi"}]});
+    let r = client()
+        .post(format!("{}/openai/v1/chat/completions", relay.base()))
+        .bearer_auth(ALICE)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("stop"), "{v}");
+    assert!(mock.responses().is_empty());
+}

@@ -203,9 +203,20 @@ async fn attempts(
         let out = match outgoing(conversion, &body, parsed, &upstream_model) {
             Ok(o) => o,
             Err(e) => {
+                // The request cannot be said in this account's wire; another kind may take it
+                // (a Chat `stop` refused for the Codex backend is fine for an OpenAI key). The
+                // account is not to blame.
+                relay.outcomes.failed(
+                    plan,
+                    &account,
+                    Failure {
+                        status: None,
+                        mark: None,
+                    },
+                );
                 last_relay_err = Some(RelayError::BadRequest(e.0));
                 held = None;
-                break;
+                continue;
             }
         };
         let _in_flight = InFlightOn::new(&account);
