@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use filters::Service;
 
-use super::{Dialect, Endpoint, ErrorKind, Ingress, json_bytes};
+use super::{Dialect, Endpoint, ErrorKind, Ingress, get_only, json_bytes, post_only};
 
 /// The mount points of the Anthropic surface: `ANTHROPIC_BASE_URL` may end in any of them.
 const PREFIXES: [&str; 4] = ["/api/claude", "/api", "/claude", ""];
@@ -36,10 +36,7 @@ impl Ingress for AnthropicMessages {
                 },
                 "/v1/messages" => post_only(method, Endpoint::Messages),
                 "/v1/messages/count_tokens" => post_only(method, Endpoint::CountTokens),
-                "/v1/models" => match *method {
-                    http::Method::GET => Endpoint::Models(super::Scope::Any),
-                    _ => Endpoint::MethodNotAllowed("GET"),
-                },
+                "/v1/models" => get_only(method, Endpoint::Models(super::Scope::Any)),
                 "/health" if prefix.is_empty() => match *method {
                     http::Method::GET | http::Method::HEAD => Endpoint::Health,
                     _ => Endpoint::MethodNotAllowed("GET"),
@@ -85,14 +82,6 @@ impl Ingress for AnthropicMessages {
             "first_id": ids.first(),
             "last_id": ids.last(),
         }))
-    }
-}
-
-fn post_only(method: &http::Method, e: Endpoint) -> Endpoint {
-    if *method == http::Method::POST {
-        e
-    } else {
-        Endpoint::MethodNotAllowed("POST")
     }
 }
 

@@ -218,6 +218,24 @@ fn gemini_error(kind: ErrorKind, status: u16, message: &str) -> Bytes {
     json_bytes(&serde_json::json!({ "error": { "code": status, "message": message, "status": s } }))
 }
 
+/// `e` for a POST, else the 405 that names POST.
+fn post_only(method: &http::Method, e: Endpoint) -> Endpoint {
+    only(method, http::Method::POST, "POST", e)
+}
+
+/// `e` for a GET, else the 405 that names GET.
+fn get_only(method: &http::Method, e: Endpoint) -> Endpoint {
+    only(method, http::Method::GET, "GET", e)
+}
+
+fn only(method: &http::Method, allowed: http::Method, name: &'static str, e: Endpoint) -> Endpoint {
+    if *method == allowed {
+        e
+    } else {
+        Endpoint::MethodNotAllowed(name)
+    }
+}
+
 fn json_bytes(v: &serde_json::Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use filters::Service;
 
-use super::{Dialect, Endpoint, ErrorKind, Ingress, Scope, json_bytes};
+use super::{Dialect, Endpoint, ErrorKind, Ingress, Scope, get_only, json_bytes, post_only};
 
 /// Prefixes under which the OpenAI paths are served, longest first.
 const PREFIXES: [(&str, Scope); 6] = [
@@ -93,22 +93,6 @@ fn owner(id: &str) -> &'static str {
         Some(crate::providers::Family::OpenAi) => "openai",
         Some(crate::providers::Family::Gemini) => "google",
         None => "relay",
-    }
-}
-
-fn post_only(method: &http::Method, e: Endpoint) -> Endpoint {
-    if *method == http::Method::POST {
-        e
-    } else {
-        Endpoint::MethodNotAllowed("POST")
-    }
-}
-
-fn get_only(method: &http::Method, e: Endpoint) -> Endpoint {
-    if *method == http::Method::GET {
-        e
-    } else {
-        Endpoint::MethodNotAllowed("GET")
     }
 }
 
