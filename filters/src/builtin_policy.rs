@@ -414,15 +414,9 @@ impl Filter for Models {
                 None => Ok(()),
             };
         };
-        let model = policy_model_name(requested);
-        // The requested name is the caller's own; shown trimmed and bounded.
-        let shown: String = requested.trim().chars().take(200).collect();
-        if policy.model_blacklist.iter().any(|e| model_entry_matches(e, &model)) {
-            return Err(refuse(&shown));
-        }
-        if let Some(allow) = &policy.model_allowlist
-            && !allow.iter().any(|e| model_entry_matches(e, &model))
-        {
+        if !policy.allows_model(requested) {
+            // The requested name is the caller's own; shown trimmed and bounded.
+            let shown: String = requested.trim().chars().take(200).collect();
             return Err(refuse(&shown));
         }
         Ok(())

@@ -210,6 +210,21 @@ pub fn predefined_client(id: &str) -> Option<(&'static str, Vec<Service>)> {
 }
 
 impl KeyPolicy {
+    /// Whether the key's model rules (blacklist, then allowlist) let it use `model`, compared
+    /// as [`crate::builtin_policy::policy_model_name`] writes it.
+    pub fn allows_model(&self, model: &str) -> bool {
+        use crate::builtin_policy::{model_entry_matches, policy_model_name};
+        if self.model_blacklist.is_empty() && self.model_allowlist.is_none() {
+            return true;
+        }
+        let m = policy_model_name(model);
+        !self.model_blacklist.iter().any(|e| model_entry_matches(e, &m))
+            && self
+                .model_allowlist
+                .as_ref()
+                .is_none_or(|allow| allow.iter().any(|e| model_entry_matches(e, &m)))
+    }
+
     /// Compiles a spec; the error names the field and the reason.
     pub fn compile(spec: &KeyPolicySpec) -> Result<KeyPolicy, String> {
         let permissions = match &spec.permissions {

@@ -394,7 +394,7 @@ fn model_ids(relay: &Relay, key: Option<&ClientKey>, op: providers::Operation, s
     let binding = key.and_then(|k| k.bind.as_deref());
     let mut set = std::collections::BTreeSet::new();
     for a in snap.pool.all() {
-        if !a.enabled || !kinds.contains(a.kind) || !binding.map_or(!a.dedicated, |b| a.matches_binding(b)) {
+        if !a.open_to(binding, kinds) {
             continue;
         }
         set.extend(a.model_map.keys().cloned());
@@ -412,19 +412,8 @@ fn model_ids(relay: &Relay, key: Option<&ClientKey>, op: providers::Operation, s
             ),
         }
     }
-    set.retain(|m| key.is_none_or(|k| key_allows(k, m)));
+    set.retain(|m| key.is_none_or(|k| k.policy.allows_model(m)));
     set.into_iter().collect()
-}
-
-/// Whether the key's model policy lets it use `model`.
-fn key_allows(key: &ClientKey, model: &str) -> bool {
-    use filters::builtin_policy::{model_entry_matches, policy_model_name};
-    let m = policy_model_name(model);
-    let p = &key.policy;
-    !p.model_blacklist.iter().any(|e| model_entry_matches(e, &m))
-        && p.model_allowlist
-            .as_ref()
-            .is_none_or(|allow| allow.iter().any(|e| model_entry_matches(e, &m)))
 }
 
 fn percent_decode(s: &str) -> String {

@@ -118,6 +118,17 @@ impl Account {
         }
     }
 
+    /// Whether the account takes requests of a key with this binding (or none) that may go to
+    /// `kinds`: it is enabled, of one of those kinds, and the binding designates it (a key
+    /// without one uses the shared, non-dedicated accounts).
+    pub fn open_to(&self, binding: Option<&str>, kinds: KindSet) -> bool {
+        let bound_ok = match binding {
+            Some(b) => self.matches_binding(b),
+            None => !self.dedicated,
+        };
+        bound_ok && self.enabled && kinds.contains(self.kind)
+    }
+
     /// Whether a key binding (`name` or `group:<name>`) designates this account.
     pub fn matches_binding(&self, binding: &str) -> bool {
         match binding.strip_prefix("group:") {
@@ -374,13 +385,7 @@ impl Scheduler {
     pub fn pick(&self, pool: &AccountPool, req: &PickRequest<'_>) -> Option<Arc<Account>> {
         // Everything but health: who may serve this request at all.
         let allowed = |a: &Account| {
-            let bound_ok = match req.binding {
-                Some(b) => a.matches_binding(b),
-                None => !a.dedicated,
-            };
-            bound_ok
-                && a.enabled
-                && req.kinds.contains(a.kind)
+            a.open_to(req.binding, req.kinds)
                 && (req.tried.is_empty() || !req.tried.contains(&a.id))
                 && a.serves(req.model)
         };
@@ -548,12 +553,9 @@ impl AccountPool {
     /// Whether any enabled account of `kinds` serves `model` (health aside), within a key's
     /// binding when it has one.
     pub fn serves_any(&self, model: &str, kinds: KindSet, binding: Option<&str>) -> bool {
-        self.accounts.iter().any(|a| {
-            a.enabled
-                && kinds.contains(a.kind)
-                && binding.map_or(!a.dedicated, |b| a.matches_binding(b))
-                && a.serves(model)
-        })
+        self.accounts
+            .iter()
+            .any(|a| a.open_to(binding, kinds) && a.serves(model))
     }
 
     /// Keys of `model_map`s of enabled accounts (aliases clients may use).
