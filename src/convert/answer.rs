@@ -222,83 +222,88 @@ impl StreamAdapter {
     }
 }
 
+/// A complete answer as the client gets it.
+#[derive(Debug)]
+pub struct Completed {
+    pub body: Bytes,
+    /// The usage the answer carries, when it has one.
+    pub usage: Option<TokenUsage>,
+    /// The status the client gets instead of the upstream's: 502 for a successful answer that
+    /// does not read as its wire's and so cannot be converted.
+    pub status: Option<u16>,
+}
+
+impl Completed {
+    fn new(body: Bytes, usage: Option<TokenUsage>) -> Completed {
+        Completed {
+            body,
+            usage,
+            status: None,
+        }
+    }
+
+    /// An answer that cannot be converted: a 502 in OpenAI's shape, its usage still counted.
+    fn unconvertible(e: &super::ConvertError, usage: Option<TokenUsage>) -> Completed {
+        let v = serde_json::json!({"error": {
+            "message": format!("the upstream's answer could not be read for conversion: {e}"),
+            "type": "server_error", "code": "upstream_error", "param": null
+        }});
+        Completed {
+            body: Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+            usage,
+            status: Some(502),
+        }
+    }
+}
+
 /// A complete (not streamed) answer in the client's dialect, and its usage when it has one.
-pub fn complete_body(
-    a: &Answer<'_>,
-    status: u16,
-    headers: &http::HeaderMap,
-    body: Bytes,
-) -> (Bytes, Option<TokenUsage>) {
+pub fn complete_body(a: &Answer<'_>, status: u16, headers: &http::HeaderMap, body: Bytes) -> Completed {
     let rename = a.rename.map(|(_, to)| to);
     if status >= 400 {
         let body = match a.kind {
             ResponseKind::Anthropic => body,
-            ResponseKind::OpenAiChat | ResponseKind::OpenAiResponses => return (body, None),
+            ResponseKind::OpenAiChat | ResponseKind::OpenAiResponses => return Completed::new(body, None),
             _ => bedrock::anthropic_error_body(status, headers, &body),
         };
         let body = match a.conversion {
             Conversion::ChatToMessages => chat_anthropic::error_from_anthropic(status, &body),
             _ => body,
         };
-        return (body, None);
+        return Completed::new(body, None);
     }
     match (a.kind, a.conversion) {
         (ResponseKind::BedrockCountTokens, _) => {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             match v.get("inputTokens").and_then(|n| n.as_u64()) {
-                Some(n) => (Bytes::from(format!(r#"{{"input_tokens":{n}}}"#)), None),
-                None => (body, None),
+                Some(n) => Completed::new(Bytes::from(format!(r#"{{"input_tokens":{n}}}"#)), None),
+                None => Completed::new(body, None),
             }
         }
-        // An answer that does not read as its wire's (the usage still counted if it has one)
-        // becomes a 502 in the client's shape: see [`unconvertible`].
         (_, Conversion::ChatToMessages) => match chat_anthropic::response_from_messages(&body, a.client_model) {
-            Ok((b, u)) => (b, Some(u)),
-            Err(e) => (unconvertible_body(&e), parse_json_usage(&body).map(|(u, _)| u)),
+            Ok((b, u)) => Completed::new(b, Some(u)),
+            Err(e) => Completed::unconvertible(&e, parse_json_usage(&body).map(|(u, _)| u)),
         },
         (_, Conversion::ChatToResponses) => match chat_responses::response_from_responses(&body, a.client_model) {
-            Ok((b, u)) => (b, Some(u)),
-            Err(e) => (unconvertible_body(&e), parse_responses_json_usage(&body)),
+            Ok((b, u)) => Completed::new(b, Some(u)),
+            Err(e) => Completed::unconvertible(&e, parse_responses_json_usage(&body)),
         },
-        (ResponseKind::OpenAiChat, _) => {
-            let usage = parse_chat_json_usage(&body);
-            let body = match rename {
-                Some(m) => json_model(&body, m),
-                None => body,
-            };
-            (body, usage)
-        }
         (ResponseKind::OpenAiResponses, _) => {
             let usage = parse_responses_json_usage(&body);
-            (body, usage)
+            Completed::new(body, usage)
         }
-        _ => {
-            let usage = parse_json_usage(&body).map(|(u, _)| u);
+        (kind, _) => {
+            let usage = if kind == ResponseKind::OpenAiChat {
+                parse_chat_json_usage(&body)
+            } else {
+                parse_json_usage(&body).map(|(u, _)| u)
+            };
             let body = match rename {
                 Some(m) => json_model(&body, m),
                 None => body,
             };
-            (body, usage)
+            Completed::new(body, usage)
         }
     }
-}
-
-const UNCONVERTIBLE: &str = "the upstream's answer could not be read for conversion: ";
-
-fn unconvertible_body(e: &super::ConvertError) -> Bytes {
-    let v = serde_json::json!({"error": {
-        "message": format!("{UNCONVERTIBLE}{e}"), "type": "server_error", "code": "upstream_error", "param": null
-    }});
-    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
-}
-
-/// Whether a converted successful answer came out as [`complete_body`]'s error instead: its
-/// status is then 502.
-pub fn unconvertible(a: &Answer<'_>, status: u16, converted: &[u8]) -> bool {
-    status < 300
-        && matches!(a.conversion, Conversion::ChatToMessages | Conversion::ChatToResponses)
-        && converted.starts_with(br#"{"error":"#)
-        && memchr::memmem::find(converted, UNCONVERTIBLE.as_bytes()).is_some()
 }
 
 /// Whether a complete answer's body is rewritten (so its length and content type change).
@@ -318,26 +323,28 @@ mod tests {
     #[test]
     fn count_tokens_and_errors_reach_the_client_in_anthropic_shape() {
         let h = http::HeaderMap::new();
-        let (b, _) = complete_body(
+        let b = complete_body(
             &Answer::passthrough(ResponseKind::BedrockCountTokens),
             200,
             &h,
             Bytes::from_static(br#"{"inputTokens":42}"#),
-        );
+        )
+        .body;
         assert_eq!(&b[..], br#"{"input_tokens":42}"#);
-        let (b, _) = complete_body(
+        let b = complete_body(
             &Answer::passthrough(ResponseKind::BedrockInvoke),
             400,
             &h,
             Bytes::from_static(br#"{"message":"bad field"}"#),
-        );
+        )
+        .body;
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         // Anthropic errors pass as they came.
         let raw = Bytes::from_static(br#"{"type":"error","error":{"type":"x","message":"m"}}"#);
         assert_eq!(
-            complete_body(&Answer::passthrough(ResponseKind::Anthropic), 400, &h, raw.clone()).0,
+            complete_body(&Answer::passthrough(ResponseKind::Anthropic), 400, &h, raw.clone()).body,
             raw
         );
     }
@@ -351,7 +358,7 @@ mod tests {
             rename: Some(("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5")),
             ..Answer::passthrough(ResponseKind::BedrockInvoke)
         };
-        let (b, u) = complete_body(&answer, 200, &http::HeaderMap::new(), body);
+        let Completed { body: b, usage: u, .. } = complete_body(&answer, 200, &http::HeaderMap::new(), body);
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["model"], "claude-sonnet-4-5");
         let u = u.unwrap();

@@ -681,7 +681,7 @@ fn client_error(a: &Answer<'_>, mut head: pingora::http::ResponseHeader, raw: By
     if !answer::rewrites_body(a, status) {
         return HeldAnswer { head, body: raw };
     }
-    let (body, _) = answer::complete_body(a, status, &head.headers, raw);
+    let body = answer::complete_body(a, status, &head.headers, raw).body;
     // The converted body is JSON; the replay sets its length.
     let _ = head.insert_header(http::header::CONTENT_TYPE, "application/json");
     HeldAnswer { head, body }
@@ -948,12 +948,12 @@ async fn relay_complete(
         }
     }
     let status = head.status.as_u16();
-    let (body, usage) = answer::complete_body(answer, status, &head.headers, buf.freeze());
-    let status = if answer::unconvertible(answer, status, &body) {
-        502
-    } else {
-        status
-    };
+    let answer::Completed {
+        body,
+        usage,
+        status: replaced,
+    } = answer::complete_body(answer, status, &head.headers, buf.freeze());
+    let status = replaced.unwrap_or(status);
     if let (Some(usage), Some(s)) = (usage, ctx.settle.as_mut()) {
         s.usage = usage;
     }
