@@ -18,6 +18,8 @@ pub struct ProvidersConfig {
     pub anthropic: AnthropicProvider,
     #[serde(default)]
     pub openai: OpenAiProvider,
+    #[serde(default)]
+    pub google: GoogleProvider,
 }
 
 impl ProvidersConfig {
@@ -27,6 +29,8 @@ impl ProvidersConfig {
             anthropic: self.anthropic.api_base.clone(),
             openai: self.openai.api_base.clone(),
             codex: self.openai.codex_base.clone(),
+            gemini: self.google.api_base.clone(),
+            code_assist: self.google.code_assist_base.clone(),
         }
     }
 }
@@ -59,6 +63,34 @@ impl Default for OpenAiProvider {
             api_base: default_openai_base(),
             codex_base: default_codex_base(),
             oauth: OpenAiOAuthSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleProvider {
+    /// The Gemini API; the default `base_url` of `gemini-api` accounts.
+    #[serde(default = "default_gemini_base")]
+    pub api_base: crate::accounts::BaseUrl,
+    /// Gemini Code Assist; the default `base_url` of `gemini-oauth` accounts.
+    #[serde(default = "default_code_assist_base")]
+    pub code_assist_base: crate::accounts::BaseUrl,
+}
+
+fn default_gemini_base() -> crate::accounts::BaseUrl {
+    crate::accounts::BaseUrl::known(crate::providers::gemini::DEFAULT_API_BASE)
+}
+
+fn default_code_assist_base() -> crate::accounts::BaseUrl {
+    crate::accounts::BaseUrl::known(crate::providers::gemini::DEFAULT_CODE_ASSIST_BASE)
+}
+
+impl Default for GoogleProvider {
+    fn default() -> Self {
+        GoogleProvider {
+            api_base: default_gemini_base(),
+            code_assist_base: default_code_assist_base(),
         }
     }
 }

@@ -232,6 +232,7 @@ fn credential(
             let header = match a.settings.kind {
                 AccountKind::OpenAi => openai::bearer(key),
                 AccountKind::AzureOpenAi => openai::azure_key(key),
+                AccountKind::GeminiApi => crate::providers::gemini::api_key_header(key),
                 _ => anthropic_console::auth_header(key),
             };
             let (name, value) = header

@@ -80,6 +80,10 @@ impl fmt::Debug for AccountCredential {
     }
 }
 
+/// Why a `gemini-oauth` account takes no `api_key`.
+const GEMINI_OAUTH_ONLY: &str = "does not apply: gemini-oauth accounts are connected through the admin sign-in \
+     (/admin/api/accounts/gemini-oauth/authorize and exchange, or import of Gemini CLI's oauth_creds.json)";
+
 impl AccountCredential {
     /// The credential an account of `kind` gets from the fields given, checked.
     pub fn from_fields(kind: AccountKind, f: CredentialFields) -> Result<AccountCredential, FieldError> {
@@ -118,10 +122,12 @@ impl AccountCredential {
                         AccountKind::Ccr => "is required for kind ccr",
                         AccountKind::OpenAi => "is required for kind openai",
                         AccountKind::AzureOpenAi => "is required for kind azure-openai",
+                        AccountKind::GeminiApi => "is required for kind gemini-api",
                         AccountKind::OpenAiOauth => {
                             "does not apply: openai-oauth accounts are connected through the admin sign-in \
                              (/admin/api/accounts/openai-oauth/authorize and exchange, or import of Codex's auth.json)"
                         }
+                        AccountKind::GeminiOauth => GEMINI_OAUTH_ONLY,
                         // Refresh tokens rotate, so only a long-lived token fits a file.
                         AccountKind::ClaudeOauth | AccountKind::Bedrock => {
                             "is required for kind claude-oauth: a long-lived OAuth access token (setup token); \
@@ -131,6 +137,9 @@ impl AccountCredential {
                 ));
             }
         };
+        if kind == AccountKind::GeminiOauth {
+            return Err(FieldError::new("api_key", GEMINI_OAUTH_ONLY));
+        }
         if kind == AccountKind::OpenAiOauth {
             return Err(FieldError::new(
                 "api_key",
@@ -152,10 +161,14 @@ impl AccountCredential {
     /// The credential of a stored record of `kind`, from its opened secret.
     pub fn open(kind: AccountKind, secret: &str) -> Result<AccountCredential, String> {
         let c = match kind {
-            AccountKind::ClaudeConsole | AccountKind::Ccr | AccountKind::OpenAi | AccountKind::AzureOpenAi => {
-                AccountCredential::ApiKey(secret.to_string())
+            AccountKind::ClaudeConsole
+            | AccountKind::Ccr
+            | AccountKind::OpenAi
+            | AccountKind::AzureOpenAi
+            | AccountKind::GeminiApi => AccountCredential::ApiKey(secret.to_string()),
+            AccountKind::ClaudeOauth | AccountKind::OpenAiOauth | AccountKind::GeminiOauth => {
+                AccountCredential::OAuth(TokenPair::parse(secret))
             }
-            AccountKind::ClaudeOauth | AccountKind::OpenAiOauth => AccountCredential::OAuth(TokenPair::parse(secret)),
             AccountKind::Bedrock => AccountCredential::Bedrock(BedrockSecret::parse(secret)?),
         };
         c.validate().map_err(|e| e.to_string())?;
@@ -188,10 +201,14 @@ impl AccountCredential {
             (self, kind),
             (
                 AccountCredential::ApiKey(_),
-                AccountKind::ClaudeConsole | AccountKind::Ccr | AccountKind::OpenAi | AccountKind::AzureOpenAi
+                AccountKind::ClaudeConsole
+                    | AccountKind::Ccr
+                    | AccountKind::OpenAi
+                    | AccountKind::AzureOpenAi
+                    | AccountKind::GeminiApi
             ) | (
                 AccountCredential::OAuth(_),
-                AccountKind::ClaudeOauth | AccountKind::OpenAiOauth
+                AccountKind::ClaudeOauth | AccountKind::OpenAiOauth | AccountKind::GeminiOauth
             ) | (AccountCredential::Bedrock(_), AccountKind::Bedrock)
         )
     }

@@ -107,6 +107,14 @@ pub struct AccountSettings {
     /// goes to a deployment of its own name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployments: BTreeMap<String, String>,
+    /// `gemini-oauth`: the Google Cloud project Code Assist requests are billed to; absent: the
+    /// one `loadCodeAssist` names for the account (found once and kept).
+    #[serde(
+        default,
+        deserialize_with = "values::trimmed_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub project_id: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -115,7 +123,7 @@ fn default_true() -> bool {
 
 impl AccountSettings {
     /// The settings' field names, in their serialized order.
-    pub const FIELDS: [&'static str; 17] = [
+    pub const FIELDS: [&'static str; 18] = [
         "name",
         "kind",
         "base_url",
@@ -133,6 +141,7 @@ impl AccountSettings {
         "inference_profile",
         "api_version",
         "deployments",
+        "project_id",
     ];
 
     /// Checks the rules no single value's type holds; the error names the field.
@@ -205,6 +214,24 @@ impl AccountSettings {
                 }
             }
         }
+        if let Some(p) = &self.project_id {
+            if self.kind != AccountKind::GeminiOauth {
+                return Err(FieldError::new(
+                    "project_id",
+                    format!("applies to kind gemini-oauth only, not {}", self.kind.as_str()),
+                ));
+            }
+            if p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b':')
+            {
+                return Err(FieldError::new(
+                    "project_id",
+                    "must be a Google Cloud project id such as my-project-123",
+                ));
+            }
+        }
         if self.kind == AccountKind::Bedrock {
             if self.region.is_none() {
                 return Err(FieldError::new(
@@ -237,6 +264,8 @@ impl AccountSettings {
             _ => match self.kind {
                 AccountKind::OpenAi | AccountKind::AzureOpenAi => &bases.openai,
                 AccountKind::OpenAiOauth => &bases.codex,
+                AccountKind::GeminiApi => &bases.gemini,
+                AccountKind::GeminiOauth => &bases.code_assist,
                 _ => &bases.anthropic,
             },
         }
@@ -257,6 +286,10 @@ pub struct DefaultBases {
     pub openai: BaseUrl,
     /// `providers.openai.codex_base`: `openai-oauth` accounts.
     pub codex: BaseUrl,
+    /// `providers.google.api_base`: `gemini-api` accounts.
+    pub gemini: BaseUrl,
+    /// `providers.google.code_assist_base`: `gemini-oauth` accounts.
+    pub code_assist: BaseUrl,
 }
 
 /// An account with its credential and outbound proxy: what relay.yaml defines, and what a stored
@@ -281,7 +314,7 @@ pub struct AccountInput {
 impl AccountInput {
     /// Every field an account definition may have: [`AccountSettings::FIELDS`],
     /// [`CredentialFields::NAMES`] and `proxy`.
-    pub const FIELDS: [&'static str; 22] = [
+    pub const FIELDS: [&'static str; 23] = [
         "name",
         "kind",
         "base_url",
@@ -299,6 +332,7 @@ impl AccountInput {
         "inference_profile",
         "api_version",
         "deployments",
+        "project_id",
         "api_key",
         "access_key_id",
         "secret_access_key",

@@ -157,6 +157,8 @@ fn validate_names_the_field() {
         anthropic: BaseUrl::anthropic(),
         openai: BaseUrl::known("https://api.openai.com/v1"),
         codex: BaseUrl::known("https://chatgpt.com/backend-api/codex"),
+        gemini: BaseUrl::known("https://generativelanguage.googleapis.com"),
+        code_assist: BaseUrl::known("https://cloudcode-pa.googleapis.com"),
     };
     assert_eq!(
         bedrock.settings.base_url_or(&api).as_str(),

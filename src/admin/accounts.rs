@@ -66,6 +66,7 @@ pub struct AccountView {
     pub inference_profile: Option<Profile>,
     pub api_version: Option<String>,
     pub deployments: BTreeMap<String, String>,
+    pub project_id: Option<String>,
     #[serde(flatten)]
     pub live: LiveView,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +134,7 @@ impl AccountView {
             inference_profile: s.inference_profile.clone(),
             api_version: s.api_version.clone(),
             deployments: s.deployments.clone(),
+            project_id: s.project_id.clone(),
             oauth: None,
             bedrock: None,
             error: None,
@@ -196,7 +198,7 @@ pub(super) fn field_error(e: FieldError) -> ApiError {
 /// kinds): its accounts come from a sign-in or an import.
 fn oauth_only(kind: AccountKind) -> Option<ApiError> {
     let k = match kind {
-        AccountKind::ClaudeOauth | AccountKind::OpenAiOauth => kind.as_str(),
+        AccountKind::ClaudeOauth | AccountKind::OpenAiOauth | AccountKind::GeminiOauth => kind.as_str(),
         _ => return None,
     };
     Some(bad_request(format!(
@@ -307,7 +309,7 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
 }
 
 /// Settings that `null` clears in an update; `null` leaves the others as they are.
-const CLEARABLE: [&str; 10] = [
+const CLEARABLE: [&str; 11] = [
     "models",
     "group",
     "max_concurrency",
@@ -318,6 +320,7 @@ const CLEARABLE: [&str; 10] = [
     "inference_profile",
     "api_version",
     "deployments",
+    "project_id",
 ];
 
 /// `old` with the settings `patch` gives: each field given replaces the old value (`cooldowns` as
@@ -620,6 +623,7 @@ mod tests {
             inference_profile: s.inference_profile.clone(),
             api_version: s.api_version.clone(),
             deployments: s.deployments.clone(),
+            project_id: s.project_id.clone(),
             live: LiveView {
                 health,
                 ratelimit: Some(Default::default()),

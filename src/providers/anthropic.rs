@@ -17,7 +17,7 @@ impl Operation {
         match self {
             Operation::Messages => Some("/v1/messages"),
             Operation::CountTokens => Some("/v1/messages/count_tokens"),
-            Operation::Chat | Operation::Responses | Operation::ResponsesCompact => None,
+            _ => None,
         }
     }
 }

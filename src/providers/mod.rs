@@ -12,6 +12,7 @@
 //! - [`bedrock`]: AWS Bedrock `invoke` with SigV4 (or a Bedrock API key) and the AWS event-stream.
 //! - [`openai`]: OpenAI Chat Completions and Responses (`openai`, `azure-openai`) and ChatGPT's
 //!   Codex backend (`openai-oauth`); [`openai_oauth`]: the sign-in and tokens of the latter.
+//! - [`gemini`]: the Gemini API (`gemini-api`) and Gemini Code Assist (`gemini-oauth`).
 //! - [`request`]: the client headers every provider starts from.
 
 pub mod anthropic;
@@ -19,6 +20,7 @@ pub mod anthropic_console;
 pub mod anthropic_oauth;
 pub mod bedrock;
 pub mod ccr;
+pub mod gemini;
 pub mod openai;
 pub mod openai_oauth;
 pub mod request;
@@ -111,6 +113,11 @@ pub enum Wire {
     OpenAi,
     /// ChatGPT's Codex backend: Responses only.
     CodexResponses,
+    /// The Gemini API: `/{version}/models/{model}:generateContent` and friends, model in the path.
+    GeminiApi,
+    /// Gemini Code Assist: `/v1internal:generateContent` and friends, the Gemini request wrapped in
+    /// `{model, project, user_prompt_id, request}`, the answer in `{"response": …}`.
+    CodeAssist,
 }
 
 /// What a relayed request asks the upstream for.
@@ -126,6 +133,25 @@ pub enum Operation {
     Responses,
     /// Compacting a Responses conversation (`/responses/compact`).
     ResponsesCompact,
+    /// A Gemini API `generateContent` (or `streamGenerateContent`) request: the model in the path.
+    GeminiGenerate,
+    /// A Gemini API `countTokens` request.
+    GeminiCountTokens,
+    /// A Code Assist `generateContent` (or `streamGenerateContent`): the request wrapped with
+    /// its model and project.
+    CodeAssistGenerate,
+    /// A Code Assist `countTokens`: `{"request": {"model": "models/…", "contents": …}}`.
+    CodeAssistCountTokens,
+}
+
+impl Operation {
+    /// Whether the operation counts tokens (free, not billed).
+    pub fn counts_tokens(self) -> bool {
+        matches!(
+            self,
+            Operation::CountTokens | Operation::GeminiCountTokens | Operation::CodeAssistCountTokens
+        )
+    }
 }
 
 /// An account's credential, opened and ready for the hot path: one variant per way of
@@ -144,6 +170,8 @@ pub enum Credential {
     /// A ChatGPT subscription's refreshing token and the ChatGPT account id the Codex backend
     /// wants in `chatgpt-account-id`.
     OpenAiOAuth(Arc<crate::credentials::TokenCell>, Option<http::HeaderValue>),
+    /// A Google account's refreshing token for Code Assist, and the project its requests go to.
+    GoogleOAuth(Arc<crate::credentials::TokenCell>, Arc<gemini::Project>),
 }
 
 /// The request as the client sent it, with what the relay decided about it.
@@ -165,6 +193,8 @@ pub struct Target<'a> {
     pub credential: &'a Credential,
     /// The live bearer header of an OAuth account, read (and refreshed when due) for this attempt.
     pub live: Option<&'a http::HeaderValue>,
+    /// The Code Assist project of a `gemini-oauth` account, resolved for this attempt.
+    pub project: Option<&'a str>,
 }
 
 /// Process-wide settings the providers read.
@@ -190,6 +220,11 @@ pub enum ResponseKind {
     OpenAiChat,
     /// OpenAI Responses: SSE events or a response JSON.
     OpenAiResponses,
+    /// The Gemini API: SSE (`alt=sse`) of `GenerateContentResponse`s, or one as JSON; errors in
+    /// Google's shape.
+    Gemini,
+    /// Code Assist: like [`ResponseKind::Gemini`], each answer wrapped in `{"response": …}`.
+    CodeAssist,
 }
 
 /// An upstream request ready to send.
@@ -264,6 +299,8 @@ pub fn provider(kind: AccountKind) -> &'static dyn Provider {
         AccountKind::OpenAi => &openai::OpenAi,
         AccountKind::AzureOpenAi => &openai::Azure,
         AccountKind::OpenAiOauth => &openai::CodexOAuth,
+        AccountKind::GeminiApi => &gemini::GeminiApi,
+        AccountKind::GeminiOauth => &gemini::CodeAssist,
     }
 }
 
@@ -305,13 +342,14 @@ impl Family {
 /// Whether an account of `kind` serves a model of `family` (`None`: a name no rule knows) when
 /// its `models` does not list its models: Claude kinds serve Claude models and names of no known
 /// family (Anthropic-compatible gateways host other vendors' models under their own names); the
-/// OpenAI kinds serve OpenAI models.
+/// OpenAI kinds serve OpenAI models; the Gemini kinds Gemini models.
 pub fn default_family(kind: AccountKind, family: Option<Family>) -> bool {
     match kind {
         AccountKind::ClaudeConsole | AccountKind::ClaudeOauth | AccountKind::Bedrock | AccountKind::Ccr => {
             matches!(family, None | Some(Family::Claude))
         }
         AccountKind::OpenAi | AccountKind::AzureOpenAi | AccountKind::OpenAiOauth => family == Some(Family::OpenAi),
+        AccountKind::GeminiApi | AccountKind::GeminiOauth => family == Some(Family::Gemini),
     }
 }
 

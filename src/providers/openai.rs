@@ -28,7 +28,7 @@ impl Operation {
             Operation::Chat => Some("/chat/completions"),
             Operation::Responses => Some("/responses"),
             Operation::ResponsesCompact => Some("/responses/compact"),
-            Operation::Messages | Operation::CountTokens => None,
+            _ => None,
         }
     }
 
@@ -330,6 +330,7 @@ mod tests {
             base: &base,
             credential: &credential,
             live: None,
+            project: None,
         };
         let env = ProviderEnv {
             oauth_beta: String::new(),

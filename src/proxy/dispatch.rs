@@ -239,6 +239,7 @@ async fn attempts(
                 base: &account.base,
                 credential: &account.credential,
                 live: live.as_ref(),
+                project: None,
             };
             // Signing, when the wire needs it, happens here: anew on every attempt.
             let mut prepared = match provider.prepare(&relay.providers, &call, &target) {

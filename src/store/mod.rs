@@ -88,6 +88,11 @@ pub enum AccountKind {
     /// A ChatGPT subscription for Codex, connected through OpenAI's sign-in: Responses only.
     #[serde(rename = "openai-oauth")]
     OpenAiOauth,
+    /// The Gemini API (`generativelanguage.googleapis.com` or compatible) with an API key.
+    GeminiApi,
+    /// A Google account for Gemini Code Assist (`cloudcode-pa.googleapis.com`), connected through
+    /// Google's sign-in.
+    GeminiOauth,
 }
 
 impl AccountKind {
@@ -100,11 +105,13 @@ impl AccountKind {
             AccountKind::OpenAi => "openai",
             AccountKind::AzureOpenAi => "azure-openai",
             AccountKind::OpenAiOauth => "openai-oauth",
+            AccountKind::GeminiApi => "gemini-api",
+            AccountKind::GeminiOauth => "gemini-oauth",
         }
     }
 
     /// Every kind, in the order the admin API lists them.
-    pub const ALL: [AccountKind; 7] = [
+    pub const ALL: [AccountKind; 9] = [
         AccountKind::ClaudeConsole,
         AccountKind::ClaudeOauth,
         AccountKind::Ccr,
@@ -112,6 +119,8 @@ impl AccountKind {
         AccountKind::OpenAi,
         AccountKind::AzureOpenAi,
         AccountKind::OpenAiOauth,
+        AccountKind::GeminiApi,
+        AccountKind::GeminiOauth,
     ];
 
     fn bit(self) -> u16 {
@@ -182,6 +191,10 @@ pub struct OAuthMeta {
     /// The subscription plan the provider names (`openai-oauth`: ChatGPT's plan type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// `gemini-oauth`: the Code Assist project found for the account (`loadCodeAssist`, or
+    /// `onboardUser`) when its settings name none; kept so it is looked up once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
 }
 
 /// An upstream account as persisted: its settings, and its credential and outbound proxy sealed

@@ -4,6 +4,7 @@
 //!
 //! This module alone turns tokens into money.
 
+pub mod gemini;
 pub mod openai;
 pub mod pricing;
 pub mod sse;
