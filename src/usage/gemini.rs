@@ -196,7 +196,7 @@ impl GeminiSseUsage {
 mod tests {
     use super::*;
 
-    const STREAM: &[u8] = include_bytes!("../../tests/fixtures/gemini-stream-alt-sse.sse");
+    const STREAM: &[u8] = include_bytes!("../../tests/fixtures/responses/gemini-stream-alt-sse.sse");
 
     #[test]
     fn the_last_chunk_wins_at_every_split() {
