@@ -3,8 +3,9 @@
 # and on a real Redis, the integration tests that run the real binary against mock upstreams, and
 # the schemathesis run against the admin API (its pinned version is installed into
 # $HOME/.cache/claude-relay/venv first when missing, unless RELAY_SCHEMATHESIS names an `st`
-# binary), and the real OpenAI clients (the openai Python SDK into the same virtualenv, Codex CLI
-# into $HOME/.cache/claude-relay/clients; scripts/install-clients.sh) driven through the relay.
+# binary), and the real OpenAI and Gemini clients (the openai and google-genai Python SDKs into
+# the same virtualenv, Codex CLI and Gemini CLI into $HOME/.cache/claude-relay/clients;
+# scripts/install-clients.sh) driven through the relay.
 #
 # Redis: the tests use the Redis at RELAY_TEST_REDIS_URL (default redis://127.0.0.1:6379/) when
 # one answers there. When none does (a fresh machine), or with RELAY_TEST_REDIS=private, this
@@ -87,8 +88,8 @@ if [ -z "${RELAY_SCHEMATHESIS:-}" ]; then
   # A failed install is reported by the test that needs it; the other tests still run.
   ./scripts/install-schemathesis.sh || echo "test.sh: schemathesis could not be installed; tests/admin_schemathesis.rs will fail" >&2
 fi
-# Likewise for the OpenAI clients of tests/clients_openai.rs.
-./scripts/install-clients.sh || echo "test.sh: an OpenAI client could not be installed; tests/clients_openai.rs will fail" >&2
+# Likewise for the clients of tests/clients_openai.rs and tests/clients_gemini.rs.
+./scripts/install-clients.sh || echo "test.sh: a client could not be installed; tests/clients_openai.rs or tests/clients_gemini.rs will fail" >&2
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
