@@ -700,10 +700,17 @@ mod tests {
             assert_eq!(required, v, "{pointer}: all required");
         }
 
-        // The OAuth endpoints take the settings of an OAuth account (not its kind, nor Bedrock's
-        // or Azure's fields) and a proxy, besides their own fields.
+        // The OAuth endpoints take the settings of an OAuth account (not its kind, nor Bedrock's,
+        // Azure's or Code Assist's fields) and a proxy, besides their own fields.
         let mut oauth_account = names(&AccountSettings::FIELDS);
-        for f in ["kind", "region", "inference_profile", "api_version", "deployments"] {
+        for f in [
+            "kind",
+            "region",
+            "inference_profile",
+            "api_version",
+            "deployments",
+            "project_id",
+        ] {
             oauth_account.remove(f);
         }
         oauth_account.insert("proxy".into());
