@@ -18,11 +18,11 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::RelayProcess;
+use support::clients::{self, clean_env, key_usage, keys_yaml, new_key, run};
 use support::mock::{self, MockUpstream};
 use support::scripted::{Reply, ScriptedUpstream};
 use support::tee::Tee;
@@ -30,10 +30,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const OPENAI_PY_VERSION: &str = "3.57.0";
 const CODEX_VERSION: &str = "0.171.0";
-const INSTALL: &str = "run scripts/install-clients.sh";
-
-/// The longest a client run may take before it is killed and the test fails.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 const CHAT_SSE: &str = include_str!("fixtures/responses/openai-chat-stream-include-usage.sse");
 const RESPONSES_SSE: &str = include_str!("fixtures/responses/openai-responses-stream.sse");
@@ -43,136 +39,14 @@ const RESPONSES_CALL_SSE: &str = include_str!("fixtures/responses/openai-respons
 // Finding the clients
 // ------------------------------------------------------------------------------------------
 
-fn cache_dir() -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is not set");
-    PathBuf::from(home).join(".cache/claude-relay")
-}
-
-/// The virtualenv's python with the pinned openai SDK; panics naming the install script when
-/// either is missing.
+/// The virtualenv's python with the pinned openai SDK.
 fn python() -> PathBuf {
-    let venv = std::env::var_os("RELAY_VENV").map_or_else(|| cache_dir().join("venv"), PathBuf::from);
-    let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "no Python virtualenv at {}: {INSTALL} (RELAY_VENV names another)",
-        venv.display()
-    );
-    let out = std::process::Command::new(&py)
-        .args(["-c", "import importlib.metadata as m; print(m.version('openai'))"])
-        .output()
-        .unwrap();
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && version == OPENAI_PY_VERSION,
-        "the openai Python SDK {OPENAI_PY_VERSION} is not installed in {} (found {:?}): {INSTALL}",
-        venv.display(),
-        if version.is_empty() { "none" } else { &version }
-    );
-    py
+    clients::python_with(&[("openai", OPENAI_PY_VERSION)])
 }
 
-/// The pinned Codex CLI; panics naming the install script when it is missing.
+/// The pinned Codex CLI.
 fn codex() -> PathBuf {
-    let clients = std::env::var_os("RELAY_CLIENTS").map_or_else(|| cache_dir().join("clients"), PathBuf::from);
-    let bin = clients.join("node/node_modules/.bin/codex");
-    assert!(
-        bin.exists(),
-        "Codex CLI is not installed at {}: {INSTALL} (RELAY_CLIENTS names another directory)",
-        bin.display()
-    );
-    let out = std::process::Command::new(&bin).arg("--version").output().unwrap();
-    let version = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success() && version.contains(CODEX_VERSION),
-        "Codex CLI {CODEX_VERSION} is needed at {} (it says {:?}, {}): {INSTALL}",
-        bin.display(),
-        version.trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    bin
-}
-
-/// A client process's environment without proxies, so loopback calls go straight to the relay.
-fn no_proxy(cmd: &mut tokio::process::Command) {
-    for v in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "OPENAI_BASE_URL",
-        "OPENAI_API_KEY",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost");
-}
-
-struct Run {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs `cmd` to its end, killing it (and failing) after [`CLIENT_TIMEOUT`].
-async fn run(mut cmd: tokio::process::Command, what: &str) -> Run {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let started = Instant::now();
-    let child = cmd.spawn().unwrap();
-    let out = match tokio::time::timeout(CLIENT_TIMEOUT, child.wait_with_output()).await {
-        Ok(out) => out.unwrap(),
-        Err(_) => panic!("{what} did not finish within {CLIENT_TIMEOUT:?}"),
-    };
-    Run {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        elapsed: started.elapsed(),
-    }
-}
-
-/// A fresh client key (`cr_` + 64 hex digits).
-fn new_key() -> String {
-    format!("cr_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
-}
-
-/// Waits until the relay has written usage for every key in `keys` with the given request
-/// counts, then returns the all-time totals by key id (`config.<name>`).
-async fn key_usage(relay: &RelayProcess, keys: &[(&str, u64)]) -> Value {
-    let token = relay.admin_token().await;
-    let url = format!("{}/admin/api/usage?dimension=key", relay.admin());
-    let mut last = Value::Null;
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let v: Value = support::client()
-                .get(&url)
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let totals = v["totals_by_subject"].clone();
-            if keys
-                .iter()
-                .all(|(name, n)| totals[format!("config.{name}")]["requests"].as_u64() == Some(*n))
-            {
-                return totals;
-            }
-            last = totals;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("usage for {keys:?} not recorded within 10 s; by key: {last:#}"))
+    clients::node_client("codex", "Codex CLI", CODEX_VERSION)
 }
 
 /// Token counts in the relay's terms: input excludes cached prompt tokens (cache reads).
@@ -428,7 +302,7 @@ async fn run_sdk(cfg: Value) -> Value {
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let mut cmd = tokio::process::Command::new(py);
     cmd.arg(&script).arg(&cfg_path).current_dir(dir.path());
-    no_proxy(&mut cmd);
+    clean_env(&mut cmd);
     cmd.env("PYTHONDONTWRITEBYTECODE", "1");
     let r = run(cmd, "the openai SDK script").await;
     assert!(
@@ -516,14 +390,6 @@ fn chat_usage(prompt: u64, completion: u64, cached: u64) -> Value {
            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}})
-}
-
-fn keys_yaml(keys: &[(&str, &str)]) -> String {
-    let mut y = String::from("api_keys:\n");
-    for (name, key) in keys {
-        y.push_str(&format!("  - {{ name: {name}, key: {key} }}\n"));
-    }
-    y
 }
 
 #[tokio::test]
@@ -888,7 +754,7 @@ stream_idle_timeout_ms = 20000
         .env("HOME", &home)
         .env("RELAY_API_KEY", &key)
         .env("TERM", "dumb");
-    no_proxy(&mut cmd);
+    clean_env(&mut cmd);
     let r = run(cmd, "codex exec").await;
     let transcript = format!("stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     assert!(r.status.success(), "codex exec failed ({}):\n{transcript}", r.status);

@@ -74,8 +74,9 @@ pub fn node_client(bin: &str, what: &str, version: &str) -> PathBuf {
     path
 }
 
-/// A client process's environment without proxies, so loopback calls go straight to the relay.
-pub fn no_proxy(cmd: &mut tokio::process::Command) {
+/// A client process's environment without proxies, so loopback calls go straight to the relay,
+/// and without the clients' own settings of endpoint and key, so only the test's apply.
+pub fn clean_env(cmd: &mut tokio::process::Command) {
     for v in [
         "HTTP_PROXY",
         "HTTPS_PROXY",
@@ -83,6 +84,15 @@ pub fn no_proxy(cmd: &mut tokio::process::Command) {
         "http_proxy",
         "https_proxy",
         "all_proxy",
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_GEMINI_BASE_URL",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+        "GOOGLE_GENAI_USE_GCA",
+        "GOOGLE_CLOUD_ACCESS_TOKEN",
+        "CODE_ASSIST_ENDPOINT",
     ] {
         cmd.env_remove(v);
     }
