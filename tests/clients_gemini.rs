@@ -22,7 +22,7 @@ use claude_relay::usage::TokenUsage;
 use claude_relay::usage::pricing::PricingTable;
 use serde_json::{Value, json};
 use support::RelayProcess;
-use support::clients::{self, Run, key_usage, keys_yaml, new_key, no_proxy};
+use support::clients::{self, Run, clean_env, key_usage, keys_yaml, new_key};
 use support::gemini_mock::{self, GeminiMock, Usage, Wire};
 use support::tee::{RawRequest, Tee};
 
@@ -131,7 +131,7 @@ async fn run_cli(mode: Mode, base: &str, key: &str, dirs: &CliDirs, prompt: &str
                 .env("CODE_ASSIST_ENDPOINT", base);
         }
     }
-    no_proxy(&mut cmd);
+    clean_env(&mut cmd);
     let run = clients::run_for(cmd, "gemini -p", CLI_TIMEOUT).await;
     eprintln!("gemini -p ({mode:?}) took {:?}", run.elapsed);
     assert!(run.status.success(), "Gemini CLI failed:\n{}", run.transcript());
@@ -626,6 +626,71 @@ async fn gemini_cli_code_assist_mode_runs_a_tool_round_trip_on_a_gemini_api_acco
     assert_usage(&relay, "cli", &answers).await;
 }
 
+/// A stream silent for longer than the keep-alive interval: the relay fills the silence with
+/// blank lines, and Gemini CLI and google-genai read through them.
+#[tokio::test]
+async fn silent_gemini_streams_are_kept_alive_and_the_clients_read_through() {
+    gemini_cli();
+    python();
+    let pause = Duration::from_millis(1500);
+    let mock = GeminiMock::builder().first_event_delay(pause).start().await;
+    let (cli_key, sdk_key, raw_key) = (new_key(), new_key(), new_key());
+    let relay = RelayProcess::start(&format!(
+        "timeouts: {{ stream_keepalive: 200ms }}\n{}accounts:\n  - {{ name: gem, kind: gemini-api, api_key: \"{}\", base_url: \"{}\" }}\n",
+        keys_yaml(&[("cli", &cli_key), ("genai_stream", &sdk_key), ("raw", &raw_key)]),
+        mock.api_key(),
+        mock.url()
+    ))
+    .await;
+
+    // What a client receives before the first event: blank lines only, several of them.
+    let started = std::time::Instant::now();
+    let r = support::client()
+        .post(format!(
+            "{}/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            relay.base()
+        ))
+        .header("x-goog-api-key", &raw_key)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": "say hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(started.elapsed() >= pause);
+    let (before, _) = body.split_once("data:").unwrap_or_else(|| panic!("no event: {body:?}"));
+    assert!(
+        before.len() >= 3 && before.bytes().all(|b| b == b'\n'),
+        "the silence was not kept alive with blank lines: {before:?}"
+    );
+
+    let out = run_sdk(json!({
+        "gemini_base": format!("{}/gemini", relay.base()),
+        "model": "gemini-2.5-flash",
+        "keys": {"genai_stream": sdk_key},
+        "steps": ["genai_stream"],
+    }))
+    .await;
+    assert_eq!(out["genai_stream"]["text"], mock.text(), "{out:#}");
+    assert_genai_usage(&out["genai_stream"]["usage"], mock.usage());
+
+    let dirs = CliDirs::new(Mode::ApiKey);
+    let cli = run_cli(
+        Mode::ApiKey,
+        &format!("{}/gemini", relay.base()),
+        &cli_key,
+        &dirs,
+        "say hi",
+    )
+    .await;
+    assert_eq!(cli.response().trim(), mock.text(), "{}", cli.run.transcript());
+
+    let answers = successful_generations(&mock);
+    assert_usage(&relay, "raw", &answers[..1]).await;
+    assert_usage(&relay, "genai_stream", &answers[1..2]).await;
+    assert_usage(&relay, "cli", &answers[2..]).await;
+}
+
 // ------------------------------------------------------------------------------------------
 // Gemini CLI in Code Assist mode on a gemini-oauth account
 // ------------------------------------------------------------------------------------------
@@ -868,17 +933,7 @@ async fn run_sdk(cfg: Value) -> Value {
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let mut cmd = tokio::process::Command::new(py);
     cmd.arg(&script).arg(&cfg_path).current_dir(dir.path());
-    no_proxy(&mut cmd);
-    for v in [
-        "GOOGLE_API_KEY",
-        "GEMINI_API_KEY",
-        "GOOGLE_GEMINI_BASE_URL",
-        "GOOGLE_GENAI_USE_VERTEXAI",
-        "OPENAI_BASE_URL",
-        "OPENAI_API_KEY",
-    ] {
-        cmd.env_remove(v);
-    }
+    clean_env(&mut cmd);
     cmd.env("PYTHONDONTWRITEBYTECODE", "1");
     let r = clients::run(cmd, "the SDK script").await;
     assert!(r.status.success(), "the SDK script failed:\n{}", r.transcript());
