@@ -110,6 +110,15 @@ impl CliRun {
 /// Runs `gemini -p PROMPT --output-format json` in `dirs.work` against `base` with `key`, and
 /// fails unless it succeeded with JSON output.
 async fn run_cli(mode: Mode, base: &str, key: &str, dirs: &CliDirs, prompt: &str) -> CliRun {
+    let run = spawn_cli(mode, base, key, dirs, prompt).await;
+    assert!(run.status.success(), "Gemini CLI failed:\n{}", run.transcript());
+    let json: Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("Gemini CLI printed no JSON ({e}):\n{}", run.transcript()));
+    CliRun { run, json }
+}
+
+/// Runs `gemini -p PROMPT --output-format json` to its end, whatever the outcome.
+async fn spawn_cli(mode: Mode, base: &str, key: &str, dirs: &CliDirs, prompt: &str) -> Run {
     let bin = gemini_cli();
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.args(["-p", prompt, "--output-format", "json"])
@@ -121,6 +130,7 @@ async fn run_cli(mode: Mode, base: &str, key: &str, dirs: &CliDirs, prompt: &str
         .env("LANG", "C.UTF-8")
         .env("TMPDIR", &dirs.tmp)
         .env("GEMINI_CLI_TRUST_WORKSPACE", "true");
+    clean_env(&mut cmd);
     match mode {
         Mode::ApiKey => {
             cmd.env("GEMINI_API_KEY", key).env("GOOGLE_GEMINI_BASE_URL", base);
@@ -131,13 +141,9 @@ async fn run_cli(mode: Mode, base: &str, key: &str, dirs: &CliDirs, prompt: &str
                 .env("CODE_ASSIST_ENDPOINT", base);
         }
     }
-    clean_env(&mut cmd);
     let run = clients::run_for(cmd, "gemini -p", CLI_TIMEOUT).await;
     eprintln!("gemini -p ({mode:?}) took {:?}", run.elapsed);
-    assert!(run.status.success(), "Gemini CLI failed:\n{}", run.transcript());
-    let json: Value = serde_json::from_str(run.stdout.trim())
-        .unwrap_or_else(|e| panic!("Gemini CLI printed no JSON ({e}):\n{}", run.transcript()));
-    CliRun { run, json }
+    run
 }
 
 /// A file in the workspace holding a fresh secret; its path and the secret.
@@ -689,6 +695,64 @@ async fn silent_gemini_streams_are_kept_alive_and_the_clients_read_through() {
     assert_usage(&relay, "raw", &answers[..1]).await;
     assert_usage(&relay, "genai_stream", &answers[1..2]).await;
     assert_usage(&relay, "cli", &answers[2..]).await;
+}
+
+/// Google's 429 with a `RetryInfo` reaches Gemini CLI as Google sent it: the CLI waits the
+/// delay Google asked for (even with `maxAttempts: 1`) and tries again. Meanwhile the account
+/// rests: another client is refused by the relay (no account free) without the upstream being
+/// asked. Then the CLI's retry gets through.
+#[tokio::test]
+async fn gemini_cli_waits_out_googles_retry_delay_while_the_account_rests() {
+    gemini_cli();
+    let mock = GeminiMock::builder()
+        .fail_next(1, 429, gemini_mock::resource_exhausted("3s"))
+        .start()
+        .await;
+    let (key, other) = (new_key(), new_key());
+    let relay = relay_on_gemini_api(&[("cli", &key), ("other", &other)], &mock, "").await;
+    let base = format!("{}/gemini", relay.base());
+
+    let dirs = CliDirs::new(Mode::ApiKey);
+    let cli = tokio::spawn({
+        let (base, key) = (base.clone(), key.clone());
+        async move { spawn_cli(Mode::ApiKey, &base, &key, &dirs, "say hi").await }
+    });
+    support::eventually(|| async { (!mock.answers().is_empty()).then_some(()) }).await;
+    assert_eq!(mock.answers()[0].status, 429);
+
+    let r = support::client()
+        .post(format!("{base}/v1beta/models/gemini-2.5-flash:generateContent"))
+        .header("x-goog-api-key", &other)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": "say hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    // The relay's "no account free now" (503, or a 429), in Google's shape.
+    assert!(status == 503 || status == 429, "{status} {body}");
+    assert_eq!(body["error"]["code"], status.as_u16(), "{body}");
+    assert!(
+        matches!(
+            body["error"]["status"].as_str(),
+            Some("UNAVAILABLE" | "RESOURCE_EXHAUSTED")
+        ),
+        "{body}"
+    );
+    assert_eq!(mock.answers().len(), 1, "the resting account was asked");
+
+    let run = cli.await.unwrap();
+    assert!(run.status.success(), "{}", run.transcript());
+    assert!(
+        run.stderr.contains("Suggested retry after 3s"),
+        "the CLI did not see Google's retry delay:\n{}",
+        run.transcript()
+    );
+    assert!(run.elapsed >= Duration::from_secs(3), "{:?}", run.elapsed);
+    let json: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(json["response"].as_str().unwrap_or("").trim(), mock.text());
+    let statuses: Vec<u16> = mock.answers().iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [429, 200, 200]);
 }
 
 // ------------------------------------------------------------------------------------------
