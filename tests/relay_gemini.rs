@@ -500,3 +500,81 @@ async fn silent_streams_are_kept_alive_with_blank_lines_between_events() {
     assert!((3..=5).contains(&blanks), "{blanks} keep-alives in 1.3 s at 300 ms");
     assert_eq!(&rest[blanks..], STREAM, "then the answer as it came");
 }
+
+#[tokio::test]
+async fn code_assist_prompts_stick_to_their_account_and_long_prompts_pay_the_long_context_price() {
+    let replies = |n| {
+        (0..n)
+            .map(|_| Reply::json(&answer_json("ok", 250_000, 10_000, 100, 50)))
+            .collect()
+    };
+    let a = ScriptedUpstream::start(replies(6)).await;
+    let b = ScriptedUpstream::start(replies(6)).await;
+    let relay = RelayProcess::start(&format!(
+        "accounts:\n{}{}",
+        gemini_yaml("a", &a.url(), UP_KEY, ""),
+        gemini_yaml("b", &b.url(), UP_KEY_2, "")
+    ))
+    .await;
+    let bearer = format!("Bearer {ALICE}");
+    let send = |prompt_id: &'static str| {
+        let relay = &relay;
+        let bearer = bearer.clone();
+        async move {
+            let body = json!({
+                "model": "gemini-2.5-pro", "project": "mine", "user_prompt_id": prompt_id,
+                "request": {"contents": [{"role": "user", "parts": [{"text": "long"}]}]}
+            });
+            let (status, _, got) = post(
+                relay,
+                "/gemini/v1internal:generateContent",
+                &[("authorization", &bearer)],
+                &body.to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{}", text(&got));
+        }
+    };
+    for _ in 0..3 {
+        send("prompt-1").await;
+    }
+    let (first, other) = if a.seen().len() == 3 { (&a, &b) } else { (&b, &a) };
+    assert_eq!(first.seen().len(), 3, "one prompt, one account");
+    assert_eq!(other.seen().len(), 0);
+    send("prompt-2").await;
+    assert_eq!(other.seen().len(), 1, "another prompt may go to the other account");
+
+    // 250k prompt tokens (10k cached) are above the 200k tier: every kind at its long price.
+    let t = totals(&relay, "key", "config.alice", 4).await;
+    let one = 240_000 * 2_500 + 10_000 * 250 + 150 * 15_000;
+    assert_usage(&t, 4 * 240_000, 4 * 10_000, 4 * 150, 4 * one);
+}
+
+#[tokio::test]
+async fn keys_without_the_gemini_permission_are_refused_in_googles_shape() {
+    let up = ScriptedUpstream::start(vec![]).await;
+    let relay = RelayProcess::start(&format!(
+        "api_keys:\n  - {{ name: alice, key: {ALICE}, permissions: [claude] }}\naccounts:\n{}",
+        gemini_yaml("g1", &up.url(), UP_KEY, "")
+    ))
+    .await;
+    let (status, _, got) = post(
+        &relay,
+        "/gemini/v1beta/models/gemini-2.5-pro:generateContent",
+        &[("x-goog-api-key", ALICE)],
+        r#"{"contents":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{}", text(&got));
+    assert_eq!(json_of(&got)["error"]["status"], "PERMISSION_DENIED", "{}", text(&got));
+    let bearer = format!("Bearer {ALICE}");
+    let (status, _, got) = post(
+        &relay,
+        "/gemini/v1internal:loadCodeAssist",
+        &[("authorization", &bearer)],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 403, "{}", text(&got));
+    assert!(up.seen().is_empty());
+}
