@@ -3,6 +3,7 @@
 //! - [`answer`]: the response adapter the dispatch uses for every committed answer.
 //! - [`bedrock_stream`]: AWS event-stream (Bedrock) → Anthropic SSE.
 //! - [`chat_anthropic`]: OpenAI Chat Completions requests and answers ⇄ Anthropic Messages.
+//! - [`chat_gemini`]: OpenAI Chat Completions requests and answers ⇄ Gemini `generateContent`.
 //! - [`chat_out`]: the Chat Completions chunks, completion, usage and error both Chat converters write.
 //! - [`chat_responses`]: OpenAI Chat Completions → Responses (request), Responses → Chat (answer).
 //! - [`openai_chat`]: OpenAI Chat Completions passed through to an OpenAI-compatible upstream.
@@ -11,6 +12,7 @@
 pub mod answer;
 pub mod bedrock_stream;
 pub mod chat_anthropic;
+pub mod chat_gemini;
 pub mod chat_out;
 pub mod chat_responses;
 pub mod openai_chat;
