@@ -74,7 +74,10 @@ pub fn converts_stream(answer: &Answer<'_>) -> bool {
     answer.kind == ResponseKind::BedrockStream
         || matches!(
             answer.conversion,
-            Conversion::ChatToMessages | Conversion::ChatToResponses
+            Conversion::ChatToMessages
+                | Conversion::ChatToResponses
+                | Conversion::WrapCodeAssist
+                | Conversion::UnwrapCodeAssist
         )
 }
 

@@ -3,6 +3,7 @@
 //! - [`answer`]: the response adapter the dispatch uses for every committed answer.
 //! - [`bedrock_stream`]: AWS event-stream (Bedrock) → Anthropic SSE.
 //! - [`chat_anthropic`]: OpenAI Chat Completions requests and answers ⇄ Anthropic Messages.
+//! - [`chat_gemini`]: OpenAI Chat Completions requests and answers ⇄ Gemini `generateContent`.
 //! - [`chat_out`]: the Chat Completions chunks, completion, usage and error both Chat converters write.
 //! - [`chat_responses`]: OpenAI Chat Completions → Responses (request), Responses → Chat (answer).
 //! - [`code_assist`]: Gemini API ⇄ Code Assist envelopes (requests, answers and streams).
@@ -12,6 +13,7 @@
 pub mod answer;
 pub mod bedrock_stream;
 pub mod chat_anthropic;
+pub mod chat_gemini;
 pub mod chat_out;
 pub mod chat_responses;
 pub mod code_assist;
