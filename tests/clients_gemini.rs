@@ -1102,12 +1102,25 @@ async fn genai_sdk_generates_streams_and_counts_through_the_relay() {
         "countTokens was counted: {totals:#}"
     );
 
-    // A 429 with Google's RetryInfo reaches the SDK as a 429.
+    // Google's 400 reaches the SDK as it came; it is the request's fault, so the account serves
+    // the next request at once.
+    let message = "mock: * GenerateContentRequest.generation_config.max_output_tokens: must be positive";
+    mock.fail_next(1, 400, gemini_mock::invalid_argument(message));
+    let out = run_sdk(cfg(&["genai_refused", "genai_generate"])).await;
+    let refused = &out["genai_refused"]["refused"];
+    assert_eq!(refused["code"], 400, "{out:#}");
+    assert_eq!(refused["status"], "INVALID_ARGUMENT", "{out:#}");
+    assert_eq!(refused["message"], message, "{out:#}");
+    assert_eq!(out["genai_generate"]["text"], mock.text(), "{out:#}");
+
+    // Google's 429 with a RetryInfo reaches the SDK as it came.
     mock.fail_next(1, 429, gemini_mock::resource_exhausted("30s"));
-    let out = run_sdk(cfg(&steps[3..])).await;
+    let out = run_sdk(cfg(&["genai_refused"])).await;
     let refused = &out["genai_refused"]["refused"];
     assert_eq!(refused["code"], 429, "{out:#}");
-    assert_eq!(mock.answers().last().unwrap().status, 429);
+    assert_eq!(refused["status"], "RESOURCE_EXHAUSTED", "{out:#}");
+    let statuses: Vec<u16> = mock.answers().iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 400, 200, 429]);
 }
 
 #[tokio::test]
