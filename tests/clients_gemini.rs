@@ -11,7 +11,8 @@
 //!
 //! Gemini CLI runs with a throwaway HOME and `general.maxAttempts: 1`,
 //! `general.retryFetchErrors: false`, so a failure surfaces in seconds instead of minutes of
-//! retries.
+//! retries. (A 429 carrying Google's `RetryInfo` is still waited out and tried again: see
+//! `gemini_cli_waits_out_googles_retry_delay_while_the_account_rests`.)
 
 mod support;
 
@@ -769,8 +770,8 @@ async fn import_gemini_oauth(relay: &RelayProcess, mock: &GeminiMock, project_id
         "name": "gca",
         "base_url": mock.url(),
         "access_token": mock.access_token(),
-        "refresh_token": "1//mock-google-refresh-token",
-        "scope": "https://www.googleapis.com/auth/cloud-platform https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile openid",
+        "refresh_token": mock.refresh_token(),
+        "scope": gemini_mock::SCOPES,
         "token_type": "Bearer",
         "expiry_date": support::now_ms() + 3_600_000,
     });
@@ -780,7 +781,7 @@ async fn import_gemini_oauth(relay: &RelayProcess, mock: &GeminiMock, project_id
     let a = admin.post(GEMINI_OAUTH_IMPORT, body).await;
     assert!(a.status.is_success(), "import: {} {}", a.status, a.text);
     assert!(
-        !a.text.contains(mock.access_token()) && !a.text.contains("1//mock-google-refresh-token"),
+        !a.text.contains(mock.access_token()) && !a.text.contains(mock.refresh_token()),
         "the import answer shows a token: {}",
         a.text
     );

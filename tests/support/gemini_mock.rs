@@ -13,6 +13,8 @@
 //!   `loadCodeAssist`, `onboardUser` (a long-running operation, `GET
 //!   /v1internal/operations/{id}` to poll it), `retrieveUserQuota`, `listExperiments`,
 //!   `recordCodeAssistMetrics`.
+//! - **Google OAuth**, for a relay that refreshes a `gemini-oauth` account's token: `POST /token`
+//!   (refresh grant) and `GET /oauth2/v2/userinfo`.
 //!
 //! Google's error shape `{"error": {"code", "message", "status", "details"?}}` answers a wrong
 //! key or token (401 `UNAUTHENTICATED`), a malformed request (400 `INVALID_ARGUMENT`; the Gemini
@@ -60,6 +62,12 @@ use super::serve::{Served, serve};
 pub const API_KEY: &str = "AIzaSy-mock-upstream-gemini-key-0123456";
 /// The Google access token the Code Assist side accepts unless told another.
 pub const ACCESS_TOKEN: &str = "ya29.mock-google-access-token-0123456789";
+/// The Google refresh token the mock's token endpoint accepts unless told another.
+pub const REFRESH_TOKEN: &str = "1//mock-google-refresh-token-0123456789";
+/// The scopes of Gemini CLI's Google sign-in.
+pub const SCOPES: &str = "https://www.googleapis.com/auth/cloud-platform https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile openid";
+/// The e-mail of the mock's Google user.
+pub const EMAIL: &str = "mock-user@example.com";
 /// The Code Assist project of the mock's user unless told another.
 pub const PROJECT: &str = "mock-project-4242";
 /// The answer text unless told another.
@@ -289,6 +297,7 @@ struct Failure {
 struct Config {
     api_key: String,
     access_token: String,
+    refresh_token: String,
     project: String,
     usage: Usage,
     text: String,
@@ -333,6 +342,11 @@ impl GeminiMockBuilder {
     /// The bearer token the Code Assist side accepts ([`ACCESS_TOKEN`] by default).
     pub fn access_token(mut self, token: &str) -> Self {
         self.cfg.access_token = token.to_string();
+        self
+    }
+    /// The refresh token the token endpoint accepts ([`REFRESH_TOKEN`] by default).
+    pub fn refresh_token(mut self, token: &str) -> Self {
+        self.cfg.refresh_token = token.to_string();
         self
     }
     /// The user's Code Assist project ([`PROJECT`] by default).
@@ -423,6 +437,7 @@ impl GeminiMock {
             cfg: Config {
                 api_key: API_KEY.to_string(),
                 access_token: ACCESS_TOKEN.to_string(),
+                refresh_token: REFRESH_TOKEN.to_string(),
                 project: PROJECT.to_string(),
                 usage: DEFAULT_USAGE,
                 text: TEXT.to_string(),
@@ -451,6 +466,13 @@ impl GeminiMock {
     }
     pub fn access_token(&self) -> &str {
         &self.state.cfg.access_token
+    }
+    pub fn refresh_token(&self) -> &str {
+        &self.state.cfg.refresh_token
+    }
+    /// The URL of the mock's Google token endpoint.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.url())
     }
     pub fn project(&self) -> &str {
         &self.state.cfg.project
@@ -801,6 +823,9 @@ async fn handle(
         *s
     };
     let cfg = &state.cfg;
+    if let Some(answer) = google_oauth(cfg, &req) {
+        return answer;
+    }
     let Some(wire) = req.wire() else {
         return error(404, "NOT_FOUND", &format!("mock: no such path {}", req.path));
     };
@@ -976,6 +1001,47 @@ async fn handle(
         .header("server", "ESF")
         .body(Body::from_stream(s))
         .unwrap()
+}
+
+/// Google's OAuth endpoints, for a relay that refreshes or looks up a `gemini-oauth` account's
+/// token: `POST /token` (a refresh grant with the mock's refresh token gives the mock's access
+/// token) and `GET /oauth2/v2/userinfo`.
+fn google_oauth(cfg: &Config, req: &Request) -> Option<Response> {
+    match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/token") => {
+            let form: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(&req.raw).into_owned().collect();
+            let grant = form.get("grant_type").map(String::as_str);
+            let refresh = form.get("refresh_token").map(String::as_str);
+            Some(
+                if grant == Some("refresh_token") && refresh == Some(cfg.refresh_token.as_str()) {
+                    json_answer(
+                        200,
+                        &json!({"access_token": cfg.access_token, "expires_in": 3599, "token_type": "Bearer",
+                            "scope": SCOPES}),
+                    )
+                } else {
+                    json_answer(
+                        400,
+                        &json!({"error": "invalid_grant", "error_description": "Bad Request"}),
+                    )
+                },
+            )
+        }
+        ("GET", "/oauth2/v2/userinfo") => Some(if req.bearer().as_deref() == Some(cfg.access_token.as_str()) {
+            json_answer(
+                200,
+                &json!({"id": "104200000000000000042", "email": EMAIL, "verified_email": true}),
+            )
+        } else {
+            error(
+                401,
+                "UNAUTHENTICATED",
+                "Request is missing required authentication credential.",
+            )
+        }),
+        _ => None,
+    }
 }
 
 /// The answer to a Code Assist setup call, or `None` for a content call.
