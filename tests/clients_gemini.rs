@@ -955,7 +955,9 @@ def chat():
     c = openai_client("chat")
     r = c.chat.completions.create(
         model=cfg["model"], messages=MESSAGES, max_tokens=100, temperature=0.5)
-    return {"content": r.choices[0].message.content, "finish_reason": r.choices[0].finish_reason,
+    m = r.choices[0].message
+    return {"content": m.content, "reasoning": (m.model_extra or {}).get("reasoning_content"),
+            "finish_reason": r.choices[0].finish_reason,
             "usage": r.usage.model_dump(), "model": r.model, "object": r.object}
 
 def chat_stream():
@@ -963,7 +965,7 @@ def chat_stream():
     s = c.chat.completions.create(
         model=cfg["model"], messages=MESSAGES, max_tokens=100, temperature=0.5,
         stream=True, stream_options={"include_usage": True})
-    r = {"content": "", "finish_reason": None, "usage": None, "model": None}
+    r = {"content": "", "reasoning": None, "finish_reason": None, "usage": None, "model": None}
     for ch in s:
         r["model"] = ch.model
         if ch.usage is not None:
@@ -971,6 +973,9 @@ def chat_stream():
         for c in ch.choices:
             if c.delta.content:
                 r["content"] += c.delta.content
+            thought = (c.delta.model_extra or {}).get("reasoning_content")
+            if thought:
+                r["reasoning"] = (r["reasoning"] or "") + thought
             if c.finish_reason:
                 r["finish_reason"] = c.finish_reason
     return r
@@ -1142,12 +1147,13 @@ async fn openai_sdk_chat_reaches_a_gemini_api_account() {
     .await;
     assert_eq!(out["openai_version"], OPENAI_PY_VERSION);
 
-    // The text without the thought; OpenAI's usage: every prompt token, the cached ones apart,
-    // the thoughts inside the completion tokens.
+    // The text without the thought, which is the reasoning; OpenAI's usage: every prompt token,
+    // the cached ones apart, the thoughts inside the completion tokens.
     let u = mock.usage();
     for step in steps {
         let c = &out[step];
         assert_eq!(c["content"], mock.text(), "{step}: {c:#}");
+        assert_eq!(c["reasoning"], gemini_mock::THOUGHT, "{step}: {c:#}");
         assert_eq!(c["finish_reason"], "stop", "{step}: {c:#}");
         assert_eq!(c["model"], "gemini-2.5-flash", "{step}: {c:#}");
         let usage = &c["usage"];
@@ -1156,6 +1162,10 @@ async fn openai_sdk_chat_reaches_a_gemini_api_account() {
         assert_eq!(usage["total_tokens"], u.total(), "{step}: {usage}");
         assert_eq!(
             usage["prompt_tokens_details"]["cached_tokens"], u.cached,
+            "{step}: {usage}"
+        );
+        assert_eq!(
+            usage["completion_tokens_details"]["reasoning_tokens"], u.thoughts,
             "{step}: {usage}"
         );
     }
