@@ -578,3 +578,135 @@ async fn keys_without_the_gemini_permission_are_refused_in_googles_shape() {
     assert_eq!(status, 403, "{}", text(&got));
     assert!(up.seen().is_empty());
 }
+
+const TOOL_STREAM: &[u8] = include_bytes!("fixtures/responses/gemini-stream-function-call.sse");
+
+/// The `data:` payloads of a Chat Completions stream, `[DONE]` last.
+fn chat_events(body: &[u8]) -> Vec<String> {
+    text(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_completions_reach_gemini_models_converted_both_ways() {
+    let up = ScriptedUpstream::start(vec![
+        Reply::sse(STREAM),
+        Reply::json(&answer_json("plain answer", 40, 8, 6, 4)),
+        Reply::sse(TOOL_STREAM),
+        google_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument.", None),
+    ])
+    .await;
+    let relay = RelayProcess::start(&format!(
+        "accounts:\n{}",
+        gemini_yaml("g1", &up.url(), UP_KEY, ", model_map: { my-gemini: gemini-2.5-pro }")
+    ))
+    .await;
+    let bearer = format!("Bearer {ALICE}");
+    let auth = [("authorization", bearer.as_str())];
+
+    // Streamed, with usage asked for: the chunks carry the client's model and the usage.
+    let body = json!({"model": "my-gemini", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]});
+    let (status, ct, got) = post(&relay, "/openai/v1/chat/completions", &auth, &body.to_string()).await;
+    assert_eq!(status, 200, "{}", text(&got));
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let events = chat_events(&got);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| json_of(e.as_bytes()))
+        .collect();
+    let said: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(said, "Hello from mock upstream!");
+    assert!(chunks.iter().all(|c| c["model"] == "my-gemini"), "{chunks:?}");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], 24, "{usage}");
+    assert_eq!(usage["completion_tokens"], 7);
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 3);
+
+    // Not streamed, through the Gemini-only mount point.
+    let body = json!({"model": "gemini-2.5-pro", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, got) = post(&relay, "/openai/gemini/v1/chat/completions", &auth, &body.to_string()).await;
+    assert_eq!(status, 200, "{}", text(&got));
+    let v = json_of(&got);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], "plain answer");
+    assert_eq!(
+        v["usage"]["completion_tokens"], 10,
+        "thoughts are completion tokens: {v}"
+    );
+    assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 4);
+
+    // A tool call.
+    let body = json!({"model": "gemini-2.5-pro", "stream": true,
+        "messages": [{"role": "user", "content": "list the files"}],
+        "tools": [{"type": "function", "function": {"name": "exec_command", "description": "run",
+            "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}}]});
+    let (status, _, got) = post(&relay, "/v1/chat/completions", &auth, &body.to_string()).await;
+    assert_eq!(status, 200, "{}", text(&got));
+    let events = chat_events(&got);
+    let calls: Vec<Value> = events
+        .iter()
+        .filter(|e| e.starts_with('{'))
+        .map(|e| json_of(e.as_bytes()))
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "{events:?}");
+    assert_eq!(calls[0]["function"]["name"], "exec_command");
+    let args = json_of(calls[0]["function"]["arguments"].as_str().unwrap().as_bytes());
+    assert_eq!(args["cmd"], "ls -la");
+    assert!(
+        events.iter().any(|e| e.contains("\"finish_reason\":\"tool_calls\"")),
+        "{events:?}"
+    );
+
+    // Google's refusal reaches the Chat client in OpenAI's shape.
+    let (status, _, got) = post(&relay, "/openai/v1/chat/completions", &auth, &body.to_string()).await;
+    assert_eq!(status, 400, "{}", text(&got));
+    let v = json_of(&got);
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("invalid argument"),
+        "{v}"
+    );
+
+    // A Claude model on the Gemini-only mount point is not served there.
+    let body = json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, got) = post(&relay, "/openai/gemini/v1/chat/completions", &auth, &body.to_string()).await;
+    assert_eq!(status, 404, "{}", text(&got));
+
+    let seen = up.seen();
+    assert_eq!(
+        seen[0].path_and_query,
+        "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+    );
+    assert_eq!(seen[1].path_and_query, "/v1beta/models/gemini-2.5-pro:generateContent");
+    let sent = json_of(&seen[0].body);
+    assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "be brief", "{sent}");
+    assert_eq!(sent["contents"][0]["parts"][0]["text"], "hi");
+    assert!(sent.get("model").is_none() && sent.get("messages").is_none(), "{sent}");
+    assert_eq!(json_of(&seen[1].body)["generationConfig"]["maxOutputTokens"], 100);
+    let tools = &json_of(&seen[2].body)["tools"][0]["functionDeclarations"][0];
+    assert_eq!(tools["name"], "exec_command", "{tools}");
+    for s in &seen {
+        assert_eq!(s.header("x-goog-api-key").as_deref(), Some(UP_KEY));
+        assert_no_relay_key(s);
+    }
+
+    // Billed as Gemini: 21+3+7 (stream), 32+8+10 (JSON), 57+0+39 (tool stream), the 400 free.
+    let t = totals(&relay, "model", "gemini-2.5-pro", 4).await;
+    assert_usage(
+        &t,
+        21 + 32 + 57,
+        3 + 8,
+        7 + 10 + 39,
+        (21 + 32 + 57) * PRO[0] + 11 * PRO[1] + (7 + 10 + 39) * PRO[2],
+    );
+}

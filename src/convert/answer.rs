@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::Conversion;
 use super::bedrock_stream::BedrockToAnthropicSse;
 use super::chat_anthropic::{self, MessagesSseToChat};
+use super::chat_gemini::{self, GeminiSseToChat};
 use super::chat_responses::{self, Mode, ResponsesSseToChat};
 use super::code_assist::{self, Direction, SseEnvelope};
 use super::openai_chat::ChatSsePassThrough;
@@ -76,6 +77,7 @@ pub fn converts_stream(answer: &Answer<'_>) -> bool {
             answer.conversion,
             Conversion::ChatToMessages
                 | Conversion::ChatToResponses
+                | Conversion::ChatToGemini
                 | Conversion::WrapCodeAssist
                 | Conversion::UnwrapCodeAssist
         )
@@ -104,6 +106,8 @@ pub enum StreamAdapter {
     Gemini(GeminiSseUsage),
     /// Gemini events put into Code Assist's envelope or taken out of it.
     Envelope(GeminiSseUsage, SseEnvelope),
+    /// Gemini events (either wire) turned into Chat Completions chunks.
+    GeminiToChat(GeminiSseToChat),
 }
 
 impl StreamAdapter {
@@ -128,6 +132,11 @@ impl StreamAdapter {
             (ResponseKind::OpenAiResponses, Conversion::PassThrough) => {
                 StreamAdapter::Responses(ResponsesSseUsage::new())
             }
+            (kind, Conversion::ChatToGemini) => StreamAdapter::GeminiToChat(GeminiSseToChat::new(
+                a.client_model,
+                a.include_usage,
+                kind == ResponseKind::CodeAssist,
+            )),
             (_, Conversion::WrapCodeAssist) => {
                 StreamAdapter::Envelope(GeminiSseUsage::new(), SseEnvelope::new(Direction::Unwrap))
             }
@@ -187,6 +196,7 @@ impl StreamAdapter {
                 u.feed(&chunk);
                 t.push(&chunk)
             }
+            StreamAdapter::GeminiToChat(t) => t.push(&chunk),
         };
         Some(out).filter(|b| !b.is_empty())
     }
@@ -208,6 +218,7 @@ impl StreamAdapter {
             StreamAdapter::ResponsesToChat(t) => t.finish(),
             StreamAdapter::Gemini(_) => return None,
             StreamAdapter::Envelope(_, t) => t.finish(),
+            StreamAdapter::GeminiToChat(t) => t.finish(),
         };
         Some(out).filter(|b| !b.is_empty())
     }
@@ -225,6 +236,7 @@ impl StreamAdapter {
             StreamAdapter::Responses(u) => u.usage(),
             StreamAdapter::ResponsesToChat(t) => t.usage(),
             StreamAdapter::Gemini(u) | StreamAdapter::Envelope(u, _) => u.usage(),
+            StreamAdapter::GeminiToChat(t) => t.usage(),
         }
     }
 
@@ -239,6 +251,7 @@ impl StreamAdapter {
             StreamAdapter::Responses(u) => u.error().is_some(),
             StreamAdapter::ResponsesToChat(t) => t.failed(),
             StreamAdapter::Gemini(u) | StreamAdapter::Envelope(u, _) => u.error().is_some(),
+            StreamAdapter::GeminiToChat(t) => t.failed(),
         }
     }
 
@@ -290,6 +303,9 @@ impl Completed {
 pub fn complete_body(a: &Answer<'_>, status: u16, headers: &http::HeaderMap, body: Bytes) -> Completed {
     let rename = a.rename.map(|(_, to)| to);
     if status >= 400 {
+        if a.conversion == Conversion::ChatToGemini {
+            return Completed::new(chat_gemini::error_from_gemini(status, &body), None);
+        }
         let body = match a.kind {
             ResponseKind::Anthropic => body,
             // Both Google wires write errors alike: a Gemini client reads them as they came.
@@ -327,6 +343,10 @@ pub fn complete_body(a: &Answer<'_>, status: u16, headers: &http::HeaderMap, bod
             Completed::new(body, usage)
         }
         (ResponseKind::GeminiCount, _) => Completed::new(body, None),
+        (_, Conversion::ChatToGemini) => match chat_gemini::response_from_gemini(&body, a.client_model) {
+            Ok((b, u)) => Completed::new(b, Some(u)),
+            Err(e) => Completed::unconvertible(&e, parse_gemini_json_usage(&body)),
+        },
         (ResponseKind::Gemini | ResponseKind::CodeAssist, conversion) => {
             let usage = parse_gemini_json_usage(&body);
             let body = match conversion {
@@ -358,7 +378,8 @@ pub fn rewrites_body(a: &Answer<'_>, status: u16) -> bool {
         ResponseKind::OpenAiChat => status < 300 && a.rename.is_some(),
         ResponseKind::OpenAiResponses => a.conversion == Conversion::ChatToResponses && status < 300,
         ResponseKind::Gemini | ResponseKind::CodeAssist => {
-            status < 300 && matches!(a.conversion, Conversion::WrapCodeAssist | Conversion::UnwrapCodeAssist)
+            a.conversion == Conversion::ChatToGemini
+                || status < 300 && matches!(a.conversion, Conversion::WrapCodeAssist | Conversion::UnwrapCodeAssist)
         }
         ResponseKind::GeminiCount => false,
         _ => true,

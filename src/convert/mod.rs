@@ -38,6 +38,9 @@ pub enum Conversion {
     WrapCodeAssist,
     /// A Code Assist request → the Gemini API (taken out of its envelope), the answer put in it.
     UnwrapCodeAssist,
+    /// Chat Completions → Gemini `generateContent` (in Code Assist's envelope for Code Assist),
+    /// the answer converted back.
+    ChatToGemini,
 }
 
 /// The conversion from a client's operation to a wire, and the operation the upstream is asked
@@ -57,6 +60,8 @@ pub fn conversion(client: Operation, wire: Wire) -> Option<(Conversion, Operatio
         (O::GeminiCountTokens, W::CodeAssist) => Some((Conversion::WrapCodeAssist, O::CodeAssistCountTokens)),
         (O::CodeAssistGenerate, W::GeminiApi) => Some((Conversion::UnwrapCodeAssist, O::GeminiGenerate)),
         (O::CodeAssistCountTokens, W::GeminiApi) => Some((Conversion::UnwrapCodeAssist, O::GeminiCountTokens)),
+        (O::Chat, W::GeminiApi) => Some((Conversion::ChatToGemini, O::GeminiGenerate)),
+        (O::Chat, W::CodeAssist) => Some((Conversion::ChatToGemini, O::CodeAssistGenerate)),
         _ => None,
     }
 }

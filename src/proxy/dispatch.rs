@@ -18,7 +18,7 @@ use super::body::ParsedBody;
 use super::error::{ErrorSource, RelayError};
 use super::{Relay, RequestCtx, headers};
 use crate::convert::answer::{self, Answer, StreamAdapter};
-use crate::convert::{self, Conversion, chat_anthropic, chat_responses, openai_chat};
+use crate::convert::{self, Conversion, chat_anthropic, chat_gemini, chat_responses, openai_chat};
 use crate::credentials::TokenError;
 use crate::ingress::{Dialect, Endpoint, ErrorKind, Scope};
 use crate::providers::{self, Call, Operation, PrepareError, Prepared, Provider, ResponseKind, Target};
@@ -170,17 +170,23 @@ fn outgoing(
         Conversion::WrapCodeAssist if upstream_op == Operation::CodeAssistCountTokens => {
             Outgoing::new(convert::code_assist::wrap_count_tokens(body, upstream_model)?, stream)
         }
-        Conversion::WrapCodeAssist => {
-            // Code Assist keys its prompts; a Gemini API client names none, so each request is its own.
-            let prompt_id = parsed
-                .facts
-                .session
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            Outgoing::new(
-                convert::code_assist::wrap_generate(body, upstream_model, &prompt_id)?,
-                stream,
-            )
+        Conversion::WrapCodeAssist => Outgoing::new(
+            convert::code_assist::wrap_generate(body, upstream_model, &prompt_id(parsed))?,
+            stream,
+        ),
+        Conversion::ChatToGemini => {
+            let (b, facts) = chat_gemini::request_to_gemini(body)?;
+            let b = if upstream_op == Operation::CodeAssistGenerate {
+                convert::code_assist::wrap_generate(&b, upstream_model, &prompt_id(parsed))?
+            } else {
+                b
+            };
+            Outgoing {
+                include_usage: facts.include_usage,
+                // Gemini streams SSE only when asked with `alt=sse`.
+                query: Some(facts.stream.then_some("alt=sse")),
+                ..Outgoing::new(b, facts.stream)
+            }
         }
         Conversion::UnwrapCodeAssist => Outgoing::new(convert::code_assist::unwrap_request(body)?, stream),
         Conversion::ChatToMessages => {
@@ -207,6 +213,16 @@ fn outgoing(
             }
         }
     })
+}
+
+/// The `user_prompt_id` of a request sent to Code Assist by a client that names none: its
+/// session, else its own.
+fn prompt_id(parsed: &ParsedBody) -> String {
+    parsed
+        .facts
+        .session
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1111,18 +1127,8 @@ mod tests {
             kinds(Operation::Messages, Scope::Any),
             [ClaudeConsole, ClaudeOauth, Ccr, Bedrock]
         );
-        assert_eq!(
-            kinds(Operation::Chat, Scope::Any),
-            [
-                ClaudeConsole,
-                ClaudeOauth,
-                Ccr,
-                Bedrock,
-                OpenAi,
-                AzureOpenAi,
-                OpenAiOauth
-            ]
-        );
+        assert_eq!(kinds(Operation::Chat, Scope::Any), AccountKind::ALL);
+        assert_eq!(kinds(Operation::Chat, Scope::Gemini), [GeminiApi, GeminiOauth]);
         assert_eq!(kinds(Operation::GeminiGenerate, Scope::Any), [GeminiApi, GeminiOauth]);
         assert_eq!(
             kinds(Operation::CodeAssistCountTokens, Scope::Any),
