@@ -980,6 +980,41 @@ def chat_stream():
                 r["finish_reason"] = c.finish_reason
     return r
 
+TOOLS = [{"type": "function", "function": {
+    "name": "read_file", "description": "Read a file",
+    "parameters": {"type": "object", "properties": {"file_path": {"type": "string"}},
+                   "required": ["file_path"]}}}]
+
+def tool():
+    c = openai_client("tool")
+    messages = [{"role": "user", "content": "What is in /tmp/x?"}]
+    s = c.chat.completions.create(model=cfg["model"], messages=messages, tools=TOOLS, stream=True,
+                                  stream_options={"include_usage": True})
+    calls, finish, content = {}, None, ""
+    for ch in s:
+        for ch_c in ch.choices:
+            d = ch_c.delta
+            content += d.content or ""
+            for tc in d.tool_calls or []:
+                call = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+                if tc.id:
+                    call["id"] = tc.id
+                if tc.function and tc.function.name:
+                    call["name"] += tc.function.name
+                if tc.function and tc.function.arguments:
+                    call["arguments"] += tc.function.arguments
+            if ch_c.finish_reason:
+                finish = ch_c.finish_reason
+    calls = [calls[k] for k in sorted(calls)]
+    messages.append({"role": "assistant", "content": content or None, "tool_calls": [
+        {"id": k["id"], "type": "function", "function": {"name": k["name"], "arguments": k["arguments"]}}
+        for k in calls]})
+    for k in calls:
+        messages.append({"role": "tool", "tool_call_id": k["id"], "content": cfg["tool_result"]})
+    r = c.chat.completions.create(model=cfg["model"], messages=messages, tools=TOOLS)
+    return {"first": {"calls": calls, "finish_reason": finish, "content": content},
+            "second": {"content": r.choices[0].message.content, "finish_reason": r.choices[0].finish_reason}}
+
 for step in cfg["steps"]:
     try:
         out[step] = globals()[step]()
@@ -1130,10 +1165,14 @@ async fn genai_sdk_generates_streams_and_counts_through_the_relay() {
 }
 
 #[tokio::test]
-async fn openai_sdk_chat_reaches_a_gemini_api_account() {
+async fn openai_sdk_chat_and_a_tool_round_trip_reach_a_gemini_api_account() {
     python();
-    let mock = GeminiMock::start().await;
-    let steps = ["chat", "chat_stream"];
+    let mock = GeminiMock::builder()
+        .tool_call("read_file", json!({"file_path": "/tmp/x"}))
+        .start()
+        .await;
+    let tool_result = format!("tool-result-{}", uuid::Uuid::new_v4().simple());
+    let steps = ["chat", "chat_stream", "tool"];
     let keys: Vec<(String, String)> = steps.iter().map(|s| (s.to_string(), new_key())).collect();
     let key_refs: Vec<(&str, &str)> = keys.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
     let relay = relay_on_gemini_api(&key_refs, &mock, "").await;
@@ -1143,6 +1182,7 @@ async fn openai_sdk_chat_reaches_a_gemini_api_account() {
         "model": "gemini-2.5-flash",
         "keys": keys.iter().map(|(n, k)| (n.clone(), json!(k))).collect::<serde_json::Map<String, Value>>(),
         "steps": steps,
+        "tool_result": tool_result,
     }))
     .await;
     assert_eq!(out["openai_version"], OPENAI_PY_VERSION);
@@ -1150,7 +1190,7 @@ async fn openai_sdk_chat_reaches_a_gemini_api_account() {
     // The text without the thought, which is the reasoning; OpenAI's usage: every prompt token,
     // the cached ones apart, the thoughts inside the completion tokens.
     let u = mock.usage();
-    for step in steps {
+    for step in ["chat", "chat_stream"] {
         let c = &out[step];
         assert_eq!(c["content"], mock.text(), "{step}: {c:#}");
         assert_eq!(c["reasoning"], gemini_mock::THOUGHT, "{step}: {c:#}");
@@ -1179,13 +1219,15 @@ async fn openai_sdk_chat_reaches_a_gemini_api_account() {
         [
             "/v1beta/models/gemini-2.5-flash:generateContent",
             "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
         ]
     );
     assert_gemini_api_calls(&mock);
     for (_, key) in &keys {
         assert_key_stays_home(&mock, key);
     }
-    for r in &seen {
+    for r in &seen[..2] {
         let b = &r.body;
         let system: String = b["systemInstruction"]["parts"]
             .as_array()
@@ -1203,7 +1245,44 @@ async fn openai_sdk_chat_reaches_a_gemini_api_account() {
         assert_eq!(b["generationConfig"]["temperature"], 0.5, "{b}");
     }
 
+    // The tool call: the mock's call (its id, name and arguments) reaches the SDK, and the SDK's
+    // result goes back as the function's response under the same id.
+    let call = mock.answers()[2]
+        .function_call
+        .clone()
+        .expect("the mock called the tool");
+    let t = &out["tool"];
+    assert_eq!(t["first"]["finish_reason"], "tool_calls", "{t:#}");
+    let calls = t["first"]["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{t:#}");
+    assert_eq!(calls[0]["id"], call["id"], "{t:#}");
+    assert_eq!(calls[0]["name"], "read_file");
+    let args: Value = serde_json::from_str(calls[0]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, call["args"]);
+    assert_eq!(t["second"]["content"], mock.text(), "{t:#}");
+    assert_eq!(t["second"]["finish_reason"], "stop", "{t:#}");
+    assert_eq!(seen[2].function_names(), ["read_file"], "{}", seen[2].body);
+    let contents = seen[3].contents();
+    assert_eq!(contents.len(), 3, "{}", seen[3].body);
+    let called = &contents[1]["parts"][0]["functionCall"];
+    assert_eq!(contents[1]["role"], "model");
+    assert_eq!(
+        (&called["id"], &called["name"], &called["args"]),
+        (&call["id"], &call["name"], &call["args"])
+    );
+    let responses = seen[3].function_responses();
+    assert_eq!(contents[2]["role"], "user");
+    assert_eq!(responses.len(), 1, "{}", seen[3].body);
+    assert_eq!(responses[0]["id"], call["id"]);
+    assert_eq!(responses[0]["name"], "read_file");
+    assert!(
+        responses[0]["response"].to_string().contains(&tool_result),
+        "{}",
+        responses[0]
+    );
+
     let answers = successful_generations(&mock);
     assert_usage(&relay, "chat", &answers[..1]).await;
     assert_usage(&relay, "chat_stream", &answers[1..2]).await;
+    assert_usage(&relay, "tool", &answers[2..4]).await;
 }
