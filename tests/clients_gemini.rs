@@ -720,6 +720,22 @@ async fn gemini_cli_waits_out_googles_retry_delay_while_the_account_rests() {
     });
     support::eventually(|| async { (!mock.answers().is_empty()).then_some(()) }).await;
     assert_eq!(mock.answers()[0].status, 429);
+    // The account rests exactly the delay Google gave.
+    let admin = support::admin::Admin::login(&relay).await;
+    let health = support::eventually(|| async {
+        let list = admin.get("/admin/api/accounts").await;
+        let account = list.json["accounts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == "gem")?
+            .clone();
+        let health = account["health"].clone();
+        (health["state"].is_string() && health["state"] != "active").then_some(health)
+    })
+    .await;
+    assert_eq!(health["state"], "rate_limited", "{health}");
+    let rest = health["until"].as_i64().unwrap() - health["since"].as_i64().unwrap();
+    assert!((3000..=3100).contains(&rest), "the account rests {rest} ms: {health}");
 
     let r = support::client()
         .post(format!("{base}/v1beta/models/gemini-2.5-flash:generateContent"))
