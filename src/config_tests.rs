@@ -181,6 +181,18 @@ fn provider_settings_are_checked() {
     assert!(err("providers: { openai: { oauth: { scopes: ['a b'] } } }").contains("providers.openai.oauth.scopes"));
     assert!(err("providers: { openai: { oauth: { timeout: 0s } } }").contains("providers.openai.oauth.timeout"));
     assert!(err("providers: { openai: { oauth: { nope: 1 } } }").contains("nope"));
+    assert!(
+        err("providers: { google: { oauth: { authorize_url: 'nope' } } }")
+            .contains("providers.google.oauth.authorize_url")
+    );
+    assert!(
+        err("providers: { google: { oauth: { onboard_poll: 1ms } } }").contains("providers.google.oauth.onboard_poll")
+    );
+    assert!(
+        err("providers: { google: { oauth: { onboard_poll: 10s, onboard_wait: 5s } } }")
+            .contains("providers.google.oauth.onboard_wait")
+    );
+    assert!(err("providers: { google: { oauth: { client: x } } }").contains("client"));
     assert!(err("accounts: [{ name: sub, kind: claude-oauth }]").contains("setup token"));
     let c = Config::from_yaml(
         "providers: { anthropic: { api_base: 'http://127.0.0.1:9', oauth: { tier_model_blacklist: { pro: [] } } } }\naccounts: [{ name: sub, kind: claude-oauth, api_key: sk-ant-oat01-x }]",
