@@ -121,6 +121,12 @@ fn the_example_providers_block_loads_and_matches_the_defaults() {
     let (ex, def) = (&c.providers.openai, crate::config::OpenAiProvider::default());
     assert_eq!((&ex.api_base, &ex.codex_base), (&def.api_base, &def.codex_base));
     assert_eq!(format!("{:?}", ex.oauth), format!("{:?}", def.oauth));
+    let (ex, def) = (&c.providers.google, crate::config::GoogleProvider::default());
+    assert_eq!(
+        (&ex.api_base, &ex.code_assist_base),
+        (&def.api_base, &def.code_assist_base)
+    );
+    assert_eq!(format!("{:?}", ex.oauth), format!("{:?}", def.oauth));
 }
 
 /// The commented `# key: value` lines of conf/relay.yaml that start with `prefix`, with their
