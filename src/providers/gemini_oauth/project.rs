@@ -10,7 +10,8 @@
 //! Assist knows without a project (a paid tier) needs its `project_id` set.
 //!
 //! Discovery runs once at a time per account: requests that need the project while it runs wait
-//! for the same outcome. It runs as its own task, so a request that goes away does not cut it
+//! for the same outcome (a failure is answered again for 30 s to requests with the same token,
+//! so that an account that needs its `project_id` set does not cost every request a lookup). It runs as its own task, so a request that goes away does not cut it
 //! short. The project found is kept in the account's [`Project`] cell (which outlives snapshot
 //! reloads, like token cells) and written into its stored token state (`OAuthMeta.project_id`)
 //! under the token lock, so that neither a refresh nor this write loses the other.
@@ -40,6 +41,11 @@ pub trait CodeAssistHolder: Holder {
 /// The outcome of a discovery, as every request waiting for it gets it.
 type Outcome = Option<Result<Arc<String>, String>>;
 
+/// How long a discovery that failed answers its failure again at once to requests with the same
+/// token (an account that needs its `project_id` set would otherwise cost every request a
+/// lookup); a new token tries again at once.
+const FAILURE_MEMORY: Duration = Duration::from_secs(30);
+
 /// One account's project cell, what this instance found for it that the store does not show yet,
 /// and the discovery running for it.
 struct Slot {
@@ -48,6 +54,19 @@ struct Slot {
     /// write (and for accounts of `relay.yaml`, which are not stored).
     found: Option<String>,
     running: Option<watch::Receiver<Outcome>>,
+    /// The last failure: when, with which token, why.
+    failed: Option<(Instant, HeaderValue, String)>,
+}
+
+impl Slot {
+    fn new(project: Option<String>) -> Slot {
+        Slot {
+            project: Arc::new(Project::new(project)),
+            found: None,
+            running: None,
+            failed: None,
+        }
+    }
 }
 
 /// The project cells of the `gemini-oauth` accounts, and their discovery.
@@ -79,11 +98,7 @@ impl<A: Holder> Projects<A> {
     /// unless the record's project changed, so that a project found meanwhile is not lost.
     pub fn cell_for(&self, id: &Arc<str>, known: Option<String>) -> Arc<Project> {
         let mut slots = self.slots();
-        let slot = slots.entry(id.clone()).or_insert_with(|| Slot {
-            project: Arc::new(Project::new(known.clone())),
-            found: None,
-            running: None,
-        });
+        let slot = slots.entry(id.clone()).or_insert_with(|| Slot::new(known.clone()));
         let current = slot.project.get();
         match known {
             Some(k) => {
@@ -119,13 +134,15 @@ impl<A: CodeAssistHolder> Projects<A> {
     pub async fn project(self: &Arc<Self>, account: &A, bearer: &HeaderValue) -> Result<Arc<String>, String> {
         let mut outcome = {
             let mut slots = self.slots();
-            let slot = slots.entry(account.id().clone()).or_insert_with(|| Slot {
-                project: Arc::new(Project::new(None)),
-                found: None,
-                running: None,
-            });
+            let slot = slots.entry(account.id().clone()).or_insert_with(|| Slot::new(None));
             if let Some(p) = slot.project.get() {
                 return Ok(p);
+            }
+            if let Some((at, token, why)) = &slot.failed
+                && at.elapsed() < FAILURE_MEMORY
+                && token == bearer
+            {
+                return Err(why.clone());
             }
             match &slot.running {
                 Some(rx) => rx.clone(),
@@ -176,6 +193,7 @@ impl<A: CodeAssistHolder> Projects<A> {
                     tracing::warn!(account = %name, error = %e, "no Code Assist project for the account");
                     if let Some(s) = this.slots().get_mut(&id) {
                         s.running = None;
+                        s.failed = Some((Instant::now(), bearer, e.clone()));
                     }
                     Err(e)
                 }
@@ -187,14 +205,11 @@ impl<A: CodeAssistHolder> Projects<A> {
     /// Keeps a project found for the account in its cell; ends its discovery.
     fn keep(&self, id: &Arc<str>, project: String) -> Arc<String> {
         let mut slots = self.slots();
-        let slot = slots.entry(id.clone()).or_insert_with(|| Slot {
-            project: Arc::new(Project::new(None)),
-            found: None,
-            running: None,
-        });
+        let slot = slots.entry(id.clone()).or_insert_with(|| Slot::new(None));
         slot.project.set(project.clone());
         slot.found = Some(project.clone());
         slot.running = None;
+        slot.failed = None;
         slot.project.get().unwrap_or_else(|| Arc::new(project))
     }
 }
