@@ -427,6 +427,7 @@ impl<A: Holder> Tokens<A> {
                 if let Some(cell) = self.cell(id) {
                     cell.store_issued_at.store(live.issued_at, Ordering::Relaxed);
                 }
+                self.announce().await;
             }
             Rewrite::Unchanged => {}
             Rewrite::Failed => {
@@ -475,13 +476,24 @@ impl<A: Holder> Tokens<A> {
             tracing::warn!(account = %name, error = %e, "releasing the token lock failed; it expires by itself");
         }
         match result {
-            Rewrite::Written | Rewrite::Unchanged => Ok(()),
+            Rewrite::Written => {
+                self.announce().await;
+                Ok(())
+            }
+            Rewrite::Unchanged => Ok(()),
             Rewrite::Failed => Err("the account's record could not be written".into()),
         }
     }
 
+    /// Tells every instance that an account's token state changed.
+    async fn announce(&self) {
+        if let Err(e) = self.shared.store.publish_change().await {
+            tracing::warn!(error = %e, "announcing new token state failed");
+        }
+    }
+
     /// Reads the account's record, lets `change` edit it (`false`: nothing to write) and writes
-    /// it back, retrying a few times; announces a write.
+    /// it back, retrying a few times.
     async fn rewrite(&self, id: &str, change: impl Fn(&mut AccountRecord) -> bool) -> Rewrite {
         let store = &self.shared.store;
         for attempt in 0..3 {
@@ -500,12 +512,7 @@ impl<A: Holder> Tokens<A> {
                 return Rewrite::Unchanged;
             }
             match store.put_account(&record).await {
-                Ok(()) => {
-                    if let Err(e) = store.publish_change().await {
-                        tracing::warn!(error = %e, "announcing new token state failed");
-                    }
-                    return Rewrite::Written;
-                }
+                Ok(()) => return Rewrite::Written,
                 Err(e) => tracing::warn!(account = %id, error = %e, "saving the account's token state failed"),
             }
         }
