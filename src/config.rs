@@ -200,6 +200,11 @@ pub struct TimeoutsConfig {
     /// Longest silence between two chunks of a streamed response.
     #[serde(default = "default_idle")]
     pub stream_idle: Dur,
+    /// While a Gemini stream is silent (a long "thinking" phase), a blank line (or an SSE comment,
+    /// for a Chat Completions client) every this often keeps proxies from cutting it; clients
+    /// ignore it. `0s` sends none.
+    #[serde(default = "default_stream_keepalive")]
+    pub stream_keepalive: Dur,
     /// A new client connection must deliver its whole first request head within this time.
     #[serde(default = "default_request_head")]
     pub request_head: Dur,
@@ -221,6 +226,7 @@ impl Default for TimeoutsConfig {
             connect: default_connect(),
             response_head: default_head(),
             stream_idle: default_idle(),
+            stream_keepalive: default_stream_keepalive(),
             request_head: default_request_head(),
             keepalive_idle: default_keepalive_idle(),
             request_body_idle: default_request_body_idle(),
@@ -548,6 +554,9 @@ fn default_head() -> Dur {
 }
 fn default_idle() -> Dur {
     Dur(Duration::from_secs(300))
+}
+fn default_stream_keepalive() -> Dur {
+    Dur(Duration::from_secs(15))
 }
 fn default_flush() -> Dur {
     Dur(Duration::from_secs(2))

@@ -376,7 +376,8 @@ fn the_example_accounts_load() {
         | "AWS_BEARER_TOKEN_BEDROCK"
         | "CCR_API_KEY"
         | "OPENAI_API_KEY"
-        | "AZURE_OPENAI_KEY" => Some(format!("example-{}", k.to_ascii_lowercase().replace('_', "-"))),
+        | "AZURE_OPENAI_KEY"
+        | "GEMINI_API_KEY" => Some(format!("example-{}", k.to_ascii_lowercase().replace('_', "-"))),
         _ => None,
     };
     let c = Config::from_yaml(&example_block("accounts:"), &env).unwrap();
@@ -390,8 +391,18 @@ fn the_example_accounts_load() {
             "bedrock",
             "ccr",
             "openai",
-            "azure-openai"
+            "azure-openai",
+            "gemini-api"
         ]
+    );
+    let gemini = &c.accounts[7].settings;
+    assert_eq!(
+        gemini.base_url_or(&c.providers.default_bases()).as_str(),
+        "https://generativelanguage.googleapis.com"
+    );
+    assert_eq!(
+        gemini.model_map.get("gemini-pro-latest").map(String::as_str),
+        Some("gemini-2.5-pro")
     );
     let azure = &c.accounts[6].settings;
     assert_eq!(azure.api_version.as_deref(), Some("2025-04-01-preview"));
@@ -431,6 +442,10 @@ fn the_example_accounts_load() {
         err("accounts: [{ name: o, kind: openai, api_key: k, deployments: { a: b } }]")
             .contains("accounts[0].deployments")
     );
+    assert!(
+        err("accounts: [{ name: o, kind: gemini-api, api_key: k, project_id: p }]").contains("accounts[0].project_id")
+    );
+    assert!(err("accounts: [{ name: o, kind: gemini-oauth, project_id: p }]").contains("gemini-oauth/authorize"));
     assert!(
         err("accounts: [{ name: z, kind: azure-openai, api_key: k, base_url: 'https://r.openai.azure.com', api_version: 'a b' }]")
             .contains("accounts[0].api_version")

@@ -3,8 +3,9 @@
 //! Gemini CLI's `oauth_creds.json` through the admin API, the discovery of each account's Code
 //! Assist project (named by `loadCodeAssist`, or given by onboarding), token refresh in the
 //! background (the refresh token kept, as Google does not rotate it), a refused refresh, and
-//! re-authorization. Requests through the relay (a single refresh for concurrent requests meeting
-//! an expired token, one after a 401) need the Gemini dispatch.
+//! re-authorization; through the relay, a refresh and a retry after a 401, and (once the dispatch
+//! asks for projects it does not know) a single refresh and a single project lookup for
+//! concurrent requests meeting an expired token.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 // The harness is shared with other suites; its own lint findings are not this suite's business.
@@ -26,8 +27,9 @@ use support::{ALICE, RelayProcess, assert_near, client, eventually, now_ms, quer
 const AUTHORIZE: &str = "/admin/api/accounts/gemini-oauth/authorize";
 const EXCHANGE: &str = "/admin/api/accounts/gemini-oauth/exchange";
 const IMPORT: &str = "/admin/api/accounts/gemini-oauth/import";
-/// Where Gemini CLI sends Code Assist requests when `CODE_ASSIST_ENDPOINT` is the relay.
-const STREAM_PATH: &str = "/v1internal:streamGenerateContent?alt=sse";
+/// Where Gemini CLI sends Code Assist requests when `CODE_ASSIST_ENDPOINT` is the relay's
+/// `/gemini` mount.
+const STREAM_PATH: &str = "/gemini/v1internal:streamGenerateContent?alt=sse";
 
 /// The Google provider section with every URL on the mock; onboarding is polled quickly, and the
 /// background refresher stays out of the way unless `oauth` says otherwise.
@@ -559,7 +561,7 @@ async fn send_stream(http: &reqwest::Client, relay: &RelayProcess, body: &str) -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Gemini dispatch"]
+#[ignore = "needs the dispatch to ask relay.oauth.google.project() for a project it does not know"]
 async fn an_expired_token_is_refreshed_and_the_project_found_once_for_concurrent_requests() {
     let (mock, relay, admin) = setup().await;
     mock.set_refresh_delay(Duration::from_millis(400));
@@ -599,7 +601,6 @@ async fn an_expired_token_is_refreshed_and_the_project_found_once_for_concurrent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Gemini dispatch"]
 async fn a_401_from_code_assist_refreshes_once_and_retries_the_request() {
     let (mock, relay, admin) = setup().await;
     let v = import_oauth_creds(&admin, &mock, "revoked", now_ms() + 3_000_000, json!({})).await;

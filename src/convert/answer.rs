@@ -11,11 +11,13 @@ use super::Conversion;
 use super::bedrock_stream::BedrockToAnthropicSse;
 use super::chat_anthropic::{self, MessagesSseToChat};
 use super::chat_responses::{self, Mode, ResponsesSseToChat};
+use super::code_assist::{self, Direction, SseEnvelope};
 use super::openai_chat::ChatSsePassThrough;
 use super::rename::{SseModelRewriter, json_model};
 use crate::providers::ResponseKind;
 use crate::providers::bedrock;
 use crate::usage::TokenUsage;
+use crate::usage::gemini::{GeminiSseUsage, parse_gemini_json_usage};
 use crate::usage::openai::{ResponsesSseUsage, parse_chat_json_usage, parse_responses_json_usage};
 use crate::usage::sse::{SseUsageParser, parse_json_usage};
 
@@ -72,7 +74,10 @@ pub fn converts_stream(answer: &Answer<'_>) -> bool {
     answer.kind == ResponseKind::BedrockStream
         || matches!(
             answer.conversion,
-            Conversion::ChatToMessages | Conversion::ChatToResponses
+            Conversion::ChatToMessages
+                | Conversion::ChatToResponses
+                | Conversion::WrapCodeAssist
+                | Conversion::UnwrapCodeAssist
         )
 }
 
@@ -95,6 +100,10 @@ pub enum StreamAdapter {
     Responses(ResponsesSseUsage),
     /// Responses events turned into Chat Completions chunks (or one collected answer).
     ResponsesToChat(ResponsesSseToChat),
+    /// Gemini events (either wire) passed through byte for byte.
+    Gemini(GeminiSseUsage),
+    /// Gemini events put into Code Assist's envelope or taken out of it.
+    Envelope(GeminiSseUsage, SseEnvelope),
 }
 
 impl StreamAdapter {
@@ -118,6 +127,15 @@ impl StreamAdapter {
             )),
             (ResponseKind::OpenAiResponses, Conversion::PassThrough) => {
                 StreamAdapter::Responses(ResponsesSseUsage::new())
+            }
+            (_, Conversion::WrapCodeAssist) => {
+                StreamAdapter::Envelope(GeminiSseUsage::new(), SseEnvelope::new(Direction::Unwrap))
+            }
+            (_, Conversion::UnwrapCodeAssist) => {
+                StreamAdapter::Envelope(GeminiSseUsage::new(), SseEnvelope::new(Direction::Wrap))
+            }
+            (ResponseKind::Gemini | ResponseKind::CodeAssist | ResponseKind::GeminiCount, _) => {
+                StreamAdapter::Gemini(GeminiSseUsage::new())
             }
             _ => StreamAdapter::Sse {
                 usage: SseUsageParser::new(),
@@ -161,6 +179,14 @@ impl StreamAdapter {
                 return Some(chunk);
             }
             StreamAdapter::ResponsesToChat(t) => t.push(&chunk),
+            StreamAdapter::Gemini(u) => {
+                u.feed(&chunk);
+                return Some(chunk);
+            }
+            StreamAdapter::Envelope(u, t) => {
+                u.feed(&chunk);
+                t.push(&chunk)
+            }
         };
         Some(out).filter(|b| !b.is_empty())
     }
@@ -180,6 +206,8 @@ impl StreamAdapter {
             StreamAdapter::Chat(t) => return t.finish(),
             StreamAdapter::Responses(_) => return None,
             StreamAdapter::ResponsesToChat(t) => t.finish(),
+            StreamAdapter::Gemini(_) => return None,
+            StreamAdapter::Envelope(_, t) => t.finish(),
         };
         Some(out).filter(|b| !b.is_empty())
     }
@@ -196,6 +224,7 @@ impl StreamAdapter {
             StreamAdapter::Chat(t) => t.usage(),
             StreamAdapter::Responses(u) => u.usage(),
             StreamAdapter::ResponsesToChat(t) => t.usage(),
+            StreamAdapter::Gemini(u) | StreamAdapter::Envelope(u, _) => u.usage(),
         }
     }
 
@@ -209,6 +238,7 @@ impl StreamAdapter {
             StreamAdapter::Chat(t) => t.failed(),
             StreamAdapter::Responses(u) => u.error().is_some(),
             StreamAdapter::ResponsesToChat(t) => t.failed(),
+            StreamAdapter::Gemini(u) | StreamAdapter::Envelope(u, _) => u.error().is_some(),
         }
     }
 
@@ -262,7 +292,12 @@ pub fn complete_body(a: &Answer<'_>, status: u16, headers: &http::HeaderMap, bod
     if status >= 400 {
         let body = match a.kind {
             ResponseKind::Anthropic => body,
-            ResponseKind::OpenAiChat | ResponseKind::OpenAiResponses => return Completed::new(body, None),
+            // Both Google wires write errors alike: a Gemini client reads them as they came.
+            ResponseKind::OpenAiChat
+            | ResponseKind::OpenAiResponses
+            | ResponseKind::Gemini
+            | ResponseKind::CodeAssist
+            | ResponseKind::GeminiCount => return Completed::new(body, None),
             _ => bedrock::anthropic_error_body(status, headers, &body),
         };
         let body = match a.conversion {
@@ -291,6 +326,16 @@ pub fn complete_body(a: &Answer<'_>, status: u16, headers: &http::HeaderMap, bod
             let usage = parse_responses_json_usage(&body);
             Completed::new(body, usage)
         }
+        (ResponseKind::GeminiCount, _) => Completed::new(body, None),
+        (ResponseKind::Gemini | ResponseKind::CodeAssist, conversion) => {
+            let usage = parse_gemini_json_usage(&body);
+            let body = match conversion {
+                Conversion::WrapCodeAssist => code_assist::unwrap_answer(&body),
+                Conversion::UnwrapCodeAssist => code_assist::wrap_answer(&body),
+                _ => body,
+            };
+            Completed::new(body, usage)
+        }
         (kind, _) => {
             let usage = if kind == ResponseKind::OpenAiChat {
                 parse_chat_json_usage(&body)
@@ -312,6 +357,10 @@ pub fn rewrites_body(a: &Answer<'_>, status: u16) -> bool {
         ResponseKind::Anthropic => a.conversion == Conversion::ChatToMessages || (status < 300 && a.rename.is_some()),
         ResponseKind::OpenAiChat => status < 300 && a.rename.is_some(),
         ResponseKind::OpenAiResponses => a.conversion == Conversion::ChatToResponses && status < 300,
+        ResponseKind::Gemini | ResponseKind::CodeAssist => {
+            status < 300 && matches!(a.conversion, Conversion::WrapCodeAssist | Conversion::UnwrapCodeAssist)
+        }
+        ResponseKind::GeminiCount => false,
         _ => true,
     }
 }

@@ -34,8 +34,21 @@ pub fn write_data<T: Serialize>(out: &mut BytesMut, value: &T) {
 
 /// Writes a `chat.completion.chunk` with one choice.
 pub fn write_chunk(out: &mut BytesMut, id: &str, created: i64, model: &str, delta: Delta<'_>, finish: Option<&str>) {
+    write_choice_chunk(out, id, created, model, 0, delta, finish);
+}
+
+/// Writes a `chat.completion.chunk` of the choice at `index` (an answer with several choices).
+pub fn write_choice_chunk(
+    out: &mut BytesMut,
+    id: &str,
+    created: i64,
+    model: &str,
+    index: u32,
+    delta: Delta<'_>,
+    finish: Option<&str>,
+) {
     let choices = [ChunkChoice {
-        index: 0,
+        index,
         delta,
         logprobs: None,
         finish_reason: finish,
@@ -237,26 +250,39 @@ impl<'a> ChatError<'a> {
     }
 }
 
-/// A `chat.completion` with one choice.
+/// A `chat.completion`.
 #[derive(Serialize)]
 pub struct Completion<'a> {
     id: &'a str,
     object: &'static str,
     created: i64,
     model: &'a str,
-    choices: [CompletionChoice<'a>; 1],
+    choices: Vec<CompletionChoice<'a>>,
     usage: ChatUsage,
 }
 
+/// One choice of a `chat.completion`.
 #[derive(Serialize)]
-struct CompletionChoice<'a> {
+pub struct CompletionChoice<'a> {
     index: u32,
     message: Message<'a>,
     logprobs: Option<()>,
     finish_reason: &'a str,
 }
 
+impl<'a> CompletionChoice<'a> {
+    pub fn new(index: u32, message: Message<'a>, finish_reason: &'a str) -> Self {
+        CompletionChoice {
+            index,
+            message,
+            logprobs: None,
+            finish_reason,
+        }
+    }
+}
+
 impl<'a> Completion<'a> {
+    /// A completion with one choice.
     pub fn new(
         id: &'a str,
         created: i64,
@@ -265,17 +291,29 @@ impl<'a> Completion<'a> {
         finish_reason: &'a str,
         usage: ChatUsage,
     ) -> Self {
+        Self::with_choices(
+            id,
+            created,
+            model,
+            vec![CompletionChoice::new(0, message, finish_reason)],
+            usage,
+        )
+    }
+
+    /// A completion with several choices (`n` above 1).
+    pub fn with_choices(
+        id: &'a str,
+        created: i64,
+        model: &'a str,
+        choices: Vec<CompletionChoice<'a>>,
+        usage: ChatUsage,
+    ) -> Self {
         Completion {
             id,
             object: "chat.completion",
             created,
             model,
-            choices: [CompletionChoice {
-                index: 0,
-                message,
-                logprobs: None,
-                finish_reason,
-            }],
+            choices,
             usage,
         }
     }

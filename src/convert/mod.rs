@@ -3,16 +3,20 @@
 //! - [`answer`]: the response adapter the dispatch uses for every committed answer.
 //! - [`bedrock_stream`]: AWS event-stream (Bedrock) → Anthropic SSE.
 //! - [`chat_anthropic`]: OpenAI Chat Completions requests and answers ⇄ Anthropic Messages.
+//! - [`chat_gemini`]: OpenAI Chat Completions requests and answers ⇄ Gemini `generateContent`.
 //! - [`chat_out`]: the Chat Completions chunks, completion, usage and error both Chat converters write.
 //! - [`chat_responses`]: OpenAI Chat Completions → Responses (request), Responses → Chat (answer).
+//! - [`code_assist`]: Gemini API ⇄ Code Assist envelopes (requests, answers and streams).
 //! - [`openai_chat`]: OpenAI Chat Completions passed through to an OpenAI-compatible upstream.
 //! - [`rename`]: putting the client's model name back into a pass-through answer.
 
 pub mod answer;
 pub mod bedrock_stream;
 pub mod chat_anthropic;
+pub mod chat_gemini;
 pub mod chat_out;
 pub mod chat_responses;
+pub mod code_assist;
 pub mod openai_chat;
 pub mod rename;
 
@@ -30,6 +34,10 @@ pub enum Conversion {
     ChatToChat,
     /// Chat Completions → Responses (ChatGPT's Codex backend), the answer converted back.
     ChatToResponses,
+    /// A Gemini API request → Code Assist (put in its envelope), the answer taken out of it.
+    WrapCodeAssist,
+    /// A Code Assist request → the Gemini API (taken out of its envelope), the answer put in it.
+    UnwrapCodeAssist,
 }
 
 /// The conversion from a client's operation to a wire, and the operation the upstream is asked
@@ -43,6 +51,12 @@ pub fn conversion(client: Operation, wire: Wire) -> Option<(Conversion, Operatio
         (O::Chat, W::OpenAi) => Some((Conversion::ChatToChat, O::Chat)),
         (O::Chat, W::CodexResponses) => Some((Conversion::ChatToResponses, O::Responses)),
         (O::Responses | O::ResponsesCompact, W::OpenAi | W::CodexResponses) => Some((Conversion::PassThrough, client)),
+        (O::GeminiGenerate | O::GeminiCountTokens, W::GeminiApi)
+        | (O::CodeAssistGenerate | O::CodeAssistCountTokens, W::CodeAssist) => Some((Conversion::PassThrough, client)),
+        (O::GeminiGenerate, W::CodeAssist) => Some((Conversion::WrapCodeAssist, O::CodeAssistGenerate)),
+        (O::GeminiCountTokens, W::CodeAssist) => Some((Conversion::WrapCodeAssist, O::CodeAssistCountTokens)),
+        (O::CodeAssistGenerate, W::GeminiApi) => Some((Conversion::UnwrapCodeAssist, O::GeminiGenerate)),
+        (O::CodeAssistCountTokens, W::GeminiApi) => Some((Conversion::UnwrapCodeAssist, O::GeminiCountTokens)),
         _ => None,
     }
 }

@@ -3,12 +3,11 @@
 //!
 //! Each dialect the relay serves has an [`Ingress`]: a static implementation from a closed set
 //! ([`ingresses`]), asked in order by [`classify`] which of them a request path belongs to. Today:
-//! [`anthropic::AnthropicMessages`] (Claude Code and the Anthropic SDKs) and [`openai::OpenAi`]
-//! (Chat Completions and Responses). The Gemini error shape is here already, because a refusal
-//! made before a route is known (a malformed request head) must still reach those clients in a
-//! shape they read.
+//! [`anthropic::AnthropicMessages`] (Claude Code and the Anthropic SDKs), [`openai::OpenAi`]
+//! (Chat Completions and Responses) and [`gemini::Gemini`] (the Gemini API and Code Assist).
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use bytes::Bytes;
@@ -40,6 +39,20 @@ pub enum Endpoint {
     ResponsesCompact,
     /// `GET /v1/responses` with a WebSocket upgrade: refused at once (426).
     Upgrade,
+    /// `POST …/models/{model}:generateContent` or `:streamGenerateContent` (the Gemini API).
+    GeminiGenerate {
+        stream: bool,
+    },
+    /// `POST …/models/{model}:countTokens`.
+    GeminiCountTokens,
+    /// `POST /v1internal:generateContent` or `:streamGenerateContent` (Code Assist).
+    CodeAssistGenerate {
+        stream: bool,
+    },
+    /// `POST /v1internal:countTokens`.
+    CodeAssistCountTokens,
+    /// A Code Assist call about the user and its project, answered by the relay.
+    CodeAssistSetup(gemini::Setup),
     /// `HEAD /` or `GET /`: a connectivity probe, answered at once.
     Probe,
     /// `GET /health`
@@ -61,6 +74,13 @@ impl Endpoint {
             Endpoint::Responses => "responses",
             Endpoint::ResponsesCompact => "responses_compact",
             Endpoint::Upgrade => "websocket",
+            Endpoint::GeminiGenerate { stream: false } => "generate_content",
+            Endpoint::GeminiGenerate { stream: true } => "stream_generate_content",
+            Endpoint::GeminiCountTokens => "gemini_count_tokens",
+            Endpoint::CodeAssistGenerate { stream: false } => "code_assist_generate",
+            Endpoint::CodeAssistGenerate { stream: true } => "code_assist_stream_generate",
+            Endpoint::CodeAssistCountTokens => "code_assist_count_tokens",
+            Endpoint::CodeAssistSetup(_) => "code_assist_setup",
             Endpoint::Probe => "probe",
             Endpoint::Health => "health",
             Endpoint::MethodNotAllowed(_) => "method_not_allowed",
@@ -77,12 +97,30 @@ impl Endpoint {
                 | Endpoint::ChatCompletions(_)
                 | Endpoint::Responses
                 | Endpoint::ResponsesCompact
+                | Endpoint::GeminiGenerate { .. }
+                | Endpoint::GeminiCountTokens
+                | Endpoint::CodeAssistGenerate { .. }
+                | Endpoint::CodeAssistCountTokens
         )
     }
 
     /// Whether the endpoint's answers carry usage to bill (counting tokens is free).
     pub fn is_billed(self) -> bool {
-        self.is_relayed() && self != Endpoint::CountTokens
+        self.is_relayed()
+            && !matches!(
+                self,
+                Endpoint::CountTokens | Endpoint::GeminiCountTokens | Endpoint::CodeAssistCountTokens
+            )
+    }
+
+    /// Whether the client asked for a stream in the endpoint itself (Gemini names it in the
+    /// method) rather than in the body.
+    pub fn streams_by_path(self) -> Option<bool> {
+        match self {
+            Endpoint::GeminiGenerate { stream } | Endpoint::CodeAssistGenerate { stream } => Some(stream),
+            Endpoint::GeminiCountTokens | Endpoint::CodeAssistCountTokens => Some(false),
+            _ => None,
+        }
     }
 
     /// Which models the endpoint's mount point serves.
@@ -100,6 +138,8 @@ pub enum Scope {
     Any,
     /// `/openai/claude/…`: Claude models only.
     Claude,
+    /// `/openai/gemini/…`: Gemini models only.
+    Gemini,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -152,11 +192,16 @@ pub trait Ingress: Sync {
 
     /// The model list in this dialect's shape.
     fn models_list(&self, ids: &[String]) -> Bytes;
+
+    /// One model in this dialect's shape (OpenAI's unless the dialect has its own).
+    fn model_info(&self, id: &str) -> Bytes {
+        json_bytes(&openai::model_object(id))
+    }
 }
 
 /// The ingresses, in the order paths are matched.
-pub fn ingresses() -> [&'static dyn Ingress; 2] {
-    [&anthropic::AnthropicMessages, &openai::OpenAi]
+pub fn ingresses() -> [&'static dyn Ingress; 3] {
+    [&anthropic::AnthropicMessages, &openai::OpenAi, &gemini::Gemini]
 }
 
 /// The ingress of a dialect the relay serves.
@@ -177,6 +222,7 @@ pub fn classify(method: &http::Method, path: &str) -> Route {
             // A mount point for Claude models counts under the Claude service.
             let service = match endpoint.scope() {
                 Scope::Claude => Service::Claude,
+                Scope::Gemini => Service::Gemini,
                 Scope::Any => ingress.service(),
             };
             return Route {
@@ -186,12 +232,19 @@ pub fn classify(method: &http::Method, path: &str) -> Route {
             };
         }
     }
-    // An unknown path under the OpenAI mount point is answered in OpenAI's shape.
-    let openai = path == "/openai" || path.starts_with("/openai/");
+    // An unknown path under the OpenAI or Gemini mount points is answered in their shape.
+    let under = |p: &str| path == p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/'));
+    let (dialect, service) = if under("/openai") {
+        (Dialect::OpenAI, Service::OpenAI)
+    } else if under("/gemini") || under("/v1beta") || path.starts_with("/v1internal") {
+        (Dialect::Gemini, Service::Gemini)
+    } else {
+        (Dialect::Anthropic, Service::Claude)
+    };
     Route {
         endpoint: Endpoint::NotFound,
-        dialect: if openai { Dialect::OpenAI } else { Dialect::Anthropic },
-        service: if openai { Service::OpenAI } else { Service::Claude },
+        dialect,
+        service,
     }
 }
 
@@ -205,7 +258,7 @@ pub fn error_body(dialect: Dialect, kind: ErrorKind, status: u16, message: &str)
 }
 
 /// Google's `{"error":{"code","message","status"}}`.
-fn gemini_error(kind: ErrorKind, status: u16, message: &str) -> Bytes {
+pub fn gemini_error(kind: ErrorKind, status: u16, message: &str) -> Bytes {
     let s = match kind {
         ErrorKind::InvalidRequest | ErrorKind::TooLarge => "INVALID_ARGUMENT",
         ErrorKind::Authentication => "UNAUTHENTICATED",

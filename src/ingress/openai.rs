@@ -4,7 +4,8 @@
 //! Mount points: `/openai/v1/…` and `/openai/…` (`base_url` ending in `/openai/v1` or
 //! `/openai`), `/api/v1/…`, `/v1/…`; `/openai/claude/v1/chat/completions` serves Claude models
 //! only. A WebSocket upgrade on the Responses path is refused at once with 426, which makes Codex
-//! fall back to HTTPS without waiting.
+//! fall back to HTTPS without waiting. `/openai/gemini/v1/chat/completions` serves Gemini models
+//! only.
 
 use bytes::Bytes;
 use filters::Service;
@@ -12,9 +13,11 @@ use filters::Service;
 use super::{Dialect, Endpoint, ErrorKind, Ingress, Scope, get_only, json_bytes, post_only};
 
 /// Prefixes under which the OpenAI paths are served, longest first.
-const PREFIXES: [(&str, Scope); 6] = [
+const PREFIXES: [(&str, Scope); 8] = [
     ("/openai/claude/v1", Scope::Claude),
     ("/openai/claude", Scope::Claude),
+    ("/openai/gemini/v1", Scope::Gemini),
+    ("/openai/gemini", Scope::Gemini),
     ("/openai/v1", Scope::Any),
     ("/openai", Scope::Any),
     ("/api/v1", Scope::Any),
@@ -39,14 +42,15 @@ impl Ingress for OpenAi {
             };
             let endpoint = match rest {
                 "/chat/completions" => post_only(method, Endpoint::ChatCompletions(scope)),
-                "/responses" | "/responses/compact" if scope == Scope::Claude => return None,
+                "/responses" | "/responses/compact" if scope != Scope::Any => return None,
                 "/responses" if *method == http::Method::GET => Endpoint::Upgrade,
                 "/responses" => post_only(method, Endpoint::Responses),
                 "/responses/compact" => post_only(method, Endpoint::ResponsesCompact),
                 // `/v1/models` itself belongs to the Anthropic surface, which answers in a shape
                 // both SDKs read.
                 "/models" if prefix.starts_with("/openai") => get_only(method, Endpoint::Models(scope)),
-                r if r.starts_with("/models/") && r.len() > "/models/".len() => {
+                // `/v1/models/{model}:generateContent` is the Gemini API's.
+                r if r.starts_with("/models/") && r.len() > "/models/".len() && !r.contains(':') => {
                     get_only(method, Endpoint::ModelInfo(scope))
                 }
                 _ => continue,

@@ -99,7 +99,7 @@ impl Provider for GeminiApi {
         Ok(Prepared {
             head,
             body: call.body.clone(),
-            response: ResponseKind::Gemini,
+            response: response_kind(call.op, ResponseKind::Gemini),
             wire_model: None,
         })
     }
@@ -141,9 +141,18 @@ impl Provider for CodeAssist {
         Ok(Prepared {
             head,
             body,
-            response: ResponseKind::CodeAssist,
+            response: response_kind(call.op, ResponseKind::CodeAssist),
             wire_model: None,
         })
+    }
+}
+
+/// How the answer to `op` reads: counting tokens answers alike on both wires.
+fn response_kind(op: Operation, generate: ResponseKind) -> ResponseKind {
+    if op.counts_tokens() {
+        ResponseKind::GeminiCount
+    } else {
+        generate
     }
 }
 

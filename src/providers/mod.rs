@@ -233,6 +233,8 @@ pub enum ResponseKind {
     Gemini,
     /// Code Assist: like [`ResponseKind::Gemini`], each answer wrapped in `{"response": …}`.
     CodeAssist,
+    /// `countTokens` of either Google wire: `{"totalTokens": n}`, the same on both.
+    GeminiCount,
 }
 
 /// An upstream request ready to send.

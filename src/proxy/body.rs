@@ -188,6 +188,18 @@ pub fn parse_with_headers(
 }
 
 impl ParsedBody {
+    /// Names the model of a request whose body does not (the Gemini API has it in the path, Code
+    /// Assist's `countTokens` nested), checked like a body's. The body keeps its bytes.
+    pub fn set_model(&mut self, model: String) -> Result<(), RelayError> {
+        if model.trim().is_empty() {
+            return Err(RelayError::BadRequest("the model is required".into()));
+        }
+        check_model(&model)?;
+        self.facts.model = Some(model);
+        self.model_span = None;
+        Ok(())
+    }
+
     /// The body with the top-level model replaced, or the original bytes when nothing changes.
     pub fn with_model(&self, body: &Bytes, upstream_model: &str) -> Bytes {
         match (&self.facts.model, self.model_span) {

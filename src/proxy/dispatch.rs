@@ -103,17 +103,25 @@ fn operation(endpoint: Endpoint) -> Operation {
         Endpoint::ChatCompletions(_) => Operation::Chat,
         Endpoint::Responses => Operation::Responses,
         Endpoint::ResponsesCompact => Operation::ResponsesCompact,
+        Endpoint::GeminiGenerate { .. } => Operation::GeminiGenerate,
+        Endpoint::GeminiCountTokens => Operation::GeminiCountTokens,
+        Endpoint::CodeAssistGenerate { .. } => Operation::CodeAssistGenerate,
+        Endpoint::CodeAssistCountTokens => Operation::CodeAssistCountTokens,
         _ => Operation::Messages,
     }
 }
 
 /// The account kinds a request can be sent to: those whose wire its dialect converts to, and
-/// on a Claude-only mount point the Claude kinds.
+/// on a Claude-only (Gemini-only) mount point the Claude (Gemini) kinds.
 pub(super) fn kinds_for(op: Operation, scope: Scope) -> KindSet {
     let mut set = KindSet::NONE;
     for kind in AccountKind::ALL {
-        let claude = providers::default_family(kind, Some(providers::Family::Claude));
-        if convert::conversion(op, providers::provider(kind).wire()).is_some() && (scope == Scope::Any || claude) {
+        let in_scope = match scope {
+            Scope::Any => true,
+            Scope::Claude => providers::default_family(kind, Some(providers::Family::Claude)),
+            Scope::Gemini => providers::default_family(kind, Some(providers::Family::Gemini)),
+        };
+        if convert::conversion(op, providers::provider(kind).wire()).is_some() && in_scope {
             set = set.with(kind);
         }
     }
@@ -128,48 +136,74 @@ struct Outgoing {
     /// The relay asked for usage the client did not.
     strip_usage: bool,
     include_usage: bool,
+    /// The upstream query instead of the client's (a converted request's client query means
+    /// nothing to the upstream).
+    query: Option<Option<&'static str>>,
+}
+
+impl Outgoing {
+    fn new(body: Bytes, stream: bool) -> Outgoing {
+        Outgoing {
+            body,
+            stream,
+            strip_usage: false,
+            include_usage: false,
+            query: None,
+        }
+    }
 }
 
 fn outgoing(
     conversion: Conversion,
+    upstream_op: Operation,
     body: &Bytes,
     parsed: &ParsedBody,
     upstream_model: &str,
 ) -> Result<Outgoing, convert::ConvertError> {
     let stream = parsed.facts.stream;
     Ok(match conversion {
-        Conversion::PassThrough => Outgoing {
-            body: parsed.with_model(body, upstream_model),
+        Conversion::PassThrough if upstream_op == Operation::CodeAssistCountTokens => Outgoing::new(
+            convert::code_assist::with_count_tokens_model(body, upstream_model),
             stream,
-            strip_usage: false,
-            include_usage: false,
-        },
+        ),
+        Conversion::PassThrough => Outgoing::new(parsed.with_model(body, upstream_model), stream),
+        Conversion::WrapCodeAssist if upstream_op == Operation::CodeAssistCountTokens => {
+            Outgoing::new(convert::code_assist::wrap_count_tokens(body, upstream_model)?, stream)
+        }
+        Conversion::WrapCodeAssist => {
+            // Code Assist keys its prompts; a Gemini API client names none, so each request is its own.
+            let prompt_id = parsed
+                .facts
+                .session
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            Outgoing::new(
+                convert::code_assist::wrap_generate(body, upstream_model, &prompt_id)?,
+                stream,
+            )
+        }
+        Conversion::UnwrapCodeAssist => Outgoing::new(convert::code_assist::unwrap_request(body)?, stream),
         Conversion::ChatToMessages => {
             let (b, facts) = chat_anthropic::request_to_messages(body, upstream_model)?;
             Outgoing {
-                body: b,
-                stream: facts.stream,
-                strip_usage: false,
                 include_usage: facts.include_usage,
+                ..Outgoing::new(b, facts.stream)
             }
         }
         Conversion::ChatToChat => {
             let (b, injected) = openai_chat::passthrough_request(body, upstream_model)?;
             Outgoing {
-                body: b,
-                stream,
                 strip_usage: injected,
                 include_usage: !injected,
+                ..Outgoing::new(b, stream)
             }
         }
         Conversion::ChatToResponses => {
             let (b, facts) = chat_responses::request_to_responses(body, upstream_model)?;
             Outgoing {
-                body: b,
-                // The Codex backend streams whatever the client asked.
-                stream: true,
-                strip_usage: false,
                 include_usage: facts.include_usage,
+                // The Codex backend streams whatever the client asked.
+                ..Outgoing::new(b, true)
             }
         }
     })
@@ -200,7 +234,7 @@ async fn attempts(
             // The scheduler only yields accounts of the kinds the request can go to.
             continue;
         };
-        let out = match outgoing(conversion, &body, parsed, &upstream_model) {
+        let out = match outgoing(conversion, upstream_op, &body, parsed, &upstream_model) {
             Ok(o) => o,
             Err(e) => {
                 // The request cannot be said in this account's wire; another kind may take it
@@ -227,10 +261,14 @@ async fn attempts(
                 Ok(c) => c,
                 Err(e) => break Err(e),
             };
+            let project = match code_assist_project(relay, &account, live.as_ref()).await {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
             let call = Call {
                 op: upstream_op,
                 client: session.req_header(),
-                query: query.as_deref(),
+                query: out.query.unwrap_or(query.as_deref()),
                 body: &out.body,
                 upstream_model: &upstream_model,
                 stream: out.stream,
@@ -239,7 +277,7 @@ async fn attempts(
                 base: &account.base,
                 credential: &account.credential,
                 live: live.as_ref(),
-                project: None,
+                project: project.as_deref().map(String::as_str),
             };
             // Signing, when the wire needs it, happens here: anew on every attempt.
             let mut prepared = match provider.prepare(&relay.providers, &call, &target) {
@@ -430,6 +468,28 @@ async fn oauth_credential(
             ))
         }
     }
+}
+
+/// The Code Assist project of a `gemini-oauth` account (found once when its settings name none);
+/// `None` for other accounts.
+async fn code_assist_project(
+    relay: &Relay,
+    account: &Arc<Account>,
+    live: Option<&http::HeaderValue>,
+) -> Result<Option<Arc<String>>, AttemptError> {
+    let providers::Credential::GoogleOAuth(_, project) = &account.credential else {
+        return Ok(None);
+    };
+    if let Some(p) = project.get() {
+        return Ok(Some(p));
+    }
+    let _ = (relay, live);
+    tracing::warn!(account = %account.name, "the account has no Code Assist project; trying the next account");
+    Err(AttemptError::Retryable(
+        RelayError::AccountCredential("it has no Code Assist project".into()),
+        None,
+        "project",
+    ))
 }
 
 /// Counts this instance's requests in flight on an account.
@@ -743,17 +803,42 @@ async fn stream(
         .await
         .map_err(AttemptError::Broken)?;
 
+    let keepalive = keepalive(relay, ctx, answer);
+    // Keep-alives go only between events, never inside one the upstream left half sent.
+    let mut at_boundary = true;
     loop {
-        let chunk = match tokio::time::timeout(idle, up.read_response_body()).await {
-            Ok(Ok(Some(c))) => c,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
+        let read = {
+            let next = up.read_response_body();
+            tokio::pin!(next);
+            let deadline = tokio::time::Instant::now() + idle;
+            loop {
+                let tick = match keepalive {
+                    Some((every, _)) if at_boundary => (tokio::time::Instant::now() + every).min(deadline),
+                    _ => deadline,
+                };
+                tokio::select! {
+                    r = &mut next => break Some(r),
+                    () = tokio::time::sleep_until(tick) => {
+                        if tick >= deadline {
+                            break None;
+                        }
+                        if let Some((_, bytes)) = keepalive {
+                            write_body(session, ctx, Bytes::from_static(bytes)).await?;
+                        }
+                    }
+                }
+            }
+        };
+        let chunk = match read {
+            Some(Ok(Some(c))) => c,
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
                 relay.metrics.upstream_errors.with_label_values(&["stream_io"]).inc();
                 note_usage(ctx, &adapter);
                 end_with_error_event(session, ctx, &format!("upstream stream broke: {e}")).await?;
                 return Ok(None);
             }
-            Err(_) => {
+            None => {
                 relay.metrics.upstream_errors.with_label_values(&["stream_idle"]).inc();
                 note_usage(ctx, &adapter);
                 end_with_error_event(
@@ -768,6 +853,7 @@ async fn stream(
         let out = adapter.push(chunk);
         note_usage(ctx, &adapter);
         if let Some(out) = out {
+            at_boundary = out.ends_with(b"\n\n") || out.ends_with(b"\r\n\r\n");
             write_body(session, ctx, out).await?;
         }
     }
@@ -780,6 +866,21 @@ async fn stream(
         .await
         .map_err(|e| client_gone(ctx, e))?;
     Ok(adapter.wire_failure().map(String::from))
+}
+
+/// How often, and with what bytes, a silent stream is kept alive: Gemini streams (long silent
+/// thinking phases) get a blank line, which every SSE reader skips (an SSE comment for a Chat
+/// Completions client, whose readers skip those); other streams none (Anthropic's send their own
+/// pings).
+fn keepalive(relay: &Relay, ctx: &RequestCtx, answer: &Answer<'_>) -> Option<(Duration, &'static [u8])> {
+    let every = relay.config.timeouts.stream_keepalive.0;
+    if every.is_zero() || !matches!(answer.kind, ResponseKind::Gemini | ResponseKind::CodeAssist) {
+        return None;
+    }
+    match ctx.route.map(|r| r.dialect) {
+        Some(Dialect::OpenAI) => Some((every, b": keep-alive\n\n")),
+        _ => Some((every, b"\n")),
+    }
 }
 
 /// A stream the client asked to receive as one JSON answer: read whole through the adapter,
@@ -1010,7 +1111,23 @@ mod tests {
             kinds(Operation::Messages, Scope::Any),
             [ClaudeConsole, ClaudeOauth, Ccr, Bedrock]
         );
-        assert_eq!(kinds(Operation::Chat, Scope::Any), AccountKind::ALL);
+        assert_eq!(
+            kinds(Operation::Chat, Scope::Any),
+            [
+                ClaudeConsole,
+                ClaudeOauth,
+                Ccr,
+                Bedrock,
+                OpenAi,
+                AzureOpenAi,
+                OpenAiOauth
+            ]
+        );
+        assert_eq!(kinds(Operation::GeminiGenerate, Scope::Any), [GeminiApi, GeminiOauth]);
+        assert_eq!(
+            kinds(Operation::CodeAssistCountTokens, Scope::Any),
+            [GeminiApi, GeminiOauth]
+        );
         assert_eq!(
             kinds(Operation::Chat, Scope::Claude),
             [ClaudeConsole, ClaudeOauth, Ccr, Bedrock]

@@ -190,7 +190,12 @@ impl RelayProxy {
             | Endpoint::ModelInfo(_)
             | Endpoint::ChatCompletions(_)
             | Endpoint::Responses
-            | Endpoint::ResponsesCompact => {}
+            | Endpoint::ResponsesCompact
+            | Endpoint::GeminiGenerate { .. }
+            | Endpoint::GeminiCountTokens
+            | Endpoint::CodeAssistGenerate { .. }
+            | Endpoint::CodeAssistCountTokens
+            | Endpoint::CodeAssistSetup(_) => {}
         }
 
         if headers::loop_detected(&session.req_header().headers, &relay.hop_id) {
@@ -234,7 +239,7 @@ impl RelayProxy {
                 let op = if anthropic {
                     providers::Operation::Messages
                 } else {
-                    providers::Operation::Chat
+                    listing_operation(route.dialect)
                 };
                 let body = models_body(relay, ctx.key.as_deref(), route, op, scope);
                 return respond_json(session, 200, body).await;
@@ -243,7 +248,7 @@ impl RelayProxy {
                 let path = session.req_header().uri.path().to_string();
                 let id = path.rsplit_once("/models/").map_or("", |(_, id)| id);
                 let id = percent_decode(id);
-                return match model_info(relay, ctx.key.as_deref(), scope, &id) {
+                return match model_info(relay, ctx.key.as_deref(), route, scope, &id) {
                     Some(body) => {
                         ctx.status = 200;
                         respond_json(session, 200, body).await
@@ -253,6 +258,24 @@ impl RelayProxy {
                         respond_error(relay, session, ctx, &e, ErrorSource::Relay).await
                     }
                 };
+            }
+            Endpoint::CodeAssistSetup(setup) => {
+                // The body only says which project the client chose, if it did.
+                let body = if session.req_header().method == http::Method::POST {
+                    match read_body(relay, session).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            session.set_keepalive(None);
+                            return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await;
+                        }
+                    }
+                } else {
+                    Bytes::new()
+                };
+                let project = client_project(&body);
+                ctx.status = 200;
+                let answer = crate::ingress::gemini::setup_answer(setup, project.as_deref());
+                return respond_json(session, 200, answer).await;
             }
             _ => {}
         }
@@ -270,7 +293,7 @@ impl RelayProxy {
             Ok(b) => b,
             Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
         };
-        let parsed = match body::parse_with_headers(&body, true, Some(&session.req_header().headers)) {
+        let parsed = match parse_request(session.req_header(), route.endpoint, &body) {
             Ok(p) => p,
             Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
         };
@@ -305,6 +328,60 @@ impl RelayProxy {
         }
         ctx.facts = Some(parsed.facts.clone());
         dispatch::run(relay, session, ctx, body, &parsed).await
+    }
+}
+
+/// Parses a relayed request's body into its facts. The Gemini API names the model in the path and
+/// Code Assist's `countTokens` in `request.model`; Gemini asks for a stream in the method name.
+fn parse_request(
+    req: &pingora::http::RequestHeader,
+    endpoint: Endpoint,
+    body: &Bytes,
+) -> Result<body::ParsedBody, RelayError> {
+    let elsewhere = matches!(
+        endpoint,
+        Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens | Endpoint::CodeAssistCountTokens
+    );
+    let mut parsed = body::parse_with_headers(body, !elsewhere, Some(&req.headers))?;
+    match endpoint {
+        Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens => {
+            let model = crate::ingress::gemini::path_model(req.uri.path()).unwrap_or_default();
+            parsed.set_model(model)?;
+        }
+        Endpoint::CodeAssistCountTokens => {
+            let model = crate::convert::code_assist::count_tokens_model(body)
+                .ok_or_else(|| RelayError::BadRequest("`request.model` is required".into()))?;
+            parsed.set_model(model)?;
+        }
+        _ => {}
+    }
+    if let Some(stream) = endpoint.streams_by_path() {
+        parsed.facts.stream = stream;
+    }
+    Ok(parsed)
+}
+
+/// The project a Code Assist setup call names (`cloudaicompanionProject` or `project`).
+fn client_project(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Named {
+        #[serde(default)]
+        cloudaicompanion_project: Option<String>,
+        #[serde(default)]
+        project: Option<String>,
+    }
+    let n: Named = serde_json::from_slice(body).ok()?;
+    n.cloudaicompanion_project
+        .or(n.project)
+        .filter(|p| !p.is_empty() && p.len() <= 128)
+}
+
+/// The operation whose models a dialect's model list shows.
+fn listing_operation(dialect: crate::ingress::Dialect) -> providers::Operation {
+    match dialect {
+        crate::ingress::Dialect::Gemini => providers::Operation::GeminiGenerate,
+        _ => providers::Operation::Chat,
     }
 }
 
@@ -379,12 +456,12 @@ fn models_body(relay: &Relay, key: Option<&ClientKey>, route: Route, op: provide
     }
 }
 
-/// One model in OpenAI's shape, if the key may use it here.
-fn model_info(relay: &Relay, key: Option<&ClientKey>, scope: Scope, id: &str) -> Option<Bytes> {
-    let ids = model_ids(relay, key, providers::Operation::Chat, scope);
-    ids.iter()
-        .any(|m| m == id)
-        .then(|| Bytes::from(serde_json::to_vec(&crate::ingress::openai::model_object(id)).unwrap_or_default()))
+/// One model in the dialect's shape, if the key may use it here.
+fn model_info(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scope, id: &str) -> Option<Bytes> {
+    let id = id.strip_prefix("models/").unwrap_or(id);
+    let ids = model_ids(relay, key, listing_operation(route.dialect), scope);
+    let ingress = crate::ingress::for_dialect(route.dialect).unwrap_or(&crate::ingress::openai::OpenAi);
+    ids.iter().any(|m| m == id).then(|| ingress.model_info(id))
 }
 
 /// The models of the accounts a request of `op` can reach.
@@ -405,6 +482,8 @@ fn model_ids(relay: &Relay, key: Option<&ClientKey>, op: providers::Operation, s
                 relay
                     .pricing
                     .model_names()
+                    // The table lists Gemini models under Google's provider path.
+                    .map(|n| n.strip_prefix("gemini/").unwrap_or(n))
                     .filter(|n| !n.contains(['/', '@', ':']) && !n.starts_with("ft:"))
                     .filter(|n| providers::Family::of(n).is_some_and(|f| providers::default_family(a.kind, Some(f))))
                     .filter(|n| providers::Family::of(n) != Some(providers::Family::Claude) || !n.contains('.'))

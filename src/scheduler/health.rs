@@ -152,6 +152,19 @@ fn resets_in_seconds(body: &[u8]) -> Option<u64> {
         .map(|n| n.max(0.0).ceil() as u64)
 }
 
+/// The `retryDelay` of a Google error's `RetryInfo` detail (`"37s"`, `"0.5s"`), rounded up to
+/// whole seconds; `None` without one.
+fn google_retry_delay(body: &[u8]) -> Option<std::time::Duration> {
+    memchr::memmem::find(body, b"retryDelay")?;
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    // A Code Assist or array-wrapped error: the first error object.
+    let v = v.as_array().and_then(|a| a.first()).unwrap_or(&v);
+    let details = v.get("error")?.get("details")?.as_array()?;
+    let delay = details.iter().find_map(|d| d.get("retryDelay")?.as_str())?;
+    let secs: f64 = delay.trim().strip_suffix('s')?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs(secs.ceil().max(1.0) as u64))
+}
+
 /// OpenAI's `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens` (`1s`, `6m0s`, `250ms`):
 /// the later of the two.
 fn openai_reset(headers: &http::HeaderMap) -> Option<std::time::Duration> {
@@ -235,6 +248,15 @@ pub fn classify(
                     HealthState::RateLimited,
                     "usage limit reached".into(),
                     Some(std::time::Duration::from_secs(secs)),
+                    None,
+                );
+            }
+            // Google: `RESOURCE_EXHAUSTED` with a `RetryInfo` says how long the quota stays shut.
+            if let Some(d) = google_retry_delay(body) {
+                return entry(
+                    HealthState::RateLimited,
+                    format!("RESOURCE_EXHAUSTED: retry in {}s", d.as_secs()),
+                    Some(d),
                     None,
                 );
             }
@@ -483,6 +505,22 @@ mod openai_tests {
         assert_eq!(
             resets_in_seconds(br#"{"error":{"type":"usage_limit_reached","resets_in_seconds":1800}}"#),
             Some(1800)
+        );
+    }
+
+    #[test]
+    fn google_retry_info_parks_the_account_that_long() {
+        let body = br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37.2s"}]}}"#;
+        assert_eq!(google_retry_delay(body), Some(std::time::Duration::from_secs(38)));
+        let cooldown = |_| std::time::Duration::from_secs(5);
+        let Verdict::Mark(h) = classify(429, &http::HeaderMap::new(), body, &cooldown, 1_000) else {
+            panic!("marked")
+        };
+        assert_eq!(h.state, HealthState::RateLimited);
+        assert_eq!(h.until, Some(1_000 + 38_000));
+        assert_eq!(
+            google_retry_delay(br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}"#),
+            None
         );
     }
 }

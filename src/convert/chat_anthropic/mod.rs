@@ -45,7 +45,7 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 /// The OpenAI error for an Anthropic error of type `kind` (when known) answered with `status`
 /// (when known; a stream's error event has none).
-fn chat_error<'a>(kind: Option<&str>, status: Option<u16>, message: &'a str) -> ChatError<'a> {
+pub(crate) fn chat_error<'a>(kind: Option<&str>, status: Option<u16>, message: &'a str) -> ChatError<'a> {
     let (kind, code) = openai_error_type(kind, status, message);
     ChatError::new(message, kind, code)
 }
