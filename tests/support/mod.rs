@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod bedrock_mock;
 pub mod chatgpt_mock;
+pub mod google_mock;
 pub mod mock;
 pub mod oauth_mock;
 pub mod openai_mock;
