@@ -561,7 +561,6 @@ async fn send_stream(http: &reqwest::Client, relay: &RelayProcess, body: &str) -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dispatch to ask relay.oauth.google.project() for a project it does not know"]
 async fn an_expired_token_is_refreshed_and_the_project_found_once_for_concurrent_requests() {
     let (mock, relay, admin) = setup().await;
     mock.set_refresh_delay(Duration::from_millis(400));
