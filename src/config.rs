@@ -15,7 +15,7 @@ use crate::types::Dur;
 
 #[path = "config_providers.rs"]
 mod providers_config;
-pub use providers_config::{AnthropicProvider, OpenAiProvider, ProvidersConfig};
+pub use providers_config::{AnthropicProvider, GoogleProvider, OpenAiProvider, ProvidersConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

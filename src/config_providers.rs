@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, invalid};
 use crate::providers::anthropic_oauth::settings::{OAuthSettings, TIERS};
+use crate::providers::gemini_oauth::settings::GoogleOAuthSettings;
 use crate::providers::openai_oauth::settings::OpenAiOAuthSettings;
 use crate::types::Dur;
 
@@ -76,6 +77,10 @@ pub struct GoogleProvider {
     /// Gemini Code Assist; the default `base_url` of `gemini-oauth` accounts.
     #[serde(default = "default_code_assist_base")]
     pub code_assist_base: crate::accounts::BaseUrl,
+    /// Google accounts for Code Assist (`gemini-oauth`): Google's sign-in, token refresh and
+    /// project discovery.
+    #[serde(default)]
+    pub oauth: GoogleOAuthSettings,
 }
 
 fn default_gemini_base() -> crate::accounts::BaseUrl {
@@ -91,6 +96,7 @@ impl Default for GoogleProvider {
         GoogleProvider {
             api_base: default_gemini_base(),
             code_assist_base: default_code_assist_base(),
+            oauth: GoogleOAuthSettings::default(),
         }
     }
 }
@@ -207,5 +213,28 @@ pub fn validate(p: &ProvidersConfig) -> Result<(), ConfigError> {
         client_id: &c.client_id,
         scopes: &[("scopes", &c.scopes)],
         durations: &[("refresh_check", c.refresh_check), ("timeout", c.timeout)],
-    })
+    })?;
+    let g = &p.google.oauth;
+    validate_oauth_client(OAuthClientSettings {
+        key: "providers.google.oauth",
+        urls: [
+            ("authorize_url", &g.authorize_url),
+            ("token_url", &g.token_url),
+            ("redirect_uri", &g.redirect_uri),
+        ],
+        client_id: &g.client_id,
+        scopes: &[("scopes", &g.scopes)],
+        durations: &[
+            ("refresh_check", g.refresh_check),
+            ("timeout", g.timeout),
+            ("onboard_poll", g.onboard_poll),
+        ],
+    })?;
+    if g.onboard_wait.0 < g.onboard_poll.0 {
+        return Err(invalid(
+            "providers.google.oauth.onboard_wait",
+            "must be at least onboard_poll",
+        ));
+    }
+    Ok(())
 }

@@ -121,6 +121,12 @@ fn the_example_providers_block_loads_and_matches_the_defaults() {
     let (ex, def) = (&c.providers.openai, crate::config::OpenAiProvider::default());
     assert_eq!((&ex.api_base, &ex.codex_base), (&def.api_base, &def.codex_base));
     assert_eq!(format!("{:?}", ex.oauth), format!("{:?}", def.oauth));
+    let (ex, def) = (&c.providers.google, crate::config::GoogleProvider::default());
+    assert_eq!(
+        (&ex.api_base, &ex.code_assist_base),
+        (&def.api_base, &def.code_assist_base)
+    );
+    assert_eq!(format!("{:?}", ex.oauth), format!("{:?}", def.oauth));
 }
 
 /// The commented `# key: value` lines of conf/relay.yaml that start with `prefix`, with their
@@ -181,6 +187,18 @@ fn provider_settings_are_checked() {
     assert!(err("providers: { openai: { oauth: { scopes: ['a b'] } } }").contains("providers.openai.oauth.scopes"));
     assert!(err("providers: { openai: { oauth: { timeout: 0s } } }").contains("providers.openai.oauth.timeout"));
     assert!(err("providers: { openai: { oauth: { nope: 1 } } }").contains("nope"));
+    assert!(
+        err("providers: { google: { oauth: { authorize_url: 'nope' } } }")
+            .contains("providers.google.oauth.authorize_url")
+    );
+    assert!(
+        err("providers: { google: { oauth: { onboard_poll: 1ms } } }").contains("providers.google.oauth.onboard_poll")
+    );
+    assert!(
+        err("providers: { google: { oauth: { onboard_poll: 10s, onboard_wait: 5s } } }")
+            .contains("providers.google.oauth.onboard_wait")
+    );
+    assert!(err("providers: { google: { oauth: { client: x } } }").contains("client"));
     assert!(err("accounts: [{ name: sub, kind: claude-oauth }]").contains("setup token"));
     let c = Config::from_yaml(
         "providers: { anthropic: { api_base: 'http://127.0.0.1:9', oauth: { tier_model_blacklist: { pro: [] } } } }\naccounts: [{ name: sub, kind: claude-oauth, api_key: sk-ant-oat01-x }]",

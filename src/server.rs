@@ -30,6 +30,7 @@ use crate::config::{Config, StoreBackend};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
+use crate::providers::gemini_oauth::tokens::GoogleTokens;
 use crate::providers::openai_oauth::tokens::ChatGptTokens;
 use crate::proxy::{Peers, Relay, RelayProxy};
 use crate::scheduler::Scheduler;
@@ -309,6 +310,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         )),
         chatgpt: Arc::new(ChatGptTokens::new(
             config.providers.openai.oauth.clone(),
+            shared.clone(),
+            on_refused(),
+        )),
+        google: Arc::new(GoogleTokens::new(
+            config.providers.google.oauth.clone(),
             shared,
             on_refused(),
         )),
@@ -424,6 +430,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     tasks.spawn_loop(
         "chatgpt token checks",
         oauth.chatgpt.clone().run(accounts_of(AccountKind::OpenAiOauth)),
+    );
+    tasks.spawn_loop(
+        "google token checks",
+        oauth.google.clone().run(accounts_of(AccountKind::GeminiOauth)),
     );
     tasks.spawn_loop(
         "account quota refresh",

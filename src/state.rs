@@ -12,6 +12,7 @@ use crate::config::{Config, KeyIdentity};
 use crate::credentials::Tokens;
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::providers::bedrock::BedrockAuth;
+use crate::providers::gemini_oauth::tokens::GoogleTokens;
 use crate::providers::openai_oauth::tokens::ChatGptTokens;
 use crate::providers::{Credential, anthropic_console, openai};
 use crate::scheduler::{Account, AccountPool, AccountSpec, Scheduler, Source};
@@ -56,6 +57,8 @@ pub struct TokenEngines {
     pub claude: Arc<OAuthTokens<Account>>,
     /// `openai-oauth` accounts.
     pub chatgpt: Arc<ChatGptTokens<Account>>,
+    /// `gemini-oauth` accounts, with their Code Assist projects.
+    pub google: Arc<GoogleTokens<Account>>,
 }
 
 impl TokenEngines {
@@ -64,6 +67,7 @@ impl TokenEngines {
         match kind {
             AccountKind::ClaudeOauth => Some(self.claude.tokens()),
             AccountKind::OpenAiOauth => Some(self.chatgpt.tokens()),
+            AccountKind::GeminiOauth => Some(self.google.tokens()),
             _ => None,
         }
     }
@@ -72,6 +76,7 @@ impl TokenEngines {
     fn retain(&self, live_ids: &std::collections::HashSet<&str>) {
         self.claude.tokens().retain(live_ids);
         self.chatgpt.tokens().retain(live_ids);
+        self.google.retain(live_ids);
     }
 }
 
@@ -143,7 +148,10 @@ pub fn build_snapshot(
             Some(spec) => specs.push(spec),
             // Without the token machinery (`oauth`), OAuth accounts are left out.
             None if oauth.is_none()
-                && matches!(a.settings.kind, AccountKind::ClaudeOauth | AccountKind::OpenAiOauth) => {}
+                && matches!(
+                    a.settings.kind,
+                    AccountKind::ClaudeOauth | AccountKind::OpenAiOauth | AccountKind::GeminiOauth
+                ) => {}
             None => {
                 tracing::error!(account = %a.settings.name, "configured account has an unusable credential; skipped")
             }
@@ -261,6 +269,12 @@ fn credential(
                 .cell_for(id, pair.clone(), &meta)
                 .map_err(|e| tracing::warn!(account = %id, error = %e, "unusable OAuth token"))
                 .ok()?;
+            if a.settings.kind == AccountKind::GeminiOauth {
+                // The configured project wins over the one found for the account.
+                let known = a.settings.project_id.clone().or(meta.project_id);
+                let project = oauth?.google.project_cell(id, known);
+                return Some((Credential::GoogleOAuth(cell, project), Vec::new()));
+            }
             if a.settings.kind == AccountKind::OpenAiOauth {
                 let account_id = meta
                     .account_id

@@ -235,6 +235,11 @@ fn internal(e: String) -> ApiError {
 
 /// Stores a new account (its name must be free) and answers 201 with its view.
 pub(super) async fn insert(state: &AdminState, record: AccountRecord) -> Result<Response, ApiError> {
+    Ok((StatusCode::CREATED, Json(insert_view(state, record).await?)).into_response())
+}
+
+/// Stores a new account (its name must be free): its view.
+pub(super) async fn insert_view(state: &AdminState, record: AccountRecord) -> Result<AccountView, ApiError> {
     let name = stored::settings(&record).map_err(|e| unreadable(&record.id, &e))?.name;
     let record = write(state, move |st| async move {
         check_name_free(&st, &name, &record.id).await?;
@@ -243,7 +248,7 @@ pub(super) async fn insert(state: &AdminState, record: AccountRecord) -> Result<
     })
     .await?;
     tracing::info!(account = %record.id, "admin created an account");
-    Ok((StatusCode::CREATED, Json(stored_view(state, &record)?)).into_response())
+    stored_view(state, &record)
 }
 
 fn config_account<'a>(state: &'a AdminState, id: &str) -> Option<&'a AccountDefinition> {
@@ -642,6 +647,7 @@ mod tests {
                 usage: Some(json!({})),
                 chatgpt_account_id: Some("a".into()),
                 plan: Some("plus".into()),
+                project_id: Some("p".into()),
             }),
             bedrock: Some(BedrockView {
                 auth: "sigv4",
@@ -700,48 +706,60 @@ mod tests {
             assert_eq!(required, v, "{pointer}: all required");
         }
 
-        // The OAuth endpoints take the settings of an OAuth account (not its kind, nor Bedrock's,
-        // Azure's or Code Assist's fields) and a proxy, besides their own fields.
-        let mut oauth_account = names(&AccountSettings::FIELDS);
-        for f in [
-            "kind",
-            "region",
-            "inference_profile",
-            "api_version",
-            "deployments",
-            "project_id",
-        ] {
-            oauth_account.remove(f);
+        // The OAuth endpoints take the settings of an OAuth account (not its kind, nor Bedrock's
+        // or Azure's fields; the project for Google accounts only) and a proxy, besides their
+        // own fields.
+        let mut google_account = names(&AccountSettings::FIELDS);
+        for f in ["kind", "region", "inference_profile", "api_version", "deployments"] {
+            google_account.remove(f);
         }
-        oauth_account.insert("proxy".into());
-        for (s, own) in [
-            ("OAuthExchangeRequest", &["authorization_id", "code", "account_id"][..]),
+        google_account.insert("proxy".into());
+        let mut oauth_account = google_account.clone();
+        oauth_account.remove("project_id");
+        for (s, own, account) in [
             (
-                "OAuthImportRequest",
-                &[
-                    "access_token",
-                    "refresh_token",
-                    "expires_at",
-                    "scopes",
-                    "claudeAiOauth",
-                    "account_id",
-                ][..],
-            ),
-            (
-                "OpenAiOAuthExchangeRequest",
+                "GeminiOAuthExchangeRequest",
                 &["authorization_id", "code", "account_id"][..],
+                &google_account,
             ),
             (
-                "OpenAiOAuthImportRequest",
-                &[super::super::openai_oauth::IMPORT_FIELDS.as_slice(), &["account_id"]].concat()[..],
+                "GeminiOAuthImportRequest",
+                &[super::super::gemini_oauth::IMPORT_FIELDS.as_slice(), &["account_id"]].concat()[..],
+                &google_account,
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            [
+                ("OAuthExchangeRequest", &["authorization_id", "code", "account_id"][..]),
+                (
+                    "OAuthImportRequest",
+                    &[
+                        "access_token",
+                        "refresh_token",
+                        "expires_at",
+                        "scopes",
+                        "claudeAiOauth",
+                        "account_id",
+                    ][..],
+                ),
+                (
+                    "OpenAiOAuthExchangeRequest",
+                    &["authorization_id", "code", "account_id"][..],
+                ),
+                (
+                    "OpenAiOAuthImportRequest",
+                    &[super::super::openai_oauth::IMPORT_FIELDS.as_slice(), &["account_id"]].concat()[..],
+                ),
+            ]
+            .map(|(s, own)| (s, own, &oauth_account)),
+        ) {
             let (props, _) = schema(&doc, &format!("/components/schemas/{s}"));
             let own = names(own);
             assert!(own.is_subset(&props), "{s}");
             assert_eq!(
-                props.difference(&own).cloned().collect::<BTreeSet<_>>(),
-                oauth_account,
+                &props.difference(&own).cloned().collect::<BTreeSet<_>>(),
+                account,
                 "{s}"
             );
         }

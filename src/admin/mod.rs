@@ -15,6 +15,7 @@
 
 mod accounts;
 mod auth;
+mod gemini_oauth;
 mod keys;
 mod oauth;
 mod openai_oauth;

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::accounts::{field_error, insert, new_record, stored_view};
+use super::accounts::{AccountView, field_error, insert_view, new_record, stored_view};
 use super::routes::{
     ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, store_error, write,
 };
@@ -56,6 +56,9 @@ pub struct OAuthView {
     pub chatgpt_account_id: Option<String>,
     /// `openai-oauth`: the ChatGPT plan the id token names.
     pub plan: Option<String>,
+    /// `gemini-oauth`: the Code Assist project the account's requests go to (its `project_id`,
+    /// else the one found for it); `None` until found.
+    pub project_id: Option<String>,
 }
 
 impl OAuthView {
@@ -82,7 +85,18 @@ impl OAuthView {
             ),
         };
         let m = meta.cloned().unwrap_or_default();
+        let project_id = match kind {
+            AccountKind::GeminiOauth => state
+                .reloader
+                .oauth
+                .google
+                .known_project(id)
+                .map(|p| p.to_string())
+                .or(m.project_id),
+            _ => None,
+        };
         OAuthView {
+            project_id,
             access_token,
             refresh_token,
             expires_at,
@@ -111,6 +125,35 @@ pub async fn authorize(State(state): State<AdminState>, headers: HeaderMap, body
     let cfg = &state.config.providers.anthropic.oauth;
     let started = flow::start(cfg, &state.secrets, req.flow, now_ms() / 1000);
     authorization(started, Some(json!(req.flow)))
+}
+
+/// The body of an authorize call that takes no options (it may be left out).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NoOptions {}
+
+/// The authorize endpoint of a provider whose authorization takes no options: `start` builds it
+/// from the admin state and the time (Unix seconds).
+pub(super) async fn authorize_plain(
+    state: &AdminState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    start: impl FnOnce(&AdminState, i64) -> Result<Started, String>,
+) -> Result<Response, ApiError> {
+    authenticate(state, headers).await?;
+    let NoOptions {} = optional_body(body)?;
+    authorization(start(state, now_ms() / 1000), None)
+}
+
+/// The token state of a pair a token endpoint just issued, which lives `expires_in` seconds.
+pub(super) fn fresh_meta(expires_in: Option<u64>, scopes: Vec<String>) -> OAuthMeta {
+    let now = now_ms();
+    OAuthMeta {
+        expires_at: expires_in.map(|s| now + (s as i64).saturating_mul(1000)),
+        scopes,
+        issued_at: now,
+        ..OAuthMeta::default()
+    }
 }
 
 /// A body that may be left out: its type's default then.
@@ -434,6 +477,17 @@ pub(super) async fn store_tokens(
     pair: TokenPair,
     meta: OAuthMeta,
 ) -> Result<Response, ApiError> {
+    let (status, view) = stored_tokens(state, target, pair, meta).await?;
+    Ok((status, Json(view)).into_response())
+}
+
+/// [`store_tokens`], answering the status and the account's view.
+pub(super) async fn stored_tokens(
+    state: &AdminState,
+    target: Target,
+    pair: TokenPair,
+    meta: OAuthMeta,
+) -> Result<(StatusCode, AccountView), ApiError> {
     match target {
         Target::New(input) => {
             let account = AccountDefinition {
@@ -443,7 +497,7 @@ pub(super) async fn store_tokens(
             };
             let mut record = new_record(state, account)?;
             record.oauth = Some(meta);
-            insert(state, record).await
+            Ok((StatusCode::CREATED, insert_view(state, record).await?))
         }
         Target::Existing(record, _) => {
             let mut record = *record;
@@ -462,7 +516,7 @@ pub(super) async fn store_tokens(
             })
             .await?;
             tracing::info!(account = %id, "admin gave an account new OAuth tokens");
-            Ok(Json(stored_view(state, &record)?).into_response())
+            Ok((StatusCode::OK, stored_view(state, &record)?))
         }
     }
 }

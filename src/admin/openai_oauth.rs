@@ -17,12 +17,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::AdminState;
 use super::oauth::{
-    authorization, exchange_error, expiry, fields_or_existing, imported_pair, now_ms, optional_body, read_exchange,
+    authorize_plain, exchange_error, expiry, fields_or_existing, fresh_meta, imported_pair, now_ms, read_exchange,
     scopes, store_tokens, string_field, target,
 };
 use super::routes::{ApiError, authenticate, bad_request};
@@ -33,15 +32,11 @@ use crate::store::{AccountKind, OAuthMeta};
 
 const KIND: AccountKind = AccountKind::OpenAiOauth;
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct AuthorizeRequest {}
-
 pub async fn authorize(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
-    let AuthorizeRequest {} = optional_body(&body)?;
-    let cfg = &state.config.providers.openai.oauth;
-    authorization(flow::start(cfg, &state.secrets, now_ms() / 1000), None)
+    authorize_plain(&state, &headers, &body, |st, now_s| {
+        flow::start(&st.config.providers.openai.oauth, &st.secrets, now_s)
+    })
+    .await
 }
 
 pub async fn exchange(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -57,13 +52,7 @@ pub async fn exchange(State(state): State<AdminState>, headers: HeaderMap, body:
     .await
     .map_err(exchange_error)?;
     tracing::info!("ChatGPT sign-in code exchanged");
-    let now = now_ms();
-    let meta = OAuthMeta {
-        expires_at: answer.expires_in.map(|s| now + (s as i64).saturating_mul(1000)),
-        scopes: answer.scopes,
-        issued_at: now,
-        ..OAuthMeta::default()
-    };
+    let meta = fresh_meta(answer.expires_in, answer.scopes);
     save(&state, x.target, answer.pair, meta, &answer.identity).await
 }
 

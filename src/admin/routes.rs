@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::AdminState;
 use super::auth::printable_user;
-use super::{accounts, keys, oauth, openai_oauth, usage};
+use super::{accounts, gemini_oauth, keys, oauth, openai_oauth, usage};
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
@@ -54,6 +54,15 @@ pub fn router(state: AdminState) -> Router {
             post(openai_oauth::exchange),
         )
         .route("/admin/api/accounts/openai-oauth/import", post(openai_oauth::import))
+        .route(
+            "/admin/api/accounts/gemini-oauth/authorize",
+            post(gemini_oauth::authorize),
+        )
+        .route(
+            "/admin/api/accounts/gemini-oauth/exchange",
+            post(gemini_oauth::exchange),
+        )
+        .route("/admin/api/accounts/gemini-oauth/import", post(gemini_oauth::import))
         .route("/admin/api/usage", get(usage::series))
         .route("/admin/api/usage/summary", get(usage::summary))
         .fallback(no_route)

@@ -307,6 +307,21 @@ mod tests {
         );
     }
 
+    /// Code Assist's own stream (a `traceId` per event, a space after the member's colon) unwraps
+    /// to the Gemini API's events at every split.
+    #[test]
+    fn code_assist_streams_unwrap_to_the_gemini_apis_events() {
+        const CODE_ASSIST: &[u8] = include_bytes!("../../tests/fixtures/responses/code-assist-stream.sse");
+        for split in 0..CODE_ASSIST.len() {
+            let got = through(&mut SseEnvelope::new(Direction::Unwrap), CODE_ASSIST, split);
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(STREAM),
+                "{split}"
+            );
+        }
+    }
+
     #[test]
     fn requests_are_wrapped_and_unwrapped() {
         let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;

@@ -59,6 +59,8 @@ pub fn error_code(body: &[u8]) -> String {
         .as_str()
         .or_else(|| v["error"]["code"].as_str())
         .or_else(|| v["error"]["type"].as_str())
+        // Google's APIs: {"error": {"code": 403, "message", "status": "PERMISSION_DENIED"}}.
+        .or_else(|| v["error"]["status"].as_str())
         .unwrap_or_default();
     if !code.is_empty() && code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         code.to_string()
@@ -176,21 +178,48 @@ impl OAuthClient {
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
-        let resp = rb.send().await.map_err(|e| OAuthError::Unavailable(transport(e)))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| OAuthError::Unavailable(transport(e)))?;
-        if status >= 300 {
-            return Err(if status == 429 || status >= 500 {
-                OAuthError::Unavailable(format!("answered {status}"))
-            } else {
-                OAuthError::Refused {
-                    status,
-                    code: error_code(&bytes),
-                }
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|_| OAuthError::Unavailable("answered something other than JSON".into()))
+        read_json(rb).await
     }
+
+    /// Calls a JSON method of a provider's API as the account (`authorization`: its live
+    /// `Authorization` header): a POST of `body`, or a GET without one.
+    pub async fn call_json(
+        &self,
+        url: &str,
+        authorization: &http::HeaderValue,
+        body: Option<&Value>,
+        proxy: Option<&OutboundProxy>,
+    ) -> Result<Value, OAuthError> {
+        let client = self.client(proxy)?;
+        let rb = match body {
+            Some(b) => client.post(url).json(b),
+            None => client.get(url),
+        };
+        read_json(
+            rb.header(http::header::AUTHORIZATION, authorization.clone())
+                .header(http::header::ACCEPT, "application/json"),
+        )
+        .await
+    }
+}
+
+/// Sends a request and reads its JSON answer. A 4xx other than 429 is a refusal; 429, 5xx and
+/// transport errors are temporary.
+async fn read_json(rb: reqwest::RequestBuilder) -> Result<Value, OAuthError> {
+    let resp = rb.send().await.map_err(|e| OAuthError::Unavailable(transport(e)))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.map_err(|e| OAuthError::Unavailable(transport(e)))?;
+    if status >= 300 {
+        return Err(if status == 429 || status >= 500 {
+            OAuthError::Unavailable(format!("answered {status}"))
+        } else {
+            OAuthError::Refused {
+                status,
+                code: error_code(&bytes),
+            }
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|_| OAuthError::Unavailable("answered something other than JSON".into()))
 }
 
 /// A transport error without the URL (which is configuration, but keeps logs short).
@@ -218,6 +247,10 @@ mod tests {
         assert_eq!(
             error_code(br#"{"error":{"type":"invalid_request_error","code":"refresh_token_reused","message":"m"}}"#),
             "refresh_token_reused"
+        );
+        assert_eq!(
+            error_code(br#"{"error":{"code":403,"message":"m","status":"PERMISSION_DENIED"}}"#),
+            "PERMISSION_DENIED"
         );
         assert_eq!(error_code(br#"{"error":"sk-ant-ort01-leak"}"#), "");
         assert_eq!(error_code(b"nope"), "");

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::outbound::OutboundProxy;
 use crate::secrets::Secrets;
 use crate::store::coord::{AccountHealth, Coordination, HealthState};
-use crate::store::{OAuthMeta, Store};
+use crate::store::{AccountRecord, OAuthMeta, Store};
 
 /// The cross-instance refresh lock frees itself after this long if its holder dies.
 const LOCK_TTL: Duration = Duration::from_secs(60);
@@ -248,6 +248,24 @@ impl<A: Holder> Tokens<A> {
         usable
     }
 
+    /// Runs [`Tokens::keep_all_fresh`] every `check` until shutdown, renewing tokens that
+    /// expire within `ahead`. `accounts` gives the provider's current accounts (those of the
+    /// latest snapshot).
+    pub async fn keep_fresh_forever(
+        self: Arc<Self>,
+        check: Duration,
+        ahead: Duration,
+        accounts: impl Fn() -> Vec<Arc<A>>,
+    ) {
+        let mut tick = tokio::time::interval(check.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ahead = ahead.as_millis() as i64;
+        loop {
+            tick.tick().await;
+            self.keep_all_fresh(&accounts(), true, ahead).await;
+        }
+    }
+
     async fn refresh_now(&self, account: &A, stale_issued_at: i64) -> Result<Arc<Live>, TokenError> {
         let Some(cell) = account.token().map(|c| &**c) else {
             return Err(TokenError::NoRefreshToken);
@@ -389,6 +407,94 @@ impl<A: Holder> Tokens<A> {
     /// Writes a pair (and whatever `edit` changes) into the account's record, retrying a few
     /// times; announces the change.
     async fn persist(&self, id: &str, live: &Live, edit: impl Fn(&mut OAuthMeta)) {
+        let secrets = &self.shared.secrets;
+        let saved = self
+            .rewrite(id, |record| {
+                let mut meta = record.oauth.take().unwrap_or_default();
+                if meta.issued_at > live.issued_at {
+                    return false; // something newer is there already
+                }
+                meta.issued_at = live.issued_at;
+                meta.expires_at = live.expires_at;
+                edit(&mut meta);
+                record.oauth = Some(meta);
+                record.secret = secrets.seal(&live.pair.to_secret());
+                true
+            })
+            .await;
+        match saved {
+            Rewrite::Written => {
+                if let Some(cell) = self.cell(id) {
+                    cell.store_issued_at.store(live.issued_at, Ordering::Relaxed);
+                }
+                self.announce().await;
+            }
+            Rewrite::Unchanged => {}
+            Rewrite::Failed => {
+                tracing::error!(account = %id, "refreshed tokens are not saved yet; saving them again on the next check")
+            }
+        }
+    }
+
+    /// Changes the token state kept beside an account's pair (what a provider found for the
+    /// account), under the locks a refresh holds (this instance's, then the one across
+    /// instances): a refresh cannot save its pair between this read and this write, nor this
+    /// write undo its pair. `Err` when the account's record could not be written.
+    pub async fn edit_meta(&self, id: &str, name: &str, edit: impl Fn(&mut OAuthMeta)) -> Result<(), String> {
+        let cell = self.cell(id);
+        let _local = match &cell {
+            Some(c) => Some(c.refresh.lock().await),
+            None => None,
+        };
+        let scope = format!("oauth-refresh:{id}");
+        let holder = uuid::Uuid::new_v4().to_string();
+        let deadline = Instant::now() + self.grant.timeout() * 2 + Duration::from_secs(5);
+        let locked = loop {
+            match self.shared.coord.lease_acquire(&scope, &holder, 1, LOCK_TTL).await {
+                Ok(true) => break true,
+                Ok(false) if Instant::now() > deadline => {
+                    return Err("another instance held the account's token lock too long".into());
+                }
+                Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    tracing::warn!(account = %name, error = %e, "token lock unavailable; writing without it");
+                    break false;
+                }
+            }
+        };
+        let result = self
+            .rewrite(id, |record| {
+                let Some(meta) = record.oauth.as_mut() else {
+                    return false;
+                };
+                let before = meta.clone();
+                edit(meta);
+                *meta != before
+            })
+            .await;
+        if locked && let Err(e) = self.shared.coord.lease_release(&scope, &holder).await {
+            tracing::warn!(account = %name, error = %e, "releasing the token lock failed; it expires by itself");
+        }
+        match result {
+            Rewrite::Written => {
+                self.announce().await;
+                Ok(())
+            }
+            Rewrite::Unchanged => Ok(()),
+            Rewrite::Failed => Err("the account's record could not be written".into()),
+        }
+    }
+
+    /// Tells every instance that an account's token state changed.
+    async fn announce(&self) {
+        if let Err(e) = self.shared.store.publish_change().await {
+            tracing::warn!(error = %e, "announcing new token state failed");
+        }
+    }
+
+    /// Reads the account's record, lets `change` edit it (`false`: nothing to write) and writes
+    /// it back, retrying a few times.
+    async fn rewrite(&self, id: &str, change: impl Fn(&mut AccountRecord) -> bool) -> Rewrite {
         let store = &self.shared.store;
         for attempt in 0..3 {
             if attempt > 0 {
@@ -396,34 +502,28 @@ impl<A: Holder> Tokens<A> {
             }
             let mut record = match store.get_account(id).await {
                 Ok(Some(r)) => r,
-                Ok(None) => return, // deleted meanwhile
+                Ok(None) => return Rewrite::Unchanged, // deleted meanwhile
                 Err(e) => {
-                    tracing::warn!(account = %id, error = %e, "reading the account to save its tokens failed");
+                    tracing::warn!(account = %id, error = %e, "reading the account to save its token state failed");
                     continue;
                 }
             };
-            let mut meta = record.oauth.take().unwrap_or_default();
-            if meta.issued_at > live.issued_at {
-                return; // something newer is there already
+            if !change(&mut record) {
+                return Rewrite::Unchanged;
             }
-            meta.issued_at = live.issued_at;
-            meta.expires_at = live.expires_at;
-            edit(&mut meta);
-            record.oauth = Some(meta);
-            record.secret = self.shared.secrets.seal(&live.pair.to_secret());
             match store.put_account(&record).await {
-                Ok(()) => {
-                    if let Some(cell) = self.cell(id) {
-                        cell.store_issued_at.store(live.issued_at, Ordering::Relaxed);
-                    }
-                    if let Err(e) = store.publish_change().await {
-                        tracing::warn!(error = %e, "announcing new tokens failed");
-                    }
-                    return;
-                }
-                Err(e) => tracing::warn!(account = %id, error = %e, "saving refreshed tokens failed"),
+                Ok(()) => return Rewrite::Written,
+                Err(e) => tracing::warn!(account = %id, error = %e, "saving the account's token state failed"),
             }
         }
-        tracing::error!(account = %id, "refreshed tokens are not saved yet; saving them again on the next check");
+        Rewrite::Failed
     }
+}
+
+/// What became of a record rewrite.
+enum Rewrite {
+    Written,
+    /// Nothing to write (or the account is gone).
+    Unchanged,
+    Failed,
 }

@@ -21,6 +21,7 @@ pub mod anthropic_oauth;
 pub mod bedrock;
 pub mod ccr;
 pub mod gemini;
+pub mod gemini_oauth;
 pub mod openai;
 pub mod openai_oauth;
 pub mod request;
@@ -87,6 +88,13 @@ impl UpstreamBase {
             path_prefix,
             host_header,
         })
+    }
+
+    /// The whole URL of `path` (after the path prefix), for calls the relay makes itself.
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let host = self.host_header.to_str().unwrap_or_default();
+        format!("{scheme}://{host}{}", self.path_and_query(path, None))
     }
 
     /// The upstream path for a relay path such as `/v1/messages`, with the query appended.
@@ -401,6 +409,9 @@ mod tests {
             b.path_and_query("/v1/messages", Some("beta=true")),
             "/proxy/v1/messages?beta=true"
         );
+        assert_eq!(b.url("/v1internal:x"), "http://127.0.0.1:8080/proxy/v1internal:x");
+        let b = UpstreamBase::parse("https://[::1]/").unwrap();
+        assert_eq!(b.url("/v1"), "https://[::1]/v1");
         assert!(UpstreamBase::parse("ftp://x").is_err());
         assert!(UpstreamBase::parse("https://u:p@x").is_err());
         assert!(UpstreamBase::parse("nope").is_err());

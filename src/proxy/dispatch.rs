@@ -499,13 +499,18 @@ async fn code_assist_project(
     if let Some(p) = project.get() {
         return Ok(Some(p));
     }
-    let _ = (relay, live);
-    tracing::warn!(account = %account.name, "the account has no Code Assist project; trying the next account");
-    Err(AttemptError::Retryable(
-        RelayError::AccountCredential("it has no Code Assist project".into()),
-        None,
-        "project",
-    ))
+    let Some(bearer) = live else { return Ok(None) };
+    match relay.oauth.google.project(account, bearer).await {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            tracing::warn!(account = %account.name, error = %e, "the account has no Code Assist project; trying the next account");
+            Err(AttemptError::Retryable(
+                RelayError::AccountCredential(format!("it has no Code Assist project ({e})")),
+                None,
+                "project",
+            ))
+        }
+    }
 }
 
 /// Counts this instance's requests in flight on an account.

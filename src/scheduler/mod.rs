@@ -110,10 +110,10 @@ impl Account {
         }
     }
 
-    /// The live token cell of an OAuth account (`claude-oauth`, `openai-oauth`).
+    /// The live token cell of an OAuth account (`claude-oauth`, `openai-oauth`, `gemini-oauth`).
     pub fn oauth(&self) -> Option<&Arc<TokenCell>> {
         match &self.credential {
-            Credential::OAuth(cell) | Credential::OpenAiOAuth(cell, _) => Some(cell),
+            Credential::OAuth(cell) | Credential::OpenAiOAuth(cell, _) | Credential::GoogleOAuth(cell, _) => Some(cell),
             _ => None,
         }
     }
@@ -179,6 +179,13 @@ impl Holder for Account {
                 .rt
                 .health(now_ms)
                 .is_some_and(|h| h.state == crate::store::coord::HealthState::Unauthorized)
+    }
+}
+
+/// Where project discovery reaches a `gemini-oauth` account's Code Assist.
+impl crate::providers::gemini_oauth::project::CodeAssistHolder for Account {
+    fn code_assist_base(&self) -> &crate::providers::UpstreamBase {
+        &self.base
     }
 }
 

@@ -7,6 +7,7 @@ pub mod bedrock_mock;
 pub mod chatgpt_mock;
 pub mod clients;
 pub mod gemini_mock;
+pub mod google_mock;
 pub mod mock;
 pub mod oauth_mock;
 pub mod openai_mock;

@@ -6,15 +6,13 @@
 //! `chatgpt_plan_type`; `email`) are read without checking its signature: it comes straight from
 //! the token endpoint over TLS, and the relay only reads whom the token acts for.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::settings::OpenAiOAuthSettings;
 use crate::credentials::authorize::{self, Pending, Started};
 use crate::credentials::client::{OAuthClient, TokenBody, TokenFields};
-use crate::credentials::{Identity, OAuthError, Refreshed, TokenPair};
+use crate::credentials::{Identity, OAuthError, Refreshed, TokenPair, claims};
 use crate::outbound::OutboundProxy;
 use crate::secrets::Secrets;
 
@@ -120,19 +118,6 @@ pub async fn refresh(
     Ok(TokenAnswer::of(f, now_s()))
 }
 
-/// The claims of a JWT, its payload decoded without checking the signature; `None` when the
-/// token is not a JWT.
-pub fn claims(jwt: &str) -> Option<Value> {
-    let mut parts = jwt.trim().split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v.is_object().then_some(v)
-}
-
 /// The expiry (Unix seconds) a JWT access token carries.
 pub fn expiry_s(token: &str) -> Option<i64> {
     claims(token)?["exp"].as_i64()
@@ -165,6 +150,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::json;
 
     fn jwt(claims: &Value) -> String {

@@ -65,12 +65,7 @@ impl<A: Holder> ChatGptTokens<A> {
     /// Keeps every account's token fresh until shutdown. `accounts` gives the current
     /// `openai-oauth` accounts (those of the latest snapshot).
     pub async fn run(self: Arc<Self>, accounts: impl Fn() -> Vec<Arc<A>>) {
-        let mut tick = tokio::time::interval(self.settings.refresh_check.0.max(Duration::from_millis(100)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ahead = self.settings.refresh_ahead.0.as_millis() as i64;
-        loop {
-            tick.tick().await;
-            self.tokens.keep_all_fresh(&accounts(), true, ahead).await;
-        }
+        let (check, ahead) = (self.settings.refresh_check.0, self.settings.refresh_ahead.0);
+        self.tokens.clone().keep_fresh_forever(check, ahead, accounts).await;
     }
 }
