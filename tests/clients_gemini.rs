@@ -778,6 +778,18 @@ async fn gemini_cli_waits_out_googles_retry_delay_while_the_account_rests() {
 
 const GEMINI_OAUTH_IMPORT: &str = "/admin/api/accounts/gemini-oauth/import";
 
+/// A relay with these keys whose Google settings point at `mock` (Code Assist and the token
+/// endpoint), the background token refresher out of the way; accounts come by import.
+async fn relay_for_gemini_oauth(keys: &[(&str, &str)], mock: &GeminiMock) -> RelayProcess {
+    RelayProcess::start(&format!(
+        "{}providers:\n  google:\n    code_assist_base: \"{}\"\n    oauth: {{ token_url: \"{}\", refresh_check: 1h }}\n",
+        keys_yaml(keys),
+        mock.url(),
+        mock.token_url()
+    ))
+    .await
+}
+
 /// Imports a `gemini-oauth` account on `mock` through the admin API: Gemini CLI's
 /// `oauth_creds.json` fields beside the account's settings (`project_id` when given).
 async fn import_gemini_oauth(relay: &RelayProcess, mock: &GeminiMock, project_id: Option<&str>) {
@@ -801,6 +813,20 @@ async fn import_gemini_oauth(relay: &RelayProcess, mock: &GeminiMock, project_id
         "the import answer shows a token: {}",
         a.text
     );
+}
+
+/// The Code Assist calls other than content calls that reached the mock.
+fn setup_calls(mock: &GeminiMock) -> Vec<String> {
+    mock.requests()
+        .iter()
+        .filter_map(|r| r.rpc())
+        .filter(|rpc| {
+            !matches!(
+                rpc.as_str(),
+                "generateContent" | "streamGenerateContent" | "countTokens"
+            )
+        })
+        .collect()
 }
 
 /// Every request that reached the mock is a Code Assist call with the account's Google token,
@@ -845,12 +871,11 @@ fn assert_forwarded(mock: &GeminiMock, tee: &Tee) {
 }
 
 #[tokio::test]
-#[ignore = "needs gemini-oauth import"]
 async fn gemini_cli_code_assist_mode_on_a_gemini_oauth_account() {
     gemini_cli();
     let mock = GeminiMock::start().await;
     let key = new_key();
-    let relay = RelayProcess::start(&keys_yaml(&[("cli", &key)])).await;
+    let relay = relay_for_gemini_oauth(&[("cli", &key)], &mock).await;
     import_gemini_oauth(&relay, &mock, Some(mock.project())).await;
     let tee = Tee::start(([127, 0, 0, 1], relay.port).into()).await;
     let dirs = CliDirs::new(Mode::CodeAssist);
@@ -865,6 +890,8 @@ async fn gemini_cli_code_assist_mode_on_a_gemini_oauth_account() {
     .await;
     assert_eq!(cli.response().trim(), mock.text(), "{}", cli.run.transcript());
 
+    // The project was given: Code Assist got content calls only.
+    assert!(setup_calls(&mock).is_empty(), "{:?}", setup_calls(&mock));
     assert_code_assist_calls(&mock);
     assert_key_stays_home(&mock, &key);
     assert_forwarded(&mock, &tee);
@@ -879,14 +906,13 @@ async fn gemini_cli_code_assist_mode_on_a_gemini_oauth_account() {
 
 /// The account is imported without a project: the relay finds it with `loadCodeAssist`.
 #[tokio::test]
-#[ignore = "needs gemini-oauth import"]
 async fn gemini_cli_code_assist_mode_runs_a_tool_round_trip_on_a_gemini_oauth_account() {
     gemini_cli();
     let dirs = CliDirs::new(Mode::CodeAssist);
     let (path, secret) = secret_file(&dirs);
     let mock = tool_mock(&path).await;
     let key = new_key();
-    let relay = RelayProcess::start(&keys_yaml(&[("cli", &key)])).await;
+    let relay = relay_for_gemini_oauth(&[("cli", &key)], &mock).await;
     import_gemini_oauth(&relay, &mock, None).await;
     let tee = Tee::start(([127, 0, 0, 1], relay.port).into()).await;
 
@@ -899,6 +925,8 @@ async fn gemini_cli_code_assist_mode_runs_a_tool_round_trip_on_a_gemini_oauth_ac
     )
     .await;
     assert_tool_round_trip(&mock, &cli, &secret);
+    // The project was asked of Code Assist once, and every generation named it.
+    assert_eq!(setup_calls(&mock), ["loadCodeAssist"]);
     assert_code_assist_calls(&mock);
     assert_key_stays_home(&mock, &key);
     assert_forwarded(&mock, &tee);
