@@ -5,7 +5,9 @@
 //! parsed: a substring search decides. `x-mock-chunk-delay-ms: N` splits the stream into about 13
 //! chunks with N ms between them (the "slow stream" mode). `POST /v1/chat/completions` does the
 //! same with OpenAI's Chat Completions (the golden chunk stream, its usage chunk only when the
-//! request asks for it, or one `chat.completion`). Anything else gets 404.
+//! request asks for it, or one `chat.completion`). `POST /v1beta/models/{model}:generateContent`
+//! and `:streamGenerateContent` answer like the Gemini API (the golden Gemini SSE, or one JSON
+//! answer; the method in the path decides). Anything else gets 404.
 //!
 //! `--status N` makes it a failing upstream: every request (any method, any path) gets status N
 //! with an Anthropic error body, e.g. for 429
@@ -37,6 +39,8 @@ use memchr::memmem;
 const SSE: &[u8] = include_bytes!("../tests/fixtures/responses/anthropic-messages-stream.sse");
 const CHAT_SSE: &[u8] = include_bytes!("../tests/fixtures/responses/openai-chat-stream-include-usage.sse");
 const CHAT_JSON: &[u8] = br#"{"id":"chatcmpl-mock","object":"chat.completion","created":1795781428,"model":"gpt-5","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from mock upstream!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":24,"completion_tokens":7,"total_tokens":31,"prompt_tokens_details":{"cached_tokens":3},"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+const GEMINI_SSE: &[u8] = include_bytes!("../tests/fixtures/responses/gemini-stream-alt-sse.sse");
+const GEMINI_JSON: &[u8] = br#"{"candidates":[{"content":{"parts":[{"text":"Hello from mock upstream!"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":24,"candidatesTokenCount":7,"totalTokenCount":31,"cachedContentTokenCount":3},"modelVersion":"gemini-2.5-pro","responseId":"mock"}"#;
 const JSON: &[u8] = br#"{"id":"msg_mock","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello from mock upstream!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":21,"cache_creation_input_tokens":5,"cache_read_input_tokens":3,"output_tokens":7}}"#;
 /// Number of writes the slow-stream mode splits the golden stream into (about).
 const SLOW_CHUNKS: usize = 13;
@@ -134,9 +138,18 @@ async fn chat(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) ->
     answer(&mock, &headers, &body, CHAT_JSON, sse)
 }
 
+async fn gemini(State(mock): State<Arc<Mock>>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let stream = uri.path().ends_with(":streamGenerateContent");
+    answer_as(&mock, &headers, stream, GEMINI_JSON, GEMINI_SSE)
+}
+
 fn answer(mock: &Mock, headers: &HeaderMap, body: &[u8], json: &'static [u8], sse: &'static [u8]) -> Response {
+    answer_as(mock, headers, wants_stream(body), json, sse)
+}
+
+fn answer_as(mock: &Mock, headers: &HeaderMap, stream: bool, json: &'static [u8], sse: &'static [u8]) -> Response {
     mock.requests.fetch_add(1, Ordering::Relaxed);
-    if !wants_stream(body) {
+    if !stream {
         return (
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
             Bytes::from_static(json),
@@ -202,6 +215,7 @@ fn main() {
             None => stats_route
                 .route("/v1/messages", post(messages))
                 .route("/v1/chat/completions", post(chat))
+                .route("/v1beta/models/{*call}", post(gemini))
                 .fallback(unknown),
             Some(_) => stats_route.fallback(failing),
         }

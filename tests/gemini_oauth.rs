@@ -626,3 +626,112 @@ async fn a_401_from_code_assist_refreshes_once_and_retries_the_request() {
     assert_eq!(admin.account(&id).await["health"]["state"], "active");
     assert_clean(&mock, &admin, &relay);
 }
+
+/// The usage totals of one subject, once `requests` requests are counted.
+async fn usage_totals(admin: &Admin, relay: &RelayProcess, dimension: &str, id: &str, requests: u64) -> Value {
+    let token = relay.admin_token().await;
+    let _ = admin;
+    eventually(|| async {
+        let v: Value = client()
+            .get(format!(
+                "{}/admin/api/usage?dimension={dimension}&id={id}&granularity=minute",
+                relay.admin()
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["totals"]["requests"] == requests).then(|| v["totals"].clone())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn gemini_api_and_chat_clients_are_served_by_a_code_assist_account_in_its_envelope() {
+    let (mock, relay, admin) = setup().await;
+    let v = import_oauth_creds(&admin, &mock, "gca", now_ms() + 3_000_000, json!({})).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(found_project(&admin, &id).await, PROJECT);
+    let http = client();
+    let request =
+        json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"temperature": 0}});
+
+    // A Gemini API stream: the events come out of Code Assist's envelope as they came.
+    let r = http
+        .post(format!(
+            "{}/gemini/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+            relay.base()
+        ))
+        .header("x-goog-api-key", ALICE)
+        .body(request.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.text().await.unwrap();
+    let golden = include_str!("fixtures/responses/gemini-stream-alt-sse.sse").replace("\r\n", "\n");
+    assert_eq!(got, golden);
+
+    // Not streamed.
+    let r = http
+        .post(format!("{}/v1beta/models/gemini-2.5-pro:generateContent", relay.base()))
+        .header("x-goog-api-key", ALICE)
+        .body(request.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["candidates"][0]["content"]["parts"][0]["text"], "Hello from mock upstream!",
+        "{v}"
+    );
+    assert!(v.get("response").is_none(), "{v}");
+
+    // Chat Completions, converted and put in the envelope.
+    let r = http
+        .post(format!("{}/openai/v1/chat/completions", relay.base()))
+        .bearer_auth(ALICE)
+        .json(&json!({"model": "gemini-2.5-pro", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "Hello from mock upstream!",
+        "{v}"
+    );
+    assert_eq!(v["usage"]["prompt_tokens"], 24);
+
+    let mut sent = mock.code_assist("streamGenerateContent");
+    sent.extend(mock.code_assist("generateContent"));
+    assert_eq!(sent.len(), 3);
+    for s in &sent {
+        let body = s.json();
+        assert_eq!(body["model"], "gemini-2.5-pro", "{body}");
+        assert_eq!(body["project"], PROJECT, "{body}");
+        assert!(body["user_prompt_id"].as_str().is_some_and(|p| !p.is_empty()), "{body}");
+        assert_eq!(body["request"]["contents"][0]["parts"][0]["text"], "hi", "{body}");
+        assert!(s.header("x-goog-api-key").is_none());
+    }
+    assert_eq!(
+        sent[0].json()["request"],
+        request,
+        "the Gemini API request is the envelope's, unchanged"
+    );
+
+    // Usage exact on this kind: 21 input + 3 cached + 7 out (stream), 24 + 7 twice.
+    let t = usage_totals(&admin, &relay, "account", &id, 3).await;
+    assert_eq!(
+        (&t["input_tokens"], &t["cache_read_tokens"], &t["output_tokens"]),
+        (&json!(21 + 48), &json!(3), &json!(21)),
+        "{t}"
+    );
+    let cost = (21 + 48) * 1_250 + 3 * 125 + 21 * 10_000;
+    assert_eq!(t["cost_nanos"], cost, "{t}");
+    assert_clean(&mock, &admin, &relay);
+}

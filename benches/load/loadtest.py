@@ -189,10 +189,12 @@ def summarize_log(lines, limit=12):
     return c.most_common(limit)
 
 
-def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10, api_key=API_KEY, chat_model=None):
+def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10, api_key=API_KEY, chat_model=None,
+            gemini=False):
     env = dict(os.environ, LOAD_STREAM="true" if stream else "false", LOAD_API_KEY=api_key,
                LOAD_CHUNK_DELAY_MS=str(chunk_delay_ms or ""),
-               LOAD_CHAT="1" if chat_model else "", LOAD_MODEL=chat_model or "")
+               LOAD_CHAT="1" if chat_model else "", LOAD_MODEL=chat_model or "",
+               LOAD_GEMINI="1" if gemini else "")
     cmd = ["wrk", "-t", "1", "-c", str(conc), "-d", f"{seconds}s", "--timeout", f"{timeout_s}s",
            "-s", LUA, url]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
@@ -200,6 +202,16 @@ def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10, api_k
         if line.startswith("LOADJSON "):
             return json.loads(line[len("LOADJSON "):])
     sys.exit(f"loadtest: wrk gave no result (exit {p.returncode})\n{p.stdout}\n{p.stderr}")
+
+
+# The marker of the Gemini API rows among the targets (their "chat model").
+GEMINI = object()
+
+
+def gemini_path(stream, prefix):
+    """The Gemini API path of the load requests, under `prefix` (`/gemini` on the relay)."""
+    call = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    return f"{prefix}/v1beta/models/gemini-2.5-pro:{call}"
 
 
 def fmt_ms(us):
@@ -249,14 +261,18 @@ class Proc:
 EXTRA_CONFIG = "connections: { per_ip: 0 }\n"
 
 
-def relay_config(relay_port, admin_port, data, threads, accounts, oauth_url=None, openai_url=None):
+def relay_config(relay_port, admin_port, data, threads, accounts, oauth_url=None, openai_url=None,
+                 gemini_url=None):
     """The relay's YAML config; `accounts` are (name, base_url) of claude-console accounts. With
     `oauth_url`, a claude-oauth account there too, served only to OAUTH_KEY (bound to it). With
-    `openai_url`, an `openai` account there (it serves the gpt-* models of Chat Completions)."""
+    `openai_url`, an `openai` account there (it serves the gpt-* models of Chat Completions). With
+    `gemini_url`, a `gemini-api` account there (gemini-* models)."""
     lines = "".join(f'  - {{ name: {n}, kind: claude-console, base_url: "{u}", api_key: sk-ant-api03-load-test }}\n'
                     for n, u in accounts)
     if openai_url:
         lines += f'  - {{ name: openai, kind: openai, base_url: "{openai_url}/v1", api_key: sk-load-test }}\n'
+    if gemini_url:
+        lines += f'  - {{ name: gemini, kind: gemini-api, base_url: "{gemini_url}", api_key: AIza-load-test }}\n'
     keys = ""
     if oauth_url:
         lines += f'  - {{ name: oauth, kind: claude-oauth, base_url: "{oauth_url}", api_key: sk-ant-oat01-load-test }}\n'
@@ -399,6 +415,9 @@ def main():
     ap.add_argument("--openai-rows", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure Chat Completions: passed through to an openai account, and "
                          "converted for the claude-console account")
+    ap.add_argument("--gemini-rows", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the Gemini API passed through to a gemini-api account, and Chat "
+                         "Completions converted for it")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (config, relay log)")
     ap.add_argument("--extra-config", default=None,
                     help="YAML appended to the relay's config (default: lift the per-address "
@@ -419,7 +438,8 @@ def main():
     with open(conf, "w") as f:
         f.write(relay_config(relay_port, admin_port, data, args.relay_threads, [("mock", mock_url)],
                              oauth_url=mock_url if args.oauth_row else None,
-                             openai_url=mock_url if args.openai_rows else None))
+                             openai_url=mock_url if args.openai_rows else None,
+                             gemini_url=mock_url if args.gemini_rows else None))
 
     procs = []  # stopped in reverse order at the end
     fo_rows = None
@@ -454,6 +474,20 @@ def main():
                     if code != 200 or (stream and b"[DONE]" not in body):
                         sys.exit(f"loadtest: smoke chat request ({model}, stream={stream}) got {code}: {body[:500]!r}")
 
+        if args.gemini_rows:
+            g_hdr = {"content-type": "application/json", "x-goog-api-key": API_KEY}
+            g_body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}).encode()
+            for stream in (False, True):
+                code, body, h = http("POST", relay_url + gemini_path(stream, "/gemini"), g_body, g_hdr)
+                if code != 200 or (stream and b"usageMetadata" not in body):
+                    sys.exit(f"loadtest: smoke Gemini request (stream={stream}) got {code}: {body[:500]!r}")
+                b = json.dumps({"model": "gemini-2.5-pro", "stream": stream,
+                                "messages": [{"role": "user", "content": "hello there"}]}).encode()
+                code, body, h = http("POST", relay_url + "/v1/chat/completions", b,
+                                     {"content-type": "application/json", "authorization": "Bearer " + API_KEY})
+                if code != 200 or (stream and b"[DONE]" not in body):
+                    sys.exit(f"loadtest: smoke chat request (gemini, stream={stream}) got {code}: {body[:500]!r}")
+
         rows = []
         log_notes = collections.Counter()
         can_reset = reset_peak_rss(relay.pid)
@@ -466,14 +500,22 @@ def main():
                     targets += [("direct chat (mock)", mock_url, mock, API_KEY, "gpt-5"),
                                 ("relay chat → openai", relay_url, relay, API_KEY, "gpt-5"),
                                 ("relay chat → claude (converted)", relay_url, relay, API_KEY, "claude-sonnet-4-5")]
+                if args.gemini_rows:
+                    targets += [("direct gemini (mock)", mock_url, mock, API_KEY, GEMINI),
+                                ("relay gemini → gemini-api", relay_url, relay, API_KEY, GEMINI),
+                                ("relay chat → gemini (converted)", relay_url, relay, API_KEY, "gemini-2.5-pro")]
                 for target, base, proc, key, chat_model in targets:
                     is_relay = proc is relay
                     if is_relay:
                         reset_peak_rss(relay.pid)
                         before_status = relay_statuses(admin_url)
                     t0 = cpu_ticks(proc.pid)
-                    path = "/v1/chat/completions" if chat_model else "/v1/messages"
-                    r = run_wrk(base + path, conc, args.duration, stream, api_key=key, chat_model=chat_model)
+                    if chat_model is GEMINI:
+                        path = gemini_path(stream, "/gemini" if is_relay else "")
+                        r = run_wrk(base + path, conc, args.duration, stream, api_key=key, gemini=True)
+                    else:
+                        path = "/v1/chat/completions" if chat_model else "/v1/messages"
+                        r = run_wrk(base + path, conc, args.duration, stream, api_key=key, chat_model=chat_model)
                     t1 = cpu_ticks(proc.pid)
                     row = dict(target=target, stream=stream, conc=conc, r=r,
                                cpu_us=((t1 - t0) / CLK_TCK * 1e6 / r["requests"]) if r["requests"] else None)

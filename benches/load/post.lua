@@ -2,6 +2,8 @@
 --   LOAD_STREAM           true | false (the body's "stream")
 --   LOAD_API_KEY          sent as x-api-key (as Authorization: Bearer with LOAD_CHAT)
 --   LOAD_CHAT             1: an OpenAI Chat Completions request (streamed ones ask for usage)
+--   LOAD_GEMINI           1: a Gemini API request (the URL's method decides streaming), key in
+--                         x-goog-api-key
 --   LOAD_MODEL            the model (default claude-sonnet-4-5)
 --   LOAD_CHUNK_DELAY_MS   when set, sent as x-mock-chunk-delay-ms (slow-stream mode of the mock)
 -- At the end it prints one line `LOADJSON {...}` that loadtest.py reads.
@@ -11,7 +13,11 @@ local model = os.getenv("LOAD_MODEL") or ""
 if model == "" then model = "claude-sonnet-4-5" end
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
-if os.getenv("LOAD_CHAT") == "1" then
+if os.getenv("LOAD_GEMINI") == "1" then
+  wrk.body = '{"contents":[{"role":"user","parts":[{"text":"hello there"}]}],' ..
+    '"generationConfig":{"maxOutputTokens":64}}'
+  wrk.headers["x-goog-api-key"] = os.getenv("LOAD_API_KEY") or ""
+elseif os.getenv("LOAD_CHAT") == "1" then
   local opts = ""
   if stream == "true" then opts = ',"stream_options":{"include_usage":true}' end
   wrk.body = '{"model":"' .. model .. '","max_tokens":64,"stream":' .. stream .. opts ..
