@@ -935,6 +935,89 @@ async fn gemini_cli_code_assist_mode_runs_a_tool_round_trip_on_a_gemini_oauth_ac
     assert_usage(&relay, "cli", &answers).await;
 }
 
+/// The Gemini API clients (Gemini CLI in API-key mode, google-genai) and a Chat Completions
+/// client reach an imported `gemini-oauth` account: each request goes to Code Assist in its
+/// envelope, with the account's project and the model from the client's path.
+#[tokio::test]
+async fn gemini_api_and_chat_clients_reach_a_gemini_oauth_account() {
+    gemini_cli();
+    python();
+    let mock = GeminiMock::start().await;
+    let (cli_key, sdk_key, chat_key) = (new_key(), new_key(), new_key());
+    let relay = relay_for_gemini_oauth(
+        &[
+            ("cli", &cli_key),
+            ("genai_generate", &sdk_key),
+            ("chat_stream", &chat_key),
+        ],
+        &mock,
+    )
+    .await;
+    import_gemini_oauth(&relay, &mock, Some(mock.project())).await;
+    let tee = Tee::start(([127, 0, 0, 1], relay.port).into()).await;
+
+    let dirs = CliDirs::new(Mode::ApiKey);
+    let cli = run_cli(
+        Mode::ApiKey,
+        &format!("{}/gemini", tee.url()),
+        &cli_key,
+        &dirs,
+        "say hi",
+    )
+    .await;
+    assert_eq!(cli.response().trim(), mock.text(), "{}", cli.run.transcript());
+    let cli_calls = mock.generations().len();
+    assert_eq!(cli_calls, 2, "the router's call and the answer");
+
+    let out = run_sdk(json!({
+        "gemini_base": format!("{}/gemini", tee.url()),
+        "openai_base": format!("{}/openai/v1", relay.base()),
+        "model": "gemini-2.5-flash",
+        "keys": {"genai_generate": sdk_key, "chat_stream": chat_key},
+        "steps": ["genai_generate", "chat_stream"],
+    }))
+    .await;
+    assert_eq!(out["genai_generate"]["text"], mock.text(), "{out:#}");
+    assert_genai_usage(&out["genai_generate"]["usage"], mock.usage());
+    assert_eq!(out["chat_stream"]["content"], mock.text(), "{out:#}");
+    assert_eq!(out["chat_stream"]["usage"]["total_tokens"], mock.usage().total());
+
+    // Code Assist calls only, with the account's token and project; each Gemini API request the
+    // clients sent is the envelope's request, for the model of its path.
+    assert_code_assist_calls(&mock);
+    for key in [&cli_key, &sdk_key, &chat_key] {
+        assert_key_stays_home(&mock, key);
+    }
+    let got = mock.generations();
+    assert_eq!(got.len(), cli_calls + 2);
+    for (target, body) in client_api_calls(&tee) {
+        let (path, _) = target.split_once('?').unwrap_or((&target, ""));
+        let Some((_, rest)) = path.split_once("/models/") else {
+            continue;
+        };
+        let (model, rpc) = rest.split_once(':').unwrap();
+        let sent: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            got.iter().any(|r| r.rpc().as_deref() == Some(rpc)
+                && r.model().as_deref() == Some(model)
+                && r.body["request"] == sent),
+            "no Code Assist call carried the {rpc} request for {model}"
+        );
+    }
+    let chat = &got[cli_calls + 1];
+    assert_eq!(chat.rpc().as_deref(), Some("streamGenerateContent"));
+    assert_eq!(chat.model().as_deref(), Some("gemini-2.5-flash"));
+    assert_eq!(
+        chat.contents(),
+        [json!({"role": "user", "parts": [{"text": "say hi"}]})]
+    );
+
+    let answers = successful_generations(&mock);
+    assert_usage(&relay, "cli", &answers[..cli_calls]).await;
+    assert_usage(&relay, "genai_generate", &answers[cli_calls..cli_calls + 1]).await;
+    assert_usage(&relay, "chat_stream", &answers[cli_calls + 1..]).await;
+}
+
 // ------------------------------------------------------------------------------------------
 // The Python SDKs
 // ------------------------------------------------------------------------------------------
