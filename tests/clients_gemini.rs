@@ -745,9 +745,12 @@ async fn gemini_cli_waits_out_googles_retry_delay_while_the_account_rests() {
         .await
         .unwrap();
     let status = r.status();
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     let body: Value = r.json().await.unwrap_or(Value::Null);
-    // The relay's "no account free now" (503, or a 429), in Google's shape.
+    // The relay's "no account free now" (503, or a 429), in Google's shape, saying when the
+    // resting account returns.
     assert!(status == 503 || status == 429, "{status} {body}");
+    assert!((1..=3).contains(&retry_after), "retry-after {retry_after}");
     assert_eq!(body["error"]["code"], status.as_u16(), "{body}");
     assert!(
         matches!(

@@ -93,6 +93,9 @@ async fn when_every_account_refuses_the_client_gets_the_last_refusal_faithfully(
     let (status, body, headers) = send(&relay, ALICE, BODY, None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers["x-relay-error-source"], "relay");
+    // b's 429 said 7 s, a's 529 parks it for minutes: the client is told when b returns.
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((6..=7).contains(&retry), "retry-after {retry}");
     assert_eq!((a.hits(), b.hits()), (1, 1));
 }
 

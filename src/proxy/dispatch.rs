@@ -437,7 +437,8 @@ async fn attempts(
         // Anthropic surface keeps its 503.
         let openai = ctx.route.is_some_and(|r| r.dialect == Dialect::OpenAI);
         if !openai || snapshot.pool.serves_any(model, plan.kinds(), binding) {
-            RelayError::NoAccount(model.to_string())
+            let back = snapshot.pool.soonest_back(model, plan.kinds(), binding, now_ms());
+            RelayError::NoAccount(model.to_string(), back.map(|ms| (ms.max(0) as u64).div_ceil(1000)))
         } else {
             RelayError::UnknownModel(model.to_string())
         }

@@ -41,7 +41,9 @@ pub enum RelayError {
     RequestTimeout(String),
     /// The request has passed through this relay before (an account pointed at the relay).
     LoopDetected,
-    NoAccount(String),
+    /// Every account that serves the model is out of the pool (or busy); the seconds until the
+    /// first of them returns, when one says so.
+    NoAccount(String, Option<u64>),
     /// No account of the relay serves the model at all (for this dialect).
     UnknownModel(String),
     /// A WebSocket upgrade the relay does not offer.
@@ -65,7 +67,7 @@ impl RelayError {
             RelayError::UnsupportedMediaType(_) => 415,
             RelayError::RequestTimeout(_) => 408,
             RelayError::LoopDetected => 508,
-            RelayError::NoAccount(_) | RelayError::AccountCredential(_) => 503,
+            RelayError::NoAccount(..) | RelayError::AccountCredential(_) => 503,
             RelayError::UnknownModel(_) => 404,
             RelayError::UpgradeRequired => 426,
             RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) => 502,
@@ -84,7 +86,7 @@ impl RelayError {
             RelayError::UnsupportedMediaType(_) => "unsupported_encoding",
             RelayError::RequestTimeout(_) => "request_timeout",
             RelayError::LoopDetected => "loop_detected",
-            RelayError::NoAccount(_) => "no_account",
+            RelayError::NoAccount(..) => "no_account",
             RelayError::UnknownModel(_) => "unknown_model",
             RelayError::UpgradeRequired => "upgrade_refused",
             RelayError::AccountCredential(_) => "account_credential",
@@ -110,7 +112,7 @@ impl RelayError {
             RelayError::PayloadTooLarge(limit) => {
                 format!("Request body is larger than the relay's limit of {limit} bytes")
             }
-            RelayError::NoAccount(model) => format!("No upstream account is available to serve model `{model}`"),
+            RelayError::NoAccount(model, _) => format!("No upstream account is available to serve model `{model}`"),
             RelayError::UnknownModel(model) => {
                 format!("The model `{model}` does not exist here: no account of this relay serves it at this endpoint")
             }
@@ -142,7 +144,7 @@ impl RelayError {
             RelayError::NotFound(_) | RelayError::UnknownModel(_) => Kind::NotFound,
             RelayError::UpgradeRequired => Kind::InvalidRequest,
             RelayError::PayloadTooLarge(_) => Kind::TooLarge,
-            RelayError::NoAccount(_) | RelayError::AccountCredential(_) => Kind::Unavailable,
+            RelayError::NoAccount(..) | RelayError::AccountCredential(_) => Kind::Unavailable,
             RelayError::UpstreamUnreachable(_) | RelayError::UpstreamProtocol(_) | RelayError::UpstreamTimeout(_) => {
                 Kind::Upstream
             }
@@ -153,7 +155,8 @@ impl RelayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             RelayError::Rejected(r) => r.retry_after,
-            RelayError::NoAccount(_) => Some(30),
+            // When the first account returns (at least a second); else a guess.
+            RelayError::NoAccount(_, back) => Some(back.map_or(30, |s| s.clamp(1, 3600))),
             _ => None,
         }
     }
@@ -194,7 +197,10 @@ mod tests {
         let g: serde_json::Value = serde_json::from_slice(&error_body(Dialect::Gemini, &e)).unwrap();
         assert_eq!(g["error"]["code"], 413);
         assert_eq!(g["error"]["status"], "INVALID_ARGUMENT");
-        assert_eq!(RelayError::NoAccount("m".into()).status(), 503);
+        assert_eq!(RelayError::NoAccount("m".into(), None).status(), 503);
+        assert_eq!(RelayError::NoAccount("m".into(), None).retry_after(), Some(30));
+        assert_eq!(RelayError::NoAccount("m".into(), Some(0)).retry_after(), Some(1));
+        assert_eq!(RelayError::NoAccount("m".into(), Some(3)).retry_after(), Some(3));
         assert_eq!(RelayError::UpstreamTimeout("x".into()).status(), 504);
         let h = error_head(&RelayError::MethodNotAllowed("HEAD, GET"), 0, ErrorSource::Relay).unwrap();
         assert_eq!(h.headers.get("allow").unwrap(), "HEAD, GET");

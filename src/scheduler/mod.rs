@@ -565,6 +565,18 @@ impl AccountPool {
             .any(|a| a.open_to(binding, kinds) && a.serves(model))
     }
 
+    /// How long (ms from `now_ms`) until the first account that serves `model` and is out of the
+    /// pool for a while returns; `None` when none says (an account parked until an admin acts,
+    /// or none out of the pool).
+    pub fn soonest_back(&self, model: &str, kinds: KindSet, binding: Option<&str>, now_ms: i64) -> Option<i64> {
+        self.accounts
+            .iter()
+            .filter(|a| a.open_to(binding, kinds) && a.serves(model))
+            .filter_map(|a| a.rt.health(now_ms)?.until)
+            .min()
+            .map(|until| until - now_ms)
+    }
+
     /// Keys of `model_map`s of enabled accounts (aliases clients may use).
     pub fn mapped_models(&self) -> Vec<String> {
         let mut out = std::collections::BTreeSet::new();
