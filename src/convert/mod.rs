@@ -14,6 +14,7 @@ pub mod answer;
 pub mod bedrock_stream;
 pub mod chat_anthropic;
 pub mod chat_gemini;
+pub mod chat_in;
 pub mod chat_out;
 pub mod chat_responses;
 pub mod code_assist;
