@@ -53,6 +53,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::convert::ConvertError;
+pub use crate::convert::chat_in::ChatFacts;
 
 /// `max_tokens` when the client sets no limit.
 pub const DEFAULT_MAX_TOKENS: u64 = 8192;
@@ -65,15 +66,6 @@ pub const REASONING_BUDGETS: &[(&str, Option<u64>)] = &[
     ("medium", Some(4096)),
     ("high", Some(16384)),
 ];
-
-/// What the converted request keeps from the client's Chat request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChatFacts {
-    /// The client asked for a stream.
-    pub stream: bool,
-    /// `stream_options.include_usage`: the stream ends with a usage chunk.
-    pub include_usage: bool,
-}
 
 /// Chat Completions request JSON → Anthropic Messages request JSON with `model` set to `model`.
 pub fn request_to_messages(body: &[u8], model: &str) -> Result<(Bytes, ChatFacts), ConvertError> {
