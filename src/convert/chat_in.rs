@@ -1,15 +1,16 @@
 //! The OpenAI Chat Completions request, as the Chat converters read it: one typed view of the
 //! body, borrowed from it (`Cow<str>` for strings, `&RawValue` for the members whose shape the
-//! converters read each their own way), and the helpers they share to read its parts.
+//! converters read each their own way), and the readers they share for its parts.
 //!
 //! - [`read`]: the body as a [`ChatRequest`] and the [`ChatFacts`] the answer needs. A body that
-//!   is not JSON, not an object, or has a member of the wrong type is a [`ReadError`] naming the
-//!   member; each converter words it (its [`Display`](std::fmt::Display) is the common wording).
+//!   is not JSON, not a JSON object, or has a member of the wrong JSON type is a [`ReadError`]
+//!   naming the member, whichever converter reads it (also one that ignores that member); each
+//!   converter words it, its [`Display`](std::fmt::Display) being the common wording.
 //! - Every member a converter may want to name as missing is an `Option`; the only required ones
 //!   are a message's `role`, a content part's `type` and `response_format.type`.
 //! - [`content`]: a message's `content` (a string, or an array of parts) as text and other parts.
-//! - [`image_url`], [`arguments`], [`stop_sequences`], [`tool_choice`], [`data_url`]: the members
-//!   several converters read the same way.
+//! - [`image_url`], [`arguments`], [`tool_choice`], [`stop_sequences`], [`data_url`]: members
+//!   that several converters read the same way.
 //!
 //! What a converter supports, refuses or ignores, and in which words, stays in the converter.
 
@@ -17,7 +18,6 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::convert::ConvertError;
@@ -187,7 +187,7 @@ pub struct ChatPart<'a> {
     pub cache_control: Option<&'a RawValue>,
 }
 
-/// An `image_url` object.
+/// An `image_url` object, read strictly.
 #[derive(Deserialize)]
 pub struct ChatImage<'a> {
     #[serde(borrow, default)]
@@ -380,11 +380,6 @@ pub fn read_member<'a, T: Deserialize<'a>>(raw: &'a RawValue, at: &str) -> Resul
     })
 }
 
-/// An owned value of a member kept raw (for a converter that rewrites it).
-pub fn read_owned<T: DeserializeOwned>(raw: &RawValue) -> Result<T, serde_json::Error> {
-    serde_json::from_str(raw.get())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Content
 // ---------------------------------------------------------------------------------------------
@@ -465,40 +460,34 @@ pub fn content(i: usize, raw: Option<&RawValue>) -> Result<Content<'_>, ContentE
     Ok(Content::Parts(out))
 }
 
-/// An `image_url` member, as the converters accept it.
+/// An `image_url` member, read leniently: the URL string, or an object's `url` string (anything
+/// else in the object, `detail` included, is left alone).
 pub enum ImageUrl<'a> {
-    /// The URL given as a string.
-    Text(Cow<'a, str>),
-    /// An object: its `url` when it is a string, and `detail`.
-    Object {
-        url: Option<Cow<'a, str>>,
-        detail: Option<Cow<'a, str>>,
-    },
-    /// Neither.
+    Url(Cow<'a, str>),
+    /// An object without a `url` string.
+    NoUrl,
+    /// Neither a string nor an object.
     Invalid,
 }
 
 /// Reads an `image_url` member.
 pub fn image_url(raw: &RawValue) -> ImageUrl<'_> {
-    let json = raw.get();
-    if json.starts_with('"') {
-        return match serde_json::from_str::<Text<'_>>(json) {
-            Ok(Text(url)) => ImageUrl::Text(url),
-            Err(_) => ImageUrl::Invalid,
-        };
+    #[derive(Deserialize)]
+    struct Object<'a> {
+        #[serde(borrow, default)]
+        url: Option<&'a RawValue>,
     }
-    if !json.starts_with('{') {
-        return ImageUrl::Invalid;
+    fn text(raw: &RawValue) -> Option<Cow<'_, str>> {
+        serde_json::from_str::<Text<'_>>(raw.get()).ok().map(|t| t.0)
     }
-    match serde_json::from_str::<ChatImage<'_>>(json) {
-        Ok(image) => ImageUrl::Object {
-            url: image.url,
-            detail: image.detail,
-        },
-        Err(_) => ImageUrl::Object {
-            url: None,
-            detail: None,
-        },
+    match raw.get().as_bytes().first() {
+        Some(b'"') => text(raw).map_or(ImageUrl::Invalid, ImageUrl::Url),
+        Some(b'{') => serde_json::from_str::<Object<'_>>(raw.get())
+            .ok()
+            .and_then(|o| o.url)
+            .and_then(text)
+            .map_or(ImageUrl::NoUrl, ImageUrl::Url),
+        _ => ImageUrl::Invalid,
     }
 }
 
@@ -701,6 +690,23 @@ mod tests {
         assert!(matches!(content(0, Some(raw)), Err(ContentError::NoText(0))));
         let raw: &RawValue = serde_json::from_str("5").unwrap();
         assert!(matches!(content(0, Some(raw)), Err(ContentError::NotTextOrParts(_))));
+    }
+
+    #[test]
+    fn image_urls_are_read_leniently() {
+        let url = |json: &str| {
+            let raw: &RawValue = serde_json::from_str(json).unwrap();
+            match image_url(raw) {
+                ImageUrl::Url(url) => Ok(url.into_owned()),
+                ImageUrl::NoUrl => Err("no url"),
+                ImageUrl::Invalid => Err("invalid"),
+            }
+        };
+        assert_eq!(url(r#""https://a/b.png""#), Ok("https://a/b.png".to_owned()));
+        assert_eq!(url(r#"{"url":"https://a","detail":5}"#), Ok("https://a".to_owned()));
+        assert_eq!(url(r#"{"url":5}"#), Err("no url"));
+        assert_eq!(url(r#"{"detail":"low"}"#), Err("no url"));
+        assert_eq!(url("5"), Err("invalid"));
     }
 
     #[test]

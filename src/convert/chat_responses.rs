@@ -39,7 +39,7 @@ use serde_json::value::RawValue;
 use super::ConvertError;
 use super::chat_in::ChatFacts;
 use super::chat_in::{
-    self, ChatMessage, ChatPart, ChatTool, ContentError, ContentPart, ImageUrl, Named, ResponseFormat, Text,
+    self, ChatImage, ChatMessage, ChatPart, ChatTool, ContentError, ContentPart, Named, ResponseFormat, Text,
 };
 use super::chat_out::{
     ChatError, ChatUsage, Completion, DONE, Delta, Message, ToolCall, ToolCallDelta, write_chunk, write_error_end,
@@ -369,18 +369,15 @@ fn user_part<'a>(part: ChatPart<'a>, at: impl Fn(&str) -> String) -> Result<Inpu
             let Some(raw) = part.image_url else {
                 return Err(refuse(at("an image part without `image_url`")));
             };
-            match chat_in::image_url(raw) {
-                ImageUrl::Object {
-                    url: Some(image_url),
-                    detail,
-                } => Ok(InputContent::InputImage { image_url, detail }),
-                ImageUrl::Object { url: None, .. } => {
-                    Err(ConvertError("invalid message content: missing field `url`".to_owned()))
-                }
-                ImageUrl::Text(_) | ImageUrl::Invalid => Err(ConvertError(
-                    "invalid message content: `image_url` must be an object with a `url`".to_owned(),
-                )),
-            }
+            let image: ChatImage<'_> =
+                serde_json::from_str(raw.get()).map_err(|e| ConvertError(format!("invalid message content: {e}")))?;
+            let Some(image_url) = image.url else {
+                return Err(ConvertError("invalid message content: missing field `url`".to_owned()));
+            };
+            Ok(InputContent::InputImage {
+                image_url,
+                detail: image.detail,
+            })
         }
         "file" => {
             let Some(file) = part.file else {

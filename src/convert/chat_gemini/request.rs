@@ -633,8 +633,8 @@ fn user_part(part: ChatPart<'_>) -> Result<Part<'_>, String> {
         "image_url" => {
             let raw = part.image_url.ok_or("image_url is required")?;
             match chat_in::image_url(raw) {
-                ImageUrl::Text(url) | ImageUrl::Object { url: Some(url), .. } => image(url),
-                ImageUrl::Object { url: None, .. } | ImageUrl::Invalid => Err("image_url.url is required".to_owned()),
+                ImageUrl::Url(url) => image(url),
+                ImageUrl::NoUrl | ImageUrl::Invalid => Err("image_url.url is required".to_owned()),
             }
         }
         "input_audio" => {
