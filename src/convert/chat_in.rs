@@ -537,6 +537,79 @@ pub fn arguments(raw: Option<&RawValue>) -> Result<Arguments<'_>, ArgumentsError
     Ok(Arguments::Text(args))
 }
 
+/// A `tool_calls` entry with its id and function name checked.
+pub struct Call<'a> {
+    pub id: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+    /// See [`arguments`].
+    pub arguments: Option<&'a RawValue>,
+}
+
+/// The call at `at` (`messages[i].tool_calls[k]`): a function call (of type `function`, or
+/// untyped) with an id and a named function.
+pub fn tool_call<'a>(call: ChatToolCall<'a>, at: &str) -> Result<Call<'a>, ConvertError> {
+    match call.kind.as_deref() {
+        None | Some("function") => {}
+        Some(other) => {
+            return Err(err(format!(
+                "{at}: tool call type '{other}' is not supported; only function calls are"
+            )));
+        }
+    }
+    let Some(id) = call.id.filter(|id| !id.is_empty()) else {
+        return Err(err(format!("{at}.id is required")));
+    };
+    let Some(function) = call.function else {
+        return Err(err(format!("{at}.function is required")));
+    };
+    let Some(name) = function.name.filter(|name| !name.is_empty()) else {
+        return Err(err(format!("{at}.function.name is required")));
+    };
+    Ok(Call {
+        id,
+        name,
+        arguments: function.arguments,
+    })
+}
+
+/// A function tool (of `tools`, or of legacy `functions`) with its name checked.
+pub struct NamedFunction<'a> {
+    pub name: Cow<'a, str>,
+    /// `None` when empty.
+    pub description: Option<Cow<'a, str>>,
+    pub parameters: Option<&'a RawValue>,
+}
+
+/// `function`, found at `at`, with a name.
+pub fn named_function<'a>(function: ChatFunction<'a>, at: &str) -> Result<NamedFunction<'a>, ConvertError> {
+    let Some(name) = function.name.filter(|name| !name.is_empty()) else {
+        return Err(err(format!("{at}.name is required")));
+    };
+    Ok(NamedFunction {
+        name,
+        description: function.description.filter(|d| !d.is_empty()),
+        parameters: function.parameters,
+    })
+}
+
+/// `tools[k]` as a function tool: of type `function` (another type refused in the words of
+/// `other_type`), with a named function.
+pub fn function_tool<'a>(
+    k: usize,
+    tool: ChatTool<'a>,
+    other_type: impl FnOnce(&str) -> ConvertError,
+) -> Result<NamedFunction<'a>, ConvertError> {
+    match tool.kind.as_deref() {
+        Some("function") => {}
+        Some(other) => return Err(other_type(other)),
+        None => return Err(err(format!("tools[{k}].type is required"))),
+    }
+    let Some(function) = tool.function else {
+        return Err(err(format!("tools[{k}].function is required")));
+    };
+    named_function(function, &format!("tools[{k}].function"))
+}
+
 /// `tool_choice` (or legacy `function_call`) in its object form.
 #[derive(Deserialize)]
 pub struct ChatToolChoice<'a> {
@@ -578,6 +651,30 @@ impl<'a> AllowedTool<'a> {
     pub fn name(self) -> Option<Cow<'a, str>> {
         self.function.and_then(|f| f.name).or(self.name)
     }
+}
+
+/// The functions an `allowed_tools` list names, each one of the tools (`known`); `at` is the
+/// member (`tool_choice`).
+pub fn allowed_names<'a>(
+    list: Vec<AllowedTool<'a>>,
+    at: &str,
+    known: impl Fn(&str) -> bool,
+) -> Result<Vec<Cow<'a, str>>, ConvertError> {
+    let mut names = Vec::with_capacity(list.len());
+    for tool in list {
+        let name = tool.name().ok_or_else(|| {
+            err(format!(
+                "{at}.allowed_tools.tools: only function tools (with a name) are supported"
+            ))
+        })?;
+        if !known(&name) {
+            return Err(err(format!(
+                "{at}.allowed_tools names function '{name}', which is not in tools"
+            )));
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// A `tool_choice` (or `function_call`): a mode, or an object.

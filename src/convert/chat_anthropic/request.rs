@@ -534,28 +534,10 @@ fn convert_messages(messages: Vec<ChatMessage<'_>>) -> Result<Conversation<'_>, 
 
 /// One `tool_calls` entry as a `tool_use` block.
 fn tool_use<'a>(i: usize, k: usize, call: ChatToolCall<'a>) -> Result<Block<'a>, ConvertError> {
-    let at = || format!("messages[{i}].tool_calls[{k}]");
-    match call.kind.as_deref() {
-        None | Some("function") => {}
-        Some(other) => {
-            return Err(err(format!(
-                "{}: tool call type '{other}' is not supported; only function calls are",
-                at()
-            )));
-        }
-    }
-    let id = match call.id {
-        Some(id) if !id.is_empty() => tool_id(id),
-        _ => return Err(err(format!("{}.id is required", at()))),
-    };
-    let Some(function) = call.function else {
-        return Err(err(format!("{}.function is required", at())));
-    };
-    let name = match function.name {
-        Some(name) if !name.is_empty() => name,
-        _ => return Err(err(format!("{}.function.name is required", at()))),
-    };
-    let input = match chat_in::arguments(function.arguments) {
+    let at = format!("messages[{i}].tool_calls[{k}]");
+    let call = chat_in::tool_call(call, &at)?;
+    let (id, name) = (tool_id(call.id), call.name);
+    let input = match chat_in::arguments(call.arguments) {
         Ok(Arguments::Empty) => ToolInput::Object(Map::new()),
         Ok(Arguments::Object(object)) => ToolInput::Borrowed(object),
         Ok(Arguments::Text(object)) => ToolInput::Raw(object),
@@ -565,10 +547,7 @@ fn tool_use<'a>(i: usize, k: usize, call: ChatToolCall<'a>) -> Result<Block<'a>,
                 ArgumentsError::NotObject => "must be a JSON object".to_owned(),
                 ArgumentsError::NotString => "must be a JSON string".to_owned(),
             };
-            return Err(err(format!(
-                "{}: the arguments of tool call '{id}' ({name}) {what}",
-                at()
-            )));
+            return Err(err(format!("{at}: the arguments of tool call '{id}' ({name}) {what}")));
         }
     };
     Ok(Block::ToolUse { id, name, input })
@@ -781,22 +760,11 @@ fn convert_tools(tools: Option<Vec<ChatTool<'_>>>) -> Result<Vec<Tool<'_>>, Conv
 }
 
 fn convert_tool(k: usize, tool: ChatTool<'_>) -> Result<Tool<'_>, ConvertError> {
-    match tool.kind.as_deref() {
-        Some("function") => {}
-        Some(other) => {
-            return Err(err(format!(
-                "tools[{k}]: tool type '{other}' is not supported through this relay; only function tools are"
-            )));
-        }
-        None => return Err(err(format!("tools[{k}].type is required"))),
-    }
-    let Some(function) = tool.function else {
-        return Err(err(format!("tools[{k}].function is required")));
-    };
-    let name = match function.name {
-        Some(name) if !name.is_empty() => name,
-        _ => return Err(err(format!("tools[{k}].function.name is required"))),
-    };
+    let function = chat_in::function_tool(k, tool, |other| {
+        err(format!(
+            "tools[{k}]: tool type '{other}' is not supported through this relay; only function tools are"
+        ))
+    })?;
     let not_schema = || err(format!("tools[{k}].function.parameters must be a JSON Schema object"));
     let input_schema = match function.parameters {
         None => {
@@ -815,8 +783,8 @@ fn convert_tool(k: usize, tool: ChatTool<'_>) -> Result<Tool<'_>, ConvertError> 
         Some(_) => return Err(not_schema()),
     };
     Ok(Tool {
-        name,
-        description: function.description.filter(|d| !d.is_empty()),
+        name: function.name,
+        description: function.description,
         input_schema,
     })
 }
@@ -869,18 +837,7 @@ fn convert_tool_choice<'a>(
             let Some(list) = allowed.tools else {
                 return Err(err("tool_choice.allowed_tools.tools is required"));
             };
-            let mut names = Vec::with_capacity(list.len());
-            for entry in list {
-                let name = entry.name().ok_or_else(|| {
-                    err("tool_choice.allowed_tools.tools: only function tools (with a name) are supported")
-                })?;
-                if !tools.iter().any(|t| t.name == name) {
-                    return Err(err(format!(
-                        "tool_choice.allowed_tools names function '{name}', which is not in tools"
-                    )));
-                }
-                names.push(name);
-            }
+            let names = chat_in::allowed_names(list, "tool_choice", |name| tools.iter().any(|t| t.name == name))?;
             tools.retain(|t| names.contains(&t.name));
             Ok(Some(ToolChoice::of(kind)))
         }

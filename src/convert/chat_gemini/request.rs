@@ -60,9 +60,8 @@ use serde_json::value::RawValue;
 
 use crate::convert::ConvertError;
 use crate::convert::chat_in::{
-    self, Arguments, ArgumentsError, ChatFacts, ChatFunction, ChatFunctionCall, ChatMessage, ChatPart, ChatRequest,
-    ChatTool, ChatToolCall, ContentError, ContentPart, ImageUrl, ResponseFormat, ToolChoice, err, has_prefix,
-    stop_sequences,
+    self, Arguments, ArgumentsError, ChatFacts, ChatMessage, ChatPart, ChatRequest, ChatTool, ContentError,
+    ContentPart, ImageUrl, NamedFunction, ResponseFormat, ToolChoice, err, has_prefix, stop_sequences,
 };
 
 /// The thinking budget (in tokens) of each `reasoning_effort`: the budgets Google's own Chat
@@ -105,7 +104,8 @@ pub fn request_to_gemini(body: &[u8]) -> Result<(Bytes, ChatFacts), ConvertError
         declarations.push(function_tool(k, tool)?);
     }
     for (k, function) in chat.functions.into_iter().flatten().enumerate() {
-        declarations.push(declaration(function, || format!("functions[{k}]"))?);
+        let at = || format!("functions[{k}]");
+        declarations.push(declaration(chat_in::named_function(function, &at())?, at)?);
     }
     let choice = match (chat.tool_choice, chat.function_call) {
         (Some(choice), _) => tool_choice(choice, "tool_choice", &mut declarations)?,
@@ -459,10 +459,17 @@ impl<'a> Conversation<'a> {
                     out.push(Part::text(refusal));
                 }
                 for (k, call) in m.tool_calls.into_iter().flatten().enumerate() {
-                    out.push(self.tool_call(call, || format!("{}.tool_calls[{k}]", at()))?);
+                    let at = format!("{}.tool_calls[{k}]", at());
+                    let call = chat_in::tool_call(call, &at)?;
+                    let part =
+                        self.function_call(Some(call.id), call.name, call.arguments, || format!("{at}.function"))?;
+                    out.push(part);
                 }
                 if let Some(call) = m.function_call {
-                    out.push(self.function_call(None, call, || format!("{}.function_call", at()))?);
+                    let Some(name) = call.name.filter(|n| !n.is_empty()) else {
+                        return Err(err(format!("{}.function_call.name is required", at())));
+                    };
+                    out.push(self.function_call(None, name, call.arguments, || format!("{}.function_call", at()))?);
                 }
                 self.push("model", out);
             }
@@ -531,35 +538,15 @@ impl<'a> Conversation<'a> {
         }
     }
 
-    fn tool_call(&mut self, call: ChatToolCall<'a>, at: impl Fn() -> String) -> Result<Part<'a>, ConvertError> {
-        match call.kind.as_deref() {
-            Some("function") | None => {}
-            Some(other) => {
-                return Err(err(format!(
-                    "{}: tool call type '{other}' is not supported; only function calls are",
-                    at()
-                )));
-            }
-        }
-        let Some(id) = call.id.filter(|id| !id.is_empty()) else {
-            return Err(err(format!("{}.id is required", at())));
-        };
-        let Some(function) = call.function else {
-            return Err(err(format!("{}.function is required", at())));
-        };
-        self.function_call(Some(id), function, || format!("{}.function", at()))
-    }
-
+    /// A function call part; `at` is where its function stands (for the arguments' refusal).
     fn function_call(
         &mut self,
         id: Option<Cow<'a, str>>,
-        call: ChatFunctionCall<'a>,
+        name: Cow<'a, str>,
+        arguments: Option<&'a RawValue>,
         at: impl Fn() -> String,
     ) -> Result<Part<'a>, ConvertError> {
-        let Some(name) = call.name.filter(|n| !n.is_empty()) else {
-            return Err(err(format!("{}.name is required", at())));
-        };
-        let args = arguments(call.arguments).map_err(|m| err(format!("{}.arguments of '{name}' {m}", at())))?;
+        let args = self::arguments(arguments).map_err(|m| err(format!("{}.arguments of '{name}' {m}", at())))?;
         if let Some(id) = &id {
             self.calls.push((id.clone(), name.clone()));
         }
@@ -719,26 +706,19 @@ fn data_url(url: Cow<'_, str>) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
 // ---------------------------------------------------------------------------------------------
 
 fn function_tool(k: usize, tool: ChatTool<'_>) -> Result<FunctionDeclaration<'_>, ConvertError> {
-    match tool.kind.as_deref() {
-        Some("function") => {}
-        Some(other) => {
-            return Err(err(format!(
-                "tools[{k}]: tool type '{other}' is not supported through this relay for Gemini models; only function \
-                 tools are"
-            )));
-        }
-        None => return Err(err(format!("tools[{k}].type is required"))),
-    }
-    let Some(function) = tool.function else {
-        return Err(err(format!("tools[{k}].function is required")));
-    };
+    let function = chat_in::function_tool(k, tool, |other| {
+        err(format!(
+            "tools[{k}]: tool type '{other}' is not supported through this relay for Gemini models; only function tools \
+             are"
+        ))
+    })?;
     declaration(function, || format!("tools[{k}].function"))
 }
 
-fn declaration(function: ChatFunction<'_>, at: impl Fn() -> String) -> Result<FunctionDeclaration<'_>, ConvertError> {
-    let Some(name) = function.name.filter(|n| !n.is_empty()) else {
-        return Err(err(format!("{}.name is required", at())));
-    };
+fn declaration<'a>(
+    function: NamedFunction<'a>,
+    at: impl Fn() -> String,
+) -> Result<FunctionDeclaration<'a>, ConvertError> {
     let parameters = match function.parameters {
         Some(p) if p.get() == "null" => None,
         Some(p) if !p.get().starts_with('{') => {
@@ -747,8 +727,8 @@ fn declaration(function: ChatFunction<'_>, at: impl Fn() -> String) -> Result<Fu
         other => other,
     };
     Ok(FunctionDeclaration {
-        name,
-        description: function.description.filter(|d| !d.is_empty()),
+        name: function.name,
+        description: function.description,
         parameters_json_schema: parameters,
     })
 }
@@ -804,21 +784,9 @@ fn tool_choice<'a>(
                     )));
                 }
             };
-            let tools = allowed.tools.unwrap_or_default();
-            let mut names = Vec::with_capacity(tools.len());
-            for tool in tools {
-                let name = tool.name().ok_or_else(|| {
-                    err(format!(
-                        "{field}.allowed_tools.tools: only function tools (with a name) are supported"
-                    ))
-                })?;
-                if !known(&name, declarations) {
-                    return Err(err(format!(
-                        "{field}.allowed_tools names function '{name}', which is not in tools"
-                    )));
-                }
-                names.push(name);
-            }
+            let names = chat_in::allowed_names(allowed.tools.unwrap_or_default(), field, |name| {
+                known(name, declarations)
+            })?;
             declarations.retain(|d| names.contains(&d.name));
             Ok(Some(FunctionCallingConfig::mode(mode)))
         }
