@@ -42,8 +42,8 @@ use super::chat_in::{
     self, ChatImage, ChatMessage, ChatPart, ChatTool, ContentError, ContentPart, Named, ResponseFormat, Text,
 };
 use super::chat_out::{
-    ChatError, ChatUsage, Completion, DONE, Delta, Message, ToolCall, ToolCallDelta, write_chunk, write_error_end,
-    write_usage_chunk,
+    ChatError, ChatUsage, Completion, DONE, Delta, Message, ToolCall, ToolCallDelta, unix_now, write_chunk,
+    write_error_end, write_usage_chunk,
 };
 use crate::usage::TokenUsage;
 use crate::usage::openai::{
@@ -580,7 +580,7 @@ impl ResponsesSseToChat {
                 mode,
                 include_usage,
                 model: client_model.to_owned(),
-                created: chrono::Utc::now().timestamp(),
+                created: unix_now(),
                 created_pinned: false,
                 id: None,
                 event: None,
@@ -1201,9 +1201,7 @@ pub fn response_from_responses(body: &[u8], client_model: &str) -> Result<(Bytes
     let completion = Answer {
         id: &id,
         model: client_model,
-        created: r
-            .created_at
-            .map_or_else(|| chrono::Utc::now().timestamp(), |at| at as i64),
+        created: r.created_at.map_or_else(unix_now, |at| at as i64),
         content: &content,
         refusal: &refusal,
         calls,

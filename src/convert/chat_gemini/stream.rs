@@ -30,7 +30,8 @@ use std::borrow::Cow;
 use bytes::{Bytes, BytesMut};
 
 use super::response::{Answer, Candidate};
-use super::{call_id, compact_json, completion_id, finish_reason, google_error, unix_now};
+use super::{call_id, compact_json, completion_id, finish_reason, google_error};
+use crate::convert::chat_out::unix_now;
 use crate::convert::chat_out::{
     self, ChatUsage, Delta, ToolCallDelta, write_choice_chunk, write_error_end, write_usage_chunk,
 };
