@@ -9,8 +9,9 @@
 //! - Every member a converter may want to name as missing is an `Option`; the only required ones
 //!   are a message's `role`, a content part's `type` and `response_format.type`.
 //! - [`content`]: a message's `content` (a string, or an array of parts) as text and other parts.
-//! - [`image_url`], [`arguments`], [`tool_choice`], [`stop_sequences`], [`data_url`]: members
-//!   that several converters read the same way.
+//! - [`image_url`], [`arguments`], [`tool_call`], [`function_tool`], [`tool_choice`],
+//!   [`allowed_names`], [`stop_sequences`], [`data_url`]: what several converters read, or check,
+//!   the same way.
 //!
 //! What a converter supports, refuses or ignores, and in which words, stays in the converter.
 
@@ -295,27 +296,6 @@ impl ReadError {
         let message = self.error.to_string();
         Some(message.strip_prefix("missing field `")?.split('`').next()?.to_owned())
     }
-
-    /// The path with its indices left out (`messages[].role`), to match it on.
-    pub fn pattern(path: &str) -> String {
-        let mut out = String::with_capacity(path.len());
-        let mut in_index = false;
-        for c in path.chars() {
-            match c {
-                '[' => {
-                    in_index = true;
-                    out.push(c);
-                }
-                ']' => {
-                    in_index = false;
-                    out.push(c);
-                }
-                _ if in_index => {}
-                _ => out.push(c),
-            }
-        }
-        out
-    }
 }
 
 impl fmt::Display for ReadError {
@@ -331,6 +311,27 @@ impl From<ReadError> for ConvertError {
     fn from(e: ReadError) -> Self {
         ConvertError(e.to_string())
     }
+}
+
+/// A member's path with its indices left out (`messages[].role`), to match it on.
+pub fn without_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push(c);
+            }
+            ']' => {
+                in_index = false;
+                out.push(c);
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// The body as a Chat request, and what the answer needs of it.
@@ -757,7 +758,7 @@ mod tests {
         let e = read(br#"{"messages":[{"role":3}]}"#).err().unwrap();
         assert_eq!(e.path(), Some("messages[0].role"));
         assert_eq!(
-            ReadError::pattern("messages[0].tool_calls[12].id"),
+            without_indices("messages[0].tool_calls[12].id"),
             "messages[].tool_calls[].id"
         );
         let e = read(br#"{"messages":[{"content":"x"}]}"#).err().unwrap();

@@ -162,7 +162,7 @@ fn unreadable(e: ReadError) -> ConvertError {
     if path == "." {
         return err("the request body must be a JSON object");
     }
-    let what = match ReadError::pattern(&path).as_str() {
+    let what = match chat_in::without_indices(&path).as_str() {
         "stream" | "parallel_tool_calls" | "stream_options.include_usage" => "must be a boolean",
         "stream_options"
         | "response_format"
