@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::usage::TokenUsage;
@@ -248,6 +248,43 @@ impl<'a> ChatError<'a> {
             },
         }
     }
+}
+
+impl ChatError<'_> {
+    /// The error as the body of an answer.
+    pub fn to_body(&self) -> Bytes {
+        match serde_json::to_vec(self) {
+            Ok(json) => Bytes::from(json),
+            Err(e) => {
+                tracing::error!(error = %e, "could not write an error body");
+                Bytes::from_static(
+                    br#"{"error":{"message":"Upstream error","type":"server_error","param":null,"code":null}}"#,
+                )
+            }
+        }
+    }
+}
+
+/// The upstream's error message, or, when it said nothing, one naming the HTTP `status` it
+/// answered.
+pub fn upstream_message(message: Option<Cow<'_, str>>, status: u16) -> Cow<'_, str> {
+    match message {
+        Some(m) if !m.trim().is_empty() => m,
+        _ => {
+            let reason = http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason());
+            Cow::Owned(match reason {
+                Some(reason) => format!("The upstream answered HTTP {status} {reason}"),
+                None => format!("The upstream answered HTTP {status}"),
+            })
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for `created`.
+pub fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
 }
 
 /// A `chat.completion`.

@@ -37,9 +37,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::ConvertError;
+use super::chat_in::ChatFacts;
+use super::chat_in::{
+    self, ChatImage, ChatMessage, ChatPart, ChatTool, ContentError, ContentPart, Named, ResponseFormat, Text,
+};
 use super::chat_out::{
-    ChatError, ChatUsage, Completion, DONE, Delta, Message, ToolCall, ToolCallDelta, write_chunk, write_error_end,
-    write_usage_chunk,
+    ChatError, ChatUsage, Completion, DONE, Delta, Message, ToolCall, ToolCallDelta, unix_now, write_chunk,
+    write_error_end, write_usage_chunk,
 };
 use crate::usage::TokenUsage;
 use crate::usage::openai::{
@@ -47,170 +51,9 @@ use crate::usage::openai::{
     responses_line_start, usage_at_end,
 };
 
-/// What the relay must remember of the client's Chat request to answer it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChatFacts {
-    /// The client asked for a stream (`"stream":true`); otherwise it wants one `chat.completion`.
-    pub stream: bool,
-    /// The client asked for the usage chunk (`stream_options.include_usage`).
-    pub include_usage: bool,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Request
 // ---------------------------------------------------------------------------------------------
-
-/// The fields of a Chat request this module reads; the others are ignored.
-#[derive(Deserialize)]
-struct ChatRequest<'a> {
-    #[serde(borrow)]
-    messages: Vec<ChatMessage<'a>>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(borrow, default)]
-    tools: Option<Vec<ChatTool<'a>>>,
-    #[serde(borrow, default)]
-    tool_choice: Option<&'a RawValue>,
-    #[serde(default)]
-    parallel_tool_calls: Option<bool>,
-    #[serde(borrow, default)]
-    reasoning_effort: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    verbosity: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    response_format: Option<ResponseFormat<'a>>,
-    #[serde(borrow, default)]
-    prompt_cache_key: Option<Cow<'a, str>>,
-    #[serde(default)]
-    n: Option<u64>,
-    #[serde(borrow, default)]
-    stop: Option<&'a RawValue>,
-    #[serde(default)]
-    logprobs: Option<bool>,
-    #[serde(borrow, default)]
-    audio: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    modalities: Option<Vec<Cow<'a, str>>>,
-    #[serde(borrow, default)]
-    functions: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    function_call: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct ChatMessage<'a> {
-    #[serde(borrow)]
-    role: Cow<'a, str>,
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ChatToolCall<'a>>>,
-    #[serde(borrow, default)]
-    tool_call_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    function_call: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ChatToolCall<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    function: Option<ChatFunctionCall<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatFunctionCall<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
-}
-
-/// One part of an array `content`.
-#[derive(Deserialize)]
-struct ChatPart<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    image_url: Option<ChatImage<'a>>,
-    #[serde(borrow, default)]
-    file: Option<ChatFile<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatImage<'a> {
-    #[serde(borrow)]
-    url: Cow<'a, str>,
-    #[serde(borrow, default)]
-    detail: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ChatFile<'a> {
-    #[serde(borrow, default)]
-    file_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    file_data: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    filename: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ChatTool<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    function: Option<ChatFunction<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatFunction<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    description: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    parameters: Option<&'a RawValue>,
-    #[serde(default)]
-    strict: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct ResponseFormat<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    json_schema: Option<JsonSchema<'a>>,
-}
-
-#[derive(Deserialize)]
-struct JsonSchema<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    description: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    schema: Option<&'a RawValue>,
-    #[serde(default)]
-    strict: Option<bool>,
-}
 
 /// The Responses request sent.
 #[derive(Serialize)]
@@ -339,24 +182,7 @@ fn refuse(what: impl std::fmt::Display) -> ConvertError {
 /// Chat request → Responses request with `model` = `model`, always `"stream":true` and
 /// `"store":false`. The facts returned say how the client wants its answer.
 pub fn request_to_responses(body: &[u8], model: &str) -> Result<(Bytes, ChatFacts), ConvertError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let chat: ChatRequest<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        ConvertError(format!(
-            "invalid Chat Completions request at `{}`: {}",
-            e.path(),
-            e.inner()
-        ))
-    })?;
-    de.end()
-        .map_err(|e| ConvertError(format!("invalid Chat Completions request: {e}")))?;
-    let facts = ChatFacts {
-        stream: chat.stream.unwrap_or(false),
-        include_usage: chat
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
-    };
+    let (chat, facts) = chat_in::read(body)?;
     if chat.n.is_some_and(|n| n > 1) {
         return Err(refuse("`n` above 1 (more than one choice)"));
     }
@@ -374,8 +200,11 @@ pub fn request_to_responses(body: &[u8], model: &str) -> Result<(Bytes, ChatFact
             "`functions` / `function_call` (the deprecated functions API; use `tools`)",
         ));
     }
-    let mut input = Vec::with_capacity(chat.messages.len());
-    for (i, message) in chat.messages.into_iter().enumerate() {
+    let Some(messages) = chat.messages else {
+        return Err(chat_in::missing(".", "messages"));
+    };
+    let mut input = Vec::with_capacity(messages.len());
+    for (i, message) in messages.into_iter().enumerate() {
         message_items(i, message, &mut input)?;
     }
     let tools = chat
@@ -385,7 +214,10 @@ pub fn request_to_responses(body: &[u8], model: &str) -> Result<(Bytes, ChatFact
         .enumerate()
         .map(|(i, tool)| function_tool(i, tool))
         .collect::<Result<Vec<_>, _>>()?;
-    let tool_choice = chat.tool_choice.map(tool_choice).transpose()?;
+    let tool_choice = match chat.tool_choice {
+        Some(raw) => tool_choice(raw)?,
+        None => None,
+    };
     let format = chat.response_format.map(text_format).transpose()?.flatten();
     let text = (format.is_some() || chat.verbosity.is_some()).then_some(TextConfig {
         format,
@@ -412,11 +244,13 @@ fn message_items<'a>(i: usize, m: ChatMessage<'a>, out: &mut Vec<InputItem<'a>>)
     let at = |what: &str| format!("messages[{i}]: {what}");
     match m.role.as_ref() {
         "system" | "developer" => {
-            let content = parts(m.content)?
+            let content = parts(i, m.content)?
                 .into_iter()
                 .map(|p| match p {
-                    Part::Text(text) => Ok(InputContent::InputText { text }),
-                    Part::Other(part) => Err(refuse(at(&format!("a `{}` part in a {} message", part.kind, m.role)))),
+                    ContentPart::Text { text, .. } => Ok(InputContent::InputText { text }),
+                    ContentPart::Other(part) => {
+                        Err(refuse(at(&format!("a `{}` part in a {} message", part.kind, m.role))))
+                    }
                 })
                 .collect::<Result<_, _>>()?;
             out.push(InputItem::Message {
@@ -425,11 +259,11 @@ fn message_items<'a>(i: usize, m: ChatMessage<'a>, out: &mut Vec<InputItem<'a>>)
             });
         }
         "user" => {
-            let content = parts(m.content)?
+            let content = parts(i, m.content)?
                 .into_iter()
                 .map(|p| match p {
-                    Part::Text(text) => Ok(InputContent::InputText { text }),
-                    Part::Other(part) => user_part(part).map_err(|what| refuse(at(&what))),
+                    ContentPart::Text { text, .. } => Ok(InputContent::InputText { text }),
+                    ContentPart::Other(part) => user_part(part, at),
                 })
                 .collect::<Result<_, _>>()?;
             out.push(InputItem::Message { role: "user", content });
@@ -439,16 +273,16 @@ fn message_items<'a>(i: usize, m: ChatMessage<'a>, out: &mut Vec<InputItem<'a>>)
                 return Err(refuse(at("`function_call` (the deprecated functions API)")));
             }
             let mut content = Vec::new();
-            for part in parts(m.content)? {
+            for part in parts(i, m.content)? {
                 match part {
-                    Part::Text(text) if text.is_empty() => {}
-                    Part::Text(text) => content.push(InputContent::OutputText { text }),
-                    Part::Other(ChatPart {
+                    ContentPart::Text { text, .. } if text.is_empty() => {}
+                    ContentPart::Text { text, .. } => content.push(InputContent::OutputText { text }),
+                    ContentPart::Other(ChatPart {
                         kind,
                         refusal: Some(refusal),
                         ..
                     }) if kind == "refusal" => content.push(InputContent::Refusal { refusal }),
-                    Part::Other(part) => {
+                    ContentPart::Other(part) => {
                         return Err(refuse(at(&format!("a `{}` part in an assistant message", part.kind))));
                     }
                 }
@@ -462,7 +296,11 @@ fn message_items<'a>(i: usize, m: ChatMessage<'a>, out: &mut Vec<InputItem<'a>>)
                     content,
                 });
             }
-            for call in m.tool_calls.into_iter().flatten() {
+            for (k, call) in m.tool_calls.into_iter().flatten().enumerate() {
+                let call_at = || format!("messages[{i}].tool_calls[{k}]");
+                let Some(call_id) = call.id else {
+                    return Err(chat_in::missing(&call_at(), "id"));
+                };
                 let (Some("function") | None) = call.kind.as_deref() else {
                     return Err(refuse(at(&format!(
                         "a tool call of type `{}`",
@@ -472,10 +310,21 @@ fn message_items<'a>(i: usize, m: ChatMessage<'a>, out: &mut Vec<InputItem<'a>>)
                 let Some(function) = call.function else {
                     return Err(refuse(at("a tool call without its `function`")));
                 };
+                let Some(name) = function.name else {
+                    return Err(chat_in::missing(&format!("{}.function", call_at()), "name"));
+                };
+                let arguments = match function.arguments {
+                    None => Cow::Borrowed(""),
+                    Some(raw) if raw.get() == "null" => Cow::Borrowed(""),
+                    Some(raw) => {
+                        let Text(arguments) = chat_in::read_member(raw, &format!("{}.function.arguments", call_at()))?;
+                        arguments
+                    }
+                };
                 out.push(InputItem::FunctionCall {
-                    call_id: call.id,
-                    name: function.name,
-                    arguments: function.arguments.unwrap_or(Cow::Borrowed("")),
+                    call_id,
+                    name,
+                    arguments,
                 });
             }
         }
@@ -484,11 +333,11 @@ fn message_items<'a>(i: usize, m: ChatMessage<'a>, out: &mut Vec<InputItem<'a>>)
                 return Err(refuse(at("a tool message without `tool_call_id`")));
             };
             let mut output = Cow::Borrowed("");
-            for part in parts(m.content)? {
+            for part in parts(i, m.content)? {
                 match part {
-                    Part::Text(text) if output.is_empty() => output = text,
-                    Part::Text(text) => output.to_mut().push_str(&text),
-                    Part::Other(part) => {
+                    ContentPart::Text { text, .. } if output.is_empty() => output = text,
+                    ContentPart::Text { text, .. } => output.to_mut().push_str(&text),
+                    ContentPart::Other(part) => {
                         return Err(refuse(at(&format!("a `{}` part in a tool message", part.kind))));
                     }
                 }
@@ -501,66 +350,62 @@ fn message_items<'a>(i: usize, m: ChatMessage<'a>, out: &mut Vec<InputItem<'a>>)
     Ok(())
 }
 
-/// A content part: text, or another kind left to the role to accept.
-enum Part<'a> {
-    Text(Cow<'a, str>),
-    Other(ChatPart<'a>),
-}
-
-/// The parts of a message's `content`: a string is one text part, `null` or absent none.
-fn parts(content: Option<&RawValue>) -> Result<Vec<Part<'_>>, ConvertError> {
-    let Some(raw) = content else {
-        return Ok(Vec::new());
-    };
-    let json = raw.get();
-    let invalid = |e: serde_json::Error| ConvertError(format!("invalid message content: {e}"));
-    if json.starts_with('"') {
-        return Ok(vec![Part::Text(serde_json::from_str(json).map_err(invalid)?)]);
+/// The parts of message `i`'s `content`: a string is one text part (kept when empty), `null` or
+/// absent none.
+fn parts(i: usize, content: Option<&RawValue>) -> Result<Vec<ContentPart<'_>>, ConvertError> {
+    match chat_in::content(i, content) {
+        Ok(content) => Ok(content.into_parts()),
+        Err(ContentError::NotTextOrParts(e) | ContentError::Invalid(e)) => {
+            Err(ConvertError(format!("invalid message content: {}", e.error())))
+        }
+        Err(ContentError::NoText(_)) => Err(ConvertError("a text part without `text`".to_owned())),
     }
-    let parts: Vec<ChatPart<'_>> = serde_json::from_str(json).map_err(invalid)?;
-    parts
-        .into_iter()
-        .map(|part| {
-            if part.kind != "text" {
-                return Ok(Part::Other(part));
-            }
-            match part.text {
-                Some(text) => Ok(Part::Text(text)),
-                None => Err(ConvertError("a text part without `text`".to_owned())),
-            }
-        })
-        .collect()
 }
 
-/// A user part other than text, or what names it for a refusal.
-fn user_part(part: ChatPart<'_>) -> Result<InputContent<'_>, String> {
+/// A user part other than text; `at` words a refusal for the message.
+fn user_part<'a>(part: ChatPart<'a>, at: impl Fn(&str) -> String) -> Result<InputContent<'a>, ConvertError> {
     match part.kind.as_ref() {
         "image_url" => {
-            let image = part.image_url.ok_or("an image part without `image_url`")?;
+            let Some(raw) = part.image_url else {
+                return Err(refuse(at("an image part without `image_url`")));
+            };
+            let image: ChatImage<'_> =
+                serde_json::from_str(raw.get()).map_err(|e| ConvertError(format!("invalid message content: {e}")))?;
+            let Some(image_url) = image.url else {
+                return Err(ConvertError("invalid message content: missing field `url`".to_owned()));
+            };
             Ok(InputContent::InputImage {
-                image_url: image.url,
+                image_url,
                 detail: image.detail,
             })
         }
         "file" => {
-            let file = part.file.ok_or("a file part without `file`")?;
+            let Some(file) = part.file else {
+                return Err(refuse(at("a file part without `file`")));
+            };
             Ok(InputContent::InputFile {
                 file_id: file.file_id,
                 file_data: file.file_data,
                 filename: file.filename,
             })
         }
-        "input_audio" => Err("an `input_audio` part (audio input)".to_owned()),
-        kind => Err(format!("a `{kind}` part")),
+        "input_audio" => Err(refuse(at("an `input_audio` part (audio input)"))),
+        kind => Err(refuse(at(&format!("a `{kind}` part")))),
     }
 }
 
 fn function_tool(i: usize, tool: ChatTool<'_>) -> Result<ResponsesTool<'_>, ConvertError> {
-    if tool.kind != "function" {
-        return Err(refuse(format!("tools[{i}]: a tool of type `{}`", tool.kind)));
+    let Some(kind) = tool.kind else {
+        return Err(chat_in::missing(&format!("tools[{i}]"), "type"));
+    };
+    if kind != "function" {
+        return Err(refuse(format!("tools[{i}]: a tool of type `{kind}`")));
     }
     let Some(f) = tool.function else {
         return Err(refuse(format!("tools[{i}]: a function tool without `function`")));
+    };
+    let Some(name) = f.name else {
+        return Err(chat_in::missing(&format!("tools[{i}].function"), "name"));
     };
     let parameters = match f.parameters {
         Some(p) if p.get() != "null" => p,
@@ -568,7 +413,7 @@ fn function_tool(i: usize, tool: ChatTool<'_>) -> Result<ResponsesTool<'_>, Conv
     };
     Ok(ResponsesTool {
         kind: "function",
-        name: f.name,
+        name,
         description: f.description,
         parameters,
         strict: f.strict.unwrap_or(false),
@@ -581,29 +426,19 @@ fn no_parameters() -> &'static RawValue {
     EMPTY.get_or_init(|| RawValue::from_string(NO_PARAMETERS.to_owned()).unwrap_or_default())
 }
 
-fn tool_choice(raw: &RawValue) -> Result<ToolChoice<'_>, ConvertError> {
-    #[derive(Deserialize)]
-    struct Named<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Cow<'a, str>,
-        #[serde(borrow, default)]
-        function: Option<NamedFunction<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct NamedFunction<'a> {
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-    }
-    let invalid = |e: serde_json::Error| ConvertError(format!("invalid `tool_choice`: {e}"));
-    if raw.get().starts_with('"') {
-        return Ok(ToolChoice::Mode(serde_json::from_str(raw.get()).map_err(invalid)?));
-    }
-    let named: Named<'_> = serde_json::from_str(raw.get()).map_err(invalid)?;
-    match (named.kind.as_ref(), named.function) {
-        ("function", Some(f)) => Ok(ToolChoice::Function {
-            kind: "function",
-            name: f.name,
-        }),
+fn tool_choice(raw: &RawValue) -> Result<Option<ToolChoice<'_>>, ConvertError> {
+    let invalid = |what: &dyn std::fmt::Display| ConvertError(format!("invalid `tool_choice`: {what}"));
+    let choice = match chat_in::tool_choice(raw, "tool_choice").map_err(|e| invalid(e.error()))? {
+        None => return Ok(None),
+        Some(chat_in::ToolChoice::Mode(mode)) => return Ok(Some(ToolChoice::Mode(mode))),
+        Some(chat_in::ToolChoice::Object(choice)) => choice,
+    };
+    let Some(kind) = choice.kind else {
+        return Err(invalid(&"missing field `type`"));
+    };
+    match (kind.as_ref(), choice.function) {
+        (_, Some(Named { name: None })) => Err(invalid(&"missing field `name`")),
+        ("function", Some(Named { name: Some(name) })) => Ok(Some(ToolChoice::Function { kind: "function", name })),
         (kind, _) => Err(refuse(format!("a `tool_choice` of type `{kind}`"))),
     }
 }
@@ -618,8 +453,11 @@ fn text_format(format: ResponseFormat<'_>) -> Result<Option<TextFormat<'_>>, Con
                     "a `json_schema` response format without `json_schema`".to_owned(),
                 ));
             };
+            let Some(name) = s.name else {
+                return Err(chat_in::missing("response_format.json_schema", "name"));
+            };
             Ok(Some(TextFormat::JsonSchema {
-                name: s.name,
+                name,
                 description: s.description,
                 schema: s.schema.unwrap_or_else(|| no_parameters()),
                 strict: s.strict.unwrap_or(false),
@@ -742,7 +580,7 @@ impl ResponsesSseToChat {
                 mode,
                 include_usage,
                 model: client_model.to_owned(),
-                created: chrono::Utc::now().timestamp(),
+                created: unix_now(),
                 created_pinned: false,
                 id: None,
                 event: None,
@@ -1363,9 +1201,7 @@ pub fn response_from_responses(body: &[u8], client_model: &str) -> Result<(Bytes
     let completion = Answer {
         id: &id,
         model: client_model,
-        created: r
-            .created_at
-            .map_or_else(|| chrono::Utc::now().timestamp(), |at| at as i64),
+        created: r.created_at.map_or_else(unix_now, |at| at as i64),
         content: &content,
         refusal: &refusal,
         calls,

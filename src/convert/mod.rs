@@ -4,16 +4,23 @@
 //! - [`bedrock_stream`]: AWS event-stream (Bedrock) → Anthropic SSE.
 //! - [`chat_anthropic`]: OpenAI Chat Completions requests and answers ⇄ Anthropic Messages.
 //! - [`chat_gemini`]: OpenAI Chat Completions requests and answers ⇄ Gemini `generateContent`.
-//! - [`chat_out`]: the Chat Completions chunks, completion, usage and error both Chat converters write.
+//! - [`chat_in`]: the Chat Completions request the three Chat converters read (one typed view of
+//!   the body, its [`ChatFacts`](chat_in::ChatFacts), the readers of its parts); each converter
+//!   keeps what its wire supports or refuses, in its own words.
+//! - [`chat_out`]: the Chat Completions chunks, completion, usage and error bodies the Chat
+//!   converters write.
 //! - [`chat_responses`]: OpenAI Chat Completions → Responses (request), Responses → Chat (answer).
 //! - [`code_assist`]: Gemini API ⇄ Code Assist envelopes (requests, answers and streams).
-//! - [`openai_chat`]: OpenAI Chat Completions passed through to an OpenAI-compatible upstream.
+//! - [`openai_chat`]: OpenAI Chat Completions passed through to an OpenAI-compatible upstream (it
+//!   only touches `model` and `stream_options`, so it does not read the request through
+//!   [`chat_in`]).
 //! - [`rename`]: putting the client's model name back into a pass-through answer.
 
 pub mod answer;
 pub mod bedrock_stream;
 pub mod chat_anthropic;
 pub mod chat_gemini;
+pub mod chat_in;
 pub mod chat_out;
 pub mod chat_responses;
 pub mod code_assist;

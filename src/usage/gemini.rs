@@ -92,6 +92,21 @@ pub fn parse_gemini_json_usage(body: &[u8]) -> Option<TokenUsage> {
     last_usage_metadata(body).map(|m| m.to_usage())
 }
 
+/// Whether a line of a Gemini SSE stream (either wire) is read, by its first bytes: only `data:`
+/// lines carry events.
+pub fn sse_line_start(start: &[u8]) -> LineStart {
+    if start.len() >= 5 && !start.starts_with(b"data:") {
+        LineStart::Skip
+    } else {
+        LineStart::Read
+    }
+}
+
+/// The event of a `data:` line (what follows the colon and any space); `None` for another line.
+pub fn sse_data(line: &[u8]) -> Option<&[u8]> {
+    line.strip_prefix(b"data:").map(trim_start)
+}
+
 /// Reads the usage of a Gemini SSE stream (either wire) as it passes.
 #[derive(Debug)]
 pub struct GeminiSseUsage {
@@ -107,18 +122,13 @@ struct Sink {
 
 impl LineSink for Sink {
     fn line_start(&self, start: &[u8]) -> LineStart {
-        if start.len() >= 5 && !start.starts_with(b"data:") {
-            LineStart::Skip
-        } else {
-            LineStart::Read
-        }
+        sse_line_start(start)
     }
 
     fn line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
+        let Some(data) = sse_data(line) else {
             return;
         };
-        let data = trim_start(data);
         if data.starts_with(b"{\"error\"") {
             self.error = Some(error_message(data));
             return;

@@ -88,11 +88,6 @@ fn not_found_code(message: &str) -> &'static str {
     }
 }
 
-/// Seconds since the Unix epoch, for `created`.
-fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 #[cfg(test)]
 mod request_tests;
 #[cfg(test)]

@@ -47,12 +47,19 @@
 //! `presence_penalty`, `logit_bias`, `service_tier`, `store`, `metadata`, `prediction`, …) are
 //! ignored.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::convert::ConvertError;
+pub use crate::convert::chat_in::ChatFacts;
+use crate::convert::chat_in::{
+    self, Arguments, ArgumentsError, ChatFile, ChatMessage, ChatPart, ChatRequest, ChatTool, ChatToolCall, Content,
+    ContentError, ContentPart, DataUrlError, ImageUrl, ReadError, err, has_prefix, stop_sequences,
+};
 
 /// `max_tokens` when the client sets no limit.
 pub const DEFAULT_MAX_TOKENS: u64 = 8192;
@@ -66,56 +73,29 @@ pub const REASONING_BUDGETS: &[(&str, Option<u64>)] = &[
     ("high", Some(16384)),
 ];
 
-/// What the converted request keeps from the client's Chat request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChatFacts {
-    /// The client asked for a stream.
-    pub stream: bool,
-    /// `stream_options.include_usage`: the stream ends with a usage chunk.
-    pub include_usage: bool,
-}
-
 /// Chat Completions request JSON → Anthropic Messages request JSON with `model` set to `model`.
 pub fn request_to_messages(body: &[u8], model: &str) -> Result<(Bytes, ChatFacts), ConvertError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| err(format!("the request body is not valid JSON: {e}")))?;
-    let Value::Object(mut req) = value else {
-        return Err(err("the request body must be a JSON object"));
-    };
-    refuse_unsupported(&req)?;
+    let (chat, facts) = chat_in::read(body).map_err(unreadable)?;
+    refuse_unsupported(&chat)?;
 
-    let stream = opt_bool(&req, "stream")?.unwrap_or(false);
-    let include_usage = match req.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => match o.get("include_usage") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(err("stream_options.include_usage must be a boolean")),
-        },
-        Some(_) => return Err(err("stream_options must be an object")),
-    };
-
-    let messages = match req.remove("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => m,
-        None | Some(Value::Null) | Some(Value::Array(_)) => {
-            return Err(err("messages is required and must be a non-empty array"));
-        }
-        Some(_) => return Err(err("messages must be an array")),
+    let messages = match chat.messages {
+        Some(m) if !m.is_empty() => m,
+        _ => return Err(err("messages is required and must be a non-empty array")),
     };
     let mut conversation = convert_messages(messages)?;
 
-    let mut tools = convert_tools(req.remove("tools"))?;
-    let mut tool_choice = convert_tool_choice(req.remove("tool_choice"), &mut tools)?;
+    let mut tools = convert_tools(chat.tools)?;
+    let mut tool_choice = convert_tool_choice(chat.tool_choice, &mut tools)?;
     if tools.is_empty() {
         tool_choice = None;
-    } else if opt_bool(&req, "parallel_tool_calls")? == Some(false) {
+    } else if chat.parallel_tool_calls == Some(false) {
         let choice = tool_choice.get_or_insert(ToolChoice::of("auto"));
         if choice.kind != "none" {
             choice.disable_parallel_tool_use = Some(true);
         }
     }
 
-    let mut budget = reasoning_budget(&req)?;
+    let mut budget = reasoning_budget(chat.reasoning_effort.as_deref())?;
     let forced = tool_choice
         .as_ref()
         .is_some_and(|c| c.kind == "any" || c.kind == "tool");
@@ -123,9 +103,9 @@ pub fn request_to_messages(body: &[u8], model: &str) -> Result<(Bytes, ChatFacts
         budget = None;
     }
 
-    let requested = match positive_int(&req, "max_completion_tokens")? {
+    let requested = match positive_int(chat.max_completion_tokens, "max_completion_tokens")? {
         Some(n) => Some(n),
-        None => positive_int(&req, "max_tokens")?,
+        None => positive_int(chat.max_tokens, "max_tokens")?,
     };
     let answer = requested.unwrap_or(DEFAULT_MAX_TOKENS);
     let max_tokens = match budget {
@@ -133,8 +113,8 @@ pub fn request_to_messages(body: &[u8], model: &str) -> Result<(Bytes, ChatFacts
         _ => answer,
     };
 
-    let mut temperature = opt_f64(&req, "temperature")?.map(|t| t.clamp(0.0, 1.0));
-    let mut top_p = opt_f64(&req, "top_p")?;
+    let mut temperature = non_negative(chat.temperature, "temperature")?.map(|t| t.clamp(0.0, 1.0));
+    let mut top_p = non_negative(chat.top_p, "top_p")?;
     if budget.is_some() {
         temperature = None;
         top_p = None;
@@ -142,6 +122,10 @@ pub fn request_to_messages(body: &[u8], model: &str) -> Result<(Bytes, ChatFacts
         top_p = None;
     }
 
+    let user_id = [chat.user, chat.safety_identifier]
+        .into_iter()
+        .flatten()
+        .find(|id| !id.is_empty());
     let out = MessagesRequest {
         model,
         max_tokens,
@@ -149,22 +133,74 @@ pub fn request_to_messages(body: &[u8], model: &str) -> Result<(Bytes, ChatFacts
         messages: conversation.turns,
         tools,
         tool_choice,
-        stop_sequences: convert_stop(req.remove("stop"))?,
+        stop_sequences: stop_sequences(chat.stop)?,
         temperature,
         top_p,
         thinking: budget.map(|budget_tokens| Thinking {
             kind: "enabled",
             budget_tokens,
         }),
-        metadata: user_id(&mut req)?.map(|user_id| Metadata { user_id }),
-        stream,
+        metadata: user_id.map(|user_id| Metadata { user_id }),
+        stream: facts.stream,
     };
     let json = serde_json::to_vec(&out).map_err(|e| err(format!("the request could not be written: {e}")))?;
-    Ok((Bytes::from(json), ChatFacts { stream, include_usage }))
+    Ok((Bytes::from(json), facts))
 }
 
-fn err(message: impl Into<String>) -> ConvertError {
-    ConvertError(message.into())
+/// A request the typed reading refused, in this converter's words: the body is not JSON or not
+/// an object, or a member is missing ("… is required") or of the wrong type ("… must be …").
+/// Members it has no words for keep the common wording.
+fn unreadable(e: ReadError) -> ConvertError {
+    if e.is_syntax() {
+        return err(format!("the request body is not valid JSON: {}", e.error()));
+    }
+    let (path, missing) = match (e.path(), e.missing_field()) {
+        (Some(path), Some(field)) => (format!("{path}.{field}"), true),
+        (Some(path), None) => (path.to_owned(), false),
+        (None, _) => return e.into(),
+    };
+    if path == "." {
+        return err("the request body must be a JSON object");
+    }
+    let what = match chat_in::without_indices(&path).as_str() {
+        "stream" | "parallel_tool_calls" | "stream_options.include_usage" => "must be a boolean",
+        "stream_options"
+        | "response_format"
+        | "messages[]"
+        | "messages[].tool_calls[]"
+        | "messages[].content[]"
+        | "tools[]" => "must be an object",
+        "messages" | "messages[].tool_calls" | "tools" => "must be an array",
+        "reasoning_effort"
+        | "user"
+        | "safety_identifier"
+        | "tools[].function.description"
+        | "messages[].content[].text"
+        | "messages[].content[].refusal" => "must be a string",
+        "max_tokens" | "max_completion_tokens" => "must be a positive integer",
+        "temperature" | "top_p" => "must be a number",
+        "messages[].role"
+        | "messages[].tool_call_id"
+        | "messages[].tool_calls[].id"
+        | "messages[].tool_calls[].function"
+        | "messages[].tool_calls[].function.name"
+        | "messages[].content[].type"
+        | "messages[].content[].file"
+        | "tools[].type"
+        | "tools[].function"
+        | "tools[].function.name"
+        | "tool_choice.type"
+        | "tool_choice.function"
+        | "tool_choice.function.name"
+        | "tool_choice.allowed_tools"
+        | "tool_choice.allowed_tools.tools" => "is required",
+        tool if tool.starts_with("tool_choice.allowed_tools.tools[]") => {
+            return err("tool_choice.allowed_tools.tools: only function tools (with a name) are supported");
+        }
+        _ if missing => "is required",
+        _ => return e.into(),
+    };
+    err(format!("{path} {what}"))
 }
 
 /// The Anthropic Messages request written.
@@ -173,14 +209,14 @@ struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<System>,
-    messages: Vec<Turn>,
+    system: Option<System<'a>>,
+    messages: Vec<Turn<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tools: Vec<Tool>,
+    tools: Vec<Tool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ToolChoice>,
+    tool_choice: Option<ToolChoice<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    stop_sequences: Vec<String>,
+    stop_sequences: Vec<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,104 +224,110 @@ struct MessagesRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     thinking: Option<Thinking>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Metadata>,
+    metadata: Option<Metadata<'a>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
 }
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum System {
+enum System<'a> {
     Text(String),
-    Blocks(Vec<Block>),
+    Blocks(Vec<Block<'a>>),
 }
 
 #[derive(Serialize)]
-struct Turn {
+struct Turn<'a> {
     role: &'static str,
-    content: Vec<Block>,
+    content: Vec<Block<'a>>,
 }
 
 /// An Anthropic content block.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Block {
+enum Block<'a> {
     Text {
-        text: String,
+        text: Cow<'a, str>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        cache_control: Option<Value>,
+        cache_control: Option<&'a RawValue>,
     },
     Image {
-        source: Source,
+        source: Source<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        cache_control: Option<Value>,
+        cache_control: Option<&'a RawValue>,
     },
     Document {
-        source: Source,
+        source: Source<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        title: Option<String>,
+        title: Option<Cow<'a, str>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        cache_control: Option<Value>,
+        cache_control: Option<&'a RawValue>,
     },
     ToolUse {
-        id: String,
-        name: String,
-        input: ToolInput,
+        id: Cow<'a, str>,
+        name: Cow<'a, str>,
+        input: ToolInput<'a>,
     },
     ToolResult {
-        tool_use_id: String,
+        tool_use_id: Cow<'a, str>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        content: Option<ToolContent>,
+        content: Option<ToolContent<'a>>,
     },
 }
 
-impl Block {
+impl Block<'_> {
     fn is_tool_result(&self) -> bool {
         matches!(self, Block::ToolResult { .. })
     }
 }
 
-/// A `tool_use` input: the call's arguments as the client wrote them, or an object.
+/// A `tool_use` input: the call's arguments as the client wrote them, or an empty object.
 #[derive(Serialize)]
 #[serde(untagged)]
-enum ToolInput {
+enum ToolInput<'a> {
     Raw(Box<RawValue>),
+    Borrowed(&'a RawValue),
     Object(Map<String, Value>),
 }
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Source {
-    Base64 { media_type: String, data: String },
-    Url { url: String },
+enum Source<'a> {
+    Base64 {
+        media_type: Cow<'a, str>,
+        data: Cow<'a, str>,
+    },
+    Url {
+        url: Cow<'a, str>,
+    },
 }
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum ToolContent {
-    Text(String),
-    Blocks(Vec<Block>),
+enum ToolContent<'a> {
+    Text(Cow<'a, str>),
+    Blocks(Vec<Block<'a>>),
 }
 
 #[derive(Serialize)]
-struct Tool {
-    name: String,
+struct Tool<'a> {
+    name: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
+    description: Option<Cow<'a, str>>,
     input_schema: Value,
 }
 
 #[derive(Serialize)]
-struct ToolChoice {
+struct ToolChoice<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
+    name: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     disable_parallel_tool_use: Option<bool>,
 }
 
-impl ToolChoice {
+impl ToolChoice<'_> {
     fn of(kind: &'static str) -> Self {
         ToolChoice {
             kind,
@@ -303,155 +345,100 @@ struct Thinking {
 }
 
 #[derive(Serialize)]
-struct Metadata {
-    user_id: String,
+struct Metadata<'a> {
+    user_id: Cow<'a, str>,
 }
 
 /// Refuses the fields whose meaning the conversion cannot keep.
-fn refuse_unsupported(req: &Map<String, Value>) -> Result<(), ConvertError> {
-    match req.get("n") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
+fn refuse_unsupported(chat: &ChatRequest<'_>) -> Result<(), ConvertError> {
+    match chat.n {
+        None | Some(1) => {}
         Some(n) => {
             return Err(err(format!(
                 "n={n} is not supported: Claude models return one choice per request; omit n or send n=1"
             )));
         }
     }
-    if req.get("logprobs") == Some(&Value::Bool(true)) {
+    if chat.logprobs == Some(true) {
         return Err(err("logprobs are not available from Claude models; omit logprobs"));
     }
-    if req.get("top_logprobs").and_then(Value::as_u64).is_some_and(|n| n > 0) {
+    if chat.top_logprobs.is_some_and(|n| n > 0) {
         return Err(err(
             "top_logprobs are not available from Claude models; omit top_logprobs",
         ));
     }
-    let audio_modality = match req.get("modalities") {
-        Some(Value::Array(m)) => m.iter().any(|v| v.as_str() == Some("audio")),
-        _ => false,
-    };
-    if audio_modality || req.get("audio").is_some_and(|v| !v.is_null()) {
+    if chat.modalities.iter().flatten().any(|m| m == "audio") || chat.audio.is_some() {
         return Err(err("audio output is not supported by Claude models; ask for text only"));
     }
-    for legacy in ["functions", "function_call"] {
-        if req.get(legacy).is_some_and(|v| !v.is_null()) {
+    for (legacy, given) in [
+        ("functions", chat.functions.is_some()),
+        ("function_call", chat.function_call.is_some()),
+    ] {
+        if given {
             return Err(err(format!(
                 "{legacy} (legacy function calling) is not supported through this relay; use tools and tool_choice"
             )));
         }
     }
-    if req.get("web_search_options").is_some_and(|v| !v.is_null()) {
+    if chat.web_search_options.is_some() {
         return Err(err(
             "web_search_options is not supported by Claude models through this relay",
         ));
     }
-    match req.get("response_format") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(f)) => match f.get("type").and_then(Value::as_str) {
-            Some("text") => Ok(()),
-            Some("json_object") => Err(err(
-                "response_format json_object is not supported by Claude models through this relay; \
-                 ask for JSON in the prompt instead",
-            )),
-            Some("json_schema") => Err(err(
-                "response_format json_schema is not supported by Claude models through this relay; \
-                 describe the schema in the prompt, or pass it as a tool's parameters and force that tool \
-                 with tool_choice",
-            )),
-            Some(other) => Err(err(format!("response_format type '{other}' is not supported"))),
-            None => Err(err("response_format.type is required")),
-        },
-        Some(_) => Err(err("response_format must be an object")),
+    match chat.response_format.as_ref().map(|f| f.kind.as_ref()) {
+        None | Some("text") => Ok(()),
+        Some("json_object") => Err(err(
+            "response_format json_object is not supported by Claude models through this relay; \
+             ask for JSON in the prompt instead",
+        )),
+        Some("json_schema") => Err(err(
+            "response_format json_schema is not supported by Claude models through this relay; \
+             describe the schema in the prompt, or pass it as a tool's parameters and force that tool \
+             with tool_choice",
+        )),
+        Some(other) => Err(err(format!("response_format type '{other}' is not supported"))),
     }
 }
 
-fn opt_bool(req: &Map<String, Value>, key: &str) -> Result<Option<bool>, ConvertError> {
-    match req.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(err(format!("{key} must be a boolean"))),
+fn non_negative(value: Option<f64>, key: &str) -> Result<Option<f64>, ConvertError> {
+    match value {
+        Some(v) if !(v.is_finite() && v >= 0.0) => Err(err(format!("{key} must be a number of at least 0"))),
+        v => Ok(v),
     }
 }
 
-fn opt_f64(req: &Map<String, Value>, key: &str) -> Result<Option<f64>, ConvertError> {
-    match req.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(Some)
-            .ok_or_else(|| err(format!("{key} must be a number of at least 0"))),
-        Some(_) => Err(err(format!("{key} must be a number"))),
-    }
-}
-
-fn positive_int(req: &Map<String, Value>, key: &str) -> Result<Option<u64>, ConvertError> {
-    match req.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => Ok(Some(n)),
-            _ => Err(err(format!("{key} must be a positive integer"))),
-        },
+fn positive_int(value: Option<u64>, key: &str) -> Result<Option<u64>, ConvertError> {
+    match value {
+        Some(0) => Err(err(format!("{key} must be a positive integer"))),
+        n => Ok(n),
     }
 }
 
 /// The thinking budget `reasoning_effort` asks for.
-fn reasoning_budget(req: &Map<String, Value>) -> Result<Option<u64>, ConvertError> {
-    match req.get("reasoning_effort") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(effort)) => REASONING_BUDGETS
-            .iter()
-            .find(|(name, _)| name == effort)
-            .map(|(_, budget)| *budget)
-            .ok_or_else(|| {
-                err(format!(
-                    "reasoning_effort '{effort}' is not supported; use none, minimal, low, medium or high"
-                ))
-            }),
-        Some(_) => Err(err("reasoning_effort must be a string")),
-    }
-}
-
-fn convert_stop(stop: Option<Value>) -> Result<Vec<String>, ConvertError> {
-    let sequences = match stop {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s),
-                _ => Err(err("stop must be a string or an array of strings")),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(err("stop must be a string or an array of strings")),
-    };
-    Ok(sequences.into_iter().filter(|s| !s.is_empty()).collect())
-}
-
-/// `user`, else `safety_identifier`: the end user the request is made for.
-fn user_id(req: &mut Map<String, Value>) -> Result<Option<String>, ConvertError> {
-    for key in ["user", "safety_identifier"] {
-        match req.remove(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s.is_empty() => {}
-            Some(Value::String(s)) => return Ok(Some(s)),
-            Some(_) => return Err(err(format!("{key} must be a string"))),
-        }
-    }
-    Ok(None)
+fn reasoning_budget(effort: Option<&str>) -> Result<Option<u64>, ConvertError> {
+    let Some(effort) = effort else { return Ok(None) };
+    REASONING_BUDGETS
+        .iter()
+        .find(|(name, _)| *name == effort)
+        .map(|(_, budget)| *budget)
+        .ok_or_else(|| {
+            err(format!(
+                "reasoning_effort '{effort}' is not supported; use none, minimal, low, medium or high"
+            ))
+        })
 }
 
 /// The messages, sorted into the system prompt and alternating turns.
 #[derive(Default)]
-struct Conversation {
-    system: Vec<(String, Option<Value>)>,
-    turns: Vec<Turn>,
+struct Conversation<'a> {
+    system: Vec<(Cow<'a, str>, Option<&'a RawValue>)>,
+    turns: Vec<Turn<'a>>,
     /// The last assistant message holds tool calls.
     last_assistant_calls_tools: bool,
 }
 
-impl Conversation {
-    fn push(&mut self, role: &'static str, blocks: Vec<Block>) {
+impl<'a> Conversation<'a> {
+    fn push(&mut self, role: &'static str, blocks: Vec<Block<'a>>) {
         if blocks.is_empty() {
             return;
         }
@@ -461,7 +448,7 @@ impl Conversation {
         }
     }
 
-    fn system(&mut self) -> Option<System> {
+    fn system(&mut self) -> Option<System<'a>> {
         if self.system.is_empty() {
             return None;
         }
@@ -473,39 +460,54 @@ impl Conversation {
                 .collect();
             return Some(System::Blocks(blocks));
         }
-        let mut parts = parts.into_iter().map(|(text, _)| text);
-        let mut joined = parts.next().unwrap_or_default();
-        for text in parts {
-            joined.push_str("\n\n");
-            joined.push_str(&text);
-        }
-        Some(System::Text(joined))
+        let texts: Vec<Cow<'a, str>> = parts.into_iter().map(|(text, _)| text).collect();
+        Some(System::Text(texts.join("\n\n")))
     }
 }
 
-fn convert_messages(messages: Vec<Value>) -> Result<Conversation, ConvertError> {
+fn convert_messages(messages: Vec<ChatMessage<'_>>) -> Result<Conversation<'_>, ConvertError> {
     let mut conv = Conversation::default();
-    for (i, message) in messages.into_iter().enumerate() {
-        let Value::Object(mut m) = message else {
-            return Err(err(format!("messages[{i}] must be an object")));
-        };
-        let role = match m.remove("role") {
-            Some(Value::String(role)) => role,
-            _ => return Err(err(format!("messages[{i}].role is required"))),
-        };
-        match role.as_str() {
-            "system" | "developer" => system_message(i, m.remove("content"), &mut conv.system)?,
+    for (i, m) in messages.into_iter().enumerate() {
+        let ChatMessage {
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+            function_call,
+            audio,
+            ..
+        } = m;
+        match role.as_ref() {
+            "system" | "developer" => {
+                for block in content_blocks(i, content, Part::System)? {
+                    if let Block::Text { text, cache_control } = block {
+                        conv.system.push((text, cache_control));
+                    }
+                }
+            }
             "user" => {
-                let blocks = content_blocks(i, m.remove("content"), Part::User)?;
+                let blocks = content_blocks(i, content, Part::User)?;
                 conv.push("user", blocks);
             }
             "assistant" => {
-                let (blocks, calls_tools) = assistant_message(i, m)?;
-                conv.last_assistant_calls_tools = calls_tools;
+                if function_call.is_some() {
+                    return Err(err(format!(
+                        "messages[{i}].function_call (legacy function calling) is not supported; use tool_calls"
+                    )));
+                }
+                if audio.is_some() {
+                    return Err(err(format!("messages[{i}].audio is not supported by Claude models")));
+                }
+                let mut blocks = content_blocks(i, content, Part::Assistant)?;
+                let calls = tool_calls.unwrap_or_default();
+                conv.last_assistant_calls_tools = !calls.is_empty();
+                for (k, call) in calls.into_iter().enumerate() {
+                    blocks.push(tool_use(i, k, call)?);
+                }
                 conv.push("assistant", blocks);
             }
             "tool" => {
-                let block = tool_message(i, m)?;
+                let block = tool_message(i, tool_call_id, content)?;
                 conv.push("user", vec![block]);
             }
             "function" => {
@@ -530,117 +532,51 @@ fn convert_messages(messages: Vec<Value>) -> Result<Conversation, ConvertError> 
     Ok(conv)
 }
 
-fn system_message(
-    i: usize,
-    content: Option<Value>,
-    system: &mut Vec<(String, Option<Value>)>,
-) -> Result<(), ConvertError> {
-    for block in content_blocks(i, content, Part::System)? {
-        if let Block::Text { text, cache_control } = block {
-            system.push((text, cache_control));
-        }
-    }
-    Ok(())
-}
-
-/// The content blocks and whether the message calls tools.
-fn assistant_message(i: usize, mut m: Map<String, Value>) -> Result<(Vec<Block>, bool), ConvertError> {
-    if m.get("function_call").is_some_and(|v| !v.is_null()) {
-        return Err(err(format!(
-            "messages[{i}].function_call (legacy function calling) is not supported; use tool_calls"
-        )));
-    }
-    if m.get("audio").is_some_and(|v| !v.is_null()) {
-        return Err(err(format!("messages[{i}].audio is not supported by Claude models")));
-    }
-    let mut blocks = content_blocks(i, m.remove("content"), Part::Assistant)?;
-    let calls = match m.remove("tool_calls") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(calls)) => calls,
-        Some(_) => return Err(err(format!("messages[{i}].tool_calls must be an array"))),
-    };
-    let calls_tools = !calls.is_empty();
-    for (k, call) in calls.into_iter().enumerate() {
-        blocks.push(tool_use(i, k, call)?);
-    }
-    Ok((blocks, calls_tools))
-}
-
 /// One `tool_calls` entry as a `tool_use` block.
-fn tool_use(i: usize, k: usize, call: Value) -> Result<Block, ConvertError> {
-    let at = || format!("messages[{i}].tool_calls[{k}]");
-    let Value::Object(mut call) = call else {
-        return Err(err(format!("{} must be an object", at())));
-    };
-    match call.get("type").and_then(Value::as_str) {
-        None | Some("function") => {}
-        Some(other) => {
-            return Err(err(format!(
-                "{}: tool call type '{other}' is not supported; only function calls are",
-                at()
-            )));
-        }
-    }
-    let id = match call.remove("id") {
-        Some(Value::String(id)) if !id.is_empty() => tool_id(id),
-        _ => return Err(err(format!("{}.id is required", at()))),
-    };
-    let Some(Value::Object(mut function)) = call.remove("function") else {
-        return Err(err(format!("{}.function is required", at())));
-    };
-    let name = match function.remove("name") {
-        Some(Value::String(name)) if !name.is_empty() => name,
-        _ => return Err(err(format!("{}.function.name is required", at()))),
-    };
-    let input = match function.remove("arguments") {
-        None | Some(Value::Null) => ToolInput::Object(Map::new()),
-        Some(Value::String(args)) if args.trim().is_empty() => ToolInput::Object(Map::new()),
-        Some(Value::String(args)) => {
-            let raw = RawValue::from_string(args).map_err(|e| {
-                err(format!(
-                    "{}: the arguments of tool call '{id}' ({name}) are not valid JSON: {e}",
-                    at()
-                ))
-            })?;
-            if !raw.get().trim_start().starts_with('{') {
-                return Err(err(format!(
-                    "{}: the arguments of tool call '{id}' ({name}) must be a JSON object",
-                    at()
-                )));
-            }
-            ToolInput::Raw(raw)
-        }
-        Some(Value::Object(args)) => ToolInput::Object(args),
-        Some(_) => {
-            return Err(err(format!(
-                "{}: the arguments of tool call '{id}' ({name}) must be a JSON string",
-                at()
-            )));
+fn tool_use<'a>(i: usize, k: usize, call: ChatToolCall<'a>) -> Result<Block<'a>, ConvertError> {
+    let at = format!("messages[{i}].tool_calls[{k}]");
+    let call = chat_in::tool_call(call, &at)?;
+    let (id, name) = (tool_id(call.id), call.name);
+    let input = match chat_in::arguments(call.arguments) {
+        Ok(Arguments::Empty) => ToolInput::Object(Map::new()),
+        Ok(Arguments::Object(object)) => ToolInput::Borrowed(object),
+        Ok(Arguments::Text(object)) => ToolInput::Raw(object),
+        Err(e) => {
+            let what = match e {
+                ArgumentsError::NotJson(e) => format!("are not valid JSON: {e}"),
+                ArgumentsError::NotObject => "must be a JSON object".to_owned(),
+                ArgumentsError::NotString => "must be a JSON string".to_owned(),
+            };
+            return Err(err(format!("{at}: the arguments of tool call '{id}' ({name}) {what}")));
         }
     };
     Ok(Block::ToolUse { id, name, input })
 }
 
 /// A tool call id as Anthropic accepts it (`^[a-zA-Z0-9_-]+$`).
-fn tool_id(id: String) -> String {
+fn tool_id(id: Cow<'_, str>) -> Cow<'_, str> {
     let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if id.chars().all(ok) {
         id
     } else {
-        id.chars().map(|c| if ok(c) { c } else { '_' }).collect()
+        Cow::Owned(id.chars().map(|c| if ok(c) { c } else { '_' }).collect())
     }
 }
 
-fn tool_message(i: usize, mut m: Map<String, Value>) -> Result<Block, ConvertError> {
-    let tool_use_id = match m.remove("tool_call_id") {
-        Some(Value::String(id)) if !id.is_empty() => tool_id(id),
+fn tool_message<'a>(
+    i: usize,
+    tool_call_id: Option<Cow<'a, str>>,
+    content: Option<&'a RawValue>,
+) -> Result<Block<'a>, ConvertError> {
+    let tool_use_id = match tool_call_id {
+        Some(id) if !id.is_empty() => tool_id(id),
         _ => return Err(err(format!("messages[{i}].tool_call_id is required"))),
     };
-    let content = match m.remove("content") {
-        Some(Value::String(text)) if text.is_empty() => None,
-        Some(Value::String(text)) => Some(ToolContent::Text(text)),
-        other => {
-            let blocks = content_blocks(i, other, Part::Tool)?;
+    let content = match read_content(i, content)? {
+        Content::Text(text) if text.is_empty() => None,
+        Content::Text(text) => Some(ToolContent::Text(text)),
+        Content::Parts(parts) => {
+            let blocks = part_blocks(i, parts, Part::Tool)?;
             (!blocks.is_empty()).then_some(ToolContent::Blocks(blocks))
         }
     };
@@ -656,62 +592,76 @@ enum Part {
     Tool,
 }
 
+/// Message `i`'s `content`.
+fn read_content(i: usize, content: Option<&RawValue>) -> Result<Content<'_>, ConvertError> {
+    chat_in::content(i, content).map_err(|e| match e {
+        ContentError::NotTextOrParts(_) => err(format!(
+            "messages[{i}].content must be a string or an array of content parts"
+        )),
+        ContentError::Invalid(e) => unreadable(e),
+        ContentError::NoText(j) => err(format!("messages[{i}].content[{j}].text must be a string")),
+    })
+}
+
 /// A message's `content` (a string or parts) as blocks; empty text is dropped.
-fn content_blocks(i: usize, content: Option<Value>, role: Part) -> Result<Vec<Block>, ConvertError> {
-    match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
-        Some(Value::String(text)) => Ok(vec![Block::Text {
+fn content_blocks(i: usize, content: Option<&RawValue>, role: Part) -> Result<Vec<Block<'_>>, ConvertError> {
+    match read_content(i, content)? {
+        Content::Text(text) if text.is_empty() => Ok(Vec::new()),
+        Content::Text(text) => Ok(vec![Block::Text {
             text,
             cache_control: None,
         }]),
-        Some(Value::Array(parts)) => {
-            let mut blocks = Vec::with_capacity(parts.len());
-            for (j, part) in parts.into_iter().enumerate() {
-                if let Some(block) = content_part(i, j, part, role)? {
-                    blocks.push(block);
-                }
-            }
-            Ok(blocks)
-        }
-        Some(_) => Err(err(format!(
-            "messages[{i}].content must be a string or an array of content parts"
-        ))),
+        Content::Parts(parts) => part_blocks(i, parts, role),
     }
 }
 
-fn content_part(i: usize, j: usize, part: Value, role: Part) -> Result<Option<Block>, ConvertError> {
+fn part_blocks<'a>(i: usize, parts: Vec<ContentPart<'a>>, role: Part) -> Result<Vec<Block<'a>>, ConvertError> {
+    let mut blocks = Vec::with_capacity(parts.len());
+    for (j, part) in parts.into_iter().enumerate() {
+        if let Some(block) = content_part(i, j, part, role)? {
+            blocks.push(block);
+        }
+    }
+    Ok(blocks)
+}
+
+/// A part's `cache_control`, when it is an object.
+fn cache_mark(cache_control: Option<&RawValue>) -> Option<&RawValue> {
+    cache_control.filter(|c| c.get().starts_with('{'))
+}
+
+fn content_part<'a>(i: usize, j: usize, part: ContentPart<'a>, role: Part) -> Result<Option<Block<'a>>, ConvertError> {
     let at = || format!("messages[{i}].content[{j}]");
-    let Value::Object(mut part) = part else {
-        return Err(err(format!("{} must be an object", at())));
+    let part: ChatPart<'a> = match part {
+        ContentPart::Text { text, cache_control } => {
+            return Ok((!text.is_empty()).then(|| Block::Text {
+                text,
+                cache_control: cache_mark(cache_control),
+            }));
+        }
+        ContentPart::Other(part) => part,
     };
-    let kind = match part.remove("type") {
-        Some(Value::String(kind)) => kind,
-        _ => return Err(err(format!("{}.type is required", at()))),
-    };
-    let cache_control = part.remove("cache_control").filter(Value::is_object);
-    match (kind.as_str(), role) {
-        ("text", _) | ("refusal", Part::Assistant) => {
-            let text = match part.remove(kind.as_str()) {
-                Some(Value::String(text)) => text,
-                _ => return Err(err(format!("{}.{kind} must be a string", at()))),
+    let cache_control = cache_mark(part.cache_control);
+    match (part.kind.as_ref(), role) {
+        ("refusal", Part::Assistant) => {
+            let Some(text) = part.refusal else {
+                return Err(err(format!("{}.refusal must be a string", at())));
             };
             Ok((!text.is_empty()).then_some(Block::Text { text, cache_control }))
         }
         ("image_url", Part::User | Part::Tool) => {
-            let url = match part.remove("image_url") {
-                Some(Value::Object(mut image)) => match image.remove("url") {
-                    Some(Value::String(url)) => url,
-                    _ => return Err(err(format!("{}.image_url.url is required", at()))),
-                },
-                Some(Value::String(url)) => url,
-                _ => return Err(err(format!("{}.image_url is required", at()))),
+            let url = match part.image_url.map(chat_in::image_url) {
+                Some(ImageUrl::Url(url)) => url,
+                Some(ImageUrl::NoUrl) => {
+                    return Err(err(format!("{}.image_url.url is required", at())));
+                }
+                Some(ImageUrl::Invalid) | None => return Err(err(format!("{}.image_url is required", at()))),
             };
             let source = image_source(url).map_err(|m| err(format!("{}: {m}", at())))?;
             Ok(Some(Block::Image { source, cache_control }))
         }
         ("file", Part::User) => {
-            let Some(Value::Object(file)) = part.remove("file") else {
+            let Some(file) = part.file else {
                 return Err(err(format!("{}.file is required", at())));
             };
             document(file, cache_control)
@@ -739,15 +689,15 @@ fn content_part(i: usize, j: usize, part: Value, role: Part) -> Result<Option<Bl
 const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/webp"];
 
 /// An image URL as an Anthropic image source.
-fn image_source(url: String) -> Result<Source, String> {
+fn image_source(url: Cow<'_, str>) -> Result<Source<'_>, String> {
     if has_prefix(&url, "data:") {
         let (media_type, data) = data_url(url)?;
         let media_type = if media_type == "image/jpg" {
-            "image/jpeg".to_owned()
+            Cow::Borrowed("image/jpeg")
         } else {
             media_type
         };
-        if !IMAGE_TYPES.contains(&media_type.as_str()) {
+        if !IMAGE_TYPES.contains(&media_type.as_ref()) {
             return Err(format!(
                 "image type '{media_type}' is not supported by Claude models (JPEG, PNG, GIF and WebP are)"
             ));
@@ -761,17 +711,17 @@ fn image_source(url: String) -> Result<Source, String> {
 }
 
 /// A `file` part with inline PDF data as a document block.
-fn document(mut file: Map<String, Value>, cache_control: Option<Value>) -> Result<Block, String> {
-    let data = match file.remove("file_data") {
-        Some(Value::String(data)) => data,
-        _ if file.get("file_id").is_some_and(|v| !v.is_null()) => {
+fn document<'a>(file: ChatFile<'a>, cache_control: Option<&'a RawValue>) -> Result<Block<'a>, String> {
+    let data = match file.file_data {
+        Some(data) => data,
+        None if file.file_id.is_some() => {
             return Err(
                 "file_id references are not supported through this relay; send the file inline as file_data \
                  (a base64 PDF data: URL)"
                     .to_owned(),
             );
         }
-        _ => return Err("file.file_data is required".to_owned()),
+        None => return Err("file.file_data is required".to_owned()),
     };
     if !has_prefix(&data, "data:") {
         return Err("file.file_data must be a base64 data: URL (data:application/pdf;base64,...)".to_owned());
@@ -782,118 +732,84 @@ fn document(mut file: Map<String, Value>, cache_control: Option<Value>) -> Resul
             "file type '{media_type}' is not supported through this relay; only PDF files are"
         ));
     }
-    let title = match file.remove("filename") {
-        Some(Value::String(name)) if !name.is_empty() => Some(name),
-        _ => None,
-    };
     Ok(Block::Document {
         source: Source::Base64 { media_type, data },
-        title,
+        title: file.filename.filter(|name| !name.is_empty()),
         cache_control,
     })
 }
 
-/// `s` starts with the ASCII `prefix`, in any case.
-fn has_prefix(s: &str, prefix: &str) -> bool {
-    s.get(..prefix.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+/// A base64 `data:` URL's media type (lowercase) and data.
+fn data_url(url: Cow<'_, str>) -> Result<(Cow<'_, str>, Cow<'_, str>), String> {
+    chat_in::data_url(url).map_err(|e| {
+        match e {
+            DataUrlError::NoComma => "malformed data: URL (no comma)",
+            DataUrlError::NotBase64 => "a data: URL must be base64-encoded (data:<type>;base64,...)",
+        }
+        .to_owned()
+    })
 }
 
-/// A base64 `data:` URL's media type (lowercase) and data; the data keeps the URL's allocation.
-fn data_url(mut url: String) -> Result<(String, String), String> {
-    let Some(comma) = url.find(',') else {
-        return Err("malformed data: URL (no comma)".to_owned());
-    };
-    let header = url.get("data:".len()..comma).unwrap_or_default();
-    let mut params = header.split(';');
-    let media_type = params.next().unwrap_or_default().trim().to_ascii_lowercase();
-    if !params.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
-        return Err("a data: URL must be base64-encoded (data:<type>;base64,...)".to_owned());
-    }
-    url.replace_range(..=comma, "");
-    Ok((media_type, url))
-}
-
-fn convert_tools(tools: Option<Value>) -> Result<Vec<Tool>, ConvertError> {
-    let items = match tools {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(err("tools must be an array")),
-    };
-    items
+fn convert_tools(tools: Option<Vec<ChatTool<'_>>>) -> Result<Vec<Tool<'_>>, ConvertError> {
+    tools
         .into_iter()
+        .flatten()
         .enumerate()
         .map(|(k, tool)| convert_tool(k, tool))
         .collect()
 }
 
-fn convert_tool(k: usize, tool: Value) -> Result<Tool, ConvertError> {
-    let Value::Object(mut tool) = tool else {
-        return Err(err(format!("tools[{k}] must be an object")));
-    };
-    match tool.get("type").and_then(Value::as_str) {
-        Some("function") => {}
-        Some(other) => {
-            return Err(err(format!(
-                "tools[{k}]: tool type '{other}' is not supported through this relay; only function tools are"
-            )));
-        }
-        None => return Err(err(format!("tools[{k}].type is required"))),
-    }
-    let Some(Value::Object(mut function)) = tool.remove("function") else {
-        return Err(err(format!("tools[{k}].function is required")));
-    };
-    let name = match function.remove("name") {
-        Some(Value::String(name)) if !name.is_empty() => name,
-        _ => return Err(err(format!("tools[{k}].function.name is required"))),
-    };
-    let description = match function.remove("description") {
-        Some(Value::String(d)) if !d.is_empty() => Some(d),
-        None | Some(Value::Null) | Some(Value::String(_)) => None,
-        Some(_) => return Err(err(format!("tools[{k}].function.description must be a string"))),
-    };
-    let input_schema = match function.remove("parameters") {
-        None | Some(Value::Null) => {
+fn convert_tool(k: usize, tool: ChatTool<'_>) -> Result<Tool<'_>, ConvertError> {
+    let function = chat_in::function_tool(k, tool, |other| {
+        err(format!(
+            "tools[{k}]: tool type '{other}' is not supported through this relay; only function tools are"
+        ))
+    })?;
+    let not_schema = || err(format!("tools[{k}].function.parameters must be a JSON Schema object"));
+    let input_schema = match function.parameters {
+        None => {
             let mut schema = Map::new();
             schema.insert("type".to_owned(), Value::from("object"));
             schema.insert("properties".to_owned(), Value::Object(Map::new()));
             Value::Object(schema)
         }
-        Some(Value::Object(mut schema)) => {
+        Some(raw) if raw.get().starts_with('{') => {
+            let mut schema: Map<String, Value> = serde_json::from_str(raw.get()).map_err(|_| not_schema())?;
             if !schema.contains_key("type") {
                 schema.insert("type".to_owned(), Value::from("object"));
             }
             Value::Object(schema)
         }
-        Some(_) => {
-            return Err(err(format!(
-                "tools[{k}].function.parameters must be a JSON Schema object"
-            )));
-        }
+        Some(_) => return Err(not_schema()),
     };
     Ok(Tool {
-        name,
-        description,
+        name: function.name,
+        description: function.description,
         input_schema,
     })
 }
 
 /// `tool_choice` as Anthropic's; `allowed_tools` narrows `tools` to the ones it names.
-fn convert_tool_choice(choice: Option<Value>, tools: &mut Vec<Tool>) -> Result<Option<ToolChoice>, ConvertError> {
-    let mut choice = match choice {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(mode)) => return mode_choice(&mode).map(Some),
-        Some(Value::Object(choice)) => choice,
-        Some(_) => return Err(err("tool_choice must be a string or an object")),
+fn convert_tool_choice<'a>(
+    choice: Option<&'a RawValue>,
+    tools: &mut Vec<Tool<'a>>,
+) -> Result<Option<ToolChoice<'a>>, ConvertError> {
+    let Some(raw) = choice else { return Ok(None) };
+    if !raw.get().starts_with(['"', '{']) {
+        return Err(err("tool_choice must be a string or an object"));
+    }
+    let choice = match chat_in::tool_choice(raw, "tool_choice").map_err(unreadable)? {
+        None => return Ok(None),
+        Some(chat_in::ToolChoice::Mode(mode)) => return mode_choice(&mode).map(Some),
+        Some(chat_in::ToolChoice::Object(choice)) => choice,
     };
-    match choice.get("type").and_then(Value::as_str) {
+    match choice.kind.as_deref() {
         Some("function") => {
-            let name = match choice.remove("function") {
-                Some(Value::Object(mut f)) => match f.remove("name") {
-                    Some(Value::String(name)) => name,
-                    _ => return Err(err("tool_choice.function.name is required")),
-                },
-                _ => return Err(err("tool_choice.function is required")),
+            let Some(function) = choice.function else {
+                return Err(err("tool_choice.function is required"));
+            };
+            let Some(name) = function.name else {
+                return Err(err("tool_choice.function.name is required"));
             };
             if !tools.iter().any(|t| t.name == name) {
                 return Err(err(format!(
@@ -906,11 +822,10 @@ fn convert_tool_choice(choice: Option<Value>, tools: &mut Vec<Tool>) -> Result<O
             }))
         }
         Some("allowed_tools") => {
-            let Some(Value::Object(allowed)) = choice.get("allowed_tools") else {
+            let Some(allowed) = choice.allowed_tools else {
                 return Err(err("tool_choice.allowed_tools is required"));
             };
-            let mode = allowed.get("mode").and_then(Value::as_str).unwrap_or("auto");
-            let kind = match mode {
+            let kind = match allowed.mode.as_deref().unwrap_or("auto") {
                 "auto" => "auto",
                 "required" => "any",
                 other => {
@@ -919,27 +834,11 @@ fn convert_tool_choice(choice: Option<Value>, tools: &mut Vec<Tool>) -> Result<O
                     )));
                 }
             };
-            let Some(Value::Array(list)) = allowed.get("tools") else {
+            let Some(list) = allowed.tools else {
                 return Err(err("tool_choice.allowed_tools.tools is required"));
             };
-            let mut names = Vec::with_capacity(list.len());
-            for entry in list {
-                let name = entry
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .or_else(|| entry.get("name"))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        err("tool_choice.allowed_tools.tools: only function tools (with a name) are supported")
-                    })?;
-                if !tools.iter().any(|t| t.name == name) {
-                    return Err(err(format!(
-                        "tool_choice.allowed_tools names function '{name}', which is not in tools"
-                    )));
-                }
-                names.push(name);
-            }
-            tools.retain(|t| names.contains(&t.name.as_str()));
+            let names = chat_in::allowed_names(list, "tool_choice", |name| tools.iter().any(|t| t.name == name))?;
+            tools.retain(|t| names.contains(&t.name));
             Ok(Some(ToolChoice::of(kind)))
         }
         Some(other) => Err(err(format!("tool_choice type '{other}' is not supported"))),
@@ -947,7 +846,7 @@ fn convert_tool_choice(choice: Option<Value>, tools: &mut Vec<Tool>) -> Result<O
     }
 }
 
-fn mode_choice(mode: &str) -> Result<ToolChoice, ConvertError> {
+fn mode_choice(mode: &str) -> Result<ToolChoice<'static>, ConvertError> {
     match mode {
         "auto" => Ok(ToolChoice::of("auto")),
         "none" => Ok(ToolChoice::of("none")),

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{chat_error, finish_reason, unix_now};
+use super::{chat_error, finish_reason};
 use crate::convert::ConvertError;
-use crate::convert::chat_out::{ChatUsage, Completion, Message, ToolCall};
+use crate::convert::chat_out::{ChatUsage, Completion, Message, ToolCall, unix_now, upstream_message};
 use crate::usage::TokenUsage;
 use crate::usage::sse::parse_json_usage;
 
@@ -120,31 +120,8 @@ pub fn error_from_anthropic(status: u16, body: &[u8]) -> Bytes {
         Ok(Body { error: None, message }) => (None, message),
         Err(_) => (None, None),
     };
-    let message = match message {
-        Some(m) if !m.trim().is_empty() => m,
-        _ => Cow::Owned(status_message(status)),
-    };
-    let error = chat_error(kind.as_deref(), Some(status), &message);
-    match serde_json::to_vec(&error) {
-        Ok(json) => Bytes::from(json),
-        Err(e) => {
-            tracing::error!(error = %e, "could not write an error body");
-            Bytes::from_static(
-                br#"{"error":{"message":"Upstream error","type":"server_error","param":null,"code":null}}"#,
-            )
-        }
-    }
-}
-
-/// A message for an error answer that did not say what went wrong.
-fn status_message(status: u16) -> String {
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason());
-    match reason {
-        Some(reason) => format!("The upstream answered HTTP {status} {reason}"),
-        None => format!("The upstream answered HTTP {status}"),
-    }
+    let message = upstream_message(message, status);
+    chat_error(kind.as_deref(), Some(status), &message).to_body()
 }
 
 /// Adds a block's text to what is gathered so far (the first text is kept borrowed).

@@ -28,7 +28,8 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{chat_error, finish_reason, unix_now};
+use super::{chat_error, finish_reason};
+use crate::convert::chat_out::unix_now;
 use crate::convert::chat_out::{
     self, ChatUsage, Delta, ToolCallDelta, write_chunk, write_error_end, write_usage_chunk,
 };

@@ -158,11 +158,6 @@ fn compact_json(json: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// Seconds since the Unix epoch, for `created`.
-fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 #[cfg(test)]
 mod request_tests;
 #[cfg(test)]

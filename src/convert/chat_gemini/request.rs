@@ -55,11 +55,14 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::convert::ConvertError;
-use crate::convert::chat_anthropic::ChatFacts;
+use crate::convert::chat_in::{
+    self, Arguments, ArgumentsError, ChatFacts, ChatMessage, ChatPart, ChatRequest, ChatTool, ContentError,
+    ContentPart, ImageUrl, NamedFunction, ResponseFormat, ToolChoice, err, has_prefix, stop_sequences,
+};
 
 /// The thinking budget (in tokens) of each `reasoning_effort`: the budgets Google's own Chat
 /// Completions layer uses for `low`, `medium` and `high`; `minimal` the least every 2.5 model
@@ -78,31 +81,15 @@ const FOREIGN_SIGNATURE: &str = "skip_thought_signature_validator";
 
 /// Chat Completions request JSON → Gemini `GenerateContentRequest` JSON (without the model).
 pub fn request_to_gemini(body: &[u8]) -> Result<(Bytes, ChatFacts), ConvertError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let chat: ChatRequest<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        err(format!(
-            "invalid Chat Completions request at `{}`: {}",
-            e.path(),
-            e.inner()
-        ))
-    })?;
-    de.end()
-        .map_err(|e| err(format!("invalid Chat Completions request: {e}")))?;
+    let (chat, facts) = chat_in::read(body)?;
     refuse_unsupported(&chat)?;
-    let facts = ChatFacts {
-        stream: chat.stream.unwrap_or(false),
-        include_usage: chat
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
-    };
 
-    if chat.messages.is_empty() {
+    let messages = chat.messages.unwrap_or_default();
+    if messages.is_empty() {
         return Err(err("messages is required and must be a non-empty array"));
     }
     let mut conversation = Conversation::default();
-    for (i, message) in chat.messages.into_iter().enumerate() {
+    for (i, message) in messages.into_iter().enumerate() {
         conversation.message(i, message)?;
     }
     if conversation.contents.is_empty() {
@@ -117,7 +104,8 @@ pub fn request_to_gemini(body: &[u8]) -> Result<(Bytes, ChatFacts), ConvertError
         declarations.push(function_tool(k, tool)?);
     }
     for (k, function) in chat.functions.into_iter().flatten().enumerate() {
-        declarations.push(declaration(function, || format!("functions[{k}]"))?);
+        let at = || format!("functions[{k}]");
+        declarations.push(declaration(chat_in::named_function(function, &at())?, at)?);
     }
     let choice = match (chat.tool_choice, chat.function_call) {
         (Some(choice), _) => tool_choice(choice, "tool_choice", &mut declarations)?,
@@ -170,10 +158,6 @@ pub fn request_to_gemini(body: &[u8]) -> Result<(Bytes, ChatFacts), ConvertError
     Ok((Bytes::from(json), facts))
 }
 
-fn err(message: impl Into<String>) -> ConvertError {
-    ConvertError(message.into())
-}
-
 /// Fields whose effect Gemini cannot give.
 fn refuse_unsupported(chat: &ChatRequest<'_>) -> Result<(), ConvertError> {
     if chat.logprobs == Some(true) || chat.top_logprobs.is_some_and(|n| n > 0) {
@@ -199,183 +183,6 @@ fn refuse_unsupported(chat: &ChatRequest<'_>) -> Result<(), ConvertError> {
     }
     Ok(())
 }
-
-// ---------------------------------------------------------------------------------------------
-// What is read of the Chat request
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct ChatRequest<'a> {
-    #[serde(borrow, default)]
-    messages: Vec<ChatMessage<'a>>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(borrow, default)]
-    tools: Option<Vec<ChatTool<'a>>>,
-    #[serde(borrow, default)]
-    tool_choice: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    functions: Option<Vec<ChatFunction<'a>>>,
-    #[serde(borrow, default)]
-    function_call: Option<&'a RawValue>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    temperature: Option<f64>,
-    #[serde(default)]
-    top_p: Option<f64>,
-    #[serde(default)]
-    top_k: Option<u64>,
-    #[serde(borrow, default)]
-    stop: Option<&'a RawValue>,
-    #[serde(default)]
-    n: Option<u64>,
-    #[serde(default)]
-    presence_penalty: Option<f64>,
-    #[serde(default)]
-    frequency_penalty: Option<f64>,
-    #[serde(default)]
-    seed: Option<i64>,
-    #[serde(borrow, default)]
-    response_format: Option<ResponseFormat<'a>>,
-    #[serde(borrow, default)]
-    reasoning_effort: Option<Cow<'a, str>>,
-    #[serde(default)]
-    logprobs: Option<bool>,
-    #[serde(default)]
-    top_logprobs: Option<u64>,
-    #[serde(borrow, default)]
-    logit_bias: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    modalities: Option<Vec<Cow<'a, str>>>,
-    #[serde(borrow, default)]
-    audio: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    web_search_options: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct ChatMessage<'a> {
-    #[serde(borrow)]
-    role: Cow<'a, str>,
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ChatToolCall<'a>>>,
-    #[serde(borrow, default)]
-    tool_call_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    function_call: Option<ChatFunctionCall<'a>>,
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    audio: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ChatToolCall<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    function: Option<ChatFunctionCall<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatFunctionCall<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    arguments: Option<&'a RawValue>,
-}
-
-/// One part of an array `content`.
-#[derive(Deserialize)]
-struct ChatPart<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    image_url: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    input_audio: Option<ChatAudio<'a>>,
-    #[serde(borrow, default)]
-    file: Option<ChatFile<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatImage<'a> {
-    #[serde(borrow, default)]
-    url: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ChatAudio<'a> {
-    #[serde(borrow, default)]
-    data: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    format: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ChatFile<'a> {
-    #[serde(borrow, default)]
-    file_data: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    file_id: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ChatTool<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    function: Option<ChatFunction<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatFunction<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    description: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    parameters: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ResponseFormat<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    json_schema: Option<JsonSchema<'a>>,
-}
-
-#[derive(Deserialize)]
-struct JsonSchema<'a> {
-    #[serde(borrow, default)]
-    schema: Option<&'a RawValue>,
-}
-
-/// A JSON string, borrowed from the body when it has no escapes.
-#[derive(Deserialize)]
-struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 // ---------------------------------------------------------------------------------------------
 // The Gemini request written
@@ -595,7 +402,7 @@ impl<'a> Conversation<'a> {
             "system" | "developer" => {
                 for (j, part) in parts(i, m.content)?.into_iter().enumerate() {
                     match part {
-                        ContentPart::Text(text) => self.system.push(Part::text(text)),
+                        ContentPart::Text { text, .. } => self.system.push(Part::text(text)),
                         ContentPart::Other(part) => {
                             return Err(err(format!(
                                 "{}.content[{j}]: content part type '{}' is not supported in {} messages",
@@ -611,7 +418,7 @@ impl<'a> Conversation<'a> {
                 let mut out = Vec::new();
                 for (j, part) in parts(i, m.content)?.into_iter().enumerate() {
                     match part {
-                        ContentPart::Text(text) => out.push(Part::text(text)),
+                        ContentPart::Text { text, .. } => out.push(Part::text(text)),
                         ContentPart::Other(part) => {
                             out.push(user_part(part).map_err(|what| err(format!("{}.content[{j}]: {what}", at())))?)
                         }
@@ -629,7 +436,7 @@ impl<'a> Conversation<'a> {
                 let mut out = Vec::new();
                 for (j, part) in parts(i, m.content)?.into_iter().enumerate() {
                     match part {
-                        ContentPart::Text(text) => out.push(Part::text(text)),
+                        ContentPart::Text { text, .. } => out.push(Part::text(text)),
                         ContentPart::Other(ChatPart {
                             kind,
                             refusal: Some(refusal),
@@ -652,10 +459,17 @@ impl<'a> Conversation<'a> {
                     out.push(Part::text(refusal));
                 }
                 for (k, call) in m.tool_calls.into_iter().flatten().enumerate() {
-                    out.push(self.tool_call(call, || format!("{}.tool_calls[{k}]", at()))?);
+                    let at = format!("{}.tool_calls[{k}]", at());
+                    let call = chat_in::tool_call(call, &at)?;
+                    let part =
+                        self.function_call(Some(call.id), call.name, call.arguments, || format!("{at}.function"))?;
+                    out.push(part);
                 }
                 if let Some(call) = m.function_call {
-                    out.push(self.function_call(None, call, || format!("{}.function_call", at()))?);
+                    let Some(name) = call.name.filter(|n| !n.is_empty()) else {
+                        return Err(err(format!("{}.function_call.name is required", at())));
+                    };
+                    out.push(self.function_call(None, name, call.arguments, || format!("{}.function_call", at()))?);
                 }
                 self.push("model", out);
             }
@@ -724,35 +538,15 @@ impl<'a> Conversation<'a> {
         }
     }
 
-    fn tool_call(&mut self, call: ChatToolCall<'a>, at: impl Fn() -> String) -> Result<Part<'a>, ConvertError> {
-        match call.kind.as_deref() {
-            Some("function") | None => {}
-            Some(other) => {
-                return Err(err(format!(
-                    "{}: tool call type '{other}' is not supported; only function calls are",
-                    at()
-                )));
-            }
-        }
-        let Some(id) = call.id.filter(|id| !id.is_empty()) else {
-            return Err(err(format!("{}.id is required", at())));
-        };
-        let Some(function) = call.function else {
-            return Err(err(format!("{}.function is required", at())));
-        };
-        self.function_call(Some(id), function, || format!("{}.function", at()))
-    }
-
+    /// A function call part; `at` is where its function stands (for the arguments' refusal).
     fn function_call(
         &mut self,
         id: Option<Cow<'a, str>>,
-        call: ChatFunctionCall<'a>,
+        name: Cow<'a, str>,
+        arguments: Option<&'a RawValue>,
         at: impl Fn() -> String,
     ) -> Result<Part<'a>, ConvertError> {
-        let Some(name) = call.name.filter(|n| !n.is_empty()) else {
-            return Err(err(format!("{}.name is required", at())));
-        };
-        let args = arguments(call.arguments).map_err(|m| err(format!("{}.arguments of '{name}' {m}", at())))?;
+        let args = self::arguments(arguments).map_err(|m| err(format!("{}.arguments of '{name}' {m}", at())))?;
         if let Some(id) = &id {
             self.calls.push((id.clone(), name.clone()));
         }
@@ -766,25 +560,14 @@ impl<'a> Conversation<'a> {
 
 /// A call's `arguments` (a JSON string holding an object) as `args`.
 fn arguments(raw: Option<&RawValue>) -> Result<Json<'_>, String> {
-    let empty = || Json::Owned(RawValue::from_string("{}".to_owned()).unwrap_or_default());
-    let Some(raw) = raw else { return Ok(empty()) };
-    let json = raw.get();
-    if json == "null" {
-        return Ok(empty());
+    match chat_in::arguments(raw) {
+        Ok(Arguments::Empty) => Ok(Json::Owned(RawValue::from_string("{}".to_owned()).unwrap_or_default())),
+        Ok(Arguments::Object(object)) => Ok(Json::Borrowed(object)),
+        Ok(Arguments::Text(object)) => Ok(Json::Owned(object)),
+        Err(ArgumentsError::NotString) => Err("must be a JSON string".to_owned()),
+        Err(ArgumentsError::NotJson(e)) => Err(format!("is not valid JSON: {e}")),
+        Err(ArgumentsError::NotObject) => Err("must be a JSON object".to_owned()),
     }
-    if json.starts_with('{') {
-        // Some clients send the object itself rather than its JSON text.
-        return Ok(Json::Borrowed(raw));
-    }
-    let Text(text) = serde_json::from_str(json).map_err(|_| "must be a JSON string".to_owned())?;
-    if text.trim().is_empty() {
-        return Ok(empty());
-    }
-    let args = RawValue::from_string(text.into_owned()).map_err(|e| format!("is not valid JSON: {e}"))?;
-    if !args.get().trim_start().starts_with('{') {
-        return Err("must be a JSON object".to_owned());
-    }
-    Ok(Json::Owned(args))
 }
 
 /// A tool result's content as a function `response`: a JSON object as it is, anything else as
@@ -793,7 +576,7 @@ fn tool_output<'a>(i: usize, content: Option<&'a RawValue>) -> Result<Json<'a>, 
     let mut output: Option<Cow<'a, str>> = None;
     for (j, part) in parts(i, content)?.into_iter().enumerate() {
         match part {
-            ContentPart::Text(text) => match &mut output {
+            ContentPart::Text { text, .. } => match &mut output {
                 None => output = Some(text),
                 Some(all) => all.to_mut().push_str(&text),
             },
@@ -814,49 +597,21 @@ fn tool_output<'a>(i: usize, content: Option<&'a RawValue>) -> Result<Json<'a>, 
     Ok(Json::Output { output })
 }
 
-/// A content part: text (never empty), or another kind left to the role to accept.
-enum ContentPart<'a> {
-    Text(Cow<'a, str>),
-    Other(ChatPart<'a>),
-}
-
-/// The parts of a message's `content`: a string is one text part, `null` or absent none.
+/// The parts of a message's `content`: a string is one text part, `null` or absent none; empty
+/// text is left out.
 fn parts(i: usize, content: Option<&RawValue>) -> Result<Vec<ContentPart<'_>>, ConvertError> {
-    let Some(raw) = content else {
-        return Ok(Vec::new());
-    };
-    let json = raw.get();
-    let invalid = |e: serde_json::Error| err(format!("messages[{i}].content is invalid: {e}"));
-    if json == "null" {
-        return Ok(Vec::new());
-    }
-    if json.starts_with('"') {
-        let Text(text) = serde_json::from_str(json).map_err(invalid)?;
-        return Ok(if text.is_empty() {
-            Vec::new()
-        } else {
-            vec![ContentPart::Text(text)]
-        });
-    }
-    if !json.starts_with('[') {
-        return Err(err(format!(
+    match chat_in::content(i, content) {
+        Ok(content) => Ok(content
+            .into_parts()
+            .into_iter()
+            .filter(|p| !matches!(p, ContentPart::Text { text, .. } if text.is_empty()))
+            .collect()),
+        Err(ContentError::NotTextOrParts(_)) => Err(err(format!(
             "messages[{i}].content must be a string or an array of content parts"
-        )));
+        ))),
+        Err(ContentError::Invalid(e)) => Err(err(format!("messages[{i}].content is invalid: {}", e.error()))),
+        Err(ContentError::NoText(j)) => Err(err(format!("messages[{i}].content[{j}].text must be a string"))),
     }
-    let parts: Vec<ChatPart<'_>> = serde_json::from_str(json).map_err(invalid)?;
-    let mut out = Vec::with_capacity(parts.len());
-    for (j, part) in parts.into_iter().enumerate() {
-        if part.kind != "text" {
-            out.push(ContentPart::Other(part));
-            continue;
-        }
-        match part.text {
-            Some(text) if text.is_empty() => {}
-            Some(text) => out.push(ContentPart::Text(text)),
-            None => return Err(err(format!("messages[{i}].content[{j}].text must be a string"))),
-        }
-    }
-    Ok(out)
 }
 
 /// A user part other than text, or what is wrong with it.
@@ -864,15 +619,10 @@ fn user_part(part: ChatPart<'_>) -> Result<Part<'_>, String> {
     match part.kind.as_ref() {
         "image_url" => {
             let raw = part.image_url.ok_or("image_url is required")?;
-            let url = if raw.get().starts_with('"') {
-                serde_json::from_str::<Text<'_>>(raw.get()).ok().map(|t| t.0)
-            } else {
-                serde_json::from_str::<ChatImage<'_>>(raw.get())
-                    .ok()
-                    .and_then(|i| i.url)
-            };
-            let url = url.ok_or("image_url.url is required")?;
-            image(url)
+            match chat_in::image_url(raw) {
+                ImageUrl::Url(url) => image(url),
+                ImageUrl::NoUrl | ImageUrl::Invalid => Err("image_url.url is required".to_owned()),
+            }
         }
         "input_audio" => {
             let audio = part.input_audio.ok_or("input_audio is required")?;
@@ -941,32 +691,14 @@ fn image_type(url: &str) -> Option<&'static str> {
     })
 }
 
-/// `s` starts with the ASCII `prefix`, in any case.
-fn has_prefix(s: &str, prefix: &str) -> bool {
-    s.get(..prefix.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-}
-
-/// A base64 `data:` URL's media type (lowercase) and data, the data borrowed when the URL is.
+/// A base64 `data:` URL with a media type: that type and the data.
 fn data_url(url: Cow<'_, str>) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     if !has_prefix(&url, "data:") {
         return None;
     }
-    let comma = url.find(',')?;
-    let header = url.get("data:".len()..comma)?;
-    let mut params = header.split(';');
-    let mime_type = params.next().unwrap_or_default().trim().to_ascii_lowercase();
-    if mime_type.is_empty() || !params.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
-        return None;
-    }
-    let data = match url {
-        Cow::Borrowed(url) => Cow::Borrowed(url.get(comma + 1..)?),
-        Cow::Owned(mut url) => {
-            url.replace_range(..=comma, "");
-            Cow::Owned(url)
-        }
-    };
-    Some((Cow::Owned(mime_type), data))
+    chat_in::data_url(url)
+        .ok()
+        .filter(|(mime_type, _)| !mime_type.is_empty())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -974,26 +706,19 @@ fn data_url(url: Cow<'_, str>) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
 // ---------------------------------------------------------------------------------------------
 
 fn function_tool(k: usize, tool: ChatTool<'_>) -> Result<FunctionDeclaration<'_>, ConvertError> {
-    match tool.kind.as_deref() {
-        Some("function") => {}
-        Some(other) => {
-            return Err(err(format!(
-                "tools[{k}]: tool type '{other}' is not supported through this relay for Gemini models; only function \
-                 tools are"
-            )));
-        }
-        None => return Err(err(format!("tools[{k}].type is required"))),
-    }
-    let Some(function) = tool.function else {
-        return Err(err(format!("tools[{k}].function is required")));
-    };
+    let function = chat_in::function_tool(k, tool, |other| {
+        err(format!(
+            "tools[{k}]: tool type '{other}' is not supported through this relay for Gemini models; only function tools \
+             are"
+        ))
+    })?;
     declaration(function, || format!("tools[{k}].function"))
 }
 
-fn declaration(function: ChatFunction<'_>, at: impl Fn() -> String) -> Result<FunctionDeclaration<'_>, ConvertError> {
-    let Some(name) = function.name.filter(|n| !n.is_empty()) else {
-        return Err(err(format!("{}.name is required", at())));
-    };
+fn declaration<'a>(
+    function: NamedFunction<'a>,
+    at: impl Fn() -> String,
+) -> Result<FunctionDeclaration<'a>, ConvertError> {
     let parameters = match function.parameters {
         Some(p) if p.get() == "null" => None,
         Some(p) if !p.get().starts_with('{') => {
@@ -1002,8 +727,8 @@ fn declaration(function: ChatFunction<'_>, at: impl Fn() -> String) -> Result<Fu
         other => other,
     };
     Ok(FunctionDeclaration {
-        name,
-        description: function.description.filter(|d| !d.is_empty()),
+        name: function.name,
+        description: function.description,
         parameters_json_schema: parameters,
     })
 }
@@ -1015,55 +740,21 @@ fn tool_choice<'a>(
     field: &str,
     declarations: &mut Vec<FunctionDeclaration<'a>>,
 ) -> Result<Option<FunctionCallingConfig<'a>>, ConvertError> {
-    #[derive(Deserialize)]
-    struct Choice<'a> {
-        #[serde(rename = "type", borrow, default)]
-        kind: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        function: Option<Named<'a>>,
-        /// Legacy `function_call: {"name": …}`.
-        #[serde(borrow, default)]
-        name: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        allowed_tools: Option<Allowed<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Named<'a> {
-        #[serde(borrow, default)]
-        name: Option<Cow<'a, str>>,
-    }
-    #[derive(Deserialize)]
-    struct Allowed<'a> {
-        #[serde(borrow, default)]
-        mode: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        tools: Vec<AllowedTool<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct AllowedTool<'a> {
-        #[serde(borrow, default)]
-        function: Option<Named<'a>>,
-        #[serde(borrow, default)]
-        name: Option<Cow<'a, str>>,
-    }
-
-    let json = raw.get();
-    if json == "null" {
-        return Ok(None);
-    }
-    let invalid = |e: serde_json::Error| err(format!("{field} is invalid: {e}"));
-    if json.starts_with('"') {
-        let Text(mode) = serde_json::from_str(json).map_err(invalid)?;
-        return match mode.as_ref() {
-            "auto" => Ok(Some(FunctionCallingConfig::mode("AUTO"))),
-            "none" => Ok(Some(FunctionCallingConfig::mode("NONE"))),
-            "required" if field == "tool_choice" => Ok(Some(FunctionCallingConfig::mode("ANY"))),
-            other => Err(err(format!(
-                "{field} '{other}' is not supported; use auto, none, required or a named function"
-            ))),
+    let choice =
+        match chat_in::tool_choice(raw, field).map_err(|e| err(format!("{field} is invalid: {}", e.error())))? {
+            None => return Ok(None),
+            Some(ToolChoice::Mode(mode)) => {
+                return match mode.as_ref() {
+                    "auto" => Ok(Some(FunctionCallingConfig::mode("AUTO"))),
+                    "none" => Ok(Some(FunctionCallingConfig::mode("NONE"))),
+                    "required" if field == "tool_choice" => Ok(Some(FunctionCallingConfig::mode("ANY"))),
+                    other => Err(err(format!(
+                        "{field} '{other}' is not supported; use auto, none, required or a named function"
+                    ))),
+                };
+            }
+            Some(ToolChoice::Object(choice)) => choice,
         };
-    }
-    let choice: Choice<'a> = serde_json::from_str(json).map_err(invalid)?;
     let known = |name: &str, declarations: &[FunctionDeclaration<'_>]| declarations.iter().any(|d| d.name == name);
     match choice.kind.as_deref() {
         Some("function") | None => {
@@ -1093,42 +784,14 @@ fn tool_choice<'a>(
                     )));
                 }
             };
-            let mut names = Vec::with_capacity(allowed.tools.len());
-            for tool in allowed.tools {
-                let name = tool.function.and_then(|f| f.name).or(tool.name).ok_or_else(|| {
-                    err(format!(
-                        "{field}.allowed_tools.tools: only function tools (with a name) are supported"
-                    ))
-                })?;
-                if !known(&name, declarations) {
-                    return Err(err(format!(
-                        "{field}.allowed_tools names function '{name}', which is not in tools"
-                    )));
-                }
-                names.push(name);
-            }
+            let names = chat_in::allowed_names(allowed.tools.unwrap_or_default(), field, |name| {
+                known(name, declarations)
+            })?;
             declarations.retain(|d| names.contains(&d.name));
             Ok(Some(FunctionCallingConfig::mode(mode)))
         }
         Some(other) => Err(err(format!("{field} type '{other}' is not supported"))),
     }
-}
-
-/// `stop`: a string or a list of strings.
-fn stop_sequences(raw: Option<&RawValue>) -> Result<Vec<Cow<'_, str>>, ConvertError> {
-    let Some(raw) = raw else { return Ok(Vec::new()) };
-    let json = raw.get();
-    let invalid = || err("stop must be a string or an array of strings");
-    let all: Vec<Cow<'_, str>> = if json == "null" {
-        Vec::new()
-    } else if json.starts_with('"') {
-        let Text(stop) = serde_json::from_str(json).map_err(|_| invalid())?;
-        vec![stop]
-    } else {
-        let list: Vec<Text<'_>> = serde_json::from_str(json).map_err(|_| invalid())?;
-        list.into_iter().map(|t| t.0).collect()
-    };
-    Ok(all.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
 fn thinking(effort: &str) -> Result<ThinkingConfig, ConvertError> {

@@ -7,9 +7,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{call_id, compact_json, completion_id, finish_reason, google_error, unix_now};
+use super::{call_id, compact_json, completion_id, finish_reason, google_error};
 use crate::convert::ConvertError;
-use crate::convert::chat_out::{ChatUsage, Completion, CompletionChoice, Message, ToolCall};
+use crate::convert::chat_out::{
+    ChatUsage, Completion, CompletionChoice, Message, ToolCall, unix_now, upstream_message,
+};
 use crate::usage::TokenUsage;
 use crate::usage::gemini::UsageMetadata;
 
@@ -162,31 +164,8 @@ pub fn error_from_gemini(status: u16, body: &[u8]) -> Bytes {
         Some(e) => (e.status, e.code, e.message),
         None => (None, None, None),
     };
-    let message = match message {
-        Some(m) if !m.trim().is_empty() => m,
-        _ => Cow::Owned(status_message(status)),
-    };
-    let error = google_error(google_status.as_deref(), code.or(Some(status)), &message);
-    match serde_json::to_vec(&error) {
-        Ok(json) => Bytes::from(json),
-        Err(e) => {
-            tracing::error!(error = %e, "could not write an error body");
-            Bytes::from_static(
-                br#"{"error":{"message":"Upstream error","type":"server_error","param":null,"code":null}}"#,
-            )
-        }
-    }
-}
-
-/// A message for an error answer that did not say what went wrong.
-fn status_message(status: u16) -> String {
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason());
-    match reason {
-        Some(reason) => format!("The upstream answered HTTP {status} {reason}"),
-        None => format!("The upstream answered HTTP {status}"),
-    }
+    let message = upstream_message(message, status);
+    google_error(google_status.as_deref(), code.or(Some(status)), &message).to_body()
 }
 
 // ---------------------------------------------------------------------------------------------

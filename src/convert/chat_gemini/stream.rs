@@ -30,12 +30,12 @@ use std::borrow::Cow;
 use bytes::{Bytes, BytesMut};
 
 use super::response::{Answer, Candidate};
-use super::{call_id, compact_json, completion_id, finish_reason, google_error, unix_now};
+use super::{call_id, compact_json, completion_id, finish_reason, google_error};
 use crate::convert::chat_out::{
-    self, ChatUsage, Delta, ToolCallDelta, write_choice_chunk, write_error_end, write_usage_chunk,
+    self, ChatUsage, Delta, ToolCallDelta, unix_now, write_choice_chunk, write_error_end, write_usage_chunk,
 };
 use crate::usage::TokenUsage;
-use crate::usage::gemini::{UsageMetadata, last_usage_metadata};
+use crate::usage::gemini::{UsageMetadata, last_usage_metadata, sse_data, sse_line_start};
 use crate::usage::openai::{LineSink, LineStart, SseLines};
 
 /// Longest event read; past it the stream is failed rather than buffered further.
@@ -136,18 +136,13 @@ impl GeminiSseToChat {
 
 impl LineSink for Transducer {
     fn line_start(&self, start: &[u8]) -> LineStart {
-        if start.len() >= 5 && !start.starts_with(b"data:") {
-            LineStart::Skip
-        } else {
-            LineStart::Read
-        }
+        sse_line_start(start)
     }
 
     fn line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
+        let Some(data) = sse_data(line) else {
             return;
         };
-        let data = data.trim_ascii_start();
         if data.is_empty() {
             return;
         }
