@@ -826,6 +826,9 @@ async fn openapi_describes_every_route() {
         ("post", "/admin/api/accounts/openai-oauth/authorize"),
         ("post", "/admin/api/accounts/openai-oauth/exchange"),
         ("post", "/admin/api/accounts/openai-oauth/import"),
+        ("post", "/admin/api/accounts/gemini-oauth/authorize"),
+        ("post", "/admin/api/accounts/gemini-oauth/exchange"),
+        ("post", "/admin/api/accounts/gemini-oauth/import"),
         ("get", "/admin/api/usage"),
         ("get", "/admin/api/usage/summary"),
     ];
