@@ -710,3 +710,48 @@ async fn chat_completions_reach_gemini_models_converted_both_ways() {
         (21 + 32 + 57) * PRO[0] + 11 * PRO[1] + (7 + 10 + 39) * PRO[2],
     );
 }
+
+#[tokio::test]
+async fn code_assist_count_tokens_reaches_a_gemini_api_account_unwrapped_and_is_free() {
+    let up = ScriptedUpstream::start(vec![Reply::json(&json!({"totalTokens": 12}))]).await;
+    let relay = RelayProcess::start(&format!(
+        "accounts:\n{}",
+        gemini_yaml(
+            "g1",
+            &up.url(),
+            UP_KEY,
+            ", model_map: { gemini-fast: gemini-2.5-flash }"
+        )
+    ))
+    .await;
+    // As Gemini CLI's Code Assist client writes it: the model inside the request.
+    let body = json!({"request": {"model": "models/gemini-fast", "contents": [{"role": "user", "parts": [{"text": "count me"}]}]}});
+    let bearer = format!("Bearer {ALICE}");
+    let (status, _, got) = post(
+        &relay,
+        "/gemini/v1internal:countTokens",
+        &[("authorization", &bearer)],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", text(&got));
+    assert_eq!(json_of(&got), json!({"totalTokens": 12}));
+    let seen = up.seen();
+    assert_eq!(seen[0].path_and_query, "/v1beta/models/gemini-2.5-flash:countTokens");
+    assert_eq!(
+        json_of(&seen[0].body),
+        json!({"contents": [{"role": "user", "parts": [{"text": "count me"}]}]}),
+        "the Gemini API gets the contents, without the model the path names"
+    );
+    // Without a model it is the client's problem, said in Google's shape.
+    let (status, _, got) = post(
+        &relay,
+        "/gemini/v1internal:countTokens",
+        &[("authorization", &bearer)],
+        r#"{"request":{"contents":[]}}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(json_of(&got)["error"]["status"], "INVALID_ARGUMENT", "{}", text(&got));
+    assert_eq!(up.seen().len(), 1);
+}
