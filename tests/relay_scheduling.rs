@@ -144,6 +144,39 @@ async fn unified_window_exhaustion_parks_only_the_limited_family_and_extra_usage
     );
 }
 
+/// A family Anthropic has not announced yet: the claim and the model name say it by the same
+/// rule as `opus` and `sonnet`, and only that family is parked, for days if the reset says so.
+#[tokio::test]
+async fn a_window_of_a_family_never_seen_parks_that_family_only() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let reset = (chrono::Utc::now().timestamp() + 4 * 86_400).to_string();
+    a.set_status(Some(429));
+    a.set_headers(&[
+        ("anthropic-ratelimit-unified-status", "rejected"),
+        ("anthropic-ratelimit-unified-reset", &reset),
+        ("anthropic-ratelimit-unified-representative-claim", "seven_day_mythos"),
+    ]);
+    let extra = format!(
+        "accounts:\n{}{}",
+        account_yaml("a", &a.url(), ", priority: 1"),
+        account_yaml("b", &b.url(), ", priority: 2")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let mythos = BODY.replace("claude-sonnet-4-5", "claude-mythos-5-20270101");
+    assert_eq!(send(&relay, ALICE, &mythos, None).await.0, 200, "fails over to b");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    a.set_status(None);
+    assert_eq!(send(&relay, ALICE, &mythos, None).await.0, 200);
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (1, 2),
+        "a stays parked for mythos until the reset"
+    );
+    assert_eq!(send(&relay, ALICE, BODY, None).await.0, 200);
+    assert_eq!(send(&relay, ALICE, OPUS, None).await.0, 200);
+    assert_eq!((a.hits(), b.hits()), (3, 2), "a still serves every other family");
+}
+
 #[tokio::test]
 async fn sessions_stick_to_their_account_and_move_when_it_fails() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);

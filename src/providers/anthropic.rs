@@ -105,12 +105,67 @@ impl UnifiedLimits {
         self.reset.filter(|r| *r > now_s)
     }
 
-    /// The model family the binding window covers, when it is family-scoped.
+    /// The model family the binding window covers, when it is family-scoped: the claim names a
+    /// window, then a family (`seven_day_opus`, `seven_day_sonnet`, and any family Anthropic adds
+    /// later, by the same rule). A claim with no family (`five_hour`, `seven_day`) or whose tail is
+    /// no single name (`seven_day_oauth_apps`) covers the whole account.
     pub fn family(&self) -> Option<String> {
-        let claim = self.representative_claim.as_deref()?;
-        ["opus", "sonnet"]
-            .into_iter()
-            .find(|f| claim.ends_with(f))
-            .map(String::from)
+        claim_family(self.representative_claim.as_deref()?).map(str::to_ascii_lowercase)
+    }
+}
+
+/// The family a rate-limit claim names after its window (`<count>_<unit>[_<family>]`).
+fn claim_family(claim: &str) -> Option<&str> {
+    let mut parts = claim.splitn(3, '_');
+    let (_count, unit, family) = (parts.next()?, parts.next()?, parts.next()?);
+    let unit = unit.trim_end_matches('s');
+    let is_window = matches!(unit, "minute" | "hour" | "day" | "week" | "month");
+    (is_window && !family.is_empty() && family.bytes().all(|b| b.is_ascii_alphabetic())).then_some(family)
+}
+
+/// The family of a Claude model by Anthropic's naming rule: the first word of the name that is
+/// not a version or a date (`claude-opus-4-1` → `opus`, `claude-3-5-sonnet-20241022` →
+/// `sonnet`, `us.anthropic.claude-haiku-4-5-20251001-v1:0` → `haiku`, and a family first seen
+/// tomorrow the same way). `None` for a name that is not Claude's.
+pub fn claude_family(model: &str) -> Option<&str> {
+    let lower_at = model
+        .as_bytes()
+        .windows(7)
+        .position(|w| w.eq_ignore_ascii_case(b"claude-"))?;
+    let rest = &model[lower_at + 7..];
+    rest.split(['-', '.', ':', '@', '['])
+        .find(|w| w.len() > 1 && w.bytes().all(|b| b.is_ascii_alphabetic()) && !w.eq_ignore_ascii_case("latest"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_by_rule_including_ones_never_seen() {
+        for (m, f) in [
+            ("claude-opus-4-1", Some("opus")),
+            ("claude-sonnet-4-5-20250929", Some("sonnet")),
+            ("claude-3-5-sonnet-20241022", Some("sonnet")),
+            ("claude-3-haiku-20240307", Some("haiku")),
+            ("us.anthropic.claude-haiku-4-5-20251001-v1:0", Some("haiku")),
+            ("claude-mythos-5", Some("mythos")),
+            ("Claude-Opus-4[1m]", Some("Opus")),
+            ("claude-3-5", None),
+            ("gpt-5", None),
+        ] {
+            assert_eq!(claude_family(m), f, "{m}");
+        }
+        for (c, f) in [
+            ("seven_day_opus", Some("opus")),
+            ("seven_day_sonnet", Some("sonnet")),
+            ("seven_day_mythos", Some("mythos")),
+            ("five_hour", None),
+            ("seven_day", None),
+            ("seven_day_oauth_apps", None),
+            ("opus", None),
+        ] {
+            assert_eq!(claim_family(c), f, "{c}");
+        }
     }
 }

@@ -8,9 +8,8 @@ use crate::store::coord::{AccountHealth, HealthState};
 use crate::types::CooldownClass;
 
 /// The model family a name belongs to, for limits the upstream scopes by family.
-pub fn model_family(model: &str) -> Option<&'static str> {
-    let m = model.to_ascii_lowercase();
-    ["opus", "sonnet", "haiku"].into_iter().find(|f| m.contains(f))
+pub fn model_family(model: &str) -> Option<&str> {
+    crate::providers::anthropic::claude_family(model)
 }
 
 pub use crate::providers::anthropic::UnifiedLimits;
@@ -59,7 +58,9 @@ impl AccountRuntime {
             let detail = self.detail.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(h) = detail.as_ref()
                 && h.active_at(now_ms)
-                && h.family.as_deref().is_some_and(|f| Some(f) == model_family(model))
+                && h.family
+                    .as_deref()
+                    .is_some_and(|f| model_family(model).is_some_and(|m| m.eq_ignore_ascii_case(f)))
             {
                 return false;
             }
