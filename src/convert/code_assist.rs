@@ -140,28 +140,62 @@ fn check_object(body: &[u8]) -> Result<(), ConvertError> {
 }
 
 /// The answer inside Code Assist's envelope; the body itself when it is no envelope (an error).
+/// A JSON array of answers (a `streamGenerateContent` without `alt=sse`) is unwrapped answer by
+/// answer.
 pub fn unwrap_answer(body: &Bytes) -> Bytes {
+    if let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(body) {
+        let mut out = BytesMut::with_capacity(body.len());
+        out.extend_from_slice(b"[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b",");
+            }
+            match serde_json::from_str::<Answer<'_>>(item.get()) {
+                Ok(Answer { response: Some(r) }) => out.extend_from_slice(r.get().as_bytes()),
+                _ => out.extend_from_slice(item.get().as_bytes()),
+            }
+        }
+        out.extend_from_slice(b"]");
+        return out.freeze();
+    }
     match serde_json::from_slice::<Answer<'_>>(body) {
         Ok(Answer { response: Some(r) }) => body.slice_ref(r.get().as_bytes()),
         _ => body.clone(),
     }
 }
 
-/// A Gemini API answer in Code Assist's envelope. Errors (`{"error": …}`) stay as they are: both
-/// APIs write them alike.
+/// A Gemini API answer in Code Assist's envelope (each answer of a JSON array in its own).
+/// Errors (`{"error": …}`) stay as they are: both APIs write them alike.
 pub fn wrap_answer(body: &Bytes) -> Bytes {
-    let trimmed = body
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .map_or(&body[..0], |i| &body[i..]);
-    if !trimmed.starts_with(b"{") || trimmed.starts_with(b"{\"error\"") {
-        return body.clone();
+    if let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(body) {
+        let mut out = BytesMut::with_capacity(body.len() + items.len() * 14 + 2);
+        out.extend_from_slice(b"[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b",");
+            }
+            wrap_one(item.get().as_bytes(), &mut out);
+        }
+        out.extend_from_slice(b"]");
+        return out.freeze();
     }
     let mut out = BytesMut::with_capacity(body.len() + 14);
-    out.extend_from_slice(b"{\"response\":");
-    out.extend_from_slice(body);
-    out.extend_from_slice(b"}");
+    wrap_one(body, &mut out);
     out.freeze()
+}
+
+fn wrap_one(answer: &[u8], out: &mut BytesMut) {
+    let trimmed = answer
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map_or(&answer[..0], |i| &answer[i..]);
+    if !trimmed.starts_with(b"{") || trimmed.starts_with(b"{\"error\"") {
+        out.extend_from_slice(answer);
+        return;
+    }
+    out.extend_from_slice(b"{\"response\":");
+    out.extend_from_slice(answer);
+    out.extend_from_slice(b"}");
 }
 
 /// Which way a stream's events are re-enveloped.
@@ -356,5 +390,14 @@ mod tests {
         let e = Bytes::from_static(br#"{"error":{"code":400}}"#);
         assert_eq!(wrap_answer(&e), e);
         assert_eq!(unwrap_answer(&e), e);
+        // A streamGenerateContent without alt=sse answers a JSON array: answer by answer.
+        let array =
+            Bytes::from_static(br#"[{"candidates":[],"usageMetadata":{"promptTokenCount":1}},{"candidates":[]}]"#);
+        let wrapped = wrap_answer(&array);
+        assert_eq!(
+            &wrapped[..],
+            &br#"[{"response":{"candidates":[],"usageMetadata":{"promptTokenCount":1}}},{"response":{"candidates":[]}}]"#[..]
+        );
+        assert_eq!(unwrap_answer(&wrapped), array);
     }
 }
