@@ -86,13 +86,20 @@ fn default_admin() -> String {
 /// A port for a relay to listen on. Taken below Linux's ephemeral range (32768 and up by
 /// default), so that no socket the OS numbers itself (a mock bound to port 0, the local end of an
 /// outgoing connection) can take it between this check and the relay's bind; random, so that
-/// test processes running at once rarely pick the same one.
+/// test processes running at once rarely pick the same one. A port is never handed out twice in
+/// one test process (a relay's listener and admin listener once drew the same one).
 pub fn free_port() -> u16 {
     use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut rng = rand::thread_rng();
     for _ in 0..1000 {
         let port = rng.gen_range(20_000..32_000);
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
