@@ -155,9 +155,7 @@ fn model_object(id: &str) -> serde_json::Value {
 pub fn path_model(path: &str) -> Option<String> {
     let (_, tail) = path.rsplit_once("/models/")?;
     let (model, _) = tail.rsplit_once(':')?;
-    let decoded: String = url::form_urlencoded::parse(format!("m={model}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())?;
+    let decoded = super::percent_decode(model);
     (!decoded.is_empty()).then_some(decoded)
 }
 

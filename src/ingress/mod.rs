@@ -289,6 +289,14 @@ fn only(method: &http::Method, allowed: http::Method, name: &'static str, e: End
     }
 }
 
+/// A path segment (a model id) percent-decoded.
+pub fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 fn json_bytes(v: &serde_json::Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }

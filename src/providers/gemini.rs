@@ -88,7 +88,7 @@ impl Provider for GeminiApi {
         let Credential::Header(name, value) = target.credential else {
             return Err(PrepareError::Account("the account has no API key".into()));
         };
-        let model = encode(
+        let model = super::encode_component(
             call.upstream_model
                 .strip_prefix("models/")
                 .unwrap_or(call.upstream_model),
@@ -172,10 +172,6 @@ fn head(
     // A converted request's client may have sent another content type, or none.
     head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     Ok(head)
-}
-
-fn encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// The credential header of a `gemini-api` account.

@@ -110,6 +110,12 @@ impl UpstreamBase {
     }
 }
 
+/// A value put into an upstream path or query (a model, a deployment, an API version),
+/// percent-encoded.
+pub(crate) fn encode_component(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 /// The protocol an upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {

@@ -128,13 +128,13 @@ impl Provider for Azure {
                 deployment_in_body(),
             ),
             (Operation::Chat, Some(version)) => {
-                let enc = url::form_urlencoded::byte_serialize(deployment.as_bytes()).collect::<String>();
+                let enc = super::encode_component(deployment);
                 let path = format!("/openai/deployments/{enc}/chat/completions");
-                let query = join_query(&format!("api-version={}", encode(version)), call.query);
+                let query = join_query(&format!("api-version={}", super::encode_component(version)), call.query);
                 (target.base.path_and_query(&path, Some(&query)), call.body.clone())
             }
             (_, Some(version)) => {
-                let query = join_query(&format!("api-version={}", encode(version)), call.query);
+                let query = join_query(&format!("api-version={}", super::encode_component(version)), call.query);
                 (
                     target.base.path_and_query(&format!("/openai{tail}"), Some(&query)),
                     deployment_in_body(),
@@ -211,10 +211,6 @@ fn head(
     // A converted request's client may have sent no content type.
     head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     Ok(head)
-}
-
-fn encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn join_query(first: &str, rest: Option<&str>) -> String {

@@ -247,7 +247,7 @@ impl RelayProxy {
             Endpoint::ModelInfo(scope) => {
                 let path = session.req_header().uri.path().to_string();
                 let id = path.rsplit_once("/models/").map_or("", |(_, id)| id);
-                let id = percent_decode(id);
+                let id = crate::ingress::percent_decode(id);
                 return match model_info(relay, ctx.key.as_deref(), route, scope, &id) {
                     Some(body) => {
                         ctx.status = 200;
@@ -493,13 +493,6 @@ fn model_ids(relay: &Relay, key: Option<&ClientKey>, op: providers::Operation, s
     }
     set.retain(|m| key.is_none_or(|k| k.policy.allows_model(m)));
     set.into_iter().collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 #[async_trait]

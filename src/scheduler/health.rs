@@ -12,6 +12,11 @@ pub fn model_family(model: &str) -> Option<&str> {
     crate::providers::anthropic::claude_family(model)
 }
 
+/// Whether a limit scoped to `family` (`None`: the whole account) keeps `model` out.
+pub fn family_covers(family: Option<&str>, model: &str) -> bool {
+    family.is_none_or(|f| model_family(model).is_some_and(|m| m.eq_ignore_ascii_case(f)))
+}
+
 pub use crate::providers::anthropic::UnifiedLimits;
 
 /// An account's runtime state. The hot path only does atomic loads here.
@@ -58,9 +63,8 @@ impl AccountRuntime {
             let detail = self.detail.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(h) = detail.as_ref()
                 && h.active_at(now_ms)
-                && h.family
-                    .as_deref()
-                    .is_some_and(|f| model_family(model).is_some_and(|m| m.eq_ignore_ascii_case(f)))
+                && h.family.is_some()
+                && family_covers(h.family.as_deref(), model)
             {
                 return false;
             }

@@ -574,11 +574,7 @@ impl AccountPool {
             .filter(|a| a.open_to(binding, kinds) && a.serves(model))
             .filter_map(|a| a.rt.health(now_ms))
             // A window of another model family does not keep this model out.
-            .filter(|h| {
-                h.family
-                    .as_deref()
-                    .is_none_or(|f| model_family(model).is_some_and(|m| m.eq_ignore_ascii_case(f)))
-            })
+            .filter(|h| health::family_covers(h.family.as_deref(), model))
             .filter_map(|h| h.until)
             .min()
             .map(|until| until - now_ms)
