@@ -414,6 +414,9 @@ pub struct ApiKeyConfig {
     pub cost_limits: Option<filters::policy::CostLimitsSpec>,
     #[serde(default)]
     pub concurrency: Option<filters::policy::ConcurrencySpec>,
+    /// Only usable in pass-through mode (the key in `x-relay-key`).
+    #[serde(default)]
+    pub passthrough_only: bool,
 }
 
 impl ApiKeyConfig {
@@ -431,6 +434,7 @@ impl ApiKeyConfig {
             rate_limit: self.rate_limit.clone(),
             cost_limits: self.cost_limits.clone(),
             concurrency: self.concurrency.clone(),
+            passthrough_only: self.passthrough_only,
         }
     }
 }

@@ -236,6 +236,7 @@ fn credential(
     meta: Option<&OAuthMeta>,
 ) -> Option<(Credential, Vec<String>)> {
     match &a.credential {
+        AccountCredential::None => Some((Credential::None, Vec::new())),
         AccountCredential::ApiKey(key) => {
             let header = match a.settings.kind {
                 AccountKind::OpenAi => openai::bearer(key),

@@ -79,7 +79,8 @@ pub enum CooldownClass {
     Unauthorized,
     /// `403`
     Forbidden,
-    /// `429` without a usable `retry-after` or reset
+    /// `429` without a usable `retry-after` or reset: 0 (the default) parks nothing, the request
+    /// tries another account
     RateLimited,
     /// `429_max`: the longest a 429 may park an account
     RateLimitedMax,
@@ -126,7 +127,7 @@ impl CooldownClass {
             CooldownClass::ServerError => 300,
             CooldownClass::Overloaded => 600,
             CooldownClass::Unauthorized | CooldownClass::Forbidden | CooldownClass::RateLimitedMax => 1800,
-            CooldownClass::RateLimited => 60,
+            CooldownClass::RateLimited => 0,
             CooldownClass::Connect => 30,
         };
         Duration::from_secs(s)

@@ -428,3 +428,79 @@ async fn a_stream_that_goes_silent_ends_with_an_error_event_after_the_idle_timeo
         "{text}"
     );
 }
+
+/// Sends `body` with extra headers; returns the status and the body.
+async fn send_with(relay: &RelayProcess, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .body(BODY);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn accounts_are_benched_only_for_the_right_reason() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let extra = format!(
+        "scheduler: {{ failover: {{ evidence_keys: 1 }} }}\naccounts:\n{}{}",
+        account_yaml("a", &a.url(), ", priority: 1"),
+        account_yaml("b", &b.url(), ", priority: 2")
+    );
+    let relay = RelayProcess::start(&extra).await;
+
+    // A 429 that names no time to wait: this request moves on, the account stays in the pool.
+    a.set_status(Some(429));
+    a.set_no_retry_after();
+    assert_eq!(send_with(&relay, &[]).await.0, 200);
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    assert_eq!(send_with(&relay, &[]).await.0, 200);
+    assert_eq!((a.hits(), b.hits()), (2, 2), "a is tried again: it was not parked");
+
+    // A background call's failure (here a 429 with retry-after, which would park a for 7 s)
+    // fails over but parks nothing.
+    let a2 = MockUpstream::start().await;
+    let b2 = MockUpstream::start().await;
+    let relay2 = RelayProcess::start(&format!(
+        "accounts:\n{}{}",
+        account_yaml("a", &a2.url(), ", priority: 1"),
+        account_yaml("b", &b2.url(), ", priority: 2")
+    ))
+    .await;
+    a2.set_status(Some(429));
+    for bg in [[("x-claude-code-request-class", "auxiliary")], [("x-app", "cli-bg")]] {
+        assert_eq!(send_with(&relay2, &bg).await.0, 200);
+    }
+    assert_eq!((a2.hits(), b2.hits()), (2, 2), "both background calls tried a first");
+    // The same answer to a foreground call parks a.
+    assert_eq!(
+        send_with(&relay2, &[("x-claude-code-request-class", "main")]).await.0,
+        200
+    );
+    assert_eq!(send_with(&relay2, &[]).await.0, 200);
+    assert_eq!((a2.hits(), b2.hits()), (3, 4), "parked by the foreground 429");
+
+    // A refusal of the client's version: the client gets it exactly as it came, whatever its
+    // status, and no account is touched.
+    let too_old = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Claude Code 2.1.224 does not support this model; version 2.1.251 or newer is required. Run 'claude update', or update the Claude desktop app, then try again.","details":{"error_code":"claude_code_version_too_old"}},"request_id":"req_old"}"#;
+    let (c, d) = (MockUpstream::start().await, MockUpstream::start().await);
+    let relay3 = RelayProcess::start(&format!(
+        "scheduler: {{ failover: {{ evidence_keys: 1 }} }}\naccounts:\n{}{}",
+        account_yaml("c", &c.url(), ", priority: 1"),
+        account_yaml("d", &d.url(), ", priority: 2")
+    ))
+    .await;
+    c.set_error_body(too_old);
+    for status in [400, 403] {
+        c.set_status(Some(status));
+        let (got, body) = send_with(&relay3, &[]).await;
+        assert_eq!((got, body.as_str()), (status, too_old));
+    }
+    assert_eq!((c.hits(), d.hits()), (2, 0), "never failed over, never parked");
+    c.set_status(None);
+    assert_eq!(send_with(&relay3, &[]).await.0, 200);
+    assert_eq!((c.hits(), d.hits()), (3, 0));
+}

@@ -301,13 +301,28 @@ impl Registry {
     }
 }
 
-/// Where a caller's key is found, in order; the first present wins.
+/// The header in which a pass-through client sends its relay key, its `authorization` or
+/// `x-api-key` then carrying its own Anthropic credentials.
+pub const RELAY_KEY_HEADER: &str = "x-relay-key";
+
+fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether the request is a pass-through request: its relay key came in [`RELAY_KEY_HEADER`],
+/// so its credential headers are the client's own, for the upstream.
+pub fn is_passthrough(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(RELAY_KEY_HEADER)
+}
+
+/// Where a caller's key is found, in order; the first present wins. A pass-through request's
+/// key is in [`RELAY_KEY_HEADER`] only.
 pub fn presented_key<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
-        h.get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+    if is_passthrough(headers) {
+        return header(headers, RELAY_KEY_HEADER);
     }
     if let Some(k) = header(headers, "x-api-key") {
         return Some(k);
@@ -374,6 +389,25 @@ impl Filter for KeyAuth {
                 RejectKind::Authentication,
                 "disabled_key",
                 "API key is disabled",
+            ));
+        }
+        if is_passthrough(cx.headers) {
+            if header(cx.headers, "authorization").is_none() && header(cx.headers, "x-api-key").is_none() {
+                return Err(Rejection::new(
+                    401,
+                    RejectKind::Authentication,
+                    "missing_own_credentials",
+                    "x-relay-key names your relay key; send your own Anthropic credentials too \
+                     (Authorization: Bearer or x-api-key), they are forwarded to Anthropic",
+                ));
+            }
+        } else if key.policy.passthrough_only {
+            return Err(Rejection::new(
+                403,
+                RejectKind::Permission,
+                "passthrough_only",
+                "This API key is for pass-through use only: send it in the x-relay-key header, \
+                 with your own Anthropic credentials in Authorization or x-api-key",
             ));
         }
         cx.key = Some(key);

@@ -88,6 +88,10 @@ pub struct KeyPolicySpec {
     pub cost_limits: Option<CostLimitsSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencySpec>,
+    /// The key may only be used in pass-through mode: sent in `x-relay-key`, with the client's
+    /// own Anthropic credentials forwarded to a `claude-passthrough` account.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough_only: bool,
 }
 
 impl KeyPolicySpec {
@@ -148,6 +152,8 @@ pub struct KeyPolicy {
     pub rate_limit: Option<RateLimit>,
     pub cost_limits: Option<CostLimits>,
     pub concurrency: Option<Concurrency>,
+    /// Only pass-through requests (the key in `x-relay-key`) may use the key.
+    pub passthrough_only: bool,
 }
 
 fn usd(v: f64, what: &str) -> Result<u64, String> {
@@ -339,6 +345,7 @@ impl KeyPolicy {
             model_allowlist: spec.model_allowlist.clone(),
             rate_limit,
             cost_limits,
+            passthrough_only: spec.passthrough_only,
             concurrency,
         })
     }

@@ -68,6 +68,8 @@ pub enum AccountCredential {
     OAuth(TokenPair),
     /// `bedrock`: SigV4 access keys or a Bedrock API key.
     Bedrock(BedrockSecret),
+    /// `claude-passthrough`: none; each client's own credentials are forwarded.
+    None,
 }
 
 impl fmt::Debug for AccountCredential {
@@ -76,6 +78,7 @@ impl fmt::Debug for AccountCredential {
             AccountCredential::ApiKey(k) => write!(f, "ApiKey({})", crate::secrets::mask(k)),
             AccountCredential::OAuth(p) => write!(f, "OAuth({p:?})"),
             AccountCredential::Bedrock(s) => write!(f, "Bedrock({s:?})"),
+            AccountCredential::None => write!(f, "None"),
         }
     }
 }
@@ -87,6 +90,19 @@ const GEMINI_OAUTH_ONLY: &str = "does not apply: gemini-oauth accounts are conne
 impl AccountCredential {
     /// The credential an account of `kind` gets from the fields given, checked.
     pub fn from_fields(kind: AccountKind, f: CredentialFields) -> Result<AccountCredential, FieldError> {
+        if kind == AccountKind::ClaudePassthrough {
+            for name in CredentialFields::NAMES {
+                let mut f = f.clone();
+                if f.slot(name).is_some_and(|v| v.is_some()) {
+                    return Err(FieldError::new(
+                        name,
+                        "does not apply: claude-passthrough accounts have no credential; they forward each \
+                         client's own Anthropic credentials",
+                    ));
+                }
+            }
+            return Ok(AccountCredential::None);
+        }
         if kind == AccountKind::Bedrock {
             // `${AWS_SESSION_TOKEN:-}` may expand to nothing: no session token then.
             let some = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
@@ -128,6 +144,7 @@ impl AccountCredential {
                              (/admin/api/accounts/openai-oauth/authorize and exchange, or import of Codex's auth.json)"
                         }
                         AccountKind::GeminiOauth => GEMINI_OAUTH_ONLY,
+                        AccountKind::ClaudePassthrough => "does not apply to kind claude-passthrough",
                         // Refresh tokens rotate, so only a long-lived token fits a file.
                         AccountKind::ClaudeOauth | AccountKind::Bedrock => {
                             "is required for kind claude-oauth: a long-lived OAuth access token (setup token); \
@@ -170,6 +187,7 @@ impl AccountCredential {
                 AccountCredential::OAuth(TokenPair::parse(secret))
             }
             AccountKind::Bedrock => AccountCredential::Bedrock(BedrockSecret::parse(secret)?),
+            AccountKind::ClaudePassthrough => AccountCredential::None,
         };
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
@@ -192,6 +210,7 @@ impl AccountCredential {
                 };
                 FieldError::new(field, r)
             }),
+            AccountCredential::None => Ok(()),
         }
     }
 
@@ -210,6 +229,7 @@ impl AccountCredential {
                 AccountCredential::OAuth(_),
                 AccountKind::ClaudeOauth | AccountKind::OpenAiOauth | AccountKind::GeminiOauth
             ) | (AccountCredential::Bedrock(_), AccountKind::Bedrock)
+                | (AccountCredential::None, AccountKind::ClaudePassthrough)
         )
     }
 
@@ -219,6 +239,7 @@ impl AccountCredential {
             AccountCredential::ApiKey(k) => k.clone(),
             AccountCredential::OAuth(p) => p.to_secret(),
             AccountCredential::Bedrock(s) => s.to_secret(),
+            AccountCredential::None => String::new(),
         }
     }
 }

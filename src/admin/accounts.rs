@@ -146,6 +146,7 @@ impl AccountView {
             AccountCredential::ApiKey(k) => self.api_key = Some(secrets::mask(k)),
             AccountCredential::OAuth(pair) => self.oauth = Some(OAuthView::new(state, self.kind, &self.id, pair, meta)),
             AccountCredential::Bedrock(s) => self.bedrock = Some(BedrockView::of(s)),
+            AccountCredential::None => {}
         }
     }
 }
@@ -411,10 +412,13 @@ pub async fn update(
             if let Some(e) = oauth_only(new.kind).or_else(|| oauth_only(old.kind)) {
                 return Err(e);
             }
-            if new.kind == AccountKind::Bedrock || old.kind == AccountKind::Bedrock {
-                return Err(bad_request(
-                    "an account cannot become or stop being a bedrock account; create a new one",
-                ));
+            for kind in [AccountKind::Bedrock, AccountKind::ClaudePassthrough] {
+                if new.kind == kind || old.kind == kind {
+                    return Err(bad_request(format!(
+                        "an account cannot become or stop being a {} account; create a new one",
+                        kind.as_str()
+                    )));
+                }
             }
         }
         new.validate().map_err(field_error)?;

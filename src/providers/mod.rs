@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod anthropic_console;
 pub mod anthropic_oauth;
+pub mod anthropic_passthrough;
 pub mod bedrock;
 pub mod ccr;
 pub mod gemini;
@@ -186,6 +187,8 @@ pub enum Credential {
     OpenAiOAuth(Arc<crate::credentials::TokenCell>, Option<http::HeaderValue>),
     /// A Google account's refreshing token for Code Assist, and the project its requests go to.
     GoogleOAuth(Arc<crate::credentials::TokenCell>, Arc<gemini::Project>),
+    /// None of its own: the client's credentials are forwarded (`claude-passthrough`).
+    None,
 }
 
 /// The request as the client sent it, with what the relay decided about it.
@@ -303,6 +306,12 @@ pub trait Provider: Sync {
     fn stream_failure(&self, _kind: &str) -> Option<u16> {
         None
     }
+
+    /// Whether the upstream is called with the client's own credentials: then what it answers is
+    /// about the client, never about the account.
+    fn forwards_client_credentials(&self) -> bool {
+        false
+    }
 }
 
 /// The provider of an account kind.
@@ -317,6 +326,7 @@ pub fn provider(kind: AccountKind) -> &'static dyn Provider {
         AccountKind::OpenAiOauth => &openai::CodexOAuth,
         AccountKind::GeminiApi => &gemini::GeminiApi,
         AccountKind::GeminiOauth => &gemini::CodeAssist,
+        AccountKind::ClaudePassthrough => &anthropic_passthrough::Passthrough,
     }
 }
 
@@ -361,7 +371,11 @@ impl Family {
 /// OpenAI kinds serve OpenAI models; the Gemini kinds Gemini models.
 pub fn default_family(kind: AccountKind, family: Option<Family>) -> bool {
     match kind {
-        AccountKind::ClaudeConsole | AccountKind::ClaudeOauth | AccountKind::Bedrock | AccountKind::Ccr => {
+        AccountKind::ClaudeConsole
+        | AccountKind::ClaudeOauth
+        | AccountKind::Bedrock
+        | AccountKind::Ccr
+        | AccountKind::ClaudePassthrough => {
             matches!(family, None | Some(Family::Claude))
         }
         AccountKind::OpenAi | AccountKind::AzureOpenAi | AccountKind::OpenAiOauth => family == Some(Family::OpenAi),

@@ -22,7 +22,7 @@ pub const HOP_BY_HOP: [&str; 9] = [
 
 /// Client headers that carry the relay key or are rebuilt for the upstream (the body goes
 /// upstream decoded, so its `content-encoding` does not).
-const CLIENT_ONLY: [&str; 9] = [
+const CLIENT_ONLY: [&str; 10] = [
     "host",
     "content-length",
     "content-encoding",
@@ -32,6 +32,7 @@ const CLIENT_ONLY: [&str; 9] = [
     "x-goog-api-key",
     "api-key",
     "accept-encoding",
+    "x-relay-key",
 ];
 
 /// The header tokens a `Connection` header names as hop-by-hop.

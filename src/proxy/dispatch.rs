@@ -85,7 +85,7 @@ pub(super) async fn run(
         .outcomes
         .plan(AttemptRequest {
             model: &model,
-            kinds: kinds_for(op, route.endpoint.scope()),
+            kinds: kinds_for(op, route.endpoint.scope(), ctx.passthrough),
             key_id: key.as_ref().map(|k| k.id.clone()),
             binding: key.as_ref().and_then(|k| k.bind.clone()),
             session: parsed.facts.session.as_deref(),
@@ -112,10 +112,15 @@ fn operation(endpoint: Endpoint) -> Operation {
 }
 
 /// The account kinds a request can be sent to: those whose wire its dialect converts to, and
-/// on a Claude-only (Gemini-only) mount point the Claude (Gemini) kinds.
-pub(super) fn kinds_for(op: Operation, scope: Scope) -> KindSet {
+/// on a Claude-only (Gemini-only) mount point the Claude (Gemini) kinds. A pass-through request
+/// (its relay key in `x-relay-key`) goes to `claude-passthrough` accounts only, and no other
+/// request does: only it brings credentials to forward.
+pub(super) fn kinds_for(op: Operation, scope: Scope, passthrough: bool) -> KindSet {
     let mut set = KindSet::NONE;
     for kind in AccountKind::ALL {
+        if (kind == AccountKind::ClaudePassthrough) != passthrough {
+            continue;
+        }
         let in_scope = match scope {
             Scope::Any => true,
             Scope::Claude => providers::default_family(kind, Some(providers::Family::Claude)),
@@ -627,6 +632,22 @@ async fn send(
     ))
 }
 
+/// The verdict on an account, given who made the request: a call its client marks as background
+/// never parks an account, and an account that forwards the client's own credentials is never
+/// judged by what the upstream said to them (the client gets the answer as it came).
+fn judged(session: &Session, provider: &dyn Provider, verdict: Verdict) -> Verdict {
+    if provider.forwards_client_credentials() {
+        return match verdict {
+            Verdict::Mark(_) | Verdict::PassOn => Verdict::RequestProblem,
+            v => v,
+        };
+    }
+    if health::is_background(&session.req_header().headers) {
+        return verdict.without_mark();
+    }
+    verdict
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     relay: &Relay,
@@ -691,13 +712,18 @@ async fn attempt(
         // Not committed yet: read the refusal (bounded) to classify it and keep it for replay.
         let raw = read_error_body(relay, &mut up).await;
         let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
-        let verdict = health::classify(status, &head.headers, &raw, &cooldown, now);
+        let verdict = judged(
+            session,
+            provider,
+            health::classify(status, &head.headers, &raw, &cooldown, now),
+        );
         up.shutdown().await;
         let held = client_error(&answer, head, raw);
         return match (verdict, token_rejected) {
             (Verdict::Mark(h), true) => Err(AttemptError::TokenRejected(held, Some(h))),
-            (Verdict::RequestProblem, true) => Err(AttemptError::TokenRejected(held, None)),
+            (Verdict::RequestProblem | Verdict::PassOn, true) => Err(AttemptError::TokenRejected(held, None)),
             (Verdict::Mark(h), false) => Err(AttemptError::Refused(held, Some(h))),
+            (Verdict::PassOn, false) => Err(AttemptError::Refused(held, None)),
             (Verdict::RequestProblem, false) => {
                 ctx.status = status;
                 replay_refusal(relay, session, ctx, held)
@@ -727,7 +753,8 @@ async fn attempt(
             // The wire failed inside the stream: the account is judged by what it said.
             if let Some(s) = provider.stream_failure(failure) {
                 let cooldown = |c: CooldownClass| account.cooldown(c, &relay.cooldowns);
-                if let Verdict::Mark(h) = health::classify(s, &http::HeaderMap::new(), b"", &cooldown, now_ms()) {
+                let verdict = health::classify(s, &http::HeaderMap::new(), b"", &cooldown, now_ms());
+                if let Verdict::Mark(h) = judged(session, provider, verdict) {
                     tracing::warn!(account = %account.name, failure = %failure, "the upstream failed inside the stream");
                     relay.outcomes.mark(account, h);
                 }
@@ -1123,7 +1150,7 @@ mod tests {
     fn each_dialect_reaches_the_kinds_it_converts_to() {
         use AccountKind::*;
         let kinds = |op, scope| {
-            let set = kinds_for(op, scope);
+            let set = kinds_for(op, scope, false);
             AccountKind::ALL
                 .into_iter()
                 .filter(|k| set.contains(*k))
@@ -1133,7 +1160,16 @@ mod tests {
             kinds(Operation::Messages, Scope::Any),
             [ClaudeConsole, ClaudeOauth, Ccr, Bedrock]
         );
-        assert_eq!(kinds(Operation::Chat, Scope::Any), AccountKind::ALL);
+        assert_eq!(
+            kinds(Operation::Chat, Scope::Any),
+            AccountKind::ALL[..AccountKind::ALL.len() - 1]
+        );
+        let passthrough = kinds_for(Operation::Messages, Scope::Any, true);
+        assert!(
+            AccountKind::ALL
+                .into_iter()
+                .all(|k| passthrough.contains(k) == (k == ClaudePassthrough))
+        );
         assert_eq!(kinds(Operation::Chat, Scope::Gemini), [GeminiApi, GeminiOauth]);
         assert_eq!(kinds(Operation::GeminiGenerate, Scope::Any), [GeminiApi, GeminiOauth]);
         assert_eq!(

@@ -86,6 +86,9 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     /// The body's facts, once parsed.
     facts: Option<RequestFacts>,
+    /// The relay key came in `x-relay-key`: the request goes to `claude-passthrough` accounts
+    /// only, with the client's own credentials.
+    passthrough: bool,
 }
 
 struct InFlight(prometheus::IntGauge);
@@ -109,6 +112,7 @@ impl RequestCtx {
             holds: Vec::new(),
             in_flight: None,
             facts: None,
+            passthrough: false,
         }
     }
 }
@@ -155,6 +159,7 @@ impl RelayProxy {
             crate::ingress::classify(&req.method, req.uri.path())
         };
         ctx.route = Some(route);
+        ctx.passthrough = filters::is_passthrough(&session.req_header().headers);
         match route.endpoint {
             Endpoint::Probe => {
                 let mut h = ResponseHeader::build(200, Some(1))?;
@@ -241,14 +246,14 @@ impl RelayProxy {
                 } else {
                     listing_operation(route.dialect)
                 };
-                let body = models_body(relay, ctx.key.as_deref(), route, op, scope);
+                let body = models_body(relay, ctx.key.as_deref(), route, op, scope, ctx.passthrough);
                 return respond_json(session, 200, body).await;
             }
             Endpoint::ModelInfo(scope) => {
                 let path = session.req_header().uri.path().to_string();
                 let id = path.rsplit_once("/models/").map_or("", |(_, id)| id);
                 let id = crate::ingress::percent_decode(id);
-                return match model_info(relay, ctx.key.as_deref(), route, scope, &id) {
+                return match model_info(relay, ctx.key.as_deref(), route, scope, ctx.passthrough, &id) {
                     Some(body) => {
                         ctx.status = 200;
                         respond_json(session, 200, body).await
@@ -448,8 +453,15 @@ async fn read_body(relay: &Relay, session: &mut Session) -> Result<Bytes, RelayE
 /// The models a key may use at an endpoint: those its accounts are configured for, or, for
 /// accounts that serve a whole family, that family's first-party names from the price table;
 /// with mapped aliases; less what the key's policy refuses. In the endpoint's dialect.
-fn models_body(relay: &Relay, key: Option<&ClientKey>, route: Route, op: providers::Operation, scope: Scope) -> Bytes {
-    let ids = model_ids(relay, key, op, scope);
+fn models_body(
+    relay: &Relay,
+    key: Option<&ClientKey>,
+    route: Route,
+    op: providers::Operation,
+    scope: Scope,
+    passthrough: bool,
+) -> Bytes {
+    let ids = model_ids(relay, key, op, scope, passthrough);
     match crate::ingress::for_dialect(route.dialect) {
         Some(ingress) => ingress.models_list(&ids),
         None => crate::ingress::anthropic::AnthropicMessages.models_list(&ids),
@@ -457,17 +469,30 @@ fn models_body(relay: &Relay, key: Option<&ClientKey>, route: Route, op: provide
 }
 
 /// One model in the dialect's shape, if the key may use it here.
-fn model_info(relay: &Relay, key: Option<&ClientKey>, route: Route, scope: Scope, id: &str) -> Option<Bytes> {
+fn model_info(
+    relay: &Relay,
+    key: Option<&ClientKey>,
+    route: Route,
+    scope: Scope,
+    passthrough: bool,
+    id: &str,
+) -> Option<Bytes> {
     let id = id.strip_prefix("models/").unwrap_or(id);
-    let ids = model_ids(relay, key, listing_operation(route.dialect), scope);
+    let ids = model_ids(relay, key, listing_operation(route.dialect), scope, passthrough);
     let ingress = crate::ingress::for_dialect(route.dialect).unwrap_or(&crate::ingress::openai::OpenAi);
     ids.iter().any(|m| m == id).then(|| ingress.model_info(id))
 }
 
 /// The models of the accounts a request of `op` can reach.
-fn model_ids(relay: &Relay, key: Option<&ClientKey>, op: providers::Operation, scope: Scope) -> Vec<String> {
+fn model_ids(
+    relay: &Relay,
+    key: Option<&ClientKey>,
+    op: providers::Operation,
+    scope: Scope,
+    passthrough: bool,
+) -> Vec<String> {
     let snap = relay.snapshot.load();
-    let kinds = dispatch::kinds_for(op, scope);
+    let kinds = dispatch::kinds_for(op, scope, passthrough);
     let binding = key.and_then(|k| k.bind.as_deref());
     let mut set = std::collections::BTreeSet::new();
     for a in snap.pool.all() {

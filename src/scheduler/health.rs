@@ -142,8 +142,62 @@ impl AccountRuntime {
 pub enum Verdict {
     /// The account is fine; the request itself was the problem (do not mark, do not fail over).
     RequestProblem,
+    /// Try another account for this request, but leave this one in the pool: the answer says
+    /// nothing that would justify parking it (a 429 that names no time to wait, or a failure of
+    /// a call its client marked as background).
+    PassOn,
     /// Put the account out of the pool with this health entry, then fail over.
     Mark(AccountHealth),
+}
+
+impl Verdict {
+    /// The verdict for a request whose failures must never park an account (a background call):
+    /// a mark becomes [`Verdict::PassOn`].
+    pub fn without_mark(self) -> Verdict {
+        match self {
+            Verdict::Mark(_) => Verdict::PassOn,
+            v => v,
+        }
+    }
+}
+
+/// Whether the request is one its client marks as background work (a title, a summary, a
+/// classifier call of Claude Code: `x-claude-code-request-class: auxiliary`; or any call of a
+/// Claude Code session running as a background job: `x-app: cli-bg`). Its failures never park an
+/// account: a side call must not take the account away from the work it serves.
+pub fn is_background(headers: &http::HeaderMap) -> bool {
+    let is = |name: &str, value: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
+    };
+    is("x-claude-code-request-class", "auxiliary") || is("x-app", "cli-bg")
+}
+
+/// Whether an error body says the client's own version is refused (Anthropic's
+/// `claude_code_version_too_old`, or "version … or newer is required"): every account would
+/// refuse it, and none is at fault.
+fn client_version_refused(text: &str) -> bool {
+    text.contains("version_too_old")
+        || text.contains("version")
+            && (text.contains("or newer is required")
+                || text.contains("too old")
+                || text.contains("no longer supported")
+                || text.contains("please upgrade")
+                || text.contains("please update"))
+}
+
+/// When an Anthropic organisation's monthly spend limit (`enforced_spend_limit_reached`, a 429
+/// without `retry-after`) opens again: "You will regain access on 2026-09-01 at 00:00 UTC." as
+/// Unix ms; `None` when the body names no such time.
+fn spend_limit_reopens(text: &str) -> Option<i64> {
+    let at = text.find("regain access on ")? + "regain access on ".len();
+    let rest = text.get(at..)?;
+    let date = rest.get(..10)?;
+    let time = rest.get(10..)?.strip_prefix(" at ")?.get(..5)?;
+    let t = chrono::NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M").ok()?;
+    Some(t.and_utc().timestamp_millis())
 }
 
 /// Classifies an upstream error answer (status, headers, body) for the account.
@@ -227,6 +281,10 @@ pub fn classify(
             ..AccountHealth::starting(state, reason, now_ms, dur)
         })
     };
+    // The client's version is refused: its request's problem on every account.
+    if status >= 400 && client_version_refused(&text) {
+        return Verdict::RequestProblem;
+    }
     match status {
         429 => {
             // Long-context requests need "extra usage" on the subscription: the request's
@@ -280,17 +338,33 @@ pub fn classify(
                     u.family(),
                 );
             }
-            let cap = cooldown(CooldownClass::RateLimitedMax);
+            // Anthropic: the organisation's monthly spend limit is reached; the body says when
+            // access returns (no `retry-after`), and nothing before that helps.
+            if text.contains("enforced_spend_limit_reached") {
+                let until = spend_limit_reopens(&text).filter(|&t| t > now_ms);
+                return entry(
+                    HealthState::OverQuota,
+                    "upstream 429: the organisation's spend limit is reached".into(),
+                    until.map(|t| std::time::Duration::from_millis((t - now_ms) as u64)),
+                    None,
+                );
+            }
             let retry_after = headers
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(std::time::Duration::from_secs);
+            // A 429 that names no time to wait is a throttle of this moment, not a reason to
+            // take the account away from everyone: this request tries another account (unless
+            // the operator set a `429` cooldown for such answers).
             let d = retry_after
                 .or_else(|| openai_reset(headers))
-                .unwrap_or_else(|| cooldown(CooldownClass::RateLimited))
-                .min(cap);
-            entry(HealthState::CoolingDown, "upstream 429".into(), Some(d), None)
+                .unwrap_or_else(|| cooldown(CooldownClass::RateLimited));
+            if d.is_zero() {
+                return Verdict::PassOn;
+            }
+            let cap = cooldown(CooldownClass::RateLimitedMax);
+            entry(HealthState::CoolingDown, "upstream 429".into(), Some(d.min(cap)), None)
         }
         401 => entry(
             HealthState::Unauthorized,
@@ -422,18 +496,69 @@ mod tests {
             (h.state, h.until, h.family.as_deref()),
             (HealthState::RateLimited, Some(reset * 1000), Some("opus"))
         );
-        // A 429 without a future reset is a short throttle, not a parked account.
+        // A 429 without a future reset is a short throttle: the request moves on, the account
+        // stays in the pool.
         let allowed = headers(&[
             ("anthropic-ratelimit-unified-status", "allowed"),
             ("anthropic-ratelimit-unified-reset", &r),
         ]);
-        let Verdict::Mark(h) = classify(429, &allowed, b"", &cd, now) else {
-            panic!()
-        };
-        assert_eq!((h.state, h.until), (HealthState::CoolingDown, Some(now + 60_000)));
+        assert_eq!(classify(429, &allowed, b"", &cd, now), Verdict::PassOn);
+        assert_eq!(classify(429, &headers(&[]), b"", &cd, now), Verdict::PassOn);
         let body =
             br#"{"error":{"type":"rate_limit_error","message":"Extra usage is required for long context requests."}}"#;
         assert_eq!(classify(429, &headers(&[]), body, &cd, now), Verdict::RequestProblem);
+    }
+
+    #[test]
+    fn refusals_of_the_clients_version_or_of_background_calls_never_park() {
+        let now = 1_700_000_000_000;
+        let too_old = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Claude Code 2.1.224 does not support this model; version 2.1.251 or newer is required. Run 'claude update', or update the Claude desktop app, then try again.","details":{"error_code":"claude_code_version_too_old"}},"request_id":"req_1"}"#;
+        for status in [400, 403, 429] {
+            assert_eq!(
+                classify(status, &headers(&[]), too_old, &cd, now),
+                Verdict::RequestProblem
+            );
+        }
+        let Verdict::Mark(_) = classify(403, &headers(&[]), br#"{"error":{"message":"forbidden"}}"#, &cd, now) else {
+            panic!()
+        };
+        assert_eq!(
+            classify(429, &headers(&[("retry-after", "9")]), b"", &cd, now).without_mark(),
+            Verdict::PassOn
+        );
+        assert_eq!(Verdict::RequestProblem.without_mark(), Verdict::RequestProblem);
+        assert!(is_background(&headers(&[("x-claude-code-request-class", "auxiliary")])));
+        assert!(is_background(&headers(&[("x-app", "cli-bg")])));
+        assert!(!is_background(&headers(&[
+            ("x-app", "cli"),
+            ("x-claude-code-request-class", "main")
+        ])));
+    }
+
+    #[test]
+    fn a_spent_organisation_limit_parks_until_the_day_it_reopens() {
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 8, 20)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"You have reached your API usage limits: the organization's monthly spend limit. You will regain access on 2026-09-01 at 00:00 UTC.","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        let Verdict::Mark(h) = classify(429, &headers(&[]), body, &cd, now) else {
+            panic!()
+        };
+        let reopens = chrono::NaiveDate::from_ymd_opt(2026, 9, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        assert_eq!((h.state, h.until), (HealthState::OverQuota, Some(reopens)));
+        let undated = br#"{"error":{"type":"rate_limit_error","message":"limits","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        let Verdict::Mark(h) = classify(429, &headers(&[]), undated, &cd, now) else {
+            panic!()
+        };
+        assert_eq!((h.state, h.until), (HealthState::OverQuota, None));
     }
 
     #[test]
@@ -443,7 +568,7 @@ mod tests {
             panic!()
         };
         assert!(request_dependent(529, &h));
-        let Verdict::Mark(h) = classify(429, &headers(&[]), b"", &cd, now) else {
+        let Verdict::Mark(h) = classify(429, &headers(&[("retry-after", "5")]), b"", &cd, now) else {
             panic!()
         };
         assert!(!request_dependent(429, &h));

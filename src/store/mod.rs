@@ -93,6 +93,10 @@ pub enum AccountKind {
     /// A Google account for Gemini Code Assist (`cloudcode-pa.googleapis.com`), connected through
     /// Google's sign-in.
     GeminiOauth,
+    /// No credential of its own: forwards each client's own Anthropic credentials (its OAuth
+    /// bearer or API key) unchanged to an Anthropic-compatible base URL. Serves only requests
+    /// whose relay key came in `x-relay-key`, and only those.
+    ClaudePassthrough,
 }
 
 impl AccountKind {
@@ -107,11 +111,12 @@ impl AccountKind {
             AccountKind::OpenAiOauth => "openai-oauth",
             AccountKind::GeminiApi => "gemini-api",
             AccountKind::GeminiOauth => "gemini-oauth",
+            AccountKind::ClaudePassthrough => "claude-passthrough",
         }
     }
 
     /// Every kind, in the order the admin API lists them.
-    pub const ALL: [AccountKind; 9] = [
+    pub const ALL: [AccountKind; 10] = [
         AccountKind::ClaudeConsole,
         AccountKind::ClaudeOauth,
         AccountKind::Ccr,
@@ -121,6 +126,7 @@ impl AccountKind {
         AccountKind::OpenAiOauth,
         AccountKind::GeminiApi,
         AccountKind::GeminiOauth,
+        AccountKind::ClaudePassthrough,
     ];
 
     fn bit(self) -> u16 {

@@ -78,6 +78,10 @@ pub struct MockState {
     pub extra_headers: Mutex<Vec<(String, String)>>,
     /// The error message of fixed-status answers.
     pub error_message: Mutex<Option<String>>,
+    /// An error answer's body exactly (instead of the one built from the status and message).
+    pub error_body: Mutex<Option<String>>,
+    /// A 429 without its usual `retry-after: 7`.
+    pub no_retry_after: Mutex<bool>,
 }
 
 pub struct MockUpstream {
@@ -106,6 +110,12 @@ impl MockUpstream {
     }
     pub fn set_error_message(&self, m: &str) {
         *self.state.error_message.lock().unwrap() = Some(m.to_string());
+    }
+    pub fn set_error_body(&self, b: &str) {
+        *self.state.error_body.lock().unwrap() = Some(b.to_string());
+    }
+    pub fn set_no_retry_after(&self) {
+        *self.state.no_retry_after.lock().unwrap() = true;
     }
 
     fn router(state: &Arc<MockState>) -> Router {
@@ -213,10 +223,17 @@ async fn handle(
             .unwrap()
             .clone()
             .unwrap_or_else(|| format!("mock {status}"));
-        let body =
-            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_mock"});
-        let mut r = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
-        if status == 429 {
+        let body = state.error_body.lock().unwrap().clone().unwrap_or_else(|| {
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_mock"})
+                .to_string()
+        });
+        let mut r = (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", "application/json")],
+            body,
+        )
+            .into_response();
+        if status == 429 && !*state.no_retry_after.lock().unwrap() {
             r.headers_mut().insert("retry-after", "7".parse().unwrap());
         }
         r.headers_mut().insert("request-id", "req_mock".parse().unwrap());
