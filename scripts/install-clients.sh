@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs the pinned real clients that tests/clients_openai.rs and tests/clients_gemini.rs drive
-# through the relay:
+# Installs the pinned real clients that tests/clients_openai.rs, tests/clients_gemini.rs and
+# tests/gateway_contract.rs drive through the relay:
 # - the openai and google-genai Python SDKs into the tests' virtualenv, by default
 #   $HOME/.cache/claude-relay/venv (RELAY_VENV overrides it; created here like
 #   scripts/install-schemathesis.sh does when missing);
-# - Codex CLI and Gemini CLI with npm into $RELAY_CLIENTS/node (default
+# - Codex CLI, Gemini CLI and Claude Code with npm into $RELAY_CLIENTS/node (default
 #   $HOME/.cache/claude-relay/clients/node), so the binaries are
-#   $RELAY_CLIENTS/node/node_modules/.bin/{codex,gemini}.
+#   $RELAY_CLIENTS/node/node_modules/.bin/{codex,gemini,claude}. Claude Code's npm package
+#   brings its native binary (about 400 MB) as an optional dependency for the platform.
 # Idempotent, and quick when the pinned versions are already there. Needs python3 with venv and
 # PyPI for the SDKs, npm (Node 20 or later for Gemini CLI) and the npm registry for the CLIs; on
 # Debian/Ubuntu, as root, it installs python3-venv, nodejs and npm with apt when they are missing.
@@ -18,11 +19,14 @@ OPENAI_PY_VERSION=3.57.0
 CODEX_VERSION=0.171.0
 GENAI_PY_VERSION=3.6.1
 GEMINI_CLI_VERSION=0.61.0
+# The Claude Code release the gateway contract suite was last checked with (README says so too).
+CLAUDE_CODE_VERSION=2.1.332
 venv="${RELAY_VENV:-$HOME/.cache/claude-relay/venv}"
 clients="${RELAY_CLIENTS:-$HOME/.cache/claude-relay/clients}"
 node_prefix="$clients/node"
 codex="$node_prefix/node_modules/.bin/codex"
 gemini="$node_prefix/node_modules/.bin/gemini"
+claude="$node_prefix/node_modules/.bin/claude"
 
 apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -76,6 +80,11 @@ install_npm() {
   fi
   mkdir -p "$node_prefix"
   npm install --prefix "$node_prefix" --no-audit --no-fund --loglevel=error --save-exact "$package@$version" || return 1
+  # Claude Code's postinstall puts its native binary in place; when npm skipped install scripts,
+  # run it by hand.
+  if ! "$bin" --version 2>/dev/null | grep -qF "$version" && [ -f "$node_prefix/node_modules/$package/install.cjs" ]; then
+    (cd "$node_prefix/node_modules/$package" && node install.cjs) || return 1
+  fi
   "$bin" --version | grep -F "$version"
 }
 
@@ -84,4 +93,5 @@ install_py openai "$OPENAI_PY_VERSION" || { echo "install-clients: the openai Py
 install_py google-genai "$GENAI_PY_VERSION" || { echo "install-clients: the google-genai Python SDK could not be installed" >&2; status=1; }
 install_npm @openai/codex "$CODEX_VERSION" "$codex" || { echo "install-clients: Codex CLI could not be installed" >&2; status=1; }
 install_npm @google/gemini-cli "$GEMINI_CLI_VERSION" "$gemini" || { echo "install-clients: Gemini CLI could not be installed" >&2; status=1; }
+install_npm @anthropic-ai/claude-code "$CLAUDE_CODE_VERSION" "$claude" || { echo "install-clients: Claude Code could not be installed" >&2; status=1; }
 exit "$status"

@@ -392,8 +392,14 @@ fn the_example_accounts_load() {
             "ccr",
             "openai",
             "azure-openai",
-            "gemini-api"
+            "gemini-api",
+            "claude-passthrough"
         ]
+    );
+    let byo = &c.accounts[8].settings;
+    assert_eq!(
+        byo.base_url_or(&c.providers.default_bases()).as_str(),
+        "https://api.anthropic.com"
     );
     let gemini = &c.accounts[7].settings;
     assert_eq!(

@@ -8,8 +8,8 @@ use super::{Dialect, Endpoint, ErrorKind, Ingress, get_only, json_bytes, post_on
 /// The mount points of the Anthropic surface: `ANTHROPIC_BASE_URL` may end in any of them.
 const PREFIXES: [&str; 4] = ["/api/claude", "/api", "/claude", ""];
 
-/// `POST /v1/messages`, `/v1/messages/count_tokens`, `GET /v1/models`, `HEAD /`, under every
-/// prefix; `GET /health` at the root.
+/// `POST /v1/messages`, `/v1/messages/count_tokens`, `GET /v1/models`, `HEAD /` and `HEAD
+/// /api/hello`, under every prefix; `GET /health` at the root.
 pub struct AnthropicMessages;
 
 impl Ingress for AnthropicMessages {
@@ -30,10 +30,10 @@ impl Ingress for AnthropicMessages {
                 continue;
             }
             let endpoint = match rest {
-                "" | "/" => match *method {
-                    http::Method::HEAD | http::Method::GET => Endpoint::Probe,
-                    _ => Endpoint::MethodNotAllowed("HEAD, GET"),
-                },
+                // `HEAD /` (older Claude Code) and `HEAD /api/hello` (its connection-warming
+                // probe, sent at the base URL's origin or under its path).
+                "" | "/" | "/api/hello" => probe(method),
+                "/hello" if prefix.ends_with("/api") => probe(method),
                 "/v1/messages" => post_only(method, Endpoint::Messages),
                 "/v1/messages/count_tokens" => post_only(method, Endpoint::CountTokens),
                 "/v1/models" => get_only(method, Endpoint::Models(super::Scope::Any)),
@@ -97,5 +97,13 @@ pub fn error_type(k: ErrorKind) -> &'static str {
         ErrorKind::Billing => "billing_error",
         ErrorKind::Unavailable => "overloaded_error",
         ErrorKind::Upstream | ErrorKind::Internal => "api_error",
+    }
+}
+
+/// A connectivity probe: answered at once, without a key.
+fn probe(method: &http::Method) -> Endpoint {
+    match *method {
+        http::Method::HEAD | http::Method::GET => Endpoint::Probe,
+        _ => Endpoint::MethodNotAllowed("HEAD, GET"),
     }
 }

@@ -325,6 +325,8 @@ mod tests {
             assert_eq!(classify(&Method::HEAD, &format!("{p}/")).endpoint, Endpoint::Probe);
         }
         assert_eq!(classify(&Method::HEAD, "/api").endpoint, Endpoint::Probe);
+        assert_eq!(classify(&Method::HEAD, "/api/hello").endpoint, Endpoint::Probe);
+        assert_eq!(classify(&Method::HEAD, "/claude/api/hello").endpoint, Endpoint::Probe);
         assert_eq!(classify(&Method::GET, "/health").endpoint, Endpoint::Health);
         assert_eq!(
             classify(&Method::GET, "/v1/messages").endpoint,
