@@ -645,6 +645,55 @@ mod tests {
             .unwrap_or_default()
     }
 
+    const BOUNDS: SessionBounds = SessionBounds {
+        per_key: 10,
+        retention_secs: 86_400,
+    };
+
+    fn in_session(at: i64, agent: Option<&str>) -> UsageEvent {
+        UsageEvent {
+            session: Some(crate::usage::sessions::SessionTag {
+                id: "sess".into(),
+                agent: agent.map(Into::into),
+                parent: None,
+            }),
+            ..event(at)
+        }
+    }
+
+    #[tokio::test]
+    async fn session_usage_is_written_and_crosses_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let now = chrono::Utc::now().timestamp();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let old: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("old")).unwrap());
+        let (sink, writer) = pipeline(old.clone(), metrics.clone(), Duration::from_millis(50));
+        let (stop, task) = writer
+            .with_spool_dir(spool_dir.clone())
+            .with_sessions(BOUNDS)
+            .start(&tokio::runtime::Handle::current());
+        sink.record(in_session(now - 5, None));
+        sink.record(in_session(now - 3, Some("sub")));
+        sink.record(event(now)); // no session
+        stop.spool_from_now().await;
+        let s = old.session_usage("k1", "sess", 0).await.unwrap().unwrap();
+        assert_eq!((s.first_seen, s.last_seen, s.totals().requests), (now - 5, now - 3, 2));
+        assert_eq!((s.main.requests, s.agents["sub"].usage.input_tokens), (1, 21));
+        assert_eq!(s.models["claude-sonnet-4-5"].cost_nanos, 10);
+
+        // Events after the hand-over reach the next store's sessions through the spool.
+        sink.record(in_session(now, Some("sub")));
+        stop.stop().await;
+        task.await.unwrap();
+        let new: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("new")).unwrap());
+        let (_sink2, writer2) = pipeline(new.clone(), metrics, Duration::from_millis(50));
+        let mut writer2 = writer2.with_spool_dir(spool_dir).with_sessions(BOUNDS);
+        writer2.ingest_spool().await;
+        let s = new.session_usage("k1", "sess", 0).await.unwrap().unwrap();
+        assert_eq!((s.totals().requests, s.agents["sub"].usage.requests), (1, 1));
+    }
+
     #[tokio::test]
     async fn spooled_usage_reaches_the_store_once_its_writer_is_gone() {
         let dir = tempfile::tempdir().unwrap();
