@@ -1,6 +1,6 @@
 //! Token usage and money: reading usage from upstream responses ([`sse`] for Anthropic,
 //! [`openai`] for OpenAI), pricing it ([`pricing`]), and aggregating it into statistics written
-//! off the request path ([`stats`]).
+//! off the request path ([`stats`]), also per client session and agent ([`sessions`]).
 //!
 //! This module alone turns tokens into money.
 
