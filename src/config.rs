@@ -337,14 +337,60 @@ pub struct StatsConfig {
     /// How often aggregated usage is written to the store.
     #[serde(default = "default_flush")]
     pub flush_interval: Dur,
+    /// Usage per client session (Claude Code, Codex) and agent.
+    #[serde(default)]
+    pub sessions: SessionStatsConfig,
 }
 
 impl Default for StatsConfig {
     fn default() -> Self {
         StatsConfig {
             flush_interval: default_flush(),
+            sessions: SessionStatsConfig::default(),
         }
     }
+}
+
+/// The most sessions `stats.sessions.per_key` may keep per key.
+pub const MAX_SESSIONS_PER_KEY: usize = 100_000;
+
+/// `stats.sessions`: how many recent client sessions are kept per key, and for how long. `0` for
+/// either switches recording off.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStatsConfig {
+    #[serde(default = "default_sessions_per_key")]
+    pub per_key: usize,
+    #[serde(default = "default_session_retention")]
+    pub retention: Dur,
+}
+
+impl Default for SessionStatsConfig {
+    fn default() -> Self {
+        SessionStatsConfig {
+            per_key: default_sessions_per_key(),
+            retention: default_session_retention(),
+        }
+    }
+}
+
+impl SessionStatsConfig {
+    /// The store's bounds, or `None` when sessions are not recorded.
+    pub fn bounds(&self) -> Option<crate::store::SessionBounds> {
+        let retention_secs = i64::try_from(self.retention.0.as_secs()).unwrap_or(i64::MAX);
+        (self.per_key > 0 && retention_secs > 0).then_some(crate::store::SessionBounds {
+            per_key: self.per_key,
+            retention_secs,
+        })
+    }
+}
+
+fn default_sessions_per_key() -> usize {
+    500
+}
+
+fn default_session_retention() -> Dur {
+    Dur(Duration::from_secs(30 * 86_400))
 }
 
 /// The keyed hash of a client key: 64 hex digits in the file (either case).
@@ -928,6 +974,20 @@ impl Config {
             if d.0.is_zero() {
                 return Err(invalid(name, "must be greater than zero"));
             }
+        }
+
+        if raw.stats.sessions.per_key > MAX_SESSIONS_PER_KEY {
+            return Err(invalid(
+                "stats.sessions.per_key",
+                format!("must be at most {MAX_SESSIONS_PER_KEY} (0 switches session recording off)"),
+            ));
+        }
+        let retention = raw.stats.sessions.retention.0;
+        if !retention.is_zero() && retention < Duration::from_secs(1) {
+            return Err(invalid(
+                "stats.sessions.retention",
+                "must be at least 1s (0 switches session recording off)",
+            ));
         }
 
         providers_config::validate(&raw.providers)?;

@@ -167,6 +167,27 @@ fn the_example_connection_and_upstream_settings_are_the_defaults() {
 }
 
 #[test]
+fn the_example_stats_block_is_the_default_and_session_bounds_are_checked() {
+    let c = Config::from_yaml(&example_block("stats:"), &|_| None).unwrap();
+    let d = Config::defaults(&|_| None).unwrap();
+    assert_eq!(format!("{:?}", c.stats), format!("{:?}", d.stats));
+    let b = d.stats.sessions.bounds().unwrap();
+    assert_eq!((b.per_key, b.retention_secs), (500, 30 * 86_400));
+    let load = |y: &str| Config::from_yaml(y, &|_| None);
+    for off in [
+        "stats: { sessions: { per_key: 0 } }",
+        "stats: { sessions: { retention: 0s } }",
+    ] {
+        assert_eq!(load(off).unwrap().stats.sessions.bounds(), None, "{off}");
+    }
+    let err = |y: &str| load(y).unwrap_err().to_string();
+    assert!(err("stats: { sessions: { per_key: 100001 } }").contains("stats.sessions.per_key"));
+    assert!(err("stats: { sessions: { retention: 500ms } }").contains("stats.sessions.retention"));
+    assert!(err("stats: { sessions: { per_key: -1 } }").contains("per_key"));
+    assert!(err("stats: { sessions: { keep: 5 } }").contains("keep"));
+}
+
+#[test]
 fn provider_settings_are_checked() {
     let err = |y: &str| Config::from_yaml(y, &|_| None).unwrap_err().to_string();
     assert!(

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub account_utilization: prometheus::GaugeVec,
     /// Client connections closed by the relay's connection limits, by reason.
     pub connections_closed: IntCounterVec,
+    /// Billed requests that named a client session, by agent (`main` or `subagent`). Session and
+    /// agent ids are never labels: they are unbounded.
+    pub session_requests: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -138,6 +141,14 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(connections_closed.clone()))?;
+        let session_requests = IntCounterVec::new(
+            Opts::new(
+                "relay_session_requests_total",
+                "Billed requests that named a client session (Claude Code, Codex), by agent: main (the session's main agent) or subagent",
+            ),
+            &["agent"],
+        )?;
+        registry.register(Box::new(session_requests.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -168,6 +179,7 @@ impl Metrics {
             oauth_refreshes,
             account_utilization,
             connections_closed,
+            session_requests,
         })
     }
 

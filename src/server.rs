@@ -334,12 +334,19 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     tasks.spawn_loop("snapshot reloads", reloader.clone().follow());
     if store.backend() == "embedded" {
         let s = store.clone();
+        let session_bounds = config.stats.sessions.bounds();
         tasks.spawn_loop("expired usage purge", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 tick.tick().await;
-                if let Err(e) = s.purge_expired_usage(chrono::Utc::now().timestamp()).await {
+                let now = chrono::Utc::now().timestamp();
+                if let Err(e) = s.purge_expired_usage(now).await {
                     tracing::warn!(error = %e, "purging expired usage failed");
+                }
+                if let Some(b) = session_bounds
+                    && let Err(e) = s.purge_sessions(now.saturating_sub(b.retention_secs)).await
+                {
+                    tracing::warn!(error = %e, "purging expired client sessions failed");
                 }
             }
         });
@@ -347,9 +354,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
 
     let (usage_sink, writer) =
         crate::usage::stats::pipeline(store.clone(), metrics.clone(), config.stats.flush_interval.0);
-    let (stats_stop, _stats_task) = writer
-        .with_spool_dir(config.data_dir.join("spool"))
-        .start(store_rt.handle());
+    let mut writer = writer.with_spool_dir(config.data_dir.join("spool"));
+    if let Some(bounds) = config.stats.sessions.bounds() {
+        writer = writer.with_sessions(bounds);
+    }
+    let (stats_stop, _stats_task) = writer.start(store_rt.handle());
     let stats_control = stats_stop.clone();
 
     let keys = Arc::new(SnapshotKeys {

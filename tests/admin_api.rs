@@ -814,6 +814,8 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/keys/{id}"),
         ("patch", "/admin/api/keys/{id}"),
         ("delete", "/admin/api/keys/{id}"),
+        ("get", "/admin/api/keys/{id}/sessions"),
+        ("get", "/admin/api/keys/{id}/sessions/{session_id}"),
         ("get", "/admin/api/accounts"),
         ("post", "/admin/api/accounts"),
         ("get", "/admin/api/accounts/{id}"),
@@ -844,7 +846,8 @@ async fn openapi_describes_every_route() {
             if m == "parameters" {
                 continue;
             }
-            let url = format!("{}{}", relay.admin(), p.replace("{id}", "some-id"));
+            let path = p.replace("{id}", "some-id").replace("{session_id}", "some-session");
+            let url = format!("{}{}", relay.admin(), path);
             let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
             let r = c.request(method, &url).send().await.unwrap();
             let s = r.status().as_u16();

@@ -8,7 +8,8 @@
 //! password verifications run a few at a time (see [`auth::LoginLimiter`]).
 //!
 //! Resources: client API keys ([`keys`]), upstream accounts ([`accounts`], with their scheduling
-//! fields and live health in [`scheduling`]) and usage statistics ([`usage`]). Keys and accounts
+//! fields and live health in [`scheduling`]), usage statistics ([`usage`]) and usage per client
+//! session of a key ([`sessions`]). Keys and accounts
 //! from `relay.yaml` are listed read-only; those created here live in the store. Every write is
 //! announced to all instances and reloaded into this instance's snapshot before the answer, so the
 //! relay serves it at once. `GET /admin/api/openapi.json` describes every endpoint.
@@ -21,6 +22,7 @@ mod oauth;
 mod openai_oauth;
 mod routes;
 mod scheduling;
+mod sessions;
 mod usage;
 
 use std::net::SocketAddr;

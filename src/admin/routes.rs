@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::AdminState;
 use super::auth::printable_user;
-use super::{accounts, gemini_oauth, keys, oauth, openai_oauth, usage};
+use super::{accounts, gemini_oauth, keys, oauth, openai_oauth, sessions, usage};
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
@@ -36,6 +36,8 @@ pub fn router(state: AdminState) -> Router {
             "/admin/api/keys/{id}",
             get(keys::get).patch(keys::update).delete(keys::delete),
         )
+        .route("/admin/api/keys/{id}/sessions", get(sessions::list))
+        .route("/admin/api/keys/{id}/sessions/{session_id}", get(sessions::get))
         .route("/admin/api/accounts", get(accounts::list).post(accounts::create))
         .route(
             "/admin/api/accounts/{id}",

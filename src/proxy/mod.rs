@@ -323,13 +323,18 @@ impl RelayProxy {
         if route.endpoint.is_billed()
             && let Some(key) = &ctx.key
         {
-            ctx.settle = Some(settle::Settle::new(
+            let mut settle = settle::Settle::new(
                 relay.usage.clone(),
                 relay.pricing.clone(),
                 relay.metrics.clone(),
                 key.id.clone(),
                 parsed.facts.model.clone().unwrap_or_default(),
-            ));
+            );
+            settle.session = crate::usage::sessions::SessionTag::from_request(
+                &session.req_header().headers,
+                parsed.facts.session.as_deref(),
+            );
+            ctx.settle = Some(settle);
         }
         ctx.facts = Some(parsed.facts.clone());
         dispatch::run(relay, session, ctx, body, &parsed).await

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 use crate::usage::pricing::PricingTable;
+use crate::usage::sessions::SessionTag;
 use crate::usage::stats::UsageSink;
 use crate::usage::{TokenUsage, UsageEvent};
 
@@ -23,6 +24,8 @@ pub struct Settle {
     pub model_known: bool,
     pub usage: TokenUsage,
     pub is_error: bool,
+    /// The client session and agent of the request, when it named one.
+    pub session: Option<SessionTag>,
     /// The cost computed by [`Settle::final_cost_nanos`], if it was.
     priced: Option<Option<u64>>,
 }
@@ -47,6 +50,7 @@ impl Settle {
             model_known: false,
             usage: TokenUsage::default(),
             is_error: false,
+            session: None,
             priced: None,
         }
     }
@@ -95,6 +99,12 @@ impl Drop for Settle {
                 rt.add_spend(c);
             }
         }
+        if let Some(t) = &self.session {
+            self.metrics
+                .session_requests
+                .with_label_values(&[t.agent_label()])
+                .inc();
+        }
         self.sink.record(UsageEvent {
             at: chrono::Utc::now().timestamp(),
             key_id: self.key_id.clone(),
@@ -104,6 +114,7 @@ impl Drop for Settle {
             cost_nanos: cost,
             is_error: self.is_error,
             model_known: self.model_known,
+            session: self.session.take(),
         });
     }
 }

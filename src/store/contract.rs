@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
+use super::client_sessions::{MAX_AGENTS_PER_SESSION, MAX_MODELS_PER_SESSION, OTHER_MODEL};
 use super::redis::RedisStore;
 use super::{
-    AccountKind, AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store, StoreError,
-    StoreResult, UsageCounters,
+    AccountKind, AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity,
+    SessionBounds, SessionCursor, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 use crate::secrets::Secrets;
 
@@ -60,6 +61,10 @@ pub async fn run_all(store: &dyn Store) -> Check {
     usage_totals(store).await.map_err(tag("usage_totals"))?;
     usage_expiry(store).await.map_err(tag("usage_expiry"))?;
     sessions(store).await.map_err(tag("sessions"))?;
+    client_sessions(store).await.map_err(tag("client_sessions"))?;
+    client_session_bounds(store)
+        .await
+        .map_err(tag("client_session_bounds"))?;
     changes(store).await.map_err(tag("changes"))?;
     Ok(())
 }
@@ -701,6 +706,263 @@ pub async fn sessions(store: &dyn Store) -> Check {
     ok("delete s1", store.delete_session("th1").await)?;
     eq("deleted session", ok("get", store.get_session("th1", t).await)?, None)?;
     ok("delete missing", store.delete_session("th1").await)?;
+    Ok(())
+}
+
+/// One request's worth of a client session: one model, counted under the main agent or a named
+/// agent (with its parent).
+fn session_delta(
+    key: &str,
+    session: &str,
+    at: i64,
+    model: &str,
+    c: UsageCounters,
+    agent: Option<(&str, Option<&str>)>,
+) -> SessionUsage {
+    let mut s = SessionUsage::new(key, session, at);
+    s.models.insert(model.to_string(), c);
+    match agent {
+        None => s.main = c,
+        Some((id, parent)) => {
+            s.agents.insert(
+                id.to_string(),
+                AgentUsage {
+                    parent: parent.map(str::to_string),
+                    first_seen: at,
+                    last_seen: at,
+                    usage: c,
+                },
+            );
+        }
+    }
+    s
+}
+
+const LONG: SessionBounds = SessionBounds {
+    per_key: 500,
+    retention_secs: 30 * 86_400,
+};
+
+/// Client sessions: usage adds up per (key, session) by model and by agent, with first and last
+/// seen; keys do not see each other's sessions; listing is newest first and pages by cursor.
+pub async fn client_sessions(store: &dyn Store) -> Check {
+    let t = now();
+    let since = t - LONG.retention_secs;
+    eq(
+        "no session yet",
+        ok("get", store.session_usage("ck1", "s1", since).await)?,
+        None,
+    )?;
+    let a = counters(1, 100, 10, 1_000);
+    let b = counters(1, 50, 5, 0);
+    let batch = vec![
+        session_delta("ck1", "s1", t - 30, "claude:opus-4", a, None),
+        session_delta("ck1", "s1", t - 20, "claude-haiku", b, Some(("ag-1", None))),
+        session_delta("ck1", "s1", t - 10, "claude:opus-4", a, Some(("ag-2", Some("ag-1")))),
+        // The same session id under another key is another session.
+        session_delta("ck2", "s1", t - 5, "claude-haiku", b, None),
+    ];
+    ok("add", store.add_session_usage(&batch, LONG, t).await)?;
+    let mut aa = a;
+    aa.add(&a);
+    let got = ok("get", store.session_usage("ck1", "s1", since).await)?
+        .ok_or_else(|| "session ck1/s1 not found".to_string())?;
+    eq("key", got.key_id.as_str(), "ck1")?;
+    eq("first/last seen", (got.first_seen, got.last_seen), (t - 30, t - 10))?;
+    let models: BTreeMap<String, UsageCounters> =
+        [("claude:opus-4".to_string(), aa), ("claude-haiku".to_string(), b)].into();
+    eq("models", got.models.clone(), models)?;
+    eq("main agent", got.main, a)?;
+    let agents: BTreeMap<String, AgentUsage> = [
+        (
+            "ag-1".to_string(),
+            AgentUsage {
+                parent: None,
+                first_seen: t - 20,
+                last_seen: t - 20,
+                usage: b,
+            },
+        ),
+        (
+            "ag-2".to_string(),
+            AgentUsage {
+                parent: Some("ag-1".to_string()),
+                first_seen: t - 10,
+                last_seen: t - 10,
+                usage: a,
+            },
+        ),
+    ]
+    .into();
+    eq("agents", got.agents.clone(), agents)?;
+    eq("other agents", got.other_agents, UsageCounters::default())?;
+    let mut total = aa;
+    total.add(&b);
+    eq("totals", got.totals(), total)?;
+    let other_key = ok("get", store.session_usage("ck2", "s1", since).await)?
+        .ok_or_else(|| "session ck2/s1 not found".to_string())?;
+    eq("the other key's session", other_key.totals(), b)?;
+
+    // A later batch adds up; an earlier first use moves first_seen back; the parent sticks.
+    let later = vec![
+        session_delta("ck1", "s1", t - 40, "claude:opus-4", a, Some(("ag-2", None))),
+        session_delta("ck1", "s1", t - 2, "claude-haiku", b, None),
+    ];
+    ok("add again", store.add_session_usage(&later, LONG, t).await)?;
+    let got =
+        ok("get", store.session_usage("ck1", "s1", since).await)?.ok_or_else(|| "session ck1/s1 gone".to_string())?;
+    eq("first/last after", (got.first_seen, got.last_seen), (t - 40, t - 2))?;
+    eq("opus requests", got.models["claude:opus-4"].requests, 3)?;
+    eq("main requests", got.main.requests, 2)?;
+    let ag2 = &got.agents["ag-2"];
+    eq(
+        "ag-2",
+        (ag2.parent.as_deref(), ag2.first_seen, ag2.last_seen, ag2.usage.requests),
+        (Some("ag-1"), t - 40, t - 10, 2),
+    )?;
+    eq("requests", got.totals().requests, 5)?;
+    eq(
+        "not visible before `since`",
+        ok("get", store.session_usage("ck1", "s1", t - 1).await)?,
+        None,
+    )?;
+
+    // Listing: newest first, paged; `since` hides older ones; other keys' sessions never show.
+    let more: Vec<SessionUsage> = (0..4)
+        .map(|i| session_delta("ck1", &format!("p{i}"), t - 100 + i, "m", b, None))
+        .collect();
+    ok("add more", store.add_session_usage(&more, LONG, t).await)?;
+    let page = ok("list", store.recent_sessions("ck1", since, None, 3).await)?;
+    let ids: Vec<&str> = page.sessions.iter().map(|s| s.session_id.as_str()).collect();
+    eq("first page", ids, vec!["s1", "p3", "p2"])?;
+    let cursor = page
+        .next
+        .clone()
+        .ok_or_else(|| "no cursor after a full page".to_string())?;
+    eq(
+        "cursor",
+        cursor.clone(),
+        SessionCursor {
+            last_seen: t - 98,
+            session_id: "p2".to_string(),
+        },
+    )?;
+    let page = ok("list", store.recent_sessions("ck1", since, Some(&cursor), 3).await)?;
+    let ids: Vec<&str> = page.sessions.iter().map(|s| s.session_id.as_str()).collect();
+    eq("second page", ids, vec!["p1", "p0"])?;
+    eq("no cursor after the last page", page.next, None)?;
+    eq(
+        "listed sessions carry their usage",
+        page.sessions.first().map(|s| s.models["m"]),
+        Some(b),
+    )?;
+    let page = ok("list", store.recent_sessions("ck1", t - 97, None, 10).await)?;
+    eq("since", page.sessions.len(), 2)?;
+    let page = ok("list", store.recent_sessions("ck2", since, None, 10).await)?;
+    let ids: Vec<&str> = page.sessions.iter().map(|s| s.session_id.as_str()).collect();
+    eq("the other key lists only its own", ids, vec!["s1"])?;
+    eq(
+        "an unknown key has none",
+        ok("list", store.recent_sessions("nobody", since, None, 10).await)?.sessions,
+        vec![],
+    )?;
+    Ok(())
+}
+
+/// Client session bounds: the per-key cap drops the least recently seen, a session past the
+/// retention is gone, a session keeps at most so many models and agents apart, and (embedded)
+/// `purge_sessions` deletes old sessions.
+pub async fn client_session_bounds(store: &dyn Store) -> Check {
+    let t = now();
+    let c = counters(1, 1, 1, 1);
+    let cap = SessionBounds {
+        per_key: 3,
+        retention_secs: 3_600,
+    };
+    for i in 0..5 {
+        let d = session_delta("bk", &format!("b{i}"), t - 50 + i, "m", c, None);
+        ok("add", store.add_session_usage(&[d], cap, t).await)?;
+    }
+    let page = ok("list", store.recent_sessions("bk", i64::MIN, None, 10).await)?;
+    let ids: Vec<&str> = page.sessions.iter().map(|s| s.session_id.as_str()).collect();
+    eq("the cap keeps the most recent", ids, vec!["b4", "b3", "b2"])?;
+    eq(
+        "an evicted session is gone",
+        ok("get", store.session_usage("bk", "b0", i64::MIN).await)?,
+        None,
+    )?;
+    // New use of an old session moves it to the front: then the next oldest goes.
+    let d = session_delta("bk", "b2", t, "m", c, None);
+    let n = session_delta("bk", "b5", t - 1, "m", c, None);
+    ok("add", store.add_session_usage(&[d, n], cap, t).await)?;
+    let page = ok("list", store.recent_sessions("bk", i64::MIN, None, 10).await)?;
+    let ids: Vec<&str> = page.sessions.iter().map(|s| s.session_id.as_str()).collect();
+    eq("recent use keeps a session", ids, vec!["b2", "b5", "b4"])?;
+
+    // Retention: a session last seen before now - retention is gone once its key is written.
+    let stale = session_delta("rk", "old", t - 7_200, "m", c, None);
+    let fresh = session_delta("rk", "new", t, "m", c, None);
+    ok("add", store.add_session_usage(&[stale, fresh], cap, t).await)?;
+    eq(
+        "a stale session is not kept",
+        ok("get", store.session_usage("rk", "old", i64::MIN).await)?,
+        None,
+    )?;
+    let d = session_delta("rk", "ageing", t - 3_000, "m", c, None);
+    ok("add", store.add_session_usage(&[d], cap, t).await)?;
+    // 700 s on, "ageing" is past the retention: a write of the key drops it.
+    let d = session_delta("rk", "new", t + 700, "m", c, None);
+    ok("add", store.add_session_usage(&[d], cap, t + 700).await)?;
+    let page = ok("list", store.recent_sessions("rk", i64::MIN, None, 10).await)?;
+    let ids: Vec<&str> = page.sessions.iter().map(|s| s.session_id.as_str()).collect();
+    eq("retention", ids, vec!["new"])?;
+
+    // Bounds inside one session.
+    let mut wide = SessionUsage::new("wk", "w", t);
+    for i in 0..MAX_MODELS_PER_SESSION + 4 {
+        wide.models.insert(format!("model-{i:03}"), c);
+    }
+    ok("add", store.add_session_usage(&[wide], LONG, t).await)?;
+    let mut agents = SessionUsage::new("wk", "w", t);
+    for i in 0..MAX_AGENTS_PER_SESSION + 2 {
+        agents.agents.insert(
+            format!("agent-{i:04}"),
+            AgentUsage {
+                parent: None,
+                first_seen: t,
+                last_seen: t,
+                usage: c,
+            },
+        );
+    }
+    ok("add", store.add_session_usage(&[agents], LONG, t).await)?;
+    let got = ok("get", store.session_usage("wk", "w", i64::MIN).await)?
+        .ok_or_else(|| "session wk/w not found".to_string())?;
+    eq("models kept apart", got.models.len(), MAX_MODELS_PER_SESSION + 1)?;
+    eq(
+        "models beyond the cap",
+        got.models.get(OTHER_MODEL).map(|c| c.requests),
+        Some(4),
+    )?;
+    eq("agents kept apart", got.agents.len(), MAX_AGENTS_PER_SESSION)?;
+    eq("agents beyond the cap", got.other_agents.requests, 2)?;
+
+    if store.backend() == "embedded" {
+        let purged = ok("purge", store.purge_sessions(t + 1).await)?;
+        ensure!(purged >= 1, "purge_sessions removed {purged} sessions, want at least 1");
+        eq(
+            "purged",
+            ok("list", store.recent_sessions("bk", i64::MIN, None, 10).await)?.sessions,
+            vec![],
+        )?;
+        eq(
+            "nothing left to purge",
+            ok("purge", store.purge_sessions(t + 1).await)?,
+            0,
+        )?;
+    } else {
+        eq("purge is a no-op", ok("purge", store.purge_sessions(t + 1).await)?, 0)?;
+    }
     Ok(())
 }
 

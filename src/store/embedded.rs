@@ -13,6 +13,11 @@
 //! - `usage`: encoded [`BucketKey`] → varint counters (see [`encode_bucket_key`])
 //! - `usage_expiry`: expiry ‖ encoded bucket key → () (what `purge_expired_usage` scans)
 //! - `admin_sessions`: token hash → JSON [`AdminSession`]
+//! - `client_sessions`: key id length (4, BE) ‖ key id ‖ session id → JSON of the session's usage
+//!   (see [`StoredSession`])
+//! - `client_session_index`: key id length ‖ key id ‖ last seen (8, sortable) ‖ session id → ()
+//!   (a key's sessions in the order they were last seen: what listing, the per-key cap and the
+//!   retention read)
 //! - `meta`: `schema_version` → 1
 
 use std::collections::BTreeMap;
@@ -25,9 +30,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
+use super::client_sessions::{counter_fields, counters_from_fields, page_order};
 use super::{
-    AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store, StoreError, StoreResult,
-    UsageCounters,
+    AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
+    SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 
 /// The file name inside the data directory.
@@ -43,6 +49,8 @@ const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
 const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage");
 const USAGE_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("usage_expiry");
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("admin_sessions");
+const CLIENT_SESSIONS: TableDefinition<&[u8], &str> = TableDefinition::new("client_sessions");
+const CLIENT_SESSION_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("client_session_index");
 
 /// Change notifications kept for a slow receiver before it sees `Lagged` (it then simply reloads).
 const CHANGE_CHANNEL_CAPACITY: usize = 64;
@@ -201,6 +209,8 @@ fn init_schema(db: &Database) -> StoreResult<()> {
         txn.open_table(USAGE).map_err(db_err)?;
         txn.open_table(USAGE_EXPIRY).map_err(db_err)?;
         txn.open_table(SESSIONS).map_err(db_err)?;
+        txn.open_table(CLIENT_SESSIONS).map_err(db_err)?;
+        txn.open_table(CLIENT_SESSION_INDEX).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)
 }
@@ -591,6 +601,181 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    // --- client sessions ---
+
+    async fn add_session_usage(&self, batch: &[SessionUsage], bounds: SessionBounds, now: i64) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.to_vec();
+        self.run(move |db| {
+            let cutoff = now.saturating_sub(bounds.retention_secs);
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut records = txn.open_table(CLIENT_SESSIONS).map_err(db_err)?;
+                let mut index = txn.open_table(CLIENT_SESSION_INDEX).map_err(db_err)?;
+                let mut touched = std::collections::BTreeSet::new();
+                for delta in &batch {
+                    let rk = session_record_key(&delta.key_id, &delta.session_id)?;
+                    let stored = records
+                        .get(rk.as_slice())
+                        .map_err(db_err)?
+                        .map(|g| decode_session(&delta.key_id, &delta.session_id, g.value()));
+                    let (mut session, old_last) = match stored {
+                        Some(s) => {
+                            let s = s?;
+                            let last = s.last_seen;
+                            // A session past its retention is gone, as a Redis TTL would have it.
+                            if last < cutoff {
+                                (
+                                    SessionUsage::new(&delta.key_id, &delta.session_id, delta.first_seen),
+                                    Some(last),
+                                )
+                            } else {
+                                (s, Some(last))
+                            }
+                        }
+                        None => (
+                            SessionUsage::new(&delta.key_id, &delta.session_id, delta.first_seen),
+                            None,
+                        ),
+                    };
+                    session.merge(delta);
+                    records
+                        .insert(rk.as_slice(), encode_session(&session)?.as_str())
+                        .map_err(db_err)?;
+                    if old_last != Some(session.last_seen) {
+                        if let Some(old) = old_last {
+                            index
+                                .remove(session_index_key(&delta.key_id, old, &delta.session_id)?.as_slice())
+                                .map_err(db_err)?;
+                        }
+                        index
+                            .insert(
+                                session_index_key(&delta.key_id, session.last_seen, &delta.session_id)?.as_slice(),
+                                (),
+                            )
+                            .map_err(db_err)?;
+                    }
+                    touched.insert(delta.key_id.clone());
+                }
+                for key_id in &touched {
+                    // Oldest first: what retention and the cap remove.
+                    let (lo, hi) = session_index_range(key_id)?;
+                    let mut entries = Vec::new();
+                    for row in index.range(lo.as_slice()..hi.as_slice()).map_err(db_err)? {
+                        let (k, _) = row.map_err(db_err)?;
+                        let (_, last, session_id) = decode_session_index_key(k.value())?;
+                        entries.push((last, session_id, k.value().to_vec()));
+                    }
+                    let live = entries.iter().filter(|(last, ..)| *last >= cutoff).count();
+                    let mut over = live.saturating_sub(bounds.per_key.max(1));
+                    for (last, session_id, ik) in &entries {
+                        let drop_it = if *last < cutoff {
+                            true
+                        } else if over > 0 {
+                            over -= 1;
+                            true
+                        } else {
+                            false
+                        };
+                        if drop_it {
+                            index.remove(ik.as_slice()).map_err(db_err)?;
+                            records
+                                .remove(session_record_key(key_id, session_id)?.as_slice())
+                                .map_err(db_err)?;
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn recent_sessions(
+        &self,
+        key_id: &str,
+        since: i64,
+        cursor: Option<&SessionCursor>,
+        limit: usize,
+    ) -> StoreResult<SessionPage> {
+        let key_id = key_id.to_owned();
+        let cursor = cursor.cloned();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let index = txn.open_table(CLIENT_SESSION_INDEX).map_err(db_err)?;
+            let records = txn.open_table(CLIENT_SESSIONS).map_err(db_err)?;
+            let (lo, hi) = session_index_range(&key_id)?;
+            let mut entries = Vec::new();
+            for row in index.range(lo.as_slice()..hi.as_slice()).map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                let (_, last, session_id) = decode_session_index_key(k.value())?;
+                if last >= since {
+                    entries.push((last, session_id));
+                }
+            }
+            let (page, more) = page_order(entries, cursor.as_ref(), limit);
+            let mut sessions = Vec::with_capacity(page.len());
+            for (_, session_id) in &page {
+                let rk = session_record_key(&key_id, session_id)?;
+                if let Some(g) = records.get(rk.as_slice()).map_err(db_err)? {
+                    sessions.push(decode_session(&key_id, session_id, g.value())?);
+                }
+            }
+            let next = if more {
+                sessions.last().map(SessionCursor::of)
+            } else {
+                None
+            };
+            Ok(SessionPage { sessions, next })
+        })
+        .await
+    }
+
+    async fn session_usage(&self, key_id: &str, session_id: &str, since: i64) -> StoreResult<Option<SessionUsage>> {
+        let rk = session_record_key(key_id, session_id)?;
+        let (key_id, session_id) = (key_id.to_owned(), session_id.to_owned());
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let records = txn.open_table(CLIENT_SESSIONS).map_err(db_err)?;
+            let got = records.get(rk.as_slice()).map_err(db_err)?;
+            match got {
+                Some(g) => Ok(Some(decode_session(&key_id, &session_id, g.value())?).filter(|s| s.last_seen >= since)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn purge_sessions(&self, before: i64) -> StoreResult<u64> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let purged = {
+                let mut records = txn.open_table(CLIENT_SESSIONS).map_err(db_err)?;
+                let mut index = txn.open_table(CLIENT_SESSION_INDEX).map_err(db_err)?;
+                let mut stale = Vec::new();
+                for row in index.iter().map_err(db_err)? {
+                    let (k, _) = row.map_err(db_err)?;
+                    let (key_id, last, session_id) = decode_session_index_key(k.value())?;
+                    if last < before {
+                        stale.push((k.value().to_vec(), key_id, session_id));
+                    }
+                }
+                for (ik, key_id, session_id) in &stale {
+                    index.remove(ik.as_slice()).map_err(db_err)?;
+                    records
+                        .remove(session_record_key(key_id, session_id)?.as_slice())
+                        .map_err(db_err)?;
+                }
+                stale.len() as u64
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(purged)
+        })
+        .await
+    }
+
     // --- admin sessions ---
 
     async fn put_session(&self, token_hash: &str, session: &AdminSession) -> StoreResult<()> {
@@ -855,6 +1040,137 @@ fn decode_counters(b: &[u8]) -> StoreResult<UsageCounters> {
         c.set_field(name, v);
     }
     Ok(c)
+}
+
+// --- client session encodings ---
+
+/// A client session as stored: counters as `field → value` maps, so records stay readable when
+/// [`UsageCounters`] gains or loses a field.
+#[derive(serde::Serialize, Deserialize)]
+struct StoredSession {
+    first: i64,
+    last: i64,
+    #[serde(default)]
+    models: BTreeMap<String, BTreeMap<String, u64>>,
+    #[serde(default)]
+    main: BTreeMap<String, u64>,
+    #[serde(default)]
+    agents: BTreeMap<String, StoredAgent>,
+    #[serde(default)]
+    other_agents: BTreeMap<String, u64>,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct StoredAgent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<String>,
+    first: i64,
+    last: i64,
+    #[serde(default)]
+    usage: BTreeMap<String, u64>,
+}
+
+fn encode_session(s: &SessionUsage) -> StoreResult<String> {
+    let stored = StoredSession {
+        first: s.first_seen,
+        last: s.last_seen,
+        models: s.models.iter().map(|(m, c)| (m.clone(), counter_fields(c))).collect(),
+        main: counter_fields(&s.main),
+        agents: s
+            .agents
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.clone(),
+                    StoredAgent {
+                        parent: a.parent.clone(),
+                        first: a.first_seen,
+                        last: a.last_seen,
+                        usage: counter_fields(&a.usage),
+                    },
+                )
+            })
+            .collect(),
+        other_agents: counter_fields(&s.other_agents),
+    };
+    to_json("client session", &stored)
+}
+
+fn decode_session(key_id: &str, session_id: &str, json: &str) -> StoreResult<SessionUsage> {
+    let s: StoredSession = from_json("client session", session_id, json)?;
+    Ok(SessionUsage {
+        key_id: key_id.to_string(),
+        session_id: session_id.to_string(),
+        first_seen: s.first,
+        last_seen: s.last,
+        models: s
+            .models
+            .iter()
+            .map(|(m, c)| (m.clone(), counters_from_fields(c)))
+            .collect(),
+        main: counters_from_fields(&s.main),
+        agents: s
+            .agents
+            .into_iter()
+            .map(|(id, a)| {
+                let usage = counters_from_fields(&a.usage);
+                (
+                    id,
+                    AgentUsage {
+                        parent: a.parent,
+                        first_seen: a.first,
+                        last_seen: a.last,
+                        usage,
+                    },
+                )
+            })
+            .collect(),
+        other_agents: counters_from_fields(&s.other_agents),
+    })
+}
+
+/// `key id length (4, BE) ‖ key id`: the start of every client-session row of a key.
+fn session_key_prefix(key_id: &str) -> StoreResult<Vec<u8>> {
+    let len = u32::try_from(key_id.len()).map_err(|_| StoreError::Conflict("key id is longer than 4 GiB".into()))?;
+    let mut k = Vec::with_capacity(4 + key_id.len() + 8 + 40);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(key_id.as_bytes());
+    Ok(k)
+}
+
+fn session_record_key(key_id: &str, session_id: &str) -> StoreResult<Vec<u8>> {
+    let mut k = session_key_prefix(key_id)?;
+    k.extend_from_slice(session_id.as_bytes());
+    Ok(k)
+}
+
+fn session_index_key(key_id: &str, last_seen: i64, session_id: &str) -> StoreResult<Vec<u8>> {
+    let mut k = session_key_prefix(key_id)?;
+    k.extend_from_slice(&sortable_i64(last_seen));
+    k.extend_from_slice(session_id.as_bytes());
+    Ok(k)
+}
+
+/// The index rows of one key: `[prefix, prefix ‖ FF×9)` (session ids are visible ASCII).
+fn session_index_range(key_id: &str) -> StoreResult<(Vec<u8>, Vec<u8>)> {
+    let lo = session_key_prefix(key_id)?;
+    let mut hi = lo.clone();
+    hi.extend_from_slice(&[0xFF; 9]);
+    Ok((lo, hi))
+}
+
+fn decode_session_index_key(k: &[u8]) -> StoreResult<(String, i64, String)> {
+    let bad = || StoreError::Corrupt("malformed client session index key".to_string());
+    let (len, rest) = k.split_first_chunk::<4>().ok_or_else(bad)?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| bad())?;
+    let key_id = rest.get(..len).ok_or_else(bad)?;
+    let rest = rest.get(len..).ok_or_else(bad)?;
+    let (last, session_id) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+    Ok((
+        String::from_utf8(key_id.to_vec()).map_err(|_| bad())?,
+        from_sortable_i64(*last),
+        String::from_utf8(session_id.to_vec()).map_err(|_| bad())?,
+    ))
 }
 
 #[cfg(test)]

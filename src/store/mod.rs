@@ -10,6 +10,7 @@
 //! Both pass the same contract suite in [`contract`]. Only this module knows key names in Redis or
 //! table names in the embedded file.
 
+pub mod client_sessions;
 pub mod contract;
 pub mod coord;
 pub mod coord_contract;
@@ -24,6 +25,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::Sealed;
+
+pub use client_sessions::{AgentUsage, SessionBounds, SessionCursor, SessionPage, SessionUsage};
 
 /// Errors from a store backend. The message never contains secret material.
 #[derive(Debug, thiserror::Error)]
@@ -535,6 +538,28 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_totals(&self, dimension: Dimension) -> StoreResult<BTreeMap<String, UsageCounters>>;
     /// Removes expired buckets now (the Redis backend relies on TTLs and may do nothing).
     async fn purge_expired_usage(&self, now: i64) -> StoreResult<u64>;
+
+    // --- client sessions (usage per Claude Code / Codex session of a key) ---
+    /// Adds each session's usage to the stored session of its (key, session id) (see
+    /// [`SessionUsage::merge`] for the per-session bounds). Then, for every key in the batch,
+    /// drops the sessions last seen before `now - bounds.retention_secs` and, past
+    /// `bounds.per_key`, the least recently seen ones. Sessions expire by themselves after the
+    /// retention, counted from their last use.
+    async fn add_session_usage(&self, batch: &[SessionUsage], bounds: SessionBounds, now: i64) -> StoreResult<()>;
+    /// The sessions of a key last seen at or after `since`, most recently seen first (then by
+    /// session id, descending), starting after `cursor`, at most `limit`.
+    async fn recent_sessions(
+        &self,
+        key_id: &str,
+        since: i64,
+        cursor: Option<&SessionCursor>,
+        limit: usize,
+    ) -> StoreResult<SessionPage>;
+    /// One session of a key, if it was last seen at or after `since`.
+    async fn session_usage(&self, key_id: &str, session_id: &str, since: i64) -> StoreResult<Option<SessionUsage>>;
+    /// Deletes the sessions of every key last seen before `before` (the Redis backend relies on
+    /// TTLs and may do nothing). Returns how many were deleted.
+    async fn purge_sessions(&self, before: i64) -> StoreResult<u64>;
 
     // --- admin sessions ---
     async fn put_session(&self, token_hash: &str, session: &AdminSession) -> StoreResult<()>;

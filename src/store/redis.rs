@@ -11,6 +11,8 @@
 //! | `{p}u:{dim}:{gran}:{start}:{subject}` | hash    | usage counters ([`UsageCounters::fields`])   |
 //! | `{p}u:subjects:{dim}`                 | set     | subjects that have a `total` bucket          |
 //! | `{p}session:{token hash}`             | string  | JSON [`AdminSession`], `EXPIREAT` its expiry  |
+//! | `{p}cs:{len}:{key id}:{session id}`   | hash    | one client session's usage (see `lua/add_session_usage.lua`), `EXPIREAT` last use + retention |
+//! | `{p}csx:{key id}`                     | zset    | a key's client session ids by last use       |
 //! | `{p}changes`                          | channel | pub/sub: keys or accounts changed            |
 //!
 //! `{dim}` is `key|account|model`, `{gran}` `minute|hour|day|month|total`, `{start}` the bucket
@@ -35,10 +37,11 @@ use tokio::task::JoinHandle;
 
 use crate::lifecycle::Tasks;
 
+use super::client_sessions::{MAX_AGENTS_PER_SESSION, MAX_MODELS_PER_SESSION, counter_fields, page_order};
 use super::embedded::{bucket_expiry, merge_usage_batch, now_unix, series_bucket_starts};
 use super::{
-    AccountRecord, AdminSession, ApiKeyRecord, BucketKey, Dimension, Granularity, Store, StoreError, StoreResult,
-    UsageCounters,
+    AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
+    SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 
 /// The prefix used when none is configured.
@@ -79,6 +82,7 @@ struct Scripts {
     put_api_key: Script,
     delete_api_key: Script,
     touch_api_keys: Script,
+    add_session_usage: Script,
 }
 
 impl Scripts {
@@ -87,6 +91,7 @@ impl Scripts {
             put_api_key: Script::new(include_str!("lua/put_api_key.lua")),
             delete_api_key: Script::new(include_str!("lua/delete_api_key.lua")),
             touch_api_keys: Script::new(include_str!("lua/touch_api_keys.lua")),
+            add_session_usage: Script::new(include_str!("lua/add_session_usage.lua")),
         }
     }
 }
@@ -135,6 +140,58 @@ fn parse_counters(key: &str, fields: HashMap<String, String>) -> StoreResult<Usa
         c.set_field(&name, v);
     }
     Ok(c)
+}
+
+/// Reads a client session's hash (see `lua/add_session_usage.lua`); `None` when it is empty
+/// (gone).
+fn parse_session(key_id: &str, session_id: &str, fields: HashMap<String, String>) -> StoreResult<Option<SessionUsage>> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let bad = |name: &str, value: &str| {
+        StoreError::Corrupt(format!(
+            "client session {session_id:?} of key {key_id:?}: field {name} = {value:?}"
+        ))
+    };
+    let mut s = SessionUsage::new(key_id, session_id, 0);
+    for (name, value) in &fields {
+        let int = || value.parse::<i64>().map_err(|_| bad(name, value));
+        let count = || value.parse::<u64>().map_err(|_| bad(name, value));
+        if name == "first" {
+            s.first_seen = int()?;
+        } else if name == "last" {
+            s.last_seen = int()?;
+        } else if let Some(rest) = name.strip_prefix("m:") {
+            if let Some((field, model)) = rest.split_once(':') {
+                s.models
+                    .entry(model.to_string())
+                    .or_default()
+                    .set_field(field, count()?);
+            }
+        } else if let Some(field) = name.strip_prefix("main:") {
+            s.main.set_field(field, count()?);
+        } else if let Some(field) = name.strip_prefix("rest:") {
+            s.other_agents.set_field(field, count()?);
+        } else if let Some(rest) = name.strip_prefix("a:") {
+            if let Some((field, id)) = rest.split_once(':') {
+                s.agents
+                    .entry(id.to_string())
+                    .or_default()
+                    .usage
+                    .set_field(field, count()?);
+            }
+        } else if let Some(id) = name.strip_prefix("af:") {
+            s.agents.entry(id.to_string()).or_default().first_seen = int()?;
+        } else if let Some(id) = name.strip_prefix("al:") {
+            s.agents.entry(id.to_string()).or_default().last_seen = int()?;
+        } else if let Some(id) = name.strip_prefix("ap:") {
+            s.agents.entry(id.to_string()).or_default().parent = Some(value.clone());
+        }
+    }
+    // An agent with nothing but a parent (a partly expired write; none is expected) is left out.
+    s.agents
+        .retain(|_, a: &mut AgentUsage| a.last_seen != 0 || !a.usage.is_zero());
+    Ok(Some(s))
 }
 
 impl RedisStore {
@@ -247,6 +304,16 @@ impl RedisStore {
 
     fn subjects_key(&self, d: Dimension) -> String {
         format!("{}u:subjects:{}", self.prefix, d.as_str())
+    }
+
+    /// One client session's hash. The key id's length makes the name unambiguous whatever either
+    /// id contains.
+    fn client_session_key(&self, key_id: &str, session_id: &str) -> String {
+        format!("{}cs:{}:{key_id}:{session_id}", self.prefix, key_id.len())
+    }
+
+    fn client_session_index(&self, key_id: &str) -> String {
+        format!("{}csx:{key_id}", self.prefix)
     }
 
     fn session_key(&self, token_hash: &str) -> String {
@@ -494,6 +561,111 @@ impl Store for RedisStore {
 
     /// Redis expires buckets by their `EXPIREAT`: nothing to do.
     async fn purge_expired_usage(&self, _now: i64) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    // --- client sessions ---
+
+    async fn add_session_usage(&self, batch: &[SessionUsage], bounds: SessionBounds, now: i64) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.scripts.add_session_usage.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(now)
+            .arg(bounds.retention_secs.max(1))
+            .arg(bounds.per_key.max(1))
+            .arg(MAX_MODELS_PER_SESSION)
+            .arg(MAX_AGENTS_PER_SESSION)
+            .arg(batch.len());
+        let fields = |inv: &mut redis::ScriptInvocation<'_>, c: &UsageCounters| -> StoreResult<()> {
+            let f = counter_fields(c);
+            inv.arg(f.len());
+            for (name, v) in f {
+                let v = i64::try_from(v).map_err(|_| {
+                    StoreError::Conflict(format!("usage counter {name} = {v} exceeds the Redis integer range"))
+                })?;
+                inv.arg(name).arg(v);
+            }
+            Ok(())
+        };
+        for s in batch {
+            inv.arg(&s.key_id)
+                .arg(&s.session_id)
+                .arg(s.first_seen)
+                .arg(s.last_seen)
+                .arg(s.models.len());
+            for (model, c) in &s.models {
+                inv.arg(model);
+                fields(&mut inv, c)?;
+            }
+            fields(&mut inv, &s.main)?;
+            fields(&mut inv, &s.other_agents)?;
+            inv.arg(s.agents.len());
+            for (id, a) in &s.agents {
+                inv.arg(id)
+                    .arg(a.parent.as_deref().unwrap_or(""))
+                    .arg(a.first_seen)
+                    .arg(a.last_seen);
+                fields(&mut inv, &a.usage)?;
+            }
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn recent_sessions(
+        &self,
+        key_id: &str,
+        since: i64,
+        cursor: Option<&SessionCursor>,
+        limit: usize,
+    ) -> StoreResult<SessionPage> {
+        // The set holds at most `per_key` members: read them all, order and page here.
+        let scored: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.client_session_index(key_id))
+            .arg(since)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let entries = scored.into_iter().map(|(id, score)| (score as i64, id)).collect();
+        let (page, more) = page_order(entries, cursor, limit);
+        if page.is_empty() {
+            return Ok(SessionPage::default());
+        }
+        let mut pipe = redis::pipe();
+        for (_, id) in &page {
+            pipe.cmd("HGETALL").arg(self.client_session_key(key_id, id));
+        }
+        let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let mut sessions = Vec::with_capacity(page.len());
+        for ((_, id), fields) in page.iter().zip(rows) {
+            // Gone between the two reads (expired or evicted): skipped.
+            if let Some(s) = parse_session(key_id, id, fields)? {
+                sessions.push(s);
+            }
+        }
+        let next = if more {
+            sessions.last().map(SessionCursor::of)
+        } else {
+            None
+        };
+        Ok(SessionPage { sessions, next })
+    }
+
+    async fn session_usage(&self, key_id: &str, session_id: &str, since: i64) -> StoreResult<Option<SessionUsage>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.client_session_key(key_id, session_id))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(parse_session(key_id, session_id, fields)?.filter(|s| s.last_seen >= since))
+    }
+
+    /// Redis expires sessions by their `EXPIREAT`: nothing to do.
+    async fn purge_sessions(&self, _before: i64) -> StoreResult<u64> {
         Ok(0)
     }
 

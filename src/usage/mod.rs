@@ -1,12 +1,13 @@
 //! Token usage and money: reading usage from upstream responses ([`sse`] for Anthropic,
 //! [`openai`] for OpenAI), pricing it ([`pricing`]), and aggregating it into statistics written
-//! off the request path ([`stats`]).
+//! off the request path ([`stats`]), also per client session and agent ([`sessions`]).
 //!
 //! This module alone turns tokens into money.
 
 pub mod gemini;
 pub mod openai;
 pub mod pricing;
+pub mod sessions;
 pub mod sse;
 pub mod stats;
 
@@ -63,4 +64,7 @@ pub struct UsageEvent {
     /// name is the operator's, not only the client's.
     #[serde(default)]
     pub model_known: bool,
+    /// The client session and agent the request came from, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<sessions::SessionTag>,
 }

@@ -9,6 +9,10 @@
 //! one batch. A failed write keeps the pending counters for the next attempt. On shutdown the writer
 //! drains the queue and flushes once more, so usage that reached the relay is not lost.
 //!
+//! Requests that name a client session ([`super::sessions`]) are also folded per (key, session),
+//! by model and by agent, and written with one store call per flush
+//! ([`Store::add_session_usage`]), bounded by [`StatsWriter::with_sessions`]'s limits.
+//!
 //! During a zero-downtime upgrade with the embedded store (one process at a time), the old process
 //! writes what it has to the store and then switches the writer to the usage spool ([`spool`]):
 //! the usage of its last requests is appended to a file under the data directory, which the new
@@ -26,7 +30,7 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::store::{BucketKey, Dimension, Granularity, Store, UsageCounters};
+use crate::store::{AgentUsage, BucketKey, Dimension, Granularity, SessionBounds, SessionUsage, Store, UsageCounters};
 use crate::usage::UsageEvent;
 
 /// Capacity of the queue between requests and the writer (events between two drains).
@@ -70,10 +74,16 @@ struct Fold {
     model: Arc<str>,
 }
 
-/// Events folded per (minute, key, account, model), plus the last use of each key.
+/// A client session of a key.
+type SessionKey = (Arc<str>, Arc<str>);
+
+/// Events folded per (minute, key, account, model), plus the last use of each key and, when
+/// sessions are recorded, the usage per (key, session).
 #[derive(Default)]
 struct Folder {
     folded: HashMap<Fold, UsageCounters>,
+    /// `None`: sessions are not recorded.
+    sessions: Option<HashMap<SessionKey, SessionUsage>>,
     last_used: HashMap<Arc<str>, i64>,
     /// Model names recorded as themselves on `unknown_day` that nothing vouches for.
     unknown_models: std::collections::HashSet<Arc<str>>,
@@ -81,11 +91,40 @@ struct Folder {
 }
 
 impl Folder {
+    fn recording_sessions() -> Self {
+        Folder {
+            sessions: Some(HashMap::new()),
+            ..Default::default()
+        }
+    }
+
     fn fold(&mut self, ev: UsageEvent) {
         let c = counters_of(&ev);
         let slot = self.last_used.entry(ev.key_id.clone()).or_insert(ev.at);
         *slot = (*slot).max(ev.at);
         let model = self.model_dimension(&ev);
+        if let (Some(sessions), Some(tag)) = (self.sessions.as_mut(), ev.session.as_ref()) {
+            let mut delta = SessionUsage::new(&ev.key_id, &tag.id, ev.at);
+            delta.models.insert(model.to_string(), c);
+            match &tag.agent {
+                None => delta.main = c,
+                Some(agent) => {
+                    delta.agents.insert(
+                        agent.to_string(),
+                        AgentUsage {
+                            parent: tag.parent.as_deref().map(str::to_string),
+                            first_seen: ev.at,
+                            last_seen: ev.at,
+                            usage: c,
+                        },
+                    );
+                }
+            }
+            sessions
+                .entry((ev.key_id.clone(), tag.id.clone()))
+                .or_insert_with(|| SessionUsage::new(&ev.key_id, &tag.id, ev.at))
+                .merge(&delta);
+        }
         let key = Fold {
             minute: Granularity::Minute.bucket_start(ev.at),
             key: ev.key_id,
@@ -115,6 +154,20 @@ impl Folder {
             return ev.model.clone();
         }
         OTHER_MODEL.into()
+    }
+
+    /// Takes the sessions folded so far, adding them to `out`.
+    fn take_sessions_into(&mut self, out: &mut HashMap<SessionKey, SessionUsage>) {
+        if let Some(sessions) = self.sessions.as_mut() {
+            for (k, s) in sessions.drain() {
+                match out.get_mut(&k) {
+                    Some(pending) => pending.merge(&s),
+                    None => {
+                        out.insert(k, s);
+                    }
+                }
+            }
+        }
     }
 
     /// Expands the folded events into every bucket they touch, adding them to `out`.
@@ -149,6 +202,10 @@ pub struct StatsWriter {
     folder: Folder,
     /// Buckets whose write failed, retried at the next flush.
     retry: HashMap<BucketKey, UsageCounters>,
+    /// How client sessions are bounded; `None`: they are not recorded.
+    session_bounds: Option<SessionBounds>,
+    /// Sessions whose write failed, retried at the next flush.
+    retry_sessions: HashMap<SessionKey, SessionUsage>,
     /// Where spool files are written and looked for (none: no spool).
     spool_dir: Option<PathBuf>,
     /// Set once the store was handed over: events go to this file instead of the store.
@@ -204,6 +261,8 @@ pub fn pipeline(store: Arc<dyn Store>, metrics: Arc<Metrics>, interval: Duration
             interval,
             folder: Folder::default(),
             retry: HashMap::new(),
+            session_bounds: None,
+            retry_sessions: HashMap::new(),
             spool_dir: None,
             spool: None,
             unspooled: Vec::new(),
@@ -231,6 +290,56 @@ impl StatsWriter {
     pub fn with_spool_dir(mut self, dir: PathBuf) -> Self {
         self.spool_dir = Some(dir);
         self
+    }
+
+    /// Records usage per client session too, within `bounds` (see [`SessionBounds`]).
+    pub fn with_sessions(mut self, bounds: SessionBounds) -> Self {
+        self.session_bounds = Some(bounds);
+        self.folder = Folder::recording_sessions();
+        self
+    }
+
+    /// A folder that records sessions when this writer does.
+    fn new_folder(&self) -> Folder {
+        if self.session_bounds.is_some() {
+            Folder::recording_sessions()
+        } else {
+            Folder::default()
+        }
+    }
+
+    /// Writes the pending client sessions; on failure keeps them for the next flush.
+    async fn flush_sessions(&mut self) {
+        let Some(bounds) = self.session_bounds else {
+            return;
+        };
+        let mut pending = std::mem::take(&mut self.retry_sessions);
+        self.folder.take_sessions_into(&mut pending);
+        if pending.is_empty() {
+            return;
+        }
+        let batch: Vec<SessionUsage> = pending.into_values().collect();
+        let t = Instant::now();
+        let res = self
+            .store
+            .add_session_usage(&batch, bounds, chrono::Utc::now().timestamp())
+            .await;
+        self.metrics
+            .store_latency
+            .with_label_values(&["add_session_usage"])
+            .observe(t.elapsed().as_secs_f64());
+        if let Err(e) = res {
+            tracing::warn!(error = %e, sessions = batch.len(), "client session usage write failed; will retry");
+            for s in batch {
+                let k: SessionKey = (s.key_id.as_str().into(), s.session_id.as_str().into());
+                match self.retry_sessions.get_mut(&k) {
+                    Some(pending) => pending.merge(&s),
+                    None => {
+                        self.retry_sessions.insert(k, s);
+                    }
+                }
+            }
+        }
     }
 
     /// Takes everything queued so far (swapping buffers, so the lock is held for an instant).
@@ -293,6 +402,7 @@ impl StatsWriter {
                 }
             }
         }
+        self.flush_sessions().await;
         if !self.folder.last_used.is_empty() {
             let uses: Vec<(String, i64)> = self.folder.last_used.drain().map(|(k, t)| (k.to_string(), t)).collect();
             let t = Instant::now();
@@ -337,6 +447,13 @@ impl StatsWriter {
             }
         }
         self.folder.last_used.clear();
+        if !self.retry_sessions.is_empty() {
+            tracing::error!(
+                sessions = self.retry_sessions.len(),
+                "client session usage the store refused before the hand-over is lost (the statistics keep it)"
+            );
+            self.retry_sessions.clear();
+        }
         tracing::info!(path = %spool.path().display(), "usage statistics now go to the spool");
         self.spool = Some(spool);
     }
@@ -349,8 +466,9 @@ impl StatsWriter {
         if self.spool.is_some() {
             return;
         }
+        let sessions = self.session_bounds;
         for mut claimed in spool::claim_abandoned(dir) {
-            let mut folder = Folder::default();
+            let mut folder = self.new_folder();
             let mut buckets: HashMap<BucketKey, UsageCounters> = HashMap::new();
             let mut events = 0usize;
             for line in claimed.take_lines() {
@@ -372,6 +490,15 @@ impl StatsWriter {
             let uses: Vec<(String, i64)> = folder.last_used.drain().map(|(k, t)| (k.to_string(), t)).collect();
             if let Err(e) = self.store.touch_api_keys(&uses).await {
                 tracing::warn!(error = %e, "key last-used write failed for spooled usage");
+            }
+            if let Some(bounds) = sessions {
+                let mut pending = HashMap::new();
+                folder.take_sessions_into(&mut pending);
+                let batch: Vec<SessionUsage> = pending.into_values().collect();
+                let now = chrono::Utc::now().timestamp();
+                if let Err(e) = self.store.add_session_usage(&batch, bounds, now).await {
+                    tracing::warn!(error = %e, "client session usage write failed for spooled usage");
+                }
             }
             let path = claimed.path().to_path_buf();
             match claimed.remove() {
@@ -459,6 +586,7 @@ mod tests {
             cost_nanos: Some(5),
             is_error: false,
             model_known: false,
+            session: None,
         }
     }
 
@@ -515,6 +643,55 @@ mod tests {
             .get("k1")
             .copied()
             .unwrap_or_default()
+    }
+
+    const BOUNDS: SessionBounds = SessionBounds {
+        per_key: 10,
+        retention_secs: 86_400,
+    };
+
+    fn in_session(at: i64, agent: Option<&str>) -> UsageEvent {
+        UsageEvent {
+            session: Some(crate::usage::sessions::SessionTag {
+                id: "sess".into(),
+                agent: agent.map(Into::into),
+                parent: None,
+            }),
+            ..event(at)
+        }
+    }
+
+    #[tokio::test]
+    async fn session_usage_is_written_and_crosses_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let now = chrono::Utc::now().timestamp();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let old: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("old")).unwrap());
+        let (sink, writer) = pipeline(old.clone(), metrics.clone(), Duration::from_millis(50));
+        let (stop, task) = writer
+            .with_spool_dir(spool_dir.clone())
+            .with_sessions(BOUNDS)
+            .start(&tokio::runtime::Handle::current());
+        sink.record(in_session(now - 5, None));
+        sink.record(in_session(now - 3, Some("sub")));
+        sink.record(event(now)); // no session
+        stop.spool_from_now().await;
+        let s = old.session_usage("k1", "sess", 0).await.unwrap().unwrap();
+        assert_eq!((s.first_seen, s.last_seen, s.totals().requests), (now - 5, now - 3, 2));
+        assert_eq!((s.main.requests, s.agents["sub"].usage.input_tokens), (1, 21));
+        assert_eq!(s.models["claude-sonnet-4-5"].cost_nanos, 10);
+
+        // Events after the hand-over reach the next store's sessions through the spool.
+        sink.record(in_session(now, Some("sub")));
+        stop.stop().await;
+        task.await.unwrap();
+        let new: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("new")).unwrap());
+        let (_sink2, writer2) = pipeline(new.clone(), metrics, Duration::from_millis(50));
+        let mut writer2 = writer2.with_spool_dir(spool_dir).with_sessions(BOUNDS);
+        writer2.ingest_spool().await;
+        let s = new.session_usage("k1", "sess", 0).await.unwrap().unwrap();
+        assert_eq!((s.totals().requests, s.agents["sub"].usage.requests), (1, 1));
     }
 
     #[tokio::test]

@@ -175,9 +175,12 @@ impl RelayProcess {
         let port = free_port();
         let admin_port = free_port();
         let mut yaml = format!(
-            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, {admin} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\nstats: {{ flush_interval: 200ms }}\n",
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, {admin} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\n",
             dir.path().join("data").display()
         );
+        if !extra.contains("stats:") {
+            yaml.push_str("stats: { flush_interval: 200ms }\n");
+        }
         if !extra.contains("shutdown_grace:") {
             yaml.push_str("shutdown_grace: 5s\n");
         }
