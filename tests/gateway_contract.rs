@@ -16,7 +16,7 @@
 //! | stream as the events arrive, pings and comment lines included, `content-type` kept | `streams_are_relayed_as_they_arrive_pings_and_comments_included` |
 //! | return upstream errors unmodified (Claude Code's recovery matches their wording); `retry-after` and the rate-limit headers kept | `upstream_errors_and_rate_limit_headers_reach_the_client_unmodified` |
 //! | model discovery: `GET /v1/models?limit=1000`, Anthropic's shape, either credential header, no redirect, under 3 s | `model_discovery_in_anthropics_shape` |
-//! | session and agent headers readable for attribution                   | `claude_codes_requests_reach_the_upstream_as_it_sent_them` |
+//! | session and agent headers readable for attribution (usage per session) | `claude_codes_requests_reach_the_upstream_as_it_sent_them` |
 //! | the client's own credentials forwarded (pass-through), the relay key in a custom header | `pass_through_forwards_claude_codes_own_token_and_never_the_relay_key` |
 
 mod support;
@@ -172,9 +172,25 @@ async fn claude_codes_requests_reach_the_upstream_as_it_sent_them() {
             );
         }
     }
-    // Attribution: the relay counted the calls against the key.
+    // Attribution: the relay counted the calls against the key, and against Claude Code's
+    // session (`x-claude-code-session-id`, the main agent: no agent header in `-p` mode).
     let usage = key_usage(&relay, &[("dev", sent.len() as u64)]).await;
     assert!(usage["config.dev"]["output_tokens"].as_u64().unwrap() > 0, "{usage:#}");
+    let session = sent[0].header("x-claude-code-session-id").unwrap().to_string();
+    assert_eq!(result["session_id"], session.as_str());
+    let token = relay.admin_token().await;
+    let url = format!("{}/admin/api/keys/config.dev/sessions/{session}", relay.admin());
+    let s: Value = support::eventually(|| async {
+        let r = client().get(&url).bearer_auth(&token).send().await.unwrap();
+        if r.status() != 200 {
+            return None;
+        }
+        let v: Value = r.json().await.unwrap();
+        (v["totals"]["requests"].as_u64() == Some(sent.len() as u64)).then_some(v)
+    })
+    .await;
+    assert_eq!(s["main"]["requests"].as_u64(), Some(sent.len() as u64), "{s:#}");
+    assert!(s["totals"]["cost_nanos"].as_u64().unwrap() > 0, "{s:#}");
 }
 
 #[tokio::test]
