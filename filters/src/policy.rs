@@ -59,6 +59,15 @@ fn default_queue_timeout_ms() -> u64 {
     10_000
 }
 
+/// Whether a key may ask for Anthropic's fast mode (`speed: "fast"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FastMode {
+    #[default]
+    Allow,
+    Deny,
+}
+
 /// The per-key restrictions as written in `relay.yaml` and stored. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +97,9 @@ pub struct KeyPolicySpec {
     pub cost_limits: Option<CostLimitsSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencySpec>,
+    /// `allow` (the default) or `deny`: a denied key's requests for fast mode get a 403.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_mode: Option<FastMode>,
 }
 
 impl KeyPolicySpec {
@@ -148,6 +160,8 @@ pub struct KeyPolicy {
     pub rate_limit: Option<RateLimit>,
     pub cost_limits: Option<CostLimits>,
     pub concurrency: Option<Concurrency>,
+    /// Requests asking for fast mode are refused.
+    pub deny_fast_mode: bool,
 }
 
 fn usd(v: f64, what: &str) -> Result<u64, String> {
@@ -340,6 +354,7 @@ impl KeyPolicy {
             rate_limit,
             cost_limits,
             concurrency,
+            deny_fast_mode: spec.fast_mode == Some(FastMode::Deny),
         })
     }
 }

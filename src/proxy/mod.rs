@@ -318,13 +318,16 @@ impl RelayProxy {
         if route.endpoint.is_billed()
             && let Some(key) = &ctx.key
         {
-            ctx.settle = Some(settle::Settle::new(
+            let mut settle = settle::Settle::new(
                 relay.usage.clone(),
                 relay.pricing.clone(),
                 relay.metrics.clone(),
                 key.id.clone(),
                 parsed.facts.model.clone().unwrap_or_default(),
-            ));
+            );
+            // Only the Messages body reaches the upstream with its `speed`.
+            settle.asked_fast = parsed.facts.fast && route.endpoint == Endpoint::Messages;
+            ctx.settle = Some(settle);
         }
         ctx.facts = Some(parsed.facts.clone());
         dispatch::run(relay, session, ctx, body, &parsed).await
