@@ -203,6 +203,7 @@ fn full_chain(c: &mut Criterion) {
         stream: true,
         max_tokens: Some(1024),
         session: None,
+        fast: false,
     };
     let route = RouteInfo {
         service: Service::Claude,

@@ -38,6 +38,7 @@ fn pricing(c: &mut Criterion) {
         cache_write_5m: 1_200,
         cache_write_1h: 0,
         reasoning: 0,
+        billing: claude_relay::usage::Billing::NONE,
     };
     let mut group = c.benchmark_group("pricing");
     // Exact entry, and a name that resolves through normalisation.

@@ -13,17 +13,30 @@ Absent prices are omitted. A long-context tier is written as `<kind>_above_<N>k`
 LiteLLM's threshold in thousands of prompt tokens (200 for Claude and Gemini, 272 for GPT-5.x,
 100 or 128 for a few models); a model carries at most one threshold.
 
+What Anthropic's usage object reports beside tokens, for Claude entries only (the relay reads it
+from Anthropic's usage alone):
+  fast_multiplier    LiteLLM's `provider_specific_entry.fast` (fast mode, `usage.speed: "fast"`)
+  geo_us_multiplier  LiteLLM's `provider_specific_entry.us` (`usage.inference_geo: "us"`)
+  web_search         USD per web search: LiteLLM's `search_context_cost_per_query` when it is one
+                     price for every context size (Anthropic bills a search flat)
+
 Kept: chat models (and, for OpenAI/Azure, `responses`-mode models such as the Codex ones) of the
 providers anthropic, openai, gemini, azure (entries priced exactly like the OpenAI model of the
 same name are dropped), Anthropic models on bedrock / bedrock_converse, and vertex_ai Anthropic
 models. Batch, flex, priority and other service-tier prices are not kept: the relay prices the
 standard tier.
 
-One repair: LiteLLM lists the long-context (>200k prompt tokens) prices of some Claude models only
+Two repairs. First, LiteLLM lists the long-context (>200k prompt tokens) prices of some Claude models only
 under their Vertex AI / Bedrock names (e.g. `vertex_ai/claude-sonnet-4-5`) and not under the
 first-party name (`claude-sonnet-4-5`), although Anthropic charges the same tier. A first-party
 `anthropic` entry without a tier copies the tier of its Vertex AI (else Bedrock) twin when every
 base price of the two is identical. The generator reports each copy on stderr.
+
+Second, Anthropic bills web search at one price for every model that can search ($10 per 1,000
+searches, "plus standard token costs"), but LiteLLM gives `search_context_cost_per_query` to only
+some first-party Claude entries. A first-party `anthropic` Claude entry without it takes the one
+price every other first-party Claude entry carries, when they all agree (reported on stderr and
+in `_source`).
 
 Standard library only; the output is deterministic (sorted, one model per line).
 """
@@ -67,6 +80,38 @@ def wanted(name, entry):
     return provider == VERTEX_ANTHROPIC
 
 
+def is_claude(name, entry):
+    provider = entry.get("litellm_provider")
+    return provider == "anthropic" or provider == VERTEX_ANTHROPIC or (
+        provider in BEDROCK_PROVIDERS and ("anthropic." in name.lower() or "claude" in name.lower()))
+
+
+def flat_search_price(entry):
+    """USD per web search when LiteLLM prices every search context size alike, else None."""
+    per_query = entry.get("search_context_cost_per_query")
+    if not isinstance(per_query, dict):
+        return None
+    values = {v for v in per_query.values() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return values.pop() if len(values) == 1 else None
+
+
+def extras_of(name, entry):
+    """The fast-mode and US-inference multipliers and the web-search price of a Claude entry."""
+    out = {}
+    if not is_claude(name, entry):
+        return out
+    specific = entry.get("provider_specific_entry")
+    if isinstance(specific, dict):
+        for key, field in (("fast", "fast_multiplier"), ("us", "geo_us_multiplier")):
+            value = specific.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[field] = value
+    search = flat_search_price(entry)
+    if search is not None:
+        out["web_search"] = search
+    return out
+
+
 def price_of(name, entry):
     """Our price record for one LiteLLM entry, or None when it has no usable token prices."""
     out = {}
@@ -83,6 +128,7 @@ def price_of(name, entry):
             out["%s_above_%sk" % (BASE_FIELDS[m.group("base")], m.group("k"))] = value
     if "input" not in out or "output" not in out:
         return None
+    out.update(extras_of(name, entry))
     if len(thresholds) > 1:
         sys.exit("%s: more than one long-context threshold: %s" % (name, sorted(thresholds)))
     for field, value in out.items():
@@ -104,8 +150,16 @@ def twins(name):
     return out
 
 
+EXTRA_FIELDS = ("fast_multiplier", "geo_us_multiplier", "web_search")
+
+
 def has_tier(price):
     return any("_above_" in k for k in price)
+
+
+def token_prices(price):
+    """The base token prices of a record (no tier, no extras)."""
+    return {k: v for k, v in price.items() if "_above_" not in k and k not in EXTRA_FIELDS}
 
 
 def inherit_long_context(table, models):
@@ -121,13 +175,30 @@ def inherit_long_context(table, models):
             twin_price = price_of(twin, twin_entry)
             if twin_price is None or not has_tier(twin_price):
                 continue
-            if {k: v for k, v in twin_price.items() if "_above_" not in k} != price:
+            if token_prices(twin_price) != token_prices(price):
                 continue
-            price.update({k: v for k, v in twin_price.items() if k not in price})
+            price.update({k: v for k, v in twin_price.items() if "_above_" in k and k not in price})
             inherited.append((name, twin))
             sys.stderr.write("%s: long-context tier copied from %s\n" % (name, twin))
             break
     return inherited
+
+
+def fill_web_search(table, models):
+    """First-party Claude entries without a search price take the one the others agree on."""
+    first_party = [n for n in models if table[n].get("litellm_provider") == "anthropic"]
+    prices = {models[n]["web_search"] for n in first_party if "web_search" in models[n]}
+    if len(prices) != 1:
+        return []
+    price = prices.pop()
+    filled = []
+    for name in sorted(first_party):
+        if "web_search" not in models[name] and "claude" in name.lower():
+            models[name]["web_search"] = price
+            filled.append(name)
+    if filled:
+        sys.stderr.write("web search price %r given to: %s\n" % (price, ", ".join(filled)))
+    return filled
 
 
 def main():
@@ -156,6 +227,7 @@ def main():
             models[name] = price
 
     inherited = inherit_long_context(table, models)
+    searches = fill_web_search(table, models)
 
     # Azure lists most OpenAI models again as `azure/<name>`; lookup strips the `azure/` prefix,
     # so an identical copy only adds size. Region variants (`azure/eu/...`) differ and are kept.
@@ -170,8 +242,10 @@ def main():
     digest = hashlib.sha256(raw).hexdigest()[:16]
     lines = ["{", '"_source":%s,' % json.dumps(
         "LiteLLM model_prices_and_context_window.json sha256:%s; USD per token; "
-        "generated by scripts/gen-pricing.py; long-context tier copied from a twin for: %s"
-        % (digest, ", ".join(sorted(n for n, _ in inherited)) or "none")), '"models":{']
+        "generated by scripts/gen-pricing.py; long-context tier copied from a twin for: %s; "
+        "web search price filled in for: %s"
+        % (digest, ", ".join(sorted(n for n, _ in inherited)) or "none",
+           ", ".join(searches) or "none")), '"models":{']
     names = sorted(models)
     for i, name in enumerate(names):
         sep = "," if i + 1 < len(names) else ""

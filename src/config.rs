@@ -463,6 +463,8 @@ pub struct ApiKeyConfig {
     /// Only usable in pass-through mode (the key in `x-relay-key`).
     #[serde(default)]
     pub passthrough_only: bool,
+    #[serde(default)]
+    pub fast_mode: Option<filters::policy::FastMode>,
 }
 
 impl ApiKeyConfig {
@@ -481,6 +483,7 @@ impl ApiKeyConfig {
             cost_limits: self.cost_limits.clone(),
             concurrency: self.concurrency.clone(),
             passthrough_only: self.passthrough_only,
+            fast_mode: self.fast_mode,
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub store_latency: HistogramVec,
     pub usage_events_dropped: prometheus::IntCounter,
+    /// Priced requests with a part of their usage left unpriced, by that part.
+    pub unpriced_usage: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub failovers: IntCounterVec,
     pub account_available: prometheus::IntGaugeVec,
@@ -98,6 +100,13 @@ impl Metrics {
             "relay_usage_events_dropped_total",
             "Usage events the statistics pipeline could not take (its queue was full)",
         )?;
+        let unpriced_usage = IntCounterVec::new(
+            Opts::new(
+                "relay_unpriced_usage_total",
+                "Requests whose usage reported a part without a price (counted at the price of the rest), by part",
+            ),
+            &["part"],
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new("relay_upstream_errors_total", "Upstream failures by class"),
             &["class"],
@@ -160,6 +169,7 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(store_latency.clone()))?;
         registry.register(Box::new(usage_events_dropped.clone()))?;
+        registry.register(Box::new(unpriced_usage.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         Ok(Metrics {
             registry,
@@ -173,6 +183,7 @@ impl Metrics {
             in_flight,
             store_latency,
             usage_events_dropped,
+            unpriced_usage,
             upstream_errors,
             failovers,
             account_available,

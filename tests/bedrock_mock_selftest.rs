@@ -380,6 +380,7 @@ const GOLDEN_USAGE: TokenUsage = TokenUsage {
     cache_write_5m: 5,
     cache_write_1h: 0,
     reasoning: 0,
+    billing: claude_relay::usage::Billing::NONE,
 };
 
 #[tokio::test]

@@ -266,6 +266,7 @@ impl Recorded {
                 cache_write_5m: 0,
                 cache_write_1h: 0,
                 reasoning: u.thoughts,
+                billing: claude_relay::usage::Billing::NONE,
             };
             match table.cost_nanos(&a.model, &tokens) {
                 Some(c) => r.cost_nanos += c,

@@ -39,6 +39,7 @@ fn cost() -> u64 {
         cache_write_5m: 5,
         cache_write_1h: 0,
         reasoning: 0,
+        billing: claude_relay::usage::Billing::NONE,
     };
     PricingTable::builtin()
         .unwrap()

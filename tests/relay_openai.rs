@@ -1007,7 +1007,12 @@ async fn key_limits_hold_on_openai_routes() {
     refused(status, &h, &b, "third request in the window");
     assert_eq!(mock.hits(), hits);
 
-    // Tokens per window, charged from the usage the relay read (31 tokens > 30).
+    // Tokens per window, charged from the usage the relay read (31 tokens > 30). Both requests
+    // must fall in one fixed minute: not started in the last seconds of one.
+    let into_minute = chrono::Utc::now().timestamp() % 60;
+    if into_minute > 50 {
+        tokio::time::sleep(std::time::Duration::from_secs((61 - into_minute) as u64)).await;
+    }
     let (status, _, _) = read(post_as(&relay, &tok, "/openai/v1/chat/completions", chat, &[]).await).await;
     assert_eq!(status, 200);
     let t = totals(&relay, "key", "config.tok", 1).await;

@@ -12,7 +12,12 @@
 //! | `expiry`      | `on_headers` | 401 authentication | `expired_key`                 |
 //! | `clients`     | `on_headers` | 403 permission     | `client_not_allowed`          |
 //! | `ip`          | `on_headers` | 403 permission     | `ip_denied`, `ip_not_allowed` |
-//! | `models`      | `on_request` | 403 permission     | `model_not_allowed`           |
+//! | `models`      | `on_request` | 403 permission     | `model_not_allowed`, `fast_mode_denied` |
+//!
+//! `models` also holds the key's `fast_mode: deny`: a Messages request whose body asks for fast
+//! mode (`speed: "fast"`) is refused. Only the body decides, never the `fast-mode-…` beta header,
+//! which Claude Code keeps sending after its first fast turn. The other endpoints cannot carry
+//! fast mode (the Chat Completions conversion drops `speed`), so they are not checked.
 //!
 //! `expiry` fails closed: when the limit backend cannot say when an activation-mode key was
 //! first used, the request gets a 503 (`limits_unavailable`, `retry-after: 1`).
@@ -390,6 +395,18 @@ impl Filter for Models {
     async fn on_request(&self, cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
         let Some(key) = &cx.key else { return Ok(()) };
         let policy = &key.policy;
+        if policy.deny_fast_mode
+            && cx.route.service == Service::Claude
+            && cx.route.endpoint == "messages"
+            && cx.facts.is_some_and(|f| f.fast)
+        {
+            return Err(Rejection::new(
+                403,
+                RejectKind::Permission,
+                "fast_mode_denied",
+                "This API key may not use fast mode; send the request without `speed: \"fast\"`",
+            ));
+        }
         if policy.model_blacklist.is_empty() && policy.model_allowlist.is_none() {
             return Ok(());
         }

@@ -1,7 +1,7 @@
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use super::*;
-use crate::policy::{ClientSpec, KeyPolicy, KeyPolicySpec};
+use crate::policy::{ClientSpec, FastMode, KeyPolicy, KeyPolicySpec};
 use crate::{Admission, ClientKey, RequestFacts, RouteInfo};
 
 fn key(spec: KeyPolicySpec) -> Arc<ClientKey> {
@@ -20,6 +20,9 @@ struct Req<'a> {
     ua: Option<&'a str>,
     ip: Option<&'a str>,
     model: Option<&'a str>,
+    endpoint: &'static str,
+    /// The body asks for fast mode.
+    fast: bool,
 }
 
 impl Default for Req<'_> {
@@ -29,6 +32,8 @@ impl Default for Req<'_> {
             ua: None,
             ip: Some("127.0.0.1"),
             model: Some("claude-sonnet-4-5"),
+            endpoint: "messages",
+            fast: false,
         }
     }
 }
@@ -40,13 +45,14 @@ async fn run(filter: &dyn Filter, key: &Arc<ClientKey>, req: Req<'_>) -> Result<
     }
     let facts = RequestFacts {
         model: req.model.map(String::from),
+        fast: req.fast,
         ..Default::default()
     };
     let mut holds = Vec::new();
     let mut cx = FilterContext {
         route: RouteInfo {
             service: req.service,
-            endpoint: "messages",
+            endpoint: req.endpoint,
         },
         headers: &headers,
         query: None,
@@ -82,6 +88,83 @@ async fn unrestricted_keys_pass_every_filter() {
         };
         assert!(run(f.as_ref(), &k, r).await.is_ok(), "{}", f.name());
     }
+}
+
+#[tokio::test]
+async fn fast_mode_deny_refuses_fast_messages_requests_only() {
+    let fast = |endpoint: &'static str, service: Service| Req {
+        endpoint,
+        service,
+        fast: true,
+        ..Default::default()
+    };
+    let denied = key(KeyPolicySpec {
+        fast_mode: Some(FastMode::Deny),
+        ..Default::default()
+    });
+    let e = run(&Models, &denied, fast("messages", Service::Claude))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status, e.kind, e.reason),
+        (403, RejectKind::Permission, "fast_mode_denied")
+    );
+    assert!(e.message.contains("fast mode"), "{}", e.message);
+    // Standard requests of the same key pass.
+    assert!(run(&Models, &denied, Req::default()).await.is_ok());
+    // Endpoints that cannot carry fast mode are not checked (the Chat conversion drops `speed`;
+    // counting tokens is free).
+    for (endpoint, service) in [
+        ("chat_completions", Service::OpenAI),
+        ("count_tokens", Service::Claude),
+        ("generate_content", Service::Gemini),
+    ] {
+        assert!(
+            run(&Models, &denied, fast(endpoint, service)).await.is_ok(),
+            "{endpoint}"
+        );
+    }
+    // Denied before the model lists are read, and with them.
+    let both = key(KeyPolicySpec {
+        fast_mode: Some(FastMode::Deny),
+        model_allowlist: Some(vec!["claude-sonnet-4-5".into()]),
+        ..Default::default()
+    });
+    assert_eq!(
+        reason(run(&Models, &both, fast("messages", Service::Claude)).await),
+        Some((403, "fast_mode_denied"))
+    );
+    // `allow` and no setting allow it.
+    for spec in [
+        KeyPolicySpec {
+            fast_mode: Some(FastMode::Allow),
+            ..Default::default()
+        },
+        KeyPolicySpec::default(),
+    ] {
+        assert!(
+            run(&Models, &key(spec), fast("messages", Service::Claude))
+                .await
+                .is_ok()
+        );
+    }
+}
+
+#[test]
+fn fast_mode_spec_reads_allow_and_deny_only() {
+    let spec: KeyPolicySpec = serde_json::from_str(r#"{"fast_mode":"deny"}"#).unwrap();
+    assert!(KeyPolicy::compile(&spec).unwrap().deny_fast_mode);
+    let spec: KeyPolicySpec = serde_json::from_str(r#"{"fast_mode":"allow"}"#).unwrap();
+    assert!(!KeyPolicy::compile(&spec).unwrap().deny_fast_mode);
+    assert!(serde_json::from_str::<KeyPolicySpec>(r#"{"fast_mode":"off"}"#).is_err());
+    assert!(serde_json::from_str::<KeyPolicySpec>(r#"{"fast_mode":true}"#).is_err());
+    // Written back as set.
+    let v = serde_json::to_value(KeyPolicySpec {
+        fast_mode: Some(FastMode::Deny),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(v, serde_json::json!({"fast_mode": "deny"}));
 }
 
 #[tokio::test]

@@ -71,6 +71,9 @@ pub struct RequestFacts {
     pub max_tokens: Option<u64>,
     /// The conversation this request belongs to, when the relay can tell (sticky sessions).
     pub session: Option<String>,
+    /// The body asks for fast mode: top-level `speed: "fast"` (Anthropic Messages). The
+    /// `fast-mode-…` beta header alone does not: Claude Code keeps sending it after one fast turn.
+    pub fast: bool,
 }
 
 /// The class of a refusal; the relay maps it to the dialect's error type.

@@ -59,6 +59,15 @@ fn default_queue_timeout_ms() -> u64 {
     10_000
 }
 
+/// Whether a key may ask for Anthropic's fast mode (`speed: "fast"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FastMode {
+    #[default]
+    Allow,
+    Deny,
+}
+
 /// The per-key restrictions as written in `relay.yaml` and stored. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +101,9 @@ pub struct KeyPolicySpec {
     /// own Anthropic credentials forwarded to a `claude-passthrough` account.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub passthrough_only: bool,
+    /// `allow` (the default) or `deny`: a denied key's requests for fast mode get a 403.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_mode: Option<FastMode>,
 }
 
 impl KeyPolicySpec {
@@ -154,6 +166,8 @@ pub struct KeyPolicy {
     pub concurrency: Option<Concurrency>,
     /// Only pass-through requests (the key in `x-relay-key`) may use the key.
     pub passthrough_only: bool,
+    /// Requests asking for fast mode are refused.
+    pub deny_fast_mode: bool,
 }
 
 fn usd(v: f64, what: &str) -> Result<u64, String> {
@@ -347,6 +361,7 @@ impl KeyPolicy {
             cost_limits,
             passthrough_only: spec.passthrough_only,
             concurrency,
+            deny_fast_mode: spec.fast_mode == Some(FastMode::Deny),
         })
     }
 }

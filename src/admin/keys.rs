@@ -10,8 +10,8 @@
 //!
 //! A key's restrictions and limits are top-level fields of its JSON with the names of `relay.yaml`
 //! (`permissions`, `expires_at`, `activate_for`, `clients`, `ip_allow`, `ip_deny`,
-//! `model_blacklist`, `model_allowlist`, `rate_limit`, `cost_limits`, `concurrency`); fields that
-//! are not set are absent. On update each given field is replaced whole, and `null` removes it.
+//! `model_blacklist`, `model_allowlist`, `rate_limit`, `cost_limits`, `concurrency`,
+//! `fast_mode`); fields that are not set are absent. On update each given field is replaced whole, and `null` removes it.
 //! Every write is checked with [`KeyPolicy::compile`]; a bad value is a 400 that names the field.
 
 use std::collections::BTreeMap;

@@ -326,6 +326,7 @@ fn invocation_metrics(json: &[u8]) -> Option<TokenUsage> {
         cache_write_5m: m.cache_write_input_token_count.unwrap_or(0),
         cache_write_1h: 0,
         reasoning: 0,
+        billing: crate::usage::Billing::NONE,
     })
 }
 

@@ -16,6 +16,7 @@ const GOLDEN_USAGE: TokenUsage = TokenUsage {
     cache_write_5m: 5,
     cache_write_1h: 0,
     reasoning: 0,
+    billing: crate::usage::Billing::NONE,
 };
 
 /// Everything a run tells, for comparing runs.
@@ -195,6 +196,7 @@ fn invocation_metrics_stand_in_for_missing_usage() {
             cache_write_5m: 6,
             cache_write_1h: 0,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         }
     );
     assert!(r.stop);

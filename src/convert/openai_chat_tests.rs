@@ -9,6 +9,7 @@ const GOLDEN: TokenUsage = TokenUsage {
     cache_write_5m: 0,
     cache_write_1h: 0,
     reasoning: 0,
+    billing: crate::usage::Billing::NONE,
 };
 
 fn request(body: &str, model: &str) -> (String, bool) {

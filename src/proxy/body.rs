@@ -2,6 +2,7 @@
 //! one rewrite the relay makes, the top-level `model`, spliced in place so every other byte passes
 //! untouched (unknown fields, `role:"system"` messages, key order, whitespace).
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +28,8 @@ struct TopLevel<'a> {
     prompt_cache_key: Option<serde_json::Value>,
     #[serde(default)]
     user_prompt_id: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    speed: Option<&'a RawValue>,
 }
 
 /// Largest zstd window accepted in a compressed request body (8 MiB): what compressors use at
@@ -176,12 +179,18 @@ pub fn parse_with_headers(
         };
         crate::scheduler::session::session_id(h, &hints)
     });
+    // Read, never checked: the upstream judges the value. Decoded, so an escaped spelling
+    // (`"\u0066ast"`) is fast too.
+    let fast = top
+        .speed
+        .is_some_and(|v| serde_json::from_str::<Cow<'_, str>>(v.get()).is_ok_and(|s| s == "fast"));
     Ok(ParsedBody {
         facts: RequestFacts {
             model,
             stream,
             max_tokens,
             session,
+            fast,
         },
         model_span,
     })
@@ -242,6 +251,21 @@ mod tests {
             Err(RelayError::BadRequest(_))
         ));
         assert!(parse(b"{\"messages\":[]}", false).is_ok());
+    }
+
+    #[test]
+    fn fast_mode_is_read_from_the_body_speed() {
+        let fast = |body: &[u8]| parse(body, true).unwrap().facts.fast;
+        assert!(fast(br#"{"model":"claude-opus-4-8","speed":"fast","messages":[]}"#));
+        assert!(fast(br#"{"model":"claude-opus-4-8","speed" : "fast"}"#));
+        assert!(!fast(br#"{"model":"claude-opus-4-8","speed":"standard"}"#));
+        assert!(!fast(br#"{"model":"claude-opus-4-8","speed":null}"#));
+        assert!(!fast(br#"{"model":"claude-opus-4-8"}"#));
+        // Nested `speed` (a tool's input schema, say) is not the request's.
+        assert!(!fast(br#"{"model":"claude-opus-4-8","metadata":{"speed":"fast"}}"#));
+        // An odd value is the upstream's to refuse, not the relay's.
+        assert!(!fast(br#"{"model":"claude-opus-4-8","speed":5}"#));
+        assert!(fast(br#"{"model":"claude-opus-4-8","speed":"\u0066ast"}"#));
     }
 
     #[test]

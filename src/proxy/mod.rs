@@ -334,6 +334,8 @@ impl RelayProxy {
                 &session.req_header().headers,
                 parsed.facts.session.as_deref(),
             );
+            // Only the Messages body reaches the upstream with its `speed`.
+            settle.asked_fast = parsed.facts.fast && route.endpoint == Endpoint::Messages;
             ctx.settle = Some(settle);
         }
         ctx.facts = Some(parsed.facts.clone());

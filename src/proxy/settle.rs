@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use crate::usage::pricing::PricingTable;
+use crate::usage::pricing::{Cost, PricingTable};
 use crate::usage::sessions::SessionTag;
 use crate::usage::stats::UsageSink;
-use crate::usage::{TokenUsage, UsageEvent};
+use crate::usage::{Speed, TokenUsage, UsageEvent};
 
 pub struct Settle {
     sink: UsageSink,
@@ -26,8 +26,11 @@ pub struct Settle {
     pub is_error: bool,
     /// The client session and agent of the request, when it named one.
     pub session: Option<SessionTag>,
+    /// The request asked for fast mode (`speed: "fast"` in a Messages body): an answer whose
+    /// usage names no speed is not known to be standard.
+    pub asked_fast: bool,
     /// The cost computed by [`Settle::final_cost_nanos`], if it was.
-    priced: Option<Option<u64>>,
+    priced: Option<Option<Cost>>,
 }
 
 impl Settle {
@@ -51,6 +54,7 @@ impl Settle {
             usage: TokenUsage::default(),
             is_error: false,
             session: None,
+            asked_fast: false,
             priced: None,
         }
     }
@@ -60,20 +64,40 @@ impl Settle {
     /// The cost of the usage seen so far (`None` when the model has no price). Once asked, the
     /// usage is final: settling reuses this figure instead of pricing again.
     pub fn final_cost_nanos(&mut self) -> Option<u64> {
-        let model = self.upstream_model.as_deref().unwrap_or(&self.requested_model);
-        let cost = self.pricing.cost_nanos(model, &self.usage);
+        let cost = self.cost();
         self.priced = Some(cost);
-        cost
+        cost.map(|c| c.nanos)
+    }
+
+    fn cost(&mut self) -> Option<Cost> {
+        if self.asked_fast && self.usage.billing.speed == Speed::Unreported && !self.usage.is_zero() {
+            // Fast mode was asked for and the answer does not say it was not granted.
+            self.usage.billing.speed = Speed::Unknown;
+        }
+        let model = self.upstream_model.as_deref().unwrap_or(&self.requested_model);
+        self.pricing.cost(model, &self.usage)
     }
 }
 
 impl Drop for Settle {
     fn drop(&mut self) {
         let model: Arc<str> = self.upstream_model.as_deref().unwrap_or(&self.requested_model).into();
-        let cost = match self.priced {
+        let priced = match self.priced {
             Some(c) => c,
-            None => self.pricing.cost_nanos(&model, &self.usage),
+            None => self.cost(),
         };
+        let cost = priced.map(|c| c.nanos);
+        let unpriced = priced.map(|c| c.unpriced).unwrap_or_default();
+        if !unpriced.is_empty() {
+            for part in unpriced.names() {
+                self.metrics.unpriced_usage.with_label_values(&[part]).inc();
+            }
+            tracing::debug!(
+                model = %model,
+                unpriced = %unpriced,
+                "usage reported what the price table has no price for; its cost is counted without it"
+            );
+        }
         // Metrics label only names models the price table knows, so label sets stay bounded;
         // the rest share the statistics' bucket name.
         let label = if cost.is_some() {
@@ -112,6 +136,7 @@ impl Drop for Settle {
             model,
             usage: self.usage,
             cost_nanos: cost,
+            unpriced,
             is_error: self.is_error,
             model_known: self.model_known,
             session: self.session.take(),

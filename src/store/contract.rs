@@ -463,6 +463,9 @@ pub async fn usage_series(store: &dyn Store) -> Check {
         cache_write_1h_tokens: 7,
         cost_nanos: 8_000_000_000_000,
         unpriced_requests: 9,
+        partly_priced_requests: 10,
+        fast_requests: 11,
+        web_search_requests: 12,
     };
     ok(
         "add full",

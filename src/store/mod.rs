@@ -419,6 +419,17 @@ pub struct UsageCounters {
     pub cost_nanos: u64,
     /// Requests whose cost is unknown (no price for the model). Their tokens are still counted.
     pub unpriced_requests: u64,
+    /// Requests of a priced model whose usage reported something the price table has no price
+    /// for (a server tool, a service tier, fast mode or a geography without its price): counted
+    /// in `cost_nanos` without that part.
+    #[serde(default)]
+    pub partly_priced_requests: u64,
+    /// Requests the upstream served in fast mode (`usage.speed: "fast"`).
+    #[serde(default)]
+    pub fast_requests: u64,
+    /// Server-side web searches.
+    #[serde(default)]
+    pub web_search_requests: u64,
 }
 
 impl UsageCounters {
@@ -432,14 +443,18 @@ impl UsageCounters {
         self.cache_write_1h_tokens += o.cache_write_1h_tokens;
         self.cost_nanos += o.cost_nanos;
         self.unpriced_requests += o.unpriced_requests;
+        self.partly_priced_requests += o.partly_priced_requests;
+        self.fast_requests += o.fast_requests;
+        self.web_search_requests += o.web_search_requests;
     }
 
     pub fn is_zero(&self) -> bool {
         *self == UsageCounters::default()
     }
 
-    /// The field names and values, in a fixed order (the Redis hash field names).
-    pub fn fields(&self) -> [(&'static str, u64); 9] {
+    /// The field names and values, in a fixed order (the Redis hash field names; the embedded
+    /// store's encoding, so new fields go last).
+    pub fn fields(&self) -> [(&'static str, u64); 12] {
         [
             ("requests", self.requests),
             ("errors", self.errors),
@@ -450,6 +465,9 @@ impl UsageCounters {
             ("cache_write_1h_tokens", self.cache_write_1h_tokens),
             ("cost_nanos", self.cost_nanos),
             ("unpriced_requests", self.unpriced_requests),
+            ("partly_priced_requests", self.partly_priced_requests),
+            ("fast_requests", self.fast_requests),
+            ("web_search_requests", self.web_search_requests),
         ]
     }
 
@@ -465,6 +483,9 @@ impl UsageCounters {
             "cache_write_1h_tokens" => self.cache_write_1h_tokens = v,
             "cost_nanos" => self.cost_nanos = v,
             "unpriced_requests" => self.unpriced_requests = v,
+            "partly_priced_requests" => self.partly_priced_requests = v,
+            "fast_requests" => self.fast_requests = v,
+            "web_search_requests" => self.web_search_requests = v,
             _ => {}
         }
     }

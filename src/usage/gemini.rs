@@ -49,6 +49,7 @@ impl UsageMetadata {
             cache_write_5m: 0,
             cache_write_1h: 0,
             reasoning: self.thoughts_token_count,
+            billing: crate::usage::Billing::NONE,
         }
     }
 }

@@ -395,6 +395,7 @@ fn openai_usage(prompt: u64, cached: u64, output: u64, reasoning: u64) -> TokenU
         cache_write_5m: 0,
         cache_write_1h: 0,
         reasoning,
+        billing: crate::usage::Billing::NONE,
     }
 }
 

@@ -13,6 +13,7 @@ const GOLDEN: TokenUsage = TokenUsage {
     cache_write_5m: 0,
     cache_write_1h: 0,
     reasoning: 0,
+    billing: crate::usage::Billing::NONE,
 };
 
 #[derive(Debug, PartialEq)]

@@ -10,14 +10,24 @@
 //! File format: `{"_source": "...", "models": {"<name>": {"input": .., "output": .., "cache_read":
 //! .., "cache_write_5m": .., "cache_write_1h": .., "input_above_200k": .., ...}}}`. `input` and
 //! `output` are required; a long-context tier is `<kind>_above_<N>k` (N thousand prompt tokens:
-//! 200 for Claude and Gemini, 272 for GPT-5.x), one threshold per model.
+//! 200 for Claude and Gemini, 272 for GPT-5.x), one threshold per model. Three optional fields
+//! price what Anthropic's usage object reports beside tokens: `fast_multiplier` (fast mode,
+//! `usage.speed: "fast"`), `geo_us_multiplier` (US-only inference, `usage.inference_geo: "us"`),
+//! both multiplying every token price, tier included, and stacking; and `web_search` (USD per
+//! search, `usage.server_tool_use.web_search_requests`).
+//!
+//! What the table cannot price is never priced as free: a model without a price makes the cost
+//! unknown (`None`), and a priced model's usage that reports something without a price here
+//! (fast mode or US inference on a model without its multiplier, web searches without a search
+//! price, another server tool, a service tier other than standard, a speed or geography the
+//! relay does not know) is priced without it and flagged in [`Cost::unpriced`].
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
-use super::TokenUsage;
+use super::{Geo, ServiceTier, Speed, TokenUsage};
 
 /// Fallback prices, as multiples of the input price, for models whose entry lacks them.
 const CACHE_READ_RATIO: f64 = 0.1;
@@ -34,6 +44,12 @@ pub struct ModelPrice {
     pub cache_write_1h: Option<f64>,
     /// Prices once the prompt is long (Claude and Gemini above 200k tokens, GPT-5 above 272k).
     pub long_context: Option<LongContextPrice>,
+    /// Multiplier of every token price in fast mode (`usage.speed: "fast"`).
+    pub fast_multiplier: Option<f64>,
+    /// Multiplier of every token price for US-only inference (`usage.inference_geo: "us"`).
+    pub geo_us_multiplier: Option<f64>,
+    /// USD per server-side web search.
+    pub web_search: Option<f64>,
 }
 
 /// The long-context tier of a model: applies to a request whose prompt-side tokens
@@ -49,9 +65,84 @@ pub struct LongContextPrice {
 }
 
 impl ModelPrice {
-    /// Cost of `u` in nano-USD (1e-9 USD), rounded to the nearest unit.
+    /// Cost of `u` in nano-USD (1e-9 USD), rounded to the nearest unit, without what the prices
+    /// leave unpriced (see [`ModelPrice::cost`]).
     pub fn cost_nanos(&self, u: &TokenUsage) -> u64 {
-        Rates::of(self).cost_nanos(u)
+        Rates::of(self).cost(u).nanos
+    }
+
+    /// Cost of `u`, and what of it these prices cannot price.
+    pub fn cost(&self, u: &TokenUsage) -> Cost {
+        Rates::of(self).cost(u)
+    }
+}
+
+/// The cost of one response's usage: what the table prices, and the parts it has no price for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// nano-USD (1e-9 USD), rounded to the nearest unit; without the parts in `unpriced`.
+    pub nanos: u64,
+    pub unpriced: Unpriced,
+}
+
+/// Parts of a response's usage that were billed upstream but have no price in the table, so the
+/// cost counted leaves them out (a set of flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Unpriced(u8);
+
+impl Unpriced {
+    /// Fast mode on a model without a fast price, or a speed the relay does not know (or none
+    /// reported for a request that asked for fast mode).
+    pub const SPEED: Unpriced = Unpriced(1);
+    /// US-only inference on a model without its multiplier, or a geography the relay does not know.
+    pub const GEO: Unpriced = Unpriced(2);
+    /// A service tier other than standard (`priority`, `batch`, unknown).
+    pub const SERVICE_TIER: Unpriced = Unpriced(4);
+    /// Web searches on a model without a search price.
+    pub const WEB_SEARCH: Unpriced = Unpriced(8);
+    /// Server tool uses other than web search and web fetch (code execution, unknown kinds).
+    pub const SERVER_TOOL: Unpriced = Unpriced(16);
+
+    const NAMES: [(Unpriced, &'static str); 5] = [
+        (Unpriced::SPEED, "speed"),
+        (Unpriced::GEO, "inference_geo"),
+        (Unpriced::SERVICE_TIER, "service_tier"),
+        (Unpriced::WEB_SEARCH, "web_search"),
+        (Unpriced::SERVER_TOOL, "server_tool_use"),
+    ];
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, other: Unpriced) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn insert(&mut self, other: Unpriced) {
+        self.0 |= other.0;
+    }
+
+    /// The usage fields left unpriced, by name (`speed`, `inference_geo`, `service_tier`,
+    /// `web_search`, `server_tool_use`).
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Unpriced::NAMES
+            .into_iter()
+            .filter(move |(flag, _)| self.contains(*flag))
+            .map(|(_, name)| name)
+    }
+}
+
+impl std::fmt::Display for Unpriced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, name) in self.names().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
     }
 }
 
@@ -184,9 +275,15 @@ impl PricingTable {
     }
 
     /// Cost of `u` for `model` in nano-USD (1e-9 USD), rounded to nearest; `None` when the model
-    /// has no price.
+    /// has no price. Parts of the usage without a price are left out (see [`PricingTable::cost`]).
     pub fn cost_nanos(&self, model: &str, u: &TokenUsage) -> Option<u64> {
-        self.resolve(model).map(|e| e.rates.cost_nanos(u))
+        self.cost(model, u).map(|c| c.nanos)
+    }
+
+    /// Cost of `u` for `model`, and what of it the table cannot price; `None` when the model has
+    /// no price.
+    pub fn cost(&self, model: &str, u: &TokenUsage) -> Option<Cost> {
+        self.resolve(model).map(|e| e.rates.cost(u))
     }
 
     fn resolve(&self, model: &str) -> Option<&Entry> {
@@ -243,9 +340,20 @@ fn parse_model(name: &str, fields: &HashMap<String, f64>) -> Result<ModelPrice, 
     let mut base = [None; 5];
     let mut tier = [None; 5];
     let mut threshold: Option<u64> = None;
+    let (mut fast_multiplier, mut geo_us_multiplier, mut web_search) = (None, None, None);
     for (field, &value) in fields {
         if !value.is_finite() || value < 0.0 {
             return Err(err(format!("{field} must be a non-negative number")));
+        }
+        let extra = match field.as_str() {
+            "fast_multiplier" => Some(&mut fast_multiplier),
+            "geo_us_multiplier" => Some(&mut geo_us_multiplier),
+            "web_search" => Some(&mut web_search),
+            _ => None,
+        };
+        if let Some(slot) = extra {
+            *slot = Some(value);
+            continue;
         }
         let (kind, slot) = match field.split_once("_above_") {
             None => (kind_of(field), &mut base),
@@ -286,6 +394,9 @@ fn parse_model(name: &str, fields: &HashMap<String, f64>) -> Result<ModelPrice, 
         cache_write_5m,
         cache_write_1h,
         long_context,
+        fast_multiplier,
+        geo_us_multiplier,
+        web_search,
     })
 }
 
@@ -295,6 +406,10 @@ struct Rates {
     base: [f64; 5],
     /// Threshold and the rates above it.
     long: Option<(u64, [f64; 5])>,
+    fast: Option<f64>,
+    geo_us: Option<f64>,
+    /// nano-USD per web search.
+    web_search: Option<f64>,
 }
 
 impl Rates {
@@ -315,10 +430,39 @@ impl Rates {
             );
             (lc.above_tokens, rates)
         });
-        Rates { base, long }
+        Rates {
+            base,
+            long,
+            fast: p.fast_multiplier,
+            geo_us: p.geo_us_multiplier,
+            web_search: p.web_search.map(nanos),
+        }
     }
 
-    fn cost_nanos(&self, u: &TokenUsage) -> u64 {
+    fn cost(&self, u: &TokenUsage) -> Cost {
+        let b = &u.billing;
+        let mut unpriced = Unpriced::default();
+        // Fast mode and US-only inference multiply every token price, and each other.
+        let mut multiplier = 1.0;
+        match b.speed {
+            Speed::Unreported | Speed::Standard => {}
+            Speed::Fast => match self.fast {
+                Some(m) => multiplier *= m,
+                None => unpriced.insert(Unpriced::SPEED),
+            },
+            Speed::Unknown => unpriced.insert(Unpriced::SPEED),
+        }
+        match b.geo {
+            Geo::Global => {}
+            Geo::Us => match self.geo_us {
+                Some(m) => multiplier *= m,
+                None => unpriced.insert(Unpriced::GEO),
+            },
+            Geo::Unknown => unpriced.insert(Unpriced::GEO),
+        }
+        if b.tier == ServiceTier::Other {
+            unpriced.insert(Unpriced::SERVICE_TIER);
+        }
         // As `TokenUsage::total_input`, but upstream numbers must not be able to overflow it.
         let prompt = [u.input, u.cache_read, u.cache_write_5m, u.cache_write_1h]
             .into_iter()
@@ -328,9 +472,22 @@ impl Rates {
             _ => &self.base,
         };
         let tokens = [u.input, u.output, u.cache_read, u.cache_write_5m, u.cache_write_1h];
-        let total: f64 = tokens.iter().zip(rates).map(|(&t, &rate)| t as f64 * rate).sum();
-        // Saturating conversion; f64 is exact for integers up to 2^53 nano-USD (9M USD).
-        total.round() as u64
+        let mut total: f64 = tokens.iter().zip(rates).map(|(&t, &rate)| t as f64 * rate).sum::<f64>() * multiplier;
+        if b.web_searches > 0 {
+            match self.web_search {
+                Some(each) => total += b.web_searches as f64 * each,
+                None => unpriced.insert(Unpriced::WEB_SEARCH),
+            }
+        }
+        // Web fetches cost nothing beyond their tokens; other server tools have no price here.
+        if b.other_server_tools > 0 {
+            unpriced.insert(Unpriced::SERVER_TOOL);
+        }
+        Cost {
+            // Saturating conversion; f64 is exact for integers up to 2^53 nano-USD (9M USD).
+            nanos: total.round() as u64,
+            unpriced,
+        }
     }
 }
 
@@ -499,6 +656,7 @@ mod tests {
             cache_write_5m: w5m,
             cache_write_1h: w1h,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         }
     }
 
@@ -602,6 +760,187 @@ mod tests {
     fn absurd_token_counts_do_not_overflow() {
         let huge = usage(u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX);
         assert_eq!(builtin().cost_nanos("claude-sonnet-4-5", &huge), Some(u64::MAX));
+    }
+
+    fn billed(u: TokenUsage, billing: crate::usage::Billing) -> TokenUsage {
+        TokenUsage { billing, ..u }
+    }
+
+    fn with(f: impl FnOnce(&mut crate::usage::Billing)) -> crate::usage::Billing {
+        let mut b = crate::usage::Billing::NONE;
+        f(&mut b);
+        b
+    }
+
+    #[test]
+    fn fast_mode_doubles_every_token_price_on_the_models_that_have_it() {
+        let t = builtin();
+        for model in ["claude-opus-4-8", "claude-opus-5", "claude-opus-4-8-20990101"] {
+            let p = t.lookup(model).unwrap();
+            assert_eq!(p.fast_multiplier, Some(2.0), "{model}");
+        }
+        // Opus 4.8: 5e-6 in, 2.5e-5 out, 5e-7 read, 6.25e-6 5m write, 1e-5 1h write.
+        let u = usage(1000, 500, 2000, 400, 100);
+        let standard = 1000 * 5000 + 500 * 25_000 + 2000 * 500 + 400 * 6250 + 100 * 10_000;
+        assert_eq!(t.cost_nanos("claude-opus-4-8", &u), Some(standard));
+        let fast = t
+            .cost("claude-opus-4-8", &billed(u, with(|b| b.speed = Speed::Fast)))
+            .unwrap();
+        // $10 / $50 per MTok, and the cache multipliers stack on the fast price.
+        assert_eq!(fast.nanos, 2 * standard);
+        assert!(fast.unpriced.is_empty());
+        assert_eq!(
+            t.cost_nanos(
+                "claude-opus-4-8",
+                &billed(usage(1_000_000, 1_000_000, 0, 0, 0), with(|b| b.speed = Speed::Fast))
+            ),
+            Some(10_000_000_000 + 50_000_000_000)
+        );
+        // Reported standard: the standard price.
+        let std = t
+            .cost("claude-opus-4-8", &billed(u, with(|b| b.speed = Speed::Standard)))
+            .unwrap();
+        assert_eq!((std.nanos, std.unpriced), (standard, Unpriced::default()));
+    }
+
+    #[test]
+    fn fast_mode_without_a_fast_price_is_flagged_not_priced_as_standard_silently() {
+        let t = builtin();
+        // claude-opus-4-6 has no fast price in the table.
+        let u = billed(usage(1000, 100, 0, 0, 0), with(|b| b.speed = Speed::Fast));
+        let c = t.cost("claude-opus-4-6", &u).unwrap();
+        assert_eq!(c.nanos, 1000 * 5000 + 100 * 25_000, "the known part still counts");
+        assert_eq!(c.unpriced, Unpriced::SPEED);
+        // An unknown speed too.
+        let u = billed(usage(1, 0, 0, 0, 0), with(|b| b.speed = Speed::Unknown));
+        assert_eq!(t.cost("claude-opus-4-8", &u).unwrap().unpriced, Unpriced::SPEED);
+    }
+
+    #[test]
+    fn us_inference_multiplies_every_token_kind_and_stacks_with_fast_mode() {
+        let t = builtin();
+        let u = usage(1000, 500, 2000, 400, 100);
+        let standard = 1000 * 5000 + 500 * 25_000 + 2000 * 500 + 400 * 6250 + 100 * 10_000;
+        let us = t
+            .cost("claude-opus-4-8", &billed(u, with(|b| b.geo = Geo::Us)))
+            .unwrap();
+        assert_eq!((us.nanos, us.unpriced), (standard * 11 / 10, Unpriced::default()));
+        let both = with(|b| {
+            b.geo = Geo::Us;
+            b.speed = Speed::Fast;
+        });
+        assert_eq!(
+            t.cost_nanos("claude-opus-4-8", &billed(u, both)),
+            Some(standard * 22 / 10)
+        );
+        // `global` is the standard price.
+        assert_eq!(
+            t.cost_nanos("claude-opus-4-8", &billed(u, with(|b| b.geo = Geo::Global))),
+            Some(standard)
+        );
+        // A model without the multiplier (older than 4.6), or an unknown geography: flagged.
+        let c = t
+            .cost(
+                "claude-sonnet-4-5",
+                &billed(usage(10, 0, 0, 0, 0), with(|b| b.geo = Geo::Us)),
+            )
+            .unwrap();
+        assert_eq!((c.nanos, c.unpriced), (30_000, Unpriced::GEO));
+        let c = t
+            .cost(
+                "claude-opus-4-8",
+                &billed(usage(10, 0, 0, 0, 0), with(|b| b.geo = Geo::Unknown)),
+            )
+            .unwrap();
+        assert_eq!((c.nanos, c.unpriced), (50_000, Unpriced::GEO));
+    }
+
+    #[test]
+    fn web_searches_are_priced_per_search_and_web_fetches_are_free() {
+        let t = builtin();
+        let u = billed(
+            usage(1000, 100, 0, 0, 0),
+            with(|b| {
+                b.web_searches = 3;
+                b.web_fetches = 5;
+            }),
+        );
+        // $10 per 1,000 searches = 10,000,000 nano-USD each; not multiplied by fast or geo.
+        let tokens = 1000 * 3000 + 100 * 15_000;
+        let c = t.cost("claude-sonnet-4-5", &u).unwrap();
+        assert_eq!((c.nanos, c.unpriced), (tokens + 30_000_000, Unpriced::default()));
+        let fast_us = TokenUsage {
+            billing: crate::usage::Billing {
+                speed: Speed::Fast,
+                geo: Geo::Us,
+                ..u.billing
+            },
+            ..usage(1000, 0, 0, 0, 0)
+        };
+        assert_eq!(
+            t.cost_nanos("claude-opus-4-8", &fast_us),
+            Some(1000 * 5000 * 22 / 10 + 30_000_000)
+        );
+        // Haiku 4.5 takes Anthropic's flat search price (filled in by the generator).
+        assert_eq!(t.lookup("claude-haiku-4-5").unwrap().web_search, Some(0.01));
+        // A model without a search price: the searches are flagged.
+        let t = PricingTable::from_json(br#"{"models":{"m":{"input":1e-6,"output":2e-6}}}"#).unwrap();
+        let c = t.cost("m", &u).unwrap();
+        assert_eq!((c.nanos, c.unpriced), (1000 * 1000 + 100 * 2000, Unpriced::WEB_SEARCH));
+    }
+
+    #[test]
+    fn unknown_server_tools_and_service_tiers_are_flagged() {
+        let t = builtin();
+        let u = billed(usage(10, 0, 0, 0, 0), with(|b| b.other_server_tools = 2));
+        let c = t.cost("claude-sonnet-4-5", &u).unwrap();
+        assert_eq!((c.nanos, c.unpriced), (30_000, Unpriced::SERVER_TOOL));
+        let u = billed(
+            usage(10, 0, 0, 0, 0),
+            with(|b| b.tier = crate::usage::ServiceTier::Other),
+        );
+        let c = t.cost("claude-sonnet-4-5", &u).unwrap();
+        assert_eq!((c.nanos, c.unpriced), (30_000, Unpriced::SERVICE_TIER));
+        // Several at once, named for logs and metrics.
+        let mut all = Unpriced::default();
+        for flag in [Unpriced::SPEED, Unpriced::SERVER_TOOL, Unpriced::SERVICE_TIER] {
+            all.insert(flag);
+        }
+        assert_eq!(all.to_string(), "speed,service_tier,server_tool_use");
+        assert_eq!(Unpriced::default().to_string(), "");
+        // An unknown model stays unknown whatever its usage says.
+        assert!(t.cost("no-such-model", &u).is_none());
+    }
+
+    #[test]
+    fn fast_mode_stacks_on_the_long_context_tier() {
+        // A made-up model with both, to pin the order: tier first, then the multiplier.
+        let t = PricingTable::from_json(
+            br#"{"models":{"m":{"input":1e-6,"output":2e-6,"input_above_200k":2e-6,"output_above_200k":4e-6,"fast_multiplier":2,"geo_us_multiplier":1.5,"web_search":0.02}}}"#,
+        )
+        .unwrap();
+        let p = t.lookup("m").unwrap();
+        assert_eq!(
+            (p.fast_multiplier, p.geo_us_multiplier, p.web_search),
+            (Some(2.0), Some(1.5), Some(0.02))
+        );
+        let u = billed(usage(200_001, 10, 0, 0, 0), with(|b| b.speed = Speed::Fast));
+        assert_eq!(t.cost_nanos("m", &u), Some((200_001 * 2000 + 10 * 4000) * 2));
+    }
+
+    #[test]
+    fn the_new_fields_are_checked_like_prices() {
+        for bad in [
+            &br#"{"models":{"m":{"input":1e-6,"output":1e-6,"fast_multiplier":-2}}}"#[..],
+            br#"{"models":{"m":{"input":1e-6,"output":1e-6,"fast_multiplier_above_200k":2}}}"#,
+            br#"{"models":{"m":{"input":1e-6,"output":1e-6,"web_search":"0.01"}}}"#,
+        ] {
+            assert!(
+                PricingTable::from_json(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

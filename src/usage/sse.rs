@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use memchr::memmem;
 use serde::Deserialize;
 
-use super::TokenUsage;
+use super::{Billing, Geo, ServiceTier, Speed, TokenUsage};
 
 /// Longest line the parser reads; a longer line is skipped unread (usage lines are a few hundred
 /// bytes; only content can be this long, and content is never parsed).
@@ -283,6 +283,7 @@ struct UsageState {
     cache_read: u64,
     cache_write_5m: u64,
     cache_write_1h: u64,
+    billing: Billing,
 }
 
 impl UsageState {
@@ -314,6 +315,44 @@ impl UsageState {
                 self.cache_write_5m = total - self.cache_write_1h;
             }
         }
+        let b = &mut self.billing;
+        if let Some(v) = &u.speed {
+            b.speed = match v.as_deref() {
+                Some("standard") => Speed::Standard,
+                Some("fast") => Speed::Fast,
+                _ => Speed::Unknown,
+            };
+        }
+        if let Some(v) = &u.inference_geo {
+            b.geo = match v.as_deref() {
+                Some("global") => Geo::Global,
+                Some("us") => Geo::Us,
+                _ => Geo::Unknown,
+            };
+        }
+        if let Some(v) = &u.service_tier {
+            b.tier = match v.as_deref() {
+                Some("standard") => ServiceTier::Standard,
+                _ => ServiceTier::Other,
+            };
+        }
+        if let Some(tools) = &u.server_tool_use {
+            // Cumulative like the token counts: the object replaces what an earlier one said.
+            (b.web_searches, b.web_fetches, b.other_server_tools) = (0, 0, 0);
+            for (name, count) in tools {
+                // A count the relay cannot read still says something was used: one, unpriced.
+                let n = match count {
+                    serde_json::Value::Null => 0,
+                    v => v.as_u64().unwrap_or(1),
+                };
+                let slot = match name.as_str() {
+                    "web_search_requests" if count.is_u64() || count.is_null() => &mut b.web_searches,
+                    "web_fetch_requests" if count.is_u64() || count.is_null() => &mut b.web_fetches,
+                    _ => &mut b.other_server_tools,
+                };
+                *slot = slot.saturating_add(n);
+            }
+        }
     }
 
     fn to_usage(self) -> TokenUsage {
@@ -324,6 +363,7 @@ impl UsageState {
             cache_write_5m: self.cache_write_5m,
             cache_write_1h: self.cache_write_1h,
             reasoning: 0,
+            billing: self.billing,
         }
     }
 }
@@ -370,6 +410,35 @@ struct RawUsage {
     cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     cache_creation: Option<CacheCreation>,
+    /// `Some(None)`: present but `null` or not a string.
+    #[serde(default, deserialize_with = "label")]
+    speed: Option<Option<String>>,
+    #[serde(default, deserialize_with = "label")]
+    inference_geo: Option<Option<String>>,
+    #[serde(default, deserialize_with = "label")]
+    service_tier: Option<Option<String>>,
+    #[serde(default, deserialize_with = "counts")]
+    server_tool_use: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A string field read leniently: a value of another type must not cost the whole usage object.
+/// `null` reads as absent.
+fn label<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(Some(s)),
+        _ => Some(None),
+    })
+}
+
+/// `server_tool_use`, read leniently: anything but an object reads as absent.
+fn counts<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Object(m) => Some(m),
+        _ => None,
+    })
 }
 
 #[derive(Deserialize, Default)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::usage::{Billing, Geo, ServiceTier, Speed};
 
 const PLAIN: &[u8] = include_bytes!("../../tests/fixtures/responses/anthropic-messages-stream.sse");
 const TOOL_USE: &[u8] = include_bytes!("../../tests/fixtures/responses/anthropic-messages-stream-tool-use.sse");
@@ -59,6 +60,7 @@ fn golden_report() -> Report {
             cache_write_5m: 5,
             cache_write_1h: 0,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         },
         model: Some("claude-sonnet-4-5".to_owned()),
         stop: true,
@@ -113,6 +115,7 @@ fn usage_after_message_start_only() {
             cache_write_5m: 5,
             cache_write_1h: 0,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         }
     );
     assert!(r.saw_usage);
@@ -150,6 +153,7 @@ fn message_delta_usage_is_cumulative_last_wins() {
             cache_write_5m: 10,
             cache_write_1h: 90,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         },
         model: Some("claude-opus-4-1".to_owned()),
         stop: true,
@@ -202,6 +206,7 @@ fn missing_cache_creation_object_counts_all_writes_as_5m() {
             cache_write_5m: 1500,
             cache_write_1h: 0,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         }
     );
     assert!(!r.stop);
@@ -244,6 +249,7 @@ fn error_event_after_http_200() {
             cache_write_5m: 10,
             cache_write_1h: 90,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         },
         model: Some("claude-opus-4-1".to_owned()),
         stop: false,
@@ -289,6 +295,7 @@ fn ping_and_unknown_events_anywhere_are_ignored() {
             cache_write_5m: 10,
             cache_write_1h: 90,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         },
         model: Some("claude-opus-4-1".to_owned()),
         stop: true,
@@ -427,6 +434,7 @@ fn non_streaming_json_body() {
             cache_write_5m: 100,
             cache_write_1h: 200,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         }
     );
     assert_eq!(model.as_deref(), Some("claude-sonnet-4-5-20250929"));
@@ -455,4 +463,82 @@ data: {\"type\":\"message_delta\",\"usage\":{\"cache_creation_input_tokens\":361
     let r = parse_whole(stream);
     assert_eq!(r.usage.cache_write_1h, 1842);
     assert_eq!(r.usage.cache_write_5m, 36173 - 1842);
+}
+
+/// A stream whose `message_start` says how it runs (speed, geography, tier) and whose final
+/// `message_delta` carries the cumulative server tool counts.
+const BILLED: &[u8] = b"event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-8\",\"content\":[],\"usage\":{\"input_tokens\":100,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1,\"service_tier\":\"standard\",\"inference_geo\":\"us\",\"speed\":\"fast\"}}}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":5,\"server_tool_use\":{\"web_search_requests\":1}}}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"input_tokens\":100,\"output_tokens\":40,\"server_tool_use\":{\"web_search_requests\":3,\"web_fetch_requests\":2,\"code_execution_requests\":1}}}\n\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\n";
+
+#[test]
+fn speed_geography_tier_and_server_tools_are_read_cumulatively() {
+    let r = parse_whole(BILLED);
+    assert_eq!((r.usage.input, r.usage.output), (100, 40));
+    assert_eq!(
+        r.usage.billing,
+        Billing {
+            speed: Speed::Fast,
+            geo: Geo::Us,
+            tier: ServiceTier::Standard,
+            // The last server_tool_use object replaces the earlier one: 3 searches, not 4.
+            web_searches: 3,
+            web_fetches: 2,
+            other_server_tools: 1,
+        }
+    );
+    assert_split_invariant(BILLED, &r);
+}
+
+#[test]
+fn billing_fields_in_a_json_answer() {
+    let body = br#"{"model":"claude-opus-4-8","usage":{"input_tokens":8,"output_tokens":12,"speed":"fast","inference_geo":"global","service_tier":"priority","server_tool_use":{"web_search_requests":0,"web_fetch_requests":2}}}"#;
+    let (u, _) = parse_json_usage(body).unwrap();
+    assert_eq!(
+        u.billing,
+        Billing {
+            speed: Speed::Fast,
+            geo: Geo::Global,
+            tier: ServiceTier::Other,
+            web_searches: 0,
+            web_fetches: 2,
+            other_server_tools: 0,
+        }
+    );
+    // Absent, null: nothing beyond tokens; `standard` speed is reported as such.
+    let (u, _) = parse_json_usage(
+        br#"{"usage":{"input_tokens":1,"speed":null,"inference_geo":null,"service_tier":null,"server_tool_use":null}}"#,
+    )
+    .unwrap();
+    assert_eq!(u.billing, Billing::NONE);
+    let (u, _) = parse_json_usage(br#"{"usage":{"input_tokens":1,"speed":"standard"}}"#).unwrap();
+    assert_eq!(u.billing.speed, Speed::Standard);
+}
+
+#[test]
+fn unknown_billing_values_are_kept_as_unknown_not_dropped() {
+    let (u, _) = parse_json_usage(
+        br#"{"usage":{"input_tokens":1,"speed":"turbo","inference_geo":"eu","service_tier":"batch","server_tool_use":{"web_search_requests":2,"tool_search_requests":4,"bash_requests":"x","web_fetch_requests":-1}}}"#,
+    )
+    .unwrap();
+    assert_eq!(u.input, 1, "odd values do not cost the token counts");
+    assert_eq!(u.billing.speed, Speed::Unknown);
+    assert_eq!(u.billing.geo, Geo::Unknown);
+    assert_eq!(u.billing.tier, ServiceTier::Other);
+    assert_eq!(u.billing.web_searches, 2);
+    // 4 tool searches, an unreadable count (one), and a web fetch count that is no count (one).
+    assert_eq!(u.billing.other_server_tools, 6);
+    assert_eq!(u.billing.web_fetches, 0);
+    // Values of the wrong type: unknown, and the tokens still count.
+    let (u, _) =
+        parse_json_usage(br#"{"usage":{"input_tokens":3,"speed":1,"inference_geo":{},"server_tool_use":[1]}}"#)
+            .unwrap();
+    assert_eq!(u.input, 3);
+    assert_eq!((u.billing.speed, u.billing.geo), (Speed::Unknown, Geo::Unknown));
+    assert_eq!(u.billing.other_server_tools, 0);
 }

@@ -281,6 +281,9 @@ fn counters_of(ev: &UsageEvent) -> UsageCounters {
         cache_write_1h_tokens: ev.usage.cache_write_1h,
         cost_nanos: ev.cost_nanos.unwrap_or(0),
         unpriced_requests: u64::from(ev.cost_nanos.is_none()),
+        partly_priced_requests: u64::from(ev.cost_nanos.is_some() && !ev.unpriced.is_empty()),
+        fast_requests: u64::from(ev.usage.billing.speed == crate::usage::Speed::Fast),
+        web_search_requests: ev.usage.billing.web_searches,
     }
 }
 
@@ -584,6 +587,7 @@ mod tests {
                 ..Default::default()
             },
             cost_nanos: Some(5),
+            unpriced: Default::default(),
             is_error: false,
             model_known: false,
             session: None,

@@ -8,6 +8,9 @@
 //! - `x-mock-stall-after: N`: send N bytes, then stay silent
 //! - `x-mock-answer-header: name=value` (repeatable): add that header to a successful answer
 //! - `x-mock-tool`: the tool-use golden stream, or for a JSON answer [`json_tool_for`]
+//! - `x-mock-usage: {json}`: fields merged into the answer's `usage` (a JSON answer's, a stream's
+//!   final `message_delta`'s); `x-mock-usage-start: {json}` merges into a stream's
+//!   `message_start` usage
 //!
 //! It records every request it receives (method, path, headers, body, HTTP version). It serves
 //! plain HTTP/1.1 ([`MockUpstream::start`]) or HTTPS with HTTP/2 by ALPN
@@ -155,6 +158,56 @@ fn num(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.parse().ok()
 }
 
+/// The JSON object of header `name`, if the request has it.
+fn usage_patch(h: &HeaderMap, name: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let v: serde_json::Value = serde_json::from_str(h.get(name)?.to_str().ok()?).ok()?;
+    v.as_object().cloned()
+}
+
+fn merge(usage: &mut serde_json::Value, patch: &serde_json::Map<String, serde_json::Value>) {
+    if let Some(u) = usage.as_object_mut() {
+        for (k, v) in patch {
+            u.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// The stream with `start` merged into `message_start`'s usage and `end` into the final
+/// `message_delta`'s.
+pub fn patch_stream_usage(
+    stream: &[u8],
+    start: Option<&serde_json::Map<String, serde_json::Value>>,
+    end: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Vec<u8> {
+    let text = String::from_utf8_lossy(stream);
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.split_inclusive('\n') {
+        let Some(data) = line.strip_prefix("data: ") else {
+            out.push_str(line);
+            continue;
+        };
+        let mut v: serde_json::Value = match serde_json::from_str(data.trim_end()) {
+            Ok(v) => v,
+            Err(_) => {
+                out.push_str(line);
+                continue;
+            }
+        };
+        match (v["type"].as_str(), start, end) {
+            (Some("message_start"), Some(p), _) => merge(&mut v["message"]["usage"], p),
+            (Some("message_delta"), _, Some(p)) => merge(&mut v["usage"], p),
+            _ => {
+                out.push_str(line);
+                continue;
+            }
+        }
+        out.push_str("data: ");
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
 /// The golden stream with the model replaced by the one requested (as the real API echoes it).
 pub fn stream_for(model: &str, tool: bool) -> Vec<u8> {
     let golden = String::from_utf8_lossy(if tool { SSE_TOOL } else { SSE }).to_string();
@@ -275,12 +328,23 @@ async fn handle(
         } else {
             json_for(&model)
         };
+        let mut answer = answer;
+        if let Some(p) = usage_patch(&headers, "x-mock-usage") {
+            merge(&mut answer["usage"], &p);
+        }
         let mut r = axum::Json(answer).into_response();
         r.headers_mut().insert("request-id", "req_mock".parse().unwrap());
         return with_answer_headers(r);
     }
     let tool = headers.contains_key("x-mock-tool");
     let mut full = stream_for(&model, tool);
+    let (start, end) = (
+        usage_patch(&headers, "x-mock-usage-start"),
+        usage_patch(&headers, "x-mock-usage"),
+    );
+    if start.is_some() || end.is_some() {
+        full = patch_stream_usage(&full, start.as_ref(), end.as_ref());
+    }
     if let Some(n) = num(&headers, "x-mock-truncate") {
         full.truncate(n as usize);
     }

@@ -62,6 +62,7 @@ fn a_text_answer_with_cache_usage() {
             cache_write_5m: 100,
             cache_write_1h: 200,
             reasoning: 0,
+            billing: crate::usage::Billing::NONE,
         }
     );
 }

@@ -24,6 +24,7 @@ const GOLDEN_USAGE: TokenUsage = TokenUsage {
     cache_write_5m: 5,
     cache_write_1h: 0,
     reasoning: 0,
+    billing: crate::usage::Billing::NONE,
 };
 
 /// Everything a run tells, for comparing runs.

@@ -20,6 +20,7 @@ pub(super) const TEXT_USAGE: TokenUsage = TokenUsage {
     cache_write_5m: 0,
     cache_write_1h: 0,
     reasoning: 0,
+    billing: crate::usage::Billing::NONE,
 };
 pub(super) const CALL_USAGE: TokenUsage = TokenUsage {
     input: 57,
@@ -28,6 +29,7 @@ pub(super) const CALL_USAGE: TokenUsage = TokenUsage {
     cache_write_5m: 0,
     cache_write_1h: 0,
     reasoning: 18,
+    billing: crate::usage::Billing::NONE,
 };
 
 /// `text` with each generated tool call id (`call_` and 24 hex digits) written as 24 zeros, as
