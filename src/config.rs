@@ -414,6 +414,8 @@ pub struct ApiKeyConfig {
     pub cost_limits: Option<filters::policy::CostLimitsSpec>,
     #[serde(default)]
     pub concurrency: Option<filters::policy::ConcurrencySpec>,
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
 }
 
 impl ApiKeyConfig {
@@ -431,6 +433,7 @@ impl ApiKeyConfig {
             rate_limit: self.rate_limit.clone(),
             cost_limits: self.cost_limits.clone(),
             concurrency: self.concurrency.clone(),
+            max_input_tokens: self.max_input_tokens,
         }
     }
 }

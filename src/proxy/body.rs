@@ -19,6 +19,15 @@ struct TopLevel<'a> {
     stream: Option<serde_json::Value>,
     #[serde(default)]
     max_tokens: Option<serde_json::Value>,
+    /// OpenAI Chat Completions' newer name of the output limit.
+    #[serde(default)]
+    max_completion_tokens: Option<serde_json::Value>,
+    /// OpenAI Responses' output limit.
+    #[serde(default)]
+    max_output_tokens: Option<serde_json::Value>,
+    /// Gemini's `generationConfig` (its `maxOutputTokens`).
+    #[serde(borrow, default, rename = "generationConfig")]
+    generation_config: Option<&'a RawValue>,
     #[serde(borrow, default)]
     metadata: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -114,6 +123,9 @@ fn check_model(model: &str) -> Result<(), RelayError> {
 /// The parsed facts plus where the model value sits in the body.
 pub struct ParsedBody {
     pub facts: RequestFacts,
+    /// The output limit the request names, in whichever dialect's field (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`, `generationConfig.maxOutputTokens`).
+    pub max_output: Option<u64>,
     /// Byte range of the top-level `model` value (including its quotes).
     model_span: Option<(usize, usize)>,
 }
@@ -163,6 +175,21 @@ pub fn parse_with_headers(
                 .ok_or_else(|| RelayError::BadRequest("`max_tokens` must be a non-negative integer".into()))?,
         ),
     };
+    // Read leniently: only `max_tokens` is checked (it is a fact); the others only bound a
+    // reservation, and the upstream judges them.
+    let max_output = max_tokens
+        .or_else(|| top.max_completion_tokens.as_ref().and_then(serde_json::Value::as_u64))
+        .or_else(|| top.max_output_tokens.as_ref().and_then(serde_json::Value::as_u64))
+        .or_else(|| {
+            #[derive(Deserialize)]
+            struct GenerationConfig {
+                #[serde(rename = "maxOutputTokens")]
+                max_output_tokens: Option<u64>,
+            }
+            top.generation_config
+                .and_then(|g| serde_json::from_str::<GenerationConfig>(g.get()).ok())
+                .and_then(|g| g.max_output_tokens)
+        });
     let session = headers.and_then(|h| {
         let string = |v: Option<serde_json::Value>| match v {
             Some(serde_json::Value::String(s)) => Some(s),
@@ -182,7 +209,10 @@ pub fn parse_with_headers(
             stream,
             max_tokens,
             session,
+            reserve_nanos: None,
+            input_tokens: None,
         },
+        max_output,
         model_span,
     })
 }

@@ -828,6 +828,12 @@ async fn stream(
     let keepalive = keepalive(relay, ctx, answer);
     // Keep-alives go only between events, never inside one the upstream left half sent.
     let mut at_boundary = true;
+    let ceiling = ctx
+        .holds
+        .iter()
+        .find_map(|h| (**h).downcast_ref::<filters::SpendCeiling>())
+        .copied();
+    let mut priced = crate::usage::TokenUsage::default();
     loop {
         let read = {
             let next = up.read_response_body();
@@ -857,7 +863,13 @@ async fn stream(
             Some(Err(e)) => {
                 relay.metrics.upstream_errors.with_label_values(&["stream_io"]).inc();
                 note_usage(ctx, &adapter);
-                end_with_error_event(session, ctx, &format!("upstream stream broke: {e}")).await?;
+                end_with_error_event(
+                    session,
+                    ctx,
+                    ErrorKind::Upstream,
+                    &format!("upstream stream broke: {e}"),
+                )
+                .await?;
                 return Ok(None);
             }
             None => {
@@ -866,6 +878,7 @@ async fn stream(
                 end_with_error_event(
                     session,
                     ctx,
+                    ErrorKind::Upstream,
                     &format!("upstream stream was silent for more than {}s", idle.as_secs()),
                 )
                 .await?;
@@ -874,6 +887,13 @@ async fn stream(
         };
         let out = adapter.push(chunk);
         note_usage(ctx, &adapter);
+        if let Some(ceiling) = ceiling
+            && over_ceiling(ctx, ceiling, &mut priced)
+        {
+            relay.metrics.rejections.with_label_values(&["hard_cap"]).inc();
+            end_with_error_event(session, ctx, ErrorKind::Billing, HARD_CAP_MESSAGE).await?;
+            return Ok(None);
+        }
         if let Some(out) = out {
             at_boundary = out.ends_with(b"\n\n") || out.ends_with(b"\r\n\r\n");
             write_body(session, ctx, out).await?;
@@ -987,6 +1007,22 @@ async fn collect(
         .map_err(|e| client_gone(ctx, e))
 }
 
+/// What a stream ended by `cost_limits.hard_cap` says, in the client's error event.
+const HARD_CAP_MESSAGE: &str = "This API key's cost limit was reached while the answer streamed; it ends here";
+
+/// Whether the usage the stream has reported so far costs more than the key may spend on this
+/// request (`ceiling`: its reservation plus the room left at its admission). Priced only when the
+/// usage changed since the last look (`priced`), which is a few times per stream: the usage
+/// readers report it in the first and last events (Gemini in every chunk). No store round trip.
+fn over_ceiling(ctx: &RequestCtx, ceiling: filters::SpendCeiling, priced: &mut crate::usage::TokenUsage) -> bool {
+    let Some(s) = ctx.settle.as_ref() else { return false };
+    if s.usage == *priced {
+        return false;
+    }
+    *priced = s.usage;
+    s.running_cost_nanos().is_some_and(|c| c > ceiling.nanos)
+}
+
 /// Keeps the usage read so far with the request, so it is counted however the stream ends.
 fn note_usage(ctx: &mut RequestCtx, adapter: &StreamAdapter) {
     if let Some(s) = ctx.settle.as_mut() {
@@ -1011,7 +1047,12 @@ fn client_gone(ctx: &mut RequestCtx, e: Box<pingora::Error>) -> AttemptError {
 
 /// A committed stream that the upstream broke: tell the client in the stream's own terms (its
 /// dialect's error event), then end the response so the client does not wait.
-async fn end_with_error_event(session: &mut Session, ctx: &mut RequestCtx, message: &str) -> Result<(), AttemptError> {
+async fn end_with_error_event(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    kind: ErrorKind,
+    message: &str,
+) -> Result<(), AttemptError> {
     if let Some(s) = ctx.settle.as_mut() {
         s.is_error = true;
     }
@@ -1022,7 +1063,7 @@ async fn end_with_error_event(session: &mut Session, ctx: &mut RequestCtx, messa
         }
         _ => {
             let ingress = crate::ingress::for_dialect(dialect).unwrap_or(&crate::ingress::anthropic::AnthropicMessages);
-            ingress.stream_error(ErrorKind::Upstream, message)
+            ingress.stream_error(kind, message)
         }
     };
     write_body(session, ctx, event).await?;
