@@ -834,6 +834,9 @@ async fn stream(
         .find_map(|h| (**h).downcast_ref::<filters::SpendCeiling>())
         .copied();
     let mut priced = crate::usage::TokenUsage::default();
+    // With a ceiling, bytes go out whole events at a time, so a stream ended at the ceiling ends
+    // between two events: the rest of an event is held until its end arrives.
+    let mut held = BytesMut::new();
     loop {
         let read = {
             let next = up.read_response_body();
@@ -894,10 +897,17 @@ async fn stream(
             end_with_error_event(session, ctx, ErrorKind::Billing, HARD_CAP_MESSAGE).await?;
             return Ok(None);
         }
+        let out = match (out, ceiling) {
+            (Some(out), Some(_)) => whole_events(&mut held, out),
+            (out, _) => out,
+        };
         if let Some(out) = out {
             at_boundary = out.ends_with(b"\n\n") || out.ends_with(b"\r\n\r\n");
             write_body(session, ctx, out).await?;
         }
+    }
+    if !held.is_empty() {
+        write_body(session, ctx, held.split().freeze()).await?;
     }
     if let Some(rest) = adapter.finish() {
         note_usage(ctx, &adapter);
@@ -1005,6 +1015,25 @@ async fn collect(
         .write_response_body(Some(body), true)
         .await
         .map_err(|e| client_gone(ctx, e))
+}
+
+/// Largest part of an event held back while waiting for its end (see [`whole_events`]); past
+/// it, what is held goes out (a stream that is no SSE has no event ends to wait for).
+const MAX_HELD_EVENT: usize = 1024 * 1024;
+
+/// Appends `out` to `held` and takes from it what ends with an event boundary (a blank line,
+/// `\n\n` or `\r\n\r\n`), if anything does.
+fn whole_events(held: &mut BytesMut, out: Bytes) -> Option<Bytes> {
+    held.extend_from_slice(&out);
+    let lf = memchr::memmem::rfind(held, b"\n\n").map(|i| i + 2);
+    let crlf = memchr::memmem::rfind(held, b"\n\r\n").map(|i| i + 3);
+    let end = lf.max(crlf);
+    let end = match end {
+        Some(e) => e,
+        None if held.len() > MAX_HELD_EVENT => held.len(),
+        None => return None,
+    };
+    Some(held.split_to(end).freeze())
 }
 
 /// What a stream ended by `cost_limits.hard_cap` says, in the client's error event.
@@ -1189,5 +1218,20 @@ mod tests {
             kinds(Operation::Responses, Scope::Any),
             [OpenAi, AzureOpenAi, OpenAiOauth]
         );
+    }
+
+    #[test]
+    fn whole_events_hold_the_rest_of_an_event() {
+        let mut held = BytesMut::new();
+        assert_eq!(
+            whole_events(&mut held, Bytes::from_static(b"data: a\n\ndata: b")).unwrap(),
+            "data: a\n\n"
+        );
+        assert_eq!(whole_events(&mut held, Bytes::from_static(b"c\n")), None);
+        assert_eq!(
+            whole_events(&mut held, Bytes::from_static(b"\ndata: d\r\n\r\nx")).unwrap(),
+            "data: bc\n\ndata: d\r\n\r\n"
+        );
+        assert_eq!(&held[..], b"x");
     }
 }
