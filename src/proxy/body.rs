@@ -275,6 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn the_output_limit_is_read_from_every_dialects_field() {
+        let limit = |b: &str| parse(b.as_bytes(), false).unwrap().max_output;
+        assert_eq!(limit(r#"{"max_tokens":5}"#), Some(5));
+        assert_eq!(limit(r#"{"max_completion_tokens":6}"#), Some(6));
+        assert_eq!(limit(r#"{"max_output_tokens":7}"#), Some(7));
+        assert_eq!(
+            limit(r#"{"generationConfig":{"temperature":1,"maxOutputTokens":8}}"#),
+            Some(8)
+        );
+        assert_eq!(limit(r#"{"messages":[]}"#), None);
+        // Only max_tokens is checked; the others are read leniently.
+        assert_eq!(limit(r#"{"max_output_tokens":"x","generationConfig":5}"#), None);
+    }
+
+    #[test]
     fn compressed_bodies_are_decoded_within_the_limit() {
         use std::io::Write;
         let plain = br#"{"model":"claude-sonnet-4-5","messages":[]}"#;
