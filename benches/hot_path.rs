@@ -203,7 +203,7 @@ fn full_chain(c: &mut Criterion) {
         stream: true,
         max_tokens: Some(1024),
         session: None,
-        fast: false,
+        ..RequestFacts::default()
     };
     let route = RouteInfo {
         service: Service::Claude,
@@ -246,6 +246,7 @@ fn full_chain(c: &mut Criterion) {
                 status: 200,
                 tokens: 36,
                 cost_nanos: 187_650,
+                holds: &holds,
             }));
             let held = holds.len();
             drop(holds);

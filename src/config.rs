@@ -465,6 +465,8 @@ pub struct ApiKeyConfig {
     pub passthrough_only: bool,
     #[serde(default)]
     pub fast_mode: Option<filters::policy::FastMode>,
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
 }
 
 impl ApiKeyConfig {
@@ -484,6 +486,7 @@ impl ApiKeyConfig {
             concurrency: self.concurrency.clone(),
             passthrough_only: self.passthrough_only,
             fast_mode: self.fast_mode,
+            max_input_tokens: self.max_input_tokens,
         }
     }
 }

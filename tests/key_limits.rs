@@ -1,7 +1,8 @@
-//! Per-key limits through the real binary: rate windows (requests, tokens, cost), spend caps
-//! (daily, weekly, total) and concurrency with its queue, on the embedded backend and on Redis,
-//! where two instances share them exactly. Every refusal says the relay refused, carries
-//! `retry-after` where a retry can succeed, and never reaches the upstream.
+//! Per-key limits through the real binary: rate windows (requests, tokens, cost; fixed and
+//! rolling), spend caps (daily, weekly, monthly, total) with the reservations that keep requests
+//! in flight within them, `hard_cap`, `max_input_tokens` and concurrency with its queue, on the
+//! embedded backend and on Redis, where two instances share them exactly. Every refusal says the
+//! relay refused, carries `retry-after` where a retry can succeed, and never reaches the upstream.
 //!
 //! The Redis tests use `RELAY_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/`), each under a
 //! random prefix; the round-trip count starts a private `redis-server` (`RELAY_TEST_REDIS_SERVER`,
@@ -50,6 +51,26 @@ fn cost() -> u64 {
 /// `times` mock answers' cost in USD, as written in the config.
 fn usd(times: f64) -> String {
     format!("{:.9}", cost() as f64 * times / 1e9)
+}
+
+/// What the relay reserves for a request with this body (nano-USD): its estimate.
+fn estimate(body: &str) -> u64 {
+    let pricing = PricingTable::builtin().unwrap();
+    let max_output = serde_json::from_str::<serde_json::Value>(body).unwrap()["max_tokens"].as_u64();
+    claude_relay::usage::estimate::reserve_nanos(&pricing, "claude-sonnet-4-5", body.len(), max_output).unwrap()
+}
+
+/// A cap (USD, as written in the config) that admits `n` requests of `BODY` one after the other
+/// and refuses the next: `n - 1` charged answers plus one estimate fit, `n` answers plus one
+/// estimate do not (an answer costs less than its estimate).
+fn cap_for(n: f64) -> String {
+    let nanos = (n - 0.5) * cost() as f64 + estimate(BODY) as f64;
+    format!("{:.9}", nanos / 1e9)
+}
+
+/// nano-USD as written in the config.
+fn nanos_usd(nanos: u64) -> String {
+    format!("{:.9}", nanos as f64 / 1e9)
 }
 
 /// A distinct valid client key per name.
@@ -123,7 +144,13 @@ macro_rules! on_both_backends {
 on_both_backends!(
     rate_window_admits_its_requests_then_429_with_retry_after,
     token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches_them,
-    overshoot_is_bounded_by_the_requests_in_flight,
+    token_windows_overshoot_by_at_most_the_requests_in_flight,
+    reservations_keep_twenty_parallel_streams_within_the_cap,
+    a_reservation_is_freed_when_the_client_disconnects,
+    monthly_cap_refuses_a_request_that_does_not_fit,
+    a_rolling_window_refuses_until_its_oldest_request_slides_out,
+    max_input_tokens_refuses_large_prompts_in_the_callers_dialect,
+    hard_cap_ends_a_stream_that_crosses_the_cap_and_bills_it,
     concurrency_slot_is_held_while_streaming_and_freed_however_the_request_ends,
     a_queued_request_waits_for_the_slot_and_the_queue_is_bounded,
 );
@@ -237,19 +264,20 @@ async fn token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches
         &[
             // 100 tokens: 0, 36 and 72 charged at admission pass; 108 refuses.
             key_line("tok", "rate_limit: { window_minutes: 1, tokens: 100 }"),
+            // Cost limits reserve each request's estimate: 3 (2) requests fit, one after the other.
             key_line(
                 "cst",
-                &format!("rate_limit: {{ window_minutes: 1, cost_usd: {} }}", usd(2.5)),
+                &format!("rate_limit: {{ window_minutes: 1, cost_usd: {} }}", cap_for(3.0)),
             ),
-            key_line("day", &format!("cost_limits: {{ daily_usd: {} }}", usd(1.5))),
+            key_line("day", &format!("cost_limits: {{ daily_usd: {} }}", cap_for(2.0))),
             key_line(
                 "wek",
                 &format!(
                     "cost_limits: {{ weekly_usd: {}, weekly_reset: \"mon 00:00\" }}",
-                    usd(1.5)
+                    cap_for(2.0)
                 ),
             ),
-            key_line("tot", &format!("cost_limits: {{ total_usd: {} }}", usd(1.5))),
+            key_line("tot", &format!("cost_limits: {{ total_usd: {} }}", cap_for(2.0))),
         ],
         "",
     )
@@ -284,69 +312,336 @@ async fn token_and_cost_windows_and_spend_caps_refuse_once_charged_usage_reaches
     prefix.cleanup().await;
 }
 
-/// Tokens and cost are charged when a request completes, so requests admitted together all run:
-/// the overshoot is at most what the requests in flight cost (here the concurrency limit, 4).
-async fn overshoot_is_bounded_by_the_requests_in_flight(backend: Backend) {
+/// Tokens are charged when a request completes, so requests admitted together all run: a token
+/// window's overshoot is at most what the requests in flight use (here the concurrency limit, 4).
+/// (Cost limits reserve instead: see the next test.)
+async fn token_windows_overshoot_by_at_most_the_requests_in_flight(backend: Backend) {
     let mock = MockUpstream::start().await;
     let (relay, prefix) = relay_on(
         backend,
         &mock,
-        &[
-            key_line(
-                "btok",
-                "rate_limit: { window_minutes: 1, tokens: 50 }, concurrency: { limit: 4 }",
-            ),
-            key_line(
-                "bcst",
-                &format!(
-                    "cost_limits: {{ daily_usd: {} }}, concurrency: {{ limit: 4 }}",
-                    usd(1.2)
-                ),
-            ),
-        ],
+        &[key_line(
+            "btok",
+            "rate_limit: { window_minutes: 1, tokens: 50 }, concurrency: { limit: 4 }",
+        )],
         "",
     )
     .await;
     room_in_minute(30).await;
-    for name in ["btok", "bcst"] {
-        let base = relay.base();
-        let burst: Vec<_> = (0..10)
-            .map(|_| {
-                let base = base.clone();
-                tokio::spawn(async move {
-                    let r = send_to(&base, name, SLOW, STREAM_BODY).await;
-                    let status = r.status().as_u16();
-                    let _ = r.bytes().await;
-                    status
-                })
+    let base = relay.base();
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let r = send_to(&base, "btok", SLOW, STREAM_BODY).await;
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
             })
-            .collect();
-        let mut statuses = Vec::new();
-        for t in burst {
-            statuses.push(t.await.unwrap());
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in burst {
+        statuses.push(t.await.unwrap());
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count() as u64;
+    assert_eq!(admitted, 4, "the limit was not reached at admission: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 6, "{statuses:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // All four ran to their end and were charged: over the limit, by less than 4 requests.
+    assert!(admitted * TOKENS > 50 && admitted * TOKENS - 50 < 4 * TOKENS);
+    assert_refused(send(&relay, "btok", &[], BODY).await, 429, "rate_limit_error").await;
+    assert_eq!(mock.hits(), 4);
+    assert_eq!(rejections(&relay, "concurrency_limit").await, 6);
+    drop(relay);
+    prefix.cleanup().await;
+}
+
+/// The cost the usage statistics recorded for a key (nano-USD), once they show `requests`.
+async fn recorded_cost(relay: &RelayProcess, key: &str, requests: u64) -> u64 {
+    let admin = support::admin::Admin::login(relay).await;
+    let path = format!("/admin/api/usage?dimension=key&id=config.{key}&granularity=day");
+    let totals = eventually(|| {
+        let (admin, path) = (&admin, &path);
+        async move {
+            let a = admin.get(path).await;
+            (a.status == 200 && a.json["totals"]["requests"] == requests).then(|| a.json["totals"].clone())
         }
-        let admitted = statuses.iter().filter(|s| **s == 200).count() as u64;
-        assert_eq!(
-            admitted, 4,
-            "{name}: the limit was not reached at admission: {statuses:?}"
-        );
-        assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 6, "{statuses:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // All four ran to their end and were charged: over the limit, by less than 4 requests.
-        match name {
-            "btok" => {
-                assert!(admitted * TOKENS > 50 && admitted * TOKENS - 50 < 4 * TOKENS);
-                assert_refused(send(&relay, name, &[], BODY).await, 429, "rate_limit_error").await;
+    })
+    .await;
+    (totals["cost_usd"].as_f64().unwrap() * 1e9).round() as u64
+}
+
+/// 20 slow streams of one key at once, spread over `relays`: the reservations admit only as many
+/// as the cap holds, the rest are refused (402: the rest is reserved by requests in flight), and
+/// what was charged stays within the cap. Returns how many ran.
+async fn twenty_streams_within_the_cap(relays: &[&RelayProcess], mock: &MockUpstream, name: &'static str) -> u64 {
+    let answers = burst(relays, 20, name, SLOW, STREAM_BODY).await;
+    let mut ok = 0;
+    let mut refused = 0;
+    for (status, r) in answers {
+        match status {
+            200 => {
+                ok += 1;
+                assert!(
+                    r.bytes().await.unwrap().len() > 1000,
+                    "an admitted stream runs to its end"
+                );
             }
-            _ => {
-                let cap = (cost() as f64 * 1.2) as u64;
-                assert!(admitted * cost() > cap && admitted * cost() - cap < 4 * cost());
-                assert_refused(send(&relay, name, &[], BODY).await, 402, "billing_error").await;
+            402 => {
+                refused += 1;
+                assert_eq!(r.headers()["x-relay-error-source"], "relay");
+                assert_eq!(
+                    r.headers()["retry-after"],
+                    "1",
+                    "the room comes back as the streams end"
+                );
+                let v: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(v["error"]["type"], "billing_error");
+                let msg = v["error"]["message"].as_str().unwrap();
+                assert!(msg.contains("reserved by this key's requests in flight"), "{msg}");
             }
+            other => panic!("unexpected status {other}"),
         }
     }
-    assert_eq!(mock.hits(), 8);
-    assert_eq!(rejections(&relay, "concurrency_limit").await, 12);
+    let cap = 3 * estimate(STREAM_BODY) + estimate(STREAM_BODY) / 2;
+    assert_eq!((ok, refused), (3, 17), "three estimates fit under the cap at once");
+    assert_eq!(mock.hits() as u64, ok);
+    let mut refusals = 0;
+    for r in relays {
+        refusals += rejections(r, "daily_cost_limit").await;
+    }
+    assert_eq!(refusals, 17);
+    let charged = recorded_cost(relays[0], name, ok).await;
+    assert_eq!(charged, ok * cost());
+    assert!(charged <= cap, "{charged} charged, cap {cap}");
+    ok
+}
+
+/// The cap of [`twenty_streams_within_the_cap`]: three and a half estimates.
+fn twenty_streams_cap() -> String {
+    nanos_usd(3 * estimate(STREAM_BODY) + estimate(STREAM_BODY) / 2)
+}
+
+async fn reservations_keep_twenty_parallel_streams_within_the_cap(backend: Backend) {
+    let mock = MockUpstream::start().await;
+    let (relay, prefix) = relay_on(
+        backend,
+        &mock,
+        &[key_line(
+            "par20",
+            &format!("cost_limits: {{ daily_usd: {} }}", twenty_streams_cap()),
+        )],
+        "",
+    )
+    .await;
+    twenty_streams_within_the_cap(&[&relay], &mock, "par20").await;
+    drop(relay);
+    prefix.cleanup().await;
+}
+
+async fn a_reservation_is_freed_when_the_client_disconnects(backend: Backend) {
+    let mock = MockUpstream::start().await;
+    // One estimate fits at a time.
+    let cap = nanos_usd(estimate(STREAM_BODY) * 3 / 2);
+    let (relay, prefix) = relay_on(
+        backend,
+        &mock,
+        &[key_line("resv", &format!("cost_limits: {{ total_usd: {cap} }}"))],
+        "",
+    )
+    .await;
+    // A stream of about 7 s: the relay notices the client left at its next write.
+    let slower = [("x-mock-chunk", "20"), ("x-mock-chunk-delay-ms", "100")];
+    let mut r = send(&relay, "resv", &slower, STREAM_BODY).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some());
+    let retry = assert_refused(send(&relay, "resv", &[], STREAM_BODY).await, 402, "billing_error").await;
+    assert_eq!(retry, Some(1), "a total cap held by requests in flight comes back");
+    drop(r);
+    let t = Instant::now();
+    loop {
+        let r = send(&relay, "resv", &[], STREAM_BODY).await;
+        let status = r.status();
+        let _ = r.bytes().await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 402);
+        assert!(
+            t.elapsed() < Duration::from_millis(1200),
+            "the reservation was not freed at the disconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mock.hits(), 2);
+    drop(relay);
+    prefix.cleanup().await;
+}
+
+async fn monthly_cap_refuses_a_request_that_does_not_fit(backend: Backend) {
+    let mock = MockUpstream::start().await;
+    let (relay, prefix) = relay_on(
+        backend,
+        &mock,
+        &[key_line(
+            "mon",
+            &format!("cost_limits: {{ monthly_usd: {} }}", cap_for(1.0)),
+        )],
+        "",
+    )
+    .await;
+    assert_eq!(complete(&relay, "mon").await, 200);
+    let r = send(&relay, "mon", &[], BODY).await;
+    assert_eq!(r.status(), 402);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=31 * 86_400).contains(&retry), "until the month ends: {retry}");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "billing_error");
+    let msg = v["error"]["message"].as_str().unwrap();
+    // Not reached, but this request's estimate does not fit in what is left: it is told so.
+    assert!(
+        msg.starts_with("Monthly cost limit: this request may cost up to $"),
+        "{msg}"
+    );
+    assert!(msg.contains("max_tokens"), "{msg}");
+    assert_eq!(rejections(&relay, "monthly_cost_limit").await, 1);
+    assert_eq!(mock.hits(), 1);
+    drop(relay);
+    prefix.cleanup().await;
+}
+
+async fn a_rolling_window_refuses_until_its_oldest_request_slides_out(backend: Backend) {
+    let mock = MockUpstream::start().await;
+    let (relay, prefix) = relay_on(
+        backend,
+        &mock,
+        &[key_line(
+            "roll",
+            "rate_limit: { window_minutes: 1, requests: 2, rolling: true }",
+        )],
+        "",
+    )
+    .await;
+    let first = Instant::now();
+    assert_eq!(complete(&relay, "roll").await, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(complete(&relay, "roll").await, 200);
+    let retry = assert_refused(send(&relay, "roll", &[], BODY).await, 429, "rate_limit_error").await;
+    let retry = retry.expect("retry-after on a rolling window refusal");
+    // When the first request leaves the window: a minute after it, not at a minute boundary.
+    let expected = 60.0 - first.elapsed().as_secs_f64();
+    assert!(
+        (retry as f64 - expected).abs() <= 1.5,
+        "retry-after {retry}, the first request leaves in {expected:.1}s"
+    );
+    assert_eq!(mock.hits(), 2);
+    drop(relay);
+    prefix.cleanup().await;
+}
+
+async fn max_input_tokens_refuses_large_prompts_in_the_callers_dialect(backend: Backend) {
+    let mock = MockUpstream::start().await;
+    let (relay, prefix) = relay_on(backend, &mock, &[key_line("small", "max_input_tokens: 1000")], "").await;
+    // About 1,250 tokens of text (5,000 characters) is refused...
+    let long = "word ".repeat(1000);
+    let body = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+        "messages": [{"role": "user", "content": long}]})
+    .to_string();
+    let r = send(&relay, "small", &[], &body).await;
+    assert_refused(r, 400, "invalid_request_error").await;
+    // ...700 tokens (2,800 characters: a bound from the size alone would say 1,400) passes.
+    let body = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "word ".repeat(560)}]})
+    .to_string();
+    let r = send(&relay, "small", &[], &body).await;
+    assert_eq!(r.status(), 200);
+    // In OpenAI's shape for a Chat Completions client.
+    let chat = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+        "messages": [{"role": "user", "content": long}]})
+    .to_string();
+    let r = client()
+        .post(format!("{}/v1/chat/completions", relay.base()))
+        .header("authorization", format!("Bearer {}", key_of("small")))
+        .header("content-type", "application/json")
+        .body(chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-relay-error-source"], "relay");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("allows 1000"), "{v}");
+    assert_eq!(mock.hits(), 1, "refusals never reach the upstream");
+    assert_eq!(rejections(&relay, "max_input_tokens").await, 2);
+    drop(relay);
+    prefix.cleanup().await;
+}
+
+/// A stream asked with `max_tokens: 1`, whose answer (the mock ignores it) costs more than its
+/// estimate: with `hard_cap`, the relay ends it where the cost passes the cap.
+const HARD_CAP_BODY: &str =
+    r#"{"model":"claude-sonnet-4-5","stream":true,"max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#;
+
+async fn hard_cap_ends_a_stream_that_crosses_the_cap_and_bills_it(backend: Backend) {
+    let mock = MockUpstream::start().await;
+    let est = estimate(HARD_CAP_BODY);
+    assert!(
+        est < cost(),
+        "the answer must cost more than its estimate: {est} vs {}",
+        cost()
+    );
+    // Admitted (the estimate fits); the answer's cost passes the cap at its last usage event.
+    let cap = nanos_usd(est + (cost() - est) / 2);
+    let (relay, prefix) = relay_on(
+        backend,
+        &mock,
+        &[
+            key_line("hard", &format!("cost_limits: {{ daily_usd: {cap}, hard_cap: true }}")),
+            key_line("soft", &format!("cost_limits: {{ daily_usd: {cap} }}")),
+        ],
+        "",
+    )
+    .await;
+    let r = send(
+        &relay,
+        "hard",
+        &[("x-mock-chunk", "200"), ("x-mock-chunk-delay-ms", "20")],
+        HARD_CAP_BODY,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(body.contains("event: message_start"), "{body}");
+    assert!(!body.contains("message_stop"), "the stream ended early: {body}");
+    // The last event is an error event, whole, after whole events.
+    let last = body.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("event: error\ndata: "), "{body}");
+    let v: serde_json::Value = serde_json::from_str(last.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(v["error"]["type"], "billing_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cost limit was reached"),
+        "{v}"
+    );
+    for event in body.trim_end().split("\n\n") {
+        let data = event.split_once("data: ").unwrap().1;
+        serde_json::from_str::<serde_json::Value>(data).unwrap_or_else(|e| panic!("{e}: {event}"));
+    }
+    // The usage seen is billed, and the cap now refuses.
+    assert_eq!(recorded_cost(&relay, "hard", 1).await, cost());
+    assert_refused(send(&relay, "hard", &[], HARD_CAP_BODY).await, 402, "billing_error").await;
+    assert_eq!(rejections(&relay, "hard_cap").await, 1);
+    // Without hard_cap the same stream runs to its end.
+    let r = send(&relay, "soft", &[], HARD_CAP_BODY).await;
+    assert!(
+        String::from_utf8(r.bytes().await.unwrap().to_vec())
+            .unwrap()
+            .contains("message_stop")
+    );
     drop(relay);
     prefix.cleanup().await;
 }
@@ -471,7 +766,11 @@ async fn spend_caps_survive_a_restart() {
         &mock,
         &[key_line(
             "cap",
-            &format!("cost_limits: {{ daily_usd: {}, total_usd: {} }}", usd(1.5), usd(100.0)),
+            &format!(
+                "cost_limits: {{ daily_usd: {}, total_usd: {} }}",
+                cap_for(2.0),
+                usd(100.0)
+            ),
         )],
         "",
     );
@@ -515,6 +814,22 @@ async fn key_limits_through_the_admin_api() {
             "rate_limit",
         ),
         (serde_json::json!({"name": "x", "rate_limits": {}}), "rate_limits"),
+        (
+            serde_json::json!({"name": "x", "max_input_tokens": 0}),
+            "max_input_tokens",
+        ),
+        (
+            serde_json::json!({"name": "x", "cost_limits": {"hard_cap": true}}),
+            "cost_limits.hard_cap",
+        ),
+        (
+            serde_json::json!({"name": "x", "cost_limits": {"monthly_usd": -2}}),
+            "cost_limits.monthly_usd",
+        ),
+        (
+            serde_json::json!({"name": "x", "rate_limit": {"window_minutes": 1, "requests": 1, "rolling": "yes"}}),
+            "rate_limit",
+        ),
     ] {
         let r = c.post(&keys).bearer_auth(&token).json(&body).send().await.unwrap();
         assert_eq!(r.status(), 400, "{body}");
@@ -531,6 +846,7 @@ async fn key_limits_through_the_admin_api() {
             "rate_limit": {"window_minutes": 1, "requests": 2},
             "cost_limits": {"daily_usd": 5, "weekly_reset": "wed 12:00"},
             "concurrency": {"limit": 2, "queue": 1, "queue_timeout_ms": 500},
+            "max_input_tokens": 200000,
         }))
         .send()
         .await
@@ -546,6 +862,11 @@ async fn key_limits_through_the_admin_api() {
     );
     assert_eq!(created["cost_limits"]["weekly_reset"], "wed 12:00");
     assert_eq!(created["concurrency"]["queue_timeout_ms"], 500);
+    assert_eq!(created["max_input_tokens"], 200000);
+    assert!(
+        created["cost_limits"].get("hard_cap").is_none(),
+        "false flags are absent"
+    );
     assert!(created.get("permissions").is_none(), "fields not set are absent");
 
     // The limit applies at once.
@@ -705,6 +1026,167 @@ async fn two_instances_on_redis_run_exactly_k_streams_at_once() {
     redis_cleanup(&p).await;
 }
 
+/// The issue's test: 20 parallel slow streams of one key on two instances sharing one Redis stay
+/// within the key's cap (reservations are exact across instances), and the refusals happened.
+#[tokio::test]
+async fn reservations_keep_twenty_parallel_streams_of_one_key_within_its_cap_on_two_instances() {
+    let (url, p) = (redis_url(), redis_prefix());
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(
+        &mock,
+        &url,
+        &p,
+        &[key_line(
+            "two20",
+            &format!("cost_limits: {{ daily_usd: {} }}", twenty_streams_cap()),
+        )],
+    );
+    let a = RelayProcess::start(&yaml).await;
+    let b = RelayProcess::start(&yaml).await;
+    twenty_streams_within_the_cap(&[&a, &b], &mock, "two20").await;
+    redis_cleanup(&p).await;
+}
+
+/// A killed instance's reservations run out with their lease, like its slots.
+#[tokio::test]
+async fn a_killed_instance_gives_its_reservations_back_after_the_lease_time() {
+    let (url, p) = (redis_url(), redis_prefix());
+    let mock = MockUpstream::start().await;
+    let cap = nanos_usd(estimate(STREAM_BODY) * 3 / 2);
+    let yaml = redis_config(
+        &mock,
+        &url,
+        &p,
+        &[key_line("rlease", &format!("cost_limits: {{ total_usd: {cap} }}"))],
+    );
+    let env = [("RELAY_CONCURRENCY_LEASE_TTL", "2s")];
+    let a = RelayProcess::start_in(tempfile::tempdir().unwrap(), &yaml, &env).await;
+    let b = RelayProcess::start_in(tempfile::tempdir().unwrap(), &yaml, &env).await;
+    let held = send(&a, "rlease", STALLED, STREAM_BODY).await;
+    assert_eq!(held.status(), 200);
+    // Renewed while the stream runs.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_refused(send(&b, "rlease", &[], STREAM_BODY).await, 402, "billing_error").await;
+    a.signal("KILL");
+    let killed = Instant::now();
+    drop(held);
+    loop {
+        let r = send(&b, "rlease", &[], BODY).await;
+        let status = r.status();
+        let _ = r.bytes().await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 402);
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the reservation never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        killed.elapsed() <= Duration::from_millis(2600),
+        "{:?}",
+        killed.elapsed()
+    );
+    redis_cleanup(&p).await;
+}
+
+/// The memory backend and the Lua script answer the same sequence of admissions and settlements
+/// alike: reservations, caps, windows (fixed and rolling) and their refusals.
+#[tokio::test]
+async fn memory_and_redis_backends_agree() {
+    use claude_relay::limits::MemoryLimits;
+    use claude_relay::limits::redis::RedisLimits;
+    use claude_relay::store::redis::RedisStore;
+    use filters::policy::{KeyPolicy, KeyPolicySpec};
+    use filters::{Admission, ClientKey, LimitBackend, Reservation};
+
+    let (url, p) = (redis_url(), redis_prefix());
+    let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
+    let redis = RedisLimits::connect(&url, &p, store, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let memory = MemoryLimits::new();
+    let backends: [(&str, &dyn LimitBackend); 2] = [("memory", &memory), ("redis", &redis)];
+
+    /// What an admission answered, comparable across backends.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Admitted,
+        Reserved(u64),
+        Refused(u16, &'static str, String, Option<bool>),
+    }
+    let seen = |a: Admission| match a {
+        Admission::Admitted => Seen::Admitted,
+        Admission::Reserved { room_nanos } => Seen::Reserved(room_nanos),
+        // The first words say which case it is (reached, reserved, too large).
+        Admission::Refused(r) => Seen::Refused(
+            r.status,
+            r.reason,
+            r.message.split(';').next().unwrap().chars().take(40).collect(),
+            // Whether it says to retry in a second (what is left is reserved), else later.
+            r.retry_after.map(|s| s == 1),
+        ),
+    };
+    room_in_minute(10).await;
+    let cases = [
+        r#"{"cost_limits":{"daily_usd":0.000001,"weekly_usd":0.000002,"monthly_usd":0.0000015,"total_usd":0.000003}}"#,
+        r#"{"rate_limit":{"window_minutes":1,"requests":3,"cost_usd":0.000001}}"#,
+        r#"{"rate_limit":{"window_minutes":1,"requests":3,"cost_usd":0.000001,"rolling":true}}"#,
+        r#"{"rate_limit":{"window_minutes":1,"tokens":10,"rolling":true},"cost_limits":{"total_usd":0.000001}}"#,
+    ];
+    for (i, spec) in cases.iter().enumerate() {
+        let spec: KeyPolicySpec = serde_json::from_str(spec).unwrap();
+        let mut answers: Vec<Vec<Seen>> = Vec::new();
+        for (_, b) in backends {
+            let key = ClientKey {
+                id: format!("par{i}").into(),
+                name: "par".into(),
+                enabled: true,
+                bind: None,
+                policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
+            };
+            let now = || chrono::Utc::now().timestamp_millis();
+            let mut out = Vec::new();
+            // 400 of 1000 nano-USD at a time: two fit, the third is refused as reserved.
+            let r1 = seen(b.admit(&key, "h1", 400, now()).await.unwrap());
+            let r2 = seen(b.admit(&key, "h2", 400, now()).await.unwrap());
+            out.push(r1);
+            out.push(r2);
+            out.push(seen(b.admit(&key, "h3", 400, now()).await.unwrap()));
+            // More than the whole cap: too large.
+            out.push(seen(b.admit(&key, "h4", 5_000, now()).await.unwrap()));
+            // Settled at 300 and 8 tokens; freed without a charge.
+            let res = |h: &str| Reservation {
+                holder: h.into(),
+                nanos: 400,
+            };
+            b.settle(&key, Some(&res("h1")), 8, 300, now()).await.unwrap();
+            b.unreserve(&key.id, &res("h2")).await.unwrap();
+            out.push(seen(b.admit(&key, "h5", 600, now()).await.unwrap()));
+            b.settle(
+                &key,
+                Some(&Reservation {
+                    holder: "h5".into(),
+                    nanos: 600,
+                }),
+                8,
+                700,
+                now(),
+            )
+            .await
+            .unwrap();
+            // 1000 spent: reached.
+            out.push(seen(b.admit(&key, "h6", 1, now()).await.unwrap()));
+            answers.push(out);
+        }
+        assert_eq!(answers[0], answers[1], "case {i}: memory vs redis");
+        println!("case {i}: {:?}", answers[0]);
+    }
+    redis_cleanup(&p).await;
+}
+
 #[tokio::test]
 async fn a_killed_instance_gives_its_slots_back_after_the_lease_time() {
     let (url, p) = (redis_url(), redis_prefix());
@@ -753,7 +1235,7 @@ async fn spend_caps_on_redis_survive_lost_counters_and_restarts() {
         &p,
         &[key_line(
             "rcap",
-            &format!("cost_limits: {{ daily_usd: {}, weekly_usd: 1000 }}", usd(1.5)),
+            &format!("cost_limits: {{ daily_usd: {}, weekly_usd: 1000 }}", cap_for(2.0)),
         )],
     );
     let mut a = RelayProcess::start(&yaml).await;
@@ -855,7 +1337,7 @@ impl Drop for PrivateRedis {
 }
 
 /// With every limit set, one request costs one admission script on Redis (and, after the
-/// response, one charge pipeline and one `ZREM`). Counted twice: `INFO commandstats` before and
+/// response, one settlement script and one `ZREM`). Counted twice: `INFO commandstats` before and
 /// after, and `MONITOR` to tell the admission script from the other scripts the relay runs.
 #[tokio::test]
 async fn one_redis_round_trip_admits_a_request_with_every_limit() {
@@ -881,6 +1363,9 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     }
 
     let admit_sha = redis::Script::new(include_str!("../src/limits/lua/admit.lua"))
+        .get_hash()
+        .to_string();
+    let settle_sha = redis::Script::new(include_str!("../src/limits/lua/settle.lua"))
         .get_hash()
         .to_string();
     let monitor_log = relay.dir.path().join("monitor.log");
@@ -929,21 +1414,27 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     let admissions = count(&|l| l.contains("\"evalsha\"") && l.contains(&admit_sha));
     let all_scripts = count(&|l| l.contains("\"evalsha\"") || l.contains("\"eval\""));
     let releases = count(&|l| l.contains("\"zrem\"") && l.contains("limit:slots:"));
-    let charges = count(&|l| l.contains("\"hincrby\"") && l.contains("limit:spend:") && l.contains("\"total\""));
+    let settles = count(&|l| l.contains("\"evalsha\"") && l.contains(&settle_sha));
     println!(
-        "{N} requests: {scripts} script calls in commandstats ({admissions} admissions, {} others: usage \
-         flushes); {charges} charge pipelines; {releases} releases",
-        all_scripts - admissions
+        "{N} requests: {scripts} script calls in commandstats ({admissions} admissions, {settles} settlements, \
+         {} others: usage flushes); {releases} releases",
+        all_scripts - admissions - settles
     );
     assert_eq!(admissions, N, "exactly one admission script per request");
     assert_eq!(
         scripts, all_scripts,
         "MONITOR saw every script call that commandstats counted"
     );
-    assert_eq!(charges, N, "one charge pipeline per request");
+    assert_eq!(
+        settles, N,
+        "one settlement (reservation freed, usage charged) per request"
+    );
     assert_eq!(releases, N, "one release per request");
     // Any other script is the periodic usage writer's (last-used times), not per request.
-    assert!(scripts - admissions < N / 2, "{scripts} scripts for {N} requests");
+    assert!(
+        scripts - admissions - settles < N / 2,
+        "{scripts} scripts for {N} requests"
+    );
     assert_eq!(mock.hits() as u64, N + 2);
 }
 
@@ -979,7 +1470,7 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
         };
         let now_s = chrono::Utc::now().timestamp();
         // A weekly cap of 0 is spent at once: the refusal says when the week ends.
-        let Admission::Refused(r) = limits.admit(&key, "h", now_s * 1000).await.unwrap() else {
+        let Admission::Refused(r) = limits.admit(&key, "h", 0, now_s * 1000).await.unwrap() else {
             panic!("a zero weekly cap refuses");
         };
         assert_eq!(r.reason, "weekly_cost_limit");
@@ -1015,7 +1506,7 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
         policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
     };
     assert!(matches!(
-        limits.admit(&key, "h1", 0).await.unwrap(),
+        limits.admit(&key, "h1", 0, 0).await.unwrap(),
         Admission::Admitted
     ));
     let score = |c: &mut redis::aio::MultiplexedConnection| {
@@ -1035,7 +1526,7 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
     assert_eq!(limits.renew_held().await.unwrap(), 1);
     assert!(score(&mut c).await.unwrap() > first, "renewed");
     assert!(matches!(
-        limits.admit(&key, "h2", 0).await.unwrap(),
+        limits.admit(&key, "h2", 0, 0).await.unwrap(),
         Admission::Refused(_)
     ));
     limits.release("slot", "h1").await.unwrap();

@@ -1,5 +1,7 @@
-//! The limit filters: `rate_limit` (requests, tokens and cost per window), `cost_limits` (daily,
-//! weekly and total spend caps) and `concurrency` (requests in flight, with an optional queue).
+//! The limit filters: `rate_limit` (requests, tokens and cost per window, fixed or rolling),
+//! `cost_limits` (daily, weekly, monthly and total spend caps) and `concurrency` (requests in
+//! flight, with an optional queue); and a key's `max_input_tokens`, checked by whichever of them
+//! runs first.
 //!
 //! The three are configured and placed separately, but a request pays for them together: the
 //! first of them to run in the chain calls [`LimitBackend::admit`] once for every limit of the key
@@ -9,17 +11,25 @@
 //!
 //! | filter        | refusal                   | reasons                                                   |
 //! |---------------|---------------------------|-----------------------------------------------------------|
-//! | `rate_limit`  | 429 + `retry-after`       | `rate_limit` (seconds until the window ends)              |
-//! | `cost_limits` | 402 billing               | `daily_cost_limit`, `weekly_cost_limit`, `total_cost_limit` |
+//! | `rate_limit`  | 429 + `retry-after`       | `rate_limit` (seconds until the window ends, or for a rolling window until enough slid out) |
+//! | `cost_limits` | 402 billing               | `daily_cost_limit`, `weekly_cost_limit`, `monthly_cost_limit`, `total_cost_limit` |
 //! | `concurrency` | 429 + `retry-after: 1`    | `concurrency_limit`                                       |
+//! | (any of them) | 400 invalid request       | `max_input_tokens` (the prompt's estimated size, [`RequestFacts::input_tokens`]) |
 //!
 //! When the backend cannot answer (Redis down), the request is refused with 503
 //! `limits_unavailable` and `retry-after: 1` (fail closed: limits that silently stop holding are
 //! what this is meant to prevent).
 //!
-//! Tokens and cost are known only when the request is over: the lowest of the enabled limit
-//! filters charges them in `on_complete` through [`LimitBackend::charge`] (also for clients that
-//! disconnected: `on_complete` runs however the request ended).
+//! Cost is known only when the request is over. A key with spend caps or a cost window reserves
+//! the request's estimated cost ([`RequestFacts::reserve_nanos`], priced by the relay) in the same
+//! admission, and is refused when it does not fit beside what was spent and what the requests in
+//! flight reserved. The lowest of the enabled limit filters settles in `on_complete` through
+//! [`LimitBackend::settle`]: the reservation is freed and the actual tokens and cost charged in
+//! one call (also for clients that disconnected: `on_complete` runs however the request ended). A
+//! reservation is held by a guard in [`FilterContext::holds`] whose `Drop` frees it if the request
+//! never settles. A key with `cost_limits.hard_cap` also gets a [`SpendCeiling`] there: its
+//! reservation plus the room the tightest limit had left at admission, which the relay's stream
+//! loop compares with the running cost.
 //!
 //! A concurrency slot is held by a guard in [`FilterContext::holds`]; its `Drop` releases the slot,
 //! so completion, client disconnect, upstream errors and panics all free it. The guard drops just
@@ -45,7 +55,7 @@ use async_trait::async_trait;
 use crate::policy::KeyPolicy;
 use crate::{
     Admission, ClientKey, CompletionContext, Filter, FilterContext, FilterDeps, LimitBackend, Registry, RejectKind,
-    Rejection,
+    Rejection, RequestFacts, Reservation, SpendCeiling,
 };
 
 const RATE: u8 = 1;
@@ -121,6 +131,7 @@ fn scoped_key(key: &ClientKey, enabled: u8) -> Cow<'_, ClientKey> {
             rate_limit: p.rate_limit.clone().filter(|_| enabled & RATE != 0),
             cost_limits: p.cost_limits.clone().filter(|_| enabled & COST != 0),
             concurrency: p.concurrency.clone().filter(|_| enabled & CONCURRENCY != 0),
+            max_input_tokens: p.max_input_tokens,
             ..KeyPolicy::default()
         }),
         ..key.clone()
@@ -168,30 +179,61 @@ impl Drop for SlotGuard {
         let key_id = self.key_id.clone();
         let holder = std::mem::take(&mut self.holder);
         let queue = self.queue.take();
-        let mut release = Box::pin(async move {
+        run_from_drop(async move {
             // A failed release is logged by the backend; the slot's lease then runs out.
             let _ = limits.release(&key_id, &holder).await;
             if let Some(q) = queue {
                 q.freed.notify_waiters();
             }
         });
-        // Started here, not only spawned: the memory backend is done at once, and Redis has the
-        // release queued on its connection before this request's task moves on, so the client's
-        // next request (admitted after it on the same connection) finds the slot free. Not while
-        // unwinding (a panic in a destructor then aborts), and a backend that panics here (its
-        // runtime is shutting down) leaves the slot to its lease.
-        if !std::thread::panicking() {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| release.as_mut().poll(&mut cx))) {
-                Ok(std::task::Poll::Pending) => {}
-                Ok(std::task::Poll::Ready(())) | Err(_) => return,
-            }
+    }
+}
+
+/// Runs a release from a destructor. Started here, not only spawned: the memory backend is done
+/// at once, and Redis has the release queued on its connection before this request's task moves
+/// on, so the client's next request (admitted after it on the same connection) finds the slot or
+/// the room free. Not while unwinding (a panic in a destructor then aborts), and a backend that
+/// panics here (its runtime is shutting down) leaves what it held to its lease.
+fn run_from_drop(release: impl Future<Output = ()> + Send + 'static) {
+    let mut release = Box::pin(release);
+    if !std::thread::panicking() {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| release.as_mut().poll(&mut cx))) {
+            Ok(std::task::Poll::Pending) => {}
+            Ok(std::task::Poll::Ready(())) | Err(_) => return,
         }
-        // Outside a runtime (never on the request path) the release is lost; on Redis the slot
-        // then runs out with its lease.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(release);
-        }
+    }
+    // Outside a runtime (never on the request path) the release is lost; on Redis what was held
+    // then runs out with its lease.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(release);
+    }
+}
+
+/// Holds a request's spend reservation. Completion takes it and settles it with the actual cost
+/// (one backend call); if the request ends without completing (shutdown cut it, a panic), the
+/// drop frees it, so a reservation never outlives its request on this instance (and on Redis a
+/// killed instance's reservations run out with their lease).
+struct ReservationGuard {
+    limits: Arc<dyn LimitBackend>,
+    key_id: Arc<str>,
+    reservation: Mutex<Option<Reservation>>,
+}
+
+impl ReservationGuard {
+    fn take(&self) -> Option<Reservation> {
+        self.reservation.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for ReservationGuard {
+    fn drop(&mut self) {
+        let Some(r) = self.take() else { return };
+        let limits = self.limits.clone();
+        let key_id = self.key_id.clone();
+        run_from_drop(async move {
+            let _ = limits.unreserve(&key_id, &r).await;
+        });
     }
 }
 
@@ -247,18 +289,22 @@ impl Group {
         &self,
         key: &Arc<ClientKey>,
         enabled: u8,
+        facts: Option<&RequestFacts>,
         holds: &mut Vec<Box<dyn std::any::Any + Send + Sync>>,
     ) -> Result<(), Rejection> {
         let scoped = scoped_key(key, enabled);
         let concurrency = scoped.policy.concurrency.clone();
-        let holder = match &concurrency {
-            Some(_) => format!(
-                "{}-{:x}",
-                self.holder_prefix,
-                self.next_holder.fetch_add(1, Ordering::Relaxed)
-            ),
-            None => String::new(),
+        let reserve = match scoped.policy.reserves_cost() {
+            true => facts.and_then(|f| f.reserve_nanos).unwrap_or(0),
+            false => 0,
         };
+        // Names the request's slot, reservation and rolling-window entries.
+        let holder = format!(
+            "{}-{:x}",
+            self.holder_prefix,
+            self.next_holder.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut reserved = None;
         let mut place: Option<(QueuePlace, Instant)> = None;
         let mut backoff = QUEUE_BACKOFF_MIN;
         let mut graced = false;
@@ -270,8 +316,12 @@ impl Group {
             if let Some(n) = notified.as_mut().as_pin_mut() {
                 n.enable();
             }
-            let refusal = match self.limits.admit(&scoped, &holder, now_ms()).await {
+            let refusal = match self.limits.admit(&scoped, &holder, reserve, now_ms()).await {
                 Ok(Admission::Admitted) => break,
+                Ok(Admission::Reserved { room_nanos }) => {
+                    reserved = Some(room_nanos);
+                    break;
+                }
                 Ok(Admission::Refused(r)) => r,
                 Err(_) => return Err(unavailable()),
             };
@@ -318,6 +368,21 @@ impl Group {
         }
         drop(place);
         holds.push(Box::new(Admitted));
+        if let Some(room) = reserved {
+            if scoped.policy.cost_limits.as_ref().is_some_and(|c| c.hard_cap) {
+                holds.push(Box::new(SpendCeiling {
+                    nanos: reserve.saturating_add(room),
+                }));
+            }
+            holds.push(Box::new(ReservationGuard {
+                limits: self.limits.clone(),
+                key_id: key.id.clone(),
+                reservation: Mutex::new(Some(Reservation {
+                    holder: holder.clone(),
+                    nanos: reserve,
+                })),
+            }));
+        }
         if let Some(c) = concurrency {
             holds.push(Box::new(SlotGuard {
                 limits: self.limits.clone(),
@@ -345,32 +410,52 @@ impl Filter for LimitFilter {
 
     async fn on_request(&self, cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
         let Some(key) = cx.key.clone() else { return Ok(()) };
+        if let (Some(limit), Some(tokens)) = (key.policy.max_input_tokens, cx.facts.and_then(|f| f.input_tokens))
+            && tokens > limit
+        {
+            return Err(Rejection::new(
+                400,
+                RejectKind::InvalidRequest,
+                "max_input_tokens",
+                format!(
+                    "The prompt is about {tokens} input tokens (an estimate from its size); this API key allows \
+                     {limit} per request"
+                ),
+            ));
+        }
         let enabled = self.group.enabled();
         if parts_of(&key.policy) & enabled == 0 || cx.holds.iter().any(|h| (**h).is::<Admitted>()) {
             return Ok(());
         }
-        self.group.admit(&key, enabled, cx.holds).await
+        self.group.admit(&key, enabled, cx.facts, cx.holds).await
     }
 
     async fn on_complete(&self, cx: &CompletionContext<'_>) {
         let enabled = self.group.enabled();
         // The lowest enabled part charges, once.
-        if self.part != enabled & enabled.wrapping_neg() || (cx.tokens == 0 && cx.cost_nanos == 0) {
+        if self.part != enabled & enabled.wrapping_neg() {
             return;
         }
         let Some(key) = cx.key else { return };
+        let reservation = cx
+            .holds
+            .iter()
+            .find_map(|h| (**h).downcast_ref::<ReservationGuard>())
+            .and_then(ReservationGuard::take);
         let p = &key.policy;
         let rate = enabled & RATE != 0
             && p.rate_limit
                 .as_ref()
                 .is_some_and(|r| r.tokens.is_some() || r.cost_nanos.is_some());
         let spend = enabled & COST != 0 && p.cost_limits.is_some();
-        if rate || spend {
-            // A failed charge is logged by the backend.
+        let charge = (rate || spend) && (cx.tokens != 0 || cx.cost_nanos != 0);
+        if charge || reservation.is_some() {
+            let (tokens, cost) = if charge { (cx.tokens, cx.cost_nanos) } else { (0, 0) };
+            // A failed settlement is logged by the backend (a reservation then runs out).
             let _ = self
                 .group
                 .limits
-                .charge(&scoped_key(key, enabled), cx.tokens, cx.cost_nanos, now_ms())
+                .settle(&scoped_key(key, enabled), reservation.as_ref(), tokens, cost, now_ms())
                 .await;
         }
     }
@@ -389,13 +474,17 @@ mod tests {
         charges: Mutex<Vec<(bool, bool, u64)>>,
         seen: Mutex<Vec<u8>>,
         held: Mutex<Vec<String>>,
+        /// Reservations taken, and how each ended: settled (with its tokens) or freed.
+        reserved: Mutex<Vec<(String, u64)>>,
+        settled: Mutex<Vec<(String, u64)>>,
+        freed: Mutex<Vec<String>>,
         slots: usize,
         fail: bool,
     }
 
     #[async_trait]
     impl LimitBackend for Fake {
-        async fn admit(&self, key: &ClientKey, holder: &str, _: i64) -> Result<Admission, String> {
+        async fn admit(&self, key: &ClientKey, holder: &str, reserve: u64, _: i64) -> Result<Admission, String> {
             if self.fail {
                 return Err("down".into());
             }
@@ -410,7 +499,28 @@ mod tests {
                 }
                 held.push(holder.to_string());
             }
+            if reserve > 0 {
+                self.reserved.lock().unwrap().push((holder.to_string(), reserve));
+                return Ok(Admission::Reserved { room_nanos: 100 });
+            }
             Ok(Admission::Admitted)
+        }
+        async fn settle(
+            &self,
+            key: &ClientKey,
+            reservation: Option<&Reservation>,
+            tokens: u64,
+            cost: u64,
+            now: i64,
+        ) -> Result<(), String> {
+            if let Some(r) = reservation {
+                self.settled.lock().unwrap().push((r.holder.clone(), tokens));
+            }
+            self.charge(key, tokens, cost, now).await
+        }
+        async fn unreserve(&self, _: &str, r: &Reservation) -> Result<(), String> {
+            self.freed.lock().unwrap().push(r.holder.clone());
+            Ok(())
         }
         async fn charge(&self, key: &ClientKey, tokens: u64, _: u64, _: i64) -> Result<(), String> {
             let p = &key.policy;
@@ -492,6 +602,7 @@ mod tests {
                 status: 200,
                 tokens,
                 cost_nanos,
+                holds: &[],
             })
             .await;
     }
@@ -636,5 +747,110 @@ mod tests {
             (e.status, e.reason, e.retry_after),
             (503, "limits_unavailable", Some(1))
         );
+    }
+
+    async fn request_with(
+        chain: &Chain,
+        key: &Arc<ClientKey>,
+        facts: &RequestFacts,
+        holds: &mut Holds,
+    ) -> Result<(), Rejection> {
+        let headers = http::HeaderMap::new();
+        let mut cx = FilterContext {
+            route: RouteInfo {
+                service: Service::Claude,
+                endpoint: "messages",
+            },
+            headers: &headers,
+            query: None,
+            client_ip: None,
+            key: Some(key.clone()),
+            facts: Some(facts),
+            holds,
+        };
+        chain.run_request(&mut cx).await
+    }
+
+    #[tokio::test]
+    async fn a_reservation_is_settled_at_completion_or_freed_on_drop() {
+        let fake = Arc::new(Fake::default());
+        let chain = chain(&fake, &["rate_limit", "cost_limits", "concurrency"]);
+        let k = key(r#"{"cost_limits":{"daily_usd":1,"hard_cap":true}}"#);
+        let facts = RequestFacts {
+            reserve_nanos: Some(50),
+            ..RequestFacts::default()
+        };
+        let mut holds = Vec::new();
+        request_with(&chain, &k, &facts, &mut holds).await.unwrap();
+        let holder = fake.reserved.lock().unwrap()[0].0.clone();
+        // hard_cap: the ceiling is the reservation plus the room left.
+        let ceiling = holds.iter().find_map(|h| (**h).downcast_ref::<SpendCeiling>()).copied();
+        assert_eq!(ceiling, Some(SpendCeiling { nanos: 150 }));
+        // Completion settles it once (even with nothing to charge); the drop then does nothing.
+        chain
+            .run_complete(&CompletionContext {
+                route: RouteInfo {
+                    service: Service::Claude,
+                    endpoint: "messages",
+                },
+                key: Some(&k),
+                facts: Some(&facts),
+                status: 200,
+                tokens: 0,
+                cost_nanos: 0,
+                holds: &holds,
+            })
+            .await;
+        assert_eq!(*fake.settled.lock().unwrap(), vec![(holder, 0)]);
+        drop(holds);
+        settle().await;
+        assert!(fake.freed.lock().unwrap().is_empty());
+
+        // A request that never completes frees its reservation when its holds drop.
+        let mut holds = Vec::new();
+        request_with(&chain, &k, &facts, &mut holds).await.unwrap();
+        let holder = fake.reserved.lock().unwrap()[1].0.clone();
+        drop(holds);
+        assert_eq!(*fake.freed.lock().unwrap(), vec![holder]);
+
+        // Keys without a cost limit, and requests without an estimate, reserve nothing.
+        let mut holds = Vec::new();
+        request_with(
+            &chain,
+            &key(r#"{"rate_limit":{"window_minutes":1,"requests":5}}"#),
+            &facts,
+            &mut holds,
+        )
+        .await
+        .unwrap();
+        let no_price = RequestFacts::default();
+        request_with(&chain, &k, &no_price, &mut Vec::new()).await.unwrap();
+        assert_eq!(fake.reserved.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn max_input_tokens_refuses_before_any_admission() {
+        let fake = Arc::new(Fake::default());
+        let chain = chain(&fake, &["rate_limit"]);
+        let k = key(r#"{"max_input_tokens":100,"rate_limit":{"window_minutes":1,"requests":5}}"#);
+        let big = RequestFacts {
+            input_tokens: Some(101),
+            ..RequestFacts::default()
+        };
+        let e = request_with(&chain, &k, &big, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(
+            (e.status, e.reason, e.kind),
+            (400, "max_input_tokens", RejectKind::InvalidRequest)
+        );
+        assert!(e.message.contains("about 101 input tokens"), "{}", e.message);
+        assert_eq!(fake.admits.load(Ordering::SeqCst), 0);
+        let fits = RequestFacts {
+            input_tokens: Some(100),
+            ..RequestFacts::default()
+        };
+        request_with(&chain, &k, &fits, &mut Vec::new()).await.unwrap();
+        // Also for a key with no other limit.
+        let only = key(r#"{"max_input_tokens":100}"#);
+        assert!(request_with(&chain, &only, &big, &mut Vec::new()).await.is_err());
     }
 }

@@ -207,7 +207,7 @@ struct CountingLimits {
 
 #[async_trait]
 impl LimitBackend for CountingLimits {
-    async fn admit(&self, _: &ClientKey, _: &str, _: i64) -> Result<Admission, String> {
+    async fn admit(&self, _: &ClientKey, _: &str, _: u64, _: i64) -> Result<Admission, String> {
         Ok(Admission::Admitted)
     }
     async fn charge(&self, _: &ClientKey, _: u64, _: u64, _: i64) -> Result<(), String> {

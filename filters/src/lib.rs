@@ -74,6 +74,14 @@ pub struct RequestFacts {
     /// The body asks for fast mode: top-level `speed: "fast"` (Anthropic Messages). The
     /// `fast-mode-…` beta header alone does not: Claude Code keeps sending it after one fast turn.
     pub fast: bool,
+    /// The relay's bound on what this request can cost (nano-USD): its estimated input and its
+    /// output cap, priced at the model's price without cache discounts. `None` when the model has
+    /// no price; such a request reserves nothing. The relay fills it only for keys that reserve
+    /// (see [`policy::KeyPolicy::reserves_cost`]).
+    pub reserve_nanos: Option<u64>,
+    /// The prompt's size in input tokens, estimated from the body (no tokenizer), for
+    /// `max_input_tokens`.
+    pub input_tokens: Option<u64>,
 }
 
 /// The class of a refusal; the relay maps it to the dialect's error type.
@@ -139,6 +147,24 @@ pub struct CompletionContext<'a> {
     pub tokens: u64,
     /// Its cost in nano-USD (0 when unknown).
     pub cost_nanos: u64,
+    /// What the filters kept in [`FilterContext::holds`] (reservations settle through them).
+    pub holds: &'a [Box<dyn Any + Send + Sync>],
+}
+
+/// Spend reserved for a request at admission, freed when it settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Unique per request, across instances.
+    pub holder: String,
+    pub nanos: u64,
+}
+
+/// Put in [`FilterContext::holds`] for a key with `cost_limits.hard_cap`: how much the request
+/// may cost before it would take the key past a cap (its reservation plus the room that was
+/// left at its admission). The relay ends a stream whose running cost goes over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpendCeiling {
+    pub nanos: u64,
 }
 
 /// What the limit filters keep their counters in: the store shared by every instance (one round
@@ -146,10 +172,33 @@ pub struct CompletionContext<'a> {
 #[async_trait]
 pub trait LimitBackend: Send + Sync {
     /// Checks and reserves, atomically and in one round trip, every rate window, spend cap and
-    /// concurrency slot of the key's policy; `holder` names the concurrency slot to take.
-    async fn admit(&self, key: &ClientKey, holder: &str, now_ms: i64) -> Result<Admission, String>;
+    /// concurrency slot of the key's policy; `holder` names the concurrency slot to take and the
+    /// request (unique across instances). With `reserve_nanos > 0` and a key with spend caps or a
+    /// cost window, the request is admitted only when that much more fits under every cap beside
+    /// what was spent and what the requests in flight reserved; it is then held under `holder`
+    /// ([`Admission::Reserved`]) until [`LimitBackend::settle`] or [`LimitBackend::unreserve`].
+    async fn admit(&self, key: &ClientKey, holder: &str, reserve_nanos: u64, now_ms: i64) -> Result<Admission, String>;
     /// Adds a finished request's tokens and cost to the key's windows and spend.
     async fn charge(&self, key: &ClientKey, tokens: u64, cost_nanos: u64, now_ms: i64) -> Result<(), String>;
+    /// Charges a finished request and frees its reservation, in one call (one round trip).
+    async fn settle(
+        &self,
+        key: &ClientKey,
+        reservation: Option<&Reservation>,
+        tokens: u64,
+        cost_nanos: u64,
+        now_ms: i64,
+    ) -> Result<(), String> {
+        self.charge(key, tokens, cost_nanos, now_ms).await?;
+        match reservation {
+            Some(r) => self.unreserve(&key.id, r).await,
+            None => Ok(()),
+        }
+    }
+    /// Frees a reservation without charging (the request ended without settling).
+    async fn unreserve(&self, _key_id: &str, _reservation: &Reservation) -> Result<(), String> {
+        Ok(())
+    }
     /// Frees the key's concurrency slot held by `holder`.
     async fn release(&self, key_id: &str, holder: &str) -> Result<(), String>;
     /// Records the first use of an activation-mode key; returns when it was activated (Unix s),
@@ -161,6 +210,11 @@ pub trait LimitBackend: Send + Sync {
 #[derive(Debug, Clone)]
 pub enum Admission {
     Admitted,
+    /// Admitted, and the request's estimated cost is reserved; `room_nanos` is what was left
+    /// under the tightest cost limit after it (for `hard_cap`).
+    Reserved {
+        room_nanos: u64,
+    },
     Refused(Rejection),
 }
 

@@ -28,6 +28,10 @@ pub struct RateLimitSpec {
     pub tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
+    /// A sliding window (the last `window_minutes` before each request, like a subscription's
+    /// 5-hour window) instead of a fixed one aligned to the epoch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -42,6 +46,13 @@ pub struct CostLimitsSpec {
     /// `mon 00:00` (UTC); the weekly window starts then. Default `mon 00:00`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weekly_reset: Option<String>,
+    /// Spend cap per calendar month (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+    /// End a stream whose running cost would take the key past a cap (else a request admitted
+    /// within its reservation always runs to its end).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hard_cap: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -104,6 +115,9 @@ pub struct KeyPolicySpec {
     /// `allow` (the default) or `deny`: a denied key's requests for fast mode get a 403.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_mode: Option<FastMode>,
+    /// Largest prompt a request may send, in (estimated) input tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
 }
 
 impl KeyPolicySpec {
@@ -120,6 +134,8 @@ pub struct RateLimit {
     pub tokens: Option<u64>,
     /// nano-USD
     pub cost_nanos: Option<u64>,
+    /// Sliding rather than fixed.
+    pub rolling: bool,
 }
 
 /// Spend caps, compiled (nano-USD).
@@ -128,8 +144,10 @@ pub struct CostLimits {
     pub daily_nanos: Option<u64>,
     pub total_nanos: Option<u64>,
     pub weekly_nanos: Option<u64>,
+    pub monthly_nanos: Option<u64>,
     /// Weekday (0 = Monday) and minute of day (UTC) when the week starts.
     pub weekly_reset: (u32, u32),
+    pub hard_cap: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,6 +186,26 @@ pub struct KeyPolicy {
     pub passthrough_only: bool,
     /// Requests asking for fast mode are refused.
     pub deny_fast_mode: bool,
+    pub max_input_tokens: Option<u64>,
+}
+
+impl KeyPolicy {
+    /// Whether a request of this key must reserve its estimated cost at admission: it has a
+    /// spend cap or a cost window.
+    pub fn reserves_cost(&self) -> bool {
+        self.cost_limits.as_ref().is_some_and(CostLimits::any)
+            || self.rate_limit.as_ref().is_some_and(|r| r.cost_nanos.is_some())
+    }
+}
+
+impl CostLimits {
+    /// At least one cap is set.
+    pub fn any(&self) -> bool {
+        self.daily_nanos.is_some()
+            || self.weekly_nanos.is_some()
+            || self.monthly_nanos.is_some()
+            || self.total_nanos.is_some()
+    }
 }
 
 fn usd(v: f64, what: &str) -> Result<u64, String> {
@@ -320,21 +358,36 @@ impl KeyPolicy {
                     requests: r.requests,
                     tokens: r.tokens,
                     cost_nanos: r.cost_usd.map(|v| usd(v, "rate_limit.cost_usd")).transpose()?,
+                    rolling: r.rolling,
                 })
             }
         };
         let cost_limits = match &spec.cost_limits {
             None => None,
-            Some(c) => Some(CostLimits {
-                daily_nanos: c.daily_usd.map(|v| usd(v, "cost_limits.daily_usd")).transpose()?,
-                total_nanos: c.total_usd.map(|v| usd(v, "cost_limits.total_usd")).transpose()?,
-                weekly_nanos: c.weekly_usd.map(|v| usd(v, "cost_limits.weekly_usd")).transpose()?,
-                weekly_reset: match &c.weekly_reset {
-                    Some(r) => parse_weekly_reset(r).map_err(|e| format!("cost_limits.weekly_reset: {e}"))?,
-                    None => (0, 0),
-                },
-            }),
+            Some(c) => {
+                let caps = CostLimits {
+                    daily_nanos: c.daily_usd.map(|v| usd(v, "cost_limits.daily_usd")).transpose()?,
+                    total_nanos: c.total_usd.map(|v| usd(v, "cost_limits.total_usd")).transpose()?,
+                    weekly_nanos: c.weekly_usd.map(|v| usd(v, "cost_limits.weekly_usd")).transpose()?,
+                    monthly_nanos: c.monthly_usd.map(|v| usd(v, "cost_limits.monthly_usd")).transpose()?,
+                    weekly_reset: match &c.weekly_reset {
+                        Some(r) => parse_weekly_reset(r).map_err(|e| format!("cost_limits.weekly_reset: {e}"))?,
+                        None => (0, 0),
+                    },
+                    hard_cap: c.hard_cap,
+                };
+                if caps.hard_cap && !caps.any() {
+                    return Err(
+                        "cost_limits.hard_cap: needs a cap to hold (daily_usd, weekly_usd, monthly_usd or total_usd)"
+                            .into(),
+                    );
+                }
+                Some(caps)
+            }
         };
+        if spec.max_input_tokens == Some(0) {
+            return Err("max_input_tokens: must be at least 1".into());
+        }
         let concurrency = match &spec.concurrency {
             None => None,
             Some(c) => {
@@ -362,6 +415,7 @@ impl KeyPolicy {
             passthrough_only: spec.passthrough_only,
             concurrency,
             deny_fast_mode: spec.fast_mode == Some(FastMode::Deny),
+            max_input_tokens: spec.max_input_tokens,
         })
     }
 }

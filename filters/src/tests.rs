@@ -10,7 +10,7 @@ impl KeyDirectory for Dir {
 struct NoLimits;
 #[async_trait]
 impl LimitBackend for NoLimits {
-    async fn admit(&self, _: &ClientKey, _: &str, _: i64) -> Result<Admission, String> {
+    async fn admit(&self, _: &ClientKey, _: &str, _: u64, _: i64) -> Result<Admission, String> {
         Ok(Admission::Admitted)
     }
     async fn charge(&self, _: &ClientKey, _: u64, _: u64, _: i64) -> Result<(), String> {

@@ -4,41 +4,46 @@
 //!
 //! | key                        | type       | content                                              |
 //! |----------------------------|------------|------------------------------------------------------|
-//! | `{p}limit:rate:{id}`       | hash       | the current rate window: `start` (ms), `requests`, `tokens`, `cost`; expires one window after its end |
-//! | `{p}limit:spend:{id}`      | hash       | `day_start`, `day`, `week_start`, `week`, `total` (nano-USD); no expiry |
+//! | `{p}limit:rate:{id}`       | hash       | a fixed rate window: `start` (ms), `requests`, `tokens`, `cost`; expires one window after its end. A rolling window: the sums of its entries |
+//! | `{p}limit:rolling:{id}`    | sorted set | a rolling window's entries `a\|c\|holder\|requests\|tokens\|cost` → when counted (ms); both keys expire one window (+1 min) after the last write |
+//! | `{p}limit:spend:{id}`      | hash       | `day_start`, `day`, `week_start`, `week`, `month_start`, `month`, `total` (nano-USD); no expiry |
 //! | `{p}limit:slots:{id}`      | sorted set | concurrency slots: holder → expiry (server ms)       |
+//! | `{p}limit:reserved:{id}`   | sorted set | spend reservations of requests in flight: `nano-USD:holder` → expiry (server ms) |
 //! | `{p}limit:activated:{id}`  | string     | first use of an activation-mode key (Unix s)         |
 //!
-//! Round trips: an admission is one Lua script (`lua/admit.lua`: every cap, window and the slot,
-//! reserved only when all pass, on the server's clock `TIME`); a charge is one `MULTI`/`EXEC`
-//! pipeline of `HINCRBY`s (after the response, off the request's critical path); a release is
-//! one `ZREM`. The first admission of a key with spend caps on a day also reads its recorded spend
-//! from the usage statistics ([`super::SpendSeeds`]: one more pipeline per granularity, once).
+//! Round trips: an admission is one Lua script (`lua/admit.lua`: every cap, window, the slot and
+//! the reservation, taken only when all pass, on the server's clock `TIME`); settling a finished
+//! request is one script (`lua/settle.lua`: frees its reservation and charges its tokens and cost,
+//! after the response, off the request's critical path); a release is one `ZREM`. The first
+//! admission of a key with spend caps on a day also reads its recorded spend from the usage
+//! statistics ([`super::SpendSeeds`]: one more pipeline per granularity, once).
 //!
 //! Charges land in the window and the day that the hash holds when they arrive: a request that
 //! completes after its window (or day) ended, before any new admission of the key, is counted in
-//! the window (day) it was admitted in.
+//! the window (day) it was admitted in. A rolling window's charges are entries at the time of the
+//! charge; an admission first drops the entries that slid out (each entry is added once and
+//! removed once, and the sums are kept beside them, so an admission does not re-add the window).
 //!
-//! Concurrency slots are leases. Each is taken for the lease time (60 s, or
-//! `RELAY_CONCURRENCY_LEASE_TTL`, e.g. `5s`, read once at start) and this instance renews the slots
+//! Concurrency slots and spend reservations are leases. Each is taken for the lease time (60 s, or
+//! `RELAY_CONCURRENCY_LEASE_TTL`, e.g. `5s`, read once at start) and this instance renews the ones
 //! it holds every third of it in one script call, so a stream may run as long as it likes while
-//! the slots of an instance that died come back within one lease time. The release of a slot is
-//! one `ZREM` from the request's guard; if it fails, or the request was cancelled after Redis
-//! gave it the slot but before it heard so, the lease runs out.
+//! the slots and reservations of an instance that died come back within one lease time. The
+//! release of a slot is one `ZREM` from the request's guard; if it fails, or the request was
+//! cancelled after Redis gave it the slot but before it heard so, the lease runs out.
 //!
 //! This backend opens its own multiplexed connection, so an admission never waits behind a large
 //! usage flush on the store's connection.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use filters::{Admission, ClientKey, LimitBackend};
+use filters::{Admission, ClientKey, LimitBackend, Reservation};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Script};
 
-use super::{Refusal, SpendSeeds};
+use super::{Refusal, Shortfall, SpendSeeds};
 use crate::store::Store;
 
 /// The lease time of a concurrency slot when `RELAY_CONCURRENCY_LEASE_TTL` is not set.
@@ -63,11 +68,12 @@ pub struct RedisLimits {
     conn: ConnectionManager,
     prefix: String,
     admit: Script,
+    settle: Script,
     renew: Script,
     activate: Script,
     seeds: SpendSeeds,
-    /// Slots this instance holds, holder → key id, renewed until released.
-    held: Mutex<HashMap<String, Arc<str>>>,
+    /// Slots and reservations this instance holds, (sorted set, member), renewed until released.
+    held: Mutex<HashSet<(String, String)>>,
     lease_ttl: Duration,
 }
 
@@ -99,10 +105,11 @@ impl RedisLimits {
             conn,
             prefix: prefix.to_string(),
             admit: Script::new(include_str!("lua/admit.lua")),
+            settle: Script::new(include_str!("lua/settle.lua")),
             renew: Script::new(include_str!("lua/renew.lua")),
             activate: Script::new(include_str!("lua/activate.lua")),
             seeds: SpendSeeds::new(store),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashSet::new()),
             lease_ttl,
         })
     }
@@ -111,19 +118,20 @@ impl RedisLimits {
         format!("{}limit:{kind}:{id}", self.prefix)
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<str>>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Renews every slot this instance holds, in one script call per [`RENEW_BATCH`] slots.
+    /// Renews every slot and reservation this instance holds, in one script call per
+    /// [`RENEW_BATCH`].
     pub async fn renew_held(&self) -> Result<usize, String> {
-        let held: Vec<(String, Arc<str>)> = self.held().iter().map(|(h, k)| (h.clone(), k.clone())).collect();
+        let held: Vec<(String, String)> = self.held().iter().cloned().collect();
         for batch in held.chunks(RENEW_BATCH) {
             let mut inv = self.renew.prepare_invoke();
             inv.arg(ms(self.lease_ttl));
-            for (holder, key_id) in batch {
-                inv.key(self.key("slots", key_id));
-                inv.arg(holder);
+            for (set, member) in batch {
+                inv.key(set);
+                inv.arg(member);
             }
             inv.invoke_async::<i64>(&mut self.conn.clone())
                 .await
@@ -148,13 +156,19 @@ impl RedisLimits {
     }
 }
 
+/// A reservation's member in its sorted set: the amount first, so the admission can sum them.
+fn reservation_member(holder: &str, nanos: u64) -> String {
+    format!("{nanos}:{holder}")
+}
+
 #[async_trait]
 impl LimitBackend for RedisLimits {
-    async fn admit(&self, key: &ClientKey, holder: &str, now_ms: i64) -> Result<Admission, String> {
+    async fn admit(&self, key: &ClientKey, holder: &str, reserve_nanos: u64, now_ms: i64) -> Result<Admission, String> {
         let p = &key.policy;
         if p.rate_limit.is_none() && p.cost_limits.is_none() && p.concurrency.is_none() {
             return Ok(Admission::Admitted);
         }
+        let estimate = if p.reserves_cost() { reserve_nanos } else { 0 };
         let seed = match &p.cost_limits {
             Some(caps) => self.seeds.get(&key.id, caps, now_ms.div_euclid(1000)).await,
             None => None,
@@ -164,6 +178,8 @@ impl LimitBackend for RedisLimits {
         inv.key(self.key("rate", &key.id))
             .key(self.key("spend", &key.id))
             .key(self.key("slots", &key.id))
+            .key(self.key("reserved", &key.id))
+            .key(self.key("rolling", &key.id))
             .arg(holder);
         match &p.rate_limit {
             Some(r) => inv
@@ -195,61 +211,119 @@ impl LimitBackend for RedisLimits {
                 .arg(int(s.total)),
             None => inv.arg(0).arg(0).arg(0).arg(0).arg(0).arg(0),
         };
+        inv.arg(p.cost_limits.as_ref().and_then(|c| c.monthly_nanos).map_or(none, int));
+        match &seed {
+            Some(s) => inv.arg(s.month_start).arg(int(s.month)),
+            None => inv.arg(0).arg(0),
+        };
+        inv.arg(int(estimate))
+            .arg(i64::from(p.rate_limit.as_ref().is_some_and(|r| r.rolling)));
         let answer: Vec<i64> = inv
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| format!("redis: {e}"))?;
-        let wait = answer.get(1).map(|w| (*w).max(0) as u64);
+        let at = |i: usize| answer.get(i).copied().unwrap_or(0);
+        let wait = Some(at(1).max(0) as u64);
+        let shortfall = match at(2) {
+            1 => Shortfall::Reserved,
+            2 => Shortfall::TooLarge {
+                estimate: at(3).max(0) as u64,
+                room: at(4).max(0) as u64,
+            },
+            _ => Shortfall::Spent,
+        };
         Ok(match answer.first().copied().unwrap_or(-1) {
             0 => {
                 if p.concurrency.is_some() {
-                    self.held().insert(holder.to_string(), key.id.clone());
+                    self.held().insert((self.key("slots", &key.id), holder.to_string()));
                 }
-                Admission::Admitted
+                if estimate > 0 {
+                    self.held()
+                        .insert((self.key("reserved", &key.id), reservation_member(holder, estimate)));
+                    Admission::Reserved {
+                        room_nanos: at(2).max(0) as u64,
+                    }
+                } else {
+                    Admission::Admitted
+                }
             }
-            1 => Refusal::Rate.admission(wait),
+            1 => Refusal::Rate.refused(shortfall, wait),
             2 => Refusal::Concurrency.admission(wait),
-            3 => Refusal::Daily.admission(wait),
-            4 => Refusal::Weekly.admission(wait),
-            5 => Refusal::Total.admission(None),
+            3 => Refusal::Daily.refused(shortfall, wait),
+            4 => Refusal::Weekly.refused(shortfall, wait),
+            5 => Refusal::Total.refused(shortfall, (shortfall == Shortfall::Reserved).then_some(1)),
+            6 => Refusal::Monthly.refused(shortfall, wait),
             other => return Err(format!("unexpected admission answer {other}")),
         })
     }
 
-    async fn charge(&self, key: &ClientKey, tokens: u64, cost_nanos: u64, _now_ms: i64) -> Result<(), String> {
+    async fn charge(&self, key: &ClientKey, tokens: u64, cost_nanos: u64, now_ms: i64) -> Result<(), String> {
+        self.settle(key, None, tokens, cost_nanos, now_ms).await
+    }
+
+    async fn settle(
+        &self,
+        key: &ClientKey,
+        reservation: Option<&Reservation>,
+        tokens: u64,
+        cost_nanos: u64,
+        _now_ms: i64,
+    ) -> Result<(), String> {
         let p = &key.policy;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut any = false;
-        if let Some(r) = &p.rate_limit
-            && (r.tokens.is_some() || r.cost_nanos.is_some())
-        {
-            let k = self.key("rate", &key.id);
-            pipe.cmd("HINCRBY").arg(&k).arg("tokens").arg(int(tokens)).ignore();
-            pipe.cmd("HINCRBY").arg(&k).arg("cost").arg(int(cost_nanos)).ignore();
-            // A charge after the window's hash expired must not leave a key without expiry.
-            pipe.cmd("PEXPIRE").arg(&k).arg(2 * ms(r.window)).ignore();
-            any = true;
-        }
-        if p.cost_limits.is_some() && cost_nanos > 0 {
-            let k = self.key("spend", &key.id);
-            for field in ["day", "week", "total"] {
-                pipe.cmd("HINCRBY").arg(&k).arg(field).arg(int(cost_nanos)).ignore();
-            }
-            any = true;
-        }
-        if !any {
+        let (mode, window) = match &p.rate_limit {
+            Some(r) if r.tokens.is_some() || r.cost_nanos.is_some() => (if r.rolling { 2 } else { 1 }, ms(r.window)),
+            _ => (0, 0),
+        };
+        let spend = p.cost_limits.is_some() && cost_nanos > 0;
+        if reservation.is_none() && ((mode == 0 && !spend) || (tokens == 0 && cost_nanos == 0)) {
             return Ok(());
         }
-        let done: Result<(), _> = pipe.query_async(&mut self.conn.clone()).await;
-        done.map_err(|e| {
-            tracing::warn!(key = %key.id, error = %e, "charging a key's limits failed");
+        let member = match reservation {
+            Some(r) => {
+                let m = reservation_member(&r.holder, r.nanos);
+                self.held().remove(&(self.key("reserved", &key.id), m.clone()));
+                m
+            }
+            None => String::new(),
+        };
+        let done: Result<i64, _> = self
+            .settle
+            .key(self.key("rate", &key.id))
+            .key(self.key("spend", &key.id))
+            .key(self.key("reserved", &key.id))
+            .key(self.key("rolling", &key.id))
+            .arg(int(tokens))
+            .arg(int(cost_nanos))
+            .arg(mode)
+            .arg(window)
+            .arg(i64::from(spend))
+            .arg(member)
+            .arg(reservation.map_or("", |r| r.holder.as_str()))
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        done.map(|_| ()).map_err(|e| {
+            tracing::warn!(key = %key.id, error = %e, "settling a key's limits failed; its reservation will run out");
+            format!("redis: {e}")
+        })
+    }
+
+    async fn unreserve(&self, key_id: &str, reservation: &Reservation) -> Result<(), String> {
+        let set = self.key("reserved", key_id);
+        let member = reservation_member(&reservation.holder, reservation.nanos);
+        self.held().remove(&(set.clone(), member.clone()));
+        let done: Result<i64, _> = redis::cmd("ZREM")
+            .arg(set)
+            .arg(member)
+            .query_async(&mut self.conn.clone())
+            .await;
+        done.map(|_| ()).map_err(|e| {
+            tracing::warn!(key = %key_id, error = %e, "freeing a reservation failed; its lease will run out");
             format!("redis: {e}")
         })
     }
 
     async fn release(&self, key_id: &str, holder: &str) -> Result<(), String> {
-        self.held().remove(holder);
+        self.held().remove(&(self.key("slots", key_id), holder.to_string()));
         let done: Result<i64, _> = redis::cmd("ZREM")
             .arg(self.key("slots", key_id))
             .arg(holder)

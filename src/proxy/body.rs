@@ -20,6 +20,15 @@ struct TopLevel<'a> {
     stream: Option<serde_json::Value>,
     #[serde(default)]
     max_tokens: Option<serde_json::Value>,
+    /// OpenAI Chat Completions' newer name of the output limit.
+    #[serde(default)]
+    max_completion_tokens: Option<serde_json::Value>,
+    /// OpenAI Responses' output limit.
+    #[serde(default)]
+    max_output_tokens: Option<serde_json::Value>,
+    /// Gemini's `generationConfig` (its `maxOutputTokens`).
+    #[serde(borrow, default, rename = "generationConfig")]
+    generation_config: Option<&'a RawValue>,
     #[serde(borrow, default)]
     metadata: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -117,6 +126,9 @@ fn check_model(model: &str) -> Result<(), RelayError> {
 /// The parsed facts plus where the model value sits in the body.
 pub struct ParsedBody {
     pub facts: RequestFacts,
+    /// The output limit the request names, in whichever dialect's field (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`, `generationConfig.maxOutputTokens`).
+    pub max_output: Option<u64>,
     /// Byte range of the top-level `model` value (including its quotes).
     model_span: Option<(usize, usize)>,
 }
@@ -166,6 +178,21 @@ pub fn parse_with_headers(
                 .ok_or_else(|| RelayError::BadRequest("`max_tokens` must be a non-negative integer".into()))?,
         ),
     };
+    // Read leniently: only `max_tokens` is checked (it is a fact); the others only bound a
+    // reservation, and the upstream judges them.
+    let max_output = max_tokens
+        .or_else(|| top.max_completion_tokens.as_ref().and_then(serde_json::Value::as_u64))
+        .or_else(|| top.max_output_tokens.as_ref().and_then(serde_json::Value::as_u64))
+        .or_else(|| {
+            #[derive(Deserialize)]
+            struct GenerationConfig {
+                #[serde(rename = "maxOutputTokens")]
+                max_output_tokens: Option<u64>,
+            }
+            top.generation_config
+                .and_then(|g| serde_json::from_str::<GenerationConfig>(g.get()).ok())
+                .and_then(|g| g.max_output_tokens)
+        });
     let session = headers.and_then(|h| {
         let string = |v: Option<serde_json::Value>| match v {
             Some(serde_json::Value::String(s)) => Some(s),
@@ -191,7 +218,10 @@ pub fn parse_with_headers(
             max_tokens,
             session,
             fast,
+            reserve_nanos: None,
+            input_tokens: None,
         },
+        max_output,
         model_span,
     })
 }
@@ -266,6 +296,21 @@ mod tests {
         // An odd value is the upstream's to refuse, not the relay's.
         assert!(!fast(br#"{"model":"claude-opus-4-8","speed":5}"#));
         assert!(fast(br#"{"model":"claude-opus-4-8","speed":"\u0066ast"}"#));
+    }
+
+    #[test]
+    fn the_output_limit_is_read_from_every_dialects_field() {
+        let limit = |b: &str| parse(b.as_bytes(), false).unwrap().max_output;
+        assert_eq!(limit(r#"{"max_tokens":5}"#), Some(5));
+        assert_eq!(limit(r#"{"max_completion_tokens":6}"#), Some(6));
+        assert_eq!(limit(r#"{"max_output_tokens":7}"#), Some(7));
+        assert_eq!(
+            limit(r#"{"generationConfig":{"temperature":1,"maxOutputTokens":8}}"#),
+            Some(8)
+        );
+        assert_eq!(limit(r#"{"messages":[]}"#), None);
+        // Only max_tokens is checked; the others are read leniently.
+        assert_eq!(limit(r#"{"max_output_tokens":"x","generationConfig":5}"#), None);
     }
 
     #[test]

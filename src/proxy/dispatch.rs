@@ -855,6 +855,15 @@ async fn stream(
     let keepalive = keepalive(relay, ctx, answer);
     // Keep-alives go only between events, never inside one the upstream left half sent.
     let mut at_boundary = true;
+    let ceiling = ctx
+        .holds
+        .iter()
+        .find_map(|h| (**h).downcast_ref::<filters::SpendCeiling>())
+        .copied();
+    let mut priced = crate::usage::TokenUsage::default();
+    // With a ceiling, bytes go out whole events at a time, so a stream ended at the ceiling ends
+    // between two events: the rest of an event is held until its end arrives.
+    let mut held = BytesMut::new();
     loop {
         let read = {
             let next = up.read_response_body();
@@ -884,7 +893,13 @@ async fn stream(
             Some(Err(e)) => {
                 relay.metrics.upstream_errors.with_label_values(&["stream_io"]).inc();
                 note_usage(ctx, &adapter);
-                end_with_error_event(session, ctx, &format!("upstream stream broke: {e}")).await?;
+                end_with_error_event(
+                    session,
+                    ctx,
+                    ErrorKind::Upstream,
+                    &format!("upstream stream broke: {e}"),
+                )
+                .await?;
                 return Ok(None);
             }
             None => {
@@ -893,6 +908,7 @@ async fn stream(
                 end_with_error_event(
                     session,
                     ctx,
+                    ErrorKind::Upstream,
                     &format!("upstream stream was silent for more than {}s", idle.as_secs()),
                 )
                 .await?;
@@ -901,10 +917,24 @@ async fn stream(
         };
         let out = adapter.push(chunk);
         note_usage(ctx, &adapter);
+        if let Some(ceiling) = ceiling
+            && over_ceiling(ctx, ceiling, &mut priced)
+        {
+            relay.metrics.rejections.with_label_values(&["hard_cap"]).inc();
+            end_with_error_event(session, ctx, ErrorKind::Billing, HARD_CAP_MESSAGE).await?;
+            return Ok(None);
+        }
+        let out = match (out, ceiling) {
+            (Some(out), Some(_)) => whole_events(&mut held, out),
+            (out, _) => out,
+        };
         if let Some(out) = out {
             at_boundary = out.ends_with(b"\n\n") || out.ends_with(b"\r\n\r\n");
             write_body(session, ctx, out).await?;
         }
+    }
+    if !held.is_empty() {
+        write_body(session, ctx, held.split().freeze()).await?;
     }
     if let Some(rest) = adapter.finish() {
         note_usage(ctx, &adapter);
@@ -1014,6 +1044,41 @@ async fn collect(
         .map_err(|e| client_gone(ctx, e))
 }
 
+/// Largest part of an event held back while waiting for its end (see [`whole_events`]); past
+/// it, what is held goes out (a stream that is no SSE has no event ends to wait for).
+const MAX_HELD_EVENT: usize = 1024 * 1024;
+
+/// Appends `out` to `held` and takes from it what ends with an event boundary (a blank line,
+/// `\n\n` or `\r\n\r\n`), if anything does.
+fn whole_events(held: &mut BytesMut, out: Bytes) -> Option<Bytes> {
+    held.extend_from_slice(&out);
+    let lf = memchr::memmem::rfind(held, b"\n\n").map(|i| i + 2);
+    let crlf = memchr::memmem::rfind(held, b"\n\r\n").map(|i| i + 3);
+    let end = lf.max(crlf);
+    let end = match end {
+        Some(e) => e,
+        None if held.len() > MAX_HELD_EVENT => held.len(),
+        None => return None,
+    };
+    Some(held.split_to(end).freeze())
+}
+
+/// What a stream ended by `cost_limits.hard_cap` says, in the client's error event.
+const HARD_CAP_MESSAGE: &str = "This API key's cost limit was reached while the answer streamed; it ends here";
+
+/// Whether the usage the stream has reported so far costs more than the key may spend on this
+/// request (`ceiling`: its reservation plus the room left at its admission). Priced only when the
+/// usage changed since the last look (`priced`), which is a few times per stream: the usage
+/// readers report it in the first and last events (Gemini in every chunk). No store round trip.
+fn over_ceiling(ctx: &RequestCtx, ceiling: filters::SpendCeiling, priced: &mut crate::usage::TokenUsage) -> bool {
+    let Some(s) = ctx.settle.as_ref() else { return false };
+    if s.usage == *priced {
+        return false;
+    }
+    *priced = s.usage;
+    s.running_cost_nanos().is_some_and(|c| c > ceiling.nanos)
+}
+
 /// Keeps the usage read so far with the request, so it is counted however the stream ends.
 fn note_usage(ctx: &mut RequestCtx, adapter: &StreamAdapter) {
     if let Some(s) = ctx.settle.as_mut() {
@@ -1038,7 +1103,12 @@ fn client_gone(ctx: &mut RequestCtx, e: Box<pingora::Error>) -> AttemptError {
 
 /// A committed stream that the upstream broke: tell the client in the stream's own terms (its
 /// dialect's error event), then end the response so the client does not wait.
-async fn end_with_error_event(session: &mut Session, ctx: &mut RequestCtx, message: &str) -> Result<(), AttemptError> {
+async fn end_with_error_event(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    kind: ErrorKind,
+    message: &str,
+) -> Result<(), AttemptError> {
     if let Some(s) = ctx.settle.as_mut() {
         s.is_error = true;
     }
@@ -1049,7 +1119,7 @@ async fn end_with_error_event(session: &mut Session, ctx: &mut RequestCtx, messa
         }
         _ => {
             let ingress = crate::ingress::for_dialect(dialect).unwrap_or(&crate::ingress::anthropic::AnthropicMessages);
-            ingress.stream_error(ErrorKind::Upstream, message)
+            ingress.stream_error(kind, message)
         }
     };
     write_body(session, ctx, event).await?;
@@ -1184,5 +1254,20 @@ mod tests {
             kinds(Operation::Responses, Scope::Any),
             [OpenAi, AzureOpenAi, OpenAiOauth]
         );
+    }
+
+    #[test]
+    fn whole_events_hold_the_rest_of_an_event() {
+        let mut held = BytesMut::new();
+        assert_eq!(
+            whole_events(&mut held, Bytes::from_static(b"data: a\n\ndata: b")).unwrap(),
+            "data: a\n\n"
+        );
+        assert_eq!(whole_events(&mut held, Bytes::from_static(b"c\n")), None);
+        assert_eq!(
+            whole_events(&mut held, Bytes::from_static(b"\ndata: d\r\n\r\nx")).unwrap(),
+            "data: bc\n\ndata: d\r\n\r\n"
+        );
+        assert_eq!(&held[..], b"x");
     }
 }

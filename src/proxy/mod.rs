@@ -298,10 +298,13 @@ impl RelayProxy {
             Ok(b) => b,
             Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
         };
-        let parsed = match parse_request(session.req_header(), route.endpoint, &body) {
+        let mut parsed = match parse_request(session.req_header(), route.endpoint, &body) {
             Ok(p) => p,
             Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
         };
+        if let Some(key) = &ctx.key {
+            estimate_request(relay, &key.policy, route.endpoint, &body, &mut parsed);
+        }
         let rejection = {
             let req = session.req_header();
             let mut cx = FilterContext {
@@ -340,6 +343,29 @@ impl RelayProxy {
         }
         ctx.facts = Some(parsed.facts.clone());
         dispatch::run(relay, session, ctx, body, &parsed).await
+    }
+}
+
+/// What the limit filters need to know of the request's size and cost beforehand, for the keys
+/// that need it (see `usage::estimate`): the priced reservation of a key with spend caps or a cost
+/// window, the prompt's estimated tokens for a key with `max_input_tokens`. Free requests
+/// (`count_tokens`) reserve nothing.
+fn estimate_request(
+    relay: &Relay,
+    policy: &filters::policy::KeyPolicy,
+    endpoint: Endpoint,
+    body: &Bytes,
+    parsed: &mut body::ParsedBody,
+) {
+    use crate::usage::estimate;
+    if policy.reserves_cost() && endpoint.is_billed() {
+        let model = parsed.facts.model.as_deref().unwrap_or_default();
+        parsed.facts.reserve_nanos = estimate::reserve_nanos(&relay.pricing, model, body.len(), parsed.max_output);
+    }
+    if let Some(limit) = policy.max_input_tokens
+        && endpoint.is_billed()
+    {
+        parsed.facts.input_tokens = Some(estimate::prompt_tokens(body, limit));
     }
 }
 
@@ -617,6 +643,7 @@ impl ProxyHttp for RelayProxy {
                 status,
                 tokens,
                 cost_nanos: cost,
+                holds: &ctx.holds,
             };
             self.0.chain.run_complete(&cx).await;
         }

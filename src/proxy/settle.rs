@@ -61,6 +61,13 @@ impl Settle {
 }
 
 impl Settle {
+    /// The cost of the usage seen so far, while it may still grow (`None` when the model has no
+    /// price).
+    pub fn running_cost_nanos(&self) -> Option<u64> {
+        let model = self.upstream_model.as_deref().unwrap_or(&self.requested_model);
+        self.pricing.cost_nanos(model, &self.usage)
+    }
+
     /// The cost of the usage seen so far (`None` when the model has no price). Once asked, the
     /// usage is final: settling reuses this figure instead of pricing again.
     pub fn final_cost_nanos(&mut self) -> Option<u64> {

@@ -4,6 +4,7 @@
 //!
 //! This module alone turns tokens into money.
 
+pub mod estimate;
 pub mod gemini;
 pub mod openai;
 pub mod pricing;

@@ -1,23 +1,72 @@
 -- Admission of one request for one key: checks every spend cap, rate window and the concurrency
--- slot, and reserves (counts the request, takes the slot) only when all pass. Server clock.
+-- slot, and reserves (counts the request, takes the slot, holds the request's estimated cost)
+-- only when all pass. Server clock. `memory.rs` implements the same rules for one instance.
 --
--- KEYS[1] rate window hash {start, requests, tokens, cost}
--- KEYS[2] spend hash {day_start, day, week_start, week, total} (nano-USD)
+-- KEYS[1] rate window hash: fixed {start, requests, tokens, cost}; rolling {requests, tokens,
+--         cost}, the sums of KEYS[5]
+-- KEYS[2] spend hash {day_start, day, week_start, week, month_start, month, total} (nano-USD)
 -- KEYS[3] slots: sorted set of holders scored by expiry (ms)
+-- KEYS[4] reservations: sorted set of `<nano-USD>:<holder>` scored by expiry (ms)
+-- KEYS[5] rolling window entries: sorted set of `<a|c>|<holder>|<requests>|<tokens>|<cost>`
+--         scored by the time they were counted (ms)
 -- ARGV: 1 holder, 2 window ms (0: no window), 3 requests, 4 tokens, 5 cost (-1: no limit),
 --       6 spend caps present (0/1), 7 daily, 8 weekly, 9 total cap (-1: none),
 --       10 weekly reset weekday (0 = Monday), 11 its minute of day,
---       12 concurrency limit (0: none), 13 slot ttl ms,
+--       12 concurrency limit (0: none), 13 slot and reservation lease ms,
 --       14 seed present (0/1), 15 seed day start (s), 16 day spend, 17 seed week start (s),
---       18 week spend, 19 total spend
--- Returns {0, 0} when admitted, else {code, retry-after s}: 1 rate window, 2 concurrency,
--- 3 daily, 4 weekly, 5 total.
+--       18 week spend, 19 total spend,
+--       20 monthly cap (-1: none), 21 seed month start (s), 22 month spend,
+--       23 estimate to reserve (nano-USD, 0: none), 24 rolling window (0/1)
+-- Returns {0, 0, room} when admitted (room: what the tightest cost limit has left after this
+-- request's reservation, -1 without one), else {code, retry-after s, shortfall, estimate, left}:
+-- code 1 rate window, 2 concurrency, 3 daily, 4 weekly, 5 total, 6 monthly; shortfall 0 spent,
+-- 1 the rest is reserved by requests in flight, 2 the estimate alone exceeds what is left (left).
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = tonumber(t[1])
 local function num(v) return tonumber(v) or 0 end
 local function int(v) return string.format('%.0f', v) end
+local ttl = tonumber(ARGV[13])
+local estimate = tonumber(ARGV[23])
+local lc = tonumber(ARGV[5])
+
+-- The spend held by the key's requests in flight (expired leases are dropped first).
+local reserved = 0
+if ARGV[6] == '1' or lc >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    reserved = reserved + num(string.match(m, '^(%d+):'))
+  end
+end
+local room = -1
+-- nil when `estimate` fits under `cap` beside `spent` and `reserved` (and `room` shrinks to
+-- what is left), else the shortfall.
+local function shortfall(cap, spent)
+  if spent >= cap then return 0 end
+  local left = cap - spent - reserved - estimate
+  if left >= 0 then
+    if room < 0 or left < room then room = left end
+    return nil
+  end
+  if estimate > cap - spent then return 2 end
+  return 1
+end
+local function refuse(code, wait, sf, cap, spent)
+  if sf == 1 then wait = 1 end
+  return {code, wait, sf, estimate, cap - spent}
+end
+
+-- Days since 1970-01-01 → day of month (Howard Hinnant's civil_from_days).
+local function day_of_month(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  return doy - math.floor((153 * mp + 2) / 5) + 1
+end
 
 if ARGV[6] == '1' then
   local day_start = now_s - now_s % 86400
@@ -26,37 +75,95 @@ if ARGV[6] == '1' then
   local reset_minute = tonumber(ARGV[11])
   local week_start = (day - (today - tonumber(ARGV[10])) % 7) * 86400 + reset_minute * 60
   if week_start > now_s then week_start = week_start - 7 * 86400 end
-  local s = redis.call('HMGET', KEYS[2], 'day_start', 'day', 'week_start', 'week', 'total')
-  local d, w, total = num(s[2]), num(s[4]), num(s[5])
+  local first = day - (day_of_month(day) - 1)
+  local month_start = first * 86400
+  local after = first + 31
+  local next_month = (after - (day_of_month(after) - 1)) * 86400
+  local s = redis.call('HMGET', KEYS[2], 'day_start', 'day', 'week_start', 'week', 'total', 'month_start', 'month')
+  local d, w, total, m = num(s[2]), num(s[4]), num(s[5]), num(s[7])
   local changed = false
   if num(s[1]) ~= day_start then d = 0; changed = true end
   if num(s[3]) ~= week_start then w = 0; changed = true end
+  if num(s[6]) ~= month_start then m = 0; changed = true end
   if ARGV[14] == '1' then
     if tonumber(ARGV[15]) == day_start and tonumber(ARGV[16]) > d then d = tonumber(ARGV[16]); changed = true end
     if tonumber(ARGV[17]) == week_start and tonumber(ARGV[18]) > w then w = tonumber(ARGV[18]); changed = true end
+    if tonumber(ARGV[21]) == month_start and tonumber(ARGV[22]) > m then m = tonumber(ARGV[22]); changed = true end
     if tonumber(ARGV[19]) > total then total = tonumber(ARGV[19]); changed = true end
   end
   if changed then
     redis.call('HSET', KEYS[2], 'day_start', day_start, 'day', int(d), 'week_start', week_start,
-      'week', int(w), 'total', int(total))
+      'week', int(w), 'month_start', month_start, 'month', int(m), 'total', int(total))
   end
-  local total_cap, daily_cap, weekly_cap = tonumber(ARGV[9]), tonumber(ARGV[7]), tonumber(ARGV[8])
-  if total_cap >= 0 and total >= total_cap then return {5, 0} end
-  if daily_cap >= 0 and d >= daily_cap then return {3, day_start + 86400 - now_s} end
-  if weekly_cap >= 0 and w >= weekly_cap then return {4, week_start + 7 * 86400 - now_s} end
+  local caps = {
+    {tonumber(ARGV[9]), total, 5, 0},
+    {tonumber(ARGV[7]), d, 3, day_start + 86400 - now_s},
+    {tonumber(ARGV[8]), w, 4, week_start + 7 * 86400 - now_s},
+    {tonumber(ARGV[20]), m, 6, next_month - now_s},
+  }
+  for _, c in ipairs(caps) do
+    if c[1] >= 0 then
+      local sf = shortfall(c[1], c[2])
+      if sf then return refuse(c[3], c[4], sf, c[1], c[2]) end
+    end
+  end
 end
 
 local window = tonumber(ARGV[2])
+local rolling = ARGV[24] == '1'
 local window_start, fresh_window
 if window > 0 then
-  window_start = now - now % window
-  local r = redis.call('HMGET', KEYS[1], 'start', 'requests', 'tokens', 'cost')
-  local requests, tokens, cost = num(r[2]), num(r[3]), num(r[4])
-  fresh_window = num(r[1]) ~= window_start
-  if fresh_window then requests, tokens, cost = 0, 0, 0 end
-  local lr, lt, lc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-  if (lr >= 0 and requests >= lr) or (lt >= 0 and tokens >= lt) or (lc >= 0 and cost >= lc) then
-    return {1, math.ceil((window_start + window - now) / 1000)}
+  local requests, tokens, cost
+  local lr, lt = tonumber(ARGV[3]), tonumber(ARGV[4])
+  if rolling then
+    -- Forget what slid out of the window, from the entries and their sums.
+    local cutoff = now - window
+    local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', cutoff)
+    if #gone > 0 then
+      local dr, dt, dc = 0, 0, 0
+      for _, e in ipairs(gone) do
+        local r, tk, c = string.match(e, '|(%d+)|(%d+)|(%d+)$')
+        dr, dt, dc = dr + num(r), dt + num(tk), dc + num(c)
+      end
+      redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', cutoff)
+      redis.call('HINCRBY', KEYS[1], 'requests', int(-dr))
+      redis.call('HINCRBY', KEYS[1], 'tokens', int(-dt))
+      redis.call('HINCRBY', KEYS[1], 'cost', int(-dc))
+    end
+    local r = redis.call('HMGET', KEYS[1], 'requests', 'tokens', 'cost')
+    requests, tokens, cost = math.max(num(r[1]), 0), math.max(num(r[2]), 0), math.max(num(r[3]), 0)
+  else
+    window_start = now - now % window
+    local r = redis.call('HMGET', KEYS[1], 'start', 'requests', 'tokens', 'cost')
+    requests, tokens, cost = num(r[2]), num(r[3]), num(r[4])
+    fresh_window = num(r[1]) ~= window_start
+    if fresh_window then requests, tokens, cost = 0, 0, 0 end
+  end
+  local sf = nil
+  if (lr >= 0 and requests >= lr) or (lt >= 0 and tokens >= lt) then
+    sf = 0
+  elseif lc >= 0 then
+    sf = shortfall(lc, cost)
+  end
+  if sf then
+    local wait = window_start and (window_start + window - now) or window
+    if rolling then
+      -- Until enough has slid out for this request to fit.
+      local fits = function(rq, tk, c)
+        return (lr < 0 or rq < lr) and (lt < 0 or tk < lt) and (lc < 0 or c + reserved + estimate <= lc)
+      end
+      local entries = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+      local rq, tk, c = requests, tokens, cost
+      for i = 1, #entries, 2 do
+        local r, et, ec = string.match(entries[i], '|(%d+)|(%d+)|(%d+)$')
+        rq, tk, c = rq - num(r), tk - num(et), c - num(ec)
+        if fits(rq, tk, c) then
+          wait = tonumber(entries[i + 1]) + window - now
+          break
+        end
+      end
+    end
+    return refuse(1, math.ceil(wait / 1000), sf, math.max(lc, 0), cost)
   end
 end
 
@@ -64,24 +171,35 @@ local limit = tonumber(ARGV[12])
 if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if not redis.call('ZSCORE', KEYS[3], ARGV[1]) and redis.call('ZCARD', KEYS[3]) >= limit then
-    return {2, 1}
+    return {2, 1, 0, 0, 0}
   end
 end
 
 -- Every check passed: reserve.
 if window > 0 then
-  if fresh_window then
-    redis.call('DEL', KEYS[1])
-    redis.call('HSET', KEYS[1], 'start', window_start, 'requests', 1, 'tokens', 0, 'cost', 0)
-  else
+  if rolling then
+    redis.call('ZADD', KEYS[5], now, 'a|' .. ARGV[1] .. '|1|0|0')
     redis.call('HINCRBY', KEYS[1], 'requests', 1)
+    -- Entries live one window; both keys go together when the key is idle that long.
+    redis.call('PEXPIRE', KEYS[5], window + 60000)
+    redis.call('PEXPIRE', KEYS[1], window + 60000)
+  else
+    if fresh_window then
+      redis.call('DEL', KEYS[1])
+      redis.call('HSET', KEYS[1], 'start', window_start, 'requests', 1, 'tokens', 0, 'cost', 0)
+    else
+      redis.call('HINCRBY', KEYS[1], 'requests', 1)
+    end
+    -- Kept one window past its end for late charges.
+    redis.call('PEXPIRE', KEYS[1], window_start + 2 * window - now)
   end
-  -- Kept one window past its end for late charges.
-  redis.call('PEXPIRE', KEYS[1], window_start + 2 * window - now)
 end
 if limit > 0 then
-  local ttl = tonumber(ARGV[13])
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
   redis.call('PEXPIRE', KEYS[3], ttl * 2)
 end
-return {0, 0}
+if estimate > 0 then
+  redis.call('ZADD', KEYS[4], now + ttl, int(estimate) .. ':' .. ARGV[1])
+  redis.call('PEXPIRE', KEYS[4], ttl * 2)
+end
+return {0, 0, room}
