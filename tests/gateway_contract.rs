@@ -658,3 +658,52 @@ async fn pass_through_forwards_claude_codes_own_token_and_never_the_relay_key() 
         .unwrap();
     assert_eq!(r.status(), 200, "the account was not benched by another member's 401");
 }
+
+#[tokio::test]
+async fn pass_through_accounts_are_added_through_the_admin_api() {
+    let mock = MockUpstream::start().await;
+    let relay = RelayProcess::start("").await;
+    let admin = support::admin::Admin::login(&relay).await;
+    // A credential does not apply to the kind.
+    let a = admin
+        .post(
+            "/admin/api/accounts",
+            json!({"name": "byo", "kind": "claude-passthrough", "base_url": mock.url(), "api_key": "sk-ant-x"}),
+        )
+        .await;
+    support::admin::assert_400(&a, "api_key");
+    let a = admin
+        .post(
+            "/admin/api/accounts",
+            json!({"name": "byo", "kind": "claude-passthrough", "base_url": mock.url()}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.json["kind"], "claude-passthrough");
+    assert!(a.json.get("api_key").is_none_or(Value::is_null), "{}", a.text);
+    // It serves pass-through requests (once the snapshot has it) and nothing else.
+    let send = |relay_key: bool| {
+        let mut r = client()
+            .post(format!("{}/v1/messages", relay.base()))
+            .header("authorization", "Bearer sk-ant-oat01-own")
+            .body(r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[]}"#);
+        if relay_key {
+            r = r.header("x-relay-key", support::ALICE);
+        }
+        r.send()
+    };
+    support::eventually(|| async { (send(true).await.unwrap().status() == 200).then_some(()) }).await;
+    assert_eq!(mock.seen().pop().unwrap().bearer().as_deref(), Some("sk-ant-oat01-own"));
+    // Without x-relay-key the bearer is taken for the relay key: it is no relay key.
+    assert_eq!(send(false).await.unwrap().status(), 401);
+    // It cannot become another kind.
+    let id = a.json["id"].as_str().unwrap();
+    let a = admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/admin/api/accounts/{id}"),
+            Some(json!({"kind": "claude-console", "api_key": "sk-ant-x"})),
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
+}
