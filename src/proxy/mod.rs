@@ -360,7 +360,9 @@ fn estimate_request(
     use crate::usage::estimate;
     if policy.reserves_cost() && endpoint.is_billed() {
         let model = parsed.facts.model.as_deref().unwrap_or_default();
-        parsed.facts.reserve_nanos = estimate::reserve_nanos(&relay.pricing, model, body.len(), parsed.max_output);
+        let fast = parsed.facts.fast && endpoint == Endpoint::Messages;
+        parsed.facts.reserve_nanos =
+            estimate::reserve_nanos(&relay.pricing, model, body.len(), parsed.max_output, fast);
     }
     if let Some(limit) = policy.max_input_tokens
         && endpoint.is_billed()
