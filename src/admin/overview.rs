@@ -71,9 +71,10 @@ pub async fn overview(
     .await
     .map_err(store_error)?;
 
-    // The last five whole minutes (the current one is still being counted).
+    // The last five minute buckets, the current one included (so a burst shows at once; the
+    // rate is a little low early in a minute).
     let this_minute = Granularity::Minute.bucket_start(now);
-    let minutes: Vec<i64> = (1..=5).rev().map(|i| this_minute - 60 * i).collect();
+    let minutes: Vec<i64> = (0..5).rev().map(|i| this_minute - 60 * i).collect();
     let recent = report::series(
         store,
         Dimension::Model,
@@ -82,7 +83,7 @@ pub async fn overview(
             granularity: Granularity::Minute,
             zone: report::Zone::Utc,
             starts: &minutes,
-            to: this_minute,
+            to: this_minute + 60,
         },
         now,
     )

@@ -671,7 +671,9 @@ impl ProxyHttp for RelayProxy {
             };
             self.0.chain.run_complete(&cx).await;
         }
-        if let Some(live) = ctx.live.take() {
+        // Every relayed request (refused ones too) and every other request of a known key.
+        let live = ctx.live.take();
+        if live.is_some() || ctx.route.is_some_and(|r| r.endpoint.is_relayed()) {
             let model = ctx
                 .settle
                 .as_ref()
@@ -688,8 +690,8 @@ impl ProxyHttp for RelayProxy {
                 .map_or(0, |s| s.usage.total_input().saturating_add(s.usage.output));
             self.0.live.finish(crate::usage::live::Recent {
                 at_ms: chrono::Utc::now().timestamp_millis(),
-                key: live.key().cloned(),
-                account: live.account().cloned(),
+                key: live.as_ref().and_then(|l| l.key().cloned()),
+                account: live.as_ref().and_then(|l| l.account().cloned()),
                 model,
                 status,
                 duration_ms: total.as_millis() as u64,
