@@ -211,6 +211,17 @@ async fn usage_views(store: &str) {
             .status,
         400
     );
+    // The widest ranges read only where buckets can exist.
+    let r = admin
+        .get("/admin/api/usage/range?dimension=key&ids=config.alice&from=0&to=253402300799")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["items"][0]["totals"]["requests"], 3, "{}", r.text);
+    let m = admin
+        .get("/admin/api/usage?dimension=key&id=config.alice&granularity=month&from=0&tz=Asia/Shanghai")
+        .await;
+    assert_eq!(m.status, 200, "{}", m.text);
+    assert_eq!(m.json["totals"]["requests"], 3, "{}", m.text);
 
     // CSV: the same numbers as the JSON series.
     let (from, to) = (t - 3 * 3600, t + 60);

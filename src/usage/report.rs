@@ -181,6 +181,43 @@ fn native(g: Granularity, zone: Zone) -> bool {
     zone == Zone::Utc || matches!(g, Granularity::Minute | Granularity::Hour)
 }
 
+/// The longest a bucket of `g` lasts, in seconds.
+fn bucket_len(g: Granularity) -> i64 {
+    match g {
+        Granularity::Minute => 60,
+        Granularity::Hour => 3_600,
+        Granularity::Day => 86_400,
+        Granularity::Month => 31 * 86_400,
+        Granularity::Total => i64::MAX / 4,
+    }
+}
+
+/// The stored buckets of one subject whose start lies in `[from, to)`: only where buckets can
+/// exist (within the retention, not in the future) and in pieces the store accepts.
+async fn read(
+    store: &dyn Store,
+    dimension: Dimension,
+    subject: &str,
+    g: Granularity,
+    from: i64,
+    to: i64,
+    now: i64,
+) -> Result<Vec<(i64, UsageCounters)>, StoreError> {
+    let len = bucket_len(g);
+    let keep = g.retention().map_or(MAX_TIMESTAMP, |d| d.as_secs() as i64);
+    let lo = from.max(now.saturating_sub(keep).saturating_sub(2 * len));
+    // A little into the future: another instance's clock may run ahead.
+    let hi = to.min(now.saturating_add(2 * len));
+    let mut out = Vec::new();
+    let mut a = lo;
+    while a < hi {
+        let b = hi.min(a.saturating_add(len.saturating_mul(MAX_BUCKETS as i64 - 2)));
+        out.extend(store.usage_series(dimension, subject, g, a, b).await?);
+        a = b;
+    }
+    Ok(out)
+}
+
 /// The buckets a series is read into.
 pub struct Frame<'a> {
     pub granularity: Granularity,
@@ -212,7 +249,7 @@ pub async fn series(
     let slot = |ts: i64| starts.partition_point(|s| *s <= ts).checked_sub(1);
     for subject in subjects {
         if native(g, zone) {
-            for (s, c) in store.usage_series(dimension, subject, g, first, to).await? {
+            for (s, c) in read(store, dimension, subject, g, first, to, now).await? {
                 if let Some(i) = slot(s) {
                     out[i].add(&c);
                 }
@@ -223,18 +260,32 @@ pub async fn series(
         let hour_keep = Granularity::Hour.retention().map_or(0, |d| d.as_secs() as i64);
         let boundary = Granularity::Day.bucket_start(now - hour_keep) + 86_400;
         if first < boundary {
-            let days = store
-                .usage_series(dimension, subject, Granularity::Day, first - 86_400, boundary.min(to))
-                .await?;
+            let days = read(
+                store,
+                dimension,
+                subject,
+                Granularity::Day,
+                first - 86_400,
+                boundary.min(to),
+                now,
+            )
+            .await?;
             for (s, c) in days {
                 if let Some(i) = slot(s + 43_200).filter(|_| s + 43_200 >= first) {
                     out[i].add(&c);
                 }
             }
         }
-        let hours = store
-            .usage_series(dimension, subject, Granularity::Hour, first.max(boundary), to)
-            .await?;
+        let hours = read(
+            store,
+            dimension,
+            subject,
+            Granularity::Hour,
+            first.max(boundary),
+            to,
+            now,
+        )
+        .await?;
         for (s, c) in hours {
             if let Some(i) = slot(s + 1_800) {
                 out[i].add(&c);
@@ -244,8 +295,9 @@ pub async fn series(
     Ok(out)
 }
 
-/// The usage of each subject in `[from, to)`: hour buckets (whole hours that start in the
-/// range) while they are kept, UTC day buckets before.
+/// The usage of each subject in `[from, to)`: whole hours that start in the range while hour
+/// buckets are kept (31 days), whole UTC days before, and before the day retention (400 days)
+/// whole calendar months that start in the range.
 pub async fn range_totals(
     store: &dyn Store,
     dimension: Dimension,
@@ -254,37 +306,26 @@ pub async fn range_totals(
     to: i64,
     now: i64,
 ) -> Result<BTreeMap<String, UsageCounters>, StoreError> {
-    let hour_keep = Granularity::Hour.retention().map_or(0, |d| d.as_secs() as i64);
-    let boundary = Granularity::Day.bucket_start(now - hour_keep) + 86_400;
+    let keep = |g: Granularity| g.retention().map_or(0, |d| d.as_secs() as i64);
+    let hour_b = Granularity::Day.bucket_start(now - keep(Granularity::Hour)) + 86_400;
+    let day_b = Granularity::Month.next_bucket(Granularity::Month.bucket_start(now - keep(Granularity::Day) + 86_400));
+    let parts = [
+        (Granularity::Month, from, to.min(day_b)),
+        (Granularity::Day, from.max(day_b), to.min(hour_b)),
+        (Granularity::Hour, from.max(hour_b), to),
+    ];
     let mut out = BTreeMap::new();
     for subject in subjects {
         let mut c = UsageCounters::default();
-        if from < boundary {
-            for (_, b) in store
-                .usage_series(
-                    dimension,
-                    subject,
-                    Granularity::Day,
-                    Granularity::Day.bucket_start(from),
-                    boundary.min(to),
-                )
-                .await?
-            {
-                c.add(&b);
+        for (g, a, b) in parts {
+            if a >= b {
+                continue;
             }
-        }
-        if to > boundary {
-            for (_, b) in store
-                .usage_series(
-                    dimension,
-                    subject,
-                    Granularity::Hour,
-                    Granularity::Hour.bucket_start(from.max(boundary)),
-                    to,
-                )
-                .await?
-            {
-                c.add(&b);
+            // Whole buckets that start in the range.
+            let first = g.bucket_start(a);
+            let first = if first < a { g.next_bucket(first) } else { first };
+            for (_, x) in read(store, dimension, subject, g, first, b, now).await? {
+                c.add(&x);
             }
         }
         out.insert(subject.clone(), c);
