@@ -14,6 +14,7 @@ use support::mock::MockUpstream;
 use support::{ALICE, RelayProcess, account_yaml, client, eventually, redis_cleanup, redis_prefix, redis_url};
 
 const BOB: &str = "cr_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const GEM: &str = "cr_dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
 const OLD: &str = "cr_cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
 fn body(stream: bool) -> String {
@@ -49,7 +50,8 @@ async fn relay(store: &str) -> (MockUpstream, RelayProcess) {
     let mock = MockUpstream::start().await;
     let relay = RelayProcess::start(&format!(
         "accounts:\n{}api_keys:\n  - {{ name: alice, key: {ALICE} }}\n  - {{ name: bob, key: {BOB} }}\n  \
-         - {{ name: old, key: {OLD}, expires_at: 2020-01-01T00:00:00Z }}\n\
+         - {{ name: old, key: {OLD}, expires_at: 2020-01-01T00:00:00Z }}\n  \
+         - {{ name: gem, key: {GEM}, permissions: [gemini] }}\n\
          stats: {{ flush_interval: 200ms, self_service: {{ per_minute: 5 }} }}\n{store}",
         account_yaml("main", &mock.url(), "")
     ))
@@ -286,7 +288,7 @@ async fn usage_views(store: &str) {
     assert_eq!(o.status, 200, "{}", o.text);
     assert_eq!(o.json["today"]["requests"], 4, "{}", o.text);
     assert!(o.json["yesterday"]["requests"].is_u64());
-    assert_eq!(o.json["keys"], json!({"active": 2, "total": 3}));
+    assert_eq!(o.json["keys"], json!({"active": 3, "total": 4}));
     assert_eq!(o.json["accounts"], json!({"total": 1, "by_state": {"active": 1}}));
     assert!(o.json["version"].as_str().is_some_and(|v| !v.is_empty()));
     assert!(o.json["instance"].as_str().is_some_and(|v| !v.is_empty()));
