@@ -390,7 +390,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         ),
     };
     let chain = crate::config::filter_registry()
-        .build(&config.filters, &filters::FilterDeps { keys, limits })
+        .build(
+            &config.filters,
+            &filters::FilterDeps {
+                keys,
+                limits: limits.clone(),
+            },
+        )
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 
     let relay = Arc::new(Relay {
@@ -456,6 +462,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         ),
     );
 
+    let key_limits = limits;
     let limits = crate::proxy::ConnLimits {
         request_head: config.timeouts.request_head.0,
         keepalive_idle: config.timeouts.keepalive_idle.0,
@@ -489,6 +496,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         credentials: Arc::new(credentials),
         login_limiter: Default::default(),
         tasks: tasks.clone(),
+        limits: key_limits,
+        oauth: oauth.clone(),
+        instance: instance_name(),
     };
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
     server.add_service(switch.wrap(admin));
@@ -561,4 +571,15 @@ impl From<argon2::password_hash::Error> for anyhow_lite::Error {
     fn from(e: argon2::password_hash::Error) -> Self {
         anyhow_lite::Error(format!("password hashing: {e}"))
     }
+}
+
+/// This process among instances: the host name and the process id.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
 }

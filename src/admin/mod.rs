@@ -17,6 +17,8 @@
 mod accounts;
 mod auth;
 mod gemini_oauth;
+mod groups;
+mod key_ops;
 mod keys;
 mod oauth;
 mod openai_oauth;
@@ -64,6 +66,12 @@ pub struct AdminState {
     /// The owner of background tasks (on the store's runtime): writes that must finish even if
     /// the admin runtime stops, and that shutdown waits for.
     pub tasks: crate::lifecycle::Tasks,
+    /// The key limit counters the relay admits with (read by `/keys/{id}/limits`).
+    pub limits: Arc<dyn filters::LimitBackend>,
+    /// The OAuth kinds' token engines (`/accounts/{id}/refresh`).
+    pub oauth: crate::state::TokenEngines,
+    /// What tells this process from other instances in answers: host name and process id.
+    pub instance: String,
 }
 
 /// The background service that serves the admin router.
