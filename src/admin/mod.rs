@@ -14,6 +14,7 @@
 //! announced to all instances and reloaded into this instance's snapshot before the answer, so the
 //! relay serves it at once. `GET /admin/api/openapi.json` describes every endpoint.
 
+mod account_ops;
 mod accounts;
 mod auth;
 mod gemini_oauth;

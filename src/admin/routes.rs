@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::AdminState;
 use super::auth::printable_user;
-use super::{accounts, gemini_oauth, groups, key_ops, keys, oauth, openai_oauth, sessions, usage};
+use super::{account_ops, accounts, gemini_oauth, groups, key_ops, keys, oauth, openai_oauth, sessions, usage};
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
@@ -48,6 +48,8 @@ pub fn router(state: AdminState) -> Router {
             get(accounts::get).patch(accounts::update).delete(accounts::delete),
         )
         .route("/admin/api/accounts/{id}/reset", post(accounts::reset))
+        .route("/admin/api/accounts/{id}/events", get(account_ops::events))
+        .route("/admin/api/accounts/{id}/refresh", post(account_ops::refresh))
         .route("/admin/api/accounts/claude-oauth/authorize", post(oauth::authorize))
         .route("/admin/api/accounts/claude-oauth/exchange", post(oauth::exchange))
         .route("/admin/api/accounts/claude-oauth/import", post(oauth::import))
