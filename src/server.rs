@@ -390,7 +390,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         ),
     };
     let chain = crate::config::filter_registry()
-        .build(&config.filters, &filters::FilterDeps { keys, limits })
+        .build(
+            &config.filters,
+            &filters::FilterDeps {
+                keys,
+                limits: limits.clone(),
+            },
+        )
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 
     let live = Arc::new(crate::usage::live::Live::default());
@@ -459,6 +465,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         ),
     );
 
+    let key_limits = limits;
     let limits = crate::proxy::ConnLimits {
         request_head: config.timeouts.request_head.0,
         keepalive_idle: config.timeouts.keepalive_idle.0,
@@ -495,6 +502,8 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         tasks: tasks.clone(),
         live,
         started: std::time::Instant::now(),
+        limits: key_limits,
+        oauth: oauth.clone(),
         instance,
     };
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));

@@ -822,6 +822,14 @@ async fn openapi_describes_every_route() {
         ("patch", "/admin/api/accounts/{id}"),
         ("delete", "/admin/api/accounts/{id}"),
         ("post", "/admin/api/accounts/{id}/reset"),
+        ("get", "/admin/api/accounts/{id}/events"),
+        ("post", "/admin/api/accounts/{id}/refresh"),
+        ("get", "/admin/api/me"),
+        ("post", "/admin/api/keys/batch"),
+        ("get", "/admin/api/keys/{id}/limits"),
+        ("post", "/admin/api/keys/{id}/rotate"),
+        ("get", "/admin/api/groups"),
+        ("post", "/admin/api/groups/{name}/rename"),
         ("post", "/admin/api/accounts/claude-oauth/authorize"),
         ("post", "/admin/api/accounts/claude-oauth/exchange"),
         ("post", "/admin/api/accounts/claude-oauth/import"),
@@ -852,7 +860,10 @@ async fn openapi_describes_every_route() {
             if m == "parameters" {
                 continue;
             }
-            let path = p.replace("{id}", "some-id").replace("{session_id}", "some-session");
+            let path = p
+                .replace("{id}", "some-id")
+                .replace("{session_id}", "some-session")
+                .replace("{name}", "some-group");
             let url = format!("{}{}", relay.admin(), path);
             let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
             let r = c.request(method, &url).send().await.unwrap();

@@ -167,6 +167,27 @@ pub struct SpendCeiling {
     pub nanos: u64,
 }
 
+/// What a key's limit counters hold at one instant, read by [`LimitBackend::peek`] without
+/// changing them. Periods that ended count as empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitPeek {
+    /// The rate window's requests, tokens and cost (nano-USD).
+    pub requests: u64,
+    pub tokens: u64,
+    pub cost_nanos: u64,
+    /// When the fixed rate window ends (ms); `None` for a rolling one or without a window.
+    pub window_ends_ms: Option<i64>,
+    /// Spend (nano-USD) this day, week (from the key's weekly reset), calendar month, and in all.
+    pub day_nanos: u64,
+    pub week_nanos: u64,
+    pub month_nanos: u64,
+    pub total_nanos: u64,
+    /// Concurrency slots held.
+    pub in_flight: u64,
+    /// Spend reserved by requests in flight (nano-USD).
+    pub reserved_nanos: u64,
+}
+
 /// What the limit filters keep their counters in: the store shared by every instance (one round
 /// trip per admission) or memory for a single instance.
 #[async_trait]
@@ -204,6 +225,10 @@ pub trait LimitBackend: Send + Sync {
     /// Records the first use of an activation-mode key; returns when it was activated (Unix s),
     /// the same on every instance.
     async fn activate(&self, key_id: &str, now_s: i64) -> Result<i64, String>;
+    /// The key's counters now, read without changing them (one round trip on a shared store).
+    async fn peek(&self, _key: &ClientKey, _now_ms: i64) -> Result<LimitPeek, String> {
+        Err("this limit backend cannot be read".into())
+    }
 }
 
 /// The answer of [`LimitBackend::admit`].

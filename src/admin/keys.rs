@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use filters::policy::{KeyPolicy, KeyPolicySpec};
@@ -34,7 +35,7 @@ use super::scheduling::valid_bind;
 use crate::config::ApiKeyConfig;
 use crate::secrets;
 use crate::state::config_id;
-use crate::store::{ApiKeyRecord, StoreError};
+use crate::store::{ApiKeyRecord, Dimension, Granularity, StoreError, UsageCounters};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,7 +73,12 @@ type Fields = Map<String, Value>;
 /// Splits a request body into the key's own fields and its policy fields.
 fn split_body(body: &Bytes) -> Result<(Fields, Fields), ApiError> {
     let all: Map<String, Value> = json_body(body)?;
-    Ok(all.into_iter().partition(|(k, _)| KEY_FIELDS.contains(&k.as_str())))
+    Ok(split_fields(all))
+}
+
+/// Splits a key's JSON into its own fields and its policy fields.
+pub(super) fn split_fields(all: Fields) -> (Fields, Fields) {
+    all.into_iter().partition(|(k, _)| KEY_FIELDS.contains(&k.as_str()))
 }
 
 /// A policy from its fields (`null` ones are absent), checked as the relay will compile it.
@@ -119,7 +125,7 @@ fn config_view(k: &ApiKeyConfig, last_used: &BTreeMap<String, i64>) -> Value {
     with_policy(view, &k.policy_spec())
 }
 
-fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
+pub(super) fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
     let view = json!({
         "id": r.id,
         "name": r.name,
@@ -133,6 +139,10 @@ fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -> Value {
     with_policy(view, &r.policy)
 }
 
+pub(super) fn is_config_key(state: &AdminState, id: &str) -> bool {
+    config_key(state, id).is_some()
+}
+
 fn config_key<'a>(state: &'a AdminState, id: &str) -> Option<&'a ApiKeyConfig> {
     state
         .config
@@ -143,7 +153,7 @@ fn config_key<'a>(state: &'a AdminState, id: &str) -> Option<&'a ApiKeyConfig> {
 }
 
 /// Refuses a name that a configured key or another stored key already has.
-async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result<(), ApiError> {
+pub(super) async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result<(), ApiError> {
     let taken = state.config.api_keys.iter().any(|k| k.config.name == name)
         || state
             .store
@@ -158,19 +168,220 @@ async fn check_name_free(state: &AdminState, name: &str, except: &str) -> Result
     Ok(())
 }
 
-pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `GET /admin/api/keys` query: paging, search, sort and status filter (all optional).
+#[derive(Deserialize)]
+pub struct ListQuery {
+    page: Option<u32>,
+    per_page: Option<u32>,
+    q: Option<String>,
+    sort: Option<String>,
+    order: Option<String>,
+    status: Option<String>,
+}
+
+/// The largest page.
+const MAX_PER_PAGE: u32 = 500;
+const DEFAULT_PER_PAGE: u32 = 50;
+
+/// One key of the list, with what it is filtered and sorted by.
+struct Row {
+    view: Value,
+    id: String,
+    name: String,
+    created_at: Option<i64>,
+    last_used: Option<i64>,
+    enabled: bool,
+    expires_at: Option<i64>,
+}
+
+impl Row {
+    fn status(&self, now: i64) -> &'static str {
+        if !self.enabled {
+            "disabled"
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "enabled"
+        }
+    }
+}
+
+/// Each key's requests and spend today and over the last 30 days (today included), from the
+/// day buckets of the `key` dimension: one store read for all `ids`.
+async fn usage_columns(
+    state: &AdminState,
+    ids: &[String],
+    now: i64,
+) -> Result<BTreeMap<String, (UsageCounters, UsageCounters)>, ApiError> {
+    let today = Granularity::Day.bucket_start(now);
+    let from = today - 29 * 86_400;
+    let series = state
+        .store
+        .usage_series_many(Dimension::Key, ids, Granularity::Day, from, today + 86_400)
+        .await
+        .map_err(store_error)?;
+    Ok(series
+        .into_iter()
+        .map(|(id, rows)| {
+            let mut day = UsageCounters::default();
+            let mut d30 = UsageCounters::default();
+            for (start, c) in rows {
+                d30.add(&c);
+                if start == today {
+                    day.add(&c);
+                }
+            }
+            (id, (day, d30))
+        })
+        .collect())
+}
+
+/// A policy's `expires_at` (RFC 3339) in Unix seconds.
+fn expiry(spec: &KeyPolicySpec) -> Option<i64> {
+    let t = spec.expires_at.as_deref()?;
+    chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| t.timestamp())
+}
+
+fn usage_view(u: Option<&(UsageCounters, UsageCounters)>) -> Value {
+    let (day, d30) = u.copied().unwrap_or_default();
+    let col = |c: &UsageCounters| json!({"requests": c.requests, "cost_usd": c.cost_nanos as f64 / 1e9});
+    json!({"today": col(&day), "d30": col(&d30)})
+}
+
+pub async fn list(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    let now = chrono::Utc::now().timestamp();
+    let sort = q.sort.as_deref();
+    if let Some(s) = sort
+        && !["name", "created_at", "last_used", "cost_today", "cost_30d"].contains(&s)
+    {
+        return Err(bad_request(format!(
+            "`sort` must be name, created_at, last_used, cost_today or cost_30d, not `{s}`"
+        )));
+    }
+    let descending = match q.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(o) => return Err(bad_request(format!("`order` must be asc or desc, not `{o}`"))),
+    };
+    if let Some(s) = q.status.as_deref()
+        && !["enabled", "disabled", "expired"].contains(&s)
+    {
+        return Err(bad_request(format!(
+            "`status` must be enabled, disabled or expired, not `{s}`"
+        )));
+    }
+    if q.page == Some(0) {
+        return Err(bad_request("`page` starts at 1"));
+    }
+    let per_page = q.per_page.unwrap_or(DEFAULT_PER_PAGE);
+    if !(1..=MAX_PER_PAGE).contains(&per_page) {
+        return Err(bad_request(format!("`per_page` must be between 1 and {MAX_PER_PAGE}")));
+    }
+
     let last_used = state.store.api_key_last_used().await.map_err(store_error)?;
     let mut stored = state.store.list_api_keys().await.map_err(store_error)?;
     stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
-    let keys: Vec<Value> = state
-        .config
-        .api_keys
-        .iter()
-        .map(|k| config_view(&k.config, &last_used))
-        .chain(stored.iter().map(|r| stored_view(r, &last_used)))
+    let config_rows = state.config.api_keys.iter().map(|k| {
+        let k = &k.config;
+        let id = config_id(&k.name);
+        Row {
+            view: config_view(k, &last_used),
+            last_used: last_used.get(&id).copied(),
+            name: k.name.clone(),
+            created_at: None,
+            enabled: k.enabled,
+            expires_at: expiry(&k.policy_spec()),
+            id,
+        }
+    });
+    let stored_rows = stored.iter().map(|r| Row {
+        view: stored_view(r, &last_used),
+        id: r.id.clone(),
+        name: r.name.clone(),
+        created_at: Some(r.created_at),
+        last_used: last_used.get(&r.id).copied(),
+        enabled: r.enabled,
+        expires_at: expiry(&r.policy),
+    });
+    let needle =
+        q.q.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_lowercase);
+    let mut rows: Vec<Row> = config_rows
+        .chain(stored_rows)
+        .filter(|r| q.status.as_deref().is_none_or(|s| r.status(now) == s))
+        .filter(|r| {
+            needle.as_deref().is_none_or(|n| {
+                r.name.to_lowercase().contains(n)
+                    || r.id.to_lowercase().contains(n)
+                    || r.view["hint"].as_str().is_some_and(|h| h.to_lowercase().contains(n))
+            })
+        })
         .collect();
-    Ok(Json(json!({ "keys": keys })).into_response())
+    let total = rows.len();
+
+    // Sorting by spend needs every matching key's usage; otherwise only the page's is read.
+    let by_cost = matches!(sort, Some("cost_today" | "cost_30d"));
+    let mut usage = if by_cost {
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        usage_columns(&state, &ids, now).await?
+    } else {
+        BTreeMap::new()
+    };
+    if let Some(s) = sort {
+        let cost = |r: &Row| {
+            usage.get(&r.id).map_or(0, |(day, d30)| {
+                if s == "cost_today" {
+                    day.cost_nanos
+                } else {
+                    d30.cost_nanos
+                }
+            })
+        };
+        // Stable: ties keep the default order (configured keys first, then by creation).
+        rows.sort_by(|a, b| {
+            let o = match s {
+                "name" => a.name.to_lowercase().cmp(&b.name.to_lowercase()),
+                "created_at" => a.created_at.cmp(&b.created_at),
+                "last_used" => a.last_used.cmp(&b.last_used),
+                _ => cost(a).cmp(&cost(b)),
+            };
+            if descending { o.reverse() } else { o }
+        });
+    } else if descending {
+        rows.reverse();
+    }
+    let page = q.page.unwrap_or(1);
+    // Without `page` and `per_page`, every key (as before paging existed).
+    let (rows, per_page): (Vec<Row>, usize) = if q.page.is_some() || q.per_page.is_some() {
+        let rows = rows
+            .into_iter()
+            .skip((page as usize - 1).saturating_mul(per_page as usize))
+            .take(per_page as usize)
+            .collect();
+        (rows, per_page as usize)
+    } else {
+        (rows, total)
+    };
+    if !by_cost {
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        usage = usage_columns(&state, &ids, now).await?;
+    }
+    let keys: Vec<Value> = rows
+        .into_iter()
+        .map(|mut r| {
+            r.view["usage"] = usage_view(usage.get(&r.id));
+            r.view
+        })
+        .collect();
+    Ok(Json(json!({ "keys": keys, "total": total, "page": page, "per_page": per_page })).into_response())
 }
 
 pub async fn get(
@@ -189,25 +400,62 @@ pub async fn get(
     }
 }
 
-pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
-    let (own, policy) = split_body(&body)?;
+/// A checked creation request, without its name.
+pub(super) struct NewKey {
+    enabled: bool,
+    bind: Option<String>,
+    policy: KeyPolicySpec,
+}
+
+/// Checks a creation request's own fields (with a `name` or not) and its policy.
+pub(super) fn create_request(mut own: Fields, policy: Fields) -> Result<NewKey, ApiError> {
+    own.entry("name").or_insert_with(|| Value::String("-".into()));
     let req: CreateKey = from_value(Value::Object(own))?;
-    let policy = valid_policy(policy)?;
-    let name = valid_name(&req.name)?;
-    let bind = req.bind.as_deref().map(valid_bind).transpose()?;
+    Ok(NewKey {
+        enabled: req.enabled.unwrap_or(true),
+        bind: req.bind.as_deref().map(valid_bind).transpose()?,
+        policy: valid_policy(policy)?,
+    })
+}
+
+/// `count` new keys named `{prefix}{1..=count}`, each with its plaintext.
+pub(super) fn new_records(
+    state: &AdminState,
+    req: &NewKey,
+    prefix: &str,
+    count: usize,
+) -> Result<Vec<(ApiKeyRecord, String)>, ApiError> {
+    (1..=count)
+        .map(|i| {
+            let name = valid_name(&format!("{prefix}{i}"))?;
+            Ok(new_record(state, req, name))
+        })
+        .collect()
+}
+
+fn new_record(state: &AdminState, req: &NewKey, name: String) -> (ApiKeyRecord, String) {
     let plaintext = secrets::generate_client_key();
     let record = ApiKeyRecord {
         id: uuid::Uuid::new_v4().to_string(),
         name,
         key_hash: state.secrets.hash_client_key_hex(&plaintext),
         hint: secrets::mask(&plaintext),
-        enabled: req.enabled.unwrap_or(true),
-        bind,
-        policy,
+        enabled: req.enabled,
+        bind: req.bind.clone(),
+        policy: req.policy.clone(),
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
     };
+    (record, plaintext)
+}
+
+pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let (own, policy) = split_body(&body)?;
+    let named: CreateKey = from_value(Value::Object(own.clone()))?;
+    let name = valid_name(&named.name)?;
+    let req = create_request(own, policy)?;
+    let (record, plaintext) = new_record(&state, &req, name);
     let record = write(&state, move |st| async move {
         check_name_free(&st, &record.name, &record.id).await?;
         st.store.put_api_key(&record).await.map_err(store_error)?;
@@ -218,6 +466,81 @@ pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: B
     let mut view = stored_view(&record, &BTreeMap::new());
     view["key"] = Value::String(plaintext);
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// A checked change of a stored key.
+#[derive(Clone)]
+pub(super) struct KeyChange {
+    name: Option<String>,
+    enabled: Option<bool>,
+    bind: Option<Option<String>>,
+    policy_patch: Fields,
+}
+
+/// Checks a change's own fields and the shape of its policy fields.
+pub(super) fn update_request(own: Fields, policy_patch: Fields) -> Result<KeyChange, ApiError> {
+    let req: UpdateKey = from_value(Value::Object(own))?;
+    let name = req.name.as_deref().map(valid_name).transpose()?;
+    // The patch's own shape is checked before the store is read.
+    let mut shape = policy_patch.clone();
+    shape.retain(|_, v| !v.is_null());
+    let _: KeyPolicySpec = from_value(Value::Object(shape))?;
+    let bind = match req.bind {
+        Some(Some(b)) => Some(Some(valid_bind(&b)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    Ok(KeyChange {
+        name,
+        enabled: req.enabled,
+        bind,
+        policy_patch,
+    })
+}
+
+/// Applies a change to the stored key `id`.
+pub(super) async fn apply_update(state: &AdminState, id: String, change: KeyChange) -> Result<ApiKeyRecord, ApiError> {
+    let record = write(state, move |st| async move {
+        let mut r = st
+            .store
+            .get_api_key(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| not_found("key", &id))?;
+        if let Some(name) = change.name {
+            check_name_free(&st, &name, &r.id).await?;
+            r.name = name;
+        }
+        if let Some(enabled) = change.enabled {
+            r.enabled = enabled;
+        }
+        if let Some(bind) = change.bind {
+            r.bind = bind;
+        }
+        if !change.policy_patch.is_empty() {
+            r.policy = patched_policy(&r.policy, &change.policy_patch)?;
+        }
+        st.store.put_api_key(&r).await.map_err(store_error)?;
+        Ok(r)
+    })
+    .await?;
+    tracing::info!(key = %record.id, enabled = record.enabled, bind = ?record.bind, "admin updated a client key");
+    Ok(record)
+}
+
+/// Deletes the stored key `id`.
+pub(super) async fn remove(state: &AdminState, id: String) -> Result<(), ApiError> {
+    let target = id.clone();
+    write(state, move |st| async move {
+        match st.store.delete_api_key(&target).await {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(StoreError::NotFound) => Err(not_found("key", &target)),
+            Err(e) => Err(store_error(e)),
+        }
+    })
+    .await?;
+    tracing::info!(key = %id, "admin deleted a client key");
+    Ok(())
 }
 
 pub async fn update(
@@ -231,42 +554,8 @@ pub async fn update(
         return Err(read_only("key", &id));
     }
     let (own, policy_patch) = split_body(&body)?;
-    let req: UpdateKey = from_value(Value::Object(own))?;
-    let name = req.name.as_deref().map(valid_name).transpose()?;
-    // The patch's own shape is checked before the store is read.
-    let mut shape = policy_patch.clone();
-    shape.retain(|_, v| !v.is_null());
-    let _: KeyPolicySpec = from_value(Value::Object(shape))?;
-    let bind = match req.bind {
-        Some(Some(b)) => Some(Some(valid_bind(&b)?)),
-        Some(None) => Some(None),
-        None => None,
-    };
-    let record = write(&state, move |st| async move {
-        let mut r = st
-            .store
-            .get_api_key(&id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| not_found("key", &id))?;
-        if let Some(name) = name {
-            check_name_free(&st, &name, &r.id).await?;
-            r.name = name;
-        }
-        if let Some(enabled) = req.enabled {
-            r.enabled = enabled;
-        }
-        if let Some(bind) = bind {
-            r.bind = bind;
-        }
-        if !policy_patch.is_empty() {
-            r.policy = patched_policy(&r.policy, &policy_patch)?;
-        }
-        st.store.put_api_key(&r).await.map_err(store_error)?;
-        Ok(r)
-    })
-    .await?;
-    tracing::info!(key = %record.id, enabled = record.enabled, bind = ?record.bind, "admin updated a client key");
+    let change = update_request(own, policy_patch)?;
+    let record = apply_update(&state, id, change).await?;
     let last_used = state.store.api_key_last_used().await.unwrap_or_default();
     Ok(Json(stored_view(&record, &last_used)).into_response())
 }
@@ -280,16 +569,7 @@ pub async fn delete(
     if config_key(&state, &id).is_some() {
         return Err(read_only("key", &id));
     }
-    let target = id.clone();
-    write(&state, move |st| async move {
-        match st.store.delete_api_key(&target).await {
-            Ok(true) => Ok(()),
-            Ok(false) | Err(StoreError::NotFound) => Err(not_found("key", &target)),
-            Err(e) => Err(store_error(e)),
-        }
-    })
-    .await?;
-    tracing::info!(key = %id, "admin deleted a client key");
+    remove(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -14,9 +14,12 @@
 //! announced to all instances and reloaded into this instance's snapshot before the answer, so the
 //! relay serves it at once. `GET /admin/api/openapi.json` describes every endpoint.
 
+mod account_ops;
 mod accounts;
 mod auth;
 mod gemini_oauth;
+mod groups;
+mod key_ops;
 mod keys;
 mod live;
 mod oauth;
@@ -71,6 +74,10 @@ pub struct AdminState {
     pub live: Arc<crate::usage::live::Live>,
     /// When this process started serving.
     pub started: std::time::Instant,
+    /// The key limit counters the relay admits with (read by `/keys/{id}/limits`).
+    pub limits: Arc<dyn filters::LimitBackend>,
+    /// The OAuth kinds' token engines (`/accounts/{id}/refresh`).
+    pub oauth: crate::state::TokenEngines,
     /// This instance's id (its mark in `x-relay-hops`).
     pub instance: String,
 }

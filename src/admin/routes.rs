@@ -16,7 +16,10 @@ use serde::de::DeserializeOwned;
 
 use super::AdminState;
 use super::auth::printable_user;
-use super::{accounts, gemini_oauth, keys, live, oauth, openai_oauth, overview, sessions, usage, usage_export};
+use super::{
+    account_ops, accounts, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview, sessions, usage,
+    usage_export,
+};
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
@@ -31,11 +34,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/openapi.json", get(openapi))
         .route("/admin/api/login", post(login))
         .route("/admin/api/logout", post(logout))
+        .route("/admin/api/me", get(me))
         .route("/admin/api/keys", get(keys::list).post(keys::create))
+        .route("/admin/api/keys/batch", post(key_ops::batch))
         .route(
             "/admin/api/keys/{id}",
             get(keys::get).patch(keys::update).delete(keys::delete),
         )
+        .route("/admin/api/keys/{id}/limits", get(key_ops::limits))
+        .route("/admin/api/keys/{id}/rotate", post(key_ops::rotate))
         .route("/admin/api/keys/{id}/sessions", get(sessions::list))
         .route("/admin/api/keys/{id}/sessions/{session_id}", get(sessions::get))
         .route("/admin/api/accounts", get(accounts::list).post(accounts::create))
@@ -44,6 +51,8 @@ pub fn router(state: AdminState) -> Router {
             get(accounts::get).patch(accounts::update).delete(accounts::delete),
         )
         .route("/admin/api/accounts/{id}/reset", post(accounts::reset))
+        .route("/admin/api/accounts/{id}/events", get(account_ops::events))
+        .route("/admin/api/accounts/{id}/refresh", post(account_ops::refresh))
         .route("/admin/api/accounts/claude-oauth/authorize", post(oauth::authorize))
         .route("/admin/api/accounts/claude-oauth/exchange", post(oauth::exchange))
         .route("/admin/api/accounts/claude-oauth/import", post(oauth::import))
@@ -65,6 +74,8 @@ pub fn router(state: AdminState) -> Router {
             post(gemini_oauth::exchange),
         )
         .route("/admin/api/accounts/gemini-oauth/import", post(gemini_oauth::import))
+        .route("/admin/api/groups", get(groups::list))
+        .route("/admin/api/groups/{name}/rename", post(groups::rename))
         .route("/admin/api/usage", get(usage::series))
         .route("/admin/api/usage/summary", get(usage::summary))
         .route("/admin/api/usage/global", get(usage::global))
@@ -402,6 +413,35 @@ async fn login(
         .await
         .map_err(store_error)?;
     Ok(Json(serde_json::json!({"token": token, "expires_in": ttl})).into_response())
+}
+
+/// `GET /admin/api/me`: who the session belongs to, until when, and which relay answers.
+async fn me(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let username = authenticate(&state, &headers).await?;
+    let expires_at = match bearer(&headers) {
+        Some(t) => state
+            .store
+            .get_session(&sha256_hex(t), chrono::Utc::now().timestamp())
+            .await
+            .map_err(store_error)?
+            .map(|s| s.expires_at),
+        None => None,
+    };
+    Ok(Json(serde_json::json!({
+        "username": username,
+        "expires_at": expires_at,
+        "version": env!("CARGO_PKG_VERSION"),
+        "instance": state.instance,
+    }))
+    .into_response())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 async fn logout(State(state): State<AdminState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {

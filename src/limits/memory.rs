@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use filters::policy::RateLimit;
-use filters::{Admission, ClientKey, LimitBackend, Reservation};
+use filters::{Admission, ClientKey, LimitBackend, LimitPeek, Reservation};
 
 use super::{
     Refusal, Shortfall, SpendSeed, SpendSeeds, cost_shortfall, day_start, month_start, next_month_start, week_start,
@@ -284,6 +284,46 @@ impl LimitBackend for MemoryLimits {
         }
         c.reserved += est;
         Ok(Admission::Reserved { room_nanos: room })
+    }
+
+    async fn peek(&self, key: &ClientKey, now_ms: i64) -> Result<LimitPeek, String> {
+        let p = &key.policy;
+        let now_s = now_ms.div_euclid(1000);
+        let map = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = map.get(&key.id) else {
+            return Ok(LimitPeek::default());
+        };
+        let mut out = LimitPeek {
+            total_nanos: c.total,
+            in_flight: c.slots.len() as u64,
+            reserved_nanos: c.reserved,
+            ..LimitPeek::default()
+        };
+        if let Some(rl) = &p.rate_limit {
+            let window_ms = rl.window.as_millis() as i64;
+            if rl.rolling {
+                // What is still inside the window, without pruning the rest.
+                for &(at, r, t, cost) in &c.rolling.entries {
+                    if at > now_ms - window_ms {
+                        out.requests += r;
+                        out.tokens += t;
+                        out.cost_nanos += cost;
+                    }
+                }
+            } else {
+                let (start, end) = window_bounds(now_ms, window_ms);
+                if c.window_start == start {
+                    (out.requests, out.tokens, out.cost_nanos) = (c.requests, c.tokens, c.cost);
+                }
+                out.window_ends_ms = Some(end);
+            }
+        }
+        let reset = p.cost_limits.as_ref().map_or((0, 0), |cl| cl.weekly_reset);
+        let current = |(start, spent): (i64, u64), now_start: i64| if start == now_start { spent } else { 0 };
+        out.day_nanos = current(c.day, day_start(now_s));
+        out.week_nanos = current(c.week, week_start(now_s, reset.0, reset.1));
+        out.month_nanos = current(c.month, month_start(now_s));
+        Ok(out)
     }
 
     async fn charge(&self, key: &ClientKey, tokens: u64, cost_nanos: u64, now_ms: i64) -> Result<(), String> {

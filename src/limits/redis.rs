@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use filters::{Admission, ClientKey, LimitBackend, Reservation};
+use filters::{Admission, ClientKey, LimitBackend, LimitPeek, Reservation};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Script};
 
@@ -71,6 +71,7 @@ pub struct RedisLimits {
     settle: Script,
     renew: Script,
     activate: Script,
+    peek: Script,
     seeds: SpendSeeds,
     /// Slots and reservations this instance holds, (sorted set, member), renewed until released.
     held: Mutex<HashSet<(String, String)>>,
@@ -108,6 +109,7 @@ impl RedisLimits {
             settle: Script::new(include_str!("lua/settle.lua")),
             renew: Script::new(include_str!("lua/renew.lua")),
             activate: Script::new(include_str!("lua/activate.lua")),
+            peek: Script::new(include_str!("lua/peek.lua")),
             seeds: SpendSeeds::new(store),
             held: Mutex::new(HashSet::new()),
             lease_ttl,
@@ -332,6 +334,39 @@ impl LimitBackend for RedisLimits {
         done.map(|_| ()).map_err(|e| {
             tracing::warn!(key = %key_id, error = %e, "releasing a concurrency slot failed; its lease will run out");
             format!("redis: {e}")
+        })
+    }
+
+    async fn peek(&self, key: &ClientKey, now_ms: i64) -> Result<LimitPeek, String> {
+        let p = &key.policy;
+        let reset = p.cost_limits.as_ref().map_or((0, 0), |c| c.weekly_reset);
+        let answer: Vec<i64> = self
+            .peek
+            .key(self.key("rate", &key.id))
+            .key(self.key("spend", &key.id))
+            .key(self.key("slots", &key.id))
+            .key(self.key("reserved", &key.id))
+            .key(self.key("rolling", &key.id))
+            .arg(p.rate_limit.as_ref().map_or(0, |r| ms(r.window)))
+            .arg(i64::from(p.rate_limit.as_ref().is_some_and(|r| r.rolling)))
+            .arg(reset.0)
+            .arg(reset.1)
+            .arg(super::month_start(now_ms.div_euclid(1000)))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok(LimitPeek {
+            requests: at(0),
+            tokens: at(1),
+            cost_nanos: at(2),
+            window_ends_ms: answer.get(3).copied().filter(|e| *e >= 0),
+            day_nanos: at(4),
+            week_nanos: at(5),
+            month_nanos: at(6),
+            total_nanos: at(7),
+            in_flight: at(8),
+            reserved_nanos: at(9),
         })
     }
 

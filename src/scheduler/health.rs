@@ -39,6 +39,20 @@ pub struct AccountRuntime {
     unified: Mutex<Option<UnifiedLimits>>,
     /// Recent failures that could have been the request's own doing: (client key, Unix ms).
     strikes: Mutex<Vec<(std::sync::Arc<str>, i64)>>,
+    /// The last [`HEALTH_EVENTS`] changes of the health entry this instance saw, oldest first.
+    events: Mutex<std::collections::VecDeque<HealthEvent>>,
+}
+
+/// How many health changes an account's runtime remembers.
+pub const HEALTH_EVENTS: usize = 50;
+
+/// A change of an account's health entry, as this instance saw it: the new entry, or `None` when
+/// the entry was cleared (expired entries are not reported when they lapse).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthEvent {
+    /// Unix ms.
+    pub at: i64,
+    pub health: Option<AccountHealth>,
 }
 
 impl AccountRuntime {
@@ -79,7 +93,20 @@ impl AccountRuntime {
             Some(h) => (h.until.unwrap_or(i64::MAX), false),
             None => (0, false),
         };
-        *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        {
+            let mut detail = self.detail.lock().unwrap_or_else(|p| p.into_inner());
+            if *detail != h {
+                let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+                if events.len() == HEALTH_EVENTS {
+                    events.pop_front();
+                }
+                let at = h
+                    .as_ref()
+                    .map_or_else(|| chrono::Utc::now().timestamp_millis(), |h| h.since);
+                events.push_back(HealthEvent { at, health: h.clone() });
+            }
+            *detail = h;
+        }
         self.blocked_until_ms.store(until, Ordering::Relaxed);
         self.family_limited.store(family, Ordering::Relaxed);
     }
@@ -90,6 +117,12 @@ impl AccountRuntime {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .filter(|h| h.active_at(now_ms))
+    }
+
+    /// The remembered health changes, newest first.
+    pub fn events(&self) -> Vec<HealthEvent> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.iter().rev().cloned().collect()
     }
 
     pub fn set_unified(&self, u: UnifiedLimits) {

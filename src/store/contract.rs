@@ -59,6 +59,7 @@ pub async fn run_all(store: &dyn Store) -> Check {
     accounts(store).await.map_err(tag("accounts"))?;
     usage_series(store).await.map_err(tag("usage_series"))?;
     usage_totals(store).await.map_err(tag("usage_totals"))?;
+    usage_series_many(store).await.map_err(tag("usage_series_many"))?;
     usage_expiry(store).await.map_err(tag("usage_expiry"))?;
     sessions(store).await.map_err(tag("sessions"))?;
     client_sessions(store).await.map_err(tag("client_sessions"))?;
@@ -544,6 +545,50 @@ pub async fn usage_totals(store: &dyn Store) -> Check {
     let models = ok("model totals", store.usage_totals(Dimension::Model).await)?;
     let names: Vec<&str> = models.keys().map(String::as_str).collect();
     eq("model subjects (from usage_series)", names, vec!["claude:opus-4"])?;
+    Ok(())
+}
+
+/// Several subjects' series in one read: each as `usage_series` gives it, subjects without buckets
+/// in the range absent.
+pub async fn usage_series_many(store: &dyn Store) -> Check {
+    let day = Granularity::Day.bucket_start(now());
+    let a = counters(1, 10, 1, 5);
+    let b = counters(3, 30, 3, 15);
+    let batch = vec![
+        (bucket(Dimension::Key, "many1", Granularity::Day, day), a),
+        (bucket(Dimension::Key, "many1", Granularity::Day, day - 2 * 86_400), b),
+        (bucket(Dimension::Key, "many1", Granularity::Day, day - 40 * 86_400), b),
+        (bucket(Dimension::Key, "many2", Granularity::Day, day - 86_400), b),
+        (bucket(Dimension::Key, "many3", Granularity::Day, day - 40 * 86_400), a),
+        (bucket(Dimension::Account, "many2", Granularity::Day, day), a),
+    ];
+    ok("add usage", store.add_usage(&batch).await)?;
+    let subjects: Vec<String> = ["many1", "many2", "many3", "many4"].map(String::from).into();
+    let got = ok(
+        "series of many",
+        store
+            .usage_series_many(
+                Dimension::Key,
+                &subjects,
+                Granularity::Day,
+                day - 29 * 86_400,
+                day + 86_400,
+            )
+            .await,
+    )?;
+    let want: BTreeMap<String, Vec<(i64, UsageCounters)>> = [
+        ("many1".to_string(), vec![(day - 2 * 86_400, b), (day, a)]),
+        ("many2".to_string(), vec![(day - 86_400, b)]),
+    ]
+    .into();
+    eq("series of many", got, want)?;
+    let none = ok(
+        "no subjects",
+        store
+            .usage_series_many(Dimension::Key, &[], Granularity::Day, day, day + 1)
+            .await,
+    )?;
+    eq("no subjects", none.len(), 0)?;
     Ok(())
 }
 

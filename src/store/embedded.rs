@@ -538,6 +538,48 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn usage_series_many(
+        &self,
+        dimension: Dimension,
+        subjects: &[String],
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<BTreeMap<String, Vec<(i64, UsageCounters)>>> {
+        let starts = series_bucket_starts(granularity, from, to)?;
+        let (Some(first), Some(last)) = (starts.first().copied(), starts.last().copied()) else {
+            return Ok(BTreeMap::new());
+        };
+        let mut ranges = Vec::with_capacity(subjects.len());
+        for s in subjects {
+            ranges.push((
+                s.clone(),
+                encode_bucket_key(dimension, granularity, s, first)?,
+                encode_bucket_key(dimension, granularity, s, last)?,
+            ));
+        }
+        let now = now_unix();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(USAGE).map_err(db_err)?;
+            let mut out = BTreeMap::new();
+            for (subject, lo, hi) in ranges {
+                for row in t.range(lo.as_slice()..=hi.as_slice()).map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let start = decode_bucket_key(k.value())?.start;
+                    if bucket_expiry(granularity, start).is_some_and(|exp| exp < now) {
+                        continue;
+                    }
+                    out.entry(subject.clone())
+                        .or_insert_with(Vec::new)
+                        .push((start, decode_counters(v.value())?));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn usage_totals(&self, dimension: Dimension) -> StoreResult<BTreeMap<String, UsageCounters>> {
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;

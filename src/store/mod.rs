@@ -555,6 +555,17 @@ pub trait Store: Send + Sync + 'static {
         from: i64,
         to: i64,
     ) -> StoreResult<Vec<(i64, UsageCounters)>>;
+    /// [`Store::usage_series`] of each of `subjects` (a subject without buckets is absent), in one
+    /// read for all of them (one pipeline on Redis): a page of keys costs one round trip, not one
+    /// per key.
+    async fn usage_series_many(
+        &self,
+        dimension: Dimension,
+        subjects: &[String],
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<BTreeMap<String, Vec<(i64, UsageCounters)>>>;
     /// The all-time totals of every subject of a dimension.
     async fn usage_totals(&self, dimension: Dimension) -> StoreResult<BTreeMap<String, UsageCounters>>;
     /// Removes expired buckets now (the Redis backend relies on TTLs and may do nothing).

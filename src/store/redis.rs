@@ -532,6 +532,39 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    async fn usage_series_many(
+        &self,
+        dimension: Dimension,
+        subjects: &[String],
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<BTreeMap<String, Vec<(i64, UsageCounters)>>> {
+        let starts = series_bucket_starts(granularity, from, to)?;
+        if starts.is_empty() || subjects.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut names = Vec::with_capacity(subjects.len() * starts.len());
+        let mut pipe = redis::pipe();
+        for subject in subjects {
+            for start in &starts {
+                let name = self.usage_key(dimension, granularity, *start, subject);
+                pipe.cmd("HGETALL").arg(&name);
+                names.push((subject, *start, name));
+            }
+        }
+        let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let mut out = BTreeMap::new();
+        for ((subject, start, name), fields) in names.into_iter().zip(rows) {
+            if !fields.is_empty() {
+                out.entry(subject.clone())
+                    .or_insert_with(Vec::new)
+                    .push((start, parse_counters(&name, fields)?));
+            }
+        }
+        Ok(out)
+    }
+
     async fn usage_totals(&self, dimension: Dimension) -> StoreResult<BTreeMap<String, UsageCounters>> {
         let subjects: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.subjects_key(dimension))

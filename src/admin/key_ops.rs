@@ -1,0 +1,239 @@
+//! What the panel does with keys beyond their CRUD: a read of a key's limit counters as they
+//! stand, rotation (a new secret under the same id, policy and usage) and batch operations.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use filters::LimitPeek;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::AdminState;
+use super::keys::{self, stored_view};
+use super::routes::{ApiError, authenticate, bad_request, json_body, not_found, read_only, store_error, write};
+use crate::secrets;
+
+fn usd(nanos: u64) -> f64 {
+    nanos as f64 / 1e9
+}
+
+fn used(used: u64, limit: Option<u64>) -> Value {
+    json!({"used": used, "limit": limit})
+}
+
+fn used_usd(used: u64, limit: Option<u64>) -> Value {
+    json!({"used": usd(used), "limit": limit.map(usd)})
+}
+
+fn spent(spent: u64, limit: Option<u64>, resets_at: Option<i64>) -> Value {
+    json!({"spent_usd": usd(spent), "limit_usd": limit.map(usd), "resets_at": resets_at})
+}
+
+/// The limits view of a key's policy and its counters at `now_s`.
+fn limits_view(policy: &filters::policy::KeyPolicy, p: &LimitPeek, now_s: i64) -> Value {
+    use crate::limits::{day_start, next_month_start, week_start};
+    let rate = policy.rate_limit.as_ref().map(|r| {
+        json!({
+            "window_s": r.window.as_secs(),
+            "rolling": r.rolling,
+            "requests": used(p.requests, r.requests),
+            "tokens": used(p.tokens, r.tokens),
+            "cost_usd": used_usd(p.cost_nanos, r.cost_nanos),
+            "resets_at": p.window_ends_ms.map(|ms| ms.div_euclid(1000)),
+        })
+    });
+    let spend = policy.cost_limits.as_ref().map(|c| {
+        let week = week_start(now_s, c.weekly_reset.0, c.weekly_reset.1);
+        json!({
+            "daily": spent(p.day_nanos, c.daily_nanos, Some(day_start(now_s) + 86_400)),
+            "weekly": spent(p.week_nanos, c.weekly_nanos, Some(week + 7 * 86_400)),
+            "monthly": spent(p.month_nanos, c.monthly_nanos, Some(next_month_start(now_s))),
+            "total": spent(p.total_nanos, c.total_nanos, None),
+        })
+    });
+    let concurrency = policy
+        .concurrency
+        .as_ref()
+        .map(|c| json!({"in_flight": p.in_flight, "limit": c.limit}));
+    json!({
+        "rate": rate,
+        "spend": spend,
+        "concurrency": concurrency,
+        "reserved_usd": usd(p.reserved_nanos),
+    })
+}
+
+/// `GET /admin/api/keys/{id}/limits`: the key's windows, spend, slots and reservations as the
+/// limit backend holds them (this instance's memory, or Redis shared by all), read only.
+pub async fn limits(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let key = state
+        .snapshot
+        .load()
+        .keys
+        .iter()
+        .find(|(k, ..)| *k.id == *id)
+        .map(|(k, ..)| k.clone())
+        .ok_or_else(|| not_found("key", &id))?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let peek = state.limits.peek(&key, now_ms).await.map_err(|e| {
+        tracing::warn!(key = %id, error = %e, "reading a key's limit counters failed");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "the limit counters cannot be read right now".into(),
+        )
+    })?;
+    Ok(Json(limits_view(&key.policy, &peek, now_ms.div_euclid(1000))).into_response())
+}
+
+/// `POST /admin/api/keys/{id}/rotate`: a new secret for the key; the old one stops working at
+/// once. The answer holds the new plaintext, once.
+pub async fn rotate(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    if keys::is_config_key(&state, &id) {
+        return Err(read_only("key", &id));
+    }
+    let plaintext = secrets::generate_client_key();
+    let hash = state.secrets.hash_client_key_hex(&plaintext);
+    let hint = secrets::mask(&plaintext);
+    let target = id.clone();
+    let record = write(&state, move |st| async move {
+        let mut r = st
+            .store
+            .get_api_key(&target)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| not_found("key", &target))?;
+        r.key_hash = hash;
+        r.hint = hint;
+        st.store.put_api_key(&r).await.map_err(store_error)?;
+        Ok(r)
+    })
+    .await?;
+    tracing::info!(key = %record.id, name = %record.name, "admin rotated a client key");
+    let last_used = state.store.api_key_last_used().await.unwrap_or_default();
+    let mut view = stored_view(&record, &last_used);
+    view["key"] = Value::String(plaintext);
+    Ok(Json(view).into_response())
+}
+
+/// The most keys one batch may create or change.
+const MAX_BATCH: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    #[serde(default)]
+    create: Option<Map<String, Value>>,
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    patch: Option<Map<String, Value>>,
+    #[serde(default)]
+    delete: Option<bool>,
+}
+
+fn result(id: &str, outcome: Result<(), ApiError>) -> Value {
+    match outcome {
+        Ok(()) => json!({"id": id, "ok": true}),
+        Err(e) => json!({"id": id, "ok": false, "error": e.2}),
+    }
+}
+
+/// `POST /admin/api/keys/batch`: one of `{"create":{"count","name_prefix",…}}`,
+/// `{"ids":[…],"patch":{…}}` or `{"ids":[…],"delete":true}`. Each key is done as its single
+/// endpoint would do it; the answer says, per key, whether it was.
+pub async fn batch(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let b: Batch = json_body(&body)?;
+    let mut results = Vec::new();
+    match (b.create, b.ids, b.patch, b.delete) {
+        (Some(mut create), None, None, None) => {
+            let count = match create.remove("count") {
+                Some(Value::Number(n)) => n.as_u64().filter(|n| (1..=MAX_BATCH as u64).contains(n)),
+                _ => None,
+            }
+            .ok_or_else(|| bad_request(format!("`create.count` must be a number from 1 to {MAX_BATCH}")))?;
+            let prefix = match create.remove("name_prefix") {
+                Some(Value::String(p)) => p,
+                _ => return Err(bad_request("`create.name_prefix` must be a string")),
+            };
+            if create.contains_key("name") {
+                return Err(bad_request("`create.name` is made from `name_prefix`"));
+            }
+            let (own, policy) = keys::split_fields(create);
+            let req = keys::create_request(own, policy)?;
+            let records = keys::new_records(&state, &req, &prefix, count as usize)?;
+            let created = write(&state, move |st| async move {
+                let mut out = Vec::new();
+                for (record, plaintext) in records {
+                    let outcome = keys::check_name_free(&st, &record.name, &record.id).await;
+                    let outcome = match outcome {
+                        Ok(()) => st.store.put_api_key(&record).await.map_err(store_error),
+                        Err(e) => Err(e),
+                    };
+                    out.push((record, plaintext, outcome));
+                }
+                Ok(out)
+            })
+            .await?;
+            for (record, plaintext, outcome) in created {
+                let mut r = result(&record.id, outcome);
+                r["name"] = Value::String(record.name.clone());
+                if r["ok"] == true {
+                    r["key"] = Value::String(plaintext);
+                }
+                results.push(r);
+            }
+            tracing::info!(count, "admin created client keys in a batch");
+        }
+        (None, Some(ids), Some(patch), None) => {
+            check_ids(&ids)?;
+            let (own, policy) = keys::split_fields(patch);
+            let change = keys::update_request(own, policy)?;
+            for id in ids {
+                let outcome = if keys::is_config_key(&state, &id) {
+                    Err(read_only("key", &id))
+                } else {
+                    keys::apply_update(&state, id.clone(), change.clone()).await.map(|_| ())
+                };
+                results.push(result(&id, outcome));
+            }
+        }
+        (None, Some(ids), None, Some(true)) => {
+            check_ids(&ids)?;
+            for id in ids {
+                let outcome = if keys::is_config_key(&state, &id) {
+                    Err(read_only("key", &id))
+                } else {
+                    keys::remove(&state, id.clone()).await
+                };
+                results.push(result(&id, outcome));
+            }
+        }
+        _ => {
+            return Err(bad_request(
+                "give one of {\"create\":{…}}, {\"ids\":[…],\"patch\":{…}} or {\"ids\":[…],\"delete\":true}",
+            ));
+        }
+    }
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+fn check_ids(ids: &[String]) -> Result<(), ApiError> {
+    if ids.is_empty() || ids.len() > MAX_BATCH {
+        return Err(bad_request(format!("`ids` must hold 1 to {MAX_BATCH} key ids")));
+    }
+    Ok(())
+}
