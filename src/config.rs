@@ -344,6 +344,9 @@ pub struct StatsConfig {
     /// Usage per client session (Claude Code, Codex) and agent.
     #[serde(default)]
     pub sessions: SessionStatsConfig,
+    /// `GET /v1/key/usage` on the relay listener: a key reads its own usage.
+    #[serde(default)]
+    pub self_service: SelfServiceConfig,
 }
 
 impl Default for StatsConfig {
@@ -351,8 +354,33 @@ impl Default for StatsConfig {
         StatsConfig {
             flush_interval: default_flush(),
             sessions: SessionStatsConfig::default(),
+            self_service: SelfServiceConfig::default(),
         }
     }
+}
+
+/// `stats.self_service`: whether keys may read their own usage on the relay listener, and how
+/// many such calls one key may make per minute (on each instance).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfServiceConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_self_service_per_minute")]
+    pub per_minute: u32,
+}
+
+impl Default for SelfServiceConfig {
+    fn default() -> Self {
+        SelfServiceConfig {
+            enabled: true,
+            per_minute: default_self_service_per_minute(),
+        }
+    }
+}
+
+fn default_self_service_per_minute() -> u32 {
+    60
 }
 
 /// The most sessions `stats.sessions.per_key` may keep per key.

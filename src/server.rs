@@ -393,6 +393,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .build(&config.filters, &filters::FilterDeps { keys, limits })
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 
+    let live = Arc::new(crate::usage::live::Live::default());
     let relay = Arc::new(Relay {
         config: config.clone(),
         secrets: secrets.clone(),
@@ -416,6 +417,8 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         oauth: oauth.clone(),
         tasks: tasks.clone(),
         cooldowns: config.scheduler.cooldowns.to_map(),
+        live: live.clone(),
+        self_service: Default::default(),
     });
     tasks.spawn_loop("concurrency lease renewal", leases.renew_forever());
     // Each kind's background work sees only its own accounts: their tokens renew through its
@@ -462,6 +465,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         per_ip: config.connections.per_ip,
         trusted: config.trusted_proxies.clone(),
     };
+    let instance = relay.hop_id.clone();
     let mut app = pingora::proxy::http_proxy(&server.configuration, RelayProxy(relay));
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.timeouts.keepalive_idle.0);
@@ -489,6 +493,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         credentials: Arc::new(credentials),
         login_limiter: Default::default(),
         tasks: tasks.clone(),
+        live,
+        started: std::time::Instant::now(),
+        instance,
     };
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
     server.add_service(switch.wrap(admin));

@@ -833,6 +833,12 @@ async fn openapi_describes_every_route() {
         ("post", "/admin/api/accounts/gemini-oauth/import"),
         ("get", "/admin/api/usage"),
         ("get", "/admin/api/usage/summary"),
+        ("get", "/admin/api/usage/global"),
+        ("get", "/admin/api/usage/top"),
+        ("get", "/admin/api/usage/range"),
+        ("get", "/admin/api/usage/export.csv"),
+        ("get", "/admin/api/overview"),
+        ("get", "/admin/api/live"),
     ];
     for (m, p) in expected {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} is not documented");

@@ -57,7 +57,7 @@ fn usd(times: f64) -> String {
 fn estimate(body: &str) -> u64 {
     let pricing = PricingTable::builtin().unwrap();
     let max_output = serde_json::from_str::<serde_json::Value>(body).unwrap()["max_tokens"].as_u64();
-    claude_relay::usage::estimate::reserve_nanos(&pricing, "claude-sonnet-4-5", body.len(), max_output).unwrap()
+    claude_relay::usage::estimate::reserve_nanos(&pricing, "claude-sonnet-4-5", body.len(), max_output, false).unwrap()
 }
 
 /// A cap (USD, as written in the config) that admits `n` requests of `BODY` one after the other

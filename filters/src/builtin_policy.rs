@@ -49,7 +49,8 @@ fn service_name(s: Service) -> &'static str {
     }
 }
 
-/// Services by key: the route's service must be one the key is permitted (absent = all).
+/// Services by key: the route's service must be one the key is permitted (absent = all). A key
+/// may always read its own usage (`key_usage`), whatever services it may use.
 pub struct Permissions;
 
 #[async_trait]
@@ -60,6 +61,9 @@ impl Filter for Permissions {
 
     async fn on_headers(&self, cx: &mut FilterContext<'_>) -> Result<(), Rejection> {
         let Some(key) = &cx.key else { return Ok(()) };
+        if cx.route.endpoint == "key_usage" {
+            return Ok(());
+        }
         match &key.policy.permissions {
             Some(allowed) if !allowed.contains(&cx.route.service) => Err(Rejection::new(
                 403,

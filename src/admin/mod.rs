@@ -18,13 +18,16 @@ mod accounts;
 mod auth;
 mod gemini_oauth;
 mod keys;
+mod live;
 mod oauth;
 mod openai_oauth;
+mod overview;
 mod routes;
 mod scheduling;
 mod sessions;
 mod ui;
 mod usage;
+mod usage_export;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +68,12 @@ pub struct AdminState {
     /// The owner of background tasks (on the store's runtime): writes that must finish even if
     /// the admin runtime stops, and that shutdown waits for.
     pub tasks: crate::lifecycle::Tasks,
+    /// This instance's requests in flight and recent requests.
+    pub live: Arc<crate::usage::live::Live>,
+    /// When this process started serving.
+    pub started: std::time::Instant,
+    /// This instance's id (its mark in `x-relay-hops`).
+    pub instance: String,
 }
 
 /// The background service that serves the admin router.

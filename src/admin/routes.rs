@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::AdminState;
 use super::auth::printable_user;
-use super::{accounts, gemini_oauth, keys, oauth, openai_oauth, sessions, usage};
+use super::{accounts, gemini_oauth, keys, live, oauth, openai_oauth, overview, sessions, usage, usage_export};
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
 use crate::store::{AdminSession, StoreError};
@@ -67,6 +67,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/accounts/gemini-oauth/import", post(gemini_oauth::import))
         .route("/admin/api/usage", get(usage::series))
         .route("/admin/api/usage/summary", get(usage::summary))
+        .route("/admin/api/usage/global", get(usage::global))
+        .route("/admin/api/usage/top", get(usage_export::top))
+        .route("/admin/api/usage/range", get(usage_export::range))
+        .route("/admin/api/usage/export.csv", get(usage_export::export))
+        .route("/admin/api/overview", get(overview::overview))
+        .route("/admin/api/live", get(live::live))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::map_response(json_errors))

@@ -57,7 +57,7 @@ pub struct HealthView {
     pub family: Option<String>,
 }
 
-fn state_name(s: HealthState) -> &'static str {
+pub(super) fn state_name(s: HealthState) -> &'static str {
     match s {
         HealthState::CoolingDown => "cooling_down",
         HealthState::RateLimited => "rate_limited",

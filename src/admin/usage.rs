@@ -16,14 +16,11 @@ use serde_json::{Map, Value, json};
 use super::AdminState;
 use super::routes::{ApiError, authenticate, bad_request, store_error};
 use crate::store::{Dimension, Granularity, UsageCounters};
+use crate::usage::report::{self, Zone};
 
-/// The most buckets one series request may span.
-pub const MAX_BUCKETS: usize = 2000;
+pub const DEFAULT_SPAN_SECS: i64 = 24 * 3600;
 
-const DEFAULT_SPAN_SECS: i64 = 24 * 3600;
-
-/// The latest `from` or `to` accepted: 9999-12-31T23:59:59Z (bucket arithmetic stays in range).
-pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+pub use crate::usage::report::MAX_TIMESTAMP;
 
 #[derive(Deserialize)]
 pub struct UsageQuery {
@@ -32,6 +29,7 @@ pub struct UsageQuery {
     granularity: Option<String>,
     from: Option<i64>,
     to: Option<i64>,
+    tz: Option<String>,
 }
 
 /// The counters as a JSON object: every store field, and `cost_usd`.
@@ -44,14 +42,14 @@ pub fn counters_json(c: &UsageCounters) -> Map<String, Value> {
     m
 }
 
-fn by_subject(totals: &BTreeMap<String, UsageCounters>) -> Map<String, Value> {
+pub fn by_subject(totals: &BTreeMap<String, UsageCounters>) -> Map<String, Value> {
     totals
         .iter()
         .map(|(s, c)| (s.clone(), Value::Object(counters_json(c))))
         .collect()
 }
 
-fn parse_dimension(s: Option<&str>) -> Result<Dimension, ApiError> {
+pub fn parse_dimension(s: Option<&str>) -> Result<Dimension, ApiError> {
     let s = s.ok_or_else(|| bad_request("`dimension` is required: key, account or model"))?;
     Dimension::ALL
         .into_iter()
@@ -59,7 +57,7 @@ fn parse_dimension(s: Option<&str>) -> Result<Dimension, ApiError> {
         .ok_or_else(|| bad_request(format!("`dimension` must be key, account or model, not `{s}`")))
 }
 
-fn parse_granularity(s: Option<&str>) -> Result<Granularity, ApiError> {
+pub fn parse_granularity(s: Option<&str>) -> Result<Granularity, ApiError> {
     let Some(s) = s else {
         return Ok(Granularity::Hour);
     };
@@ -74,21 +72,52 @@ fn parse_granularity(s: Option<&str>) -> Result<Granularity, ApiError> {
     .ok_or_else(|| bad_request(format!("`granularity` must be minute, hour, day or month, not `{s}`")))
 }
 
-/// The starts of the buckets that overlap `[from, to)`, or an error past [`MAX_BUCKETS`].
-fn bucket_starts(g: Granularity, from: i64, to: i64) -> Result<Vec<i64>, ApiError> {
-    let mut out = Vec::new();
-    let mut start = g.bucket_start(from);
-    while start < to {
-        if out.len() == MAX_BUCKETS {
+/// The starts of the buckets of `g` in `zone` that overlap `[from, to)`, or an error past
+/// [`MAX_BUCKETS`].
+pub fn bucket_starts(g: Granularity, zone: Zone, from: i64, to: i64) -> Result<Vec<i64>, ApiError> {
+    report::bucket_starts(g, zone, from, to).map_err(bad_request)
+}
+
+/// The zone of a `tz` parameter (UTC without one).
+pub fn parse_zone(tz: Option<&str>) -> Result<Zone, ApiError> {
+    tz.map_or(Ok(Zone::Utc), |t| Zone::parse(t).map_err(bad_request))
+}
+
+/// `from` and `to` of a query, checked; `to` defaults to now and `from` to `span` before `to`.
+pub fn parse_range(from: Option<i64>, to: Option<i64>, span: i64) -> Result<(i64, i64), ApiError> {
+    for (name, v) in [("from", from), ("to", to)] {
+        if v.is_some_and(|t| !(0..=MAX_TIMESTAMP).contains(&t)) {
             return Err(bad_request(format!(
-                "the range spans more than {MAX_BUCKETS} {} buckets; narrow it or use a coarser granularity",
-                g.as_str()
+                "`{name}` must be a Unix time between 0 and {MAX_TIMESTAMP}"
             )));
         }
-        out.push(start);
-        start = g.next_bucket(start);
     }
-    Ok(out)
+    let to = to.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let from = from.unwrap_or(to - span);
+    if from < 0 {
+        return Err(bad_request("`from` must not be negative"));
+    }
+    if from >= to {
+        return Err(bad_request("`from` must be before `to`"));
+    }
+    Ok((from, to))
+}
+
+/// Dense series points (`start` and the counters) and their totals.
+pub fn points(starts: &[i64], counters: &[UsageCounters]) -> (Vec<Value>, UsageCounters) {
+    let mut totals = UsageCounters::default();
+    let points = starts
+        .iter()
+        .zip(counters)
+        .map(|(s, c)| {
+            totals.add(c);
+            let mut m = Map::new();
+            m.insert("start".into(), Value::from(*s));
+            m.extend(counters_json(c));
+            Value::Object(m)
+        })
+        .collect();
+    (points, totals)
 }
 
 /// `GET /admin/api/usage`: with `id`, the series of that subject; without, the all-time totals
@@ -115,52 +144,90 @@ pub async fn series(
         return Err(bad_request("`id` must not be empty"));
     }
 
-    for (name, v) in [("from", q.from), ("to", q.to)] {
-        if v.is_some_and(|t| !(0..=MAX_TIMESTAMP).contains(&t)) {
-            return Err(bad_request(format!(
-                "`{name}` must be a Unix time between 0 and {MAX_TIMESTAMP}"
-            )));
-        }
-    }
-    let to = q.to.unwrap_or_else(|| chrono::Utc::now().timestamp());
-    let from = q.from.unwrap_or(to - DEFAULT_SPAN_SECS);
-    if from < 0 {
-        return Err(bad_request("`from` must not be negative"));
-    }
-    if from >= to {
-        return Err(bad_request("`from` must be before `to`"));
-    }
-    let starts = bucket_starts(granularity, from, to)?;
-    let first = starts.first().copied().unwrap_or(from);
-    let stored: BTreeMap<i64, UsageCounters> = state
-        .store
-        .usage_series(dimension, &id, granularity, first, to)
-        .await
-        .map_err(store_error)?
-        .into_iter()
-        .collect();
-
+    let zone = parse_zone(q.tz.as_deref())?;
+    let (from, to) = parse_range(q.from, q.to, DEFAULT_SPAN_SECS)?;
+    let starts = bucket_starts(granularity, zone, from, to)?;
+    let now = chrono::Utc::now().timestamp();
+    let counters = report::series(
+        &*state.store,
+        dimension,
+        std::slice::from_ref(&id),
+        &report::Frame {
+            granularity,
+            zone,
+            starts: &starts,
+            to,
+        },
+        now,
+    )
+    .await
+    .map_err(store_error)?;
     // Dense: one entry per bucket, zeros where nothing was recorded, so charts need no gap logic.
-    let mut totals = UsageCounters::default();
-    let series: Vec<Value> = starts
-        .iter()
-        .map(|s| {
-            let c = stored.get(s).copied().unwrap_or_default();
-            totals.add(&c);
-            let mut m = Map::new();
-            m.insert("start".into(), Value::from(*s));
-            m.extend(counters_json(&c));
-            Value::Object(m)
-        })
-        .collect();
+    let (series, totals) = points(&starts, &counters);
     Ok(Json(json!({
         "dimension": dimension.as_str(),
         "id": id,
         "granularity": granularity.as_str(),
         "from": from,
         "to": to,
+        "tz": zone.name(),
         "totals": counters_json(&totals),
         "series": series,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct GlobalQuery {
+    granularity: Option<String>,
+    from: Option<i64>,
+    to: Option<i64>,
+    tz: Option<String>,
+}
+
+/// `GET /admin/api/usage/global`: the series of all usage together (the sum over models, which
+/// counts every request once).
+pub async fn global(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    query: Result<Query<GlobalQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    let granularity = parse_granularity(q.granularity.as_deref())?;
+    let zone = parse_zone(q.tz.as_deref())?;
+    let (from, to) = parse_range(q.from, q.to, DEFAULT_SPAN_SECS)?;
+    let starts = bucket_starts(granularity, zone, from, to)?;
+    let models: Vec<String> = state
+        .store
+        .usage_totals(Dimension::Model)
+        .await
+        .map_err(store_error)?
+        .into_keys()
+        .collect();
+    let now = chrono::Utc::now().timestamp();
+    let counters = report::series(
+        &*state.store,
+        Dimension::Model,
+        &models,
+        &report::Frame {
+            granularity,
+            zone,
+            starts: &starts,
+            to,
+        },
+        now,
+    )
+    .await
+    .map_err(store_error)?;
+    let (points, totals) = points(&starts, &counters);
+    Ok(Json(json!({
+        "granularity": granularity.as_str(),
+        "from": from,
+        "to": to,
+        "tz": zone.name(),
+        "points": points,
+        "totals": counters_json(&totals),
     }))
     .into_response())
 }
@@ -198,6 +265,7 @@ pub async fn summary(State(state): State<AdminState>, headers: HeaderMap) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::report::MAX_BUCKETS;
 
     #[test]
     fn counters_render_every_field_and_cost() {
@@ -216,11 +284,12 @@ mod tests {
 
     #[test]
     fn bucket_ranges_are_bounded_and_aligned() {
-        let s = bucket_starts(Granularity::Hour, 3_600 + 5, 3 * 3_600).unwrap();
+        let u = Zone::Utc;
+        let s = bucket_starts(Granularity::Hour, u, 3_600 + 5, 3 * 3_600).unwrap();
         assert_eq!(s, vec![3_600, 7_200]);
-        let s = bucket_starts(Granularity::Minute, 0, 60 * MAX_BUCKETS as i64).unwrap();
+        let s = bucket_starts(Granularity::Minute, u, 0, 60 * MAX_BUCKETS as i64).unwrap();
         assert_eq!(s.len(), MAX_BUCKETS);
-        assert!(bucket_starts(Granularity::Minute, 0, 60 * MAX_BUCKETS as i64 + 1).is_err());
+        assert!(bucket_starts(Granularity::Minute, u, 0, 60 * MAX_BUCKETS as i64 + 1).is_err());
         // The last accepted range ends without overflow at every granularity (huge `from`/`to`
         // overflowed the bucket arithmetic before they were bounded).
         for g in [
@@ -229,10 +298,10 @@ mod tests {
             Granularity::Day,
             Granularity::Month,
         ] {
-            assert!(bucket_starts(g, MAX_TIMESTAMP - 3_600, MAX_TIMESTAMP).is_ok());
+            assert!(bucket_starts(g, u, MAX_TIMESTAMP - 3_600, MAX_TIMESTAMP).is_ok());
         }
         // Calendar months: 2024-01-15 .. 2024-03-02 touches January, February and March.
-        let s = bucket_starts(Granularity::Month, 1_705_276_800, 1_709_337_600).unwrap();
+        let s = bucket_starts(Granularity::Month, u, 1_705_276_800, 1_709_337_600).unwrap();
         assert_eq!(s, vec![1_704_067_200, 1_706_745_600, 1_709_251_200]);
     }
 

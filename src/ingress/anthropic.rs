@@ -37,6 +37,7 @@ impl Ingress for AnthropicMessages {
                 "/v1/messages" => post_only(method, Endpoint::Messages),
                 "/v1/messages/count_tokens" => post_only(method, Endpoint::CountTokens),
                 "/v1/models" => get_only(method, Endpoint::Models(super::Scope::Any)),
+                "/v1/key/usage" => get_only(method, Endpoint::KeyUsage),
                 "/health" if prefix.is_empty() => match *method {
                     http::Method::GET | http::Method::HEAD => Endpoint::Health,
                     _ => Endpoint::MethodNotAllowed("GET"),

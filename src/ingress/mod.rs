@@ -57,6 +57,8 @@ pub enum Endpoint {
     Probe,
     /// `GET /health`
     Health,
+    /// `GET /v1/key/usage` (also under `/api`): the calling key's own usage, answered by the relay.
+    KeyUsage,
     /// Known path, wrong method.
     MethodNotAllowed(&'static str),
     NotFound,
@@ -83,6 +85,7 @@ impl Endpoint {
             Endpoint::CodeAssistSetup(_) => "code_assist_setup",
             Endpoint::Probe => "probe",
             Endpoint::Health => "health",
+            Endpoint::KeyUsage => "key_usage",
             Endpoint::MethodNotAllowed(_) => "method_not_allowed",
             Endpoint::NotFound => "not_found",
         }

@@ -325,6 +325,9 @@ async fn attempts(
                 );
             }
             let wire_model = prepared.wire_model.take().unwrap_or_else(|| upstream_model.clone());
+            if let Some(l) = ctx.live.as_mut() {
+                l.set_account(account.id.clone());
+            }
             if let Some(s) = ctx.settle.as_mut() {
                 s.account_id = Some(account.id.clone());
                 s.account_rt = Some(account.rt.clone());

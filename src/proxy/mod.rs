@@ -10,6 +10,7 @@ mod dispatch;
 pub mod error;
 mod headers;
 mod peer;
+mod self_service;
 mod settle;
 mod stats_page;
 
@@ -68,6 +69,10 @@ pub struct Relay {
     pub outcomes: crate::scheduler::attempts::Outcomes,
     /// The owner of background work (the shared write of an account's health).
     pub tasks: crate::lifecycle::Tasks,
+    /// Requests in flight and the last ones finished, for the admin's live view.
+    pub live: Arc<crate::usage::live::Live>,
+    /// The per-key budget of the self-service usage endpoint.
+    pub self_service: self_service::Budget,
 }
 
 /// The Pingora service.
@@ -85,6 +90,8 @@ pub struct RequestCtx {
     settle: Option<settle::Settle>,
     holds: Vec<Box<dyn Any + Send + Sync>>,
     in_flight: Option<InFlight>,
+    /// The request in the live view's in-flight counts.
+    live: Option<crate::usage::live::LiveGuard>,
     /// The body's facts, once parsed.
     facts: Option<RequestFacts>,
     /// The relay key came in `x-relay-key`: the request goes to `claude-passthrough` accounts
@@ -112,6 +119,7 @@ impl RequestCtx {
             settle: None,
             holds: Vec::new(),
             in_flight: None,
+            live: None,
             facts: None,
             passthrough: false,
         }
@@ -200,7 +208,8 @@ impl RelayProxy {
             Endpoint::Upgrade => {
                 return respond_error(relay, session, ctx, &RelayError::UpgradeRequired, ErrorSource::Relay).await;
             }
-            Endpoint::Messages
+            Endpoint::KeyUsage
+            | Endpoint::Messages
             | Endpoint::CountTokens
             | Endpoint::Models(_)
             | Endpoint::ModelInfo(_)
@@ -242,6 +251,21 @@ impl RelayProxy {
         };
         if let Some(rej) = rejection {
             return respond_error(relay, session, ctx, &RelayError::Rejected(rej), ErrorSource::Relay).await;
+        }
+
+        if route.endpoint == Endpoint::KeyUsage {
+            let query = session.req_header().uri.query().map(str::to_string);
+            let key = ctx.key.clone();
+            return match self_service::answer(relay, key.as_deref(), query.as_deref()).await {
+                Ok(body) => {
+                    ctx.status = 200;
+                    respond_json(session, 200, body).await
+                }
+                Err(e) => respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
+            };
+        }
+        if let Some(k) = &ctx.key {
+            ctx.live = Some(relay.live.start(k.id.clone()));
         }
 
         match route.endpoint {
@@ -371,7 +395,9 @@ fn estimate_request(
     use crate::usage::estimate;
     if policy.reserves_cost() && endpoint.is_billed() {
         let model = parsed.facts.model.as_deref().unwrap_or_default();
-        parsed.facts.reserve_nanos = estimate::reserve_nanos(&relay.pricing, model, body.len(), parsed.max_output);
+        let fast = parsed.facts.fast && endpoint == Endpoint::Messages;
+        parsed.facts.reserve_nanos =
+            estimate::reserve_nanos(&relay.pricing, model, body.len(), parsed.max_output, fast);
     }
     if let Some(limit) = policy.max_input_tokens
         && endpoint.is_billed()
@@ -657,6 +683,33 @@ impl ProxyHttp for RelayProxy {
                 holds: &ctx.holds,
             };
             self.0.chain.run_complete(&cx).await;
+        }
+        // Every relayed request (refused ones too) and every other request of a known key.
+        let live = ctx.live.take();
+        if live.is_some() || ctx.route.is_some_and(|r| r.endpoint.is_relayed()) {
+            let model = ctx
+                .settle
+                .as_ref()
+                .and_then(|s| s.upstream_model.as_deref().map(Arc::<str>::from))
+                .or_else(|| {
+                    ctx.facts
+                        .as_ref()
+                        .and_then(|f| f.model.as_deref())
+                        .map(Arc::<str>::from)
+                });
+            let tokens = ctx
+                .settle
+                .as_ref()
+                .map_or(0, |s| s.usage.total_input().saturating_add(s.usage.output));
+            self.0.live.finish(crate::usage::live::Recent {
+                at_ms: chrono::Utc::now().timestamp_millis(),
+                key: live.as_ref().and_then(|l| l.key().cloned()),
+                account: live.as_ref().and_then(|l| l.account().cloned()),
+                model,
+                status,
+                duration_ms: total.as_millis() as u64,
+                tokens,
+            });
         }
         ctx.settle.take();
         ctx.holds.clear();

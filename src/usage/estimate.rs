@@ -35,13 +35,23 @@ pub fn input_bound(body_len: usize) -> u64 {
 }
 
 /// The most a request of `model` with a body of `body_len` bytes and the output limit
-/// `max_output` is expected to cost (nano-USD); `None` when the model has no price.
-pub fn reserve_nanos(pricing: &PricingTable, model: &str, body_len: usize, max_output: Option<u64>) -> Option<u64> {
-    let usage = TokenUsage {
+/// `max_output` is expected to cost (nano-USD); `None` when the model has no price. A request that
+/// asks for fast mode is reserved at the model's fast price (the answer may be served fast).
+pub fn reserve_nanos(
+    pricing: &PricingTable,
+    model: &str,
+    body_len: usize,
+    max_output: Option<u64>,
+    fast: bool,
+) -> Option<u64> {
+    let mut usage = TokenUsage {
         input: input_bound(body_len),
         output: max_output.unwrap_or(DEFAULT_OUTPUT_TOKENS),
         ..TokenUsage::default()
     };
+    if fast {
+        usage.billing.speed = super::Speed::Fast;
+    }
     pricing.cost_nanos(model, &usage)
 }
 
@@ -98,20 +108,24 @@ mod tests {
         let price = pricing.lookup("claude-sonnet-4-5").unwrap().clone();
         let nanos = |usd_per_token: f64| usd_per_token * 1e9;
         // 100 bytes: 50 tokens of input; 16 of output.
-        let got = reserve_nanos(&pricing, "claude-sonnet-4-5", 100, Some(16)).unwrap() as f64;
+        let got = reserve_nanos(&pricing, "claude-sonnet-4-5", 100, Some(16), false).unwrap() as f64;
         let want = 50.0 * nanos(price.input) + 16.0 * nanos(price.output);
         assert!((got - want).abs() < 1.0, "{got} vs {want}");
         // No output limit: the default.
-        let got = reserve_nanos(&pricing, "claude-sonnet-4-5", 0, None).unwrap() as f64;
+        let got = reserve_nanos(&pricing, "claude-sonnet-4-5", 0, None, false).unwrap() as f64;
         assert!((got - DEFAULT_OUTPUT_TOKENS as f64 * nanos(price.output)).abs() < 1.0);
         // A prompt bound over the long-context threshold is priced at the tier.
         if let Some(lc) = &price.long_context {
             let len = (lc.above_tokens as usize + 10) * 2;
-            let got = reserve_nanos(&pricing, "claude-sonnet-4-5", len, Some(0)).unwrap() as f64;
+            let got = reserve_nanos(&pricing, "claude-sonnet-4-5", len, Some(0), false).unwrap() as f64;
             let want = input_bound(len) as f64 * nanos(lc.input.unwrap_or(price.input));
             assert!((got - want).abs() < 2.0, "{got} vs {want}");
         }
-        assert_eq!(reserve_nanos(&pricing, "no-such-model-xyz", 100, Some(16)), None);
+        assert_eq!(reserve_nanos(&pricing, "no-such-model-xyz", 100, Some(16), false), None);
+        // Fast mode is reserved at the fast price.
+        let standard = reserve_nanos(&pricing, "claude-opus-4-8", 100, Some(16), false).unwrap();
+        let fast = reserve_nanos(&pricing, "claude-opus-4-8", 100, Some(16), true).unwrap();
+        assert_eq!(fast, standard * 2);
     }
 
     #[test]

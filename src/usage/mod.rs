@@ -6,8 +6,10 @@
 
 pub mod estimate;
 pub mod gemini;
+pub mod live;
 pub mod openai;
 pub mod pricing;
+pub mod report;
 pub mod sessions;
 pub mod sse;
 pub mod stats;
