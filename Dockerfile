@@ -1,9 +1,18 @@
-# Multi-stage build: a Rust builder, then a small non-root runtime image.
+# Multi-stage build: the web panel (Node), a Rust builder that embeds it (cargo feature `panel`),
+# then a small non-root runtime image.
+FROM node:22-bookworm-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web/ ./
+RUN npm run build
+
 FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bin claude-relay && strip target/release/claude-relay
+COPY --from=web /web/dist web/dist
+RUN cargo build --release --bin claude-relay --features panel && strip target/release/claude-relay
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \

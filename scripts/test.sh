@@ -5,7 +5,8 @@
 # $HOME/.cache/claude-relay/venv first when missing, unless RELAY_SCHEMATHESIS names an `st`
 # binary), and the real OpenAI and Gemini clients (the openai and google-genai Python SDKs into
 # the same virtualenv, Codex CLI and Gemini CLI into $HOME/.cache/claude-relay/clients;
-# scripts/install-clients.sh) driven through the relay.
+# scripts/install-clients.sh) driven through the relay; the web panel is built (npm) and embedded
+# (`--features panel`), and its browser tests run in Debian's Chromium (installed with apt-get).
 #
 # Redis: the tests use the Redis at RELAY_TEST_REDIS_URL (default redis://127.0.0.1:6379/) when
 # one answers there. When none does (a fresh machine), or with RELAY_TEST_REDIS=private, this
@@ -90,8 +91,23 @@ if [ -z "${RELAY_SCHEMATHESIS:-}" ]; then
 fi
 # Likewise for the clients of tests/clients_openai.rs and tests/clients_gemini.rs.
 ./scripts/install-clients.sh || echo "test.sh: a client could not be installed; tests/clients_openai.rs or tests/clients_gemini.rs will fail" >&2
+# The web panel: its build (web/dist, embedded with the cargo feature `panel`) and the browser
+# tests (tests/panel_browser.rs: Debian's Chromium driven by playwright-core from web/node_modules).
+# Chromium comes from apt, never from a download script. RELAY_NO_PANEL=1 tests the relay alone.
+features=()
+if [ "${RELAY_NO_PANEL:-}" != 1 ]; then
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "test.sh: Debian's chromium is needed by tests/panel_browser.rs; installing it with apt-get" >&2
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } ||
+      echo "test.sh: chromium could not be installed; tests/panel_browser.rs will fail" >&2
+  fi
+  npm ci --prefix web --no-audit --no-fund
+  npm run build --prefix web
+  features=(--features panel)
+fi
 if command -v cargo-nextest >/dev/null; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "${features[@]}" "$@"
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "${features[@]}" "$@"
 fi

@@ -86,6 +86,10 @@ pub struct RawConfig {
     /// Peers whose `X-Forwarded-For` is believed when finding the client's IP (CIDR ranges).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Whether the relay listener serves the key self-service page at `/stats` (a binary built
+    /// with the cargo feature `panel`).
+    #[serde(default = "default_true")]
+    pub stats_page: bool,
     /// Where upstream providers are reached.
     #[serde(default)]
     pub providers: ProvidersConfig,
@@ -703,6 +707,8 @@ pub struct Config {
     pub api_keys: Vec<ConfiguredKey>,
     pub filters: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `stats_page`: the key self-service page at `/stats` on the relay listener.
+    pub stats_page: bool,
     pub providers: ProvidersConfig,
     pub connections: ConnectionsConfig,
     /// Address ranges upstream connections may not reach (`upstreams.deny_addresses`).
@@ -1205,6 +1211,7 @@ impl Config {
             api_keys,
             filters,
             trusted_proxies,
+            stats_page: raw.stats_page,
             providers: raw.providers,
             connections: raw.connections,
             deny_addresses,

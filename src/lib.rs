@@ -36,6 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
+pub mod panel;
 pub mod private_fs;
 pub mod providers;
 pub mod proxy;

@@ -24,6 +24,7 @@ const LEAVES: &[&str] = &[
     "metrics",
     "types",
     "outbound",
+    "panel",
     TEST_PROPS,
 ];
 

@@ -9,7 +9,7 @@
 //!
 //! Resources: client API keys ([`keys`]), upstream accounts ([`accounts`], with their scheduling
 //! fields and live health in [`scheduling`]), usage statistics ([`usage`]) and usage per client
-//! session of a key ([`sessions`]). Keys and accounts
+//! session of a key ([`sessions`]). The web panel is served under `/ui/` ([`ui`]). Keys and accounts
 //! from `relay.yaml` are listed read-only; those created here live in the store. Every write is
 //! announced to all instances and reloaded into this instance's snapshot before the answer, so the
 //! relay serves it at once. `GET /admin/api/openapi.json` describes every endpoint.
@@ -28,6 +28,7 @@ mod overview;
 mod routes;
 mod scheduling;
 mod sessions;
+mod ui;
 mod usage;
 mod usage_export;
 
@@ -113,7 +114,8 @@ impl BackgroundService for AdminService {
                 return;
             }
         };
-        let app = routes::router(self.state.clone());
+        // The panel's routes sit outside the API's JSON error shape: their errors are plain text.
+        let app = routes::router(self.state.clone()).merge(ui::router());
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.changed().await;

@@ -12,6 +12,7 @@ mod headers;
 mod peer;
 mod self_service;
 mod settle;
+mod stats_page;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -162,6 +163,16 @@ async fn respond_error(
 impl RelayProxy {
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<()> {
         let relay = &*self.0;
+        if relay.config.stats_page {
+            let req = session.req_header();
+            if matches!(req.method, http::Method::GET | http::Method::HEAD)
+                && let Some(rel) = stats_page::page_path(req.uri.path())
+            {
+                let rel = rel.to_string();
+                ctx.status = stats_page::respond(session, &rel).await?;
+                return Ok(());
+            }
+        }
         let route = {
             let req = session.req_header();
             crate::ingress::classify(&req.method, req.uri.path())

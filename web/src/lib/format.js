@@ -1,0 +1,36 @@
+import { i18n } from './i18n.js'
+
+const loc = () => i18n.global.locale.value
+export const num = (n) => new Intl.NumberFormat(loc()).format(n ?? 0)
+export const compact = (n) => new Intl.NumberFormat(loc(), { notation: 'compact', maximumFractionDigits: 1 }).format(n ?? 0)
+export const usd = (n) =>
+  new Intl.NumberFormat(loc(), { style: 'currency', currency: 'USD', minimumFractionDigits: 2, maximumFractionDigits: n && Math.abs(n) < 1 ? 4 : 2 }).format(n ?? 0)
+export function offset(d = new Date()) {
+  const m = -d.getTimezoneOffset()
+  const s = m >= 0 ? '+' : '-'
+  const a = Math.abs(m)
+  return `UTC${s}${String(Math.floor(a / 60)).padStart(2, '0')}:${String(a % 60).padStart(2, '0')}`
+}
+/** Local time with its UTC offset. */
+export function time(unixSeconds) {
+  if (unixSeconds == null) return '—'
+  const d = new Date(unixSeconds * 1000)
+  return `${new Intl.DateTimeFormat(loc(), { dateStyle: 'short', timeStyle: 'short' }).format(d)} (${offset(d)})`
+}
+export function bucketLabel(unixSeconds, granularity) {
+  const d = new Date(unixSeconds * 1000)
+  if (granularity === 'day' || granularity === 'month')
+    return new Intl.DateTimeFormat(loc(), { month: 'short', day: 'numeric', timeZone: 'UTC' }).format(d)
+  return new Intl.DateTimeFormat(loc(), { hour: '2-digit', minute: '2-digit' }).format(d)
+}
+export function countdown(untilMs, now = Date.now()) {
+  if (!untilMs) return ''
+  let s = Math.max(0, Math.round((untilMs - now) / 1000))
+  const h = Math.floor(s / 3600)
+  s -= h * 3600
+  const m = Math.floor(s / 60)
+  s -= m * 60
+  return h ? `${h}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`
+}
+export const tokens = (c) =>
+  (c?.input_tokens ?? 0) + (c?.output_tokens ?? 0) + (c?.cache_read_tokens ?? 0) + (c?.cache_write_5m_tokens ?? 0) + (c?.cache_write_1h_tokens ?? 0)
