@@ -381,9 +381,12 @@ async fn limits_peek(backend: Backend) {
     for _ in 0..2 {
         assert_eq!(call(&relay, &key, &[], BODY).await.status(), 200);
     }
+    // Both requests settled: their spend charged and their reservations freed (a request is
+    // settled just after its last byte reached the client).
     let l = eventually(|| async {
         let l = admin.get(&path).await;
-        (l.json["spend"]["daily"]["spent_usd"].as_f64().unwrap() > 0.0).then_some(l.json)
+        (l.json["spend"]["daily"]["spent_usd"].as_f64().unwrap() > 0.0 && l.json["reserved_usd"] == 0.0)
+            .then_some(l.json)
     })
     .await;
     assert_eq!(l["rate"]["requests"]["used"], 2, "{l}");
