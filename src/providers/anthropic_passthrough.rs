@@ -1,13 +1,11 @@
 //! `claude-passthrough` accounts: a route, not a credential. Each request goes to the account's
 //! Anthropic-compatible base URL with the client's own Anthropic credentials (its OAuth bearer
 //! or API key in `authorization` / `x-api-key`) exactly as the client sent them; the relay key
-//! that identified the team member came in `x-relay-key` and goes no further. The relay never
+//! that identified the team member came in `x-relay-key` (`filters::RELAY_KEY_HEADER`; the key
+//! auth filter refuses such a request without credentials of its own) and goes no further. The relay never
 //! stores these credentials and never judges the account by what the upstream said to them.
 
 use super::{Call, PrepareError, Prepared, Provider, ProviderEnv, Target, Wire, anthropic, request};
-
-/// The header a pass-through client names its relay key in.
-pub const RELAY_KEY_HEADER: &str = "x-relay-key";
 
 /// The client headers that carry its own Anthropic credentials.
 const CLIENT_CREDENTIALS: [&str; 2] = ["authorization", "x-api-key"];
@@ -60,13 +58,6 @@ impl Provider for Passthrough {
     fn forwards_client_credentials(&self) -> bool {
         true
     }
-}
-
-/// Whether the client has Anthropic credentials of its own to forward.
-pub fn has_client_credentials(headers: &http::HeaderMap) -> bool {
-    CLIENT_CREDENTIALS
-        .iter()
-        .any(|n| headers.get(*n).is_some_and(|v| !v.as_bytes().trim_ascii().is_empty()))
 }
 
 #[cfg(test)]
@@ -124,7 +115,5 @@ mod tests {
             Passthrough.prepare(&env, &call, &target),
             Err(PrepareError::Request(_))
         ));
-        assert!(!has_client_credentials(&bare.headers));
-        assert!(has_client_credentials(&c.headers));
     }
 }

@@ -32,7 +32,7 @@ const CLIENT_ONLY: [&str; 10] = [
     "x-goog-api-key",
     "api-key",
     "accept-encoding",
-    "x-relay-key",
+    filters::RELAY_KEY_HEADER,
 ];
 
 /// The header tokens a `Connection` header names as hop-by-hop.
