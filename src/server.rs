@@ -425,6 +425,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         cooldowns: config.scheduler.cooldowns.to_map(),
         live: live.clone(),
         self_service: Default::default(),
+        limits: limits.clone(),
     });
     tasks.spawn_loop("concurrency lease renewal", leases.renew_forever());
     // Each kind's background work sees only its own accounts: their tokens renew through its
@@ -473,6 +474,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         trusted: config.trusted_proxies.clone(),
     };
     let instance = relay.hop_id.clone();
+    tasks.spawn_loop(
+        "live view publishing",
+        crate::usage::live::publish_forever(live.clone(), coord.clone(), instance.clone()),
+    );
     let mut app = pingora::proxy::http_proxy(&server.configuration, RelayProxy(relay));
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.timeouts.keepalive_idle.0);
@@ -505,6 +510,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         limits: key_limits,
         oauth: oauth.clone(),
         instance,
+        coord: coord.clone(),
     };
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
     server.add_service(switch.wrap(admin));

@@ -49,7 +49,8 @@ fn local_midnight(ts: i64, offset: i64) -> i64 {
 async fn relay(store: &str) -> (MockUpstream, RelayProcess) {
     let mock = MockUpstream::start().await;
     let relay = RelayProcess::start(&format!(
-        "accounts:\n{}api_keys:\n  - {{ name: alice, key: {ALICE} }}\n  - {{ name: bob, key: {BOB} }}\n  \
+        "accounts:\n{}api_keys:\n  - {{ name: alice, key: {ALICE}, rate_limit: {{ window_minutes: 60, requests: 100 }}, \
+         cost_limits: {{ daily_usd: 50 }}, concurrency: {{ limit: 4 }} }}\n  - {{ name: bob, key: {BOB} }}\n  \
          - {{ name: old, key: {OLD}, expires_at: 2020-01-01T00:00:00Z }}\n  \
          - {{ name: gem, key: {GEM}, permissions: [gemini] }}\n\
          stats: {{ flush_interval: 200ms, self_service: {{ per_minute: 5 }} }}\n{store}",
@@ -331,6 +332,19 @@ async fn usage_views(store: &str) {
         .map(|p| p["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(sum, 3);
+    // Its limits with what they have used, as the admin's limits view shows them.
+    let l = &a["limits"];
+    assert_eq!(l["rate"]["requests"]["limit"], 100, "{a}");
+    assert_eq!(l["rate"]["requests"]["used"], 3, "{a}");
+    assert!(l["rate"]["resets_at"].as_i64().unwrap() > now(), "{a}");
+    let spent = l["spend"]["daily"]["spent_usd"].as_f64().unwrap();
+    assert!(spent > 0.0 && l["spend"]["daily"]["limit_usd"] == 50.0, "{a}");
+    assert_eq!(l["concurrency"], json!({"in_flight": 0, "limit": 4}), "{a}");
+    let admin_view = admin.get("/admin/api/keys/config.alice/limits").await;
+    assert_eq!(
+        admin_view.json["spend"]["daily"]["spent_usd"],
+        l["spend"]["daily"]["spent_usd"]
+    );
     let (s, b, _) = me("/v1/key/usage?granularity=day&tz=Asia/Shanghai", BOB, true).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["key"]["name"], "bob");
@@ -440,4 +454,75 @@ async fn live_shows_a_slow_stream() {
     assert!(r["tokens"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(l.json["last_minute"]["requests"], 2);
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Two instances on one Redis: the admin API of either shows the other's stream in flight, its
+/// finished request among the recent ones, and counts both instances.
+#[tokio::test]
+async fn live_merges_the_instances_of_one_redis() {
+    let prefix = redis_prefix();
+    let (_mock, a) = relay(&store_yaml(Some(&prefix))).await;
+    let (_mock_b, b) = relay(&store_yaml(Some(&prefix))).await;
+    let admin_b = Admin::login(&b).await;
+    let base = a.base();
+    let stream = tokio::spawn(async move {
+        let r = client()
+            .post(format!("{base}/v1/messages"))
+            .header("x-api-key", ALICE)
+            .header("content-type", "application/json")
+            .header("x-mock-chunk", "40")
+            .header("x-mock-chunk-delay-ms", "150")
+            .body(body(true))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        r.bytes().await.unwrap();
+        s
+    });
+    // Seen from B within the publishing interval (and the 10 s bound of `eventually`).
+    let l = eventually(|| async {
+        let l = admin_b.get("/admin/api/live").await;
+        (l.json["in_flight"]["total"] == 1).then_some(l)
+    })
+    .await;
+    assert_eq!(l.status, 200, "{}", l.text);
+    assert_eq!(l.json["partial"], false);
+    assert_eq!(l.json["instances"].as_array().unwrap().len(), 2, "{}", l.text);
+    assert_eq!(
+        l.json["instances"][0]["id"], l.json["instance"],
+        "the answering instance first"
+    );
+    assert_eq!(l.json["instances"][0]["in_flight"], 0, "{}", l.text);
+    assert_eq!(l.json["instances"][1]["in_flight"], 1, "{}", l.text);
+    assert_eq!(
+        l.json["in_flight"]["by_key"],
+        json!([{"id": "config.alice", "name": "alice", "n": 1}])
+    );
+    let o = admin_b.get("/admin/api/overview").await;
+    assert_eq!(o.json["instances"], 2, "{}", o.text);
+    assert_eq!(o.json["in_flight"], 1, "{}", o.text);
+    assert!(!stream.is_finished(), "the stream should still run");
+    assert_eq!(stream.await.unwrap(), 200);
+    assert_eq!(send(&b, BOB, false).await, 200);
+    let l = eventually(|| async {
+        let l = admin_b.get("/admin/api/live").await;
+        (l.json["in_flight"]["total"] == 0 && l.json["recent"].as_array().unwrap().len() == 2).then_some(l)
+    })
+    .await;
+    let recent = &l.json["recent"];
+    assert_eq!(
+        recent[0]["key"], "config.bob",
+        "newest first across instances: {recent}"
+    );
+    assert_eq!(recent[1]["key"], "config.alice", "{recent}");
+    assert_eq!(l.json["last_minute"]["requests"], 2);
+    drop(a);
+    // A stopped instance drops out once its last view expires.
+    eventually(|| async {
+        let o = admin_b.get("/admin/api/overview").await;
+        (o.json["instances"] == 1).then_some(())
+    })
+    .await;
+    redis_cleanup(&prefix).await;
 }

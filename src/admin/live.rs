@@ -1,5 +1,7 @@
 //! `GET /admin/api/live`: requests in flight by key and by account, counts of the last minute
-//! and the last requests, on the instance that answers (each instance keeps its own, in memory).
+//! and the last requests, of every instance together: this one's view as it stands, the others'
+//! as they last published it (each instance publishes its own every second; see
+//! `usage::live::publish_forever`), so another instance's figures may be a second old.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,11 +14,45 @@ use serde_json::{Value, json};
 
 use super::AdminState;
 use super::routes::{ApiError, authenticate};
+use crate::usage::live::LiveSnapshot;
+
+/// This instance's live view as it stands, then every other instance's last published one; and
+/// whether the others' could not be read.
+pub(super) async fn views(state: &AdminState, now_ms: i64) -> (Vec<(String, LiveSnapshot)>, bool) {
+    let mut views = vec![(state.instance.clone(), state.live.snapshot(now_ms))];
+    let mut partial = false;
+    match state.coord.instances_live(now_ms).await {
+        Ok(others) => {
+            for (instance, doc) in others {
+                if instance == state.instance {
+                    continue;
+                }
+                match serde_json::from_str::<LiveSnapshot>(&doc) {
+                    Ok(v) => views.push((instance, v)),
+                    Err(e) => tracing::warn!(instance = %instance, error = %e, "unreadable live view; ignored"),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the other instances' live views failed");
+            partial = true;
+        }
+    }
+    (views, partial)
+}
 
 pub async fn live(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let s = state.live.snapshot(now_ms);
+    let (views, partial) = views(&state, now_ms).await;
+    let instances: Vec<Value> = views
+        .iter()
+        .map(|(id, v)| {
+            let n: u64 = v.by_key.iter().map(|(_, n)| u64::from(*n)).sum();
+            json!({"id": id, "in_flight": n, "last_minute_requests": v.last_minute.requests})
+        })
+        .collect();
+    let s = LiveSnapshot::merge(views.iter().map(|(_, v)| v));
     let snap = state.snapshot.load();
     let key_names: HashMap<&str, &str> = snap.keys.iter().map(|(k, ..)| (&*k.id, &*k.name)).collect();
     let account_names: HashMap<&str, &str> = snap.pool.all().iter().map(|a| (&*a.id, &*a.name)).collect();
@@ -43,6 +79,8 @@ pub async fn live(State(state): State<AdminState>, headers: HeaderMap) -> Result
         .collect();
     Ok(Json(json!({
         "instance": state.instance,
+        "instances": instances,
+        "partial": partial,
         "in_flight": {
             "total": total,
             "by_key": list(&s.by_key, &key_names),

@@ -81,6 +81,8 @@ pub struct AdminState {
     pub oauth: crate::state::TokenEngines,
     /// This instance's id (its mark in `x-relay-hops`).
     pub instance: String,
+    /// What instances share: the live views of the others (`/live`).
+    pub coord: Arc<dyn crate::store::coord::Coordination>,
 }
 
 /// The background service that serves the admin router.

@@ -110,13 +110,19 @@ pub async fn overview(
         by_state.insert(s.into(), Value::from(n + 1));
     }
     let [yesterday_c, today_c] = [days[0], days[1]];
+    let (views, _) = super::live::views(&state, now_ms).await;
+    let in_flight: u64 = views
+        .iter()
+        .flat_map(|(_, v)| v.by_key.iter().map(|(_, n)| u64::from(*n)))
+        .sum();
     Ok(Json(json!({
         "tz": zone.name(),
         "today": counters_json(&today_c),
         "yesterday": counters_json(&yesterday_c),
         "rpm_5m": five.requests as f64 / 5.0,
         "tpm_5m": tokens as f64 / 5.0,
-        "in_flight": state.metrics.in_flight.get().max(0),
+        "in_flight": in_flight,
+        "instances": views.len(),
         "keys": {"active": active_keys, "total": snap.keys.len()},
         "accounts": {"total": snap.pool.all().len(), "by_state": by_state},
         "uptime_s": state.started.elapsed().as_secs(),

@@ -40,6 +40,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -73,6 +73,8 @@ pub struct Relay {
     pub live: Arc<crate::usage::live::Live>,
     /// The per-key budget of the self-service usage endpoint.
     pub self_service: self_service::Budget,
+    /// The key limit counters (also behind the filter chain), read by the self-service endpoint.
+    pub limits: Arc<dyn filters::LimitBackend>,
 }
 
 /// The Pingora service.

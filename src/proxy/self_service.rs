@@ -179,26 +179,13 @@ pub async fn answer(relay: &Relay, key: Option<&ClientKey>, query: Option<&str>)
         periods.insert(name.into(), Value::Object(counters(&sum)));
     }
 
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let peek = relay.limits.peek(key, now_ms).await.map_err(|e| {
+        tracing::warn!(error = %e, "self-service usage: reading the key's limit counters failed");
+        RelayError::Internal("the limit counters cannot be read right now".into())
+    })?;
+    let limits = crate::limits::view::limits(&key.policy, &peek, now_ms.div_euclid(1000));
     let p = &key.policy;
-    let rate = p.rate_limit.as_ref().map(|r| {
-        json!({
-            "window_s": r.window.as_secs(),
-            "rolling": r.rolling,
-            "requests": {"limit": r.requests},
-            "tokens": {"limit": r.tokens},
-            "cost_usd": {"limit": r.cost_nanos.map(|n| n as f64 / 1e9)},
-        })
-    });
-    let usd = |n: Option<u64>| n.map(|n| json!({"limit_usd": n as f64 / 1e9}));
-    let spend = p.cost_limits.as_ref().map(|c| {
-        json!({
-            "daily": usd(c.daily_nanos),
-            "weekly": usd(c.weekly_nanos),
-            "monthly": usd(c.monthly_nanos),
-            "total": usd(c.total_nanos),
-        })
-    });
-    let concurrency = p.concurrency.as_ref().map(|c| json!({"limit": c.limit}));
     let hint = relay
         .snapshot
         .load()
@@ -224,7 +211,7 @@ pub async fn answer(relay: &Relay, key: Option<&ClientKey>, query: Option<&str>)
             "permissions": permissions,
             "models": p.model_allowlist,
         },
-        "limits": {"rate": rate, "spend": spend, "concurrency": concurrency},
+        "limits": limits,
         "granularity": granularity.as_str(),
         "from": from,
         "to": to,

@@ -84,6 +84,12 @@ pub trait Coordination: Send + Sync + 'static {
     async fn clear_account_health(&self, account_id: &str) -> StoreResult<()>;
     /// Every entry still in force at `now_ms`.
     async fn account_health(&self, now_ms: i64) -> StoreResult<BTreeMap<String, AccountHealth>>;
+
+    /// Publishes an instance's live view (a JSON document) until `until_ms`; the next one
+    /// replaces it.
+    async fn put_instance_live(&self, instance: &str, doc: &str, until_ms: i64) -> StoreResult<()>;
+    /// The live view of every instance that published one still valid at `now_ms`, by instance.
+    async fn instances_live(&self, now_ms: i64) -> StoreResult<BTreeMap<String, String>>;
 }
 
 /// In-process coordination for the embedded backend (one instance).
@@ -92,6 +98,7 @@ pub struct MemoryCoordination {
     sticky: Mutex<HashMap<String, (String, Instant)>>,
     leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
     health: Mutex<BTreeMap<String, AccountHealth>>,
+    live: Mutex<BTreeMap<String, (i64, String)>>,
 }
 
 impl MemoryCoordination {
@@ -191,5 +198,16 @@ impl Coordination for MemoryCoordination {
         let mut map = lock(&self.health);
         map.retain(|_, h| h.active_at(now_ms));
         Ok(map.clone())
+    }
+
+    async fn put_instance_live(&self, instance: &str, doc: &str, until_ms: i64) -> StoreResult<()> {
+        lock(&self.live).insert(instance.to_string(), (until_ms, doc.to_string()));
+        Ok(())
+    }
+
+    async fn instances_live(&self, now_ms: i64) -> StoreResult<BTreeMap<String, String>> {
+        let mut map = lock(&self.live);
+        map.retain(|_, (until, _)| *until > now_ms);
+        Ok(map.iter().map(|(k, (_, doc))| (k.clone(), doc.clone())).collect())
     }
 }

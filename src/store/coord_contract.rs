@@ -22,6 +22,7 @@ pub async fn run_all(c: &dyn Coordination, ns: &str) -> Result<(), String> {
     sticky(c, ns).await?;
     leases(c, ns).await?;
     health(c, ns).await?;
+    live(c, ns).await?;
     Ok(())
 }
 
@@ -155,4 +156,28 @@ pub async fn health(c: &dyn Coordination, ns: &str) -> Result<(), String> {
     ok("clear b", c.clear_account_health(&b).await)?;
     let all = ok("list3", c.account_health(now).await)?;
     check(!all.contains_key(&a) && !all.contains_key(&b), "cleared")
+}
+
+pub async fn live(c: &dyn Coordination, ns: &str) -> Result<(), String> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let (a, b) = (format!("{ns}-instance-a"), format!("{ns}-instance-b"));
+    ok("put a", c.put_instance_live(&a, r#"{"n": 1}"#, now + 5_000).await)?;
+    ok("put b", c.put_instance_live(&b, "{}", now - 1).await)?;
+    let all = ok("list", c.instances_live(now).await)?;
+    check(
+        all.get(&a).map(String::as_str) == Some(r#"{"n": 1}"#),
+        "a view round-trips",
+    )?;
+    check(!all.contains_key(&b), "an expired view is not listed")?;
+    ok("replace a", c.put_instance_live(&a, r#"{"n": 2}"#, now + 5_000).await)?;
+    let all = ok("list2", c.instances_live(now).await)?;
+    check(
+        all.get(&a).map(String::as_str) == Some(r#"{"n": 2}"#),
+        "the next view replaces it",
+    )?;
+    let later = ok("list3", c.instances_live(now + 6_000).await)?;
+    check(
+        !later.contains_key(&a),
+        "a view expires when its instance stops publishing",
+    )
 }

@@ -55,6 +55,10 @@ impl RedisCoordination {
     fn health_key(&self) -> String {
         format!("{}health", self.prefix)
     }
+
+    fn live_key(&self) -> String {
+        format!("{}live", self.prefix)
+    }
 }
 
 #[async_trait]
@@ -177,6 +181,50 @@ impl Coordination for RedisCoordination {
             let _: Result<i64, _> = redis::cmd("HDEL")
                 .arg(self.health_key())
                 .arg(&expired)
+                .query_async(&mut c)
+                .await;
+        }
+        Ok(out)
+    }
+
+    async fn put_instance_live(&self, instance: &str, doc: &str, until_ms: i64) -> StoreResult<()> {
+        // One hash of every instance's view, each field `until_ms doc`; stale fields are dropped
+        // by the readers (as the health entries are).
+        let mut c = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(self.live_key())
+            .arg(instance)
+            .arg(format!("{until_ms} {doc}"))
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn instances_live(&self, now_ms: i64) -> StoreResult<BTreeMap<String, String>> {
+        let mut c = self.conn.clone();
+        let rows: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.live_key())
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let mut out = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (instance, value) in rows {
+            match value
+                .split_once(' ')
+                .and_then(|(u, doc)| Some((u.parse::<i64>().ok()?, doc)))
+            {
+                Some((until, doc)) if until > now_ms => {
+                    out.insert(instance, doc.to_string());
+                }
+                _ => stale.push(instance),
+            }
+        }
+        if !stale.is_empty() {
+            let _: Result<i64, _> = redis::cmd("HDEL")
+                .arg(self.live_key())
+                .arg(&stale)
                 .query_async(&mut c)
                 .await;
         }

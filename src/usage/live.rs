@@ -4,15 +4,30 @@
 //! Kept cheap on the hot path: a request takes one short lock when it starts, one when its
 //! account is chosen and one when it ends; the recent requests live in a fixed ring and the
 //! last minute in sixty one-second slots.
+//!
+//! Each instance publishes its [`LiveSnapshot`] through the coordination store every
+//! [`PUBLISH_EVERY`] (kept for [`PUBLISH_TTL`]), so the admin API of any instance answers for all
+//! of them together ([`LiveSnapshot::merge`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::coord::Coordination;
 
 /// How many finished requests the ring keeps.
 pub const RECENT: usize = 100;
 
+/// How often an instance publishes its live view for the others.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a published view counts: an instance that stopped publishing drops out after this.
+pub const PUBLISH_TTL: Duration = Duration::from_secs(5);
+
 /// One finished request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recent {
     /// Unix milliseconds at the end of the request.
     pub at_ms: i64,
@@ -57,7 +72,7 @@ pub struct Live {
 }
 
 /// Counts of the last sixty seconds.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastMinute {
     pub requests: u64,
     pub status_429: u64,
@@ -65,13 +80,46 @@ pub struct LastMinute {
 }
 
 /// A copy of the live state.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveSnapshot {
     pub by_key: Vec<(Arc<str>, u32)>,
     pub by_account: Vec<(Arc<str>, u32)>,
     pub last_minute: LastMinute,
     /// Newest first.
     pub recent: Vec<Recent>,
+}
+
+/// Most in flight first, then by id.
+fn sorted(m: HashMap<Arc<str>, u32>) -> Vec<(Arc<str>, u32)> {
+    let mut v: Vec<(Arc<str>, u32)> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+impl LiveSnapshot {
+    /// The views of several instances as one: in-flight counts and the last minute summed, the
+    /// newest [`RECENT`] requests of all.
+    pub fn merge<'a>(views: impl IntoIterator<Item = &'a LiveSnapshot>) -> LiveSnapshot {
+        let (mut by_key, mut by_account) = (HashMap::new(), HashMap::new());
+        let mut out = LiveSnapshot::default();
+        for v in views {
+            for (id, n) in &v.by_key {
+                *by_key.entry(id.clone()).or_insert(0) += n;
+            }
+            for (id, n) in &v.by_account {
+                *by_account.entry(id.clone()).or_insert(0) += n;
+            }
+            out.last_minute.requests += v.last_minute.requests;
+            out.last_minute.status_429 += v.last_minute.status_429;
+            out.last_minute.status_5xx += v.last_minute.status_5xx;
+            out.recent.extend(v.recent.iter().cloned());
+        }
+        out.by_key = sorted(by_key);
+        out.by_account = sorted(by_account);
+        out.recent.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
+        out.recent.truncate(RECENT);
+        out
+    }
 }
 
 fn dec(map: &mut HashMap<Arc<str>, u32>, id: &Arc<str>) {
@@ -132,16 +180,43 @@ impl Live {
             last_minute.status_429 += u64::from(s.status_429);
             last_minute.status_5xx += u64::from(s.status_5xx);
         }
-        let sorted = |m: &HashMap<Arc<str>, u32>| {
-            let mut v: Vec<(Arc<str>, u32)> = m.iter().map(|(k, n)| (k.clone(), *n)).collect();
-            v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            v
-        };
         LiveSnapshot {
-            by_key: sorted(&inner.by_key),
-            by_account: sorted(&inner.by_account),
+            by_key: sorted(inner.by_key.clone()),
+            by_account: sorted(inner.by_account.clone()),
             last_minute,
             recent: inner.recent.iter().rev().cloned().collect(),
+        }
+    }
+}
+
+/// Publishes `live`'s view as `instance`'s every [`PUBLISH_EVERY`], for the admin API of every
+/// instance ([`Coordination::instances_live`]). A failed write is logged and tried again at the
+/// next tick; the view then simply ages out for the others.
+pub async fn publish_forever(live: Arc<Live>, coord: Arc<dyn Coordination>, instance: String) {
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ttl = i64::try_from(PUBLISH_TTL.as_millis()).unwrap_or(i64::MAX);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let doc = match serde_json::to_string(&live.snapshot(now_ms)) {
+            Ok(doc) => doc,
+            Err(e) => {
+                tracing::warn!(error = %e, "the live view cannot be serialised");
+                continue;
+            }
+        };
+        match coord
+            .put_instance_live(&instance, &doc, now_ms.saturating_add(ttl))
+            .await
+        {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "publishing this instance's live view failed");
+            }
+            Err(_) => {}
         }
     }
 }
@@ -232,5 +307,29 @@ mod tests {
         assert_eq!(s.last_minute.requests, 60);
         assert_eq!(s.last_minute.status_429 + s.last_minute.status_5xx, 60);
         assert_eq!(live.snapshot(1_000_000 + 400 * 1000).last_minute.requests, 0);
+    }
+
+    #[test]
+    fn views_of_instances_merge_and_survive_json() {
+        let a = Arc::new(Live::default());
+        let b = Arc::new(Live::default());
+        let _g1 = a.start("k1".into());
+        let mut g2 = b.start("k1".into());
+        g2.set_account("acc".into());
+        let _g3 = b.start("k2".into());
+        for i in 0..80 {
+            a.finish(recent(10_000 + i * 2, 200));
+            b.finish(recent(10_001 + i * 2, 529));
+        }
+        let (sa, sb) = (a.snapshot(10_500), b.snapshot(10_500));
+        let sb: LiveSnapshot = serde_json::from_str(&serde_json::to_string(&sb).unwrap()).unwrap();
+        let m = LiveSnapshot::merge([&sa, &sb]);
+        assert_eq!(m.by_key, vec![("k1".into(), 2), ("k2".into(), 1)]);
+        assert_eq!(m.by_account, vec![("acc".into(), 1)]);
+        assert_eq!(m.last_minute.requests, 160);
+        assert_eq!(m.last_minute.status_5xx, 80);
+        assert_eq!(m.recent.len(), RECENT);
+        assert_eq!(m.recent[0].at_ms, 10_001 + 79 * 2, "newest first across instances");
+        assert!(m.recent.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
     }
 }
