@@ -3,7 +3,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use filters::LimitPeek;
@@ -13,7 +14,10 @@ use serde_json::{Map, Value, json};
 use super::AdminState;
 use super::keys::{self, stored_view};
 use super::routes::{ApiError, authenticate, bad_request, json_body, not_found, read_only, store_error, write};
+use super::usage::{DEFAULT_SPAN_SECS, counters_json, parse_range};
 use crate::secrets;
+use crate::store::Dimension;
+use crate::usage::report;
 
 fn usd(nanos: u64) -> f64 {
     nanos as f64 / 1e9
@@ -126,6 +130,55 @@ pub async fn rotate(
     let mut view = stored_view(&record, &last_used);
     view["key"] = Value::String(plaintext);
     Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ModelsQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+/// `GET /admin/api/keys/{id}/models`: the key's usage per model in `[from, to)` (whole hours
+/// while hours are kept, as `/usage/range` counts), most expensive first. Also answers for a
+/// deleted key whose usage remains.
+pub async fn models(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<ModelsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    let (from, to) = parse_range(q.from, q.to, DEFAULT_SPAN_SECS)?;
+    let prefix = Dimension::key_model_prefix(&id);
+    let subjects: Vec<String> = state
+        .store
+        .usage_totals(Dimension::KeyModel)
+        .await
+        .map_err(store_error)?
+        .into_keys()
+        .filter(|s| s.starts_with(&prefix))
+        .collect();
+    let now = chrono::Utc::now().timestamp();
+    let totals = report::range_totals(&*state.store, Dimension::KeyModel, &subjects, from, to, now)
+        .await
+        .map_err(store_error)?;
+    let mut rows: Vec<(&str, &crate::store::UsageCounters)> = totals
+        .iter()
+        .filter(|(_, c)| !c.is_zero())
+        .map(|(s, c)| (&s[prefix.len()..], c))
+        .collect();
+    rows.sort_by(|a, b| {
+        b.1.cost_nanos
+            .cmp(&a.1.cost_nanos)
+            .then(b.1.requests.cmp(&a.1.requests))
+            .then(a.0.cmp(b.0))
+    });
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(model, c)| json!({"model": model, "totals": counters_json(c)}))
+        .collect();
+    Ok(Json(json!({"id": id, "from": from, "to": to, "items": items})).into_response())
 }
 
 /// The most keys one batch may create or change.

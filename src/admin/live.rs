@@ -1,20 +1,32 @@
 //! `GET /admin/api/live`: requests in flight by key and by account, counts of the last minute
 //! and the last requests, on the instance that answers (each instance keeps its own, in memory).
+//! `?key=<id>` keeps only that key's requests in `recent`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate};
+use super::routes::{ApiError, authenticate, bad_request};
 
-pub async fn live(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+#[derive(serde::Deserialize)]
+pub struct LiveQuery {
+    key: Option<String>,
+}
+
+pub async fn live(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    query: Result<Query<LiveQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let s = state.live.snapshot(now_ms);
     let snap = state.snapshot.load();
@@ -29,6 +41,7 @@ pub async fn live(State(state): State<AdminState>, headers: HeaderMap) -> Result
     let recent: Vec<Value> = s
         .recent
         .iter()
+        .filter(|r| q.key.as_deref().is_none_or(|k| r.key.as_deref() == Some(k)))
         .map(|r| {
             json!({
                 "at": r.at_ms as f64 / 1000.0,

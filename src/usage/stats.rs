@@ -177,8 +177,14 @@ impl Folder {
             if let Some(a) = &f.account {
                 subjects.push((Dimension::Account, a));
             }
+            let key_model = Dimension::key_model_subject(&f.key, &f.model);
+            subjects.push((Dimension::KeyModel, &key_model));
             for (dimension, subject) in subjects {
                 for granularity in Granularity::ALL {
+                    // Per key and model, minutes would multiply the writes for no view that uses them.
+                    if dimension == Dimension::KeyModel && granularity == Granularity::Minute {
+                        continue;
+                    }
                     let k = BucketKey {
                         dimension,
                         subject: subject.to_string(),
