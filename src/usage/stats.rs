@@ -601,6 +601,37 @@ mod tests {
     }
 
     #[test]
+    fn usage_is_kept_per_key_and_model_without_minutes() {
+        let mut f = Folder::default();
+        let at = 1_700_006_400;
+        f.fold(event(at));
+        f.fold(event(at + 5));
+        f.fold(UsageEvent {
+            model: "claude-haiku-4-5".into(),
+            ..event(at + 10)
+        });
+        let mut out = HashMap::new();
+        f.expand_into(&mut out);
+        let per = |model: &str, g: Granularity| {
+            out.iter()
+                .find(|(k, _)| {
+                    k.dimension == Dimension::KeyModel
+                        && k.subject == Dimension::key_model_subject("k1", model)
+                        && k.granularity == g
+                })
+                .map(|(_, c)| c.requests)
+        };
+        assert_eq!(per("claude-sonnet-4-5", Granularity::Hour), Some(2));
+        assert_eq!(per("claude-sonnet-4-5", Granularity::Total), Some(2));
+        assert_eq!(per("claude-haiku-4-5", Granularity::Day), Some(1));
+        assert_eq!(per("claude-haiku-4-5", Granularity::Minute), None);
+        // The key's own prefix tells its subjects from those of a key whose id extends it.
+        let s = Dimension::key_model_subject("k1:x", "m");
+        assert!(!s.starts_with(&Dimension::key_model_prefix("k1")));
+        assert!(s.starts_with(&Dimension::key_model_prefix("k1:x")));
+    }
+
+    #[test]
     fn unknown_model_names_are_bounded_per_day() {
         let mut f = Folder::default();
         let day = 1_700_006_400; // a UTC midnight
