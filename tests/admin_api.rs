@@ -827,6 +827,7 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/me"),
         ("post", "/admin/api/keys/batch"),
         ("get", "/admin/api/keys/{id}/limits"),
+        ("get", "/admin/api/keys/{id}/models"),
         ("post", "/admin/api/keys/{id}/rotate"),
         ("get", "/admin/api/groups"),
         ("post", "/admin/api/groups/{name}/rename"),

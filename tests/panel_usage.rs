@@ -332,6 +332,14 @@ async fn usage_views(store: &str) {
         .map(|p| p["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(sum, 3);
+    // Its usage per model over the same range.
+    let by_model = a["by_model"].as_object().unwrap();
+    assert_eq!(by_model.len(), 1, "{a}");
+    assert_eq!(by_model["claude-sonnet-4-5"]["requests"], 3, "{a}");
+    assert_eq!(
+        by_model["claude-sonnet-4-5"]["cost_usd"], a["usage"]["today"]["cost_usd"],
+        "{a}"
+    );
     // Its limits with what they have used, as the admin's limits view shows them.
     let l = &a["limits"];
     assert_eq!(l["rate"]["requests"]["limit"], 100, "{a}");
@@ -525,4 +533,114 @@ async fn live_merges_the_instances_of_one_redis() {
     })
     .await;
     redis_cleanup(&prefix).await;
+}
+
+async fn send_model(relay: &RelayProcess, key: &str, model: &str) -> u16 {
+    let r = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(json!({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    r.bytes().await.unwrap();
+    s
+}
+
+/// A key's usage per model in a range, its recent requests on this instance, and what the panel
+/// needs to know about the instance (count, uptime, the relay's address).
+async fn key_detail(store: &str) {
+    let (_mock, relay) = relay(store).await;
+    let admin = Admin::login(&relay).await;
+    for model in ["claude-sonnet-4-5", "claude-sonnet-4-5", "claude-haiku-4-5"] {
+        assert_eq!(send_model(&relay, ALICE, model).await, 200);
+    }
+    assert_eq!(send_model(&relay, BOB, "claude-sonnet-4-5").await, 200);
+    let m = eventually(|| async {
+        let m = admin.get("/admin/api/keys/config.alice/models").await;
+        (m.json["items"].as_array().map(Vec::len) == Some(2)
+            && m.json["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["totals"]["requests"].as_u64().unwrap())
+                .sum::<u64>()
+                == 3)
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(m.status, 200, "{}", m.text);
+    assert_eq!(m.json["id"], "config.alice");
+    let by: std::collections::HashMap<&str, &Value> = m.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["model"].as_str().unwrap(), &i["totals"]))
+        .collect();
+    assert_eq!(by["claude-sonnet-4-5"]["requests"], 2, "{}", m.text);
+    assert_eq!(by["claude-haiku-4-5"]["requests"], 1, "{}", m.text);
+    assert!(by["claude-sonnet-4-5"]["output_tokens"].as_u64().unwrap() > 0);
+    // Most expensive first; the models' sums are the key's own total.
+    let costs: Vec<f64> = m.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["totals"]["cost_usd"].as_f64().unwrap())
+        .collect();
+    assert!(costs.windows(2).all(|w| w[0] >= w[1]), "{costs:?}");
+    let key = admin.get("/admin/api/usage/range?dimension=key&ids=config.alice").await;
+    let total = key.json["items"][0]["totals"]["cost_usd"].as_f64().unwrap();
+    assert!((costs.iter().sum::<f64>() - total).abs() < 1e-9, "{costs:?} {total}");
+    let b = admin.get("/admin/api/keys/config.bob/models").await;
+    assert_eq!(b.json["items"].as_array().unwrap().len(), 1, "{}", b.text);
+    assert_eq!(b.json["items"][0]["model"], "claude-sonnet-4-5");
+    // A range before the requests holds nothing; a bad range is refused in the API's shape.
+    let t = now();
+    let past = admin
+        .get(&format!(
+            "/admin/api/keys/config.alice/models?from={}&to={}",
+            t - 7200,
+            t - 3600
+        ))
+        .await;
+    assert_eq!(past.json["items"], json!([]), "{}", past.text);
+    let bad = admin.get("/admin/api/keys/config.alice/models?from=10&to=5").await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert!(bad.json["error"]["message"].is_string(), "{}", bad.text);
+    let none = admin.get("/admin/api/keys/nope/models").await;
+    assert_eq!(none.json["items"], json!([]));
+
+    // This instance's recent requests of one key.
+    let l = admin.get("/admin/api/live?key=config.bob").await;
+    assert_eq!(l.status, 200, "{}", l.text);
+    let recent = l.json["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 1, "{}", l.text);
+    assert_eq!(recent[0]["key"], "config.bob");
+    let l = admin.get("/admin/api/live?key=config.alice").await;
+    assert_eq!(l.json["recent"].as_array().unwrap().len(), 3, "{}", l.text);
+    let l = admin.get("/admin/api/live").await;
+    assert_eq!(l.json["recent"].as_array().unwrap().len(), 4, "{}", l.text);
+
+    let o = admin.get("/admin/api/overview").await;
+    assert_eq!(o.json["instances"], 1, "one instance, on either store: {}", o.text);
+    assert!(o.json["uptime_s"].is_u64());
+    let me = admin.get("/admin/api/me").await;
+    let port = relay.base().rsplit(':').next().unwrap().to_string();
+    let listen = me.json["relay_listen"].as_str().unwrap();
+    assert!(listen.ends_with(&format!(":{port}")), "{listen} vs {}", relay.base());
+}
+
+#[tokio::test]
+async fn key_detail_on_the_embedded_store() {
+    key_detail("").await;
+}
+
+#[tokio::test]
+async fn key_detail_on_redis() {
+    let p = redis_prefix();
+    key_detail(&store_yaml(Some(&p))).await;
+    redis_cleanup(&p).await;
 }

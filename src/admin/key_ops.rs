@@ -3,7 +3,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -12,7 +13,9 @@ use serde_json::{Map, Value, json};
 use super::AdminState;
 use super::keys::{self, stored_view};
 use super::routes::{ApiError, authenticate, bad_request, json_body, not_found, read_only, store_error, write};
+use super::usage::{DEFAULT_SPAN_SECS, counters_json, parse_range};
 use crate::secrets;
+use crate::usage::report;
 
 /// `GET /admin/api/keys/{id}/limits`: the key's windows, spend, slots and reservations as the
 /// limit backend holds them (this instance's memory, or Redis shared by all), read only.
@@ -75,6 +78,35 @@ pub async fn rotate(
     let mut view = stored_view(&record, &last_used);
     view["key"] = Value::String(plaintext);
     Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ModelsQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+/// `GET /admin/api/keys/{id}/models`: the key's usage per model in `[from, to)` (whole hours
+/// while hours are kept, as `/usage/range` counts), most expensive first. Also answers for a
+/// deleted key whose usage remains.
+pub async fn models(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<ModelsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    let (from, to) = parse_range(q.from, q.to, DEFAULT_SPAN_SECS)?;
+    let now = chrono::Utc::now().timestamp();
+    let rows = report::key_models(&*state.store, &id, from, to, now)
+        .await
+        .map_err(store_error)?;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(model, c)| json!({"model": model, "totals": counters_json(&c)}))
+        .collect();
+    Ok(Json(json!({"id": id, "from": from, "to": to, "items": items})).into_response())
 }
 
 /// The most keys one batch may create or change.

@@ -2,18 +2,20 @@
 //! and the last requests, of every instance together: this one's view as it stands, the others'
 //! as they last published it (each instance publishes its own every second; see
 //! `usage::live::publish_forever`), so another instance's figures may be a second old.
+//! `?key=<id>` keeps only that key's requests in `recent`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate};
+use super::routes::{ApiError, authenticate, bad_request};
 use crate::usage::live::LiveSnapshot;
 
 /// This instance's live view as it stands, then every other instance's last published one; and
@@ -41,8 +43,18 @@ pub(super) async fn views(state: &AdminState, now_ms: i64) -> (Vec<(String, Live
     (views, partial)
 }
 
-pub async fn live(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+#[derive(serde::Deserialize)]
+pub struct LiveQuery {
+    key: Option<String>,
+}
+
+pub async fn live(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    query: Result<Query<LiveQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     authenticate(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let (views, partial) = views(&state, now_ms).await;
     let instances: Vec<Value> = views
@@ -65,6 +77,7 @@ pub async fn live(State(state): State<AdminState>, headers: HeaderMap) -> Result
     let recent: Vec<Value> = s
         .recent
         .iter()
+        .filter(|r| q.key.as_deref().is_none_or(|k| r.key.as_deref() == Some(k)))
         .map(|r| {
             json!({
                 "at": r.at_ms as f64 / 1000.0,

@@ -126,6 +126,8 @@ pub async fn overview(
         "keys": {"active": active_keys, "total": snap.keys.len()},
         "accounts": {"total": snap.pool.all().len(), "by_state": by_state},
         "uptime_s": state.started.elapsed().as_secs(),
+        // Instances on a shared store keep no registry of each other: the count is only known
+        // when the store is this instance's own.
         "version": env!("CARGO_PKG_VERSION"),
         "instance": state.instance,
     }))

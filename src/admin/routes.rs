@@ -42,6 +42,7 @@ pub fn router(state: AdminState) -> Router {
             get(keys::get).patch(keys::update).delete(keys::delete),
         )
         .route("/admin/api/keys/{id}/limits", get(key_ops::limits))
+        .route("/admin/api/keys/{id}/models", get(key_ops::models))
         .route("/admin/api/keys/{id}/rotate", post(key_ops::rotate))
         .route("/admin/api/keys/{id}/sessions", get(sessions::list))
         .route("/admin/api/keys/{id}/sessions/{session_id}", get(sessions::get))
@@ -432,6 +433,7 @@ async fn me(State(state): State<AdminState>, headers: HeaderMap) -> Result<Respo
         "expires_at": expires_at,
         "version": env!("CARGO_PKG_VERSION"),
         "instance": state.instance,
+        "relay_listen": state.config.listen.to_string(),
     }))
     .into_response())
 }

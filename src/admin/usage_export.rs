@@ -64,7 +64,7 @@ fn names(state: &AdminState, dimension: Dimension) -> HashMap<String, String> {
             .iter()
             .map(|a| (a.id.to_string(), a.name.to_string()))
             .collect(),
-        Dimension::Model => HashMap::new(),
+        Dimension::Model | Dimension::KeyModel => HashMap::new(),
     }
 }
 

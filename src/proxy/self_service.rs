@@ -179,6 +179,15 @@ pub async fn answer(relay: &Relay, key: Option<&ClientKey>, query: Option<&str>)
         periods.insert(name.into(), Value::Object(counters(&sum)));
     }
 
+    // The range's usage per model (as the series counts it: whole hours while they are kept).
+    let mut by_model = Map::new();
+    for (model, c) in report::key_models(store, &key.id, from, to, now)
+        .await
+        .map_err(store_failed)?
+    {
+        by_model.insert(model, Value::Object(counters(&c)));
+    }
+
     let now_ms = chrono::Utc::now().timestamp_millis();
     let peek = relay.limits.peek(key, now_ms).await.map_err(|e| {
         tracing::warn!(error = %e, "self-service usage: reading the key's limit counters failed");
@@ -218,7 +227,7 @@ pub async fn answer(relay: &Relay, key: Option<&ClientKey>, query: Option<&str>)
         "tz": zone.name(),
         "usage": periods,
         "series": series,
-        "by_model": {},
+        "by_model": by_model,
     });
     Ok(Bytes::from(body.to_string()))
 }

@@ -968,11 +968,12 @@ fn dimension_code(d: Dimension) -> u8 {
         Dimension::Key => 0,
         Dimension::Account => 1,
         Dimension::Model => 2,
+        Dimension::KeyModel => 3,
     }
 }
 
 fn dimension_from_code(c: u8) -> Option<Dimension> {
-    Dimension::ALL.into_iter().find(|d| dimension_code(*d) == c)
+    Dimension::STORED.into_iter().find(|d| dimension_code(*d) == c)
 }
 
 fn granularity_code(g: Granularity) -> u8 {

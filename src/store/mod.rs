@@ -306,16 +306,40 @@ pub enum Dimension {
     Key,
     Account,
     Model,
+    /// One model's usage under one key: the subject is [`Dimension::key_model_subject`]. Kept
+    /// in hour, day, month and total buckets (no minutes).
+    #[serde(rename = "key_model")]
+    KeyModel,
 }
 
 impl Dimension {
+    /// The dimensions every request is counted under once each.
     pub const ALL: [Dimension; 3] = [Dimension::Key, Dimension::Account, Dimension::Model];
+    /// Every dimension the store keeps.
+    pub const STORED: [Dimension; 4] = [
+        Dimension::Key,
+        Dimension::Account,
+        Dimension::Model,
+        Dimension::KeyModel,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Dimension::Key => "key",
             Dimension::Account => "account",
             Dimension::Model => "model",
+            Dimension::KeyModel => "key_model",
         }
+    }
+
+    /// The subject of `model` under `key_id` in [`Dimension::KeyModel`]: it starts with
+    /// [`Dimension::key_model_prefix`], whose length field makes it unambiguous whatever the id holds.
+    pub fn key_model_subject(key_id: &str, model: &str) -> String {
+        format!("{}{model}", Self::key_model_prefix(key_id))
+    }
+
+    /// What the [`Dimension::KeyModel`] subjects of one key start with.
+    pub fn key_model_prefix(key_id: &str) -> String {
+        format!("{}:{key_id}:", key_id.len())
     }
 }
 

@@ -295,6 +295,37 @@ pub async fn series(
     Ok(out)
 }
 
+/// One key's usage per model in `[from, to)` (counted as [`range_totals`] counts), most
+/// expensive first, then most requests, then by name; models without usage in the range left out.
+pub async fn key_models(
+    store: &dyn Store,
+    key_id: &str,
+    from: i64,
+    to: i64,
+    now: i64,
+) -> Result<Vec<(String, UsageCounters)>, StoreError> {
+    let prefix = Dimension::key_model_prefix(key_id);
+    let subjects: Vec<String> = store
+        .usage_totals(Dimension::KeyModel)
+        .await?
+        .into_keys()
+        .filter(|s| s.starts_with(&prefix))
+        .collect();
+    let totals = range_totals(store, Dimension::KeyModel, &subjects, from, to, now).await?;
+    let mut rows: Vec<(String, UsageCounters)> = totals
+        .into_iter()
+        .filter(|(_, c)| !c.is_zero())
+        .map(|(s, c)| (s[prefix.len()..].to_string(), c))
+        .collect();
+    rows.sort_by(|a, b| {
+        b.1.cost_nanos
+            .cmp(&a.1.cost_nanos)
+            .then(b.1.requests.cmp(&a.1.requests))
+            .then(a.0.cmp(&b.0))
+    });
+    Ok(rows)
+}
+
 /// The usage of each subject in `[from, to)`: whole hours that start in the range while hour
 /// buckets are kept (31 days), whole UTC days before, and before the day retention (400 days)
 /// whole calendar months that start in the range.

@@ -177,8 +177,14 @@ impl Folder {
             if let Some(a) = &f.account {
                 subjects.push((Dimension::Account, a));
             }
+            let key_model = Dimension::key_model_subject(&f.key, &f.model);
+            subjects.push((Dimension::KeyModel, &key_model));
             for (dimension, subject) in subjects {
                 for granularity in Granularity::ALL {
+                    // Per key and model, minutes would multiply the writes for no view that uses them.
+                    if dimension == Dimension::KeyModel && granularity == Granularity::Minute {
+                        continue;
+                    }
                     let k = BucketKey {
                         dimension,
                         subject: subject.to_string(),
@@ -592,6 +598,37 @@ mod tests {
             model_known: false,
             session: None,
         }
+    }
+
+    #[test]
+    fn usage_is_kept_per_key_and_model_without_minutes() {
+        let mut f = Folder::default();
+        let at = 1_700_006_400;
+        f.fold(event(at));
+        f.fold(event(at + 5));
+        f.fold(UsageEvent {
+            model: "claude-haiku-4-5".into(),
+            ..event(at + 10)
+        });
+        let mut out = HashMap::new();
+        f.expand_into(&mut out);
+        let per = |model: &str, g: Granularity| {
+            out.iter()
+                .find(|(k, _)| {
+                    k.dimension == Dimension::KeyModel
+                        && k.subject == Dimension::key_model_subject("k1", model)
+                        && k.granularity == g
+                })
+                .map(|(_, c)| c.requests)
+        };
+        assert_eq!(per("claude-sonnet-4-5", Granularity::Hour), Some(2));
+        assert_eq!(per("claude-sonnet-4-5", Granularity::Total), Some(2));
+        assert_eq!(per("claude-haiku-4-5", Granularity::Day), Some(1));
+        assert_eq!(per("claude-haiku-4-5", Granularity::Minute), None);
+        // The key's own prefix tells its subjects from those of a key whose id extends it.
+        let s = Dimension::key_model_subject("k1:x", "m");
+        assert!(!s.starts_with(&Dimension::key_model_prefix("k1")));
+        assert!(s.starts_with(&Dimension::key_model_prefix("k1:x")));
     }
 
     #[test]

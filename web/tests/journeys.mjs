@@ -125,6 +125,11 @@ await journey('3 overview numbers: 50 requests, seeded $, 2 models, range switch
     await p.click('[data-range="7d"]')
   }
   await p.click('[data-range="24h"]')
+  // Instances and uptime; no infinite percentage when yesterday had nothing.
+  await p.locator('[data-card=instances] [data-instances]', { hasText: /^1$/ }).waitFor()
+  assert.match(await p.locator('[data-card=instances] [data-uptime]').innerText(), /^\d+(s|m \d+s|h \d+m|d \d+h)$/)
+  const deltas = await p.locator('[data-delta]').allInnerTexts()
+  assert.ok(deltas.length > 0 && deltas.every((d) => !d.includes('∞')), `deltas: ${deltas}`)
 })
 
 await journey('2 session expiry: revoked server-side, back to the same page after login', async () => {
@@ -155,6 +160,8 @@ await journey('5 create key: every limit, plaintext shown once with snippet, the
   assert.match(plain, /^cr_[0-9a-f]{64}$/)
   carolKey = plain
   assert.ok((await p.locator('[data-test=snippet]').innerText()).includes(plain))
+  // The relay's own address (from /me), not a guess on port 3000.
+  await p.waitForFunction((r) => document.querySelector('[data-test=snippet]')?.innerText.includes(`ANTHROPIC_BASE_URL=${r}/api`), RELAY)
   await p.click('[data-test=done]')
   const row = p.locator('tr[data-key=carol]')
   await row.waitFor()
@@ -189,6 +196,60 @@ await journey('7 config items: lock, edit and delete disabled with a tooltip nam
   await acc.locator('[data-test=locked]').waitFor()
   assert.ok(await acc.locator('[data-test=delete]').isDisabled())
   assert.match(await acc.locator('[data-test=locked]').getAttribute('title'), /relay\.yaml/)
+})
+
+await journey('7b bulk actions: select all but config keys, disable, enable, delete with confirm', async () => {
+  const token = await p.evaluate(() => sessionStorage.getItem('relay.token'))
+  const made = await adminApi(token, 'POST', '/keys/batch', { create: { count: 2, name_prefix: 'bulk' } })
+  assert.equal(made.status, 200)
+  await p.goto(`${ADMIN}/ui/keys`)
+  await p.locator('tr[data-key=bulk2]').waitFor()
+  assert.ok(await p.locator('tr[data-key=alice] [data-test=select]').isDisabled(), 'a relay.yaml key is selectable')
+  await p.click('[data-test=select-all]')
+  const n = await p.locator('[data-test=select]:checked').count()
+  assert.ok(n >= 3, `selected ${n}`)
+  assert.equal(await p.locator('tr[data-key=alice] [data-test=select]').isChecked(), false)
+  await p.locator('[data-test=bulk-count]', { hasText: String(n) }).waitFor()
+  await p.click('[data-test=bulk-disable]')
+  await p.locator('[role=status]', { hasText: `${n} succeeded, 0 failed` }).waitFor()
+  await p.locator('tr[data-key=bulk1] [data-test=status]', { hasText: 'Disabled' }).waitFor()
+  await p.locator('tr[data-key=bob] [data-test=status]', { hasText: 'Disabled' }).waitFor()
+  assert.equal(await p.locator('[data-test=bulk-bar]').count(), 0, 'selection kept after success')
+  await p.click('[data-test=select-all]')
+  await p.click('[data-test=bulk-enable]')
+  await p.locator('tr[data-key=bob] [data-test=status]', { hasText: 'Active' }).waitFor()
+  await p.locator('tr[data-key=bulk2] [data-test=status]', { hasText: 'Active' }).waitFor()
+  // The server refuses a relay.yaml key in a batch; the page reports it.
+  const refused = await adminApi(token, 'POST', '/keys/batch', { ids: ['config.alice'], delete: true })
+  assert.equal(refused.json.results[0].ok, false)
+  await p.locator('tr[data-key=bulk1] [data-test=select]').check()
+  await p.locator('tr[data-key=bulk2] [data-test=select]').check()
+  let asked = ''
+  p.once('dialog', (d) => { asked = d.message(); d.accept() })
+  await p.click('[data-test=bulk-delete]')
+  await p.locator('[role=status]', { hasText: '2 succeeded, 0 failed' }).waitFor()
+  assert.match(asked, /2 keys/)
+  await p.locator('tr[data-key=bulk1]').waitFor({ state: 'detached' })
+  assert.equal(await p.locator('tr[data-key=bulk2]').count(), 0)
+  assert.equal(await p.locator('tr[data-key=alice]').count(), 1)
+})
+
+await journey('7c key detail: usage chart, per-model table, recent requests, limit state', async () => {
+  await p.goto(`${ADMIN}/ui/keys`)
+  await p.locator('tr[data-key=alice] [data-test=open-detail]').click()
+  const d = p.locator('[data-test=key-detail]')
+  await d.locator('[data-test=detail-usage] canvas').waitFor()
+  await d.locator('[data-tab=models]').click()
+  await d.locator('[data-test=detail-models] tr[data-model]').first().waitFor()
+  const models = await d.locator('[data-test=detail-models] tr[data-model]').count()
+  assert.equal(models, 2, 'alice used both seeded models')
+  const reqs = await d.locator('[data-test=detail-models] [data-requests]').allInnerTexts()
+  assert.equal(reqs.reduce((n, r) => n + Number(r.replace(/[^0-9]/g, '')), 0), 25, `per-model requests ${reqs}`)
+  await d.locator('[data-tab=recent]').click()
+  await d.locator('[data-test=detail-recent] tr[data-recent]').first().waitFor()
+  await d.locator('[data-tab=limits]').click()
+  await d.locator('[data-test=limit-bars]').waitFor()
+  await p.goto(`${ADMIN}/ui/keys`)
 })
 
 await journey('8 console account: bad URL inline error, valid one active with a masked key', async () => {
@@ -274,8 +335,33 @@ await journey('12 explorer: the table matches the API and the CSV matches the ta
   assert.deepEqual(csv[0].split(',').slice(1), subjects.slice(1))
   const sum = csv.slice(1).reduce((n, l) => n + Number(l.split(',')[col]), 0)
   assert.equal(sum, 25)
+  // The server's CSV of the same parameters: per subject, its rows and their sum match the table.
+  const ids = await p.locator('[data-test=usage-table] thead th[data-id]').evaluateAll((ths) => ths.map((t) => t.dataset.id))
+  const tableRows = await p.locator('[data-test=usage-table] tbody tr').count()
+  const totals = await p.locator('[data-test=usage-table] tfoot tr').first().locator('th').allInnerTexts()
+  const [sdl] = await Promise.all([p.waitForEvent('download'), p.click('[data-test=csv-server]')])
+  const server = readFileSync(await sdl.path(), 'utf8').trim().split('\n').map((l) => l.split(','))
+  const si = server[0].indexOf('subject')
+  const ri = server[0].indexOf('requests')
+  ids.forEach((id, i) => {
+    const rows = server.slice(1).filter((r) => r[si] === id)
+    assert.equal(rows.length, tableRows, `server CSV rows of ${id}`)
+    assert.equal(rows.reduce((n, r) => n + Number(r[ri]), 0), Number(totals[i + 1].replace(/[^0-9]/g, '')), `server CSV sum of ${id}`)
+  })
+  // A time zone is sent: day buckets start at its midnight, and the totals stay.
   await p.selectOption('select[name=granularity]', 'day')
   await p.waitForFunction(() => document.querySelectorAll('[data-test=usage-table] tbody tr').length <= 2)
+  await p.selectOption('select[name=tz]', 'Pacific/Kiritimati')
+  await p.locator('[data-test=usage-table] tfoot th').nth(col).filter({ hasText: /^25$/ }).waitFor()
+  const [zdl] = await Promise.all([p.waitForEvent('download'), p.click('[data-test=csv-server]')])
+  const zoned = readFileSync(await zdl.path(), 'utf8').trim().split('\n')
+  assert.match(zoned[1].split(',')[0], /T00:00:00\+14:00$/, `zoned CSV: ${zoned[1]}`)
+  // The previous period beside the current one.
+  await p.check('input[name=compare]')
+  await p.locator('[data-test=usage-table] [data-test=previous] td').nth(col - 1).filter({ hasText: /^0$/ }).waitFor()
+  assert.equal(await p.locator('[data-test=usage-table] [data-test=change] td').nth(col - 1).innerText(), 'new')
+  await p.uncheck('input[name=compare]')
+  await p.selectOption('select[name=tz]', 'UTC')
 })
 
 await journey('13 live: shows the numbers or a clear not-available state', async () => {

@@ -17,11 +17,12 @@ export function time(unixSeconds) {
   const d = new Date(unixSeconds * 1000)
   return `${new Intl.DateTimeFormat(loc(), { dateStyle: 'short', timeStyle: 'short' }).format(d)} (${offset(d)})`
 }
-export function bucketLabel(unixSeconds, granularity) {
+/** A bucket's label; days in `tz` (default UTC, as the server buckets them without `tz`), times in `tz` or local. */
+export function bucketLabel(unixSeconds, granularity, tz) {
   const d = new Date(unixSeconds * 1000)
   if (granularity === 'day' || granularity === 'month')
-    return new Intl.DateTimeFormat(loc(), { month: 'short', day: 'numeric', timeZone: 'UTC' }).format(d)
-  return new Intl.DateTimeFormat(loc(), { hour: '2-digit', minute: '2-digit' }).format(d)
+    return new Intl.DateTimeFormat(loc(), { month: 'short', day: 'numeric', timeZone: tz || 'UTC' }).format(d)
+  return new Intl.DateTimeFormat(loc(), { hour: '2-digit', minute: '2-digit', timeZone: tz || undefined }).format(d)
 }
 export function countdown(untilMs, now = Date.now()) {
   if (!untilMs) return ''
@@ -34,3 +35,11 @@ export function countdown(untilMs, now = Date.now()) {
 }
 export const tokens = (c) =>
   (c?.input_tokens ?? 0) + (c?.output_tokens ?? 0) + (c?.cache_read_tokens ?? 0) + (c?.cache_write_5m_tokens ?? 0) + (c?.cache_write_1h_tokens ?? 0)
+/** A length of time in seconds, in its two largest units (`3d 4h`, `2h 5m`, `42s`). */
+export function duration(s) {
+  s = Math.max(0, Math.floor(s ?? 0))
+  const d = Math.floor(s / 86400)
+  const h = Math.floor((s % 86400) / 3600)
+  const m = Math.floor((s % 3600) / 60)
+  return d ? `${d}d ${h}h` : h ? `${h}h ${m}m` : m ? `${m}m ${s % 60}s` : `${s}s`
+}

@@ -1,7 +1,31 @@
 // Setup snippets for the three CLIs, with the relay's public URL filled in (paths as in the README).
-export function relayBase() {
-  // The relay listener is not the admin listener; the admin page can only guess it from its own host.
-  return localStorage.getItem('relay.public_url') || `${location.protocol}//${location.hostname}:3000`
+import { optional } from './api.js'
+
+/**
+ * The relay's URL for the snippets: the one the admin saved, else the relay listener's address as
+ * `/me` gives it (`listen`; a wildcard host means this page's host), else a guess on port 3000.
+ */
+export function relayBase(listen) {
+  const saved = localStorage.getItem('relay.public_url')
+  if (saved) return saved
+  const m = /^(.*):(\d+)$/.exec(listen || '')
+  if (!m) return `http://${location.hostname}:3000`
+  let host = m[1]
+  if (['0.0.0.0', '[::]', '::'].includes(host)) host = location.hostname.includes(':') ? `[${location.hostname}]` : location.hostname
+  // The relay listener speaks plain HTTP; behind a TLS proxy the admin saves the public URL.
+  return `http://${host}:${m[2]}`
+}
+let listen
+/** The relay listener's address from `/me`, asked once per page load (null on older servers). */
+export function relayListen() {
+  listen ??= optional('/me')
+    .then((me) => me?.relay_listen || null)
+    .catch(() => null)
+    .then((l) => {
+      if (!l) listen = undefined
+      return l
+    })
+  return listen
 }
 export function snippets(base, key) {
   return {
