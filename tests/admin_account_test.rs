@@ -1,6 +1,6 @@
 //! `POST /admin/api/accounts/{id}/test` through HTTP against the real binary: the NDJSON lines of
 //! a test in order with the reply text a mock upstream streamed, the account's model map applied,
-//! an upstream refusal reported without touching the account's health, the OpenAI wire through
+//! an upstream refusal reported without touching the account's health, the OpenAI and Gemini wires through
 //! the same seam, an account behind an outbound proxy, and the requests refused before anything
 //! is sent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -239,4 +239,31 @@ async fn an_unreachable_upstream_is_an_error_line() {
     assert_eq!(types(&lines), ["start", "error"], "{lines:?}");
     assert!(lines[1]["message"].as_str().unwrap().contains("connect"), "{lines:?}");
     assert_eq!(admin.account("config.main").await["health"]["state"], "active");
+}
+
+#[tokio::test]
+async fn a_gemini_api_account_is_tested_with_its_default_model() {
+    let mock = support::gemini_mock::GeminiMock::start().await;
+    let relay = RelayProcess::start(&format!(
+        "accounts:\n  - {{ name: gem, kind: gemini-api, base_url: \"{}\", api_key: {} }}\n",
+        mock.url(),
+        support::gemini_mock::API_KEY
+    ))
+    .await;
+    let (status, _, lines) = run_test(&relay, "config.gem", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(lines[0]["model"], "gemini-2.5-flash", "{lines:?}");
+    assert_eq!(lines[1]["status"], 200, "{lines:?}");
+    assert_eq!(joined_text(&lines), mock.text());
+    let done = lines.last().unwrap();
+    assert_eq!(done["ok"], true, "{done}");
+    assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0, "{done}");
+    let generations = mock.generations();
+    assert_eq!(generations.len(), 1);
+    assert!(
+        generations[0].path.contains("gemini-2.5-flash:streamGenerateContent"),
+        "{}",
+        generations[0].path
+    );
+    assert_eq!(generations[0].query.as_deref(), Some("alt=sse"));
 }
