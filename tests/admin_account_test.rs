@@ -1,8 +1,8 @@
 //! `POST /admin/api/accounts/{id}/test` through HTTP against the real binary: the NDJSON lines of
 //! a test in order with the reply text a mock upstream streamed, the account's model map applied,
-//! an upstream refusal reported without touching the account's health, the OpenAI and Gemini wires through
-//! the same seam, an account behind an outbound proxy, and the requests refused before anything
-//! is sent.
+//! an upstream refusal reported without touching the account's health, the OpenAI and Gemini
+//! wires through the same seam, an account behind an outbound proxy, and the requests refused
+//! before anything is sent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
