@@ -478,6 +478,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         "live view publishing",
         crate::usage::live::publish_forever(live.clone(), coord.clone(), instance.clone()),
     );
+    let relay_for_admin = relay.clone();
     let mut app = pingora::proxy::http_proxy(&server.configuration, RelayProxy(relay));
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.timeouts.keepalive_idle.0);
@@ -511,6 +512,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         oauth: oauth.clone(),
         instance,
         coord: coord.clone(),
+        relay: relay_for_admin,
     };
     let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
     server.add_service(switch.wrap(admin));

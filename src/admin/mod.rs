@@ -83,6 +83,8 @@ pub struct AdminState {
     pub instance: String,
     /// What instances share: the live views of the others (`/live`).
     pub coord: Arc<dyn crate::store::coord::Coordination>,
+    /// The relay itself, whose upstream side sends account tests (`/accounts/{id}/test`).
+    pub relay: Arc<crate::proxy::Relay>,
 }
 
 /// The background service that serves the admin router.

@@ -54,6 +54,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/accounts/{id}/reset", post(accounts::reset))
         .route("/admin/api/accounts/{id}/events", get(account_ops::events))
         .route("/admin/api/accounts/{id}/refresh", post(account_ops::refresh))
+        .route("/admin/api/accounts/{id}/test", post(account_ops::test))
         .route("/admin/api/accounts/claude-oauth/authorize", post(oauth::authorize))
         .route("/admin/api/accounts/claude-oauth/exchange", post(oauth::exchange))
         .route("/admin/api/accounts/claude-oauth/import", post(oauth::import))

@@ -39,13 +39,13 @@ const MAX_BUFFERED_ANSWER: usize = 64 * 1024 * 1024;
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
 /// An upstream refusal held back while other accounts are tried; replayed if all fail.
-struct HeldAnswer {
+pub(super) struct HeldAnswer {
     head: pingora::http::ResponseHeader,
     body: Bytes,
 }
 
 /// How an attempt ended without a committed answer.
-enum AttemptError {
+pub(super) enum AttemptError {
     /// Nothing reached the client; the account failed (mark it when given) and another may be
     /// tried.
     Retryable(RelayError, Option<AccountHealth>, &'static str),
@@ -134,16 +134,27 @@ pub(super) fn kinds_for(op: Operation, scope: Scope, passthrough: bool) -> KindS
 }
 
 /// The request body for one account: converted to its wire, with its model.
-struct Outgoing {
-    body: Bytes,
+pub(super) struct Outgoing {
+    pub(super) body: Bytes,
     /// The upstream is asked to stream.
-    stream: bool,
+    pub(super) stream: bool,
     /// The relay asked for usage the client did not.
-    strip_usage: bool,
-    include_usage: bool,
+    pub(super) strip_usage: bool,
+    pub(super) include_usage: bool,
     /// The upstream query instead of the client's (a converted request's client query means
     /// nothing to the upstream).
-    query: Option<Option<&'static str>>,
+    pub(super) query: Option<Option<&'static str>>,
+}
+
+impl AttemptError {
+    /// What went wrong, in words fit for an administrator (no secrets, no addresses).
+    pub(super) fn message(&self) -> String {
+        match self {
+            AttemptError::Retryable(e, _, _) | AttemptError::Final(e) => e.message(),
+            AttemptError::Refused(..) | AttemptError::TokenRejected(..) => "the upstream refused the request".into(),
+            AttemptError::Broken(e) => format!("the upstream connection broke: {e}"),
+        }
+    }
 }
 
 impl Outgoing {
@@ -158,7 +169,7 @@ impl Outgoing {
     }
 }
 
-fn outgoing(
+pub(super) fn outgoing(
     conversion: Conversion,
     upstream_op: Operation,
     body: &Bytes,
@@ -456,7 +467,7 @@ async fn attempts(
 
 /// The bearer header of an OAuth account (refreshed first when expired, by its kind's token
 /// machinery) and the `issued_at` of its token; `None` for accounts with a fixed credential.
-async fn oauth_credential(
+pub(super) async fn oauth_credential(
     relay: &Relay,
     account: &Arc<Account>,
 ) -> Result<(Option<http::HeaderValue>, Option<i64>), AttemptError> {
@@ -497,7 +508,7 @@ async fn oauth_credential(
 
 /// The Code Assist project of a `gemini-oauth` account (found once when its settings name none);
 /// `None` for other accounts.
-async fn code_assist_project(
+pub(super) async fn code_assist_project(
     relay: &Relay,
     account: &Arc<Account>,
     live: Option<&http::HeaderValue>,
@@ -568,7 +579,7 @@ async fn replay_refusal(
 
 /// Sends the request and reads the response head, retrying on a fresh connection when a pooled
 /// one turns out to be stale.
-async fn send(
+pub(super) async fn send(
     relay: &Relay,
     account: &Account,
     req: &RequestHeader,
@@ -800,7 +811,7 @@ fn client_error(a: &Answer<'_>, mut head: pingora::http::ResponseHeader, raw: By
     HeldAnswer { head, body }
 }
 
-async fn read_error_body(relay: &Relay, up: &mut HttpSession) -> Bytes {
+pub(super) async fn read_error_body(relay: &Relay, up: &mut HttpSession) -> Bytes {
     let mut buf = BytesMut::new();
     let idle = relay.config.timeouts.stream_idle.0.min(Duration::from_secs(30));
     while buf.len() < MAX_ERROR_BODY {

@@ -10,6 +10,7 @@ mod dispatch;
 pub mod error;
 mod headers;
 mod peer;
+pub mod probe;
 mod self_service;
 mod settle;
 mod stats_page;

@@ -3,14 +3,11 @@ import { api } from './api.js'
 // Account kinds come from the server's OpenAPI document (the AccountKind enum), so a kind added
 // there appears in the wizard; kinds created through an OAuth flow get the paste-the-code wizard.
 let cached = null
+let doc = null
+const openapi = async () => (doc ||= api('/openapi.json').catch(() => ({})))
 export async function accountKinds() {
   if (cached) return cached
-  try {
-    const doc = await api('/openapi.json')
-    cached = doc?.components?.schemas?.AccountKind?.enum || []
-  } catch {
-    cached = []
-  }
+  cached = (await openapi())?.components?.schemas?.AccountKind?.enum || []
   if (!cached.length) cached = ['claude-console', 'claude-oauth', 'ccr', 'bedrock', 'openai', 'azure-openai', 'openai-oauth', 'gemini-api', 'gemini-oauth', 'claude-passthrough']
   return cached
 }
@@ -23,4 +20,9 @@ export function kindFields(kind) {
     case 'claude-passthrough': return []
     default: return ['api_key']
   }
+}
+// The fields an account update takes (the UpdateAccount schema); null when the document has none.
+export async function patchFields() {
+  const props = (await openapi())?.components?.schemas?.UpdateAccount?.properties
+  return props ? Object.keys(props) : null
 }
