@@ -824,6 +824,7 @@ async fn openapi_describes_every_route() {
         ("post", "/admin/api/accounts/{id}/reset"),
         ("get", "/admin/api/accounts/{id}/events"),
         ("post", "/admin/api/accounts/{id}/refresh"),
+        ("post", "/admin/api/accounts/{id}/test"),
         ("get", "/admin/api/me"),
         ("post", "/admin/api/keys/batch"),
         ("get", "/admin/api/keys/{id}/limits"),
