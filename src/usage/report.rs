@@ -326,9 +326,48 @@ pub async fn key_models(
     Ok(rows)
 }
 
+/// The first start of a `g` bucket at or after `t`.
+fn ceil_start(g: Granularity, t: i64) -> i64 {
+    let s = g.bucket_start(t);
+    if s < t { g.next_bucket(s) } else { s }
+}
+
+/// The segments `(granularity, from, to)` whose whole buckets add up to the usage of `[from, to)`
+/// (see [`range_totals`]): each stretch of fine buckets is read as the coarser buckets it holds
+/// whole (days inside a run of hours, months inside a run of days), so a month of hours is about
+/// thirty day buckets and two partial days of hours, not 720 hour buckets.
+pub fn range_segments(from: i64, to: i64, now: i64) -> Vec<(Granularity, i64, i64)> {
+    let keep = |g: Granularity| g.retention().map_or(0, |d| d.as_secs() as i64);
+    let hour_b = Granularity::Day.bucket_start(now - keep(Granularity::Hour)) + 86_400;
+    let day_b = Granularity::Month.next_bucket(Granularity::Month.bucket_start(now - keep(Granularity::Day) + 86_400));
+    let mut out = Vec::new();
+    // Fine buckets that start in [a, b), as coarse ones where whole coarse buckets fit.
+    let mut cover = |fine: Granularity, coarse: Granularity, a: i64, b: i64| {
+        if a >= b {
+            return;
+        }
+        let (first, end) = (ceil_start(fine, a), ceil_start(fine, b));
+        let (ca, cb) = (ceil_start(coarse, first), coarse.bucket_start(end));
+        if ca < cb {
+            out.push((fine, first, ca));
+            out.push((coarse, ca, cb));
+            out.push((fine, cb, end));
+        } else {
+            out.push((fine, first, end));
+        }
+    };
+    // Months are the coarsest buckets: read as they are.
+    cover(Granularity::Month, Granularity::Month, from, to.min(day_b));
+    cover(Granularity::Day, Granularity::Month, from.max(day_b), to.min(hour_b));
+    cover(Granularity::Hour, Granularity::Day, from.max(hour_b), to);
+    out.retain(|(_, a, b)| a < b);
+    out
+}
+
 /// The usage of each subject in `[from, to)`: whole hours that start in the range while hour
 /// buckets are kept (31 days), whole UTC days before, and before the day retention (400 days)
-/// whole calendar months that start in the range.
+/// whole calendar months that start in the range. Read as [`range_segments`] cuts it, every
+/// subject of a segment in one store call.
 pub async fn range_totals(
     store: &dyn Store,
     dimension: Dimension,
@@ -337,36 +376,92 @@ pub async fn range_totals(
     to: i64,
     now: i64,
 ) -> Result<BTreeMap<String, UsageCounters>, StoreError> {
-    let keep = |g: Granularity| g.retention().map_or(0, |d| d.as_secs() as i64);
-    let hour_b = Granularity::Day.bucket_start(now - keep(Granularity::Hour)) + 86_400;
-    let day_b = Granularity::Month.next_bucket(Granularity::Month.bucket_start(now - keep(Granularity::Day) + 86_400));
-    let parts = [
-        (Granularity::Month, from, to.min(day_b)),
-        (Granularity::Day, from.max(day_b), to.min(hour_b)),
-        (Granularity::Hour, from.max(hour_b), to),
-    ];
-    let mut out = BTreeMap::new();
-    for subject in subjects {
-        let mut c = UsageCounters::default();
-        for (g, a, b) in parts {
-            if a >= b {
-                continue;
-            }
-            // Whole buckets that start in the range.
-            let first = g.bucket_start(a);
-            let first = if first < a { g.next_bucket(first) } else { first };
-            for (_, x) in read(store, dimension, subject, g, first, b, now).await? {
-                c.add(&x);
+    let mut out: BTreeMap<String, UsageCounters> =
+        subjects.iter().map(|s| (s.clone(), UsageCounters::default())).collect();
+    for (g, a, b) in range_segments(from, to, now) {
+        for (subject, rows) in read_many(store, dimension, subjects, g, a, b, now).await? {
+            if let Some(c) = out.get_mut(&subject) {
+                for (_, x) in rows {
+                    c.add(&x);
+                }
             }
         }
-        out.insert(subject.clone(), c);
     }
     Ok(out)
 }
 
+/// [`read`] for many subjects at once, in calls of at most [`READ_MANY_SUBJECTS`] subjects.
+async fn read_many(
+    store: &dyn Store,
+    dimension: Dimension,
+    subjects: &[String],
+    g: Granularity,
+    from: i64,
+    to: i64,
+    now: i64,
+) -> Result<BTreeMap<String, Vec<(i64, UsageCounters)>>, StoreError> {
+    let len = bucket_len(g);
+    let keep = g.retention().map_or(MAX_TIMESTAMP, |d| d.as_secs() as i64);
+    let lo = from.max(now.saturating_sub(keep).saturating_sub(2 * len));
+    let hi = to.min(now.saturating_add(2 * len));
+    let mut out: BTreeMap<String, Vec<(i64, UsageCounters)>> = BTreeMap::new();
+    let mut a = lo;
+    while a < hi {
+        let b = hi.min(a.saturating_add(len.saturating_mul(MAX_BUCKETS as i64 - 2)));
+        for chunk in subjects.chunks(READ_MANY_SUBJECTS) {
+            for (subject, rows) in store.usage_series_many(dimension, chunk, g, a, b).await? {
+                out.entry(subject).or_default().extend(rows);
+            }
+        }
+        a = b;
+    }
+    Ok(out)
+}
+
+/// Subjects per store call of [`read_many`] (a bound on one Redis pipeline's size).
+const READ_MANY_SUBJECTS: usize = 500;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn range_segments_cover_the_same_hours_with_coarser_buckets() {
+        let now = 1_710_100_800; // 2024-03-10T20:00Z
+        let from = now - 30 * 86_400 + 1800; // mid-hour: the first whole hour starts after it
+        let segs = range_segments(from, now, now);
+        // Every hour that starts in the range is in exactly one segment, nothing else is.
+        let mut hours = Vec::new();
+        for (g, a, b) in &segs {
+            let mut t = *a;
+            while t < *b {
+                assert_eq!(g.bucket_start(t), t, "{g:?} segment starts on a bucket: {segs:?}");
+                let next = g.next_bucket(t);
+                let mut h = t;
+                while h < next {
+                    hours.push(h);
+                    h += 3600;
+                }
+                t = next;
+            }
+        }
+        let want: Vec<i64> = (0..30 * 24 - 1).map(|i| from + 1800 + i * 3600).collect();
+        assert_eq!(hours, want);
+        assert!(segs.len() <= 3, "{segs:?}");
+        let buckets: i64 = segs
+            .iter()
+            .map(|(g, a, b)| (b - a) / if *g == Granularity::Day { 86_400 } else { 3600 })
+            .sum();
+        assert!(
+            buckets < 80,
+            "about 29 days and 2 partial days of hours, not 720 hours: {segs:?}"
+        );
+        // A range shorter than a day stays in hours.
+        assert_eq!(
+            range_segments(now - 7200, now, now),
+            vec![(Granularity::Hour, now - 7200, now)]
+        );
+    }
 
     #[test]
     fn zones_parse() {
