@@ -304,12 +304,14 @@ pub async fn key_models(
     to: i64,
     now: i64,
 ) -> Result<Vec<(String, UsageCounters)>, StoreError> {
+    // Every model ever counted (a short list: unknown names fold into `other`), under this key:
+    // reading the key×model subjects of every key would grow with the number of keys.
     let prefix = Dimension::key_model_prefix(key_id);
     let subjects: Vec<String> = store
-        .usage_totals(Dimension::KeyModel)
+        .usage_totals(Dimension::Model)
         .await?
         .into_keys()
-        .filter(|s| s.starts_with(&prefix))
+        .map(|model| format!("{prefix}{model}"))
         .collect();
     let totals = range_totals(store, Dimension::KeyModel, &subjects, from, to, now).await?;
     let mut rows: Vec<(String, UsageCounters)> = totals
