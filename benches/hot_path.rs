@@ -47,6 +47,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
             hint: String::new(),
             enabled: true,
             bind: None,
+            tags: Vec::new(),
             policy: Default::default(),
             created_at: 0,
             extra: Default::default(),

@@ -216,6 +216,74 @@ async fn keys_list_pages_searches_sorts_filters_and_shows_usage() {
     );
 }
 
+/// Tags file keys under teams or projects: set at creation (one by one or in a batch), replaced
+/// or cleared by an update, listed with the key, filtered on exactly and found by search.
+#[tokio::test]
+async fn keys_have_tags_to_filter_and_search_by() {
+    let mock = MockUpstream::start().await;
+    let relay = RelayProcess::start(&format!("accounts:\n{}", account_yaml("main", &mock.url(), ""))).await;
+    let admin = Admin::login(&relay).await;
+    let a = admin
+        .post(
+            "/admin/api/keys",
+            json!({"name": "ta", "tags": [" team-a ", "批处理", "team-a"]}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.json["tags"], json!(["team-a", "批处理"]), "trimmed, duplicates once");
+    let id = a.json["id"].as_str().unwrap().to_string();
+    batch_create(&admin, "tb-", 2, json!({"tags": ["team-b"]})).await;
+    let names = |v: &Value| -> Vec<String> {
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let l = admin.get("/admin/api/keys?tag=team-b").await;
+    assert_eq!(l.status, 200, "{}", l.text);
+    assert_eq!(names(&l.json), ["tb-1", "tb-2"], "{}", l.text);
+    assert_eq!(l.json["total"], 2);
+    let l = admin.get("/admin/api/keys?tag=team").await;
+    assert_eq!(l.json["total"], 0, "a tag filter is an exact match: {}", l.text);
+    let l = admin.get("/admin/api/keys?q=%E6%89%B9").await;
+    assert_eq!(names(&l.json), ["ta"], "search finds tags: {}", l.text);
+    assert_eq!(l.json["keys"][0]["tags"], json!(["team-a", "批处理"]));
+    // An update replaces them; an empty list clears them; the key's other fields stay.
+    let u = admin
+        .patch(&format!("/admin/api/keys/{id}"), json!({"tags": ["team-b"]}))
+        .await;
+    assert_eq!(u.status, 200, "{}", u.text);
+    assert_eq!(u.json["tags"], json!(["team-b"]));
+    assert_eq!(admin.get("/admin/api/keys?tag=team-b").await.json["total"], 3);
+    let u = admin
+        .patch(&format!("/admin/api/keys/{id}"), json!({"enabled": false}))
+        .await;
+    assert_eq!(u.json["tags"], json!(["team-b"]), "untouched when absent");
+    let u = admin.patch(&format!("/admin/api/keys/{id}"), json!({"tags": []})).await;
+    assert_eq!(u.json["tags"], json!([]));
+    // Bad tags are refused in the admin API's error shape, and nothing changes.
+    for bad in [
+        json!([""]),
+        json!(["x".repeat(41)]),
+        json!(["a\u{7}b"]),
+        json!((0..17).map(|i| format!("t{i}")).collect::<Vec<_>>()),
+    ] {
+        let r = admin.post("/admin/api/keys", json!({"name": "bad", "tags": bad})).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        assert_eq!(r.json["error"]["type"], "invalid_request_error", "{}", r.text);
+        let r = admin
+            .patch(&format!("/admin/api/keys/{id}"), json!({"tags": bad}))
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+    }
+    assert_eq!(admin.get("/admin/api/keys?q=bad").await.json["total"], 0);
+    // Keys from relay.yaml have none.
+    let c = admin.get("/admin/api/keys?q=alice").await;
+    assert_eq!(c.json["keys"][0]["tags"], json!([]), "{}", c.text);
+}
+
 #[tokio::test]
 async fn rotation_replaces_the_secret_and_keeps_the_key() {
     let mock = MockUpstream::start().await;

@@ -510,6 +510,16 @@ async fn live_merges_the_instances_of_one_redis() {
     let o = admin_b.get("/admin/api/overview").await;
     assert_eq!(o.json["instances"], 2, "{}", o.text);
     assert_eq!(o.json["in_flight"], 1, "{}", o.text);
+    // The accounts list counts the other instance's request on the account too.
+    let accounts = admin_b.get("/admin/api/accounts").await;
+    let main = accounts.json["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "main")
+        .unwrap()
+        .clone();
+    assert_eq!(main["in_flight"], 1, "{main}");
     assert!(!stream.is_finished(), "the stream should still run");
     assert_eq!(stream.await.unwrap(), 200);
     assert_eq!(send(&b, BOB, false).await, 200);

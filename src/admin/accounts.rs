@@ -285,6 +285,17 @@ pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result
     let mut accounts: Vec<AccountView> = state.config.accounts.iter().map(|a| config_view(&state, a)).collect();
     // One this relay cannot read is left out (logged), as the relay leaves it out.
     accounts.extend(stored.iter().filter_map(|r| stored_view(&state, r).ok()));
+    // In flight on the other instances too, as they last published it.
+    let (views, _) = super::live::views(&state, chrono::Utc::now().timestamp_millis()).await;
+    let mut elsewhere: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (_, v) in views.iter().skip(1) {
+        for (id, n) in &v.by_account {
+            *elsewhere.entry(&**id).or_insert(0) += u64::from(*n);
+        }
+    }
+    for a in &mut accounts {
+        a.live.in_flight += elsewhere.get(a.id.as_str()).copied().unwrap_or(0);
+    }
     Ok(Json(AccountList { accounts }).into_response())
 }
 

@@ -45,6 +45,8 @@ struct CreateKey {
     enabled: Option<bool>,
     #[serde(default)]
     bind: Option<String>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +59,35 @@ struct UpdateKey {
     /// Absent: unchanged; `null`: unbound; a string: bound to it.
     #[serde(default, deserialize_with = "present")]
     bind: Option<Option<String>>,
+    /// Absent: unchanged; a list (empty clears them): replaces the tags.
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+/// The most tags a key has.
+const MAX_TAGS: usize = 16;
+/// The longest tag, in characters.
+const MAX_TAG_CHARS: usize = 40;
+
+/// Tags as given, checked: trimmed, non-empty, at most [`MAX_TAG_CHARS`] characters without
+/// control characters, at most [`MAX_TAGS`]; duplicates kept once, in their first place.
+fn valid_tags(tags: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for t in tags {
+        let t = t.trim();
+        if t.is_empty() || t.chars().count() > MAX_TAG_CHARS || t.chars().any(char::is_control) {
+            return Err(bad_request(format!(
+                "each tag must be 1 to {MAX_TAG_CHARS} characters without control characters"
+            )));
+        }
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_string());
+        }
+    }
+    if out.len() > MAX_TAGS {
+        return Err(bad_request(format!("a key has at most {MAX_TAGS} tags")));
+    }
+    Ok(out)
 }
 
 /// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
@@ -65,7 +96,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 }
 
 /// The fields of a key's own (not of its policy) in request bodies.
-const KEY_FIELDS: [&str; 3] = ["name", "enabled", "bind"];
+const KEY_FIELDS: [&str; 4] = ["name", "enabled", "bind", "tags"];
 
 /// A JSON object's fields.
 type Fields = Map<String, Value>;
@@ -118,6 +149,7 @@ fn config_view(k: &ApiKeyConfig, last_used: &BTreeMap<String, i64>) -> Value {
         "hint": hint,
         "enabled": k.enabled,
         "bind": k.bind,
+        "tags": [],
         "source": "config",
         "created_at": null,
         "last_used_at": last_used.get(&id),
@@ -132,6 +164,7 @@ pub(super) fn stored_view(r: &ApiKeyRecord, last_used: &BTreeMap<String, i64>) -
         "hint": r.hint,
         "enabled": r.enabled,
         "bind": r.bind,
+        "tags": r.tags,
         "source": "admin",
         "created_at": r.created_at,
         "last_used_at": last_used.get(&r.id),
@@ -177,6 +210,7 @@ pub struct ListQuery {
     sort: Option<String>,
     order: Option<String>,
     status: Option<String>,
+    tag: Option<String>,
 }
 
 /// The largest page.
@@ -318,10 +352,19 @@ pub async fn list(
         .chain(stored_rows)
         .filter(|r| q.status.as_deref().is_none_or(|s| r.status(now) == s))
         .filter(|r| {
+            q.tag
+                .as_deref()
+                .is_none_or(|t| r.view["tags"].as_array().is_some_and(|ts| ts.iter().any(|x| x == t)))
+        })
+        .filter(|r| {
             needle.as_deref().is_none_or(|n| {
                 r.name.to_lowercase().contains(n)
                     || r.id.to_lowercase().contains(n)
                     || r.view["hint"].as_str().is_some_and(|h| h.to_lowercase().contains(n))
+                    || r.view["tags"].as_array().is_some_and(|ts| {
+                        ts.iter()
+                            .any(|t| t.as_str().is_some_and(|t| t.to_lowercase().contains(n)))
+                    })
             })
         })
         .collect();
@@ -404,6 +447,7 @@ pub async fn get(
 pub(super) struct NewKey {
     enabled: bool,
     bind: Option<String>,
+    tags: Vec<String>,
     policy: KeyPolicySpec,
 }
 
@@ -414,6 +458,7 @@ pub(super) fn create_request(mut own: Fields, policy: Fields) -> Result<NewKey, 
     Ok(NewKey {
         enabled: req.enabled.unwrap_or(true),
         bind: req.bind.as_deref().map(valid_bind).transpose()?,
+        tags: valid_tags(req.tags.unwrap_or_default())?,
         policy: valid_policy(policy)?,
     })
 }
@@ -442,6 +487,7 @@ fn new_record(state: &AdminState, req: &NewKey, name: String) -> (ApiKeyRecord, 
         hint: secrets::mask(&plaintext),
         enabled: req.enabled,
         bind: req.bind.clone(),
+        tags: req.tags.clone(),
         policy: req.policy.clone(),
         created_at: chrono::Utc::now().timestamp(),
         extra: BTreeMap::new(),
@@ -474,6 +520,7 @@ pub(super) struct KeyChange {
     name: Option<String>,
     enabled: Option<bool>,
     bind: Option<Option<String>>,
+    tags: Option<Vec<String>>,
     policy_patch: Fields,
 }
 
@@ -494,6 +541,7 @@ pub(super) fn update_request(own: Fields, policy_patch: Fields) -> Result<KeyCha
         name,
         enabled: req.enabled,
         bind,
+        tags: req.tags.map(valid_tags).transpose()?,
         policy_patch,
     })
 }
@@ -516,6 +564,9 @@ pub(super) async fn apply_update(state: &AdminState, id: String, change: KeyChan
         }
         if let Some(bind) = change.bind {
             r.bind = bind;
+        }
+        if let Some(tags) = change.tags {
+            r.tags = tags;
         }
         if !change.policy_patch.is_empty() {
             r.policy = patched_policy(&r.policy, &change.policy_patch)?;

@@ -76,6 +76,9 @@ pub struct Relay {
     pub self_service: self_service::Budget,
     /// The key limit counters (also behind the filter chain), read by the self-service endpoint.
     pub limits: Arc<dyn filters::LimitBackend>,
+    /// How a key's limits and counters are shown (`limits::view::limits`, handed in from above so
+    /// that the key's own answer and the admin API's agree).
+    pub limits_view: fn(&filters::policy::KeyPolicy, &filters::LimitPeek, i64) -> serde_json::Value,
 }
 
 /// The Pingora service.

@@ -193,7 +193,7 @@ pub async fn answer(relay: &Relay, key: Option<&ClientKey>, query: Option<&str>)
         tracing::warn!(error = %e, "self-service usage: reading the key's limit counters failed");
         RelayError::Internal("the limit counters cannot be read right now".into())
     })?;
-    let limits = crate::limits::view::limits(&key.policy, &peek, now_ms.div_euclid(1000));
+    let limits = (relay.limits_view)(&key.policy, &peek, now_ms.div_euclid(1000));
     let p = &key.policy;
     let hint = relay
         .snapshot

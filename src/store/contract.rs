@@ -80,6 +80,7 @@ pub fn sample_key(id: &str, key_hash: &str) -> ApiKeyRecord {
         hint: "cr_3f9a…b71c".to_string(),
         enabled: true,
         bind: Some("group:team".to_string()),
+        tags: vec!["team-a".to_string(), "批处理".to_string()],
         policy: filters::policy::KeyPolicySpec {
             model_blacklist: vec!["claude-opus-4-1".to_string()],
             ..Default::default()

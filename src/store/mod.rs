@@ -59,6 +59,9 @@ pub struct ApiKeyRecord {
     /// Dedicated binding: an account name or `group:<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
+    /// Labels an administrator files the key under (a team, a project), to find and filter it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     /// Restrictions and limits.
     #[serde(default, skip_serializing_if = "filters::policy::KeyPolicySpec::is_empty")]
     pub policy: filters::policy::KeyPolicySpec,

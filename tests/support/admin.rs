@@ -54,6 +54,9 @@ impl Admin {
     pub async fn post(&self, path: &str, body: Value) -> Answer {
         self.call(Method::POST, path, Some(body)).await
     }
+    pub async fn patch(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
 
     /// One account's view by id.
     pub async fn account(&self, id: &str) -> Value {

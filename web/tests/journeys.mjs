@@ -155,6 +155,9 @@ await journey('5 create key: every limit, plaintext shown once with snippet, the
   await p.fill('input[name=window_requests]', '60')
   await p.selectOption('select[name=expiry]', 'at')
   await p.fill('input[name=expires_at]', '2031-01-01T00:00')
+  const tags = p.locator('[data-test=key-form] [data-test=tags]')
+  await tags.fill('team-a, 批处理')
+  await tags.blur()
   await p.click('[data-test=submit]')
   const plain = await p.locator('[data-test=plaintext]').innerText()
   assert.match(plain, /^cr_[0-9a-f]{64}$/)
@@ -175,7 +178,15 @@ await journey('5 create key: every limit, plaintext shown once with snippet, the
   assert.equal(carol.rate_limit.requests, 60)
   assert.equal(carol.rate_limit.window_minutes, 60)
   assert.match(carol.expires_at, /^2031-01-01/)
+  assert.deepEqual(carol.tags, ['team-a', '批处理'])
   assert.equal((await relayCall(carolKey)).status, 200)
+  // A tag in the row filters the list by it (on the server); clearing the filter shows all again.
+  await row.locator('[data-test=tag]', { hasText: '批处理' }).click()
+  await p.waitForFunction(() => document.querySelectorAll('[data-test=keys-table] tbody tr[data-key]').length === 1)
+  assert.equal(await p.locator('[data-test=tag-filter]').inputValue(), '批处理')
+  await p.locator('[data-test=tag-filter]').fill('')
+  await p.locator('[data-test=tag-filter]').press('Enter')
+  await p.locator('tr[data-key=alice]').waitFor()
 })
 
 await journey('6 disable: the key shows Disabled and the relay answers 401', async () => {
