@@ -20,7 +20,8 @@ use support::admin::{Admin, assert_400};
 use support::mock::{Seen, json_for, stream_for};
 use support::oauth_mock::{CLIENT_ID, EMAIL, MockOAuth, OAUTH_BETA};
 use support::{
-    ALICE, RelayProcess, assert_near, client, eventually, metric, now_ms, query, redis_cleanup, redis_prefix, redis_url,
+    ALICE, RelayProcess, assert_near, client, eventually, metric, metric_sum, now_ms, query, redis_cleanup,
+    redis_prefix, redis_url,
 };
 
 const AUTHORIZE: &str = "/admin/api/accounts/claude-oauth/authorize";
@@ -181,22 +182,6 @@ fn betas(s: &Seen) -> Vec<String> {
         .map(|f| f.trim().to_string())
         .filter(|f| !f.is_empty())
         .collect()
-}
-
-/// The sum of the `/metrics` lines of `name` whose labels contain `label`.
-async fn metric_sum(relay: &RelayProcess, name: &str, label: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", relay.admin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::mock::{MockUpstream, json_for, stream_for};
 use support::proxies::{Kind, ProxyServer, Target, basic};
-use support::{ALICE, RelayProcess, account_yaml, free_port};
+use support::{ALICE, RelayProcess, account_yaml, free_port, metric_sum};
 
 const SONNET: &str = "claude-sonnet-4-5";
 const HAIKU: &str = "claude-haiku-4-5";
@@ -33,30 +33,13 @@ async fn post(relay: &RelayProcess, model: &str, stream: bool) -> reqwest::Respo
         .unwrap()
 }
 
-/// How many requests the relay has finished, logging included (`relay_requests_total`, all
-/// labels). Pingora hands the upstream connection back to its pool before the logging phase, so
-/// once a request is counted here its tunnel is reusable.
-async fn finished(relay: &RelayProcess) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", relay.admin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("relay_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A request that must succeed through the proxy, streamed or not, with the answer intact. It
 /// returns once the relay has finished the request, not only once the client has read the
-/// answer: the pooled tunnel is then back in the pool for the next request (which the
-/// connection-count assertions rely on).
+/// answer (`relay_requests_total` is counted in the logging phase, and Pingora hands the upstream
+/// connection back to its pool before that phase): the pooled tunnel is then back in the pool for
+/// the next request, which the connection-count assertions rely on.
 async fn ok(relay: &RelayProcess, model: &str, stream: bool) {
-    let before = finished(relay).await;
+    let before = metric_sum(relay, "relay_requests_total", "").await;
     let r = post(relay, model, stream).await;
     assert_eq!(r.status(), 200, "log:\n{}", relay.log_text());
     let got = r.bytes().await.unwrap();
@@ -66,7 +49,8 @@ async fn ok(relay: &RelayProcess, model: &str, stream: bool) {
         let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
         assert_eq!(v, json_for(model));
     }
-    support::eventually(|| async { (finished(relay).await > before).then_some(()) }).await;
+    support::eventually(|| async { (metric_sum(relay, "relay_requests_total", "").await > before).then_some(()) })
+        .await;
 }
 
 /// An account whose upstream is the mock, addressed by the name `localhost`, behind `proxy`.

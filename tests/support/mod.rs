@@ -78,6 +78,22 @@ pub async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The sum of the `/metrics` lines of `name` (all its label sets) whose labels contain `label`.
+pub async fn metric_sum(relay: &RelayProcess, name: &str, label: &str) -> f64 {
+    let text = client()
+        .get(format!("{}/metrics", relay.admin()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The admin settings every test relay gets unless it asks for others.
 fn default_admin() -> String {
     format!("username: admin, password: {ADMIN_PASSWORD}")
