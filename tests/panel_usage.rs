@@ -405,6 +405,26 @@ async fn usage_views_on_redis() {
     redis_cleanup(&p).await;
 }
 
+/// Alice's stream, its chunks `delay_ms` apart, running in the background; its status when done.
+fn slow_stream(relay: &RelayProcess, delay_ms: u64) -> tokio::task::JoinHandle<u16> {
+    let base = relay.base();
+    tokio::spawn(async move {
+        let r = client()
+            .post(format!("{base}/v1/messages"))
+            .header("x-api-key", ALICE)
+            .header("content-type", "application/json")
+            .header("x-mock-chunk", "40")
+            .header("x-mock-chunk-delay-ms", delay_ms.to_string())
+            .body(body(true))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        r.bytes().await.unwrap();
+        s
+    })
+}
+
 /// A slow stream is in flight for its key and account while it runs, then in the recent list.
 #[tokio::test]
 async fn live_shows_a_slow_stream() {
@@ -413,22 +433,7 @@ async fn live_shows_a_slow_stream() {
     let l = admin.get("/admin/api/live").await;
     assert_eq!(l.status, 200, "{}", l.text);
     assert_eq!(l.json["in_flight"]["total"], 0);
-    let base = relay.base();
-    let stream = tokio::spawn(async move {
-        let r = client()
-            .post(format!("{base}/v1/messages"))
-            .header("x-api-key", ALICE)
-            .header("content-type", "application/json")
-            .header("x-mock-chunk", "40")
-            .header("x-mock-chunk-delay-ms", "100")
-            .body(body(true))
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        r.bytes().await.unwrap();
-        s
-    });
+    let stream = slow_stream(&relay, 100);
     let l = eventually(|| async {
         let l = admin.get("/admin/api/live").await;
         (l.json["in_flight"]["total"] == 1 && l.json["in_flight"]["by_account"][0]["n"] == 1).then_some(l)
@@ -472,22 +477,7 @@ async fn live_merges_the_instances_of_one_redis() {
     let (_mock, a) = relay(&store_yaml(Some(&prefix))).await;
     let (_mock_b, b) = relay(&store_yaml(Some(&prefix))).await;
     let admin_b = Admin::login(&b).await;
-    let base = a.base();
-    let stream = tokio::spawn(async move {
-        let r = client()
-            .post(format!("{base}/v1/messages"))
-            .header("x-api-key", ALICE)
-            .header("content-type", "application/json")
-            .header("x-mock-chunk", "40")
-            .header("x-mock-chunk-delay-ms", "150")
-            .body(body(true))
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        r.bytes().await.unwrap();
-        s
-    });
+    let stream = slow_stream(&a, 150);
     // Seen from B within the publishing interval (and the 10 s bound of `eventually`).
     let l = eventually(|| async {
         let l = admin_b.get("/admin/api/live").await;
