@@ -118,6 +118,35 @@ pub struct AdminConfig {
     /// How failed logins slow down further attempts.
     #[serde(default)]
     pub login_backoff: LoginBackoffConfig,
+    /// How long the audit log keeps admin actions, and how many at most.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `admin.audit`: the audit log's retention and cap.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_audit_retention")]
+    pub retention: Dur,
+    #[serde(default = "default_audit_max_records")]
+    pub max_records: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: default_audit_retention(),
+            max_records: default_audit_max_records(),
+        }
+    }
+}
+
+fn default_audit_retention() -> Dur {
+    Dur(Duration::from_secs(180 * 86_400))
+}
+fn default_audit_max_records() -> u64 {
+    1_000_000
 }
 
 /// Backoff after failed admin logins, per (user name, client address): `after` failures are free,
@@ -153,6 +182,7 @@ impl Default for AdminConfig {
             password_hash: None,
             session_ttl: default_session_ttl(),
             login_backoff: LoginBackoffConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -949,6 +979,12 @@ impl Config {
                     "must be an argon2 PHC string ($argon2id$...)",
                 ));
             }
+        }
+        if raw.admin.audit.retention.0 < Duration::from_secs(3600) {
+            return Err(invalid("admin.audit.retention", "must be at least 1h"));
+        }
+        if raw.admin.audit.max_records < 1000 {
+            return Err(invalid("admin.audit.max_records", "must be at least 1000"));
         }
         if raw.admin.session_ttl.0 < Duration::from_secs(60) {
             return Err(invalid("admin.session_ttl", "must be at least 1m"));

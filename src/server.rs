@@ -332,6 +332,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .block_on(reloader.reload())
         .context("reloading keys and accounts")?;
     tasks.spawn_loop("snapshot reloads", reloader.clone().follow());
+    tasks.spawn_loop(
+        "audit log retention",
+        crate::admin::trim_audit_forever(store.clone(), config.admin.audit),
+    );
     if store.backend() == "embedded" {
         let s = store.clone();
         let session_bounds = config.stats.sessions.bounds();

@@ -100,6 +100,9 @@ async fn embedded_store_survives_reopen() {
         username: "admin".to_string(),
         created_at: now,
         expires_at: now + 3_600,
+        role: claude_relay::store::AdminRole::Admin,
+        ip: None,
+        user_agent: None,
     };
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();

@@ -4,13 +4,14 @@
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request, json_body, not_found};
+use super::routes::{ApiError, bad_request, json_body, not_found};
+use super::access::Actor;
 use crate::credentials::Holder;
 use crate::proxy::probe;
 
@@ -33,11 +34,10 @@ struct TestBody {
 /// no key; a disabled account can be tested.
 pub async fn test(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let account = state
         .snapshot
         .load()
@@ -91,10 +91,9 @@ pub async fn test(
 /// on restart), newest first. A cleared entry shows as state `active`.
 pub async fn events(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let known =
         state.snapshot.load().pool.by_id(&id).is_some() || state.store.get_account(&id).await.ok().flatten().is_some();
     if !known {
@@ -125,10 +124,9 @@ pub async fn events(
 /// the same single-flight and cross-instance lock as every refresh) and answers its new expiry.
 pub async fn refresh(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let account = state
         .snapshot
         .load()

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -21,8 +21,9 @@ use serde_json::{Map, Value};
 use super::AdminState;
 use super::oauth::OAuthView;
 use super::routes::{
-    ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, read_only, store_error, write,
+    ApiError, bad_request, conflict, from_value, json_body, not_found, read_only, store_error, write,
 };
+use super::access::Actor;
 use super::scheduling::{self, LiveView};
 use crate::accounts::{
     AccountCredential, AccountDefinition, AccountInput, AccountSettings, Cooldowns, CredentialFields, FieldError,
@@ -278,8 +279,7 @@ struct AccountList {
     accounts: Vec<AccountView>,
 }
 
-pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn list(State(state): State<AdminState>, _actor: Actor) -> Result<Response, ApiError> {
     let mut stored = state.store.list_accounts().await.map_err(store_error)?;
     stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
     let mut accounts: Vec<AccountView> = state.config.accounts.iter().map(|a| config_view(&state, a)).collect();
@@ -301,10 +301,9 @@ pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result
 
 pub async fn get(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     if let Some(a) = config_account(&state, &id) {
         return Ok(Json(config_view(&state, a)).into_response());
     }
@@ -314,8 +313,7 @@ pub async fn get(
     }
 }
 
-pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn create(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let input: AccountInput = json_body(&body)?;
     if let Some(e) = oauth_only(input.settings.kind) {
         return Err(e);
@@ -393,11 +391,10 @@ fn proxy_change(patch: &Map<String, Value>) -> Result<Option<Option<ProxyUrl>>, 
 
 pub async fn update(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     if config_account(&state, &id).is_some() {
         return Err(read_only("account", &id));
     }
@@ -465,10 +462,9 @@ pub async fn update(
 
 pub async fn delete(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authenticate(&state, &headers).await?;
     if config_account(&state, &id).is_some() {
         return Err(read_only("account", &id));
     }
@@ -490,10 +486,9 @@ pub async fn delete(
 /// account is back in the pool at once. A daily quota that is spent stays spent.
 pub async fn reset(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let configured = config_account(&state, &id).is_some();
     let target = id.clone();
     let record = write(&state, move |st| async move {

@@ -18,7 +18,6 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
@@ -27,22 +26,22 @@ use super::oauth::{
     Target, authorize_plain, exchange_error, expiry, fields_or_existing, fresh_meta, imported_pair, now_ms,
     read_exchange, scopes, stored_tokens, string_field, target,
 };
-use super::routes::{ApiError, authenticate, bad_request};
+use super::routes::{ApiError, bad_request};
+use super::access::Actor;
 use crate::credentials::TokenPair;
 use crate::providers::gemini_oauth::flow::{self, Flow};
 use crate::store::{AccountKind, OAuthMeta};
 
 const KIND: AccountKind = AccountKind::GeminiOauth;
 
-pub async fn authorize(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize_plain(&state, &headers, &body, |st, now_s| {
+pub async fn authorize(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
+    authorize_plain(&state, &body, |st, now_s| {
         flow::start(&st.config.providers.google.oauth, &st.secrets, now_s)
     })
     .await
 }
 
-pub async fn exchange(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn exchange(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let x = read_exchange::<Flow>(&state, KIND, &body).await?;
     let answer = flow::exchange(
         &state.reloader.oauth.google.client,
@@ -76,8 +75,7 @@ pub(super) const IMPORT_FIELDS: [&str; 8] = [
     "scopes",
 ];
 
-pub async fn import(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn import(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let (mut taken, fields) = fields_or_existing(&body, KIND, &IMPORT_FIELDS)?;
     from_oauth_creds(&mut taken)?;
     let access = string_field(&mut taken, "access_token")?

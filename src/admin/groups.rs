@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request, conflict, json_body, not_found, store_error, write};
+use super::routes::{ApiError, bad_request, conflict, json_body, not_found, store_error, write};
+use super::access::Actor;
 use super::scheduling::{live_view, valid_bind};
 use crate::accounts::stored;
 use crate::state::config_id;
@@ -24,8 +24,7 @@ struct Group {
 }
 
 /// `GET /admin/api/groups`: every group an account is in or a key is bound to, by name.
-pub async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn list(State(state): State<AdminState>, _actor: Actor) -> Result<Response, ApiError> {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let account = |id: String, s: &crate::accounts::AccountSettings| json!({"id": id, "name": s.name, "kind": s.kind, "state": live_view(&state, &id, s).health.state});
     for a in &state.config.accounts {
@@ -77,11 +76,10 @@ struct Rename {
 /// or key names cannot be renamed here (409): the file would still name it.
 pub async fn rename(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let req: Rename = json_body(&body)?;
     // The same rules as a key's `bind: group:<name>`.
     let to = valid_bind(&format!("group:{}", req.to))

@@ -5,14 +5,15 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::keys::{self, stored_view};
-use super::routes::{ApiError, authenticate, bad_request, json_body, not_found, read_only, store_error, write};
+use super::routes::{ApiError, bad_request, json_body, not_found, read_only, store_error, write};
+use super::access::Actor;
 use super::usage::{DEFAULT_SPAN_SECS, counters_json, parse_range};
 use crate::secrets;
 use crate::usage::report;
@@ -21,10 +22,9 @@ use crate::usage::report;
 /// limit backend holds them (this instance's memory, or Redis shared by all), read only.
 pub async fn limits(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let key = state
         .snapshot
         .load()
@@ -49,10 +49,9 @@ pub async fn limits(
 /// once. The answer holds the new plaintext, once.
 pub async fn rotate(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     if keys::is_config_key(&state, &id) {
         return Err(read_only("key", &id));
     }
@@ -91,11 +90,10 @@ pub struct ModelsQuery {
 /// deleted key whose usage remains.
 pub async fn models(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
     query: Result<Query<ModelsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let (from, to) = parse_range(q.from, q.to, DEFAULT_SPAN_SECS)?;
     let now = chrono::Utc::now().timestamp();
@@ -135,8 +133,7 @@ fn result(id: &str, outcome: Result<(), ApiError>) -> Value {
 /// `POST /admin/api/keys/batch`: one of `{"create":{"count","name_prefix",…}}`,
 /// `{"ids":[…],"patch":{…}}` or `{"ids":[…],"delete":true}`. Each key is done as its single
 /// endpoint would do it; the answer says, per key, whether it was.
-pub async fn batch(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn batch(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let b: Batch = json_body(&body)?;
     let mut results = Vec::new();
     match (b.create, b.ids, b.patch, b.delete) {

@@ -20,7 +20,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{StatusCode};
 use axum::response::{IntoResponse, Response};
 use filters::policy::{KeyPolicy, KeyPolicySpec};
 use serde::{Deserialize, Deserializer};
@@ -28,9 +28,10 @@ use serde_json::{Map, Value, json};
 
 use super::AdminState;
 use super::routes::{
-    ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, read_only, store_error,
+    ApiError, bad_request, conflict, from_value, json_body, not_found, read_only, store_error,
     valid_name, write,
 };
+use super::access::Actor;
 use super::scheduling::valid_bind;
 use crate::config::ApiKeyConfig;
 use crate::secrets;
@@ -284,10 +285,9 @@ fn usage_view(u: Option<&(UsageCounters, UsageCounters)>) -> Value {
 
 pub async fn list(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let now = chrono::Utc::now().timestamp();
     let sort = q.sort.as_deref();
@@ -429,10 +429,9 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let last_used = state.store.api_key_last_used().await.map_err(store_error)?;
     if let Some(k) = config_key(&state, &id) {
         return Ok(Json(config_view(k, &last_used)).into_response());
@@ -495,8 +494,7 @@ fn new_record(state: &AdminState, req: &NewKey, name: String) -> (ApiKeyRecord, 
     (record, plaintext)
 }
 
-pub async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn create(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let (own, policy) = split_body(&body)?;
     let named: CreateKey = from_value(Value::Object(own.clone()))?;
     let name = valid_name(&named.name)?;
@@ -596,11 +594,10 @@ pub(super) async fn remove(state: &AdminState, id: String) -> Result<(), ApiErro
 
 pub async fn update(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     if config_key(&state, &id).is_some() {
         return Err(read_only("key", &id));
     }
@@ -613,10 +610,9 @@ pub async fn update(
 
 pub async fn delete(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    authenticate(&state, &headers).await?;
     if config_key(&state, &id).is_some() {
         return Err(read_only("key", &id));
     }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request};
+use super::routes::{ApiError, bad_request};
+use super::access::Actor;
 use crate::usage::live::LiveSnapshot;
 
 /// This instance's live view as it stands, then every other instance's last published one; and
@@ -50,10 +50,9 @@ pub struct LiveQuery {
 
 pub async fn live(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     query: Result<Query<LiveQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let (views, partial) = views(&state, now_ms).await;

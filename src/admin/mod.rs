@@ -7,6 +7,10 @@
 //! (user name, client address) with a growing delay, and per client address across user names;
 //! password verifications run a few at a time (see [`auth::LoginLimiter`]).
 //!
+//! Roles: besides the configuration's admin, admins create users with a role ([`users`]); one
+//! layer in front of every route ([`access::guard`]) authenticates, checks the route's required
+//! role and writes the audit record of every change ([`audit`]).
+//!
 //! Resources: client API keys ([`keys`]), upstream accounts ([`accounts`], with their scheduling
 //! fields and live health in [`scheduling`]), usage statistics ([`usage`]) and usage per client
 //! session of a key ([`sessions`]). The web panel is served under `/ui/` ([`ui`]). Keys and accounts
@@ -14,8 +18,10 @@
 //! announced to all instances and reloaded into this instance's snapshot before the answer, so the
 //! relay serves it at once. `GET /admin/api/openapi.json` describes every endpoint.
 
+mod access;
 mod account_ops;
 mod accounts;
+mod audit;
 mod auth;
 mod gemini_oauth;
 mod groups;
@@ -31,6 +37,7 @@ mod sessions;
 mod ui;
 mod usage;
 mod usage_export;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +55,7 @@ use crate::state::Snapshot;
 use crate::store::Store;
 use crate::usage::pricing::PricingTable;
 
+pub use audit::trim_forever as trim_audit_forever;
 pub use auth::{LoginLimiter, hash_password, verify_password};
 
 /// The admin user's name and argon2 password hash.

@@ -16,7 +16,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,8 +25,9 @@ use serde_json::{Map, Value, json};
 use super::AdminState;
 use super::accounts::{AccountView, field_error, insert_view, new_record, stored_view};
 use super::routes::{
-    ApiError, authenticate, bad_request, conflict, from_value, json_body, not_found, store_error, write,
+    ApiError, bad_request, conflict, from_value, json_body, not_found, store_error, write,
 };
+use super::access::Actor;
 use crate::accounts::{AccountCredential, AccountDefinition, AccountInput, CredentialFields, ProxyUrl, stored};
 use crate::credentials::authorize::{self, Pending, Started};
 use crate::credentials::{Live, OAuthError, TokenPair};
@@ -119,8 +120,7 @@ struct AuthorizeRequest {
     flow: Flow,
 }
 
-pub async fn authorize(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn authorize(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let req: AuthorizeRequest = optional_body(&body)?;
     let cfg = &state.config.providers.anthropic.oauth;
     let started = flow::start(cfg, &state.secrets, req.flow, now_ms() / 1000);
@@ -136,11 +136,9 @@ struct NoOptions {}
 /// from the admin state and the time (Unix seconds).
 pub(super) async fn authorize_plain(
     state: &AdminState,
-    headers: &HeaderMap,
     body: &Bytes,
     start: impl FnOnce(&AdminState, i64) -> Result<Started, String>,
 ) -> Result<Response, ApiError> {
-    authenticate(state, headers).await?;
     let NoOptions {} = optional_body(body)?;
     authorization(start(state, now_ms() / 1000), None)
 }
@@ -317,8 +315,7 @@ pub(super) fn exchange_error(e: OAuthError) -> ApiError {
     }
 }
 
-pub async fn exchange(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn exchange(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let x = read_exchange::<Flow>(&state, AccountKind::ClaudeOauth, &body).await?;
     let cfg = &state.config.providers.anthropic.oauth;
     let answer = flow::exchange(
@@ -387,8 +384,7 @@ pub(super) fn imported_pair(
     Ok(pair)
 }
 
-pub async fn import(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn import(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     const FIELDS: [&str; 5] = ["access_token", "refresh_token", "expires_at", "scopes", "claudeAiOauth"];
     let (mut taken, fields) = fields_or_existing(&body, AccountKind::ClaudeOauth, &FIELDS)?;
     // Claude Code's credentials file: {"claudeAiOauth": {"accessToken", "refreshToken", "expiresAt", "scopes"}}.

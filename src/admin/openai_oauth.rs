@@ -15,7 +15,6 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Map, Value};
 
@@ -24,7 +23,8 @@ use super::oauth::{
     authorize_plain, exchange_error, expiry, fields_or_existing, fresh_meta, imported_pair, now_ms, read_exchange,
     scopes, store_tokens, string_field, target,
 };
-use super::routes::{ApiError, authenticate, bad_request};
+use super::routes::{ApiError, bad_request};
+use super::access::Actor;
 use crate::credentials::{Identity, TokenPair};
 use crate::providers::openai;
 use crate::providers::openai_oauth::flow::{self, Flow};
@@ -32,15 +32,14 @@ use crate::store::{AccountKind, OAuthMeta};
 
 const KIND: AccountKind = AccountKind::OpenAiOauth;
 
-pub async fn authorize(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize_plain(&state, &headers, &body, |st, now_s| {
+pub async fn authorize(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
+    authorize_plain(&state, &body, |st, now_s| {
         flow::start(&st.config.providers.openai.oauth, &st.secrets, now_s)
     })
     .await
 }
 
-pub async fn exchange(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn exchange(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let x = read_exchange::<Flow>(&state, KIND, &body).await?;
     let answer = flow::exchange(
         &state.reloader.oauth.chatgpt.client,
@@ -70,8 +69,7 @@ pub(super) const IMPORT_FIELDS: [&str; 9] = [
     "scopes",
 ];
 
-pub async fn import(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn import(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let (mut taken, fields) = fields_or_existing(&body, KIND, &IMPORT_FIELDS)?;
     from_auth_json(&mut taken)?;
     let access = string_field(&mut taken, "access_token")?

@@ -3,13 +3,13 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request, store_error};
+use super::routes::{ApiError, bad_request, store_error};
+use super::access::Actor;
 use super::usage::{counters_json, parse_zone};
 use crate::store::{Dimension, Granularity, UsageCounters};
 use crate::usage::report;
@@ -38,10 +38,9 @@ pub fn account_state(state: &AdminState, a: &crate::scheduler::Account, now_ms: 
 
 pub async fn overview(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     query: Result<Query<OverviewQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let zone = parse_zone(q.tz.as_deref())?;
     let now_ms = chrono::Utc::now().timestamp_millis();

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -14,15 +15,17 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::AdminState;
 use super::auth::printable_user;
+use super::{AdminState, Credentials};
+use super::access::{self, Actor};
+use super::audit::LoginAttempt;
 use super::{
-    account_ops, accounts, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview, sessions, usage,
-    usage_export,
+    account_ops, accounts, audit, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview, sessions,
+    usage, usage_export, users,
 };
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
-use crate::store::{AdminSession, StoreError};
+use crate::store::{AdminRole, AdminSession, StoreError};
 
 /// The OpenAPI 3.1 description of every route below.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -35,6 +38,16 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/login", post(login))
         .route("/admin/api/logout", post(logout))
         .route("/admin/api/me", get(me))
+        .route("/admin/api/password", post(users::password))
+        .route("/admin/api/sessions", get(users::sessions))
+        .route("/admin/api/sessions/{id}", axum::routing::delete(users::revoke))
+        .route("/admin/api/users", get(users::list).post(users::create))
+        .route(
+            "/admin/api/users/{username}",
+            axum::routing::patch(users::update).delete(users::delete),
+        )
+        .route("/admin/api/audit", get(audit::list))
+        .route("/admin/api/audit/export.csv", get(audit::export))
         .route("/admin/api/keys", get(keys::list).post(keys::create))
         .route("/admin/api/keys/batch", post(key_ops::batch))
         .route(
@@ -86,6 +99,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/usage/export.csv", get(usage_export::export))
         .route("/admin/api/overview", get(overview::overview))
         .route("/admin/api/live", get(live::live))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::guard))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::map_response(json_errors))
@@ -255,15 +269,10 @@ where
     }
 }
 
-/// Checks the bearer token and slides the session's expiry. Returns the username.
-pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(unauthorized)?;
+/// Checks the bearer token and slides the session's expiry. Returns who the session is for.
+/// (Called by [`access::guard`] for every route that needs a session; handlers take [`Actor`].)
+pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Actor, ApiError> {
+    let token = bearer(headers).filter(|t| !t.is_empty()).ok_or_else(unauthorized)?;
     let hash = sha256_hex(token);
     let now = chrono::Utc::now().timestamp();
     let mut session = state
@@ -281,7 +290,11 @@ pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Str
         session.expires_at = now + ttl;
         state.store.put_session(&hash, &session).await.map_err(store_error)?;
     }
-    Ok(session.username)
+    Ok(Actor {
+        username: session.username,
+        role: session.role,
+        session: hash,
+    })
 }
 
 async fn no_route() -> ApiError {
@@ -381,7 +394,27 @@ async fn login(
             ));
         }
     };
-    let Some(ok) = limiter.verify(body.password, state.credentials.clone()).await else {
+    // A stored user (enabled) is checked against its own hash; anyone else against the
+    // configuration's admin, so an unknown name costs the same verification as a known one.
+    let stored = match state.store.get_admin_user(&body.username).await {
+        Ok(u) => u.filter(|u| !u.disabled && u.username != state.credentials.username),
+        Err(e) => {
+            limiter.not_verified(reservation);
+            return Err(store_error(e));
+        }
+    };
+    let (credentials, role) = match stored {
+        Some(u) => (
+            Arc::new(Credentials {
+                username: u.username,
+                password_hash: u.password_hash,
+            }),
+            u.role,
+        ),
+        None => (state.credentials.clone(), AdminRole::Admin),
+    };
+    let attempt = LoginAttempt(user.clone());
+    let Some(ok) = limiter.verify(body.password, credentials.clone()).await else {
         limiter.not_verified(reservation);
         tracing::warn!(user = %user, client = %ip, "admin login refused: too many logins being verified");
         return Ok(retry_later(
@@ -391,46 +424,57 @@ async fn login(
             std::time::Duration::from_secs(1),
         ));
     };
-    if !ok || body.username != state.credentials.username {
+    if !ok || body.username != credentials.username {
         tracing::warn!(user = %user, client = %ip, "failed admin login");
-        return Err(ApiError(
+        let mut refused = ApiError(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "wrong username or password".into(),
-        ));
+        )
+        .into_response();
+        refused.extensions_mut().insert(attempt);
+        return Ok(refused);
     }
     limiter.succeeded(reservation);
-    tracing::info!(user = %user, client = %ip, "admin login");
+    tracing::info!(user = %user, client = %ip, role = role.as_str(), "admin login");
     let token = random_token();
     let now = chrono::Utc::now().timestamp();
     let ttl = state.config.admin.session_ttl.0.as_secs() as i64;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(200).collect());
     let session = AdminSession {
         username: body.username,
         created_at: now,
         expires_at: now + ttl,
+        role,
+        ip: Some(ip.to_string()),
+        user_agent,
     };
     state
         .store
         .put_session(&sha256_hex(&token), &session)
         .await
         .map_err(store_error)?;
-    Ok(Json(serde_json::json!({"token": token, "expires_in": ttl})).into_response())
+    let mut answer =
+        Json(serde_json::json!({"token": token, "expires_in": ttl, "role": role})).into_response();
+    answer.extensions_mut().insert(attempt);
+    Ok(answer)
 }
 
-/// `GET /admin/api/me`: who the session belongs to, until when, and which relay answers.
-async fn me(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let username = authenticate(&state, &headers).await?;
-    let expires_at = match bearer(&headers) {
-        Some(t) => state
-            .store
-            .get_session(&sha256_hex(t), chrono::Utc::now().timestamp())
-            .await
-            .map_err(store_error)?
-            .map(|s| s.expires_at),
-        None => None,
-    };
+/// `GET /admin/api/me`: who the session belongs to, with which role, until when, and which
+/// relay answers.
+async fn me(State(state): State<AdminState>, actor: Actor) -> Result<Response, ApiError> {
+    let expires_at = state
+        .store
+        .get_session(&actor.session, chrono::Utc::now().timestamp())
+        .await
+        .map_err(store_error)?
+        .map(|s| s.expires_at);
     Ok(Json(serde_json::json!({
-        "username": username,
+        "username": actor.username,
+        "role": actor.role,
         "expires_at": expires_at,
         "version": env!("CARGO_PKG_VERSION"),
         "instance": state.instance,
@@ -447,19 +491,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn logout(State(state): State<AdminState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
-    authenticate(&state, &headers).await?;
-    if let Some(t) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        state
-            .store
-            .delete_session(&sha256_hex(t.trim()))
-            .await
-            .map_err(store_error)?;
-    }
+async fn logout(State(state): State<AdminState>, actor: Actor) -> Result<StatusCode, ApiError> {
+    state.store.delete_session(&actor.session).await.map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

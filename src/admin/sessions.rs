@@ -8,13 +8,13 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request, not_found, store_error};
+use super::routes::{ApiError, bad_request, not_found, store_error};
+use super::access::Actor;
 use super::usage::counters_json;
 use crate::store::{SessionCursor, SessionUsage};
 use crate::usage::sessions::valid_id;
@@ -117,11 +117,10 @@ fn detail_json(s: &SessionUsage) -> Value {
 /// `GET /admin/api/keys/{id}/sessions`: the key's sessions, most recently used first.
 pub async fn list(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path(id): Path<String>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -146,10 +145,9 @@ pub async fn list(
 /// `GET /admin/api/keys/{id}/sessions/{session_id}`: one session of the key.
 pub async fn get(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     Path((id, session_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     known_key(&state, &id).await?;
     let found = if valid_id(&session_id) {
         state

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request, store_error};
+use super::routes::{ApiError, bad_request, store_error};
+use super::access::Actor;
 use crate::store::{Dimension, Granularity, UsageCounters};
 use crate::usage::report::{self, Zone};
 
@@ -124,10 +124,9 @@ pub fn points(starts: &[i64], counters: &[UsageCounters]) -> (Vec<Value>, UsageC
 /// of every subject of the dimension.
 pub async fn series(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let dimension = parse_dimension(q.dimension.as_deref())?;
     let granularity = parse_granularity(q.granularity.as_deref())?;
@@ -189,10 +188,9 @@ pub struct GlobalQuery {
 /// counts every request once).
 pub async fn global(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     query: Result<Query<GlobalQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let granularity = parse_granularity(q.granularity.as_deref())?;
     let zone = parse_zone(q.tz.as_deref())?;
@@ -234,8 +232,7 @@ pub async fn global(
 
 /// `GET /admin/api/usage/summary`: all-time totals of every subject of every dimension, the grand
 /// total, and display names of the keys and accounts that still exist.
-pub async fn summary(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn summary(State(state): State<AdminState>, _actor: Actor) -> Result<Response, ApiError> {
     let mut by_dimension = Map::new();
     let mut grand = UsageCounters::default();
     for d in Dimension::ALL {

@@ -6,13 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request, store_error};
+use super::routes::{ApiError, bad_request, store_error};
+use super::access::Actor;
 use super::usage::{
     DEFAULT_SPAN_SECS, bucket_starts, counters_json, parse_dimension, parse_granularity, parse_range, parse_zone,
 };
@@ -118,10 +119,9 @@ fn item(names: &HashMap<String, String>, id: &str, c: &UsageCounters) -> serde_j
 /// `GET /admin/api/usage/top`: the subjects of a dimension with the most of a metric in a range.
 pub async fn top(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     query: Result<Query<TopQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let dimension = parse_dimension(q.dimension.as_deref())?;
     let metric = q.metric.as_deref().unwrap_or("cost");
@@ -170,10 +170,9 @@ pub async fn top(
 /// usage) in a range.
 pub async fn range(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     query: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let dimension = parse_dimension(q.dimension.as_deref())?;
     let (from, to) = parse_range(q.from, q.to, DEFAULT_SPAN_SECS)?;
@@ -196,12 +195,16 @@ pub async fn range(
     .into_response())
 }
 
-/// A CSV field, quoted when it needs to be.
-fn csv_field(s: &str) -> String {
+/// A CSV field, quoted when it needs to be. Text that a spreadsheet would run as a formula (it
+/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return) is prefixed with `'`: names and
+/// failed-login user names are chosen by people, and a CSV is opened in spreadsheets.
+pub(super) fn csv_field(s: &str) -> String {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let s = if formula { format!("'{s}") } else { s.to_string() };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }
 
@@ -246,10 +249,9 @@ fn csv_row(start: &str, subject: &str, c: &UsageCounters) -> String {
 /// `GET /admin/api/usage/export.csv`: the series of each subject, one row per subject and bucket.
 pub async fn export(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _actor: Actor,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let dimension = parse_dimension(q.dimension.as_deref())?;
     let granularity = parse_granularity(q.granularity.as_deref())?;
@@ -321,5 +323,8 @@ mod tests {
             "one comma inside the quoted subject"
         );
         assert!(row.contains(",1.5,1500000000,"));
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("claude-sonnet-4-5"), "claude-sonnet-4-5");
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::client_sessions::{MAX_AGENTS_PER_SESSION, MAX_MODELS_PER_SESSION, OTHER_MODEL};
 use super::redis::RedisStore;
 use super::{
-    AccountKind, AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity,
+    AccountKind, AccountRecord, AdminRole, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity,
     SessionBounds, SessionCursor, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 use crate::secrets::Secrets;
@@ -62,6 +62,7 @@ pub async fn run_all(store: &dyn Store) -> Check {
     usage_series_many(store).await.map_err(tag("usage_series_many"))?;
     usage_expiry(store).await.map_err(tag("usage_expiry"))?;
     sessions(store).await.map_err(tag("sessions"))?;
+    admin_users(store).await.map_err(tag("admin_users"))?;
     client_sessions(store).await.map_err(tag("client_sessions"))?;
     client_session_bounds(store)
         .await
@@ -718,6 +719,9 @@ pub async fn sessions(store: &dyn Store) -> Check {
         username: "admin".to_string(),
         created_at: t,
         expires_at: t + 3_600,
+        role: AdminRole::Operator,
+        ip: Some("192.0.2.7".into()),
+        user_agent: Some("Mozilla/5.0".into()),
     };
     eq("missing session", ok("get", store.get_session("nope", t).await)?, None)?;
     ok("put s1", store.put_session("th1", &s1).await)?;
@@ -741,12 +745,25 @@ pub async fn sessions(store: &dyn Store) -> Check {
         username: "old".to_string(),
         created_at: t - 7_200,
         expires_at: t - 10,
+        role: AdminRole::Admin,
+        ip: None,
+        user_agent: None,
     };
     ok("put expired", store.put_session("th2", &expired).await)?;
     eq(
         "expired session is invisible",
         ok("get", store.get_session("th2", t).await)?,
         None,
+    )?;
+    eq(
+        "the list holds the valid sessions only",
+        ok("list", store.list_sessions(t).await)?,
+        vec![("th1".to_string(), s1.clone())],
+    )?;
+    eq(
+        "the list follows the clock",
+        ok("list later", store.list_sessions(t + 3_600).await)?,
+        vec![],
     )?;
 
     // Asking with a later clock may have removed s1 (the embedded store drops expired sessions
@@ -755,6 +772,40 @@ pub async fn sessions(store: &dyn Store) -> Check {
     ok("delete s1", store.delete_session("th1").await)?;
     eq("deleted session", ok("get", store.get_session("th1", t).await)?, None)?;
     ok("delete missing", store.delete_session("th1").await)?;
+    eq("deleted sessions leave the list", ok("list", store.list_sessions(t).await)?, vec![])?;
+    Ok(())
+}
+
+/// Admin users: created, replaced, listed and deleted by user name.
+pub async fn admin_users(store: &dyn Store) -> Check {
+    eq("no users", ok("list", store.list_admin_users().await)?, vec![])?;
+    eq("missing user", ok("get", store.get_admin_user("ann").await)?, None)?;
+    let ann = AdminUser {
+        username: "ann".into(),
+        role: AdminRole::Viewer,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        created_at: 1_700_000_000,
+        updated_at: 1_700_000_000,
+        disabled: false,
+    };
+    let mut bob = ann.clone();
+    bob.username = "bob:ops".into();
+    bob.role = AdminRole::Operator;
+    ok("put ann", store.put_admin_user(&ann).await)?;
+    ok("put bob", store.put_admin_user(&bob).await)?;
+    eq("get ann", ok("get", store.get_admin_user("ann").await)?, Some(ann.clone()))?;
+    let mut ann2 = ann.clone();
+    ann2.role = AdminRole::Admin;
+    ann2.disabled = true;
+    ann2.updated_at += 5;
+    ok("replace ann", store.put_admin_user(&ann2).await)?;
+    let mut all = ok("list", store.list_admin_users().await)?;
+    all.sort_by(|a, b| a.username.cmp(&b.username));
+    eq("list", all, vec![ann2, bob.clone()])?;
+    eq("delete ann", ok("delete", store.delete_admin_user("ann").await)?, true)?;
+    eq("delete ann again", ok("delete", store.delete_admin_user("ann").await)?, false)?;
+    eq("after delete", ok("list", store.list_admin_users().await)?, vec![bob])?;
+    ok("delete bob", store.delete_admin_user("bob:ops").await)?;
     Ok(())
 }
 

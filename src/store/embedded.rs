@@ -13,6 +13,7 @@
 //! - `usage`: encoded [`BucketKey`] → varint counters (see [`encode_bucket_key`])
 //! - `usage_expiry`: expiry ‖ encoded bucket key → () (what `purge_expired_usage` scans)
 //! - `admin_sessions`: token hash → JSON [`AdminSession`]
+//! - `admin_users`: user name → JSON [`AdminUser`]
 //! - `client_sessions`: key id length (4, BE) ‖ key id ‖ session id → JSON of the session's usage
 //!   (see [`StoredSession`])
 //! - `client_session_index`: key id length ‖ key id ‖ last seen (8, sortable) ‖ session id → ()
@@ -32,7 +33,7 @@ use tokio::sync::broadcast;
 
 use super::client_sessions::{counter_fields, counters_from_fields, page_order};
 use super::{
-    AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
+    AccountRecord, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
     SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 
@@ -49,6 +50,7 @@ const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
 const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage");
 const USAGE_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("usage_expiry");
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("admin_sessions");
+const ADMIN_USERS: TableDefinition<&str, &str> = TableDefinition::new("admin_users");
 const CLIENT_SESSIONS: TableDefinition<&[u8], &str> = TableDefinition::new("client_sessions");
 const CLIENT_SESSION_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("client_session_index");
 
@@ -209,6 +211,7 @@ fn init_schema(db: &Database) -> StoreResult<()> {
         txn.open_table(USAGE).map_err(db_err)?;
         txn.open_table(USAGE_EXPIRY).map_err(db_err)?;
         txn.open_table(SESSIONS).map_err(db_err)?;
+        txn.open_table(ADMIN_USERS).map_err(db_err)?;
         txn.open_table(CLIENT_SESSIONS).map_err(db_err)?;
         txn.open_table(CLIENT_SESSION_INDEX).map_err(db_err)?;
     }
@@ -872,6 +875,65 @@ impl Store for EmbeddedStore {
                 .remove(hash.as_str())
                 .map_err(db_err)?;
             txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, now: i64) -> StoreResult<Vec<(String, AdminSession)>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(SESSIONS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                match serde_json::from_str::<AdminSession>(v.value()) {
+                    Ok(s) if s.expires_at > now => out.push((k.value().to_string(), s)),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "skipping an unreadable admin session"),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    // --- admin users ---
+
+    async fn list_admin_users(&self) -> StoreResult<Vec<AdminUser>> {
+        self.run(|db| list_json(db, ADMIN_USERS, "admin user")).await
+    }
+
+    async fn get_admin_user(&self, username: &str) -> StoreResult<Option<AdminUser>> {
+        let name = username.to_owned();
+        self.run(move |db| get_json(db, ADMIN_USERS, "admin user", &name)).await
+    }
+
+    async fn put_admin_user(&self, user: &AdminUser) -> StoreResult<()> {
+        let json = to_json("admin user", user)?;
+        let name = user.username.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(ADMIN_USERS)
+                .map_err(db_err)?
+                .insert(name.as_str(), json.as_str())
+                .map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_admin_user(&self, username: &str) -> StoreResult<bool> {
+        let name = username.to_owned();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let removed = txn
+                .open_table(ADMIN_USERS)
+                .map_err(db_err)?
+                .remove(name.as_str())
+                .map_err(db_err)?
+                .is_some();
+            txn.commit().map_err(db_err)?;
+            Ok(removed)
         })
         .await
     }

@@ -529,6 +529,46 @@ pub struct BucketKey {
     pub start: i64,
 }
 
+/// What an administrator may do: `viewer` reads, `operator` also changes keys, accounts and
+/// groups, `admin` does everything (users, settings, exports, imports, the audit log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Viewer => "viewer",
+            AdminRole::Operator => "operator",
+            AdminRole::Admin => "admin",
+        }
+    }
+}
+
+fn admin_role() -> AdminRole {
+    AdminRole::Admin
+}
+
+/// An administrator created through the admin API. (The configuration's admin is not stored: it
+/// is always there, with the `admin` role.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminUser {
+    pub username: String,
+    pub role: AdminRole,
+    /// argon2 PHC string.
+    pub password_hash: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// A disabled user cannot log in.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
 /// An admin session, found by the SHA-256 of its bearer token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminSession {
@@ -537,6 +577,16 @@ pub struct AdminSession {
     pub created_at: i64,
     /// Unix seconds; a session is valid strictly before this instant.
     pub expires_at: i64,
+    /// The role the user had at login. A change of role, password or status ends the user's
+    /// sessions, so this stays the user's role for the session's life. (Sessions from before roles
+    /// existed belonged to the configuration's admin.)
+    #[serde(default = "admin_role")]
+    pub role: AdminRole,
+    /// Where the login came from (client address and User-Agent), for the session list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 /// The domain-level store. Every method is cancel-safe from the caller's point of view: a dropped
@@ -624,6 +674,16 @@ pub trait Store: Send + Sync + 'static {
     async fn put_session(&self, token_hash: &str, session: &AdminSession) -> StoreResult<()>;
     async fn get_session(&self, token_hash: &str, now: i64) -> StoreResult<Option<AdminSession>>;
     async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+    /// Every session still valid at `now`, with its token hash.
+    async fn list_sessions(&self, now: i64) -> StoreResult<Vec<(String, AdminSession)>>;
+
+    // --- admin users ---
+    async fn list_admin_users(&self) -> StoreResult<Vec<AdminUser>>;
+    async fn get_admin_user(&self, username: &str) -> StoreResult<Option<AdminUser>>;
+    /// Creates or replaces the user with this name.
+    async fn put_admin_user(&self, user: &AdminUser) -> StoreResult<()>;
+    /// Returns whether a user was deleted.
+    async fn delete_admin_user(&self, username: &str) -> StoreResult<bool>;
 
     // --- change notification ---
     /// Tells every instance sharing this store that keys or accounts changed.

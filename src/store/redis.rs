@@ -11,6 +11,8 @@
 //! | `{p}u:{dim}:{gran}:{start}:{subject}` | hash    | usage counters ([`UsageCounters::fields`])   |
 //! | `{p}u:subjects:{dim}`                 | set     | subjects that have a `total` bucket          |
 //! | `{p}session:{token hash}`             | string  | JSON [`AdminSession`], `EXPIREAT` its expiry  |
+//! | `{p}sessions`                         | zset    | token hashes of admin sessions by expiry     |
+//! | `{p}admin_users`                      | hash    | user name → JSON [`AdminUser`]               |
 //! | `{p}cs:{len}:{key id}:{session id}`   | hash    | one client session's usage (see `lua/add_session_usage.lua`), `EXPIREAT` last use + retention |
 //! | `{p}csx:{key id}`                     | zset    | a key's client session ids by last use       |
 //! | `{p}changes`                          | channel | pub/sub: keys or accounts changed            |
@@ -40,7 +42,7 @@ use crate::lifecycle::Tasks;
 use super::client_sessions::{MAX_AGENTS_PER_SESSION, MAX_MODELS_PER_SESSION, counter_fields, page_order};
 use super::embedded::{bucket_expiry, merge_usage_batch, now_unix, series_bucket_starts};
 use super::{
-    AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
+    AccountRecord, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
     SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 
@@ -717,6 +719,11 @@ impl Store for RedisStore {
             .arg(&name)
             .arg(session.expires_at)
             .ignore()
+            .cmd("ZADD")
+            .arg(self.key("sessions"))
+            .arg(session.expires_at)
+            .arg(token_hash)
+            .ignore()
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -736,12 +743,87 @@ impl Store for RedisStore {
     }
 
     async fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
-        let _: i64 = redis::cmd("DEL")
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("DEL")
             .arg(self.session_key(token_hash))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.key("sessions"))
+            .arg(token_hash)
+            .ignore()
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn list_sessions(&self, now: i64) -> StoreResult<Vec<(String, AdminSession)>> {
+        let index = self.key("sessions");
+        // Expired entries leave the index here (their strings expire by themselves).
+        let (hashes,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut get = redis::cmd("MGET");
+        for h in &hashes {
+            get.arg(self.session_key(h));
+        }
+        let found: Vec<Option<String>> = get.query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        for (hash, json) in hashes.into_iter().zip(found) {
+            let Some(json) = json else { continue };
+            match from_json::<AdminSession>("session", "(token hash)", &json) {
+                Ok(s) if s.expires_at > now => out.push((hash, s)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable admin session"),
+            }
+        }
+        Ok(out)
+    }
+
+    // --- admin users ---
+
+    async fn list_admin_users(&self) -> StoreResult<Vec<AdminUser>> {
+        self.hgetall_json("admin_users", "admin user").await
+    }
+
+    async fn get_admin_user(&self, username: &str) -> StoreResult<Option<AdminUser>> {
+        self.hget_json("admin_users", "admin user", username).await
+    }
+
+    async fn put_admin_user(&self, user: &AdminUser) -> StoreResult<()> {
+        let json = to_json("admin user", user)?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.key("admin_users"))
+            .arg(&user.username)
+            .arg(json)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn delete_admin_user(&self, username: &str) -> StoreResult<bool> {
+        let n: i64 = redis::cmd("HDEL")
+            .arg(self.key("admin_users"))
+            .arg(username)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
     }
 
     // --- change notification ---
