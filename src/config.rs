@@ -97,6 +97,9 @@ pub struct RawConfig {
     pub connections: ConnectionsConfig,
     #[serde(default)]
     pub upstreams: UpstreamsConfig,
+    /// A currency shown beside USD, with rates (the panel's settings may override it).
+    #[serde(default)]
+    pub currency: crate::store::DisplayCurrency,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -739,6 +742,10 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `stats_page`: the key self-service page at `/stats` on the relay listener.
     pub stats_page: bool,
+    /// `currency`: the display currency beside USD and its rates.
+    pub currency: crate::store::DisplayCurrency,
+    /// The file this configuration was read from (`None`: built-in defaults).
+    pub file: Option<PathBuf>,
     pub providers: ProvidersConfig,
     pub connections: ConnectionsConfig,
     /// Address ranges upstream connections may not reach (`upstreams.deny_addresses`).
@@ -894,7 +901,9 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_yaml(&text, &|k| std::env::var(k).ok())
+        let mut c = Config::from_yaml(&text, &|k| std::env::var(k).ok())?;
+        c.file = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(c)
     }
 
     /// The configuration used when no file exists: every default.
@@ -1185,6 +1194,7 @@ impl Config {
                 policy: std::sync::Arc::new(policy),
             });
         }
+        raw.currency.validate().map_err(|r| invalid("currency", r))?;
         let trusted_proxies = parse_nets("trusted_proxies", &raw.trusted_proxies)?;
         let deny_addresses = parse_nets("upstreams.deny_addresses", &raw.upstreams.deny_addresses)?;
         let hide_headers = raw
@@ -1248,6 +1258,8 @@ impl Config {
             filters,
             trusted_proxies,
             stats_page: raw.stats_page,
+            currency: raw.currency,
+            file: None,
             providers: raw.providers,
             connections: raw.connections,
             deny_addresses,

@@ -558,3 +558,28 @@ fn accounts_are_read_into_typed_values_and_unknown_fields_are_refused() {
     );
     assert!(matches!(c.api_keys[0].identity, KeyIdentity::Hash(KeyHash(h)) if h == [0xab; 32]));
 }
+
+#[test]
+fn audit_retention_and_currency_are_checked() {
+    let e = env(&[]);
+    let c = Config::from_yaml("", &e).unwrap();
+    assert_eq!(c.admin.audit.retention.0, Duration::from_secs(180 * 86_400));
+    assert_eq!(c.currency.display, "USD");
+    let c = Config::from_yaml(
+        "admin: { audit: { retention: 30d, max_records: 5000 } }\ncurrency: { display: CNY, rates: { CNY: 7.1 } }\n",
+        &e,
+    )
+    .unwrap();
+    assert_eq!((c.admin.audit.max_records, c.currency.rate()), (5000, 7.1));
+    for (yaml, key) in [
+        ("admin: { audit: { retention: 10m } }", "admin.audit.retention"),
+        ("admin: { audit: { max_records: 10 } }", "admin.audit.max_records"),
+        ("currency: { display: CNY }", "currency"),
+        ("currency: { display: yen, rates: { yen: 1 } }", "currency"),
+        ("currency: { rates: { EUR: -1 } }", "currency"),
+        ("currency: { display: EUR, rates: { EUR: 1 }, symbol: x }", "currency"),
+    ] {
+        let err = Config::from_yaml(&format!("{yaml}\n"), &e).unwrap_err().to_string();
+        assert!(err.contains(key), "{yaml}: {err}");
+    }
+}

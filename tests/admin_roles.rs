@@ -176,16 +176,20 @@ async fn every_route_as_each_role(relay: &RelayProcess) {
         .await;
     assert_eq!(s, 403);
     assert_eq!(
-        operator
-            .call(Method::GET, "/admin/api/usage/export.csv", None)
-            .await
-            .0,
+        operator.call(Method::GET, "/admin/api/usage/export.csv", None).await.0,
         403
     );
-    assert_eq!(admin.call(Method::GET, "/admin/api/usage/export.csv", None).await.0, 200);
-    let (s, _) = viewer.call(Method::DELETE, &format!("/admin/api/keys/{id}"), None).await;
+    assert_eq!(
+        admin.call(Method::GET, "/admin/api/usage/export.csv", None).await.0,
+        200
+    );
+    let (s, _) = viewer
+        .call(Method::DELETE, &format!("/admin/api/keys/{id}"), None)
+        .await;
     assert_eq!(s, 403);
-    let (s, _) = operator.call(Method::DELETE, &format!("/admin/api/keys/{id}"), None).await;
+    let (s, _) = operator
+        .call(Method::DELETE, &format!("/admin/api/keys/{id}"), None)
+        .await;
     assert_eq!(s, 204);
 
     // The audit trail names each change with its actor, role and diff; refusals are recorded too.
@@ -207,11 +211,17 @@ async fn every_route_as_each_role(relay: &RelayProcess) {
         "{changes:?}"
     );
     assert!(
-        changes.iter().any(|c| c["field"].as_str().unwrap().starts_with("rate_limit")),
+        changes
+            .iter()
+            .any(|c| c["field"].as_str().unwrap().starts_with("rate_limit")),
         "{changes:?}"
     );
     let (_, created) = admin
-        .call(Method::GET, &format!("/admin/api/audit?target={id}&action=key.create"), None)
+        .call(
+            Method::GET,
+            &format!("/admin/api/audit?target={id}&action=key.create"),
+            None,
+        )
         .await;
     let created = &created["records"][0];
     assert_eq!(created["actor"], "otto");
@@ -234,15 +244,22 @@ async fn every_route_as_each_role(relay: &RelayProcess) {
     assert!(refused.contains(&("key.create", 403)), "{refused:?}");
     assert!(refused.contains(&("key.delete", 403)), "{refused:?}");
     // The export was recorded; the user creations name their users and never a password.
-    let (_, exports) = admin.call(Method::GET, "/admin/api/audit?action=usage.export", None).await;
+    let (_, exports) = admin
+        .call(Method::GET, "/admin/api/audit?action=usage.export", None)
+        .await;
     let exports: Vec<(&str, u64)> = exports["records"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| (r["actor"].as_str().unwrap(), r["status"].as_u64().unwrap()))
         .collect();
-    assert!(exports.contains(&("admin", 200)) && exports.contains(&("otto", 403)), "{exports:?}");
-    let (_, users) = admin.call(Method::GET, "/admin/api/audit?action=user.create", None).await;
+    assert!(
+        exports.contains(&("admin", 200)) && exports.contains(&("otto", 403)),
+        "{exports:?}"
+    );
+    let (_, users) = admin
+        .call(Method::GET, "/admin/api/audit?action=user.create", None)
+        .await;
     let text = users.to_string();
     assert!(text.contains("\"ada\"") && text.contains("\"vera\""), "{text}");
     for name in ["vera", "otto", "ada"] {
@@ -311,7 +328,9 @@ async fn sessions_and_passwords(relay: &RelayProcess) {
         .unwrap()
         .to_string();
     assert_eq!(
-        a.call(Method::DELETE, &format!("/admin/api/sessions/{other}"), None).await.0,
+        a.call(Method::DELETE, &format!("/admin/api/sessions/{other}"), None)
+            .await
+            .0,
         204
     );
     assert_eq!(c.call(Method::GET, "/admin/api/me", None).await.0, 401);
@@ -352,7 +371,9 @@ async fn sessions_and_passwords(relay: &RelayProcess) {
     assert_eq!(admin.call(Method::DELETE, "/admin/api/users/admin", None).await.0, 409);
 
     // Logins are in the trail, failed ones with the name tried, never a password.
-    let (_, trail) = admin.call(Method::GET, "/admin/api/audit?actor=sam&action=login", None).await;
+    let (_, trail) = admin
+        .call(Method::GET, "/admin/api/audit?actor=sam&action=login", None)
+        .await;
     let rows: Vec<(String, u64)> = trail["records"]
         .as_array()
         .unwrap()
@@ -363,10 +384,18 @@ async fn sessions_and_passwords(relay: &RelayProcess) {
     assert!(rows.contains(&("login".into(), 200)), "{rows:?}");
     let (_, all) = admin.call(Method::GET, "/admin/api/audit?limit=1000", None).await;
     let text = all.to_string();
-    for secret in ["sam-password-1", "sam-password-2", "wrong-password", "nope-nope-nope", ADMIN_PASSWORD] {
+    for secret in [
+        "sam-password-1",
+        "sam-password-2",
+        "wrong-password",
+        "nope-nope-nope",
+        ADMIN_PASSWORD,
+    ] {
         assert!(!text.contains(secret), "{secret} in the audit log");
     }
-    let (_, pw) = admin.call(Method::GET, "/admin/api/audit?action=password.change", None).await;
+    let (_, pw) = admin
+        .call(Method::GET, "/admin/api/audit?action=password.change", None)
+        .await;
     assert_eq!(pw["records"][0]["request"]["new_password"], "[redacted]", "{pw}");
 
     // CSV export with the same filter, newest first, one row per record.
@@ -378,8 +407,14 @@ async fn sessions_and_passwords(relay: &RelayProcess) {
         .unwrap();
     assert_eq!(r.status(), 200);
     let csv = r.text().await.unwrap();
-    let (_, json_rows) = admin.call(Method::GET, "/admin/api/audit?actor=sam&limit=1000", None).await;
-    assert_eq!(csv.lines().count(), 1 + json_rows["records"].as_array().unwrap().len(), "{csv}");
+    let (_, json_rows) = admin
+        .call(Method::GET, "/admin/api/audit?actor=sam&limit=1000", None)
+        .await;
+    assert_eq!(
+        csv.lines().count(),
+        1 + json_rows["records"].as_array().unwrap().len(),
+        "{csv}"
+    );
     assert!(csv.starts_with("time,actor,role,ip,action,"));
 
     // Cursor paging returns every record once.
@@ -387,7 +422,9 @@ async fn sessions_and_passwords(relay: &RelayProcess) {
     let mut seen = Vec::new();
     loop {
         let q = cursor.as_ref().map_or(String::new(), |c| format!("&cursor={c}"));
-        let (_, page) = admin.call(Method::GET, &format!("/admin/api/audit?limit=3{q}"), None).await;
+        let (_, page) = admin
+            .call(Method::GET, &format!("/admin/api/audit?limit=3{q}"), None)
+            .await;
         for r in page["records"].as_array().unwrap() {
             seen.push(r["id"].as_str().unwrap().to_string());
         }
@@ -402,7 +439,10 @@ async fn sessions_and_passwords(relay: &RelayProcess) {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), seen.len(), "no record twice");
-    assert_eq!(admin.call(Method::GET, "/admin/api/audit?cursor=zzz", None).await.0, 400);
+    assert_eq!(
+        admin.call(Method::GET, "/admin/api/audit?cursor=zzz", None).await.0,
+        400
+    );
 }
 
 #[tokio::test]
@@ -424,4 +464,102 @@ async fn roles_sessions_and_audit_on_redis() {
     sessions_and_passwords(&relay).await;
     drop(relay);
     redis_cleanup(&prefix).await;
+}
+
+/// The display currency: from relay.yaml, overridden in the settings and back; shown by `/me` and
+/// in the usage CSV beside USD.
+#[tokio::test]
+async fn a_display_currency_comes_from_the_config_or_the_settings() {
+    let relay = RelayProcess::start("currency: { display: EUR, rates: { EUR: 0.5, CNY: 7.0 } }\n").await;
+    let admin = Caller::new(&relay, "admin", ADMIN_PASSWORD).await;
+    let (_, me) = admin.call(Method::GET, "/admin/api/me", None).await;
+    assert_eq!(me["currency"], json!({"code": "EUR", "rate": 0.5}));
+    let (_, s) = admin.call(Method::GET, "/admin/api/settings", None).await;
+    assert_eq!(s["currency"]["source"], "config");
+    for bad in [
+        json!({"currency": {"display": "GBP", "rates": {"EUR": 0.9}}}),
+        json!({"currency": {"display": "usd"}}),
+        json!({"currency": {"display": "CNY", "rates": {"CNY": 0}}}),
+        json!({"public_base_url": "relay.example.com"}),
+    ] {
+        let (st, v) = admin
+            .call(Method::PATCH, "/admin/api/settings", Some(bad.clone()))
+            .await;
+        assert_eq!(st, 400, "{bad}: {v}");
+    }
+    let (st, s) = admin
+        .call(
+            Method::PATCH,
+            "/admin/api/settings",
+            Some(json!({"currency": {"display": "CNY", "rates": {"CNY": 7.25}}, "public_base_url": "https://relay.example.com/"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{s}");
+    assert_eq!(s["currency"]["source"], "settings");
+    assert_eq!(s["public_base_url"], "https://relay.example.com");
+    let (_, me) = admin.call(Method::GET, "/admin/api/me", None).await;
+    assert_eq!(me["currency"], json!({"code": "CNY", "rate": 7.25}));
+    // The usage CSV gains the cost in the display currency.
+    let csv = client()
+        .get(format!(
+            "{}/admin/api/usage/export.csv?dimension=key&granularity=day",
+            relay.admin()
+        ))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(header.last(), Some(&"cost_cny"), "{csv}");
+    let usd_col = header.iter().position(|c| *c == "cost_usd").unwrap();
+    for row in csv.lines().skip(1) {
+        let cols: Vec<&str> = row.split(',').collect();
+        let usd: f64 = cols[usd_col].parse().unwrap();
+        let cny: f64 = cols.last().unwrap().parse().unwrap();
+        assert!((cny - usd * 7.25).abs() < 1e-9, "{row}");
+    }
+    // The change is audited with its diff; null goes back to relay.yaml's.
+    let (_, trail) = admin.call(Method::GET, "/admin/api/audit?action=settings", None).await;
+    let changes = trail["records"][0]["changes"].to_string();
+    assert!(
+        changes.contains("currency.display") && changes.contains("CNY"),
+        "{trail}"
+    );
+    let (_, s) = admin
+        .call(Method::PATCH, "/admin/api/settings", Some(json!({"currency": null})))
+        .await;
+    assert_eq!(s["currency"]["display"], "EUR");
+    assert_eq!(
+        s["public_base_url"], "https://relay.example.com",
+        "an absent field stays"
+    );
+}
+
+/// `GET /admin/api/system`: the configuration file in use, the store and its health, this
+/// instance among the instances; a viewer may read it.
+#[tokio::test]
+async fn the_system_view_names_the_config_file_and_the_store() {
+    let relay = RelayProcess::start("").await;
+    let admin = Caller::new(&relay, "admin", ADMIN_PASSWORD).await;
+    admin
+        .call(
+            Method::POST,
+            "/admin/api/users",
+            Some(json!({"username": "vic", "password": "vic-password-1", "role": "viewer"})),
+        )
+        .await;
+    let viewer = Caller::new(&relay, "vic", "vic-password-1").await;
+    let (s, v) = viewer.call(Method::GET, "/admin/api/system", None).await;
+    assert_eq!(s, 200, "{v}");
+    let conf = std::fs::canonicalize(relay.config_path()).unwrap();
+    assert_eq!(v["config_file"], conf.display().to_string());
+    assert_eq!(v["store"]["backend"], "embedded");
+    assert_eq!(v["store"]["reachable"], true);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let (_, me) = admin.call(Method::GET, "/admin/api/me", None).await;
+    assert!(v["instances"].as_array().unwrap().contains(&me["instance"]), "{v}");
+    assert_eq!(v["listeners"]["relay"], relay.base().trim_start_matches("http://"));
 }

@@ -65,7 +65,10 @@ fn admin_only(route: &str) -> bool {
         "/admin/api/import",
         "/admin/api/alerts",
     ];
-    PREFIXES.iter().any(|p| route == *p || route.starts_with(&format!("{p}/"))) || route.ends_with("export.csv")
+    PREFIXES
+        .iter()
+        .any(|p| route == *p || route.starts_with(&format!("{p}/")))
+        || route.ends_with("export.csv")
 }
 
 /// Areas an operator changes.
@@ -90,7 +93,10 @@ pub fn policy(method: &Method, route: &str) -> Policy {
         "/health" | "/metrics" | "/admin/api/openapi.json" => return public(false),
         "/admin/api/login" => return public(true),
         // Every signed-in user: who they are, and their own password and sessions.
-        "/admin/api/me" | "/admin/api/logout" | "/admin/api/password" | "/admin/api/sessions"
+        "/admin/api/me"
+        | "/admin/api/logout"
+        | "/admin/api/password"
+        | "/admin/api/sessions"
         | "/admin/api/sessions/{id}" => return role(AdminRole::Viewer, !read),
         _ => {}
     }
@@ -173,8 +179,14 @@ mod tests {
         assert_eq!(access(Method::GET, "/admin/api/keys"), Access::Role(Viewer));
         assert_eq!(access(Method::GET, "/admin/api/usage/global"), Access::Role(Viewer));
         assert_eq!(access(Method::POST, "/admin/api/keys"), Access::Role(Operator));
-        assert_eq!(access(Method::PATCH, "/admin/api/accounts/{id}"), Access::Role(Operator));
-        assert_eq!(access(Method::POST, "/admin/api/groups/{name}/rename"), Access::Role(Operator));
+        assert_eq!(
+            access(Method::PATCH, "/admin/api/accounts/{id}"),
+            Access::Role(Operator)
+        );
+        assert_eq!(
+            access(Method::POST, "/admin/api/groups/{name}/rename"),
+            Access::Role(Operator)
+        );
         assert_eq!(access(Method::GET, "/admin/api/usage/export.csv"), Access::Role(Admin));
         assert!(policy(&Method::GET, "/admin/api/usage/export.csv").audited);
         assert_eq!(access(Method::GET, "/admin/api/users"), Access::Role(Admin));

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, bad_request, json_body, not_found};
 use super::access::Actor;
+use super::routes::{ApiError, bad_request, json_body, not_found};
 use crate::credentials::Holder;
 use crate::proxy::probe;
 

@@ -13,17 +13,15 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::AdminState;
-use super::oauth::OAuthView;
-use super::routes::{
-    ApiError, bad_request, conflict, from_value, json_body, not_found, read_only, store_error, write,
-};
 use super::access::Actor;
+use super::oauth::OAuthView;
+use super::routes::{ApiError, bad_request, conflict, from_value, json_body, not_found, read_only, store_error, write};
 use super::scheduling::{self, LiveView};
 use crate::accounts::{
     AccountCredential, AccountDefinition, AccountInput, AccountSettings, Cooldowns, CredentialFields, FieldError,
@@ -299,11 +297,7 @@ pub async fn list(State(state): State<AdminState>, _actor: Actor) -> Result<Resp
     Ok(Json(AccountList { accounts }).into_response())
 }
 
-pub async fn get(
-    State(state): State<AdminState>,
-    _actor: Actor,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn get(State(state): State<AdminState>, _actor: Actor, Path(id): Path<String>) -> Result<Response, ApiError> {
     if let Some(a) = config_account(&state, &id) {
         return Ok(Json(config_view(&state, a)).into_response());
     }

@@ -59,7 +59,15 @@ pub fn is_secret(name: &str) -> bool {
         "code_verifier",
         "encryption_key",
     ];
-    const NAMES: [&str; 7] = ["key", "api_key", "x-api-key", "code", "plaintext", "session_key", "token"];
+    const NAMES: [&str; 7] = [
+        "key",
+        "api_key",
+        "x-api-key",
+        "code",
+        "plaintext",
+        "session_key",
+        "token",
+    ];
     PARTS.iter().any(|p| n.contains(p)) || NAMES.contains(&n.as_str()) || n.ends_with("_token")
 }
 
@@ -178,7 +186,9 @@ fn target(route: &str, path: &str) -> Option<(String, String)> {
     let p: Vec<&str> = path.split('/').collect();
     let i = r.iter().position(|s| s.starts_with('{'))?;
     let id = p.get(i)?;
-    let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy().into_owned();
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8_lossy()
+        .into_owned();
     Some((singular(r.get(i.checked_sub(1)?)?).to_string(), id))
 }
 
@@ -194,6 +204,7 @@ async fn view(state: &AdminState, actor: &Actor, kind: &str, id: &str) -> Option
         "key" => super::keys::get(State(state.clone()), actor.clone(), Path(id.to_string())).await,
         "account" => super::accounts::get(State(state.clone()), actor.clone(), Path(id.to_string())).await,
         "user" => return super::users::view(state, id).await,
+        "settings" => return super::settings::view_json(state).await.ok(),
         _ => return None,
     };
     json_of(response.ok()?).await
@@ -238,10 +249,7 @@ impl Context {
         let mut m = Map::new();
         m.insert("at".into(), json!(self.at_ms));
         m.insert("actor".into(), json!(self.actor.as_ref().map(|a| &a.username)));
-        m.insert(
-            "role".into(),
-            json!(self.actor.as_ref().map(|a| a.role.as_str())),
-        );
+        m.insert("role".into(), json!(self.actor.as_ref().map(|a| a.role.as_str())));
         m.insert("ip".into(), json!(self.ip));
         m.insert("user_agent".into(), json!(self.user_agent));
         m.insert("action".into(), json!(action(&self.method, &self.route)));
@@ -310,6 +318,9 @@ pub async fn around(
         (Request::from_parts(parts, body), None)
     };
     let mut tgt = target(route, &ctx.path);
+    if route == "/admin/api/settings" {
+        tgt = Some(("settings".into(), "settings".into()));
+    }
     let before = match (&actor, &tgt) {
         (Some(a), Some((kind, id))) => view(state, a, kind, id).await,
         _ => None,
@@ -346,7 +357,10 @@ pub async fn around(
         _ => None,
     };
     if let Some((kind, id)) = &tgt {
-        record.insert("target".into(), target_json(kind, id, after.as_ref().or(before.as_ref())));
+        record.insert(
+            "target".into(),
+            target_json(kind, id, after.as_ref().or(before.as_ref())),
+        );
     }
     if status.is_success() {
         match (&before, &after) {
@@ -505,7 +519,10 @@ async fn page(state: &AdminState, q: &AuditQuery, limit: usize) -> Result<(Vec<V
 fn cursor_shape(c: &str) -> bool {
     c.len() <= 40
         && c.split_once('-').is_some_and(|(a, b)| {
-            !a.is_empty() && !b.is_empty() && a.bytes().all(|x| x.is_ascii_digit()) && b.bytes().all(|x| x.is_ascii_digit())
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|x| x.is_ascii_digit())
+                && b.bytes().all(|x| x.is_ascii_digit())
         })
 }
 
@@ -683,7 +700,10 @@ mod tests {
             "action": "key.update", "target": {"type": "key", "id": "k1", "name": "a,b"}, "status": 200,
             "ok": true, "changes": [{"field": "name", "from": "a", "to": "b"}], "user_agent": null});
         let row = csv_row(&r);
-        assert!(row.starts_with("2023-11-14T22:13:20.000Z,'=evil,admin,::1,key.update,key,k1,\"a,b\",200,true,"), "{row}");
+        assert!(
+            row.starts_with("2023-11-14T22:13:20.000Z,'=evil,admin,::1,key.update,key,k1,\"a,b\",200,true,"),
+            "{row}"
+        );
         assert_eq!(CSV_HEADER.split(',').count(), 12);
     }
 }

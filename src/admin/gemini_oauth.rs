@@ -22,12 +22,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::AdminState;
+use super::access::Actor;
 use super::oauth::{
     Target, authorize_plain, exchange_error, expiry, fields_or_existing, fresh_meta, imported_pair, now_ms,
     read_exchange, scopes, stored_tokens, string_field, target,
 };
 use super::routes::{ApiError, bad_request};
-use super::access::Actor;
 use crate::credentials::TokenPair;
 use crate::providers::gemini_oauth::flow::{self, Flow};
 use crate::store::{AccountKind, OAuthMeta};

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, bad_request, conflict, json_body, not_found, store_error, write};
 use super::access::Actor;
+use super::routes::{ApiError, bad_request, conflict, json_body, not_found, store_error, write};
 use super::scheduling::{live_view, valid_bind};
 use crate::accounts::stored;
 use crate::state::config_id;

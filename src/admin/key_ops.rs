@@ -5,15 +5,15 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
+use super::access::Actor;
 use super::keys::{self, stored_view};
 use super::routes::{ApiError, bad_request, json_body, not_found, read_only, store_error, write};
-use super::access::Actor;
 use super::usage::{DEFAULT_SPAN_SECS, counters_json, parse_range};
 use crate::secrets;
 use crate::usage::report;

@@ -20,18 +20,17 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use filters::policy::{KeyPolicy, KeyPolicySpec};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::routes::{
-    ApiError, bad_request, conflict, from_value, json_body, not_found, read_only, store_error,
-    valid_name, write,
-};
 use super::access::Actor;
+use super::routes::{
+    ApiError, bad_request, conflict, from_value, json_body, not_found, read_only, store_error, valid_name, write,
+};
 use super::scheduling::valid_bind;
 use crate::config::ApiKeyConfig;
 use crate::secrets;
@@ -427,11 +426,7 @@ pub async fn list(
     Ok(Json(json!({ "keys": keys, "total": total, "page": page, "per_page": per_page })).into_response())
 }
 
-pub async fn get(
-    State(state): State<AdminState>,
-    _actor: Actor,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn get(State(state): State<AdminState>, _actor: Actor, Path(id): Path<String>) -> Result<Response, ApiError> {
     let last_used = state.store.api_key_last_used().await.map_err(store_error)?;
     if let Some(k) = config_key(&state, &id) {
         return Ok(Json(config_view(k, &last_used)).into_response());

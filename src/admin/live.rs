@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, bad_request};
 use super::access::Actor;
+use super::routes::{ApiError, bad_request};
 use crate::usage::live::LiveSnapshot;
 
 /// This instance's live view as it stands, then every other instance's last published one; and

@@ -34,6 +34,8 @@ mod overview;
 mod routes;
 mod scheduling;
 mod sessions;
+mod settings;
+mod system;
 mod ui;
 mod usage;
 mod usage_export;

@@ -16,18 +16,16 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::accounts::{AccountView, field_error, insert_view, new_record, stored_view};
-use super::routes::{
-    ApiError, bad_request, conflict, from_value, json_body, not_found, store_error, write,
-};
 use super::access::Actor;
+use super::accounts::{AccountView, field_error, insert_view, new_record, stored_view};
+use super::routes::{ApiError, bad_request, conflict, from_value, json_body, not_found, store_error, write};
 use crate::accounts::{AccountCredential, AccountDefinition, AccountInput, CredentialFields, ProxyUrl, stored};
 use crate::credentials::authorize::{self, Pending, Started};
 use crate::credentials::{Live, OAuthError, TokenPair};

@@ -19,12 +19,12 @@ use axum::response::Response;
 use serde_json::{Map, Value};
 
 use super::AdminState;
+use super::access::Actor;
 use super::oauth::{
     authorize_plain, exchange_error, expiry, fields_or_existing, fresh_meta, imported_pair, now_ms, read_exchange,
     scopes, store_tokens, string_field, target,
 };
 use super::routes::{ApiError, bad_request};
-use super::access::Actor;
 use crate::credentials::{Identity, TokenPair};
 use crate::providers::openai;
 use crate::providers::openai_oauth::flow::{self, Flow};

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, bad_request, store_error};
 use super::access::Actor;
+use super::routes::{ApiError, bad_request, store_error};
 use super::usage::{counters_json, parse_zone};
 use crate::store::{Dimension, Granularity, UsageCounters};
 use crate::usage::report;

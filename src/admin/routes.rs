@@ -15,13 +15,13 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::auth::printable_user;
-use super::{AdminState, Credentials};
 use super::access::{self, Actor};
 use super::audit::LoginAttempt;
+use super::auth::printable_user;
+use super::{AdminState, Credentials};
 use super::{
     account_ops, accounts, audit, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview, sessions,
-    usage, usage_export, users,
+    settings, system, usage, usage_export, users,
 };
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
@@ -46,6 +46,8 @@ pub fn router(state: AdminState) -> Router {
             "/admin/api/users/{username}",
             axum::routing::patch(users::update).delete(users::delete),
         )
+        .route("/admin/api/settings", get(settings::get).patch(settings::update))
+        .route("/admin/api/system", get(system::system))
         .route("/admin/api/audit", get(audit::list))
         .route("/admin/api/audit/export.csv", get(audit::export))
         .route("/admin/api/keys", get(keys::list).post(keys::create))
@@ -457,8 +459,7 @@ async fn login(
         .put_session(&sha256_hex(&token), &session)
         .await
         .map_err(store_error)?;
-    let mut answer =
-        Json(serde_json::json!({"token": token, "expires_in": ttl, "role": role})).into_response();
+    let mut answer = Json(serde_json::json!({"token": token, "expires_in": ttl, "role": role})).into_response();
     answer.extensions_mut().insert(attempt);
     Ok(answer)
 }
@@ -472,9 +473,12 @@ async fn me(State(state): State<AdminState>, actor: Actor) -> Result<Response, A
         .await
         .map_err(store_error)?
         .map(|s| s.expires_at);
+    let panel = state.store.get_settings().await.map_err(store_error)?;
     Ok(Json(serde_json::json!({
         "username": actor.username,
         "role": actor.role,
+        "currency": settings::currency_json(settings::currency(&state, &panel)),
+        "public_base_url": panel.public_base_url,
         "expires_at": expires_at,
         "version": env!("CARGO_PKG_VERSION"),
         "instance": state.instance,

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, bad_request, not_found, store_error};
 use super::access::Actor;
+use super::routes::{ApiError, bad_request, not_found, store_error};
 use super::usage::counters_json;
 use crate::store::{SessionCursor, SessionUsage};
 use crate::usage::sessions::valid_id;

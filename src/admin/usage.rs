@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, bad_request, store_error};
 use super::access::Actor;
+use super::routes::{ApiError, bad_request, store_error};
 use crate::store::{Dimension, Granularity, UsageCounters};
 use crate::usage::report::{self, Zone};
 

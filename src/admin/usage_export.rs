@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AdminState;
-use super::routes::{ApiError, bad_request, store_error};
 use super::access::Actor;
+use super::routes::{ApiError, bad_request, store_error};
 use super::usage::{
     DEFAULT_SPAN_SECS, bucket_starts, counters_json, parse_dimension, parse_granularity, parse_range, parse_zone,
 };
@@ -266,7 +266,14 @@ pub async fn export(
     }
     let now = chrono::Utc::now().timestamp();
     let labels: Vec<String> = starts.iter().map(|s| zone.rfc3339(*s)).collect();
+    // Costs also in the display currency, when it is not USD.
+    let panel = state.store.get_settings().await.map_err(store_error)?;
+    let currency = super::settings::currency(&state, &panel);
+    let converted = (currency.display != "USD").then(|| currency.rate());
     let mut out = csv_header();
+    if converted.is_some() {
+        out.push_str(&format!(",cost_{}", currency.display.to_ascii_lowercase()));
+    }
     out.push('\n');
     for id in &ids {
         let series = report::series(
@@ -285,6 +292,9 @@ pub async fn export(
         .map_err(store_error)?;
         for (label, c) in labels.iter().zip(&series) {
             out.push_str(&csv_row(label, id, c));
+            if let Some(rate) = converted {
+                out.push_str(&format!(",{}", c.cost_nanos as f64 / 1e9 * rate));
+            }
             out.push('\n');
         }
     }

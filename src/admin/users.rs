@@ -96,7 +96,13 @@ pub async fn view(state: &AdminState, name: &str) -> Option<Value> {
     if is_config_admin(state, name) {
         return Some(config_admin_json(state));
     }
-    state.store.get_admin_user(name).await.ok().flatten().map(|u| user_json(&u))
+    state
+        .store
+        .get_admin_user(name)
+        .await
+        .ok()
+        .flatten()
+        .map(|u| user_json(&u))
 }
 
 /// `GET /admin/api/users`: the configuration's admin first, then the others by name.
@@ -104,7 +110,12 @@ pub async fn list(State(state): State<AdminState>, _actor: Actor) -> Result<Resp
     let mut users = state.store.list_admin_users().await.map_err(store_error)?;
     users.sort_by(|a, b| a.username.cmp(&b.username));
     let mut out = vec![config_admin_json(&state)];
-    out.extend(users.iter().filter(|u| !is_config_admin(&state, &u.username)).map(user_json));
+    out.extend(
+        users
+            .iter()
+            .filter(|u| !is_config_admin(&state, &u.username))
+            .map(user_json),
+    );
     Ok(Json(json!({ "users": out })).into_response())
 }
 

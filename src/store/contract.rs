@@ -15,8 +15,9 @@ use std::time::Duration;
 use super::client_sessions::{MAX_AGENTS_PER_SESSION, MAX_MODELS_PER_SESSION, OTHER_MODEL};
 use super::redis::RedisStore;
 use super::{
-    AccountKind, AccountRecord, AdminRole, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity,
-    SessionBounds, SessionCursor, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
+    AccountKind, AccountRecord, AdminRole, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension,
+    DisplayCurrency, Granularity, PanelSettings, SessionBounds, SessionCursor, SessionUsage, Store, StoreError,
+    StoreResult, UsageCounters,
 };
 use crate::secrets::Secrets;
 
@@ -63,6 +64,7 @@ pub async fn run_all(store: &dyn Store) -> Check {
     usage_expiry(store).await.map_err(tag("usage_expiry"))?;
     sessions(store).await.map_err(tag("sessions"))?;
     admin_users(store).await.map_err(tag("admin_users"))?;
+    settings(store).await.map_err(tag("settings"))?;
     client_sessions(store).await.map_err(tag("client_sessions"))?;
     client_session_bounds(store)
         .await
@@ -772,7 +774,39 @@ pub async fn sessions(store: &dyn Store) -> Check {
     ok("delete s1", store.delete_session("th1").await)?;
     eq("deleted session", ok("get", store.get_session("th1", t).await)?, None)?;
     ok("delete missing", store.delete_session("th1").await)?;
-    eq("deleted sessions leave the list", ok("list", store.list_sessions(t).await)?, vec![])?;
+    eq(
+        "deleted sessions leave the list",
+        ok("list", store.list_sessions(t).await)?,
+        vec![],
+    )?;
+    Ok(())
+}
+
+/// Panel settings: empty until put, then read back as put, replaced whole.
+pub async fn settings(store: &dyn Store) -> Check {
+    eq(
+        "no settings",
+        ok("get", store.get_settings().await)?,
+        PanelSettings::default(),
+    )?;
+    let mut rates = BTreeMap::new();
+    rates.insert("CNY".to_string(), 7.1);
+    rates.insert("EUR".to_string(), 0.92);
+    let s = PanelSettings {
+        currency: Some(DisplayCurrency {
+            display: "CNY".into(),
+            rates,
+        }),
+        public_base_url: Some("https://relay.example.com".into()),
+    };
+    ok("put", store.put_settings(&s).await)?;
+    eq("read back", ok("get", store.get_settings().await)?, s)?;
+    ok("clear", store.put_settings(&PanelSettings::default()).await)?;
+    eq(
+        "cleared",
+        ok("get", store.get_settings().await)?,
+        PanelSettings::default(),
+    )?;
     Ok(())
 }
 
@@ -793,7 +827,11 @@ pub async fn admin_users(store: &dyn Store) -> Check {
     bob.role = AdminRole::Operator;
     ok("put ann", store.put_admin_user(&ann).await)?;
     ok("put bob", store.put_admin_user(&bob).await)?;
-    eq("get ann", ok("get", store.get_admin_user("ann").await)?, Some(ann.clone()))?;
+    eq(
+        "get ann",
+        ok("get", store.get_admin_user("ann").await)?,
+        Some(ann.clone()),
+    )?;
     let mut ann2 = ann.clone();
     ann2.role = AdminRole::Admin;
     ann2.disabled = true;
@@ -803,7 +841,11 @@ pub async fn admin_users(store: &dyn Store) -> Check {
     all.sort_by(|a, b| a.username.cmp(&b.username));
     eq("list", all, vec![ann2, bob.clone()])?;
     eq("delete ann", ok("delete", store.delete_admin_user("ann").await)?, true)?;
-    eq("delete ann again", ok("delete", store.delete_admin_user("ann").await)?, false)?;
+    eq(
+        "delete ann again",
+        ok("delete", store.delete_admin_user("ann").await)?,
+        false,
+    )?;
     eq("after delete", ok("list", store.list_admin_users().await)?, vec![bob])?;
     ok("delete bob", store.delete_admin_user("bob:ops").await)?;
     Ok(())

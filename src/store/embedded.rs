@@ -14,6 +14,7 @@
 //! - `usage_expiry`: expiry ‖ encoded bucket key → () (what `purge_expired_usage` scans)
 //! - `admin_sessions`: token hash → JSON [`AdminSession`]
 //! - `admin_users`: user name → JSON [`AdminUser`]
+//! - `settings`: `panel` → JSON [`PanelSettings`]
 //! - `client_sessions`: key id length (4, BE) ‖ key id ‖ session id → JSON of the session's usage
 //!   (see [`StoredSession`])
 //! - `client_session_index`: key id length ‖ key id ‖ last seen (8, sortable) ‖ session id → ()
@@ -33,8 +34,8 @@ use tokio::sync::broadcast;
 
 use super::client_sessions::{counter_fields, counters_from_fields, page_order};
 use super::{
-    AccountRecord, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
-    SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
+    AccountRecord, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, PanelSettings,
+    SessionBounds, SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 
 /// The file name inside the data directory.
@@ -51,6 +52,7 @@ const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage");
 const USAGE_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("usage_expiry");
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("admin_sessions");
 const ADMIN_USERS: TableDefinition<&str, &str> = TableDefinition::new("admin_users");
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 const CLIENT_SESSIONS: TableDefinition<&[u8], &str> = TableDefinition::new("client_sessions");
 const CLIENT_SESSION_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("client_session_index");
 
@@ -212,6 +214,7 @@ fn init_schema(db: &Database) -> StoreResult<()> {
         txn.open_table(USAGE_EXPIRY).map_err(db_err)?;
         txn.open_table(SESSIONS).map_err(db_err)?;
         txn.open_table(ADMIN_USERS).map_err(db_err)?;
+        txn.open_table(SETTINGS).map_err(db_err)?;
         txn.open_table(CLIENT_SESSIONS).map_err(db_err)?;
         txn.open_table(CLIENT_SESSION_INDEX).map_err(db_err)?;
     }
@@ -893,6 +896,27 @@ impl Store for EmbeddedStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    // --- panel settings ---
+
+    async fn get_settings(&self) -> StoreResult<PanelSettings> {
+        self.run(|db| get_json(db, SETTINGS, "settings", "panel"))
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn put_settings(&self, settings: &PanelSettings) -> StoreResult<()> {
+        let json = to_json("settings", settings)?;
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(SETTINGS)
+                .map_err(db_err)?
+                .insert("panel", json.as_str())
+                .map_err(db_err)?;
+            txn.commit().map_err(db_err)
         })
         .await
     }

@@ -569,6 +569,76 @@ pub struct AdminUser {
     pub disabled: bool,
 }
 
+/// A currency shown beside US dollars: its ISO 4217 code and exchange rates (units of each
+/// currency per US dollar). Costs are counted in USD; this only converts what is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplayCurrency {
+    #[serde(default = "usd_code")]
+    pub display: String,
+    #[serde(default)]
+    pub rates: BTreeMap<String, f64>,
+}
+
+fn usd_code() -> String {
+    "USD".into()
+}
+
+impl Default for DisplayCurrency {
+    fn default() -> Self {
+        DisplayCurrency {
+            display: usd_code(),
+            rates: BTreeMap::new(),
+        }
+    }
+}
+
+impl DisplayCurrency {
+    /// Codes are three capital letters; rates are positive and finite; the display currency is
+    /// USD or has a rate.
+    pub fn validate(&self) -> Result<(), String> {
+        let code = |c: &str| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase());
+        if !code(&self.display) {
+            return Err(format!(
+                "`display` {:?} is not a currency code (three capital letters, e.g. CNY)",
+                self.display
+            ));
+        }
+        for (c, r) in &self.rates {
+            if !code(c) {
+                return Err(format!("rate for {c:?}: not a currency code (three capital letters)"));
+            }
+            if !(r.is_finite() && *r > 0.0) {
+                return Err(format!("rate for {c}: must be a positive number (units per US dollar)"));
+            }
+        }
+        if self.display != "USD" && !self.rates.contains_key(&self.display) {
+            return Err(format!("`display` is {} but `rates` has no rate for it", self.display));
+        }
+        Ok(())
+    }
+
+    /// Units of the display currency per US dollar (1 for USD).
+    pub fn rate(&self) -> f64 {
+        if self.display == "USD" {
+            1.0
+        } else {
+            self.rates.get(&self.display).copied().unwrap_or(1.0)
+        }
+    }
+}
+
+/// Settings changed in the admin panel. Each one set here overrides the configuration's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PanelSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<DisplayCurrency>,
+    /// The address clients reach the relay at (`https://relay.example.com`), for the setup
+    /// snippets; without it the panel uses the address it is served from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_base_url: Option<String>,
+}
+
 /// An admin session, found by the SHA-256 of its bearer token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminSession {
@@ -676,6 +746,10 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
     /// Every session still valid at `now`, with its token hash.
     async fn list_sessions(&self, now: i64) -> StoreResult<Vec<(String, AdminSession)>>;
+
+    // --- panel settings ---
+    async fn get_settings(&self) -> StoreResult<PanelSettings>;
+    async fn put_settings(&self, settings: &PanelSettings) -> StoreResult<()>;
 
     // --- admin users ---
     async fn list_admin_users(&self) -> StoreResult<Vec<AdminUser>>;

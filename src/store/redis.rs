@@ -13,6 +13,7 @@
 //! | `{p}session:{token hash}`             | string  | JSON [`AdminSession`], `EXPIREAT` its expiry  |
 //! | `{p}sessions`                         | zset    | token hashes of admin sessions by expiry     |
 //! | `{p}admin_users`                      | hash    | user name → JSON [`AdminUser`]               |
+//! | `{p}settings`                         | string  | JSON [`PanelSettings`]                        |
 //! | `{p}cs:{len}:{key id}:{session id}`   | hash    | one client session's usage (see `lua/add_session_usage.lua`), `EXPIREAT` last use + retention |
 //! | `{p}csx:{key id}`                     | zset    | a key's client session ids by last use       |
 //! | `{p}changes`                          | channel | pub/sub: keys or accounts changed            |
@@ -42,8 +43,8 @@ use crate::lifecycle::Tasks;
 use super::client_sessions::{MAX_AGENTS_PER_SESSION, MAX_MODELS_PER_SESSION, counter_fields, page_order};
 use super::embedded::{bucket_expiry, merge_usage_batch, now_unix, series_bucket_starts};
 use super::{
-    AccountRecord, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
-    SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
+    AccountRecord, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, PanelSettings,
+    SessionBounds, SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 
 /// The prefix used when none is configured.
@@ -792,6 +793,30 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    // --- panel settings ---
+
+    async fn get_settings(&self) -> StoreResult<PanelSettings> {
+        let json: Option<String> = redis::cmd("GET")
+            .arg(self.key("settings"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        json.map(|j| from_json("settings", "panel", &j))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn put_settings(&self, settings: &PanelSettings) -> StoreResult<()> {
+        let json = to_json("settings", settings)?;
+        let _: () = redis::cmd("SET")
+            .arg(self.key("settings"))
+            .arg(json)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     // --- admin users ---

@@ -15,6 +15,7 @@ export const router = createRouter({
     { path: '/live', component: () => import('./pages/Live.vue') },
     { path: '/settings', component: () => import('./pages/Settings.vue') },
     { path: '/audit', component: () => import('./pages/Audit.vue') },
+    { path: '/system', component: () => import('./pages/System.vue') },
     { path: '/:rest(.*)*', redirect: '/overview' },
   ],
 })

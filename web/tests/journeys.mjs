@@ -537,10 +537,52 @@ await journey('18 users and roles: admin adds an operator; she sees no users or 
   assert.ok(!text.includes('olga-password-1'), 'a password in the audit page')
 })
 
+await journey('19 settings: a display currency shows beside USD on the overview; back to USD', async () => {
+  await p.goto(`${ADMIN}/ui/settings`)
+  await p.locator('[data-test=panel-settings]').waitFor()
+  await p.fill('input[name=currency]', 'CNY')
+  await p.fill('input[name=rates]', 'EUR=0.92')
+  await p.click('[data-test=save-settings]')
+  await p.locator('[data-test=settings-error]').waitFor()
+  assert.match(await p.textContent('[data-test=settings-error]'), /CNY/)
+  await p.fill('input[name=rates]', 'CNY=7.1, EUR=0.92')
+  await p.fill('input[name=public_base_url]', 'https://relay.example.com')
+  await p.click('[data-test=save-settings]')
+  await p.locator('[data-test=reset-currency]').waitFor()
+  await p.click('[data-nav=overview]')
+  const cost = p.locator('[data-card=cost] [data-value]')
+  await p.waitForFunction(() => /CN¥|¥/.test(document.querySelector('[data-card=cost] [data-value]')?.textContent || ''))
+  const shown = await cost.textContent()
+  const [usdPart, cnyPart] = shown.split('(')
+  const usdValue = money(usdPart)
+  const cnyValue = money(cnyPart)
+  assert.ok(Math.abs(cnyValue - usdValue * 7.1) <= 0.01 + usdValue * 0.001, `${shown}`)
+  const tk = await p.evaluate(() => sessionStorage.getItem('relay.token'))
+  const me = await adminApi(tk, 'GET', '/me')
+  assert.deepEqual(me.json.currency, { code: 'CNY', rate: 7.1 })
+  assert.equal(me.json.public_base_url, 'https://relay.example.com')
+  await p.click('[data-nav=settings]')
+  await p.click('[data-test=reset-currency]')
+  await p.locator('[data-test=reset-currency]').waitFor({ state: 'detached' })
+  assert.equal((await adminApi(tk, 'PATCH', '/settings', { public_base_url: null })).status, 200)
+  assert.deepEqual((await adminApi(tk, 'GET', '/me')).json.currency, { code: 'USD', rate: 1 })
+})
+
+await journey('20 system: version, store health and the configuration file', async () => {
+  await p.click('[data-nav=system]')
+  await p.locator('[data-test=system]').waitFor()
+  const tk = await p.evaluate(() => sessionStorage.getItem('relay.token'))
+  const sys = (await adminApi(tk, 'GET', '/system')).json
+  assert.equal(await p.textContent('[data-test=version]'), sys.version)
+  assert.equal(await p.textContent('[data-test=backend]'), sys.store.backend)
+  assert.equal(await p.textContent('[data-test=config-file]'), sys.config_file)
+  assert.match(await p.textContent('[data-test=store-health]'), /Reachable/)
+})
+
 await journey('screenshots: every page in both themes, and the phone layout', async () => {
   for (const theme of ['light', 'dark']) {
     await p.click(`[data-theme=${theme}]`)
-    for (const name of ['overview', 'keys', 'accounts', 'groups', 'usage', 'live', 'settings', 'audit']) {
+    for (const name of ['overview', 'keys', 'accounts', 'groups', 'usage', 'live', 'settings', 'audit', 'system']) {
       await p.goto(`${ADMIN}/ui/${name}`)
       await p.locator('main h1').waitFor()
       await p.waitForTimeout(400)

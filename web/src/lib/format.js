@@ -1,10 +1,18 @@
 import { i18n } from './i18n.js'
+import { me } from './me.js'
 
 const loc = () => i18n.global.locale.value
 export const num = (n) => new Intl.NumberFormat(loc()).format(n ?? 0)
 export const compact = (n) => new Intl.NumberFormat(loc(), { notation: 'compact', maximumFractionDigits: 1 }).format(n ?? 0)
-export const usd = (n) =>
+const inUsd = (n) =>
   new Intl.NumberFormat(loc(), { style: 'currency', currency: 'USD', minimumFractionDigits: 2, maximumFractionDigits: n && Math.abs(n) < 1 ? 4 : 2 }).format(n ?? 0)
+/** A USD amount, followed by the display currency's when one is set (`/me`'s `currency`). */
+export const usd = (n) => {
+  const c = me.value?.currency
+  if (!c || c.code === 'USD') return inUsd(n)
+  const other = new Intl.NumberFormat(loc(), { style: 'currency', currency: c.code, maximumFractionDigits: 2 }).format((n ?? 0) * c.rate)
+  return `${inUsd(n)} (${other})`
+}
 export function offset(d = new Date()) {
   const m = -d.getTimezoneOffset()
   const s = m >= 0 ? '+' : '-'

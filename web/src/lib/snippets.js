@@ -1,11 +1,14 @@
 // Setup snippets for the three CLIs, with the relay's public URL filled in (paths as in the README).
 import { optional } from './api.js'
+import { me } from './me.js'
 
 /**
- * The relay's URL for the snippets: the one the admin saved, else the relay listener's address as
- * `/me` gives it (`listen`; a wildcard host means this page's host), else a guess on port 3000.
+ * The relay's URL for the snippets: the public address in the settings, else the one saved in this
+ * browser, else the relay listener's address as `/me` gives it (`listen`; a wildcard host means
+ * this page's host), else a guess on port 3000.
  */
 export function relayBase(listen) {
+  if (me.value?.public_base_url) return me.value.public_base_url
   const saved = localStorage.getItem('relay.public_url')
   if (saved) return saved
   const m = /^(.*):(\d+)$/.exec(listen || '')
