@@ -180,7 +180,14 @@ async fn every_route_as_each_role(relay: &RelayProcess) {
         403
     );
     assert_eq!(
-        admin.call(Method::GET, "/admin/api/usage/export.csv", None).await.0,
+        admin
+            .call(
+                Method::GET,
+                "/admin/api/usage/export.csv?dimension=key&granularity=day",
+                None
+            )
+            .await
+            .0,
         200
     );
     let (s, _) = viewer

@@ -185,6 +185,7 @@ pub fn store_error(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "admin store operation failed");
     match e {
         StoreError::Conflict(m) => conflict(m),
+        StoreError::Invalid(m) => bad_request(m),
         e => ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string()),
     }
 }
