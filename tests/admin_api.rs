@@ -849,6 +849,18 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/usage/export.csv"),
         ("get", "/admin/api/overview"),
         ("get", "/admin/api/live"),
+        ("post", "/admin/api/password"),
+        ("get", "/admin/api/sessions"),
+        ("delete", "/admin/api/sessions/{id}"),
+        ("get", "/admin/api/users"),
+        ("post", "/admin/api/users"),
+        ("patch", "/admin/api/users/{username}"),
+        ("delete", "/admin/api/users/{username}"),
+        ("get", "/admin/api/settings"),
+        ("patch", "/admin/api/settings"),
+        ("get", "/admin/api/system"),
+        ("get", "/admin/api/audit"),
+        ("get", "/admin/api/audit/export.csv"),
     ];
     for (m, p) in expected {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} is not documented");
@@ -865,7 +877,8 @@ async fn openapi_describes_every_route() {
             let path = p
                 .replace("{id}", "some-id")
                 .replace("{session_id}", "some-session")
-                .replace("{name}", "some-group");
+                .replace("{name}", "some-group")
+                .replace("{username}", "some-user");
             let url = format!("{}{}", relay.admin(), path);
             let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
             let r = c.request(method, &url).send().await.unwrap();
