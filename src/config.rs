@@ -97,6 +97,46 @@ pub struct RawConfig {
     pub connections: ConnectionsConfig,
     #[serde(default)]
     pub upstreams: UpstreamsConfig,
+    /// HTTPS on the relay listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls` and `admin.tls`: the listener serves HTTPS (ALPN `h2`, `http/1.1`) with this certificate
+/// chain and key (PEM), read again when the files change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, the server's certificate first (certbot's `fullchain.pem`).
+    pub cert: PathBuf,
+    /// Its private key (certbot's `privkey.pem`).
+    pub key: PathBuf,
+    /// How often the files are checked for a renewed certificate.
+    #[serde(default = "default_tls_reload_every")]
+    pub reload_every: Dur,
+}
+
+impl TlsConfig {
+    pub fn files(&self) -> crate::tls::CertFiles {
+        crate::tls::CertFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+fn default_tls_reload_every() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// Checks `section` (`tls`, `admin.tls`): the period, and that its files can be served.
+fn check_tls(section: &str, tls: &TlsConfig) -> Result<(), ConfigError> {
+    if tls.reload_every.0 < Duration::from_secs(1) {
+        return Err(invalid(format!("{section}.reload_every"), "must be at least 1s"));
+    }
+    crate::tls::load(&tls.files())
+        .map(drop)
+        .map_err(|e| invalid(format!("{section}.{}", e.part.key_name()), e.to_string()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +158,9 @@ pub struct AdminConfig {
     /// How failed logins slow down further attempts.
     #[serde(default)]
     pub login_backoff: LoginBackoffConfig,
+    /// HTTPS on the admin listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Backoff after failed admin logins, per (user name, client address): `after` failures are free,
@@ -153,6 +196,7 @@ impl Default for AdminConfig {
             password_hash: None,
             session_ttl: default_session_ttl(),
             login_backoff: LoginBackoffConfig::default(),
+            tls: None,
         }
     }
 }
@@ -715,6 +759,8 @@ pub struct Config {
     pub deny_addresses: Vec<ipnet::IpNet>,
     /// Upstream response headers kept from clients (`upstreams.hide_headers`).
     pub hide_headers: Vec<http::HeaderName>,
+    /// HTTPS on the relay listener (`tls`; the admin listener's is `admin.tls`).
+    pub tls: Option<TlsConfig>,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -949,6 +995,12 @@ impl Config {
                     "must be an argon2 PHC string ($argon2id$...)",
                 ));
             }
+        }
+        if let Some(t) = &raw.tls {
+            check_tls("tls", t)?;
+        }
+        if let Some(t) = &raw.admin.tls {
+            check_tls("admin.tls", t)?;
         }
         if raw.admin.session_ttl.0 < Duration::from_secs(60) {
             return Err(invalid("admin.session_ttl", "must be at least 1m"));
@@ -1216,6 +1268,7 @@ impl Config {
             connections: raw.connections,
             deny_addresses,
             hide_headers,
+            tls: raw.tls,
         })
     }
 }
