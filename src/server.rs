@@ -199,6 +199,12 @@ fn listener_cert(
     let cert = crate::tls::ReloadingCert::load(section, tls.files())
         .map_err(|e| anyhow_lite::Error(format!("config key `{section}.{}`: {e}", e.part.key_name())))?;
     let cert = Arc::new(cert);
+    tracing::info!(
+        section,
+        cert_file = %tls.cert.display(),
+        reload_every = ?tls.reload_every.0,
+        "serving HTTPS (ALPN h2, http/1.1)"
+    );
     tasks.spawn_loop(
         "TLS certificate reloads",
         cert.clone().reload_forever(tls.reload_every.0),
