@@ -100,6 +100,46 @@ pub struct RawConfig {
     /// A currency shown beside USD, with rates (the panel's settings may override it).
     #[serde(default)]
     pub currency: crate::store::DisplayCurrency,
+    /// HTTPS on the relay listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls` and `admin.tls`: the listener serves HTTPS (ALPN `h2`, `http/1.1`) with this certificate
+/// chain and key (PEM), read again when the files change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, the server's certificate first (certbot's `fullchain.pem`).
+    pub cert: PathBuf,
+    /// Its private key (certbot's `privkey.pem`).
+    pub key: PathBuf,
+    /// How often the files are checked for a renewed certificate.
+    #[serde(default = "default_tls_reload_every")]
+    pub reload_every: Dur,
+}
+
+impl TlsConfig {
+    pub fn files(&self) -> crate::tls::CertFiles {
+        crate::tls::CertFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+fn default_tls_reload_every() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// Checks `section` (`tls`, `admin.tls`): the period, and that its files can be served.
+fn check_tls(section: &str, tls: &TlsConfig) -> Result<(), ConfigError> {
+    if tls.reload_every.0 < Duration::from_secs(1) {
+        return Err(invalid(format!("{section}.reload_every"), "must be at least 1s"));
+    }
+    crate::tls::load(&tls.files())
+        .map(drop)
+        .map_err(|e| invalid(format!("{section}.{}", e.part.key_name()), e.to_string()))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +161,9 @@ pub struct AdminConfig {
     /// How failed logins slow down further attempts.
     #[serde(default)]
     pub login_backoff: LoginBackoffConfig,
+    /// HTTPS on the admin listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// How long the audit log keeps admin actions, and how many at most.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -186,6 +229,7 @@ impl Default for AdminConfig {
             session_ttl: default_session_ttl(),
             login_backoff: LoginBackoffConfig::default(),
             audit: AuditConfig::default(),
+            tls: None,
         }
     }
 }
@@ -752,6 +796,8 @@ pub struct Config {
     pub deny_addresses: Vec<ipnet::IpNet>,
     /// Upstream response headers kept from clients (`upstreams.hide_headers`).
     pub hide_headers: Vec<http::HeaderName>,
+    /// HTTPS on the relay listener (`tls`; the admin listener's is `admin.tls`).
+    pub tls: Option<TlsConfig>,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -994,6 +1040,12 @@ impl Config {
         }
         if raw.admin.audit.max_records < 1000 {
             return Err(invalid("admin.audit.max_records", "must be at least 1000"));
+        }
+        if let Some(t) = &raw.tls {
+            check_tls("tls", t)?;
+        }
+        if let Some(t) = &raw.admin.tls {
+            check_tls("admin.tls", t)?;
         }
         if raw.admin.session_ttl.0 < Duration::from_secs(60) {
             return Err(invalid("admin.session_ttl", "must be at least 1m"));
@@ -1264,6 +1316,7 @@ impl Config {
             connections: raw.connections,
             deny_addresses,
             hide_headers,
+            tls: raw.tls,
         })
     }
 }

@@ -7,7 +7,8 @@
 //!   `private_fs` (files only the relay's user may read), `net` (client addresses behind trusted
 //!   proxies), `logging` (redacted log output), `metrics` (the Prometheus registry), `types`
 //!   (value types several layers share: durations, cooldown classes), `outbound` (per-account
-//!   SOCKS5 and HTTP CONNECT proxies).
+//!   SOCKS5 and HTTP CONNECT proxies), `tls` (the listeners' certificates, reloaded when their
+//!   files change).
 //! - `store` persists state; `leases` and `limits` build on it; `usage` turns tokens into money
 //!   and statistics; `wire` frames what an upstream sends on its own wire (AWS event-stream).
 //! - `credentials`: refreshing tokens shared by every OAuth provider (token cell, single-flight
@@ -45,6 +46,7 @@ pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod types;
 pub mod usage;
 pub mod wire;

@@ -186,6 +186,32 @@ fn check_bindable(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener>
     std::net::TcpListener::bind(addr).context(format!("cannot listen on {addr} ({what})"))
 }
 
+/// The certificate of a listener with `tls` (`section` names it: `tls`, `admin.tls`), and the
+/// task that reloads it when its files change.
+fn listener_cert(
+    section: &'static str,
+    tls: Option<&crate::config::TlsConfig>,
+    tasks: &Tasks,
+) -> Result<Option<Arc<crate::tls::ReloadingCert>>> {
+    let Some(tls) = tls else {
+        return Ok(None);
+    };
+    let cert = crate::tls::ReloadingCert::load(section, tls.files())
+        .map_err(|e| anyhow_lite::Error(format!("config key `{section}.{}`: {e}", e.part.key_name())))?;
+    let cert = Arc::new(cert);
+    tracing::info!(
+        section,
+        cert_file = %tls.cert.display(),
+        reload_every = ?tls.reload_every.0,
+        "serving HTTPS (ALPN h2, http/1.1)"
+    );
+    tasks.spawn_loop(
+        "TLS certificate reloads",
+        cert.clone().reload_forever(tls.reload_every.0),
+    );
+    Ok(Some(cert))
+}
+
 /// How long the background tasks get to stop once the server has (loops stop at once; this is
 /// for work such as an upgrade's hand-over of the store).
 const TASKS_STOP_WAIT: Duration = Duration::from_secs(15);
@@ -478,6 +504,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         per_ip: config.connections.per_ip,
         trusted: config.trusted_proxies.clone(),
     };
+    let relay_cert = listener_cert("tls", config.tls.as_ref(), &tasks)?;
+    let admin_tls = listener_cert("admin.tls", config.admin.tls.as_ref(), &tasks)?
+        .map(crate::tls::server_config)
+        .transpose()
+        .context("admin.tls")?;
     let instance = relay.hop_id.clone();
     tasks.spawn_loop(
         "live view publishing",
@@ -492,10 +523,17 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let mut proxy = pingora::services::listening::Service::new("relay".to_string(), guarded);
     // No 64 KiB read buffer per connection: request heads and bodies are read into buffers of
     // their own, and an idle or slow connection then costs a few KiB, not 70.
-    proxy.add_listener(
-        pingora::listeners::ListenerConfig::tcp(config.listen.to_string())
-            .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
-    );
+    let mut endpoint = pingora::listeners::ListenerConfig::tcp(config.listen.to_string())
+        .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0));
+    if let Some(cert) = relay_cert {
+        // Pingora builds the rustls configuration around our resolver (TLS 1.2 and 1.3), so a
+        // renewed certificate reaches new handshakes; ALPN h2, http/1.1.
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate("", "").context("tls")?;
+        tls.set_cert_resolver(cert);
+        tls.enable_h2();
+        endpoint = endpoint.tls(tls);
+    }
+    proxy.add_listener(endpoint);
     // SIGTERM closes the listeners through this switch (see `shutdown`).
     let switch = shutdown::Switch::new();
     server.add_service(switch.wrap(proxy));
@@ -519,7 +557,10 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         coord: coord.clone(),
         relay: relay_for_admin,
     };
-    let admin = background_service("admin", AdminService::new(admin_state, admin_listener));
+    let admin = background_service(
+        "admin",
+        AdminService::new(admin_state, admin_listener).with_tls(admin_tls),
+    );
     server.add_service(switch.wrap(admin));
 
     // Not cut at shutdown: it may be handing the store over.

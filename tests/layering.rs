@@ -25,6 +25,7 @@ const LEAVES: &[&str] = &[
     "types",
     "outbound",
     "panel",
+    "tls",
     TEST_PROPS,
 ];
 

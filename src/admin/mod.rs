@@ -25,6 +25,7 @@ mod audit;
 mod auth;
 mod gemini_oauth;
 mod groups;
+mod https;
 mod key_ops;
 mod keys;
 mod live;
@@ -101,6 +102,8 @@ pub struct AdminState {
 pub struct AdminService {
     state: AdminState,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    /// HTTPS (`admin.tls`): the listener's TLS configuration.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl AdminService {
@@ -108,7 +111,14 @@ impl AdminService {
         AdminService {
             state,
             listener: std::sync::Mutex::new(Some(listener)),
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS with `tls` instead of plain HTTP.
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -130,6 +140,10 @@ impl BackgroundService for AdminService {
         };
         // The panel's routes sit outside the API's JSON error shape: their errors are plain text.
         let app = routes::router(self.state.clone()).merge(ui::router());
+        if let Some(tls) = &self.tls {
+            https::serve(listener, app, tokio_rustls::TlsAcceptor::from(tls.clone()), shutdown).await;
+            return;
+        }
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.changed().await;

@@ -132,14 +132,28 @@ pub struct RelayProcess {
     pub admin_port: u16,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// Whether the relay listener serves HTTPS (a top-level `tls:` in the config).
+    pub https: bool,
+    /// Whether the admin listener serves HTTPS (`tls:` in the admin settings).
+    pub admin_https: bool,
+}
+
+/// A client that trusts any certificate: for readiness checks and helpers that do not test TLS.
+fn any_cert_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
 }
 
 impl RelayProcess {
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
     pub fn admin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.admin_port)
+        let scheme = if self.admin_https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.admin_port)
     }
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
@@ -231,13 +245,15 @@ impl RelayProcess {
             admin_port,
             dir,
             log,
+            https: extra.lines().any(|l| l.starts_with("tls:")),
+            admin_https: admin.contains("tls:"),
         };
         p.wait_ready().await;
         p
     }
 
     async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
+        let client = any_cert_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let relay = client.get(format!("{}/health", self.base())).send().await;
@@ -282,7 +298,7 @@ impl RelayProcess {
 
     /// Logs into the admin API and returns a bearer token.
     pub async fn admin_token(&self) -> String {
-        let r: serde_json::Value = reqwest::Client::new()
+        let r: serde_json::Value = any_cert_client()
             .post(format!("{}/admin/api/login", self.admin()))
             .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
             .send()
