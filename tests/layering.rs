@@ -57,6 +57,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         "state",
         &["store", "credentials", "providers", "accounts", "scheduler", "config"],
     ),
+    // Backups of the store and their restore: the store's records, and `backup:` of the config.
+    ("backup", &["store", "config"]),
     (
         "proxy",
         &[
@@ -88,6 +90,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "state",
             "proxy",
+            "backup",
         ],
     ),
     (
@@ -108,6 +111,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "state",
             "proxy",
             "admin",
+            "backup",
         ],
     ),
 ];
