@@ -44,6 +44,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
             id: format!("key-{i}"),
             name: format!("key {i}"),
             key_hash: secrets.hash_client_key_hex(&plaintext(i)),
+            hash_key: None,
             hint: String::new(),
             enabled: true,
             bind: None,

@@ -103,6 +103,9 @@ pub struct RawConfig {
     /// HTTPS on the relay listener.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Scheduled backups of the store; none when absent.
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
 }
 
 /// `tls` and `admin.tls`: the listener serves HTTPS (ALPN `h2`, `http/1.1`) with this certificate
@@ -502,6 +505,73 @@ fn default_session_retention() -> Dur {
     Dur(Duration::from_secs(30 * 86_400))
 }
 
+/// The environment variable a backup passphrase may come from.
+pub const BACKUP_PASSPHRASE_ENV: &str = "RELAY_BACKUP_PASSPHRASE";
+/// The shortest backup passphrase accepted.
+pub const MIN_BACKUP_PASSPHRASE_CHARS: usize = 12;
+
+/// `backup`: scheduled backups of the store into a directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where backups are written; default `<data_dir>/backups`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// How often (periods aligned on UTC; with several instances on one Redis, one of them
+    /// writes each period's backup).
+    #[serde(default = "default_backup_every")]
+    pub every: Dur,
+    /// How many backups are kept (the newest).
+    #[serde(default = "default_backup_keep")]
+    pub keep: usize,
+    /// A file holding the passphrase the backups are sealed with; else `RELAY_BACKUP_PASSPHRASE`.
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+fn default_backup_every() -> Dur {
+    Dur(Duration::from_secs(86_400))
+}
+
+fn default_backup_keep() -> usize {
+    7
+}
+
+impl BackupConfig {
+    /// The directory backups go to (set by validation).
+    pub fn dir(&self) -> &Path {
+        self.dir.as_deref().unwrap_or(Path::new("backups"))
+    }
+
+    /// The passphrase: from `passphrase_file` when set, else from `RELAY_BACKUP_PASSPHRASE`.
+    /// Read at every backup, so the file can change without a restart.
+    pub fn passphrase(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        let p = match &self.passphrase_file {
+            Some(f) => read_passphrase_file(f)?,
+            None => env(BACKUP_PASSPHRASE_ENV)
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| format!("no passphrase: set `passphrase_file` or {BACKUP_PASSPHRASE_ENV}"))?,
+        };
+        if p.chars().count() < MIN_BACKUP_PASSPHRASE_CHARS {
+            return Err(format!(
+                "the passphrase must be at least {MIN_BACKUP_PASSPHRASE_CHARS} characters"
+            ));
+        }
+        Ok(p)
+    }
+}
+
+/// A passphrase file's content without its line end.
+pub fn read_passphrase_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let p = text.strip_suffix('\n').unwrap_or(&text);
+    let p = p.strip_suffix('\r').unwrap_or(p);
+    if p.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(p.to_string())
+}
+
 /// The keyed hash of a client key: 64 hex digits in the file (either case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyHash(pub [u8; 32]);
@@ -798,6 +868,8 @@ pub struct Config {
     pub hide_headers: Vec<http::HeaderName>,
     /// HTTPS on the relay listener (`tls`; the admin listener's is `admin.tls`).
     pub tls: Option<TlsConfig>,
+    /// Scheduled backups (`backup`), its `dir` resolved.
+    pub backup: Option<BackupConfig>,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -1285,6 +1357,23 @@ impl Config {
                 "a Unix socket path must be at most 107 bytes long",
             ));
         }
+        let backup = match raw.backup {
+            None => None,
+            Some(mut b) => {
+                if b.every.0 < Duration::from_secs(1) {
+                    return Err(invalid("backup.every", "must be at least 1s"));
+                }
+                if b.keep == 0 || b.keep > 10_000 {
+                    return Err(invalid("backup.keep", "must be between 1 and 10000"));
+                }
+                if b.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+                    return Err(invalid("backup.dir", "must not be empty"));
+                }
+                b.passphrase(env).map_err(|e| invalid("backup.passphrase_file", e))?;
+                b.dir = Some(b.dir.take().unwrap_or_else(|| data_dir.join("backups")));
+                Some(b)
+            }
+        };
         let mut store = raw.store;
         if store.backend == StoreBackend::Embedded && store.path.is_none() {
             store.path = Some(data_dir.clone());
@@ -1317,6 +1406,7 @@ impl Config {
             deny_addresses,
             hide_headers,
             tls: raw.tls,
+            backup,
         })
     }
 }

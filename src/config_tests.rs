@@ -583,3 +583,32 @@ fn audit_retention_and_currency_are_checked() {
         assert!(err.contains(key), "{yaml}: {err}");
     }
 }
+
+#[test]
+fn the_example_backup_block_loads_and_backups_need_a_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "a long enough passphrase\n").unwrap();
+    let block = example_block("backup:").replace("/etc/claude-relay/backup-passphrase", &pass.display().to_string());
+    let c = Config::from_yaml(&block, &|_| None).unwrap();
+    let b = c.backup.unwrap();
+    assert_eq!(b.every.0, Duration::from_secs(86_400));
+    assert_eq!(b.keep, 7);
+    assert_eq!(b.dir(), Path::new("./data/backups"));
+    assert_eq!(b.passphrase(&|_| None).unwrap(), "a long enough passphrase");
+
+    let c = Config::from_yaml(
+        "data_dir: /srv/relay\nbackup: {}",
+        &env(&[("RELAY_BACKUP_PASSPHRASE", "twelve chars")]),
+    )
+    .unwrap();
+    assert_eq!(c.backup.unwrap().dir(), Path::new("/srv/relay/backups"));
+    let err = |y: &str, e: &dyn Fn(&str) -> Option<String>| Config::from_yaml(y, e).unwrap_err().to_string();
+    assert!(err("backup: {}", &|_| None).contains("backup.passphrase_file"));
+    assert!(err("backup: {}", &env(&[("RELAY_BACKUP_PASSPHRASE", "short")])).contains("at least 12"));
+    let ok_env = env(&[("RELAY_BACKUP_PASSPHRASE", "twelve chars")]);
+    assert!(err("backup: { keep: 0 }", &ok_env).contains("backup.keep"));
+    assert!(err("backup: { every: 500ms }", &ok_env).contains("backup.every"));
+    assert!(err("backup: { passphrase_file: /nonexistent/pass }", &ok_env).contains("backup.passphrase_file"));
+    assert!(err("backup: { often: 1h }", &ok_env).contains("often"));
+}

@@ -21,11 +21,13 @@
 //!   credential, so it sits above `providers`).
 //! - `config` reads and validates `relay.yaml`; `state` builds the hot-path snapshot of keys and
 //!   accounts.
+//! - `backup` makes and restores backups of the store (and writes the scheduled ones).
 //! - `proxy` is the client-facing relay (connection limits, body facts, the attempt loop,
 //!   streaming); `admin` serves the management API; `server` assembles the Pingora server.
 
 pub mod accounts;
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod convert;
 pub mod credentials;

@@ -41,6 +41,60 @@ enum Command {
     /// Print `name=value` lines for the files an upgrade script needs: data_dir, upgrade_sock,
     /// pid_file (the pid of the serving process).
     Paths,
+    /// Write a backup of the store (stored keys, accounts with their secrets sealed under the
+    /// passphrase, groups, usage statistics) to a file. The embedded store only while the relay
+    /// is stopped; Redis at any time.
+    Export {
+        /// The backup file to write (mode 0600, replaced whole).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Restore a backup file into the store. Into a store that holds keys, accounts or statistics
+    /// only with --replace or --merge.
+    Import {
+        /// The backup file.
+        file: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        /// Delete every stored key and account and all usage statistics first.
+        #[arg(long, conflicts_with = "merge")]
+        replace: bool,
+        /// Write the backup's keys and accounts over those with the same id, and add its usage
+        /// buckets where the store has none.
+        #[arg(long)]
+        merge: bool,
+    },
+}
+
+/// Where a backup passphrase comes from: `--passphrase`, `--passphrase-file`, else
+/// `RELAY_BACKUP_PASSPHRASE`.
+#[derive(clap::Args)]
+struct PassphraseArgs {
+    /// The passphrase (other users may see a command line: prefer --passphrase-file or
+    /// RELAY_BACKUP_PASSPHRASE).
+    #[arg(long, conflicts_with = "passphrase_file")]
+    passphrase: Option<String>,
+    /// A file holding the passphrase (its line end is not part of it).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl PassphraseArgs {
+    fn resolve(self) -> Result<String, String> {
+        use claude_relay::config::{BACKUP_PASSPHRASE_ENV, read_passphrase_file};
+        if let Some(p) = self.passphrase {
+            return Ok(p);
+        }
+        if let Some(f) = self.passphrase_file {
+            return read_passphrase_file(&f);
+        }
+        std::env::var(BACKUP_PASSPHRASE_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| format!("no passphrase: give --passphrase, --passphrase-file or {BACKUP_PASSPHRASE_ENV}"))
+    }
 }
 
 fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
@@ -77,6 +131,22 @@ fn main() -> ExitCode {
             println!("pid_file={}", claude_relay::server::pid_file(&config).display());
             Ok(())
         }
+        Command::Export { out, passphrase } => passphrase.resolve().and_then(|p| export_command(&config, &out, &p)),
+        Command::Import {
+            file,
+            passphrase,
+            replace,
+            merge,
+        } => {
+            let mode = match (replace, merge) {
+                (true, _) => claude_relay::backup::ImportMode::Replace,
+                (_, true) => claude_relay::backup::ImportMode::Merge,
+                _ => claude_relay::backup::ImportMode::Refuse,
+            };
+            passphrase
+                .resolve()
+                .and_then(|p| import_command(&config, &file, &p, mode))
+        }
         Command::HashKey => {
             let mut line = String::new();
             match std::io::stdin().read_line(&mut line) {
@@ -109,5 +179,71 @@ fn key_command(config: &Config, key: Option<String>) -> Result<(), String> {
     }
     println!("key:      {key}");
     println!("key_hash: {}", secrets.hash_client_key_hex(&key));
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))
+}
+
+fn backup_secrets(config: &Config) -> Result<claude_relay::secrets::Secrets, String> {
+    let secret = claude_relay::server::secret_key(config).map_err(|e| e.to_string())?;
+    claude_relay::secrets::Secrets::new(&secret).map_err(|e| format!("secret_key: {e}"))
+}
+
+fn export_command(config: &Config, out: &std::path::Path, passphrase: &str) -> Result<(), String> {
+    claude_relay::backup::format::check_new_passphrase(passphrase).map_err(|e| e.to_string())?;
+    let secrets = backup_secrets(config)?;
+    let file = runtime()?.block_on(async {
+        let store = claude_relay::backup::open_store(config).await?;
+        claude_relay::backup::export(store.as_ref(), &secrets, passphrase)
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    claude_relay::private_fs::write_atomically(out, &file)
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    println!("wrote the backup to {} ({} bytes)", out.display(), file.len());
+    Ok(())
+}
+
+fn import_command(
+    config: &Config,
+    file: &std::path::Path,
+    passphrase: &str,
+    mode: claude_relay::backup::ImportMode,
+) -> Result<(), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let (backup, meta) = claude_relay::backup::format::open_with_meta(&bytes, passphrase)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let secrets = backup_secrets(config)?;
+    let summary = runtime()?.block_on(async {
+        let store = claude_relay::backup::open_store(config).await?;
+        let summary = claude_relay::backup::restore(store.as_ref(), &secrets, backup, mode)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Relays running on a shared store reload now instead of at their next periodic reload.
+        if let Err(e) = store.publish_change().await {
+            eprintln!("claude-relay: imported, but the running relays were not told: {e}");
+        }
+        Ok::<_, String>(summary)
+    })?;
+    println!(
+        "imported the backup of {} ({} store, relay {}): {} keys, {} accounts, {} usage buckets{}",
+        meta.created_at,
+        meta.source_backend,
+        meta.relay_version,
+        summary.keys,
+        summary.accounts,
+        summary.usage_buckets,
+        if summary.usage_buckets_kept > 0 {
+            format!(" ({} already there were kept)", summary.usage_buckets_kept)
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }

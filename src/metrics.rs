@@ -29,6 +29,10 @@ pub struct Metrics {
     /// Billed requests that named a client session, by agent (`main` or `subagent`). Session and
     /// agent ids are never labels: they are unbounded.
     pub session_requests: IntCounterVec,
+    /// When the last scheduled backup was written (Unix seconds; 0 before the first).
+    pub backup_last_success: IntGauge,
+    /// Scheduled backups by result: `ok` or `failed`.
+    pub backup_runs: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -158,6 +162,19 @@ impl Metrics {
             &["agent"],
         )?;
         registry.register(Box::new(session_requests.clone()))?;
+        let backup_last_success = IntGauge::new(
+            "relay_backup_last_success_timestamp_seconds",
+            "When this instance last wrote a scheduled backup (Unix seconds; 0 before the first)",
+        )?;
+        registry.register(Box::new(backup_last_success.clone()))?;
+        let backup_runs = IntCounterVec::new(
+            Opts::new(
+                "relay_backup_runs_total",
+                "Scheduled backups this instance ran, by result: ok or failed",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(backup_runs.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -191,6 +208,8 @@ impl Metrics {
             account_utilization,
             connections_closed,
             session_requests,
+            backup_last_success,
+            backup_runs,
         })
     }
 

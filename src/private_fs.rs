@@ -76,6 +76,36 @@ pub fn restrict_path(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` whole or not at all: into a temporary file (mode 0600) beside it,
+/// synced, then renamed over `path`. A reader never sees a half-written file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = (|| {
+        let mut f = open_file(&tmp, true)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    // The rename is durable once the directory is.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +138,12 @@ mod tests {
         restrict_path(&f).unwrap();
         assert_eq!(mode(&f), 0o400, "never loosened");
         restrict_path(&dir.join("absent")).unwrap();
+
+        let out = dir.join("out.json");
+        write_atomically(&out, b"one").unwrap();
+        write_atomically(&out, b"two").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"two");
+        assert_eq!(mode(&out), 0o600);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "no temporary file left");
     }
 }

@@ -46,6 +46,9 @@ impl fmt::Debug for Sealed {
 pub struct Secrets {
     seal: Aes256Gcm,
     key_hmac: HmacSha256,
+    /// The key of `key_hmac`, for backups: keys restored on a relay with another `secret_key`
+    /// keep authenticating under it.
+    hash_key: [u8; 32],
 }
 
 impl fmt::Debug for Secrets {
@@ -76,7 +79,11 @@ impl Secrets {
         let hash_key = derive(&raw, b"claude-relay/client-key-hash/v1");
         let seal = Aes256Gcm::new_from_slice(&seal_key).map_err(|_| SecretError::WeakKey)?;
         let key_hmac = <HmacSha256 as Mac>::new_from_slice(&hash_key).map_err(|_| SecretError::WeakKey)?;
-        Ok(Secrets { seal, key_hmac })
+        Ok(Secrets {
+            seal,
+            key_hmac,
+            hash_key,
+        })
     }
 
     /// A fresh random secret key (64 hex digits) for first start.
@@ -136,6 +143,22 @@ impl Secrets {
     pub fn hash_client_key_hex(&self, plaintext: &str) -> String {
         hex::encode(self.hash_client_key(plaintext))
     }
+
+    /// The key under which client keys are hashed (secret: it travels only sealed).
+    pub fn client_key_hash_key(&self) -> [u8; 32] {
+        self.hash_key
+    }
+}
+
+/// The keyed hash of a client key under another relay's client-key hash key (see
+/// [`Secrets::client_key_hash_key`]).
+pub fn hash_client_key_under(hash_key: &[u8; 32], plaintext: &str) -> [u8; 32] {
+    // HMAC accepts keys of any length: the error branch is never taken.
+    let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(hash_key) else {
+        return [0; 32];
+    };
+    mac.update(plaintext.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 /// A new client key: `cr_` + 64 hex digits from the OS random source.

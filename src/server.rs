@@ -514,6 +514,20 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         "live view publishing",
         crate::usage::live::publish_forever(live.clone(), coord.clone(), instance.clone()),
     );
+    if let Some(backup) = config.backup.clone() {
+        tasks.spawn_loop(
+            "scheduled backups",
+            crate::backup::schedule::Scheduled {
+                store: store.clone(),
+                secrets: secrets.clone(),
+                coord: store.coordination(),
+                config: backup,
+                metrics: metrics.clone(),
+                instance: instance.clone(),
+            }
+            .run_forever(),
+        );
+    }
     let relay_for_admin = relay.clone();
     let mut app = pingora::proxy::http_proxy(&server.configuration, RelayProxy(relay));
     let mut options = pingora::apps::HttpServerOptions::default();

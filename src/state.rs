@@ -23,6 +23,9 @@ use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, OAuthMeta, Store, S
 #[derive(Default)]
 pub struct Snapshot {
     keys_by_hash: HashMap<[u8; 32], Arc<ClientKey>>,
+    /// The client-key hash keys of other relays whose keys were restored here from a backup
+    /// (their plaintext is unknown, so they keep the hash they were made with).
+    foreign_hash_keys: Vec<[u8; 32]>,
     pub keys: Vec<(Arc<ClientKey>, Source, String /* hint */, i64 /* created */)>,
     pub pool: AccountPool,
 }
@@ -46,7 +49,14 @@ impl KeyDirectory for SnapshotKeys {
             return None;
         }
         let h = self.secrets.hash_client_key(presented);
-        self.snapshot.load().key_by_hash(&h).cloned()
+        let snap = self.snapshot.load();
+        if let Some(k) = snap.key_by_hash(&h) {
+            return Some(k.clone());
+        }
+        snap.foreign_hash_keys.iter().find_map(|hk| {
+            snap.key_by_hash(&crate::secrets::hash_client_key_under(hk, presented))
+                .cloned()
+        })
     }
 }
 
@@ -122,6 +132,20 @@ pub fn build_snapshot(
         if snap.keys_by_hash.contains_key(&hash) {
             tracing::warn!(key = %r.id, "stored key duplicates a configured key; the configured one wins");
             continue;
+        }
+        if let Some(sealed) = &r.hash_key {
+            let mut hk = [0u8; 32];
+            let opened = secrets
+                .open(sealed)
+                .ok()
+                .filter(|h| hex::decode_to_slice(h, &mut hk).is_ok());
+            if opened.is_none() {
+                tracing::error!(key = %r.id, "stored key's hash key cannot be opened; skipped");
+                continue;
+            }
+            if !snap.foreign_hash_keys.contains(&hk) {
+                snap.foreign_hash_keys.push(hk);
+            }
         }
         let ck = Arc::new(ClientKey {
             id: r.id.as_str().into(),

@@ -861,6 +861,8 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/system"),
         ("get", "/admin/api/audit"),
         ("get", "/admin/api/audit/export.csv"),
+        ("post", "/admin/api/export"),
+        ("post", "/admin/api/import"),
     ];
     for (m, p) in expected {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} is not documented");

@@ -58,6 +58,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         "state",
         &["store", "credentials", "providers", "accounts", "scheduler", "config"],
     ),
+    // Backups of the store and their restore: the store's records, and `backup:` of the config.
+    ("backup", &["store", "config"]),
     (
         "proxy",
         &[
@@ -89,6 +91,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "state",
             "proxy",
+            "backup",
         ],
     ),
     (
@@ -109,6 +112,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "state",
             "proxy",
             "admin",
+            "backup",
         ],
     ),
 ];

@@ -67,6 +67,8 @@ pub async fn rotate(
             .map_err(store_error)?
             .ok_or_else(|| not_found("key", &target))?;
         r.key_hash = hash;
+        // The new secret is hashed under this relay's own key, whatever the old one was.
+        r.hash_key = None;
         r.hint = hint;
         st.store.put_api_key(&r).await.map_err(store_error)?;
         Ok(r)

@@ -23,6 +23,7 @@ mod account_ops;
 mod accounts;
 mod audit;
 mod auth;
+mod backup;
 mod gemini_oauth;
 mod groups;
 mod https;

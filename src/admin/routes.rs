@@ -20,8 +20,8 @@ use super::audit::LoginAttempt;
 use super::auth::printable_user;
 use super::{AdminState, Credentials};
 use super::{
-    account_ops, accounts, audit, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview, sessions,
-    settings, system, usage, usage_export, users,
+    account_ops, accounts, audit, backup, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview,
+    sessions, settings, system, usage, usage_export, users,
 };
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
@@ -101,6 +101,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/usage/export.csv", get(usage_export::export))
         .route("/admin/api/overview", get(overview::overview))
         .route("/admin/api/live", get(live::live))
+        .route("/admin/api/export", post(backup::export))
+        .route(
+            "/admin/api/import",
+            post(backup::import).layer(axum::extract::DefaultBodyLimit::max(backup::IMPORT_BODY_LIMIT)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::guard))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

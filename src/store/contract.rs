@@ -70,6 +70,7 @@ pub async fn run_all(store: &dyn Store) -> Check {
         .await
         .map_err(tag("client_session_bounds"))?;
     super::log_contract::logs(store).await.map_err(tag("logs"))?;
+    usage_dump(store).await.map_err(tag("usage_dump"))?;
     changes(store).await.map_err(tag("changes"))?;
     Ok(())
 }
@@ -81,6 +82,7 @@ pub fn sample_key(id: &str, key_hash: &str) -> ApiKeyRecord {
         id: id.to_string(),
         name: format!("key {id}"),
         key_hash: key_hash.to_string(),
+        hash_key: None,
         hint: "cr_3f9a…b71c".to_string(),
         enabled: true,
         bind: Some("group:team".to_string()),
@@ -131,6 +133,7 @@ pub async fn api_keys(store: &dyn Store) -> Check {
     // Changing k1's hash releases the old one.
     let k1_rehashed = ApiKeyRecord {
         key_hash: "h1b".to_string(),
+        hash_key: None,
         ..k1_renamed.clone()
     };
     ok("rehash k1", store.put_api_key(&k1_rehashed).await)?;
@@ -1106,6 +1109,71 @@ pub async fn client_session_bounds(store: &dyn Store) -> Check {
     } else {
         eq("purge is a no-op", ok("purge", store.purge_sessions(t + 1).await)?, 0)?;
     }
+    Ok(())
+}
+
+/// The dump holds every kept bucket of every dimension and granularity exactly once, with its
+/// counters; clearing empties the usage (and client sessions), and adding a dump back into an
+/// empty store restores it exactly.
+pub async fn usage_dump(store: &dyn Store) -> Check {
+    let t = now();
+    let a = counters(2, 20, 2, 7);
+    let b = counters(5, 50, 5, 11);
+    let subject = Dimension::key_model_subject("dk:1", "claude:opus");
+    let batch = vec![
+        (bucket(Dimension::Key, "dk:1", Granularity::Minute, t), a),
+        (bucket(Dimension::Key, "dk:1", Granularity::Hour, t), a),
+        (bucket(Dimension::Account, "da", Granularity::Day, t), b),
+        (bucket(Dimension::Model, "dm", Granularity::Month, t), b),
+        (bucket(Dimension::Model, "dm", Granularity::Total, t), b),
+        (bucket(Dimension::KeyModel, &subject, Granularity::Hour, t), a),
+        // Expired already: never stored, never dumped.
+        (bucket(Dimension::Key, "dk:1", Granularity::Minute, t - 86_400 * 10), a),
+    ];
+    ok("add usage", store.add_usage(&batch).await)?;
+    let mut dump = ok("dump", store.dump_usage().await)?;
+    dump.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut want: Vec<(BucketKey, UsageCounters)> = batch[..6].to_vec();
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    let ours: Vec<(BucketKey, UsageCounters)> = dump
+        .iter()
+        .filter(|(k, _)| ["dk:1", "da", "dm", subject.as_str()].contains(&k.subject.as_str()))
+        .cloned()
+        .collect();
+    eq("dumped buckets", ours, want)?;
+    let mut keys: Vec<&BucketKey> = dump.iter().map(|(k, _)| k).collect();
+    keys.dedup();
+    eq("each bucket once", keys.len(), dump.len())?;
+
+    let bounds = SessionBounds {
+        per_key: 10,
+        retention_secs: 86_400,
+    };
+    let mut s = SessionUsage::new("dk:1", "dump-session", t);
+    s.main = counters(1, 1, 1, 1);
+    s.models.insert("m".to_string(), counters(1, 1, 1, 1));
+    ok("add session", store.add_session_usage(&[s], bounds, t).await)?;
+
+    let deleted = ok("clear", store.clear_usage().await)?;
+    eq("cleared bucket count", deleted, dump.len() as u64)?;
+    eq("dump after clear", ok("dump", store.dump_usage().await)?.len(), 0)?;
+    eq(
+        "totals after clear",
+        ok("totals", store.usage_totals(Dimension::Model).await)?.len(),
+        0,
+    )?;
+    eq(
+        "session after clear",
+        ok("session", store.session_usage("dk:1", "dump-session", 0).await)?,
+        None,
+    )?;
+
+    ok("restore", store.add_usage(&dump).await)?;
+    let mut again = ok("dump", store.dump_usage().await)?;
+    again.sort_by(|x, y| x.0.cmp(&y.0));
+    eq("restored dump", again, dump)?;
+    let totals = ok("totals", store.usage_totals(Dimension::Model).await)?;
+    eq("restored model total", totals.get("dm").copied(), Some(b))?;
     Ok(())
 }
 

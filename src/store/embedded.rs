@@ -612,6 +612,57 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn dump_usage(&self) -> StoreResult<Vec<(BucketKey, UsageCounters)>> {
+        let now = now_unix();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(USAGE).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let bk = decode_bucket_key(k.value())?;
+                // Expired but not yet purged: invisible, as it is in Redis.
+                if bucket_expiry(bk.granularity, bk.start).is_some_and(|exp| exp < now) {
+                    continue;
+                }
+                out.push((bk, decode_counters(v.value())?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn clear_usage(&self) -> StoreResult<u64> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut deleted = 0u64;
+            {
+                let mut usage = txn.open_table(USAGE).map_err(db_err)?;
+                usage
+                    .retain(|_, _| {
+                        deleted += 1;
+                        false
+                    })
+                    .map_err(db_err)?;
+                txn.open_table(USAGE_EXPIRY)
+                    .map_err(db_err)?
+                    .retain(|_, _| false)
+                    .map_err(db_err)?;
+                txn.open_table(CLIENT_SESSIONS)
+                    .map_err(db_err)?
+                    .retain(|_, _| false)
+                    .map_err(db_err)?;
+                txn.open_table(CLIENT_SESSION_INDEX)
+                    .map_err(db_err)?
+                    .retain(|_, _| false)
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(deleted)
+        })
+        .await
+    }
+
     /// Deletes buckets whose end + retention lies before `now`. Also sweeps admin sessions that
     /// expired by `now` (they are not counted in the result).
     async fn purge_expired_usage(&self, now: i64) -> StoreResult<u64> {

@@ -57,6 +57,11 @@ pub struct ApiKeyRecord {
     pub name: String,
     /// Hex HMAC-SHA256 of the plaintext key under the server secret.
     pub key_hash: String,
+    /// The client-key hash key `key_hash` was made under, sealed, when it is not this relay's
+    /// own: a key restored from the backup of a relay with another `secret_key` (whose plaintext
+    /// is unknown here, so it cannot be hashed again). `None`: this relay's own hash key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<Sealed>,
     /// A short, non-secret hint for display, e.g. `cr_3f9a…b71c`.
     #[serde(default)]
     pub hint: String,
@@ -723,6 +728,12 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_totals(&self, dimension: Dimension) -> StoreResult<BTreeMap<String, UsageCounters>>;
     /// Removes expired buckets now (the Redis backend relies on TTLs and may do nothing).
     async fn purge_expired_usage(&self, now: i64) -> StoreResult<u64>;
+    /// Every usage bucket still kept (of every dimension and granularity), with its counters, in
+    /// no particular order: what a backup holds.
+    async fn dump_usage(&self) -> StoreResult<Vec<(BucketKey, UsageCounters)>>;
+    /// Deletes every usage bucket and every client session's usage (a restore that replaces the
+    /// store's statistics). Returns how many buckets were deleted.
+    async fn clear_usage(&self) -> StoreResult<u64>;
 
     // --- client sessions (usage per Claude Code / Codex session of a key) ---
     /// Adds each session's usage to the stored session of its (key, session id) (see

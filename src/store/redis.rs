@@ -137,6 +137,31 @@ fn decode_all<T: serde::de::DeserializeOwned>(what: &str, rows: HashMap<String, 
     out
 }
 
+/// `pattern` with the glob characters of `SCAN MATCH` escaped.
+fn glob_escape(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The bucket a usage key names, from what follows `{p}u:` (`{dim}:{gran}:{start}:{subject}`);
+/// `None` for the subject sets and for names that are not buckets.
+fn parse_usage_name(rest: &str) -> Option<BucketKey> {
+    let mut parts = rest.splitn(4, ':');
+    let (d, g, start, subject) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some(BucketKey {
+        dimension: Dimension::STORED.into_iter().find(|x| x.as_str() == d)?,
+        granularity: Granularity::ALL.into_iter().find(|x| x.as_str() == g)?,
+        start: start.parse().ok()?,
+        subject: subject.to_string(),
+    })
+}
+
 fn parse_counters(key: &str, fields: HashMap<String, String>) -> StoreResult<UsageCounters> {
     let mut c = UsageCounters::default();
     for (name, value) in fields {
@@ -347,6 +372,31 @@ impl RedisStore {
 
     fn log_key(&self, kind: LogKind) -> String {
         format!("{}log:{}", self.prefix, kind.as_str())
+    }
+
+    /// Every key name matching the glob `pattern` (SCAN, so Redis is never blocked for long).
+    async fn scan(&self, pattern: &str) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            out.extend(names);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
     }
 
     /// A handle on the shared multiplexed connection (cheap to clone; reconnects by itself).
@@ -619,6 +669,51 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    async fn dump_usage(&self) -> StoreResult<Vec<(BucketKey, UsageCounters)>> {
+        let head = self.key("u:");
+        let mut buckets = Vec::new();
+        for name in self.scan(&format!("{}*", glob_escape(&head))).await? {
+            if let Some(bk) = name.strip_prefix(&head).and_then(parse_usage_name) {
+                buckets.push((name, bk));
+            }
+        }
+        let mut out = Vec::with_capacity(buckets.len());
+        for chunk in buckets.chunks(500) {
+            let mut pipe = redis::pipe();
+            for (name, _) in chunk {
+                pipe.cmd("HGETALL").arg(name);
+            }
+            let rows: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
+            for ((name, bk), fields) in chunk.iter().zip(rows) {
+                // Expired between the scan and the read: gone.
+                if !fields.is_empty() {
+                    out.push((bk.clone(), parse_counters(name, fields)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn clear_usage(&self) -> StoreResult<u64> {
+        let head = self.key("u:");
+        let mut deleted = 0u64;
+        for pattern in ["u:", "cs:", "csx:"] {
+            let names = self.scan(&format!("{}*", glob_escape(&self.key(pattern)))).await?;
+            deleted += names
+                .iter()
+                .filter(|n| n.strip_prefix(&head).and_then(parse_usage_name).is_some())
+                .count() as u64;
+            for chunk in names.chunks(500) {
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(chunk)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Redis expires buckets by their `EXPIREAT`: nothing to do.

@@ -205,9 +205,12 @@ impl RelayProcess {
         let port = free_port();
         let admin_port = free_port();
         let mut yaml = format!(
-            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, {admin} }}\nsecret_key: {SECRET}\nthreads: 2\ndata_dir: {}\n",
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin_port}, {admin} }}\nthreads: 2\ndata_dir: {}\n",
             dir.path().join("data").display()
         );
+        if !extra.contains("secret_key:") {
+            yaml.push_str(&format!("secret_key: {SECRET}\n"));
+        }
         if !extra.contains("stats:") {
             yaml.push_str("stats: { flush_interval: 200ms }\n");
         }
