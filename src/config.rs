@@ -16,6 +16,9 @@ use crate::types::Dur;
 #[path = "config_providers.rs"]
 mod providers_config;
 pub use providers_config::{AnthropicProvider, GoogleProvider, OpenAiProvider, ProvidersConfig};
+#[path = "config_alerts.rs"]
+mod alerts_config;
+pub use alerts_config::{AlertsConfig, ErrorRateRule, LatencyRule, WebhookConfig, WebhookKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -97,6 +100,9 @@ pub struct RawConfig {
     pub connections: ConnectionsConfig,
     #[serde(default)]
     pub upstreams: UpstreamsConfig,
+    /// Webhooks that receive alerts, and what raises them.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -715,6 +721,7 @@ pub struct Config {
     pub deny_addresses: Vec<ipnet::IpNet>,
     /// Upstream response headers kept from clients (`upstreams.hide_headers`).
     pub hide_headers: Vec<http::HeaderName>,
+    pub alerts: AlertsConfig,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -1178,6 +1185,7 @@ impl Config {
             .check_order(&filters)
             .map_err(|e| invalid("filters", e))?;
 
+        raw.alerts.validate()?;
         let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let upgrade_sock = raw.upgrade_sock.unwrap_or_else(|| data_dir.join("upgrade.sock"));
         // A Unix socket path holds at most 107 bytes (Pingora would panic on a longer one).
@@ -1216,6 +1224,7 @@ impl Config {
             connections: raw.connections,
             deny_addresses,
             hide_headers,
+            alerts: raw.alerts,
         })
     }
 }

@@ -7,7 +7,8 @@
 //!   `private_fs` (files only the relay's user may read), `net` (client addresses behind trusted
 //!   proxies), `logging` (redacted log output), `metrics` (the Prometheus registry), `types`
 //!   (value types several layers share: durations, cooldown classes), `outbound` (per-account
-//!   SOCKS5 and HTTP CONNECT proxies).
+//!   SOCKS5 and HTTP CONNECT proxies), `alert_events` (the alerts lower layers raise, queued for
+//!   the dispatcher).
 //! - `store` persists state; `leases` and `limits` build on it; `usage` turns tokens into money
 //!   and statistics; `wire` frames what an upstream sends on its own wire (AWS event-stream).
 //! - `credentials`: refreshing tokens shared by every OAuth provider (token cell, single-flight
@@ -21,10 +22,12 @@
 //! - `config` reads and validates `relay.yaml`; `state` builds the hot-path snapshot of keys and
 //!   accounts.
 //! - `proxy` is the client-facing relay (connection limits, body facts, the attempt loop,
-//!   streaming); `admin` serves the management API; `server` assembles the Pingora server.
+//!   streaming); `alerts` checks thresholds and delivers alerts to webhooks; `admin` serves the management API; `server` assembles the Pingora server.
 
 pub mod accounts;
 pub mod admin;
+pub mod alert_events;
+pub mod alerts;
 pub mod config;
 pub mod convert;
 pub mod credentials;

@@ -29,6 +29,11 @@ pub struct Metrics {
     /// Billed requests that named a client session, by agent (`main` or `subagent`). Session and
     /// agent ids are never labels: they are unbounded.
     pub session_requests: IntCounterVec,
+    /// Alerts raised, by event (before deduplication).
+    pub alerts: IntCounterVec,
+    /// Alert deliveries by webhook name and outcome: ok, failed, dropped, deduplicated,
+    /// rate_limited.
+    pub alert_deliveries: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -158,6 +163,16 @@ impl Metrics {
             &["agent"],
         )?;
         registry.register(Box::new(session_requests.clone()))?;
+        let alerts = IntCounterVec::new(Opts::new("relay_alerts_total", "Alerts raised, by event"), &["event"])?;
+        registry.register(Box::new(alerts.clone()))?;
+        let alert_deliveries = IntCounterVec::new(
+            Opts::new(
+                "relay_alert_deliveries_total",
+                "Alert deliveries by webhook and outcome: ok, failed (after the retries), dropped (the alert queue was full: webhook `*`), deduplicated, rate_limited",
+            ),
+            &["webhook", "outcome"],
+        )?;
+        registry.register(Box::new(alert_deliveries.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -191,6 +206,8 @@ impl Metrics {
             account_utilization,
             connections_closed,
             session_requests,
+            alerts,
+            alert_deliveries,
         })
     }
 

@@ -25,6 +25,7 @@ const LEAVES: &[&str] = &[
     "types",
     "outbound",
     "panel",
+    "alert_events",
     TEST_PROPS,
 ];
 
@@ -57,6 +58,9 @@ const LAYERS: &[(&str, &[&str])] = &[
         "state",
         &["store", "credentials", "providers", "accounts", "scheduler", "config"],
     ),
+    // Alert delivery and the periodic checks: reads the snapshot, the key limits and the
+    // coordination store (cross-instance deduplication).
+    ("alerts", &["store", "limits", "scheduler", "config", "state"]),
     (
         "proxy",
         &[
@@ -88,6 +92,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "state",
             "proxy",
+            "alerts",
         ],
     ),
     (
@@ -108,6 +113,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "state",
             "proxy",
             "admin",
+            "alerts",
         ],
     ),
 ];
