@@ -390,3 +390,53 @@ async fn instances_sharing_redis_send_an_alert_once() {
     assert_eq!(hook.events("key_expiring")[0]["subject"], "key alice");
     support::redis_cleanup(&prefix).await;
 }
+
+#[tokio::test]
+async fn a_refused_token_refresh_raises_refresh_failed_and_account_unhealthy() {
+    use support::oauth_mock::MockOAuth;
+    let mock = MockOAuth::start().await;
+    let hook = Receiver::start(&[], Duration::ZERO).await;
+    let extra = format!(
+        "providers:\n  anthropic:\n    api_base: \"{}\"\n    oauth: {{ authorize_url: \"{}\", token_url: \"{}\", profile_url: \"{}\", usage_url: \"{}\", refresh_check: 1h, usage_poll: 0, refresh_ahead: 1s }}\nalerts:\n  webhooks:\n    - {{ name: ops, kind: generic, url: \"{}\", events: [refresh_failed, account_unhealthy] }}\n",
+        mock.url(),
+        mock.authorize_url(),
+        mock.token_url(),
+        mock.profile_url(),
+        mock.usage_url(),
+        hook.url("/hook/SECRET-oauth")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    let admin = Admin::login(&relay).await;
+    let (access, refresh, _) = mock.issue_tokens(3600);
+    let expires_at = support::now_ms() + 1_500;
+    let imported = admin
+        .post(
+            "/admin/api/accounts/claude-oauth/import",
+            json!({"name": "sub", "access_token": access, "refresh_token": refresh, "expires_at": expires_at}),
+        )
+        .await;
+    assert_eq!(imported.status, 201, "{}", imported.text);
+    mock.fail_refresh(Some((
+        400,
+        r#"{"error":"invalid_grant","error_description":"Refresh token revoked"}"#.to_string(),
+    )));
+    tokio::time::sleep(Duration::from_millis(
+        (expires_at + 500 - support::now_ms()).max(0) as u64
+    ))
+    .await;
+    assert_eq!(send(&relay, ALICE).await, 503);
+
+    let refused = eventually(|| async { hook.events("refresh_failed").pop() }).await;
+    assert_eq!(refused["subject"], "sub");
+    assert_eq!(refused["severity"], "critical");
+    assert!(
+        refused["message"].as_str().unwrap().contains("invalid_grant"),
+        "{refused}"
+    );
+    let down = eventually(|| async { hook.events("account_unhealthy").pop() }).await;
+    assert_eq!(down["subject"], "sub");
+    assert_eq!(down["details"]["state"], "unauthorized");
+    assert_eq!(down["severity"], "critical");
+    let log = relay.log_text();
+    assert!(!log.contains("SECRET-oauth") && !log.contains(&refresh), "{log}");
+}
