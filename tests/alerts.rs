@@ -63,6 +63,22 @@ impl Receiver {
         format!("http://{}{path}", self._served.addr)
     }
 
+    /// The first body posted with `event`, waiting up to 15 s for it.
+    async fn wait_for(&self, event: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(b) = self.events(event).pop() {
+                return b;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {event} alert; received: {:?}",
+                self.posts()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn posts(&self) -> Vec<(String, Value)> {
         self.state.posts.lock().unwrap().clone()
     }
@@ -439,4 +455,34 @@ async fn a_refused_token_refresh_raises_refresh_failed_and_account_unhealthy() {
     assert_eq!(down["severity"], "critical");
     let log = relay.log_text();
     assert!(!log.contains("SECRET-oauth") && !log.contains(&refresh), "{log}");
+}
+
+#[tokio::test]
+async fn error_rate_and_latency_over_their_thresholds_raise_alerts() {
+    let upstream = MockUpstream::start().await;
+    let hook = Receiver::start(&[], Duration::ZERO).await;
+    // Any upstream answer takes longer than 1 ms to the histogram (its first bucket is 5 ms).
+    let extra = format!(
+        "accounts:\n{}alerts:\n  check_every: 1s\n  error_rate: {{ above: 0.5, for: 2s, min_requests: 4 }}\n  latency: {{ p50_above: 1ms, for: 2s }}\n  webhooks:\n    - {{ name: ops, kind: generic, url: \"{}\" }}\n",
+        account_yaml("main", &upstream.url(), ""),
+        hook.url("/hook/SECRET-rates")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    assert_eq!(send(&relay, ALICE).await, 200);
+    upstream.set_status(Some(500));
+    for _ in 0..4 {
+        assert_eq!(send(&relay, ALICE).await, 500);
+    }
+    let rate = hook.wait_for("error_rate").await;
+    assert_eq!(rate["subject"], "relay");
+    assert_eq!(rate["details"]["errors"], 4);
+    // The readiness probes of /health count as requests too.
+    assert!(rate["details"]["requests"].as_u64().unwrap() >= 5, "{rate}");
+    let slow = hook.wait_for("latency").await;
+    assert_eq!(slow["subject"], "relay");
+    assert!(slow["details"]["p50_s"].as_f64().unwrap() >= 0.005, "{slow}");
+    // Each is raised once while it holds (then again after `dedup`).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hook.events("error_rate").len(), 1);
+    assert_eq!(hook.events("latency").len(), 1);
 }

@@ -226,12 +226,14 @@ impl Checks {
             self.samples.pop_front();
         }
         self.samples.push_back((now, current.clone()));
-        // The newest sample at least `window` old.
+        // The newest sample about `window` old: within half a check of it, so that the jitter
+        // of the timer never skips the sample a window should start from.
+        let slack = self.config.check_every.0 / 2;
         let baseline = |window: Duration| {
             self.samples
                 .iter()
                 .rev()
-                .find(|(at, _)| now.duration_since(*at) >= window)
+                .find(|(at, _)| now.duration_since(*at) + slack >= window)
                 .map(|(_, s)| s)
         };
         if let Some(rule) = self.config.error_rate
