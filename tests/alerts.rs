@@ -486,3 +486,34 @@ async fn error_rate_and_latency_over_their_thresholds_raise_alerts() {
     assert_eq!(hook.events("error_rate").len(), 1);
     assert_eq!(hook.events("latency").len(), 1);
 }
+
+#[tokio::test]
+async fn a_webhook_gets_at_most_max_per_minute_deliveries() {
+    let upstream = MockUpstream::start().await;
+    let hook = Receiver::start(&[], Duration::ZERO).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let key = |name: &str| {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("cr_{hex:0>64}")
+    };
+    let extra = format!(
+        "accounts:\n{}api_keys:\n  - {{ name: one, key: {}, expires_at: \"{soon}\" }}\n  - {{ name: two, key: {}, expires_at: \"{soon}\" }}\n  - {{ name: three, key: {}, expires_at: \"{soon}\" }}\nalerts:\n  max_per_minute: 2\n  webhooks:\n    - {{ name: ops, kind: generic, url: \"{}\" }}\n",
+        account_yaml("main", &upstream.url(), ""),
+        key("one"),
+        key("two"),
+        key("three"),
+        hook.url("/hook/SECRET-rate")
+    );
+    let relay = RelayProcess::start(&extra).await;
+    eventually(|| async {
+        let ok = deliveries(&relay, "ops", "ok").await?;
+        let limited = deliveries(&relay, "ops", "rate_limited").await?;
+        (ok == 2.0 && limited == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(hook.events("key_expiring").len(), 2);
+    assert_eq!(
+        metric(&relay, "relay_alerts_total{event=\"key_expiring\"}").await,
+        Some(3.0)
+    );
+}
