@@ -110,6 +110,16 @@ impl Checks {
 
     /// One round of checks.
     pub async fn check(&mut self) {
+        // Alerts dropped by a full queue show even when no further alert wakes the dispatcher.
+        let dropped = crate::alert_events::take_dropped();
+        if dropped > 0 {
+            tracing::warn!(dropped, "alerts dropped: the alert queue was full");
+            self.sources
+                .metrics
+                .alert_deliveries
+                .with_label_values(&["*", "dropped"])
+                .inc_by(dropped);
+        }
         let mut holding = HashSet::new();
         let mut alerts = Vec::new();
         self.spend(&mut alerts).await;
