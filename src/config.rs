@@ -16,6 +16,9 @@ use crate::types::Dur;
 #[path = "config_providers.rs"]
 mod providers_config;
 pub use providers_config::{AnthropicProvider, GoogleProvider, OpenAiProvider, ProvidersConfig};
+#[path = "config_alerts.rs"]
+mod alerts_config;
+pub use alerts_config::{AlertsConfig, ErrorRateRule, LatencyRule, WebhookConfig, WebhookKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -106,6 +109,9 @@ pub struct RawConfig {
     /// Scheduled backups of the store; none when absent.
     #[serde(default)]
     pub backup: Option<BackupConfig>,
+    /// Webhooks that receive alerts, and what raises them.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// `tls` and `admin.tls`: the listener serves HTTPS (ALPN `h2`, `http/1.1`) with this certificate
@@ -870,6 +876,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Scheduled backups (`backup`), its `dir` resolved.
     pub backup: Option<BackupConfig>,
+    pub alerts: AlertsConfig,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -1348,6 +1355,7 @@ impl Config {
             .check_order(&filters)
             .map_err(|e| invalid("filters", e))?;
 
+        raw.alerts.validate()?;
         let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let upgrade_sock = raw.upgrade_sock.unwrap_or_else(|| data_dir.join("upgrade.sock"));
         // A Unix socket path holds at most 107 bytes (Pingora would panic on a longer one).
@@ -1407,6 +1415,7 @@ impl Config {
             hide_headers,
             tls: raw.tls,
             backup,
+            alerts: raw.alerts,
         })
     }
 }

@@ -612,3 +612,48 @@ fn the_example_backup_block_loads_and_backups_need_a_passphrase() {
     assert!(err("backup: { passphrase_file: /nonexistent/pass }", &ok_env).contains("backup.passphrase_file"));
     assert!(err("backup: { often: 1h }", &ok_env).contains("often"));
 }
+
+#[test]
+fn the_example_alerts_block_loads() {
+    let env = |k: &str| match k {
+        "SLACK_WEBHOOK_URL" => Some("https://hooks.slack.com/services/T0/B0/x".to_string()),
+        "TELEGRAM_SEND_MESSAGE_URL" => Some("https://api.telegram.org/bot1:x/sendMessage".to_string()),
+        _ => None,
+    };
+    let c = Config::from_yaml(&example_block("alerts:"), &env).unwrap();
+    let a = &c.alerts;
+    assert_eq!(a.webhooks.len(), 2);
+    assert_eq!(a.webhooks[1].chat_id.as_deref(), Some("-1001234567890"));
+    assert_eq!(
+        a.error_rate.map(|r| (r.above, r.sustained.0.as_secs(), r.min_requests)),
+        Some((0.2, 300, 20))
+    );
+    assert_eq!(a.latency.map(|r| r.p50_above.0.as_secs()), Some(10));
+    let d = Config::defaults(&|_| None).unwrap().alerts;
+    assert_eq!(
+        (
+            a.spend_threshold,
+            a.key_expiring,
+            a.dedup,
+            a.max_per_minute,
+            a.check_every
+        ),
+        (
+            d.spend_threshold,
+            d.key_expiring,
+            d.dedup,
+            d.max_per_minute,
+            d.check_every
+        )
+    );
+    let err = Config::from_yaml(
+        "alerts: { webhooks: [{ name: x, kind: slack, url: 'nope-SECRET' }] }",
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("alerts.webhooks[0].url") && !err.contains("SECRET"),
+        "{err}"
+    );
+}

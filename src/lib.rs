@@ -8,7 +8,8 @@
 //!   proxies), `logging` (redacted log output), `metrics` (the Prometheus registry), `types`
 //!   (value types several layers share: durations, cooldown classes), `outbound` (per-account
 //!   SOCKS5 and HTTP CONNECT proxies), `tls` (the listeners' certificates, reloaded when their
-//!   files change).
+//!   files change), `alert_events` (the alerts lower layers raise,
+//!   queued for the dispatcher).
 //! - `store` persists state; `leases` and `limits` build on it; `usage` turns tokens into money
 //!   and statistics; `wire` frames what an upstream sends on its own wire (AWS event-stream).
 //! - `credentials`: refreshing tokens shared by every OAuth provider (token cell, single-flight
@@ -23,10 +24,12 @@
 //!   accounts.
 //! - `backup` makes and restores backups of the store (and writes the scheduled ones).
 //! - `proxy` is the client-facing relay (connection limits, body facts, the attempt loop,
-//!   streaming); `admin` serves the management API; `server` assembles the Pingora server.
+//!   streaming); `alerts` checks thresholds and delivers alerts to webhooks; `admin` serves the management API; `server` assembles the Pingora server.
 
 pub mod accounts;
 pub mod admin;
+pub mod alert_events;
+pub mod alerts;
 pub mod backup;
 pub mod config;
 pub mod convert;

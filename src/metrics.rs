@@ -33,6 +33,11 @@ pub struct Metrics {
     pub backup_last_success: IntGauge,
     /// Scheduled backups by result: `ok` or `failed`.
     pub backup_runs: IntCounterVec,
+    /// Alerts raised, by event (before deduplication).
+    pub alerts: IntCounterVec,
+    /// Alert deliveries by webhook name and outcome: ok, failed, dropped, deduplicated,
+    /// rate_limited.
+    pub alert_deliveries: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -175,6 +180,16 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(backup_runs.clone()))?;
+        let alerts = IntCounterVec::new(Opts::new("relay_alerts_total", "Alerts raised, by event"), &["event"])?;
+        registry.register(Box::new(alerts.clone()))?;
+        let alert_deliveries = IntCounterVec::new(
+            Opts::new(
+                "relay_alert_deliveries_total",
+                "Alert deliveries by webhook and outcome: ok, failed (after the retries), dropped (the alert queue was full: webhook `*`), deduplicated, rate_limited",
+            ),
+            &["webhook", "outcome"],
+        )?;
+        registry.register(Box::new(alert_deliveries.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -210,6 +225,8 @@ impl Metrics {
             session_requests,
             backup_last_success,
             backup_runs,
+            alerts,
+            alert_deliveries,
         })
     }
 

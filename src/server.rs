@@ -510,6 +510,27 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .transpose()
         .context("admin.tls")?;
     let instance = relay.hop_id.clone();
+    // Alerts: the dispatcher drains what the scheduler and the token refresh raise; the checks
+    // read spend, expiry and the request counters on a timer. Both only when a webhook listens.
+    let alerts = crate::alerts::Alerts::new(
+        config.alerts.clone(),
+        metrics.clone(),
+        coord.clone(),
+        instance.clone(),
+        tasks.clone(),
+    );
+    alerts.start();
+    if !config.alerts.webhooks.is_empty() {
+        let checks = crate::alerts::evaluate::Checks::new(
+            config.alerts.clone(),
+            crate::alerts::evaluate::Sources {
+                snapshot: snapshot.clone(),
+                limits: key_limits.clone(),
+                metrics: metrics.clone(),
+            },
+        );
+        tasks.spawn_loop("alert checks", checks.run());
+    }
     tasks.spawn_loop(
         "live view publishing",
         crate::usage::live::publish_forever(live.clone(), coord.clone(), instance.clone()),
@@ -570,6 +591,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         instance,
         coord: coord.clone(),
         relay: relay_for_admin,
+        alerts,
     };
     let admin = background_service(
         "admin",

@@ -863,6 +863,8 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/audit/export.csv"),
         ("post", "/admin/api/export"),
         ("post", "/admin/api/import"),
+        ("get", "/admin/api/alerts"),
+        ("post", "/admin/api/alerts/test"),
     ];
     for (m, p) in expected {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} is not documented");

@@ -26,6 +26,7 @@ const LEAVES: &[&str] = &[
     "outbound",
     "panel",
     "tls",
+    "alert_events",
     TEST_PROPS,
 ];
 
@@ -60,6 +61,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // Backups of the store and their restore: the store's records, and `backup:` of the config.
     ("backup", &["store", "config"]),
+    // Alert delivery and the periodic checks: reads the snapshot, the key limits and the
+    // coordination store (cross-instance deduplication).
+    ("alerts", &["store", "limits", "scheduler", "config", "state"]),
     (
         "proxy",
         &[
@@ -92,6 +96,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "state",
             "proxy",
             "backup",
+            "alerts",
         ],
     ),
     (
@@ -113,6 +118,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "proxy",
             "admin",
             "backup",
+            "alerts",
         ],
     ),
 ];

@@ -21,6 +21,7 @@
 mod access;
 mod account_ops;
 mod accounts;
+mod alerts;
 mod audit;
 mod auth;
 mod backup;
@@ -97,6 +98,8 @@ pub struct AdminState {
     pub coord: Arc<dyn crate::store::coord::Coordination>,
     /// The relay itself, whose upstream side sends account tests (`/accounts/{id}/test`).
     pub relay: Arc<crate::proxy::Relay>,
+    /// Webhooks, delivery counters and recent alerts (`/alerts`).
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 /// The background service that serves the admin router.

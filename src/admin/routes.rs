@@ -20,8 +20,8 @@ use super::audit::LoginAttempt;
 use super::auth::printable_user;
 use super::{AdminState, Credentials};
 use super::{
-    account_ops, accounts, audit, backup, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview,
-    sessions, settings, system, usage, usage_export, users,
+    account_ops, accounts, alerts, audit, backup, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth,
+    overview, sessions, settings, system, usage, usage_export, users,
 };
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
@@ -106,6 +106,8 @@ pub fn router(state: AdminState) -> Router {
             "/admin/api/import",
             post(backup::import).layer(axum::extract::DefaultBodyLimit::max(backup::IMPORT_BODY_LIMIT)),
         )
+        .route("/admin/api/alerts", get(alerts::overview))
+        .route("/admin/api/alerts/test", post(alerts::test))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::guard))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

@@ -371,6 +371,18 @@ impl<A: Holder> Tokens<A> {
                     now_ms(),
                     None,
                 );
+                crate::alert_events::raise(
+                    crate::alert_events::Alert::new(
+                        crate::alert_events::AlertKind::RefreshFailed,
+                        crate::alert_events::Severity::Critical,
+                        account.name().to_string(),
+                        format!(
+                            "the token endpoint refused the refresh of account `{}` ({e}); it needs to be authorized again",
+                            account.name()
+                        ),
+                    )
+                    .with_details(serde_json::json!({"account": account.name().to_string(), "error": e.to_string()})),
+                );
                 (self.on_refused)(account, health);
                 Err(TokenError::Refresh(e))
             }

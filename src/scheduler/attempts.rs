@@ -114,6 +114,28 @@ pub struct AttemptPlan {
     suspects: Vec<Suspect>,
 }
 
+/// Raises `account_recovered` once for an account this instance reported unhealthy (cold: only
+/// after such a report).
+#[cold]
+fn recovered(account: &Account) {
+    use crate::alert_events::{Alert, AlertKind, Severity, raise};
+    if account
+        .rt
+        .unhealthy_alerted
+        .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        raise(
+            Alert::new(
+                AlertKind::AccountRecovered,
+                Severity::Info,
+                account.name.to_string(),
+                format!("account `{}` serves requests again", account.name),
+            )
+            .with_details(serde_json::json!({"account": &*account.name, "account_id": &*account.id})),
+        );
+    }
+}
+
 impl AttemptPlan {
     /// The account kinds the request can be sent to.
     pub fn kinds(&self) -> crate::store::KindSet {
@@ -244,6 +266,9 @@ impl Outcomes {
     /// An answer from `account` is committed to the client: a successful one binds the session
     /// to it; what failed before on other accounts was not this request's doing.
     pub async fn committed(&self, plan: &mut AttemptPlan, account: &Account, success: bool) {
+        if success && account.rt.unhealthy_alerted.load(std::sync::atomic::Ordering::Relaxed) {
+            recovered(account);
+        }
         if success
             && let Some(sk) = &plan.sticky_key
             && plan.sticky.as_deref() != Some(&*account.id)

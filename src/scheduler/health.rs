@@ -41,6 +41,9 @@ pub struct AccountRuntime {
     strikes: Mutex<Vec<(std::sync::Arc<str>, i64)>>,
     /// The last [`HEALTH_EVENTS`] changes of the health entry this instance saw, oldest first.
     events: Mutex<std::collections::VecDeque<HealthEvent>>,
+    /// Set when this instance raised `account_unhealthy` for the account; the next request it
+    /// serves raises `account_recovered` and clears it (one relaxed load per served request).
+    pub unhealthy_alerted: AtomicBool,
 }
 
 /// How many health changes an account's runtime remembers.

@@ -22,6 +22,42 @@ pub mod session;
 
 pub use health::{AccountRuntime, model_family};
 
+/// The alert of an account leaving the pool.
+fn unhealthy_alert(account: &Account, health: &AccountHealth) -> crate::alert_events::Alert {
+    use crate::alert_events::{Alert, AlertKind, Severity};
+    use crate::store::coord::HealthState;
+    let state = serde_json::to_value(health.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let severity = match health.state {
+        HealthState::Unauthorized | HealthState::Blocked => Severity::Critical,
+        _ => Severity::Warning,
+    };
+    let until = match health.until {
+        Some(ms) => chrono::DateTime::from_timestamp_millis(ms)
+            .map_or_else(String::new, |t| format!(" until {}", t.format("%Y-%m-%d %H:%M:%S UTC"))),
+        None => " until an admin brings it back".to_string(),
+    };
+    Alert::new(
+        AlertKind::AccountUnhealthy,
+        severity,
+        account.name.to_string(),
+        format!(
+            "account `{}` is out of the pool: {state} ({}){until}",
+            account.name, health.reason
+        ),
+    )
+    .with_details(serde_json::json!({
+        "account": &*account.name,
+        "account_id": &*account.id,
+        "state": state,
+        "reason": health.reason,
+        "until": health.until.map(|u| u.div_euclid(1000)),
+        "family": health.family,
+    }))
+}
+
 /// Where an account or key was defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -343,6 +379,9 @@ impl Scheduler {
         tasks: &crate::lifecycle::Tasks,
     ) {
         tracing::warn!(account = %account.name, state = ?health.state, reason = %health.reason, until = ?health.until, "account out of the pool");
+        if !account.rt.unhealthy_alerted.swap(true, Ordering::Relaxed) {
+            crate::alert_events::raise(unhealthy_alert(account, &health));
+        }
         self.set_health_pending(account, health.clone());
         let scheduler = self.clone();
         let id = account.id.clone();

@@ -90,6 +90,10 @@ pub trait Coordination: Send + Sync + 'static {
     async fn put_instance_live(&self, instance: &str, doc: &str, until_ms: i64) -> StoreResult<()>;
     /// The live view of every instance that published one still valid at `now_ms`, by instance.
     async fn instances_live(&self, now_ms: i64) -> StoreResult<BTreeMap<String, String>>;
+
+    /// Claims `key` for `ttl`: true for the first caller, false for every other until the claim
+    /// expires (so one instance of several does a thing once per `ttl`, e.g. send an alert).
+    async fn claim_once(&self, key: &str, ttl: Duration) -> StoreResult<bool>;
 }
 
 /// In-process coordination for the embedded backend (one instance).
@@ -99,6 +103,7 @@ pub struct MemoryCoordination {
     leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
     health: Mutex<BTreeMap<String, AccountHealth>>,
     live: Mutex<BTreeMap<String, (i64, String)>>,
+    claims: Mutex<HashMap<String, Instant>>,
 }
 
 impl MemoryCoordination {
@@ -209,5 +214,20 @@ impl Coordination for MemoryCoordination {
         let mut map = lock(&self.live);
         map.retain(|_, (until, _)| *until > now_ms);
         Ok(map.iter().map(|(k, (_, doc))| (k.clone(), doc.clone())).collect())
+    }
+
+    async fn claim_once(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut map = lock(&self.claims);
+        let now = Instant::now();
+        if map.len() > 10_000 {
+            map.retain(|_, exp| *exp > now);
+        }
+        match map.get(key) {
+            Some(exp) if *exp > now => Ok(false),
+            _ => {
+                map.insert(key.to_string(), now + ttl);
+                Ok(true)
+            }
+        }
     }
 }

@@ -23,6 +23,7 @@ pub async fn run_all(c: &dyn Coordination, ns: &str) -> Result<(), String> {
     leases(c, ns).await?;
     health(c, ns).await?;
     live(c, ns).await?;
+    claims(c, ns).await?;
     Ok(())
 }
 
@@ -179,5 +180,26 @@ pub async fn live(c: &dyn Coordination, ns: &str) -> Result<(), String> {
     check(
         !later.contains_key(&a),
         "a view expires when its instance stops publishing",
+    )
+}
+
+pub async fn claims(c: &dyn Coordination, ns: &str) -> Result<(), String> {
+    let (a, b) = (format!("{ns}-claim-a"), format!("{ns}-claim-b"));
+    check(
+        ok("first claim", c.claim_once(&a, Duration::from_millis(300)).await)?,
+        "the first claim wins",
+    )?;
+    check(
+        !ok("second claim", c.claim_once(&a, Duration::from_millis(300)).await)?,
+        "a second claim within the ttl loses",
+    )?;
+    check(
+        ok("other key", c.claim_once(&b, Duration::from_secs(5)).await)?,
+        "claims of other keys are independent",
+    )?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    check(
+        ok("after expiry", c.claim_once(&a, Duration::from_millis(300)).await)?,
+        "a claim can be made again once the last one expired",
     )
 }

@@ -2,7 +2,7 @@
 //!
 //! Layout under the store prefix `{p}`: `{p}sticky:{session}` (string, PX ttl),
 //! `{p}lease:{scope}` (sorted set of holders scored by expiry in server ms), `{p}health` (hash of
-//! account id → JSON). Each call is one round trip; lease scripts use the server's clock so
+//! account id → JSON), `{p}claim:{key}` (string, NX PX ttl). Each call is one round trip; lease scripts use the server's clock so
 //! instances with skewed clocks agree.
 
 use std::collections::BTreeMap;
@@ -58,6 +58,10 @@ impl RedisCoordination {
 
     fn live_key(&self) -> String {
         format!("{}live", self.prefix)
+    }
+
+    fn claim_key(&self, key: &str) -> String {
+        format!("{}claim:{key}", self.prefix)
     }
 }
 
@@ -229,5 +233,19 @@ impl Coordination for RedisCoordination {
                 .await;
         }
         Ok(out)
+    }
+
+    async fn claim_once(&self, key: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.claim_key(key))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(ttl))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
     }
 }
