@@ -50,6 +50,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
             tags: Vec::new(),
             policy: Default::default(),
             created_at: 0,
+            legacy_hash: None,
             extra: Default::default(),
         })
         .collect();
@@ -64,6 +65,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
         SnapshotKeys {
             secrets,
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            legacy_moves: None,
         },
         stored_hit,
     )
@@ -188,6 +190,7 @@ fn full_chain(c: &mut Criterion) {
     let keys: Arc<dyn KeyDirectory> = Arc::new(SnapshotKeys {
         secrets,
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        legacy_moves: None,
     });
     let mut headers = http::HeaderMap::new();
     for (k, v) in [

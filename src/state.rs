@@ -23,6 +23,10 @@ use crate::store::{AccountKind, AccountRecord, ApiKeyRecord, OAuthMeta, Store, S
 #[derive(Default)]
 pub struct Snapshot {
     keys_by_hash: HashMap<[u8; 32], Arc<ClientKey>>,
+    /// Imported keys still under another relay's hash (SHA-256 of the key and a salt), by that hash.
+    legacy_by_hash: HashMap<[u8; 32], Arc<ClientKey>>,
+    /// The distinct salts of those hashes (one per import source, in practice one).
+    legacy_salts: Vec<String>,
     pub keys: Vec<(Arc<ClientKey>, Source, String /* hint */, i64 /* created */)>,
     pub pool: AccountPool,
 }
@@ -31,12 +35,27 @@ impl Snapshot {
     pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&Arc<ClientKey>> {
         self.keys_by_hash.get(hash)
     }
+
+    /// How many keys are still under a legacy hash.
+    pub fn legacy_keys(&self) -> usize {
+        self.legacy_by_hash.len()
+    }
+}
+
+/// A key found by its legacy hash, to be re-hashed our way: its id and our hash of it.
+#[derive(Debug, Clone)]
+pub struct LegacyMove {
+    pub id: String,
+    pub key_hash: String,
+    pub hint: String,
 }
 
 /// Looks keys up in the current snapshot; what the `key_auth` filter uses.
 pub struct SnapshotKeys {
     pub secrets: Arc<Secrets>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Where keys found by a legacy hash are sent to be re-hashed ([`move_legacy_keys`]).
+    pub legacy_moves: Option<tokio::sync::mpsc::Sender<LegacyMove>>,
 }
 
 impl KeyDirectory for SnapshotKeys {
@@ -46,7 +65,73 @@ impl KeyDirectory for SnapshotKeys {
             return None;
         }
         let h = self.secrets.hash_client_key(presented);
-        self.snapshot.load().key_by_hash(&h).cloned()
+        let snap = self.snapshot.load();
+        if let Some(k) = snap.key_by_hash(&h) {
+            return Some(k.clone());
+        }
+        // Only when our own hash finds nothing: one SHA-256 per legacy salt, from memory.
+        for salt in &snap.legacy_salts {
+            let lh = legacy_hash(presented, salt);
+            if let Some(k) = snap.legacy_by_hash.get(&lh) {
+                if let Some(tx) = &self.legacy_moves {
+                    // A full queue only delays the move to a later use.
+                    let _ = tx.try_send(LegacyMove {
+                        id: k.id.to_string(),
+                        key_hash: hex::encode(h),
+                        hint: crate::secrets::mask(presented),
+                    });
+                }
+                return Some(k.clone());
+            }
+        }
+        None
+    }
+}
+
+/// A legacy key hash: SHA-256 of the key followed by the salt (Claude Relay Service's form).
+fn legacy_hash(key: &str, salt: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(key.as_bytes());
+    h.update(salt.as_bytes());
+    h.finalize().into()
+}
+
+/// Re-hashes keys found by their legacy hash: each record gets our hash and loses the legacy one
+/// (so the salt it needed leaves the store with the last of them), then every instance reloads.
+pub async fn move_legacy_keys(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<LegacyMove>) {
+    let mut done = std::collections::HashSet::new();
+    while let Some(m) = rx.recv().await {
+        if done.contains(&m.id) {
+            continue;
+        }
+        let record = match store.get_api_key(&m.id).await {
+            Ok(Some(r)) if r.legacy_hash.is_some() => r,
+            Ok(_) => {
+                done.insert(m.id);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(key = %m.id, error = %e, "reading an imported key to re-hash it failed");
+                continue;
+            }
+        };
+        let moved = ApiKeyRecord {
+            key_hash: m.key_hash,
+            hint: m.hint,
+            legacy_hash: None,
+            ..record
+        };
+        match store.put_api_key(&moved).await {
+            Ok(()) => {
+                tracing::info!(key = %moved.id, "imported key re-hashed on its first use");
+                done.insert(m.id);
+                if let Err(e) = store.publish_change().await {
+                    tracing::warn!(error = %e, "announcing a re-hashed key failed");
+                }
+            }
+            Err(e) => tracing::warn!(key = %moved.id, error = %e, "re-hashing an imported key failed"),
+        }
     }
 }
 
@@ -119,7 +204,21 @@ pub fn build_snapshot(
             tracing::warn!(key = %r.id, "stored key has a malformed hash; skipped");
             continue;
         }
-        if snap.keys_by_hash.contains_key(&hash) {
+        let legacy_salt = match &r.legacy_hash {
+            None => None,
+            Some(l) => match (l.scheme.as_str(), secrets.open(&l.salt)) {
+                ("crs", Ok(salt)) => Some(salt),
+                (_, Err(e)) => {
+                    tracing::warn!(key = %r.id, error = %e, "imported key's hash salt cannot be opened; skipped");
+                    continue;
+                }
+                (other, Ok(_)) => {
+                    tracing::warn!(key = %r.id, scheme = other, "stored key has an unknown hash scheme; skipped");
+                    continue;
+                }
+            },
+        };
+        if legacy_salt.is_none() && snap.keys_by_hash.contains_key(&hash) {
             tracing::warn!(key = %r.id, "stored key duplicates a configured key; the configured one wins");
             continue;
         }
@@ -137,7 +236,17 @@ pub fn build_snapshot(
                 }
             },
         });
-        snap.keys_by_hash.insert(hash, ck.clone());
+        match legacy_salt {
+            Some(salt) => {
+                if !snap.legacy_salts.contains(&salt) {
+                    snap.legacy_salts.push(salt);
+                }
+                snap.legacy_by_hash.insert(hash, ck.clone());
+            }
+            None => {
+                snap.keys_by_hash.insert(hash, ck.clone());
+            }
+        }
         snap.keys.push((ck, Source::Admin, r.hint.clone(), r.created_at));
     }
 

@@ -47,6 +47,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ingress", &["usage", "wire", "providers", "convert"]),
     // The one account type of relay.yaml, the store and the admin API, checked once.
     ("accounts", &["store", "credentials", "providers"]),
+    // Migration from Claude Relay Service: maps its records to accounts and keys for the store.
+    ("crs", &["store", "credentials", "providers", "accounts"]),
     // Accounts hold their provider's credential: the scheduler sits above the providers.
     ("scheduler", &["store", "leases", "credentials", "providers"]),
     (
@@ -88,6 +90,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "state",
             "proxy",
+            "crs",
         ],
     ),
     (
@@ -108,6 +111,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "state",
             "proxy",
             "admin",
+            "crs",
         ],
     ),
 ];

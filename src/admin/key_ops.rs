@@ -69,6 +69,7 @@ pub async fn rotate(
             .ok_or_else(|| not_found("key", &target))?;
         r.key_hash = hash;
         r.hint = hint;
+        r.legacy_hash = None;
         st.store.put_api_key(&r).await.map_err(store_error)?;
         Ok(r)
     })

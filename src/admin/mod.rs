@@ -17,6 +17,7 @@
 mod account_ops;
 mod accounts;
 mod auth;
+mod crs_import;
 mod gemini_oauth;
 mod groups;
 mod key_ops;

@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use super::AdminState;
 use super::auth::printable_user;
 use super::{
-    account_ops, accounts, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview, sessions, usage,
-    usage_export,
+    account_ops, accounts, crs_import, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview,
+    sessions, usage, usage_export,
 };
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
@@ -76,6 +76,7 @@ pub fn router(state: AdminState) -> Router {
             post(gemini_oauth::exchange),
         )
         .route("/admin/api/accounts/gemini-oauth/import", post(gemini_oauth::import))
+        .route("/admin/api/import/crs", post(crs_import::import))
         .route("/admin/api/groups", get(groups::list))
         .route("/admin/api/groups/{name}/rename", post(groups::rename))
         .route("/admin/api/usage", get(usage::series))
