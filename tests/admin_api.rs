@@ -849,6 +849,7 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/usage/export.csv"),
         ("get", "/admin/api/overview"),
         ("get", "/admin/api/live"),
+        ("post", "/admin/api/import/crs"),
     ];
     for (m, p) in expected {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} is not documented");
