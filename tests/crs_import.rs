@@ -668,6 +668,32 @@ async fn crs_import_into_the_redis_store() {
     assert_eq!(store.list_accounts().await.unwrap().len(), 9);
     let relay = RelayProcess::start(&store_yaml).await;
     assert_usage(&relay).await;
+
+    // The same through the admin API: a dry run answers the report; a wrong key is a 400.
+    let token = relay.admin_token().await;
+    let call = |body: Value| {
+        let url = format!("{}/admin/api/import/crs", relay.admin());
+        let token = token.clone();
+        async move {
+            support::client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = call(json!({"redis_url": crs_url(DB), "encryption_key": crs_key, "dry_run": true})).await;
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_counts(&report);
+    let r = call(json!({"redis_url": crs_url(DB), "encryption_key": "wrong"})).await;
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("does not decrypt"), "{body}");
+    assert_no_secret(&relay.log_text());
     assert_eq!(post(&relay, MAIN).await, 200);
     assert_eq!(
         mock_a.seen()[0].header("x-api-key").as_deref(),
