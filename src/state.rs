@@ -478,3 +478,69 @@ impl Reloader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LegacyKeyHash;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn record(id: &str, key_hash: String, legacy: Option<LegacyKeyHash>) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: id.into(),
+            name: id.into(),
+            key_hash,
+            hint: String::new(),
+            enabled: true,
+            bind: None,
+            tags: Vec::new(),
+            policy: Default::default(),
+            created_at: 0,
+            legacy_hash: legacy,
+            extra: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_legacy_hash_is_tried_after_ours_and_asks_for_the_move() {
+        let config = Config::from_yaml(&format!("secret_key: {SECRET}\n"), &|_| None).unwrap();
+        let secrets = Arc::new(Secrets::new(SECRET).unwrap());
+        let salt = "crs-encryption-key";
+        let old = "cr_old";
+        let legacy = hex::encode(legacy_hash(old, salt));
+        let keys = vec![
+            record("ours", secrets.hash_client_key_hex("cr_ours"), None),
+            record(
+                "imported",
+                legacy,
+                Some(LegacyKeyHash {
+                    scheme: "crs".into(),
+                    salt: secrets.seal(salt),
+                }),
+            ),
+        ];
+        let snap = build_snapshot(&config, &secrets, &Scheduler::new(), None, keys, Vec::new());
+        assert_eq!(snap.legacy_keys(), 1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let dir = SnapshotKeys {
+            secrets: secrets.clone(),
+            snapshot: Arc::new(ArcSwap::from_pointee(snap)),
+            legacy_moves: Some(tx),
+        };
+        assert_eq!(dir.find("cr_ours").map(|k| k.id.to_string()).as_deref(), Some("ours"));
+        assert!(rx.try_recv().is_err(), "a key under our hash moves nothing");
+        assert_eq!(dir.find(old).map(|k| k.id.to_string()).as_deref(), Some("imported"));
+        let m = rx.try_recv().unwrap();
+        assert_eq!(
+            (m.id.as_str(), m.key_hash),
+            ("imported", secrets.hash_client_key_hex(old))
+        );
+        assert!(dir.find("cr_unknown").is_none());
+        // The legacy hash is SHA-256 of the key followed by the salt (CRS's construction).
+        assert_eq!(
+            hex::encode(legacy_hash("cr_x", "k")),
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"cr_xk"))
+        );
+    }
+}
