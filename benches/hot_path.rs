@@ -51,6 +51,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
             tags: Vec::new(),
             policy: Default::default(),
             created_at: 0,
+            legacy_hash: None,
             extra: Default::default(),
         })
         .collect();
@@ -65,6 +66,7 @@ fn directory(n: usize) -> (SnapshotKeys, String) {
         SnapshotKeys {
             secrets,
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            legacy_moves: None,
         },
         stored_hit,
     )
@@ -189,6 +191,7 @@ fn full_chain(c: &mut Criterion) {
     let keys: Arc<dyn KeyDirectory> = Arc::new(SnapshotKeys {
         secrets,
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        legacy_moves: None,
     });
     let mut headers = http::HeaderMap::new();
     for (k, v) in [

@@ -18,6 +18,7 @@
 //!   translates between a wire and the client's dialect; `ingress` knows each client dialect
 //!   (routes, error shapes); `accounts` is the one account type of `relay.yaml`, the store and
 //!   the admin API, checked once.
+//! - `crs` imports Claude Relay Service's Redis (keys, accounts, groups, usage) into the store.
 //! - `scheduler` picks accounts and judges attempts (its accounts hold their provider's
 //!   credential, so it sits above `providers`).
 //! - `config` reads and validates `relay.yaml`; `state` builds the hot-path snapshot of keys and
@@ -34,6 +35,7 @@ pub mod backup;
 pub mod config;
 pub mod convert;
 pub mod credentials;
+pub mod crs;
 pub mod ingress;
 pub mod leases;
 pub mod lifecycle;

@@ -66,6 +66,9 @@ enum Command {
         #[arg(long)]
         merge: bool,
     },
+    /// Import Claude Relay Service's API keys, accounts, groups and usage history from its Redis
+    /// (read-only) into this relay's store; prints what was (or would be) imported and skipped.
+    ImportCrs(ImportCrs),
 }
 
 /// Where a backup passphrase comes from: `--passphrase`, `--passphrase-file`, else
@@ -95,6 +98,26 @@ impl PassphraseArgs {
             .filter(|p| !p.is_empty())
             .ok_or_else(|| format!("no passphrase: give --passphrase, --passphrase-file or {BACKUP_PASSPHRASE_ENV}"))
     }
+}
+
+#[derive(clap::Args)]
+struct ImportCrs {
+    /// CRS's Redis, `redis://[:password@]host:port/db`.
+    #[arg(long)]
+    redis: String,
+    /// CRS's ENCRYPTION_KEY (prefer --encryption-key-file or CRS_ENCRYPTION_KEY: arguments are
+    /// visible to other local users).
+    #[arg(long)]
+    encryption_key: Option<String>,
+    /// A file holding CRS's ENCRYPTION_KEY.
+    #[arg(long)]
+    encryption_key_file: Option<PathBuf>,
+    /// Print the report without writing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
@@ -147,6 +170,7 @@ fn main() -> ExitCode {
                 .resolve()
                 .and_then(|p| import_command(&config, &file, &p, mode))
         }
+        Command::ImportCrs(args) => import_crs(&config, args),
         Command::HashKey => {
             let mut line = String::new();
             match std::io::stdin().read_line(&mut line) {
@@ -245,5 +269,36 @@ fn import_command(
             String::new()
         }
     );
+    Ok(())
+}
+
+/// CRS's encryption key: the option, else the file, else `CRS_ENCRYPTION_KEY`. Never printed.
+fn crs_encryption_key(args: &ImportCrs) -> Result<String, String> {
+    let key = match (&args.encryption_key, &args.encryption_key_file) {
+        (Some(k), None) => k.clone(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read --encryption-key-file {}: {e}", p.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        (Some(_), Some(_)) => return Err("give --encryption-key or --encryption-key-file, not both".into()),
+        (None, None) => std::env::var("CRS_ENCRYPTION_KEY").map_err(|_| {
+            "CRS's encryption key is needed: --encryption-key-file, --encryption-key or CRS_ENCRYPTION_KEY".to_string()
+        })?,
+    };
+    if key.is_empty() {
+        return Err("CRS's encryption key is empty".into());
+    }
+    Ok(key)
+}
+
+fn import_crs(config: &Config, args: ImportCrs) -> Result<(), String> {
+    let key = crs_encryption_key(&args)?;
+    let report =
+        claude_relay::server::import_crs(config, &args.redis, &key, args.dry_run).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", report.text());
+    }
     Ok(())
 }

@@ -182,6 +182,33 @@ async fn open_store(
     })
 }
 
+/// `claude-relay import-crs`: imports Claude Relay Service's Redis at `redis_url` into the
+/// configured store (with `dry_run`, only reports). An embedded store is locked while the relay
+/// runs: stop it first, or import through the admin API.
+pub fn import_crs(config: &Config, redis_url: &str, encryption_key: &str, dry_run: bool) -> Result<crate::crs::Report> {
+    let secrets = Secrets::new(&secret_key(config)?).context("secret_key")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let tasks = Tasks::on_current_runtime();
+        let (store, _) = open_store(config, false, &tasks).await?;
+        let report = crate::crs::import(
+            redis_url,
+            encryption_key,
+            &secrets,
+            &config.providers.default_bases(),
+            &*store,
+            dry_run,
+        )
+        .await
+        .map_err(|e| anyhow_lite::Error(e.to_string()));
+        tasks.token().cancel();
+        report
+    })
+}
+
 fn check_bindable(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr).context(format!("cannot listen on {addr} ({what})"))
 }
@@ -391,9 +418,16 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     let (stats_stop, _stats_task) = writer.start(store_rt.handle());
     let stats_control = stats_stop.clone();
 
+    // Keys imported under another relay's hash move to ours on their first use, off the hot path.
+    let (legacy_tx, legacy_rx) = tokio::sync::mpsc::channel(256);
+    tasks.spawn_loop(
+        "imported key re-hashing",
+        crate::state::move_legacy_keys(store.clone(), legacy_rx),
+    );
     let keys = Arc::new(SnapshotKeys {
         secrets: secrets.clone(),
         snapshot: snapshot.clone(),
+        legacy_moves: Some(legacy_tx),
     });
     // Key limits live where the store is: in Redis when instances share it, else in memory.
     let limits: Arc<dyn filters::LimitBackend> = match config.store.backend {

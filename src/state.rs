@@ -26,6 +26,10 @@ pub struct Snapshot {
     /// The client-key hash keys of other relays whose keys were restored here from a backup
     /// (their plaintext is unknown, so they keep the hash they were made with).
     foreign_hash_keys: Vec<[u8; 32]>,
+    /// Imported keys still under another relay's hash (SHA-256 of the key and a salt), by that hash.
+    legacy_by_hash: HashMap<[u8; 32], Arc<ClientKey>>,
+    /// The distinct salts of those hashes (one per import source, in practice one).
+    legacy_salts: Vec<String>,
     pub keys: Vec<(Arc<ClientKey>, Source, String /* hint */, i64 /* created */)>,
     pub pool: AccountPool,
 }
@@ -34,12 +38,27 @@ impl Snapshot {
     pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&Arc<ClientKey>> {
         self.keys_by_hash.get(hash)
     }
+
+    /// How many keys are still under a legacy hash.
+    pub fn legacy_keys(&self) -> usize {
+        self.legacy_by_hash.len()
+    }
+}
+
+/// A key found by its legacy hash, to be re-hashed our way: its id and our hash of it.
+#[derive(Debug, Clone)]
+pub struct LegacyMove {
+    pub id: String,
+    pub key_hash: String,
+    pub hint: String,
 }
 
 /// Looks keys up in the current snapshot; what the `key_auth` filter uses.
 pub struct SnapshotKeys {
     pub secrets: Arc<Secrets>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Where keys found by a legacy hash are sent to be re-hashed ([`move_legacy_keys`]).
+    pub legacy_moves: Option<tokio::sync::mpsc::Sender<LegacyMove>>,
 }
 
 impl KeyDirectory for SnapshotKeys {
@@ -53,10 +72,76 @@ impl KeyDirectory for SnapshotKeys {
         if let Some(k) = snap.key_by_hash(&h) {
             return Some(k.clone());
         }
-        snap.foreign_hash_keys.iter().find_map(|hk| {
+        // Keys restored from another relay's backup keep the hash that relay made.
+        if let Some(k) = snap.foreign_hash_keys.iter().find_map(|hk| {
             snap.key_by_hash(&crate::secrets::hash_client_key_under(hk, presented))
                 .cloned()
-        })
+        }) {
+            return Some(k);
+        }
+        // Only when our own hash finds nothing: one SHA-256 per legacy salt, from memory.
+        for salt in &snap.legacy_salts {
+            let lh = legacy_hash(presented, salt);
+            if let Some(k) = snap.legacy_by_hash.get(&lh) {
+                if let Some(tx) = &self.legacy_moves {
+                    // A full queue only delays the move to a later use.
+                    let _ = tx.try_send(LegacyMove {
+                        id: k.id.to_string(),
+                        key_hash: hex::encode(h),
+                        hint: crate::secrets::mask(presented),
+                    });
+                }
+                return Some(k.clone());
+            }
+        }
+        None
+    }
+}
+
+/// A legacy key hash: SHA-256 of the key followed by the salt (Claude Relay Service's form).
+fn legacy_hash(key: &str, salt: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(key.as_bytes());
+    h.update(salt.as_bytes());
+    h.finalize().into()
+}
+
+/// Re-hashes keys found by their legacy hash: each record gets our hash and loses the legacy one
+/// (so the salt it needed leaves the store with the last of them), then every instance reloads.
+pub async fn move_legacy_keys(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<LegacyMove>) {
+    let mut done = std::collections::HashSet::new();
+    while let Some(m) = rx.recv().await {
+        if done.contains(&m.id) {
+            continue;
+        }
+        let record = match store.get_api_key(&m.id).await {
+            Ok(Some(r)) if r.legacy_hash.is_some() => r,
+            Ok(_) => {
+                done.insert(m.id);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(key = %m.id, error = %e, "reading an imported key to re-hash it failed");
+                continue;
+            }
+        };
+        let moved = ApiKeyRecord {
+            key_hash: m.key_hash,
+            hint: m.hint,
+            legacy_hash: None,
+            ..record
+        };
+        match store.put_api_key(&moved).await {
+            Ok(()) => {
+                tracing::info!(key = %moved.id, "imported key re-hashed on its first use");
+                done.insert(m.id);
+                if let Err(e) = store.publish_change().await {
+                    tracing::warn!(error = %e, "announcing a re-hashed key failed");
+                }
+            }
+            Err(e) => tracing::warn!(key = %moved.id, error = %e, "re-hashing an imported key failed"),
+        }
     }
 }
 
@@ -129,7 +214,21 @@ pub fn build_snapshot(
             tracing::warn!(key = %r.id, "stored key has a malformed hash; skipped");
             continue;
         }
-        if snap.keys_by_hash.contains_key(&hash) {
+        let legacy_salt = match &r.legacy_hash {
+            None => None,
+            Some(l) => match (l.scheme.as_str(), secrets.open(&l.salt)) {
+                ("crs", Ok(salt)) => Some(salt),
+                (_, Err(e)) => {
+                    tracing::warn!(key = %r.id, error = %e, "imported key's hash salt cannot be opened; skipped");
+                    continue;
+                }
+                (other, Ok(_)) => {
+                    tracing::warn!(key = %r.id, scheme = other, "stored key has an unknown hash scheme; skipped");
+                    continue;
+                }
+            },
+        };
+        if legacy_salt.is_none() && snap.keys_by_hash.contains_key(&hash) {
             tracing::warn!(key = %r.id, "stored key duplicates a configured key; the configured one wins");
             continue;
         }
@@ -161,7 +260,17 @@ pub fn build_snapshot(
                 }
             },
         });
-        snap.keys_by_hash.insert(hash, ck.clone());
+        match legacy_salt {
+            Some(salt) => {
+                if !snap.legacy_salts.contains(&salt) {
+                    snap.legacy_salts.push(salt);
+                }
+                snap.legacy_by_hash.insert(hash, ck.clone());
+            }
+            None => {
+                snap.keys_by_hash.insert(hash, ck.clone());
+            }
+        }
         snap.keys.push((ck, Source::Admin, r.hint.clone(), r.created_at));
     }
 
@@ -391,5 +500,72 @@ impl Reloader {
                 tracing::warn!(error = %e, "snapshot reload failed; keeping the previous one");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LegacyKeyHash;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn record(id: &str, key_hash: String, legacy: Option<LegacyKeyHash>) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: id.into(),
+            name: id.into(),
+            key_hash,
+            hint: String::new(),
+            enabled: true,
+            bind: None,
+            tags: Vec::new(),
+            policy: Default::default(),
+            created_at: 0,
+            hash_key: None,
+            legacy_hash: legacy,
+            extra: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_legacy_hash_is_tried_after_ours_and_asks_for_the_move() {
+        let config = Config::from_yaml(&format!("secret_key: {SECRET}\n"), &|_| None).unwrap();
+        let secrets = Arc::new(Secrets::new(SECRET).unwrap());
+        let salt = "crs-encryption-key";
+        let old = "cr_old";
+        let legacy = hex::encode(legacy_hash(old, salt));
+        let keys = vec![
+            record("ours", secrets.hash_client_key_hex("cr_ours"), None),
+            record(
+                "imported",
+                legacy,
+                Some(LegacyKeyHash {
+                    scheme: "crs".into(),
+                    salt: secrets.seal(salt),
+                }),
+            ),
+        ];
+        let snap = build_snapshot(&config, &secrets, &Scheduler::new(), None, keys, Vec::new());
+        assert_eq!(snap.legacy_keys(), 1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let dir = SnapshotKeys {
+            secrets: secrets.clone(),
+            snapshot: Arc::new(ArcSwap::from_pointee(snap)),
+            legacy_moves: Some(tx),
+        };
+        assert_eq!(dir.find("cr_ours").map(|k| k.id.to_string()).as_deref(), Some("ours"));
+        assert!(rx.try_recv().is_err(), "a key under our hash moves nothing");
+        assert_eq!(dir.find(old).map(|k| k.id.to_string()).as_deref(), Some("imported"));
+        let m = rx.try_recv().unwrap();
+        assert_eq!(
+            (m.id.as_str(), m.key_hash),
+            ("imported", secrets.hash_client_key_hex(old))
+        );
+        assert!(dir.find("cr_unknown").is_none());
+        // The legacy hash is SHA-256 of the key followed by the salt (CRS's construction).
+        assert_eq!(
+            hex::encode(legacy_hash("cr_x", "k")),
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"cr_xk"))
+        );
     }
 }

@@ -865,6 +865,7 @@ async fn openapi_describes_every_route() {
         ("post", "/admin/api/import"),
         ("get", "/admin/api/alerts"),
         ("post", "/admin/api/alerts/test"),
+        ("post", "/admin/api/import/crs"),
     ];
     for (m, p) in expected {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} is not documented");

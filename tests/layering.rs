@@ -49,6 +49,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ingress", &["usage", "wire", "providers", "convert"]),
     // The one account type of relay.yaml, the store and the admin API, checked once.
     ("accounts", &["store", "credentials", "providers"]),
+    // Migration from Claude Relay Service: maps its records to accounts and keys for the store.
+    ("crs", &["store", "credentials", "providers", "accounts"]),
     // Accounts hold their provider's credential: the scheduler sits above the providers.
     ("scheduler", &["store", "leases", "credentials", "providers"]),
     (
@@ -97,6 +99,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "proxy",
             "backup",
             "alerts",
+            "crs",
         ],
     ),
     (
@@ -119,6 +122,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "admin",
             "backup",
             "alerts",
+            "crs",
         ],
     ),
 ];

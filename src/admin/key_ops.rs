@@ -70,6 +70,7 @@ pub async fn rotate(
         // The new secret is hashed under this relay's own key, whatever the old one was.
         r.hash_key = None;
         r.hint = hint;
+        r.legacy_hash = None;
         st.store.put_api_key(&r).await.map_err(store_error)?;
         Ok(r)
     })

@@ -485,6 +485,7 @@ fn new_record(state: &AdminState, req: &NewKey, name: String) -> (ApiKeyRecord, 
         tags: req.tags.clone(),
         policy: req.policy.clone(),
         created_at: chrono::Utc::now().timestamp(),
+        legacy_hash: None,
         extra: BTreeMap::new(),
     };
     (record, plaintext)

@@ -25,6 +25,7 @@ mod alerts;
 mod audit;
 mod auth;
 mod backup;
+mod crs_import;
 mod gemini_oauth;
 mod groups;
 mod https;

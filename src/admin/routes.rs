@@ -20,8 +20,8 @@ use super::audit::LoginAttempt;
 use super::auth::printable_user;
 use super::{AdminState, Credentials};
 use super::{
-    account_ops, accounts, alerts, audit, backup, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth,
-    overview, sessions, settings, system, usage, usage_export, users,
+    account_ops, accounts, alerts, audit, backup, crs_import, gemini_oauth, groups, key_ops, keys, live, oauth,
+    openai_oauth, overview, sessions, settings, system, usage, usage_export, users,
 };
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
@@ -91,6 +91,7 @@ pub fn router(state: AdminState) -> Router {
             post(gemini_oauth::exchange),
         )
         .route("/admin/api/accounts/gemini-oauth/import", post(gemini_oauth::import))
+        .route("/admin/api/import/crs", post(crs_import::import))
         .route("/admin/api/groups", get(groups::list))
         .route("/admin/api/groups/{name}/rename", post(groups::rename))
         .route("/admin/api/usage", get(usage::series))

@@ -92,6 +92,7 @@ pub fn sample_key(id: &str, key_hash: &str) -> ApiKeyRecord {
             ..Default::default()
         },
         created_at: 1_700_000_000,
+        legacy_hash: None,
         extra,
     }
 }

@@ -78,10 +78,26 @@ pub struct ApiKeyRecord {
     pub policy: filters::policy::KeyPolicySpec,
     /// Unix seconds.
     pub created_at: i64,
+    /// Set while `key_hash` is another relay's hash of the key rather than ours (a key imported
+    /// from Claude Relay Service): the relay then finds the key by that hash, and on its first use
+    /// re-hashes it our way and drops this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_hash: Option<LegacyKeyHash>,
     /// Fields added by later features are kept here verbatim so older and newer relays can share one
     /// store without losing each other's data.
     #[serde(default, flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// How a legacy `key_hash` was made, and what it needs to be checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LegacyKeyHash {
+    /// `crs`: SHA-256 of the key followed by `salt`, hex (Claude Relay Service's key hash, salted
+    /// with its `ENCRYPTION_KEY`).
+    pub scheme: String,
+    /// The salt, sealed: the relay needs it to recognise the key, and only until the key's first
+    /// use.
+    pub salt: Sealed,
 }
 
 /// What kind of upstream an account is, and so how it is addressed and authenticated.
