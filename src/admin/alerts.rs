@@ -4,16 +4,15 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, json_body, not_found};
+use super::access::Actor;
+use super::routes::{ApiError, json_body, not_found};
 
-pub async fn overview(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn overview(State(state): State<AdminState>, _actor: Actor) -> Result<Response, ApiError> {
     let alerts = &state.alerts;
     let c = alerts.config();
     let dropped = state
@@ -44,8 +43,7 @@ pub struct TestBody {
     webhook: String,
 }
 
-pub async fn test(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn test(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let body: TestBody = json_body(&body)?;
     let delivery = state
         .alerts

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request, conflict, json_body, store_error, write};
+use super::access::Actor;
+use super::routes::{ApiError, bad_request, conflict, json_body, store_error, write};
 use crate::backup::{self, BackupError, ImportMode};
 
 /// The header an import's passphrase comes in.
@@ -34,8 +35,7 @@ struct ExportRequest {
 }
 
 /// `POST /admin/api/export` `{"passphrase"}`: the store's backup, as a file download.
-pub async fn export(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn export(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let req: ExportRequest = json_body(&body)?;
     let file = backup::export(state.store.as_ref(), &state.secrets, &req.passphrase)
         .await
@@ -64,11 +64,11 @@ pub struct ImportQuery {
 /// passphrase in `x-backup-passphrase`: restores it, then every instance reloads.
 pub async fn import(
     State(state): State<AdminState>,
+    _actor: Actor,
     headers: HeaderMap,
     Query(q): Query<ImportQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
     let mode = match q.mode.as_deref() {
         None => ImportMode::Refuse,
         Some(m) => ImportMode::parse(m).ok_or_else(|| bad_request("`mode` must be `refuse`, `replace` or `merge`"))?,

@@ -4,12 +4,13 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AdminState;
-use super::routes::{ApiError, authenticate, bad_request, json_body};
+use super::access::Actor;
+use super::routes::{ApiError, bad_request, json_body};
 use crate::crs::ImportError;
 
 #[derive(Deserialize)]
@@ -23,8 +24,7 @@ pub struct ImportRequest {
     dry_run: bool,
 }
 
-pub async fn import(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authenticate(&state, &headers).await?;
+pub async fn import(State(state): State<AdminState>, _actor: Actor, body: Bytes) -> Result<Response, ApiError> {
     let req: ImportRequest = json_body(&body)?;
     if !(req.redis_url.starts_with("redis://") || req.redis_url.starts_with("rediss://")) {
         return Err(bad_request("`redis_url` must be a redis:// or rediss:// URL"));

@@ -93,9 +93,9 @@ pub struct Backup {
     pub accounts: Vec<BackupAccount>,
     pub groups: Vec<GroupEntry>,
     pub usage: Vec<UsageEntry>,
-    /// Admin users: a section kept for the admin-users feature (absent until it fills it in).
+    /// Admin users created through the API (their argon2 password hashes; absent when none).
     pub users: Option<Value>,
-    /// Runtime settings: a section kept for the settings feature (absent until it fills it in).
+    /// The panel's settings (absent when none is set).
     pub settings: Option<Value>,
 }
 
@@ -167,6 +167,9 @@ pub async fn collect(store: &dyn Store, secrets: &Secrets) -> Result<Backup, Bac
             counters,
         })
         .collect();
+    let mut admin_users = store.list_admin_users().await?;
+    admin_users.sort_by(|a, b| a.username.cmp(&b.username));
+    let settings = store.get_settings().await?;
     usage.sort_by(|a, b| {
         (a.dimension, &a.subject, a.granularity, a.start).cmp(&(b.dimension, &b.subject, b.granularity, b.start))
     });
@@ -175,9 +178,21 @@ pub async fn collect(store: &dyn Store, secrets: &Secrets) -> Result<Backup, Bac
         accounts,
         groups: groups.into_values().collect(),
         usage,
-        users: None,
-        settings: None,
+        users: if admin_users.is_empty() {
+            None
+        } else {
+            Some(to_section("users", &admin_users)?)
+        },
+        settings: if settings == crate::store::PanelSettings::default() {
+            None
+        } else {
+            Some(to_section("settings", &settings)?)
+        },
     })
+}
+
+fn to_section(what: &str, v: &impl Serialize) -> Result<Value, BackupError> {
+    serde_json::to_value(v).map_err(|e| BackupError::Format(format!("{what} cannot be encoded ({e})")))
 }
 
 fn group_entry<'a>(groups: &'a mut BTreeMap<String, GroupEntry>, name: &str) -> &'a mut GroupEntry {

@@ -8,6 +8,9 @@
 //!   (others stay), and adds a usage bucket only where the store has none for it (so counts are
 //!   never doubled). A key whose hash another stored key already has refuses the whole import.
 //!
+//! Admin users and the panel's settings are restored with the rest: `Replace` deletes the stored
+//! users first; `Merge` writes the backup's users over those of the same name.
+//!
 //! Keys and accounts of `relay.yaml` are not in the store: no mode touches them. Everything is
 //! checked and sealed again under this relay's `secret_key` before the first write.
 
@@ -18,7 +21,7 @@ use serde_json::Value;
 
 use super::{Backup, BackupError};
 use crate::secrets::Secrets;
-use crate::store::{AccountRecord, ApiKeyRecord, BucketKey, Store, UsageCounters};
+use crate::store::{AccountRecord, AdminUser, ApiKeyRecord, BucketKey, PanelSettings, Store, UsageCounters};
 
 /// What to do when the store is not empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +51,9 @@ pub struct ImportSummary {
     pub usage_buckets: usize,
     /// Buckets a merge left out because the store had them already.
     pub usage_buckets_kept: usize,
+    /// Admin users written (created through the API; the configuration's admin is not in a
+    /// backup).
+    pub users: usize,
 }
 
 /// Restores `backup` into `store` (see the module documentation for `mode`). The caller
@@ -79,6 +85,17 @@ pub async fn restore(
         accounts.push(record);
     }
     let usage: Vec<(BucketKey, UsageCounters)> = backup.usage.iter().map(|u| (u.bucket(), u.counters)).collect();
+    let users: Vec<AdminUser> = match backup.users {
+        Some(v) => {
+            serde_json::from_value(v).map_err(|e| BackupError::Format(format!("the users are malformed ({e})")))?
+        }
+        None => Vec::new(),
+    };
+    let settings: Option<PanelSettings> = backup
+        .settings
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| BackupError::Format(format!("the settings are malformed ({e})")))?;
 
     let existing_keys = store.list_api_keys().await?;
     let existing_accounts = store.list_accounts().await?;
@@ -120,6 +137,10 @@ pub async fn restore(
                 store.delete_account(&a.id).await?;
             }
             store.clear_usage().await?;
+            for u in store.list_admin_users().await? {
+                store.delete_admin_user(&u.username).await?;
+            }
+            store.put_settings(&PanelSettings::default()).await?;
             usage
         }
         ImportMode::Refuse => usage,
@@ -138,10 +159,17 @@ pub async fn restore(
     for chunk in usage.chunks(1000) {
         store.add_usage(chunk).await?;
     }
+    for u in &users {
+        store.put_admin_user(u).await?;
+    }
+    if let Some(s) = &settings {
+        store.put_settings(s).await?;
+    }
     Ok(ImportSummary {
         keys: keys.len(),
         accounts: accounts.len(),
         usage_buckets: usage.len(),
         usage_buckets_kept: kept,
+        users: users.len(),
     })
 }
