@@ -166,6 +166,22 @@ async fn source(backend: Backend) -> Source {
         .await;
     assert_eq!(k.status, 201, "{}", k.text);
     let key = k.json["key"].as_str().unwrap().to_string();
+    // An administrator and the panel's settings travel with the backup too.
+    let u = admin
+        .post(
+            "/admin/api/users",
+            json!({"username": "olga", "password": "olga-password-1", "role": "operator"}),
+        )
+        .await;
+    assert_eq!(u.status, 201, "{}", u.text);
+    let s = admin
+        .call(
+            reqwest::Method::PATCH,
+            "/admin/api/settings",
+            Some(json!({"currency": {"display": "CNY", "rates": {"CNY": 7.1}}})),
+        )
+        .await;
+    assert_eq!(s.status, 200, "{}", s.text);
     assert_eq!(messages(&relay, &key).await, 200);
     assert_eq!(messages(&relay, &key).await, 200);
     assert_eq!(chat(&relay, &key).await, 200);
@@ -261,6 +277,22 @@ async fn serves_like_the_source(relay: &RelayProcess, src: &Source) {
     assert_eq!(src.anthropic.hits(), a0 + 2);
 }
 
+/// The source's operator logs in to the restored relay with her password and role; the display
+/// currency is the source's.
+async fn users_and_settings_restored(relay: &RelayProcess) {
+    let r = client()
+        .post(format!("{}/admin/api/login", relay.admin()))
+        .json(&json!({"username": "olga", "password": "olga-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["role"], "operator");
+    let s = Admin::login(relay).await.get("/admin/api/settings").await;
+    assert_eq!(s.json["currency"]["display"], "CNY", "{}", s.text);
+    assert_eq!(s.json["currency"]["source"], "settings");
+}
+
 fn temp_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, contents).unwrap();
@@ -338,6 +370,7 @@ async fn cli_round_trip(from: Backend, to: Backend) {
         dst
     };
     assert_eq!(statistics_once(&dst, range, &before).await, before);
+    users_and_settings_restored(&dst).await;
     assert_eq!(limits(&dst, &src.key_id).await, limits_before);
     assert_eq!(limits_before["requests"], RATE);
     serves_like_the_source(&dst, &src).await;
