@@ -568,7 +568,7 @@ await journey('19 settings: a display currency shows beside USD on the overview;
   assert.deepEqual((await adminApi(tk, 'GET', '/me')).json.currency, { code: 'USD', rate: 1 })
 })
 
-await journey('20 system: version, store health and the configuration file', async () => {
+await journey('20 system: version, store health, the configuration file; a backup downloads and restores; CRS errors are shown', async () => {
   await p.click('[data-nav=system]')
   await p.locator('[data-test=system]').waitFor()
   const tk = await p.evaluate(() => sessionStorage.getItem('relay.token'))
@@ -577,6 +577,26 @@ await journey('20 system: version, store health and the configuration file', asy
   assert.equal(await p.textContent('[data-test=backend]'), sys.store.backend)
   assert.equal(await p.textContent('[data-test=config-file]'), sys.config_file)
   assert.match(await p.textContent('[data-test=store-health]'), /Reachable/)
+  // A backup downloads as a file that the import endpoint accepts back (merge into this store).
+  await p.fill('input[name=backup_passphrase]', 'a passphrase for the test')
+  const [download] = await Promise.all([p.waitForEvent('download'), p.click('[data-test=download-backup]')])
+  const file = await download.path()
+  const doc = JSON.parse(readFileSync(file, 'utf8'))
+  assert.equal(doc.format, 'claude-relay-backup')
+  await p.setInputFiles('input[name=backup_file]', file)
+  await p.fill('input[name=import_passphrase]', 'a wrong passphrase')
+  await p.selectOption('select[name=import_mode]', 'merge')
+  await p.click('[data-test=restore-backup]')
+  await p.locator('[data-test=backup-error]').waitFor()
+  await p.fill('input[name=import_passphrase]', 'a passphrase for the test')
+  await p.click('[data-test=restore-backup]')
+  await p.locator('[data-test=restore-result]').waitFor()
+  assert.match(await p.textContent('[data-test=restore-result]'), /Restored \d+ keys/)
+  // The CRS import reports an unreachable Redis clearly.
+  await p.fill('input[name=crs_redis]', 'redis://127.0.0.1:1/0')
+  await p.fill('input[name=crs_key]', 'some-key')
+  await p.click('[data-test=crs-run]')
+  await p.locator('[data-test=crs-error]').waitFor()
 })
 
 await journey('screenshots: every page in both themes, and the phone layout', async () => {
