@@ -66,6 +66,7 @@ pub async fn run_all(store: &dyn Store) -> Check {
     client_session_bounds(store)
         .await
         .map_err(tag("client_session_bounds"))?;
+    super::log_contract::logs(store).await.map_err(tag("logs"))?;
     changes(store).await.map_err(tag("changes"))?;
     Ok(())
 }

@@ -18,6 +18,8 @@
 //! - `client_session_index`: key id length ‖ key id ‖ last seen (8, sortable) ‖ session id → ()
 //!   (a key's sessions in the order they were last seen: what listing, the per-key cap and the
 //!   retention read)
+//! - `log_requests`, `log_audit`: record id (`{at_ms:013}-{seq:010}`) → JSON of the record (see
+//!   [`super::log`])
 //! - `meta`: `schema_version` → 1
 
 use std::collections::BTreeMap;
@@ -32,8 +34,8 @@ use tokio::sync::broadcast;
 
 use super::client_sessions::{counter_fields, counters_from_fields, page_order};
 use super::{
-    AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
-    SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
+    AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, LogKind, LogRecord,
+    SessionBounds, SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters, log,
 };
 
 /// The file name inside the data directory.
@@ -61,6 +63,8 @@ pub struct EmbeddedStore {
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     changes: broadcast::Sender<()>,
+    /// The sequence part of the next log record id.
+    log_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -126,6 +130,7 @@ impl EmbeddedStore {
             db: RwLock::new(Some(Arc::new(db))),
             path,
             changes,
+            log_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }))
     }
 
@@ -211,6 +216,7 @@ fn init_schema(db: &Database) -> StoreResult<()> {
         txn.open_table(SESSIONS).map_err(db_err)?;
         txn.open_table(CLIENT_SESSIONS).map_err(db_err)?;
         txn.open_table(CLIENT_SESSION_INDEX).map_err(db_err)?;
+        log::embedded_init(&txn)?;
     }
     txn.commit().map_err(db_err)
 }
@@ -874,6 +880,33 @@ impl Store for EmbeddedStore {
             txn.commit().map_err(db_err)
         })
         .await
+    }
+
+    // --- bounded logs ---
+
+    async fn append_log(&self, kind: LogKind, records: &[(i64, String)]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let records = records.to_vec();
+        let seq = self.log_seq.clone();
+        self.run(move |db| log::embedded_append(db, kind, &records, &seq)).await
+    }
+
+    async fn read_log(&self, kind: LogKind, before: Option<&str>, limit: usize) -> StoreResult<Vec<LogRecord>> {
+        let before = before.map(str::to_owned);
+        self.run(move |db| log::embedded_read(db, kind, before.as_deref(), limit))
+            .await
+    }
+
+    async fn get_log(&self, kind: LogKind, id: &str) -> StoreResult<Option<LogRecord>> {
+        let id = id.to_owned();
+        self.run(move |db| log::embedded_get(db, kind, &id)).await
+    }
+
+    async fn trim_log(&self, kind: LogKind, min_at_ms: i64, max_records: u64) -> StoreResult<u64> {
+        self.run(move |db| log::embedded_trim(db, kind, min_at_ms, max_records))
+            .await
     }
 
     // --- change notification ---

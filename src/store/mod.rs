@@ -15,6 +15,8 @@ pub mod contract;
 pub mod coord;
 pub mod coord_contract;
 pub mod embedded;
+pub mod log;
+pub mod log_contract;
 pub mod redis;
 pub mod redis_coord;
 
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secrets::Sealed;
 
+pub use self::log::{LogKind, LogRecord};
 pub use client_sessions::{AgentUsage, SessionBounds, SessionCursor, SessionPage, SessionUsage};
 
 /// Errors from a store backend. The message never contains secret material.
@@ -39,6 +42,9 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The caller passed something the store cannot use (a log cursor it did not issue).
+    #[error("invalid: {0}")]
+    Invalid(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -624,6 +630,17 @@ pub trait Store: Send + Sync + 'static {
     async fn put_session(&self, token_hash: &str, session: &AdminSession) -> StoreResult<()>;
     async fn get_session(&self, token_hash: &str, now: i64) -> StoreResult<Option<AdminSession>>;
     async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+
+    // --- bounded logs (see [`log`]) ---
+    /// Appends records (each `(at_ms, json)`), in one round trip.
+    async fn append_log(&self, kind: LogKind, records: &[(i64, String)]) -> StoreResult<()>;
+    /// Records newest first, strictly older than the record `before` (an id this store returned), at
+    /// most `limit`. A `before` this store could not have issued is `Invalid`.
+    async fn read_log(&self, kind: LogKind, before: Option<&str>, limit: usize) -> StoreResult<Vec<LogRecord>>;
+    /// One record by id (`None` for an unknown or malformed id).
+    async fn get_log(&self, kind: LogKind, id: &str) -> StoreResult<Option<LogRecord>>;
+    /// Drops records older than `min_at_ms` and all but the newest `max_records`; returns how many went.
+    async fn trim_log(&self, kind: LogKind, min_at_ms: i64, max_records: u64) -> StoreResult<u64>;
 
     // --- change notification ---
     /// Tells every instance sharing this store that keys or accounts changed.

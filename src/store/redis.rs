@@ -13,6 +13,7 @@
 //! | `{p}session:{token hash}`             | string  | JSON [`AdminSession`], `EXPIREAT` its expiry  |
 //! | `{p}cs:{len}:{key id}:{session id}`   | hash    | one client session's usage (see `lua/add_session_usage.lua`), `EXPIREAT` last use + retention |
 //! | `{p}csx:{key id}`                     | zset    | a key's client session ids by last use       |
+//! | `{p}log:requests`, `{p}log:audit`     | stream  | bounded logs: fields `at` (unix ms), `d` (JSON); entry ids are the record ids |
 //! | `{p}changes`                          | channel | pub/sub: keys or accounts changed            |
 //!
 //! `{dim}` is `key|account|model`, `{gran}` `minute|hour|day|month|total`, `{start}` the bucket
@@ -39,9 +40,10 @@ use crate::lifecycle::Tasks;
 
 use super::client_sessions::{MAX_AGENTS_PER_SESSION, MAX_MODELS_PER_SESSION, counter_fields, page_order};
 use super::embedded::{bucket_expiry, merge_usage_batch, now_unix, series_bucket_starts};
+use super::log::{MAX_LOG_PAGE, MAX_LOG_RECORDS, invalid_cursor, parse_stream_id};
 use super::{
-    AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, SessionBounds,
-    SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
+    AccountRecord, AdminSession, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, LogKind, LogRecord,
+    SessionBounds, SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult, UsageCounters,
 };
 
 /// The prefix used when none is configured.
@@ -194,6 +196,25 @@ fn parse_session(key_id: &str, session_id: &str, fields: HashMap<String, String>
     Ok(Some(s))
 }
 
+/// A stream entry `(id, [field, value, ...])` as a log record.
+fn stream_record((id, fields): (String, Vec<String>)) -> StoreResult<LogRecord> {
+    let mut at_ms = None;
+    let mut data = None;
+    for pair in fields.chunks(2) {
+        if let [name, value] = pair {
+            match name.as_str() {
+                "at" => at_ms = value.parse::<i64>().ok(),
+                "d" => data = Some(value.clone()),
+                _ => {}
+            }
+        }
+    }
+    match (at_ms, data) {
+        (Some(at_ms), Some(data)) => Ok(LogRecord { id, at_ms, data }),
+        _ => Err(StoreError::Corrupt(format!("log record {id:?} lacks `at` or `d`"))),
+    }
+}
+
 impl RedisStore {
     /// Connects with the default key prefix `relay:`.
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -318,6 +339,10 @@ impl RedisStore {
 
     fn session_key(&self, token_hash: &str) -> String {
         format!("{}session:{token_hash}", self.prefix)
+    }
+
+    fn log_key(&self, kind: LogKind) -> String {
+        format!("{}log:{}", self.prefix, kind.as_str())
     }
 
     /// A handle on the shared multiplexed connection (cheap to clone; reconnects by itself).
@@ -742,6 +767,93 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    // --- bounded logs ---
+
+    /// `MAXLEN ~` keeps each stream near the largest configurable size on every append (cheap: whole
+    /// macro nodes go); `trim_log` applies the configured cap and retention exactly.
+    async fn append_log(&self, kind: LogKind, records: &[(i64, String)]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let key = self.log_key(kind);
+        let mut pipe = redis::pipe();
+        for (at_ms, data) in records {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_LOG_RECORDS)
+                .arg("*")
+                .arg("at")
+                .arg(*at_ms)
+                .arg("d")
+                .arg(data.as_str())
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn read_log(&self, kind: LogKind, before: Option<&str>, limit: usize) -> StoreResult<Vec<LogRecord>> {
+        // The newest id strictly before `before` (XREVRANGE's `(` needs Redis 6.2; this works on 6.0).
+        let end = match before {
+            None => "+".to_string(),
+            Some(b) => match parse_stream_id(b).ok_or_else(|| invalid_cursor(b))? {
+                (0, 0) => return Ok(Vec::new()),
+                (ms, 0) => format!("{}-{}", ms - 1, u64::MAX),
+                (ms, seq) => format!("{ms}-{}", seq - 1),
+            },
+        };
+        let limit = limit.min(MAX_LOG_PAGE);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(self.log_key(kind))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        rows.into_iter().map(stream_record).collect()
+    }
+
+    async fn get_log(&self, kind: LogKind, id: &str) -> StoreResult<Option<LogRecord>> {
+        if parse_stream_id(id).is_none() {
+            return Ok(None);
+        }
+        let rows: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.log_key(kind))
+            .arg(id)
+            .arg(id)
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        rows.into_iter().next().map(stream_record).transpose()
+    }
+
+    /// Retention by entry id (the time the record reached Redis, within a flush of `at_ms`).
+    async fn trim_log(&self, kind: LogKind, min_at_ms: i64, max_records: u64) -> StoreResult<u64> {
+        let key = self.log_key(kind);
+        let (by_age, by_count): (u64, u64) = redis::pipe()
+            .cmd("XTRIM")
+            .arg(&key)
+            .arg("MINID")
+            .arg(format!("{}-0", min_at_ms.max(0)))
+            .cmd("XTRIM")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg(max_records)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(by_age + by_count)
     }
 
     // --- change notification ---
