@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Billed requests that named a client session, by agent (`main` or `subagent`). Session and
     /// agent ids are never labels: they are unbounded.
     pub session_requests: IntCounterVec,
+    /// Request log records by result: `written` (appended to the store), `dropped` (its queue was
+    /// full) or `write_failed` (the store refused the batch).
+    pub request_log: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -158,6 +161,17 @@ impl Metrics {
             &["agent"],
         )?;
         registry.register(Box::new(session_requests.clone()))?;
+        let request_log = IntCounterVec::new(
+            Opts::new(
+                "relay_request_log_records_total",
+                "Request log records by result: written, dropped (the queue was full) or write_failed (the store refused them)",
+            ),
+            &["result"],
+        )?;
+        for result in ["written", "dropped", "write_failed"] {
+            request_log.with_label_values(&[result]);
+        }
+        registry.register(Box::new(request_log.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -191,6 +205,7 @@ impl Metrics {
             account_utilization,
             connections_closed,
             session_requests,
+            request_log,
         })
     }
 

@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use super::AdminState;
 use super::auth::printable_user;
 use super::{
-    account_ops, accounts, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview, sessions, usage,
-    usage_export,
+    account_ops, accounts, gemini_oauth, groups, key_ops, keys, live, oauth, openai_oauth, overview, requests,
+    sessions, usage, usage_export,
 };
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
@@ -86,6 +86,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/api/usage/export.csv", get(usage_export::export))
         .route("/admin/api/overview", get(overview::overview))
         .route("/admin/api/live", get(live::live))
+        .route("/admin/api/requests", get(requests::list))
+        .route("/admin/api/requests/export.csv", get(requests::export))
+        .route("/admin/api/requests/{id}", get(requests::get))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::map_response(json_errors))
@@ -169,6 +172,7 @@ pub fn store_error(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "admin store operation failed");
     match e {
         StoreError::Conflict(m) => conflict(m),
+        StoreError::Invalid(m) => bad_request(m),
         e => ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string()),
     }
 }
