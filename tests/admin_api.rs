@@ -849,6 +849,9 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/usage/export.csv"),
         ("get", "/admin/api/overview"),
         ("get", "/admin/api/live"),
+        ("get", "/admin/api/requests"),
+        ("get", "/admin/api/requests/{id}"),
+        ("get", "/admin/api/requests/export.csv"),
     ];
     for (m, p) in expected {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} is not documented");
