@@ -2,7 +2,8 @@
 //! in the in-memory snapshot (keyed HMAC-SHA256 of the presented key + one hash-map probe), the
 //! filter chain's header phase with the built-in `key_auth` filter, the whole chain (every phase)
 //! with every built-in filter and a key that has every restriction and limit (memory limits)
-//! against `key_auth` alone, and account selection (`Scheduler::pick`) among 1,000 accounts.
+//! against `key_auth` alone, account selection (`Scheduler::pick`) among 1,000 accounts, and the
+//! request log's push of a finished request's entry.
 //!
 //! Usage accounting (SSE parser, pricing) has its own bench, `benches/usage.rs`. Body facts are not
 //! benched here: `proxy::body` is private to the crate.
@@ -397,5 +398,64 @@ fn account_selection(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, key_lookup, filter_chain, full_chain, account_selection);
+/// The request log's share of the request path: building a finished request's entry (the clones
+/// and the two client headers copied) and pushing it onto the writer's queue. The queue is emptied
+/// every 4,096 pushes, as the writer does every 250 ms.
+fn request_log_push(c: &mut Criterion) {
+    use claude_relay::usage::request_log::{RequestEntry, Retention, client_text, pipeline};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn claude_relay::store::Store> =
+        Arc::new(claude_relay::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+    let metrics = Arc::new(claude_relay::metrics::Metrics::new().unwrap());
+    let (sink, _writer) = pipeline(
+        store,
+        metrics,
+        Retention {
+            max_age: std::time::Duration::from_secs(86_400),
+            max_records: 1_000,
+        },
+    );
+    let key_id: Arc<str> = "config.alice".into();
+    let key_name: Arc<str> = "alice".into();
+    let account: (Arc<str>, Arc<str>) = ("acc-1".into(), "main".into());
+    let ua = b"claude-cli/2.0.14 (external, cli)";
+    let mut n = 0u32;
+    c.bench_function("request_log/entry_and_push", |b| {
+        b.iter(|| {
+            let entry = RequestEntry {
+                started_ms: 1_765_000_000_000,
+                request_id: client_text(b"req_0123456789abcdef", 128),
+                key_id: Some(key_id.clone()),
+                key_name: Some(key_name.clone()),
+                account_id: Some(account.0.clone()),
+                account_name: Some(account.1.clone()),
+                dialect: "anthropic",
+                endpoint: "messages",
+                model: Some(Arc::from("claude-sonnet-4-5")),
+                upstream_model: Some(Arc::from("claude-sonnet-4-5")),
+                stream: true,
+                status: 200,
+                ttfb_ms: Some(12),
+                duration_ms: 900,
+                user_agent: client_text(ua, 200),
+                client_ip: Some(std::net::IpAddr::from([127, 0, 0, 1])),
+                ..Default::default()
+            };
+            sink.push(black_box(entry));
+            n += 1;
+            if n.is_multiple_of(4096) {
+                sink.clear_queue();
+            }
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    key_lookup,
+    filter_chain,
+    full_chain,
+    account_selection,
+    request_log_push
+);
 criterion_main!(benches);

@@ -112,6 +112,9 @@ pub struct RawConfig {
     /// Webhooks that receive alerts, and what raises them.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The request log: one metadata record per relayed request.
+    #[serde(default)]
+    pub request_log: RequestLogConfig,
 }
 
 /// `tls` and `admin.tls`: the listener serves HTTPS (ALPN `h2`, `http/1.1`) with this certificate
@@ -467,6 +470,37 @@ impl Default for SelfServiceConfig {
 
 fn default_self_service_per_minute() -> u32 {
     60
+}
+
+/// `request_log`: one metadata record per relayed request (never a body), kept for `retention`
+/// and at most `max_records` of them.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLogConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_request_log_retention")]
+    pub retention: Dur,
+    #[serde(default = "default_request_log_records")]
+    pub max_records: u64,
+}
+
+impl Default for RequestLogConfig {
+    fn default() -> Self {
+        RequestLogConfig {
+            enabled: true,
+            retention: default_request_log_retention(),
+            max_records: default_request_log_records(),
+        }
+    }
+}
+
+fn default_request_log_retention() -> Dur {
+    Dur(Duration::from_secs(7 * 86_400))
+}
+
+fn default_request_log_records() -> u64 {
+    1_000_000
 }
 
 /// The most sessions `stats.sessions.per_key` may keep per key.
@@ -877,6 +911,8 @@ pub struct Config {
     /// Scheduled backups (`backup`), its `dir` resolved.
     pub backup: Option<BackupConfig>,
     pub alerts: AlertsConfig,
+    /// `request_log`: the per-request metadata log.
+    pub request_log: RequestLogConfig,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -1206,6 +1242,20 @@ impl Config {
             ));
         }
 
+        if raw.request_log.max_records == 0 || raw.request_log.max_records > crate::store::log::MAX_LOG_RECORDS {
+            return Err(invalid(
+                "request_log.max_records",
+                format!(
+                    "must be between 1 and {} (`enabled: false` switches the log off)",
+                    crate::store::log::MAX_LOG_RECORDS
+                ),
+            ));
+        }
+        let retention = raw.request_log.retention.0;
+        if retention < Duration::from_secs(1) || retention > Duration::from_secs(3_660 * 86_400) {
+            return Err(invalid("request_log.retention", "must be between 1s and 3660d"));
+        }
+
         providers_config::validate(&raw.providers)?;
         let mut names = std::collections::HashSet::new();
         let mut accounts = Vec::with_capacity(raw.accounts.len());
@@ -1416,6 +1466,7 @@ impl Config {
             tls: raw.tls,
             backup,
             alerts: raw.alerts,
+            request_log: raw.request_log,
         })
     }
 }

@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Alert deliveries by webhook name and outcome: ok, failed, dropped, deduplicated,
     /// rate_limited.
     pub alert_deliveries: IntCounterVec,
+    /// Request log records by result: `written` (appended to the store), `dropped` (its queue was
+    /// full) or `write_failed` (the store refused the batch).
+    pub request_log: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -190,6 +193,17 @@ impl Metrics {
             &["webhook", "outcome"],
         )?;
         registry.register(Box::new(alert_deliveries.clone()))?;
+        let request_log = IntCounterVec::new(
+            Opts::new(
+                "relay_request_log_records_total",
+                "Request log records by result: written, dropped (the queue was full) or write_failed (the store refused them)",
+            ),
+            &["result"],
+        )?;
+        for result in ["written", "dropped", "write_failed"] {
+            request_log.with_label_values(&[result]);
+        }
+        registry.register(Box::new(request_log.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -227,6 +241,7 @@ impl Metrics {
             backup_runs,
             alerts,
             alert_deliveries,
+            request_log,
         })
     }
 

@@ -464,6 +464,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 
     let live = Arc::new(crate::usage::live::Live::default());
+    let request_log = start_request_log(&config, &store, &metrics, &tasks);
     let relay = Arc::new(Relay {
         config: config.clone(),
         secrets: secrets.clone(),
@@ -488,6 +489,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         tasks: tasks.clone(),
         cooldowns: config.scheduler.cooldowns.to_map(),
         live: live.clone(),
+        request_log,
         self_service: Default::default(),
         limits: limits.clone(),
         limits_view: crate::limits::view::limits,
@@ -690,6 +692,28 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
     handover::remove_pid_file();
     tracing::info!("claude-relay stopped");
     Ok(())
+}
+
+/// The request log's sink, and its writer started as work the shutdown waits for (it writes what
+/// is queued when the tasks stop, after the requests in flight settled). `request_log.enabled:
+/// false`: a sink that records nothing, and no writer.
+fn start_request_log(
+    config: &Config,
+    store: &Arc<dyn crate::store::Store>,
+    metrics: &Arc<crate::metrics::Metrics>,
+    tasks: &crate::lifecycle::Tasks,
+) -> crate::usage::request_log::RequestLogSink {
+    use crate::usage::request_log::{RequestLogSink, Retention, pipeline};
+    if !config.request_log.enabled {
+        return RequestLogSink::off(metrics.clone());
+    }
+    let retention = Retention {
+        max_age: config.request_log.retention.0,
+        max_records: config.request_log.max_records,
+    };
+    let (sink, writer) = pipeline(store.clone(), metrics.clone(), retention);
+    tasks.spawn_work("request log writer", writer.run(tasks.token()));
+    sink
 }
 
 /// `<data_dir>/claude-relay.pid`: the pid of the process that serves (after an upgrade, the new one).

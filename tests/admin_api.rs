@@ -866,6 +866,9 @@ async fn openapi_describes_every_route() {
         ("get", "/admin/api/alerts"),
         ("post", "/admin/api/alerts/test"),
         ("post", "/admin/api/import/crs"),
+        ("get", "/admin/api/requests"),
+        ("get", "/admin/api/requests/{id}"),
+        ("get", "/admin/api/requests/export.csv"),
     ];
     for (m, p) in expected {
         assert!(doc["paths"][p][m].is_object(), "{m} {p} is not documented");

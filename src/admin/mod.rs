@@ -35,6 +35,7 @@ mod live;
 mod oauth;
 mod openai_oauth;
 mod overview;
+mod requests;
 mod routes;
 mod scheduling;
 mod sessions;

@@ -21,7 +21,7 @@ use super::auth::printable_user;
 use super::{AdminState, Credentials};
 use super::{
     account_ops, accounts, alerts, audit, backup, crs_import, gemini_oauth, groups, key_ops, keys, live, oauth,
-    openai_oauth, overview, sessions, settings, system, usage, usage_export, users,
+    openai_oauth, overview, requests, sessions, settings, system, usage, usage_export, users,
 };
 use crate::accounts::values::check_label;
 use crate::secrets::{random_token, sha256_hex};
@@ -109,6 +109,9 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/admin/api/alerts", get(alerts::overview))
         .route("/admin/api/alerts/test", post(alerts::test))
+        .route("/admin/api/requests", get(requests::list))
+        .route("/admin/api/requests/export.csv", get(requests::export))
+        .route("/admin/api/requests/{id}", get(requests::get))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::guard))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

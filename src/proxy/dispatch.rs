@@ -339,6 +339,8 @@ async fn attempts(
             if let Some(l) = ctx.live.as_mut() {
                 l.set_account(account.id.clone());
             }
+            ctx.attempts = ctx.attempts.saturating_add(1);
+            ctx.account = Some((account.id.clone(), account.name.clone()));
             if let Some(s) = ctx.settle.as_mut() {
                 s.account_id = Some(account.id.clone());
                 s.account_rt = Some(account.rt.clone());
@@ -570,6 +572,7 @@ async fn replay_refusal(
     resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len().to_string())?;
     ctx.status = answer.head.status.as_u16();
     let empty = answer.body.is_empty();
+    ctx.mark_first_byte();
     session.write_response_header(Box::new(resp), empty).await?;
     if !empty {
         session.write_response_body(Some(answer.body), true).await?;
@@ -861,6 +864,7 @@ async fn stream(
             .map_err(AttemptError::Broken)?;
     }
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
+    ctx.mark_first_byte();
     session
         .write_response_header(Box::new(resp), false)
         .await
@@ -1048,6 +1052,7 @@ async fn collect(
     resp.remove_header("transfer-encoding");
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
         .map_err(AttemptError::Broken)?;
+    ctx.mark_first_byte();
     session
         .write_response_header(Box::new(resp), false)
         .await
@@ -1213,6 +1218,7 @@ async fn relay_complete(
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
         .map_err(AttemptError::Broken)?;
     let empty = body.is_empty();
+    ctx.mark_first_byte();
     session
         .write_response_header(Box::new(resp), empty)
         .await

@@ -72,6 +72,8 @@ pub struct Relay {
     pub tasks: crate::lifecycle::Tasks,
     /// Requests in flight and the last ones finished, for the admin's live view.
     pub live: Arc<crate::usage::live::Live>,
+    /// Where each relayed request's metadata record goes (`request_log`).
+    pub request_log: crate::usage::request_log::RequestLogSink,
     /// The per-key budget of the self-service usage endpoint.
     pub self_service: self_service::Budget,
     /// The key limit counters (also behind the filter chain), read by the self-service endpoint.
@@ -103,6 +105,18 @@ pub struct RequestCtx {
     /// The relay key came in `x-relay-key`: the request goes to `claude-passthrough` accounts
     /// only, with the client's own credentials.
     passthrough: bool,
+    /// The client's address, once read.
+    client_ip: Option<std::net::IpAddr>,
+    /// The reason and source of the relay's own error answer, if it gave one.
+    error: Option<(&'static str, ErrorSource)>,
+    /// When the response head went to the client (time to first byte).
+    first_byte: Option<Duration>,
+    /// Upstream attempts sent (each account tried).
+    attempts: u16,
+    /// The account of the last attempt: id and name.
+    account: Option<(Arc<str>, Arc<str>)>,
+    /// The model and stream flag the body asked for (kept for the request log only).
+    requested: Option<(Option<Arc<str>>, bool)>,
 }
 
 struct InFlight(prometheus::IntGauge);
@@ -128,6 +142,19 @@ impl RequestCtx {
             live: None,
             facts: None,
             passthrough: false,
+            client_ip: None,
+            error: None,
+            first_byte: None,
+            attempts: 0,
+            account: None,
+            requested: None,
+        }
+    }
+
+    /// Notes the time of the response head (the first write to the client wins).
+    fn mark_first_byte(&mut self) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(self.start.elapsed());
         }
     }
 }
@@ -161,6 +188,8 @@ async fn respond_error(
         s.is_error = true;
     }
     ctx.status = err.status();
+    ctx.error = Some((err.reason(), source));
+    ctx.mark_first_byte();
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
@@ -238,6 +267,7 @@ impl RelayProxy {
         ctx.in_flight = Some(InFlight(relay.metrics.in_flight.clone()));
         // Read once: both filter phases see the same address.
         let ip = client_ip(session, &relay.config.trusted_proxies);
+        ctx.client_ip = ip;
 
         // Phase 1: filters that need only the head (key auth first).
         let rejection = {
@@ -343,6 +373,10 @@ impl RelayProxy {
             Ok(p) => p,
             Err(e) => return respond_error(relay, session, ctx, &e, ErrorSource::Relay).await,
         };
+        if relay.request_log.is_on() {
+            // What the request log shows of a request the filters below may still refuse.
+            ctx.requested = Some((parsed.facts.model.as_deref().map(Arc::from), parsed.facts.stream));
+        }
         if let Some(key) = &ctx.key {
             estimate_request(relay, &key.policy, route.endpoint, &body, &mut parsed);
         }
@@ -669,14 +703,18 @@ impl ProxyHttp for RelayProxy {
             .with_label_values(&[endpoint])
             .observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
         // Completion filters (charging limits) see the usage and cost, then the request settles.
+        let mut cost_nanos = None;
         if let Some(route) = ctx.route
             && ctx.key.is_some()
         {
             let (tokens, cost) = match ctx.settle.as_mut() {
-                Some(s) => (
-                    s.usage.total_input().saturating_add(s.usage.output),
-                    s.final_cost_nanos().unwrap_or(0),
-                ),
+                Some(s) => {
+                    cost_nanos = s.final_cost_nanos();
+                    (
+                        s.usage.total_input().saturating_add(s.usage.output),
+                        cost_nanos.unwrap_or(0),
+                    )
+                }
                 None => (0, 0),
             };
             let cx = CompletionContext {
@@ -717,10 +755,85 @@ impl ProxyHttp for RelayProxy {
                 tokens,
             });
         }
+        if self.0.request_log.is_on()
+            && let Some(route) = ctx.route.filter(|r| r.endpoint.is_relayed())
+        {
+            let entry = request_log_entry(session, ctx, route, status, total, cost_nanos);
+            self.0.request_log.push(entry);
+        }
         ctx.settle.take();
         ctx.holds.clear();
         ctx.in_flight.take();
         conn::request_finished();
+    }
+}
+
+/// The request log's record of a finished relayed request: what the context gathered on the way.
+fn request_log_entry(
+    session: &Session,
+    ctx: &RequestCtx,
+    route: Route,
+    status: u16,
+    total: Duration,
+    cost_nanos: Option<u64>,
+) -> crate::usage::request_log::RequestEntry {
+    use crate::usage::request_log::{MAX_REQUEST_ID_CHARS, MAX_USER_AGENT_CHARS, RequestEntry, client_text};
+    let headers = &session.req_header().headers;
+    let header = |name: &str, max: usize| headers.get(name).and_then(|v| client_text(v.as_bytes(), max));
+    let written_source = session
+        .response_written()
+        .and_then(|h| h.headers.get("x-relay-error-source"))
+        .map(|v| {
+            if v.as_bytes() == b"upstream" {
+                ErrorSource::Upstream
+            } else {
+                ErrorSource::Relay
+            }
+        });
+    let settle = ctx.settle.as_ref();
+    let failed = settle.is_some_and(|s| s.is_error);
+    let (error, error_source) = match (ctx.error, written_source) {
+        (Some((reason, source)), _) => (Some(reason), Some(source.as_str())),
+        (None, Some(ErrorSource::Upstream)) => (Some("upstream_error"), Some("upstream")),
+        (None, Some(ErrorSource::Relay)) => (Some("relay_error"), Some("relay")),
+        (None, None) if failed && !ctx.client_disconnected => (Some("stream_error"), Some("upstream")),
+        (None, None) => (None, None),
+    };
+    let elapsed_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    RequestEntry {
+        started_ms: chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(i64::try_from(total.as_millis()).unwrap_or(0)),
+        request_id: header("x-request-id", MAX_REQUEST_ID_CHARS),
+        key_id: ctx.key.as_ref().map(|k| k.id.clone()),
+        key_name: ctx.key.as_ref().map(|k| k.name.clone()),
+        account_id: ctx.account.as_ref().map(|a| a.0.clone()),
+        account_name: ctx.account.as_ref().map(|a| a.1.clone()),
+        dialect: dialect_name(route.dialect),
+        endpoint: route.endpoint.name(),
+        model: ctx.requested.as_ref().and_then(|r| r.0.clone()),
+        upstream_model: settle.and_then(|s| s.upstream_model.as_deref()).map(Arc::from),
+        stream: ctx.requested.as_ref().is_some_and(|r| r.1),
+        status,
+        client_disconnected: ctx.client_disconnected,
+        failed,
+        error,
+        error_source,
+        usage: settle.map(|s| s.usage).unwrap_or_default(),
+        cost_nanos,
+        ttfb_ms: ctx.first_byte.map(elapsed_ms),
+        duration_ms: elapsed_ms(total),
+        failover_hops: ctx.attempts.saturating_sub(1),
+        user_agent: header("user-agent", MAX_USER_AGENT_CHARS),
+        client_ip: ctx.client_ip,
+    }
+}
+
+fn dialect_name(d: crate::ingress::Dialect) -> &'static str {
+    match d {
+        crate::ingress::Dialect::Anthropic => "anthropic",
+        crate::ingress::Dialect::OpenAI => "openai",
+        crate::ingress::Dialect::Gemini => "gemini",
     }
 }
 

@@ -10,6 +10,7 @@ pub mod live;
 pub mod openai;
 pub mod pricing;
 pub mod report;
+pub mod request_log;
 pub mod sessions;
 pub mod sse;
 pub mod stats;

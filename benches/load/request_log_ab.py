@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The request log's cost on the request path: relay CPU per request with `request_log.enabled: true`
+against `false`, in one interleaved run (Python 3 standard library only; helpers from loadtest.py).
+
+One mock upstream and two relays from the same binary, identical but for `request_log`; wrk runs
+against each in turn (A B B A per round, so drift in the machine's load falls on both alike), and
+each row's CPU (user+sys ticks of the relay process, /proc/PID/stat) is divided by the requests wrk
+completed. Prints a Markdown table and the medians.
+
+    cargo build --release --bin claude-relay --example mock_upstream
+    python3 benches/load/request_log_ab.py --relay-bin $T/release/claude-relay \\
+        --mock-bin $T/release/examples/mock_upstream [--rounds 4 --duration 5 --concurrency 50]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loadtest as lt  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--relay-bin", required=True)
+    ap.add_argument("--mock-bin", required=True)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--relay-threads", type=int, default=2)
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="reqlog-ab-")
+    procs = []
+    try:
+        mock_port = lt.free_port()
+        lt.start_mock(procs, args.mock_bin, mock_port, 1, os.path.join(tmp, "mock.log"))
+        mock_url = f"http://127.0.0.1:{mock_port}"
+        relays = {}
+        for name, extra in (("on", ""), ("off", "request_log: { enabled: false }\n")):
+            port, admin = lt.free_port(), lt.free_port()
+            data = os.path.join(tmp, f"data-{name}")
+            conf = os.path.join(tmp, f"relay-{name}.yaml")
+            with open(conf, "w") as f:
+                f.write(lt.relay_config(port, admin, data, args.relay_threads, [("main", mock_url)]) + extra)
+            url = f"http://127.0.0.1:{port}"
+            relay = lt.start_relay(procs, args.relay_bin, conf, url, f"http://127.0.0.1:{admin}",
+                                   os.path.join(tmp, f"relay-{name}.log"))
+            relays[name] = (relay, url + "/v1/messages")
+        # Warm both (connection pools, allocator).
+        for name in relays:
+            for stream in (False, True):
+                lt.run_wrk(relays[name][1], args.concurrency, 1, stream)
+
+        rows = []
+        per = {(n, s): [] for n in relays for s in (False, True)}
+        for rnd in range(args.rounds):
+            order = ("on", "off", "off", "on") if rnd % 2 == 0 else ("off", "on", "on", "off")
+            for stream in (False, True):
+                for name in order:
+                    relay, url = relays[name]
+                    before = lt.cpu_ticks(relay.pid)
+                    r = lt.run_wrk(url, args.concurrency, args.duration, stream)
+                    ticks = lt.cpu_ticks(relay.pid) - before
+                    n = r["requests"]
+                    us = ticks / lt.CLK_TCK * 1e6 / max(n, 1)
+                    errors, _ = lt.errors_of(r)
+                    per[(name, stream)].append(us)
+                    rows.append((rnd + 1, name, stream, n / (r["duration_us"] / 1e6), us, errors))
+        print("| round | request_log | stream | req/s | CPU µs/req | errors |")
+        print("|---:|---|---|---:|---:|---:|")
+        for rnd, name, stream, rps, us, errors in rows:
+            print(f"| {rnd} | {name} | {'yes' if stream else 'no'} | {rps:,.0f} | {us:.1f} | {errors} |")
+        print()
+        for stream in (False, True):
+            on = statistics.median(per[("on", stream)])
+            off = statistics.median(per[("off", stream)])
+            print(f"stream={'yes' if stream else 'no'}: median CPU µs/req enabled {on:.1f}, disabled {off:.1f}, "
+                  f"difference {on - off:+.1f}")
+        print()
+        print(f"logs and configs: {tmp}")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+//! The request log: one metadata record per relayed request, kept in the store's bounded
+//! [`LogKind::Requests`] log for the admin API. Never a body, never a credential.
+//!
+//! The request path hands a [`RequestEntry`] to [`RequestLogSink::push`]: one short lock on a
+//! bounded in-memory queue (no channel wake-up, no syscall, as for the usage statistics); when the
+//! queue is full the entry is counted as dropped and the request goes on. The
+//! [`RequestLogWriter`] takes the queue every [`DRAIN_EVERY`], serialises the entries to JSON and
+//! appends them in batches (every [`FLUSH_EVERY`] or [`FLUSH_AT`] records), and trims the log to
+//! its retention and cap every [`TRIM_EVERY`]. At shutdown it drains and writes what is left.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::TokenUsage;
+use crate::metrics::Metrics;
+use crate::store::{LogKind, Store};
+
+/// Entries the queue holds between two drains before it drops new ones.
+pub const QUEUE_CAPACITY: usize = 64 * 1024;
+/// How often the writer takes the queue.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(250);
+/// The longest a record waits in the writer before it is appended.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Records that make the writer append at once.
+pub const FLUSH_AT: usize = 500;
+/// How often the log is trimmed to its retention and cap.
+pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// The most records a failed append keeps for the next attempt (older ones are dropped).
+const MAX_PENDING: usize = 50_000;
+/// The most characters of a client's User-Agent and request id kept.
+pub const MAX_USER_AGENT_CHARS: usize = 200;
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// What the request path knows of one finished request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestEntry {
+    /// Unix ms when the request arrived.
+    pub started_ms: i64,
+    /// The client's `x-request-id`, when it sent a usable one.
+    pub request_id: Option<Box<str>>,
+    pub key_id: Option<Arc<str>>,
+    pub key_name: Option<Arc<str>>,
+    pub account_id: Option<Arc<str>>,
+    pub account_name: Option<Arc<str>>,
+    pub dialect: &'static str,
+    pub endpoint: &'static str,
+    pub model: Option<Arc<str>>,
+    pub upstream_model: Option<Arc<str>>,
+    pub stream: bool,
+    pub status: u16,
+    /// The client went away before the answer ended.
+    pub client_disconnected: bool,
+    /// The request failed although its status may be 200 (an error event inside a stream).
+    pub failed: bool,
+    /// Why the relay refused (a [`RelayError`](crate) reason), when it did.
+    pub error: Option<&'static str>,
+    /// `relay` or `upstream`: the `x-relay-error-source` of the answer.
+    pub error_source: Option<&'static str>,
+    pub usage: TokenUsage,
+    /// `None` when the model has no price (or nothing was billed).
+    pub cost_nanos: Option<u64>,
+    pub ttfb_ms: Option<u64>,
+    pub duration_ms: u64,
+    /// Accounts tried before the one that answered.
+    pub failover_hops: u16,
+    pub user_agent: Option<Box<str>>,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// How a request ended, as the record says it.
+pub mod outcome {
+    pub const OK: &str = "ok";
+    pub const ERROR: &str = "error";
+    pub const CLIENT_DISCONNECTED: &str = "client_disconnected";
+}
+
+/// One record of the request log, as stored (JSON) and as the admin API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Unix ms when the request arrived.
+    pub at_ms: i64,
+    pub request_id: String,
+    pub key_id: Option<String>,
+    pub key_name: Option<String>,
+    pub account_id: Option<String>,
+    pub account_name: Option<String>,
+    pub dialect: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub upstream_model: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    /// [`outcome`]: `ok`, `error` or `client_disconnected`.
+    pub outcome: String,
+    pub error: Option<String>,
+    pub error_source: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_5m_tokens: u64,
+    pub cache_write_1h_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// `None` when the model has no price.
+    pub cost_usd: Option<f64>,
+    pub ttfb_ms: Option<u64>,
+    pub duration_ms: u64,
+    pub failover_hops: u16,
+    pub user_agent: Option<String>,
+    pub client_ip: Option<String>,
+}
+
+impl RequestRecord {
+    pub fn from_entry(e: RequestEntry) -> RequestRecord {
+        let outcome = if e.client_disconnected {
+            outcome::CLIENT_DISCONNECTED
+        } else if e.failed || e.status >= 400 || e.status == 0 {
+            outcome::ERROR
+        } else {
+            outcome::OK
+        };
+        let s = |v: Option<Arc<str>>| v.map(|v| v.to_string());
+        RequestRecord {
+            at_ms: e.started_ms,
+            request_id: match e.request_id {
+                Some(id) => id.into(),
+                None => format!("req_{}", uuid::Uuid::new_v4().simple()),
+            },
+            key_id: s(e.key_id),
+            key_name: s(e.key_name),
+            account_id: s(e.account_id),
+            account_name: s(e.account_name),
+            dialect: e.dialect.to_string(),
+            endpoint: e.endpoint.to_string(),
+            model: s(e.model),
+            upstream_model: s(e.upstream_model),
+            stream: e.stream,
+            status: e.status,
+            outcome: outcome.to_string(),
+            error: e.error.map(str::to_string),
+            error_source: e.error_source.map(str::to_string),
+            input_tokens: e.usage.input,
+            output_tokens: e.usage.output,
+            cache_read_tokens: e.usage.cache_read,
+            cache_write_5m_tokens: e.usage.cache_write_5m,
+            cache_write_1h_tokens: e.usage.cache_write_1h,
+            reasoning_tokens: e.usage.reasoning,
+            cost_usd: e.cost_nanos.map(|n| n as f64 / 1e9),
+            ttfb_ms: e.ttfb_ms,
+            duration_ms: e.duration_ms,
+            failover_hops: e.failover_hops,
+            user_agent: e.user_agent.map(Into::into),
+            client_ip: e.client_ip.map(|ip| ip.to_string()),
+        }
+    }
+}
+
+/// A client-supplied string kept in a record: printable ASCII only, at most `max` characters.
+pub fn client_text(v: &[u8], max: usize) -> Option<Box<str>> {
+    let v = &v[..v.len().min(max)];
+    if v.is_empty() || !v.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return None;
+    }
+    std::str::from_utf8(v).ok().map(Into::into)
+}
+
+/// The request path's handle. Cheap to clone; when the log is off it holds nothing and `push`
+/// does nothing.
+#[derive(Clone)]
+pub struct RequestLogSink {
+    queue: Option<Arc<Mutex<Vec<RequestEntry>>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl RequestLogSink {
+    /// A sink that records nothing (`request_log.enabled: false`).
+    pub fn off(metrics: Arc<Metrics>) -> Self {
+        RequestLogSink { queue: None, metrics }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Hands one entry to the writer; never blocks on I/O and never fails the request.
+    pub fn push(&self, entry: RequestEntry) {
+        let Some(queue) = &self.queue else { return };
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() < QUEUE_CAPACITY {
+            q.push(entry);
+            return;
+        }
+        drop(q);
+        self.metrics.request_log.with_label_values(&["dropped"]).inc();
+    }
+    /// Drops every queued entry: a benchmark of [`RequestLogSink::push`] keeps the queue below
+    /// its bound with it.
+    pub fn clear_queue(&self) {
+        if let Some(queue) = &self.queue {
+            queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
+
+/// How long records are kept and how many.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_records: u64,
+}
+
+/// Writes queued entries to the store and trims the log.
+pub struct RequestLogWriter {
+    queue: Arc<Mutex<Vec<RequestEntry>>>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    retention: Retention,
+    /// Serialised records not yet appended: `(at_ms, json)`.
+    pending: Vec<(i64, String)>,
+}
+
+/// The sink and its writer.
+pub fn pipeline(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    retention: Retention,
+) -> (RequestLogSink, RequestLogWriter) {
+    let queue = Arc::new(Mutex::new(Vec::with_capacity(1024)));
+    (
+        RequestLogSink {
+            queue: Some(queue.clone()),
+            metrics: metrics.clone(),
+        },
+        RequestLogWriter {
+            queue,
+            store,
+            metrics,
+            retention,
+            pending: Vec::new(),
+        },
+    )
+}
+
+impl RequestLogWriter {
+    /// Runs until `stop` is cancelled, then writes what is queued and returns.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_flush = Instant::now();
+        // Trimmed soon after start (a lowered cap or retention applies at once), then every
+        // TRIM_EVERY (more often for a short retention), and whenever a tenth of the cap was
+        // appended since (so a small cap holds between two trims).
+        let trim_every = (self.retention.max_age / 4).clamp(Duration::from_secs(1), TRIM_EVERY);
+        let trim_after = self.retention.max_records / 10 + 1;
+        let mut next_trim = Instant::now() + Duration::from_secs(5).min(trim_every);
+        let mut appended_since_trim = 0u64;
+        let mut spare = Vec::with_capacity(1024);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                _ = drain.tick() => {}
+            }
+            self.take(&mut spare);
+            if self.pending.len() >= FLUSH_AT || (!self.pending.is_empty() && last_flush.elapsed() >= FLUSH_EVERY) {
+                appended_since_trim += self.flush().await;
+                last_flush = Instant::now();
+            }
+            if Instant::now() >= next_trim || appended_since_trim >= trim_after {
+                self.trim().await;
+                appended_since_trim = 0;
+                next_trim = Instant::now() + trim_every;
+            }
+        }
+        self.take(&mut spare);
+        self.flush().await;
+    }
+
+    /// Moves the queue's entries into `pending`, as JSON.
+    fn take(&mut self, spare: &mut Vec<RequestEntry>) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *q, spare);
+        }
+        for entry in spare.drain(..) {
+            let record = RequestRecord::from_entry(entry);
+            match serde_json::to_string(&record) {
+                Ok(json) => self.pending.push((record.at_ms, json)),
+                Err(e) => {
+                    self.metrics.request_log.with_label_values(&["write_failed"]).inc();
+                    tracing::warn!(error = %e, "a request log record cannot be serialised");
+                }
+            }
+        }
+        if self.pending.len() > MAX_PENDING {
+            let over = self.pending.len() - MAX_PENDING;
+            self.pending.drain(..over);
+            self.metrics
+                .request_log
+                .with_label_values(&["dropped"])
+                .inc_by(over as u64);
+        }
+    }
+
+    /// Appends what is pending; returns how many records were written.
+    async fn flush(&mut self) -> u64 {
+        let mut written = 0;
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(FLUSH_AT);
+            match self.store.append_log(LogKind::Requests, &self.pending[..n]).await {
+                Ok(()) => {
+                    self.pending.drain(..n);
+                    written += n as u64;
+                    self.metrics
+                        .request_log
+                        .with_label_values(&["written"])
+                        .inc_by(n as u64);
+                }
+                Err(e) => {
+                    // Kept for the next flush (bounded by MAX_PENDING).
+                    self.metrics
+                        .request_log
+                        .with_label_values(&["write_failed"])
+                        .inc_by(n as u64);
+                    tracing::warn!(error = %e, records = n, "appending to the request log failed");
+                    return written;
+                }
+            }
+        }
+        written
+    }
+
+    async fn trim(&self) {
+        let age = i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let min_at_ms = chrono::Utc::now().timestamp_millis().saturating_sub(age);
+        match self
+            .store
+            .trim_log(LogKind::Requests, min_at_ms, self.retention.max_records)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "request log trimmed"),
+            Err(e) => tracing::warn!(error = %e, "trimming the request log failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_text_is_printable_and_bounded() {
+        assert_eq!(client_text(b"curl/8.0", 200).as_deref(), Some("curl/8.0"));
+        assert_eq!(client_text(&[b'a'; 300], 200).map(|s| s.len()), Some(200));
+        assert_eq!(client_text(b"a\nb", 200), None);
+        assert_eq!(client_text("é".as_bytes(), 200), None);
+        assert_eq!(client_text(b"", 200), None);
+    }
+
+    #[test]
+    fn records_say_how_the_request_ended() {
+        let base = RequestEntry {
+            status: 200,
+            ..Default::default()
+        };
+        assert_eq!(RequestRecord::from_entry(base.clone()).outcome, "ok");
+        let failed = RequestEntry {
+            failed: true,
+            ..base.clone()
+        };
+        assert_eq!(RequestRecord::from_entry(failed).outcome, "error");
+        let gone = RequestEntry {
+            client_disconnected: true,
+            ..base.clone()
+        };
+        assert_eq!(RequestRecord::from_entry(gone).outcome, "client_disconnected");
+        let r = RequestRecord::from_entry(base);
+        assert!(
+            r.request_id.starts_with("req_") && r.request_id.len() == 36,
+            "{}",
+            r.request_id
+        );
+    }
+}
