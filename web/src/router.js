@@ -13,6 +13,7 @@ export const router = createRouter({
     { path: '/groups', component: () => import('./pages/Groups.vue') },
     { path: '/usage', component: () => import('./pages/Usage.vue') },
     { path: '/live', component: () => import('./pages/Live.vue') },
+    { path: '/requests', component: () => import('./pages/Requests.vue') },
     { path: '/settings', component: () => import('./pages/Settings.vue') },
     { path: '/audit', component: () => import('./pages/Audit.vue') },
     { path: '/system', component: () => import('./pages/System.vue') },

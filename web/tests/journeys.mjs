@@ -599,10 +599,37 @@ await journey('20 system: version, store health, the configuration file; a backu
   await p.locator('[data-test=crs-error]').waitFor()
 })
 
+await journey('21 request log: a relayed request appears with its key, model and status; a filter and the detail drawer', async () => {
+  const r = await relayCall(BOB_KEY, 'claude-haiku-4-5', { 'x-request-id': 'journey-21-request' })
+  assert.equal(r.status, 200)
+  await p.click('[data-nav=requests]')
+  await p.locator('[data-test=requests-table]').waitFor()
+  // The log is written in batches: apply the filter until the request shows.
+  await p.fill('input[name=model]', 'claude-haiku-4-5')
+  for (let i = 0; i < 20 && !(await p.locator('[data-request=journey-21-request]').count()); i++) {
+    await p.click('[data-test=requests-apply]')
+    await p.waitForTimeout(500)
+  }
+  const row = p.locator('[data-request=journey-21-request]')
+  await row.waitFor()
+  assert.equal((await row.locator('[data-status]').textContent()).trim(), '200')
+  await row.click()
+  await p.locator('[data-test=request-detail] [data-field=key_name]').waitFor()
+  assert.match(await p.textContent('[data-test=request-detail] [data-field=key_name]'), /bob/)
+  const detail = await p.textContent('[data-test=request-detail]')
+  assert.ok(!detail.includes(BOB_KEY), 'the key in the request log')
+  await p.keyboard.press('Escape')
+  await p.goto(`${ADMIN}/ui/requests`)
+  await p.fill('input[name=status]', '5xx')
+  await p.click('[data-test=requests-apply]')
+  await p.waitForTimeout(300)
+  assert.equal(await p.locator('[data-request=journey-21-request]').count(), 0)
+})
+
 await journey('screenshots: every page in both themes, and the phone layout', async () => {
   for (const theme of ['light', 'dark']) {
     await p.click(`[data-theme=${theme}]`)
-    for (const name of ['overview', 'keys', 'accounts', 'groups', 'usage', 'live', 'settings', 'audit', 'system']) {
+    for (const name of ['overview', 'keys', 'accounts', 'groups', 'usage', 'live', 'requests', 'settings', 'audit', 'system']) {
       await p.goto(`${ADMIN}/ui/${name}`)
       await p.locator('main h1').waitFor()
       await p.waitForTimeout(400)
