@@ -134,7 +134,15 @@ pub(crate) fn embedded_append(
     records: &[(i64, String)],
     seq: &std::sync::atomic::AtomicU64,
 ) -> StoreResult<()> {
-    let txn = db.begin_write().map_err(db_err)?;
+    let mut txn = db.begin_write().map_err(db_err)?;
+    // Request records are not worth a disk sync each batch: they become durable with the store's
+    // next durable commit (the statistics flush commits every flush interval while requests
+    // arrive), so a crash loses at most the last seconds of the request log, never a key, an
+    // account, usage or an audit record (those commit durably).
+    if kind == LogKind::Requests {
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::Unavailable(format!("embedded store: {e}")))?;
+    }
     {
         let mut t = txn.open_table(table(kind)).map_err(db_err)?;
         for (at_ms, data) in records {
