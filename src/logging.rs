@@ -119,7 +119,12 @@ pub fn redact(line: &str) -> Cow<'_, str> {
         }
         let end = bytes[from..]
             .iter()
-            .position(|b| matches!(b, b'&' | b' ' | b'"' | b'\'' | b')' | b',' | b'\\'))
+            .position(|b| {
+                matches!(
+                    b,
+                    b'&' | b' ' | b'"' | b'\'' | b')' | b',' | b'\\' | b'\n' | b'\r' | b'\t'
+                )
+            })
             .map_or(bytes.len(), |p| from + p);
         if end > from {
             spans.push((from, end));
@@ -219,6 +224,11 @@ mod tests {
         assert_eq!(bare, "sent sk-[redacted] upstream");
         assert_eq!(redact("nothing to see here"), "nothing to see here");
         assert_eq!(redact("monkey=1 turkey: 2"), "monkey=1 turkey: 2");
+        // A `key=` field ends at the end of its line: the next line stays.
+        assert_eq!(
+            redact("INFO x key=k_1\nINFO next line"),
+            "INFO x key=[redacted]\nINFO next line"
+        );
     }
 
     use proptest::prelude::*;
