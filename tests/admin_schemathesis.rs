@@ -22,8 +22,9 @@ use serde_json::{Value, json};
 use support::oauth_mock::MockOAuth;
 use support::{RelayProcess, account_yaml, client};
 
-/// Longest a schemathesis run may take before the test kills it and fails.
-const RUN_LIMIT: Duration = Duration::from_secs(240);
+/// Longest a schemathesis run may take before the test kills it and fails. A run over the ~70
+/// operations takes about 160 s on an idle 2-core machine; the suite runs it beside other tests.
+const RUN_LIMIT: Duration = Duration::from_secs(420);
 
 fn schemathesis() -> PathBuf {
     if let Some(p) = std::env::var_os("RELAY_SCHEMATHESIS") {
