@@ -5,7 +5,9 @@ against `false`, in one interleaved run (Python 3 standard library only; helpers
 One mock upstream and two relays from the same binary, identical but for `request_log`; wrk runs
 against each in turn (A B B A per round, so drift in the machine's load falls on both alike), and
 each row's CPU (user+sys ticks of the relay process, /proc/PID/stat) is divided by the requests wrk
-completed. Prints a Markdown table and the medians.
+completed. The CPU is also split by thread: the `relay-store` threads (the store's runtime, where the
+log's writer and the statistics flush run) and all the others (the request path). Prints a Markdown
+table and the medians.
 
     cargo build --release --bin claude-relay --example mock_upstream
     python3 benches/load/request_log_ab.py --relay-bin $T/release/claude-relay \\
@@ -20,6 +22,23 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadtest as lt  # noqa: E402
+
+
+def store_ticks(pid):
+    """CPU ticks of the process's `relay-store` threads (/proc/PID/task/*/stat)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                name = f.read().strip()
+            if not name.startswith("relay-store"):
+                continue
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total
 
 
 def main():
@@ -56,16 +75,20 @@ def main():
 
         rows = []
         per = {(n, s): [] for n in relays for s in (False, True)}
+        split = {(n, s): [] for n in relays for s in (False, True)}
         for rnd in range(args.rounds):
             order = ("on", "off", "off", "on") if rnd % 2 == 0 else ("off", "on", "on", "off")
             for stream in (False, True):
                 for name in order:
                     relay, url = relays[name]
-                    before = lt.cpu_ticks(relay.pid)
+                    before, store_before = lt.cpu_ticks(relay.pid), store_ticks(relay.pid)
                     r = lt.run_wrk(url, args.concurrency, args.duration, stream)
                     ticks = lt.cpu_ticks(relay.pid) - before
+                    store = store_ticks(relay.pid) - store_before
                     n = r["requests"]
                     us = ticks / lt.CLK_TCK * 1e6 / max(n, 1)
+                    store_us = store / lt.CLK_TCK * 1e6 / max(n, 1)
+                    split[(name, stream)].append((us - store_us, store_us))
                     errors, _ = lt.errors_of(r)
                     per[(name, stream)].append(us)
                     rows.append((rnd + 1, name, stream, n / (r["duration_us"] / 1e6), us, errors))
@@ -79,6 +102,10 @@ def main():
             off = statistics.median(per[("off", stream)])
             print(f"stream={'yes' if stream else 'no'}: median CPU µs/req enabled {on:.1f}, disabled {off:.1f}, "
                   f"difference {on - off:+.1f}")
+            for part, i in (("request-path threads", 0), ("relay-store threads", 1)):
+                a = statistics.median(x[i] for x in split[("on", stream)])
+                b = statistics.median(x[i] for x in split[("off", stream)])
+                print(f"    {part}: enabled {a:.1f}, disabled {b:.1f}, difference {a - b:+.1f}")
         print()
         print(f"logs and configs: {tmp}")
     finally:
