@@ -45,33 +45,44 @@ const VOLATILE: [&str; 6] = [
 #[derive(Clone, Debug)]
 pub struct LoginAttempt(pub String);
 
-/// Whether a field name holds a secret: its value never enters a record.
+/// Whether a field name holds a secret: its value never enters a record. Names are compared
+/// without case, `_` or `-`, so `refresh_token`, `refreshToken` and `Refresh-Token` are alike.
 pub fn is_secret(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    const PARTS: [&str; 9] = [
+    let n: String = name
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    const PARTS: [&str; 10] = [
         "password",
         "secret",
         "passphrase",
         "credential",
-        "private_key",
+        "privatekey",
         "cookie",
         "authorization",
-        "code_verifier",
-        "encryption_key",
+        "codeverifier",
+        "encryptionkey",
+        "sessionkey",
     ];
-    const NAMES: [&str; 7] = [
-        "key",
-        "api_key",
-        "x-api-key",
-        "code",
-        "plaintext",
-        "session_key",
-        "token",
-    ];
-    PARTS.iter().any(|p| n.contains(p)) || NAMES.contains(&n.as_str()) || n.ends_with("_token")
+    const NAMES: [&str; 6] = ["key", "apikey", "xapikey", "code", "plaintext", "keyhash"];
+    PARTS.iter().any(|p| n.contains(p)) || NAMES.contains(&n.as_str()) || n.ends_with("token")
 }
 
-/// Replaces the value of every secret field (at any depth) with `"[redacted]"`.
+/// Whether a string value is itself a credential or carries one: a URL with a user and password
+/// (an outbound proxy), a PEM block, or a token with a provider's prefix.
+fn secret_value(v: &str) -> bool {
+    const PREFIXES: [&str; 6] = ["sk-", "cr_", "ya29.", "AKIA", "ASIA", "1//"];
+    let userinfo = v.split_once("://").is_some_and(|(_, rest)| {
+        rest.split(['/', '?', '#'])
+            .next()
+            .is_some_and(|auth| auth.contains('@'))
+    });
+    userinfo || v.contains("-----BEGIN") || PREFIXES.iter().any(|p| v.starts_with(p))
+}
+
+/// Replaces the value of every secret field (at any depth), and every string that is a secret
+/// itself, with `"[redacted]"`.
 pub fn redact(v: &mut Value) {
     match v {
         Value::Object(m) => {
@@ -86,6 +97,7 @@ pub fn redact(v: &mut Value) {
             }
         }
         Value::Array(a) => a.iter_mut().for_each(redact),
+        Value::String(s) if secret_value(s) => *s = "[redacted]".into(),
         _ => {}
     }
 }
@@ -129,7 +141,7 @@ pub fn diff(before: &Value, after: &Value) -> Vec<Value> {
         }
         let secret = f.split('.').any(is_secret);
         let shown = |v: &Value| {
-            if secret && !v.is_null() {
+            if (secret || v.as_str().is_some_and(secret_value)) && !v.is_null() {
                 Value::String("[redacted]".into())
             } else {
                 v.clone()
@@ -677,6 +689,20 @@ mod tests {
         assert_eq!(v["limits"]["max_tokens"], 5);
         assert_eq!(v["oauth"]["expires_at"], 1);
         assert_eq!(v["name"], "a");
+        // Camel case (Claude Code's credentials file), proxies with a password, bare tokens.
+        let mut v = json!({
+            "claudeAiOauth": {"accessToken": "a1", "refreshToken": "r1", "expiresAt": 5, "scopes": ["user:inference"]},
+            "proxy": "socks5://user:secretpw@10.0.0.1:1080", "base_url": "https://api.example.com/v1",
+            "note": "sk-ant-api03-xyz", "models": ["claude-sonnet-4-5"]
+        });
+        redact(&mut v);
+        let text = v.to_string();
+        for s in ["a1", "r1", "secretpw", "sk-ant"] {
+            assert!(!text.contains(s), "{s} in {text}");
+        }
+        assert_eq!(v["claudeAiOauth"]["expiresAt"], 5);
+        assert_eq!(v["base_url"], "https://api.example.com/v1");
+        assert_eq!(v["models"][0], "claude-sonnet-4-5");
     }
 
     #[test]
