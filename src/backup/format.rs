@@ -85,10 +85,10 @@ struct FileIn<'a> {
     groups: &'a RawValue,
     #[serde(borrow)]
     usage: &'a RawValue,
-    /// Admin users (filled in by the admin-users feature).
+    /// Admin users created through the API (argon2 hashes).
     #[serde(default, borrow)]
     users: Option<&'a RawValue>,
-    /// Runtime settings (filled in by the settings feature).
+    /// The panel's settings (display currency, public URL).
     #[serde(default, borrow)]
     settings: Option<&'a RawValue>,
     sealed: String,
