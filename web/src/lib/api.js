@@ -69,6 +69,19 @@ export async function optional(path, opts) {
   }
 }
 
+/**
+ * Saves an admin API answer as a file named `name`. The session's token goes in the header, as
+ * for every call (never in a URL); errors throw like api().
+ */
+export async function download(path, name, opts = {}) {
+  const res = await api(path, { ...opts, raw: true })
+  const a = document.createElement('a')
+  a.href = URL.createObjectURL(await res.blob())
+  a.download = name
+  a.click()
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000)
+}
+
 export function qs(o) {
   const p = new URLSearchParams()
   for (const [k, v] of Object.entries(o)) if (v !== undefined && v !== null && v !== '') p.set(k, v)
