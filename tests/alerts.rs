@@ -105,23 +105,13 @@ async fn send(relay: &RelayProcess, key: &str) -> u16 {
         .as_u16()
 }
 
-/// `relay_alert_deliveries_total` of one webhook and outcome.
+/// `relay_alert_deliveries_total` of one webhook and outcome (labels as exposed: by name).
 async fn deliveries(relay: &RelayProcess, webhook: &str, outcome: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("{}/metrics", relay.admin()))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| {
-            l.starts_with("relay_alert_deliveries_total{")
-                && l.contains(&format!("webhook=\"{webhook}\""))
-                && l.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    metric(
+        relay,
+        &format!("relay_alert_deliveries_total{{outcome=\"{outcome}\",webhook=\"{webhook}\"}}"),
+    )
+    .await
 }
 
 /// Fails if the relay's log or an admin answer shows one of the secret webhook paths.
