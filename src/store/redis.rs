@@ -419,6 +419,29 @@ impl RedisStore {
         json.map(|j| from_json(what, id, &j)).transpose()
     }
 
+    /// Stores a JSON record under `id` in the hash `hash`.
+    async fn hset_json(&self, hash: &str, id: &str, json: String) -> StoreResult<()> {
+        let _: i64 = redis::cmd("HSET")
+            .arg(self.key(hash))
+            .arg(id)
+            .arg(json)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Removes `id` from the hash `hash`; whether it was there.
+    async fn hdel(&self, hash: &str, id: &str) -> StoreResult<bool> {
+        let n: i64 = redis::cmd("HDEL")
+            .arg(self.key(hash))
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
     async fn hgetall_json<T: serde::de::DeserializeOwned>(&self, hash: &str, what: &str) -> StoreResult<Vec<T>> {
         let rows: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.key(hash))
@@ -524,25 +547,12 @@ impl Store for RedisStore {
     }
 
     async fn put_account(&self, account: &AccountRecord) -> StoreResult<()> {
-        let json = to_json("account", account)?;
-        let _: i64 = redis::cmd("HSET")
-            .arg(self.key("accounts"))
-            .arg(&account.id)
-            .arg(json)
-            .query_async(&mut self.conn())
+        self.hset_json("accounts", &account.id, to_json("account", account)?)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn delete_account(&self, id: &str) -> StoreResult<bool> {
-        let n: i64 = redis::cmd("HDEL")
-            .arg(self.key("accounts"))
-            .arg(id)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(n > 0)
+        self.hdel("accounts", id).await
     }
 
     // --- usage statistics ---
@@ -951,25 +961,12 @@ impl Store for RedisStore {
     }
 
     async fn put_admin_user(&self, user: &AdminUser) -> StoreResult<()> {
-        let json = to_json("admin user", user)?;
-        let _: i64 = redis::cmd("HSET")
-            .arg(self.key("admin_users"))
-            .arg(&user.username)
-            .arg(json)
-            .query_async(&mut self.conn())
+        self.hset_json("admin_users", &user.username, to_json("admin user", user)?)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn delete_admin_user(&self, username: &str) -> StoreResult<bool> {
-        let n: i64 = redis::cmd("HDEL")
-            .arg(self.key("admin_users"))
-            .arg(username)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(n > 0)
+        self.hdel("admin_users", username).await
     }
 
     // --- bounded logs ---
