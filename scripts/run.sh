@@ -5,6 +5,7 @@
 # RELAY_NO_PANEL=1 builds the relay alone, without Node. When the Node.js found is older than 20,
 # the relay is built without the panel, with a message saying so.
 # Arguments are passed to `claude-relay`, e.g. `./scripts/run.sh --config conf/relay.yaml`.
+# RELAY_BUILD_ONLY=1 builds without running (scripts/install.sh uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -31,5 +32,8 @@ if [ "${RELAY_NO_PANEL:-}" != 1 ]; then
     fi
     features=(--features panel)
   fi
+fi
+if [ "${RELAY_BUILD_ONLY:-}" = 1 ]; then
+  exec cargo build --release --bin claude-relay "${features[@]}"
 fi
 exec cargo run --release --bin claude-relay "${features[@]}" -- "$@"

@@ -115,6 +115,9 @@ pub struct RawConfig {
     /// The request log: one metadata record per relayed request.
     #[serde(default)]
     pub request_log: RequestLogConfig,
+    /// The process log: format, file and rotation, the access lines.
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// `tls` and `admin.tls`: the listener serves HTTPS (ALPN `h2`, `http/1.1`) with this certificate
@@ -501,6 +504,81 @@ fn default_request_log_retention() -> Dur {
 
 fn default_request_log_records() -> u64 {
     1_000_000
+}
+
+/// `log`: how the relay's own log is written. Standard error in text by default; `json` writes one
+/// object per line; with `file` the log goes to that file and is rotated daily or by size, keeping
+/// `keep` old files. `access` adds one line per relayed request (target `access`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// The log file; standard error when absent.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// When the file is rotated (only with `file`).
+    #[serde(default)]
+    pub rotate: LogRotate,
+    /// The size at which `rotate: size` starts a new file.
+    #[serde(default = "default_log_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept beside the current one (the oldest are deleted).
+    #[serde(default = "default_log_keep")]
+    pub keep: usize,
+    /// One line per relayed request: request id, key name, account, model, status, latency.
+    #[serde(default = "default_true")]
+    pub access: bool,
+    /// The level filter (`info`, `warn,claude_relay=debug`, ...) when neither `RELAY_LOG` nor
+    /// `RUST_LOG` is set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            file: None,
+            rotate: LogRotate::default(),
+            max_bytes: default_log_max_bytes(),
+            keep: default_log_keep(),
+            access: true,
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotate {
+    /// A new file each day (UTC); the old one is named `<file>.<YYYYMMDD>`.
+    #[default]
+    Daily,
+    /// A new file when the current one passes `max_bytes`; old ones are `<file>.1`, `<file>.2`, ...
+    Size,
+    /// Never rotated by the relay (for an outside `logrotate` with `copytruncate`).
+    Never,
+}
+
+fn default_log_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+fn default_log_keep() -> usize {
+    7
+}
+
+fn default_log_level() -> String {
+    "info".into()
 }
 
 /// The most sessions `stats.sessions.per_key` may keep per key.
@@ -913,6 +991,11 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// `request_log`: the per-request metadata log.
     pub request_log: RequestLogConfig,
+    /// `log`: the process log's format, file, rotation and access lines.
+    pub log: LogConfig,
+    /// What validation found worth saying without refusing the configuration; logged once the
+    /// log is set up.
+    pub warnings: Vec<String>,
 }
 
 /// `${VAR}` references are swapped for YAML-safe placeholders before parsing (so they work
@@ -1338,6 +1421,7 @@ impl Config {
             accounts.iter().map(|a| a.settings.name.as_str()).collect();
         let groups: std::collections::HashSet<&str> =
             accounts.iter().filter_map(|a| a.settings.group.as_deref()).collect();
+        let mut warnings = Vec::new();
         for (i, k) in raw.api_keys.iter().enumerate() {
             if let Some(b) = &k.bind {
                 match b.strip_prefix("group:") {
@@ -1345,10 +1429,16 @@ impl Config {
                         return Err(invalid(format!("api_keys[{i}].bind"), "group name must not be empty"));
                     }
                     Some(g) if !groups.contains(g) => {
-                        tracing::warn!(key = %k.name, group = g, "key is bound to a group no configured account has yet");
+                        warnings.push(format!(
+                            "api_keys[{i}] ({}): bound to group {g}, which no configured account has yet",
+                            k.name
+                        ));
                     }
                     None if !account_names.contains(b.as_str()) => {
-                        tracing::warn!(key = %k.name, account = %b, "key is bound to an account not in the config (it may be created through the admin API)");
+                        warnings.push(format!(
+                            "api_keys[{i}] ({}): bound to account {b}, which is not in the config (it may be created through the admin API)",
+                            k.name
+                        ));
                     }
                     _ => {}
                 }
@@ -1432,6 +1522,19 @@ impl Config {
                 Some(b)
             }
         };
+        let log = raw.log;
+        if log.keep == 0 || log.keep > 10_000 {
+            return Err(invalid("log.keep", "must be between 1 and 10000"));
+        }
+        if log.max_bytes < 4096 {
+            return Err(invalid("log.max_bytes", "must be at least 4096"));
+        }
+        if log.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(invalid("log.file", "must not be empty"));
+        }
+        if let Err(e) = log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(invalid("log.level", format!("not a level filter: {e}")));
+        }
         let mut store = raw.store;
         if store.backend == StoreBackend::Embedded && store.path.is_none() {
             store.path = Some(data_dir.clone());
@@ -1467,6 +1570,8 @@ impl Config {
             backup,
             alerts: raw.alerts,
             request_log: raw.request_log,
+            log,
+            warnings,
         })
     }
 }

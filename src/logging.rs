@@ -1,4 +1,5 @@
-//! Logging to standard error, with secrets taken out of every line at every level.
+//! The relay's log (text or JSON lines, on standard error or in a rotated file), with secrets
+//! taken out of every line at every level.
 //!
 //! The relay's own log lines never carry credentials, but at `debug` and `trace` Pingora and the
 //! HTTP libraries print whole request heads (`x-api-key`, `Authorization`, `?key=`) and the
@@ -9,6 +10,9 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::path::Path;
+
+use crate::config::{LogConfig, LogFormat, LogRotate};
 
 /// Header names whose values are credentials (matched case-insensitively).
 const SECRET_HEADERS: [&str; 8] = [
@@ -25,25 +29,133 @@ const SECRET_HEADERS: [&str; 8] = [
 const SECRET_PREFIXES: [&str; 3] = ["cr_", "sk-ant-", "sk-"];
 const REDACTED: &str = "[redacted]";
 
-/// Installs the global subscriber: `RELAY_LOG` (or `RUST_LOG`) filters, default `info`; colour
-/// only on a terminal.
-pub fn init() {
+/// Keeps the log's writer thread alive; dropping it writes what is still queued.
+#[must_use = "the log's last lines are written when this guard is dropped"]
+pub struct LogGuard {
+    _worker: tracing_appender::non_blocking::WorkerGuard,
+}
+
+/// The filter: `RELAY_LOG`, else `RUST_LOG`, else `level`; `access=off` when the access lines are
+/// switched off.
+fn filter(level: &str, access: bool) -> tracing_subscriber::EnvFilter {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .or_else(|_| level.parse())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match "access=off".parse() {
+        Ok(off) if !access => filter.add_directive(off),
+        _ => filter,
+    }
+}
+
+/// Text lines on standard error, written on the calling thread: for the commands a person runs
+/// at a terminal (`check-config`, `export`, ...).
+pub fn init_stderr() {
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| RedactingWriter(Vec::new()))
+        .with_env_filter(filter("info", true))
+        .with_writer(|| RedactingWriter {
+            buf: Vec::new(),
+            out: std::io::stderr(),
+        })
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
-/// Collects one formatted event and writes it, redacted, to standard error when dropped.
-struct RedactingWriter(Vec<u8>);
+/// Installs the server's subscriber as `log:` says: text or JSON lines, on standard error or in a
+/// rotated file. Lines are formatted (and redacted) where they are logged and written by a thread
+/// of their own, so a slow disk or a stalled journal never holds up a request; when that thread
+/// falls more than [`BUFFERED_LINES`] behind, new lines are dropped rather than waited for.
+pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
+    let (out, guard) = match &config.file {
+        None => non_blocking(std::io::stderr()),
+        Some(path) => non_blocking(open_file(path, config)?),
+    };
+    let make = move || RedactingWriter {
+        buf: Vec::new(),
+        out: out.clone(),
+    };
+    let filter = filter(&config.level, config.access);
+    match config.format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(make)
+            .with_ansi(config.file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(make)
+            .try_init(),
+    }
+    .map_err(|e| format!("cannot install the log: {e}"))?;
+    Ok(LogGuard { _worker: guard })
+}
 
-impl Write for RedactingWriter {
+/// Lines the writer thread may be behind before new ones are dropped.
+pub const BUFFERED_LINES: usize = 128_000;
+
+fn non_blocking<W: Write + Send + 'static>(
+    w: W,
+) -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("relay-log")
+        .finish(w)
+}
+
+/// The log file with its rotation. Its directory and the file are created (mode 0640) and opened
+/// here first, so that a path the relay cannot write stops the start with a clear message.
+fn open_file(path: &Path, config: &LogConfig) -> Result<Box<dyn Write + Send>, String> {
+    use file_rotate::{ContentLimit, FileRotate, TimeFrequency, compression::Compression, suffix};
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |what: &str, e: std::io::Error| format!("log.file: cannot {what} {}: {e}", path.display());
+    let path = std::path::absolute(path).map_err(|e| fail("resolve", e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).create(true).append(true).mode(0o640);
+    options.open(&path).map_err(|e| fail("open", e))?;
+    let compression = Compression::None;
+    Ok(match config.rotate {
+        LogRotate::Never => Box::new(options.open(&path).map_err(|e| fail("open", e))?),
+        LogRotate::Size => Box::new(FileRotate::new(
+            &path,
+            suffix::AppendCount::new(config.keep),
+            ContentLimit::BytesSurpassed(usize::try_from(config.max_bytes).unwrap_or(usize::MAX)),
+            compression,
+            Some(options),
+        )),
+        LogRotate::Daily => Box::new(FileRotate::new(
+            &path,
+            suffix::AppendTimestamp::with_format(
+                "%Y%m%d",
+                suffix::FileLimit::MaxFiles(config.keep),
+                suffix::DateFrom::DateYesterday,
+            ),
+            ContentLimit::Time(TimeFrequency::Daily),
+            compression,
+            Some(options),
+        )),
+    })
+}
+
+/// Collects one formatted event and writes it, redacted, in one piece when dropped.
+struct RedactingWriter<W: Write> {
+    buf: Vec<u8>,
+    out: W,
+}
+
+impl<W: Write> Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
+        self.buf.extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -51,10 +163,10 @@ impl Write for RedactingWriter {
     }
 }
 
-impl Drop for RedactingWriter {
+impl<W: Write> Drop for RedactingWriter<W> {
     fn drop(&mut self) {
-        let text = String::from_utf8_lossy(&self.0);
-        let _ = std::io::stderr().write_all(redact(&text).as_bytes());
+        let text = String::from_utf8_lossy(&self.buf);
+        let _ = self.out.write_all(redact(&text).as_bytes());
     }
 }
 

@@ -38,8 +38,8 @@ enum Command {
     NewKey,
     /// Print the `key_hash:` of an existing client key, read from standard input.
     HashKey,
-    /// Print `name=value` lines for the files an upgrade script needs: data_dir, upgrade_sock,
-    /// pid_file (the pid of the serving process).
+    /// Print `name=value` lines for scripts (upgrade, install): listen, admin_listen, https,
+    /// data_dir, upgrade_sock, pid_file (the pid of the serving process).
     Paths,
     /// Write a backup of the store (stored keys, accounts with their secrets sealed under the
     /// passphrase, groups, usage statistics) to a file. The embedded store only while the relay
@@ -133,7 +133,7 @@ fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    claude_relay::logging::init();
+    let command = cli.command.unwrap_or(Command::Run);
     let config = match load_config(cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -141,7 +141,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Run) {
+    // The server logs as `log:` says; the other commands talk to a person at a terminal.
+    let _log = if matches!(command, Command::Run) {
+        match claude_relay::logging::init(&config.log) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("claude-relay: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        claude_relay::logging::init_stderr();
+        None
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let result = match command {
         Command::Run => claude_relay::server::run(config, cli.upgrade).map_err(|e| e.to_string()),
         Command::CheckConfig => {
             println!("configuration is valid");
@@ -149,6 +165,9 @@ fn main() -> ExitCode {
         }
         Command::NewKey => key_command(&config, None),
         Command::Paths => {
+            println!("listen={}", config.listen);
+            println!("admin_listen={}", config.admin_listen);
+            println!("https={}", config.tls.is_some());
             println!("data_dir={}", config.data_dir.display());
             println!("upgrade_sock={}", config.upgrade_sock.display());
             println!("pid_file={}", claude_relay::server::pid_file(&config).display());

@@ -755,10 +755,17 @@ impl ProxyHttp for RelayProxy {
                 tokens,
             });
         }
-        if self.0.request_log.is_on()
+        // The access line (`log.access`, switched by the log's filter) and the request log share
+        // one entry.
+        let access = tracing::enabled!(target: "access", tracing::Level::INFO);
+        if (access || self.0.request_log.is_on())
             && let Some(route) = ctx.route.filter(|r| r.endpoint.is_relayed())
         {
-            let entry = request_log_entry(session, ctx, route, status, total, cost_nanos);
+            let mut entry = request_log_entry(session, ctx, route, status, total, cost_nanos);
+            if access {
+                entry.ensure_request_id();
+                entry.log_access();
+            }
             self.0.request_log.push(entry);
         }
         ctx.settle.take();

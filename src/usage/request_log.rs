@@ -113,21 +113,70 @@ pub struct RequestRecord {
     pub client_ip: Option<String>,
 }
 
-impl RequestRecord {
-    pub fn from_entry(e: RequestEntry) -> RequestRecord {
-        let outcome = if e.client_disconnected {
+impl RequestEntry {
+    /// How the request ended ([`outcome`]).
+    pub fn outcome(&self) -> &'static str {
+        if self.client_disconnected {
             outcome::CLIENT_DISCONNECTED
-        } else if e.failed || e.status >= 400 || e.status == 0 {
+        } else if self.failed || self.status >= 400 || self.status == 0 {
             outcome::ERROR
         } else {
             outcome::OK
-        };
+        }
+    }
+
+    /// Gives the entry an id when the client sent none, so the access line and the request log
+    /// name the request alike.
+    pub fn ensure_request_id(&mut self) {
+        if self.request_id.is_none() {
+            self.request_id = Some(new_request_id().into());
+        }
+    }
+
+    /// The access line (`log.access`): one `info` event with target `access`, in the log's
+    /// format. Names, never credentials; never a body.
+    pub fn log_access(&self) {
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id.as_deref(),
+            key_name = self.key_name.as_deref(),
+            account_name = self.account_name.as_deref(),
+            dialect = self.dialect,
+            endpoint = self.endpoint,
+            model = self.model.as_deref(),
+            upstream_model = self.upstream_model.as_deref(),
+            stream = self.stream,
+            status = self.status,
+            outcome = self.outcome(),
+            error = self.error,
+            error_source = self.error_source,
+            input_tokens = self.usage.input,
+            cache_read_tokens = self.usage.cache_read,
+            cache_write_tokens = self.usage.cache_write_5m.saturating_add(self.usage.cache_write_1h),
+            output_tokens = self.usage.output,
+            cost_usd = self.cost_nanos.map(|n| n as f64 / 1e9),
+            ttfb_ms = self.ttfb_ms,
+            latency_ms = self.duration_ms,
+            failover_hops = self.failover_hops,
+            client_ip = self.client_ip.map(tracing::field::display),
+            "request"
+        );
+    }
+}
+
+fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::new_v4().simple())
+}
+
+impl RequestRecord {
+    pub fn from_entry(e: RequestEntry) -> RequestRecord {
+        let outcome = e.outcome();
         let s = |v: Option<Arc<str>>| v.map(|v| v.to_string());
         RequestRecord {
             at_ms: e.started_ms,
             request_id: match e.request_id {
                 Some(id) => id.into(),
-                None => format!("req_{}", uuid::Uuid::new_v4().simple()),
+                None => new_request_id(),
             },
             key_id: s(e.key_id),
             key_name: s(e.key_name),
