@@ -110,6 +110,8 @@ fi
 
 # The binary: given, or built like scripts/run.sh builds it.
 if [ -z "$bin" ]; then
+  command -v cargo >/dev/null ||
+    die "no cargo for root: build as yourself first (RELAY_BUILD_ONLY=1 ./scripts/run.sh), then: sudo $0 --bin target/release/claude-relay"
   say "building the relay (release, with the web panel)"
   RELAY_BUILD_ONLY=1 ./scripts/run.sh
   bin="${CARGO_TARGET_DIR:-target}/release/claude-relay"

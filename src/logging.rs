@@ -11,6 +11,8 @@
 use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
 
 use crate::config::{LogConfig, LogFormat, LogRotate};
 
@@ -29,10 +31,20 @@ const SECRET_HEADERS: [&str; 8] = [
 const SECRET_PREFIXES: [&str; 3] = ["cr_", "sk-ant-", "sk-"];
 const REDACTED: &str = "[redacted]";
 
-/// Keeps the log's writer thread alive; dropping it writes what is still queued.
+/// Keeps the log's writer thread alive; dropping it writes what is still buffered.
 #[must_use = "the log's last lines are written when this guard is dropped"]
 pub struct LogGuard {
-    _worker: tracing_appender::non_blocking::WorkerGuard,
+    buffer: Arc<LogBuffer>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.buffer.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The filter: `RELAY_LOG`, else `RUST_LOG`, else `level`; `access=off` when the access lines are
@@ -53,27 +65,34 @@ fn filter(level: &str, access: bool) -> tracing_subscriber::EnvFilter {
 pub fn init_stderr() {
     tracing_subscriber::fmt()
         .with_env_filter(filter("info", true))
-        .with_writer(|| RedactingWriter {
-            buf: Vec::new(),
-            out: std::io::stderr(),
-        })
+        .with_writer(|| RedactingWriter(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 /// Installs the server's subscriber as `log:` says: text or JSON lines, on standard error or in a
-/// rotated file. Lines are formatted (and redacted) where they are logged and written by a thread
-/// of their own, so a slow disk or a stalled journal never holds up a request; when that thread
-/// falls more than [`BUFFERED_LINES`] behind, new lines are dropped rather than waited for.
+/// rotated file. A line is formatted and redacted where it is logged and appended to a shared
+/// buffer; a thread of its own writes the buffer out (see [`Buffered`] for when), so an access
+/// line costs a request no system call, and a slow disk or a stalled journal never holds one up.
+/// Past [`MAX_BUFFERED`] bytes waiting, new lines are dropped (and counted in the log).
 pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
-    let (out, guard) = match &config.file {
-        None => non_blocking(std::io::stderr()),
-        Some(path) => non_blocking(open_file(path, config)?),
+    let out: Box<dyn Write + Send> = match &config.file {
+        None => Box::new(std::io::stderr()),
+        Some(path) => open_file(path, config)?,
     };
-    let make = move || RedactingWriter {
-        buf: Vec::new(),
-        out: out.clone(),
+    let buffer = Arc::new(LogBuffer::default());
+    let thread = {
+        let buffer = buffer.clone();
+        std::thread::Builder::new()
+            .name("relay-log".into())
+            .spawn(move || buffer.write_out(out))
+            .map_err(|e| format!("cannot start the log's thread: {e}"))?
     };
+    let make = Buffered(buffer.clone());
+    let _ = ACCESS.set(AccessLog {
+        buffer: buffer.clone(),
+        json: config.format == LogFormat::Json,
+    });
     let filter = filter(&config.level, config.access);
     match config.format {
         LogFormat::Text => tracing_subscriber::fmt()
@@ -91,23 +110,223 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, String> {
             .try_init(),
     }
     .map_err(|e| format!("cannot install the log: {e}"))?;
-    Ok(LogGuard { _worker: guard })
+    Ok(LogGuard {
+        buffer,
+        thread: Some(thread),
+    })
 }
 
-/// Lines the writer thread may be behind before new ones are dropped.
-pub const BUFFERED_LINES: usize = 128_000;
+/// How often the log's thread writes out what was logged.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Bytes that may wait for the log's thread before new lines are dropped.
+pub const MAX_BUFFERED: usize = 32 * 1024 * 1024;
 
-fn non_blocking<W: Write + Send + 'static>(
-    w: W,
-) -> (
-    tracing_appender::non_blocking::NonBlocking,
-    tracing_appender::non_blocking::WorkerGuard,
-) {
-    tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(BUFFERED_LINES)
-        .thread_name("relay-log")
-        .finish(w)
+/// Lines logged and not yet written.
+#[derive(Default)]
+struct LogBuffer {
+    state: Mutex<Pending>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Lines dropped because the buffer was full, reported with the next write.
+    dropped: u64,
+    urgent: bool,
+    closed: bool,
+}
+
+impl LogBuffer {
+    fn push(&self, line: &[u8], urgent: bool) {
+        let mut p = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if p.bytes.len() + line.len() > MAX_BUFFERED {
+            p.dropped += 1;
+            return;
+        }
+        p.bytes.extend_from_slice(line);
+        if urgent && !p.urgent {
+            p.urgent = true;
+            drop(p);
+            self.wake.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// The log's thread: every [`FLUSH_EVERY`] (or when woken), writes what is buffered in one
+    /// piece; returns once closed and written out.
+    fn write_out(&self, mut out: Box<dyn Write + Send>) {
+        let mut spare = Vec::new();
+        loop {
+            let (dropped, closed) = {
+                let mut p = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if !p.closed && !p.urgent {
+                    p = self
+                        .wake
+                        .wait_timeout(p, FLUSH_EVERY)
+                        .map(|(p, _)| p)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                std::mem::swap(&mut p.bytes, &mut spare);
+                p.urgent = false;
+                (std::mem::take(&mut p.dropped), p.closed)
+            };
+            if dropped > 0 {
+                let note = format!("claude-relay: the log fell behind; {dropped} lines were dropped\n");
+                let _ = out.write_all(note.as_bytes());
+            }
+            if !spare.is_empty() {
+                let _ = out.write_all(&spare).and_then(|()| out.flush());
+                spare.clear();
+                // A burst's buffer is not kept for good.
+                spare.shrink_to(1024 * 1024);
+            }
+            if closed {
+                let mut p = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if p.bytes.is_empty() {
+                    return;
+                }
+                std::mem::swap(&mut p.bytes, &mut spare);
+                drop(p);
+                let _ = out.write_all(&spare).and_then(|()| out.flush());
+                return;
+            }
+        }
+    }
+}
+
+/// The target of the access lines.
+pub const ACCESS_TARGET: &str = "access";
+
+/// Where the access lines go: written here directly, in the log's format, rather than through the
+/// subscriber's formatter (which costs several microseconds a line). Set by [`init`].
+static ACCESS: OnceLock<AccessLog> = OnceLock::new();
+
+pub struct AccessLog {
+    buffer: Arc<LogBuffer>,
+    json: bool,
+}
+
+/// A field of an access line.
+pub enum Field<'a> {
+    Str(&'a str),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+}
+
+/// The access log when the server's log is installed and the filter lets `access` lines through
+/// (`log.access`, `RELAY_LOG=...,access=off`).
+pub fn access_log() -> Option<&'static AccessLog> {
+    let log = ACCESS.get()?;
+    tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).then_some(log)
+}
+
+impl AccessLog {
+    /// Writes one access line with `message` and `fields` (absent ones left out), shaped like the
+    /// subscriber's lines (JSON with the fields flattened, or text), redacted like every line.
+    pub fn write(&self, message: &str, fields: &[(&str, Option<Field<'_>>)]) {
+        use std::fmt::Write as _;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut line = String::with_capacity(640);
+        if self.json {
+            let _ = write!(line, "{{\"timestamp\":\"{now}\",\"level\":\"INFO\",\"message\":");
+            json_str(&mut line, message);
+            for (name, value) in fields {
+                let Some(value) = value else { continue };
+                let _ = write!(line, ",\"{name}\":");
+                match value {
+                    Field::Str(v) => json_str(&mut line, v),
+                    Field::U64(v) => {
+                        let _ = write!(line, "{v}");
+                    }
+                    Field::F64(v) if v.is_finite() => {
+                        let _ = write!(line, "{v}");
+                    }
+                    Field::F64(_) => line.push_str("null"),
+                    Field::Bool(v) => {
+                        let _ = write!(line, "{v}");
+                    }
+                }
+            }
+            let _ = writeln!(line, ",\"target\":\"{ACCESS_TARGET}\"}}");
+        } else {
+            let _ = write!(line, "{now}  INFO {ACCESS_TARGET}: {message}");
+            for (name, value) in fields {
+                let Some(value) = value else { continue };
+                let _ = match value {
+                    Field::Str(v) => write!(line, " {name}={v:?}"),
+                    Field::U64(v) => write!(line, " {name}={v}"),
+                    Field::F64(v) => write!(line, " {name}={v}"),
+                    Field::Bool(v) => write!(line, " {name}={v}"),
+                };
+            }
+            line.push('\n');
+        }
+        self.buffer.push(redact(&line).as_bytes(), false);
+    }
+}
+
+/// `v` as a JSON string.
+fn json_str(out: &mut String, v: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The subscriber's writer factory. The relay's own lines up to `info` wake the log's thread at
+/// once (they are few: starts, stops, accounts changing health); the access lines and the
+/// `debug` and `trace` chatter wait for the next [`FLUSH_EVERY`].
+struct Buffered(Arc<LogBuffer>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffered {
+    type Writer = RedactingWriter<BufferedLine<'a>>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter(BufferedLine {
+            buffer: &self.0,
+            urgent: false,
+        })
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        RedactingWriter(BufferedLine {
+            buffer: &self.0,
+            urgent: *meta.level() <= tracing::Level::INFO && meta.target() != ACCESS_TARGET,
+        })
+    }
+}
+
+struct BufferedLine<'a> {
+    buffer: &'a LogBuffer,
+    urgent: bool,
+}
+
+impl Write for BufferedLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buffer.push(buf, self.urgent);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The log file with its rotation. Its directory and the file are created (mode 0640) and opened
@@ -147,26 +366,18 @@ fn open_file(path: &Path, config: &LogConfig) -> Result<Box<dyn Write + Send>, S
     })
 }
 
-/// Collects one formatted event and writes it, redacted, in one piece when dropped.
-struct RedactingWriter<W: Write> {
-    buf: Vec<u8>,
-    out: W,
-}
+/// Writes each formatted event redacted. The formatter hands over a whole event in one `write`
+/// (it formats into a buffer of its own first), so a secret is never split between two calls.
+struct RedactingWriter<W: Write>(W);
 
 impl<W: Write> Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(buf);
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(redact(&text).as_bytes())?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<W: Write> Drop for RedactingWriter<W> {
-    fn drop(&mut self) {
-        let text = String::from_utf8_lossy(&self.buf);
-        let _ = self.out.write_all(redact(&text).as_bytes());
+        self.0.flush()
     }
 }
 
@@ -176,15 +387,18 @@ fn is_token_byte(b: u8) -> bool {
 
 /// The line with every secret it shows replaced by `[redacted]`.
 pub fn redact(line: &str) -> Cow<'_, str> {
-    let lower = line.to_ascii_lowercase();
-    // Cheap check first: most lines mention nothing secret-shaped.
-    let suspicious = SECRET_HEADERS.iter().any(|h| lower.contains(h))
-        || lower.contains("key=")
-        || lower.contains("bearer")
-        || SECRET_PREFIXES.iter().any(|p| line.contains(p));
-    if !suspicious {
+    // Cheap check first, one pass without a copy: most lines mention nothing secret-shaped.
+    static SUSPICIOUS: LazyLock<Option<aho_corasick::AhoCorasick>> = LazyLock::new(|| {
+        let words = SECRET_HEADERS.iter().chain(&["key=", "bearer"]).chain(&SECRET_PREFIXES);
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(words)
+            .ok()
+    });
+    if SUSPICIOUS.as_ref().is_some_and(|ac| !ac.is_match(line)) {
         return Cow::Borrowed(line);
     }
+    let lower = line.to_ascii_lowercase();
     let bytes = line.as_bytes();
     // Byte ranges to replace, found on the lower-cased copy (same offsets: ASCII lowering).
     let mut spans: Vec<(usize, usize)> = Vec::new();
@@ -341,6 +555,52 @@ mod tests {
             redact("INFO x key=k_1\nINFO next line"),
             "INFO x key=[redacted]\nINFO next line"
         );
+    }
+
+    /// Access lines are JSON objects (or text lines) whatever their values hold, and redacted.
+    #[test]
+    fn access_lines_are_well_formed_and_redacted() {
+        use super::Field::{Bool, F64, Str, U64};
+        let buffer = Arc::new(LogBuffer::default());
+        let key = "cr_0123456789abcdef0123456789abcdef";
+        let fields = [
+            ("model", Some(Str("a\"b\\c\nd\u{1}é"))),
+            ("absent", None),
+            ("status", Some(U64(200))),
+            ("cost_usd", Some(F64(0.25))),
+            ("nan", Some(F64(f64::NAN))),
+            ("stream", Some(Bool(true))),
+            ("key_name", Some(Str(key))),
+        ];
+        AccessLog {
+            buffer: buffer.clone(),
+            json: true,
+        }
+        .write("request", &fields);
+        AccessLog {
+            buffer: buffer.clone(),
+            json: false,
+        }
+        .write("request", &fields);
+        let text = String::from_utf8(std::mem::take(&mut buffer.state.lock().unwrap().bytes)).unwrap();
+        let mut lines = text.lines();
+        let json: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(json["model"], "a\"b\\c\nd\u{1}é");
+        assert_eq!(
+            (json["status"].as_u64(), json["cost_usd"].as_f64()),
+            (Some(200), Some(0.25))
+        );
+        assert!(json["nan"].is_null() && json.get("absent").is_none() && json["stream"] == true);
+        assert_eq!(
+            (json["target"].as_str(), json["message"].as_str()),
+            (Some("access"), Some("request"))
+        );
+        let line = lines.next().unwrap();
+        assert!(
+            line.contains("  INFO access: request model=") && line.contains(" status=200"),
+            "{line}"
+        );
+        assert!(!text.contains(key), "{text}");
     }
 
     use proptest::prelude::*;

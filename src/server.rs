@@ -464,7 +464,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         .map_err(|e| anyhow_lite::Error(format!("config key `filters`: {e}")))?;
 
     let live = Arc::new(crate::usage::live::Live::default());
-    let request_log = start_request_log(&config, &store, &metrics, &tasks);
+    let (request_log, request_log_control) = start_request_log(&config, &store, &metrics, &tasks);
     let relay = Arc::new(Relay {
         config: config.clone(),
         secrets: secrets.clone(),
@@ -642,6 +642,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             server.watch_execution_phase(),
             handover::Handover {
                 stats: stats_control,
+                request_log: request_log_control,
                 embedded,
                 admin_listener: admin_handle,
                 pid_file: pid_file(&config),
@@ -696,24 +697,34 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
 
 /// The request log's sink, and its writer started as work the shutdown waits for (it writes what
 /// is queued when the tasks stop, after the requests in flight settled). `request_log.enabled:
-/// false`: a sink that records nothing, and no writer.
+/// false`: a sink that records nothing, and no writer. On the embedded store the writer spools
+/// across an upgrade's hand-over (in `<data_dir>/spool/requests`), moved there by the returned
+/// control.
 fn start_request_log(
     config: &Config,
     store: &Arc<dyn crate::store::Store>,
     metrics: &Arc<crate::metrics::Metrics>,
     tasks: &crate::lifecycle::Tasks,
-) -> crate::usage::request_log::RequestLogSink {
+) -> (
+    crate::usage::request_log::RequestLogSink,
+    Option<crate::usage::request_log::RequestLogControl>,
+) {
     use crate::usage::request_log::{RequestLogSink, Retention, pipeline};
     if !config.request_log.enabled {
-        return RequestLogSink::off(metrics.clone());
+        return (RequestLogSink::off(metrics.clone()), None);
     }
     let retention = Retention {
         max_age: config.request_log.retention.0,
         max_records: config.request_log.max_records,
     };
-    let (sink, writer) = pipeline(store.clone(), metrics.clone(), retention);
+    let (sink, mut writer) = pipeline(store.clone(), metrics.clone(), retention);
+    let mut control = None;
+    if store.backend() == "embedded" {
+        writer = writer.with_spool_dir(config.data_dir.join("spool").join("requests"));
+        control = Some(writer.control());
+    }
     tasks.spawn_work("request log writer", writer.run(tasks.token()));
-    sink
+    (sink, control)
 }
 
 /// `<data_dir>/claude-relay.pid`: the pid of the process that serves (after an upgrade, the new one).

@@ -2,7 +2,8 @@
 //! listening sockets of the running one (Pingora's hand-over over `upgrade_sock`), the old one gets
 //! SIGQUIT and exits by itself once drained. No request may fail, and the usage of every request
 //! must be in the store exactly once, including requests the old process finished after it had
-//! released the embedded store (they travel through the usage spool).
+//! released the embedded store (they travel through the usage spool), and so must each request's
+//! record in the request log (through the request log's spool).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -190,6 +191,31 @@ async fn alice_usage(relay: &RelayProcess) -> Option<serde_json::Value> {
     Some(v["totals"].clone())
 }
 
+/// How many records the request log holds (every page), through the serving process's admin API.
+async fn request_log_records(relay: &RelayProcess) -> Option<u64> {
+    let token = relay.admin_token().await;
+    let client = reqwest::Client::new();
+    let (mut n, mut cursor) = (0u64, None::<String>);
+    loop {
+        let c = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let r = client
+            .get(format!("{}/admin/api/requests?limit=500{c}", relay.admin()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        let v: serde_json::Value = r.json().await.ok()?;
+        n += v["items"].as_array()?.len() as u64;
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return Some(n),
+        }
+    }
+}
+
 /// Runs the whole scenario on a relay configured with `extra`; returns the new process's log.
 async fn upgrade_under_load(extra: &str) -> String {
     let t0 = Instant::now();
@@ -284,6 +310,21 @@ async fn upgrade_under_load(extra: &str) -> String {
     );
     assert_eq!(totals["output_tokens"].as_u64(), Some(7 * total), "{totals}");
     assert_eq!(totals["errors"].as_u64(), Some(0), "{totals}");
+    // One request-log record per request, none lost and none twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = request_log_records(&old).await;
+        if n == Some(total) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && n.is_none_or(|n| n < total),
+            "the request log holds {n:?} records for {total} requests\nold log:\n{}\nnew log:\n{}",
+            old.log_text(),
+            new.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let new_log = new.log_text();
     eprintln!(
@@ -319,6 +360,20 @@ async fn embedded_store_upgrade_under_load_loses_no_request_and_no_usage() {
         .sum();
     eprintln!("usage events that crossed the upgrade through the spool: {spooled}");
     assert!(spooled > 0, "no usage went through the spool:\n{new_log}");
+    let records: u64 = strip_ansi(&new_log)
+        .lines()
+        .filter(|l| l.contains("request log spool file added"))
+        .filter_map(|l| {
+            l.split("records=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!("request log records that crossed the upgrade through the spool: {records}");
+    assert!(records > 0, "no request log record went through the spool:\n{new_log}");
 }
 
 /// The log without its colour codes.

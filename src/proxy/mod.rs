@@ -757,14 +757,14 @@ impl ProxyHttp for RelayProxy {
         }
         // The access line (`log.access`, switched by the log's filter) and the request log share
         // one entry.
-        let access = tracing::enabled!(target: "access", tracing::Level::INFO);
-        if (access || self.0.request_log.is_on())
+        let access = crate::logging::access_log();
+        if (access.is_some() || self.0.request_log.is_on())
             && let Some(route) = ctx.route.filter(|r| r.endpoint.is_relayed())
         {
             let mut entry = request_log_entry(session, ctx, route, status, total, cost_nanos);
-            if access {
+            if let Some(log) = access {
                 entry.ensure_request_id();
-                entry.log_access();
+                entry.log_access(log);
             }
             self.0.request_log.push(entry);
         }

@@ -7,8 +7,9 @@
 //! hand over, right after the sockets went:
 //! - the admin listener (bound by us): the old process stops listening, the new one binds the
 //!   address as soon as it is free ([`bind_admin_waiting`]);
-//! - the embedded store (one process at a time): the old process writes its statistics, moves
-//!   the usage of its remaining requests to the spool, and closes the file; the new one opens it
+//! - the embedded store (one process at a time): the old process writes its statistics and its
+//!   request log, moves the usage and the request-log records of its remaining requests to the
+//!   spool, and closes the file; the new one opens it
 //!   as soon as it is free. The Redis store is shared and needs neither.
 //!
 //! It also tells systemd (when started with `NOTIFY_SOCKET`, i.e. `Type=notify` and
@@ -31,6 +32,8 @@ pub const RELEASE_WAIT: Duration = Duration::from_secs(30);
 /// What the old process hands over after its listening sockets.
 pub struct Handover {
     pub stats: StatsStop,
+    /// The request log's writer, to move to its spool (`None` with Redis, or with the log off).
+    pub request_log: Option<crate::usage::request_log::RequestLogControl>,
     /// The embedded store, to close (`None` with Redis).
     pub embedded: Option<Arc<EmbeddedStore>>,
     /// A handle on the admin listener, to stop listening.
@@ -73,6 +76,9 @@ pub async fn follow(mut phases: broadcast::Receiver<ExecutionPhase>, handover: H
     }
     if let Some(store) = &handover.embedded {
         handover.stats.spool_from_now().await;
+        if let Some(log) = &handover.request_log {
+            log.spool_from_now().await;
+        }
         match store.close(Duration::from_secs(10)).await {
             Ok(()) => tracing::info!("embedded store released to the new process"),
             Err(e) => tracing::error!(error = %e, "releasing the embedded store"),

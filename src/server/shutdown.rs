@@ -28,6 +28,10 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Consecutive reads of zero that make a relay drained: a request whose head was read just
 /// before the listeners closed is counted a moment later.
 const IDLE_CHECKS: u32 = 3;
+/// The same after an upgrade's hand-over, where no request may fail (a second): a connection
+/// accepted just before the listeners closed is counted only once its request head is read, after
+/// its TLS and HTTP/2 handshakes, which on a loaded machine take a few hundred milliseconds.
+const HANDOVER_IDLE_CHECKS: u32 = 10;
 
 /// Why the relay's server stopped (sent to `run`, which then cleans up and returns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +182,7 @@ impl ShutdownSignalWatch for Signals {
             "SIGTERM: no longer accepting; waiting for in-flight requests"
         );
         tokio::select! {
-            drained = wait_drained(&self.in_flight, self.grace) => if drained {
+            drained = wait_drained(&self.in_flight, self.grace, IDLE_CHECKS) => if drained {
                 tracing::info!("graceful shutdown: nothing in flight");
             } else {
                 tracing::warn!(in_flight = self.in_flight.get(), "graceful shutdown: grace period over; cutting the requests still in flight");
@@ -191,12 +195,12 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Waits until nothing is in flight (`IDLE_CHECKS` reads of zero in a row), or `limit` passed;
+/// Waits until nothing is in flight (`wanted` reads of zero in a row), or `limit` passed;
 /// whether it drained.
-pub async fn wait_drained(in_flight: &prometheus::IntGauge, limit: Duration) -> bool {
+pub async fn wait_drained(in_flight: &prometheus::IntGauge, limit: Duration, wanted: u32) -> bool {
     let deadline = Instant::now() + limit;
     let mut idle_checks = 0;
-    while idle_checks < IDLE_CHECKS {
+    while idle_checks < wanted {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return false;
@@ -244,7 +248,7 @@ pub async fn end_grace_when_drained(
         in_flight = in_flight.get(),
         "handed over: waiting for in-flight requests"
     );
-    if wait_drained(&in_flight, grace).await {
+    if wait_drained(&in_flight, grace, HANDOVER_IDLE_CHECKS).await {
         tracing::info!("handed over: nothing in flight");
         let _ = stopped.send(Stopped::HandedOver);
     }
@@ -259,7 +263,7 @@ mod tests {
     async fn an_idle_count_drains_after_the_idle_checks_and_a_busy_one_waits_out_the_limit() {
         let g = prometheus::IntGauge::new("t", "t").unwrap();
         let t = Instant::now();
-        assert!(wait_drained(&g, Duration::from_secs(5)).await);
+        assert!(wait_drained(&g, Duration::from_secs(5), IDLE_CHECKS).await);
         let idle = t.elapsed();
         assert!(
             idle >= CHECK_EVERY * IDLE_CHECKS && idle < Duration::from_secs(1),
@@ -267,7 +271,7 @@ mod tests {
         );
         g.inc();
         let t = Instant::now();
-        assert!(!wait_drained(&g, Duration::from_millis(250)).await);
+        assert!(!wait_drained(&g, Duration::from_millis(250), IDLE_CHECKS).await);
         assert!(t.elapsed() < Duration::from_millis(400));
         let h = {
             let g = g.clone();
@@ -276,7 +280,7 @@ mod tests {
                 g.dec();
             })
         };
-        assert!(wait_drained(&g, Duration::from_secs(5)).await);
+        assert!(wait_drained(&g, Duration::from_secs(5), IDLE_CHECKS).await);
         h.await.unwrap();
     }
 

@@ -7,15 +7,27 @@
 //! [`RequestLogWriter`] takes the queue every [`DRAIN_EVERY`], serialises the entries to JSON and
 //! appends them in batches (every [`FLUSH_EVERY`] or [`FLUSH_AT`] records), and trims the log to
 //! its retention and cap every [`TRIM_EVERY`]. At shutdown it drains and writes what is left.
+//!
+//! Across a zero-downtime upgrade on the embedded store (one process at a time may hold it), the
+//! old process's writer appends what it has to the store, then, told by
+//! [`RequestLogControl::spool_from_now`], writes the records of its last requests to a spool file
+//! under `<data_dir>/spool/requests/` (the usage spool's files and locking, see
+//! [`crate::usage::stats`]). The writer that holds the store adds such files to the log once their
+//! writer is gone (at start, then every [`CLAIM_EVERY`]) and deletes them.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::TokenUsage;
+use super::stats::spool;
 use crate::metrics::Metrics;
 use crate::store::{LogKind, Store};
 
@@ -29,6 +41,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub const FLUSH_AT: usize = 500;
 /// How often the log is trimmed to its retention and cap.
 pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// How often a writer that holds the store looks for spool files of processes that are gone.
+pub const CLAIM_EVERY: Duration = Duration::from_secs(2);
 /// The most records a failed append keeps for the next attempt (older ones are dropped).
 const MAX_PENDING: usize = 50_000;
 /// The most characters of a client's User-Agent and request id kept.
@@ -133,39 +147,49 @@ impl RequestEntry {
         }
     }
 
-    /// The access line (`log.access`): one `info` event with target `access`, in the log's
-    /// format. Names, never credentials; never a body.
-    pub fn log_access(&self) {
-        tracing::info!(
-            target: "access",
-            request_id = self.request_id.as_deref(),
-            key_name = self.key_name.as_deref(),
-            account_name = self.account_name.as_deref(),
-            dialect = self.dialect,
-            endpoint = self.endpoint,
-            model = self.model.as_deref(),
-            upstream_model = self.upstream_model.as_deref(),
-            stream = self.stream,
-            status = self.status,
-            outcome = self.outcome(),
-            error = self.error,
-            error_source = self.error_source,
-            input_tokens = self.usage.input,
-            cache_read_tokens = self.usage.cache_read,
-            cache_write_tokens = self.usage.cache_write_5m.saturating_add(self.usage.cache_write_1h),
-            output_tokens = self.usage.output,
-            cost_usd = self.cost_nanos.map(|n| n as f64 / 1e9),
-            ttfb_ms = self.ttfb_ms,
-            latency_ms = self.duration_ms,
-            failover_hops = self.failover_hops,
-            client_ip = self.client_ip.map(tracing::field::display),
-            "request"
+    /// The access line (`log.access`) to `log`, in the log's format: names, never credentials;
+    /// never a body.
+    pub fn log_access(&self, log: &crate::logging::AccessLog) {
+        use crate::logging::Field::{Bool, F64, Str, U64};
+        let ip = self.client_ip.map(|ip| ip.to_string());
+        log.write(
+            "request",
+            &[
+                ("request_id", self.request_id.as_deref().map(Str)),
+                ("key_name", self.key_name.as_deref().map(Str)),
+                ("account_name", self.account_name.as_deref().map(Str)),
+                ("dialect", Some(Str(self.dialect))),
+                ("endpoint", Some(Str(self.endpoint))),
+                ("model", self.model.as_deref().map(Str)),
+                ("upstream_model", self.upstream_model.as_deref().map(Str)),
+                ("stream", Some(Bool(self.stream))),
+                ("status", Some(U64(self.status.into()))),
+                ("outcome", Some(Str(self.outcome()))),
+                ("error", self.error.map(Str)),
+                ("error_source", self.error_source.map(Str)),
+                ("input_tokens", Some(U64(self.usage.input))),
+                ("cache_read_tokens", Some(U64(self.usage.cache_read))),
+                (
+                    "cache_write_tokens",
+                    Some(U64(self.usage.cache_write_5m.saturating_add(self.usage.cache_write_1h))),
+                ),
+                ("output_tokens", Some(U64(self.usage.output))),
+                ("cost_usd", self.cost_nanos.map(|n| F64(n as f64 / 1e9))),
+                ("ttfb_ms", self.ttfb_ms.map(U64)),
+                ("latency_ms", Some(U64(self.duration_ms))),
+                ("failover_hops", Some(U64(self.failover_hops.into()))),
+                ("client_ip", ip.as_deref().map(Str)),
+            ],
         );
     }
 }
 
+/// `req_` and 32 hex digits: a random number drawn once per process, then a counter (no system
+/// call per request, and unique across processes and restarts).
 fn new_request_id() -> String {
-    format!("req_{}", uuid::Uuid::new_v4().simple())
+    static PREFIX: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("req_{:016x}{:016x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl RequestRecord {
@@ -269,6 +293,39 @@ pub struct RequestLogWriter {
     retention: Retention,
     /// Serialised records not yet appended: `(at_ms, json)`.
     pending: Vec<(i64, String)>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    control: RequestLogControl,
+    /// Where spool files are written and looked for (none: no spool).
+    spool_dir: Option<PathBuf>,
+    /// Set once the store was handed over: records go to this file instead.
+    spool: Option<spool::SpoolWriter>,
+}
+
+enum Command {
+    /// Append everything to the store, then send later records to the spool.
+    Spool(oneshot::Sender<()>),
+}
+
+/// Tells a running writer that the store is about to be handed over.
+#[derive(Clone)]
+pub struct RequestLogControl(mpsc::UnboundedSender<Command>);
+
+impl RequestLogControl {
+    /// Appends what the writer has to the store, then makes it write every later record to a
+    /// spool file (see the module's documentation); returns once it has switched.
+    pub async fn spool_from_now(&self) {
+        let (done_tx, done) = oneshot::channel();
+        if self.0.send(Command::Spool(done_tx)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// One line of a request-log spool file.
+#[derive(Serialize, Deserialize)]
+struct SpooledRecord {
+    at_ms: i64,
+    record: Box<RawValue>,
 }
 
 /// The sink and its writer.
@@ -278,6 +335,7 @@ pub fn pipeline(
     retention: Retention,
 ) -> (RequestLogSink, RequestLogWriter) {
     let queue = Arc::new(Mutex::new(Vec::with_capacity(1024)));
+    let (commands_tx, commands) = mpsc::unbounded_channel();
     (
         RequestLogSink {
             queue: Some(queue.clone()),
@@ -289,11 +347,27 @@ pub fn pipeline(
             metrics,
             retention,
             pending: Vec::new(),
+            commands,
+            control: RequestLogControl(commands_tx),
+            spool_dir: None,
+            spool: None,
         },
     )
 }
 
 impl RequestLogWriter {
+    /// Enables the spool in `dir` (the embedded store): [`RequestLogControl::spool_from_now`]
+    /// writes there, and the writer adds the files whose writer is gone to the log.
+    pub fn with_spool_dir(mut self, dir: PathBuf) -> Self {
+        self.spool_dir = Some(dir);
+        self
+    }
+
+    /// The handle that moves this writer to the spool.
+    pub fn control(&self) -> RequestLogControl {
+        self.control.clone()
+    }
+
     /// Runs until `stop` is cancelled, then writes what is queued and returns.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -307,10 +381,21 @@ impl RequestLogWriter {
         let mut next_trim = Instant::now() + Duration::from_secs(5).min(trim_every);
         let mut appended_since_trim = 0u64;
         let mut spare = Vec::with_capacity(1024);
+        let mut claim = tokio::time::interval(CLAIM_EVERY);
+        claim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
+                Some(Command::Spool(done)) = self.commands.recv() => {
+                    self.start_spooling(&mut spare).await;
+                    let _ = done.send(());
+                    continue;
+                }
+                _ = claim.tick(), if self.spool_dir.is_some() && self.spool.is_none() => {
+                    self.claim_abandoned().await;
+                    continue;
+                }
                 _ = drain.tick() => {}
             }
             self.take(&mut spare);
@@ -318,7 +403,7 @@ impl RequestLogWriter {
                 appended_since_trim += self.flush().await;
                 last_flush = Instant::now();
             }
-            if Instant::now() >= next_trim || appended_since_trim >= trim_after {
+            if self.spool.is_none() && (Instant::now() >= next_trim || appended_since_trim >= trim_after) {
                 self.trim().await;
                 appended_since_trim = 0;
                 next_trim = Instant::now() + trim_every;
@@ -326,6 +411,70 @@ impl RequestLogWriter {
         }
         self.take(&mut spare);
         self.flush().await;
+        if let Some(spool) = self.spool.take()
+            && let Err(e) = spool.finish()
+        {
+            tracing::warn!(error = %e, "cannot sync the request log spool");
+        }
+    }
+
+    /// Appends what is queued to the store, then sends every later record to a new spool file.
+    async fn start_spooling(&mut self, spare: &mut Vec<RequestEntry>) {
+        let Some(dir) = self.spool_dir.clone() else {
+            return;
+        };
+        if self.spool.is_some() {
+            return;
+        }
+        self.take(spare);
+        self.flush().await;
+        match spool::SpoolWriter::create(&dir) {
+            Ok(w) => {
+                tracing::info!(path = %w.path().display(), "request log records now go to the spool");
+                self.spool = Some(w);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, dir = %dir.display(), "cannot create the request log spool; the records of the last requests may be lost")
+            }
+        }
+    }
+
+    /// Adds to the log the spool files whose writer is gone, and deletes them.
+    async fn claim_abandoned(&mut self) {
+        let Some(dir) = self.spool_dir.clone() else {
+            return;
+        };
+        let claimed = tokio::task::spawn_blocking(move || spool::claim_abandoned::<SpooledRecord>(&dir))
+            .await
+            .unwrap_or_default();
+        for mut file in claimed {
+            let records: Vec<(i64, String)> = file
+                .take_lines()
+                .into_iter()
+                .map(|l| (l.at_ms, l.record.get().to_owned()))
+                .collect();
+            let mut added = 0;
+            for chunk in records.chunks(FLUSH_AT) {
+                if let Err(e) = self.store.append_log(LogKind::Requests, chunk).await {
+                    // The file stays (its lock goes with `file`) and is tried again later.
+                    tracing::warn!(error = %e, path = %file.path().display(), "cannot add a request log spool file yet");
+                    break;
+                }
+                added += chunk.len();
+            }
+            self.metrics
+                .request_log
+                .with_label_values(&["written"])
+                .inc_by(added as u64);
+            if added < records.len() {
+                continue;
+            }
+            let path = file.path().display().to_string();
+            match file.remove() {
+                Ok(()) => tracing::info!(path, records = added, "request log spool file added"),
+                Err(e) => tracing::warn!(error = %e, path, "cannot delete an added request log spool file"),
+            }
+        }
     }
 
     /// Moves the queue's entries into `pending`, as JSON.
@@ -354,8 +503,32 @@ impl RequestLogWriter {
         }
     }
 
-    /// Appends what is pending; returns how many records were written.
+    /// Appends what is pending (to the spool once the store was handed over); returns how many
+    /// records were written.
     async fn flush(&mut self) -> u64 {
+        if let Some(spool) = self.spool.as_mut() {
+            let n = self.pending.len();
+            let lines = self.pending.iter().filter_map(|(at_ms, json)| {
+                Some(SpooledRecord {
+                    at_ms: *at_ms,
+                    record: RawValue::from_string(json.clone()).ok()?,
+                })
+            });
+            return match spool.append(lines) {
+                Ok(()) => {
+                    self.pending.clear();
+                    self.metrics
+                        .request_log
+                        .with_label_values(&["spooled"])
+                        .inc_by(n as u64);
+                    n as u64
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, records = n, path = %spool.path().display(), "cannot write the request log spool; will retry");
+                    0
+                }
+            };
+        }
         let mut written = 0;
         while !self.pending.is_empty() {
             let n = self.pending.len().min(FLUSH_AT);

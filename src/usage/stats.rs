@@ -18,7 +18,7 @@
 //! the usage of its last requests is appended to a file under the data directory, which the new
 //! process (or any later start) adds to the store once the old process is gone.
 
-mod spool;
+pub(crate) mod spool;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -476,7 +476,7 @@ impl StatsWriter {
             return;
         }
         let sessions = self.session_bounds;
-        for mut claimed in spool::claim_abandoned(dir) {
+        for mut claimed in spool::claim_abandoned::<spool::Line>(dir) {
             let mut folder = self.new_folder();
             let mut buckets: HashMap<BucketKey, UsageCounters> = HashMap::new();
             let mut events = 0usize;

@@ -10,6 +10,9 @@
 //!
 //! Exactly once, except for one window: a process that dies between adding a file to the store and
 //! deleting it counts that file again at the next start.
+//!
+//! The files are lines of any serde type: the request log spools its records the same way, in a
+//! directory of its own ([`crate::usage::request_log`]).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
@@ -17,6 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{BucketKey, Dimension, Granularity, UsageCounters};
@@ -84,7 +88,7 @@ impl Line {
 }
 
 /// This process's spool file, locked until the process exits.
-pub(super) struct SpoolWriter {
+pub(crate) struct SpoolWriter {
     file: File,
     path: PathBuf,
     /// Length of the complete lines written so far (a failed write is cut back to it).
@@ -95,7 +99,7 @@ pub(super) struct SpoolWriter {
 impl SpoolWriter {
     /// Creates and locks a new spool file in `dir`. It is created under a `.part` name and renamed
     /// once locked, so no other process can take it for abandoned in between.
-    pub(super) fn create(dir: &Path) -> io::Result<SpoolWriter> {
+    pub(crate) fn create(dir: &Path) -> io::Result<SpoolWriter> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let name = format!("{}-{}.jsonl", std::process::id(), chrono::Utc::now().timestamp_millis());
         let part = dir.join(format!("{name}.part"));
@@ -117,12 +121,12 @@ impl SpoolWriter {
         })
     }
 
-    pub(super) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends whole lines and syncs them to disk.
-    pub(super) fn append(&mut self, lines: impl Iterator<Item = Line>) -> io::Result<()> {
+    pub(crate) fn append<T: Serialize>(&mut self, lines: impl Iterator<Item = T>) -> io::Result<()> {
         self.buf.clear();
         for line in lines {
             serde_json::to_writer(&mut self.buf, &line)?;
@@ -147,40 +151,40 @@ impl SpoolWriter {
     }
 
     /// Syncs the file; the lock goes with the process (or this handle).
-    pub(super) fn finish(self) -> io::Result<()> {
+    pub(crate) fn finish(self) -> io::Result<()> {
         self.file.sync_all()
     }
 }
 
 /// A spool file of a process that is gone, locked by this process while it is being added.
-pub(super) struct Claimed {
+pub(crate) struct Claimed<T> {
     _file: File,
     path: PathBuf,
-    lines: Vec<Line>,
+    lines: Vec<T>,
 }
 
-impl Claimed {
-    pub(super) fn path(&self) -> &Path {
+impl<T> Claimed<T> {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub(super) fn take_lines(&mut self) -> Vec<Line> {
+    pub(crate) fn take_lines(&mut self) -> Vec<T> {
         std::mem::take(&mut self.lines)
     }
 
     /// Deletes the file (still holding its lock, so nobody claims it in between).
-    pub(super) fn remove(self) -> io::Result<()> {
+    pub(crate) fn remove(self) -> io::Result<()> {
         std::fs::remove_file(&self.path)
     }
 }
 
 /// Claims every spool file in `dir` whose writer is gone.
-pub(super) fn claim_abandoned(dir: &Path) -> Vec<Claimed> {
+pub(crate) fn claim_abandoned<T: DeserializeOwned>(dir: &Path) -> Vec<Claimed<T>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            tracing::warn!(error = %e, dir = %dir.display(), "cannot read the usage spool directory");
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot read the spool directory");
             return Vec::new();
         }
     };
@@ -202,7 +206,7 @@ pub(super) fn claim_abandoned(dir: &Path) -> Vec<Claimed> {
         match claim(&path) {
             Ok(Some(c)) => out.push(c),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot read a usage spool file"),
+            Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot read a spool file"),
         }
     }
     out
@@ -210,7 +214,7 @@ pub(super) fn claim_abandoned(dir: &Path) -> Vec<Claimed> {
 
 /// `None` while the writer lives (its lock is held), or when another process already took the
 /// file and deleted it.
-fn claim(path: &Path) -> io::Result<Option<Claimed>> {
+fn claim<T: DeserializeOwned>(path: &Path) -> io::Result<Option<Claimed<T>>> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -231,11 +235,11 @@ fn claim(path: &Path) -> io::Result<Option<Claimed>> {
         if text.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Line>(text) {
+        match serde_json::from_str::<T>(text) {
             Ok(l) => lines.push(l),
             // A line cut by a crash, or one this relay cannot read.
             Err(e) => {
-                tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable usage spool line")
+                tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable spool line")
             }
         }
     }
