@@ -657,3 +657,31 @@ fn the_example_alerts_block_loads() {
         "{err}"
     );
 }
+
+#[test]
+fn the_example_log_settings_are_the_defaults_with_a_file() {
+    let c = Config::from_yaml(&example_block("log:"), &|_| None).unwrap();
+    let def = Config::defaults(&|_| None).unwrap();
+    assert_eq!(c.log.file.as_deref(), Some(Path::new("/var/log/claude-relay/relay.log")));
+    assert_eq!(
+        (c.log.format, c.log.rotate, c.log.max_bytes, c.log.keep, c.log.access, c.log.level.as_str()),
+        (
+            def.log.format,
+            def.log.rotate,
+            def.log.max_bytes,
+            def.log.keep,
+            def.log.access,
+            def.log.level.as_str()
+        )
+    );
+    assert!(def.log.file.is_none());
+    for (yaml, key) in [
+        ("log: { keep: 0 }", "log.keep"),
+        ("log: { max_bytes: 100 }", "log.max_bytes"),
+        ("log: { level: \"info,[x\" }", "log.level"),
+        ("log: { file: \"\" }", "log.file"),
+    ] {
+        let e = Config::from_yaml(yaml, &|_| None).unwrap_err().to_string();
+        assert!(e.contains(key), "{yaml}: {e}");
+    }
+}

@@ -10,11 +10,90 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::config::{LogConfig, LogFormat, LogRotate};
+use serde::Deserialize;
+
+/// `log`: how the relay's own log is written. Standard error in text by default; `json` writes one
+/// object per line; with `file` the log goes to that file and is rotated daily or by size, keeping
+/// `keep` old files. `access` adds one line per relayed request (target `access`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// The log file; standard error when absent.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// When the file is rotated (only with `file`).
+    #[serde(default)]
+    pub rotate: LogRotate,
+    /// The size at which `rotate: size` starts a new file.
+    #[serde(default = "default_log_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept beside the current one (the oldest are deleted).
+    #[serde(default = "default_log_keep")]
+    pub keep: usize,
+    /// One line per relayed request: request id, key name, account, model, status, latency.
+    #[serde(default = "default_access")]
+    pub access: bool,
+    /// The level filter (`info`, `warn,claude_relay=debug`, ...) when neither `RELAY_LOG` nor
+    /// `RUST_LOG` is set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            file: None,
+            rotate: LogRotate::default(),
+            max_bytes: default_log_max_bytes(),
+            keep: default_log_keep(),
+            access: true,
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotate {
+    /// A new file each day (UTC); the old one is named `<file>.<YYYYMMDD>`.
+    #[default]
+    Daily,
+    /// A new file when the current one passes `max_bytes`; old ones are `<file>.1`, `<file>.2`, ...
+    Size,
+    /// Never rotated by the relay (for an outside `logrotate` with `copytruncate`).
+    Never,
+}
+
+fn default_log_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+fn default_log_keep() -> usize {
+    7
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn default_access() -> bool {
+    true
+}
 
 /// Header names whose values are credentials (matched case-insensitively).
 const SECRET_HEADERS: [&str; 8] = [
