@@ -662,9 +662,19 @@ fn the_example_alerts_block_loads() {
 fn the_example_log_settings_are_the_defaults_with_a_file() {
     let c = Config::from_yaml(&example_block("log:"), &|_| None).unwrap();
     let def = Config::defaults(&|_| None).unwrap();
-    assert_eq!(c.log.file.as_deref(), Some(Path::new("/var/log/claude-relay/relay.log")));
     assert_eq!(
-        (c.log.format, c.log.rotate, c.log.max_bytes, c.log.keep, c.log.access, c.log.level.as_str()),
+        c.log.file.as_deref(),
+        Some(Path::new("/var/log/claude-relay/relay.log"))
+    );
+    assert_eq!(
+        (
+            c.log.format,
+            c.log.rotate,
+            c.log.max_bytes,
+            c.log.keep,
+            c.log.access,
+            c.log.level.as_str()
+        ),
         (
             def.log.format,
             def.log.rotate,
