@@ -346,34 +346,21 @@ async fn upgrade_under_load(extra: &str) -> String {
 async fn embedded_store_upgrade_under_load_loses_no_request_and_no_usage() {
     let new_log = upgrade_under_load("").await;
     // The old process's last requests went through the spool, which the new one added.
-    let spooled: u64 = strip_ansi(&new_log)
-        .lines()
-        .filter(|l| l.contains("usage spool file added"))
-        .filter_map(|l| {
-            l.split("events=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let spooled = logged_sum(&new_log, "usage spool file added", "events=");
     eprintln!("usage events that crossed the upgrade through the spool: {spooled}");
     assert!(spooled > 0, "no usage went through the spool:\n{new_log}");
-    let records: u64 = strip_ansi(&new_log)
-        .lines()
-        .filter(|l| l.contains("request log spool file added"))
-        .filter_map(|l| {
-            l.split("records=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let records = logged_sum(&new_log, "request log spool file added", "records=");
     eprintln!("request log records that crossed the upgrade through the spool: {records}");
     assert!(records > 0, "no request log record went through the spool:\n{new_log}");
+}
+
+/// The sum of the numbers after `field` on the log's lines that say `message`.
+fn logged_sum(log: &str, message: &str, field: &str) -> u64 {
+    strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| l.split(field).nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The log without its colour codes.
