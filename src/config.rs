@@ -257,9 +257,15 @@ pub struct StoreConfig {
     /// Directory of the embedded store.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// `redis://` or `rediss://` URL of the redis backend.
+    /// `redis://` or `rediss://` URL of the redis backend (one node).
     #[serde(default)]
     pub url: Option<String>,
+    /// The redis backend is the master these Sentinels watch (instead of `url`).
+    #[serde(default)]
+    pub sentinel: Option<crate::store::redis_conn::SentinelConfig>,
+    /// The redis backend is a Redis Cluster: URLs of some of its nodes (instead of `url`).
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[serde(default = "default_redis_prefix")]
     pub prefix: String,
@@ -271,7 +277,23 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             path: None,
             url: None,
+            sentinel: None,
+            cluster: None,
             prefix: default_redis_prefix(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Where the redis backend is (checked at load: exactly one of `url`, `sentinel`, `cluster`).
+    pub fn redis_target(&self) -> crate::store::redis_conn::RedisTarget {
+        use crate::store::redis_conn::RedisTarget;
+        if let Some(s) = &self.sentinel {
+            RedisTarget::Sentinel(s.clone())
+        } else if let Some(nodes) = &self.cluster {
+            RedisTarget::Cluster(nodes.clone())
+        } else {
+            RedisTarget::Node(self.url.clone().unwrap_or_default())
         }
     }
 }
@@ -1114,6 +1136,8 @@ impl Config {
         if let Some(v) = env("RELAY_REDIS_URL") {
             raw.store.backend = StoreBackend::Redis;
             raw.store.url = Some(v);
+            raw.store.sentinel = None;
+            raw.store.cluster = None;
         }
         if raw.secret_key.is_none() {
             raw.secret_key = env("RELAY_SECRET_KEY").filter(|s| !s.is_empty());
@@ -1203,11 +1227,39 @@ impl Config {
         }
         match raw.store.backend {
             StoreBackend::Redis => {
-                let url = raw.store.url.as_deref().unwrap_or("");
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                let redis_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+                let given = [
+                    raw.store.url.is_some(),
+                    raw.store.sentinel.is_some(),
+                    raw.store.cluster.is_some(),
+                ];
+                if given.iter().filter(|g| **g).count() > 1 {
+                    return Err(invalid(
+                        "store",
+                        "give one of `url` (one node), `sentinel` or `cluster`, not several",
+                    ));
+                }
+                if let Some(s) = &raw.store.sentinel {
+                    if s.master.trim().is_empty() {
+                        return Err(invalid("store.sentinel.master", "must name the monitored master"));
+                    }
+                    if s.nodes.is_empty() || !s.nodes.iter().all(|n| redis_url(n)) {
+                        return Err(invalid(
+                            "store.sentinel.nodes",
+                            "must list the Sentinels as redis:// or rediss:// URLs",
+                        ));
+                    }
+                } else if let Some(nodes) = &raw.store.cluster {
+                    if nodes.is_empty() || !nodes.iter().all(|n| redis_url(n)) {
+                        return Err(invalid(
+                            "store.cluster",
+                            "must list cluster nodes as redis:// or rediss:// URLs",
+                        ));
+                    }
+                } else if !redis_url(raw.store.url.as_deref().unwrap_or("")) {
                     return Err(invalid(
                         "store.url",
-                        "the redis backend needs a redis:// or rediss:// URL",
+                        "the redis backend needs a redis:// or rediss:// URL (or `sentinel`, or `cluster`)",
                     ));
                 }
                 if raw.secret_key.is_none() {
@@ -1220,6 +1272,12 @@ impl Config {
             StoreBackend::Embedded => {
                 if raw.store.url.is_some() {
                     return Err(invalid("store.url", "only applies to `backend: redis`"));
+                }
+                if raw.store.sentinel.is_some() {
+                    return Err(invalid("store.sentinel", "only applies to `backend: redis`"));
+                }
+                if raw.store.cluster.is_some() {
+                    return Err(invalid("store.cluster", "only applies to `backend: redis`"));
                 }
             }
         }

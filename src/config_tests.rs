@@ -695,3 +695,50 @@ fn the_example_log_settings_are_the_defaults_with_a_file() {
         assert!(e.contains(key), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn the_redis_backend_takes_one_node_a_sentinel_master_or_a_cluster() {
+    use crate::store::redis_conn::RedisTarget;
+    let load = |y: &str| Config::from_yaml(&format!("secret_key: {}\n{y}", "ab".repeat(32)), &|_| None);
+    let err = |y: &str| load(y).unwrap_err().to_string();
+
+    let c = load(
+        "store:\n  backend: redis\n  sentinel: { master: mymaster, nodes: [\"redis://10.0.0.1:26379\"], password: pw, db: 2 }",
+    )
+    .unwrap();
+    let RedisTarget::Sentinel(s) = c.store.redis_target() else {
+        panic!("a sentinel target")
+    };
+    assert_eq!(
+        (s.master.as_str(), s.nodes.len(), s.password.as_deref(), s.db),
+        ("mymaster", 1, Some("pw"), 2)
+    );
+    let c = load("store: { backend: redis, cluster: [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"] }").unwrap();
+    assert_eq!(
+        c.store.redis_target(),
+        RedisTarget::Cluster(vec!["redis://10.0.0.1:7000".into(), "redis://10.0.0.2:7000".into()])
+    );
+    let c = load("store: { backend: redis, url: \"redis://127.0.0.1:6379/0\" }").unwrap();
+    assert_eq!(
+        c.store.redis_target(),
+        RedisTarget::Node("redis://127.0.0.1:6379/0".into())
+    );
+
+    assert!(err("store: { backend: redis, url: \"redis://a:1\", cluster: [\"redis://b:1\"] }").contains("not several"));
+    assert!(err("store: { backend: redis, cluster: [] }").contains("store.cluster"));
+    assert!(err("store: { backend: redis, cluster: [\"http://b:1\"] }").contains("store.cluster"));
+    assert!(
+        err("store: { backend: redis, sentinel: { master: \"\", nodes: [\"redis://a:1\"] } }")
+            .contains("store.sentinel.master")
+    );
+    assert!(err("store: { backend: redis, sentinel: { master: m, nodes: [] } }").contains("store.sentinel.nodes"));
+    assert!(
+        err("store: { backend: redis, sentinel: { master: m, nodes: [\"redis://a:1\"], extra: 1 } }").contains("extra")
+    );
+    assert!(err("store: { backend: embedded, cluster: [\"redis://b:1\"] }").contains("store.cluster"));
+    assert!(
+        err("store: { backend: embedded, sentinel: { master: m, nodes: [\"redis://a:1\"] } }")
+            .contains("store.sentinel")
+    );
+    assert!(err("store: { backend: redis }").contains("store.url"));
+}

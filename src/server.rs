@@ -173,10 +173,10 @@ async fn open_store(
             (store.clone(), Some(store))
         }
         StoreBackend::Redis => {
-            let url = config.store.url.clone().unwrap_or_default();
-            let store = crate::store::redis::RedisStore::connect_owned(&url, &config.store.prefix, tasks)
+            let target = config.store.redis_target();
+            let store = crate::store::redis::RedisStore::connect_target(&target, &config.store.prefix, tasks)
                 .await
-                .context("cannot connect to Redis (store.url)")?;
+                .context(format!("cannot connect to Redis ({})", target.describe()))?;
             (Arc::new(store), None)
         }
     })
@@ -434,16 +434,19 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         StoreBackend::Redis => {
             let ttl =
                 crate::limits::redis::lease_ttl_from_env(&|k| std::env::var(k).ok()).map_err(anyhow_lite::Error)?;
-            let url = config.store.url.clone().unwrap_or_default();
+            let target = config.store.redis_target();
             let redis_limits = Arc::new(
                 store_rt
                     .block_on(crate::limits::redis::RedisLimits::connect(
-                        &url,
+                        &target,
                         &config.store.prefix,
                         store.clone(),
                         ttl,
                     ))
-                    .context("cannot connect to Redis for the key limits (store.url)")?,
+                    .context(format!(
+                        "cannot connect to Redis for the key limits ({})",
+                        target.describe()
+                    ))?,
             );
             tasks.spawn_loop("key concurrency slot renewal", redis_limits.clone().renew_forever());
             redis_limits

@@ -15,9 +15,12 @@ use support::client;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use claude_relay::limits::redis::RedisLimits;
+use claude_relay::store::redis_conn::RedisTarget;
 use claude_relay::usage::TokenUsage;
 use claude_relay::usage::pricing::PricingTable;
 use support::mock::MockUpstream;
+use support::redis_servers::{RedisCluster, RedisSentinels};
 use support::{RelayProcess, account_yaml, eventually, free_port, redis_cleanup, redis_prefix, redis_url};
 
 const BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -939,6 +942,7 @@ async fn key_limits_through_the_admin_api() {
 // --- Redis: two instances sharing one Redis ---
 
 fn redis_config(mock: &MockUpstream, url: &str, prefix: &str, keys: &[String]) -> String {
+    // Written out here (not through `SharedStore`) for the tests that need the URL itself.
     config(
         mock,
         keys,
@@ -971,15 +975,75 @@ async fn burst(
     out
 }
 
-#[tokio::test]
-async fn two_instances_on_redis_admit_exactly_k_requests_per_window() {
-    let (url, p) = (redis_url(), redis_prefix());
+/// The store two instances share: the test Redis under a fresh prefix, or a private three-master
+/// Redis Cluster.
+struct SharedStore {
+    yaml: String,
+    prefix: String,
+    cluster: Option<RedisCluster>,
+}
+
+impl SharedStore {
+    fn redis() -> SharedStore {
+        let p = redis_prefix();
+        SharedStore {
+            yaml: format!(
+                "store: {{ backend: redis, url: \"{}\", prefix: \"{p}\" }}\n",
+                redis_url()
+            ),
+            prefix: p,
+            cluster: None,
+        }
+    }
+
+    fn cluster() -> SharedStore {
+        let p = redis_prefix();
+        let cluster = RedisCluster::start();
+        SharedStore {
+            yaml: cluster.store_yaml(&p),
+            prefix: p,
+            cluster: Some(cluster),
+        }
+    }
+
+    async fn cleanup(self) {
+        if self.cluster.is_none() {
+            redis_cleanup(&self.prefix).await;
+        }
+    }
+}
+
+/// Runs each listed `async fn(SharedStore)` as one test on the test Redis and one on a private
+/// Redis Cluster.
+macro_rules! on_shared_stores {
+    ($($name:ident),* $(,)?) => {
+        mod shared_on_redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::SharedStore::redis()).await
+            })*
+        }
+        mod shared_on_a_cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::SharedStore::cluster()).await
+            })*
+        }
+    };
+}
+
+on_shared_stores!(
+    two_instances_admit_exactly_k_requests_per_window,
+    two_instances_run_exactly_k_streams_at_once,
+    reservations_keep_twenty_parallel_streams_of_one_key_within_its_cap_on_two_instances,
+);
+
+async fn two_instances_admit_exactly_k_requests_per_window(shared: SharedStore) {
     let mock = MockUpstream::start().await;
-    let yaml = redis_config(
+    let yaml = config(
         &mock,
-        &url,
-        &p,
         &[key_line("shared", "rate_limit: { window_minutes: 1, requests: 7 }")],
+        &shared.yaml,
     );
     let a = RelayProcess::start(&yaml).await;
     let b = RelayProcess::start(&yaml).await;
@@ -998,14 +1062,12 @@ async fn two_instances_on_redis_admit_exactly_k_requests_per_window() {
         rejections(&a, "rate_limit").await + rejections(&b, "rate_limit").await,
         33
     );
-    redis_cleanup(&p).await;
+    shared.cleanup().await;
 }
 
-#[tokio::test]
-async fn two_instances_on_redis_run_exactly_k_streams_at_once() {
-    let (url, p) = (redis_url(), redis_prefix());
+async fn two_instances_run_exactly_k_streams_at_once(shared: SharedStore) {
     let mock = MockUpstream::start().await;
-    let yaml = redis_config(&mock, &url, &p, &[key_line("par", "concurrency: { limit: 3 }")]);
+    let yaml = config(&mock, &[key_line("par", "concurrency: { limit: 3 }")], &shared.yaml);
     let a = RelayProcess::start(&yaml).await;
     let b = RelayProcess::start(&yaml).await;
     for round in 0..2 {
@@ -1023,28 +1085,109 @@ async fn two_instances_on_redis_run_exactly_k_streams_at_once() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(mock.hits(), 6);
-    redis_cleanup(&p).await;
+    shared.cleanup().await;
 }
 
 /// The issue's test: 20 parallel slow streams of one key on two instances sharing one Redis stay
 /// within the key's cap (reservations are exact across instances), and the refusals happened.
-#[tokio::test]
-async fn reservations_keep_twenty_parallel_streams_of_one_key_within_its_cap_on_two_instances() {
-    let (url, p) = (redis_url(), redis_prefix());
+async fn reservations_keep_twenty_parallel_streams_of_one_key_within_its_cap_on_two_instances(shared: SharedStore) {
     let mock = MockUpstream::start().await;
-    let yaml = redis_config(
+    let yaml = config(
         &mock,
-        &url,
-        &p,
         &[key_line(
             "two20",
             &format!("cost_limits: {{ daily_usd: {} }}", twenty_streams_cap()),
         )],
+        &shared.yaml,
     );
     let a = RelayProcess::start(&yaml).await;
     let b = RelayProcess::start(&yaml).await;
     twenty_streams_within_the_cap(&[&a, &b], &mock, "two20").await;
-    redis_cleanup(&p).await;
+    shared.cleanup().await;
+}
+
+/// Two instances on a Sentinel-watched master: a rate window stays exact across a failover. The
+/// relays follow the new master (a request may be refused with 503 while they move over, never
+/// admitted uncounted), and what was counted before the failover still counts after it.
+#[tokio::test]
+async fn two_instances_on_sentinel_keep_a_rate_window_exact_across_a_failover() {
+    let sentinels = RedisSentinels::start();
+    let mock = MockUpstream::start().await;
+    let yaml = config(
+        &mock,
+        &[key_line("fo", "rate_limit: { window_minutes: 1, requests: 10 }")],
+        &sentinels.store_yaml(&redis_prefix()),
+    );
+    let a = RelayProcess::start(&yaml).await;
+    let b = RelayProcess::start(&yaml).await;
+    room_in_minute(40).await;
+    let before = burst(&[&a, &b], 4, "fo", &[], BODY).await;
+    assert!(before.iter().all(|(s, _)| *s == 200));
+    let old = sentinels.master_port();
+    let new = sentinels.failover();
+    assert_ne!(old, new);
+    let (mut ok, mut unavailable) = (4, 0);
+    let mut refused_by = [false, false];
+    for i in 0..200 {
+        let r = send(if i % 2 == 0 { &a } else { &b }, "fo", &[], BODY).await;
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => refused_by[i % 2] = true,
+            503 => unavailable += 1,
+            other => panic!("unexpected status {other}"),
+        }
+        let _ = r.bytes().await;
+        if refused_by == [true, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused_by, [true, true], "both instances reach the window's end");
+    assert_eq!(
+        ok, 10,
+        "exactly the window's requests ({unavailable} refused while moving over)"
+    );
+    assert_eq!(mock.hits(), 10);
+}
+
+/// On a Cluster, the limit state of different keys spreads over the masters (each key's state
+/// in its own slot).
+#[tokio::test]
+async fn limits_of_many_keys_spread_over_the_masters_of_a_cluster() {
+    use filters::policy::{KeyPolicy, KeyPolicySpec};
+    use filters::{Admission, ClientKey, LimitBackend};
+    let cluster = RedisCluster::start();
+    let p = redis_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(claude_relay::store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+    let limits = RedisLimits::connect(&RedisTarget::Cluster(cluster.urls()), &p, store, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let spec: KeyPolicySpec = serde_json::from_value(serde_json::json!({
+        "rate_limit": {"window_minutes": 1, "requests": 5},
+        "concurrency": {"limit": 1},
+    }))
+    .unwrap();
+    let policy = std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap());
+    let before = cluster.key_counts();
+    for i in 0..30 {
+        let key = ClientKey {
+            id: format!("spread-{i}").into(),
+            name: "spread".into(),
+            enabled: true,
+            bind: None,
+            policy: policy.clone(),
+        };
+        let admitted = limits.admit(&key, "h", 0, support::now_ms()).await.unwrap();
+        assert!(matches!(admitted, Admission::Admitted), "{i}");
+        let second = limits.admit(&key, "h2", 0, support::now_ms()).await.unwrap();
+        assert!(matches!(second, Admission::Refused(_)), "one slot per key: {i}");
+    }
+    let after = cluster.key_counts();
+    let grew = before.iter().zip(&after).filter(|(b, a)| a > b).count();
+    assert_eq!(grew, 3, "keys per master before {before:?}, after {after:?}");
+    // The held slots of all 30 keys (on three masters) are renewed.
+    assert_eq!(limits.renew_held().await.unwrap(), 30);
 }
 
 /// A killed instance's reservations run out with their lease, like its slots.
@@ -1097,14 +1240,13 @@ async fn a_killed_instance_gives_its_reservations_back_after_the_lease_time() {
 #[tokio::test]
 async fn memory_and_redis_backends_agree() {
     use claude_relay::limits::MemoryLimits;
-    use claude_relay::limits::redis::RedisLimits;
     use claude_relay::store::redis::RedisStore;
     use filters::policy::{KeyPolicy, KeyPolicySpec};
     use filters::{Admission, ClientKey, LimitBackend, Reservation};
 
     let (url, p) = (redis_url(), redis_prefix());
     let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
-    let redis = RedisLimits::connect(&url, &p, store, Duration::from_secs(5))
+    let redis = RedisLimits::connect(&RedisTarget::Node(url.clone()), &p, store, Duration::from_secs(5))
         .await
         .unwrap();
     let memory = MemoryLimits::new();
@@ -1443,14 +1585,13 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
 /// held slots are renewed.
 #[tokio::test]
 async fn redis_backend_agrees_with_the_rust_calendar() {
-    use claude_relay::limits::redis::RedisLimits;
     use claude_relay::store::redis::RedisStore;
     use filters::policy::{KeyPolicy, KeyPolicySpec};
     use filters::{Admission, ClientKey, LimitBackend};
 
     let (url, p) = (redis_url(), redis_prefix());
     let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
-    let limits = RedisLimits::connect(&url, &p, store, Duration::from_secs(5))
+    let limits = RedisLimits::connect(&RedisTarget::Node(url.clone()), &p, store, Duration::from_secs(5))
         .await
         .unwrap();
     let client = redis::Client::open(url.as_str()).unwrap();

@@ -14,10 +14,15 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
+use claude_relay::lifecycle::Tasks;
 use claude_relay::store::contract;
 use claude_relay::store::embedded::EmbeddedStore;
 use claude_relay::store::redis::RedisStore;
-use claude_relay::store::{AdminSession, BucketKey, Dimension, Granularity, Store, UsageCounters};
+use claude_relay::store::redis_conn::{RedisTarget, SentinelConfig};
+use claude_relay::store::{
+    AdminSession, BucketKey, Dimension, Granularity, SessionBounds, SessionUsage, Store, UsageCounters,
+};
+use support::redis_servers::{RedisCluster, RedisSentinels, SENTINEL_MASTER};
 use support::redis_url;
 
 fn random_prefix() -> String {
@@ -336,4 +341,118 @@ async fn redis_connect_to_nothing_fails_clearly() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+// --- beyond one node: a Redis Cluster and a Sentinel-watched master ---
+
+async fn connect_target(target: &RedisTarget, prefix: &str) -> RedisStore {
+    RedisStore::connect_target(target, prefix, &Tasks::on_current_runtime())
+        .await
+        .unwrap()
+}
+
+/// The whole contract on a private three-master Cluster; two stores on it share data and hear
+/// each other's changes whatever node their subscriber is on, and the data spreads over the
+/// masters (each script's keys in one slot, different keys in different slots).
+#[tokio::test]
+async fn redis_cluster_store_passes_the_contract() {
+    let cluster = RedisCluster::start();
+    let target = RedisTarget::Cluster(cluster.urls());
+    let prefix = random_prefix();
+    let store = connect_target(&target, &prefix).await;
+    contract::run_all(&store).await.unwrap();
+    contract::redis_ttls(&store).await.unwrap();
+    concurrent_adds(std::sync::Arc::new(connect_target(&target, &random_prefix()).await)).await;
+
+    // A second instance: its change subscriber is on another node than the publisher's.
+    let a = connect_target(&RedisTarget::Cluster(cluster.urls()), &prefix).await;
+    let mut rotated = cluster.urls();
+    rotated.rotate_left(1);
+    let b = connect_target(&RedisTarget::Cluster(rotated), &prefix).await;
+    let mut rx_b = b.subscribe_changes();
+    a.put_api_key(&contract::sample_key("shared", "shared-hash"))
+        .await
+        .unwrap();
+    a.publish_change().await.unwrap();
+    contract::expect_change(&mut rx_b, "b hears a's change").await.unwrap();
+    assert!(
+        b.put_api_key(&contract::sample_key("clash", "shared-hash"))
+            .await
+            .is_err(),
+        "the key-hash index is shared"
+    );
+    // Client sessions of many keys: each key's sessions share its slot, the keys spread.
+    let now = chrono::Utc::now().timestamp();
+    let batch: Vec<SessionUsage> = (0..30)
+        .map(|i| {
+            let mut s = SessionUsage::new(&format!("key-{i}"), "session-1", now);
+            s.main.requests = 1;
+            s
+        })
+        .collect();
+    let bounds = SessionBounds {
+        per_key: 10,
+        retention_secs: 3600,
+    };
+    a.add_session_usage(&batch, bounds, now).await.unwrap();
+    for i in [0, 17, 29] {
+        let got = b.session_usage(&format!("key-{i}"), "session-1", 0).await.unwrap();
+        assert_eq!(got.map(|s| s.main.requests), Some(1), "key-{i}");
+    }
+    let counts = cluster.key_counts();
+    assert!(
+        counts.iter().filter(|n| **n > 0).count() >= 2,
+        "keys on one master only: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_sentinel_store_passes_the_contract_and_follows_a_failover() {
+    let sentinels = RedisSentinels::start();
+    let target = RedisTarget::Sentinel(SentinelConfig {
+        master: SENTINEL_MASTER.to_string(),
+        nodes: sentinels
+            .sentinel_ports()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect(),
+        username: None,
+        password: None,
+        db: 0,
+    });
+    let prefix = random_prefix();
+    let store = connect_target(&target, &prefix).await;
+    contract::run_all(&store).await.unwrap();
+    let other = connect_target(&target, &prefix).await;
+    let mut rx = other.subscribe_changes();
+
+    store
+        .put_api_key(&contract::sample_key("before", "before-hash"))
+        .await
+        .unwrap();
+    sentinels.failover();
+    // Writes reach the new master: the first may fail while the connection moves over.
+    let written = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if store
+                .put_api_key(&contract::sample_key("after", "after-hash"))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(written.is_ok(), "no write reached the new master");
+    assert!(
+        other.get_api_key("before").await.unwrap().is_some(),
+        "replicated before the failover"
+    );
+    assert!(other.get_api_key("after").await.unwrap().is_some());
+    store.publish_change().await.unwrap();
+    contract::expect_change(&mut rx, "a change after the failover is heard")
+        .await
+        .unwrap();
 }

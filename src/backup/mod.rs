@@ -266,10 +266,14 @@ pub async fn open_store(config: &crate::config::Config) -> Result<std::sync::Arc
             Ok(std::sync::Arc::new(store))
         }
         StoreBackend::Redis => {
-            let url = config.store.url.clone().unwrap_or_default();
-            let store = crate::store::redis::RedisStore::connect_with_prefix(&url, &config.store.prefix)
-                .await
-                .map_err(|e| format!("cannot connect to Redis (store.url): {e}"))?;
+            let target = config.store.redis_target();
+            let store = crate::store::redis::RedisStore::connect_target(
+                &target,
+                &config.store.prefix,
+                &crate::lifecycle::Tasks::on_current_runtime(),
+            )
+            .await
+            .map_err(|e| format!("cannot connect to Redis ({}): {e}", target.describe()))?;
             Ok(std::sync::Arc::new(store))
         }
     }

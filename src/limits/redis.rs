@@ -40,18 +40,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use filters::{Admission, ClientKey, LimitBackend, LimitPeek, Reservation};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, Script};
+use redis::Script;
 
 use super::{Refusal, Shortfall, SpendSeeds};
 use crate::store::Store;
+use crate::store::redis_conn::{KeyNames, RedisConn, RedisTarget};
 
 /// The lease time of a concurrency slot when `RELAY_CONCURRENCY_LEASE_TTL` is not set.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 /// The environment variable that sets the lease time (`30s`, `2m`; at least 1 s).
 pub const LEASE_TTL_ENV: &str = "RELAY_CONCURRENCY_LEASE_TTL";
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Slots renewed per script call.
 const RENEW_BATCH: usize = 500;
@@ -65,8 +64,8 @@ pub fn lease_ttl_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Durati
 }
 
 pub struct RedisLimits {
-    conn: ConnectionManager,
-    prefix: String,
+    conn: RedisConn,
+    names: KeyNames,
     admit: Script,
     settle: Script,
     renew: Script,
@@ -87,24 +86,17 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl RedisLimits {
-    /// Connects to Redis at `url` (the store's); key names go under `prefix` (the store's).
-    pub async fn connect(url: &str, prefix: &str, store: Arc<dyn Store>, lease_ttl: Duration) -> Result<Self, String> {
-        // The URL may hold a password: never echo it.
-        let info = url
-            .into_connection_info()
-            .map_err(|e| format!("invalid redis URL: {:?}", e.kind()))?;
-        let client = Client::open(info).map_err(|e| format!("redis: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(4)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
+    /// Connects to the store's Redis (`target`); key names go under `prefix` (the store's).
+    pub async fn connect(
+        target: &RedisTarget,
+        prefix: &str,
+        store: Arc<dyn Store>,
+        lease_ttl: Duration,
+    ) -> Result<Self, String> {
+        let conn = RedisConn::connect(target, RESPONSE_TIMEOUT).await?;
         Ok(RedisLimits {
+            names: KeyNames::new(prefix, conn.is_cluster()),
             conn,
-            prefix: prefix.to_string(),
             admit: Script::new(include_str!("lua/admit.lua")),
             settle: Script::new(include_str!("lua/settle.lua")),
             renew: Script::new(include_str!("lua/renew.lua")),
@@ -116,8 +108,10 @@ impl RedisLimits {
         })
     }
 
+    /// `{p}limit:{kind}:{id}`; on a Cluster the id is the hash tag, so one key's limits share a
+    /// slot (its scripts use them together) and different keys spread over the slots.
     fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}limit:{kind}:{id}", self.prefix)
+        format!("{}limit:{kind}:{}", self.names.prefix(), self.names.tag(id))
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
@@ -127,8 +121,17 @@ impl RedisLimits {
     /// Renews every slot and reservation this instance holds, in one script call per
     /// [`RENEW_BATCH`].
     pub async fn renew_held(&self) -> Result<usize, String> {
-        let held: Vec<(String, String)> = self.held().iter().cloned().collect();
-        for batch in held.chunks(RENEW_BATCH) {
+        let mut held: Vec<(String, String)> = self.held().iter().cloned().collect();
+        // On a Cluster a script's keys share one slot: a batch per key there.
+        let batches: Vec<&[(String, String)]> = if self.names.cluster() {
+            held.sort_unstable();
+            held.chunk_by(|a, b| a.0 == b.0)
+                .flat_map(|same| same.chunks(RENEW_BATCH))
+                .collect()
+        } else {
+            held.chunks(RENEW_BATCH).collect()
+        };
+        for batch in batches {
             let mut inv = self.renew.prepare_invoke();
             inv.arg(ms(self.lease_ttl));
             for (set, member) in batch {

@@ -76,10 +76,16 @@ pub async fn leases(c: &dyn Coordination, ns: &str) -> Result<(), String> {
         "a released slot is free",
     )?;
     // Expiry: a short lease frees itself; renewal keeps it.
+    // Two lease sets renewed in one call (on a Redis Cluster they may live on two nodes).
     let short = format!("{ns}-short");
+    let short2 = format!("{ns}-short-2");
     check(
         ok("x", c.lease_acquire(&short, "x", 1, Duration::from_millis(300)).await)?,
         "short lease",
+    )?;
+    check(
+        ok("x2", c.lease_acquire(&short2, "x", 1, Duration::from_millis(300)).await)?,
+        "second short lease",
     )?;
     check(
         !ok("y", c.lease_acquire(&short, "y", 1, Duration::from_millis(300)).await)?,
@@ -87,8 +93,11 @@ pub async fn leases(c: &dyn Coordination, ns: &str) -> Result<(), String> {
     )?;
     ok(
         "renew",
-        c.lease_renew(&[(short.clone(), "x".to_string())], Duration::from_millis(800))
-            .await,
+        c.lease_renew(
+            &[(short.clone(), "x".to_string()), (short2.clone(), "x".to_string())],
+            Duration::from_millis(800),
+        )
+        .await,
     )?;
     tokio::time::sleep(Duration::from_millis(450)).await;
     check(
@@ -98,6 +107,14 @@ pub async fn leases(c: &dyn Coordination, ns: &str) -> Result<(), String> {
         )?,
         "renewed",
     )?;
+    check(
+        !ok(
+            "y2 after renew",
+            c.lease_acquire(&short2, "y", 1, Duration::from_millis(300)).await,
+        )?,
+        "both renewed",
+    )?;
+    ok("cleanup", c.lease_release(&short2, "x").await)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     check(
         ok(

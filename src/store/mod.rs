@@ -18,6 +18,7 @@ pub mod embedded;
 pub mod log;
 pub mod log_contract;
 pub mod redis;
+pub mod redis_conn;
 pub mod redis_coord;
 
 use std::collections::BTreeMap;

@@ -24,6 +24,12 @@
 //! may contain `:`) comes last, so the name is unambiguous without escaping. A usage bucket has an
 //! `EXPIREAT` of its end plus its granularity's retention; `total` buckets never expire.
 //!
+//! On a Redis Cluster ([`super::redis_conn`]) names carry hash tags so that what a script or a
+//! transaction uses together shares a slot: `{p}{catalog}keys` (and `keyhash`, `key_last_used`),
+//! `{p}{usage}u:...` (every statistics key: a flush is one transaction), `{p}{admin}session:...`
+//! and `{p}{admin}sessions`, and `{p}cs:{len}:{{key id}}:{session id}` with `{p}csx:{{key id}}`
+//! (a key's sessions with their index; keys spread over the slots).
+//!
 //! Writes that must stay consistent run as Lua scripts (`lua/*.lua`, next to this file) or as one
 //! `MULTI`/`EXEC` pipeline, so each trait method is atomic and costs one round trip (usage totals:
 //! two).
@@ -34,8 +40,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Script};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
@@ -44,6 +50,7 @@ use crate::lifecycle::Tasks;
 use super::client_sessions::{MAX_AGENTS_PER_SESSION, MAX_MODELS_PER_SESSION, counter_fields, page_order};
 use super::embedded::{bucket_expiry, merge_usage_batch, now_unix, series_bucket_starts};
 use super::log::{MAX_LOG_PAGE, MAX_LOG_RECORDS, invalid_cursor, parse_stream_id};
+use super::redis_conn::{CONNECT_TIMEOUT, KeyNames, RESPONSE_TIMEOUT, RedisConn, RedisTarget};
 use super::{
     AccountRecord, AdminSession, AdminUser, AgentUsage, ApiKeyRecord, BucketKey, Dimension, Granularity, LogKind,
     LogRecord, PanelSettings, SessionBounds, SessionCursor, SessionPage, SessionUsage, Store, StoreError, StoreResult,
@@ -53,12 +60,6 @@ use super::{
 /// The prefix used when none is configured.
 pub const DEFAULT_PREFIX: &str = "relay:";
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Generous next to the client's 500 ms default: a usage flush or a long series is one big pipeline.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-const RECONNECT_RETRIES: usize = 4;
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
-
 const SUBSCRIBER_MIN_BACKOFF: Duration = Duration::from_millis(200);
 const SUBSCRIBER_MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the subscriber proves its connection is alive (a silent network loss sends no FIN).
@@ -67,8 +68,8 @@ const CHANGE_CHANNEL_CAPACITY: usize = 64;
 
 /// The Redis backend.
 pub struct RedisStore {
-    conn: ConnectionManager,
-    prefix: String,
+    conn: RedisConn,
+    names: KeyNames,
     changes: broadcast::Sender<()>,
     scripts: Scripts,
     /// The Redis `CLIENT ID` of the change subscriber's current connection (-1 if unknown).
@@ -79,7 +80,8 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.names.prefix())
+            .field("conn", &self.conn)
             .finish_non_exhaustive()
     }
 }
@@ -261,33 +263,30 @@ impl RedisStore {
     /// [`RedisStore::connect_with_prefix`], with the change subscriber owned by `tasks`: it stops
     /// at their shutdown (or when the store is dropped).
     pub async fn connect_owned(url: &str, prefix: &str, tasks: &Tasks) -> StoreResult<Self> {
-        // The URL may hold a password: never echo it.
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis URL: {:?}", e.kind())))?;
-        let client = Client::open(info.clone()).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(unavailable)?;
+        Self::connect_target(&RedisTarget::Node(url.to_string()), prefix, tasks).await
+    }
 
-        // Push messages need RESP3 (Redis 6+); the subscriber has its own connection.
-        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        let sub_client = Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
+    /// Connects to one node, a Sentinel-watched master or a Cluster (see
+    /// [`super::redis_conn`]), with the change subscriber owned by `tasks`.
+    pub async fn connect_target(target: &RedisTarget, prefix: &str, tasks: &Tasks) -> StoreResult<Self> {
+        let conn = RedisConn::connect(target, RESPONSE_TIMEOUT)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        let names = KeyNames::new(prefix, conn.is_cluster());
         let channel = format!("{prefix}changes");
         let subscriber_id = Arc::new(AtomicI64::new(-1));
-        let subscription = Subscription::open(&sub_client, &channel, &subscriber_id)
+        let source = SubscriberSource {
+            conn: conn.clone(),
+            target: target.clone(),
+        };
+        let subscription = Subscription::open(&source, 0, &channel, &subscriber_id)
             .await
             .map_err(unavailable)?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
         let task = tasks.spawn_loop(
             "redis change subscriber",
             run_subscriber(
-                sub_client,
+                source,
                 channel,
                 subscription,
                 changes.clone(),
@@ -297,7 +296,7 @@ impl RedisStore {
 
         Ok(RedisStore {
             conn,
-            prefix: prefix.to_owned(),
+            names,
             changes,
             scripts: Scripts::new(),
             subscriber_id,
@@ -305,15 +304,74 @@ impl RedisStore {
         })
     }
 
+    /// One call of `lua/add_session_usage.lua`; `index` routes it on a Cluster (every session of
+    /// the batch then has that index's key id).
+    async fn add_session_usage_in_slot(
+        &self,
+        batch: &[&SessionUsage],
+        index: Option<String>,
+        bounds: SessionBounds,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut inv = self.scripts.add_session_usage.prepare_invoke();
+        if let Some(index) = index {
+            inv.key(index);
+        }
+        let (lb, rb) = self.names.tag_braces();
+        inv.arg(self.names.prefix())
+            .arg(now)
+            .arg(bounds.retention_secs.max(1))
+            .arg(bounds.per_key.max(1))
+            .arg(MAX_MODELS_PER_SESSION)
+            .arg(MAX_AGENTS_PER_SESSION)
+            .arg(batch.len())
+            .arg(lb)
+            .arg(rb);
+        let fields = |inv: &mut redis::ScriptInvocation<'_>, c: &UsageCounters| -> StoreResult<()> {
+            let f = counter_fields(c);
+            inv.arg(f.len());
+            for (name, v) in f {
+                let v = i64::try_from(v).map_err(|_| {
+                    StoreError::Conflict(format!("usage counter {name} = {v} exceeds the Redis integer range"))
+                })?;
+                inv.arg(name).arg(v);
+            }
+            Ok(())
+        };
+        for s in batch {
+            inv.arg(&s.key_id)
+                .arg(&s.session_id)
+                .arg(s.first_seen)
+                .arg(s.last_seen)
+                .arg(s.models.len());
+            for (model, c) in &s.models {
+                inv.arg(model);
+                fields(&mut inv, c)?;
+            }
+            fields(&mut inv, &s.main)?;
+            fields(&mut inv, &s.other_agents)?;
+            inv.arg(s.agents.len());
+            for (id, a) in &s.agents {
+                inv.arg(id)
+                    .arg(a.parent.as_deref().unwrap_or(""))
+                    .arg(a.first_seen)
+                    .arg(a.last_seen);
+                fields(&mut inv, &a.usage)?;
+            }
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.names.prefix()
     }
 
     /// The coordination state (sticky sessions, leases, account health) on the same connection
     /// and prefix.
     pub fn coordination(&self) -> super::redis_coord::RedisCoordination {
-        super::redis_coord::RedisCoordination::new(self.conn.clone(), &self.prefix)
+        super::redis_coord::RedisCoordination::new(self.conn.clone(), self.names.clone())
     }
 
     /// The Redis `CLIENT ID` of the connection that listens for changes, if known (the server may
@@ -345,62 +403,66 @@ impl RedisStore {
     }
 
     fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+        self.names.plain(name)
+    }
+
+    /// The key catalog (`keys`, `keyhash`, `key_last_used`): its scripts use all three.
+    fn catalog(&self, name: &str) -> String {
+        self.names.grouped("catalog", name)
+    }
+
+    /// What every usage statistics key starts with. A usage flush is one transaction, so on a
+    /// Cluster the statistics share one slot (they are written once per flush interval, not per
+    /// request).
+    fn usage_head(&self) -> String {
+        self.names.grouped("usage", "u:")
     }
 
     fn usage_key(&self, d: Dimension, g: Granularity, start: i64, subject: &str) -> String {
-        format!("{}u:{}:{}:{start}:{subject}", self.prefix, d.as_str(), g.as_str())
+        format!("{}{}:{}:{start}:{subject}", self.usage_head(), d.as_str(), g.as_str())
     }
 
     fn subjects_key(&self, d: Dimension) -> String {
-        format!("{}u:subjects:{}", self.prefix, d.as_str())
+        format!("{}subjects:{}", self.usage_head(), d.as_str())
     }
 
     /// One client session's hash. The key id's length makes the name unambiguous whatever either
-    /// id contains.
+    /// id contains; on a Cluster the key id is the hash tag (a key's sessions share its index's
+    /// slot).
     fn client_session_key(&self, key_id: &str, session_id: &str) -> String {
-        format!("{}cs:{}:{key_id}:{session_id}", self.prefix, key_id.len())
+        format!(
+            "{}cs:{}:{}:{session_id}",
+            self.names.prefix(),
+            key_id.len(),
+            self.names.tag(key_id)
+        )
     }
 
     fn client_session_index(&self, key_id: &str) -> String {
-        format!("{}csx:{key_id}", self.prefix)
+        format!("{}csx:{}", self.names.prefix(), self.names.tag(key_id))
     }
 
+    /// An admin session and the index of them share a slot on a Cluster.
     fn session_key(&self, token_hash: &str) -> String {
-        format!("{}session:{token_hash}", self.prefix)
+        self.names.grouped("admin", &format!("session:{token_hash}"))
+    }
+
+    fn sessions_index(&self) -> String {
+        self.names.grouped("admin", "sessions")
     }
 
     fn log_key(&self, kind: LogKind) -> String {
-        format!("{}log:{}", self.prefix, kind.as_str())
+        self.key(&format!("log:{}", kind.as_str()))
     }
 
-    /// Every key name matching the glob `pattern` (SCAN, so Redis is never blocked for long).
+    /// Every key name matching the glob `pattern` (SCAN, so Redis is never blocked for long; every
+    /// master of a Cluster).
     async fn scan(&self, pattern: &str) -> StoreResult<Vec<String>> {
-        let mut out = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
-            out.extend(names);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+        self.conn.scan(pattern).await.map_err(unavailable)
     }
 
-    /// A handle on the shared multiplexed connection (cheap to clone; reconnects by itself).
-    fn conn(&self) -> ConnectionManager {
+    /// A handle on the shared connection (cheap to clone; reconnects by itself).
+    fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -411,7 +473,7 @@ impl RedisStore {
         id: &str,
     ) -> StoreResult<Option<T>> {
         let json: Option<String> = redis::cmd("HGET")
-            .arg(self.key(hash))
+            .arg(hash)
             .arg(id)
             .query_async(&mut self.conn())
             .await
@@ -422,7 +484,7 @@ impl RedisStore {
     /// Stores a JSON record under `id` in the hash `hash`.
     async fn hset_json(&self, hash: &str, id: &str, json: String) -> StoreResult<()> {
         let _: i64 = redis::cmd("HSET")
-            .arg(self.key(hash))
+            .arg(hash)
             .arg(id)
             .arg(json)
             .query_async(&mut self.conn())
@@ -434,7 +496,7 @@ impl RedisStore {
     /// Removes `id` from the hash `hash`; whether it was there.
     async fn hdel(&self, hash: &str, id: &str) -> StoreResult<bool> {
         let n: i64 = redis::cmd("HDEL")
-            .arg(self.key(hash))
+            .arg(hash)
             .arg(id)
             .query_async(&mut self.conn())
             .await
@@ -444,7 +506,7 @@ impl RedisStore {
 
     async fn hgetall_json<T: serde::de::DeserializeOwned>(&self, hash: &str, what: &str) -> StoreResult<Vec<T>> {
         let rows: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.key(hash))
+            .arg(hash)
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -469,11 +531,11 @@ impl Store for RedisStore {
     // --- API keys ---
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
-        self.hgetall_json("keys", "api key").await
+        self.hgetall_json(&self.catalog("keys"), "api key").await
     }
 
     async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        self.hget_json("keys", "api key", id).await
+        self.hget_json(&self.catalog("keys"), "api key", id).await
     }
 
     async fn put_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
@@ -481,8 +543,8 @@ impl Store for RedisStore {
         let reply: Vec<String> = self
             .scripts
             .put_api_key
-            .key(self.key("keys"))
-            .key(self.key("keyhash"))
+            .key(self.catalog("keys"))
+            .key(self.catalog("keyhash"))
             .arg(&key.id)
             .arg(&key.key_hash)
             .arg(json)
@@ -504,9 +566,9 @@ impl Store for RedisStore {
         let deleted: i64 = self
             .scripts
             .delete_api_key
-            .key(self.key("keys"))
-            .key(self.key("keyhash"))
-            .key(self.key("key_last_used"))
+            .key(self.catalog("keys"))
+            .key(self.catalog("keyhash"))
+            .key(self.catalog("key_last_used"))
             .arg(id)
             .invoke_async(&mut self.conn())
             .await
@@ -518,8 +580,8 @@ impl Store for RedisStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut invocation = self.scripts.touch_api_keys.key(self.key("key_last_used"));
-        invocation.key(self.key("keys"));
+        let mut invocation = self.scripts.touch_api_keys.key(self.catalog("key_last_used"));
+        invocation.key(self.catalog("keys"));
         for (id, at) in uses {
             invocation.arg(id).arg(*at);
         }
@@ -529,7 +591,7 @@ impl Store for RedisStore {
 
     async fn api_key_last_used(&self) -> StoreResult<BTreeMap<String, i64>> {
         let rows: HashMap<String, i64> = redis::cmd("HGETALL")
-            .arg(self.key("key_last_used"))
+            .arg(self.catalog("key_last_used"))
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -539,20 +601,20 @@ impl Store for RedisStore {
     // --- accounts ---
 
     async fn list_accounts(&self) -> StoreResult<Vec<AccountRecord>> {
-        self.hgetall_json("accounts", "account").await
+        self.hgetall_json(&self.key("accounts"), "account").await
     }
 
     async fn get_account(&self, id: &str) -> StoreResult<Option<AccountRecord>> {
-        self.hget_json("accounts", "account", id).await
+        self.hget_json(&self.key("accounts"), "account", id).await
     }
 
     async fn put_account(&self, account: &AccountRecord) -> StoreResult<()> {
-        self.hset_json("accounts", &account.id, to_json("account", account)?)
+        self.hset_json(&self.key("accounts"), &account.id, to_json("account", account)?)
             .await
     }
 
     async fn delete_account(&self, id: &str) -> StoreResult<bool> {
-        self.hdel("accounts", id).await
+        self.hdel(&self.key("accounts"), id).await
     }
 
     // --- usage statistics ---
@@ -682,7 +744,7 @@ impl Store for RedisStore {
     }
 
     async fn dump_usage(&self) -> StoreResult<Vec<(BucketKey, UsageCounters)>> {
-        let head = self.key("u:");
+        let head = self.usage_head();
         let mut buckets = Vec::new();
         for name in self.scan(&format!("{}*", glob_escape(&head))).await? {
             if let Some(bk) = name.strip_prefix(&head).and_then(parse_usage_name) {
@@ -707,10 +769,10 @@ impl Store for RedisStore {
     }
 
     async fn clear_usage(&self) -> StoreResult<u64> {
-        let head = self.key("u:");
+        let head = self.usage_head();
         let mut deleted = 0u64;
-        for pattern in ["u:", "cs:", "csx:"] {
-            let names = self.scan(&format!("{}*", glob_escape(&self.key(pattern)))).await?;
+        for prefix in [head.clone(), self.key("cs:"), self.key("csx:")] {
+            let names = self.scan(&format!("{}*", glob_escape(&prefix))).await?;
             deleted += names
                 .iter()
                 .filter(|n| n.strip_prefix(&head).and_then(parse_usage_name).is_some())
@@ -737,47 +799,20 @@ impl Store for RedisStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut inv = self.scripts.add_session_usage.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(now)
-            .arg(bounds.retention_secs.max(1))
-            .arg(bounds.per_key.max(1))
-            .arg(MAX_MODELS_PER_SESSION)
-            .arg(MAX_AGENTS_PER_SESSION)
-            .arg(batch.len());
-        let fields = |inv: &mut redis::ScriptInvocation<'_>, c: &UsageCounters| -> StoreResult<()> {
-            let f = counter_fields(c);
-            inv.arg(f.len());
-            for (name, v) in f {
-                let v = i64::try_from(v).map_err(|_| {
-                    StoreError::Conflict(format!("usage counter {name} = {v} exceeds the Redis integer range"))
-                })?;
-                inv.arg(name).arg(v);
-            }
-            Ok(())
-        };
-        for s in batch {
-            inv.arg(&s.key_id)
-                .arg(&s.session_id)
-                .arg(s.first_seen)
-                .arg(s.last_seen)
-                .arg(s.models.len());
-            for (model, c) in &s.models {
-                inv.arg(model);
-                fields(&mut inv, c)?;
-            }
-            fields(&mut inv, &s.main)?;
-            fields(&mut inv, &s.other_agents)?;
-            inv.arg(s.agents.len());
-            for (id, a) in &s.agents {
-                inv.arg(id)
-                    .arg(a.parent.as_deref().unwrap_or(""))
-                    .arg(a.first_seen)
-                    .arg(a.last_seen);
-                fields(&mut inv, &a.usage)?;
-            }
+        if !self.names.cluster() {
+            let all: Vec<&SessionUsage> = batch.iter().collect();
+            return self.add_session_usage_in_slot(&all, None, bounds, now).await;
         }
-        let _: i64 = inv.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        // On a Cluster a script's keys share one slot: one call per key id.
+        let mut by_key: BTreeMap<&str, Vec<&SessionUsage>> = BTreeMap::new();
+        for s in batch {
+            by_key.entry(s.key_id.as_str()).or_default().push(s);
+        }
+        for (key_id, sessions) in by_key {
+            let index = self.client_session_index(key_id);
+            self.add_session_usage_in_slot(&sessions, Some(index), bounds, now)
+                .await?;
+        }
         Ok(())
     }
 
@@ -852,7 +887,7 @@ impl Store for RedisStore {
             .arg(session.expires_at)
             .ignore()
             .cmd("ZADD")
-            .arg(self.key("sessions"))
+            .arg(self.sessions_index())
             .arg(session.expires_at)
             .arg(token_hash)
             .ignore()
@@ -881,7 +916,7 @@ impl Store for RedisStore {
             .arg(self.session_key(token_hash))
             .ignore()
             .cmd("ZREM")
-            .arg(self.key("sessions"))
+            .arg(self.sessions_index())
             .arg(token_hash)
             .ignore()
             .query_async(&mut self.conn())
@@ -891,7 +926,7 @@ impl Store for RedisStore {
     }
 
     async fn list_sessions(&self, now: i64) -> StoreResult<Vec<(String, AdminSession)>> {
-        let index = self.key("sessions");
+        let index = self.sessions_index();
         // Expired entries leave the index here (their strings expire by themselves).
         let (hashes,): (Vec<String>,) = redis::pipe()
             .cmd("ZREMRANGEBYSCORE")
@@ -953,20 +988,20 @@ impl Store for RedisStore {
     // --- admin users ---
 
     async fn list_admin_users(&self) -> StoreResult<Vec<AdminUser>> {
-        self.hgetall_json("admin_users", "admin user").await
+        self.hgetall_json(&self.key("admin_users"), "admin user").await
     }
 
     async fn get_admin_user(&self, username: &str) -> StoreResult<Option<AdminUser>> {
-        self.hget_json("admin_users", "admin user", username).await
+        self.hget_json(&self.key("admin_users"), "admin user", username).await
     }
 
     async fn put_admin_user(&self, user: &AdminUser) -> StoreResult<()> {
-        self.hset_json("admin_users", &user.username, to_json("admin user", user)?)
+        self.hset_json(&self.key("admin_users"), &user.username, to_json("admin user", user)?)
             .await
     }
 
     async fn delete_admin_user(&self, username: &str) -> StoreResult<bool> {
-        self.hdel("admin_users", username).await
+        self.hdel(&self.key("admin_users"), username).await
     }
 
     // --- bounded logs ---
@@ -1080,6 +1115,12 @@ impl Store for RedisStore {
 
 // --- the change subscriber ---
 
+/// Where the change subscriber connects (again): see [`RedisConn::subscriber_client`].
+struct SubscriberSource {
+    conn: RedisConn,
+    target: RedisTarget,
+}
+
 /// A RESP3 connection subscribed to the change channel; messages arrive as pushes.
 struct Subscription {
     conn: MultiplexedConnection,
@@ -1087,7 +1128,13 @@ struct Subscription {
 }
 
 impl Subscription {
-    async fn open(client: &Client, channel: &str, client_id: &AtomicI64) -> redis::RedisResult<Self> {
+    async fn open(
+        source: &SubscriberSource,
+        attempt: usize,
+        channel: &str,
+        client_id: &AtomicI64,
+    ) -> redis::RedisResult<Self> {
+        let client: Client = source.conn.subscriber_client(&source.target, attempt).await?;
         let (tx, pushes) = mpsc::unbounded_channel();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -1131,7 +1178,7 @@ impl Subscription {
 /// resubscribes with exponential backoff. After a reconnection it reports one change, since changes
 /// published while it was away were missed and receivers should reload.
 async fn run_subscriber(
-    client: Client,
+    source: SubscriberSource,
     channel: String,
     mut subscription: Subscription,
     changes: broadcast::Sender<()>,
@@ -1141,9 +1188,11 @@ async fn run_subscriber(
         subscription.forward(&changes).await;
         tracing::warn!(channel = %channel, "redis change subscription lost; reconnecting");
         let mut backoff = SUBSCRIBER_MIN_BACKOFF;
+        let mut attempt = 0usize;
         subscription = loop {
             tokio::time::sleep(backoff).await;
-            match Subscription::open(&client, &channel, &client_id).await {
+            attempt += 1;
+            match Subscription::open(&source, attempt, &channel, &client_id).await {
                 Ok(s) => break s,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis change subscription: reconnect failed");

@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
+
+use super::redis_conn::{KeyNames, RedisConn};
 
 use super::coord::{AccountHealth, Coordination};
 use super::{StoreError, StoreResult};
 
 pub struct RedisCoordination {
-    conn: ConnectionManager,
-    prefix: String,
+    conn: RedisConn,
+    names: KeyNames,
     acquire: Script,
     renew: Script,
     count: Script,
@@ -33,10 +34,10 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl RedisCoordination {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: RedisConn, names: KeyNames) -> Self {
         RedisCoordination {
             conn,
-            prefix: prefix.to_string(),
+            names,
             acquire: Script::new(include_str!("lua/lease_acquire.lua")),
             renew: Script::new(include_str!("lua/lease_renew.lua")),
             count: Script::new(include_str!("lua/lease_count.lua")),
@@ -45,23 +46,23 @@ impl RedisCoordination {
     }
 
     fn sticky_key(&self, session: &str) -> String {
-        format!("{}sticky:{session}", self.prefix)
+        self.names.plain(&format!("sticky:{session}"))
     }
 
     fn lease_key(&self, scope: &str) -> String {
-        format!("{}lease:{scope}", self.prefix)
+        self.names.plain(&format!("lease:{scope}"))
     }
 
     fn health_key(&self) -> String {
-        format!("{}health", self.prefix)
+        self.names.plain("health")
     }
 
     fn live_key(&self) -> String {
-        format!("{}live", self.prefix)
+        self.names.plain("live")
     }
 
     fn claim_key(&self, key: &str) -> String {
-        format!("{}claim:{key}", self.prefix)
+        self.names.plain(&format!("claim:{key}"))
     }
 }
 
@@ -119,13 +120,22 @@ impl Coordination for RedisCoordination {
             return Ok(());
         }
         let mut c = self.conn.clone();
-        let mut inv = self.renew.prepare_invoke();
-        inv.arg(ms(ttl));
-        for (scope, holder) in leases {
-            inv.key(self.lease_key(scope));
-            inv.arg(holder);
+        // On a Cluster a script's keys share one slot: one call per lease set there.
+        let groups: Vec<&[(String, String)]> = if self.names.cluster() {
+            leases.chunks(1).collect()
+        } else {
+            vec![leases]
+        };
+        for group in groups {
+            let mut inv = self.renew.prepare_invoke();
+            inv.arg(ms(ttl));
+            for (scope, holder) in group {
+                inv.key(self.lease_key(scope));
+                inv.arg(holder);
+            }
+            inv.invoke_async::<i64>(&mut c).await.map_err(unavailable)?;
         }
-        inv.invoke_async::<i64>(&mut c).await.map(|_| ()).map_err(unavailable)
+        Ok(())
     }
 
     async fn lease_count(&self, scope: &str) -> StoreResult<u32> {

@@ -12,6 +12,7 @@ pub mod mock;
 pub mod oauth_mock;
 pub mod openai_mock;
 pub mod proxies;
+pub mod redis_servers;
 pub mod scripted;
 pub mod serve;
 pub mod tee;

@@ -1,14 +1,17 @@
 -- Adds usage to client sessions and keeps each touched key's sessions bounded, atomically.
 --
+-- KEYS: none, or on a Redis Cluster the index of the one key id the batch holds (for routing).
 -- ARGV: prefix, now, retention (s), per_key, max models per session, max agents per session,
--- session count, then per session:
+-- session count, the strings around a key id ('{' and '}' on a Cluster, so that a key's
+-- sessions and its index share a slot; else empty), then per session:
 --   key id, session id, first seen, last seen,
 --   model count, then per model: name, field count, (field, value)*,
 --   main field count, (field, value)*, other-agents field count, (field, value)*,
 --   agent count, then per agent: id, parent ('' for none), first seen, last seen,
 --     field count, (field, value)*
 --
--- A session is the hash {prefix}cs:{#key id}:{key id}:{session id}:
+-- A session is the hash {prefix}cs:{#key id}:{key id}:{session id} (the key id tagged on a
+-- Cluster):
 --   first, last                 Unix seconds
 --   models, agents              how many model names / named agents it keeps apart
 --   m:{field}:{model}           counters by model (beyond the cap, model `other`)
@@ -26,8 +29,10 @@ local per_key = tonumber(ARGV[4])
 local max_models = tonumber(ARGV[5])
 local max_agents = tonumber(ARGV[6])
 local count = tonumber(ARGV[7])
+local lb = ARGV[8]
+local rb = ARGV[9]
 local cutoff = now - retention
-local i = 8
+local i = 10
 
 local function nxt()
   local v = ARGV[i]
@@ -36,7 +41,7 @@ local function nxt()
 end
 
 local function hname(key_id, sid)
-  return prefix .. 'cs:' .. #key_id .. ':' .. key_id .. ':' .. sid
+  return prefix .. 'cs:' .. #key_id .. ':' .. lb .. key_id .. rb .. ':' .. sid
 end
 
 local function add_fields(h, before, after)
@@ -120,12 +125,12 @@ for _ = 1, count do
   end
 
   redis.call('EXPIREAT', h, string.format('%d', cur_last + retention))
-  redis.call('ZADD', prefix .. 'csx:' .. key_id, string.format('%d', cur_last), sid)
+  redis.call('ZADD', prefix .. 'csx:' .. lb .. key_id .. rb, string.format('%d', cur_last), sid)
   touched[key_id] = true
 end
 
 for key_id, _ in pairs(touched) do
-  local idx = prefix .. 'csx:' .. key_id
+  local idx = prefix .. 'csx:' .. lb .. key_id .. rb
   local function drop(members)
     for _, sid in ipairs(members) do
       redis.call('DEL', hname(key_id, sid))
