@@ -165,20 +165,26 @@ struct KeyQueue {
 /// Marks a request as admitted (the later limit filters skip).
 struct Admitted;
 
-/// Holds a concurrency slot; releasing it on drop, whatever way the request ended.
+/// Holds a concurrency slot. Completion takes it and frees it with the settlement (one backend
+/// call for both); if the request ends without completing, the drop releases it.
 struct SlotGuard {
     limits: Arc<dyn LimitBackend>,
     key_id: Arc<str>,
-    holder: String,
-    queue: Option<Arc<KeyQueue>>,
+    held: Mutex<Option<(String, Option<Arc<KeyQueue>>)>>,
+}
+
+impl SlotGuard {
+    /// The slot's holder and the key's local queue, if the slot is still held.
+    fn take(&self) -> Option<(String, Option<Arc<KeyQueue>>)> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
+        let Some((holder, queue)) = self.take() else { return };
         let limits = self.limits.clone();
         let key_id = self.key_id.clone();
-        let holder = std::mem::take(&mut self.holder);
-        let queue = self.queue.take();
         run_from_drop(async move {
             // A failed release is logged by the backend; the slot's lease then runs out.
             let _ = limits.release(&key_id, &holder).await;
@@ -387,8 +393,7 @@ impl Group {
             holds.push(Box::new(SlotGuard {
                 limits: self.limits.clone(),
                 key_id: key.id.clone(),
-                holder,
-                queue: (c.queue > 0).then(|| self.queue(&key.id)),
+                held: Mutex::new(Some((holder, (c.queue > 0).then(|| self.queue(&key.id))))),
             }));
         }
         Ok(())
@@ -442,6 +447,11 @@ impl Filter for LimitFilter {
             .iter()
             .find_map(|h| (**h).downcast_ref::<ReservationGuard>())
             .and_then(ReservationGuard::take);
+        let slot = cx
+            .holds
+            .iter()
+            .find_map(|h| (**h).downcast_ref::<SlotGuard>())
+            .and_then(SlotGuard::take);
         let p = &key.policy;
         let rate = enabled & RATE != 0
             && p.rate_limit
@@ -449,14 +459,24 @@ impl Filter for LimitFilter {
                 .is_some_and(|r| r.tokens.is_some() || r.cost_nanos.is_some());
         let spend = enabled & COST != 0 && p.cost_limits.is_some();
         let charge = (rate || spend) && (cx.tokens != 0 || cx.cost_nanos != 0);
-        if charge || reservation.is_some() {
+        if charge || reservation.is_some() || slot.is_some() {
             let (tokens, cost) = if charge { (cx.tokens, cx.cost_nanos) } else { (0, 0) };
-            // A failed settlement is logged by the backend (a reservation then runs out).
+            // A failed settlement is logged by the backend (a reservation or slot then runs out).
             let _ = self
                 .group
                 .limits
-                .settle(&scoped_key(key, enabled), reservation.as_ref(), tokens, cost, now_ms())
+                .settle(
+                    &scoped_key(key, enabled),
+                    reservation.as_ref(),
+                    slot.as_ref().map(|(holder, _)| holder.as_str()),
+                    tokens,
+                    cost,
+                    now_ms(),
+                )
                 .await;
+        }
+        if let Some((_, Some(queue))) = slot {
+            queue.freed.notify_waiters();
         }
     }
 }
@@ -509,12 +529,16 @@ mod tests {
             &self,
             key: &ClientKey,
             reservation: Option<&Reservation>,
+            slot: Option<&str>,
             tokens: u64,
             cost: u64,
             now: i64,
         ) -> Result<(), String> {
             if let Some(r) = reservation {
                 self.settled.lock().unwrap().push((r.holder.clone(), tokens));
+            }
+            if let Some(holder) = slot {
+                self.release(&key.id, holder).await?;
             }
             self.charge(key, tokens, cost, now).await
         }

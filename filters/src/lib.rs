@@ -201,18 +201,23 @@ pub trait LimitBackend: Send + Sync {
     async fn admit(&self, key: &ClientKey, holder: &str, reserve_nanos: u64, now_ms: i64) -> Result<Admission, String>;
     /// Adds a finished request's tokens and cost to the key's windows and spend.
     async fn charge(&self, key: &ClientKey, tokens: u64, cost_nanos: u64, now_ms: i64) -> Result<(), String>;
-    /// Charges a finished request and frees its reservation, in one call (one round trip).
+    /// Charges a finished request, frees its reservation and its concurrency slot (`slot`: the
+    /// holder it was admitted with), in one call (one round trip).
     async fn settle(
         &self,
         key: &ClientKey,
         reservation: Option<&Reservation>,
+        slot: Option<&str>,
         tokens: u64,
         cost_nanos: u64,
         now_ms: i64,
     ) -> Result<(), String> {
         self.charge(key, tokens, cost_nanos, now_ms).await?;
-        match reservation {
-            Some(r) => self.unreserve(&key.id, r).await,
+        if let Some(r) = reservation {
+            self.unreserve(&key.id, r).await?;
+        }
+        match slot {
+            Some(holder) => self.release(&key.id, holder).await,
             None => Ok(()),
         }
     }

@@ -327,13 +327,14 @@ impl LimitBackend for MemoryLimits {
     }
 
     async fn charge(&self, key: &ClientKey, tokens: u64, cost_nanos: u64, now_ms: i64) -> Result<(), String> {
-        self.settle(key, None, tokens, cost_nanos, now_ms).await
+        self.settle(key, None, None, tokens, cost_nanos, now_ms).await
     }
 
     async fn settle(
         &self,
         key: &ClientKey,
         reservation: Option<&Reservation>,
+        slot: Option<&str>,
         tokens: u64,
         cost_nanos: u64,
         now_ms: i64,
@@ -342,6 +343,9 @@ impl LimitBackend for MemoryLimits {
         let now_s = now_ms.div_euclid(1000);
         let mut map = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let c = map.entry(key.id.clone()).or_default();
+        if let Some(holder) = slot {
+            c.slots.remove(holder);
+        }
         if let Some(r) = reservation
             && let Some(amount) = c.reservations.remove(&r.holder)
         {
@@ -515,7 +519,7 @@ mod tests {
             holder: "a".into(),
             nanos: 600,
         };
-        m.settle(&k, Some(&res), 10, 500, T0).await.unwrap();
+        m.settle(&k, Some(&res), None, 10, 500, T0).await.unwrap();
         assert_eq!(reserved(&m.admit(&k, "d", 500, T0).await.unwrap()), Some(0));
         m.unreserve(
             "k",

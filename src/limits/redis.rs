@@ -13,8 +13,9 @@
 //!
 //! Round trips: an admission is one Lua script (`lua/admit.lua`: every cap, window, the slot and
 //! the reservation, taken only when all pass, on the server's clock `TIME`); settling a finished
-//! request is one script (`lua/settle.lua`: frees its reservation and charges its tokens and cost,
-//! after the response, off the request's critical path); a release is one `ZREM`. The first
+//! request is one script (`lua/settle.lua`: frees its reservation and its concurrency slot and
+//! charges its tokens and cost, after the response); a request that ends without settling (cut
+//! before completion) releases its slot with one `ZREM`. The first
 //! admission of a key with spend caps on a day also reads its recorded spend from the usage
 //! statistics ([`super::SpendSeeds`]: one more pipeline per granularity, once).
 //!
@@ -27,8 +28,8 @@
 //! Concurrency slots and spend reservations are leases. Each is taken for the lease time (60 s, or
 //! `RELAY_CONCURRENCY_LEASE_TTL`, e.g. `5s`, read once at start) and this instance renews the ones
 //! it holds every third of it in one script call, so a stream may run as long as it likes while
-//! the slots and reservations of an instance that died come back within one lease time. The
-//! release of a slot is one `ZREM` from the request's guard; if it fails, or the request was
+//! the slots and reservations of an instance that died come back within one lease time. A slot is
+//! freed by the settlement, or by one `ZREM` from the request's guard; if that fails, or the request was
 //! cancelled after Redis gave it the slot but before it heard so, the lease runs out.
 //!
 //! This backend opens its own multiplexed connection, so an admission never waits behind a large
@@ -263,13 +264,14 @@ impl LimitBackend for RedisLimits {
     }
 
     async fn charge(&self, key: &ClientKey, tokens: u64, cost_nanos: u64, now_ms: i64) -> Result<(), String> {
-        self.settle(key, None, tokens, cost_nanos, now_ms).await
+        self.settle(key, None, None, tokens, cost_nanos, now_ms).await
     }
 
     async fn settle(
         &self,
         key: &ClientKey,
         reservation: Option<&Reservation>,
+        slot: Option<&str>,
         tokens: u64,
         cost_nanos: u64,
         _now_ms: i64,
@@ -280,8 +282,11 @@ impl LimitBackend for RedisLimits {
             _ => (0, 0),
         };
         let spend = p.cost_limits.is_some() && cost_nanos > 0;
-        if reservation.is_none() && ((mode == 0 && !spend) || (tokens == 0 && cost_nanos == 0)) {
+        if reservation.is_none() && slot.is_none() && ((mode == 0 && !spend) || (tokens == 0 && cost_nanos == 0)) {
             return Ok(());
+        }
+        if let Some(holder) = slot {
+            self.held().remove(&(self.key("slots", &key.id), holder.to_string()));
         }
         let member = match reservation {
             Some(r) => {
@@ -297,6 +302,7 @@ impl LimitBackend for RedisLimits {
             .key(self.key("spend", &key.id))
             .key(self.key("reserved", &key.id))
             .key(self.key("rolling", &key.id))
+            .key(self.key("slots", &key.id))
             .arg(int(tokens))
             .arg(int(cost_nanos))
             .arg(mode)
@@ -304,6 +310,7 @@ impl LimitBackend for RedisLimits {
             .arg(i64::from(spend))
             .arg(member)
             .arg(reservation.map_or("", |r| r.holder.as_str()))
+            .arg(slot.unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await;
         done.map(|_| ()).map_err(|e| {

@@ -1,15 +1,19 @@
--- Settles one finished request of one key: frees its reservation and charges its tokens and cost
--- to the key's rate window and spend, in one call. Server clock.
+-- Settles one finished request of one key: frees its reservation and its concurrency slot and
+-- charges its tokens and cost to the key's rate window and spend, in one call. Server clock.
 --
--- KEYS[1] rate window hash, KEYS[2] spend hash, KEYS[3] reservations, KEYS[4] rolling entries
--- (as in admit.lua)
+-- KEYS[1] rate window hash, KEYS[2] spend hash, KEYS[3] reservations, KEYS[4] rolling entries,
+-- KEYS[5] concurrency slots (as in admit.lua)
 -- ARGV: 1 tokens, 2 cost (nano-USD), 3 rate window (0: none or not charged, 1 fixed, 2 rolling),
---       4 window ms, 5 spend caps present (0/1), 6 reservation member ('': none), 7 holder
+--       4 window ms, 5 spend caps present (0/1), 6 reservation member ('': none), 7 holder,
+--       8 the slot's holder ('': no slot to free)
 -- A fixed window's charge lands in the window the hash holds (a request that outlived its window
 -- counts in the one it was admitted in); a rolling window's at the time of the charge.
 redis.replicate_commands()
 if ARGV[6] ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[6])
+end
+if ARGV[8] ~= '' then
+  redis.call('ZREM', KEYS[5], ARGV[8])
 end
 local tokens, cost = ARGV[1], ARGV[2]
 if tokens == '0' and cost == '0' then return 0 end
