@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use claude_relay::config::Config;
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
