@@ -27,7 +27,8 @@ const browser = await chromium.launch({
 const pageErrors = []
 async function context(opts = {}) {
   const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 860 }, acceptDownloads: true, ...opts })
-  ctx.setDefaultTimeout(8000)
+  // Generous: in CI the browser shares two cores with the rest of the test suite.
+  ctx.setDefaultTimeout(20000)
   return ctx
 }
 async function page(ctx) {
