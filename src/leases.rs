@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::lifecycle::Tasks;
-use crate::store::coord::Coordination;
+use crate::store::coord::{Coordination, LeaseAsk};
 
 /// Lifetime of a lease without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -36,19 +36,47 @@ impl Leases {
     pub async fn acquire(self: &Arc<Self>, scope: String, limit: u32) -> Result<Option<LeaseGuard>, String> {
         let holder = uuid::Uuid::new_v4().simple().to_string();
         match self.coord.lease_acquire(&scope, &holder, limit, LEASE_TTL).await {
-            Ok(true) => {
-                self.held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((scope.clone(), holder.clone()));
-                Ok(Some(LeaseGuard {
-                    leases: self.clone(),
-                    scope,
-                    holder,
-                }))
-            }
+            Ok(true) => Ok(Some(self.guard(scope, holder))),
             Ok(false) => Ok(None),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Looks up a sticky session (renewing it for `ttl`) and, unless it is bound to another
+    /// account than `account`, takes a slot of `scope` for this request: one round trip on Redis.
+    /// Returns the binding and the slot (`None` when the scope is full or it was not asked for).
+    pub async fn acquire_with_sticky(
+        self: &Arc<Self>,
+        session: &str,
+        ttl: Duration,
+        account: &str,
+        scope: String,
+        limit: u32,
+    ) -> Result<(Option<String>, Option<LeaseGuard>), String> {
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        let ask = LeaseAsk {
+            account,
+            scope: &scope,
+            holder: &holder,
+            limit,
+            ttl: LEASE_TTL,
+        };
+        match self.coord.sticky_get_and_lease(session, ttl, &ask).await {
+            Ok((bound, true)) => Ok((bound, Some(self.guard(scope, holder)))),
+            Ok((bound, false)) => Ok((bound, None)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn guard(self: &Arc<Self>, scope: String, holder: String) -> LeaseGuard {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((scope.clone(), holder.clone()));
+        LeaseGuard {
+            leases: self.clone(),
+            scope,
+            holder,
         }
     }
 

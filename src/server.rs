@@ -341,6 +341,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
             evidence_window: config.scheduler.failover.evidence_window.0,
         },
         tasks: tasks.clone(),
+        sticky_hints: Default::default(),
     };
     let shared = crate::credentials::Shared {
         secrets: secrets.clone(),

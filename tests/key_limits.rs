@@ -1511,8 +1511,10 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// With every limit set, one request costs one admission script on Redis and, after the
-/// response, one settlement script (charge, reservation and concurrency slot together). Counted twice: `INFO commandstats` before and
+/// With every limit set, a sticky session and an account with a concurrency cap, one request
+/// costs two scripts on Redis before the upstream (the key's admission; the session's binding
+/// with the account's lease) and, after the response, one settlement script (charge, reservation
+/// and concurrency slot together) and the account lease's `ZREM`. Counted twice: `INFO commandstats` before and
 /// after, and `MONITOR` to tell the admission script from the other scripts the relay runs.
 #[tokio::test]
 async fn one_redis_round_trip_admits_a_request_with_every_limit() {
@@ -1530,17 +1532,29 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
              cost_limits: { daily_usd: 1000, weekly_usd: 1000, total_usd: 1000 }, \
              concurrency: { limit: 8, queue: 4, queue_timeout_ms: 1000 }",
         )],
+    )
+    .replacen(
+        "api_key: sk-ant-api03-upstream-main",
+        "api_key: sk-ant-api03-upstream-main, max_concurrency: 50",
+        1,
     );
+    assert!(yaml.contains("max_concurrency: 50"));
     let relay = RelayProcess::start(&yaml).await;
     // Warm-up: loads the scripts and reads the key's recorded spend once.
     for _ in 0..2 {
-        assert_eq!(complete(&relay, "all").await, 200);
+        let r = send(&relay, "all", &[("x-claude-code-session-id", "rt-session")], BODY).await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let admit_sha = redis::Script::new(include_str!("../src/limits/lua/admit.lua"))
         .get_hash()
         .to_string();
     let settle_sha = redis::Script::new(include_str!("../src/limits/lua/settle.lua"))
+        .get_hash()
+        .to_string();
+    let sticky_lease_sha = redis::Script::new(include_str!("../src/store/lua/sticky_lease.lua"))
         .get_hash()
         .to_string();
     let monitor_log = relay.dir.path().join("monitor.log");
@@ -1561,7 +1575,7 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     const N: u64 = 40;
     for i in 0..N {
         let body = if i % 2 == 0 { BODY } else { STREAM_BODY };
-        let r = send(&relay, "all", &[], body).await;
+        let r = send(&relay, "all", &[("x-claude-code-session-id", "rt-session")], body).await;
         assert_eq!(r.status(), 200);
         let _ = r.bytes().await.unwrap();
     }
@@ -1590,10 +1604,13 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     let all_scripts = count(&|l| l.contains("\"evalsha\"") || l.contains("\"eval\""));
     let releases = count(&|l| l.contains("\"zrem\"") && l.contains("limit:slots:"));
     let settles = count(&|l| l.contains("\"evalsha\"") && l.contains(&settle_sha));
+    let sticky_leases = count(&|l| l.contains("\"evalsha\"") && l.contains(&sticky_lease_sha));
+    let lease_releases = count(&|l| l.contains("\"zrem\"") && l.contains("lease:account:"));
     println!(
         "{N} requests: {scripts} script calls in commandstats ({admissions} admissions, {settles} settlements, \
-         {} others: usage flushes); {releases} separate releases",
-        all_scripts - admissions - settles
+         {sticky_leases} bindings with leases, {} others: usage flushes); {releases} separate releases, \
+         {lease_releases} account lease releases",
+        all_scripts - admissions - settles - sticky_leases
     );
     assert_eq!(admissions, N, "exactly one admission script per request");
     assert_eq!(
@@ -1605,9 +1622,14 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
         "one settlement (reservation freed, usage charged) per request"
     );
     assert_eq!(releases, 0, "the settlement frees the slot: no release of its own");
+    assert_eq!(
+        sticky_leases, N,
+        "one script for the session's binding and the account's lease per request"
+    );
+    assert_eq!(lease_releases, N, "one account lease release per request");
     // Any other script is the periodic usage writer's (last-used times), not per request.
     assert!(
-        scripts - admissions - settles < N / 2,
+        scripts - admissions - settles - sticky_leases < N / 2,
         "{scripts} scripts for {N} requests"
     );
     assert_eq!(mock.hits() as u64, N + 2);

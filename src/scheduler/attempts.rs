@@ -41,6 +41,45 @@ pub struct Outcomes {
     pub rules: AttemptRules,
     /// The owner of the background write of a mark.
     pub tasks: crate::lifecycle::Tasks,
+    /// The account each session was last seen bound to here: the first pick's guess, which the
+    /// store then confirms together with the account's lease (one round trip instead of two).
+    pub sticky_hints: StickyHints,
+}
+
+/// Sessions' last known sticky accounts on this instance (shared by the clones of [`Outcomes`]).
+/// Only a guess: the store's binding decides.
+#[derive(Default, Clone)]
+pub struct StickyHints(Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<str>>>>);
+
+/// Past this many sessions the hints start over (they are only guesses).
+const MAX_STICKY_HINTS: usize = 100_000;
+
+impl StickyHints {
+    fn get(&self, sticky_key: &str) -> Option<Arc<str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sticky_key)
+            .cloned()
+    }
+
+    fn set(&self, sticky_key: &str, account: Option<&str>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match account {
+            Some(a) => {
+                if map.get(sticky_key).is_some_and(|have| &**have == a) {
+                    return;
+                }
+                if map.len() >= MAX_STICKY_HINTS {
+                    map.clear();
+                }
+                map.insert(sticky_key.to_string(), Arc::from(a));
+            }
+            None => {
+                map.remove(sticky_key);
+            }
+        }
+    }
 }
 
 /// The request the attempts are for.
@@ -108,6 +147,8 @@ pub struct AttemptPlan {
     binding: Option<Arc<str>>,
     sticky_key: Option<String>,
     sticky: Option<String>,
+    /// Whether `sticky` is the store's answer yet (it is asked with the first attempt).
+    sticky_known: bool,
     tried: Vec<Arc<str>>,
     attempts: u32,
     started: Instant,
@@ -158,28 +199,24 @@ fn sticky_key(key_id: &str, session: &str) -> String {
 }
 
 impl Outcomes {
-    /// Starts the attempts of a request: one store round trip when it belongs to a session.
+    /// Starts the attempts of a request. A session's binding is asked of the store with the
+    /// first attempt (see [`Outcomes::next`]); until then the binding this instance last saw is
+    /// the guess.
     pub async fn plan(&self, req: AttemptRequest<'_>) -> AttemptPlan {
         let sticky_key = match (&req.key_id, req.session) {
             (Some(k), Some(s)) => Some(sticky_key(k, s)),
             _ => None,
         };
-        let sticky = match &sticky_key {
-            Some(sk) => self
-                .coord
-                .sticky_get(sk, self.rules.sticky_ttl)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "sticky session lookup failed; choosing from the pool");
-                    None
-                }),
-            None => None,
-        };
+        let sticky = sticky_key
+            .as_deref()
+            .and_then(|sk| self.sticky_hints.get(sk))
+            .map(|a| a.to_string());
         AttemptPlan {
             model: req.model.to_string(),
             kinds: req.kinds,
             key_id: req.key_id.unwrap_or_else(|| Arc::from("")),
             binding: req.binding,
+            sticky_known: sticky_key.is_none(),
             sticky_key,
             sticky,
             tried: Vec::new(),
@@ -187,6 +224,62 @@ impl Outcomes {
             started: Instant::now(),
             suspects: Vec::new(),
         }
+    }
+
+    /// Learns the session's binding from the store, with the lease of `account` when it has a
+    /// cap (one round trip). Returns the lease (outer `None`: the binding names another account,
+    /// pick again; `Some(None)`: no lease, because the account has no cap, the store failed, or
+    /// it is at its cap — `busy` says which).
+    async fn resolve_sticky(
+        &self,
+        plan: &mut AttemptPlan,
+        account: &Account,
+        busy: &mut bool,
+    ) -> Option<Option<LeaseGuard>> {
+        let sk = plan.sticky_key.clone()?;
+        plan.sticky_known = true;
+        let (bound, lease) = match account.max_concurrency {
+            Some(limit) => {
+                match self
+                    .leases
+                    .acquire_with_sticky(
+                        &sk,
+                        self.rules.sticky_ttl,
+                        &account.id,
+                        format!("account:{}", account.id),
+                        limit,
+                    )
+                    .await
+                {
+                    Ok((bound, lease)) => {
+                        let mismatch = bound.as_deref().is_some_and(|b| b != &*account.id);
+                        *busy = lease.is_none() && !mismatch;
+                        (bound, lease)
+                    }
+                    Err(e) => {
+                        // As below: without the store, choose from the pool and serve without the
+                        // lease rather than refuse.
+                        tracing::warn!(error = %e, account = %account.name, "sticky session and account lease unavailable; serving without them");
+                        (None, None)
+                    }
+                }
+            }
+            None => {
+                let bound = self
+                    .coord
+                    .sticky_get(&sk, self.rules.sticky_ttl)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "sticky session lookup failed; choosing from the pool");
+                        None
+                    });
+                (bound, None)
+            }
+        };
+        self.sticky_hints.set(&sk, bound.as_deref());
+        let mismatch = bound.as_deref().is_some_and(|b| b != &*account.id);
+        plan.sticky = bound;
+        if mismatch { None } else { Some(lease) }
     }
 
     /// The next account to try, with its lease; `None` when the budget is spent or no account
@@ -212,22 +305,38 @@ impl Outcomes {
                 now_ms: now_ms(),
             };
             let account = self.scheduler.pick(pool, &pick)?;
-            plan.tried.push(account.id.clone());
-            let lease = match account.max_concurrency {
-                Some(limit) => match self.leases.acquire(format!("account:{}", account.id), limit).await {
-                    Ok(Some(g)) => Some(g),
-                    Ok(None) => {
+            let lease = if plan.sticky_known {
+                match account.max_concurrency {
+                    Some(limit) => match self.leases.acquire(format!("account:{}", account.id), limit).await {
+                        Ok(Some(g)) => Some(g),
+                        Ok(None) => {
+                            plan.tried.push(account.id.clone());
+                            skipped(Skip::Busy);
+                            continue; // at its cap: not an attempt, try the next account
+                        }
+                        Err(e) => {
+                            // The store is the authority on the cap; without it, serve rather than refuse.
+                            tracing::warn!(error = %e, account = %account.name, "account lease unavailable; serving without it");
+                            None
+                        }
+                    },
+                    None => None,
+                }
+            } else {
+                let mut busy = false;
+                match self.resolve_sticky(plan, &account, &mut busy).await {
+                    // Bound to another account than the guess: pick again with the binding.
+                    None => continue,
+                    Some(lease) if busy => {
+                        drop(lease);
+                        plan.tried.push(account.id.clone());
                         skipped(Skip::Busy);
-                        continue; // at its cap: not an attempt, try the next account
+                        continue;
                     }
-                    Err(e) => {
-                        // The store is the authority on the cap; without it, serve rather than refuse.
-                        tracing::warn!(error = %e, account = %account.name, "account lease unavailable; serving without it");
-                        None
-                    }
-                },
-                None => None,
+                    Some(lease) => lease,
+                }
             };
+            plan.tried.push(account.id.clone());
             plan.attempts += 1;
             return Some(Attempt { account, lease });
         }
@@ -276,6 +385,7 @@ impl Outcomes {
             if let Err(e) = self.coord.sticky_set(sk, &account.id, self.rules.sticky_ttl).await {
                 tracing::warn!(error = %e, "saving the sticky session failed");
             }
+            self.sticky_hints.set(sk, Some(&account.id));
             plan.sticky = Some(account.id.to_string());
         }
         self.settle(plan);

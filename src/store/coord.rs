@@ -65,11 +65,43 @@ impl AccountHealth {
     }
 }
 
+/// A lease slot asked for together with a sticky-session lookup
+/// ([`Coordination::sticky_get_and_lease`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseAsk<'a> {
+    /// The account the slot is for: taken only when the session is bound to it or to none.
+    pub account: &'a str,
+    pub scope: &'a str,
+    pub holder: &'a str,
+    pub limit: u32,
+    pub ttl: Duration,
+}
+
 #[async_trait]
 pub trait Coordination: Send + Sync + 'static {
     /// The account a session is bound to, renewing the binding for `ttl`.
     async fn sticky_get(&self, session: &str, ttl: Duration) -> StoreResult<Option<String>>;
     async fn sticky_set(&self, session: &str, account_id: &str, ttl: Duration) -> StoreResult<()>;
+
+    /// The session's sticky account (renewing it for `ttl`) and, when that is `lease.account` or
+    /// the session has none, a slot of `lease.scope` for `lease.holder`: whether it was taken. One
+    /// round trip on a shared store; the slot is not asked for when the session is bound to
+    /// another account.
+    async fn sticky_get_and_lease(
+        &self,
+        session: &str,
+        ttl: Duration,
+        lease: &LeaseAsk<'_>,
+    ) -> StoreResult<(Option<String>, bool)> {
+        let bound = self.sticky_get(session, ttl).await?;
+        if bound.as_deref().is_some_and(|b| b != lease.account) {
+            return Ok((bound, false));
+        }
+        let taken = self
+            .lease_acquire(lease.scope, lease.holder, lease.limit, lease.ttl)
+            .await?;
+        Ok((bound, taken))
+    }
 
     /// Takes one of `limit` slots of `scope` for `holder` (idempotent for the same holder). A slot
     /// frees itself `ttl` after its last renewal, so a crashed holder cannot leak it.

@@ -21,6 +21,7 @@ fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String>
 pub async fn run_all(c: &dyn Coordination, ns: &str) -> Result<(), String> {
     sticky(c, ns).await?;
     leases(c, ns).await?;
+    sticky_and_lease(c, ns).await?;
     health(c, ns).await?;
     live(c, ns).await?;
     claims(c, ns).await?;
@@ -54,6 +55,57 @@ pub async fn sticky(c: &dyn Coordination, ns: &str) -> Result<(), String> {
         ok("get rebound", c.sticky_get(&s, Duration::from_secs(5)).await)?.as_deref() == Some("acct-2"),
         "rebind",
     )
+}
+
+/// The sticky lookup with the candidate account's lease: taken when the session is unbound or
+/// bound to that account, not asked for when it is bound to another, refused at the cap.
+pub async fn sticky_and_lease(c: &dyn Coordination, ns: &str) -> Result<(), String> {
+    use super::coord::LeaseAsk;
+    let s = format!("{ns}-sl-session");
+    let scope = format!("{ns}-sl-scope");
+    let ttl = Duration::from_secs(5);
+    let ask = |account, holder| LeaseAsk {
+        account,
+        scope: &scope,
+        holder,
+        limit: 2,
+        ttl,
+    };
+    let got = ok("unbound", c.sticky_get_and_lease(&s, ttl, &ask("acct-a", "h1")).await)?;
+    check(
+        got == (None, true),
+        &format!("an unbound session takes the slot: {got:?}"),
+    )?;
+    ok("bind", c.sticky_set(&s, "acct-a", ttl).await)?;
+    let got = ok(
+        "bound here",
+        c.sticky_get_and_lease(&s, ttl, &ask("acct-a", "h2")).await,
+    )?;
+    check(
+        got == (Some("acct-a".into()), true),
+        &format!("bound to the candidate: binding and slot: {got:?}"),
+    )?;
+    ok("release", c.lease_release(&scope, "h2").await)?;
+    let got = ok(
+        "bound elsewhere",
+        c.sticky_get_and_lease(&s, ttl, &ask("acct-b", "h3")).await,
+    )?;
+    check(
+        got == (Some("acct-a".into()), false),
+        &format!("bound to another account: no slot asked: {got:?}"),
+    )?;
+    check(
+        ok("count", c.lease_count(&scope).await)? == 1,
+        "only h1 holds a slot (h3 was not given one)",
+    )?;
+    ok("fill", c.lease_acquire(&scope, "h4", 2, ttl).await)?;
+    let got = ok("full", c.sticky_get_and_lease(&s, ttl, &ask("acct-a", "h5")).await)?;
+    check(
+        got == (Some("acct-a".into()), false),
+        &format!("at the cap: binding, no slot: {got:?}"),
+    )?;
+    ok("cleanup", c.lease_release(&scope, "h1").await)?;
+    ok("cleanup", c.lease_release(&scope, "h4").await)
 }
 
 pub async fn leases(c: &dyn Coordination, ns: &str) -> Result<(), String> {

@@ -2,7 +2,9 @@
 //!
 //! Layout under the store prefix `{p}`: `{p}sticky:{session}` (string, PX ttl),
 //! `{p}lease:{scope}` (sorted set of holders scored by expiry in server ms), `{p}health` (hash of
-//! account id → JSON), `{p}claim:{key}` (string, NX PX ttl). Each call is one round trip; lease scripts use the server's clock so
+//! account id → JSON), `{p}claim:{key}` (string, NX PX ttl). Each call is one round trip (a
+//! session's binding and an account's lease together too: `lua/sticky_lease.lua`, two on a
+//! Cluster, where the two keys live in two slots); lease scripts use the server's clock so
 //! instances with skewed clocks agree.
 
 use std::collections::BTreeMap;
@@ -13,7 +15,7 @@ use redis::Script;
 
 use super::redis_conn::{KeyNames, RedisConn};
 
-use super::coord::{AccountHealth, Coordination};
+use super::coord::{AccountHealth, Coordination, LeaseAsk};
 use super::{StoreError, StoreResult};
 
 pub struct RedisCoordination {
@@ -23,6 +25,7 @@ pub struct RedisCoordination {
     renew: Script,
     count: Script,
     sticky_get: Script,
+    sticky_lease: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -42,6 +45,7 @@ impl RedisCoordination {
             renew: Script::new(include_str!("lua/lease_renew.lua")),
             count: Script::new(include_str!("lua/lease_count.lua")),
             sticky_get: Script::new(include_str!("lua/sticky_get.lua")),
+            sticky_lease: Script::new(include_str!("lua/sticky_lease.lua")),
         }
     }
 
@@ -88,6 +92,39 @@ impl Coordination for RedisCoordination {
             .query_async(&mut c)
             .await
             .map_err(unavailable)
+    }
+
+    async fn sticky_get_and_lease(
+        &self,
+        session: &str,
+        ttl: Duration,
+        lease: &LeaseAsk<'_>,
+    ) -> StoreResult<(Option<String>, bool)> {
+        if self.names.cluster() {
+            // Two keys of two slots: two round trips on a Cluster.
+            let bound = self.sticky_get(session, ttl).await?;
+            if bound.as_deref().is_some_and(|b| b != lease.account) {
+                return Ok((bound, false));
+            }
+            let taken = self
+                .lease_acquire(lease.scope, lease.holder, lease.limit, lease.ttl)
+                .await?;
+            return Ok((bound, taken));
+        }
+        let mut c = self.conn.clone();
+        let (bound, taken): (Option<String>, i64) = self
+            .sticky_lease
+            .key(self.sticky_key(session))
+            .key(self.lease_key(lease.scope))
+            .arg(ms(ttl))
+            .arg(lease.account)
+            .arg(lease.holder)
+            .arg(lease.limit)
+            .arg(ms(lease.ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok((bound, taken == 1))
     }
 
     async fn lease_acquire(&self, scope: &str, holder: &str, limit: u32, ttl: Duration) -> StoreResult<bool> {
