@@ -85,6 +85,42 @@ async fn embedded_store_passes_the_contract() {
     contract::run_all(&store).await.unwrap();
 }
 
+/// The relay's resident memory, from `/proc/self/statm` (pages × 4 KiB).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+}
+
+/// 100 MB of request-log records go into the embedded store; the process keeps far less of them
+/// in memory (redb's page cache is bounded: `embedded::CACHE_BYTES`), and they are all readable.
+#[tokio::test]
+async fn embedded_store_memory_stays_bounded_while_the_request_log_grows() {
+    use claude_relay::store::LogKind;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let record = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+    let batch: Vec<(i64, String)> = (0..1000).map(|i| (1_700_000_000_000 + i, record.clone())).collect();
+    store.append_log(LogKind::Requests, &batch).await.unwrap();
+    let before = rss_bytes();
+    for _ in 0..100 {
+        store.append_log(LogKind::Requests, &batch).await.unwrap();
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    let written = 100 * 1000 * record.len() as u64;
+    println!(
+        "resident memory grew by {} MB, {} MB written",
+        grown >> 20,
+        written >> 20
+    );
+    assert!(
+        grown < written / 2,
+        "resident memory grew by {} MB while {} MB of records were written",
+        grown >> 20,
+        written >> 20
+    );
+    assert_eq!(store.read_log(LogKind::Requests, None, 5).await.unwrap().len(), 5);
+}
+
 #[tokio::test]
 async fn embedded_store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
