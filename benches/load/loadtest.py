@@ -254,7 +254,9 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
-        self.logf.close()
+        if not self.logf.closed:
+            self.logf.close()
+        return self.p.returncode
 
 
 # Every load comes from one address (127.0.0.1): the per-address connection cap is lifted.

@@ -29,7 +29,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +40,9 @@ import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The load test's process and /proc helpers and its request body.
+sys.path.insert(0, os.path.join(HERE, "..", "load"))
+from loadtest import Proc, cpu_ticks, free_port, request_body, status_kb  # noqa: E402
 SECRET = "5eed" * 16
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ADMIN_USER = "admin"
@@ -71,12 +73,6 @@ def die(msg):
 # Processes and /proc
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def tail_of(path, n=30):
     if not path or not os.path.exists(path):
         return ""
@@ -96,42 +92,6 @@ def wait_for(pred, what, timeout=30.0, proc=None):
             pass
         time.sleep(0.05)
     die(f"{what} did not become ready" + (f"\n{tail_of(proc.log)}" if proc is not None else ""))
-
-
-class Proc:
-    def __init__(self, name, cmd, log, env=None):
-        self.name = name
-        self.log = log
-        self.logf = open(log, "wb")
-        self.p = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  env=env, start_new_session=True)
-        self.pid = self.p.pid
-
-    def stop(self, grace=15.0):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        if not self.logf.closed:
-            self.logf.close()
-        return self.p.returncode
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
-
-
-def status_kb(pid, name):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def fd_count(pid):
@@ -292,7 +252,7 @@ def start_redis(procs, tmp, server_bin):
     port = free_port()
     rdir = os.path.join(tmp, "redis")
     os.makedirs(rdir)
-    p = Proc("redis", [server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    p = Proc([server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", rdir, "--daemonize", "no", "--protected-mode", "yes"],
              os.path.join(tmp, "redis.log"))
     procs.append(p)
@@ -328,7 +288,7 @@ accounts:
 
 def start_mock(procs, mock_bin, name, tmp, extra=()):
     port = free_port()
-    p = Proc(name, [mock_bin, "--listen", f"127.0.0.1:{port}", "--threads", "1", *extra],
+    p = Proc([mock_bin, "--listen", f"127.0.0.1:{port}", "--threads", "1", *extra],
              os.path.join(tmp, f"mock-{name}.log"))
     procs.append(p)
     wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None, f"mock {name}", proc=p)
@@ -337,11 +297,6 @@ def start_mock(procs, mock_bin, name, tmp, extra=()):
 
 # ---------------------------------------------------------------------------------------------
 # What the client counts
-
-
-def request_body(stream):
-    return ('{"model":"claude-sonnet-4-5","max_tokens":64,"stream":%s,'
-            '"messages":[{"role":"user","content":"hello there"}]}' % ("true" if stream else "false")).encode()
 
 
 class Usage:
@@ -744,7 +699,7 @@ def run(args, tmp, prefix, duration, warmup, procs, R):
         f.write(relay_config(relay_port, admin_port, os.path.join(tmp, "data"), args.relay_threads, mocks,
                              redis_url, prefix, args.rate_key_limit))
     relay_log = os.path.join(tmp, "relay.log")
-    relay = Proc("relay", [args.relay_bin, "--config", conf], relay_log,
+    relay = Proc([args.relay_bin, "--config", conf], relay_log,
                  env=dict(os.environ, RELAY_LOG=os.environ.get("RELAY_LOG", "warn")))
     procs.append(relay)
     wait_for(lambda: call("GET", relay_url + "/health", timeout=2)[0] == 200, "relay", proc=relay)
