@@ -12,7 +12,7 @@
 mod support;
 use support::client;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use claude_relay::limits::redis::RedisLimits;
@@ -20,8 +20,8 @@ use claude_relay::store::redis_conn::RedisTarget;
 use claude_relay::usage::TokenUsage;
 use claude_relay::usage::pricing::PricingTable;
 use support::mock::MockUpstream;
-use support::redis_servers::{RedisCluster, RedisSentinels};
-use support::{RelayProcess, account_yaml, eventually, free_port, redis_cleanup, redis_prefix, redis_url};
+use support::redis_servers::{RedisCluster, RedisNode, RedisSentinels};
+use support::{RelayProcess, account_yaml, eventually, redis_cleanup, redis_prefix, redis_url};
 
 const BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
 const STREAM_BODY: &str =
@@ -1439,44 +1439,18 @@ async fn spend_caps_on_redis_survive_lost_counters_and_restarts() {
 
 /// A private Redis server, so that its command statistics count only this test's relay.
 struct PrivateRedis {
-    child: Child,
-    port: u16,
+    node: RedisNode,
 }
 
 impl PrivateRedis {
     async fn start() -> PrivateRedis {
-        let port = free_port();
-        let bin = std::env::var("RELAY_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} (set RELAY_TEST_REDIS_SERVER): {e}"));
-        let r = PrivateRedis { child, port };
-        let client = redis::Client::open(r.url()).unwrap();
-        eventually(|| {
-            let client = client.clone();
-            async move {
-                let mut c = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-            }
-        })
-        .await;
-        r
+        PrivateRedis {
+            node: RedisNode::start(),
+        }
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        self.node.url()
     }
 
     /// `cmdstat_<name>` calls from `INFO commandstats`, and the server's time (µs) at that very
@@ -1501,13 +1475,6 @@ impl PrivateRedis {
             })
             .collect();
         (calls, secs * 1_000_000 + micros)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1559,7 +1526,7 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
         .to_string();
     let monitor_log = relay.dir.path().join("monitor.log");
     let mut monitor = Command::new("redis-cli")
-        .args(["-p", &redis_server.port.to_string(), "monitor"])
+        .args(["-p", &redis_server.node.port().to_string(), "monitor"])
         .stdout(std::fs::File::create(&monitor_log).unwrap())
         .stderr(Stdio::null())
         .spawn()

@@ -77,6 +77,24 @@ pub struct LeaseAsk<'a> {
     pub ttl: Duration,
 }
 
+/// [`Coordination::sticky_get_and_lease`] as two calls: the lookup, then the lease unless the
+/// session is bound to another account.
+pub async fn sticky_then_lease<C: Coordination + ?Sized>(
+    c: &C,
+    session: &str,
+    ttl: Duration,
+    lease: &LeaseAsk<'_>,
+) -> StoreResult<(Option<String>, bool)> {
+    let bound = c.sticky_get(session, ttl).await?;
+    if bound.as_deref().is_some_and(|b| b != lease.account) {
+        return Ok((bound, false));
+    }
+    let taken = c
+        .lease_acquire(lease.scope, lease.holder, lease.limit, lease.ttl)
+        .await?;
+    Ok((bound, taken))
+}
+
 #[async_trait]
 pub trait Coordination: Send + Sync + 'static {
     /// The account a session is bound to, renewing the binding for `ttl`.
@@ -93,14 +111,7 @@ pub trait Coordination: Send + Sync + 'static {
         ttl: Duration,
         lease: &LeaseAsk<'_>,
     ) -> StoreResult<(Option<String>, bool)> {
-        let bound = self.sticky_get(session, ttl).await?;
-        if bound.as_deref().is_some_and(|b| b != lease.account) {
-            return Ok((bound, false));
-        }
-        let taken = self
-            .lease_acquire(lease.scope, lease.holder, lease.limit, lease.ttl)
-            .await?;
-        Ok((bound, taken))
+        sticky_then_lease(self, session, ttl, lease).await
     }
 
     /// Takes one of `limit` slots of `scope` for `holder` (idempotent for the same holder). A slot

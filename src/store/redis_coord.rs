@@ -102,14 +102,7 @@ impl Coordination for RedisCoordination {
     ) -> StoreResult<(Option<String>, bool)> {
         if self.names.cluster() {
             // Two keys of two slots: two round trips on a Cluster.
-            let bound = self.sticky_get(session, ttl).await?;
-            if bound.as_deref().is_some_and(|b| b != lease.account) {
-                return Ok((bound, false));
-            }
-            let taken = self
-                .lease_acquire(lease.scope, lease.holder, lease.limit, lease.ttl)
-                .await?;
-            return Ok((bound, taken));
+            return super::coord::sticky_then_lease(self, session, ttl, lease).await;
         }
         let mut c = self.conn.clone();
         let (bound, taken): (Option<String>, i64) = self

@@ -95,6 +95,34 @@ fn stop(servers: &mut [Server]) {
     }
 }
 
+/// One private `redis-server` (so that its statistics count only the test's own clients).
+pub struct RedisNode {
+    _dir: tempfile::TempDir,
+    server: Server,
+}
+
+impl RedisNode {
+    pub fn start() -> RedisNode {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start_node(dir.path(), "node", &[]);
+        RedisNode { _dir: dir, server }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.server.port)
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        stop(std::slice::from_mut(&mut self.server));
+    }
+}
+
 /// A Redis Cluster of three masters (no replicas), slots spread evenly.
 pub struct RedisCluster {
     _dir: tempfile::TempDir,
