@@ -497,6 +497,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         self_service: Default::default(),
         limits: limits.clone(),
         limits_view: crate::limits::view::limits,
+        refusals: Default::default(),
     });
     tasks.spawn_loop("concurrency lease renewal", leases.renew_forever());
     // Each kind's background work sees only its own accounts: their tokens renew through its

@@ -1602,6 +1602,198 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     assert_eq!(mock.hits() as u64, N + 2);
 }
 
+/// The store calls of one request go in two round trips, one before the upstream and one after,
+/// however slow the link to Redis: the key's admission goes out together with the session's
+/// binding and the account's lease, and the settlement together with the release of the
+/// account's lease. Redis sits behind a link that holds every byte 40 ms each way (an 80 ms round
+/// trip): `MONITOR` (on Redis itself) sees each pair arrive within a few milliseconds, where one
+/// call waiting for the other's answer would put a round trip between them; and a request takes
+/// one round trip, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calls_before_and_after_the_upstream_share_one_round_trip_each() {
+    const DELAY: Duration = Duration::from_millis(40);
+    let redis_server = PrivateRedis::start().await;
+    let link = support::redis_servers::SlowLink::start(redis_server.node.port(), DELAY).await;
+    let p = redis_prefix();
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(
+        &mock,
+        &link.url(),
+        &p,
+        &[
+            key_line(
+                "all",
+                "rate_limit: { window_minutes: 60, requests: 100000, tokens: 100000000, cost_usd: 1000 }, \
+                 cost_limits: { daily_usd: 1000, weekly_usd: 1000, total_usd: 1000 }, \
+                 concurrency: { limit: 8 }",
+            ),
+            key_line("plain", ""),
+        ],
+    )
+    .replacen(
+        "api_key: sk-ant-api03-upstream-main",
+        "api_key: sk-ant-api03-upstream-main, max_concurrency: 50",
+        1,
+    );
+    assert!(yaml.contains("max_concurrency: 50"));
+    let relay = RelayProcess::start(&yaml).await;
+    let session = [("x-claude-code-session-id", "slow-link-session")];
+    // Warm-up: loads the scripts, reads the key's recorded spend, binds the sessions.
+    for name in ["all", "all", "plain", "plain"] {
+        let r = send(&relay, name, &session, BODY).await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sha = |script: &str| redis::Script::new(script).get_hash().to_string();
+    let admit_sha = sha(include_str!("../src/limits/lua/admit.lua"));
+    let settle_sha = sha(include_str!("../src/limits/lua/settle.lua"));
+    let sticky_lease_sha = sha(include_str!("../src/store/lua/sticky_lease.lua"));
+    let monitor_log = relay.dir.path().join("monitor.log");
+    let mut monitor = Command::new("redis-cli")
+        .args(["-p", &redis_server.node.port().to_string(), "monitor"])
+        .stdout(std::fs::File::create(&monitor_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(|| async {
+        std::fs::read_to_string(&monitor_log)
+            .ok()
+            .filter(|s| s.starts_with("OK"))
+    })
+    .await;
+
+    // Requests of the key with every limit, and of a key without limits (whose only store call
+    // before the upstream is the session's binding with the account's lease), in turn.
+    const N: usize = 6;
+    let (mut took, mut took_plain) = (Vec::new(), Vec::new());
+    for i in 0..2 * N {
+        let body = if i % 4 < 2 { BODY } else { STREAM_BODY };
+        let (name, into) = if i % 2 == 0 {
+            ("all", &mut took)
+        } else {
+            ("plain", &mut took_plain)
+        };
+        let started = Instant::now();
+        let r = send(&relay, name, &session, body).await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+        into.push(started.elapsed());
+        // The settlement runs after the answer; let it land before the next request.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+
+    // When each client call reached Redis (ms), from MONITOR lines `<s>.<us> [db addr] "cmd" ...`.
+    let log = std::fs::read_to_string(&monitor_log).unwrap();
+    let at = |pred: &dyn Fn(&str) -> bool| -> Vec<f64> {
+        log.lines()
+            .filter(|l| !l.contains(" lua]") && pred(&l.to_lowercase()))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|t| t * 1000.0)
+            .collect()
+    };
+    let admissions = at(&|l| l.contains(&admit_sha));
+    let bindings = at(&|l| l.contains(&sticky_lease_sha));
+    let settles = at(&|l| l.contains(&settle_sha));
+    let lease_releases = at(&|l| l.contains("\"zrem\"") && l.contains("lease:account:"));
+    // The key without limits has bindings and lease releases too: only those of the key with
+    // limits are paired, each within half a round trip of its admission or settlement.
+    let near = |of: &[f64], xs: Vec<f64>| -> Vec<f64> {
+        xs.into_iter()
+            .filter(|t| of.iter().any(|s| (s - t).abs() < 40.0))
+            .collect()
+    };
+    let bindings = near(&admissions, bindings);
+    let lease_releases = near(&settles, lease_releases);
+    for (what, a, b) in [
+        ("admission and binding with lease", &admissions, &bindings),
+        ("settlement and lease release", &settles, &lease_releases),
+    ] {
+        assert_eq!(a.len(), N, "{what}: {a:?} {b:?}");
+        assert_eq!(b.len(), N, "{what}: {a:?} {b:?}");
+        let apart: Vec<f64> = a.iter().zip(b.iter()).map(|(x, y)| x - y).collect();
+        println!("{what}: arrived {apart:.1?} ms apart");
+        // One waiting for the other would put a whole round trip (80 ms) between them.
+        assert!(
+            apart.iter().all(|d| d.abs() < 25.0),
+            "{what}: arrived {apart:?} ms apart\n{log}"
+        );
+    }
+    took.sort();
+    took_plain.sort();
+    let (median, median_plain) = (took[N / 2], took_plain[N / 2]);
+    println!("requests took {took:?}; without limits {took_plain:?}");
+    let rtt = 2 * DELAY;
+    assert!(median_plain >= rtt, "the link delays every store call: {took_plain:?}");
+    // A second round trip would add 80 ms.
+    assert!(
+        median < median_plain + rtt / 2,
+        "the admission adds no round trip to the binding and lease: {took:?} against {took_plain:?}"
+    );
+    assert_eq!(mock.hits(), 2 * N + 4);
+}
+
+/// A request asks for its account's slot while its key is being admitted, except when the key
+/// was refused here lately: a client that keeps sending requests its key refuses does not keep
+/// taking slots of the account (which would crowd out other keys' requests).
+#[tokio::test]
+async fn a_key_refused_lately_takes_no_account_slot_before_it_is_admitted() {
+    let redis_server = PrivateRedis::start().await;
+    let p = redis_prefix();
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(
+        &mock,
+        &redis_server.url(),
+        &p,
+        &[key_line("once", "rate_limit: { window_minutes: 60, requests: 1 }")],
+    )
+    .replacen(
+        "api_key: sk-ant-api03-upstream-main",
+        "api_key: sk-ant-api03-upstream-main, max_concurrency: 5",
+        1,
+    );
+    let relay = RelayProcess::start(&yaml).await;
+    assert_eq!(complete(&relay, "once").await, 200);
+    let monitor_log = relay.dir.path().join("monitor.log");
+    let mut monitor = Command::new("redis-cli")
+        .args(["-p", &redis_server.node.port().to_string(), "monitor"])
+        .stdout(std::fs::File::create(&monitor_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(|| async {
+        std::fs::read_to_string(&monitor_log)
+            .ok()
+            .filter(|s| s.starts_with("OK"))
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(complete(&relay, "once").await, 429);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let log = std::fs::read_to_string(&monitor_log).unwrap();
+    let admit_sha = redis::Script::new(include_str!("../src/limits/lua/admit.lua"))
+        .get_hash()
+        .to_string();
+    let sent = |pred: &dyn Fn(&str) -> bool| {
+        log.lines()
+            .filter(|l| !l.contains(" lua]") && pred(&l.to_lowercase()))
+            .count()
+    };
+    assert_eq!(sent(&|l| l.contains(&admit_sha)), 5, "{log}");
+    // The first refusal had taken the slot (and gave it back); the four after it took none.
+    let takes = sent(&|l| l.contains("\"evalsha\"") && l.contains("lease:account:"));
+    let gives = sent(&|l| l.contains("\"zrem\"") && l.contains("lease:account:"));
+    assert_eq!((takes, gives), (1, 1), "{log}");
+    assert_eq!(mock.hits(), 1);
+}
+
 /// The admission script computes days and weeks on the Redis clock in Lua; they must be the ones
 /// the Rust side (memory backend, spend seeds) uses. Also: activation is first-write-wins, and
 /// held slots are renewed.

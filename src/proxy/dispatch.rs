@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use filters::ClientKey;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -20,10 +21,10 @@ use super::{Relay, RequestCtx, headers};
 use crate::convert::answer::{self, Answer, StreamAdapter};
 use crate::convert::{self, Conversion, chat_anthropic, chat_gemini, chat_responses, openai_chat};
 use crate::credentials::TokenError;
-use crate::ingress::{Dialect, Endpoint, ErrorKind, Scope};
+use crate::ingress::{Dialect, Endpoint, ErrorKind, Route, Scope};
 use crate::providers::{self, Call, Operation, PrepareError, Prepared, Provider, ResponseKind, Target};
 use crate::scheduler::Account;
-use crate::scheduler::attempts::{AttemptPlan, AttemptRequest, Failure, Next};
+use crate::scheduler::attempts::{Attempt, AttemptPlan, AttemptRequest, Failure, Next};
 use crate::scheduler::health::{self, Verdict};
 use crate::store::coord::{AccountHealth, HealthState};
 use crate::store::{AccountKind, KindSet};
@@ -65,6 +66,87 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The attempts of a request, planned before its filters run, and its first account when it was
+/// asked for while they ran.
+pub(super) struct Begun {
+    plan: AttemptPlan,
+    /// `Some` once the first account was asked for (`Some(None)`: there was none).
+    first: Option<Option<Attempt>>,
+}
+
+impl Begun {
+    /// Plans the attempts of a request to `route` (no store access: the session's binding is asked
+    /// with the first attempt).
+    pub(super) fn plan(
+        relay: &Relay,
+        route: Route,
+        key: Option<&ClientKey>,
+        passthrough: bool,
+        parsed: &ParsedBody,
+    ) -> Begun {
+        let plan = relay.outcomes.plan(AttemptRequest {
+            model: parsed.facts.model.as_deref().unwrap_or_default(),
+            kinds: kinds_for(operation(route.endpoint), route.endpoint.scope(), passthrough),
+            key_id: key.map(|k| k.id.clone()),
+            binding: key.and_then(|k| k.bind.clone()),
+            session: parsed.facts.session.as_deref(),
+        });
+        Begun { plan, first: None }
+    }
+
+    /// Asks for the first account (its session's binding and its lease: one store call). Run
+    /// while the filters admit the request, so that the two store calls share one round trip.
+    pub(super) async fn ask_first(&mut self, relay: &Relay) {
+        let pool = relay.snapshot.load_full();
+        let first = relay
+            .outcomes
+            .next(&mut self.plan, &pool.pool, |_| account_busy(relay))
+            .await;
+        self.first = Some(first);
+    }
+
+    /// Whether the first account is asked for while the filters run: only when the key's limits
+    /// go to the store (else there is no round trip to share), the key has no queue (a queued
+    /// request would hold the account's slot while it waits) and was not refused here lately (a
+    /// client that keeps sending refused requests must not keep taking account slots).
+    pub(super) fn ask_early(relay: &Relay, key: Option<&ClientKey>) -> bool {
+        let Some(key) = key else { return false };
+        let p = &key.policy;
+        (p.rate_limit.is_some() || p.cost_limits.is_some() || p.concurrency.is_some())
+            && p.concurrency.as_ref().is_none_or(|c| c.queue == 0)
+            && relay.config.store.backend == crate::config::StoreBackend::Redis
+            && !relay.refusals.lately(&key.id)
+    }
+}
+
+fn account_busy(relay: &Relay) {
+    relay.metrics.failovers.with_label_values(&["account_busy"]).inc();
+}
+
+/// Keys refused by a filter on this instance in the last [`RecentRefusals::FOR`]: their requests
+/// do not take an account slot before they are admitted.
+#[derive(Default)]
+pub struct RecentRefusals(std::sync::Mutex<std::collections::HashMap<Arc<str>, Instant>>);
+
+impl RecentRefusals {
+    const FOR: Duration = Duration::from_secs(2);
+    /// Past this many keys the record starts over.
+    const MAX: usize = 10_000;
+
+    pub(super) fn note(&self, key_id: &Arc<str>) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= Self::MAX {
+            m.retain(|_, at| at.elapsed() < Self::FOR);
+        }
+        m.insert(key_id.clone(), Instant::now());
+    }
+
+    fn lately(&self, key_id: &str) -> bool {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key_id).is_some_and(|at| at.elapsed() < Self::FOR)
+    }
+}
+
 /// Relays a parsed request. Returns `Err` only when the client connection must not be reused.
 ///
 /// The scheduler yields the attempts (see `scheduler::attempts`) and takes each outcome back;
@@ -76,22 +158,23 @@ pub(super) async fn run(
     ctx: &mut RequestCtx,
     body: Bytes,
     parsed: &ParsedBody,
+    begun: Begun,
 ) -> pingora::Result<()> {
     let Some(route) = ctx.route else { return Ok(()) };
     let model = parsed.facts.model.clone().unwrap_or_default();
-    let key = ctx.key.clone();
-    let op = operation(route.endpoint);
-    let mut plan = relay
-        .outcomes
-        .plan(AttemptRequest {
-            model: &model,
-            kinds: kinds_for(op, route.endpoint.scope(), ctx.passthrough),
-            key_id: key.as_ref().map(|k| k.id.clone()),
-            binding: key.as_ref().and_then(|k| k.bind.clone()),
-            session: parsed.facts.session.as_deref(),
-        })
-        .await;
-    let result = attempts(relay, session, ctx, route.endpoint, body, parsed, &model, &mut plan).await;
+    let Begun { mut plan, first } = begun;
+    let result = attempts(
+        relay,
+        session,
+        ctx,
+        route.endpoint,
+        body,
+        parsed,
+        &model,
+        &mut plan,
+        first,
+    )
+    .await;
     relay.outcomes.settle(&mut plan);
     result
 }
@@ -251,14 +334,19 @@ async fn attempts(
     parsed: &ParsedBody,
     model: &str,
     plan: &mut AttemptPlan,
+    mut first: Option<Option<Attempt>>,
 ) -> pingora::Result<()> {
     let op = operation(endpoint);
     let query = headers::strip_key_param(session.req_header().uri.query());
     let snapshot = relay.snapshot.load_full();
     let mut last_relay_err: Option<RelayError> = None;
     let mut held: Option<HeldAnswer> = None;
-    let busy = || relay.metrics.failovers.with_label_values(&["account_busy"]).inc();
-    while let Some(mut chosen) = relay.outcomes.next(plan, &snapshot.pool, |_| busy()).await {
+    loop {
+        let next = match first.take() {
+            Some(f) => f,
+            None => relay.outcomes.next(plan, &snapshot.pool, |_| account_busy(relay)).await,
+        };
+        let Some(mut chosen) = next else { break };
         let account = chosen.account.clone();
         let upstream_model = account.upstream_model(model).to_string();
         let provider = providers::provider(account.kind);
@@ -399,9 +487,7 @@ async fn attempts(
         };
         match outcome {
             Ok(()) => {
-                if let Some(g) = chosen.take_lease() {
-                    ctx.holds.push(Box::new(g));
-                }
+                ctx.account_lease = chosen.take_lease();
                 return Ok(());
             }
             Err(AttemptError::Retryable(e, mark, reason)) => {

@@ -81,6 +81,8 @@ pub struct Relay {
     /// How a key's limits and counters are shown (`limits::view::limits`, handed in from above so
     /// that the key's own answer and the admin API's agree).
     pub limits_view: fn(&filters::policy::KeyPolicy, &filters::LimitPeek, i64) -> serde_json::Value,
+    /// Keys refused by a filter lately (see `dispatch::Begun::ask_early`).
+    pub refusals: dispatch::RecentRefusals,
 }
 
 /// The Pingora service.
@@ -97,6 +99,8 @@ pub struct RequestCtx {
     client_disconnected: bool,
     settle: Option<settle::Settle>,
     holds: Vec<Box<dyn Any + Send + Sync>>,
+    /// The account's concurrency lease of the committed attempt, held until the answer is over.
+    account_lease: Option<crate::leases::LeaseGuard>,
     in_flight: Option<InFlight>,
     /// The request in the live view's in-flight counts.
     live: Option<crate::usage::live::LiveGuard>,
@@ -138,6 +142,7 @@ impl RequestCtx {
             client_disconnected: false,
             settle: None,
             holds: Vec::new(),
+            account_lease: None,
             in_flight: None,
             live: None,
             facts: None,
@@ -380,6 +385,7 @@ impl RelayProxy {
         if let Some(key) = &ctx.key {
             estimate_request(relay, &key.policy, route.endpoint, &body, &mut parsed);
         }
+        let mut begun = dispatch::Begun::plan(relay, route, ctx.key.as_deref(), ctx.passthrough, &parsed);
         let rejection = {
             let req = session.req_header();
             let mut cx = FilterContext {
@@ -391,9 +397,21 @@ impl RelayProxy {
                 facts: Some(&parsed.facts),
                 holds: &mut ctx.holds,
             };
-            relay.chain.run_request(&mut cx).await.err()
+            if dispatch::Begun::ask_early(relay, ctx.key.as_deref()) {
+                // The admission and the first account's binding and lease: two store calls in
+                // flight together, one round trip.
+                let (admitted, ()) = tokio::join!(relay.chain.run_request(&mut cx), begun.ask_first(relay));
+                admitted.err()
+            } else {
+                relay.chain.run_request(&mut cx).await.err()
+            }
         };
         if let Some(rej) = rejection {
+            // An account slot taken early is freed as `begun` drops.
+            drop(begun);
+            if let Some(key) = &ctx.key {
+                relay.refusals.note(&key.id);
+            }
             return respond_error(relay, session, ctx, &RelayError::Rejected(rej), ErrorSource::Relay).await;
         }
 
@@ -417,7 +435,7 @@ impl RelayProxy {
             ctx.settle = Some(settle);
         }
         ctx.facts = Some(parsed.facts.clone());
-        dispatch::run(relay, session, ctx, body, &parsed).await
+        dispatch::run(relay, session, ctx, body, &parsed, begun).await
     }
 }
 
@@ -702,6 +720,9 @@ impl ProxyHttp for RelayProxy {
         m.overhead
             .with_label_values(&[endpoint])
             .observe(total.saturating_sub(ctx.upstream_time).as_secs_f64());
+        // The account's slot is freed while the key's limits settle: both store calls in flight
+        // together.
+        drop(ctx.account_lease.take());
         // Completion filters (charging limits) see the usage and cost, then the request settles.
         let mut cost_nanos = None;
         if let Some(route) = ctx.route

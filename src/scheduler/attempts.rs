@@ -202,7 +202,7 @@ impl Outcomes {
     /// Starts the attempts of a request. A session's binding is asked of the store with the
     /// first attempt (see [`Outcomes::next`]); until then the binding this instance last saw is
     /// the guess.
-    pub async fn plan(&self, req: AttemptRequest<'_>) -> AttemptPlan {
+    pub fn plan(&self, req: AttemptRequest<'_>) -> AttemptPlan {
         let sticky_key = match (&req.key_id, req.session) {
             (Some(k), Some(s)) => Some(sticky_key(k, s)),
             _ => None,

@@ -164,6 +164,13 @@ impl std::fmt::Debug for RedisConn {
     }
 }
 
+/// `TCP_NODELAY` on every connection: each one carries many requests at once (multiplexed), and
+/// with Nagle's algorithm a request written while an earlier one is unanswered would wait for that
+/// answer, a round trip, before it leaves (the `redis` crate leaves Nagle on by default).
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 impl RedisConn {
     /// Connects; fails when nothing answers, so a bad address stops the start. A command that has
     /// no answer within `response_timeout` fails.
@@ -173,7 +180,8 @@ impl RedisConn {
                 let info = url
                     .as_str()
                     .into_connection_info()
-                    .map_err(|e| invalid("redis URL", &e))?;
+                    .map_err(|e| invalid("redis URL", &e))?
+                    .set_tcp_settings(tcp_settings());
                 let client = Client::open(info).map_err(|e| format!("redis: {e}"))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -198,6 +206,7 @@ impl RedisConn {
                     );
                 }
                 let client = ClusterClientBuilder::new(infos)
+                    .tcp_settings(tcp_settings())
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(response_timeout)
                     .retries(RECONNECT_RETRIES as u32)
@@ -273,7 +282,7 @@ impl RedisConn {
     pub async fn subscriber_client(&self, target: &RedisTarget, attempt: usize) -> RedisResult<Client> {
         let resp3 = |info: redis::ConnectionInfo| {
             let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-            Client::open(info.set_redis_settings(settings))
+            Client::open(info.set_redis_settings(settings).set_tcp_settings(tcp_settings()))
         };
         match (self, target) {
             (RedisConn::Sentinel(s), _) => {
@@ -431,7 +440,9 @@ impl SentinelConn {
         if let Some(p) = &cfg.password {
             redis_info = redis_info.set_password(p);
         }
-        let node_info = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
+        let node_info = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(redis_info)
+            .set_tcp_settings(tcp_settings());
         let mut client = SentinelClient::build(
             sentinels,
             cfg.master.clone(),
