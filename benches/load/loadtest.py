@@ -190,8 +190,9 @@ def summarize_log(lines, limit=12):
 
 
 def run_wrk(url, conc, seconds, stream, chunk_delay_ms=None, timeout_s=10, api_key=API_KEY, chat_model=None,
-            gemini=False):
+            gemini=False, session=None):
     env = dict(os.environ, LOAD_STREAM="true" if stream else "false", LOAD_API_KEY=api_key,
+               LOAD_SESSION=session or "",
                LOAD_CHUNK_DELAY_MS=str(chunk_delay_ms or ""),
                LOAD_CHAT="1" if chat_model else "", LOAD_MODEL=chat_model or "",
                LOAD_GEMINI="1" if gemini else "")

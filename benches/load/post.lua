@@ -6,6 +6,7 @@
 --                         x-goog-api-key
 --   LOAD_MODEL            the model (default claude-sonnet-4-5)
 --   LOAD_CHUNK_DELAY_MS   when set, sent as x-mock-chunk-delay-ms (slow-stream mode of the mock)
+--   LOAD_SESSION          when set, sent as x-claude-code-session-id (a sticky session)
 -- At the end it prints one line `LOADJSON {...}` that loadtest.py reads.
 
 local stream = os.getenv("LOAD_STREAM") or "false"
@@ -28,6 +29,10 @@ else
     ',"messages":[{"role":"user","content":"hello there"}]}'
   wrk.headers["anthropic-version"] = "2023-06-01"
   wrk.headers["x-api-key"] = os.getenv("LOAD_API_KEY") or ""
+end
+local session = os.getenv("LOAD_SESSION")
+if session ~= nil and session ~= "" then
+  wrk.headers["x-claude-code-session-id"] = session
 end
 local delay = os.getenv("LOAD_CHUNK_DELAY_MS")
 if delay ~= nil and delay ~= "" then

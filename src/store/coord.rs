@@ -103,8 +103,8 @@ pub trait Coordination: Send + Sync + 'static {
 
     /// The session's sticky account (renewing it for `ttl`) and, when that is `lease.account` or
     /// the session has none, a slot of `lease.scope` for `lease.holder`: whether it was taken. One
-    /// round trip on a shared store; the slot is not asked for when the session is bound to
-    /// another account.
+    /// round trip on a shared store; no slot is held when the session is bound to another
+    /// account (a Redis Cluster asks for both at once and gives such a slot back).
     async fn sticky_get_and_lease(
         &self,
         session: &str,

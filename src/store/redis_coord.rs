@@ -101,8 +101,27 @@ impl Coordination for RedisCoordination {
         lease: &LeaseAsk<'_>,
     ) -> StoreResult<(Option<String>, bool)> {
         if self.names.cluster() {
-            // Two keys of two slots: two round trips on a Cluster.
-            return super::coord::sticky_then_lease(self, session, ttl, lease).await;
+            // Two keys of two slots: two calls on a Cluster, sent together (one round trip); the
+            // slot goes back when the session turns out to be bound to another account.
+            let (bound, taken) = tokio::join!(
+                self.sticky_get(session, ttl),
+                self.lease_acquire(lease.scope, lease.holder, lease.limit, lease.ttl)
+            );
+            let taken = taken?;
+            let bound = match bound {
+                Ok(b) => b,
+                Err(e) => {
+                    if taken {
+                        let _ = self.lease_release(lease.scope, lease.holder).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if taken && bound.as_deref().is_some_and(|b| b != lease.account) {
+                self.lease_release(lease.scope, lease.holder).await?;
+                return Ok((bound, false));
+            }
+            return Ok((bound, taken));
         }
         let mut c = self.conn.clone();
         let (bound, taken): (Option<String>, i64) = self
