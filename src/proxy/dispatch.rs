@@ -848,7 +848,7 @@ async fn attempt(
     }
     ctx.status = status;
     // Committed: the scheduler binds the session on success and settles earlier failures.
-    relay.outcomes.committed(plan, account, status < 400).await;
+    relay.outcomes.committed(plan, account, status < 400);
     let result = if is_stream {
         let adapter = StreamAdapter::new(&answer);
         let r = stream(relay, session, ctx, &mut up, &head, &answer, adapter).await;

@@ -373,8 +373,9 @@ impl Outcomes {
     }
 
     /// An answer from `account` is committed to the client: a successful one binds the session
-    /// to it; what failed before on other accounts was not this request's doing.
-    pub async fn committed(&self, plan: &mut AttemptPlan, account: &Account, success: bool) {
+    /// to it (the store's write is not waited for); what failed before on other accounts was not
+    /// this request's doing.
+    pub fn committed(&self, plan: &mut AttemptPlan, account: &Account, success: bool) {
         if success && account.rt.unhealthy_alerted.load(std::sync::atomic::Ordering::Relaxed) {
             recovered(account);
         }
@@ -382,9 +383,18 @@ impl Outcomes {
             && let Some(sk) = &plan.sticky_key
             && plan.sticky.as_deref() != Some(&*account.id)
         {
-            if let Err(e) = self.coord.sticky_set(sk, &account.id, self.rules.sticky_ttl).await {
-                tracing::warn!(error = %e, "saving the sticky session failed");
-            }
+            // Saved while the answer streams: the client's next turn comes after this one ends.
+            let (coord, sk_owned, id, ttl) = (
+                self.coord.clone(),
+                sk.clone(),
+                account.id.clone(),
+                self.rules.sticky_ttl,
+            );
+            drop(self.tasks.spawn_work("sticky session save", async move {
+                if let Err(e) = coord.sticky_set(&sk_owned, &id, ttl).await {
+                    tracing::warn!(error = %e, "saving the sticky session failed");
+                }
+            }));
             self.sticky_hints.set(sk, Some(&account.id));
             plan.sticky = Some(account.id.to_string());
         }
