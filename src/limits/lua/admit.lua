@@ -170,7 +170,8 @@ end
 local limit = tonumber(ARGV[12])
 if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if not redis.call('ZSCORE', KEYS[3], ARGV[1]) and redis.call('ZCARD', KEYS[3]) >= limit then
+  -- A full set refuses unless this holder is in it already (a queued retry): ZSCORE only then.
+  if redis.call('ZCARD', KEYS[3]) >= limit and not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
     return {2, 1, 0, 0, 0}
   end
 end
