@@ -324,9 +324,28 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
 
     let scheduler = Arc::new(Scheduler::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-    let coord: Arc<dyn crate::store::coord::Coordination> = store
-        .coordination()
-        .unwrap_or_else(|| Arc::new(crate::store::coord::MemoryCoordination::new()));
+    // On Redis the request path's calls (key limits, sticky sessions, account leases) share one
+    // connection of their own (`RedisLimits::hot_connection`).
+    let hot_redis = match config.store.backend {
+        StoreBackend::Redis => {
+            let target = config.store.redis_target();
+            Some(
+                store_rt
+                    .block_on(crate::limits::redis::RedisLimits::hot_connection(&target))
+                    .context(format!("cannot connect to Redis ({})", target.describe()))?,
+            )
+        }
+        StoreBackend::Embedded => None,
+    };
+    let coord: Arc<dyn crate::store::coord::Coordination> = match &hot_redis {
+        Some(conn) => Arc::new(crate::store::redis_coord::RedisCoordination::new(
+            conn.clone(),
+            crate::store::redis_conn::KeyNames::new(&config.store.prefix, conn.is_cluster()),
+        )),
+        None => store
+            .coordination()
+            .unwrap_or_else(|| Arc::new(crate::store::coord::MemoryCoordination::new())),
+    };
     let leases = crate::leases::Leases::new(coord.clone(), tasks.clone());
     let outcomes = crate::scheduler::attempts::Outcomes {
         scheduler: scheduler.clone(),
@@ -431,28 +450,20 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         legacy_moves: Some(legacy_tx),
     });
     // Key limits live where the store is: in Redis when instances share it, else in memory.
-    let limits: Arc<dyn filters::LimitBackend> = match config.store.backend {
-        StoreBackend::Redis => {
+    let limits: Arc<dyn filters::LimitBackend> = match hot_redis {
+        Some(conn) => {
             let ttl =
                 crate::limits::redis::lease_ttl_from_env(&|k| std::env::var(k).ok()).map_err(anyhow_lite::Error)?;
-            let target = config.store.redis_target();
-            let redis_limits = Arc::new(
-                store_rt
-                    .block_on(crate::limits::redis::RedisLimits::connect(
-                        &target,
-                        &config.store.prefix,
-                        store.clone(),
-                        ttl,
-                    ))
-                    .context(format!(
-                        "cannot connect to Redis for the key limits ({})",
-                        target.describe()
-                    ))?,
-            );
+            let redis_limits = Arc::new(crate::limits::redis::RedisLimits::on(
+                conn,
+                &config.store.prefix,
+                store.clone(),
+                ttl,
+            ));
             tasks.spawn_loop("key concurrency slot renewal", redis_limits.clone().renew_forever());
             redis_limits
         }
-        StoreBackend::Embedded => Arc::new(
+        None => Arc::new(
             crate::limits::MemoryLimits::with_store(store.clone())
                 .with_activations_file(config.data_dir.join("activations.json")),
         ),

@@ -32,8 +32,9 @@
 //! freed by the settlement, or by one `ZREM` from the request's guard; if that fails, or the request was
 //! cancelled after Redis gave it the slot but before it heard so, the lease runs out.
 //!
-//! This backend opens its own multiplexed connection, so an admission never waits behind a large
-//! usage flush on the store's connection.
+//! This backend runs on a multiplexed connection of its own, apart from the store's, so an
+//! admission never waits behind a large usage flush there; the server gives the same connection
+//! to the coordination state ([`RedisLimits::hot_connection`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -95,7 +96,12 @@ impl RedisLimits {
         lease_ttl: Duration,
     ) -> Result<Self, String> {
         let conn = RedisConn::connect(target, RESPONSE_TIMEOUT).await?;
-        Ok(RedisLimits {
+        Ok(Self::on(conn, prefix, store, lease_ttl))
+    }
+
+    /// On `conn`, a connection of the request path (see [`Self::hot_connection`]).
+    pub fn on(conn: RedisConn, prefix: &str, store: Arc<dyn Store>, lease_ttl: Duration) -> Self {
+        RedisLimits {
             names: KeyNames::new(prefix, conn.is_cluster()),
             conn,
             admit: Script::new(include_str!("lua/admit.lua")),
@@ -106,7 +112,15 @@ impl RedisLimits {
             seeds: SpendSeeds::new(store),
             held: Mutex::new(HashSet::new()),
             lease_ttl,
-        })
+        }
+    }
+
+    /// A connection for the calls on a request's path: the key limits and the coordination state
+    /// (sticky sessions, account leases) share it, apart from the store's connection and its bulk
+    /// writes (usage flushes, logs), so that an admission never waits behind those, and the calls
+    /// a request sends together leave in one write and come back in one read.
+    pub async fn hot_connection(target: &RedisTarget) -> Result<RedisConn, String> {
+        RedisConn::connect(target, RESPONSE_TIMEOUT).await
     }
 
     /// `{p}limit:{kind}:{id}`; on a Cluster the id is the hash tag, so one key's limits share a
