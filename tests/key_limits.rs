@@ -1442,6 +1442,27 @@ struct PrivateRedis {
     node: RedisNode,
 }
 
+/// The SHA1 the relay's `EVALSHA` calls name a script by.
+fn script_sha(script: &str) -> String {
+    redis::Script::new(script).get_hash().to_string()
+}
+
+/// `redis-cli monitor` on a private Redis, writing to a file until stopped.
+struct Monitor {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Monitor {
+    /// Every command Redis ran while the monitor was on, one MONITOR line each (`<s>.<us> [db
+    /// addr] "cmd" ...`; commands run by scripts show as `[0 lua]`).
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
 impl PrivateRedis {
     async fn start() -> PrivateRedis {
         PrivateRedis {
@@ -1451,6 +1472,19 @@ impl PrivateRedis {
 
     fn url(&self) -> String {
         self.node.url()
+    }
+
+    /// Starts `MONITOR` (its file in `dir`) and returns once it is on.
+    async fn monitor(&self, dir: &std::path::Path) -> Monitor {
+        let log = dir.join("monitor.log");
+        let child = Command::new("redis-cli")
+            .args(["-p", &self.node.port().to_string(), "monitor"])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually(|| async { std::fs::read_to_string(&log).ok().filter(|s| s.starts_with("OK")) }).await;
+        Monitor { child, log }
     }
 
     /// `cmdstat_<name>` calls from `INFO commandstats`, and the server's time (µs) at that very
@@ -1515,28 +1549,10 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let admit_sha = redis::Script::new(include_str!("../src/limits/lua/admit.lua"))
-        .get_hash()
-        .to_string();
-    let settle_sha = redis::Script::new(include_str!("../src/limits/lua/settle.lua"))
-        .get_hash()
-        .to_string();
-    let sticky_lease_sha = redis::Script::new(include_str!("../src/store/lua/sticky_lease.lua"))
-        .get_hash()
-        .to_string();
-    let monitor_log = relay.dir.path().join("monitor.log");
-    let mut monitor = Command::new("redis-cli")
-        .args(["-p", &redis_server.node.port().to_string(), "monitor"])
-        .stdout(std::fs::File::create(&monitor_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually(|| async {
-        std::fs::read_to_string(&monitor_log)
-            .ok()
-            .filter(|s| s.starts_with("OK"))
-    })
-    .await;
+    let admit_sha = script_sha(include_str!("../src/limits/lua/admit.lua"));
+    let settle_sha = script_sha(include_str!("../src/limits/lua/settle.lua"));
+    let sticky_lease_sha = script_sha(include_str!("../src/store/lua/sticky_lease.lua"));
+    let monitor = redis_server.monitor(relay.dir.path()).await;
     let (before, before_us) = redis_server.calls().await;
 
     const N: u64 = 40;
@@ -1550,12 +1566,10 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     let (after, after_us) = redis_server.calls().await;
     // Let MONITOR print everything up to that moment before it stops.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    let log = monitor.stop();
 
     let delta = |cmd: &str| after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0);
     let scripts = delta("evalsha") + delta("eval");
-    let log = std::fs::read_to_string(&monitor_log).unwrap();
     // Commands clients sent (not the ones scripts ran, shown as `[0 lua]`) between the two
     // commandstats readings: MONITOR lines start with the server time, `1732712345.123456`.
     let in_window = |l: &str| {
@@ -1646,23 +1660,10 @@ async fn the_calls_before_and_after_the_upstream_share_one_round_trip_each() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let sha = |script: &str| redis::Script::new(script).get_hash().to_string();
-    let admit_sha = sha(include_str!("../src/limits/lua/admit.lua"));
-    let settle_sha = sha(include_str!("../src/limits/lua/settle.lua"));
-    let sticky_lease_sha = sha(include_str!("../src/store/lua/sticky_lease.lua"));
-    let monitor_log = relay.dir.path().join("monitor.log");
-    let mut monitor = Command::new("redis-cli")
-        .args(["-p", &redis_server.node.port().to_string(), "monitor"])
-        .stdout(std::fs::File::create(&monitor_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually(|| async {
-        std::fs::read_to_string(&monitor_log)
-            .ok()
-            .filter(|s| s.starts_with("OK"))
-    })
-    .await;
+    let admit_sha = script_sha(include_str!("../src/limits/lua/admit.lua"));
+    let settle_sha = script_sha(include_str!("../src/limits/lua/settle.lua"));
+    let sticky_lease_sha = script_sha(include_str!("../src/store/lua/sticky_lease.lua"));
+    let monitor = redis_server.monitor(relay.dir.path()).await;
 
     // Requests of the key with every limit, and of a key without limits (whose only store call
     // before the upstream is the session's binding with the account's lease), in turn.
@@ -1694,11 +1695,9 @@ async fn the_calls_before_and_after_the_upstream_share_one_round_trip_each() {
         took_new.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    let log = monitor.stop();
 
     // When each client call reached Redis (ms), from MONITOR lines `<s>.<us> [db addr] "cmd" ...`.
-    let log = std::fs::read_to_string(&monitor_log).unwrap();
     let at = |pred: &dyn Fn(&str) -> bool| -> Vec<f64> {
         log.lines()
             .filter(|l| !l.contains(" lua]") && pred(&l.to_lowercase()))
@@ -1775,29 +1774,13 @@ async fn a_key_refused_lately_takes_no_account_slot_before_it_is_admitted() {
     );
     let relay = RelayProcess::start(&yaml).await;
     assert_eq!(complete(&relay, "once").await, 200);
-    let monitor_log = relay.dir.path().join("monitor.log");
-    let mut monitor = Command::new("redis-cli")
-        .args(["-p", &redis_server.node.port().to_string(), "monitor"])
-        .stdout(std::fs::File::create(&monitor_log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually(|| async {
-        std::fs::read_to_string(&monitor_log)
-            .ok()
-            .filter(|s| s.starts_with("OK"))
-    })
-    .await;
+    let monitor = redis_server.monitor(relay.dir.path()).await;
     for _ in 0..5 {
         assert_eq!(complete(&relay, "once").await, 429);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = monitor.kill();
-    let _ = monitor.wait();
-    let log = std::fs::read_to_string(&monitor_log).unwrap();
-    let admit_sha = redis::Script::new(include_str!("../src/limits/lua/admit.lua"))
-        .get_hash()
-        .to_string();
+    let log = monitor.stop();
+    let admit_sha = script_sha(include_str!("../src/limits/lua/admit.lua"));
     let sent = |pred: &dyn Fn(&str) -> bool| {
         log.lines()
             .filter(|l| !l.contains(" lua]") && pred(&l.to_lowercase()))
