@@ -135,6 +135,9 @@ await journey('3 overview numbers: 50 requests, seeded $, 2 models, range switch
 
 await journey('2 session expiry: revoked server-side, back to the same page after login', async () => {
   await p.goto(`${ADMIN}/ui/overview`)
+  // The page's first loads finish before the session is revoked: one still in flight would meet
+  // the 401 first and leave for the login page before the click below.
+  await p.waitForLoadState('networkidle')
   const token = await p.evaluate(() => sessionStorage.getItem('relay.token'))
   assert.ok(token)
   assert.equal(await p.evaluate(() => localStorage.getItem('relay.token')), null)
