@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Request log records by result: `written` (appended to the store), `dropped` (its queue was
     /// full) or `write_failed` (the store refused the batch).
     pub request_log: IntCounterVec,
+    /// The allocator's account of the heap, read at every scrape (see [`allocator_bytes`]).
+    pub allocator: prometheus::IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -204,6 +206,14 @@ impl Metrics {
             request_log.with_label_values(&[result]);
         }
         registry.register(Box::new(request_log.clone()))?;
+        let allocator = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "relay_allocator_bytes",
+                "The heap as jemalloc counts it: allocated (live objects), active (their pages), resident (pages in RAM, the allocator's own included), retained (address space kept for reuse, not in RAM)",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(allocator.clone()))?;
         registry.register(Box::new(account_available.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -242,14 +252,38 @@ impl Metrics {
             alerts,
             alert_deliveries,
             request_log,
+            allocator,
         })
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(bytes) = allocator_bytes() {
+            for (kind, v) in bytes {
+                self.allocator.with_label_values(&[kind]).set(v as i64);
+            }
+        }
         let mut buf = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for the text format except on invalid metric data.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// jemalloc's heap figures, or None when jemalloc is not the process's allocator (a build with
+/// `system-alloc`, or a test binary: nothing was allocated through it).
+pub fn allocator_bytes() -> Option<[(&'static str, usize); 4]> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The figures are a snapshot taken at the last epoch advance.
+    epoch::advance().ok()?;
+    let allocated = stats::allocated::read().ok()?;
+    if allocated == 0 {
+        return None;
+    }
+    Some([
+        ("allocated", allocated),
+        ("active", stats::active::read().ok()?),
+        ("resident", stats::resident::read().ok()?),
+        ("retained", stats::retained::read().ok()?),
+    ])
 }

@@ -552,6 +552,22 @@ async fn usage_is_recorded_per_key_account_and_model_with_cost() {
     ] {
         assert!(text.contains(name), "missing {name}");
     }
+    // The binary's allocator (jemalloc) reports its heap: live objects, their pages, the pages
+    // in RAM.
+    let allocator = |kind: &str| {
+        let prefix = format!("relay_allocator_bytes{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no allocator figure {kind}:\n{text}"))
+    };
+    let (allocated, active, resident) = (allocator("allocated"), allocator("active"), allocator("resident"));
+    assert!(allocated > 1e6, "allocated {allocated}");
+    assert!(
+        active >= allocated && resident >= active,
+        "{allocated} {active} {resident}"
+    );
+    assert!(allocator("retained") >= 0.0);
 }
 
 /// Reads the persisted usage totals of a stopped relay's embedded store.

@@ -149,15 +149,21 @@ def mock_requests(url):
         return None
 
 
-def in_flight(admin_url):
+def gauges(admin_url):
+    """The relay's requests in flight and its allocator figures (`relay_allocator_bytes` by kind),
+    as {"in_flight": n, "allocated": bytes, ...}; empty when /metrics is unavailable."""
     try:
         code, body, _ = http("GET", admin_url + "/metrics", timeout=5)
     except OSError:
-        return None
+        return {}
+    out = {}
     for line in body.decode(errors="replace").splitlines():
         if line.startswith("relay_in_flight_requests "):
-            return int(float(line.split()[1]))
-    return None
+            out["in_flight"] = int(float(line.split()[1]))
+        elif line.startswith("relay_allocator_bytes{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = int(float(line.split()[-1]))
+    return out
 
 
 class LogTail:
@@ -545,6 +551,7 @@ def main():
                               chunk_delay_ms=args.slow_delay_ms, timeout_s=15)
         time.sleep(2)
         rss_before_slow = status_kb(relay.pid, "VmRSS")
+        heap_before_slow = gauges(admin_url)
         reset_peak_rss(relay.pid)
         before_status = relay_statuses(admin_url)
         samples = []
@@ -553,7 +560,7 @@ def main():
         def sample():
             while not stop.wait(0.5):
                 try:
-                    samples.append((status_kb(relay.pid, "VmRSS"), in_flight(admin_url)))
+                    samples.append((status_kb(relay.pid, "VmRSS"), gauges(admin_url)))
                 except OSError:
                     pass
 
@@ -572,7 +579,9 @@ def main():
         slow_log = summarize_log(log.new_lines())
         for l, n in slow_log:
             log_notes[l] += n
-        max_in_flight = max((s[1] for s in samples if s[1] is not None), default=None)
+        busiest = max((s[1] for s in samples if s[1].get("in_flight") is not None),
+                      key=lambda g: g["in_flight"], default=None)
+        max_in_flight = busiest["in_flight"] if busiest else None
 
         if args.failover_row:
             relay.stop()  # idle from here on; the failover row has its own relay
@@ -653,6 +662,14 @@ def main():
       "Memory per in-flight stream ≈ (peak − before) ÷ max in flight"
       + (f" = **{(slow_hwm - rss_before_slow) / max_in_flight:.0f} KB**." if max_in_flight else "."))
     w("")
+    if busiest and "allocated" in busiest and "allocated" in heap_before_slow:
+        per = {k: (busiest[k] - heap_before_slow[k]) / 1024 / max_in_flight
+               for k in ("allocated", "active", "resident") if k in busiest and k in heap_before_slow}
+        w("The allocator's own account (`relay_allocator_bytes`), before the row and at the sample with the most "
+          "streams in flight: " + ", ".join(
+              f"{k} {heap_before_slow[k] / 2**20:.1f} → {busiest[k] / 2**20:.1f} MB ({per[k]:.0f} KB per stream)"
+              for k in per) + ".")
+        w("")
     w(f"Relay RSS right after start: {rss_fresh / 1024:.1f} MB. Peak RSS is VmHWM, "
       + ("reset (`/proc/PID/clear_refs` = 5) before each relay row, so each row shows its own peak "
          "(memory the allocator kept from earlier rows is included)." if can_reset else

@@ -63,17 +63,18 @@ def redis_counts(url):
     finally:
         r.close()
     text = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
-    calls = {}
+    calls, usec = {}, {}
     for line in text(stats).splitlines():
         if line.startswith("cmdstat_"):
             name, rest = line[len("cmdstat_"):].split(":", 1)
             fields = dict(kv.split("=") for kv in rest.split(","))
             calls[name] = int(fields["calls"])
+            usec[name] = int(fields["usec"])
     used = 0.0
     for line in text(cpu).splitlines():
         if line.startswith(("used_cpu_sys:", "used_cpu_user:")):
             used += float(line.split(":")[1])
-    return calls, used
+    return calls, usec, used
 
 
 def main():
@@ -107,34 +108,42 @@ def main():
         time.sleep(1.5)
         rows = []
         for stream in (False, True):
-            before, cpu_before = redis_counts(redis_url)
+            before, usec_before, cpu_before = redis_counts(redis_url)
             ticks = cpu_ticks(relay.pid)
             r = run_wrk(relay_url + "/v1/messages", args.concurrency, args.duration, stream, api_key=KEY,
                         session="bench-session")
             # The statistics flush of the run's last second lands too.
             time.sleep(1.5)
-            after, cpu_after = redis_counts(redis_url)
+            after, usec_after, cpu_after = redis_counts(redis_url)
             relay_s = (cpu_ticks(relay.pid) - ticks) / CLK_TCK
             n = r["requests"]
             if n == 0 or r["status"]:
                 sys.exit(f"redis_calls: {n} requests, {r['status']} not 2xx")
             diff = collections.Counter({k: after.get(k, 0) - before.get(k, 0) for k in after})
             diff = collections.Counter({k: v for k, v in diff.items() if v > 0 and k not in ("info",)})
-            rows.append((stream, n, r, (cpu_after - cpu_before) * 1e6 / n, diff, relay_s * 1e6 / n))
+            usec = {k: usec_after.get(k, 0) - usec_before.get(k, 0) for k in diff}
+            rows.append((stream, n, r, (cpu_after - cpu_before) * 1e6 / n, diff, relay_s * 1e6 / n, usec))
         label = f" ({args.label})" if args.label else ""
         print(f"## Redis per request{label}: key with every limit, sticky session, account cap; "
               f"c={args.concurrency}, {args.duration} s\n")
         print("| | requests | req/s | p50 ms | Redis CPU µs/req | commands/req | scripts/req | relay CPU µs/req |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for stream, n, r, rcpu, diff, relay_us in rows:
+        for stream, n, r, rcpu, diff, relay_us, _ in rows:
             total = sum(diff.values()) / n
             scripts = (diff.get("evalsha", 0) + diff.get("eval", 0)) / n
             print(f"| {'stream' if stream else 'non-stream'} | {n:,} | {n / (r['duration_us'] / 1e6):,.0f} | "
                   f"{r['p50_us'] / 1000:.2f} | {rcpu:.1f} | {total:.2f} | {scripts:.2f} | {relay_us:.1f} |")
         print()
-        for stream, n, _, _, diff, _ in rows:
+        for stream, n, _, _, diff, _, usec in rows:
             top = ", ".join(f"{k} {v / n:.2f}" for k, v in diff.most_common())
             print(f"- {'stream' if stream else 'non-stream'} commands per request: {top}")
+        print()
+        print("Time inside commands (`INFO commandstats` usec; a script's includes the commands it calls, "
+              "which are also counted under their own names), µs per request:")
+        print()
+        for stream, n, _, _, diff, _, usec in rows:
+            top = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(usec.items(), key=lambda kv: -kv[1]) if v)
+            print(f"- {'stream' if stream else 'non-stream'}: {top}")
     finally:
         for p in reversed(procs):
             p.stop()
