@@ -17,6 +17,10 @@
 //! `GET /_mock/stats` (never failed) answers `{"requests":N}`: the requests answered so far, that
 //! route excluded, so a load test can see how many reached this upstream.
 //!
+//! `--tls-cert F --tls-key K` serves HTTPS instead (ALPN `h2`, then `http/1.1`), as the real APIs
+//! do: the relay then speaks HTTP/2 to it, many streams on one connection (a relay trusts the
+//! certificate through `SSL_CERT_FILE`).
+//!
 //! ```text
 //! cargo run --release --example mock_upstream -- --listen 127.0.0.1:9001 [--threads 1] [--status 429]
 //! ```
@@ -60,6 +64,12 @@ struct Args {
     /// `retry-after` seconds sent with `--status 429` (0: no header).
     #[arg(long, default_value_t = 1)]
     retry_after: u64,
+    /// Serve HTTPS with this certificate chain (PEM), HTTP/2 or HTTP/1.1 by ALPN.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// What every handler shares.
@@ -229,6 +239,10 @@ fn main() {
                 .map(|s| format!(", answering {s} to everything"))
                 .unwrap_or_default()
         );
+        if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+            serve_tls(listener, app, cert, key).await;
+            return;
+        }
         // Small streamed writes must not wait for Nagle.
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
@@ -236,4 +250,30 @@ fn main() {
         });
         axum::serve(listener, app).await.expect("serve");
     });
+}
+
+/// HTTPS with ALPN `h2` then `http/1.1`, each connection served by hyper's automatic builder.
+async fn serve_tls(listener: tokio::net::TcpListener, app: Router, cert: std::path::PathBuf, key: std::path::PathBuf) {
+    use claude_relay::tls::{CertFiles, ReloadingCert, server_config};
+    let cert = ReloadingCert::load("mock", CertFiles { cert, key }).expect("--tls-cert / --tls-key");
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(Arc::new(cert)).expect("TLS configuration"));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                let mut app = app.clone();
+                async move { tower_service::Service::call(&mut app, req).await }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
 }

@@ -138,6 +138,62 @@ async fn console_account_over_https_speaks_h2_byte_identical_with_credentials_sw
     assert_eq!(&s.body[..], BODY_JSON.as_bytes(), "body must pass untouched");
 }
 
+/// Requests in flight together share one HTTP/2 connection to the upstream instead of a TLS
+/// connection each, and every one of them is answered in full and billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_share_one_upstream_h2_connection() {
+    let ca = TestCa::new();
+    let mock = MockUpstream::start_tls(&ca).await;
+    let relay = relay_trusting(ca.ca_path(), &console_account(&mock)).await;
+    // One request first: the connection exists and is pooled before the burst.
+    assert_eq!(post_messages(&relay, BODY_JSON).await.status(), 200);
+    assert_eq!(mock.connections(), 1);
+
+    const N: usize = 24;
+    let streams = (0..N).map(|_| {
+        let url = format!("{}/v1/messages", relay.base());
+        async move {
+            let r = client()
+                .post(url)
+                .header("x-api-key", ALICE)
+                .header("anthropic-version", "2023-06-01")
+                // About 13 writes 40 ms apart: the streams overlap for about half a second.
+                .header("x-mock-chunk", "100")
+                .header("x-mock-chunk-delay-ms", "40")
+                .body(BODY_STREAM)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    });
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all(streams).await;
+    for (status, text) in &answers {
+        assert_eq!(*status, 200, "{text}");
+        assert!(text.contains("message_stop"), "incomplete stream: {text}");
+    }
+    let log = relay.log_text();
+    // Overlapping: all of them together took far less than one after the other.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let seen = mock.seen();
+    assert_eq!(seen.len(), N + 1);
+    for s in &seen {
+        assert_h2_to(s, mock.addr.port(), &log);
+    }
+    // A request that finds no connection with a free stream while another is still being set up
+    // opens one of its own: a few, never one per stream.
+    assert!(
+        mock.connections() <= 6,
+        "{} upstream connections for {N} streams in flight; relay log:\n{log}",
+        mock.connections()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_certificate_from_an_untrusted_ca_is_refused() {
     let ca = TestCa::new();

@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -62,10 +63,16 @@ def wait_for(pred, what, timeout=30.0, proc=None, log=None):
     sys.exit(f"loadtest: {what} did not become ready\n{tail}")
 
 
+# The HTTPS mock's certificate (--upstream-tls) is checked by the relay, not by these helpers.
+_UNVERIFIED = ssl.create_default_context()
+_UNVERIFIED.check_hostname = False
+_UNVERIFIED.verify_mode = ssl.CERT_NONE
+
+
 def http(method, url, body=None, headers=None, timeout=10):
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=_UNVERIFIED if url.startswith("https:") else None) as r:
             return r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read(), dict(e.headers)
@@ -308,9 +315,31 @@ def start_mock(procs, mock_bin, port, threads, log, extra=()):
     return mock
 
 
+def upstream_cert(tmp):
+    """A private CA and its certificate for localhost (openssl): the mock serves the certificate,
+    the relay trusts the CA through SSL_CERT_FILE. Returns (ca, cert, key) paths."""
+    ca, ca_key = os.path.join(tmp, "ca.pem"), os.path.join(tmp, "ca.key")
+    cert, key, csr, ext = (os.path.join(tmp, n) for n in ("mock.pem", "mock.key", "mock.csr", "mock.ext"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=load test CA")
+    run("req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
+        "-extfile", ext)
+    return ca, cert, key
+
+
+# Set by --upstream-tls: the CA file the relay trusts (SSL_CERT_FILE).
+RELAY_CA = None
+
+
 def start_relay(procs, relay_bin, conf, relay_url, admin_url, log):
-    relay = Proc([relay_bin, "--config", conf], log,
-                 env=dict(os.environ, RELAY_LOG=os.environ.get("RELAY_LOG", "warn")))
+    env = dict(os.environ, RELAY_LOG=os.environ.get("RELAY_LOG", "warn"))
+    if RELAY_CA:
+        env["SSL_CERT_FILE"] = RELAY_CA
+    relay = Proc([relay_bin, "--config", conf], log, env=env)
     procs.append(relay)
     wait_for(lambda: http("GET", relay_url + "/health", timeout=2)[0] == 200, "relay", proc=relay.p, log=log)
     wait_for(lambda: http("GET", admin_url + "/health", timeout=2)[0] in (200, 503), "relay admin",
@@ -428,11 +457,14 @@ def main():
                     help="also measure the Gemini API passed through to a gemini-api account, and Chat "
                          "Completions converted for it")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (config, relay log)")
+    ap.add_argument("--upstream-tls", action="store_true",
+                    help="the mock serves HTTPS (HTTP/2 by ALPN, as the real APIs): the relay's upstream "
+                         "streams share connections; needs openssl")
     ap.add_argument("--extra-config", default=None,
                     help="YAML appended to the relay's config (default: lift the per-address "
                          "connection cap; pass '' for a relay that predates it)")
     args = ap.parse_args()
-    global EXTRA_CONFIG
+    global EXTRA_CONFIG, RELAY_CA
     if args.extra_config is not None:
         EXTRA_CONFIG = args.extra_config + ("\n" if args.extra_config and not args.extra_config.endswith("\n") else "")
     concs = [int(c) for c in args.concurrency.split(",")]
@@ -440,6 +472,11 @@ def main():
     tmp = tempfile.mkdtemp(prefix="relay-load-")
     mock_port, relay_port, admin_port = free_port(), free_port(), free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
+    mock_extra = ()
+    if args.upstream_tls:
+        RELAY_CA, cert, key = upstream_cert(tmp)
+        mock_url = f"https://localhost:{mock_port}"
+        mock_extra = ("--tls-cert", cert, "--tls-key", key)
     relay_url = f"http://127.0.0.1:{relay_port}"
     admin_url = f"http://127.0.0.1:{admin_port}"
     data = os.path.join(tmp, "data")
@@ -453,7 +490,8 @@ def main():
     procs = []  # stopped in reverse order at the end
     fo_rows = None
     try:
-        mock = start_mock(procs, args.mock_bin, mock_port, args.mock_threads, os.path.join(tmp, "mock.log"))
+        mock = start_mock(procs, args.mock_bin, mock_port, args.mock_threads, os.path.join(tmp, "mock.log"),
+                          mock_extra)
         relay_log = os.path.join(tmp, "relay.log")
         relay = start_relay(procs, args.relay_bin, conf, relay_url, admin_url, relay_log)
         log = LogTail(relay_log)
@@ -609,7 +647,9 @@ def main():
     w(f"Commit `{commit()}` (plus uncommitted changes, if any); {os.cpu_count()} CPUs; load average at the end "
       f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}. Load generator: {wrk_version}, 1 thread, keep-alive. "
       f"Relay: release build, `threads: {args.relay_threads}`, `RELAY_LOG={os.environ.get('RELAY_LOG', 'warn')}`, "
-      f"embedded store. Mock: `examples/mock_upstream.rs`, {args.mock_threads} worker thread(s). "
+      f"embedded store. Mock: `examples/mock_upstream.rs`, {args.mock_threads} worker thread(s)"
+      + (", HTTPS (the relay speaks HTTP/2 to it; wrk's direct rows HTTP/1.1 over TLS). " if args.upstream_tls
+         else ", plain HTTP/1.1 (one upstream connection per request in flight). ") +
       f"{args.duration} s per row. Generator, mock and relay share the same machine.")
     w("")
     w("| target | stream | conc | req/s | p50 ms | p99 ms | errors | CPU µs/req | peak RSS MB | relay statuses |")

@@ -25,6 +25,12 @@ use crate::providers::UpstreamBase;
 const DNS_TTL: Duration = Duration::from_secs(60);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Requests in flight on one HTTP/2 upstream connection (the server's own
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` caps it further). Pingora's default is 1: every request in
+/// flight would hold a TLS connection of its own, with its handshake, buffers and descriptor.
+const H2_STREAMS: usize = 100;
+/// Flow-control window of one HTTP/2 stream: what the upstream may send ahead of the client.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
 
 #[derive(Hash, PartialEq, Eq, Clone)]
 struct PeerKey {
@@ -137,6 +143,12 @@ impl Peers {
         peer.options.idle_timeout = Some(POOL_IDLE);
         if base.tls {
             peer.options.set_http_version(2, 1);
+            peer.options.max_h2_streams = H2_STREAMS;
+            // A client that stops reading leaves its stream's unread data counted against the
+            // connection's window; room for every stream's full window keeps one such client
+            // from stalling the other streams of the connection.
+            peer.options.h2_stream_window_size = Some(H2_STREAM_WINDOW);
+            peer.options.h2_connection_window_size = Some(H2_STREAM_WINDOW * H2_STREAMS as u32);
         } else {
             peer.options.set_http_version(1, 1);
         }

@@ -105,6 +105,10 @@ impl MockUpstream {
     pub fn hits(&self) -> usize {
         self.state.seen.lock().unwrap().len()
     }
+    /// Connections accepted so far (a TLS mock; 0 for a plain one).
+    pub fn connections(&self) -> usize {
+        self._served.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
     pub fn set_status(&self, s: Option<u16>) {
         *self.state.fixed_status.lock().unwrap() = s;
     }

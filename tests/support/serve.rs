@@ -22,6 +22,8 @@ use tokio_rustls::TlsAcceptor;
 /// A running server; dropping it stops accepting and asks open connections to close.
 pub struct Served {
     pub addr: SocketAddr,
+    /// TCP connections accepted so far (TLS servers only).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     stop: watch::Sender<bool>,
 }
 
@@ -49,7 +51,11 @@ pub async fn serve(router: Router) -> Served {
             .await
             .unwrap();
     });
-    Served { addr, stop }
+    Served {
+        addr,
+        connections: Default::default(),
+        stop,
+    }
 }
 
 /// Serves `router` over TLS on a random port of 127.0.0.1 with `ca`'s leaf certificate (valid
@@ -60,6 +66,8 @@ pub async fn serve_tls(router: Router, ca: &TestCa) -> Served {
     let addr = listener.local_addr().unwrap();
     let acceptor = TlsAcceptor::from(ca.server_config());
     let (stop, mut stopped) = watch::channel(false);
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
     tokio::spawn(async move {
         loop {
             let tcp = tokio::select! {
@@ -72,6 +80,7 @@ pub async fn serve_tls(router: Router, ca: &TestCa) -> Served {
                 },
                 _ = until_stopped(&mut stopped) => break,
             };
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(serve_tls_connection(
                 tcp,
                 acceptor.clone(),
@@ -80,7 +89,11 @@ pub async fn serve_tls(router: Router, ca: &TestCa) -> Served {
             ));
         }
     });
-    Served { addr, stop }
+    Served {
+        addr,
+        connections,
+        stop,
+    }
 }
 
 async fn serve_tls_connection(
