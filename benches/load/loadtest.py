@@ -443,6 +443,8 @@ def main():
     ap.add_argument("--slow-conc", type=int, default=1000)
     ap.add_argument("--slow-duration", type=int, default=10)
     ap.add_argument("--slow-delay-ms", type=int, default=100)
+    ap.add_argument("--settle-s", type=int, default=15,
+                    help="seconds after the slow row before the memory left behind is read")
     ap.add_argument("--relay-threads", type=int, default=2)
     ap.add_argument("--mock-threads", type=int, default=1)
     ap.add_argument("--failover-row", action=argparse.BooleanOptionalAction, default=False,
@@ -620,6 +622,11 @@ def main():
         busiest = max((s[1] for s in samples if s[1].get("in_flight") is not None),
                       key=lambda g: g["in_flight"], default=None)
         max_in_flight = busiest["in_flight"] if busiest else None
+        # Memory given back once the streams are over: jemalloc returns freed pages over about
+        # ten seconds (its decay time).
+        time.sleep(args.settle_s)
+        rss_after_slow = status_kb(relay.pid, "VmRSS")
+        heap_after_slow = gauges(admin_url)
 
         if args.failover_row:
             relay.stop()  # idle from here on; the failover row has its own relay
@@ -710,6 +717,11 @@ def main():
               f"{k} {heap_before_slow[k] / 2**20:.1f} → {busiest[k] / 2**20:.1f} MB ({per[k]:.0f} KB per stream)"
               for k in per) + ".")
         w("")
+    w(f"{args.settle_s} s after the row, with no stream left: relay RSS {rss_after_slow / 1024:.1f} MB (before the row "
+      f"{rss_before_slow / 1024:.1f}, peak {slow_hwm / 1024:.1f})"
+      + (f"; allocated {heap_after_slow['allocated'] / 2**20:.1f} MB, resident {heap_after_slow['resident'] / 2**20:.1f} MB"
+         if "allocated" in heap_after_slow and "resident" in heap_after_slow else "") + ".")
+    w("")
     w(f"Relay RSS right after start: {rss_fresh / 1024:.1f} MB. Peak RSS is VmHWM, "
       + ("reset (`/proc/PID/clear_refs` = 5) before each relay row, so each row shows its own peak "
          "(memory the allocator kept from earlier rows is included)." if can_reset else
