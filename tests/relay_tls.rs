@@ -194,6 +194,48 @@ async fn concurrent_streams_share_one_upstream_h2_connection() {
     );
 }
 
+/// A client that stops reading a long answer does not hold up the other streams of its HTTP/2
+/// connection: the data waiting for it fills its own stream's window, never the connection's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_stall_its_connections_other_streams() {
+    let ca = TestCa::new();
+    let mock = MockUpstream::start_tls(&ca).await;
+    let relay = relay_trusting(ca.ca_path(), &console_account(&mock)).await;
+    assert_eq!(post_messages(&relay, BODY_JSON).await.status(), 200);
+
+    // 24 MB of events: more than the stream's window (8 MiB) and the sockets' buffers together.
+    let stalled = client()
+        .post(format!("{}/v1/messages", relay.base()))
+        .header("x-api-key", ALICE)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-mock-padding", "24000000")
+        .body(BODY_STREAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    // Not read: give the upstream time to fill everything that can be filled.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let started = std::time::Instant::now();
+    let other = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let r = post_messages(&relay, BODY_STREAM).await;
+        (r.status(), r.text().await.unwrap())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the second stream stalled; relay log:\n{}", relay.log_text()));
+    assert_eq!(other.0, 200);
+    assert!(other.1.contains("message_stop"), "{}", other.1);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Both streams were on the one connection.
+    assert_eq!(mock.connections(), 1);
+    drop(stalled);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_certificate_from_an_untrusted_ca_is_refused() {
     let ca = TestCa::new();

@@ -6,6 +6,7 @@
 //! - `x-mock-chunk: N` / `x-mock-chunk-delay-ms: N`: split the SSE answer into N-byte writes
 //! - `x-mock-truncate: N`: send only the first N bytes of the stream, then close
 //! - `x-mock-stall-after: N`: send N bytes, then stay silent
+//! - `x-mock-padding: N`: about N bytes of `ping` events (16 KiB each) after `message_start`
 //! - `x-mock-answer-header: name=value` (repeatable): add that header to a successful answer
 //! - `x-mock-tool`: the tool-use golden stream, or for a JSON answer [`json_tool_for`]
 //! - `x-mock-usage: {json}`: fields merged into the answer's `usage` (a JSON answer's, a stream's
@@ -348,6 +349,15 @@ async fn handle(
     );
     if start.is_some() || end.is_some() {
         full = patch_stream_usage(&full, start.as_ref(), end.as_ref());
+    }
+    if let Some(n) = num(&headers, "x-mock-padding") {
+        let ping = format!(
+            "event: ping\ndata: {{\"type\":\"ping\",\"padding\":\"{}\"}}\n\n",
+            "a".repeat(16 * 1024 - 64)
+        );
+        let at = full.windows(2).position(|w| w == b"\n\n").map_or(0, |i| i + 2);
+        let pad = ping.repeat((n as usize).div_ceil(ping.len()));
+        full.splice(at..at, pad.into_bytes());
     }
     if let Some(n) = num(&headers, "x-mock-truncate") {
         full.truncate(n as usize);
