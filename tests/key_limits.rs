@@ -1400,6 +1400,50 @@ async fn a_killed_instance_gives_its_slots_back_after_the_lease_time() {
     redis_cleanup(&p).await;
 }
 
+/// A fixed window's counters in Redis expire one window after the window ends, whether they were
+/// last written by an admission or by a charge: idle keys leave nothing behind.
+#[tokio::test]
+async fn a_fixed_windows_counters_on_redis_expire_one_window_after_it_ends() {
+    let (url, p) = (redis_url(), redis_prefix());
+    let mock = MockUpstream::start().await;
+    let yaml = redis_config(
+        &mock,
+        &url,
+        &p,
+        &[key_line("ttl", "rate_limit: { window_minutes: 1, requests: 1000 }")],
+    );
+    let relay = RelayProcess::start(&yaml).await;
+    room_in_minute(20).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let rate = format!("{p}limit:rate:config.ttl");
+    for i in 0..3 {
+        // Only admissions write this key's window (no token or cost limit: nothing to charge).
+        assert_eq!(complete(&relay, "ttl").await, 200);
+        let (pttl, start): (i64, i64) = redis::pipe()
+            .cmd("PTTL")
+            .arg(&rate)
+            .cmd("HGET")
+            .arg(&rate)
+            .arg("start")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        // Not before the window's end plus one window (less the time since the last write), never
+        // more than two windows from now.
+        assert!(pttl > 0, "request {i}: the window's hash has no expiry ({pttl})");
+        assert!(pttl <= 120_000, "request {i}: {pttl} ms");
+        assert!(
+            now_ms + pttl >= start + 120_000 - 2_000,
+            "request {i}: expires at {} for a window from {start}",
+            now_ms + pttl
+        );
+    }
+    drop(relay);
+    redis_cleanup(&p).await;
+}
+
 #[tokio::test]
 async fn spend_caps_on_redis_survive_lost_counters_and_restarts() {
     let (url, p) = (redis_url(), redis_prefix());

@@ -188,11 +188,12 @@ if window > 0 then
     if fresh_window then
       redis.call('DEL', KEYS[1])
       redis.call('HSET', KEYS[1], 'start', window_start, 'requests', 1, 'tokens', 0, 'cost', 0)
+      -- Kept one window past its end for late charges. Only a fresh window's hash is written
+      -- here without an expiry; later admissions in the window would set the same one again.
+      redis.call('PEXPIRE', KEYS[1], window_start + 2 * window - now)
     else
       redis.call('HINCRBY', KEYS[1], 'requests', 1)
     end
-    -- Kept one window past its end for late charges.
-    redis.call('PEXPIRE', KEYS[1], window_start + 2 * window - now)
   end
 end
 if limit > 0 then
