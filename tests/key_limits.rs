@@ -1400,8 +1400,8 @@ async fn a_killed_instance_gives_its_slots_back_after_the_lease_time() {
     redis_cleanup(&p).await;
 }
 
-/// A fixed window's counters in Redis expire one window after the window ends, whether they were
-/// last written by an admission or by a charge: idle keys leave nothing behind.
+/// A fixed window's counters in Redis expire one window after the window ends when only
+/// admissions write them (a key without token or cost limits): idle keys leave nothing behind.
 #[tokio::test]
 async fn a_fixed_windows_counters_on_redis_expire_one_window_after_it_ends() {
     let (url, p) = (redis_url(), redis_prefix());

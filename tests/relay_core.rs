@@ -555,10 +555,7 @@ async fn usage_is_recorded_per_key_account_and_model_with_cost() {
     // The binary's allocator (jemalloc) reports its heap: live objects, their pages, the pages
     // in RAM.
     let allocator = |kind: &str| {
-        let prefix = format!("relay_allocator_bytes{{kind=\"{kind}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+        support::metric_in(&text, &format!("relay_allocator_bytes{{kind=\"{kind}\"}} "))
             .unwrap_or_else(|| panic!("no allocator figure {kind}:\n{text}"))
     };
     let (allocated, active, resident) = (allocator("allocated"), allocator("active"), allocator("resident"));

@@ -28,14 +28,19 @@ async fn relay_trusting(ca_file: &Path, extra: &str) -> RelayProcess {
 
 /// `POST /v1/messages` through the relay with the client key, as the SDKs send it.
 async fn post_messages(relay: &RelayProcess, body: &'static str) -> reqwest::Response {
-    client()
+    post_messages_with(relay, &[], body).await
+}
+
+/// [`post_messages`] with `headers` added (the mock's `x-mock-*` steering).
+async fn post_messages_with(relay: &RelayProcess, headers: &[(&str, &str)], body: &'static str) -> reqwest::Response {
+    let mut rb = client()
         .post(format!("{}/v1/messages", relay.base()))
         .header("x-api-key", ALICE)
-        .header("anthropic-version", "2023-06-01")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+        .header("anthropic-version", "2023-06-01");
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    rb.body(body).send().await.unwrap()
 }
 
 fn console_account(mock: &MockUpstream) -> String {
@@ -150,22 +155,11 @@ async fn concurrent_streams_share_one_upstream_h2_connection() {
     assert_eq!(mock.connections(), 1);
 
     const N: usize = 24;
-    let streams = (0..N).map(|_| {
-        let url = format!("{}/v1/messages", relay.base());
-        async move {
-            let r = client()
-                .post(url)
-                .header("x-api-key", ALICE)
-                .header("anthropic-version", "2023-06-01")
-                // About 13 writes 40 ms apart: the streams overlap for about half a second.
-                .header("x-mock-chunk", "100")
-                .header("x-mock-chunk-delay-ms", "40")
-                .body(BODY_STREAM)
-                .send()
-                .await
-                .unwrap();
-            (r.status(), r.text().await.unwrap())
-        }
+    // About 13 writes 40 ms apart: the streams overlap for about half a second.
+    let slow = [("x-mock-chunk", "100"), ("x-mock-chunk-delay-ms", "40")];
+    let streams = (0..N).map(|_| async {
+        let r = post_messages_with(&relay, &slow, BODY_STREAM).await;
+        (r.status(), r.text().await.unwrap())
     });
     let started = std::time::Instant::now();
     let answers = futures_util::future::join_all(streams).await;
@@ -204,15 +198,7 @@ async fn a_client_that_stops_reading_does_not_stall_its_connections_other_stream
     assert_eq!(post_messages(&relay, BODY_JSON).await.status(), 200);
 
     // 24 MB of events: more than the stream's window (8 MiB) and the sockets' buffers together.
-    let stalled = client()
-        .post(format!("{}/v1/messages", relay.base()))
-        .header("x-api-key", ALICE)
-        .header("anthropic-version", "2023-06-01")
-        .header("x-mock-padding", "24000000")
-        .body(BODY_STREAM)
-        .send()
-        .await
-        .unwrap();
+    let stalled = post_messages_with(&relay, &[("x-mock-padding", "24000000")], BODY_STREAM).await;
     assert_eq!(stalled.status(), 200);
     // Not read: give the upstream time to fill everything that can be filled.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;

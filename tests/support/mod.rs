@@ -73,6 +73,11 @@ pub async fn metric(relay: &RelayProcess, line_prefix: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
+    metric_in(&text, line_prefix)
+}
+
+/// The value of the first line of a `/metrics` text that starts with `line_prefix`.
+pub fn metric_in(text: &str, line_prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())
