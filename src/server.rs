@@ -490,7 +490,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         usage: usage_sink,
         metrics: metrics.clone(),
         chain,
-        connector: pingora::connectors::http::Connector::new(None),
+        connector: crate::proxy::Connector::new(),
         peers: Peers::new(config.timeouts.connect.0, config.deny_addresses.clone()),
         hop_id: crate::secrets::random_token()[..16].to_string(),
         providers: crate::providers::ProviderEnv {

@@ -144,48 +144,105 @@ async fn console_account_over_https_speaks_h2_byte_identical_with_credentials_sw
 }
 
 /// Requests in flight together share one HTTP/2 connection to the upstream instead of a TLS
-/// connection each, and every one of them is answered in full and billed.
+/// connection each, and every one of them is answered in full. The burst reaches a cold
+/// upstream: the requests that arrive while the first connection is still in its handshake wait
+/// for it and share it rather than open connections of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_streams_share_one_upstream_h2_connection() {
+async fn a_burst_of_streams_opens_one_upstream_h2_connection_and_shares_it() {
     let ca = TestCa::new();
     let mock = MockUpstream::start_tls(&ca).await;
     let relay = relay_trusting(ca.ca_path(), &console_account(&mock)).await;
-    // One request first: the connection exists and is pooled before the burst.
-    assert_eq!(post_messages(&relay, BODY_JSON).await.status(), 200);
-    assert_eq!(mock.connections(), 1);
 
     const N: usize = 24;
     // About 13 writes 40 ms apart: the streams overlap for about half a second.
     let slow = [("x-mock-chunk", "100"), ("x-mock-chunk-delay-ms", "40")];
-    let streams = (0..N).map(|_| async {
-        let r = post_messages_with(&relay, &slow, BODY_STREAM).await;
-        (r.status(), r.text().await.unwrap())
-    });
+    let burst = || {
+        futures_util::future::join_all((0..N).map(|_| async {
+            let r = post_messages_with(&relay, &slow, BODY_STREAM).await;
+            (r.status(), r.text().await.unwrap())
+        }))
+    };
     let started = std::time::Instant::now();
-    let answers = futures_util::future::join_all(streams).await;
+    let answers = burst().await;
+    let elapsed = started.elapsed();
     for (status, text) in &answers {
         assert_eq!(*status, 200, "{text}");
         assert!(text.contains("message_stop"), "incomplete stream: {text}");
     }
-    let log = relay.log_text();
     // Overlapping: all of them together took far less than one after the other.
+    assert!(elapsed < std::time::Duration::from_secs(4), "{elapsed:?}");
+    let log = relay.log_text();
+    // One connection, or two when a request looked in the pool in the instant another had taken
+    // the connection out to open its stream; one per stream in flight without sharing.
+    let cold = mock.connections();
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
+        cold <= 2,
+        "{cold} upstream connections for {N} streams in flight; relay log:\n{log}"
+    );
+
+    // A second burst finds the pooled connection(s) and opens none.
+    for (status, text) in burst().await {
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("message_stop"), "incomplete stream: {text}");
+    }
+    let log = relay.log_text();
+    assert!(
+        mock.connections() <= cold + 1,
+        "{} upstream connections after a second burst; relay log:\n{log}",
+        mock.connections()
     );
     let seen = mock.seen();
-    assert_eq!(seen.len(), N + 1);
+    assert_eq!(seen.len(), 2 * N);
     for s in &seen {
         assert_h2_to(s, mock.addr.port(), &log);
     }
-    // A request that finds no connection with a free stream while another is still being set up
-    // opens one of its own: a few, never one per stream.
-    assert!(
-        mock.connections() <= 6,
-        "{} upstream connections for {N} streams in flight; relay log:\n{log}",
-        mock.connections()
+}
+
+/// When the connection a burst waits for cannot be opened, the requests that waited fail over
+/// at once instead of each trying the unreachable upstream again in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_connection_that_fails_fail_over_at_once() {
+    let ca = TestCa::new();
+    let mock = MockUpstream::start_tls(&ca).await;
+    // Accepts TCP connections and never answers the TLS handshake.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let config = format!(
+        "timeouts: {{ connect: 1s }}\naccounts:\n{}{}",
+        account_yaml("silent", &format!("https://localhost:{silent_port}"), ", priority: 1"),
+        account_yaml("main", &mock.url(), ", priority: 2"),
     );
+    let relay = relay_trusting(ca.ca_path(), &config).await;
+
+    const N: usize = 8;
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all((0..N).map(|_| async {
+        let r = post_messages(&relay, BODY_JSON).await;
+        (r.status(), r.text().await.unwrap())
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let log = relay.log_text();
+    for (status, text) in &answers {
+        assert_eq!(*status, 200, "{text}\n{log}");
+    }
+    assert_eq!(
+        mock.seen().len(),
+        N,
+        "every request failed over to the reachable account"
+    );
+    // One handshake attempt for the whole burst, and one connect timeout of waiting, not N.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "{log}");
+    assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}\n{log}");
 }
 
 /// A client that stops reading a long answer does not hold up the other streams of its HTTP/2

@@ -683,7 +683,7 @@ pub(super) async fn send(
     for _ in 0..3 {
         // Boxed: the connect future (TCP, TLS handshake) is about 9 KB, and in place it would be
         // part of every request's state for the whole life of its stream.
-        let (mut up, reused) = match Box::pin(relay.connector.get_http_session(&*peer)).await {
+        let (mut up, reused) = match Box::pin(relay.connector.session(&peer)).await {
             Ok(s) => s,
             Err(e) => {
                 relay.peers.forget(&account.base);
@@ -879,7 +879,7 @@ async fn attempt(
     match result {
         Ok(()) => {
             if up.response_done() {
-                relay.connector.release_http_session(up, &*peer, None).await;
+                relay.connector.release(up, &peer).await;
             }
             Ok(())
         }

@@ -6,6 +6,7 @@
 
 mod body;
 mod conn;
+mod connector;
 mod dispatch;
 pub mod error;
 mod headers;
@@ -23,7 +24,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use filters::{Chain, ClientKey, CompletionContext, FilterContext, RequestFacts};
-use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -39,6 +39,7 @@ use crate::store::Store;
 use crate::usage::pricing::PricingTable;
 use crate::usage::stats::UsageSink;
 pub use conn::{ConnLimits, GuardedApp};
+pub use connector::Connector;
 use error::{ErrorSource, RelayError, error_body, error_head};
 pub use peer::Peers;
 

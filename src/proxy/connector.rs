@@ -1,0 +1,146 @@
+//! Upstream connections: Pingora's HTTP/1 and HTTP/2 connectors, with one rule of ours for
+//! opening HTTP/2 connections.
+//!
+//! A pooled HTTP/2 connection carries many requests at once (see the peer module). Pingora takes
+//! a connection out of its pool while it opens a stream on it and puts it back afterwards, and a
+//! new connection enters the pool only once its TLS handshake is done. A request that looks in
+//! either window finds no connection with a free stream and opens one of its own: a burst of
+//! requests to a cold upstream, or to a busy one on a busy machine, becomes a burst of TLS
+//! handshakes and connections.
+//!
+//! So when no pooled connection has a free stream, one request at a time opens the next
+//! connection to an upstream that speaks (or may speak) HTTP/2; the requests that find it busy
+//! wait for it and then share the new connection. When that attempt fails, the requests that
+//! waited for it fail at once with a connect error, and fail over like it, instead of each
+//! trying the same unreachable upstream again in turn. An upstream that answered with HTTP/1 is
+//! not gated: every request in flight needs a connection of its own there.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use pingora::connectors::http::{v1, v2};
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::{Error, ErrorType, Result};
+
+/// Upstreams whose gate is kept; past this, gates no request holds are dropped (peers change
+/// when names resolve to new addresses).
+const GATES_KEPT: usize = 256;
+
+pub struct Connector {
+    h1: v1::Connector,
+    h2: v2::Connector,
+    /// By the peer's pool hash (address, TLS name, pool group).
+    gates: Mutex<HashMap<u64, Arc<Gate>>>,
+}
+
+#[derive(Default)]
+struct Gate {
+    /// Held by the request opening a connection to the upstream.
+    opening: tokio::sync::Mutex<LastOpen>,
+    /// The upstream chose HTTP/1: its connections are not shared, so opening is not gated.
+    speaks_h1: AtomicBool,
+}
+
+#[derive(Default)]
+struct LastOpen {
+    /// When the last attempt to open a connection failed, unless one succeeded since.
+    failed_at: Option<Instant>,
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Connector {
+    pub fn new() -> Self {
+        Connector {
+            h1: v1::Connector::new(None),
+            h2: v2::Connector::new(None),
+            gates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A session to `peer`, and whether it runs on a connection that was already open (such a
+    /// connection may turn out to be stale; a new one has no such excuse).
+    pub async fn session(&self, peer: &HttpPeer) -> Result<(HttpSession, bool)> {
+        let h1_only = peer
+            .get_peer_options()
+            .is_none_or(|o| o.alpn.get_max_http_version() == 1);
+        if h1_only {
+            let (h1, reused) = self.h1.get_http_session(peer).await?;
+            return Ok((HttpSession::H1(h1), reused));
+        }
+        if let Some(session) = self.reused(peer).await? {
+            return Ok((session, true));
+        }
+        let gate = self.gate(peer.reuse_hash());
+        if gate.speaks_h1.load(Ordering::Relaxed) {
+            return Ok((self.h2.new_http_session(peer).await?, false));
+        }
+        let mut last = match gate.opening.try_lock() {
+            Ok(last) => last,
+            Err(_) => {
+                let waiting_since = Instant::now();
+                let last = gate.opening.lock().await;
+                if let Some(session) = self.reused(peer).await? {
+                    return Ok((session, true));
+                }
+                if last.failed_at.is_some_and(|at| at >= waiting_since) {
+                    return Error::e_explain(
+                        ErrorType::ConnectError,
+                        "the connection another request was opening to this upstream failed",
+                    );
+                }
+                if gate.speaks_h1.load(Ordering::Relaxed) {
+                    drop(last);
+                    return Ok((self.h2.new_http_session(peer).await?, false));
+                }
+                last
+            }
+        };
+        // Whoever held the gate may have opened a connection while this request waited for the
+        // lock or looked in the pool.
+        if let Some(session) = self.reused(peer).await? {
+            return Ok((session, true));
+        }
+        let opened = self.h2.new_http_session(peer).await;
+        match &opened {
+            Ok(HttpSession::H1(_)) => gate.speaks_h1.store(true, Ordering::Relaxed),
+            Ok(_) => last.failed_at = None,
+            Err(_) => last.failed_at = Some(Instant::now()),
+        }
+        drop(last);
+        Ok((opened?, false))
+    }
+
+    /// A stream on a pooled HTTP/2 connection with a free stream, else an idle pooled HTTP/1
+    /// connection (an upstream offered both may have chosen either).
+    async fn reused(&self, peer: &HttpPeer) -> Result<Option<HttpSession>> {
+        if let Some(h2) = self.h2.reused_http_session(peer).await? {
+            return Ok(Some(HttpSession::H2(h2)));
+        }
+        Ok(self.h1.reused_http_session(peer).await.map(HttpSession::H1))
+    }
+
+    fn gate(&self, hash: u64) -> Arc<Gate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if gates.len() >= GATES_KEPT && !gates.contains_key(&hash) {
+            gates.retain(|_, g| Arc::strong_count(g) > 1);
+        }
+        gates.entry(hash).or_default().clone()
+    }
+
+    /// Returns a finished session's connection to its pool.
+    pub async fn release(&self, session: HttpSession, peer: &HttpPeer) {
+        match session {
+            HttpSession::H1(h1) => self.h1.release_http_session(h1, peer, None).await,
+            HttpSession::H2(h2) => self.h2.release_http_session(h2, peer, None),
+            HttpSession::Custom(()) => {}
+        }
+    }
+}
