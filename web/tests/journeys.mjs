@@ -485,8 +485,12 @@ await journey('16 dark mode: class, chart colours, persistence, system follows t
 })
 
 await journey('18 users and roles: admin adds an operator; she sees no users or audit; a role change signs her out; the audit shows the diff', async () => {
+  // A reload where the page is set up before `/me` answers still lists the users.
+  const slowMe = async (route) => { await new Promise((r) => setTimeout(r, 400)); await route.continue() }
+  await p.route('**/admin/api/me', slowMe)
   await p.goto(`${ADMIN}/ui/settings`)
   await p.locator('[data-test=users-table] [data-user=admin]').waitFor()
+  await p.unroute('**/admin/api/me', slowMe)
   await p.fill('input[name=new_username]', 'olga')
   await p.fill('input[name=new_user_password]', 'short')
   await p.selectOption('select[name=new_role]', 'operator')
