@@ -399,31 +399,36 @@ async fn attempts(
                 live: live.as_ref(),
                 project: project.as_deref().map(String::as_str),
             };
-            // Signing, when the wire needs it, happens here: anew on every attempt.
-            let mut prepared = match provider.prepare(&relay.providers, &call, &target) {
-                Ok(p) => p,
-                Err(PrepareError::Account(e)) => {
-                    tracing::warn!(account = %account.name, error = %e, "cannot prepare the upstream request; trying the next account");
-                    break Err(AttemptError::Retryable(
-                        RelayError::AccountCredential(e),
-                        None,
-                        "prepare",
-                    ));
+            // Signing, when the wire needs it, happens here: anew on every attempt. Boxed and built
+            // in a block of its own, so the request (sent by then) is not part of a stream's state
+            // for the stream's whole life.
+            let (prepared, wire_model) = {
+                let mut prepared = match provider.prepare(&relay.providers, &call, &target) {
+                    Ok(p) => p,
+                    Err(PrepareError::Account(e)) => {
+                        tracing::warn!(account = %account.name, error = %e, "cannot prepare the upstream request; trying the next account");
+                        break Err(AttemptError::Retryable(
+                            RelayError::AccountCredential(e),
+                            None,
+                            "prepare",
+                        ));
+                    }
+                    Err(PrepareError::Request(e)) => break Err(AttemptError::Final(RelayError::BadRequest(e))),
+                };
+                prepared.head.append_header(headers::HOPS, relay.hop_id.as_str())?;
+                if tracing::enabled!(target: UPSTREAM_LOG, tracing::Level::DEBUG) {
+                    tracing::debug!(
+                        target: UPSTREAM_LOG,
+                        account = %account.name,
+                        uri = %prepared.head.uri,
+                        headers = %headers::redacted(&prepared.head.headers),
+                        body_bytes = prepared.body.len(),
+                        "upstream request"
+                    );
                 }
-                Err(PrepareError::Request(e)) => break Err(AttemptError::Final(RelayError::BadRequest(e))),
+                let wire_model = prepared.wire_model.take().unwrap_or_else(|| upstream_model.clone());
+                (Box::new(prepared), wire_model)
             };
-            prepared.head.append_header(headers::HOPS, relay.hop_id.as_str())?;
-            if tracing::enabled!(target: UPSTREAM_LOG, tracing::Level::DEBUG) {
-                tracing::debug!(
-                    target: UPSTREAM_LOG,
-                    account = %account.name,
-                    uri = %prepared.head.uri,
-                    headers = %headers::redacted(&prepared.head.headers),
-                    body_bytes = prepared.body.len(),
-                    "upstream request"
-                );
-            }
-            let wire_model = prepared.wire_model.take().unwrap_or_else(|| upstream_model.clone());
             if let Some(l) = ctx.live.as_mut() {
                 l.set_account(account.id.clone());
             }
@@ -753,24 +758,16 @@ fn judged(session: &Session, provider: &dyn Provider, verdict: Verdict) -> Verdi
     verdict
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn attempt(
+/// [`send`], watching the client meanwhile: if it goes away while the upstream thinks, the
+/// upstream request is dropped (which aborts it) instead of waiting minutes for an answer nobody
+/// will read. Its own function, so that its state ends with the response head.
+async fn send_watching(
     relay: &Relay,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    plan: &mut AttemptPlan,
     account: &Account,
-    provider: &'static dyn Provider,
-    prepared: Prepared,
-    endpoint: Endpoint,
-    answer: Answer<'_>,
-    token_retry: bool,
-) -> Result<(), AttemptError> {
-    let Prepared { head: req, body, .. } = prepared;
-    let kind = answer.kind;
-    let sent_at = Instant::now();
-    // While the upstream thinks, watch the client: if it goes away, drop the upstream request
-    // (which aborts it) instead of waiting minutes for an answer nobody will read.
+    prepared: Box<Prepared>,
+) -> Result<(HttpSession, Arc<pingora::upstreams::peer::HttpPeer>), AttemptError> {
     let client_gone = async {
         loop {
             match session.as_downstream_mut().read_body_or_idle(true).await {
@@ -779,14 +776,32 @@ async fn attempt(
             }
         }
     };
-    let (mut up, peer) = tokio::select! {
-        r = send(relay, account, &req, &body) => r?,
+    tokio::select! {
+        r = send(relay, account, &prepared.head, &prepared.body) => r,
         e = client_gone => {
             ctx.client_disconnected = true;
             relay.metrics.upstream_errors.with_label_values(&["client_gone"]).inc();
-            return Err(AttemptError::Broken(e));
+            Err(AttemptError::Broken(e))
         }
-    };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    relay: &Relay,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    plan: &mut AttemptPlan,
+    account: &Account,
+    provider: &'static dyn Provider,
+    prepared: Box<Prepared>,
+    endpoint: Endpoint,
+    answer: Answer<'_>,
+    token_retry: bool,
+) -> Result<(), AttemptError> {
+    let kind = answer.kind;
+    let sent_at = Instant::now();
+    let (mut up, peer) = send_watching(relay, session, ctx, account, prepared).await?;
     let ttfb = sent_at.elapsed();
     relay
         .metrics
@@ -852,8 +867,8 @@ async fn attempt(
     // Committed: the scheduler binds the session on success and settles earlier failures.
     relay.outcomes.committed(plan, account, status < 400);
     let result = if is_stream {
-        let adapter = StreamAdapter::new(&answer);
-        let r = stream(relay, session, ctx, &mut up, &head, &answer, adapter).await;
+        let mut adapter = StreamAdapter::new(&answer);
+        let r = stream(relay, session, ctx, &mut up, &head, &answer, &mut adapter).await;
         if let Ok(Some(failure)) = &r {
             // The wire failed inside the stream: the account is judged by what it said.
             if let Some(s) = provider.stream_failure(failure) {
@@ -931,11 +946,15 @@ async fn stream(
     up: &mut HttpSession,
     head: &pingora::http::ResponseHeader,
     answer: &Answer<'_>,
-    mut adapter: StreamAdapter,
+    adapter: &mut StreamAdapter,
 ) -> Result<Option<String>, AttemptError> {
     let idle = relay.config.timeouts.stream_idle.0;
     if adapter.collects() {
-        return collect(relay, session, ctx, up, head, adapter).await.map(|()| None);
+        // Boxed: a collected answer is rare, and in place its state (about 2.6 KB) would be part of
+        // every stream's for the stream's whole life.
+        return Box::pin(collect(relay, session, ctx, up, head, adapter))
+            .await
+            .map(|()| None);
     }
     let converted = answer::converts_stream(answer);
     let renamed = answer.rename.is_some() || answer.strip_usage;
@@ -998,7 +1017,7 @@ async fn stream(
             Some(Ok(None)) => break,
             Some(Err(e)) => {
                 relay.metrics.upstream_errors.with_label_values(&["stream_io"]).inc();
-                note_usage(ctx, &adapter);
+                note_usage(ctx, adapter);
                 end_with_error_event(
                     session,
                     ctx,
@@ -1010,7 +1029,7 @@ async fn stream(
             }
             None => {
                 relay.metrics.upstream_errors.with_label_values(&["stream_idle"]).inc();
-                note_usage(ctx, &adapter);
+                note_usage(ctx, adapter);
                 end_with_error_event(
                     session,
                     ctx,
@@ -1022,7 +1041,7 @@ async fn stream(
             }
         };
         let out = adapter.push(chunk);
-        note_usage(ctx, &adapter);
+        note_usage(ctx, adapter);
         if let Some(ceiling) = ceiling
             && over_ceiling(ctx, ceiling, &mut priced)
         {
@@ -1043,7 +1062,7 @@ async fn stream(
         write_body(session, ctx, held.split().freeze()).await?;
     }
     if let Some(rest) = adapter.finish() {
-        note_usage(ctx, &adapter);
+        note_usage(ctx, adapter);
         write_body(session, ctx, rest).await?;
     }
     session
@@ -1076,7 +1095,7 @@ async fn collect(
     ctx: &mut RequestCtx,
     up: &mut HttpSession,
     head: &pingora::http::ResponseHeader,
-    mut adapter: StreamAdapter,
+    adapter: &mut StreamAdapter,
 ) -> Result<(), AttemptError> {
     let idle = relay.config.timeouts.stream_idle.0;
     let mut out = BytesMut::new();
@@ -1087,7 +1106,7 @@ async fn collect(
                 if let Some(b) = adapter.push(c) {
                     out.extend_from_slice(&b);
                 }
-                note_usage(ctx, &adapter);
+                note_usage(ctx, adapter);
                 if out.len() > MAX_BUFFERED_ANSWER {
                     broke = Some("answer too large".into());
                     break;
@@ -1106,14 +1125,14 @@ async fn collect(
             }
         }
     }
-    note_usage(ctx, &adapter);
+    note_usage(ctx, adapter);
     let (status, body) = match broke {
         Some(message) => (502, crate::ingress::openai::openai_error(ErrorKind::Upstream, &message)),
         None => {
             if let Some(rest) = adapter.finish() {
                 out.extend_from_slice(&rest);
             }
-            note_usage(ctx, &adapter);
+            note_usage(ctx, adapter);
             let status = if adapter.failed() {
                 adapter.error_status().unwrap_or(502)
             } else {
