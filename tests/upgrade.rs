@@ -396,6 +396,73 @@ async fn redis_store_upgrade_under_load_loses_no_request_and_no_usage() {
 
 /// `scripts/upgrade.sh` does the whole dance (finding the old process by its pid file), and both
 /// processes tell systemd who they are over `NOTIFY_SOCKET` (`Type=notify`, `NotifyAccess=all`).
+/// A connection the old process accepted before the hand-over whose request arrives only after
+/// its listeners stopped (a client still in its TLS handshake, or slow to write) is answered, not
+/// closed unanswered.
+#[tokio::test]
+async fn a_connection_accepted_before_the_listeners_stop_is_answered_after_they_stop() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start().await;
+    let mut old = RelayProcess::start(&format!(
+        "shutdown_grace: 30s\naccounts:\n{}",
+        account_yaml("main", &mock.url(), "")
+    ))
+    .await;
+    // Accepted by the old process: the new one does not have the listening sockets yet.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", old.port)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let sock = old.dir.path().join("data").join("upgrade.sock");
+    let mut new = old.spawn_sibling(&["--upgrade"], "relay-new.log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sock.exists() {
+        assert!(new.try_wait().is_none(), "new process exited:\n{}", new.log_text());
+        assert!(Instant::now() < deadline, "no upgrade socket:\n{}", new.log_text());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    old.signal("QUIT");
+    // The old listeners stop 5 s after SIGQUIT; then the old process waits for what is in flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !old.log_text().contains("handed over: waiting for in-flight requests") {
+        assert!(Instant::now() < deadline, "no hand-over:\n{}", old.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {ALICE}\r\nanthropic-version: 2023-06-01\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY_JSON}",
+        BODY_JSON.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        matches!(read, Ok(Ok(_))) && answer.starts_with("HTTP/1.1 200"),
+        "{read:?}: {answer:?}\nold log:\n{}",
+        old.log_text()
+    );
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.contains("message_stop") || answer.contains("\"usage\""),
+        "{answer}"
+    );
+    // And the old process still exits by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = old.try_wait() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old process did not exit:\n{}",
+            old.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "old process: {status:?}\n{}", old.log_text());
+    assert!(new.try_wait().is_none(), "new process died:\n{}", new.log_text());
+}
+
 #[tokio::test]
 async fn upgrade_script_hands_over_and_the_new_process_becomes_systemds_main_process() {
     let mock = MockUpstream::start().await;

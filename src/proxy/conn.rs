@@ -239,10 +239,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         }
     }
 
+    /// Runs when the listeners have stopped accepting. Pingora's own cleanup closes every
+    /// connection waiting for a request head, and a connection accepted just before the
+    /// listeners stopped may not have sent its first one yet (its TLS handshake, then the head,
+    /// take a few hundred milliseconds on a loaded machine): that client's request would fail.
+    /// They get [`CLEANUP_DELAY`] first; whatever is answered meanwhile while handing over says
+    /// `Connection: close`. The process does not wait for this: it exits once nothing is in
+    /// flight (see `server::shutdown`).
     async fn cleanup(&self) {
+        tokio::time::sleep(CLEANUP_DELAY).await;
         self.inner.cleanup().await
     }
 }
+
+/// How long connections accepted before the listeners stopped may still send their first
+/// request (see [`GuardedApp`]'s `cleanup`).
+const CLEANUP_DELAY: Duration = Duration::from_secs(2);
 
 /// How many bytes of a request head are kept to name the endpoint of an error answer.
 const REQUEST_LINE_KEPT: usize = 256;
