@@ -138,7 +138,9 @@ impl Connector {
     /// Returns a finished session's connection to its pool.
     pub async fn release(&self, session: HttpSession, peer: &HttpPeer) {
         match session {
-            HttpSession::H1(h1) => self.h1.release_http_session(h1, peer, None).await,
+            // Boxed: in place, this future (about 2.5 KB) would be part of every request's state
+            // for the request's whole life; an HTTP/2 stream is released without one.
+            HttpSession::H1(h1) => Box::pin(self.h1.release_http_session(h1, peer, None)).await,
             HttpSession::H2(h2) => self.h2.release_http_session(h2, peer, None),
             HttpSession::Custom(()) => {}
         }

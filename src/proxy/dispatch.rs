@@ -340,7 +340,8 @@ async fn attempts(
     let query = headers::strip_key_param(session.req_header().uri.query());
     let snapshot = relay.snapshot.load_full();
     let mut last_relay_err: Option<RelayError> = None;
-    let mut held: Option<HeldAnswer> = None;
+    // Boxed: most requests never hold one, and in place it is part of every stream's state.
+    let mut held: Option<Box<HeldAnswer>> = None;
     loop {
         let next = match first.take() {
             Some(f) => f,
@@ -523,7 +524,7 @@ async fn attempts(
                     .failovers
                     .with_label_values(&[super::status_label(status)])
                     .inc();
-                held = Some(answer);
+                held = Some(Box::new(answer));
                 last_relay_err = None;
             }
             Err(AttemptError::Final(e)) => {
@@ -539,7 +540,7 @@ async fn attempts(
             }
         }
     }
-    if let Some(answer) = held {
+    if let Some(answer) = held.map(|b| *b) {
         // Every attempt failed: the client gets the last upstream refusal as it was.
         return replay_refusal(relay, session, ctx, answer).await;
     }
