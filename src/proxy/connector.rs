@@ -82,31 +82,29 @@ impl Connector {
         if gate.speaks_h1.load(Ordering::Relaxed) {
             return Ok((self.h2.new_http_session(peer).await?, false));
         }
-        let mut last = match gate.opening.try_lock() {
-            Ok(last) => last,
+        let (mut last, waited_since) = match gate.opening.try_lock() {
+            Ok(last) => (last, None),
             Err(_) => {
-                let waiting_since = Instant::now();
-                let last = gate.opening.lock().await;
-                if let Some(session) = self.reused(peer).await? {
-                    return Ok((session, true));
-                }
-                if last.failed_at.is_some_and(|at| at >= waiting_since) {
-                    return Error::e_explain(
-                        ErrorType::ConnectError,
-                        "the connection another request was opening to this upstream failed",
-                    );
-                }
-                if gate.speaks_h1.load(Ordering::Relaxed) {
-                    drop(last);
-                    return Ok((self.h2.new_http_session(peer).await?, false));
-                }
-                last
+                let since = Instant::now();
+                (gate.opening.lock().await, Some(since))
             }
         };
         // Whoever held the gate may have opened a connection while this request waited for the
         // lock or looked in the pool.
         if let Some(session) = self.reused(peer).await? {
             return Ok((session, true));
+        }
+        if let Some(since) = waited_since {
+            if last.failed_at.is_some_and(|at| at >= since) {
+                return Error::e_explain(
+                    ErrorType::ConnectError,
+                    "the connection another request was opening to this upstream failed",
+                );
+            }
+            if gate.speaks_h1.load(Ordering::Relaxed) {
+                drop(last);
+                return Ok((self.h2.new_http_session(peer).await?, false));
+            }
         }
         let opened = self.h2.new_http_session(peer).await;
         match &opened {
