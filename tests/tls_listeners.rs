@@ -620,27 +620,9 @@ async fn an_upgrade_hands_the_https_listeners_over_without_a_failed_request() {
     let load = Load::start(&old.base(), &[&ca]);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let sock = old.dir.path().join("data").join("upgrade.sock");
-    let mut new = old.spawn_sibling(&["--upgrade"], "relay-new.log");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sock.exists() {
-        assert!(new.try_wait().is_none(), "new process exited:\n{}", new.log_text());
-        assert!(Instant::now() < deadline, "no upgrade socket:\n{}", new.log_text());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut new = old.spawn_upgrade().await;
     old.signal("QUIT");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(s) = old.try_wait() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old process did not exit:\n{}",
-            old.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = old.wait_exit(Duration::from_secs(40)).await;
     assert!(status.success(), "old process: {status:?}\n{}", old.log_text());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (ok, failures) = load.finish().await;

@@ -232,32 +232,14 @@ async fn upgrade_under_load(extra: &str) -> String {
     assert!(before > 20, "the load runs ({before} requests)");
 
     // Step 1: the new process, waiting on the upgrade socket for the listening sockets.
-    let sock = old.dir.path().join("data").join("upgrade.sock");
-    let mut new = old.spawn_sibling(&["--upgrade"], "relay-new.log");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sock.exists() {
-        assert!(new.try_wait().is_none(), "new process exited:\n{}", new.log_text());
-        assert!(Instant::now() < deadline, "no upgrade socket:\n{}", new.log_text());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut new = old.spawn_upgrade().await;
     // Step 2: SIGQUIT to the old one.
     let t_quit = Instant::now();
     old.signal("QUIT");
     let admin_gap = AdminGap::watch(old.admin());
 
     // The old process exits by itself once its last request is done.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(s) = old.try_wait() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old process did not exit:\n{}",
-            old.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = old.wait_exit(Duration::from_secs(40)).await;
     let old_exit = t_quit.elapsed();
     assert!(status.success(), "old process: {status:?}\n{}", old.log_text());
     assert!(new.try_wait().is_none(), "new process died:\n{}", new.log_text());
@@ -412,14 +394,7 @@ async fn a_connection_accepted_before_the_listeners_stop_is_answered_after_they_
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", old.port)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let sock = old.dir.path().join("data").join("upgrade.sock");
-    let mut new = old.spawn_sibling(&["--upgrade"], "relay-new.log");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sock.exists() {
-        assert!(new.try_wait().is_none(), "new process exited:\n{}", new.log_text());
-        assert!(Instant::now() < deadline, "no upgrade socket:\n{}", new.log_text());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut new = old.spawn_upgrade().await;
     old.signal("QUIT");
     // The old listeners stop 5 s after SIGQUIT; then the old process waits for what is in flight.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -447,18 +422,7 @@ async fn a_connection_accepted_before_the_listeners_stop_is_answered_after_they_
         "{answer}"
     );
     // And the old process still exits by itself.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = old.try_wait() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old process did not exit:\n{}",
-            old.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = old.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "old process: {status:?}\n{}", old.log_text());
     assert!(new.try_wait().is_none(), "new process died:\n{}", new.log_text());
 }

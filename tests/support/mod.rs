@@ -352,6 +352,36 @@ impl RelayProcess {
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().unwrap())
     }
+
+    /// Step 1 of a zero-downtime upgrade: a new process started with `--upgrade` (log
+    /// `relay-new.log`), returned once it waits on the upgrade socket for the listening sockets.
+    pub async fn spawn_upgrade(&self) -> Sibling {
+        let sock = self.dir.path().join("data").join("upgrade.sock");
+        let mut new = self.spawn_sibling(&["--upgrade"], "relay-new.log");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !sock.exists() {
+            assert!(new.try_wait().is_none(), "new process exited:\n{}", new.log_text());
+            assert!(Instant::now() < deadline, "no upgrade socket:\n{}", new.log_text());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        new
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; its status.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "old process did not exit:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A second relay process started by [`RelayProcess::spawn_sibling`].
