@@ -1582,7 +1582,9 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
         "api_key: sk-ant-api03-upstream-main",
         "api_key: sk-ant-api03-upstream-main, max_concurrency: 50",
         1,
-    );
+    ) + "stats: { flush_interval: 2s }\n";
+    // (The usage flushes are scripts too: at the tests' usual 200 ms they would be about one for
+    // every two requests of this run.)
     assert!(yaml.contains("max_concurrency: 50"));
     let relay = RelayProcess::start(&yaml).await;
     // Warm-up: loads the scripts and reads the key's recorded spend once.
@@ -1627,7 +1629,7 @@ async fn one_redis_round_trip_admits_a_request_with_every_limit() {
     let count = |pred: &dyn Fn(&str) -> bool| sent.iter().filter(|l| pred(&l.to_lowercase())).count() as u64;
     let admissions = count(&|l| l.contains("\"evalsha\"") && l.contains(&admit_sha));
     let all_scripts = count(&|l| l.contains("\"evalsha\"") || l.contains("\"eval\""));
-    let releases = count(&|l| l.contains("\"zrem\"") && l.contains("limit:slots:"));
+    let releases = count(&|l| l.contains("\"zrem\"") && l.contains("limit:inflight:"));
     let settles = count(&|l| l.contains("\"evalsha\"") && l.contains(&settle_sha));
     let sticky_leases = count(&|l| l.contains("\"evalsha\"") && l.contains(&sticky_lease_sha));
     let lease_releases = count(&|l| l.contains("\"zrem\"") && l.contains("lease:account:"));
@@ -1910,11 +1912,11 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
     ));
     let score = |c: &mut redis::aio::MultiplexedConnection| {
         let mut c = c.clone();
-        let k = format!("{p}limit:slots:slot");
+        let k = format!("{p}limit:inflight:slot");
         async move {
             redis::cmd("ZSCORE")
                 .arg(k)
-                .arg("h1")
+                .arg("0:h1")
                 .query_async::<Option<f64>>(&mut c)
                 .await
                 .unwrap()
@@ -1931,5 +1933,154 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
     limits.release("slot", "h1").await.unwrap();
     assert_eq!(score(&mut c).await, None);
     assert_eq!(limits.renew_held().await.unwrap(), 0);
+    redis_cleanup(&p).await;
+}
+
+/// A key's spend on Redis is one `total` and a base per period. A spend hash written before the
+/// bases (`day`, `week`, `month` of their own) is read as it stands and rewritten with bases; a
+/// settlement then adds to `total` alone, and each period's spend follows. A charge that finds a
+/// fixed window's hash gone (expired) leaves it with an expiry again.
+#[tokio::test]
+async fn spend_on_redis_is_a_total_with_period_bases_and_older_hashes_are_carried_over() {
+    use claude_relay::store::redis::RedisStore;
+    use filters::policy::{KeyPolicy, KeyPolicySpec};
+    use filters::{Admission, ClientKey, LimitBackend, Reservation};
+
+    let (url, p) = (redis_url(), redis_prefix());
+    let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
+    let limits = RedisLimits::connect(&RedisTarget::Node(url.clone()), &p, store, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    // Not across midnight (UTC): the day's spend starts again then.
+    let left = 86_400 - chrono::Utc::now().timestamp().rem_euclid(86_400);
+    if left < 10 {
+        tokio::time::sleep(Duration::from_secs(left as u64 + 1)).await;
+    }
+    let now_s = chrono::Utc::now().timestamp();
+    let spend = format!("{p}limit:spend:legacy");
+    let (day, week, month) = (
+        claude_relay::limits::day_start(now_s),
+        claude_relay::limits::week_start(now_s, 0, 0),
+        claude_relay::limits::month_start(now_s),
+    );
+    let _: () = redis::cmd("HSET")
+        .arg(&spend)
+        .arg(&[
+            ("day_start", day),
+            ("day", 400_000_000),
+            ("week_start", week),
+            ("week", 500_000_000),
+            ("month_start", month),
+            ("month", 600_000_000),
+            ("total", 700_000_000),
+        ])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let spec: KeyPolicySpec = serde_json::from_value(serde_json::json!({
+        "rate_limit": {"window_minutes": 1, "tokens": 1_000_000},
+        "cost_limits": {"daily_usd": 1, "weekly_usd": 10, "monthly_usd": 10, "total_usd": 10, "weekly_reset": "mon 00:00"},
+        "concurrency": {"limit": 2},
+    }))
+    .unwrap();
+    let key = ClientKey {
+        id: "legacy".into(),
+        name: "legacy".into(),
+        enabled: true,
+        bind: None,
+        policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
+    };
+    let peek = limits.peek(&key, now_s * 1000).await.unwrap();
+    assert_eq!(
+        (peek.day_nanos, peek.week_nanos, peek.month_nanos, peek.total_nanos),
+        (400_000_000, 500_000_000, 600_000_000, 700_000_000)
+    );
+    // The day's $0.40 is read: $0.50 more leaves $0.10 under the daily cap.
+    let admitted = limits.admit(&key, "h1", 500_000_000, now_s * 1000).await.unwrap();
+    assert!(
+        matches!(
+            admitted,
+            Admission::Reserved {
+                room_nanos: 100_000_000
+            }
+        ),
+        "{admitted:?}"
+    );
+    let fields: std::collections::HashMap<String, i64> =
+        redis::cmd("HGETALL").arg(&spend).query_async(&mut c).await.unwrap();
+    assert_eq!(fields.get("day"), None, "{fields:?}");
+    assert_eq!(fields["total"] - fields["day_base"], 400_000_000, "{fields:?}");
+    let inflight: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{p}limit:inflight:legacy"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        inflight,
+        ["500000000:h1"],
+        "one member holds the slot and the reservation"
+    );
+    let peek = limits.peek(&key, now_s * 1000).await.unwrap();
+    assert_eq!((peek.in_flight, peek.reserved_nanos), (1, 500_000_000));
+
+    // The window's hash is gone (as when it expired) when the charge arrives.
+    let rate = format!("{p}limit:rate:legacy");
+    let _: () = redis::cmd("DEL").arg(&rate).query_async(&mut c).await.unwrap();
+    let held = Reservation {
+        holder: "h1".into(),
+        nanos: 500_000_000,
+    };
+    limits
+        .settle(&key, Some(&held), Some("h1"), 20, 300_000_000, now_s * 1000)
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL").arg(&rate).query_async(&mut c).await.unwrap();
+    assert!((1..=120_000).contains(&pttl), "the window's hash expires ({pttl})");
+    let after: std::collections::HashMap<String, i64> =
+        redis::cmd("HGETALL").arg(&spend).query_async(&mut c).await.unwrap();
+    assert_eq!(after["total"], 1_000_000_000);
+    for base in ["day_base", "week_base", "month_base"] {
+        assert_eq!(after[base], fields[base], "a settlement writes the total only");
+    }
+    let peek = limits.peek(&key, now_s * 1000).await.unwrap();
+    assert_eq!(
+        (peek.day_nanos, peek.week_nanos, peek.month_nanos, peek.total_nanos),
+        (700_000_000, 800_000_000, 900_000_000, 1_000_000_000)
+    );
+    assert_eq!((peek.in_flight, peek.reserved_nanos), (0, 0));
+    // $0.70 spent today: $0.40 more does not fit under the daily cap.
+    let Admission::Refused(r) = limits.admit(&key, "h2", 400_000_000, now_s * 1000).await.unwrap() else {
+        panic!("over the daily cap");
+    };
+    assert_eq!(r.reason, "daily_cost_limit");
+    // The window's first charge sets its expiry again; a later one keeps the expiry it has.
+    for (i, holder) in ["h3", "h4"].into_iter().enumerate() {
+        assert!(matches!(
+            limits.admit(&key, holder, 100_000_000, now_s * 1000).await.unwrap(),
+            Admission::Reserved { .. }
+        ));
+        if i == 1 {
+            let _: () = redis::cmd("PEXPIRE")
+                .arg(&rate)
+                .arg(90_000)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+        let held = Reservation {
+            holder: holder.into(),
+            nanos: 100_000_000,
+        };
+        limits
+            .settle(&key, Some(&held), Some(holder), 5, 1, now_s * 1000)
+            .await
+            .unwrap();
+    }
+    let pttl: i64 = redis::cmd("PTTL").arg(&rate).query_async(&mut c).await.unwrap();
+    assert!(pttl <= 90_000, "not set again ({pttl})");
     redis_cleanup(&p).await;
 }

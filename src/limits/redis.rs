@@ -6,16 +6,15 @@
 //! |----------------------------|------------|------------------------------------------------------|
 //! | `{p}limit:rate:{id}`       | hash       | a fixed rate window: `start` (ms), `requests`, `tokens`, `cost`; expires one window after its end. A rolling window: the sums of its entries |
 //! | `{p}limit:rolling:{id}`    | sorted set | a rolling window's entries `a\|c\|holder\|requests\|tokens\|cost` → when counted (ms); both keys expire one window (+1 min) after the last write |
-//! | `{p}limit:spend:{id}`      | hash       | `day_start`, `day`, `week_start`, `week`, `month_start`, `month`, `total` (nano-USD); no expiry |
-//! | `{p}limit:slots:{id}`      | sorted set | concurrency slots: holder → expiry (server ms)       |
-//! | `{p}limit:reserved:{id}`   | sorted set | spend reservations of requests in flight: `nano-USD:holder` → expiry (server ms) |
+//! | `{p}limit:spend:{id}`      | hash       | `total` (nano-USD, all the key spent) and per period (day, week, month) its start and its base: the period's spend is `total` less the base; no expiry |
+//! | `{p}limit:inflight:{id}`   | sorted set | requests in flight, each its concurrency slot and its spend reservation: `nano-USD:holder` → expiry (server ms) |
 //! | `{p}limit:activated:{id}`  | string     | first use of an activation-mode key (Unix s)         |
 //!
 //! Round trips: an admission is one Lua script (`lua/admit.lua`: every cap, window, the slot and
 //! the reservation, taken only when all pass, on the server's clock `TIME`); settling a finished
-//! request is one script (`lua/settle.lua`: frees its reservation and its concurrency slot and
-//! charges its tokens and cost, after the response); a request that ends without settling (cut
-//! before completion) releases its slot with one `ZREM`. The first
+//! request is one script (`lua/settle.lua`: frees its place in flight and charges its tokens and
+//! cost, after the response); a request that ends without settling (cut before completion) frees
+//! its place with one `ZREM`. The first
 //! admission of a key with spend caps on a day also reads its recorded spend from the usage
 //! statistics ([`super::SpendSeeds`]: one more pipeline per granularity, once).
 //!
@@ -24,6 +23,18 @@
 //! the window (day) it was admitted in. A rolling window's charges are entries at the time of the
 //! charge; an admission first drops the entries that slid out (each entry is added once and
 //! removed once, and the sums are kept beside them, so an admission does not re-add the window).
+//!
+//! What a request costs Redis is kept small: one member in flight holds both its slot and its
+//! reservation (one write on admission, one on settlement, one renewal); a charge to the spend is
+//! one `HINCRBY` of `total`, whatever caps the key has (the day's, week's and month's spends are
+//! derived from it and their bases, which an admission writes when a period begins); a window's
+//! expiry is set again only by a charge that may have created its hash.
+//!
+//! A spend hash written before the bases (`day`, `week`, `month` fields) is read as it is and
+//! rewritten with bases by the next admission. Relay versions from before this layout read only
+//! those fields: running both against one Redis (a rolling upgrade of several instances) counts
+//! the day's, week's and month's spends short on the older instances until they are replaced, and
+//! their concurrency slots apart from this version's.
 //!
 //! Concurrency slots and spend reservations are leases. Each is taken for the lease time (60 s, or
 //! `RELAY_CONCURRENCY_LEASE_TTL`, e.g. `5s`, read once at start) and this instance renews the ones
@@ -36,7 +47,7 @@
 //! admission never waits behind a large usage flush there; the server gives the same connection
 //! to the coordination state ([`RedisLimits::hot_connection`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,8 +85,9 @@ pub struct RedisLimits {
     activate: Script,
     peek: Script,
     seeds: SpendSeeds,
-    /// Slots and reservations this instance holds, (sorted set, member), renewed until released.
-    held: Mutex<HashSet<(String, String)>>,
+    /// Requests in flight this instance holds, (sorted set, holder) → member, renewed until
+    /// released.
+    held: Mutex<HashMap<(String, String), String>>,
     lease_ttl: Duration,
 }
 
@@ -110,7 +122,7 @@ impl RedisLimits {
             activate: Script::new(include_str!("lua/activate.lua")),
             peek: Script::new(include_str!("lua/peek.lua")),
             seeds: SpendSeeds::new(store),
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
             lease_ttl,
         }
     }
@@ -129,14 +141,18 @@ impl RedisLimits {
         format!("{}limit:{kind}:{}", self.names.prefix(), self.names.tag(id))
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Renews every slot and reservation this instance holds, in one script call per
     /// [`RENEW_BATCH`].
     pub async fn renew_held(&self) -> Result<usize, String> {
-        let mut held: Vec<(String, String)> = self.held().iter().cloned().collect();
+        let mut held: Vec<(String, String)> = self
+            .held()
+            .iter()
+            .map(|((set, _), m)| (set.clone(), m.clone()))
+            .collect();
         // On a Cluster a script's keys share one slot: a batch per key there.
         let batches: Vec<&[(String, String)]> = if self.names.cluster() {
             held.sort_unstable();
@@ -160,6 +176,22 @@ impl RedisLimits {
         Ok(held.len())
     }
 
+    /// Frees the place in flight of `holder` (the member this instance took for it) with one
+    /// `ZREM`; nothing when it was freed already (a request's slot and its reservation are one
+    /// member, and both guards free it).
+    async fn free(&self, key_id: &str, holder: &str) -> Result<(), String> {
+        let set = self.key("inflight", key_id);
+        let Some(member) = self.held().remove(&(set.clone(), holder.to_string())) else {
+            return Ok(());
+        };
+        let done: Result<i64, _> = redis::cmd("ZREM")
+            .arg(set)
+            .arg(member)
+            .query_async(&mut self.conn.clone())
+            .await;
+        done.map(|_| ()).map_err(|e| format!("redis: {e}"))
+    }
+
     /// Renews the held slots every third of the lease time; runs until the task is dropped.
     pub async fn renew_forever(self: Arc<Self>) {
         let mut tick = tokio::time::interval((self.lease_ttl / 3).max(Duration::from_millis(100)));
@@ -176,8 +208,9 @@ impl RedisLimits {
     }
 }
 
-/// A reservation's member in its sorted set: the amount first, so the admission can sum them.
-fn reservation_member(holder: &str, nanos: u64) -> String {
+/// A request's member among those in flight: the amount it reserves first (0: none), so the
+/// admission can sum them.
+fn flight_member(holder: &str, nanos: u64) -> String {
     format!("{nanos}:{holder}")
 }
 
@@ -197,8 +230,7 @@ impl LimitBackend for RedisLimits {
         let mut inv = self.admit.prepare_invoke();
         inv.key(self.key("rate", &key.id))
             .key(self.key("spend", &key.id))
-            .key(self.key("slots", &key.id))
-            .key(self.key("reserved", &key.id))
+            .key(self.key("inflight", &key.id))
             .key(self.key("rolling", &key.id))
             .arg(holder);
         match &p.rate_limit {
@@ -254,12 +286,13 @@ impl LimitBackend for RedisLimits {
         };
         Ok(match answer.first().copied().unwrap_or(-1) {
             0 => {
-                if p.concurrency.is_some() {
-                    self.held().insert((self.key("slots", &key.id), holder.to_string()));
+                if p.concurrency.is_some() || estimate > 0 {
+                    self.held().insert(
+                        (self.key("inflight", &key.id), holder.to_string()),
+                        flight_member(holder, estimate),
+                    );
                 }
                 if estimate > 0 {
-                    self.held()
-                        .insert((self.key("reserved", &key.id), reservation_member(holder, estimate)));
                     Admission::Reserved {
                         room_nanos: at(2).max(0) as u64,
                     }
@@ -299,32 +332,29 @@ impl LimitBackend for RedisLimits {
         if reservation.is_none() && slot.is_none() && ((mode == 0 && !spend) || (tokens == 0 && cost_nanos == 0)) {
             return Ok(());
         }
-        if let Some(holder) = slot {
-            self.held().remove(&(self.key("slots", &key.id), holder.to_string()));
-        }
-        let member = match reservation {
-            Some(r) => {
-                let m = reservation_member(&r.holder, r.nanos);
-                self.held().remove(&(self.key("reserved", &key.id), m.clone()));
-                m
-            }
-            None => String::new(),
+        // The request's one member in flight, whether it held a slot, a reservation or both.
+        let set = self.key("inflight", &key.id);
+        let member = match (reservation, slot) {
+            (Some(r), _) => flight_member(&r.holder, r.nanos),
+            (None, Some(holder)) => flight_member(holder, 0),
+            (None, None) => String::new(),
         };
+        if let Some(holder) = reservation.map(|r| r.holder.as_str()).or(slot) {
+            self.held().remove(&(set.clone(), holder.to_string()));
+        }
         let done: Result<i64, _> = self
             .settle
             .key(self.key("rate", &key.id))
             .key(self.key("spend", &key.id))
-            .key(self.key("reserved", &key.id))
+            .key(set)
             .key(self.key("rolling", &key.id))
-            .key(self.key("slots", &key.id))
             .arg(int(tokens))
             .arg(int(cost_nanos))
             .arg(mode)
             .arg(window)
             .arg(i64::from(spend))
             .arg(member)
-            .arg(reservation.map_or("", |r| r.holder.as_str()))
-            .arg(slot.unwrap_or(""))
+            .arg(reservation.map(|r| r.holder.as_str()).or(slot).unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await;
         done.map(|_| ()).map_err(|e| {
@@ -334,30 +364,17 @@ impl LimitBackend for RedisLimits {
     }
 
     async fn unreserve(&self, key_id: &str, reservation: &Reservation) -> Result<(), String> {
-        let set = self.key("reserved", key_id);
-        let member = reservation_member(&reservation.holder, reservation.nanos);
-        self.held().remove(&(set.clone(), member.clone()));
-        let done: Result<i64, _> = redis::cmd("ZREM")
-            .arg(set)
-            .arg(member)
-            .query_async(&mut self.conn.clone())
-            .await;
-        done.map(|_| ()).map_err(|e| {
+        // Only when the request ends: its member goes, with the slot it may also hold.
+        self.free(key_id, &reservation.holder).await.map_err(|e| {
             tracing::warn!(key = %key_id, error = %e, "freeing a reservation failed; its lease will run out");
-            format!("redis: {e}")
+            e
         })
     }
 
     async fn release(&self, key_id: &str, holder: &str) -> Result<(), String> {
-        self.held().remove(&(self.key("slots", key_id), holder.to_string()));
-        let done: Result<i64, _> = redis::cmd("ZREM")
-            .arg(self.key("slots", key_id))
-            .arg(holder)
-            .query_async(&mut self.conn.clone())
-            .await;
-        done.map(|_| ()).map_err(|e| {
+        self.free(key_id, holder).await.map_err(|e| {
             tracing::warn!(key = %key_id, error = %e, "releasing a concurrency slot failed; its lease will run out");
-            format!("redis: {e}")
+            e
         })
     }
 
@@ -368,8 +385,7 @@ impl LimitBackend for RedisLimits {
             .peek
             .key(self.key("rate", &key.id))
             .key(self.key("spend", &key.id))
-            .key(self.key("slots", &key.id))
-            .key(self.key("reserved", &key.id))
+            .key(self.key("inflight", &key.id))
             .key(self.key("rolling", &key.id))
             .arg(p.rate_limit.as_ref().map_or(0, |r| ms(r.window)))
             .arg(i64::from(p.rate_limit.as_ref().is_some_and(|r| r.rolling)))

@@ -3,11 +3,16 @@
 -- only when all pass. Server clock. `memory.rs` implements the same rules for one instance.
 --
 -- KEYS[1] rate window hash: fixed {start, requests, tokens, cost}; rolling {requests, tokens,
---         cost}, the sums of KEYS[5]
--- KEYS[2] spend hash {day_start, day, week_start, week, month_start, month, total} (nano-USD)
--- KEYS[3] slots: sorted set of holders scored by expiry (ms)
--- KEYS[4] reservations: sorted set of `<nano-USD>:<holder>` scored by expiry (ms)
--- KEYS[5] rolling window entries: sorted set of `<a|c>|<holder>|<requests>|<tokens>|<cost>`
+--         cost}, the sums of KEYS[4]
+-- KEYS[2] spend hash {total, day_start, day_base, week_start, week_base, month_start,
+--         month_base} (nano-USD): `total` is all the key ever spent, and a period's spend is what
+--         `total` grew by since the period began (`total - <period>_base`), so that a settlement
+--         adds to one field. A hash written before the bases has `day`, `week` and `month`
+--         instead; they are read once and replaced.
+-- KEYS[3] requests in flight: sorted set of `<nano-USD reserved>:<holder>` scored by the expiry
+--         of their lease (ms); one member per request, its concurrency slot and its reservation
+--         together (the amount is 0 when it reserves nothing)
+-- KEYS[4] rolling window entries: sorted set of `<a|c>|<holder>|<requests>|<tokens>|<cost>`
 --         scored by the time they were counted (ms)
 -- ARGV: 1 holder, 2 window ms (0: no window), 3 requests, 4 tokens, 5 cost (-1: no limit),
 --       6 spend caps present (0/1), 7 daily, 8 weekly, 9 total cap (-1: none),
@@ -31,13 +36,23 @@ local ttl = tonumber(ARGV[13])
 local estimate = tonumber(ARGV[23])
 local lc = tonumber(ARGV[5])
 
--- The spend held by the key's requests in flight (expired leases are dropped first).
-local reserved = 0
-if ARGV[6] == '1' or lc >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-    reserved = reserved + num(string.match(m, '^(%d+):'))
+-- The requests in flight (live members) and the spend they hold; expired members are dropped
+-- only when there are some. Without a cost limit the concurrency check counts with ZCARD below.
+local reserving = ARGV[6] == '1' or lc >= 0
+local member = int(estimate) .. ':' .. ARGV[1]
+local reserved, live, flight = 0, 0, nil
+if reserving then
+  flight = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  local expired = false
+  for i = 1, #flight, 2 do
+    if tonumber(flight[i + 1]) <= now then
+      expired = true
+    else
+      live = live + 1
+      reserved = reserved + num(string.match(flight[i], '^(%d+):'))
+    end
   end
+  if expired then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now) end
 end
 local room = -1
 -- nil when `estimate` fits under `cap` beside `spent` and `reserved` (and `room` shrinks to
@@ -79,21 +94,33 @@ if ARGV[6] == '1' then
   local month_start = first * 86400
   local after = first + 31
   local next_month = (after - (day_of_month(after) - 1)) * 86400
-  local s = redis.call('HMGET', KEYS[2], 'day_start', 'day', 'week_start', 'week', 'total', 'month_start', 'month')
-  local d, w, total, m = num(s[2]), num(s[4]), num(s[5]), num(s[7])
+  local s = redis.call('HMGET', KEYS[2], 'total', 'day_start', 'day_base', 'week_start', 'week_base',
+    'month_start', 'month_base', 'day', 'week', 'month')
+  local total = num(s[1])
   local changed = false
-  if num(s[1]) ~= day_start then d = 0; changed = true end
-  if num(s[3]) ~= week_start then w = 0; changed = true end
-  if num(s[6]) ~= month_start then m = 0; changed = true end
+  -- A period's spend: 0 in a new period, else what `total` grew by since it began (or, in a hash
+  -- from before the bases, its own field).
+  local function spent(start, stored_start, base, legacy)
+    if num(stored_start) ~= start then changed = true; return 0 end
+    if base then return total - tonumber(base) end
+    changed = true
+    return num(legacy)
+  end
+  local d = spent(day_start, s[2], s[3], s[8])
+  local w = spent(week_start, s[4], s[5], s[9])
+  local m = spent(month_start, s[6], s[7], s[10])
   if ARGV[14] == '1' then
+    -- Raising the total keeps the periods' spends (their bases are written from them below).
+    if tonumber(ARGV[19]) > total then total = tonumber(ARGV[19]); changed = true end
     if tonumber(ARGV[15]) == day_start and tonumber(ARGV[16]) > d then d = tonumber(ARGV[16]); changed = true end
     if tonumber(ARGV[17]) == week_start and tonumber(ARGV[18]) > w then w = tonumber(ARGV[18]); changed = true end
     if tonumber(ARGV[21]) == month_start and tonumber(ARGV[22]) > m then m = tonumber(ARGV[22]); changed = true end
-    if tonumber(ARGV[19]) > total then total = tonumber(ARGV[19]); changed = true end
   end
   if changed then
-    redis.call('HSET', KEYS[2], 'day_start', day_start, 'day', int(d), 'week_start', week_start,
-      'week', int(w), 'month_start', month_start, 'month', int(m), 'total', int(total))
+    redis.call('HSET', KEYS[2], 'total', int(total), 'day_start', day_start, 'day_base', int(total - d),
+      'week_start', week_start, 'week_base', int(total - w), 'month_start', month_start,
+      'month_base', int(total - m))
+    if s[8] or s[9] or s[10] then redis.call('HDEL', KEYS[2], 'day', 'week', 'month') end
   end
   local caps = {
     {tonumber(ARGV[9]), total, 5, 0},
@@ -118,14 +145,14 @@ if window > 0 then
   if rolling then
     -- Forget what slid out of the window, from the entries and their sums.
     local cutoff = now - window
-    local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', cutoff)
+    local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cutoff)
     if #gone > 0 then
       local dr, dt, dc = 0, 0, 0
       for _, e in ipairs(gone) do
         local r, tk, c = string.match(e, '|(%d+)|(%d+)|(%d+)$')
         dr, dt, dc = dr + num(r), dt + num(tk), dc + num(c)
       end
-      redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', cutoff)
+      redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff)
       redis.call('HINCRBY', KEYS[1], 'requests', int(-dr))
       redis.call('HINCRBY', KEYS[1], 'tokens', int(-dt))
       redis.call('HINCRBY', KEYS[1], 'cost', int(-dc))
@@ -152,7 +179,7 @@ if window > 0 then
       local fits = function(rq, tk, c)
         return (lr < 0 or rq < lr) and (lt < 0 or tk < lt) and (lc < 0 or c + reserved + estimate <= lc)
       end
-      local entries = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+      local entries = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
       local rq, tk, c = requests, tokens, cost
       for i = 1, #entries, 2 do
         local r, et, ec = string.match(entries[i], '|(%d+)|(%d+)|(%d+)$')
@@ -169,9 +196,19 @@ end
 
 local limit = tonumber(ARGV[12])
 if limit > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  -- A full set refuses unless this holder is in it already (a queued retry): ZSCORE only then.
-  if redis.call('ZCARD', KEYS[3]) >= limit and not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  local full
+  if flight then
+    full = live >= limit
+  else
+    -- Expired members are dropped only when the set looks full.
+    full = redis.call('ZCARD', KEYS[3]) >= limit
+    if full then
+      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+      full = redis.call('ZCARD', KEYS[3]) >= limit
+    end
+  end
+  -- A full set refuses unless this request is in it already (a queued retry): asked only then.
+  if full and not redis.call('ZSCORE', KEYS[3], member) then
     return {2, 1, 0, 0, 0}
   end
 end
@@ -179,10 +216,10 @@ end
 -- Every check passed: reserve.
 if window > 0 then
   if rolling then
-    redis.call('ZADD', KEYS[5], now, 'a|' .. ARGV[1] .. '|1|0|0')
+    redis.call('ZADD', KEYS[4], now, 'a|' .. ARGV[1] .. '|1|0|0')
     redis.call('HINCRBY', KEYS[1], 'requests', 1)
     -- Entries live one window; both keys go together when the key is idle that long.
-    redis.call('PEXPIRE', KEYS[5], window + 60000)
+    redis.call('PEXPIRE', KEYS[4], window + 60000)
     redis.call('PEXPIRE', KEYS[1], window + 60000)
   else
     if fresh_window then
@@ -196,12 +233,8 @@ if window > 0 then
     end
   end
 end
-if limit > 0 then
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+if limit > 0 or estimate > 0 then
+  redis.call('ZADD', KEYS[3], now + ttl, member)
   redis.call('PEXPIRE', KEYS[3], ttl * 2)
-end
-if estimate > 0 then
-  redis.call('ZADD', KEYS[4], now + ttl, int(estimate) .. ':' .. ARGV[1])
-  redis.call('PEXPIRE', KEYS[4], ttl * 2)
 end
 return {0, 0, room}

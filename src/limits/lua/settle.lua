@@ -1,28 +1,30 @@
--- Settles one finished request of one key: frees its reservation and its concurrency slot and
--- charges its tokens and cost to the key's rate window and spend, in one call. Server clock.
+-- Settles one finished request of one key: frees its place among the requests in flight (its
+-- concurrency slot and its reservation) and charges its tokens and cost to the key's rate window
+-- and spend, in one call. Server clock.
 --
--- KEYS[1] rate window hash, KEYS[2] spend hash, KEYS[3] reservations, KEYS[4] rolling entries,
--- KEYS[5] concurrency slots (as in admit.lua)
+-- KEYS[1] rate window hash, KEYS[2] spend hash, KEYS[3] requests in flight, KEYS[4] rolling
+-- entries (as in admit.lua)
 -- ARGV: 1 tokens, 2 cost (nano-USD), 3 rate window (0: none or not charged, 1 fixed, 2 rolling),
---       4 window ms, 5 spend caps present (0/1), 6 reservation member ('': none), 7 holder,
---       8 the slot's holder ('': no slot to free)
+--       4 window ms, 5 spend caps present (0/1), 6 the request's member in flight ('': none),
+--       7 holder
 -- A fixed window's charge lands in the window the hash holds (a request that outlived its window
--- counts in the one it was admitted in); a rolling window's at the time of the charge.
+-- counts in the one it was admitted in); a rolling window's at the time of the charge. The spend
+-- is one addition to `total`: each period's spend is `total` less the period's base.
 redis.replicate_commands()
 if ARGV[6] ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[6])
-end
-if ARGV[8] ~= '' then
-  redis.call('ZREM', KEYS[5], ARGV[8])
 end
 local tokens, cost = ARGV[1], ARGV[2]
 if tokens == '0' and cost == '0' then return 0 end
 local window = tonumber(ARGV[4])
 if ARGV[3] == '1' then
-  redis.call('HINCRBY', KEYS[1], 'tokens', tokens)
+  local now_tokens = redis.call('HINCRBY', KEYS[1], 'tokens', tokens)
   redis.call('HINCRBY', KEYS[1], 'cost', cost)
-  -- A charge after the window's hash expired must not leave a key without expiry.
-  redis.call('PEXPIRE', KEYS[1], 2 * window)
+  -- A charge after the window's hash expired must not leave a key without expiry: when the
+  -- tokens came to no more than this charge, the hash may be new (or its window's first charge).
+  if now_tokens <= tonumber(tokens) then
+    redis.call('PEXPIRE', KEYS[1], 2 * window)
+  end
 elseif ARGV[3] == '2' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -33,8 +35,6 @@ elseif ARGV[3] == '2' then
   redis.call('PEXPIRE', KEYS[1], window + 60000)
 end
 if ARGV[5] == '1' and cost ~= '0' then
-  for _, field in ipairs({'day', 'week', 'month', 'total'}) do
-    redis.call('HINCRBY', KEYS[2], field, cost)
-  end
+  redis.call('HINCRBY', KEYS[2], 'total', cost)
 end
 return 1

@@ -14,8 +14,14 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[4]) or redis.call('ZSCORE', KEYS[2], ARGV[3]) then
+local limit = tonumber(ARGV[4])
+-- Expired members are dropped only when the set looks full.
+local room = redis.call('ZCARD', KEYS[2]) < limit
+if not room then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  room = redis.call('ZCARD', KEYS[2]) < limit
+end
+if room or redis.call('ZSCORE', KEYS[2], ARGV[3]) then
   redis.call('ZADD', KEYS[2], now + ttl, ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ttl * 2)
   return {bound, 1}
