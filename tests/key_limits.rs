@@ -2082,5 +2082,26 @@ async fn spend_on_redis_is_a_total_with_period_bases_and_older_hashes_are_carrie
     }
     let pttl: i64 = redis::cmd("PTTL").arg(&rate).query_async(&mut c).await.unwrap();
     assert!(pttl <= 90_000, "not set again ({pttl})");
+
+    // The month's bounds come with the call, by the relay's clock; when Redis's clock is outside
+    // them (here the relay's is a year behind), the script works the month out itself.
+    let spec: KeyPolicySpec = serde_json::from_value(serde_json::json!({"cost_limits": {"monthly_usd": 0}})).unwrap();
+    let key = ClientKey {
+        id: "month".into(),
+        name: "month".into(),
+        enabled: true,
+        bind: None,
+        policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
+    };
+    for relay_now_s in [now_s, now_s - 365 * 86_400] {
+        let Admission::Refused(r) = limits.admit(&key, "m", 0, relay_now_s * 1000).await.unwrap() else {
+            panic!("a zero monthly cap refuses");
+        };
+        assert_eq!(r.reason, "monthly_cost_limit");
+        let now_s = chrono::Utc::now().timestamp();
+        let expected = claude_relay::limits::next_month_start(now_s) - now_s;
+        let got = r.retry_after.unwrap() as i64;
+        assert!((expected - 2..=expected + 1).contains(&got), "{got} vs {expected}");
+    }
     redis_cleanup(&p).await;
 }

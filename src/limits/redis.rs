@@ -247,29 +247,32 @@ impl LimitBackend for RedisLimits {
                 .arg(c.daily_nanos.map_or(none, int))
                 .arg(c.weekly_nanos.map_or(none, int))
                 .arg(c.total_nanos.map_or(none, int))
+                .arg(c.monthly_nanos.map_or(none, int))
                 .arg(c.weekly_reset.0)
                 .arg(c.weekly_reset.1),
-            None => inv.arg(0).arg(none).arg(none).arg(none).arg(0).arg(0),
+            None => inv.arg(0).arg(none).arg(none).arg(none).arg(none).arg(0).arg(0),
         };
         inv.arg(p.concurrency.as_ref().map_or(0, |c| c.limit))
-            .arg(ms(self.lease_ttl));
-        match &seed {
-            Some(s) => inv
-                .arg(1)
-                .arg(s.day_start)
+            .arg(ms(self.lease_ttl))
+            .arg(int(estimate))
+            .arg(i64::from(p.rate_limit.as_ref().is_some_and(|r| r.rolling)));
+        // The month's bounds, which the script would otherwise work out from the date on every
+        // call (it does when the server's clock is outside them).
+        let now_s = now_ms.div_euclid(1000);
+        if p.cost_limits.is_some() {
+            inv.arg(super::month_start(now_s)).arg(super::next_month_start(now_s));
+        } else {
+            inv.arg(0).arg(0);
+        }
+        if let Some(s) = &seed {
+            inv.arg(s.day_start)
                 .arg(int(s.day))
                 .arg(s.week_start)
                 .arg(int(s.week))
-                .arg(int(s.total)),
-            None => inv.arg(0).arg(0).arg(0).arg(0).arg(0).arg(0),
-        };
-        inv.arg(p.cost_limits.as_ref().and_then(|c| c.monthly_nanos).map_or(none, int));
-        match &seed {
-            Some(s) => inv.arg(s.month_start).arg(int(s.month)),
-            None => inv.arg(0).arg(0),
-        };
-        inv.arg(int(estimate))
-            .arg(i64::from(p.rate_limit.as_ref().is_some_and(|r| r.rolling)));
+                .arg(s.month_start)
+                .arg(int(s.month))
+                .arg(int(s.total));
+        }
         let answer: Vec<i64> = inv
             .invoke_async(&mut self.conn.clone())
             .await

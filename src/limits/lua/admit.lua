@@ -15,13 +15,15 @@
 -- KEYS[4] rolling window entries: sorted set of `<a|c>|<holder>|<requests>|<tokens>|<cost>`
 --         scored by the time they were counted (ms)
 -- ARGV: 1 holder, 2 window ms (0: no window), 3 requests, 4 tokens, 5 cost (-1: no limit),
---       6 spend caps present (0/1), 7 daily, 8 weekly, 9 total cap (-1: none),
---       10 weekly reset weekday (0 = Monday), 11 its minute of day,
---       12 concurrency limit (0: none), 13 slot and reservation lease ms,
---       14 seed present (0/1), 15 seed day start (s), 16 day spend, 17 seed week start (s),
---       18 week spend, 19 total spend,
---       20 monthly cap (-1: none), 21 seed month start (s), 22 month spend,
---       23 estimate to reserve (nano-USD, 0: none), 24 rolling window (0/1)
+--       6 spend caps present (0/1), 7 daily, 8 weekly, 9 total, 10 monthly cap (-1: none),
+--       11 weekly reset weekday (0 = Monday), 12 its minute of day,
+--       13 concurrency limit (0: none), 14 slot and reservation lease ms,
+--       15 estimate to reserve (nano-USD, 0: none), 16 rolling window (0/1),
+--       17 this calendar month's start and 18 the next one's (Unix s, by the caller's clock:
+--       used when the server's time falls between them, else worked out here);
+--       only when the key's recorded spend seeds the counters: 19 seed day start (s),
+--       20 day spend, 21 seed week start (s), 22 week spend, 23 month start (s), 24 month
+--       spend, 25 total spend
 -- Returns {0, 0, room} when admitted (room: what the tightest cost limit has left after this
 -- request's reservation, -1 without one), else {code, retry-after s, shortfall, estimate, left}:
 -- code 1 rate window, 2 concurrency, 3 daily, 4 weekly, 5 total, 6 monthly; shortfall 0 spent,
@@ -32,8 +34,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = tonumber(t[1])
 local function num(v) return tonumber(v) or 0 end
 local function int(v) return string.format('%.0f', v) end
-local ttl = tonumber(ARGV[13])
-local estimate = tonumber(ARGV[23])
+local ttl = tonumber(ARGV[14])
+local estimate = tonumber(ARGV[15])
 local lc = tonumber(ARGV[5])
 
 -- The requests in flight (live members) and the spend they hold; expired members are dropped
@@ -42,17 +44,12 @@ local reserving = ARGV[6] == '1' or lc >= 0
 local member = int(estimate) .. ':' .. ARGV[1]
 local reserved, live, flight = 0, 0, nil
 if reserving then
-  flight = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
-  local expired = false
-  for i = 1, #flight, 2 do
-    if tonumber(flight[i + 1]) <= now then
-      expired = true
-    else
-      live = live + 1
-      reserved = reserved + num(string.match(flight[i], '^(%d+):'))
-    end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  flight = redis.call('ZRANGE', KEYS[3], 0, -1)
+  live = #flight
+  for _, m in ipairs(flight) do
+    reserved = reserved + num(string.match(m, '^(%d+):'))
   end
-  if expired then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now) end
 end
 local room = -1
 -- nil when `estimate` fits under `cap` beside `spent` and `reserved` (and `room` shrinks to
@@ -72,72 +69,81 @@ local function refuse(code, wait, sf, cap, spent)
   return {code, wait, sf, estimate, cap - spent}
 end
 
--- Days since 1970-01-01 → day of month (Howard Hinnant's civil_from_days).
-local function day_of_month(days)
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  return doy - math.floor((153 * mp + 2) / 5) + 1
-end
-
 if ARGV[6] == '1' then
   local day_start = now_s - now_s % 86400
   local day = math.floor(now_s / 86400)
   local today = (day + 3) % 7 -- 1970-01-01 was a Thursday (Monday = 0)
-  local reset_minute = tonumber(ARGV[11])
-  local week_start = (day - (today - tonumber(ARGV[10])) % 7) * 86400 + reset_minute * 60
+  local week_start = (day - (today - tonumber(ARGV[11])) % 7) * 86400 + tonumber(ARGV[12]) * 60
   if week_start > now_s then week_start = week_start - 7 * 86400 end
-  local first = day - (day_of_month(day) - 1)
-  local month_start = first * 86400
-  local after = first + 31
-  local next_month = (after - (day_of_month(after) - 1)) * 86400
+  local month_start, next_month = tonumber(ARGV[17]), tonumber(ARGV[18])
+  if now_s < month_start or now_s >= next_month then
+    -- Days since 1970-01-01 → day of month (Howard Hinnant's civil_from_days).
+    local function day_of_month(days)
+      local z = days + 719468
+      local era = math.floor(z / 146097)
+      local doe = z - era * 146097
+      local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+      local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+      local mp = math.floor((5 * doy + 2) / 153)
+      return doy - math.floor((153 * mp + 2) / 5) + 1
+    end
+    local first = day - (day_of_month(day) - 1)
+    month_start = first * 86400
+    local after = first + 31
+    next_month = (after - (day_of_month(after) - 1)) * 86400
+  end
   local s = redis.call('HMGET', KEYS[2], 'total', 'day_start', 'day_base', 'week_start', 'week_base',
-    'month_start', 'month_base', 'day', 'week', 'month')
+    'month_start', 'month_base')
   local total = num(s[1])
   local changed = false
-  -- A period's spend: 0 in a new period, else what `total` grew by since it began (or, in a hash
-  -- from before the bases, its own field).
-  local function spent(start, stored_start, base, legacy)
-    if num(stored_start) ~= start then changed = true; return 0 end
-    if base then return total - tonumber(base) end
+  if not s[3] and s[2] then
+    -- A hash from before the bases: its periods' spends are fields of their own.
+    local old = redis.call('HMGET', KEYS[2], 'day', 'week', 'month')
+    s[3], s[5], s[7] = total - num(old[1]), total - num(old[2]), total - num(old[3])
+    redis.call('HDEL', KEYS[2], 'day', 'week', 'month')
     changed = true
-    return num(legacy)
   end
-  local d = spent(day_start, s[2], s[3], s[8])
-  local w = spent(week_start, s[4], s[5], s[9])
-  local m = spent(month_start, s[6], s[7], s[10])
-  if ARGV[14] == '1' then
+  -- A period's spend: what `total` grew by since it began (0 in a new period).
+  local d, w, m = 0, 0, 0
+  if num(s[2]) == day_start then d = total - num(s[3]) else changed = true end
+  if num(s[4]) == week_start then w = total - num(s[5]) else changed = true end
+  if num(s[6]) == month_start then m = total - num(s[7]) else changed = true end
+  if #ARGV > 18 then
     -- Raising the total keeps the periods' spends (their bases are written from them below).
-    if tonumber(ARGV[19]) > total then total = tonumber(ARGV[19]); changed = true end
-    if tonumber(ARGV[15]) == day_start and tonumber(ARGV[16]) > d then d = tonumber(ARGV[16]); changed = true end
-    if tonumber(ARGV[17]) == week_start and tonumber(ARGV[18]) > w then w = tonumber(ARGV[18]); changed = true end
-    if tonumber(ARGV[21]) == month_start and tonumber(ARGV[22]) > m then m = tonumber(ARGV[22]); changed = true end
+    if tonumber(ARGV[25]) > total then total = tonumber(ARGV[25]); changed = true end
+    if tonumber(ARGV[19]) == day_start and tonumber(ARGV[20]) > d then d = tonumber(ARGV[20]); changed = true end
+    if tonumber(ARGV[21]) == week_start and tonumber(ARGV[22]) > w then w = tonumber(ARGV[22]); changed = true end
+    if tonumber(ARGV[23]) == month_start and tonumber(ARGV[24]) > m then m = tonumber(ARGV[24]); changed = true end
   end
   if changed then
     redis.call('HSET', KEYS[2], 'total', int(total), 'day_start', day_start, 'day_base', int(total - d),
       'week_start', week_start, 'week_base', int(total - w), 'month_start', month_start,
       'month_base', int(total - m))
-    if s[8] or s[9] or s[10] then redis.call('HDEL', KEYS[2], 'day', 'week', 'month') end
   end
-  local caps = {
-    {tonumber(ARGV[9]), total, 5, 0},
-    {tonumber(ARGV[7]), d, 3, day_start + 86400 - now_s},
-    {tonumber(ARGV[8]), w, 4, week_start + 7 * 86400 - now_s},
-    {tonumber(ARGV[20]), m, 6, next_month - now_s},
-  }
-  for _, c in ipairs(caps) do
-    if c[1] >= 0 then
-      local sf = shortfall(c[1], c[2])
-      if sf then return refuse(c[3], c[4], sf, c[1], c[2]) end
-    end
+  local cap, sf = tonumber(ARGV[9]), nil
+  if cap >= 0 then
+    sf = shortfall(cap, total)
+    if sf then return refuse(5, 0, sf, cap, total) end
+  end
+  cap = tonumber(ARGV[7])
+  if cap >= 0 then
+    sf = shortfall(cap, d)
+    if sf then return refuse(3, day_start + 86400 - now_s, sf, cap, d) end
+  end
+  cap = tonumber(ARGV[8])
+  if cap >= 0 then
+    sf = shortfall(cap, w)
+    if sf then return refuse(4, week_start + 7 * 86400 - now_s, sf, cap, w) end
+  end
+  cap = tonumber(ARGV[10])
+  if cap >= 0 then
+    sf = shortfall(cap, m)
+    if sf then return refuse(6, next_month - now_s, sf, cap, m) end
   end
 end
 
 local window = tonumber(ARGV[2])
-local rolling = ARGV[24] == '1'
+local rolling = ARGV[16] == '1'
 local window_start, fresh_window
 if window > 0 then
   local requests, tokens, cost
@@ -194,7 +200,7 @@ if window > 0 then
   end
 end
 
-local limit = tonumber(ARGV[12])
+local limit = tonumber(ARGV[13])
 if limit > 0 then
   local full
   if flight then
