@@ -38,8 +38,9 @@ local ttl = tonumber(ARGV[14])
 local estimate = tonumber(ARGV[15])
 local lc = tonumber(ARGV[5])
 
--- The requests in flight (live members) and the spend they hold; expired members are dropped
--- only when there are some. Without a cost limit the concurrency check counts with ZCARD below.
+-- The requests in flight and the spend they hold, once the expired members are dropped (cheaper
+-- than reading the members with their scores, which Redis would print as decimals). Without a
+-- cost limit the concurrency check counts with ZCARD below.
 local reserving = ARGV[6] == '1' or lc >= 0
 local member = int(estimate) .. ':' .. ARGV[1]
 local reserved, live, flight = 0, 0, nil
