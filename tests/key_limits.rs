@@ -1939,9 +1939,11 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
 /// A key's spend on Redis is one `total` and a base per period. A spend hash written before the
 /// bases (`day`, `week`, `month` of their own) is read as it stands and rewritten with bases; a
 /// settlement then adds to `total` alone, and each period's spend follows. A charge that finds a
-/// fixed window's hash gone (expired) leaves it with an expiry again.
+/// fixed window's hash gone (expired) leaves it with an expiry again. The requests in flight keep
+/// the sum of their reservations beside them, which an expired lease and a request freed without
+/// a settlement leave exactly; the month's bounds the relay sends are checked against Redis's clock.
 #[tokio::test]
-async fn spend_on_redis_is_a_total_with_period_bases_and_older_hashes_are_carried_over() {
+async fn limits_on_redis_keep_the_spend_as_a_total_and_the_reserved_sum_beside_the_requests_in_flight() {
     use claude_relay::store::redis::RedisStore;
     use filters::policy::{KeyPolicy, KeyPolicySpec};
     use filters::{Admission, ClientKey, LimitBackend, Reservation};
@@ -2012,16 +2014,22 @@ async fn spend_on_redis_is_a_total_with_period_bases_and_older_hashes_are_carrie
         redis::cmd("HGETALL").arg(&spend).query_async(&mut c).await.unwrap();
     assert_eq!(fields.get("day"), None, "{fields:?}");
     assert_eq!(fields["total"] - fields["day_base"], 400_000_000, "{fields:?}");
-    let inflight: Vec<String> = redis::cmd("ZRANGE")
+    let inflight: Vec<(String, f64)> = redis::cmd("ZRANGE")
         .arg(format!("{p}limit:inflight:legacy"))
         .arg(0)
         .arg(-1)
+        .arg("WITHSCORES")
         .query_async(&mut c)
         .await
         .unwrap();
+    assert_eq!(inflight.len(), 2, "{inflight:?}");
     assert_eq!(
-        inflight,
-        ["500000000:h1"],
+        inflight[0],
+        ("~reserved".to_string(), -500_000_000.0),
+        "the sum beside the members"
+    );
+    assert_eq!(
+        inflight[1].0, "500000000:h1",
         "one member holds the slot and the reservation"
     );
     let peek = limits.peek(&key, now_s * 1000).await.unwrap();
@@ -2082,6 +2090,69 @@ async fn spend_on_redis_is_a_total_with_period_bases_and_older_hashes_are_carrie
     }
     let pttl: i64 = redis::cmd("PTTL").arg(&rate).query_async(&mut c).await.unwrap();
     assert!(pttl <= 90_000, "not set again ({pttl})");
+
+    // A lease that ran out (its instance stopped renewing it) leaves the sum at the next
+    // admission; a request freed without a settlement leaves it at once.
+    let flight = format!("{p}limit:inflight:legacy");
+    let spec: KeyPolicySpec =
+        serde_json::from_value(serde_json::json!({"cost_limits": {"total_usd": 10}, "concurrency": {"limit": 2}}))
+            .unwrap();
+    let capped = ClientKey {
+        id: "legacy".into(),
+        name: "legacy".into(),
+        enabled: true,
+        bind: None,
+        policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
+    };
+    let total_left = 10_000_000_000 - 1_000_000_002;
+    for (holder, nanos) in [("e1", 2_000_000_000u64), ("e2", 3_000_000_000)] {
+        let a = limits.admit(&capped, holder, nanos, now_s * 1000).await.unwrap();
+        assert!(matches!(a, Admission::Reserved { .. }), "{a:?}");
+    }
+    let peek = limits.peek(&capped, now_s * 1000).await.unwrap();
+    assert_eq!((peek.in_flight, peek.reserved_nanos), (2, 5_000_000_000));
+    // Full: a third request waits for a slot.
+    assert!(matches!(
+        limits.admit(&capped, "e3", 1, now_s * 1000).await.unwrap(),
+        Admission::Refused(_)
+    ));
+    let _: () = redis::cmd("ZADD")
+        .arg(&flight)
+        .arg("XX")
+        .arg(1)
+        .arg("2000000000:e1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let peek = limits.peek(&capped, now_s * 1000).await.unwrap();
+    assert_eq!(
+        (peek.in_flight, peek.reserved_nanos),
+        (1, 3_000_000_000),
+        "read-only, expired skipped"
+    );
+    let a = limits.admit(&capped, "e3", 1_000_000_000, now_s * 1000).await.unwrap();
+    let Admission::Reserved { room_nanos } = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!(room_nanos, total_left - 3_000_000_000 - 1_000_000_000);
+    let sum: f64 = redis::cmd("ZSCORE")
+        .arg(&flight)
+        .arg("~reserved")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        sum, -4_000_000_000.0,
+        "e1's amount left the sum when its member was dropped"
+    );
+    let e2 = Reservation {
+        holder: "e2".into(),
+        nanos: 3_000_000_000,
+    };
+    limits.unreserve("legacy", &e2).await.unwrap();
+    limits.release("legacy", "e2").await.unwrap();
+    let peek = limits.peek(&capped, now_s * 1000).await.unwrap();
+    assert_eq!((peek.in_flight, peek.reserved_nanos), (1, 1_000_000_000));
 
     // The month's bounds come with the call, by the relay's clock; when Redis's clock is outside
     // them (here the relay's is a year behind), the script works the month out itself.

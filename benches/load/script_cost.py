@@ -3,8 +3,8 @@
 
 Loads the admission (`src/limits/lua/admit.lua`), the settlement (`settle.lua`) and the session
 binding with the account lease (`src/store/lua/sticky_lease.lua`) into a private redis-server,
-then runs each with `redis-benchmark` (pipelined, 10 holders in turn, as a key with every limit
-and a sticky session sends them) and prints the Redis CPU (`INFO cpu`, user + system) and the
+then runs each with `redis-benchmark` (pipelined, 10 holders in turn, or --holders: that many
+requests of the key in flight; as a key with every limit and a sticky session sends them) and prints the Redis CPU (`INFO cpu`, user + system) and the
 time inside the script (`INFO commandstats`) per call. With `--rev <git revision>` the scripts of
 that revision are measured too, in the same run, one after the other, so the two can be compared
 on the same machine at the same moment.
@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pipeline", type=int, default=20)
+    ap.add_argument("--holders", type=int, default=10,
+                    help="requests of the key in flight (holders taken in turn)")
     ap.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
     args = ap.parse_args()
     bench = shutil.which("redis-benchmark")
@@ -123,13 +125,13 @@ def main():
                         r.cmd("SET", keys[0], "acct")
                     cpu0, us0 = stats(r)
                     subprocess.run([bench, "-p", port, "-n", str(args.calls), "-P", str(args.pipeline), "-c", "1",
-                                    "-r", "10", "-q", "EVALSHA", sha, str(len(keys)), *keys, *argv],
+                                    "-r", str(args.holders), "-q", "EVALSHA", sha, str(len(keys)), *keys, *argv],
                                    check=True, capture_output=True)
                     cpu1, us1 = stats(r)
                     results.setdefault((label, name), []).append(
                         ((cpu1 - cpu0) * 1e6 / args.calls, (us1 - us0) / args.calls))
         print(f"## Lua scripts on an idle Redis: µs per call ({args.calls:,} calls, pipeline {args.pipeline}, "
-              f"{args.rounds} rounds)\n")
+              f"{args.holders} holders, {args.rounds} rounds)\n")
         print("| scripts | script | Redis CPU µs/call, best | median | inside the script µs/call, best |")
         print("|---|---|---:|---:|---:|")
         for (label, name), runs in results.items():

@@ -7,14 +7,14 @@
 //! | `{p}limit:rate:{id}`       | hash       | a fixed rate window: `start` (ms), `requests`, `tokens`, `cost`; expires one window after its end. A rolling window: the sums of its entries |
 //! | `{p}limit:rolling:{id}`    | sorted set | a rolling window's entries `a\|c\|holder\|requests\|tokens\|cost` → when counted (ms); both keys expire one window (+1 min) after the last write |
 //! | `{p}limit:spend:{id}`      | hash       | `total` (nano-USD, all the key spent) and per period (day, week, month) its start and its base: the period's spend is `total` less the base; no expiry |
-//! | `{p}limit:inflight:{id}`   | sorted set | requests in flight, each its concurrency slot and its spend reservation: `nano-USD:holder` → expiry (server ms) |
+//! | `{p}limit:inflight:{id}`   | sorted set | requests in flight, each its concurrency slot and its spend reservation: `nano-USD:holder` → expiry (server ms); `~reserved` → minus the sum of their amounts |
 //! | `{p}limit:activated:{id}`  | string     | first use of an activation-mode key (Unix s)         |
 //!
 //! Round trips: an admission is one Lua script (`lua/admit.lua`: every cap, window, the slot and
 //! the reservation, taken only when all pass, on the server's clock `TIME`); settling a finished
 //! request is one script (`lua/settle.lua`: frees its place in flight and charges its tokens and
 //! cost, after the response); a request that ends without settling (cut before completion) frees
-//! its place with one `ZREM`. The first
+//! its place with the same script and no charge. The first
 //! admission of a key with spend caps on a day also reads its recorded spend from the usage
 //! statistics ([`super::SpendSeeds`]: one more pipeline per granularity, once).
 //!
@@ -24,8 +24,10 @@
 //! charge; an admission first drops the entries that slid out (each entry is added once and
 //! removed once, and the sums are kept beside them, so an admission does not re-add the window).
 //!
-//! What a request costs Redis is kept small: one member in flight holds both its slot and its
-//! reservation (one write on admission, one on settlement, one renewal); a charge to the spend is
+//! What a request costs Redis is kept small, and does not grow with the key's requests in flight:
+//! one member in flight holds both its slot and its reservation (one write on admission, one on
+//! settlement, one renewal), and the set keeps the sum of their reservations beside them (the
+//! score of its `~reserved` member, so that it expires with them); a charge to the spend is
 //! one `HINCRBY` of `total`, whatever caps the key has (the day's, week's and month's spends are
 //! derived from it and their bases, which an admission writes when a period begins); a window's
 //! expiry is set again only by a charge that may have created its hash.
@@ -176,18 +178,29 @@ impl RedisLimits {
         Ok(held.len())
     }
 
-    /// Frees the place in flight of `holder` (the member this instance took for it) with one
-    /// `ZREM`; nothing when it was freed already (a request's slot and its reservation are one
-    /// member, and both guards free it).
+    /// Frees the place in flight of `holder` (the member this instance took for it) with the
+    /// settlement's script and no charge (its reservation leaves the sum too); nothing when it
+    /// was freed already (a request's slot and its reservation are one member, and both guards
+    /// free it).
     async fn free(&self, key_id: &str, holder: &str) -> Result<(), String> {
         let set = self.key("inflight", key_id);
         let Some(member) = self.held().remove(&(set.clone(), holder.to_string())) else {
             return Ok(());
         };
-        let done: Result<i64, _> = redis::cmd("ZREM")
-            .arg(set)
+        let done: Result<i64, _> = self
+            .settle
+            .key(self.key("rate", key_id))
+            .key(self.key("spend", key_id))
+            .key(set)
+            .key(self.key("rolling", key_id))
+            .arg(0)
+            .arg(0)
+            .arg(0)
+            .arg(0)
+            .arg(0)
             .arg(member)
-            .query_async(&mut self.conn.clone())
+            .arg(holder)
+            .invoke_async(&mut self.conn.clone())
             .await;
         done.map(|_| ()).map_err(|e| format!("redis: {e}"))
     }

@@ -11,7 +11,8 @@
 --         instead; they are read once and replaced.
 -- KEYS[3] requests in flight: sorted set of `<nano-USD reserved>:<holder>` scored by the expiry
 --         of their lease (ms); one member per request, its concurrency slot and its reservation
---         together (the amount is 0 when it reserves nothing)
+--         together (the amount is 0 when it reserves nothing); and `~reserved`, scored minus the
+--         sum of the amounts of the other members
 -- KEYS[4] rolling window entries: sorted set of `<a|c>|<holder>|<requests>|<tokens>|<cost>`
 --         scored by the time they were counted (ms)
 -- ARGV: 1 holder, 2 window ms (0: no window), 3 requests, 4 tokens, 5 cost (-1: no limit),
@@ -38,19 +39,27 @@ local ttl = tonumber(ARGV[14])
 local estimate = tonumber(ARGV[15])
 local lc = tonumber(ARGV[5])
 
--- The requests in flight and the spend they hold, once the expired members are dropped (cheaper
--- than reading the members with their scores, which Redis would print as decimals). Without a
--- cost limit the concurrency check counts with ZCARD below.
+-- The requests in flight and the spend they hold. The set keeps that sum as minus the score of
+-- its member `~reserved` (every request's member has a positive score, its lease's expiry), so
+-- an admission reads it in O(1) however many requests of the key are in flight.
+local SUM = '~reserved'
 local reserving = ARGV[6] == '1' or lc >= 0
 local member = int(estimate) .. ':' .. ARGV[1]
-local reserved, live, flight = 0, 0, nil
-if reserving then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  flight = redis.call('ZRANGE', KEYS[3], 0, -1)
-  live = #flight
-  for _, m in ipairs(flight) do
-    reserved = reserved + num(string.match(m, '^(%d+):'))
+local reserved = 0
+-- Drops the members whose lease ran out (their instance stopped renewing them: it died, or lost
+-- Redis) and takes their amounts off the sum.
+local function drop_expired()
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '(0', now)
+  if #gone > 0 then
+    local freed = 0
+    for _, m in ipairs(gone) do freed = freed + num(string.match(m, '^(%d+):')) end
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '(0', now)
+    if freed > 0 then redis.call('ZINCRBY', KEYS[3], int(freed), SUM) end
   end
+end
+if reserving then
+  drop_expired()
+  reserved = math.max(-num(redis.call('ZSCORE', KEYS[3], SUM)), 0)
 end
 local room = -1
 -- nil when `estimate` fits under `cap` beside `spent` and `reserved` (and `room` shrinks to
@@ -203,16 +212,11 @@ end
 
 local limit = tonumber(ARGV[13])
 if limit > 0 then
-  local full
-  if flight then
-    full = live >= limit
-  else
-    -- Expired members are dropped only when the set looks full.
-    full = redis.call('ZCARD', KEYS[3]) >= limit
-    if full then
-      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-      full = redis.call('ZCARD', KEYS[3]) >= limit
-    end
+  -- ZCARD counts `~reserved` and expired members too: when it says full, count exactly.
+  local full = redis.call('ZCARD', KEYS[3]) >= limit
+  if full then
+    if not reserving then drop_expired() end
+    full = redis.call('ZCOUNT', KEYS[3], '(0', '+inf') >= limit
   end
   -- A full set refuses unless this request is in it already (a queued retry): asked only then.
   if full and not redis.call('ZSCORE', KEYS[3], member) then
@@ -241,7 +245,9 @@ if window > 0 then
   end
 end
 if limit > 0 or estimate > 0 then
-  redis.call('ZADD', KEYS[3], now + ttl, member)
+  if redis.call('ZADD', KEYS[3], now + ttl, member) == 1 and estimate > 0 then
+    redis.call('ZINCRBY', KEYS[3], int(-estimate), SUM)
+  end
   redis.call('PEXPIRE', KEYS[3], ttl * 2)
 end
 return {0, 0, room}

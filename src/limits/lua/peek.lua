@@ -46,9 +46,11 @@ local d = spent(day_start, s[2], s[3], s[8])
 local w = spent(week_start, s[4], s[5], s[9])
 local m = spent(tonumber(ARGV[5]), s[6], s[7], s[10])
 
-local slots, reserved = 0, 0
-for _, mem in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf')) do
-  slots = slots + 1
-  reserved = reserved + num(string.match(mem, '^(%d+):'))
+local slots = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+-- The sum the admissions keep (see admit.lua), less what expired members still hold.
+local reserved = -num(redis.call('ZSCORE', KEYS[3], '~reserved'))
+for _, mem in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(0', now)) do
+  reserved = reserved - num(string.match(mem, '^(%d+):'))
 end
+reserved = math.max(reserved, 0)
 return {requests, tokens, cost, ends, d, w, m, total, slots, reserved}

@@ -11,8 +11,10 @@
 -- counts in the one it was admitted in); a rolling window's at the time of the charge. The spend
 -- is one addition to `total`: each period's spend is `total` less the period's base.
 redis.replicate_commands()
-if ARGV[6] ~= '' then
-  redis.call('ZREM', KEYS[3], ARGV[6])
+if ARGV[6] ~= '' and redis.call('ZREM', KEYS[3], ARGV[6]) == 1 then
+  -- Its reservation leaves the sum the admission reads (`~reserved`, scored minus the sum).
+  local nanos = string.match(ARGV[6], '^(%d+):')
+  if nanos and nanos ~= '0' then redis.call('ZINCRBY', KEYS[3], nanos, '~reserved') end
 end
 local tokens, cost = ARGV[1], ARGV[2]
 if tokens == '0' and cost == '0' then return 0 end
