@@ -1240,15 +1240,11 @@ async fn a_killed_instance_gives_its_reservations_back_after_the_lease_time() {
 #[tokio::test]
 async fn memory_and_redis_backends_agree() {
     use claude_relay::limits::MemoryLimits;
-    use claude_relay::store::redis::RedisStore;
-    use filters::policy::{KeyPolicy, KeyPolicySpec};
-    use filters::{Admission, ClientKey, LimitBackend, Reservation};
+    use filters::policy::KeyPolicySpec;
+    use filters::{Admission, LimitBackend, Reservation};
 
-    let (url, p) = (redis_url(), redis_prefix());
-    let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
-    let redis = RedisLimits::connect(&RedisTarget::Node(url.clone()), &p, store, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let p = redis_prefix();
+    let (redis, _) = limits_on_redis(&p).await;
     let memory = MemoryLimits::new();
     let backends: [(&str, &dyn LimitBackend); 2] = [("memory", &memory), ("redis", &redis)];
 
@@ -1282,13 +1278,7 @@ async fn memory_and_redis_backends_agree() {
         let spec: KeyPolicySpec = serde_json::from_str(spec).unwrap();
         let mut answers: Vec<Vec<Seen>> = Vec::new();
         for (_, b) in backends {
-            let key = ClientKey {
-                id: format!("par{i}").into(),
-                name: "par".into(),
-                enabled: true,
-                bind: None,
-                policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
-            };
+            let key = limit_key(&format!("par{i}"), "par", &spec);
             let now = || chrono::Utc::now().timestamp_millis();
             let mut out = Vec::new();
             // 400 of 1000 nano-USD at a time: two fit, the third is refused as reserved.
@@ -1332,13 +1322,7 @@ async fn memory_and_redis_backends_agree() {
         serde_json::from_str(r#"{"concurrency":{"limit":2},"rate_limit":{"window_minutes":1,"tokens":1000}}"#).unwrap();
     let mut answers: Vec<Vec<Seen>> = Vec::new();
     for (_, b) in backends {
-        let key = ClientKey {
-            id: "slots".into(),
-            name: "slots".into(),
-            enabled: true,
-            bind: None,
-            policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
-        };
+        let key = limit_key("slots", "slots", &spec);
         let mut out = vec![
             seen(b.admit(&key, "s1", 0, support::now_ms()).await.unwrap()),
             seen(b.admit(&key, "s2", 0, support::now_ms()).await.unwrap()),
@@ -1489,6 +1473,33 @@ struct PrivateRedis {
 /// The SHA1 the relay's `EVALSHA` calls name a script by.
 fn script_sha(script: &str) -> String {
     redis::Script::new(script).get_hash().to_string()
+}
+
+/// A client key with the policy `spec`, for the tests that call a limit backend directly.
+fn limit_key(id: &str, name: &str, spec: &filters::policy::KeyPolicySpec) -> filters::ClientKey {
+    filters::ClientKey {
+        id: id.into(),
+        name: name.into(),
+        enabled: true,
+        bind: None,
+        policy: std::sync::Arc::new(filters::policy::KeyPolicy::compile(spec).unwrap()),
+    }
+}
+
+/// The Redis limit backend on the test Redis under prefix `p` (5 s leases), and a connection
+/// of the test's own to look at what it wrote.
+async fn limits_on_redis(p: &str) -> (RedisLimits, redis::aio::MultiplexedConnection) {
+    let url = redis_url();
+    let store = std::sync::Arc::new(
+        claude_relay::store::redis::RedisStore::connect_with_prefix(&url, p)
+            .await
+            .unwrap(),
+    );
+    let limits = RedisLimits::connect(&RedisTarget::Node(url.clone()), p, store, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    (limits, client.get_multiplexed_async_connection().await.unwrap())
 }
 
 /// `redis-cli monitor` on a private Redis, writing to a file until stopped.
@@ -1845,30 +1856,18 @@ async fn a_key_refused_lately_takes_no_account_slot_before_it_is_admitted() {
 /// held slots are renewed.
 #[tokio::test]
 async fn redis_backend_agrees_with_the_rust_calendar() {
-    use claude_relay::store::redis::RedisStore;
-    use filters::policy::{KeyPolicy, KeyPolicySpec};
-    use filters::{Admission, ClientKey, LimitBackend};
+    use filters::policy::KeyPolicySpec;
+    use filters::{Admission, LimitBackend};
 
-    let (url, p) = (redis_url(), redis_prefix());
-    let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
-    let limits = RedisLimits::connect(&RedisTarget::Node(url.clone()), &p, store, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let p = redis_prefix();
+    let (limits, mut c) = limits_on_redis(&p).await;
     for (i, reset) in ["mon 00:00", "wed 12:30", "sun 23:59", "thu 00:01"].iter().enumerate() {
         let spec: KeyPolicySpec = serde_json::from_value(serde_json::json!({
             "cost_limits": {"daily_usd": 1, "weekly_usd": 0, "weekly_reset": reset},
             "concurrency": {"limit": 1},
         }))
         .unwrap();
-        let key = ClientKey {
-            id: format!("cal{i}").into(),
-            name: "cal".into(),
-            enabled: true,
-            bind: None,
-            policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
-        };
+        let key = limit_key(&format!("cal{i}"), "cal", &spec);
         let now_s = chrono::Utc::now().timestamp();
         // A weekly cap of 0 is spent at once: the refusal says when the week ends.
         let Admission::Refused(r) = limits.admit(&key, "h", 0, now_s * 1000).await.unwrap() else {
@@ -1899,13 +1898,7 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
 
     // A held slot is renewed, a released one is gone.
     let spec: KeyPolicySpec = serde_json::from_value(serde_json::json!({"concurrency": {"limit": 1}})).unwrap();
-    let key = ClientKey {
-        id: "slot".into(),
-        name: "slot".into(),
-        enabled: true,
-        bind: None,
-        policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
-    };
+    let key = limit_key("slot", "slot", &spec);
     assert!(matches!(
         limits.admit(&key, "h1", 0, 0).await.unwrap(),
         Admission::Admitted
@@ -1944,17 +1937,11 @@ async fn redis_backend_agrees_with_the_rust_calendar() {
 /// a settlement leave exactly; the month's bounds the relay sends are checked against Redis's clock.
 #[tokio::test]
 async fn limits_on_redis_keep_the_spend_as_a_total_and_the_reserved_sum_beside_the_requests_in_flight() {
-    use claude_relay::store::redis::RedisStore;
-    use filters::policy::{KeyPolicy, KeyPolicySpec};
-    use filters::{Admission, ClientKey, LimitBackend, Reservation};
+    use filters::policy::KeyPolicySpec;
+    use filters::{Admission, LimitBackend, Reservation};
 
-    let (url, p) = (redis_url(), redis_prefix());
-    let store = std::sync::Arc::new(RedisStore::connect_with_prefix(&url, &p).await.unwrap());
-    let limits = RedisLimits::connect(&RedisTarget::Node(url.clone()), &p, store, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let p = redis_prefix();
+    let (limits, mut c) = limits_on_redis(&p).await;
     // Not across midnight (UTC): the day's spend starts again then.
     let left = 86_400 - chrono::Utc::now().timestamp().rem_euclid(86_400);
     if left < 10 {
@@ -1987,13 +1974,7 @@ async fn limits_on_redis_keep_the_spend_as_a_total_and_the_reserved_sum_beside_t
         "concurrency": {"limit": 2},
     }))
     .unwrap();
-    let key = ClientKey {
-        id: "legacy".into(),
-        name: "legacy".into(),
-        enabled: true,
-        bind: None,
-        policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
-    };
+    let key = limit_key("legacy", "legacy", &spec);
     let peek = limits.peek(&key, now_s * 1000).await.unwrap();
     assert_eq!(
         (peek.day_nanos, peek.week_nanos, peek.month_nanos, peek.total_nanos),
@@ -2097,13 +2078,7 @@ async fn limits_on_redis_keep_the_spend_as_a_total_and_the_reserved_sum_beside_t
     let spec: KeyPolicySpec =
         serde_json::from_value(serde_json::json!({"cost_limits": {"total_usd": 10}, "concurrency": {"limit": 2}}))
             .unwrap();
-    let capped = ClientKey {
-        id: "legacy".into(),
-        name: "legacy".into(),
-        enabled: true,
-        bind: None,
-        policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
-    };
+    let capped = limit_key("legacy", "legacy", &spec);
     let total_left = 10_000_000_000 - 1_000_000_002;
     for (holder, nanos) in [("e1", 2_000_000_000u64), ("e2", 3_000_000_000)] {
         let a = limits.admit(&capped, holder, nanos, now_s * 1000).await.unwrap();
@@ -2157,13 +2132,7 @@ async fn limits_on_redis_keep_the_spend_as_a_total_and_the_reserved_sum_beside_t
     // The month's bounds come with the call, by the relay's clock; when Redis's clock is outside
     // them (here the relay's is a year behind), the script works the month out itself.
     let spec: KeyPolicySpec = serde_json::from_value(serde_json::json!({"cost_limits": {"monthly_usd": 0}})).unwrap();
-    let key = ClientKey {
-        id: "month".into(),
-        name: "month".into(),
-        enabled: true,
-        bind: None,
-        policy: std::sync::Arc::new(KeyPolicy::compile(&spec).unwrap()),
-    };
+    let key = limit_key("month", "month", &spec);
     for relay_now_s in [now_s, now_s - 365 * 86_400] {
         let Admission::Refused(r) = limits.admit(&key, "m", 0, relay_now_s * 1000).await.unwrap() else {
             panic!("a zero monthly cap refuses");
