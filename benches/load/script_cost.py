@@ -24,7 +24,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "soak"))
+from redis_calls import redis_counts  # noqa: E402
 from soak import Redis, start_redis  # noqa: E402
 
 SCRIPTS = {
@@ -80,17 +82,10 @@ def calls(src, name, tag):
     return keys, ["3600000", "acct", HOLDER, "1000", "60000"]
 
 
-def stats(r):
-    text = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
-    cpu = 0.0
-    for line in text(r.cmd("INFO", "cpu")).splitlines():
-        if line.startswith(("used_cpu_sys:", "used_cpu_user:")):
-            cpu += float(line.split(":")[1])
-    usec = 0
-    for line in text(r.cmd("INFO", "commandstats")).splitlines():
-        if line.startswith("cmdstat_evalsha:"):
-            usec = int(dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))["usec"])
-    return cpu, usec
+def stats(url):
+    """Redis CPU (s) so far, and µs spent inside EVALSHA calls."""
+    _, usec, cpu = redis_counts(url)
+    return cpu, usec.get("evalsha", 0)
 
 
 def main():
@@ -123,11 +118,11 @@ def main():
                     keys, argv = calls(src, name, vi)
                     if name == "sticky_lease":
                         r.cmd("SET", keys[0], "acct")
-                    cpu0, us0 = stats(r)
+                    cpu0, us0 = stats(url)
                     subprocess.run([bench, "-p", port, "-n", str(args.calls), "-P", str(args.pipeline), "-c", "1",
                                     "-r", str(args.holders), "-q", "EVALSHA", sha, str(len(keys)), *keys, *argv],
                                    check=True, capture_output=True)
-                    cpu1, us1 = stats(r)
+                    cpu1, us1 = stats(url)
                     results.setdefault((label, name), []).append(
                         ((cpu1 - cpu0) * 1e6 / args.calls, (us1 - us0) / args.calls))
         print(f"## Lua scripts on an idle Redis: µs per call ({args.calls:,} calls, pipeline {args.pipeline}, "
