@@ -273,7 +273,8 @@ impl LimitBackend for RedisLimits {
         // call (it does when the server's clock is outside them).
         let now_s = now_ms.div_euclid(1000);
         if p.cost_limits.is_some() {
-            inv.arg(super::month_start(now_s)).arg(super::next_month_start(now_s));
+            let start = super::month_start(now_s);
+            inv.arg(start).arg(crate::store::Granularity::Month.next_bucket(start));
         } else {
             inv.arg(0).arg(0);
         }
