@@ -26,6 +26,14 @@ if ! command -v redis-server >/dev/null; then
     echo "test.sh: redis-server could not be installed; the Redis tests will fail" >&2
 fi
 
+# ss (iproute2) reads a test upstream's TCP counters (tests/relay_core.rs).
+if ! command -v ss >/dev/null; then
+  echo "test.sh: ss (iproute2) is needed by a relay test; installing it with apt-get" >&2
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iproute2 >/dev/null; } ||
+    echo "test.sh: iproute2 could not be installed; the test that needs ss will fail" >&2
+fi
+
 # Whether a Redis answers PING at the URL $1.
 redis_answers() {
   local url=$1

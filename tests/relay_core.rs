@@ -790,3 +790,135 @@ fn bad_config_stops_the_start_naming_the_key() {
         assert!(err.contains(needle), "`{yaml}` → {err}");
     }
 }
+
+/// What a raw HTTP/1 upstream saw of one request: the connection it came on and its body.
+struct WireRequest {
+    conn: usize,
+    body: Vec<u8>,
+}
+
+/// The TCP segments with data that the connection accepted on `port` has received, from
+/// `ss -ti` (iproute2): the counters of `TCP_INFO` without unsafe code.
+fn data_segments_in(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", &format!("( sport = :{port} )")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u32> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("data_segs_in:"))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 1, "one connection to the upstream: {text}");
+    counts[0]
+}
+
+/// An HTTP/1 upstream on a bare socket that records how each request arrived and answers each
+/// with a keep-alive JSON message.
+async fn wire_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<WireRequest>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        for conn in 0.. {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut chunk = vec![0u8; 256 * 1024];
+                loop {
+                    let head_len = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    while buf.len() < head_len + len {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buf[head_len..head_len + len].to_vec();
+                    buf.drain(..head_len + len);
+                    record.lock().unwrap().push(WireRequest { conn, body });
+                    let answer = json_for("claude-sonnet-4-5").to_string();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if sock.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn an_upstream_request_leaves_in_one_write_and_its_connection_serves_the_next() {
+    let (addr, seen) = wire_upstream().await;
+    let relay = RelayProcess::start(&format!(
+        "accounts:\n{}",
+        account_yaml("main", &format!("http://{addr}"), "")
+    ))
+    .await;
+    let large = format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "b".repeat(200_000)
+    );
+    let c = client();
+    let mut segments = 0;
+    for body in [
+        BODY_JSON.to_string(),
+        large.clone(),
+        BODY_STREAM.replace("\"stream\":true", "\"stream\":false"),
+    ] {
+        let r = c
+            .post(format!("{}/v1/messages", relay.base()))
+            .header("x-api-key", ALICE)
+            .header("anthropic-version", "2023-06-01")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(answer["usage"]["input_tokens"], 21);
+        assert_eq!(
+            seen.lock().unwrap().last().unwrap().body,
+            body.as_bytes(),
+            "the body arrives whole and untouched"
+        );
+        // The head and the body leave in one write: a small request arrives in one segment
+        // (loopback's hold 64 KB), where a write for the head and one for the body make two.
+        let now = data_segments_in(addr.port());
+        if body.len() < 1000 {
+            assert_eq!(now - segments, 1, "segments of a request of {} bytes", body.len());
+        }
+        segments = now;
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|r| r.conn == 0),
+        "the connection is kept between requests: {:?}",
+        seen.iter().map(|r| r.conn).collect::<Vec<_>>()
+    );
+}

@@ -705,9 +705,7 @@ pub(super) async fn send(
             }
         };
         let exchange = async {
-            up.write_request_header(Box::new(req.clone())).await?;
-            up.write_request_body(body.clone(), true).await?;
-            up.finish_request_body().await?;
+            super::connector::send_request(&mut up, &peer, req, body).await?;
             up.read_response_header().await
         };
         match tokio::time::timeout(head_timeout, exchange).await {
