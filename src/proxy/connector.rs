@@ -226,3 +226,43 @@ async fn write_all_vectored(stream: &mut pingora::protocols::Stream, head: &[u8]
         .await
         .or_err(ErrorType::WriteError, "flushing the request")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/v1/messages", None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn only_a_request_whose_head_states_its_length_and_nothing_more_leaves_in_one_write() {
+        assert!(one_write(&post(&[("content-length", "12"), ("x-api-key", "k")]), 12));
+        // The length must be the body's, stated once.
+        assert!(!one_write(&post(&[("content-length", "11")]), 12));
+        assert!(!one_write(&post(&[]), 12));
+        assert!(!one_write(
+            &post(&[("content-length", "12"), ("content-length", "12")]),
+            12
+        ));
+        assert!(!one_write(&post(&[("content-length", "twelve")]), 12));
+        // What Pingora's client keeps for reading the response goes through it.
+        for (name, value) in [
+            ("connection", "close"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            assert!(
+                !one_write(&post(&[("content-length", "12"), (name, value)]), 12),
+                "{name}"
+            );
+        }
+        let mut head = RequestHeader::build("HEAD", b"/v1/models", None).unwrap();
+        head.append_header("content-length", "0").unwrap();
+        assert!(!one_write(&head, 0));
+    }
+}
