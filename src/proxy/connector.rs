@@ -1,5 +1,5 @@
 //! Upstream connections: Pingora's HTTP/1 and HTTP/2 connectors, with one rule of ours for
-//! opening HTTP/2 connections.
+//! opening HTTP/2 connections, and an HTTP/1 request sent in one write ([`send_request`]).
 //!
 //! A pooled HTTP/2 connection carries many requests at once (see the peer module). Pingora takes
 //! a connection out of its pool while it opens a stream on it and puts it back afterwards, and a
@@ -16,11 +16,10 @@
 //! not gated: every request in flight needs a connection of its own there.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use std::io::IoSlice;
 
 use bytes::Bytes;
 use pingora::connectors::http::{v1, v2};
