@@ -93,6 +93,28 @@ pub struct RedisLimits {
     lease_ttl: Duration,
 }
 
+/// What a settlement charges to a key's windows and spend (`lua/settle.lua`'s ARGV 1–5).
+struct Charge {
+    tokens: i64,
+    cost_nanos: i64,
+    /// The rate window's kind: 0 none (or one without tokens and cost), 1 fixed, 2 rolling.
+    mode: i64,
+    window_ms: i64,
+    /// Whether the cost goes to the spend (the key has spend caps and the request cost something).
+    spend: bool,
+}
+
+impl Charge {
+    /// Nothing charged: the settlement only frees the request's place in flight.
+    const NONE: Charge = Charge {
+        tokens: 0,
+        cost_nanos: 0,
+        mode: 0,
+        window_ms: 0,
+        spend: false,
+    };
+}
+
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -187,22 +209,36 @@ impl RedisLimits {
         let Some(member) = self.held().remove(&(set.clone(), holder.to_string())) else {
             return Ok(());
         };
-        let done: Result<i64, _> = self
-            .settle
+        self.run_settle(key_id, &set, &member, holder, Charge::NONE)
+            .await
+            .map_err(|e| format!("redis: {e}"))
+    }
+
+    /// One call of `lua/settle.lua` on the key's limits: frees `member` of `set` (its place in
+    /// flight, when not empty; `holder` names a rolling window's entry) and charges `charge`.
+    async fn run_settle(
+        &self,
+        key_id: &str,
+        set: &str,
+        member: &str,
+        holder: &str,
+        charge: Charge,
+    ) -> redis::RedisResult<()> {
+        self.settle
             .key(self.key("rate", key_id))
             .key(self.key("spend", key_id))
             .key(set)
             .key(self.key("rolling", key_id))
-            .arg(0)
-            .arg(0)
-            .arg(0)
-            .arg(0)
-            .arg(0)
+            .arg(charge.tokens)
+            .arg(charge.cost_nanos)
+            .arg(charge.mode)
+            .arg(charge.window_ms)
+            .arg(i64::from(charge.spend))
             .arg(member)
             .arg(holder)
-            .invoke_async(&mut self.conn.clone())
-            .await;
-        done.map(|_| ()).map_err(|e| format!("redis: {e}"))
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(|_| ())
     }
 
     /// Renews the held slots every third of the lease time; runs until the task is dropped.
@@ -359,22 +395,16 @@ impl LimitBackend for RedisLimits {
         if let Some(holder) = reservation.map(|r| r.holder.as_str()).or(slot) {
             self.held().remove(&(set.clone(), holder.to_string()));
         }
-        let done: Result<i64, _> = self
-            .settle
-            .key(self.key("rate", &key.id))
-            .key(self.key("spend", &key.id))
-            .key(set)
-            .key(self.key("rolling", &key.id))
-            .arg(int(tokens))
-            .arg(int(cost_nanos))
-            .arg(mode)
-            .arg(window)
-            .arg(i64::from(spend))
-            .arg(member)
-            .arg(reservation.map(|r| r.holder.as_str()).or(slot).unwrap_or(""))
-            .invoke_async(&mut self.conn.clone())
-            .await;
-        done.map(|_| ()).map_err(|e| {
+        let holder = reservation.map(|r| r.holder.as_str()).or(slot).unwrap_or("");
+        let charge = Charge {
+            tokens: int(tokens),
+            cost_nanos: int(cost_nanos),
+            mode,
+            window_ms: window,
+            spend,
+        };
+        let done = self.run_settle(&key.id, &set, &member, holder, charge).await;
+        done.map_err(|e| {
             tracing::warn!(key = %key.id, error = %e, "settling a key's limits failed; its reservation will run out");
             format!("redis: {e}")
         })
