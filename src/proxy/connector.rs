@@ -16,12 +16,11 @@
 //! not gated: every request in flight needs a connection of its own there.
 
 use std::collections::HashMap;
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use pingora::connectors::http::{v1, v2};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -168,7 +167,17 @@ pub async fn send_request(up: &mut HttpSession, peer: &HttpPeer, req: &RequestHe
         let mut stream = h1.into_inner();
         let written = match http_req_header_to_wire(req) {
             Some(head) => {
-                let write = write_all_vectored(&mut stream, &head, body);
+                // `write_all_buf` writes a chain with `writev` where the socket takes it.
+                let write = async {
+                    stream
+                        .write_all_buf(&mut (&head[..]).chain(&body[..]))
+                        .await
+                        .or_err(ErrorType::WriteError, "writing the request")?;
+                    stream
+                        .flush()
+                        .await
+                        .or_err(ErrorType::WriteError, "flushing the request")
+                };
                 match write_timeout {
                     Some(t) => tokio::time::timeout(t, write)
                         .await
@@ -202,28 +211,6 @@ fn one_write(req: &RequestHeader, body_len: usize) -> bool {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok())
             == Some(body_len)
-}
-
-/// Writes `head` and then `body`, in as few writes as the socket takes, and flushes.
-async fn write_all_vectored(stream: &mut pingora::protocols::Stream, head: &[u8], body: &[u8]) -> Result<()> {
-    let (mut h, mut b) = (0, 0);
-    while h < head.len() || b < body.len() {
-        let slices = [IoSlice::new(&head[h..]), IoSlice::new(&body[b..])];
-        let n = stream
-            .write_vectored(&slices)
-            .await
-            .or_err(ErrorType::WriteError, "writing the request")?;
-        if n == 0 {
-            return Error::e_explain(ErrorType::WriteError, "the upstream connection took no more bytes");
-        }
-        let from_head = n.min(head.len() - h);
-        h += from_head;
-        b += n - from_head;
-    }
-    stream
-        .flush()
-        .await
-        .or_err(ErrorType::WriteError, "flushing the request")
 }
 
 #[cfg(test)]
