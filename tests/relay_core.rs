@@ -791,103 +791,43 @@ fn bad_config_stops_the_start_naming_the_key() {
     }
 }
 
-/// What a raw HTTP/1 upstream saw of one request: the connection it came on and its body.
-struct WireRequest {
-    conn: usize,
-    body: Vec<u8>,
-}
-
-/// The TCP segments with data that the connection accepted on `port` has received, from
-/// `ss -ti` (iproute2): the counters of `TCP_INFO` without unsafe code.
-fn data_segments_in(port: u16) -> u32 {
+/// The one established connection accepted on `port` (127.0.0.1): the relay's end of it (its
+/// address) and the TCP segments with data it has brought, from `ss -ti` (iproute2), which
+/// reads the kernel's `TCP_INFO` counters without unsafe code.
+fn upstream_connection(port: u16) -> (String, u32) {
     let out = std::process::Command::new("ss")
         .args(["-tinH", "state", "established", &format!("( sport = :{port} )")])
         .output()
         .expect("ss (iproute2) runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    let counts: Vec<u32> = text
-        .split_whitespace()
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let local = format!("127.0.0.1:{port}");
+    let peers: Vec<&str> = words.windows(2).filter(|w| w[0] == local).map(|w| w[1]).collect();
+    let counts: Vec<u32> = words
+        .iter()
         .filter_map(|w| w.strip_prefix("data_segs_in:"))
         .map(|n| n.parse().unwrap())
         .collect();
-    assert_eq!(counts.len(), 1, "one connection to the upstream: {text}");
-    counts[0]
-}
-
-/// An HTTP/1 upstream on a bare socket that records how each request arrived and answers each
-/// with a keep-alive JSON message.
-async fn wire_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<WireRequest>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        for conn in 0.. {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let record = record.clone();
-            tokio::spawn(async move {
-                let mut buf: Vec<u8> = Vec::new();
-                let mut chunk = vec![0u8; 256 * 1024];
-                loop {
-                    let head_len = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map(|v| v.trim().parse().unwrap())
-                        .unwrap_or(0);
-                    while buf.len() < head_len + len {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body = buf[head_len..head_len + len].to_vec();
-                    buf.drain(..head_len + len);
-                    record.lock().unwrap().push(WireRequest { conn, body });
-                    let answer = json_for("claude-sonnet-4-5").to_string();
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    if sock.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
+    assert!(
+        peers.len() == 1 && counts.len() == 1,
+        "one connection to the upstream: {text}"
+    );
+    (peers[0].to_string(), counts[0])
 }
 
 #[tokio::test]
 async fn an_upstream_request_leaves_in_one_write_and_its_connection_serves_the_next() {
-    let (addr, seen) = wire_upstream().await;
-    let relay = RelayProcess::start(&format!(
-        "accounts:\n{}",
-        account_yaml("main", &format!("http://{addr}"), "")
-    ))
-    .await;
+    let mock = MockUpstream::start().await;
+    let relay = relay_with(&mock, "").await;
     let large = format!(
         r#"{{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{{"role":"user","content":"{}"}}]}}"#,
         "b".repeat(200_000)
     );
     let c = client();
-    let mut segments = 0;
+    let mut last: Option<(String, u32)> = None;
     for body in [
         BODY_JSON.to_string(),
-        large.clone(),
+        large,
         BODY_STREAM.replace("\"stream\":true", "\"stream\":false"),
     ] {
         let r = c
@@ -902,23 +842,27 @@ async fn an_upstream_request_leaves_in_one_write_and_its_connection_serves_the_n
         let answer: serde_json::Value = r.json().await.unwrap();
         assert_eq!(answer["usage"]["input_tokens"], 21);
         assert_eq!(
-            seen.lock().unwrap().last().unwrap().body,
+            mock.seen().pop().unwrap().body,
             body.as_bytes(),
             "the body arrives whole and untouched"
         );
-        // The head and the body leave in one write: a small request arrives in one segment
-        // (loopback's hold 64 KB), where a write for the head and one for the body make two.
-        let now = data_segments_in(addr.port());
-        if body.len() < 1000 {
-            assert_eq!(now - segments, 1, "segments of a request of {} bytes", body.len());
+        let (peer, segments) = upstream_connection(mock.addr.port());
+        if let Some((last_peer, last_segments)) = &last {
+            assert_eq!(&peer, last_peer, "the connection is kept between requests");
+            // The head and the body leave in one write: a small request arrives in one segment
+            // (loopback's hold 64 KB), where a write for the head and one for the body make two.
+            if body.len() < 1000 {
+                assert_eq!(
+                    segments - last_segments,
+                    1,
+                    "segments of a request of {} bytes",
+                    body.len()
+                );
+            }
+        } else {
+            assert_eq!(segments, 1, "segments of the first request");
         }
-        segments = now;
+        last = Some((peer, segments));
     }
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 3);
-    assert!(
-        seen.iter().all(|r| r.conn == 0),
-        "the connection is kept between requests: {:?}",
-        seen.iter().map(|r| r.conn).collect::<Vec<_>>()
-    );
+    assert_eq!(mock.seen().len(), 3);
 }
