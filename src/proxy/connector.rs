@@ -71,16 +71,32 @@ impl Connector {
 
     /// A session to `peer`, and whether it runs on a connection that was already open (such a
     /// connection may turn out to be stale; a new one has no such excuse).
+    ///
+    /// Most requests find a pooled connection; only opening one (TCP, TLS handshake: a future of
+    /// about 9 KB) is boxed, so that it is neither part of every request's state for the life of
+    /// its stream nor copied into a box on every request.
     pub async fn session(&self, peer: &HttpPeer) -> Result<(HttpSession, bool)> {
         let h1_only = peer
             .get_peer_options()
             .is_none_or(|o| o.alpn.get_max_http_version() == 1);
+        let pooled = if h1_only {
+            self.h1.reused_http_session(peer).await.map(HttpSession::H1)
+        } else {
+            self.reused(peer).await?
+        };
+        match pooled {
+            Some(session) => Ok((session, true)),
+            None => Box::pin(self.open(peer, h1_only)).await,
+        }
+    }
+
+    /// A session on a connection of its own when `h1_only`, else as the gate (module
+    /// documentation) decides: a stream on the connection another request opened meanwhile, or
+    /// a new connection.
+    async fn open(&self, peer: &HttpPeer, h1_only: bool) -> Result<(HttpSession, bool)> {
         if h1_only {
             let (h1, reused) = self.h1.get_http_session(peer).await?;
             return Ok((HttpSession::H1(h1), reused));
-        }
-        if let Some(session) = self.reused(peer).await? {
-            return Ok((session, true));
         }
         let gate = self.gate(peer.reuse_hash());
         if gate.speaks_h1.load(Ordering::Relaxed) {

@@ -687,9 +687,7 @@ pub(super) async fn send(
         .map_err(|e| AttemptError::Retryable(e, None, "dns"))?;
     let head_timeout = relay.config.timeouts.response_head.0;
     for _ in 0..3 {
-        // Boxed: the connect future (TCP, TLS handshake) is about 9 KB, and in place it would be
-        // part of every request's state for the whole life of its stream.
-        let (mut up, reused) = match Box::pin(relay.connector.session(&peer)).await {
+        let (mut up, reused) = match relay.connector.session(&peer).await {
             Ok(s) => s,
             Err(e) => {
                 relay.peers.forget(&account.base);
