@@ -24,6 +24,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use http::HeaderName;
+use http::header::AUTHORIZATION;
 
 mod builtin_limits;
 pub mod builtin_policy;
@@ -392,7 +394,13 @@ impl Registry {
 /// `x-api-key` then carrying its own Anthropic credentials.
 pub const RELAY_KEY_HEADER: &str = "x-relay-key";
 
-fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+/// The names [`presented_key`] looks up, parsed once rather than on every lookup.
+const RELAY_KEY: HeaderName = HeaderName::from_static(RELAY_KEY_HEADER);
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
+
+fn header<'h>(h: &'h http::HeaderMap, name: &HeaderName) -> Option<&'h str> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
@@ -402,19 +410,19 @@ fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
 /// Whether the request is a pass-through request: its relay key came in [`RELAY_KEY_HEADER`],
 /// so its credential headers are the client's own, for the upstream.
 pub fn is_passthrough(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(RELAY_KEY_HEADER)
+    headers.contains_key(RELAY_KEY)
 }
 
 /// Where a caller's key is found, in order; the first present wins. A pass-through request's
 /// key is in [`RELAY_KEY_HEADER`] only.
 pub fn presented_key<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
     if is_passthrough(headers) {
-        return header(headers, RELAY_KEY_HEADER);
+        return header(headers, &RELAY_KEY);
     }
-    if let Some(k) = header(headers, "x-api-key") {
+    if let Some(k) = header(headers, &X_API_KEY) {
         return Some(k);
     }
-    if let Some(a) = header(headers, "authorization") {
+    if let Some(a) = header(headers, &AUTHORIZATION) {
         let k = a
             .strip_prefix("Bearer ")
             .or_else(|| a.strip_prefix("bearer "))
@@ -424,10 +432,10 @@ pub fn presented_key<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -
             return Some(k);
         }
     }
-    if let Some(k) = header(headers, "x-goog-api-key") {
+    if let Some(k) = header(headers, &X_GOOG_API_KEY) {
         return Some(k);
     }
-    if let Some(k) = header(headers, "api-key") {
+    if let Some(k) = header(headers, &API_KEY) {
         return Some(k);
     }
     query?
@@ -479,7 +487,7 @@ impl Filter for KeyAuth {
             ));
         }
         if is_passthrough(cx.headers) {
-            if header(cx.headers, "authorization").is_none() && header(cx.headers, "x-api-key").is_none() {
+            if header(cx.headers, &AUTHORIZATION).is_none() && header(cx.headers, &X_API_KEY).is_none() {
                 return Err(Rejection::new(
                     401,
                     RejectKind::Authentication,

@@ -2,6 +2,7 @@
 //! CCR): the request as the client sent it, on the account's base URL, with the account's
 //! credential; and the `anthropic-ratelimit-unified-*` headers of its answers.
 
+use http::HeaderName;
 use serde::Serialize;
 
 use super::{Call, Operation, PrepareError, Prepared, ResponseKind, Target, request};
@@ -10,6 +11,8 @@ use super::{Call, Operation, PrepareError, Prepared, ResponseKind, Target, reque
 pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
 /// The `anthropic-version` sent for a client that named none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// `anthropic-version`, parsed once for the lookup every request makes.
+const VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 impl Operation {
     /// The Anthropic API path of the operation.
@@ -50,7 +53,7 @@ pub fn prepare(call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, Prepare
         call.body.len(),
     )?;
     let mut head = head;
-    if !head.headers.contains_key("anthropic-version") {
+    if !head.headers.contains_key(VERSION) {
         head.insert_header("anthropic-version", ANTHROPIC_VERSION)?;
     }
     Ok(Prepared {
@@ -80,17 +83,29 @@ pub struct UnifiedLimits {
 impl UnifiedLimits {
     /// Reads the unified headers; `None` when the answer carries none.
     pub fn from_headers(h: &http::HeaderMap, now_s: i64) -> Option<UnifiedLimits> {
-        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
-        let num = |n: &str| get(n).and_then(|v| v.parse::<f64>().ok());
-        let int = |n: &str| get(n).and_then(|v| v.parse::<f64>().ok()).map(|v| v as i64);
+        // Every answer is read for them: the names are parsed once, and an answer without the
+        // headers the result depends on is left at once.
+        const STATUS: HeaderName = HeaderName::from_static("anthropic-ratelimit-unified-status");
+        const RESET: HeaderName = HeaderName::from_static("anthropic-ratelimit-unified-reset");
+        const CLAIM: HeaderName = HeaderName::from_static("anthropic-ratelimit-unified-representative-claim");
+        const FIVE_HOUR: HeaderName = HeaderName::from_static("anthropic-ratelimit-unified-5h-utilization");
+        const FIVE_HOUR_RESET: HeaderName = HeaderName::from_static("anthropic-ratelimit-unified-5h-reset");
+        const SEVEN_DAY: HeaderName = HeaderName::from_static("anthropic-ratelimit-unified-7d-utilization");
+        const SEVEN_DAY_RESET: HeaderName = HeaderName::from_static("anthropic-ratelimit-unified-7d-reset");
+        if !(h.contains_key(STATUS) || h.contains_key(RESET) || h.contains_key(FIVE_HOUR)) {
+            return None;
+        }
+        let get = |n: HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string());
+        let num = |n: HeaderName| get(n).and_then(|v| v.parse::<f64>().ok());
+        let int = |n: HeaderName| get(n).and_then(|v| v.parse::<f64>().ok()).map(|v| v as i64);
         let u = UnifiedLimits {
-            status: get("anthropic-ratelimit-unified-status"),
-            reset: int("anthropic-ratelimit-unified-reset"),
-            representative_claim: get("anthropic-ratelimit-unified-representative-claim"),
-            five_hour_utilization: num("anthropic-ratelimit-unified-5h-utilization"),
-            five_hour_reset: int("anthropic-ratelimit-unified-5h-reset"),
-            seven_day_utilization: num("anthropic-ratelimit-unified-7d-utilization"),
-            seven_day_reset: int("anthropic-ratelimit-unified-7d-reset"),
+            status: get(STATUS),
+            reset: int(RESET),
+            representative_claim: get(CLAIM),
+            five_hour_utilization: num(FIVE_HOUR),
+            five_hour_reset: int(FIVE_HOUR_RESET),
+            seven_day_utilization: num(SEVEN_DAY),
+            seven_day_reset: int(SEVEN_DAY_RESET),
             seen_at: now_s,
         };
         let any = u.status.is_some() || u.reset.is_some() || u.five_hour_utilization.is_some();

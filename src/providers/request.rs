@@ -38,7 +38,7 @@ const CLIENT_ONLY: [&str; 10] = [
 /// The header tokens a `Connection` header names as hop-by-hop.
 pub fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
     headers
-        .get_all("connection")
+        .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

@@ -16,7 +16,8 @@ pub const MAX_HOPS: usize = 8;
 /// through more than [`MAX_HOPS`] relays.
 pub fn loop_detected(headers: &http::HeaderMap, own: &str) -> bool {
     let mut hops = 0;
-    for v in headers.get_all(HOPS) {
+    const HOPS_NAME: HeaderName = HeaderName::from_static(HOPS);
+    for v in headers.get_all(HOPS_NAME) {
         for mark in v.as_bytes().split(|b| *b == b',') {
             let mark = mark.trim_ascii();
             if mark.is_empty() {
@@ -87,15 +88,23 @@ pub fn downstream_response(
     body_rewritten: bool,
 ) -> pingora::Result<ResponseHeader> {
     let mut resp = upstream.clone();
+    // The names the answer holds are compared, and only those to drop are removed (an answer
+    // usually holds none of them).
     let extra_hop = connection_tokens(&upstream.headers);
-    for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(extra_hop) {
-        resp.remove_header(&h);
-    }
-    for h in hide {
-        resp.remove_header(h);
-    }
-    if body_rewritten {
-        resp.remove_header("content-length");
+    let dropped: Vec<HeaderName> = upstream
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            HOP_BY_HOP.contains(&n)
+                || extra_hop.iter().any(|t| t == n)
+                || hide.contains(name)
+                || (body_rewritten && *name == http::header::CONTENT_LENGTH)
+        })
+        .cloned()
+        .collect();
+    for name in &dropped {
+        resp.remove_header(name);
     }
     if downstream_h2 {
         resp.set_version(http::Version::HTTP_2);

@@ -807,11 +807,13 @@ fn request_log_entry(
     cost_nanos: Option<u64>,
 ) -> crate::usage::request_log::RequestEntry {
     use crate::usage::request_log::{MAX_REQUEST_ID_CHARS, MAX_USER_AGENT_CHARS, RequestEntry, client_text};
+    const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    const ERROR_SOURCE: http::HeaderName = http::HeaderName::from_static("x-relay-error-source");
     let headers = &session.req_header().headers;
-    let header = |name: &str, max: usize| headers.get(name).and_then(|v| client_text(v.as_bytes(), max));
+    let header = |name: http::HeaderName, max: usize| headers.get(name).and_then(|v| client_text(v.as_bytes(), max));
     let written_source = session
         .response_written()
-        .and_then(|h| h.headers.get("x-relay-error-source"))
+        .and_then(|h| h.headers.get(ERROR_SOURCE))
         .map(|v| {
             if v.as_bytes() == b"upstream" {
                 ErrorSource::Upstream
@@ -833,7 +835,7 @@ fn request_log_entry(
         started_ms: chrono::Utc::now()
             .timestamp_millis()
             .saturating_sub(i64::try_from(total.as_millis()).unwrap_or(0)),
-        request_id: header("x-request-id", MAX_REQUEST_ID_CHARS),
+        request_id: header(REQUEST_ID, MAX_REQUEST_ID_CHARS),
         key_id: ctx.key.as_ref().map(|k| k.id.clone()),
         key_name: ctx.key.as_ref().map(|k| k.name.clone()),
         account_id: ctx.account.as_ref().map(|a| a.0.clone()),
@@ -853,7 +855,7 @@ fn request_log_entry(
         ttfb_ms: ctx.first_byte.map(elapsed_ms),
         duration_ms: elapsed_ms(total),
         failover_hops: ctx.attempts.saturating_sub(1),
-        user_agent: header("user-agent", MAX_USER_AGENT_CHARS),
+        user_agent: header(http::header::USER_AGENT, MAX_USER_AGENT_CHARS),
         client_ip: ctx.client_ip,
     }
 }

@@ -4,6 +4,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
+use http::HeaderName;
+
 use crate::store::coord::{AccountHealth, HealthState};
 use crate::types::CooldownClass;
 
@@ -202,13 +204,15 @@ impl Verdict {
 /// Claude Code session running as a background job: `x-app: cli-bg`). Its failures never park an
 /// account: a side call must not take the account away from the work it serves.
 pub fn is_background(headers: &http::HeaderMap) -> bool {
-    let is = |name: &str, value: &str| {
+    const REQUEST_CLASS: HeaderName = HeaderName::from_static("x-claude-code-request-class");
+    const APP: HeaderName = HeaderName::from_static("x-app");
+    let is = |name: HeaderName, value: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
     };
-    is("x-claude-code-request-class", "auxiliary") || is("x-app", "cli-bg")
+    is(REQUEST_CLASS, "auxiliary") || is(APP, "cli-bg")
 }
 
 /// Whether an error body says the client's own version is refused (Anthropic's

@@ -7,6 +7,7 @@
 //! older Codex versions and the tools made for them) or `prompt_cache_key`;
 //! Gemini's `user_prompt_id`; else a hash of the cache-marked system prompt.
 
+use http::HeaderName;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -20,7 +21,12 @@ pub struct SessionHints<'a> {
     pub user_prompt_id: Option<String>,
 }
 
-fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+/// The names looked up on every request, parsed once.
+const SESSION_ID: HeaderName = HeaderName::from_static("x-claude-code-session-id");
+const CODEX_SESSION_ID: HeaderName = HeaderName::from_static("session-id");
+const CODEX_OLD_SESSION_ID: HeaderName = HeaderName::from_static("session_id");
+
+fn header<'h>(h: &'h http::HeaderMap, name: &HeaderName) -> Option<&'h str> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
@@ -29,13 +35,13 @@ fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
 
 /// The session id of a request, if any can be found.
 pub fn session_id(headers: &http::HeaderMap, hints: &SessionHints<'_>) -> Option<String> {
-    if let Some(s) = header(headers, "x-claude-code-session-id") {
+    if let Some(s) = header(headers, &SESSION_ID) {
         return Some(format!("cc:{s}"));
     }
     if let Some(s) = hints.metadata.and_then(from_metadata) {
         return Some(format!("cc:{s}"));
     }
-    if let Some(s) = header(headers, "session-id").or_else(|| header(headers, "session_id")) {
+    if let Some(s) = header(headers, &CODEX_SESSION_ID).or_else(|| header(headers, &CODEX_OLD_SESSION_ID)) {
         return Some(format!("codex:{s}"));
     }
     if let Some(s) = hints.prompt_cache_key.as_deref().filter(|s| !s.is_empty()) {

@@ -42,7 +42,16 @@ pub fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn header<'h>(h: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+use http::HeaderName;
+
+/// The names looked up on every request, parsed once.
+const SESSION_ID: HeaderName = HeaderName::from_static("x-claude-code-session-id");
+const CODEX_SESSION_ID: HeaderName = HeaderName::from_static("session-id");
+const CODEX_OLD_SESSION_ID: HeaderName = HeaderName::from_static("session_id");
+const AGENT_ID: HeaderName = HeaderName::from_static("x-claude-code-agent-id");
+const PARENT_AGENT_ID: HeaderName = HeaderName::from_static("x-claude-code-parent-agent-id");
+
+fn header<'h>(h: &'h http::HeaderMap, name: &HeaderName) -> Option<&'h str> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
@@ -50,21 +59,19 @@ impl SessionTag {
     /// The session of a request from its headers and the sticky-session id the body parser found
     /// (`cc:<id>` when it came from Claude Code's header or `metadata.user_id`).
     pub fn from_request(headers: &http::HeaderMap, sticky: Option<&str>) -> Option<SessionTag> {
-        let id = header(headers, "x-claude-code-session-id")
+        let id = header(headers, &SESSION_ID)
             .filter(|s| !s.is_empty())
             .or_else(|| sticky.and_then(|s| s.strip_prefix("cc:")))
             .or_else(|| {
-                header(headers, "session-id")
+                header(headers, &CODEX_SESSION_ID)
                     .filter(|s| !s.is_empty())
-                    .or_else(|| header(headers, "session_id"))
+                    .or_else(|| header(headers, &CODEX_OLD_SESSION_ID))
             })?;
         if !valid_id(id) {
             return None;
         }
-        let agent = header(headers, "x-claude-code-agent-id").filter(|a| valid_id(a));
-        let parent = agent
-            .and(header(headers, "x-claude-code-parent-agent-id"))
-            .filter(|p| valid_id(p));
+        let agent = header(headers, &AGENT_ID).filter(|a| valid_id(a));
+        let parent = agent.and(header(headers, &PARENT_AGENT_ID)).filter(|p| valid_id(p));
         Some(SessionTag {
             id: id.into(),
             agent: agent.map(Into::into),
