@@ -60,11 +60,11 @@ const MAX_ID_SEQ: u64 = 9_999_999_999;
 
 impl EmbeddedLogId {
     pub fn encode(self) -> String {
-        format!(
-            "{:013}-{:010}",
-            self.at_ms.clamp(0, MAX_ID_MS),
-            self.seq.min(MAX_ID_SEQ)
-        )
+        let mut id = String::with_capacity(24);
+        push_digits(&mut id, self.at_ms.clamp(0, MAX_ID_MS) as u64, 13);
+        id.push('-');
+        push_digits(&mut id, self.seq.min(MAX_ID_SEQ), 10);
+        id
     }
 
     /// Reads an id this store wrote; `None` for anything else.
@@ -78,6 +78,15 @@ impl EmbeddedLogId {
             seq: seq.parse().ok()?,
         })
     }
+}
+
+/// `n`'s last `width` decimal digits, zero-padded (every append writes ids: no formatter).
+fn push_digits(out: &mut String, n: u64, width: u32) {
+    out.extend(
+        (0..width)
+            .rev()
+            .map(|i| char::from(b'0' + (n / 10u64.pow(i) % 10) as u8)),
+    );
 }
 
 fn all_digits(s: &str) -> bool {
@@ -150,10 +159,12 @@ pub(crate) fn embedded_append(
                 at_ms: (*at_ms).clamp(0, MAX_ID_MS),
                 seq: seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (MAX_ID_SEQ + 1),
             };
-            while t.get(id.encode().as_str()).map_err(db_err)?.is_some() {
+            let mut key = id.encode();
+            while t.get(key.as_str()).map_err(db_err)?.is_some() {
                 id.seq = (id.seq + 1) % (MAX_ID_SEQ + 1);
+                key = id.encode();
             }
-            t.insert(id.encode().as_str(), data.as_str()).map_err(db_err)?;
+            t.insert(key.as_str(), data.as_str()).map_err(db_err)?;
         }
     }
     txn.commit().map_err(db_err)
@@ -252,6 +263,15 @@ mod tests {
             seq: 0,
         };
         assert!(a.encode() < b.encode());
+        let (low, high) = (
+            EmbeddedLogId { at_ms: -5, seq: 0 },
+            EmbeddedLogId {
+                at_ms: i64::MAX,
+                seq: u64::MAX,
+            },
+        );
+        assert_eq!(low.encode(), "0000000000000-0000000000");
+        assert_eq!(high.encode(), "9999999999999-9999999999");
         for bad in [
             "",
             "-",

@@ -189,45 +189,63 @@ impl RequestEntry {
 fn new_request_id() -> String {
     static PREFIX: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("req_{:016x}{:016x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(36);
+    id.push_str("req_");
+    for n in [*PREFIX, NEXT.fetch_add(1, Ordering::Relaxed)] {
+        id.extend((0..16).rev().map(|i| char::from(HEX[((n >> (i * 4)) & 0xf) as usize])));
+    }
+    id
 }
 
-impl RequestRecord {
-    pub fn from_entry(e: RequestEntry) -> RequestRecord {
-        let outcome = e.outcome();
-        let s = |v: Option<Arc<str>>| v.map(|v| v.to_string());
-        RequestRecord {
-            at_ms: e.started_ms,
-            request_id: match e.request_id {
-                Some(id) => id.into(),
-                None => new_request_id(),
-            },
-            key_id: s(e.key_id),
-            key_name: s(e.key_name),
-            account_id: s(e.account_id),
-            account_name: s(e.account_name),
-            dialect: e.dialect.to_string(),
-            endpoint: e.endpoint.to_string(),
-            model: s(e.model),
-            upstream_model: s(e.upstream_model),
-            stream: e.stream,
-            status: e.status,
-            outcome: outcome.to_string(),
-            error: e.error.map(str::to_string),
-            error_source: e.error_source.map(str::to_string),
-            input_tokens: e.usage.input,
-            output_tokens: e.usage.output,
-            cache_read_tokens: e.usage.cache_read,
-            cache_write_5m_tokens: e.usage.cache_write_5m,
-            cache_write_1h_tokens: e.usage.cache_write_1h,
-            reasoning_tokens: e.usage.reasoning,
-            cost_usd: e.cost_nanos.map(|n| n as f64 / 1e9),
-            ttfb_ms: e.ttfb_ms,
-            duration_ms: e.duration_ms,
-            failover_hops: e.failover_hops,
-            user_agent: e.user_agent.map(Into::into),
-            client_ip: e.client_ip.map(|ip| ip.to_string()),
+/// An entry as the log stores it: the JSON of its [`RequestRecord`], written straight from the
+/// entry (no record of owned strings built first).
+struct Stored<'a>(&'a RequestEntry);
+
+impl Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        /// An address as its text, formatted into the output.
+        struct Text<'a, T: std::fmt::Display>(&'a T);
+        impl<T: std::fmt::Display> Serialize for Text<'_, T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self.0)
+            }
         }
+        let e = self.0;
+        // The fields of `RequestRecord`, in its order.
+        let mut r = s.serialize_struct("RequestRecord", 27)?;
+        r.serialize_field("at_ms", &e.started_ms)?;
+        match &e.request_id {
+            Some(id) => r.serialize_field("request_id", id)?,
+            None => r.serialize_field("request_id", &new_request_id())?,
+        }
+        r.serialize_field("key_id", &e.key_id.as_deref())?;
+        r.serialize_field("key_name", &e.key_name.as_deref())?;
+        r.serialize_field("account_id", &e.account_id.as_deref())?;
+        r.serialize_field("account_name", &e.account_name.as_deref())?;
+        r.serialize_field("dialect", e.dialect)?;
+        r.serialize_field("endpoint", e.endpoint)?;
+        r.serialize_field("model", &e.model.as_deref())?;
+        r.serialize_field("upstream_model", &e.upstream_model.as_deref())?;
+        r.serialize_field("stream", &e.stream)?;
+        r.serialize_field("status", &e.status)?;
+        r.serialize_field("outcome", e.outcome())?;
+        r.serialize_field("error", &e.error)?;
+        r.serialize_field("error_source", &e.error_source)?;
+        r.serialize_field("input_tokens", &e.usage.input)?;
+        r.serialize_field("output_tokens", &e.usage.output)?;
+        r.serialize_field("cache_read_tokens", &e.usage.cache_read)?;
+        r.serialize_field("cache_write_5m_tokens", &e.usage.cache_write_5m)?;
+        r.serialize_field("cache_write_1h_tokens", &e.usage.cache_write_1h)?;
+        r.serialize_field("reasoning_tokens", &e.usage.reasoning)?;
+        r.serialize_field("cost_usd", &e.cost_nanos.map(|n| n as f64 / 1e9))?;
+        r.serialize_field("ttfb_ms", &e.ttfb_ms)?;
+        r.serialize_field("duration_ms", &e.duration_ms)?;
+        r.serialize_field("failover_hops", &e.failover_hops)?;
+        r.serialize_field("user_agent", &e.user_agent)?;
+        r.serialize_field("client_ip", &e.client_ip.as_ref().map(Text))?;
+        r.end()
     }
 }
 
@@ -484,9 +502,8 @@ impl RequestLogWriter {
             std::mem::swap(&mut *q, spare);
         }
         for entry in spare.drain(..) {
-            let record = RequestRecord::from_entry(entry);
-            match serde_json::to_string(&record) {
-                Ok(json) => self.pending.push((record.at_ms, json)),
+            match serde_json::to_string(&Stored(&entry)) {
+                Ok(json) => self.pending.push((entry.started_ms, json)),
                 Err(e) => {
                     self.metrics.request_log.with_label_values(&["write_failed"]).inc();
                     tracing::warn!(error = %e, "a request log record cannot be serialised");
@@ -583,28 +600,94 @@ mod tests {
         assert_eq!(client_text(b"", 200), None);
     }
 
+    /// The record the log stores for `e`, as the admin API reads it back.
+    fn stored(e: &RequestEntry) -> RequestRecord {
+        serde_json::from_str(&serde_json::to_string(&Stored(e)).unwrap()).unwrap()
+    }
+
     #[test]
     fn records_say_how_the_request_ended() {
         let base = RequestEntry {
             status: 200,
             ..Default::default()
         };
-        assert_eq!(RequestRecord::from_entry(base.clone()).outcome, "ok");
+        assert_eq!(stored(&base).outcome, "ok");
         let failed = RequestEntry {
             failed: true,
             ..base.clone()
         };
-        assert_eq!(RequestRecord::from_entry(failed).outcome, "error");
+        assert_eq!(stored(&failed).outcome, "error");
         let gone = RequestEntry {
             client_disconnected: true,
             ..base.clone()
         };
-        assert_eq!(RequestRecord::from_entry(gone).outcome, "client_disconnected");
-        let r = RequestRecord::from_entry(base);
+        assert_eq!(stored(&gone).outcome, "client_disconnected");
+        let r = stored(&base);
         assert!(
-            r.request_id.starts_with("req_") && r.request_id.len() == 36,
+            r.request_id.starts_with("req_")
+                && r.request_id.len() == 36
+                && r.request_id[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
             "{}",
             r.request_id
         );
+        assert_ne!(
+            stored(&base).request_id,
+            r.request_id,
+            "each record gets an id of its own"
+        );
+    }
+
+    /// The stored JSON is exactly what `RequestRecord` writes: every field, in its order, with
+    /// its value (a field the entry's serialiser left out would read back as null and be written
+    /// here; one misnamed would not read back at all).
+    #[test]
+    fn a_stored_entry_is_the_json_of_its_record() {
+        let full = RequestEntry {
+            started_ms: 1_765_000_000_123,
+            request_id: Some("client-\"id\"".into()),
+            key_id: Some("k1".into()),
+            key_name: Some("team \u{e9}".into()),
+            account_id: Some("a1".into()),
+            account_name: Some("main".into()),
+            dialect: "anthropic",
+            endpoint: "messages",
+            model: Some("claude-sonnet-4-5".into()),
+            upstream_model: Some("claude-sonnet-4-5-20250929".into()),
+            stream: true,
+            status: 529,
+            client_disconnected: false,
+            failed: true,
+            error: Some("overloaded"),
+            error_source: Some("upstream"),
+            usage: TokenUsage {
+                input: 11,
+                output: 22,
+                cache_read: 33,
+                cache_write_5m: 44,
+                cache_write_1h: 55,
+                reasoning: 66,
+                ..Default::default()
+            },
+            cost_nanos: Some(1_234_567),
+            ttfb_ms: Some(120),
+            duration_ms: 4500,
+            failover_hops: 2,
+            user_agent: Some("claude-cli/2.0".into()),
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+        };
+        for e in [full, RequestEntry::default()] {
+            let json = serde_json::to_string(&Stored(&e)).unwrap();
+            let record: RequestRecord = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&record).unwrap(), json);
+        }
+        let r = stored(&RequestEntry {
+            client_ip: Some("10.0.0.7".parse().unwrap()),
+            cost_nanos: Some(2_500_000_000),
+            ..Default::default()
+        });
+        assert_eq!(r.client_ip.as_deref(), Some("10.0.0.7"));
+        assert_eq!(r.cost_usd, Some(2.5));
     }
 }
