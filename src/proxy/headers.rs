@@ -15,8 +15,8 @@ pub const MAX_HOPS: usize = 8;
 /// Whether the request passed through this process before (its `own` mark is in [`HOPS`]), or
 /// through more than [`MAX_HOPS`] relays.
 pub fn loop_detected(headers: &http::HeaderMap, own: &str) -> bool {
-    let mut hops = 0;
     const HOPS_NAME: HeaderName = HeaderName::from_static(HOPS);
+    let mut hops = 0;
     for v in headers.get_all(HOPS_NAME) {
         for mark in v.as_bytes().split(|b| *b == b',') {
             let mark = mark.trim_ascii();
