@@ -123,6 +123,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_answer_loses_hop_by_hop_and_hidden_headers_and_keeps_the_rest() {
+        let mut up = ResponseHeader::build(200, None).unwrap();
+        for (n, v) in [
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, X-Upstream-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-upstream-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authenticate", "Basic"),
+            ("anthropic-organization-id", "org-secret"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("request-id", "req_1"),
+            ("anthropic-ratelimit-requests-remaining", "99"),
+            ("vary", "accept-encoding"),
+            ("vary", "origin"),
+            ("content-length", "12"),
+        ] {
+            up.append_header(n, v).unwrap();
+        }
+        let hide = [
+            HeaderName::from_static("anthropic-organization-id"),
+            HeaderName::from_static("set-cookie"),
+        ];
+        let value = |r: &ResponseHeader, n: &str| r.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        let out = downstream_response(&up, &hide, false, false, false).unwrap();
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-upstream-hop",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "anthropic-organization-id",
+            "set-cookie",
+        ] {
+            assert!(
+                !out.headers.contains_key(gone),
+                "{gone} reached the client: {:?}",
+                out.headers
+            );
+        }
+        assert_eq!(value(&out, "content-type").as_deref(), Some("application/json"));
+        assert_eq!(value(&out, "request-id").as_deref(), Some("req_1"));
+        assert_eq!(
+            value(&out, "anthropic-ratelimit-requests-remaining").as_deref(),
+            Some("99")
+        );
+        assert_eq!(value(&out, "content-length").as_deref(), Some("12"));
+        let vary: Vec<_> = out
+            .headers
+            .get_all("vary")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(vary, ["accept-encoding", "origin"]);
+        assert_eq!(out.headers.len(), 6, "{:?}", out.headers);
+        // A rewritten body loses its length; an HTTP/1.1 client gets it chunked, an HTTP/2 one
+        // framed by its stream.
+        let out = downstream_response(&up, &hide, false, false, true).unwrap();
+        assert_eq!(value(&out, "content-length"), None);
+        assert_eq!(value(&out, "transfer-encoding").as_deref(), Some("chunked"));
+        let out = downstream_response(&up, &hide, true, false, true).unwrap();
+        assert_eq!(value(&out, "content-length"), None);
+        assert_eq!(value(&out, "transfer-encoding"), None);
+    }
+
+    #[test]
     fn loops_are_detected_by_mark_and_length() {
         let mut h = http::HeaderMap::new();
         assert!(!loop_detected(&h, "me"));
