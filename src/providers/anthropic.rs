@@ -11,8 +11,6 @@ use super::{Call, Operation, PrepareError, Prepared, ResponseKind, Target, reque
 pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
 /// The `anthropic-version` sent for a client that named none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
-/// `anthropic-version`, parsed once for the lookup every request makes.
-const VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 impl Operation {
     /// The Anthropic API path of the operation.
@@ -45,23 +43,30 @@ pub fn prepare(call: &Call<'_>, target: &Target<'_>) -> Result<Prepared, Prepare
             ));
         }
     };
-    let head = request::upstream_request(
+    let mut head = request::upstream_request(
         call.client,
         &path,
         &target.base.host_header,
         auth.as_ref(),
         call.body.len(),
     )?;
-    let mut head = head;
-    if !head.headers.contains_key(VERSION) {
-        head.insert_header("anthropic-version", ANTHROPIC_VERSION)?;
-    }
+    default_version(&mut head)?;
     Ok(Prepared {
         head,
         body: call.body.clone(),
         response: ResponseKind::Anthropic,
         wire_model: None,
     })
+}
+
+/// Adds [`ANTHROPIC_VERSION`] to an upstream request whose client named no `anthropic-version`.
+pub(super) fn default_version(head: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
+    // Looked up on every request: the name is parsed once.
+    const VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    if !head.headers.contains_key(VERSION) {
+        head.insert_header("anthropic-version", ANTHROPIC_VERSION)?;
+    }
+    Ok(())
 }
 
 /// The latest `anthropic-ratelimit-unified-*` headers an account's upstream sent.

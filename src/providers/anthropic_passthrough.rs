@@ -40,9 +40,7 @@ impl Provider for Passthrough {
                 "send your own Anthropic credentials (Authorization: Bearer or x-api-key) with the relay key in x-relay-key".into(),
             ));
         }
-        if !head.headers.contains_key("anthropic-version") {
-            head.insert_header("anthropic-version", anthropic::ANTHROPIC_VERSION)?;
-        }
+        anthropic::default_version(&mut head)?;
         Ok(Prepared {
             head,
             body: call.body.clone(),
