@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::providers::anthropic_oauth::tokens::OAuthTokens;
 use crate::providers::gemini_oauth::tokens::GoogleTokens;
 use crate::providers::openai_oauth::tokens::ChatGptTokens;
-use crate::proxy::{Peers, Relay, RelayProxy};
+use crate::proxy::{Peers, Relay, RelayApp, RelayProxy};
 use crate::scheduler::Scheduler;
 use crate::secrets::Secrets;
 use crate::state::{Reloader, Snapshot, SnapshotKeys};
@@ -602,10 +602,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<()> {
         );
     }
     let relay_for_admin = relay.clone();
-    let mut app = pingora::proxy::http_proxy(&server.configuration, RelayProxy(relay));
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.timeouts.keepalive_idle.0);
-    app.server_options = Some(options);
+    let app = RelayApp::new(RelayProxy(relay), options);
     let guarded = crate::proxy::GuardedApp::new(app, limits, metrics.connections_closed.clone());
     let mut proxy = pingora::services::listening::Service::new("relay".to_string(), guarded);
     // No 64 KiB read buffer per connection: request heads and bodies are read into buffers of

@@ -1,7 +1,8 @@
 //! The dispatch: the attempt loop of a relayed request.
 //!
-//! Pingora's `upstream_peer` runs before the body is read and can replay at most 64 KiB, so the
-//! body-carrying endpoints run here instead, inside `request_filter`: pick an account (scheduler),
+//! Pingora's proxy pipeline chooses the upstream (`upstream_peer`) before the body is read and can
+//! replay at most 64 KiB, so the relay does not use it: the body-carrying endpoints run here,
+//! after the body is read (see `RelayApp`): pick an account (scheduler),
 //! build its peer, rewrite the request for it, send it through Pingora's pooled `Connector`, read
 //! the response head, then either try the next account (nothing has reached the client yet) or
 //! commit: stream the body to the client unchanged while the usage reader watches it.
@@ -9,11 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Session;
 use bytes::{Bytes, BytesMut};
 use filters::ClientKey;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
-use pingora::proxy::Session;
 
 use super::body::ParsedBody;
 use super::error::{ErrorSource, RelayError};
@@ -665,9 +666,9 @@ async fn replay_refusal(
     ctx.status = answer.head.status.as_u16();
     let empty = answer.body.is_empty();
     ctx.mark_first_byte();
-    session.write_response_header(Box::new(resp), empty).await?;
+    session.write_response_header(Box::new(resp)).await?;
     if !empty {
-        session.write_response_body(Some(answer.body), true).await?;
+        session.write_response_body(answer.body, true).await?;
     }
     Ok(())
 }
@@ -767,7 +768,7 @@ async fn send_watching(
 ) -> Result<(HttpSession, Arc<pingora::upstreams::peer::HttpPeer>), AttemptError> {
     let client_gone = async {
         loop {
-            match session.as_downstream_mut().read_body_or_idle(true).await {
+            match session.read_body_or_idle(true).await {
                 Err(e) => return e,
                 Ok(_) => std::future::pending::<()>().await,
             }
@@ -970,7 +971,7 @@ async fn stream(
     mark_head(head, &mut resp).map_err(AttemptError::Broken)?;
     ctx.mark_first_byte();
     session
-        .write_response_header(Box::new(resp), false)
+        .write_response_header(Box::new(resp))
         .await
         .map_err(AttemptError::Broken)?;
 
@@ -1063,7 +1064,7 @@ async fn stream(
         write_body(session, ctx, rest).await?;
     }
     session
-        .write_response_body(None, true)
+        .write_response_body(Bytes::new(), true)
         .await
         .map_err(|e| client_gone(ctx, e))?;
     Ok(adapter.wire_failure().map(String::from))
@@ -1158,11 +1159,11 @@ async fn collect(
         .map_err(AttemptError::Broken)?;
     ctx.mark_first_byte();
     session
-        .write_response_header(Box::new(resp), false)
+        .write_response_header(Box::new(resp))
         .await
         .map_err(|e| client_gone(ctx, e))?;
     session
-        .write_response_body(Some(body), true)
+        .write_response_body(body, true)
         .await
         .map_err(|e| client_gone(ctx, e))
 }
@@ -1214,7 +1215,7 @@ fn note_usage(ctx: &mut RequestCtx, adapter: &StreamAdapter) {
 
 async fn write_body(session: &mut Session, ctx: &mut RequestCtx, data: Bytes) -> Result<(), AttemptError> {
     session
-        .write_response_body(Some(data), false)
+        .write_response_body(data, false)
         .await
         .map_err(|e| client_gone(ctx, e))
 }
@@ -1247,7 +1248,7 @@ async fn end_with_error_event(
     };
     write_body(session, ctx, event).await?;
     session
-        .write_response_body(None, true)
+        .write_response_body(Bytes::new(), true)
         .await
         .map_err(|e| client_gone(ctx, e))?;
     Ok(())
@@ -1324,12 +1325,12 @@ async fn relay_complete(
     let empty = body.is_empty();
     ctx.mark_first_byte();
     session
-        .write_response_header(Box::new(resp), empty)
+        .write_response_header(Box::new(resp))
         .await
         .map_err(|e| client_gone(ctx, e))?;
     if !empty {
         session
-            .write_response_body(Some(body), true)
+            .write_response_body(body, true)
             .await
             .map_err(|e| client_gone(ctx, e))?;
     }

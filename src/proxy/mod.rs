@@ -1,4 +1,5 @@
-//! The client-facing relay: a Pingora [`ProxyHttp`] whose `request_filter` answers every request.
+//! The client-facing relay: a Pingora HTTP application ([`RelayApp`]) that answers every request
+//! itself.
 //!
 //! Header-only endpoints (probe, health, models) answer locally. Body-carrying endpoints run the
 //! filter chain, read and parse the body once, then hand over to [`dispatch`], which owns the
@@ -18,15 +19,16 @@ mod stats_page;
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use filters::{Chain, ClientKey, CompletionContext, FilterContext, RequestFacts};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::ResponseHeader;
-use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::server::ShutdownWatch;
 
 use crate::config::Config;
 use crate::ingress::{Endpoint, Ingress, Route, Scope};
@@ -86,7 +88,10 @@ pub struct Relay {
     pub refusals: dispatch::RecentRefusals,
 }
 
-/// The Pingora service.
+/// One request of a client, as Pingora's server reads it (HTTP/1 or an HTTP/2 stream).
+pub(crate) type Session = pingora::protocols::http::ServerSession;
+
+/// The relay's request handling (wrapped by [`RelayApp`] for Pingora's server).
 pub struct RelayProxy(pub Arc<Relay>);
 
 /// Per-request state.
@@ -171,9 +176,9 @@ async fn respond_json(session: &mut Session, status: u16, body: Bytes) -> pingor
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len().to_string())?;
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(h), head_only).await?;
+    session.write_response_header(Box::new(h)).await?;
     if !head_only {
-        session.write_response_body(Some(body), true).await?;
+        session.write_response_body(body, true).await?;
     }
     Ok(())
 }
@@ -196,8 +201,8 @@ async fn respond_error(
     ctx.status = err.status();
     ctx.error = Some((err.reason(), source));
     ctx.mark_first_byte();
-    session.write_response_header(Box::new(head), false).await?;
-    session.write_response_body(Some(body), true).await?;
+    session.write_response_header(Box::new(head)).await?;
+    session.write_response_body(body, true).await?;
     Ok(())
 }
 
@@ -225,7 +230,7 @@ impl RelayProxy {
                 let mut h = ResponseHeader::build(200, Some(1))?;
                 h.insert_header("content-length", "0")?;
                 ctx.status = 200;
-                return session.write_response_header(Box::new(h), true).await;
+                return session.write_response_header(Box::new(h)).await;
             }
             Endpoint::Health => {
                 ctx.status = 200;
@@ -540,7 +545,6 @@ async fn read_body(relay: &Relay, session: &mut Session) -> Result<Bytes, RelayE
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     if expects_continue && !session.is_http2() {
         session
-            .as_downstream_mut()
             .write_continue_response()
             .await
             .map_err(|e| RelayError::BadRequest(format!("cannot answer Expect: {e}")))?;
@@ -649,70 +653,141 @@ fn model_ids(
     set.into_iter().collect()
 }
 
-#[async_trait]
-impl ProxyHttp for RelayProxy {
-    type CTX = RequestCtx;
+/// The relay's HTTP application: Pingora's server hands it every request (each request of an
+/// HTTP/1 connection in turn, each stream of an HTTP/2 one), and it answers each itself. Pingora's
+/// proxy pipeline (`ProxyHttp`) is not used: the relay never lets it choose or reach an upstream
+/// (see [`dispatch`]), and its per-request state, sized for doing so, took about 15 KB per request
+/// in flight and a copy of that per request.
+pub struct RelayApp {
+    proxy: RelayProxy,
+    options: HttpServerOptions,
+    /// Set when the listeners stop: a connection waiting for its next request closes.
+    closing: AtomicBool,
+    closed: tokio::sync::Notify,
+}
 
-    fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::new()
+impl RelayApp {
+    pub fn new(proxy: RelayProxy, options: HttpServerOptions) -> Self {
+        RelayApp {
+            proxy,
+            options,
+            closing: AtomicBool::new(false),
+            closed: tokio::sync::Notify::new(),
+        }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<()> {
+    /// Resolves once the listeners have stopped.
+    async fn closing(&self) {
+        // Made before the flag is read, so a notice between the two is not missed.
+        let closed = self.closed.notified();
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        closed.await
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for RelayApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: Session,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            // A request already buffered is served even when the listeners stop.
+            biased;
+            read = session.read_request() => read,
+            _ = self.closing() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if e.etype == pingora::ErrorType::InvalidHTTPHeader {
+                    // The connection's guard gives this refusal a body in the caller's shape.
+                    let _ = session.respond_error(400).await;
+                } else {
+                    tracing::debug!(error = %e, "reading a request head failed");
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+        if *shutdown.borrow() {
+            // The server is stopping: this connection takes no further request.
+            session.set_keepalive(None);
+        }
+        self.proxy.serve(session).await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
+    async fn http_cleanup(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closed.notify_waiters();
+    }
+}
+
+impl RelayProxy {
+    /// Answers one request, then hands the connection back for the next one when it can carry it.
+    async fn serve(&self, mut session: Session) -> Option<ReusedHttpStream> {
+        let mut ctx = RequestCtx::new();
         conn::request_started();
         // Requests a client sends before reading the previous answer are answered in order.
-        session.as_downstream_mut().set_pipelining_enabled(true);
-        Ok(())
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
+        session.set_pipelining_enabled(true);
         // While handing the listeners to a new process, answer with `Connection: close` so
         // clients move their keep-alive connections over before this process stops.
         if crate::lifecycle::draining() {
             session.set_keepalive(None);
         }
-        self.handle(session, ctx).await?;
-        Ok(true)
+        match self.handle(&mut session, &mut ctx).await {
+            Ok(()) => {
+                self.logging(&mut session, &mut ctx).await;
+                let settings = HttpPersistentSettings::for_session(&session);
+                session
+                    .finish()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+            }
+            Err(e) => {
+                let status = self.fail(&mut session, &e, &mut ctx).await;
+                if !ctx.client_disconnected {
+                    // Method and path only: the query may carry a client key (`?key=`).
+                    let req = session.req_header();
+                    tracing::error!(error = %e, status, "request failed: {} {}", req.method, req.uri.path());
+                }
+                self.logging(&mut session, &mut ctx).await;
+                session.on_proxy_failure(e);
+                None
+            }
+        }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<Box<HttpPeer>> {
-        // Every request is answered in `request_filter`; the pipeline's own upstream is never used.
-        Err(pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            "relay answers in request_filter",
-        ))
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut Self::CTX) -> FailToProxy
-    where
-        Self::CTX: Send + Sync,
-    {
-        // Once a response has started, the only honest signal left is closing the connection.
+    /// After an error of the handler: a 500 in the caller's shape when no answer has started, else
+    /// nothing (closing the connection is the only honest signal left). Either way the
+    /// connection is not reused. Returns the status answered (0: none).
+    async fn fail(&self, session: &mut Session, e: &pingora::Error, ctx: &mut RequestCtx) -> u16 {
         if session.response_written().is_some() || ctx.client_disconnected {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
+            return 0;
         }
         let err = RelayError::Internal(format!("relay error: {:?}", e.etype()));
         let _ = respond_error(&self.0, session, ctx, &err, ErrorSource::Relay).await;
-        FailToProxy {
-            error_code: 500,
-            can_reuse_downstream: false,
-        }
+        500
     }
 
-    /// What Pingora's own error log lines show of a request: method and path only. The query may
-    /// carry a client key (`?key=`), so it is never logged.
-    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
-        let req = session.req_header();
-        format!("{} {}", req.method, req.uri.path())
-    }
-
-    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &pingora::Error) -> bool {
-        ctx.client_disconnected
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Self::CTX) {
+    /// After the answer (or the failure): metrics, the key's settlement, the live view, the access
+    /// line and the request log.
+    async fn logging(&self, session: &mut Session, ctx: &mut RequestCtx) {
         let endpoint = ctx.route.map_or("unknown", |r| r.endpoint.name());
         let status = session.response_written().map_or(ctx.status, |h| h.status.as_u16());
         let m = &self.0.metrics;

@@ -2,9 +2,9 @@
 //! the panel files embedded with the cargo feature `panel` ([`crate::panel`]). The page itself
 //! holds no data: it asks `/api/v1/key/usage` with the key the holder typed, like any relay call.
 
+use super::Session;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 
 use crate::panel::{self, Page};
 
@@ -40,10 +40,10 @@ pub async fn respond(session: &mut Session, rel: &str) -> pingora::Result<u16> {
     }
     h.insert_header("content-length", answer.body.len().to_string())?;
     let head_only = session.req_header().method == http::Method::HEAD || answer.body.is_empty();
-    session.write_response_header(Box::new(h), head_only).await?;
+    session.write_response_header(Box::new(h)).await?;
     if !head_only {
         session
-            .write_response_body(Some(Bytes::from(answer.body.into_owned())), true)
+            .write_response_body(Bytes::from(answer.body.into_owned()), true)
             .await?;
     }
     Ok(answer.status)
