@@ -60,6 +60,7 @@ def redis_counts(url):
     try:
         stats = r.cmd("INFO", "commandstats")
         cpu = r.cmd("INFO", "cpu")
+        net = r.cmd("INFO", "stats")
     finally:
         r.close()
     text = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
@@ -70,10 +71,15 @@ def redis_counts(url):
             fields = dict(kv.split("=") for kv in rest.split(","))
             calls[name] = int(fields["calls"])
             usec[name] = int(fields["usec"])
-    used = 0.0
+    used = {}
     for line in text(cpu).splitlines():
         if line.startswith(("used_cpu_sys:", "used_cpu_user:")):
-            used += float(line.split(":")[1])
+            k, v = line.split(":")
+            used[k[len("used_cpu_"):]] = float(v)
+    for line in text(net).splitlines():
+        if line.startswith(("total_reads_processed:", "total_writes_processed:")):
+            k, v = line.split(":")
+            used[k.split("_")[1]] = float(v)
     return calls, usec, used
 
 
@@ -122,28 +128,37 @@ def main():
             diff = collections.Counter({k: after.get(k, 0) - before.get(k, 0) for k in after})
             diff = collections.Counter({k: v for k, v in diff.items() if v > 0 and k not in ("info",)})
             usec = {k: usec_after.get(k, 0) - usec_before.get(k, 0) for k in diff}
-            rows.append((stream, n, r, (cpu_after - cpu_before) * 1e6 / n, diff, relay_s * 1e6 / n, usec))
+            delta = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+            rows.append((stream, n, r, (delta["user"] + delta["sys"]) * 1e6 / n, diff, relay_s * 1e6 / n, usec,
+                         delta))
         label = f" ({args.label})" if args.label else ""
         print(f"## Redis per request{label}: key with every limit, sticky session, account cap; "
               f"c={args.concurrency}, {args.duration} s\n")
         print("| | requests | req/s | p50 ms | Redis CPU µs/req | commands/req | scripts/req | relay CPU µs/req |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for stream, n, r, rcpu, diff, relay_us, _ in rows:
+        for stream, n, r, rcpu, diff, relay_us, _, _ in rows:
             total = sum(diff.values()) / n
             scripts = (diff.get("evalsha", 0) + diff.get("eval", 0)) / n
             print(f"| {'stream' if stream else 'non-stream'} | {n:,} | {n / (r['duration_us'] / 1e6):,.0f} | "
                   f"{r['p50_us'] / 1000:.2f} | {rcpu:.1f} | {total:.2f} | {scripts:.2f} | {relay_us:.1f} |")
         print()
-        for stream, n, _, _, diff, _, usec in rows:
+        for stream, n, _, _, diff, _, usec, _ in rows:
             top = ", ".join(f"{k} {v / n:.2f}" for k, v in diff.most_common())
             print(f"- {'stream' if stream else 'non-stream'} commands per request: {top}")
         print()
         print("Time inside commands (`INFO commandstats` usec; a script's includes the commands it calls, "
               "which are also counted under their own names), µs per request:")
         print()
-        for stream, n, _, _, diff, _, usec in rows:
+        for stream, n, _, _, diff, _, usec, _ in rows:
             top = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(usec.items(), key=lambda kv: -kv[1]) if v)
             print(f"- {'stream' if stream else 'non-stream'}: {top}")
+        print()
+        print("Redis CPU in user space and in the kernel, and its socket reads and writes (`INFO stats` "
+              "`total_reads_processed`, `total_writes_processed`), per request:")
+        print()
+        for stream, n, _, _, _, _, _, d in rows:
+            print(f"- {'stream' if stream else 'non-stream'}: user {d['user'] * 1e6 / n:.1f} µs, "
+                  f"system {d['sys'] * 1e6 / n:.1f} µs, reads {d['reads'] / n:.2f}, writes {d['writes'] / n:.2f}")
     finally:
         for p in reversed(procs):
             p.stop()
