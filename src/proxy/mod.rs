@@ -723,7 +723,16 @@ impl HttpServerApp for RelayApp {
             // The server is stopping: this connection takes no further request.
             session.set_keepalive(None);
         }
-        self.proxy.serve(session).await
+        if !self.proxy.serve(&mut session).await {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
@@ -737,8 +746,10 @@ impl HttpServerApp for RelayApp {
 }
 
 impl RelayProxy {
-    /// Answers one request, then hands the connection back for the next one when it can carry it.
-    async fn serve(&self, mut session: Session) -> Option<ReusedHttpStream> {
+    /// Answers one request. True when the connection may carry the next one. (The session is
+    /// borrowed: a future keeps a by-value argument twice, and this one lives as long as the
+    /// request.)
+    async fn serve(&self, session: &mut Session) -> bool {
         let mut ctx = RequestCtx::new();
         conn::request_started();
         // Requests a client sends before reading the previous answer are answered in order.
@@ -748,27 +759,21 @@ impl RelayProxy {
         if crate::lifecycle::draining() {
             session.set_keepalive(None);
         }
-        match self.handle(&mut session, &mut ctx).await {
+        match self.handle(session, &mut ctx).await {
             Ok(()) => {
-                self.logging(&mut session, &mut ctx).await;
-                let settings = HttpPersistentSettings::for_session(&session);
-                session
-                    .finish()
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+                self.logging(session, &mut ctx).await;
+                true
             }
             Err(e) => {
-                let status = self.fail(&mut session, &e, &mut ctx).await;
+                let status = self.fail(session, &e, &mut ctx).await;
                 if !ctx.client_disconnected {
                     // Method and path only: the query may carry a client key (`?key=`).
                     let req = session.req_header();
                     tracing::error!(error = %e, status, "request failed: {} {}", req.method, req.uri.path());
                 }
-                self.logging(&mut session, &mut ctx).await;
+                self.logging(session, &mut ctx).await;
                 session.on_proxy_failure(e);
-                None
+                false
             }
         }
     }
