@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Session;
 use bytes::{Bytes, BytesMut};
 use filters::ClientKey;
 use pingora::http::RequestHeader;
@@ -18,7 +17,7 @@ use pingora::protocols::http::client::HttpSession;
 
 use super::body::ParsedBody;
 use super::error::{ErrorSource, RelayError};
-use super::{Relay, RequestCtx, headers};
+use super::{Relay, RequestCtx, Session, headers};
 use crate::convert::answer::{self, Answer, StreamAdapter};
 use crate::convert::{self, Conversion, chat_anthropic, chat_gemini, chat_responses, openai_chat};
 use crate::credentials::TokenError;

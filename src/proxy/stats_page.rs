@@ -2,10 +2,10 @@
 //! the panel files embedded with the cargo feature `panel` ([`crate::panel`]). The page itself
 //! holds no data: it asks `/api/v1/key/usage` with the key the holder typed, like any relay call.
 
-use super::Session;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
+use super::Session;
 use crate::panel::{self, Page};
 
 /// The part of `path` after `/stats`, when the path is the page or one of its files.
