@@ -71,16 +71,17 @@ def redis_counts(url):
             fields = dict(kv.split("=") for kv in rest.split(","))
             calls[name] = int(fields["calls"])
             usec[name] = int(fields["usec"])
-    used = {}
+    # Redis's CPU seconds (`user`, `sys`) and its socket reads and writes so far (`reads`, `writes`).
+    server = {}
     for line in text(cpu).splitlines():
         if line.startswith(("used_cpu_sys:", "used_cpu_user:")):
             k, v = line.split(":")
-            used[k[len("used_cpu_"):]] = float(v)
+            server[k[len("used_cpu_"):]] = float(v)
     for line in text(net).splitlines():
         if line.startswith(("total_reads_processed:", "total_writes_processed:")):
             k, v = line.split(":")
-            used[k.split("_")[1]] = float(v)
-    return calls, usec, used
+            server[k.split("_")[1]] = float(v)
+    return calls, usec, server
 
 
 def main():
@@ -114,13 +115,13 @@ def main():
         time.sleep(1.5)
         rows = []
         for stream in (False, True):
-            before, usec_before, cpu_before = redis_counts(redis_url)
+            before, usec_before, server_before = redis_counts(redis_url)
             ticks = cpu_ticks(relay.pid)
             r = run_wrk(relay_url + "/v1/messages", args.concurrency, args.duration, stream, api_key=KEY,
                         session="bench-session")
             # The statistics flush of the run's last second lands too.
             time.sleep(1.5)
-            after, usec_after, cpu_after = redis_counts(redis_url)
+            after, usec_after, server_after = redis_counts(redis_url)
             relay_s = (cpu_ticks(relay.pid) - ticks) / CLK_TCK
             n = r["requests"]
             if n == 0 or r["status"]:
@@ -128,7 +129,7 @@ def main():
             diff = collections.Counter({k: after.get(k, 0) - before.get(k, 0) for k in after})
             diff = collections.Counter({k: v for k, v in diff.items() if v > 0 and k not in ("info",)})
             usec = {k: usec_after.get(k, 0) - usec_before.get(k, 0) for k in diff}
-            delta = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+            delta = {k: server_after[k] - server_before[k] for k in server_after}
             rows.append((stream, n, r, (delta["user"] + delta["sys"]) * 1e6 / n, diff, relay_s * 1e6 / n, usec,
                          delta))
         label = f" ({args.label})" if args.label else ""
